@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Prepare this checkout on Debian 12 (as root): system packages and the virtualenv.
+#   scripts/setup.sh          what `sipfleet up` needs
+#   scripts/setup.sh --test   also what the test suite needs (sipp, MariaDB, PostgreSQL, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+packages=(python3 python3-venv python3-dev gcc)
+if ((want_test)); then
+  packages+=(sip-tester mariadb-server mariadb-client postgresql iproute2 nftables conntrack procps)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's own python3: built with PGO/LTO, and what a fresh Debian 12 machine has.
+PY=/usr/bin/python3
+[[ -x $PY ]] || PY=$(command -v python3)
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.sipfleet-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[mysql,postgres,dev]'
+  touch "$stamp"
+fi

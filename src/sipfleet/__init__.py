@@ -1,0 +1,3 @@
+"""sipfleet: a cacheless SIP server cluster."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,155 @@
+"""The node configuration: one TOML file per node, every key documented here.
+
+Each role reads its own section; ``sipfleet check-config`` reports errors by key name.
+Secrets may come from the environment (SIPFLEET_CLUSTER_SECRET, SIPFLEET_DB_WRITE, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sipfleet.config.listen import ListenAddress, parse_listen
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(Section):
+    name: str = Field("sipfleet", description="Node name, used in logs and metrics.")
+    data_dir: Path = Field(
+        Path("/var/lib/sipfleet"), description="Where the embedded SQLite database lives."
+    )
+    cluster_secret: str = Field(
+        "",
+        description="Shared by every node: signs nonces, flow tokens and privacy data. "
+        "Set it from the environment (SIPFLEET_CLUSTER_SECRET) in production.",
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="Worker processes per role (UDP uses SO_REUSEPORT)."
+    )
+
+
+class DatabaseSection(Section):
+    write: str = Field(
+        "",
+        description="DSN of the primary (sqlite:///path, mysql://, postgresql://). "
+        "Empty: SQLite under node.data_dir.",
+    )
+    read: list[str] = Field(
+        default_factory=list, description="DSNs of the local replicas; empty: use write."
+    )
+    pool_size: int = Field(8, ge=1, le=256, description="Connections per DSN and process.")
+    retry_primary_on_miss: bool = Field(
+        True,
+        description="A location lookup that finds nothing on a replica is retried on the primary.",
+    )
+    max_in_flight: int = Field(
+        256, ge=1, description="Queries in flight before the node sheds load (503)."
+    )
+
+
+class SipSection(Section):
+    domains: list[str] = Field(
+        default_factory=lambda: ["localhost"],
+        description="Domains this cluster serves (registrar domain check, local users).",
+    )
+    t1_ms: int = Field(500, ge=10, description="RFC 3261 T1: RTT estimate.")
+    t2_ms: int = Field(4000, ge=10, description="RFC 3261 T2: maximum retransmit interval.")
+    t4_ms: int = Field(
+        5000, ge=10, description="RFC 3261 T4: maximum time a message stays in the network."
+    )
+    timer_c_s: int = Field(
+        180, ge=1, description="Proxy INVITE timer C (seconds, > 3 minutes per RFC)."
+    )
+    max_message_size: int = Field(
+        65535, ge=1024, le=1_048_576, description="Larger messages get 513."
+    )
+    max_tcp_connections: int = Field(
+        10000, ge=1, description="Accepted TCP connections per process."
+    )
+    tcp_idle_timeout_s: int = Field(
+        600, ge=1, description="Idle TCP connections without a binding are closed."
+    )
+    tcp_read_timeout_s: float = Field(
+        30.0, gt=0, description="A partial message must complete within this time."
+    )
+    max_transactions: int = Field(
+        20000, ge=1, description="Server transactions in flight before 503."
+    )
+
+
+class LbSection(Section):
+    listen: list[ListenAddress] = Field(
+        default_factory=lambda: [
+            parse_listen("udp:127.0.0.1:5060"),
+            parse_listen("tcp:127.0.0.1:5060"),
+        ],
+        description="Where clients reach the cluster.",
+    )
+    keepalive_method: Literal["options", "crlf"] = Field(
+        "options", description="NAT keepalive ping."
+    )
+    keepalive_interval_s: float = Field(
+        20.0, gt=0, description="Every flow is pinged once per interval."
+    )
+    probe_interval_s: float = Field(5.0, gt=0, description="OPTIONS health check of pool targets.")
+
+
+class RegistrarSection(Section):
+    listen: list[ListenAddress] = Field(
+        default_factory=lambda: [parse_listen("udp:127.0.0.1:5070")],
+        description="Where the LB reaches the registrar.",
+    )
+    realm: str = Field("", description="Digest realm; empty: the AOR's domain.")
+    authenticate: bool = Field(True, description="Require digest authentication for REGISTER.")
+    default_expires: int = Field(3600, ge=1)
+    min_expires: int = Field(60, ge=0)
+    max_expires: int = Field(7200, ge=1)
+    max_contacts: int = Field(10, ge=1, description="Bindings per AOR.")
+    trusted_lbs: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Source addresses whose Path / flow tokens are trusted.",
+    )
+    purge_interval_s: float = Field(
+        60.0, gt=0, description="How often expired bindings are deleted."
+    )
+
+
+class ProxySection(Section):
+    listen: list[ListenAddress] = Field(
+        default_factory=lambda: [parse_listen("udp:127.0.0.1:5080")],
+        description="Where the LB reaches the proxy.",
+    )
+    policy: str = Field(
+        "sipfleet.routing.default", description="Python module with the routing policy."
+    )
+    authenticate: bool = Field(True, description="Require Proxy-Authorization from local callers.")
+    from_must_match_auth: bool = Field(
+        True, description="The From user must be the authenticated user."
+    )
+    trusted_peers: list[str] = Field(
+        default_factory=list, description="Addresses (gateways) whose requests skip authentication."
+    )
+    serial_forking: bool = Field(
+        False, description="Fork by q-value groups instead of all at once."
+    )
+
+
+class MgmtSection(Section):
+    listen: str = Field(
+        "127.0.0.1:0", description="HTTP management API and metrics (loopback by default)."
+    )
+
+
+class Config(Section):
+    node: NodeSection = Field(default_factory=NodeSection)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    sip: SipSection = Field(default_factory=SipSection)
+    lb: LbSection = Field(default_factory=LbSection)
+    registrar: RegistrarSection = Field(default_factory=RegistrarSection)
+    proxy: ProxySection = Field(default_factory=ProxySection)
+    mgmt: MgmtSection = Field(default_factory=MgmtSection)

@@ -1,0 +1,1 @@
+"""Async glue: clock, dispatcher, stateless forwarding, the stateful proxy engine."""

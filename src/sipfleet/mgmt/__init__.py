@@ -1,0 +1,1 @@
+"""Management: HTTP API, status page, metrics (loopback by default)."""

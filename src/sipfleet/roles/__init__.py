@@ -1,0 +1,1 @@
+"""LB, registrar and proxy: thin compositions of the other packages."""

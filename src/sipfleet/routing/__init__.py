@@ -1,0 +1,1 @@
+"""The operator-scriptable routing policy: typed API, default policy, LCR, NAT."""

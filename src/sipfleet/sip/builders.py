@@ -1,0 +1,174 @@
+"""Messages built from other messages: responses (§8.2.6), CANCEL (§9.1), ACK for a
+non-2xx final response (§17.1.1.3), and the branch of a stateless proxy (§16.11).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sipfleet.sip.headers import header_key
+from sipfleet.sip.message import Message, Request, Response, header_line, header_value
+from sipfleet.sip.via import BRANCH_COOKIE
+
+REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    493: "Undecipherable",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
+
+# Copied from the request into every response (§8.2.6.2).
+_COPIED = ("via", "from", "to", "call-id", "cseq")
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_branch() -> str:
+    return BRANCH_COOKIE + secrets.token_hex(8)
+
+
+def new_call_id(host: str) -> str:
+    return f"{secrets.token_hex(10)}@{host}"
+
+
+def make_response(
+    request: Message,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+) -> Response:
+    """A response to ``request`` (§8.2.6).
+
+    Works from the raw header lines, so a request whose headers do not parse can still be
+    answered. ``to_tag`` is added when the To has no tag yet (never on 100, §8.2.6.2).
+    """
+    copied = (*_COPIED, "timestamp") if status == 100 else _COPIED
+    lines, keys = _copied(request, copied)
+    if to_tag is not None and status != 100 and "to" in keys:
+        at = keys.index("to")
+        value = header_value(lines[at])
+        if ";tag=" not in value.replace(" ", "").lower():
+            lines[at] = header_line("to", f"{value};tag={to_tag}")
+    for name, value in headers or ():
+        key = header_key(name)
+        keys.append(key)
+        lines.append(header_line(key, value))
+    keys.append("content-length")
+    lines.append(header_line("content-length", str(len(body))))
+    return Response(status, reason or REASONS.get(status, "Unknown"), lines, keys, body)
+
+
+def stateless_branch(request: Request, salt: str = "") -> str:
+    """§16.11: the same branch for every retransmission of a request (and for the CANCEL
+    or non-2xx ACK of an INVITE, which share its top Via branch), a different one for
+    anything else. ``salt`` separates forwards of one request to different targets.
+    """
+    via = request.top_via
+    if via.is_rfc3261:
+        key = f"{via.branch}\x00{via.host}\x00{via.port}\x00{salt}"
+    else:  # RFC 2543 peers: hash what identifies the transaction
+        key = "\x00".join(
+            (
+                request.uri_text,
+                request.from_.tag or "",
+                request.to.tag or "",
+                request.call_id,
+                str(request.cseq.seq),
+                str(via),
+                salt,
+            )
+        )
+    digest = hashlib.blake2b(key.encode("latin-1"), digest_size=10).hexdigest()
+    return f"{BRANCH_COOKIE}-sf{digest}"
+
+
+def make_cancel(invite: Request) -> Request:
+    """CANCEL for a request we sent (§9.1): same R-URI, Call-ID, From, To, CSeq number,
+    Route set and top Via; nothing else."""
+    return _derived("CANCEL", invite, _copied(invite, ("route", "from", "to", "call-id")))
+
+
+def make_ack_for_failure(invite: Request, response: Response) -> Request:
+    """ACK for a 3xx-6xx answer to an INVITE we sent (§17.1.1.3): the To comes from the
+    response (it carries the UAS tag), the rest from the INVITE."""
+    lines, keys = _copied(invite, ("route", "from", "call-id"))
+    to_lines, to_keys = _copied(response, ("to",))
+    return _derived("ACK", invite, (lines + to_lines, keys + to_keys))
+
+
+def _derived(method: str, invite: Request, copied: tuple[list[str], list[str]]) -> Request:
+    """A request that shares the INVITE's transaction: its top Via, R-URI and CSeq number."""
+    lines, keys = copied
+    extra = [
+        ("via", str(invite.top_via)),
+        ("cseq", f"{invite.cseq.seq} {method}"),
+        ("max-forwards", "70"),
+        ("content-length", "0"),
+    ]
+    lines = [header_line("via", extra[0][1]), *lines]
+    keys = ["via", *keys]
+    for key, value in extra[1:]:
+        keys.append(key)
+        lines.append(header_line(key, value))
+    return Request(method, invite.uri_text, lines, keys)
+
+
+def _copied(message: Message, wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The lines of ``message`` whose header is in ``wanted``, in message order."""
+    pairs = [
+        (line, key) for line, key in zip(message.lines, message.keys, strict=True) if key in wanted
+    ]
+    return [line for line, _ in pairs], [key for _, key in pairs]

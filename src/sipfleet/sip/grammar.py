@@ -1,0 +1,156 @@
+"""Small lexical helpers shared by the header and URI parsers.
+
+Everything here works on ``str`` values decoded from the wire as latin-1, so every byte
+maps to one character and serialisation gives back the original bytes exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+from sipfleet.sip.errors import ParseError
+
+Params = dict[str, str | None]
+
+# RFC 3261 §25.1 token characters.
+TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_COMMA_IN_ANGLE = re.compile(r"<[^>]*,")
+_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
+
+
+def is_token(text: str) -> bool:
+    return _TOKEN.fullmatch(text) is not None
+
+
+def split_outside_quotes(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` where it is not inside a quoted string or <...>."""
+    if '"' not in text and "<" not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    start = 0
+    in_quotes = False
+    in_angle = False
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if in_quotes:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_quotes = False
+        elif ch == '"':
+            in_quotes = True
+        elif ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == sep and not in_angle:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    if in_quotes:
+        raise ParseError("Unterminated quoted string")
+    parts.append(text[start:])
+    return parts
+
+
+def split_values(text: str) -> list[str]:
+    """Split a comma-separated header value into its elements, trimmed, empties dropped."""
+    if "," not in text:
+        stripped = text.strip()
+        return [stripped] if stripped else []
+    if '"' not in text and _COMMA_IN_ANGLE.search(text) is None:
+        return [part.strip() for part in text.split(",") if part and not part.isspace()]
+    return [part.strip() for part in split_outside_quotes(text, ",") if part.strip()]
+
+
+_NAME = r"[A-Za-z0-9.!%*_+`'~\-\[\]:/&$]+"
+_VALUE = r"(?:[^;\"\s<>,]+|\"(?:[^\"\\]|\\.)*\")"
+_ONE_PARAM = rf"[ \t]*{_NAME}(?:[ \t]*=[ \t]*{_VALUE})?[ \t]*"
+_PARAMS = re.compile(rf"{_ONE_PARAM}(?:;{_ONE_PARAM})*", re.S)
+# The usual case: no blanks, no quotes. Validated by one character class, split by str.split.
+_PLAIN_PARAMS = re.compile(r"[A-Za-z0-9.!%*_+`'~\-\[\]:/&$=;@]+")
+
+
+def parse_params(text: str, what: str) -> Params:
+    """Parse ``name=value;flag`` (the ';' before the first one already removed).
+
+    Names are case-insensitive (stored lower-case); values keep their case and quotes.
+    """
+    if not text:
+        return {}
+    if _PLAIN_PARAMS.fullmatch(text) is not None:
+        if ";" not in text:  # one parameter, as in most From/To/Route values
+            name, eq, value = text.partition("=")
+            if not name or (eq and (not value or "=" in value)):
+                raise ParseError(f"Bad parameters in {what}")
+            return {name.lower(): value if eq else None}
+        params: Params = {}
+        for item in text.split(";"):
+            name, eq, value = item.partition("=")
+            if not name or (eq and (not value or "=" in value)):
+                raise ParseError(f"Bad parameters in {what}")
+            params[name.lower()] = value if eq else None
+        return params
+    if _PARAMS.fullmatch(text) is None:
+        raise ParseError(f"Bad parameters in {what}")
+    params = {}
+    for item in split_outside_quotes(text, ";"):
+        name, eq, value = item.partition("=")
+        params[name.strip().lower()] = value.strip() if eq else None
+    return params
+
+
+def format_params(params: Params) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def unquote(value: str) -> str:
+    """Remove the quotes of a quoted-string, resolving backslash escapes."""
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        inner = value[1:-1]
+        if "\\" not in inner:
+            return inner
+        out = []
+        i = 0
+        while i < len(inner):
+            ch = inner[i]
+            if ch == "\\" and i + 1 < len(inner):
+                i += 1
+                ch = inner[i]
+            out.append(ch)
+            i += 1
+        return "".join(out)
+    return value
+
+
+def quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unescape(text: str) -> str:
+    """Resolve %HH escapes (used for URI user/password comparison)."""
+    if "%" not in text:
+        return text
+    return unquote_to_bytes(text).decode("latin-1")
+
+
+def parse_port(text: str, what: str) -> int:
+    if not (text.isdigit() and text.isascii()) or len(text) > 5:
+        raise ParseError(f"Bad port in {what}")
+    port = int(text)
+    if port > 65535:
+        raise ParseError(f"Port out of range in {what}")
+    return port
+
+
+def parse_int(text: str, what: str, maximum: int = 2**32 - 1) -> int:
+    text = text.strip()
+    if not (text.isdigit() and text.isascii()) or len(text) > 10:
+        raise ParseError(f"Bad {what}")
+    value = int(text)
+    if value > maximum:
+        raise ParseError(f"{what} out of range")
+    return value

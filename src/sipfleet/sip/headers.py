@@ -1,0 +1,113 @@
+"""Header names: canonical keys, compact forms, and the spelling used when we write one."""
+
+from __future__ import annotations
+
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.grammar import TOKEN_CHARS
+
+# RFC 3261 §7.3.3 and later extensions.
+COMPACT_FORMS = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "u": "allow-events",
+    "x": "session-expires",
+    "y": "identity",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "n": "identity-info",
+}
+
+_SPELLING = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+    "p-asserted-identity": "P-Asserted-Identity",
+    "p-preferred-identity": "P-Preferred-Identity",
+    "rack": "RAck",
+    "rseq": "RSeq",
+    "sip-etag": "SIP-ETag",
+    "sip-if-match": "SIP-If-Match",
+}
+
+# Headers whose value is a comma-separated list (RFC 3261 §7.3.1).
+LIST_HEADERS = frozenset(
+    {
+        "via",
+        "route",
+        "record-route",
+        "path",
+        "contact",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "allow",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow-events",
+        "content-encoding",
+        "content-language",
+        "in-reply-to",
+        "service-route",
+        "p-asserted-identity",
+        "privacy",
+        "reason",
+        "security-client",
+        "security-server",
+        "security-verify",
+    }
+)
+
+# Headers that may appear once only.
+SINGLE_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "call-id",
+        "cseq",
+        "max-forwards",
+        "content-length",
+        "content-type",
+        "expires",
+        "min-expires",
+    }
+)
+
+_key_cache: dict[str, str] = {}  # name as written -> key; read directly by the parser
+
+
+def header_key(name: str) -> str:
+    """Canonical (lower-case, long-form) key of a header name as written on the wire."""
+    key = _key_cache.get(name)
+    if key is not None:
+        return key
+    stripped = name.rstrip(" \t")  # "Via :" is legal; a leading blank means folding
+    if not stripped or not all(ch in TOKEN_CHARS for ch in stripped):
+        raise ParseError("Bad header name")
+    lowered = stripped.lower()
+    key = COMPACT_FORMS.get(lowered, lowered)
+    if len(_key_cache) < 4096:  # bounded: names come from untrusted packets
+        _key_cache[name] = key
+    return key
+
+
+def spelling(key: str) -> str:
+    """How we write a header we add ourselves."""
+    written = _SPELLING.get(key)
+    if written is None:
+        written = "-".join(part.capitalize() for part in key.split("-"))
+    return written

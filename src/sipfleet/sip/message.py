@@ -1,0 +1,578 @@
+"""SIP requests and responses that keep their bytes.
+
+A parsed message holds its header lines exactly as received. Typed accessors parse a
+header the first time they are asked and cache the result; the edits a proxy makes
+rewrite only the lines they touch, and ``serialize`` returns the original bytes when
+nothing was changed. Header text is ``str`` decoded as latin-1, so every byte survives.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+from sipfleet.sip.address import Address, parse_address
+from sipfleet.sip.digest import AuthHeader, parse_auth_header
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.grammar import parse_int, split_outside_quotes, split_values
+from sipfleet.sip.headers import header_key, spelling
+from sipfleet.sip.uri import Uri, parse_uri
+from sipfleet.sip.via import Via, parse_via
+
+SIP_VERSION = "SIP/2.0"
+MAX_CSEQ = 2**31 - 1
+MAX_EXPIRES = 2**32 - 1
+
+_CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9.!%*_+`'~-]+)")
+
+
+class CSeq(NamedTuple):
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+_new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+
+
+def header_value(line: str) -> str:
+    """The value of a header line: after the colon, trimmed, folded lines joined."""
+    value = line[line.find(":") + 1 :]
+    if "\n" in value:
+        value = " ".join(part.strip() for part in value.splitlines())
+    return value.strip()
+
+
+def header_line(key: str, value: str) -> str:
+    return f"{spelling(key)}: {value}"
+
+
+class Message:
+    """What requests and responses share: header lines, body and the typed accessors.
+
+    ``lines`` holds each header line as received (folded lines merged, CRLFs kept) and
+    ``keys`` the canonical name of each, in the same order.
+    """
+
+    __slots__ = ("_cache", "_dirty", "body", "keys", "lines", "raw")
+
+    def __init__(
+        self,
+        lines: list[str],
+        keys: list[str],
+        body: bytes = b"",
+        raw: bytes = b"",
+    ) -> None:
+        self.lines = lines
+        self.keys = keys
+        self.body = body
+        self.raw = raw
+        self._dirty = not raw
+        self._cache: dict[str, Any] = {}
+
+    # -- start line --------------------------------------------------------------------
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def is_request(self) -> bool:
+        return False
+
+    # -- generic header access ---------------------------------------------------------
+    def has(self, name: str) -> bool:
+        return header_key(name) in self.keys
+
+    def _positions(self, key: str) -> list[int]:
+        keys = self.keys
+        if key not in keys:
+            return []
+        first = keys.index(key)
+        if keys.count(key) == 1:
+            return [first]
+        return [i for i in range(first, len(keys)) if keys[i] == key]
+
+    def header(self, name: str) -> str | None:
+        """The value of the first header of that name, or None."""
+        key = header_key(name)
+        if key not in self.keys:
+            return None
+        return header_value(self.lines[self.keys.index(key)])
+
+    def header_lines(self, name: str) -> list[str]:
+        """Each header of that name, one value per line, commas untouched."""
+        lines = self.lines
+        return [header_value(lines[i]) for i in self._positions(header_key(name))]
+
+    def header_values(self, name: str) -> list[str]:
+        """All elements of a comma-separated list header, across every line."""
+        return self._values(header_key(name))
+
+    def _values(self, key: str) -> list[str]:
+        keys = self.keys
+        if key not in keys:
+            return []
+        if keys.count(key) == 1:
+            return split_values(header_value(self.lines[keys.index(key)]))
+        values: list[str] = []
+        for at in self._positions(key):
+            values.extend(split_values(header_value(self.lines[at])))
+        return values
+
+    def _single(self, key: str, what: str) -> str | None:
+        keys = self.keys
+        try:
+            at = keys.index(key)
+        except ValueError:
+            return None
+        if keys.count(key) > 1:
+            raise ParseError(f"Multiple {what} headers")
+        line = self.lines[at]
+        value = line[line.find(":") + 1 :]
+        return value.strip() if "\n" not in value else header_value(line)
+
+    def _required(self, key: str, what: str) -> str:
+        value = self._single(key, what)
+        if value is None:
+            raise ParseError(f"Missing {what} header")
+        return value
+
+    # -- typed accessors (parsed once, cached) -------------------------------------------
+    @property
+    def vias(self) -> list[Via]:
+        vias: list[Via] | None = self._cache.get("via")
+        if vias is None:
+            vias = [parse_via(text) for text in self._values("via")]
+            self._cache["via"] = vias
+        return vias
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.vias
+        if not vias:
+            raise ParseError("Missing Via header")
+        return vias[0]
+
+    @property
+    def from_(self) -> Address:
+        return self._address("from", "From")
+
+    @property
+    def to(self) -> Address:
+        return self._address("to", "To")
+
+    def _address(self, key: str, what: str) -> Address:
+        address: Address | None = self._cache.get(key)
+        if address is None:
+            text = self._single(key, what)
+            if text is None:
+                raise ParseError(f"Missing {what} header")
+            if "," in text and len(split_outside_quotes(text, ",")) > 1:
+                raise ParseError(f"Multiple values in {what} header")
+            address = parse_address(text, what)
+            self._cache[key] = address
+        return address
+
+    @property
+    def call_id(self) -> str:
+        call_id: str | None = self._cache.get("call-id")
+        if call_id is None:
+            call_id = self._required("call-id", "Call-ID")
+            if not call_id or " " in call_id or "\t" in call_id:
+                raise ParseError("Bad Call-ID header")
+            self._cache["call-id"] = call_id
+        return call_id
+
+    @property
+    def cseq(self) -> CSeq:
+        cseq: CSeq | None = self._cache.get("cseq")
+        if cseq is None:
+            match = _CSEQ.fullmatch(self._required("cseq", "CSeq"))
+            if match is None:
+                raise ParseError("Bad CSeq header")
+            number = int(match[1])
+            if number > MAX_CSEQ:
+                raise ParseError("CSeq number out of range")
+            cseq = _new_cseq(CSeq, (number, match[2]))
+            self._cache["cseq"] = cseq
+        return cseq
+
+    @property
+    def max_forwards(self) -> int | None:
+        if "max-forwards" in self._cache:
+            return self._cache["max-forwards"]  # type: ignore[no-any-return]
+        value: int | None
+        text = self._single("max-forwards", "Max-Forwards")
+        if text is None:
+            value = None
+        elif text.isdigit() and len(text) <= 3 and text.isascii() and int(text) <= 255:
+            value = int(text)
+        else:
+            raise ParseError("Bad Max-Forwards header")
+        self._cache["max-forwards"] = value
+        return value
+
+    @property
+    def expires(self) -> int | None:
+        if "expires" in self._cache:
+            return self._cache["expires"]  # type: ignore[no-any-return]
+        text = self._single("expires", "Expires")
+        value = None if text is None else parse_int(text, "Expires", MAX_EXPIRES)
+        self._cache["expires"] = value
+        return value
+
+    @property
+    def content_length(self) -> int | None:
+        text = self._single("content-length", "Content-Length")
+        if text is None:
+            return None
+        if text.isdigit() and len(text) <= 10 and text.isascii():
+            return int(text)
+        raise ParseError("Bad Content-Length header")
+
+    @property
+    def content_type(self) -> str | None:
+        text = self._single("content-type", "Content-Type")
+        return None if text is None else text.split(";", 1)[0].strip().lower()
+
+    @property
+    def contact_is_star(self) -> bool:
+        values = self.header_values("contact")
+        return any(value == "*" for value in values)
+
+    @property
+    def contacts(self) -> list[Address]:
+        """Contact addresses; raises ParseError for '*' mixed with others."""
+        contacts: list[Address] | None = self._cache.get("contact")
+        if contacts is None:
+            values = self._values("contact")
+            if "*" in values:
+                if len(values) > 1:
+                    raise ParseError("Contact '*' mixed with other contacts")
+                contacts = []
+            else:
+                contacts = [parse_address(value, "Contact") for value in values]
+            self._cache["contact"] = contacts
+        return contacts
+
+    @property
+    def routes(self) -> list[Address]:
+        return self._address_list("route", "Route")
+
+    @property
+    def top_route(self) -> Address | None:
+        """The first Route, parsed alone: all a proxy's route processing looks at."""
+        routes: list[Address] | None = self._cache.get("route")
+        if routes is not None:
+            return routes[0] if routes else None
+        if "top-route" in self._cache:
+            return self._cache["top-route"]  # type: ignore[no-any-return]
+        top: Address | None
+        keys = self.keys
+        if "route" in keys:
+            first = split_values(header_value(self.lines[keys.index("route")]))
+            top = parse_address(first[0], "Route") if first else None
+        else:
+            top = None
+        self._cache["top-route"] = top
+        return top
+
+    @property
+    def record_routes(self) -> list[Address]:
+        return self._address_list("record-route", "Record-Route")
+
+    @property
+    def paths(self) -> list[Address]:
+        return self._address_list("path", "Path")
+
+    def _address_list(self, key: str, what: str) -> list[Address]:
+        found: list[Address] | None = self._cache.get(key)
+        if found is None:
+            found = [parse_address(value, what) for value in self._values(key)]
+            self._cache[key] = found
+        return found
+
+    def option_tags(self, name: str) -> list[str]:
+        """Require / Proxy-Require / Supported / Unsupported, lower case."""
+        return [tag.lower() for tag in self.header_values(name)]
+
+    @property
+    def require(self) -> list[str]:
+        return self.option_tags("require")
+
+    @property
+    def proxy_require(self) -> list[str]:
+        return self.option_tags("proxy-require")
+
+    @property
+    def supported(self) -> list[str]:
+        return self.option_tags("supported")
+
+    @property
+    def unsupported(self) -> list[str]:
+        return self.option_tags("unsupported")
+
+    def auth_headers(self, name: str) -> list[AuthHeader]:
+        """Authorization, Proxy-Authorization, WWW-Authenticate or Proxy-Authenticate."""
+        return [parse_auth_header(value) for value in self.header_lines(name)]
+
+    @property
+    def authorization(self) -> list[AuthHeader]:
+        return self.auth_headers("authorization")
+
+    @property
+    def proxy_authorization(self) -> list[AuthHeader]:
+        return self.auth_headers("proxy-authorization")
+
+    @property
+    def www_authenticate(self) -> list[AuthHeader]:
+        return self.auth_headers("www-authenticate")
+
+    @property
+    def proxy_authenticate(self) -> list[AuthHeader]:
+        return self.auth_headers("proxy-authenticate")
+
+    # -- edits ------------------------------------------------------------------------
+    def _changed(self, key: str) -> None:
+        self._dirty = True
+        self._cache.pop(key, None)
+        if key == "route":
+            self._cache.pop("top-route", None)
+
+    def add_header(self, name: str, value: str, top: bool = False) -> None:
+        """Add a header: above the others of its name when ``top``, else after them
+        (or at the end when there are none)."""
+        key = header_key(name)
+        positions = self._positions(key)
+        if top:
+            at = positions[0] if positions else self._top_position()
+        else:
+            at = positions[-1] + 1 if positions else len(self.lines)
+        self.lines.insert(at, header_line(key, value))
+        self.keys.insert(at, key)
+        self._changed(key)
+
+    def _top_position(self) -> int:
+        """Where a new routing header goes: after the Via block."""
+        vias = self._positions("via")
+        return vias[-1] + 1 if vias else 0
+
+    def set_header(self, name: str, value: str) -> None:
+        """Replace every header of that name with one line holding ``value``."""
+        key = header_key(name)
+        positions = self._positions(key)
+        if not positions:
+            self.add_header(name, value)
+            return
+        self.lines[positions[0]] = header_line(key, value)
+        for at in reversed(positions[1:]):
+            del self.lines[at]
+            del self.keys[at]
+        self._changed(key)
+
+    def remove_header(self, name: str) -> int:
+        """Remove every header of that name; returns how many lines went."""
+        key = header_key(name)
+        positions = self._positions(key)
+        for at in reversed(positions):
+            del self.lines[at]
+            del self.keys[at]
+        if positions:
+            self._changed(key)
+        return len(positions)
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove the first element of a list header (a Via, a Route) and return it."""
+        key = header_key(name)
+        if key not in self.keys:
+            return None
+        at = self.keys.index(key)
+        line = self.lines[at]
+        values = split_values(header_value(line))
+        if len(values) <= 1:
+            del self.lines[at]
+            del self.keys[at]
+        else:
+            self.lines[at] = line[: line.find(":") + 1] + " " + ", ".join(values[1:])
+        self._changed(key)
+        return values[0] if values else None
+
+    def push_via(self, via: Via | str) -> None:
+        self.add_header("via", str(via), top=True)
+
+    def pop_via(self) -> Via | None:
+        text = self.pop_first_value("via")
+        return parse_via(text) if text is not None else None
+
+    def add_record_route(self, address: Address | str) -> None:
+        self.add_header("record-route", str(address), top=True)
+
+    def add_path(self, address: Address | str) -> None:
+        self.add_header("path", str(address), top=True)
+
+    def pop_route(self) -> Address | None:
+        text = self.pop_first_value("route")
+        return parse_address(text, "Route") if text is not None else None
+
+    def push_route(self, address: Address | str) -> None:
+        self.add_header("route", str(address), top=True)
+
+    def set_from(self, address: Address | str) -> None:
+        self.set_header("from", str(address))
+
+    def set_to(self, address: Address | str) -> None:
+        self.set_header("to", str(address))
+
+    def set_body(self, body: bytes, content_type: str | None = None) -> None:
+        self.body = body
+        self._dirty = True
+        if content_type is not None:
+            self.set_header("content-type", content_type)
+        elif not body:
+            self.remove_header("content-type")
+        self.set_header("content-length", str(len(body)))
+
+    # -- output -----------------------------------------------------------------------
+    def serialize(self) -> bytes:
+        if not self._dirty:
+            return self.raw
+        lines = [self.start_line(), *self.lines]
+        if "content-length" not in self.keys:
+            lines.append(f"Content-Length: {len(self.body)}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        data = head.encode("latin-1") + self.body
+        self.raw = data
+        self._dirty = False
+        return data
+
+    def __bytes__(self) -> bytes:
+        return self.serialize()
+
+    def copy(self) -> Any:
+        """An independent copy to edit (each branch of a fork gets one)."""
+        clone = object.__new__(type(self))
+        Message.__init__(clone, list(self.lines), list(self.keys), self.body, self.raw)
+        clone._dirty = self._dirty
+        self._copy_start(clone)
+        return clone
+
+    def _copy_start(self, clone: Any) -> None:
+        raise NotImplementedError
+
+
+class Request(Message):
+    __slots__ = ("_uri", "method", "uri_text", "version")
+
+    def __init__(
+        self,
+        method: str,
+        uri: Uri | str,
+        lines: list[str],
+        keys: list[str],
+        body: bytes = b"",
+        raw: bytes = b"",
+        version: str = SIP_VERSION,
+    ) -> None:
+        super().__init__(lines, keys, body, raw)
+        self.method = method
+        self.version = version
+        if isinstance(uri, str):
+            self.uri_text = uri
+            self._uri: Uri | None = None
+        else:
+            self.uri_text = str(uri)
+            self._uri = uri
+
+    @classmethod
+    def build(
+        cls,
+        method: str,
+        uri: Uri | str,
+        headers: list[tuple[str, str]],
+        body: bytes = b"",
+    ) -> Request:
+        """A new request from (name, value) pairs; Content-Length is added."""
+        keys = [header_key(name) for name, _ in headers]
+        lines = [header_line(key, value) for key, (_, value) in zip(keys, headers, strict=True)]
+        keys.append("content-length")
+        lines.append(header_line("content-length", str(len(body))))
+        return cls(method, uri, lines, keys, body)
+
+    @property
+    def is_request(self) -> bool:
+        return True
+
+    @property
+    def uri(self) -> Uri:
+        if self._uri is None:
+            self._uri = parse_uri(self.uri_text, allow_other_schemes=False)
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+        self.uri_text = str(value)
+        self._dirty = True
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri_text} {self.version}"
+
+    def _copy_start(self, clone: Any) -> None:
+        clone.method = self.method
+        clone.version = self.version
+        clone.uri_text = self.uri_text
+        clone._uri = self._uri
+
+    def decrement_max_forwards(self) -> int:
+        """§16.6 step 3: decrement, or add 70 when absent. Returns the new value."""
+        current = self.max_forwards
+        value = 70 if current is None else current - 1
+        self.set_header("max-forwards", str(value))
+        self._cache["max-forwards"] = value
+        return value
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri_text}>"
+
+
+class Response(Message):
+    __slots__ = ("reason", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        lines: list[str],
+        keys: list[str],
+        body: bytes = b"",
+        raw: bytes = b"",
+        version: str = SIP_VERSION,
+    ) -> None:
+        super().__init__(lines, keys, body, raw)
+        self.status = status
+        self.reason = reason
+        self.version = version
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def _copy_start(self, clone: Any) -> None:
+        clone.status = self.status
+        clone.reason = self.reason
+        clone.version = self.version
+
+    @property
+    def is_provisional(self) -> bool:
+        return self.status < 200
+
+    @property
+    def is_final(self) -> bool:
+        return self.status >= 200
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"

@@ -1,0 +1,292 @@
+"""Bytes to messages: UDP datagrams, TCP byte streams (Content-Length framing, RFC 5626
+CRLF keep-alives), and the checks a server makes before it acts on a request.
+
+Only ``ParseError`` leaves this module for bad input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.grammar import is_token, parse_int
+from sipfleet.sip.headers import _key_cache, header_key
+from sipfleet.sip.message import SIP_VERSION, Message, Request, Response
+
+DEFAULT_MAX_SIZE = 65535
+_VERSION = re.compile(r"SIP/\d+\.\d+\Z", re.IGNORECASE)
+_COMMON_METHODS = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "MESSAGE",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "REFER",
+        "INFO",
+        "UPDATE",
+        "PRACK",
+        "PUBLISH",
+    }
+)
+
+
+def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE, stream: bool = False) -> Message:
+    """Parse one message. For UDP (``stream=False``) Content-Length trims the body."""
+    if data[:2] == b"\r\n":  # RFC 3261 §7.5: blank lines before the start line are skipped
+        data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end != -1:
+        head = data[:end].decode("latin-1")
+        body_at = end + 4
+        lines = head.split("\r\n")
+    else:
+        end = data.find(b"\n\n")
+        if end != -1:  # bare-LF line ends: tolerated, as Kamailio and OpenSIPS do
+            body_at = end + 2
+        elif data.endswith(b"\r\n"):
+            end = body_at = len(data)
+        else:
+            raise _reject_unframed(data)
+        head = data[:end].decode("latin-1")
+        lines = [line.rstrip("\r") for line in head.split("\n")]
+    message = _parse_head(lines, data)
+    if len(data) > max_size:
+        raise ParseError("Message Too Large", 513, message)
+    if "\x00" in head:
+        raise ParseError("NUL byte in message header", 400, message)
+    _attach_body(message, data, body_at, stream)
+    return message
+
+
+def _reject_unframed(data: bytes) -> ParseError:
+    """No empty line after the headers; still answerable if it is a request."""
+    try:
+        text = data.decode("latin-1")
+        message = _parse_head(text.split("\r\n"), data)
+    except ParseError as exc:
+        return exc
+    return ParseError("Missing empty line after the headers", 400, message)
+
+
+def _parse_head(lines: list[str], raw: bytes) -> Message:
+    start_line = lines[0]
+    del lines[0]
+    cache = _key_cache
+    keys: list[str | None] = [cache.get(line.partition(":")[0]) for line in lines]
+    problem = _resolve_keys(lines, keys) if None in keys else None
+    message = _start(start_line, lines, keys, raw)  # type: ignore[arg-type]
+    if problem is not None:
+        raise ParseError(problem, 400, message)
+    return message
+
+
+def _resolve_keys(lines: list[str], keys: list[str | None]) -> str | None:
+    """The slow path: names not seen before, folded lines, empty or broken lines.
+
+    Fixes ``lines`` and ``keys`` in place and returns the first defect found, if any.
+    """
+    problem: str | None = None
+    i = 0
+    while i < len(lines):
+        if keys[i] is not None:
+            i += 1
+            continue
+        line = lines[i]
+        if not line:
+            del lines[i], keys[i]
+            continue
+        if line[0] in " \t":
+            if i == 0:
+                problem = problem or "Continuation line before the first header"
+                del lines[i], keys[i]
+                continue
+            lines[i - 1] += "\r\n" + line
+            del lines[i], keys[i]
+            continue
+        colon = line.find(":")
+        try:
+            if colon <= 0:
+                raise ParseError("Header line without a colon")
+            keys[i] = header_key(line[:colon])
+        except ParseError as exc:
+            problem = problem or f"{exc.reason}: {line[:40]!r}"
+            del lines[i], keys[i]
+            continue
+        i += 1
+    return problem
+
+
+def _start(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Message:
+    if start_line.startswith("SIP/"):
+        return _status_line(start_line, lines, keys, raw)
+    parts = start_line.split(" ")
+    method = parts[0]
+    if method not in _COMMON_METHODS and not is_token(method):
+        raise ParseError("Bad Request-Line: bad method")
+    request = Request(method, parts[1] if len(parts) > 1 else "", lines, keys, raw=raw)
+    if len(parts) != 3 or not parts[1]:
+        raise ParseError("Bad Request-Line: expected METHOD URI SIP/2.0", 400, request)
+    version = parts[2]
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
+        if _VERSION.match(version):
+            raise ParseError("Version Not Supported", 505, request)
+        raise ParseError("Bad Request-Line: bad SIP version", 400, request)
+    request.version = version
+    return request
+
+
+def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Response:
+    parts = start_line.split(" ", 2)
+    if len(parts) < 2 or parts[0].upper() != SIP_VERSION:
+        raise ParseError("Bad Status-Line")
+    code = parts[1]
+    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        raise ParseError("Bad Status-Line: bad status code")
+    reason = parts[2] if len(parts) == 3 else ""
+    return Response(int(code), reason, lines, keys, raw=raw, version=parts[0])
+
+
+def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> None:
+    try:
+        length = message.content_length
+    except ParseError as exc:
+        raise ParseError(exc.reason, 400, message) from None
+    available = len(data) - body_at
+    if length is None:
+        if stream:
+            raise ParseError("Missing Content-Length on a stream transport", 400, message)
+        length = available
+    elif length > available:
+        raise ParseError("Content-Length larger than the message", 400, message)
+    message.body = data[body_at : body_at + length]
+    if body_at + length < len(data):
+        message.raw = data[: body_at + length]
+
+
+def validate_request(request: Request) -> None:
+    """The checks of RFC 3261 §8.2 / §16.3 step 1 that need no policy.
+
+    Touches every mandatory header once (so later accessors are cached) and raises
+    ParseError with the request attached, so the caller can answer it.
+    """
+    try:
+        request.uri  # noqa: B018 - parses the Request-URI (416 for unsupported schemes)
+        if not request.vias:
+            raise ParseError("Missing Via header")
+        request.from_  # noqa: B018
+        request.to  # noqa: B018
+        request.call_id  # noqa: B018
+        cseq = request.cseq
+        if cseq.method != request.method:
+            raise ParseError("CSeq method does not match the Request-Line")
+        request.max_forwards  # noqa: B018
+        request.expires  # noqa: B018
+    except ParseError as exc:
+        exc.message = request
+        raise
+
+
+# -- streams ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeepAlivePing:
+    """A CRLFCRLF ping (RFC 5626 §3.5.1): answer with a CRLF pong."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlivePong:
+    """A CRLF pong answering our ping."""
+
+
+StreamItem = bytes | KeepAlivePing | KeepAlivePong
+_CONTENT_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)")
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into whole messages and keep-alives.
+
+    Errors are fatal for the connection: ``feed`` raises ParseError (with the broken
+    request attached when there is one) and the caller answers, then closes.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        self.max_size = max_size
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[StreamItem]:
+        self._buffer += data
+        items: list[StreamItem] = []
+        while True:
+            item = self._next()
+            if item is None:
+                return items
+            items.append(item)
+
+    def _next(self) -> StreamItem | None:
+        buffer = self._buffer
+        if buffer.startswith(b"\r\n"):
+            if buffer.startswith(b"\r\n\r\n"):
+                del buffer[:4]
+                return KeepAlivePing()
+            del buffer[:2]
+            return KeepAlivePong()
+        end = buffer.find(b"\r\n\r\n")
+        if end == -1:
+            if len(buffer) > self.max_size:
+                raise ParseError("Message Too Large", 513)
+            return None
+        head = bytes(buffer[:end])
+        found = _CONTENT_LENGTH.findall(head)
+        if len(found) != 1:
+            reason = (
+                "Missing Content-Length on a stream transport"
+                if not found
+                else "Multiple Content-Length headers"
+            )
+            raise self._framing_error(head, reason, 400)
+        try:
+            length = parse_int(found[0].decode("latin-1"), "Content-Length")
+        except ParseError as exc:
+            raise self._framing_error(head, exc.reason, 400) from None
+        total = end + 4 + length
+        if total > self.max_size:
+            raise self._framing_error(head, "Message Too Large", 513)
+        if len(buffer) < total:
+            return None
+        message = bytes(buffer[:total])
+        del buffer[:total]
+        return message
+
+    @staticmethod
+    def _framing_error(head: bytes, reason: str, status: int) -> ParseError:
+        try:
+            message = _parse_head(head.decode("latin-1").split("\r\n"), head + b"\r\n\r\n")
+        except ParseError:
+            message = None
+        return ParseError(reason, status, message)
+
+
+def is_keepalive(data: bytes) -> bool:
+    """A UDP datagram that is only CRLFs (RFC 5626 ping) or whitespace padding."""
+    return not data.strip(b"\r\n \t\x00")
+
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "KeepAlivePing",
+    "KeepAlivePong",
+    "StreamFramer",
+    "header_key",
+    "is_keepalive",
+    "parse_message",
+    "validate_request",
+]

@@ -1,0 +1,146 @@
+"""The Via header (RFC 3261 §20.42, RFC 3581 rport)."""
+
+from __future__ import annotations
+
+import re
+
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.grammar import Params, format_params, parse_params, parse_port
+from sipfleet.sip.uri import split_hostport
+
+# The magic cookie of RFC 3261 branches (§8.1.1.7).
+BRANCH_COOKIE = "z9hG4bK"
+
+_TOKEN_RE = r"[A-Za-z0-9.!%*_+`'~-]+"
+_SENT = re.compile(
+    rf"[ \t]*({_TOKEN_RE})[ \t]*/[ \t]*({_TOKEN_RE})[ \t]*/[ \t]*({_TOKEN_RE})\s+"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*(?:;(.*))?",
+    re.S,
+)
+
+
+class Via:
+    """One Via value. Its parameters are parsed on first use (usually for the branch)."""
+
+    __slots__ = ("_param_text", "_params", "host", "port", "protocol", "raw", "transport")
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None,
+        params: Params | str | None = None,
+        protocol: str = "SIP/2.0",
+        raw: str = "",
+    ) -> None:
+        self.transport = transport  # upper case: UDP, TCP, TLS, SCTP, WS, WSS
+        self.host = host
+        self.port = port
+        self.protocol = protocol
+        self.raw = raw
+        if isinstance(params, str):
+            self._param_text = params
+            self._params: Params | None = None
+        else:
+            self._param_text = ""
+            self._params = params if params is not None else {}
+
+    @property
+    def params(self) -> Params:
+        params = self._params
+        if params is None:
+            params = self._params = parse_params(self._param_text, "Via header")
+            if "branch" in params and not params["branch"]:
+                raise ParseError("Bad Via header: empty branch")
+        return params
+
+    def __str__(self) -> str:
+        if not self.raw:
+            port = f":{self.port}" if self.port is not None else ""
+            params = format_params(self.params)
+            self.raw = f"{self.protocol}/{self.transport} {self.host}{port}{params}"
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"Via({str(self)!r})"
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.params.get("received")
+
+    @property
+    def has_rport(self) -> bool:
+        return "rport" in self.params
+
+    @property
+    def rport(self) -> int | None:
+        value = self.params.get("rport")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def sent_by(self) -> tuple[str, int | None]:
+        return self.host, self.port
+
+    @property
+    def is_rfc3261(self) -> bool:
+        branch = self.branch
+        return branch is not None and branch.startswith(BRANCH_COOKIE)
+
+    def response_address(self, default_port: int = 5060) -> tuple[str, int]:
+        """Where a response goes per RFC 3261 §18.2.2 and RFC 3581 (UDP, no maddr)."""
+        host = self.received or self.host
+        if host.startswith("["):
+            host = host[1:-1]
+        port = self.rport or self.port or default_port
+        return host, port
+
+    def replace(self, **changes: object) -> Via:
+        values: dict[str, object] = {
+            "transport": self.transport,
+            "host": self.host,
+            "port": self.port,
+            "params": dict(self.params),
+            "protocol": self.protocol,
+        }
+        values.update(changes)
+        return Via(**values)  # type: ignore[arg-type]
+
+
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PLAIN_TRANSPORTS = frozenset({"UDP", "TCP", "TLS", "SCTP", "WS", "WSS"})
+
+
+def parse_via(text: str) -> Via:
+    if text.startswith("SIP/2.0/"):  # the usual shape, without the regex
+        space = text.find(" ", 8)
+        transport = text[8:space]
+        if space != -1 and transport in _PLAIN_TRANSPORTS:
+            rest = text[space + 1 :]
+            hostport, _, param_text = rest.partition(";")
+            host, colon, port_text = hostport.partition(":")
+            if (
+                _PLAIN_HOST.fullmatch(host) is not None
+                and host[-1] != "-"
+                and (not colon or (port_text.isdigit() and len(port_text) <= 5))
+            ):
+                port = int(port_text) if colon else None
+                if port is None or port <= 65535:
+                    return Via(transport, host, port, param_text, "SIP/2.0", text)
+    return _parse_via_slowly(text)
+
+
+def _parse_via_slowly(text: str) -> Via:
+    match = _SENT.fullmatch(text)
+    if match is None:
+        raise ParseError("Bad Via header")
+    name, version, transport, host, port_text, param_text = match.groups()
+    if name.upper() != "SIP":
+        raise ParseError("Bad Via header: protocol is not SIP")
+    if host[0] == "[" or host[0] in "-." or host[-1] == "-":
+        host, _ = split_hostport(host, "Via header")  # validates IPv6 and odd names
+    port = None if port_text is None else parse_port(port_text, "Via header")
+    return Via(transport.upper(), host, port, param_text or "", f"{name}/{version}", text.strip())

@@ -1,0 +1,1 @@
+"""The storage interface and its SQLite, MariaDB/MySQL and PostgreSQL backends."""

@@ -1,0 +1,1 @@
+"""The only code that touches sockets: UDP, TCP (framing, connection table)."""
