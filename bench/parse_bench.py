@@ -16,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sipfleet.sip import parse_message  # noqa: E402
-from sipfleet.sip.message import Request  # noqa: E402
-from tests.sip.corpus import INVITE, REGISTER, RESPONSE_180  # noqa: E402
+from tests.sip.corpus import INVITE, REGISTER, RESPONSE_180
+
+from sipfleet.sip import parse_message
+from sipfleet.sip.message import Request
 
 RECORD_ROUTE = "<sip:lb1.example.com;lr>"
 OUR_VIA = "SIP/2.0/UDP lb1.example.com:5060;branch=z9hG4bK-sf0123456789abcdef"
@@ -80,7 +81,7 @@ def response_pop_via(data: bytes = RESPONSE_180) -> bytes:
 CASES: list[tuple[str, Callable[[], object], int]] = [
     ("bare split of the INVITE (baseline)", bare_split, len(INVITE)),
     ("INVITE parse + Via/From/To/Call-ID/CSeq/Route/MF + serialize", invite_access, len(INVITE)),
-    ("INVITE parse + push Via, MF-1, add RR, pop Route + serialize", invite_proxy_edits, len(INVITE)),
+    ("INVITE parse + push Via, MF-1, RR, pop Route + serialize", invite_proxy_edits, len(INVITE)),
     ("REGISTER parse + contacts + Authorization + serialize", register_access, len(REGISTER)),
     ("180 response parse + pop Via + serialize", response_pop_via, len(RESPONSE_180)),
 ]
