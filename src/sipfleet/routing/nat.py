@@ -1,0 +1,72 @@
+"""Is a client behind NAT? The checks of Kamailio's nat_uac_test, as named predicates.
+
+The LB uses the answer to decide how a client is reached: through its flow (the address
+and port its packets came from) or at its Contact.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.message import Request
+from sipfleet.sip.uri import SipUri
+
+# RFC 1918, RFC 6598 shared space (carrier-grade NAT), link-local, and IPv6 ULA/link-local.
+_PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+def is_private(host: str) -> bool:
+    """True for an address that cannot be reached from the public Internet."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a host name: not evidence of NAT by itself
+    return any(address in network for network in _PRIVATE_NETWORKS)
+
+
+@dataclass(frozen=True, slots=True)
+class NatEvidence:
+    via_address_differs: bool  # top Via sent-by host is not the source address
+    via_port_differs: bool  # top Via port is not the source port
+    private_contact: bool  # a Contact names a private address while the source is public
+
+    @property
+    def behind_nat(self) -> bool:
+        return self.via_address_differs or self.via_port_differs or self.private_contact
+
+
+def nat_evidence(request: Request, source_host: str, source_port: int) -> NatEvidence:
+    """Compare what the request says about its sender with where it came from."""
+    try:
+        via = request.top_via
+        via_host = via.host.strip("[]")
+        via_port = via.port or 5060
+        contact_hosts = [c.uri.host_bare for c in request.contacts if isinstance(c.uri, SipUri)]
+    except ParseError:
+        return NatEvidence(True, True, False)  # a sender we cannot read is reached as seen
+    return NatEvidence(
+        via_address_differs=_differs(via_host, source_host),
+        via_port_differs=via_port != source_port,
+        private_contact=not is_private(source_host)
+        and any(is_private(host) for host in contact_hosts),
+    )
+
+
+def _differs(claimed: str, seen: str) -> bool:
+    try:
+        return ipaddress.ip_address(claimed) != ipaddress.ip_address(seen)
+    except ValueError:
+        return True  # a host name in Via never equals an address we saw

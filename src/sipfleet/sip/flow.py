@@ -1,0 +1,94 @@
+"""Flow tokens: how the LB finds a client again (RFC 5626 §5.2, RFC 3327 Path).
+
+The LB puts a token in the user part of its Path and Record-Route URIs. It names the
+client's transport address as the LB saw it (the NAT binding), the TCP connection and the
+LB worker that owns it, and whether the client must be reached over that flow (behind NAT,
+TCP, RFC 5626 outbound) or at its Contact. The token is authenticated with the cluster
+secret: a request that comes back with a token the LB did not make is refused (403), so
+nothing in a packet can point the LB at an address of the sender's choosing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Literal
+
+_VERSION = 1
+_MAC_BYTES = 10  # 80 bits: forging one takes 2**79 tries on average, each a SIP request
+_HEADER = struct.Struct("!BBBHI")  # version, flags, worker, port, connection
+_FLAG_TCP = 0x01
+_FLAG_REACH_BY_FLOW = 0x02
+_FLAG_IPV6 = 0x04
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    transport: Literal["udp", "tcp"]
+    host: str  # the client's address as the LB saw it (no IPv6 brackets)
+    port: int
+    connection: int = 0  # TCP connection id inside the owning LB worker (0 for UDP)
+    worker: int = 0  # index of the LB worker process that owns the connection
+    reach_by_flow: bool = True  # send to this address / connection, not to the Contact
+
+
+class FlowTokens:
+    def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("the cluster secret must not be empty")
+        self._key = hashlib.sha256(b"sipfleet flow token\x00" + secret).digest()
+
+    def encode(self, flow: Flow) -> str:
+        address = ipaddress.ip_address(flow.host)
+        flags = (
+            (_FLAG_TCP if flow.transport == "tcp" else 0)
+            | (_FLAG_REACH_BY_FLOW if flow.reach_by_flow else 0)
+            | (_FLAG_IPV6 if address.version == 6 else 0)
+        )
+        body = (
+            _HEADER.pack(_VERSION, flags, flow.worker, flow.port, flow.connection) + address.packed
+        )
+        return _b64(body + self._mac(body))
+
+    def decode(self, token: str) -> Flow | None:
+        """The flow a token names, or None when it is not one of ours (or was altered)."""
+        raw = _unb64(token)
+        if raw is None or len(raw) < _HEADER.size + 4 + _MAC_BYTES:
+            return None
+        body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return None
+        version, flags, worker, port, connection = _HEADER.unpack_from(body)
+        packed = body[_HEADER.size :]
+        expected = 16 if flags & _FLAG_IPV6 else 4
+        if version != _VERSION or len(packed) != expected:
+            return None
+        return Flow(
+            transport="tcp" if flags & _FLAG_TCP else "udp",
+            host=str(ipaddress.ip_address(packed)),
+            port=port,
+            connection=connection,
+            worker=worker,
+            reach_by_flow=bool(flags & _FLAG_REACH_BY_FLOW),
+        )
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def _b64(data: bytes) -> str:
+    # base64url without padding: letters, digits, '-' and '_' are all unreserved in a SIP user part
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes | None:
+    if not text or len(text) > 64 or not text.isascii():
+        return None
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError):
+        return None
