@@ -1,0 +1,137 @@
+"""The transaction table: routes messages to transactions and creates them (sans-IO)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sipfleet.sip.message import Message, Request, Response
+from sipfleet.sip.transaction.actions import Action
+from sipfleet.sip.transaction.base import Key, Transaction
+from sipfleet.sip.transaction.client import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ClientTransaction,
+)
+from sipfleet.sip.transaction.matching import (
+    client_key,
+    is_rfc3261_key,
+    request_key,
+    response_key,
+    rfc2543_key,
+)
+from sipfleet.sip.transaction.server import (
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    ServerTransaction,
+)
+from sipfleet.sip.transaction.timers import DEFAULT_TIMERS, Timers
+
+
+class TransactionLayer:
+    """Every live transaction of a process, by key.
+
+    ``receive`` hands a message to its transaction and returns the actions, or None
+    when no transaction matches (a new request, a stray response, an ACK for a 2xx):
+    then the TU decides, and may ``create_server``. Terminated transactions leave the
+    table by themselves, whoever drove them.
+    """
+
+    __slots__ = ("_clients", "_servers", "timers")
+
+    def __init__(self, timers: Timers = DEFAULT_TIMERS) -> None:
+        self.timers = timers
+        self._clients: dict[Key, ClientTransaction] = {}
+        self._servers: dict[Key, ServerTransaction] = {}
+
+    def __len__(self) -> int:
+        return len(self._clients) + len(self._servers)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    @property
+    def server_count(self) -> int:
+        return len(self._servers)
+
+    # -- incoming messages ----------------------------------------------------------------
+    def receive(self, message: Message) -> list[Action] | None:
+        """Feed a received message to its transaction. Raises ParseError when a header
+        that matching needs (Via, CSeq; From, To, Call-ID for RFC 2543) does not parse."""
+        if isinstance(message, Response):
+            client = self.match_response(message)
+            return None if client is None else client.receive(message)
+        assert isinstance(message, Request)
+        server = self.match_request(message)
+        return None if server is None else server.receive(message)
+
+    def match_response(self, response: Response) -> ClientTransaction | None:
+        key = response_key(response)
+        return None if key is None else self._clients.get(key)
+
+    def match_request(self, request: Request) -> ServerTransaction | None:
+        key = request_key(request)
+        server = self._servers.get(key)
+        if request.method == "ACK" and not is_rfc3261_key(key):
+            return self._match_rfc2543_ack(request, server)
+        return server
+
+    def _match_rfc2543_ack(
+        self, ack: Request, same_tag: ServerTransaction | None
+    ) -> ServerInviteTransaction | None:
+        """§17.2.3: the ACK's To tag is that of our final response. A re-INVITE had it
+        already (``same_tag``); an initial INVITE had none."""
+        to_tag = ack.to.tag
+        server = same_tag
+        if server is None and to_tag is not None:
+            server = self._servers.get(rfc2543_key(ack, "INVITE", None))
+        if isinstance(server, ServerInviteTransaction) and server.final_to_tag == to_tag:
+            return server
+        return None
+
+    def cancel_target(self, cancel: Request) -> ServerInviteTransaction | None:
+        """The INVITE server transaction a CANCEL refers to (§9.2), if it is alive."""
+        server = self._servers.get(request_key(cancel, "INVITE"))
+        return server if isinstance(server, ServerInviteTransaction) else None
+
+    # -- new transactions -----------------------------------------------------------------
+    def create_client(
+        self,
+        request: Request,
+        *,
+        reliable: bool | None = None,
+        peer: Any = None,
+        context: Any = None,
+    ) -> tuple[ClientTransaction, list[Action]]:
+        """Start a client transaction for a request we send (its top Via carries our
+        branch). ``reliable`` defaults to what that Via's transport says. Returns the
+        transaction and its first actions: send the request, arm the timers."""
+        kind = ClientInviteTransaction if request.method == "INVITE" else ClientNonInviteTransaction
+        client = kind(request, reliable=reliable, timers=self.timers, peer=peer, context=context)
+        branch = request.top_via.branch
+        assert branch is not None  # the transaction checked it
+        self._add(self._clients, client_key(branch, request.method), client)
+        return client, client.start()
+
+    def create_server(
+        self,
+        request: Request,
+        *,
+        reliable: bool | None = None,
+        peer: Any = None,
+        context: Any = None,
+    ) -> ServerTransaction:
+        """A server transaction for a new request (not an ACK), after ``receive`` found
+        none. The TU answers through its ``respond``."""
+        kind = ServerInviteTransaction if request.method == "INVITE" else ServerNonInviteTransaction
+        server = kind(request, reliable=reliable, timers=self.timers, peer=peer, context=context)
+        self._add(self._servers, request_key(request), server)
+        return server
+
+    @staticmethod
+    def _add(table: dict[Key, Any], key: Key, transaction: Transaction) -> None:
+        if key in table:
+            raise ValueError(f"a transaction with this key exists: {table[key]!r}")
+        transaction.key = key
+        transaction._table = table
+        table[key] = transaction

@@ -1,0 +1,186 @@
+"""Server transactions: RFC 3261 §17.2 with RFC 6026's Accepted state for INVITE.
+
+The TU answers through ``respond``; the transaction absorbs request retransmissions
+(answering them with the latest response) and, for INVITE over unreliable transports,
+retransmits a 3xx-6xx final response until the ACK comes. Neither kind sends 100
+(Trying) by itself: an INVITE's TU sends it (a proxy at once, §16.2), so the transaction
+needs no 200 ms timer.
+"""
+
+from __future__ import annotations
+
+from sipfleet.sip.message import Request, Response
+from sipfleet.sip.transaction.actions import (
+    Action,
+    Deliver,
+    Send,
+    StartTimer,
+    State,
+    Timeout,
+    TransportError,
+)
+from sipfleet.sip.transaction.base import Transaction
+from sipfleet.sip.transaction.timers import Timer
+
+
+class ServerTransaction(Transaction):
+    """A request we received. The TU answers with ``respond``; feed it the requests that
+    match (retransmissions, and the ACK for an INVITE)."""
+
+    __slots__ = ()
+
+    @property
+    def last_response(self) -> Response | None:
+        """The latest response sent: what a retransmitted request is answered with."""
+        return self._last  # type: ignore[return-value]
+
+    def respond(self, response: Response) -> list[Action]:
+        """A response from the TU. Returns [] when the state discards it."""
+        raise NotImplementedError
+
+    def receive(self, request: Request) -> list[Action]:
+        """A request matched to this transaction (§17.2.3)."""
+        raise NotImplementedError
+
+
+class ServerInviteTransaction(ServerTransaction):
+    """§17.2.1 and RFC 6026 §7.1: Proceeding → Completed (3xx-6xx) → Confirmed (ACK), or
+    Accepted (2xx): there the TU's 2xx retransmissions go out, INVITE retransmissions are
+    absorbed and ACKs are passed to the TU, until Timer L."""
+
+    __slots__ = ()
+    first_state = State.PROCEEDING
+
+    @classmethod
+    def _check_method(cls, method: str) -> None:
+        if method != "INVITE":
+            raise ValueError(f"not an INVITE: {method}")
+
+    def respond(self, response: Response) -> list[Action]:
+        state = self.state
+        status = response.status
+        if state is State.PROCEEDING:
+            self._last = response
+            if status < 200:
+                return [Send(self, response)]
+            if status < 300:
+                self.state = State.ACCEPTED
+                return [Send(self, response), StartTimer(self, Timer.L, self.timers.timeout)]
+            self.state = State.COMPLETED
+            actions: list[Action] = [Send(self, response)]
+            if not self.reliable:
+                actions.append(StartTimer(self, Timer.G, self._interval))
+            actions.append(StartTimer(self, Timer.H, self.timers.timeout))
+            return actions
+        if 200 <= status < 300 and state is not State.TERMINATED:
+            # Accepted: the TU's 2xx retransmissions (RFC 6026). Completed or Confirmed:
+            # a 2xx after a failure, which a proxy must still forward (§16.7 step 5).
+            return [Send(self, response)]
+        return []
+
+    @property
+    def final_to_tag(self) -> str | None:
+        """The To tag of the final response sent, which an ACK must carry (§17.2.3)."""
+        last = self._last
+        if last is None or not isinstance(last, Response) or last.status < 200:
+            return None
+        return last.to.tag
+
+    def receive(self, request: Request) -> list[Action]:
+        state = self.state
+        if request.method == "ACK":
+            if state is State.COMPLETED:
+                return self._confirm()
+            if state is State.ACCEPTED:
+                return [Deliver(self, request)]
+            return []  # Confirmed absorbs ACK retransmissions
+        last = self._last
+        if last is not None and (state is State.PROCEEDING or state is State.COMPLETED):
+            return [Send(self, last)]
+        return []  # nothing sent yet, or Accepted: the INVITE is absorbed (RFC 6026)
+
+    def _confirm(self) -> list[Action]:
+        actions: list[Action] = []
+        if self.reliable:
+            self._cancel(actions, Timer.H)
+            return self._terminate(actions)  # Timer I is zero
+        self._cancel(actions, Timer.G, Timer.H)
+        self.state = State.CONFIRMED
+        actions.append(StartTimer(self, Timer.I, self.timers.t4))
+        return actions
+
+    def timer_fired(self, timer: Timer) -> list[Action]:
+        state = self.state
+        if state is State.COMPLETED:
+            if timer == Timer.G and not self.reliable:
+                assert self._last is not None
+                self._interval = min(2 * self._interval, self.timers.t2)
+                return [Send(self, self._last), StartTimer(self, Timer.G, self._interval)]
+            if timer == Timer.H:  # no ACK came: the TU learns the transaction failed
+                actions: list[Action] = []
+                if not self.reliable:
+                    self._cancel(actions, Timer.G)
+                actions.append(Timeout(self, Timer.H))
+                return self._terminate(actions)
+        elif (state is State.CONFIRMED and timer == Timer.I) or (
+            state is State.ACCEPTED and timer == Timer.L
+        ):
+            return self._terminate([])
+        return []
+
+    def transport_failed(self) -> list[Action]:
+        # RFC 6026 Figure 7: in Proceeding, Completed and Accepted the TU is told and the
+        # state stays; Timer H or L (or the TU's final response) still ends it.
+        state = self.state
+        if state is State.PROCEEDING or state is State.COMPLETED or state is State.ACCEPTED:
+            return [TransportError(self)]
+        return []
+
+
+class ServerNonInviteTransaction(ServerTransaction):
+    """§17.2.2: Trying → Proceeding (1xx) → Completed (final); retransmitted requests
+    are answered with the latest response; Timer J ends Completed."""
+
+    __slots__ = ()
+    first_state = State.TRYING
+
+    @classmethod
+    def _check_method(cls, method: str) -> None:
+        if method in ("INVITE", "ACK"):
+            raise ValueError(f"not a non-INVITE request: {method}")
+
+    def respond(self, response: Response) -> list[Action]:
+        state = self.state
+        if state is not State.TRYING and state is not State.PROCEEDING:
+            return []  # after the final response the TU has nothing more to say
+        self._last = response
+        actions: list[Action] = [Send(self, response)]
+        if response.status < 200:
+            self.state = State.PROCEEDING
+            return actions
+        if self.reliable:
+            return self._terminate(actions)  # Timer J is zero
+        self.state = State.COMPLETED
+        actions.append(StartTimer(self, Timer.J, self.timers.timeout))
+        return actions
+
+    def receive(self, request: Request) -> list[Action]:
+        last = self._last
+        if last is None or self.state is State.TERMINATED:
+            return []  # Trying: the TU has the request and has not answered yet
+        return [Send(self, last)]
+
+    def timer_fired(self, timer: Timer) -> list[Action]:
+        if self.state is State.COMPLETED and timer == Timer.J:
+            return self._terminate([])
+        return []
+
+    def transport_failed(self) -> list[Action]:
+        state = self.state
+        actions: list[Action] = []
+        if state is State.COMPLETED:
+            self._cancel(actions, Timer.J)
+        elif state is not State.PROCEEDING:
+            return []  # nothing was sent in Trying
+        actions.append(TransportError(self))
+        return self._terminate(actions)
