@@ -3,7 +3,7 @@
 from sipfleet.sip.address import Address, parse_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.message import CSeq, Message, Request, Response
-from sipfleet.sip.parser import StreamFramer, parse_message, validate_request
+from sipfleet.sip.parser import StreamFramer, parse_message, validate_request, validate_response
 from sipfleet.sip.uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
 from sipfleet.sip.via import Via, parse_via
 
@@ -25,4 +25,5 @@ __all__ = [
     "parse_uri",
     "parse_via",
     "validate_request",
+    "validate_response",
 ]

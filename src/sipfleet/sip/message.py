@@ -23,7 +23,7 @@ SIP_VERSION = "SIP/2.0"
 MAX_CSEQ = 2**31 - 1
 MAX_EXPIRES = 2**32 - 1
 
-_CSEQ = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9.!%*_+`'~-]+)")
+_CSEQ = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9.!%*_+`'~-]+)")
 
 
 class CSeq(NamedTuple):
@@ -168,7 +168,9 @@ class Message:
             text = self._single(key, what)
             if text is None:
                 raise ParseError(f"Missing {what} header")
-            if "," in text and len(split_outside_quotes(text, ",")) > 1:
+            if "," in text and len(parts := split_outside_quotes(text, ",")) > 1:
+                if "<" not in parts[0] and ":" not in parts[0]:
+                    raise ParseError(f"Bad {what} header: a display name with ',' must be quoted")
                 raise ParseError(f"Multiple values in {what} header")
             address = parse_address(text, what)
             self._cache[key] = address
@@ -191,10 +193,10 @@ class Message:
             match = _CSEQ.fullmatch(self._required("cseq", "CSeq"))
             if match is None:
                 raise ParseError("Bad CSeq header")
-            number = int(match[1])
-            if number > MAX_CSEQ:
+            digits = match[1]
+            if len(digits) > 10 or int(digits) > MAX_CSEQ:
                 raise ParseError("CSeq number out of range")
-            cseq = _new_cseq(CSeq, (number, match[2]))
+            cseq = _new_cseq(CSeq, (int(digits), match[2]))
             self._cache["cseq"] = cseq
         return cseq
 
@@ -206,8 +208,8 @@ class Message:
         text = self._single("max-forwards", "Max-Forwards")
         if text is None:
             value = None
-        elif text.isdigit() and len(text) <= 3 and text.isascii() and int(text) <= 255:
-            value = int(text)
+        elif text.isdigit() and text.isascii() and len(text) <= 10 and int(text) <= 255:
+            value = int(text)  # leading zeros are legal (RFC 4475 §3.1.1.1)
         else:
             raise ParseError("Bad Max-Forwards header")
         self._cache["max-forwards"] = value

@@ -13,6 +13,7 @@ from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import is_token, parse_int
 from sipfleet.sip.headers import _key_cache, header_key
 from sipfleet.sip.message import SIP_VERSION, Message, Request, Response
+from sipfleet.sip.uri import SipUri
 
 DEFAULT_MAX_SIZE = 65535
 _VERSION = re.compile(r"SIP/\d+\.\d+\Z", re.IGNORECASE)
@@ -58,7 +59,9 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE, stream: bool = 
     message = _parse_head(lines, data)
     if len(data) > max_size:
         raise ParseError("Message Too Large", 513, message)
-    if "\x00" in head:
+    if "\x00" in head and "\x00" in head.replace("\\\x00", ""):
+        # A NUL is legal only as a quoted-pair (RFC 4475 §3.1.1.2); a bare one would cut
+        # the text short in C code further on (databases, logs).
         raise ParseError("NUL byte in message header", 400, message)
     _attach_body(message, data, body_at, stream)
     return message
@@ -131,7 +134,7 @@ def _start(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Me
         raise ParseError("Bad Request-Line: bad method")
     request = Request(method, parts[1] if len(parts) > 1 else "", lines, keys, raw=raw)
     if len(parts) != 3 or not parts[1]:
-        raise ParseError("Bad Request-Line: expected METHOD URI SIP/2.0", 400, request)
+        raise ParseError(_request_line_defect(start_line), 400, request)
     version = parts[2]
     if version != SIP_VERSION and version.upper() != SIP_VERSION:
         if _VERSION.match(version):
@@ -141,12 +144,20 @@ def _start(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Me
     return request
 
 
+def _request_line_defect(start_line: str) -> str:
+    if "  " in start_line or start_line.endswith(" "):
+        return "Bad Request-Line: extra spaces (one SP between the elements)"
+    if start_line.count(" ") > 2:
+        return "Bad Request-Line: whitespace in the Request-URI"
+    return "Bad Request-Line: expected METHOD URI SIP/2.0"
+
+
 def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Response:
     parts = start_line.split(" ", 2)
     if len(parts) < 2 or parts[0].upper() != SIP_VERSION:
         raise ParseError("Bad Status-Line")
     code = parts[1]
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    if len(code) != 3 or not (code.isdigit() and code.isascii()) or not 100 <= int(code) <= 699:
         raise ParseError("Bad Status-Line: bad status code")
     reason = parts[2] if len(parts) == 3 else ""
     return Response(int(code), reason, lines, keys, raw=raw, version=parts[0])
@@ -176,9 +187,10 @@ def validate_request(request: Request) -> None:
     ParseError with the request attached, so the caller can answer it.
     """
     try:
-        request.uri  # noqa: B018 - parses the Request-URI (416 for unsupported schemes)
-        if not request.vias:
-            raise ParseError("Missing Via header")
+        uri = request.uri  # 416 for unsupported schemes
+        if isinstance(uri, SipUri) and uri.headers:
+            raise ParseError("Request-URI must not carry headers")
+        request.top_via.params  # noqa: B018 - the branch is needed to answer or forward
         request.from_  # noqa: B018
         request.to  # noqa: B018
         request.call_id  # noqa: B018
@@ -187,8 +199,26 @@ def validate_request(request: Request) -> None:
             raise ParseError("CSeq method does not match the Request-Line")
         request.max_forwards  # noqa: B018
         request.expires  # noqa: B018
+        if "contact" in request.keys:
+            request.contacts  # noqa: B018
     except ParseError as exc:
         exc.message = request
+        raise
+
+
+def validate_response(response: Response) -> None:
+    """What a proxy or UAC must be able to read of a response before it acts on it.
+
+    A response that fails is dropped (and counted) by the caller: nobody is answered.
+    """
+    try:
+        response.top_via.params  # noqa: B018
+        response.from_  # noqa: B018
+        response.to  # noqa: B018
+        response.call_id  # noqa: B018
+        response.cseq  # noqa: B018
+    except ParseError as exc:
+        exc.message = response
         raise
 
 
@@ -289,4 +319,5 @@ __all__ = [
     "is_keepalive",
     "parse_message",
     "validate_request",
+    "validate_response",
 ]

@@ -7,6 +7,7 @@ made with ``replace``, which renders the new one.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,11 @@ from sipfleet.sip.grammar import Params, format_params, parse_params, parse_port
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 _USER_FORBIDDEN = frozenset(' \t\r\n<>"@[]{}|\\^`')
 _TEL_CHARS = frozenset("0123456789ABCDEFabcdef*#+-.()pw")
-# §19.1.4: these parameters must match whenever either URI carries them.
-_PARAMS_ALWAYS_COMPARED = ("user", "ttl", "method", "maddr")
+# §19.1.4: these parameters must match whenever either URI carries them (a URI without
+# ";transport=udp" is not one with it: the two may resolve differently).
+_PARAMS_ALWAYS_COMPARED = ("transport", "user", "ttl", "method", "maddr")
 SUPPORTED_SCHEMES = ("sip", "sips", "tel")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986 §3.1, already lower case
 
 
 @dataclass(slots=True, eq=False)
@@ -161,10 +164,10 @@ def parse_uri(text: str, allow_other_schemes: bool = True) -> Uri:
         return parse_sip_uri(text, scheme, colon + 1)
     if scheme == "tel":
         return parse_tel_uri(text, colon + 1)
+    if _SCHEME.fullmatch(scheme) is None:  # "<sip" is a broken URI (400), not a scheme (416)
+        raise ParseError("Bad URI: bad scheme")
     if not allow_other_schemes:
         raise ParseError(f"Unsupported URI scheme {scheme!r}", 416)
-    if not scheme[0].isalpha() or not all(ch.isalnum() or ch in "+-." for ch in scheme):
-        raise ParseError("Bad URI scheme")
     if any(ch in text for ch in " \t\r\n<>"):
         raise ParseError("Bad URI: illegal character")
     return AbsoluteUri(scheme, text)
@@ -176,9 +179,11 @@ def parse_sip_uri(text: str, scheme: str, start: int) -> SipUri:
         raise ParseError("Bad SIP URI: empty")
     user: str | None = None
     password: str | None = None
+    # No '@' may appear unescaped after the host (not in params, not in headers), so the
+    # first one ends the userinfo, even when the user part holds '?' or ';' (RFC 4475
+    # §3.1.1.2, §3.1.1.9).
     at = rest.find("@")
-    question = rest.find("?")
-    if at != -1 and (question == -1 or at < question):
+    if at != -1:
         userinfo = rest[:at]
         rest = rest[at + 1 :]
         if not userinfo or any(ch in _USER_FORBIDDEN for ch in userinfo):
@@ -253,14 +258,16 @@ def uri_equal(a: SipUri, b: SipUri) -> bool:
         return False
     if a.password is not None and unescape(a.password) != unescape(b.password or ""):
         return False
-    if a.host_bare != b.host_bare or a.port != b.port:
+    if a.port != b.port or not _same_host(a.host_bare, b.host_bare):
         return False
+    a_params = _comparable_params(a.params)
+    b_params = _comparable_params(b.params)
     for name in _PARAMS_ALWAYS_COMPARED:
-        if (name in a.params) != (name in b.params):
+        if (name in a_params) != (name in b_params):
             return False
-    for name, value in a.params.items():
-        if name in b.params:
-            other = b.params[name]
+    for name, value in a_params.items():
+        if name in b_params:
+            other = b_params[name]
             if (value is None) != (other is None):
                 return False
             if (
@@ -272,3 +279,22 @@ def uri_equal(a: SipUri, b: SipUri) -> bool:
     a_headers = {k.lower(): unescape(v) for k, v in a.headers.items()}
     b_headers = {k.lower(): unescape(v) for k, v in b.headers.items()}
     return a_headers == b_headers
+
+
+def _comparable_params(params: Params) -> Params:
+    """Parameter names with %HH escapes resolved (";%6C%72" is ";lr"), lower case."""
+    if not any("%" in name for name in params):
+        return params
+    return {unescape(name).lower(): value for name, value in params.items()}
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Host names compare case-insensitively; IPv6 references by address (RFC 5118 §4.3)."""
+    if a == b:
+        return True
+    if ":" in a and ":" in b:
+        try:
+            return ipaddress.IPv6Address(a) == ipaddress.IPv6Address(b)
+        except ValueError:
+            return False
+    return False

@@ -79,7 +79,9 @@ class Via:
     @property
     def rport(self) -> int | None:
         value = self.params.get("rport")
-        return int(value) if value and value.isdigit() else None
+        if value and value.isdigit() and value.isascii() and len(value) <= 5:
+            return int(value)
+        return None
 
     @property
     def sent_by(self) -> tuple[str, int | None]:
@@ -88,7 +90,8 @@ class Via:
     @property
     def is_rfc3261(self) -> bool:
         branch = self.branch
-        return branch is not None and branch.startswith(BRANCH_COOKIE)
+        # A bare cookie carries no transaction id (RFC 4475 §3.2.1): match as RFC 2543.
+        return branch is not None and len(branch) > 7 and branch.startswith(BRANCH_COOKIE)
 
     def response_address(self, default_port: int = 5060) -> tuple[str, int]:
         """Where a response goes per RFC 3261 §18.2.2 and RFC 3581 (UDP, no maddr)."""
@@ -125,7 +128,10 @@ def parse_via(text: str) -> Via:
             if (
                 _PLAIN_HOST.fullmatch(host) is not None
                 and host[-1] != "-"
-                and (not colon or (port_text.isdigit() and len(port_text) <= 5))
+                and (
+                    not colon
+                    or (port_text.isdigit() and port_text.isascii() and len(port_text) <= 5)
+                )
             ):
                 port = int(port_text) if colon else None
                 if port is None or port <= 65535:
