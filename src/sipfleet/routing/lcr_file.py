@@ -8,6 +8,7 @@ a file that parses is exactly a set of rows ``LcrTable.build`` accepts.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,12 +102,12 @@ class _Reader:
         for name, bit in table.items():
             entry = f"capabilities: {name}"
             if not isinstance(bit, int) or isinstance(bit, bool) or not is_single_capability(bit):
-                self.problems.append(f"{entry}: {bit!r} is not a single bit (1, 2, 4, 8, ...)")
+                self.problems.append(f"{entry}: {_show(bit)} is not a single bit (1, 2, 4, 8, ...)")
             elif name in self.names and self.names[name] != bit:
                 self.problems.append(f"{entry}: is built in as {self.names[name]}")
             elif bit in self.names.values() and self.names.get(name) != bit:
                 other = next(key for key, value in self.names.items() if value == bit)
-                self.problems.append(f"{entry}: bit {bit} is already named {other!r}")
+                self.problems.append(f"{entry}: bit {bit} is already named {_show(other)}")
             else:
                 self.names[name] = bit
 
@@ -207,7 +208,7 @@ class _Reader:
             else:
                 known = ", ".join(sorted(self.names))
                 self.problems.append(
-                    f"{where}: cap: {item!r} is neither a positive integer nor a name ({known})"
+                    f"{where}: cap: {_show(item)} is neither a bit-field nor a name ({known})"
                 )
                 return None
         return bits
@@ -219,7 +220,7 @@ class _Reader:
                 self.problems.append(f"{where}: {key}: missing")
             return ""
         if not isinstance(value, str):
-            self.problems.append(f"{where}: {key}: {value!r} is not a string")
+            self.problems.append(f"{where}: {key}: {_show(value)} is not a string")
             return ""
         return value
 
@@ -229,19 +230,21 @@ class _Reader:
     def _int(self, where: str, entry: dict[str, Any], key: str, default: int) -> int:
         value = entry.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool):
-            self.problems.append(f"{where}: {key}: {value!r} is not an integer")
+            self.problems.append(f"{where}: {key}: {_show(value)} is not an integer")
             return default
         return value
 
     def _optional_int(self, where: str, entry: dict[str, Any], key: str) -> int | None:
-        if entry.get(key) is None:
-            return None
-        return self._int(where, entry, key, 0)
+        value = entry.get(key)
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        self.problems.append(f"{where}: {key}: {_show(value)} is not an integer")
+        return None
 
     def _bool(self, where: str, entry: dict[str, Any], key: str, default: bool) -> bool:
         value = entry.get(key, default)
         if not isinstance(value, bool):
-            self.problems.append(f"{where}: {key}: {value!r} is not true or false")
+            self.problems.append(f"{where}: {key}: {_show(value)} is not true or false")
             return default
         return value
 
@@ -255,4 +258,12 @@ class _Reader:
     def _unknown_keys(self, where: str, entry: dict[str, Any], allowed: frozenset[str]) -> None:
         for key in entry:
             if key not in allowed:
-                self.problems.append(f"{where}: unknown key {key!r}")
+                self.problems.append(f"{where}: unknown key {_show(key)}")
+
+
+def _show(value: object) -> str:
+    """A value as the operator wrote it in TOML (true, "text", 1.5), not as Python shows it."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)  # dates and times: TOML writes them as Python prints them
