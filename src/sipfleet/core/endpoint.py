@@ -1,0 +1,236 @@
+"""The SIP endpoint: listeners in, parsed messages to a handler, bytes out.
+
+It parses and nothing more (roles call ``validate_request`` themselves). A request the
+parser rejects is answered with the parser's status and reason (400 naming the defect,
+505, 513, ...) to where it came from; a broken response, or bytes that are not SIP, are
+dropped and counted. A ParseError a handler lets escape while handling a request is
+answered the same way, so a role can simply call ``validate_request``.
+
+    endpoint = SipEndpoint([parse_listen("udp:127.0.0.1:5060")], handler)
+    async with endpoint:
+        ...  # handler.on_request(request, peer) / on_response(response, peer) run here
+        endpoint.send_response(make_response(request, 200), peer.reply_to)
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from sipfleet.config.listen import ListenAddress
+from sipfleet.sip import Message, ParseError, Request, Response, parse_message
+from sipfleet.sip.builders import make_response
+from sipfleet.transport.base import (
+    Destination,
+    Peer,
+    TransportError,
+    TransportLimits,
+    TransportName,
+)
+from sipfleet.transport.sockets import bind_all, family_of, listen_address_of
+from sipfleet.transport.tcp import TcpTransport
+from sipfleet.transport.udp import UdpTransport
+
+log = logging.getLogger(__name__)
+
+# Connection ids of worker n start at n << 32, so an id names its worker too.
+CONNECTION_IDS_PER_WORKER = 1 << 32
+
+
+class SipHandler(Protocol):
+    """What a role implements. Called synchronously from the receive path: start a task
+    for anything that waits (a database query), never block."""
+
+    def on_request(self, request: Request, peer: Peer) -> None: ...
+
+    def on_response(self, response: Response, peer: Peer) -> None: ...
+
+
+class _NoHandler:
+    def on_request(self, request: Request, peer: Peer) -> None:
+        raise RuntimeError("SipEndpoint has no handler")
+
+    def on_response(self, response: Response, peer: Peer) -> None:
+        raise RuntimeError("SipEndpoint has no handler")
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    requests_received: int = 0
+    responses_received: int = 0
+    messages_sent: int = 0
+    requests_rejected: int = 0  # answered with the parser's status
+    requests_dropped: int = 0  # broken ACKs: never answered
+    responses_dropped: int = 0  # broken responses
+    garbage_dropped: int = 0  # not SIP at all
+    send_errors: int = 0
+    handler_errors: int = 0  # exceptions escaping the handler (a bug: logged)
+
+
+class SipEndpoint:
+    def __init__(
+        self,
+        listen: Sequence[ListenAddress],
+        handler: SipHandler | None = None,
+        *,
+        limits: TransportLimits | None = None,
+        worker_index: int = 0,
+        sockets: Sequence[socket.socket] | None = None,
+        on_send_error: Callable[[Destination, Exception], None] | None = None,
+    ) -> None:
+        """``sockets``: already bound sockets (one worker's share from
+        ``bind_for_workers``) used instead of binding ``listen``."""
+        self.handler: SipHandler = handler or _NoHandler()
+        self.limits = limits or TransportLimits()
+        self.stats = EndpointStats()
+        self.on_send_error = on_send_error
+        self._listen = list(listen)
+        self._sockets = list(sockets) if sockets is not None else None
+        self._max_size = self.limits.max_message_size
+        self.udp = UdpTransport(self, self.limits)
+        self.tcp = TcpTransport(
+            self, self.limits, connection_id_base=worker_index * CONNECTION_IDS_PER_WORKER
+        )
+        self._transports: dict[str, UdpTransport | TcpTransport] = {
+            "udp": self.udp,
+            "tcp": self.tcp,
+        }
+        self.addresses: list[ListenAddress] = []
+
+    # -- life cycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        if isinstance(self.handler, _NoHandler):
+            raise RuntimeError("SipEndpoint.start: set a handler first")
+        sockets = self._sockets if self._sockets is not None else bind_all(self._listen)
+        self.addresses = [listen_address_of(sock) for sock in sockets]
+        await self.udp.start([s for s in sockets if s.type == socket.SOCK_DGRAM])
+        await self.tcp.start([s for s in sockets if s.type == socket.SOCK_STREAM])
+        log.info("listening on %s", ", ".join(str(a) for a in self.addresses))
+
+    async def close(self) -> None:
+        await self.udp.close()
+        await self.tcp.close()
+
+    async def __aenter__(self) -> SipEndpoint:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- addresses ------------------------------------------------------------------------
+    def local_address(
+        self, transport: TransportName, remote_host: str | None = None
+    ) -> tuple[str, int]:
+        """Our listening (host, port) for ``transport``; with ``remote_host``, one of the
+        same address family. For Via sent-by and Record-Route."""
+        family = family_of(remote_host) if remote_host is not None else None
+        for address in self.addresses:
+            if address.transport == transport and (
+                family is None or family_of(address.host) == family
+            ):
+                return address.host, address.port
+        raise TransportError(f"no {transport} listener for {remote_host or 'any address'}")
+
+    def sent_by(self, transport: TransportName, remote_host: str | None = None) -> str:
+        """``host:port`` as written in a Via or URI (IPv6 in brackets)."""
+        host, port = self.local_address(transport, remote_host)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def has_connection(self, connection_id: int) -> bool:
+        return self.tcp.connection(connection_id) is not None
+
+    # -- sending --------------------------------------------------------------------------
+    def send_request(self, request: Request, destination: Destination) -> None:
+        self.send_bytes(request.serialize(), destination)
+
+    def send_response(self, response: Response, destination: Destination) -> None:
+        self.send_bytes(response.serialize(), destination)
+
+    def send_bytes(self, data: bytes, destination: Destination) -> None:
+        """Raises TransportError when it cannot be sent at all; a later failure (a TCP
+        connect that fails) is counted and passed to ``on_send_error``."""
+        transport = self._transports.get(destination.transport)
+        if transport is None:
+            raise TransportError(f"unsupported transport {destination.transport!r}")
+        try:
+            transport.send(data, destination)
+        except TransportError:
+            self.stats.send_errors += 1
+            raise
+        self.stats.messages_sent += 1
+
+    def reply(self, request: Message, status: int, reason: str | None, peer: Peer) -> None:
+        """Answer ``request`` to where it came from; a failure is only counted."""
+        try:
+            response = make_response(request, status, reason)
+            self.send_bytes(response.serialize(), peer.reply_to)
+        except TransportError as exc:
+            log.debug("answer %s to %s:%s not sent: %s", status, peer.host, peer.port, exc)
+
+    # -- receiving (the transports' FrameSink) -----------------------------------------------
+    def frame_received(self, data: bytes, peer: Peer) -> None:
+        try:
+            message = parse_message(data, self._max_size, peer[0] == "tcp")
+        except ParseError as exc:
+            self._rejected(exc, peer, data)
+            return
+        if isinstance(message, Request):
+            self.stats.requests_received += 1
+            self._deliver_request(message, peer)
+        else:
+            self.stats.responses_received += 1
+            self._deliver_response(message, peer)  # type: ignore[arg-type]
+
+    def _deliver_request(self, request: Request, peer: Peer) -> None:
+        try:
+            self.handler.on_request(request, peer)
+        except ParseError as exc:
+            if exc.message is None:
+                exc.message = request
+            self._rejected(exc, peer, b"")
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("handler failed on %r from %s:%s", request, peer.host, peer.port)
+
+    def _deliver_response(self, response: Response, peer: Peer) -> None:
+        try:
+            self.handler.on_response(response, peer)
+        except ParseError as exc:
+            self.stats.responses_dropped += 1
+            log.debug("response from %s:%s dropped: %s", peer.host, peer.port, exc)
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("handler failed on %r from %s:%s", response, peer.host, peer.port)
+
+    def frame_rejected(self, error: ParseError, peer: Peer) -> None:
+        self._rejected(error, peer, b"")
+
+    def _rejected(self, error: ParseError, peer: Peer, data: bytes) -> None:
+        """Answer what can be answered; count the rest."""
+        message = error.message
+        if isinstance(message, Request):
+            if message.method == "ACK":  # an ACK is never answered (§17.2.3)
+                self.stats.requests_dropped += 1
+                return
+            self.stats.requests_rejected += 1
+            log.debug("%s from %s:%s: %s", message.method, peer.host, peer.port, error)
+            self.reply(message, error.status, error.reason, peer)
+        elif isinstance(message, Response) or data.startswith(b"SIP/"):
+            self.stats.responses_dropped += 1
+            log.debug("broken response from %s:%s: %s", peer.host, peer.port, error)
+        else:
+            self.stats.garbage_dropped += 1
+            log.debug("not SIP from %s:%s: %s", peer.host, peer.port, error)
+
+    def send_failed(self, destination: Destination, error: Exception) -> None:
+        self.stats.send_errors += 1
+        log.debug("send to %s failed: %s", destination, error)
+        if self.on_send_error is not None:
+            self.on_send_error(destination, error)
+
+    def counters(self) -> dict[str, int]:
+        return {**asdict(self.stats), **self.udp.counters(), **self.tcp.counters()}

@@ -1,0 +1,214 @@
+"""Stateless forwarding (RFC 3261 §16.11, RFC 3581): the primitive, without policy.
+
+Which target a request goes to is the caller's choice (the LB's policy); this module
+does what every stateless hop must do on the way:
+
+request:  Max-Forwards 0 -> 483 (§16.3 step 3), else decrement (§16.6 step 3); stamp the
+          top Via with ``received`` / ``rport`` (§18.2.1, RFC 3581 §4); push our own Via
+          with a branch that is the same for every retransmission (§16.11); send.
+response: the top Via must be ours, else drop (§16.11, §18.2.1 "discard"); pop it; send
+          to the next Via per §18.2.2 and RFC 3581: over the connection the request came
+          on while it is open (TCP), else to ``received``/``rport`` or the sent-by.
+
+No state is kept between a request and its responses: what the response path needs
+(which TCP connection, which UDP socket the request came in on) rides in our Via as the
+``sfi`` parameter and comes back in the response.
+
+    forwarder = StatelessForwarder(endpoint)
+    forwarder.forward_request(request, peer, Destination("udp", "10.0.0.7", 5060))
+    forwarder.forward_response(response, peer)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import asdict, dataclass
+
+from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.sip import ParseError, Request, Response, Via
+from sipfleet.sip.builders import make_response, stateless_branch
+from sipfleet.transport.base import Destination, Peer, TransportError, TransportName
+from sipfleet.transport.sockets import normalise_host
+
+log = logging.getLogger(__name__)
+
+FLOW_PARAM = "sfi"  # in our Via: "t<connection id>" or "u<udp socket index>"
+DEFAULT_PORT = 5060
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    requests_forwarded: int = 0
+    responses_forwarded: int = 0
+    too_many_hops: int = 0  # 483 answered
+    requests_rejected: int = 0  # bad Via / Max-Forwards: 400 answered
+    responses_not_ours: int = 0  # top Via not ours: dropped
+    responses_unroutable: int = 0  # no usable next Via: dropped
+    send_errors: int = 0
+
+
+class StatelessForwarder:
+    def __init__(self, endpoint: SipEndpoint, *, force_rport: bool = False) -> None:
+        """``force_rport``: send responses to the source port even when the client did
+        not ask with ``rport`` (symmetric routing for clients behind NAT that lack it)."""
+        self.endpoint = endpoint
+        self.force_rport = force_rport
+        self.stats = ForwardStats()
+        self._our_via_prefix: dict[tuple[TransportName, bool], str] = {}
+        self._sent_bys: set[tuple[str, int | None]] | None = None
+        self._udp_index: dict[tuple[str, int], int] | None = None
+
+    # -- requests --------------------------------------------------------------------------
+    def forward_request(self, request: Request, peer: Peer, target: Destination) -> bool:
+        """Forward ``request`` to ``target``. Returns False when it was answered (483,
+        400) or could not be sent; the request has then been edited and must not be
+        forwarded again (pass a ``copy()`` when a second target may be tried)."""
+        try:
+            max_forwards = request.max_forwards
+            via = request.top_via
+            branch = stateless_branch(request, f"{target.transport}:{target.host}:{target.port}")
+        except ParseError as exc:
+            self.stats.requests_rejected += 1
+            if request.method != "ACK":
+                self.endpoint.reply(request, exc.status, exc.reason, peer)
+            return False
+        if max_forwards == 0:
+            self.stats.too_many_hops += 1
+            if request.method != "ACK":
+                self._answer(request, via, peer, 483)
+            return False
+        self._stamp(request, via, peer)
+        request.decrement_max_forwards()
+        request.push_via(self._our_via(target, peer, branch))
+        try:
+            self.endpoint.send_request(request, target)
+        except TransportError as exc:
+            self.stats.send_errors += 1
+            log.debug("forward of %r to %s failed: %s", request, target, exc)
+            return False
+        self.stats.requests_forwarded += 1
+        return True
+
+    def _stamp(self, request: Request, via: Via, peer: Peer) -> None:
+        """RFC 3581 §4 / RFC 3261 §18.2.1: ``received`` when the source IP is not the
+        sent-by host, and always together with the source port when ``rport`` is asked."""
+        wants_rport = (via.has_rport or self.force_rport) and via.rport is None
+        if not wants_rport and _same_host(via.host, peer.host):
+            return
+        params = dict(via.params)
+        if wants_rport:
+            params["rport"] = str(peer.port)
+        params["received"] = peer.host
+        request.pop_first_value("via")
+        request.push_via(via.replace(params=params))
+
+    def _our_via(self, target: Destination, peer: Peer, branch: str) -> str:
+        ipv6 = ":" in target.host
+        prefix = self._our_via_prefix.get((target.transport, ipv6))
+        if prefix is None:
+            sent_by = self.endpoint.sent_by(target.transport, target.host)
+            prefix = f"SIP/2.0/{target.transport.upper()} {sent_by};branch="
+            self._our_via_prefix[(target.transport, ipv6)] = prefix
+        flow = self._flow_of(peer)
+        return f"{prefix}{branch}" if flow is None else f"{prefix}{branch};{FLOW_PARAM}={flow}"
+
+    def _flow_of(self, peer: Peer) -> str | None:
+        """What the response path needs to reach the client the way it came."""
+        if peer.transport == "tcp":
+            return f"t{peer.connection_id}"
+        if self._udp_index is None:
+            addresses = self.endpoint.udp.addresses
+            self._udp_index = {address: i for i, address in enumerate(addresses)}
+        if len(self._udp_index) < 2:
+            return None  # one UDP socket: nothing to choose
+        index = self._udp_index.get((peer.local_host, peer.local_port))
+        return None if index is None else f"u{index}"
+
+    def _answer(self, request: Request, via: Via, peer: Peer, status: int) -> None:
+        """Our own answer goes where §18.2.2 sends responses: the source IP, and the
+        source port only when rport was asked (or forced)."""
+        destination = peer.reply_to
+        if peer.transport == "udp" and not (via.has_rport or self.force_rport):
+            destination = destination._replace(port=via.port or DEFAULT_PORT)
+        try:
+            self.endpoint.send_response(make_response(request, status), destination)
+        except TransportError as exc:
+            log.debug("%s to %s not sent: %s", status, destination, exc)
+
+    # -- responses ---------------------------------------------------------------------------
+    def forward_response(self, response: Response, peer: Peer) -> bool:
+        """Send ``response`` on toward the client; False when it was dropped."""
+        try:
+            ours = response.top_via
+            if not self._is_ours(ours):
+                self.stats.responses_not_ours += 1
+                log.debug("response %r: top Via %s is not ours", response, ours)
+                return False
+            response.pop_first_value("via")
+            destination = self._next_hop(response.top_via, ours)
+        except ParseError as exc:
+            destination = None
+            log.debug("response %r from %s:%s: %s", response, peer.host, peer.port, exc)
+        if destination is None:
+            self.stats.responses_unroutable += 1
+            return False
+        try:
+            self.endpoint.send_response(response, destination)
+        except TransportError as exc:
+            self.stats.send_errors += 1
+            log.debug("response %r to %s not sent: %s", response, destination, exc)
+            return False
+        self.stats.responses_forwarded += 1
+        return True
+
+    def _is_ours(self, via: Via) -> bool:
+        if self._sent_bys is None:
+            self._sent_bys = set()
+            for address in self.endpoint.addresses:
+                host = f"[{address.host}]" if ":" in address.host else address.host
+                self._sent_bys.add((host, address.port))
+        return (via.host, via.port) in self._sent_bys
+
+    def _next_hop(self, via: Via, ours: Via) -> Destination | None:
+        transport = via.transport.lower()
+        if transport not in ("udp", "tcp"):
+            return None
+        host, port = via.response_address(DEFAULT_PORT)
+        if transport == "tcp":  # a new connection goes to the sent-by port (§18.2.2)
+            port = via.port or DEFAULT_PORT
+        if not _is_ip(host):
+            return None  # RFC 3263 lookups have no place on this path
+        flow = ours.params.get(FLOW_PARAM) or ""
+        if transport == "tcp":
+            connection = int(flow[1:]) if flow[:1] == "t" and flow[1:].isdigit() else None
+            return Destination("tcp", host, port, connection)
+        local = None
+        if flow[:1] == "u" and flow[1:].isdigit():
+            addresses = self.endpoint.udp.addresses
+            index = int(flow[1:])
+            local = addresses[index] if index < len(addresses) else None
+        return Destination("udp", host, port, None, local)
+
+    def counters(self) -> dict[str, int]:
+        return asdict(self.stats)
+
+
+def _same_host(via_host: str, source: str) -> bool:
+    return via_host == source or (via_host[:1] == "[" and normalise_host(via_host) == source)
+
+
+_ip_cache: dict[str, bool] = {}
+
+
+def _is_ip(host: str) -> bool:
+    known = _ip_cache.get(host)
+    if known is None:
+        try:
+            ipaddress.ip_address(host)
+            known = True
+        except ValueError:
+            known = False
+        if len(_ip_cache) < 10000:
+            _ip_cache[host] = known
+    return known

@@ -1,0 +1,135 @@
+"""Creating the listening sockets: address family, SO_REUSEPORT, buffer sizes.
+
+Sockets are made here rather than by asyncio so that a supervisor can bind them once
+and hand one copy per worker process (``bind_for_workers``): the port is settled before
+any worker starts (port 0 works) and a restarted worker gets its socket back, with the
+datagrams and connections that waited in it meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Sequence
+
+from sipfleet.config.listen import ListenAddress, Transport
+
+TCP_BACKLOG = 1024
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def normalise_host(host: str) -> str:
+    """``[::1]`` / ``0:0::1`` -> ``::1``; IPv4 and names unchanged."""
+    if host.startswith("["):
+        host = host[1:-1]
+    if ":" in host:
+        with contextlib.suppress(ValueError):
+            return ipaddress.IPv6Address(host).compressed
+    return host
+
+
+def make_socket(
+    address: ListenAddress, *, reuse_port: bool = False, buffer_size: int = 4 << 20
+) -> socket.socket:
+    """A bound, non-blocking UDP socket or listening TCP socket for ``address``."""
+    kind = socket.SOCK_DGRAM if address.transport == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(family_of(address.host), kind)
+    try:
+        if sock.family == socket.AF_INET6:  # so IPv4 and IPv6 listeners can share a port
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:  # rebind at once after a restart (TIME_WAIT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_DGRAM:
+            _ask_for_buffers(sock, buffer_size)
+        sock.bind((address.host, address.port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(TCP_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _ask_for_buffers(sock: socket.socket, size: int) -> None:
+    """Large buffers absorb bursts; the kernel caps them at net.core.[rw]mem_max."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def listen_address_of(sock: socket.socket) -> ListenAddress:
+    """The address a socket is bound to, port 0 resolved."""
+    host, port = sock.getsockname()[:2]
+    transport: Transport = "udp" if sock.type == socket.SOCK_DGRAM else "tcp"
+    return ListenAddress(transport, normalise_host(host), port)
+
+
+def bind_all(
+    addresses: Sequence[ListenAddress],
+    *,
+    reuse_port: bool = False,
+    buffer_size: int = 4 << 20,
+) -> list[socket.socket]:
+    """One socket per address. Port 0 is resolved once per host: a UDP and a TCP
+    listener on the same host both asking for port 0 get the same port when it is free
+    for both, so a Via sent-by is right for either transport."""
+    chosen: dict[str, int] = {}
+    sockets: list[socket.socket] = []
+    try:
+        for address in addresses:
+            sockets.append(_bind_one(address, chosen, reuse_port, buffer_size))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bind_one(
+    address: ListenAddress, chosen: dict[str, int], reuse_port: bool, buffer_size: int
+) -> socket.socket:
+    if address.port == 0 and address.host in chosen:
+        same_port = ListenAddress(address.transport, address.host, chosen[address.host])
+        with contextlib.suppress(OSError):
+            return make_socket(same_port, reuse_port=reuse_port, buffer_size=buffer_size)
+    sock = make_socket(address, reuse_port=reuse_port, buffer_size=buffer_size)
+    if address.port == 0:
+        chosen.setdefault(address.host, sock.getsockname()[1])
+    return sock
+
+
+def bind_for_workers(
+    addresses: Sequence[ListenAddress], workers: int, *, buffer_size: int = 4 << 20
+) -> list[list[socket.socket]]:
+    """``workers`` sets of sockets sharing each address through SO_REUSEPORT.
+
+    The first set settles the ports (port 0 included); the others bind the same ones.
+    The kernel spreads datagrams and new connections over the sets by address hash.
+    """
+    first = bind_all(addresses, reuse_port=True, buffer_size=buffer_size)
+    sets = [first]
+    try:
+        settled = [listen_address_of(sock) for sock in first]
+        for _ in range(workers - 1):
+            sets.append(bind_all(settled, reuse_port=True, buffer_size=buffer_size))
+    except BaseException:
+        for sock in (s for group in sets for s in group):
+            sock.close()
+        raise
+    return sets
+
+
+def keep_only(sets: list[list[socket.socket]], index: int) -> list[socket.socket]:
+    """In worker ``index``: close the other workers' copies, return its own."""
+    for at, group in enumerate(sets):
+        if at != index:
+            for sock in group:
+                sock.close()
+    return sets[index]

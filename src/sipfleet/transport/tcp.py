@@ -1,0 +1,369 @@
+"""TCP: listeners, outbound connections and the connection table.
+
+Each connection cuts its byte stream into messages with the SIP core's StreamFramer and
+answers CRLFCRLF pings with a CRLF pong (RFC 5626 §8.1). The table finds a connection by
+its id (the one a request arrived on, RFC 3261 §18.2.2) or by remote address (reuse,
+§18.1.1), and opens one when there is none.
+
+Limits, all per process: accepted connections beyond ``max_connections`` are closed at
+once; a started message (or, on an accepted connection, the first message) must be
+complete within ``read_timeout_s`` (slow senders); a connection without traffic for
+``idle_timeout_s`` is closed; a message larger than ``max_message_size`` is answered by
+the sink (513) and the connection closed; a peer that does not read is dropped when
+``max_write_buffer`` bytes wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from typing import cast
+
+from sipfleet.sip import ParseError, StreamFramer
+from sipfleet.sip.parser import KeepAlivePing, StreamItem
+from sipfleet.transport.base import (
+    Destination,
+    FrameSink,
+    Peer,
+    TransportError,
+    TransportLimits,
+    TransportName,
+)
+from sipfleet.transport.sockets import family_of, listen_address_of, normalise_host
+
+log = logging.getLogger(__name__)
+
+PONG = b"\r\n"
+PING = b"\r\n\r\n"
+
+
+class TcpTransport:
+    name: TransportName = "tcp"
+
+    def __init__(
+        self,
+        sink: FrameSink,
+        limits: TransportLimits | None = None,
+        *,
+        connection_id_base: int = 0,
+    ) -> None:
+        self._sink = sink
+        self.limits = limits or TransportLimits()
+        self._servers: list[asyncio.Server] = []
+        self._addresses: list[tuple[str, int]] = []
+        self._connections: dict[int, TcpConnection] = {}
+        self._by_remote: dict[tuple[str, int], TcpConnection] = {}
+        self._connecting: dict[tuple[str, int], _PendingConnect] = {}
+        self._next_id = connection_id_base
+        self._inbound = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = dict.fromkeys(
+            (
+                "tcp_accepted",
+                "tcp_refused",
+                "tcp_connected",
+                "tcp_connect_failed",
+                "tcp_closed_idle",
+                "tcp_closed_slow",
+                "tcp_closed_framing",
+                "tcp_closed_write_overflow",
+                "tcp_pings_answered",
+                "tcp_pongs",
+            ),
+            0,
+        )
+
+    # -- life cycle --------------------------------------------------------------------
+    async def start(self, sockets: list[socket.socket]) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        for sock in sockets:
+            address = listen_address_of(sock)
+            server = await loop.create_server(lambda: TcpConnection(self, inbound=True), sock=sock)
+            self._servers.append(server)
+            self._addresses.append((address.host, address.port))
+        self._schedule_sweep()
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for pending in list(self._connecting.values()):
+            pending.task.cancel()
+        for connection in list(self._connections.values()):
+            connection.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._servers.clear()
+        await asyncio.sleep(0)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return list(self._addresses)
+
+    # -- the table ------------------------------------------------------------------------
+    def connection(self, connection_id: int) -> TcpConnection | None:
+        return self._connections.get(connection_id)
+
+    def connection_to(self, host: str, port: int) -> TcpConnection | None:
+        return self._by_remote.get((normalise_host(host), port))
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    def _register(self, connection: TcpConnection) -> bool:
+        if connection.inbound:
+            if self._inbound >= self.limits.max_connections:
+                self.stats["tcp_refused"] += 1
+                return False
+            self._inbound += 1
+            self.stats["tcp_accepted"] += 1
+        else:
+            self.stats["tcp_connected"] += 1
+        self._next_id += 1
+        connection.id = self._next_id
+        self._connections[connection.id] = connection
+        self._by_remote[connection.remote] = connection  # the newest one is reused
+        return True
+
+    def _unregister(self, connection: TcpConnection) -> None:
+        if self._connections.pop(connection.id, None) is None:
+            return
+        if connection.inbound:
+            self._inbound -= 1
+        if self._by_remote.get(connection.remote) is connection:
+            del self._by_remote[connection.remote]
+            for other in reversed(self._connections.values()):  # another one to that peer?
+                if other.remote == connection.remote:
+                    self._by_remote[other.remote] = other
+                    break
+
+    # -- sending --------------------------------------------------------------------------
+    def send(self, data: bytes, destination: Destination) -> None:
+        connection = None
+        if destination.connection_id is not None:
+            connection = self._connections.get(destination.connection_id)
+        key = (normalise_host(destination.host), destination.port)
+        if connection is None:
+            connection = self._by_remote.get(key)
+        if connection is not None:
+            connection.write(data)
+            return
+        pending = self._connecting.get(key)
+        if pending is None:
+            pending = self._connect(key)
+        pending.add(data, destination)
+
+    def _connect(self, key: tuple[str, int]) -> _PendingConnect:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        pending = _PendingConnect(self, key)
+        pending.task = self._loop.create_task(self._open(pending))
+        self._connecting[key] = pending
+        return pending
+
+    async def _open(self, pending: _PendingConnect) -> None:
+        host, port = pending.key
+        loop = asyncio.get_running_loop()
+        local = self._local_for(host)
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout_s):
+                await loop.create_connection(
+                    lambda: TcpConnection(self, inbound=False, pending=pending),
+                    host,
+                    port,
+                    local_addr=local,
+                )
+        except (OSError, TimeoutError) as exc:
+            self.stats["tcp_connect_failed"] += 1
+            pending.fail(TransportError(f"TCP connect to {host}:{port} failed: {exc!r}"))
+        finally:
+            if self._connecting.get(pending.key) is pending:
+                del self._connecting[pending.key]
+
+    def _local_for(self, host: str) -> tuple[str, int] | None:
+        """Connect from our listener's IP (not the wildcard) so the peer sees it."""
+        family = family_of(host)
+        for local_host, _ in self._addresses:
+            if family_of(local_host) == family and not _is_wildcard(local_host):
+                return (local_host, 0)
+        return None
+
+    async def connect(self, host: str, port: int) -> TcpConnection:
+        """The open connection to (host, port), opening one if needed."""
+        key = (normalise_host(host), port)
+        connection = self._by_remote.get(key)
+        if connection is not None:
+            return connection
+        pending = self._connecting.get(key) or self._connect(key)
+        await asyncio.shield(pending.task)
+        connection = self._by_remote.get(key)
+        if connection is None:
+            raise TransportError(f"TCP connect to {host}:{port} failed")
+        return connection
+
+    # -- timeouts -----------------------------------------------------------------------------
+    def _schedule_sweep(self) -> None:
+        limits = self.limits
+        interval = max(0.05, min(1.0, limits.read_timeout_s / 4, limits.idle_timeout_s / 4))
+        assert self._loop is not None
+        self._sweeper = self._loop.call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        read_deadline = now - self.limits.read_timeout_s
+        idle_deadline = now - self.limits.idle_timeout_s
+        for connection in list(self._connections.values()):
+            started = connection.partial_since
+            if connection.closing_since is not None:
+                if connection.closing_since < read_deadline:  # its peer stopped reading
+                    connection.abort()
+            elif started is not None and started < read_deadline:
+                self.stats["tcp_closed_slow"] += 1
+                connection.abort()
+            elif connection.last_activity < idle_deadline:
+                self.stats["tcp_closed_idle"] += 1
+                connection.close()
+        self._schedule_sweep()
+
+    def counters(self) -> dict[str, int]:
+        return {**self.stats, "tcp_open": len(self._connections)}
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+class _PendingConnect:
+    """Messages waiting for a connection being opened; flushed in connection order."""
+
+    def __init__(self, owner: TcpTransport, key: tuple[str, int]) -> None:
+        self.owner = owner
+        self.key = key
+        self.task: asyncio.Task[None]
+        self.queue: list[tuple[bytes, Destination]] = []
+        self.size = 0
+
+    def add(self, data: bytes, destination: Destination) -> None:
+        if self.size + len(data) > self.owner.limits.max_write_buffer:
+            raise TransportError(f"TCP connect to {self.key[0]}:{self.key[1]}: queue full")
+        self.queue.append((data, destination))
+        self.size += len(data)
+
+    def flush(self, connection: TcpConnection) -> None:
+        queue, self.queue = self.queue, []
+        for data, destination in queue:
+            try:
+                connection.write(data)
+            except TransportError as exc:
+                self.owner._sink.send_failed(destination, exc)
+
+    def fail(self, error: Exception) -> None:
+        queue, self.queue = self.queue, []
+        for _, destination in queue:
+            self.owner._sink.send_failed(destination, error)
+
+
+class TcpConnection(asyncio.Protocol):
+    """One TCP connection: framing in, bounded writes out, activity times for the sweep."""
+
+    def __init__(
+        self, owner: TcpTransport, *, inbound: bool, pending: _PendingConnect | None = None
+    ) -> None:
+        self._owner = owner
+        self._pending = pending
+        self.inbound = inbound
+        self.id = 0
+        self.remote: tuple[str, int] = ("", 0)
+        self.peer: Peer | None = None
+        self.transport: asyncio.Transport | None = None
+        self._framer = StreamFramer(owner.limits.max_message_size)
+        self._loop = asyncio.get_running_loop()
+        self.last_activity = self._loop.time()
+        self.closing_since: float | None = None
+        # An accepted connection must bring its first message within the read timeout.
+        self.partial_since: float | None = self.last_activity if inbound else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        remote = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.remote = (normalise_host(remote[0]), remote[1])
+        if not self._owner._register(self):
+            self.transport.abort()
+            return
+        self.peer = Peer("tcp", self.remote[0], self.remote[1], local[0], local[1], self.id)
+        if self._pending is not None:
+            self._pending.flush(self)
+            self._pending = None
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None or self.closing_since is not None:  # refused, or on its way out
+            return
+        self.last_activity = now = self._loop.time()
+        try:
+            items = self._framer.feed(data)
+        except ParseError as exc:
+            self._owner.stats["tcp_closed_framing"] += 1
+            self._owner._sink.frame_rejected(exc, peer)
+            self.close()
+            return
+        if items:
+            try:
+                self._deliver(items, peer)
+            except Exception:  # asyncio would tear the connection down with a traceback
+                log.exception("TCP data from %s:%s not handled", peer.host, peer.port)
+                self.abort()
+            self.partial_since = now if self._framer.pending else None
+        elif self.partial_since is None:
+            self.partial_since = now
+
+    def _deliver(self, items: list[StreamItem], peer: Peer) -> None:
+        sink = self._owner._sink
+        for item in items:
+            if isinstance(item, bytes):
+                sink.frame_received(item, peer)
+            elif isinstance(item, KeepAlivePing):
+                self._owner.stats["tcp_pings_answered"] += 1
+                self.write(PONG)
+            else:
+                self._owner.stats["tcp_pongs"] += 1
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: SIP has no use for half-open connections
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._unregister(self)
+        self.peer = None
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise TransportError(f"TCP connection {self.id} is closed")
+        if transport.get_write_buffer_size() + len(data) > self._owner.limits.max_write_buffer:
+            self._owner.stats["tcp_closed_write_overflow"] += 1
+            transport.abort()
+            raise TransportError(f"TCP connection {self.id}: peer does not read, dropped")
+        transport.write(data)
+        self.last_activity = self._loop.time()
+
+    def close(self) -> None:
+        """Close after what is queued has been written (the sweep aborts it if that
+        takes longer than the read timeout)."""
+        if self.transport is not None and self.closing_since is None:
+            self.closing_since = self._loop.time()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.abort()
