@@ -73,7 +73,7 @@ class Gateway:
     transport: str | None = None  # None: let the R-URI's default (udp) apply
     strip: int = 0
     enabled: bool = True
-    trusted: bool = False
+    trusted: bool = False  # sees the caller's real identity even when privacy is asked
 
 
 @dataclass(frozen=True, slots=True)
