@@ -131,6 +131,8 @@ def _start(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Me
     parts = start_line.split(" ")
     method = parts[0]
     if method not in _COMMON_METHODS and not is_token(method):
+        if start_line[:4].upper() == "SIP/":  # §7.1: the version is case-insensitive
+            return _status_line(start_line, lines, keys, raw)
         raise ParseError("Bad Request-Line: bad method")
     request = Request(method, parts[1] if len(parts) > 1 else "", lines, keys, raw=raw)
     if len(parts) != 3 or not parts[1]:

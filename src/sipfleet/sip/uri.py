@@ -289,7 +289,7 @@ def _comparable_params(params: Params) -> Params:
 
 
 def _same_host(a: str, b: str) -> bool:
-    """Host names compare case-insensitively; IPv6 references by address (RFC 5118 §4.3)."""
+    """Host names compare case-insensitively; IPv6 references by address ([::1] is [0::1])."""
     if a == b:
         return True
     if ":" in a and ":" in b:
