@@ -1,0 +1,130 @@
+"""The values storage takes and returns: plain frozen dataclasses, no driver types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from sipfleet.storage.errors import InvalidInput
+
+LbPool = Literal["registrar", "proxy"]
+LbState = Literal["active", "draining", "disabled"]
+LB_POOLS: tuple[LbPool, ...] = ("registrar", "proxy")
+LB_STATES: tuple[LbState, ...] = ("active", "draining", "disabled")
+
+
+class AddressOfRecord(Protocol):
+    """Anything with a username and a domain (``Aor``, the registrar's own AOR type)."""
+
+    @property
+    def username(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Aor:
+    username: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.username}@{self.domain}"
+
+    @classmethod
+    def parse(cls, text: str, field: str = "aor") -> Aor:
+        """``user@domain`` (an optional ``sip:`` prefix is dropped); the domain is lower-cased."""
+        bare = text.strip()
+        if bare.lower().startswith(("sip:", "sips:")):
+            bare = bare.split(":", 1)[1]
+        username, at, domain = bare.rpartition("@")
+        if not at or not username or not domain or any(c in bare for c in " \t<>;"):
+            raise InvalidInput(f"{field}: {text!r} is not USER@DOMAIN")
+        return cls(username, domain.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One row of ``location``: a contact bound to an AOR. Times are unix seconds."""
+
+    id: int
+    ruid: str
+    username: str
+    domain: str
+    contact: str
+    received: str | None
+    path: str | None
+    expires: int
+    q: float | None
+    callid: str
+    cseq: int
+    last_modified: int
+    flags: int
+    cflags: int
+    user_agent: str | None
+    socket: str | None
+    methods: str | None
+    instance: str | None
+    reg_id: int | None
+    flow: str | None
+
+    @property
+    def aor(self) -> Aor:
+        return Aor(self.username, self.domain)
+
+
+@dataclass(frozen=True, slots=True)
+class BindingUpdate:
+    """One Contact of a REGISTER to store: ``expires`` is absolute; ``expires <= now`` removes.
+
+    The binding is keyed by (AOR, contact); with ``instance`` and ``reg_id`` (RFC 5626) it
+    replaces the AOR's previous binding of that instance and reg-id, whatever its contact.
+    """
+
+    contact: str
+    expires: int
+    callid: str
+    cseq: int
+    q: float | None = None
+    received: str | None = None
+    path: str | None = None
+    flags: int = 0
+    cflags: int = 0
+    user_agent: str | None = None
+    socket: str | None = None
+    methods: str | None = None
+    instance: str | None = None
+    reg_id: int | None = None
+    flow: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFlow:
+    """A flow (LB flow token) with at least one unexpired binding: the LB keeps it alive."""
+
+    flow: str
+    received: str | None
+    socket: str | None
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """Digest credentials: HA1 = H(username:realm:password), MD5 and SHA-256 (RFC 8760)."""
+
+    username: str
+    domain: str
+    ha1: str
+    ha1_sha256: str
+
+    @property
+    def aor(self) -> Aor:
+        return Aor(self.username, self.domain)
+
+
+@dataclass(frozen=True, slots=True)
+class LbTarget:
+    id: int
+    pool: LbPool
+    uri: str
+    weight: int
+    state: LbState

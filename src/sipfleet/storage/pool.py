@@ -1,0 +1,146 @@
+"""What the network backends share: a bounded connection pool that reconnects by itself,
+the in-flight cap, and one log line per outage and per recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Generic, TypeVar
+
+from sipfleet.storage.errors import (
+    AlreadyExists,
+    InvalidInput,
+    StorageError,
+    StorageOverloaded,
+    StorageUnavailable,
+    TooManyContacts,
+    TransactionConflict,
+)
+
+log = logging.getLogger("sipfleet.storage")
+
+C = TypeVar("C")
+
+# Errors after which the connection is known to be fine (the statement was refused).
+REUSABLE_AFTER = (AlreadyExists, InvalidInput, TooManyContacts, TransactionConflict)
+
+
+class InFlightGate:
+    """Counts queries in flight; past ``limit`` a new one is refused at once (shed, 503),
+    never queued: an unbounded queue is what made registrars collapse under overload."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def __enter__(self) -> None:
+        if self.count >= self.limit:
+            raise StorageOverloaded(f"{self.count} queries in flight (database.max_in_flight)")
+        self.count += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.count -= 1
+
+
+class Health:
+    """Logs the first failure of an outage and the first success after it, not every query."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.down_since: float | None = None
+
+    def failed(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = asyncio.get_running_loop().time()
+            log.warning("database %s unreachable: %s", self.name, reason)
+
+    def succeeded(self) -> None:
+        if self.down_since is not None:
+            outage = asyncio.get_running_loop().time() - self.down_since
+            self.down_since = None
+            log.warning("database %s reachable again after %.1f s", self.name, outage)
+
+    @property
+    def up(self) -> bool:
+        return self.down_since is None
+
+
+class Pool(Generic[C]):
+    """At most ``size`` connections to one DSN, opened on demand.
+
+    ``classify`` turns a driver exception into a ``StorageError``; a connection whose
+    operation ended in ``StorageUnavailable``, a cancellation or an unknown error is closed
+    rather than reused, so the next caller reconnects.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        connect: Callable[[], Awaitable[C]],
+        close: Callable[[C], Awaitable[None]],
+        classify: Callable[[BaseException], StorageError],
+    ) -> None:
+        self.health = Health(name)
+        self._connect = connect
+        self._close = close
+        self._classify = classify
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[C] = []
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[C]:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._open()
+            try:
+                yield conn
+            except Exception as exc:
+                error = exc if isinstance(exc, StorageError) else self._classify(exc)
+                if isinstance(error, StorageUnavailable):
+                    self.health.failed(str(error))
+                    await self._discard(conn)
+                elif isinstance(error, REUSABLE_AFTER):
+                    self._idle.append(conn)
+                else:
+                    await self._discard(conn)
+                if error is exc:
+                    raise
+                raise error from exc
+            except BaseException:
+                await self._discard(conn)  # cancelled mid-query: its state is unknown
+                raise
+            else:
+                self._idle.append(conn)
+                self.health.succeeded()
+
+    async def _open(self) -> C:
+        try:
+            return await self._connect()
+        except Exception as exc:
+            error = self._classify(exc)
+            if not isinstance(error, StorageUnavailable):
+                error = StorageUnavailable(str(error))
+            self.health.failed(str(error))
+            raise error from exc
+
+    async def _discard(self, conn: C) -> None:
+        try:
+            await self._close(conn)
+        except Exception as exc:  # closing a broken connection may fail as well
+            log.debug("closing a broken connection to %s: %s", self.health.name, exc)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                await self._close(conn)
+            except Exception as exc:
+                log.debug("closing a connection to %s: %s", self.health.name, exc)

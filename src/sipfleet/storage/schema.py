@@ -1,0 +1,161 @@
+"""The schema, defined once (SQLAlchemy Core). Migrations and statements are built from it.
+
+Times are integer unix seconds (BIGINT) in every dialect: no time zones, no DATETIME
+precision differences, and replication copies them unchanged. Text columns are VARCHAR
+with binary comparison (MariaDB tables use utf8mb4_bin), so "sip:Bob@x" and "sip:bob@x"
+are different contacts everywhere, as RFC 3261 §19.1.4 says of the user part.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# Column sizes, also used to reject oversized input with a message naming the field.
+USERNAME_LEN = 64
+DOMAIN_LEN = 128
+CONTACT_LEN = 512
+CALLID_LEN = 255
+PATH_LEN = 2048
+SHORT_TEXT_LEN = 255
+HA1_LEN = 64
+
+VERSION_TABLE = "sipfleet_version"
+
+# MariaDB/MySQL: InnoDB, 4-byte UTF-8, byte-wise comparison.
+MYSQL_TABLE_OPTIONS = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+# An auto-increment key: BIGINT, but SQLite only auto-assigns an INTEGER PRIMARY KEY.
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData()
+
+location = sa.Table(
+    "location",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("ruid", sa.String(64), nullable=False),
+    sa.Column("username", sa.String(USERNAME_LEN), nullable=False),
+    sa.Column("domain", sa.String(DOMAIN_LEN), nullable=False, server_default=""),
+    sa.Column("contact", sa.String(CONTACT_LEN), nullable=False),
+    sa.Column("received", sa.String(SHORT_TEXT_LEN)),
+    sa.Column("path", sa.String(PATH_LEN)),
+    sa.Column("expires", sa.BigInteger, nullable=False),
+    sa.Column("q", sa.Double),
+    sa.Column("callid", sa.String(CALLID_LEN), nullable=False),
+    sa.Column("cseq", sa.Integer, nullable=False),
+    sa.Column("last_modified", sa.BigInteger, nullable=False),
+    sa.Column("flags", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cflags", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("user_agent", sa.String(SHORT_TEXT_LEN)),
+    sa.Column("socket", sa.String(SHORT_TEXT_LEN)),
+    sa.Column("methods", sa.String(SHORT_TEXT_LEN)),
+    sa.Column("instance", sa.String(SHORT_TEXT_LEN)),
+    sa.Column("reg_id", sa.Integer),
+    sa.Column("flow", sa.String(SHORT_TEXT_LEN)),
+    sa.UniqueConstraint("ruid", name="location_ruid_key"),
+    # Upserts are keyed on it; its (username, domain) prefix also serves every AOR lookup,
+    # so no separate (username, domain) index is kept (it would only slow the writes).
+    sa.UniqueConstraint("username", "domain", "contact", name="location_aor_contact_key"),
+    sa.Index("location_expires_idx", "expires"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+subscriber = sa.Table(
+    "subscriber",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(USERNAME_LEN), nullable=False),
+    sa.Column("domain", sa.String(DOMAIN_LEN), nullable=False),
+    sa.Column("ha1", sa.String(HA1_LEN), nullable=False),
+    sa.Column("ha1_sha256", sa.String(HA1_LEN), nullable=False),
+    sa.UniqueConstraint("username", "domain", name="subscriber_account_key"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+usr_preferences = sa.Table(
+    "usr_preferences",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(USERNAME_LEN), nullable=False),
+    sa.Column("domain", sa.String(DOMAIN_LEN), nullable=False),
+    sa.Column("attribute", sa.String(64), nullable=False),
+    sa.Column("value", sa.String(SHORT_TEXT_LEN), nullable=False, server_default=""),
+    sa.Column("last_modified", sa.BigInteger, nullable=False, server_default="0"),
+    sa.UniqueConstraint("username", "domain", "attribute", name="usr_preferences_key"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+lb_target = sa.Table(
+    "lb_target",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("pool", sa.String(16), nullable=False),
+    sa.Column("uri", sa.String(SHORT_TEXT_LEN), nullable=False),
+    sa.Column("weight", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("state", sa.String(16), nullable=False, server_default="active"),
+    sa.UniqueConstraint("pool", "uri", name="lb_target_pool_uri_key"),
+    sa.CheckConstraint("pool IN ('registrar', 'proxy')", name="lb_target_pool_check"),
+    sa.CheckConstraint("state IN ('active', 'draining', 'disabled')", name="lb_target_state_check"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+lcr_gw = sa.Table(
+    "lcr_gw",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(SHORT_TEXT_LEN), nullable=False),
+    sa.Column("port", sa.Integer),
+    sa.Column("transport", sa.String(8)),
+    sa.Column("strip", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("prefix", sa.String(64), nullable=False, server_default=""),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    # A trusted gateway gets the caller's real identity even when the caller asked for
+    # privacy (DESIGN §4); an untrusted one gets the anonymised From.
+    sa.Column("trusted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.UniqueConstraint("name", name="lcr_gw_name_key"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+lcr_gw_cap = sa.Table(
+    "lcr_gw_cap",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("gw", Id, sa.ForeignKey("lcr_gw.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("capability", sa.Integer, nullable=False, server_default="0"),  # bit field
+    sa.Column("prefix", sa.String(64), nullable=False, server_default=""),
+    sa.UniqueConstraint("gw", "prefix", name="lcr_gw_cap_key"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+lcr_rule = sa.Table(
+    "lcr_rule",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("prefix", sa.String(64), nullable=False, server_default=""),
+    sa.Column("from_uri", sa.String(SHORT_TEXT_LEN)),  # pattern; NULL matches any caller
+    sa.Column("request_uri", sa.String(SHORT_TEXT_LEN)),  # pattern; NULL matches any target
+    sa.Column("stopper", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Index("lcr_rule_prefix_idx", "prefix"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+lcr_rule_target = sa.Table(
+    "lcr_rule_target",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("rule", Id, sa.ForeignKey("lcr_rule.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("gw", Id, sa.ForeignKey("lcr_gw.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("capability", sa.Integer, nullable=False, server_default="0"),  # bits required
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("weight", sa.Integer, nullable=False, server_default="1"),
+    sa.UniqueConstraint("rule", "gw", name="lcr_rule_target_key"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+TABLES = tuple(metadata.sorted_tables)

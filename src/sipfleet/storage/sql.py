@@ -1,0 +1,350 @@
+"""The storage interface over any backend that can run compiled statements.
+
+A backend (``SqliteExecutor``, ``MysqlExecutor``, ``PostgresExecutor``) only runs
+statements and the bindings save; everything else is written once here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from sipfleet.storage import rules, schema
+from sipfleet.storage.dsn import Dsns, Kind
+from sipfleet.storage.errors import (
+    InvalidInput,
+    SchemaOutdated,
+    StorageError,
+    StorageUnavailable,
+    TooManyContacts,
+)
+from sipfleet.storage.model import (
+    LB_POOLS,
+    LB_STATES,
+    AddressOfRecord,
+    Binding,
+    BindingUpdate,
+    LbPool,
+    LbState,
+    LbTarget,
+    LiveFlow,
+    Subscriber,
+)
+from sipfleet.storage.pool import InFlightGate
+from sipfleet.storage.statements import Statement, Statements, compile_for
+
+SCHEMA_REVISION = "0001"  # the Alembic head this code expects (a test checks they agree)
+
+Row = Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SaveOutcome:
+    bindings: list[Binding]
+    after: int  # how many bindings the save would leave
+    refused: bool  # over max_contacts: nothing was written
+
+
+class Executor(Protocol):
+    """One backend: runs compiled statements on the write DSN or a read DSN."""
+
+    @property
+    def dsns(self) -> Dsns: ...
+    @property
+    def statements(self) -> Statements: ...
+
+    async def fetch(
+        self, stmt: Statement, params: Mapping[str, Any], *, replica: bool = False
+    ) -> list[Row]: ...
+
+    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
+        """On the write DSN; returns the number of rows matched."""
+        ...
+
+    async def save(
+        self,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+def clock(now: int | None) -> int:
+    return int(time.time()) if now is None else now
+
+
+def binding(row: Row) -> Binding:
+    (id_, ruid, user, domain, contact, received, path, expires, q, callid, cseq, modified,
+     flags, cflags, user_agent, socket, methods, instance, reg_id, flow) = row  # fmt: skip
+    return Binding(
+        int(id_), ruid, user, domain, contact, received, path, int(expires),
+        None if q is None else float(q), callid, int(cseq), int(modified), int(flags),
+        int(cflags), user_agent, socket, methods, instance,
+        None if reg_id is None else int(reg_id), flow,
+    )  # fmt: skip
+
+
+class _Gated:
+    """Every query passes the in-flight gate."""
+
+    def __init__(self, executor: Executor, gate: InFlightGate) -> None:
+        self.executor = executor
+        self.gate = gate
+        self.sql = executor.statements
+
+    async def fetch(
+        self, stmt: Statement, params: Mapping[str, Any], replica: bool = False
+    ) -> list[Row]:
+        with self.gate:
+            return await self.executor.fetch(stmt, params, replica=replica)
+
+    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
+        with self.gate:
+            return await self.executor.execute(stmt, params)
+
+
+def _aor(aor: AddressOfRecord) -> dict[str, Any]:
+    rules.check_aor(aor)
+    return {"username": aor.username, "domain": aor.domain}
+
+
+class SqlLocation:
+    def __init__(self, db: _Gated, retry_primary_on_miss: bool) -> None:
+        self._db = db
+        self._retry = retry_primary_on_miss and db.executor.dsns.has_replica
+
+    async def save(
+        self,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        *,
+        now: int,
+        max_contacts: int,
+    ) -> list[Binding]:
+        rules.check_updates(aor, updates)
+        if max_contacts < 1:
+            raise InvalidInput(f"max_contacts: {max_contacts} is less than 1")
+        with self._db.gate:
+            outcome = await self._db.executor.save(aor, updates, now, max_contacts)
+        if outcome.refused:
+            raise TooManyContacts(f"{aor.username}@{aor.domain}", outcome.after, max_contacts)
+        return outcome.bindings
+
+    async def lookup(self, aor: AddressOfRecord, *, now: int | None = None) -> list[Binding]:
+        params = {**_aor(aor), "now": clock(now)}
+        rows = await self._db.fetch(self._db.sql.lookup, params, replica=True)
+        if not rows and self._retry:
+            rows = await self._db.fetch(self._db.sql.lookup, params)
+        return [binding(row) for row in rows]
+
+    async def count(self, aor: AddressOfRecord, *, now: int | None = None) -> int:
+        params = {**_aor(aor), "now": clock(now)}
+        rows = await self._db.fetch(self._db.sql.count, params)
+        return int(rows[0][0])
+
+    async def remove(self, aor: AddressOfRecord, contact: str) -> int:
+        return await self._db.execute(self._db.sql.remove_contact, {**_aor(aor), "contact": contact})
+
+    async def remove_all(
+        self, aor: AddressOfRecord, *, callid: str | None = None, cseq: int = 0
+    ) -> int:
+        if callid is None:
+            return await self._db.execute(self._db.sql.remove_all, _aor(aor))
+        params = {**_aor(aor), "callid": callid, "cseq": cseq}
+        return await self._db.execute(self._db.sql.remove_all_checked, params)
+
+    async def purge_expired(self, *, now: int | None = None) -> int:
+        return await self._db.execute(self._db.sql.purge_expired, {"now": clock(now)})
+
+    async def live_flows(self, *, now: int | None = None) -> list[LiveFlow]:
+        rows = await self._db.fetch(self._db.sql.live_flows, {"now": clock(now)}, replica=True)
+        return [LiveFlow(flow, received, socket, int(expires)) for flow, received, socket, expires in rows]
+
+    async def all_bindings(self, *, now: int | None = None) -> list[Binding]:
+        rows = await self._db.fetch(self._db.sql.all_bindings, {"now": clock(now)}, replica=True)
+        return [binding(row) for row in rows]
+
+
+def _account(username: str, domain: str) -> dict[str, Any]:
+    rules.check_aor(_Account(username, domain))
+    return {"username": username, "domain": domain}
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    username: str
+    domain: str
+
+
+def _hex_digest(name: str, value: str, length: int) -> None:
+    if len(value) != length or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidInput(f"{name}: not {length} lower-case hex digits")
+
+
+class SqlSubscribers:
+    def __init__(self, db: _Gated) -> None:
+        self._db = db
+
+    async def get(self, username: str, domain: str) -> Subscriber | None:
+        rows = await self._db.fetch(self._db.sql.subscriber_get, _account(username, domain), True)
+        return Subscriber(*rows[0]) if rows else None
+
+    async def add(self, subscriber: Subscriber) -> None:
+        params = self._credentials(subscriber.username, subscriber.domain, subscriber.ha1,
+                                   subscriber.ha1_sha256)  # fmt: skip
+        await self._db.execute(self._db.sql.subscriber_add, params)
+
+    async def set_ha1(self, username: str, domain: str, ha1: str, ha1_sha256: str) -> bool:
+        params = self._credentials(username, domain, ha1, ha1_sha256)
+        return await self._db.execute(self._db.sql.subscriber_set_ha1, params) > 0
+
+    async def remove(self, username: str, domain: str) -> bool:
+        return await self._db.execute(self._db.sql.subscriber_remove, _account(username, domain)) > 0
+
+    async def list_all(self, domain: str | None = None) -> list[Subscriber]:
+        if domain is None:
+            rows = await self._db.fetch(self._db.sql.subscriber_list, {}, True)
+        else:
+            rows = await self._db.fetch(self._db.sql.subscriber_list_domain, {"domain": domain}, True)
+        return [Subscriber(*row) for row in rows]
+
+    @staticmethod
+    def _credentials(username: str, domain: str, ha1: str, ha1_sha256: str) -> dict[str, Any]:
+        _hex_digest("ha1", ha1, 32)
+        _hex_digest("ha1_sha256", ha1_sha256, 64)
+        return {**_account(username, domain), "ha1": ha1, "ha1_sha256": ha1_sha256}
+
+
+class SqlPreferences:
+    def __init__(self, db: _Gated) -> None:
+        self._db = db
+
+    async def get(self, username: str, domain: str) -> dict[str, str]:
+        rows = await self._db.fetch(self._db.sql.preferences_get, _account(username, domain), True)
+        return {attribute: value for attribute, value in rows}
+
+    async def set(self, username: str, domain: str, attribute: str, value: str) -> None:
+        rules.check_text("attribute", attribute, 64, required=True)
+        rules.check_text("value", value, schema.SHORT_TEXT_LEN)
+        params = {**_account(username, domain), "attribute": attribute, "value": value,
+                  "now": clock(None)}  # fmt: skip
+        await self._db.execute(self._db.sql.preference_set, params)
+
+    async def remove(self, username: str, domain: str, attribute: str) -> bool:
+        params = {**_account(username, domain), "attribute": attribute}
+        return await self._db.execute(self._db.sql.preference_remove, params) > 0
+
+
+def _lb_key(pool: str, uri: str) -> dict[str, Any]:
+    if pool not in LB_POOLS:
+        raise InvalidInput(f"pool: {pool!r} is not one of {', '.join(LB_POOLS)}")
+    rules.check_text("uri", uri, schema.SHORT_TEXT_LEN, required=True)
+    return {"pool": pool, "uri": uri}
+
+
+def _lb_state(state: str) -> str:
+    if state not in LB_STATES:
+        raise InvalidInput(f"state: {state!r} is not one of {', '.join(LB_STATES)}")
+    return state
+
+
+class SqlLbTargets:
+    def __init__(self, db: _Gated) -> None:
+        self._db = db
+
+    async def list_all(self, pool: LbPool | None = None) -> list[LbTarget]:
+        if pool is None:
+            rows = await self._db.fetch(self._db.sql.lb_list, {})
+        else:
+            rows = await self._db.fetch(self._db.sql.lb_list_pool, _lb_key(pool, "-"))
+        return [LbTarget(*row) for row in rows]
+
+    async def add(
+        self, pool: LbPool, uri: str, *, weight: int = 1, state: LbState = "active"
+    ) -> LbTarget:
+        if not isinstance(weight, int) or not 0 <= weight <= 65535:
+            raise InvalidInput(f"weight: {weight!r} is not an integer from 0 to 65535")
+        params = {**_lb_key(pool, uri), "weight": weight, "state": _lb_state(state)}
+        await self._db.execute(self._db.sql.lb_add, params)
+        rows = await self._db.fetch(self._db.sql.lb_get, params)
+        return LbTarget(*rows[0])
+
+    async def remove(self, pool: LbPool, uri: str) -> bool:
+        return await self._db.execute(self._db.sql.lb_remove, _lb_key(pool, uri)) > 0
+
+    async def set_state(self, pool: LbPool, uri: str, state: LbState) -> bool:
+        params = {**_lb_key(pool, uri), "state": _lb_state(state)}
+        return await self._db.execute(self._db.sql.lb_set_state, params) > 0
+
+
+class SqlStorage:
+    """The ``Storage`` of every backend."""
+
+    def __init__(
+        self, executor: Executor, *, retry_primary_on_miss: bool = True, max_in_flight: int = 256
+    ) -> None:
+        self._executor = executor
+        self._gate = InFlightGate(max_in_flight)
+        db = _Gated(executor, self._gate)
+        self._location = SqlLocation(db, retry_primary_on_miss)
+        self._subscribers = SqlSubscribers(db)
+        self._preferences = SqlPreferences(db)
+        self._lb_targets = SqlLbTargets(db)
+        version = sa.table(schema.VERSION_TABLE, sa.column("version_num"))
+        self._version_query = compile_for(
+            sa.select(version.c.version_num), executor.statements.dialect
+        )
+
+    @property
+    def dsns(self) -> Dsns:
+        return self._executor.dsns
+
+    @property
+    def kind(self) -> Kind:
+        return self._executor.dsns.write.kind
+
+    @property
+    def location(self) -> SqlLocation:
+        return self._location
+
+    @property
+    def subscribers(self) -> SqlSubscribers:
+        return self._subscribers
+
+    @property
+    def preferences(self) -> SqlPreferences:
+        return self._preferences
+
+    @property
+    def lb_targets(self) -> SqlLbTargets:
+        return self._lb_targets
+
+    @property
+    def in_flight(self) -> int:
+        return self._gate.count
+
+    async def check_schema(self) -> None:
+        try:
+            with self._gate:
+                rows = await self._executor.fetch(self._version_query, {})
+        except StorageUnavailable:
+            raise
+        except StorageError:
+            rows = []
+        found = rows[0][0] if rows else None
+        if found != SCHEMA_REVISION:
+            state = f"at revision {found}" if found else "not initialised"
+            raise SchemaOutdated(
+                f"database {self.dsns.write} is {state}, this sipfleet needs "
+                f"{SCHEMA_REVISION}: run `sipfleet db upgrade`"
+            )
+
+    async def close(self) -> None:
+        await self._executor.close()

@@ -1,0 +1,183 @@
+"""SQLite backend: stdlib sqlite3 in WAL mode, on one dedicated thread.
+
+sqlite3 blocks. A statement takes microseconds, but when another process of `sipfleet up`
+holds the write lock a call can wait up to ``busy_timeout``; on the event loop that would
+stall every SIP transaction of the process. So all calls go to one worker thread that owns
+the connection (one writer per process; WAL lets the other processes read meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sipfleet.storage.dsn import Dsns
+from sipfleet.storage.errors import AlreadyExists, StorageError, StorageUnavailable
+from sipfleet.storage.model import AddressOfRecord, BindingUpdate
+from sipfleet.storage.pool import Health
+from sipfleet.storage.rules import new_ruid, plan_save
+from sipfleet.storage.sql import Row, SaveOutcome, binding
+from sipfleet.storage.statements import Statement, Statements
+
+log = logging.getLogger("sipfleet.storage")
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+# Errors that mean "not now" rather than "wrong statement".
+_UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk i/o", "readonly", "disk is full")
+
+
+def connect(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """An autocommit connection (transactions are explicit) to an existing database file."""
+    conn = sqlite3.connect(
+        f"file:{path}?mode=rw", uri=True, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL: a power loss may forget the last commits, never corrupt the file.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def classify(exc: sqlite3.Error, path: Path) -> StorageError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return AlreadyExists(text)
+    if isinstance(exc, sqlite3.OperationalError) and any(
+        hint in text.lower() for hint in _UNAVAILABLE_HINTS
+    ):
+        hint = " (does it exist? `sipfleet db upgrade` creates it)" if "open" in text else ""
+        return StorageUnavailable(f"sqlite://{path}: {text}{hint}")
+    return StorageError(f"sqlite://{path}: {text}")
+
+
+class SqliteExecutor:
+    def __init__(self, dsns: Dsns, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        assert dsns.write.path is not None
+        self._dsns = dsns
+        self._path = dsns.write.path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._statements = Statements("sqlite")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sipfleet-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._health = Health(str(dsns.write))
+
+    @property
+    def dsns(self) -> Dsns:
+        return self._dsns
+
+    @property
+    def statements(self) -> Statements:
+        return self._statements
+
+    async def fetch(
+        self, stmt: Statement, params: Mapping[str, Any], *, replica: bool = False
+    ) -> list[Row]:
+        return await self._call(lambda conn: conn.execute(stmt.sql, stmt.args(params)).fetchall())
+
+    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
+        return await self._call(lambda conn: conn.execute(stmt.sql, stmt.args(params)).rowcount)
+
+    async def save(
+        self,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome:
+        return await self._call(lambda conn: self._save(conn, aor, updates, now, max_contacts))
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=True)
+
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._thread, self._run, work)
+        except StorageUnavailable as exc:
+            self._health.failed(str(exc))
+            raise
+        self._health.succeeded()
+        return result
+
+    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """On the worker thread: (re)connect when needed, map sqlite3's errors."""
+        try:
+            if self._conn is None:
+                self._conn = connect(self._path, self._busy_timeout_ms)
+            return work(self._conn)
+        except sqlite3.Error as exc:
+            error = classify(exc, self._path)
+            if isinstance(error, StorageUnavailable):
+                self._close()  # reopen on the next call: the file may be back by then
+            raise error from exc
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error as exc:
+                log.debug("closing %s: %s", self._path, exc)
+            self._conn = None
+
+    def _save(
+        self,
+        conn: sqlite3.Connection,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome:
+        sql = self._statements
+        key = {"username": aor.username, "domain": aor.domain, "now": now}
+        # IMMEDIATE takes the write lock first, so the read below cannot go stale.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = [binding(r) for r in conn.execute(sql.lookup.sql, sql.lookup.args(key))]
+            plan = plan_save(current, updates, now, max_contacts)
+            if plan.refused:
+                conn.execute("ROLLBACK")
+                return SaveOutcome(current, plan.after, refused=True)
+            for binding_id in plan.removed_ids:
+                conn.execute(sql.remove_by_id.sql, (binding_id,))
+            for update in plan.stored:
+                row = self._row(aor, update, now)
+                conn.execute(sql.store_binding.sql, sql.store_binding.args(row))
+            rows = conn.execute(sql.lookup.sql, sql.lookup.args(key)).fetchall()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return SaveOutcome([binding(r) for r in rows], plan.after, refused=False)
+
+    @staticmethod
+    def _row(aor: AddressOfRecord, update: BindingUpdate, now: int) -> dict[str, Any]:
+        return {
+            "ruid": new_ruid(),
+            "username": aor.username,
+            "domain": aor.domain,
+            "contact": update.contact,
+            "received": update.received,
+            "path": update.path,
+            "expires": update.expires,
+            "q": update.q,
+            "callid": update.callid,
+            "cseq": update.cseq,
+            "last_modified": now,
+            "flags": update.flags,
+            "cflags": update.cflags,
+            "user_agent": update.user_agent,
+            "socket": update.socket,
+            "methods": update.methods,
+            "instance": update.instance,
+            "reg_id": update.reg_id,
+            "flow": update.flow,
+        }

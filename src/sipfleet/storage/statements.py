@@ -1,0 +1,212 @@
+"""The everyday statements, built once from the schema and compiled per dialect at start-up.
+
+Each ``Statement`` holds the driver's SQL text (``?`` for sqlite3, ``%s`` for asyncmy,
+``$n`` for asyncpg) and the order of its named parameters. Only the bindings save, whose
+rules do not fit a portable statement, is written per backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.sql.expression import ClauseElement
+
+from sipfleet.storage.dsn import Kind
+from sipfleet.storage.schema import location, lb_target, subscriber, usr_preferences
+
+BINDING_COLUMNS = tuple(location.c)  # the order of Binding's fields
+LB_TARGET_COLUMNS = (lb_target.c.id, lb_target.c.pool, lb_target.c.uri, lb_target.c.weight,
+                     lb_target.c.state)  # fmt: skip
+SUBSCRIBER_COLUMNS = (subscriber.c.username, subscriber.c.domain, subscriber.c.ha1,
+                      subscriber.c.ha1_sha256)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    names: tuple[str, ...]
+
+    def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[name] for name in self.names)
+
+
+def dialect_for(kind: Kind) -> Dialect:
+    if kind == "sqlite":
+        return sqlite.dialect(paramstyle="qmark")
+    if kind == "mysql":
+        return mysql.dialect(paramstyle="format")
+    return postgresql.dialect(paramstyle="numeric_dollar")
+
+
+def compile_for(element: ClauseElement, dialect: Dialect) -> Statement:
+    compiled = element.compile(dialect=dialect)
+    return Statement(str(compiled), tuple(compiled.positiontup or ()))
+
+
+def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
+
+
+def _aor(table: sa.Table) -> sa.ColumnElement[bool]:
+    return sa.and_(table.c.username == _p("username"), table.c.domain == _p("domain"))
+
+
+def _live(aor: bool = True) -> sa.ColumnElement[bool]:
+    unexpired = location.c.expires > _p("now", sa.BigInteger)
+    return sa.and_(_aor(location), unexpired) if aor else unexpired
+
+
+# Forking order: highest q first (no q counts as 1.0), then oldest binding first.
+_BY_PREFERENCE = (sa.func.coalesce(location.c.q, sa.literal_column("1.0")).desc(), location.c.id)
+
+
+def _upsert(
+    kind: Kind, table: sa.Table, keys: list[str], values: dict[str, Any], keep: tuple[str, ...] = ()
+) -> Any:
+    """INSERT … ON CONFLICT / ON DUPLICATE KEY UPDATE of every column but the keys and ``keep``."""
+    updated = [name for name in values if name not in keys and name not in keep]
+    if kind == "mysql":
+        my = mysql.insert(table).values(values)
+        return my.on_duplicate_key_update({n: my.inserted[n] for n in updated})
+    dialect_insert = sqlite.insert if kind == "sqlite" else postgresql.insert
+    ins = dialect_insert(table).values(values)
+    return ins.on_conflict_do_update(
+        index_elements=keys, set_={n: ins.excluded[n] for n in updated}
+    )
+
+
+class Statements:
+    """Every portable statement of one dialect, compiled once."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.dialect = dialect_for(kind)
+        c = self._compile
+        self.lookup = c(sa.select(*BINDING_COLUMNS).where(_live()).order_by(*_BY_PREFERENCE))
+        self.all_bindings = c(
+            sa.select(*BINDING_COLUMNS)
+            .where(_live(aor=False))
+            .order_by(location.c.username, location.c.domain, *_BY_PREFERENCE)
+        )
+        self.count = c(sa.select(sa.func.count()).select_from(location).where(_live()))
+        self.remove_contact = c(
+            sa.delete(location).where(_aor(location), location.c.contact == _p("contact"))
+        )
+        self.remove_all = c(sa.delete(location).where(_aor(location)))
+        # Contact: * (RFC 3261 §10.3 step 6): a binding of the same Call-ID survives
+        # unless the request's CSeq is higher.
+        self.remove_all_checked = c(
+            sa.delete(location).where(
+                _aor(location),
+                sa.not_(
+                    sa.and_(
+                        location.c.callid == _p("callid"),
+                        location.c.cseq >= _p("cseq", sa.Integer),
+                    )
+                ),
+            )
+        )
+        self.purge_expired = c(sa.delete(location).where(location.c.expires <= _p("now")))
+        self.live_flows = c(
+            sa.select(
+                location.c.flow,
+                sa.func.max(location.c.received),
+                sa.func.max(location.c.socket),
+                sa.func.max(location.c.expires),
+            )
+            .where(location.c.flow.is_not(None), _live(aor=False))
+            .group_by(location.c.flow)
+            .order_by(location.c.flow)
+        )
+        self._subscriber_statements()
+        self._preference_statements()
+        self._lb_target_statements()
+        self._sqlite_save_statements()
+
+    def _compile(self, element: ClauseElement) -> Statement:
+        return compile_for(element, self.dialect)
+
+    def _subscriber_statements(self) -> None:
+        c = self._compile
+        self.subscriber_get = c(sa.select(*SUBSCRIBER_COLUMNS).where(_aor(subscriber)))
+        self.subscriber_list = c(
+            sa.select(*SUBSCRIBER_COLUMNS).order_by(subscriber.c.domain, subscriber.c.username)
+        )
+        self.subscriber_list_domain = c(
+            sa.select(*SUBSCRIBER_COLUMNS)
+            .where(subscriber.c.domain == _p("domain"))
+            .order_by(subscriber.c.username)
+        )
+        self.subscriber_add = c(
+            sa.insert(subscriber).values(
+                username=_p("username"),
+                domain=_p("domain"),
+                ha1=_p("ha1"),
+                ha1_sha256=_p("ha1_sha256"),
+            )
+        )
+        self.subscriber_set_ha1 = c(
+            sa.update(subscriber)
+            .where(_aor(subscriber))
+            .values(ha1=_p("ha1"), ha1_sha256=_p("ha1_sha256"))
+        )
+        self.subscriber_remove = c(sa.delete(subscriber).where(_aor(subscriber)))
+
+    def _preference_statements(self) -> None:
+        c = self._compile
+        table = usr_preferences
+        self.preferences_get = c(
+            sa.select(table.c.attribute, table.c.value)
+            .where(_aor(table))
+            .order_by(table.c.attribute)
+        )
+        self.preference_set = c(
+            _upsert(
+                self.kind,
+                table,
+                ["username", "domain", "attribute"],
+                {
+                    "username": _p("username"),
+                    "domain": _p("domain"),
+                    "attribute": _p("attribute"),
+                    "value": _p("value"),
+                    "last_modified": _p("now", sa.BigInteger),
+                },
+            )
+        )
+        self.preference_remove = c(
+            sa.delete(table).where(_aor(table), table.c.attribute == _p("attribute"))
+        )
+
+    def _lb_target_statements(self) -> None:
+        c = self._compile
+        table = lb_target
+        by_key = sa.and_(table.c.pool == _p("pool"), table.c.uri == _p("uri"))
+        self.lb_list = c(sa.select(*LB_TARGET_COLUMNS).order_by(table.c.pool, table.c.id))
+        self.lb_list_pool = c(
+            sa.select(*LB_TARGET_COLUMNS).where(table.c.pool == _p("pool")).order_by(table.c.id)
+        )
+        self.lb_get = c(sa.select(*LB_TARGET_COLUMNS).where(by_key))
+        self.lb_add = c(
+            sa.insert(table).values(
+                pool=_p("pool"), uri=_p("uri"), weight=_p("weight"), state=_p("state")
+            )
+        )
+        self.lb_remove = c(sa.delete(table).where(by_key))
+        self.lb_set_state = c(sa.update(table).where(by_key).values(state=_p("state")))
+
+    def _sqlite_save_statements(self) -> None:
+        """The pieces of a save that SQLite runs inside one transaction."""
+        c = self._compile
+        self.remove_by_id = c(sa.delete(location).where(location.c.id == _p("id")))
+        values = {
+            col.name: _p(col.name, col.type) for col in BINDING_COLUMNS if col.name != "id"
+        }
+        # A refresh keeps the binding's id and first ruid.
+        aor_contact = ["username", "domain", "contact"]
+        self.store_binding = c(_upsert(self.kind, location, aor_contact, values, keep=("ruid",)))
