@@ -1,1 +1,66 @@
-"""The storage interface and its SQLite, MariaDB/MySQL and PostgreSQL backends."""
+"""The storage interface and its SQLite, MariaDB/MySQL and PostgreSQL backends.
+
+    storage = open_storage(config)            # or open_storage("sqlite:///var/lib/x.db")
+    bindings = await storage.location.save(aor, updates, now=now, max_contacts=10)
+    sub = await storage.subscribers.get("alice", "example.com")
+    await storage.close()
+
+See docs/storage.md.
+"""
+
+from sipfleet.storage.dsn import Dsn, Dsns, dsns_from_config, embedded_dsn
+from sipfleet.storage.errors import (
+    AlreadyExists,
+    DsnError,
+    InvalidInput,
+    SchemaOutdated,
+    StorageError,
+    StorageOverloaded,
+    StorageUnavailable,
+    TooManyContacts,
+)
+from sipfleet.storage.factory import open_storage
+from sipfleet.storage.interface import (
+    LbTargetStore,
+    LocationStore,
+    PreferenceStore,
+    Storage,
+    SubscriberStore,
+)
+from sipfleet.storage.model import (
+    AddressOfRecord,
+    Aor,
+    Binding,
+    BindingUpdate,
+    LbTarget,
+    LiveFlow,
+    Subscriber,
+)
+
+__all__ = [
+    "AddressOfRecord",
+    "AlreadyExists",
+    "Aor",
+    "Binding",
+    "BindingUpdate",
+    "Dsn",
+    "DsnError",
+    "Dsns",
+    "InvalidInput",
+    "LbTarget",
+    "LbTargetStore",
+    "LiveFlow",
+    "LocationStore",
+    "PreferenceStore",
+    "SchemaOutdated",
+    "Storage",
+    "StorageError",
+    "StorageOverloaded",
+    "StorageUnavailable",
+    "Subscriber",
+    "SubscriberStore",
+    "TooManyContacts",
+    "dsns_from_config",
+    "embedded_dsn",
+    "open_storage",
+]

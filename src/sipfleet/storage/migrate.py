@@ -62,11 +62,13 @@ def _upgrade(connection: sa.Connection, revision: str) -> UpgradeResult:
 
 
 async def upgrade(dsn: Dsn, revision: str = "head") -> UpgradeResult:
-    return await _run(dsn, _upgrade, revision)
+    result: UpgradeResult = await _run(dsn, _upgrade, revision)
+    return result
 
 
 async def current_revision(dsn: Dsn) -> str | None:
-    return await _run(dsn, _current)
+    revision: str | None = await _run(dsn, _current)
+    return revision
 
 
 async def _run(dsn: Dsn, work: Any, *args: Any) -> Any:

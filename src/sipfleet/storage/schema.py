@@ -8,6 +8,8 @@ are different contacts everywhere, as RFC 3261 §19.1.4 says of the user part.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 # Column sizes, also used to reject oversized input with a message naming the field.
@@ -22,7 +24,7 @@ HA1_LEN = 64
 VERSION_TABLE = "sipfleet_version"
 
 # MariaDB/MySQL: InnoDB, 4-byte UTF-8, byte-wise comparison.
-MYSQL_TABLE_OPTIONS = {
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",

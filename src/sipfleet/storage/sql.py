@@ -150,7 +150,9 @@ class SqlLocation:
         return int(rows[0][0])
 
     async def remove(self, aor: AddressOfRecord, contact: str) -> int:
-        return await self._db.execute(self._db.sql.remove_contact, {**_aor(aor), "contact": contact})
+        return await self._db.execute(
+            self._db.sql.remove_contact, {**_aor(aor), "contact": contact}
+        )
 
     async def remove_all(
         self, aor: AddressOfRecord, *, callid: str | None = None, cseq: int = 0
@@ -165,7 +167,10 @@ class SqlLocation:
 
     async def live_flows(self, *, now: int | None = None) -> list[LiveFlow]:
         rows = await self._db.fetch(self._db.sql.live_flows, {"now": clock(now)}, replica=True)
-        return [LiveFlow(flow, received, socket, int(expires)) for flow, received, socket, expires in rows]
+        return [
+            LiveFlow(flow, received, socket, int(expires))
+            for flow, received, socket, expires in rows
+        ]
 
     async def all_bindings(self, *, now: int | None = None) -> list[Binding]:
         rows = await self._db.fetch(self._db.sql.all_bindings, {"now": clock(now)}, replica=True)
@@ -206,13 +211,17 @@ class SqlSubscribers:
         return await self._db.execute(self._db.sql.subscriber_set_ha1, params) > 0
 
     async def remove(self, username: str, domain: str) -> bool:
-        return await self._db.execute(self._db.sql.subscriber_remove, _account(username, domain)) > 0
+        return (
+            await self._db.execute(self._db.sql.subscriber_remove, _account(username, domain)) > 0
+        )
 
     async def list_all(self, domain: str | None = None) -> list[Subscriber]:
         if domain is None:
             rows = await self._db.fetch(self._db.sql.subscriber_list, {}, True)
         else:
-            rows = await self._db.fetch(self._db.sql.subscriber_list_domain, {"domain": domain}, True)
+            rows = await self._db.fetch(
+                self._db.sql.subscriber_list_domain, {"domain": domain}, True
+            )
         return [Subscriber(*row) for row in rows]
 
     @staticmethod

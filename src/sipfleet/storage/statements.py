@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from sipfleet.storage.dsn import Kind
-from sipfleet.storage.schema import location, lb_target, subscriber, usr_preferences
+from sipfleet.storage.schema import lb_target, location, subscriber, usr_preferences
 
 BINDING_COLUMNS = tuple(location.c)  # the order of Binding's fields
 LB_TARGET_COLUMNS = (lb_target.c.id, lb_target.c.pool, lb_target.c.uri, lb_target.c.weight,
@@ -35,16 +36,21 @@ class Statement:
         return tuple(params[name] for name in self.names)
 
 
+# Each driver's placeholder style: sqlite3 "?", asyncmy "%s", asyncpg "$1".
+PARAMSTYLES: dict[Kind, tuple[type[Dialect], str]] = {
+    "sqlite": (sqlite.dialect, "qmark"),
+    "mysql": (mysql.dialect, "format"),
+    "postgresql": (postgresql.dialect, "numeric_dollar"),
+}
+
+
 def dialect_for(kind: Kind) -> Dialect:
-    if kind == "sqlite":
-        return sqlite.dialect(paramstyle="qmark")
-    if kind == "mysql":
-        return mysql.dialect(paramstyle="format")
-    return postgresql.dialect(paramstyle="numeric_dollar")
+    dialect_class, paramstyle = PARAMSTYLES[kind]
+    return dialect_class(paramstyle=paramstyle)  # type: ignore[call-arg]
 
 
 def compile_for(element: ClauseElement, dialect: Dialect) -> Statement:
-    compiled = element.compile(dialect=dialect)
+    compiled = cast(SQLCompiler, element.compile(dialect=dialect))
     return Statement(str(compiled), tuple(compiled.positiontup or ()))
 
 
@@ -204,9 +210,7 @@ class Statements:
         """The pieces of a save that SQLite runs inside one transaction."""
         c = self._compile
         self.remove_by_id = c(sa.delete(location).where(location.c.id == _p("id")))
-        values = {
-            col.name: _p(col.name, col.type) for col in BINDING_COLUMNS if col.name != "id"
-        }
+        values = {col.name: _p(col.name, col.type) for col in BINDING_COLUMNS if col.name != "id"}
         # A refresh keeps the binding's id and first ruid.
         aor_contact = ["username", "domain", "contact"]
         self.store_binding = c(_upsert(self.kind, location, aor_contact, values, keep=("ruid",)))

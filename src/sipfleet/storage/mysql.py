@@ -1,0 +1,177 @@
+"""MariaDB/MySQL backend over asyncmy.
+
+A save is one round trip: a multi-statement batch (START TRANSACTION … COMMIT) that states
+the rules of ``storage.rules`` in SQL. Its first statement locks the AOR's rows and the
+index gap after them (InnoDB next-key locks under REPEATABLE READ), so saves of one AOR
+run one after the other and each sees the other's result. The request travels as one JSON
+parameter, read with JSON_TABLE (MariaDB 10.6+, MySQL 8.0+). asyncmy quotes every
+parameter, so the SQL text stays constant (built from the constants below only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncmy
+from asyncmy.constants import CLIENT
+from asyncmy.errors import Error as MysqlError
+from asyncmy.errors import IntegrityError, InterfaceError, OperationalError
+
+from sipfleet.storage.dsn import Dsn, Kind
+from sipfleet.storage.errors import (
+    AlreadyExists,
+    StorageError,
+    StorageUnavailable,
+    TransactionConflict,
+)
+from sipfleet.storage.model import AddressOfRecord, BindingUpdate
+from sipfleet.storage.network import NetworkExecutor
+from sipfleet.storage.rules import encode_updates
+from sipfleet.storage.sql import Row, SaveOutcome, binding
+from sipfleet.storage.statements import BINDING_COLUMNS, Statement
+
+# Server error codes.
+CONFLICTS = {1205, 1213}  # lock wait timeout, deadlock
+GONE = {1040, 1044, 1045, 1049, 1053, 1152, 1158, 1159, 1160, 1161, 1927, 2002, 2003, 2005,
+        2006, 2013, 2055, 4031}  # fmt: skip
+
+_REQUEST = """JSON_TABLE(@sf_req, '$[*]' COLUMNS (
+    i FOR ORDINALITY, contact VARCHAR(512) PATH '$.contact', expires BIGINT PATH '$.expires',
+    q DOUBLE PATH '$.q', callid VARCHAR(255) PATH '$.callid', cseq BIGINT PATH '$.cseq',
+    received VARCHAR(255) PATH '$.received', path VARCHAR(2048) PATH '$.path',
+    flags INT PATH '$.flags', cflags INT PATH '$.cflags',
+    user_agent VARCHAR(255) PATH '$.user_agent', socket VARCHAR(255) PATH '$.socket',
+    methods VARCHAR(255) PATH '$.methods', instance VARCHAR(255) PATH '$.instance',
+    reg_id INT PATH '$.reg_id', flow VARCHAR(255) PATH '$.flow', ruid VARCHAR(64) PATH '$.ruid'
+)) AS r"""
+# The request's contacts that are not stale (their ordinals are in @sf_live).
+_LIVE = f"(SELECT r.* FROM {_REQUEST} WHERE JSON_CONTAINS(@sf_live, CAST(r.i AS CHAR))) AS k"  # noqa: S608
+_AOR_ROWS = "c.username = @sf_user AND c.domain = @sf_domain AND c.expires > @sf_now"
+
+
+def _addresses(alias: str) -> str:
+    return (
+        f"(c.contact = {alias}.contact OR "
+        f"(c.instance = {alias}.instance AND c.reg_id = {alias}.reg_id))"
+    )
+
+
+_STORED_COLUMNS = [col.name for col in BINDING_COLUMNS if col.name != "id"]
+_INSERTED = {"username": "@sf_user", "domain": "@sf_domain", "last_modified": "@sf_now"}
+_REFRESHED = [n for n in _STORED_COLUMNS if n not in ("ruid", "username", "domain", "contact")]
+
+SAVE_BATCH = ";\n".join(
+    [
+        "START TRANSACTION",
+        "SET @sf_req = %s, @sf_user = %s, @sf_domain = %s, @sf_now = %s, @sf_max = %s",
+        # The lock: every later statement sees the AOR as it is and stays so until COMMIT.
+        f"SELECT COUNT(*) INTO @sf_before FROM location c WHERE {_AOR_ROWS} FOR UPDATE",  # noqa: S608
+        f"SET @sf_live = (SELECT JSON_ARRAYAGG(r.i) FROM {_REQUEST} WHERE NOT EXISTS ("  # noqa: S608
+        f"SELECT 1 FROM location c WHERE {_AOR_ROWS} AND {_addresses('r')} "
+        "AND c.callid = r.callid AND c.cseq >= r.cseq))",
+        f"SET @sf_gone = (SELECT JSON_ARRAYAGG(c.id) FROM location c WHERE {_AOR_ROWS} "  # noqa: S608
+        f"AND NOT EXISTS (SELECT 1 FROM {_LIVE} WHERE k.expires > @sf_now "
+        "AND k.contact = c.contact) "
+        f"AND EXISTS (SELECT 1 FROM {_LIVE} WHERE {_addresses('k')}))",
+        f"SET @sf_after = (SELECT COUNT(*) FROM location c WHERE {_AOR_ROWS} "  # noqa: S608
+        "AND NOT COALESCE(JSON_CONTAINS(@sf_gone, CAST(c.id AS CHAR)), 0) "
+        f"AND NOT EXISTS (SELECT 1 FROM {_LIVE} WHERE k.expires > @sf_now "
+        "AND k.contact = c.contact)) "
+        f"+ (SELECT COUNT(*) FROM {_LIVE} WHERE k.expires > @sf_now)",
+        "SET @sf_ok = @sf_after <= @sf_max OR @sf_after <= @sf_before",
+        "DELETE FROM location WHERE @sf_ok AND username = @sf_user AND domain = @sf_domain "
+        "AND JSON_CONTAINS(@sf_gone, CAST(id AS CHAR))",
+        f"INSERT INTO location ({', '.join(_STORED_COLUMNS)}) "  # noqa: S608
+        f"SELECT {', '.join(_INSERTED.get(n, 'k.' + n) for n in _STORED_COLUMNS)} "
+        f"FROM {_LIVE} WHERE @sf_ok AND k.expires > @sf_now "
+        "ON DUPLICATE KEY UPDATE " + ", ".join(f"{n} = VALUES({n})" for n in _REFRESHED),
+        "SELECT @sf_after, @sf_ok",
+        f"SELECT {', '.join(c.name for c in BINDING_COLUMNS)} FROM location c "  # noqa: S608
+        f"WHERE {_AOR_ROWS} ORDER BY COALESCE(c.q, 1.0) DESC, c.id",
+        "COMMIT",
+    ]
+)
+
+
+class MysqlExecutor(NetworkExecutor[Any]):
+    kind: Kind = "mysql"
+
+    async def _connect(self, dsn: Dsn) -> Any:
+        return await asyncmy.connect(
+            host=dsn.host,
+            port=dsn.port,
+            user=dsn.user or None,
+            password=dsn.password,
+            database=dsn.database,
+            unix_socket=dsn.socket or None,
+            charset="utf8mb4",
+            autocommit=True,
+            # UPDATE counts matched rows, not changed ones: "found" means found.
+            client_flag=CLIENT.FOUND_ROWS,
+            connect_timeout=self.connect_timeout,
+            # Session strings compare byte-wise, like the tables (schema.py).
+            init_command="SET collation_connection = utf8mb4_bin",
+        )
+
+    async def _close(self, conn: Any) -> None:
+        conn.close()
+
+    def _classify(self, exc: BaseException) -> StorageError:
+        if isinstance(exc, IntegrityError):
+            return AlreadyExists(str(exc.args[-1]) if exc.args else str(exc))
+        code = exc.args[0] if isinstance(exc, MysqlError) and exc.args else None
+        message = str(exc.args[-1]) if isinstance(exc, MysqlError) and exc.args else str(exc)
+        if code in CONFLICTS:
+            return TransactionConflict(message)
+        if code in GONE or isinstance(exc, OSError | TimeoutError | InterfaceError):
+            return StorageUnavailable(message or type(exc).__name__)
+        if isinstance(exc, OperationalError) and code is not None and code >= 2000:
+            return StorageUnavailable(message)  # client-side: the connection failed
+        return StorageError(message)
+
+    async def _fetch(self, conn: Any, stmt: Statement, args: Sequence[Any]) -> list[Row]:
+        async with conn.cursor() as cursor:
+            await cursor.execute(stmt.sql, args)
+            return list(await cursor.fetchall())
+
+    async def _execute(self, conn: Any, stmt: Statement, args: Sequence[Any]) -> int:
+        async with conn.cursor() as cursor:
+            await cursor.execute(stmt.sql, args)
+            return int(cursor.rowcount)
+
+    async def _save(
+        self,
+        conn: Any,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome:
+        args = (encode_updates(updates), aor.username, aor.domain, now, max_contacts)
+        try:
+            results = await self._batch(conn, SAVE_BATCH, args)
+        except Exception:
+            await self._rollback(conn)  # (a cancelled one is closed: the server rolls back)
+            raise
+        (after, ok), *_ = results[0]
+        return SaveOutcome([binding(row) for row in results[1]], int(after), not ok)
+
+    @staticmethod
+    async def _batch(conn: Any, sql: str, args: Sequence[Any]) -> list[list[Row]]:
+        """Run a multi-statement batch; the rows of each statement that returned rows."""
+        results: list[list[Row]] = []
+        async with conn.cursor() as cursor:
+            await cursor.execute(sql, args)
+            while True:
+                if cursor.description:
+                    results.append(list(await cursor.fetchall()))
+                if not await cursor.nextset():
+                    return results
+
+    async def _rollback(self, conn: Any) -> None:
+        """After a failed batch the transaction may still be open: end it."""
+        try:
+            await conn.rollback()
+        except Exception as exc:
+            raise StorageUnavailable(f"rollback failed: {exc}") from exc

@@ -1,0 +1,125 @@
+"""What the MariaDB and PostgreSQL backends share: pools per DSN, time limits, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from sipfleet.storage.dsn import Dsn, Dsns, Kind
+from sipfleet.storage.errors import StorageError, StorageUnavailable, TransactionConflict
+from sipfleet.storage.model import AddressOfRecord, BindingUpdate
+from sipfleet.storage.pool import Pool
+from sipfleet.storage.sql import Row, SaveOutcome
+from sipfleet.storage.statements import Statement, Statements
+
+C = TypeVar("C")
+T = TypeVar("T")
+
+CONFLICT_RETRIES = 3  # a deadlock victim is simply run again
+
+
+class NetworkExecutor(ABC, Generic[C]):
+    kind: Kind
+
+    def __init__(
+        self,
+        dsns: Dsns,
+        *,
+        pool_size: int = 8,
+        query_timeout: float = 5.0,
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self._dsns = dsns
+        self._statements = Statements(self.kind)
+        self.query_timeout = query_timeout
+        self.connect_timeout = connect_timeout
+        self._pools: dict[Dsn, Pool[C]] = {}
+        self._write = self._pool_for(dsns.write, pool_size)
+        self._reads = [self._pool_for(dsn, pool_size) for dsn in dsns.reads]
+        self._next_read = itertools.cycle(range(len(self._reads)))
+
+    @property
+    def dsns(self) -> Dsns:
+        return self._dsns
+
+    @property
+    def statements(self) -> Statements:
+        return self._statements
+
+    def _pool_for(self, dsn: Dsn, size: int) -> Pool[C]:
+        if dsn not in self._pools:
+            self._pools[dsn] = Pool(
+                str(dsn), size, lambda: self._connect(dsn), self._close, self._classify
+            )
+        return self._pools[dsn]
+
+    # What each driver supplies.
+    @abstractmethod
+    async def _connect(self, dsn: Dsn) -> C: ...
+    @abstractmethod
+    async def _close(self, conn: C) -> None: ...
+    @abstractmethod
+    def _classify(self, exc: BaseException) -> StorageError: ...
+    @abstractmethod
+    async def _fetch(self, conn: C, stmt: Statement, args: Sequence[Any]) -> list[Row]: ...
+    @abstractmethod
+    async def _execute(self, conn: C, stmt: Statement, args: Sequence[Any]) -> int: ...
+    @abstractmethod
+    async def _save(
+        self,
+        conn: C,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome: ...
+
+    async def fetch(
+        self, stmt: Statement, params: Mapping[str, Any], *, replica: bool = False
+    ) -> list[Row]:
+        args = stmt.args(params)
+        if not replica or self._reads[0] is self._write:
+            return await self._run(self._write, lambda conn: self._fetch(conn, stmt, args))
+        pool = self._reads[next(self._next_read)]
+        try:
+            return await self._run(pool, lambda conn: self._fetch(conn, stmt, args))
+        except StorageUnavailable:  # the replica is down: the primary still answers
+            return await self._run(self._write, lambda conn: self._fetch(conn, stmt, args))
+
+    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
+        args = stmt.args(params)
+        return await self._run(self._write, lambda conn: self._execute(conn, stmt, args))
+
+    async def save(
+        self,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome:
+        return await self._run(
+            self._write, lambda conn: self._save(conn, aor, updates, now, max_contacts)
+        )
+
+    async def _run(self, pool: Pool[C], work: Callable[[C], Awaitable[T]]) -> T:
+        """One operation on one connection within the time limit; conflicts are retried."""
+        for attempt in range(1, CONFLICT_RETRIES + 1):
+            try:
+                async with asyncio.timeout(self.query_timeout):
+                    async with pool.connection() as conn:
+                        return await work(conn)
+            except TimeoutError:
+                reason = f"no answer within {self.query_timeout:g} s"
+                pool.health.failed(reason)
+                raise StorageUnavailable(f"database {pool.health.name}: {reason}") from None
+            except TransactionConflict as exc:
+                if attempt == CONFLICT_RETRIES:
+                    raise StorageUnavailable(f"database {pool.health.name}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()

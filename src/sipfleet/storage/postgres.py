@@ -1,0 +1,139 @@
+"""PostgreSQL backend over asyncpg.
+
+A save is one statement, so one round trip and one implicit transaction: data-modifying
+CTEs state the rules of ``storage.rules`` (see ``SAVE``). asyncpg prepares each statement
+once per connection and reuses it. Caveat of one statement: saves of the same AOR that run
+at the very same moment see each other's rows only after commit, so each may answer
+without the other's new contact (both are stored), and together they may pass
+max_contacts by the contacts they add. One UA registers serially, so this is rare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from sipfleet.storage.dsn import Dsn, Kind
+from sipfleet.storage.errors import (
+    AlreadyExists,
+    StorageError,
+    StorageUnavailable,
+    TransactionConflict,
+)
+from sipfleet.storage.model import AddressOfRecord, BindingUpdate
+from sipfleet.storage.network import NetworkExecutor
+from sipfleet.storage.rules import encode_updates
+from sipfleet.storage.sql import Row, SaveOutcome, binding
+from sipfleet.storage.statements import BINDING_COLUMNS, Statement
+
+_COLUMNS = [col.name for col in BINDING_COLUMNS]
+_STORED = [n for n in _COLUMNS if n != "id"]
+_INSERTED = {"username": "$1", "domain": "$2", "last_modified": "$3"}
+_REFRESHED = [n for n in _STORED if n not in ("ruid", "username", "domain", "contact")]
+_ADDRESSES = "(c.contact = {r}.contact OR (c.instance = {r}.instance AND c.reg_id = {r}.reg_id))"
+
+# $1 username, $2 domain, $3 now, $4 max_contacts, $5 the updates as a JSON array.
+SAVE = f"""
+WITH req AS (
+    SELECT * FROM jsonb_to_recordset($5::jsonb) AS r(
+        contact text, expires bigint, q double precision, callid text, cseq integer,
+        received text, path text, flags integer, cflags integer, user_agent text,
+        socket text, methods text, instance text, reg_id integer, flow text, ruid text)
+), cur AS (
+    SELECT * FROM location
+    WHERE username = $1 AND domain = $2 AND expires > $3
+    FOR UPDATE
+), live AS (
+    SELECT r.* FROM req r WHERE NOT EXISTS (
+        SELECT 1 FROM cur c WHERE {_ADDRESSES.format(r="r")}
+        AND c.callid = r.callid AND c.cseq >= r.cseq)
+), gone AS (
+    SELECT c.id FROM cur c
+    WHERE NOT EXISTS (SELECT 1 FROM live k WHERE k.expires > $3 AND k.contact = c.contact)
+    AND EXISTS (SELECT 1 FROM live k WHERE {_ADDRESSES.format(r="k")})
+), tally AS (
+    SELECT (SELECT count(*) FROM cur) AS before,
+        (SELECT count(*) FROM cur c WHERE c.id NOT IN (SELECT id FROM gone)
+            AND NOT EXISTS (SELECT 1 FROM live k WHERE k.expires > $3 AND k.contact = c.contact))
+        + (SELECT count(*) FROM live WHERE expires > $3) AS after
+), allowed AS (
+    SELECT 1 FROM tally WHERE after <= $4 OR after <= before
+), removed AS (
+    DELETE FROM location WHERE id IN (SELECT id FROM gone) AND EXISTS (SELECT 1 FROM allowed)
+    RETURNING id
+), stored AS (
+    INSERT INTO location ({", ".join(_STORED)})
+    SELECT {", ".join(_INSERTED.get(n, "k." + n) for n in _STORED)}
+    FROM live k WHERE k.expires > $3 AND EXISTS (SELECT 1 FROM allowed)
+    ON CONFLICT (username, domain, contact) DO UPDATE SET
+        {", ".join(f"{n} = excluded.{n}" for n in _REFRESHED)}
+    WHERE location.expires <= $3 OR location.callid <> excluded.callid
+        OR location.cseq < excluded.cseq
+    RETURNING {", ".join(_COLUMNS)}
+), kept AS (
+    SELECT {", ".join(_COLUMNS)} FROM cur c
+    WHERE c.id NOT IN (SELECT id FROM removed)
+    AND NOT EXISTS (SELECT 1 FROM stored s WHERE s.contact = c.contact)
+), result AS (
+    SELECT * FROM stored UNION ALL SELECT * FROM kept
+)
+SELECT t.after, EXISTS (SELECT 1 FROM allowed) AS ok, b.*
+FROM tally t LEFT JOIN result b ON true
+ORDER BY coalesce(b.q, 1.0) DESC, b.id
+"""  # noqa: S608 - built from constants only; values are $n parameters
+
+CONFLICTS = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+
+
+class PostgresExecutor(NetworkExecutor[Any]):
+    kind: Kind = "postgresql"
+
+    async def _connect(self, dsn: Dsn) -> Any:
+        return await asyncpg.connect(
+            host=dsn.socket or dsn.host,
+            port=dsn.port,
+            user=dsn.user or None,
+            password=dsn.password or None,
+            database=dsn.database,
+            timeout=self.connect_timeout,
+        )
+
+    async def _close(self, conn: Any) -> None:
+        conn.terminate()
+
+    def _classify(self, exc: BaseException) -> StorageError:
+        message = str(exc).strip() or type(exc).__name__
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            return AlreadyExists(message)
+        if state in CONFLICTS:
+            return TransactionConflict(message)
+        if state is not None and state[:2] in ("08", "53", "57", "3D", "28"):
+            return StorageUnavailable(message)  # connection, resources, shutdown, no db/auth
+        if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+            return StorageUnavailable(message)
+        return StorageError(message)
+
+    async def _fetch(self, conn: Any, stmt: Statement, args: Sequence[Any]) -> list[Row]:
+        return [tuple(record) for record in await conn.fetch(stmt.sql, *args)]
+
+    async def _execute(self, conn: Any, stmt: Statement, args: Sequence[Any]) -> int:
+        status: str = await conn.execute(stmt.sql, *args)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _save(
+        self,
+        conn: Any,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome:
+        records = await conn.fetch(
+            SAVE, aor.username, aor.domain, now, max_contacts, encode_updates(updates)
+        )
+        first = records[0]
+        rows = [tuple(record)[2:] for record in records if record["id"] is not None]
+        return SaveOutcome([binding(row) for row in rows], int(first["after"]), not first["ok"])
