@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from sipfleet.sip.address import parse_address
+from sipfleet.sip.errors import ParseError
 from sipfleet.sip.headers import header_key
 from sipfleet.sip.message import Message, Request, Response, header_line, header_value
 from sipfleet.sip.via import BRANCH_COOKIE
@@ -100,7 +102,7 @@ def make_response(
     if to_tag is not None and status != 100 and "to" in keys:
         at = keys.index("to")
         value = header_value(lines[at])
-        if ";tag=" not in value.replace(" ", "").lower():
+        if not _has_tag(value):
             lines[at] = header_line("to", f"{value};tag={to_tag}")
     for name, value in headers or ():
         key = header_key(name)
@@ -109,6 +111,15 @@ def make_response(
     keys.append("content-length")
     lines.append(header_line("content-length", str(len(body))))
     return Response(status, reason or REASONS.get(status, "Unknown"), lines, keys, body)
+
+
+def _has_tag(to_value: str) -> bool:
+    if ";tag=" not in to_value.replace(" ", "").lower():
+        return False
+    try:  # ";tag=" may sit in a quoted display name; a To that does not parse keeps its text
+        return parse_address(to_value, "To").tag is not None
+    except ParseError:
+        return True
 
 
 def stateless_branch(request: Request, salt: str = "") -> str:

@@ -387,18 +387,20 @@ class Message:
     def pop_first_value(self, name: str) -> str | None:
         """Remove the first element of a list header (a Via, a Route) and return it."""
         key = header_key(name)
-        if key not in self.keys:
-            return None
-        at = self.keys.index(key)
-        line = self.lines[at]
-        values = split_values(header_value(line))
-        if len(values) <= 1:
-            del self.lines[at]
-            del self.keys[at]
-        else:
-            self.lines[at] = line[: line.find(":") + 1] + " " + ", ".join(values[1:])
-        self._changed(key)
-        return values[0] if values else None
+        keys = self.keys
+        while key in keys:
+            at = keys.index(key)
+            line = self.lines[at]
+            values = split_values(header_value(line))
+            if len(values) <= 1:
+                del self.lines[at]
+                del keys[at]
+            else:
+                self.lines[at] = line[: line.find(":") + 1] + " " + ", ".join(values[1:])
+            self._changed(key)
+            if values:  # a line with no value at all ("Route: ,") is dropped, not returned
+                return values[0]
+        return None
 
     def push_via(self, via: Via | str) -> None:
         self.add_header("via", str(via), top=True)
