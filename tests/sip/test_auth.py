@@ -120,9 +120,16 @@ def test_nonce_is_bound_to_the_call_id(authority: DigestAuthority) -> None:
     assert verify(authority, answer(challenge), call_id="other@host") is Verdict.REJECTED
 
 
-def test_digest_uri_must_be_the_request_uri(authority: DigestAuthority) -> None:
+def test_digest_uri_may_name_the_next_hop(authority: DigestAuthority) -> None:
+    """sipp and some UAs put the next hop, not the Request-URI, in the digest uri."""
     challenge = authority.challenges(REALM, CALL_ID, T0)[0]
-    credentials = answer(challenge, uri="sip:elsewhere.example.net")
+    credentials = answer(challenge, uri="sip:127.0.0.1:5060")
+    assert verify(authority, credentials) is Verdict.OK
+
+
+def test_response_digest_covers_the_uri_it_names(authority: DigestAuthority) -> None:
+    challenge = authority.challenges(REALM, CALL_ID, T0)[0]
+    credentials = answer(challenge).replace(f'uri="{URI}"', 'uri="sip:other.example.net"')
     assert verify(authority, credentials) is Verdict.REJECTED
 
 

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sipfleet.config.listen import ListenAddress, parse_listen
 
+DigestAlgorithm = Literal["SHA-256", "MD5"]
+DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = ("SHA-256", "MD5")
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -77,6 +80,13 @@ class SipSection(Section):
     tcp_read_timeout_s: float = Field(
         30.0, gt=0, description="A partial message must complete within this time."
     )
+    auth_algorithms: list[DigestAlgorithm] = Field(
+        default_factory=lambda: list(DEFAULT_DIGEST_ALGORITHMS),
+        description="Digest challenges offered, most preferred first (RFC 8760). Put MD5 "
+        "first for phones that only read the first challenge.",
+        min_length=1,
+    )
+    nonce_lifetime_s: float = Field(300.0, gt=0, description="A nonce is stale after this.")
     max_transactions: int = Field(
         20000, ge=1, description="Server transactions in flight before 503."
     )

@@ -1,0 +1,5 @@
+import sys
+
+from sipfleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""`sipfleet run ROLE -c node.toml`: one role of a multi-host cluster, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from sipfleet.cli.common import CliError, add_config_option, config_from_args
+from sipfleet.config import Config
+from sipfleet.roles import ROLE_NAMES, available_roles, role_runner
+from sipfleet.transport.loop import run as run_loop
+
+log = logging.getLogger("sipfleet")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run", help="run one role (lb, registrar, proxy)")
+    parser.add_argument("role", choices=ROLE_NAMES)
+    add_config_option(parser)
+    parser.add_argument(
+        "--ready-file", type=Path, help="write this file (JSON) once the role is listening"
+    )
+    add_log_option(parser)
+    parser.set_defaults(handler=_run)
+
+
+def add_log_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.role not in available_roles():
+        raise CliError(f"role {args.role!r} is not built yet in this version")
+    config = config_from_args(args)
+    setup_logging(args.log_level)
+    return run_role(args.role, config, args.ready_file)
+
+
+def run_role(role: str, config: Config, ready_file: Path | None = None) -> int:
+    def ready() -> None:
+        log.info("%s ready", role)
+        if ready_file is not None:
+            ready_file.write_text(json.dumps({"role": role, "pid": os.getpid()}))
+
+    async def main() -> None:
+        task = asyncio.create_task(role_runner(role)(config, ready=ready))
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("%s stopped", role)
+
+    try:
+        run_loop(main())
+    except OSError as exc:
+        raise CliError(f"{role}: {exc}") from None
+    return 0

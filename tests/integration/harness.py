@@ -1,0 +1,187 @@
+"""Running sipfleet roles as real processes for integration tests.
+
+A ``Cluster`` writes one node config per role (free ports on 127.0.0.1, a database of the
+test's own), starts ``sipfleet run <role>`` subprocesses, waits until each says it listens,
+and stops them by PID at the end. Subscribers and LB targets are added through the same
+storage API the CLI uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sipfleet.config import Config, config_from_dict
+from sipfleet.config.dump import write_config
+from sipfleet.sip.digest import compute_ha1
+from sipfleet.storage import Aor, Binding, Subscriber, open_storage
+from sipfleet.storage.dsn import Dsn
+from sipfleet.storage.migrate import upgrade
+
+SECRET = "integration-test-secret"
+START_TIMEOUT = 20.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP right now (the test binds it soon after)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port found")
+
+
+@dataclass
+class RoleProcess:
+    role: str
+    config: Config
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        section = getattr(self.config, self.role)
+        return int(section.listen[0].port)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Cluster:
+    """Roles on 127.0.0.1 sharing one database (SQLite file unless ``dsn`` is given)."""
+
+    workdir: Path
+    dsn: str = ""
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    roles: dict[str, RoleProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.dsn:
+            self.dsn = f"sqlite:///{self.workdir / 'sipfleet.db'}"
+        asyncio.run(upgrade(Dsn.parse(self.dsn)))
+
+    # -- configuration ---------------------------------------------------------------------
+    def config_for(self, role: str, port: int, **sections: dict[str, Any]) -> Config:
+        data: dict[str, Any] = {
+            "node": {"name": role, "data_dir": str(self.workdir), "cluster_secret": SECRET},
+            "database": {"write": self.dsn},
+            "sip": {"domains": ["example.com", "127.0.0.1"], "auth_algorithms": ["MD5"]},
+        }
+        listen = [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"]
+        data[role] = {"listen": listen}
+        for name, values in {**self.overrides, **sections}.items():
+            data.setdefault(name, {}).update(values)
+        return config_from_dict(data)
+
+    # -- processes ----------------------------------------------------------------------------
+    def start(self, role: str, name: str | None = None, **sections: dict[str, Any]) -> RoleProcess:
+        name = name or role
+        config = self.config_for(role, free_port(), **sections)
+        config_path = self.workdir / f"{name}.toml"
+        write_config(config, config_path)
+        node = RoleProcess(role, config, config_path, self.workdir / f"{name}.log")
+        ready = self.workdir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        with node.log_path.open("wb") as log:
+            node.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sipfleet.cli",
+                    "run",
+                    role,
+                    "-c",
+                    str(config_path),
+                    "--ready-file",
+                    str(ready),
+                    "--log-level",
+                    "debug",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.roles[name] = node
+        self._wait_ready(node, ready)
+        return node
+
+    def _wait_ready(self, node: RoleProcess, ready: Path) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        assert node.process is not None
+        while time.monotonic() < deadline:
+            if ready.exists():
+                return
+            if node.process.poll() is not None:
+                raise RuntimeError(f"{node.role} exited at start:\n{node.log_text()}")
+            time.sleep(0.05)
+        self.stop_role(node)
+        raise RuntimeError(f"{node.role} not ready after {START_TIMEOUT}s:\n{node.log_text()}")
+
+    def stop_role(self, node: RoleProcess, sig: int = signal.SIGTERM) -> None:
+        process = node.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def stop(self) -> None:
+        for node in self.roles.values():
+            self.stop_role(node)
+
+    # -- data -----------------------------------------------------------------------------------
+    def add_subscriber(self, username: str, domain: str, password: str) -> None:
+        subscriber = Subscriber(
+            username,
+            domain,
+            compute_ha1(username, domain, password, "MD5"),
+            compute_ha1(username, domain, password, "SHA-256"),
+        )
+        self._with_storage(lambda storage: storage.subscribers.add(subscriber))
+
+    def bindings(self, username: str, domain: str) -> list[Binding]:
+        result: list[Binding] = self._with_storage(
+            lambda storage: storage.location.lookup(Aor(username, domain))
+        )
+        return result
+
+    def _with_storage(self, work: Any) -> Any:
+        async def run() -> Any:
+            storage = open_storage(self.dsn)
+            try:
+                return await work(storage)
+            finally:
+                await storage.close()
+
+        return asyncio.run(run())
+
+
+@contextlib.contextmanager
+def running_cluster(workdir: Path, **kwargs: Any) -> Iterator[Cluster]:
+    cluster = Cluster(workdir, **kwargs)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,148 @@
+"""Running sipp (Debian's sip-tester) from tests: bounded in calls and time, traced."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+@dataclass
+class SippRun:
+    returncode: int
+    messages: str  # every message sent and received (-trace_msg)
+    errors: str
+    stdout: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def explain(self) -> str:
+        return f"sipp exit {self.returncode}\n{self.errors}\n{self.stdout[-2000:]}\n{self.messages[-6000:]}"
+
+
+def sipp_binary() -> str:
+    found = shutil.which("sipp")
+    if found is None:
+        raise RuntimeError("sipp is not installed: apt-get install -y sip-tester")
+    return found
+
+
+def run_sipp(
+    scenario: str,
+    target: str,
+    workdir: Path,
+    *,
+    calls: int = 1,
+    rate: int = 10,
+    local_port: int | None = None,
+    keys: dict[str, str] | None = None,
+    inf: Path | None = None,
+    timeout: float = 20.0,
+    extra: list[str] | None = None,
+    transport: str = "u1",
+) -> SippRun:
+    """Run ``scenarios/<scenario>.xml`` against ``target`` (host:port) to the end."""
+    name = f"{scenario}-{local_port or 'any'}"
+    message_file = workdir / f"{name}.msg"
+    error_file = workdir / f"{name}.err"
+    command = [
+        sipp_binary(),
+        target,
+        "-sf",
+        str(SCENARIOS / f"{scenario}.xml"),
+        "-i",
+        "127.0.0.1",
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-t",
+        transport,
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_msg",
+        "-message_file",
+        str(message_file),
+        "-trace_err",
+        "-error_file",
+        str(error_file),
+        "-max_recv_loops",
+        "1000",
+    ]
+    if local_port is not None:
+        command += ["-p", str(local_port)]
+    for key, value in (keys or {}).items():
+        command += ["-key", key, value]
+    if inf is not None:
+        command += ["-inf", str(inf)]
+    command += extra or []
+    completed = subprocess.run(
+        command, cwd=workdir, capture_output=True, timeout=timeout + 15, check=False
+    )
+    return SippRun(
+        completed.returncode,
+        message_file.read_text(errors="replace") if message_file.exists() else "",
+        error_file.read_text(errors="replace") if error_file.exists() else "",
+        completed.stdout.decode(errors="replace"),
+    )
+
+
+def start_sipp(
+    scenario: str,
+    workdir: Path,
+    *,
+    local_port: int,
+    keys: dict[str, str] | None = None,
+    calls: int = 1,
+    timeout: float = 30.0,
+    target: str | None = None,
+    extra: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A sipp in the background (a UAS waiting for calls); stop it with ``stop_sipp``."""
+    name = f"{scenario}-{local_port}"
+    command = [
+        sipp_binary(),
+        *([target] if target else []),
+        "-sf",
+        str(SCENARIOS / f"{scenario}.xml"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(local_port),
+        "-m",
+        str(calls),
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_msg",
+        "-message_file",
+        str(workdir / f"{name}.msg"),
+        "-trace_err",
+        "-error_file",
+        str(workdir / f"{name}.err"),
+    ]
+    for key, value in (keys or {}).items():
+        command += ["-key", key, value]
+    command += extra or []
+    return subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def stop_sipp(process: subprocess.Popen[bytes], wait: float = 10.0) -> int:
+    """Wait for a background sipp to finish its calls (or stop it); returns its exit code."""
+    try:
+        return process.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            return process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(timeout=5)
