@@ -22,7 +22,8 @@ class SippRun:
         return self.returncode == 0
 
     def explain(self) -> str:
-        return f"sipp exit {self.returncode}\n{self.errors}\n{self.stdout[-2000:]}\n{self.messages[-6000:]}"
+        tail = f"{self.stdout[-2000:]}\n{self.messages[-6000:]}"
+        return f"sipp exit {self.returncode}\n{self.errors}\n{tail}"
 
 
 def sipp_binary() -> str:
