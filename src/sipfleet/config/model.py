@@ -147,6 +147,29 @@ class ProxySection(Section):
     serial_forking: bool = Field(
         False, description="Fork by q-value groups instead of all at once."
     )
+    trusted_lbs: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Source addresses of the LBs in front: for a request from one of them the "
+        "caller's address (for trusted_peers) is the one the LB stamped in the Via below its own.",
+    )
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="Other host[:port] names of this proxy (a DNS name, a public address): a "
+        "Route or Request-URI naming one of them or a listen address is the proxy itself.",
+    )
+    realm: str = Field("", description="Digest realm for callers; empty: the caller's domain.")
+    record_route: bool = Field(
+        True, description="Record-Route dialog-creating requests (keep the proxy in the dialog)."
+    )
+    max_routing: int = Field(
+        2000,
+        ge=1,
+        description="Requests waiting for the routing policy or the database; past it new "
+        "requests get 503 with Retry-After.",
+    )
+    retry_after_s: int = Field(
+        5, ge=1, description="Retry-After of the 503 sent when the database is unreachable."
+    )
 
 
 class MgmtSection(Section):
