@@ -1,9 +1,10 @@
 """MariaDB/MySQL backend over asyncmy.
 
 A save is one round trip: a multi-statement batch (START TRANSACTION … COMMIT) that states
-the rules of ``storage.rules`` in SQL. Its first statement locks the AOR's rows and the
-index gap after them (InnoDB next-key locks under REPEATABLE READ), so saves of one AOR
-run one after the other and each sees the other's result. The request travels as one JSON
+the rules of ``storage.rules`` in SQL. Its first statement locks the AOR's current rows, so
+refreshes of one AOR run one after the other. Sessions run READ COMMITTED (no gap locks):
+like PostgreSQL, two saves adding *new* contacts to one AOR at the same instant may each
+answer without the other's contact (both are stored) and may pass max_contacts together. The request travels as one JSON
 parameter, read with JSON_TABLE (MariaDB 10.6+, MySQL 8.0+). asyncmy quotes every
 parameter, so the SQL text stays constant (built from the constants below only).
 """
@@ -32,7 +33,8 @@ from sipfleet.storage.sql import Row, SaveOutcome, binding
 from sipfleet.storage.statements import BINDING_COLUMNS, Statement
 
 # Server error codes.
-CONFLICTS = {1205, 1213}  # lock wait timeout, deadlock
+# Lock wait timeout, deadlock, and a deadlock met while taking the AUTO-INC lock (1467).
+CONFLICTS = {1205, 1213, 1467}
 GONE = {1040, 1044, 1045, 1049, 1053, 1152, 1158, 1159, 1160, 1161, 1927, 2002, 2003, 2005,
         2006, 2013, 2055, 4031}  # fmt: skip
 
@@ -98,7 +100,7 @@ class MysqlExecutor(NetworkExecutor[Any]):
     kind: Kind = "mysql"
 
     async def _connect(self, dsn: Dsn) -> Any:
-        return await asyncmy.connect(
+        conn = await asyncmy.connect(
             host=dsn.host,
             port=dsn.port,
             user=dsn.user or None,
@@ -113,6 +115,10 @@ class MysqlExecutor(NetworkExecutor[Any]):
             # Session strings compare byte-wise, like the tables (schema.py).
             init_command="SET collation_connection = utf8mb4_bin",
         )
+        # No gap locks: saves of neighbouring new AORs do not queue behind each other.
+        async with conn.cursor() as cursor:
+            await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        return conn
 
     async def _close(self, conn: Any) -> None:
         conn.close()

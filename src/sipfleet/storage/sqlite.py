@@ -4,6 +4,8 @@ sqlite3 blocks. A statement takes microseconds, but when another process of `sip
 holds the write lock a call can wait up to ``busy_timeout``; on the event loop that would
 stall every SIP transaction of the process. So all calls go to one worker thread that owns
 the connection (one writer per process; WAL lets the other processes read meanwhile).
+A read DSN naming another file (a copy kept by some other tool) gets its own connection on
+the same thread.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class SqliteExecutor:
         self._busy_timeout_ms = busy_timeout_ms
         self._statements = Statements("sqlite")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sipfleet-sqlite")
-        self._conn: sqlite3.Connection | None = None
+        self._read_path = next((d.path for d in dsns.reads if d.path is not None), self._path)
+        self._conns: dict[Path, sqlite3.Connection] = {}
         self._health = Health(str(dsns.write))
 
     @property
@@ -79,7 +82,10 @@ class SqliteExecutor:
     async def fetch(
         self, stmt: Statement, params: Mapping[str, Any], *, replica: bool = False
     ) -> list[Row]:
-        return await self._call(lambda conn: conn.execute(stmt.sql, stmt.args(params)).fetchall())
+        path = self._read_path if replica else self._path
+        return await self._call(
+            lambda conn: conn.execute(stmt.sql, stmt.args(params)).fetchall(), path
+        )
 
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
         return await self._call(lambda conn: conn.execute(stmt.sql, stmt.args(params)).rowcount)
@@ -97,35 +103,37 @@ class SqliteExecutor:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=True)
 
-    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call(self, work: Callable[[sqlite3.Connection], T], path: Path | None = None) -> T:
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._thread, self._run, work)
+            result = await loop.run_in_executor(self._thread, self._run, work, path or self._path)
         except StorageUnavailable as exc:
             self._health.failed(str(exc))
             raise
         self._health.succeeded()
         return result
 
-    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _run(self, work: Callable[[sqlite3.Connection], T], path: Path) -> T:
         """On the worker thread: (re)connect when needed, map sqlite3's errors."""
         try:
-            if self._conn is None:
-                self._conn = connect(self._path, self._busy_timeout_ms)
-            return work(self._conn)
+            conn = self._conns.get(path)
+            if conn is None:
+                conn = self._conns[path] = connect(path, self._busy_timeout_ms)
+            return work(conn)
         except sqlite3.Error as exc:
-            error = classify(exc, self._path)
+            error = classify(exc, path)
             if isinstance(error, StorageUnavailable):
-                self._close()  # reopen on the next call: the file may be back by then
+                self._close(path)  # reopen on the next call: the file may be back by then
             raise error from exc
 
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error as exc:
-                log.debug("closing %s: %s", self._path, exc)
-            self._conn = None
+    def _close(self, path: Path | None = None) -> None:
+        for each in [path] if path else list(self._conns):
+            conn = self._conns.pop(each, None)
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    log.debug("closing %s: %s", each, exc)
 
     def _save(
         self,

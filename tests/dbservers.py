@@ -1,0 +1,270 @@
+"""Private MariaDB and PostgreSQL servers for tests and benchmarks.
+
+Each server runs from Debian's packages in its own temporary directory, on a free port of
+127.0.0.1, and is stopped by its PID. ``start_mariadb`` / ``start_postgres`` start one
+instance with given options, so a primary and a replica can be started side by side later.
+Nothing here assumes the machine's own database services exist.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+class ServerMissing(RuntimeError):
+    """A server binary is not installed; the message names the Debian package."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _need(path: str | None, package: str, what: str) -> str:
+    if not path or not os.access(path, os.X_OK):
+        raise ServerMissing(
+            f"{what} not found: install the Debian package {package} (scripts/setup.sh --test does)"
+        )
+    return path
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port} within {START_TIMEOUT} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Stop one process we started, by its PID: ``sig``, then SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(STOP_TIMEOUT)
+
+
+def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return result  # type: ignore[no-any-return]
+
+
+@dataclass
+class DbServer:
+    """One running server. ``stop()`` and ``start()`` again keep its data and port."""
+
+    kind: str  # "mysql" | "postgresql"
+    base: Path  # the temporary directory holding everything
+    port: int
+    user: str
+    options: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def dsn(self, database: str) -> str:
+        return f"{self.kind}://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def sql(self, statement: str, database: str | None = None) -> str:
+        raise NotImplementedError
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its DSN."""
+        self.sql(f"CREATE DATABASE {name}")
+        return self.dsn(name)
+
+    def destroy(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class MariaDbServer(DbServer):
+    @property
+    def socket_path(self) -> Path:
+        return self.base / "mysqld.sock"
+
+    def start(self) -> None:
+        mariadbd = _need(shutil.which("mariadbd", path="/usr/sbin:/usr/bin"), "mariadb-server",
+                         "mariadbd")  # fmt: skip
+        log = self.base / "error.log"
+        args = [
+            mariadbd,
+            "--no-defaults",
+            f"--datadir={self.base / 'data'}",
+            f"--port={self.port}",
+            f"--socket={self.socket_path}",
+            f"--pid-file={self.base / 'mariadbd.pid'}",
+            f"--log-error={log}",
+            "--skip-networking=0",
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            f"--user={pwd.getpwuid(os.geteuid()).pw_name}",
+            *(f"--{key}={value}" for key, value in self.options.items()),
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, self.process, log)
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGTERM)
+
+    def sql(self, statement: str, database: str | None = None) -> str:
+        client = _need(shutil.which("mariadb"), "mariadb-client", "mariadb (the client)")
+        args = [client, "--no-defaults", f"--socket={self.socket_path}", "-uroot", "-N", "-B"]
+        return _run([*args, *([database] if database else []), "-e", statement]).stdout
+
+
+def start_mariadb(options: dict[str, str] | None = None, port: int | None = None) -> MariaDbServer:
+    """Initialise a data directory and start mariadbd on 127.0.0.1:``port``."""
+    install = _need(shutil.which("mariadb-install-db"), "mariadb-server", "mariadb-install-db")
+    base = Path(tempfile.mkdtemp(prefix="sipfleet-mariadb-"))
+    defaults = {"innodb-buffer-pool-size": "64M", "max-connections": "200"}
+    server = MariaDbServer("mysql", base, port or free_port(), "root", defaults | (options or {}))
+    try:
+        _run(
+            [
+                install,
+                "--no-defaults",
+                f"--datadir={base / 'data'}",
+                f"--user={pwd.getpwuid(os.geteuid()).pw_name}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+            ]
+        )
+        server.start()
+    except BaseException:
+        server.destroy()
+        raise
+    return server
+
+
+def _postgres_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=_version_key)
+    return _need(found[-1] if found else shutil.which(name), "postgresql", name)
+
+
+def _version_key(path: str) -> int:
+    version = path.split("/")[4]
+    return int(version) if version.isdigit() else 0
+
+
+def _as_postgres_user() -> list[str]:
+    """initdb and postgres refuse to run as root: drop to the ``postgres`` system user."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise ServerMissing(
+            "no postgres system user: install the Debian package postgresql"
+        ) from None
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+
+
+class PostgresServer(DbServer):
+    def start(self) -> None:
+        log = self.base / "postgres.log"
+        args = [
+            *_as_postgres_user(),
+            _postgres_bin("postgres"),
+            "-D", str(self.base / "data"),
+            "-p", str(self.port),
+            "-k", str(self.base),
+            "-c", "listen_addresses=127.0.0.1",
+            *(arg for key, value in self.options.items() for arg in ("-c", f"{key}={value}")),
+        ]  # fmt: skip
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=out, cwd=self.base)
+        _wait_port(self.port, self.process, log)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self.sql("SELECT 1")
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGINT)  # "fast" shutdown: roll back, close, exit
+
+    def sql(self, statement: str, database: str | None = None) -> str:
+        psql = _need(shutil.which("psql"), "postgresql-client", "psql")
+        args = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-X", "-A", "-t"]
+        return _run([*args, "-d", database or "postgres", "-c", statement]).stdout
+
+
+def start_postgres(
+    options: dict[str, str] | None = None, port: int | None = None
+) -> PostgresServer:
+    """initdb a data directory (owned by the postgres user when we are root) and start it."""
+    initdb = _postgres_bin("initdb")
+    base = Path(tempfile.mkdtemp(prefix="sipfleet-postgres-"))
+    defaults = {"shared_buffers": "64MB", "max_connections": "200"}
+    server = PostgresServer("postgresql", base, port or free_port(), "postgres",
+                            defaults | (options or {}))  # fmt: skip
+    try:
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(base, user.pw_uid, user.pw_gid)
+        _run(
+            [*_as_postgres_user(), initdb, "-D", str(base / "data"), "-U", "postgres",
+             "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+            cwd=base,
+        )  # fmt: skip
+        server.start()
+    except BaseException:
+        server.destroy()
+        raise
+    return server
+
+
+# Settings that trade durability for speed: for tests only, never for benchmark figures.
+FAST_MARIADB = {"innodb-flush-log-at-trx-commit": "2", "innodb-doublewrite": "0"}
+FAST_POSTGRES = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
