@@ -61,11 +61,12 @@ async def test_save_stores_every_column_and_returns_the_bindings(storage: Storag
     stored = next(b for b in result if b.contact == full.contact)
     assert (stored.username, stored.domain) == ("alice", "example.com")
     assert (stored.expires, stored.q, stored.callid, stored.cseq) == (NOW + 3600, 0.5, "call-1", 1)
-    assert stored.received == full.received and stored.path == full.path
+    assert (stored.received, stored.path) == (full.received, full.path)
     assert (stored.flags, stored.cflags, stored.user_agent) == (3, 4, "Phone/1.0 (é)")
     assert (stored.socket, stored.methods, stored.flow) == (full.socket, full.methods, "ft-abc")
     assert (stored.instance, stored.reg_id) == (full.instance, 1)
-    assert stored.last_modified == NOW and len(stored.ruid) >= 16
+    assert stored.last_modified == NOW
+    assert len(stored.ruid) >= 16
     plain = next(b for b in result if b.contact == "sip:alice@192.0.2.2")
     assert (plain.q, plain.instance, plain.reg_id, plain.path) == (None, None, None, None)
     assert await storage.location.lookup(ALICE, now=NOW) == result
@@ -249,11 +250,11 @@ async def test_bad_input_names_the_field_and_writes_nothing(
 
 
 async def test_bad_aor_and_duplicate_contacts(storage: Storage) -> None:
-    with pytest.raises(InvalidInput, match="^username:"):
+    with pytest.raises(InvalidInput, match=r"^username:"):
         await save(storage, update("sip:a@1"), aor=Aor("", "example.com"))
-    with pytest.raises(InvalidInput, match="^domain:"):
+    with pytest.raises(InvalidInput, match=r"^domain:"):
         await storage.location.lookup(Aor("alice", "d" * 200))
-    with pytest.raises(InvalidInput, match="^contact:.*twice"):
+    with pytest.raises(InvalidInput, match=r"^contact:.*twice"):
         await save(storage, update("sip:a@1"), update("sip:a@1"))
 
 
@@ -296,6 +297,7 @@ async def test_work_in_flight_is_capped(databases: Databases, opened: OpenStorag
         *(storage.location.lookup(ALICE, now=NOW) for _ in range(10)), return_exceptions=True
     )
     shed = [o for o in outcomes if isinstance(o, StorageOverloaded)]
-    assert len(shed) == 8 and outcomes.count([]) == 2
+    assert len(shed) == 8
+    assert outcomes.count([]) == 2
     assert storage.in_flight == 0
     assert await storage.location.lookup(ALICE, now=NOW) == []

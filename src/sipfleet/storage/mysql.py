@@ -4,9 +4,10 @@ A save is one round trip: a multi-statement batch (START TRANSACTION … COMMIT)
 the rules of ``storage.rules`` in SQL. Its first statement locks the AOR's current rows, so
 refreshes of one AOR run one after the other. Sessions run READ COMMITTED (no gap locks):
 like PostgreSQL, two saves adding *new* contacts to one AOR at the same instant may each
-answer without the other's contact (both are stored) and may pass max_contacts together. The request travels as one JSON
-parameter, read with JSON_TABLE (MariaDB 10.6+, MySQL 8.0+). asyncmy quotes every
-parameter, so the SQL text stays constant (built from the constants below only).
+answer without the other's contact (both are stored) and may pass max_contacts together.
+The request travels as one JSON parameter, read with JSON_TABLE (MariaDB 10.6+, MySQL
+8.0+). asyncmy quotes every parameter, so the SQL text stays constant (built from the
+constants below only).
 """
 
 from __future__ import annotations
