@@ -34,7 +34,7 @@ def sipp_binary() -> str:
 
 
 def run_sipp(
-    scenario: str,
+    scenario: str | Path,
     target: str,
     workdir: Path,
     *,
@@ -48,14 +48,15 @@ def run_sipp(
     transport: str = "u1",
 ) -> SippRun:
     """Run ``scenarios/<scenario>.xml`` against ``target`` (host:port) to the end."""
-    name = f"{scenario}-{local_port or 'any'}"
+    path = scenario if isinstance(scenario, Path) else SCENARIOS / f"{scenario}.xml"
+    name = f"{path.stem}-{local_port or 'any'}"
     message_file = workdir / f"{name}.msg"
     error_file = workdir / f"{name}.err"
     command = [
         sipp_binary(),
         target,
         "-sf",
-        str(SCENARIOS / f"{scenario}.xml"),
+        str(path),
         "-i",
         "127.0.0.1",
         "-m",
@@ -147,3 +148,50 @@ def stop_sipp(process: subprocess.Popen[bytes], wait: float = 10.0) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait(timeout=5)
+
+
+def register_scenario(
+    workdir: Path,
+    *,
+    user: str,
+    domain: str = "example.com",
+    contact: str = "<sip:[service]@[local_ip]:[local_port];transport=[transport]>",
+    expires: int | None = 600,
+    expect: int = 200,
+    headers: tuple[str, ...] = (),
+    authenticate: bool = True,
+    name: str = "register",
+) -> Path:
+    """A REGISTER scenario written for one test: optional digest round, then ``expect``.
+
+    Authentication uses sipp's -au/-ap credentials. Returns the scenario file.
+    """
+    lines = [
+        f"REGISTER sip:{domain} SIP/2.0",
+        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport",
+        "Max-Forwards: 70",
+        f"From: <sip:{user}@{domain}>;tag=[pid]reg[call_number]",
+        f"To: <sip:{user}@{domain}>",
+        "Call-ID: [call_id]",
+        "CSeq: [cseq] REGISTER",
+        f"Contact: {contact}",
+        *([f"Expires: {expires}"] if expires is not None else []),
+        *headers,
+    ]
+    first = "\n      ".join([*lines, "Content-Length: 0"])
+    second = "\n      ".join([*lines, "[authentication]", "Content-Length: 0"])
+    steps = [_send(first)]
+    if authenticate:
+        steps += ['  <recv response="401" auth="true"/>', _send(second)]
+    steps.append(f'  <recv response="{expect}"/>')
+    xml = (
+        '<?xml version="1.0" encoding="ISO-8859-1" ?>\n'
+        f'<scenario name="{name}">\n' + "\n".join(steps) + "\n</scenario>\n"
+    )
+    path = workdir / f"{name}.xml"
+    path.write_text(xml)
+    return path
+
+
+def _send(message: str) -> str:
+    return f'  <send retrans="500">\n    <![CDATA[\n\n      {message}\n\n    ]]>\n  </send>'

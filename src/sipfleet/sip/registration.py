@@ -245,7 +245,7 @@ class BindingView(Protocol):
 
 def contact_value(binding: BindingView, now: float) -> str:
     """A Contact element of the 200 OK: the binding with its remaining lifetime."""
-    remaining = max(0, int(binding.expires - now))
+    remaining = max(0, binding.expires - int(now))
     value = f"<{binding.contact}>;expires={remaining}"
     if binding.q is not None:
         value += f";q={binding.q:.3g}"
