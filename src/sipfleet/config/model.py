@@ -57,8 +57,9 @@ class DatabaseSection(Section):
 
 class SipSection(Section):
     domains: list[str] = Field(
-        default_factory=lambda: ["localhost"],
-        description="Domains this cluster serves (registrar domain check, local users).",
+        default_factory=list,
+        description="Domains this cluster serves (registrar domain check, local users). "
+        "Empty: every domain is served; subscribers are found by the AOR's own domain.",
     )
     t1_ms: int = Field(500, ge=10, description="RFC 3261 T1: RTT estimate.")
     t2_ms: int = Field(4000, ge=10, description="RFC 3261 T2: maximum retransmit interval.")

@@ -1,0 +1,227 @@
+"""`sipfleet up`: the embedded default cluster on one host.
+
+LB on 127.0.0.1:5060 (or ``--listen``), a registrar and a proxy behind it on loopback,
+SQLite under the data directory. Each role runs as its own process (`sipfleet run`), so the
+single-host cluster behaves like the multi-host one; `up` supervises them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sipfleet.cli.common import CliError
+from sipfleet.cli.run import add_log_option
+from sipfleet.config import Config, ConfigError, config_from_dict, load_config
+from sipfleet.config.dump import write_config
+from sipfleet.config.listen import parse_listen
+from sipfleet.roles import available_roles
+from sipfleet.storage import open_storage
+from sipfleet.storage.dsn import dsns_from_config
+from sipfleet.storage.errors import AlreadyExists, StorageError
+from sipfleet.storage.migrate import upgrade
+
+START_TIMEOUT = 30.0
+MAX_RESTARTS_PER_MINUTE = 5
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "up", help="start the embedded default cluster (LB, registrar, proxy, SQLite) on this host"
+    )
+    parser.add_argument("-c", "--config", type=Path, help="node configuration file (TOML)")
+    parser.add_argument("--data-dir", type=Path, help="where the SQLite database lives")
+    parser.add_argument(
+        "--listen", metavar="HOST:PORT", help="put the LB on this address (UDP and TCP)"
+    )
+    add_log_option(parser)
+    parser.set_defaults(handler=_up)
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/sipfleet")
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "sipfleet"
+
+
+def _up(args: argparse.Namespace) -> int:
+    config = _config(args)
+    data_dir = config.node.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = _with_secret(config, data_dir)
+    roles = available_roles()
+    dsns = dsns_from_config(config)
+    try:
+        asyncio.run(upgrade(dsns.write))
+    except StorageError as exc:
+        raise CliError(f"database: {exc}") from None
+    if "lb" in roles:
+        asyncio.run(_register_pool_targets(config))
+    supervisor = Supervisor(config, roles, data_dir / "run", args.log_level)
+    supervisor.start_all()
+    _say_what_started(config, roles, str(dsns.write.path or dsns.write.host))
+    return supervisor.watch()
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    data = config.model_dump(mode="json")
+    if args.data_dir is not None:
+        data["node"]["data_dir"] = str(args.data_dir)
+    elif args.config is None and not os.environ.get("SIPFLEET_DATA_DIR"):
+        data["node"]["data_dir"] = str(default_data_dir())
+    if args.listen:
+        try:
+            parse_listen(f"udp:{args.listen}")
+        except ValueError as exc:
+            raise CliError(f"--listen: {exc}") from None
+        data["lb"]["listen"] = [f"udp:{args.listen}", f"tcp:{args.listen}"]
+    try:
+        return config_from_dict(data, "sipfleet up")
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _with_secret(config: Config, data_dir: Path) -> Config:
+    """A cluster secret that survives restarts: nonces and flow tokens stay valid."""
+    if config.node.cluster_secret:
+        return config
+    path = data_dir / "cluster-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    node = config.node.model_copy(update={"cluster_secret": path.read_text().strip()})
+    return config.model_copy(update={"node": node})
+
+
+async def _register_pool_targets(config: Config) -> None:
+    """The LB finds the local registrar and proxy through lb_target, like any other."""
+    storage = open_storage(config)
+    try:
+        for pool, section in (("registrar", config.registrar), ("proxy", config.proxy)):
+            address = section.listen[0]
+            host = f"[{address.host}]" if ":" in address.host else address.host
+            with contextlib.suppress(AlreadyExists):
+                await storage.lb_targets.add(pool, f"sip:{host}:{address.port}")  # type: ignore[arg-type]
+    finally:
+        await storage.close()
+
+
+def _say_what_started(config: Config, roles: list[str], database: str) -> None:
+    lines = ["sipfleet is up:"]
+    for role in roles:
+        listen = ", ".join(str(address) for address in getattr(config, role).listen)
+        lines.append(f"  {role:<10} {listen}")
+    missing = [role for role in ("lb", "registrar", "proxy") if role not in roles]
+    if missing:
+        lines.append(f"  not built yet: {', '.join(missing)}")
+    lines.append(f"  database   sqlite {database}")
+    lines.append("Add a user:  sipfleet subscriber add alice@localhost --password secret")
+    lines.append("Stop with Ctrl-C.")
+    print("\n".join(lines), flush=True)
+
+
+@dataclass
+class Child:
+    role: str
+    config_path: Path
+    ready_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] | None = None
+
+
+class Supervisor:
+    """Starts one `sipfleet run` per role, restarts a crashed one (bounded), stops all."""
+
+    def __init__(self, config: Config, roles: list[str], run_dir: Path, log_level: str) -> None:
+        self.config = config
+        self.log_level = log_level
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.children = [
+            Child(role, run_dir / f"{role}.toml", run_dir / f"{role}.ready") for role in roles
+        ]
+        self._stopping = False
+
+    def start_all(self) -> None:
+        for child in self.children:
+            write_config(self.config, child.config_path)
+            self._spawn(child)
+        for child in self.children:
+            self._wait_ready(child)
+
+    def _spawn(self, child: Child) -> None:
+        child.ready_path.unlink(missing_ok=True)
+        child.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sipfleet",
+                "run",
+                child.role,
+                "-c",
+                str(child.config_path),
+                "--ready-file",
+                str(child.ready_path),
+                "--log-level",
+                self.log_level,
+            ],
+        )
+
+    def _wait_ready(self, child: Child) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not child.ready_path.exists():
+            assert child.process is not None
+            if child.process.poll() is not None or time.monotonic() > deadline:
+                self.stop_all()
+                raise CliError(f"{child.role} did not start (see its log above)")
+            time.sleep(0.05)
+
+    def watch(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        while not self._stopping:
+            for child in self.children:
+                exited = child.process is not None and child.process.poll() is not None
+                if exited and not self._restart(child):
+                    self.stop_all()
+                    return 1
+            time.sleep(0.5)
+        self.stop_all()
+        return 0
+
+    def _restart(self, child: Child) -> bool:
+        now = time.monotonic()
+        child.restarts = [t for t in (child.restarts or []) if now - t < 60] + [now]
+        if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
+            print(f"sipfleet: {child.role} keeps failing; giving up", file=sys.stderr)
+            return False
+        print(f"sipfleet: {child.role} exited; restarting it", file=sys.stderr)
+        self._spawn(child)
+        return True
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.terminate()
+        for child in self.children:
+            if child.process is not None:
+                try:
+                    child.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
