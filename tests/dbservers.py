@@ -105,6 +105,10 @@ class DbServer:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def crash(self) -> None:
+        """Stop at once, as a power cut would (the next start runs crash recovery)."""
+        raise NotImplementedError
+
     def sql(self, statement: str, database: str | None = None) -> str:
         raise NotImplementedError
 
@@ -125,8 +129,9 @@ class MariaDbServer(DbServer):
         return self.base / "mysqld.sock"
 
     def start(self) -> None:
-        mariadbd = _need(shutil.which("mariadbd", path="/usr/sbin:/usr/bin"), "mariadb-server",
-                         "mariadbd")  # fmt: skip
+        mariadbd = _need(
+            shutil.which("mariadbd", path="/usr/sbin:/usr/bin"), "mariadb-server", "mariadbd"
+        )
         log = self.base / "error.log"
         args = [
             mariadbd,
@@ -148,6 +153,9 @@ class MariaDbServer(DbServer):
 
     def stop(self) -> None:
         _stop(self.process, signal.SIGTERM)
+
+    def crash(self) -> None:
+        _stop(self.process, signal.SIGKILL)
 
     def sql(self, statement: str, database: str | None = None) -> str:
         client = _need(shutil.which("mariadb"), "mariadb-client", "mariadb (the client)")
@@ -209,12 +217,16 @@ class PostgresServer(DbServer):
         args = [
             *_as_postgres_user(),
             _postgres_bin("postgres"),
-            "-D", str(self.base / "data"),
-            "-p", str(self.port),
-            "-k", str(self.base),
-            "-c", "listen_addresses=127.0.0.1",
+            "-D",
+            str(self.base / "data"),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.base),
+            "-c",
+            "listen_addresses=127.0.0.1",
             *(arg for key, value in self.options.items() for arg in ("-c", f"{key}={value}")),
-        ]  # fmt: skip
+        ]
         with log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=out, cwd=self.base)
         _wait_port(self.port, self.process, log)
@@ -234,6 +246,11 @@ class PostgresServer(DbServer):
     def stop(self) -> None:
         _stop(self.process, signal.SIGINT)  # "fast" shutdown: roll back, close, exit
 
+    def crash(self) -> None:
+        # "immediate" shutdown: every backend quits without cleanup. (SIGKILL of the
+        # postmaster alone would leave its backends running and the data directory locked.)
+        _stop(self.process, signal.SIGQUIT)
+
     def sql(self, statement: str, database: str | None = None) -> str:
         psql = _need(shutil.which("psql"), "postgresql-client", "psql")
         args = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-X", "-A", "-t"]
@@ -247,17 +264,30 @@ def start_postgres(
     initdb = _postgres_bin("initdb")
     base = Path(tempfile.mkdtemp(prefix="sipfleet-postgres-"))
     defaults = {"shared_buffers": "64MB", "max_connections": "200"}
-    server = PostgresServer("postgresql", base, port or free_port(), "postgres",
-                            defaults | (options or {}))  # fmt: skip
+    server = PostgresServer(
+        "postgresql", base, port or free_port(), "postgres", defaults | (options or {})
+    )
     try:
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(base, user.pw_uid, user.pw_gid)
         _run(
-            [*_as_postgres_user(), initdb, "-D", str(base / "data"), "-U", "postgres",
-             "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+            [
+                *_as_postgres_user(),
+                initdb,
+                "-D",
+                str(base / "data"),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
             cwd=base,
-        )  # fmt: skip
+        )
         server.start()
     except BaseException:
         server.destroy()

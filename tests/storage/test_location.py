@@ -25,8 +25,9 @@ ALICE = Aor("alice", "example.com")
 BOB = Aor("bob", "example.com")
 
 
-def update(contact: str, lifetime: int = 3600, callid: str = "call-1", cseq: int = 1,
-           **fields: object) -> BindingUpdate:  # fmt: skip
+def update(
+    contact: str, lifetime: int = 3600, callid: str = "call-1", cseq: int = 1, **fields: object
+) -> BindingUpdate:
     """A Contact of a REGISTER sent at NOW; ``lifetime`` 0 asks for removal."""
     expires = NOW + lifetime if lifetime else 0
     return BindingUpdate(contact, expires, callid, cseq, **fields)  # type: ignore[arg-type]
@@ -36,8 +37,13 @@ def contacts(bindings: list[Binding]) -> list[str]:
     return sorted(b.contact for b in bindings)
 
 
-async def save(storage: Storage, *updates: BindingUpdate, aor: Aor = ALICE, now: int = NOW,
-               max_contacts: int = 10) -> list[Binding]:  # fmt: skip
+async def save(
+    storage: Storage,
+    *updates: BindingUpdate,
+    aor: Aor = ALICE,
+    now: int = NOW,
+    max_contacts: int = 10,
+) -> list[Binding]:
     return await storage.location.save(aor, list(updates), now=now, max_contacts=max_contacts)
 
 
@@ -135,8 +141,12 @@ async def test_instance_without_reg_id_is_keyed_by_contact(storage: Storage) -> 
 
 async def test_max_contacts_refusal_writes_nothing(storage: Storage) -> None:
     await save(storage, update("sip:a@1"), update("sip:a@2"), max_contacts=3)
-    too_many = [update("sip:a@1", 0, cseq=2), update("sip:a@3"), update("sip:a@4"),
-                update("sip:a@5")]  # fmt: skip
+    too_many = [
+        update("sip:a@1", 0, cseq=2),
+        update("sip:a@3"),
+        update("sip:a@4"),
+        update("sip:a@5"),
+    ]
     with pytest.raises(TooManyContacts) as refused:
         await save(storage, *too_many, max_contacts=3)
     assert (refused.value.count, refused.value.limit) == (4, 3)
@@ -149,8 +159,9 @@ async def test_max_contacts_allows_refresh_and_swap_at_the_limit(storage: Storag
     await save(storage, update("sip:a@1"), update("sip:a@2"), max_contacts=2)
     refreshed = await save(storage, update("sip:a@1", cseq=2), max_contacts=2)
     assert contacts(refreshed) == ["sip:a@1", "sip:a@2"]
-    swapped = await save(storage, update("sip:a@2", 0, cseq=3), update("sip:a@3", cseq=3),
-                         max_contacts=2)  # fmt: skip
+    swapped = await save(
+        storage, update("sip:a@2", 0, cseq=3), update("sip:a@3", cseq=3), max_contacts=2
+    )
     assert contacts(swapped) == ["sip:a@1", "sip:a@3"]
     # Over a limit lowered since: refreshing or shrinking is fine, growing is not.
     assert len(await save(storage, update("sip:a@1", cseq=4), max_contacts=1)) == 2
@@ -214,14 +225,19 @@ async def test_remove_and_remove_all(storage: Storage) -> None:
 async def test_lookup_orders_by_q(storage: Storage) -> None:
     await save(storage, update("sip:low", q=0.1), update("sip:none"), update("sip:mid", q=0.5))
     assert [b.contact for b in await storage.location.lookup(ALICE, now=NOW)] == [
-        "sip:none", "sip:mid", "sip:low"
-    ]  # fmt: skip
+        "sip:none",
+        "sip:mid",
+        "sip:low",
+    ]
 
 
 async def test_live_flows_for_the_lb(storage: Storage) -> None:
-    await save(storage, update("sip:a@1", 100, flow="f1", received="sip:1.1.1.1:5060"),
-               update("sip:a@2", 900, flow="f1", received="sip:1.1.1.1:5060"),
-               update("sip:a@3", 500))  # fmt: skip
+    await save(
+        storage,
+        update("sip:a@1", 100, flow="f1", received="sip:1.1.1.1:5060"),
+        update("sip:a@2", 900, flow="f1", received="sip:1.1.1.1:5060"),
+        update("sip:a@3", 500),
+    )
     await save(storage, update("sip:b@1", 300, flow="f2", socket="tcp:x"), aor=BOB)
     flows = await storage.location.live_flows(now=NOW)
     assert [(f.flow, f.expires) for f in flows] == [("f1", NOW + 900), ("f2", NOW + 300)]

@@ -36,8 +36,26 @@ from sipfleet.storage.statements import BINDING_COLUMNS, Statement
 # Server error codes.
 # Lock wait timeout, deadlock, and a deadlock met while taking the AUTO-INC lock (1467).
 CONFLICTS = {1205, 1213, 1467}
-GONE = {1040, 1044, 1045, 1049, 1053, 1152, 1158, 1159, 1160, 1161, 1927, 2002, 2003, 2005,
-        2006, 2013, 2055, 4031}  # fmt: skip
+GONE = {
+    1040,
+    1044,
+    1045,
+    1049,
+    1053,
+    1152,
+    1158,
+    1159,
+    1160,
+    1161,
+    1927,
+    2002,
+    2003,
+    2005,
+    2006,
+    2013,
+    2055,
+    4031,
+}
 
 _REQUEST = """JSON_TABLE(@sf_req, '$[*]' COLUMNS (
     i FOR ORDINALITY, contact VARCHAR(512) PATH '$.contact', expires BIGINT PATH '$.expires',

@@ -81,14 +81,50 @@ def clock(now: int | None) -> int:
 
 
 def binding(row: Row) -> Binding:
-    (id_, ruid, user, domain, contact, received, path, expires, q, callid, cseq, modified,
-     flags, cflags, user_agent, socket, methods, instance, reg_id, flow) = row  # fmt: skip
+    (
+        id_,
+        ruid,
+        user,
+        domain,
+        contact,
+        received,
+        path,
+        expires,
+        q,
+        callid,
+        cseq,
+        modified,
+        flags,
+        cflags,
+        user_agent,
+        socket,
+        methods,
+        instance,
+        reg_id,
+        flow,
+    ) = row
     return Binding(
-        int(id_), ruid, user, domain, contact, received, path, int(expires),
-        None if q is None else float(q), callid, int(cseq), int(modified), int(flags),
-        int(cflags), user_agent, socket, methods, instance,
-        None if reg_id is None else int(reg_id), flow,
-    )  # fmt: skip
+        int(id_),
+        ruid,
+        user,
+        domain,
+        contact,
+        received,
+        path,
+        int(expires),
+        None if q is None else float(q),
+        callid,
+        int(cseq),
+        int(modified),
+        int(flags),
+        int(cflags),
+        user_agent,
+        socket,
+        methods,
+        instance,
+        None if reg_id is None else int(reg_id),
+        flow,
+    )
 
 
 class _Gated:
@@ -202,8 +238,9 @@ class SqlSubscribers:
         return Subscriber(*rows[0]) if rows else None
 
     async def add(self, subscriber: Subscriber) -> None:
-        params = self._credentials(subscriber.username, subscriber.domain, subscriber.ha1,
-                                   subscriber.ha1_sha256)  # fmt: skip
+        params = self._credentials(
+            subscriber.username, subscriber.domain, subscriber.ha1, subscriber.ha1_sha256
+        )
         await self._db.execute(self._db.sql.subscriber_add, params)
 
     async def set_ha1(self, username: str, domain: str, ha1: str, ha1_sha256: str) -> bool:
@@ -242,8 +279,12 @@ class SqlPreferences:
     async def set(self, username: str, domain: str, attribute: str, value: str) -> None:
         rules.check_text("attribute", attribute, 64, required=True)
         rules.check_text("value", value, schema.SHORT_TEXT_LEN)
-        params = {**_account(username, domain), "attribute": attribute, "value": value,
-                  "now": clock(None)}  # fmt: skip
+        params = {
+            **_account(username, domain),
+            "attribute": attribute,
+            "value": value,
+            "now": clock(None),
+        }
         await self._db.execute(self._db.sql.preference_set, params)
 
     async def remove(self, username: str, domain: str, attribute: str) -> bool:
@@ -344,9 +385,12 @@ class SqlStorage:
             with self._gate:
                 rows = await self._executor.fetch(self._version_query, {})
         except StorageUnavailable:
-            raise
+            path = self.dsns.write.path
+            if path is None or path.exists():
+                raise
+            rows = []  # no SQLite file yet: `db upgrade` creates it
         except StorageError:
-            rows = []
+            rows = []  # no version table
         found = rows[0][0] if rows else None
         if found != SCHEMA_REVISION:
             state = f"at revision {found}" if found else "not initialised"

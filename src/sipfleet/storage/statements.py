@@ -21,10 +21,19 @@ from sipfleet.storage.dsn import Kind
 from sipfleet.storage.schema import lb_target, location, subscriber, usr_preferences
 
 BINDING_COLUMNS = tuple(location.c)  # the order of Binding's fields
-LB_TARGET_COLUMNS = (lb_target.c.id, lb_target.c.pool, lb_target.c.uri, lb_target.c.weight,
-                     lb_target.c.state)  # fmt: skip
-SUBSCRIBER_COLUMNS = (subscriber.c.username, subscriber.c.domain, subscriber.c.ha1,
-                      subscriber.c.ha1_sha256)  # fmt: skip
+LB_TARGET_COLUMNS = (
+    lb_target.c.id,
+    lb_target.c.pool,
+    lb_target.c.uri,
+    lb_target.c.weight,
+    lb_target.c.state,
+)
+SUBSCRIBER_COLUMNS = (
+    subscriber.c.username,
+    subscriber.c.domain,
+    subscriber.c.ha1,
+    subscriber.c.ha1_sha256,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,9 @@ def run(connection: Connection) -> None:
 
 def run_offline(url: str) -> None:
     """``alembic upgrade --sql``: print the SQL for a DBA instead of running it."""
-    context.configure(url=url, target_metadata=metadata, version_table=VERSION_TABLE,
-                      literal_binds=True)  # fmt: skip
+    context.configure(
+        url=url, target_metadata=metadata, version_table=VERSION_TABLE, literal_binds=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

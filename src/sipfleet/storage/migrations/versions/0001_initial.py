@@ -40,8 +40,9 @@ def _int(name: str, default: str | None = None, nullable: bool = False) -> Any:
 
 
 def _flag(name: str, default: bool) -> Any:
-    return sa.Column(name, sa.Boolean(), nullable=False,
-                     server_default=sa.true() if default else sa.false())  # fmt: skip
+    return sa.Column(
+        name, sa.Boolean(), nullable=False, server_default=sa.true() if default else sa.false()
+    )
 
 
 def upgrade() -> None:
@@ -162,6 +163,14 @@ def _create_lcr_tables() -> None:
 
 
 def downgrade() -> None:
-    for table in ("lcr_rule_target", "lcr_rule", "lcr_gw_cap", "lcr_gw", "lb_target",
-                  "usr_preferences", "subscriber", "location"):  # fmt: skip
+    for table in (
+        "lcr_rule_target",
+        "lcr_rule",
+        "lcr_gw_cap",
+        "lcr_gw",
+        "lb_target",
+        "usr_preferences",
+        "subscriber",
+        "location",
+    ):
         op.drop_table(table)
