@@ -1,0 +1,376 @@
+"""Stateless UDP relay benchmark: sipfleet's relay against the floor program, same run.
+
+    .venv/bin/python bench/relay_bench.py                 # both relays, default ramp
+    .venv/bin/python bench/relay_bench.py --duration 10 --start 4000 --json out.json
+
+For each relay (bench/relay_floor.py, bench/relay_sipfleet.py): start a sipp UAS that
+answers OPTIONS with 200 (bench/sipp/echo_uas.xml), start the relay in front of it, then
+ramp a sipp UAC (bench/sipp/echo_uac.xml) through the relay. A step runs ``--duration``
+seconds at a fixed rate, bounded by ``-m rate*duration`` and ``-timeout``. It passes when
+failed + unfinished calls are < 1 % of those created, and the success rate measured in
+the window is >= 97 % of the target. The rate goes up by ``--factor`` while steps pass,
+then bisects between the best pass and the first failure. CPU % (of one core) of the
+relay, the UAC and the UAS comes from /proc/<pid>/stat (utime+stime) sampled over the
+window; "others" is what processes not started here used meanwhile (a shared machine):
+a step with others above ``--max-others`` is re-run once and flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RELAYS = {"floor": BENCH / "relay_floor.py", "sipfleet": BENCH / "relay_sipfleet.py"}
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Step:
+    relay: str
+    rate: int
+    passed: bool
+    created: int = 0
+    successful: int = 0
+    fail_pct: float = 100.0
+    achieved: float = 0.0
+    retransmissions: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core
+    others_pct: float = 0.0
+    contaminated: bool = False
+
+    @property
+    def relay_us_per_pair(self) -> float:
+        """Relay CPU per request+response pair, at the achieved rate."""
+        return 1e6 * self.cpu.get("relay", 0.0) / 100.0 / max(self.achieved, 1.0)
+
+
+# -- processes and CPU ---------------------------------------------------------------------
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_ticks(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def all_ticks() -> dict[tuple[int, str], int]:
+    """utime+stime of every process, keyed by (pid, start time) against pid reuse."""
+    ticks = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2 :].split()
+            ticks[(int(entry), fields[19])] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def others_pct(
+    before: dict[tuple[int, str], int],
+    after: dict[tuple[int, str], int],
+    seconds: float,
+    mine: set[int],
+) -> float:
+    used = sum(v - before[k] for k, v in after.items() if k in before and k[0] not in mine)
+    return round(100.0 * used / HZ / seconds, 1)
+
+
+@contextlib.contextmanager
+def started(
+    cmd: list[str], out: Path, ready_line: bool = False
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Run ``cmd``; with ``ready_line`` wait for "READY <port>" on its stdout."""
+    log = out.open("wb")
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if ready_line else log, stderr=log
+    )
+    port = 0
+    try:
+        if ready_line:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+            line = proc.stdout.readline().decode() if ready else ""
+            if not line.startswith("READY "):
+                raise RuntimeError(f"{cmd[1]} did not start: {line!r}, see {out}")
+            port = int(line.split()[1])
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+# -- sipp --------------------------------------------------------------------------------------
+def sipp(scenario: str, *args: str) -> list[str]:
+    """sipp with 4 MB socket buffers. Always give ``-p``: sipp's default local port (and
+    ``-p 0``) is 5060, which may belong to someone else on this machine."""
+    common = "-i 127.0.0.1 -nostdin -buff_size 4194304 -max_recv_loops 10000"
+    return ["sipp", "-sf", str(BENCH / "sipp" / scenario), *common.split(), *args]
+
+
+def read_stats(path: Path) -> list[dict[str, str]]:
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+    header = lines[0].rstrip(";").split(";") if lines else []
+    return [dict(zip(header, line.rstrip(";").split(";"), strict=False)) for line in lines[1:]]
+
+
+def epoch(row: dict[str, str]) -> float:
+    return float(row["CurrentTime"].split("\t")[-1])
+
+
+def run_step(
+    args: argparse.Namespace,
+    relay: str,
+    relay_pid: int,
+    uas_pid: int,
+    relay_port: int,
+    rate: int,
+    workdir: Path,
+) -> Step:
+    stat_file = workdir / f"{relay}-{rate}-stat.csv"
+    stat_file.unlink(missing_ok=True)
+    calls = rate * args.duration
+    options = (
+        f"-p {free_udp_port()} -r {rate} -rp 1000 -m {calls} -l {max(200, 2 * rate)}"
+        f" -timeout {args.duration + 15}s -recv_timeout 5000 -trace_stat -fd 1"
+    )
+    cmd = sipp("echo_uac.xml", f"127.0.0.1:{relay_port}", *options.split(), "-stf", str(stat_file))
+    begin = time.time()
+    with started(cmd, workdir / f"{relay}-{rate}-uac.log") as (uac, _):
+        warm = min(3.0, args.duration / 4)
+        time.sleep(warm)
+        pids = {"relay": relay_pid, "uac": uac.pid, "uas": uas_pid}
+        mine = {os.getpid(), *pids.values()}
+        before = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        everyone, t0 = all_ticks(), time.time()
+        time.sleep(max(1.0, args.duration - 1 - warm))
+        after = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        seconds = time.time() - t0
+        others = others_pct(everyone, all_ticks(), seconds, mine)
+        try:
+            uac.wait(timeout=args.duration + 25)
+        except subprocess.TimeoutExpired:
+            uac.kill()
+    cpu = {n: round(100.0 * (after[n] - before[n]) / HZ / seconds, 1) for n in pids}
+    rows = read_stats(stat_file)
+    step = Step(relay, rate, False, cpu=cpu, others_pct=others)
+    if not rows:
+        return step
+    last = rows[-1]
+    step.created = int(last["OutgoingCall(C)"])
+    step.successful = int(last["SuccessfulCall(C)"])
+    step.retransmissions = int(last.get("Retransmissions(C)", "0") or 0)
+    step.fail_pct = round(100.0 * (step.created - step.successful) / max(1, step.created), 3)
+    window = [r for r in rows if begin + warm <= epoch(r) <= begin + args.duration - 0.5]
+    if len(window) >= 2:
+        done = int(window[-1]["SuccessfulCall(C)"]) - int(window[0]["SuccessfulCall(C)"])
+        step.achieved = round(done / (epoch(window[-1]) - epoch(window[0])), 1)
+    else:
+        step.achieved = round(step.successful / max(1e-9, time.time() - begin), 1)
+    step.passed = (
+        step.fail_pct < 1.0 and step.achieved >= 0.97 * rate and step.created >= 0.99 * calls
+    )
+    return step
+
+
+def wait_for_quiet(args: argparse.Namespace, mine: set[int]) -> None:
+    """Let other work on the machine settle (bounded) before a step."""
+    deadline = time.time() + args.quiet_wait
+    while True:
+        before, t0 = all_ticks(), time.time()
+        time.sleep(1.0)
+        busy = others_pct(before, all_ticks(), time.time() - t0, mine)
+        if busy <= args.max_others or time.time() > deadline:
+            return
+        print(f"  others use {busy:.0f}% of a core, waiting", file=sys.stderr, flush=True)
+
+
+# -- ramp -------------------------------------------------------------------------------------
+def nice(rate: float) -> int:
+    return int(round(rate / 100.0) * 100) if rate >= 1000 else int(round(rate / 10.0) * 10)
+
+
+def ramp(args: argparse.Namespace, relay: str, workdir: Path) -> list[Step]:
+    uas_port = free_udp_port()
+    budget = args.max_steps * (args.duration + 30) + 60
+    uas_cmd = sipp("echo_uas.xml", "-p", str(uas_port), "-timeout", f"{budget}s")
+    relay_cmd = [
+        sys.executable,
+        str(RELAYS[relay]),
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        f"127.0.0.1:{uas_port}",
+    ]
+    steps: list[Step] = []
+    with (
+        started(uas_cmd, workdir / f"{relay}-uas.log") as (uas, _),
+        started(relay_cmd, workdir / f"{relay}-relay.log", ready_line=True) as (proc, port),
+    ):
+        time.sleep(0.5)
+
+        def step_at(rate: int) -> Step:
+            steps.append(measured_step(args, relay, proc.pid, uas.pid, port, rate, workdir))
+            return steps[-1]
+
+        best: Step | None = None
+        worst: Step | None = None
+        rate = args.start
+        while len(steps) < args.max_steps and (best is None or worst is None):
+            step = step_at(rate)
+            if step.passed:
+                best, rate = step, nice(rate * args.factor)
+            else:
+                worst, rate = step, nice(rate / args.factor)
+        for _ in range(args.bisect):
+            if best is None or worst is None or len(steps) >= args.max_steps:
+                break
+            middle = nice((best.rate + worst.rate) / 2)
+            if not best.rate < middle < worst.rate:
+                break
+            step = step_at(middle)
+            if step.passed:
+                best = step
+            else:
+                worst = step
+    return steps
+
+
+def measured_step(
+    args: argparse.Namespace,
+    relay: str,
+    relay_pid: int,
+    uas_pid: int,
+    port: int,
+    rate: int,
+    workdir: Path,
+) -> Step:
+    mine = {os.getpid(), relay_pid, uas_pid}
+    step = None
+    for _ in range(2):  # one re-run when other work spoilt the measurement
+        wait_for_quiet(args, mine)
+        drain(relay_pid)
+        step = run_step(args, relay, relay_pid, uas_pid, port, rate, workdir)
+        step.contaminated = step.others_pct > args.max_others
+        report(step)
+        if not step.contaminated:
+            break
+        time.sleep(2)
+    assert step is not None
+    return step
+
+
+def drain(pid: int, max_wait: float = 30.0) -> None:
+    """Wait until the relay is idle, so a backlog of a failed step does not spill over."""
+    deadline = time.time() + max_wait
+    while time.time() < deadline:
+        before = cpu_ticks(pid)
+        time.sleep(0.5)
+        if (cpu_ticks(pid) - before) / HZ / 0.5 < 0.05:
+            return
+
+
+def report(step: Step) -> None:
+    print(
+        f"[{step.relay:8}] rate {step.rate:6} pass={step.passed!s:5} achieved {step.achieved:8.1f}"
+        f"  fail {step.fail_pct:6.2f}%  retrans {step.retransmissions:5}"
+        f"  cpu relay {step.cpu.get('relay', 0):5.1f}% uac {step.cpu.get('uac', 0):5.1f}%"
+        f" uas {step.cpu.get('uas', 0):5.1f}%  others {step.others_pct:5.1f}%"
+        f"{'  CONTAMINATED' if step.contaminated else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def summary(results: dict[str, list[Step]]) -> str:
+    lines = [
+        "",
+        "relay      max rate/s  relay CPU %  relay µs/pair  uac+uas CPU %  first fail/s",
+        "---------  ----------  -----------  -------------  -------------  ------------",
+    ]
+    best: dict[str, Step | None] = {}
+    for relay, steps in results.items():
+        passed = [s for s in steps if s.passed]
+        failed = [s.rate for s in steps if not s.passed]
+        top = max(passed, key=lambda s: s.rate) if passed else None
+        best[relay] = top
+        first_fail = min((r for r in failed if top is None or r > top.rate), default=None)
+        if top is None:
+            lines.append(f"{relay:9}  {'none':>10}")
+            continue
+        lines.append(
+            f"{relay:9}  {top.rate:10}  {top.cpu['relay']:11.1f}  "
+            f"{top.relay_us_per_pair:13.1f}  {top.cpu['uac'] + top.cpu['uas']:13.1f}  "
+            f"{first_fail if first_fail is not None else '-':>12}"
+        )
+    floor, ours = best.get("floor"), best.get("sipfleet")
+    if floor is not None and ours is not None:
+        lines.append(
+            f"\nsipfleet / floor: rate {ours.rate / floor.rate:.2f}, "
+            f"CPU per pair {ours.relay_us_per_pair / floor.relay_us_per_pair:.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--relays", default="floor,sipfleet")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per step")
+    parser.add_argument("--start", type=int, default=4000, help="first rate (calls/s)")
+    parser.add_argument("--factor", type=float, default=1.25)
+    parser.add_argument("--bisect", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=8, help="per relay")
+    parser.add_argument(
+        "--max-others", type=float, default=15.0, help="%% of a core others may use during a step"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait at most for others to go quiet",
+    )
+    parser.add_argument("--json", type=Path, help="write every step here")
+    args = parser.parse_args()
+    results: dict[str, list[Step]] = {}
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+        for relay in args.relays.split(","):
+            results[relay] = ramp(args, relay, Path(tmp))
+    print(summary(results))
+    if args.json:
+        args.json.write_text(
+            json.dumps({r: [asdict(s) for s in steps] for r, steps in results.items()}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()
