@@ -113,11 +113,11 @@ class NetworkExecutor(ABC, Generic[C]):
                         return await work(conn)
             except TimeoutError:
                 reason = f"no answer within {self.query_timeout:g} s"
-                pool.health.failed(reason)
-                raise StorageUnavailable(f"database {pool.health.name}: {reason}") from None
+                raise pool.unavailable(reason) from None
             except TransactionConflict as exc:
                 if attempt == CONFLICT_RETRIES:
-                    raise StorageUnavailable(f"database {pool.health.name}: {exc}") from exc
+                    message = f"database {pool.health.name}: {exc} ({attempt} tries)"
+                    raise StorageUnavailable(message) from exc
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

@@ -105,8 +105,9 @@ class Pool(Generic[C]):
             except Exception as exc:
                 error = exc if isinstance(exc, StorageError) else self._classify(exc)
                 if isinstance(error, StorageUnavailable):
-                    self.health.failed(str(error))
                     await self._discard(conn)
+                    if error is not exc:
+                        error = self.unavailable(str(error))
                 elif isinstance(error, REUSABLE_AFTER):
                     self._idle.append(conn)
                 else:
@@ -121,15 +122,16 @@ class Pool(Generic[C]):
                 self._idle.append(conn)
                 self.health.succeeded()
 
+    def unavailable(self, reason: str) -> StorageUnavailable:
+        """The error callers get (naming the database), logged once per outage."""
+        self.health.failed(reason)
+        return StorageUnavailable(f"database {self.health.name} unreachable: {reason}")
+
     async def _open(self) -> C:
         try:
             return await self._connect()
         except Exception as exc:
-            error = self._classify(exc)
-            if not isinstance(error, StorageUnavailable):
-                error = StorageUnavailable(str(error))
-            self.health.failed(str(error))
-            raise error from exc
+            raise self.unavailable(str(self._classify(exc))) from exc
 
     async def _discard(self, conn: C) -> None:
         try:

@@ -55,8 +55,8 @@ def classify(exc: sqlite3.Error, path: Path) -> StorageError:
         hint in text.lower() for hint in _UNAVAILABLE_HINTS
     ):
         hint = " (does it exist? `sipfleet db upgrade` creates it)" if "open" in text else ""
-        return StorageUnavailable(f"sqlite://{path}: {text}{hint}")
-    return StorageError(f"sqlite://{path}: {text}")
+        return StorageUnavailable(f"{text}{hint}")
+    return StorageError(f"database sqlite://{path}: {text}")
 
 
 class SqliteExecutor:
@@ -105,11 +105,12 @@ class SqliteExecutor:
 
     async def _call(self, work: Callable[[sqlite3.Connection], T], path: Path | None = None) -> T:
         loop = asyncio.get_running_loop()
+        path = path or self._path
         try:
-            result = await loop.run_in_executor(self._thread, self._run, work, path or self._path)
+            result = await loop.run_in_executor(self._thread, self._run, work, path)
         except StorageUnavailable as exc:
             self._health.failed(str(exc))
-            raise
+            raise StorageUnavailable(f"database sqlite://{path} unreachable: {exc}") from exc
         self._health.succeeded()
         return result
 
