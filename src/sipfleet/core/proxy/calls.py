@@ -1,0 +1,332 @@
+"""Routing one request statefully: ask the policy, plan the targets, fork, and carry out
+what the response context decides.
+
+A ``Call`` is one server transaction of the proxy (an INVITE, a BYE, a MESSAGE ...).
+Its routing runs as a task because the policy and the location lookup wait on the
+database; everything after (branch responses, timers, CANCEL) runs in callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.proxy.branch import BranchMaker
+from sipfleet.core.proxy.context import (
+    ArmTimerC,
+    Branch,
+    CancelBranch,
+    ContextAction,
+    DisarmTimerC,
+    Exhausted,
+    ResponseContext,
+    StartBranch,
+    Upstream,
+)
+from sipfleet.core.proxy.forward import forward_copy, wants_record_route
+from sipfleet.core.proxy.plans import Planner
+from sipfleet.core.proxy.resolve import ResolveError, Resolver, literal_destination
+from sipfleet.core.proxy.shell import TransactionShell
+from sipfleet.core.proxy.targets import ForkPlan
+from sipfleet.routing.api import CallContext, Reply, RoutingPolicy
+from sipfleet.sip.builders import make_cancel, make_response, new_tag
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.message import Request, Response
+from sipfleet.sip.transaction import ServerTransaction, TransactionLayer
+from sipfleet.storage.errors import StorageUnavailable
+from sipfleet.transport.base import Destination, TransportError, TransportName
+
+log = logging.getLogger(__name__)
+Header = tuple[str, str]
+MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    timer_c: float = 180.0
+    cancel_wait: float = 32.0  # after cancelling a branch on Timer C: 64*T1
+    record_route: bool = True  # Record-Route dialog-creating requests
+    retry_after: int = 5
+
+
+DEFAULT_CALL_SETTINGS = CallSettings()
+
+
+class Call:
+    """A request handled statefully, from its server transaction to its final answer."""
+
+    __slots__ = (
+        "_tag",
+        "cancelled",
+        "context",
+        "ctx",
+        "finished",
+        "loop_hash",
+        "reroutes",
+        "server",
+    )
+
+    def __init__(self, server: ServerTransaction, ctx: CallContext, loop_hash: str) -> None:
+        self.server = server
+        self.ctx = ctx
+        self.loop_hash = loop_hash
+        self.context: ResponseContext | None = None
+        self.cancelled = False
+        self.finished = False  # a final response went upstream
+        self.reroutes = 0
+        self._tag: str | None = None
+
+    @property
+    def to_tag(self) -> str:
+        """The To tag of the responses the proxy makes itself for this request."""
+        if self._tag is None:
+            self._tag = new_tag()
+        return self._tag
+
+
+class CallRunner:
+    def __init__(
+        self,
+        *,
+        endpoint: SipEndpoint,
+        layer: TransactionLayer,
+        shell: TransactionShell,
+        policy: RoutingPolicy,
+        planner: Planner,
+        settings: CallSettings,
+    ) -> None:
+        self.endpoint = endpoint
+        self.layer = layer
+        self.shell = shell
+        self.policy = policy
+        self.planner = planner
+        self.settings = settings
+        self.resolver = Resolver()
+        self.branches = BranchMaker()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.active = 0  # calls without a final response yet
+        self._via_prefix: dict[tuple[TransportName, bool], str] = {}
+        self._record_route: str | None = None
+
+    # -- starting ---------------------------------------------------------------------------
+    def begin(self, call: Call) -> None:
+        """Route ``call`` (counted in ``active`` by whoever made it)."""
+        self._spawn(self._route(call))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _route(self, call: Call) -> None:
+        try:
+            decision = await self.policy.route(call.ctx)
+            outcome = await self.planner.plan(decision, call.ctx)
+        except Exception as exc:
+            self._reply_error(call, exc)
+            return
+        if call.cancelled:
+            return
+        if isinstance(outcome, Reply):
+            self.reply(call, outcome.status, outcome.reason, outcome.headers)
+        else:
+            self.fork(call, outcome)
+
+    def _reply_error(self, call: Call, exc: Exception) -> None:
+        if isinstance(exc, StorageUnavailable):
+            log.warning("%s %s: database: %s", call.ctx.method, call.server.request.call_id, exc)
+            retry = (("Retry-After", str(self.settings.retry_after)),)
+            self.reply(call, 503, "Database Unavailable", retry)
+        elif isinstance(exc, ParseError):
+            self.reply(call, exc.status, exc.reason)
+        else:
+            log.error("routing %r failed", call.server.request, exc_info=exc)
+            self.reply(call, 500, "Server Internal Error")
+
+    def reply(
+        self, call: Call, status: int, reason: str | None = None, headers: Sequence[Header] = ()
+    ) -> None:
+        self._upstream(call, self._response(call, status, reason, headers))
+
+    @staticmethod
+    def _response(
+        call: Call, status: int, reason: str | None, headers: Sequence[Header]
+    ) -> Response:
+        request = call.server.request
+        return make_response(request, status, reason, to_tag=call.to_tag, headers=[*headers])
+
+    def fork(self, call: Call, plan: ForkPlan) -> None:
+        context = ResponseContext(
+            call.ctx.request,
+            timer_c=self.settings.timer_c,
+            cancel_wait=self.settings.cancel_wait,
+            ask_on_failure=self.policy.handles_failure,
+            to_tag=call.to_tag,
+        )
+        call.context = context
+        call.ctx.extra_headers = list(plan.headers)
+        self.apply(call, context.start(plan))
+
+    def cancel(self, call: Call) -> None:
+        """CANCEL from upstream for this call's INVITE."""
+        if call.context is not None:
+            self.apply(call, call.context.cancel())
+        elif not call.finished:
+            call.cancelled = True
+            self.reply(call, 487, "Request Terminated")
+
+    # -- the response context's actions -------------------------------------------------------
+    def apply(self, call: Call, actions: list[ContextAction]) -> None:
+        for action in actions:
+            if isinstance(action, Upstream):
+                self._upstream(call, action.response)
+            elif isinstance(action, StartBranch):
+                self._start_branch(call, action.branch)
+            elif isinstance(action, ArmTimerC):
+                self._arm_timer_c(call, action.branch, action.delay)
+            elif isinstance(action, DisarmTimerC):
+                _disarm(action.branch)
+            elif isinstance(action, CancelBranch):
+                self._cancel_branch(action.branch)
+            elif isinstance(action, Exhausted):
+                self._exhausted(call, action.best)
+
+    def _upstream(self, call: Call, response: Response) -> None:
+        if response.status >= 200 and not call.finished:
+            call.finished = True
+            self.active -= 1
+        self.shell.execute(call.server.respond(response))
+
+    def _arm_timer_c(self, call: Call, branch: Branch, delay: float) -> None:
+        _disarm(branch)
+        loop = asyncio.get_running_loop()
+        branch.timer = loop.call_later(delay, self._timer_c_fired, call, branch)
+
+    def _timer_c_fired(self, call: Call, branch: Branch) -> None:
+        branch.timer = None
+        if call.context is not None:
+            self.apply(call, call.context.on_timer_c(branch))
+
+    def _cancel_branch(self, branch: Branch) -> None:
+        if branch.request is None or branch.destination is None:
+            return
+        cancel = make_cancel(branch.request)
+        _, actions = self.layer.create_client(cancel, peer=branch.destination)
+        self.shell.execute(actions)
+
+    def _exhausted(self, call: Call, best: Response) -> None:
+        context = call.context
+        assert context is not None
+        if call.reroutes >= MAX_REROUTES:
+            self.apply(call, context.give_up(best))
+            return
+        call.reroutes += 1
+        self._spawn(self._ask_policy(call, context, best))
+
+    async def _ask_policy(self, call: Call, context: ResponseContext, best: Response) -> None:
+        try:
+            decision = await self.policy.on_failure(call.ctx, best)
+            outcome = None if decision is None else await self.planner.plan(decision, call.ctx)
+        except Exception as exc:
+            log.warning("failure hook of %r: %r", call.server.request, exc)
+            outcome = None
+        if outcome is None:
+            self.apply(call, context.give_up(best))
+        elif isinstance(outcome, Reply):
+            request = call.server.request
+            headers = [*outcome.headers]
+            answer = make_response(
+                request, outcome.status, outcome.reason, to_tag=call.to_tag, headers=headers
+            )
+            self.apply(call, context.give_up(answer))
+        else:
+            call.ctx.extra_headers = list(outcome.headers)
+            self.apply(call, context.reroute(outcome))
+
+    # -- forwarding one branch (§16.6) ------------------------------------------------------
+    def _start_branch(self, call: Call, branch: Branch) -> None:
+        request = call.ctx.request
+        record_route = None
+        if self.settings.record_route and wants_record_route(request):
+            record_route = self._record_route or self._our_record_route()
+        try:
+            copy, next_hop = forward_copy(
+                request, branch.target, record_route=record_route, headers=call.ctx.extra_headers
+            )
+            destination = literal_destination(next_hop)
+        except (ParseError, ResolveError) as exc:
+            self._branch_unreachable(call, branch, exc)
+            return
+        branch.request = copy
+        if destination is not None:
+            self._send_branch(call, branch, copy, destination)
+        else:
+            self._spawn(self._resolve_and_send(call, branch, copy, next_hop))
+
+    async def _resolve_and_send(
+        self, call: Call, branch: Branch, copy: Request, uri: object
+    ) -> None:
+        try:
+            destination = await self.resolver.resolve(uri)  # type: ignore[arg-type]
+        except ResolveError as exc:
+            self._branch_unreachable(call, branch, exc)
+            return
+        self._send_branch(call, branch, copy, destination)
+
+    def _send_branch(
+        self, call: Call, branch: Branch, copy: Request, destination: Destination
+    ) -> None:
+        try:
+            via = self._via(destination) + self.branches.make(call.loop_hash)
+        except TransportError as exc:
+            self._branch_unreachable(call, branch, exc)
+            return
+        copy.push_via(via)
+        branch.destination = destination
+        client, actions = self.layer.create_client(copy, peer=destination, context=(call, branch))
+        branch.transaction = client
+        self.shell.execute(actions)
+
+    def _via(self, destination: Destination) -> str:
+        key = (destination.transport, ":" in destination.host)
+        prefix = self._via_prefix.get(key)
+        if prefix is None:
+            sent_by = self.endpoint.sent_by(destination.transport, destination.host)
+            prefix = f"SIP/2.0/{destination.transport.upper()} {sent_by};branch="
+            self._via_prefix[key] = prefix
+        return prefix
+
+    def _our_record_route(self) -> str:
+        """``<sip:host:port;lr>`` of our first listen address (UDP preferred)."""
+        addresses = sorted(self.endpoint.addresses, key=lambda a: a.transport != "udp")
+        first = addresses[0]
+        host = f"[{first.host}]" if ":" in first.host else first.host
+        transport = "" if first.transport == "udp" else f";transport={first.transport}"
+        self._record_route = f"<sip:{host}:{first.port}{transport};lr>"
+        return self._record_route
+
+    def _branch_unreachable(self, call: Call, branch: Branch, exc: Exception) -> None:
+        log.info("%r: target %s unreachable: %s", call.server.request, branch.target.uri, exc)
+        if call.context is not None:
+            status = getattr(exc, "status", 503)
+            self.apply(call, call.context.on_failure(branch, status))
+
+    # -- the client transactions' events ----------------------------------------------------------
+    def branch_response(self, call: Call, branch: Branch, response: Response) -> None:
+        response.pop_first_value("via")  # ours; what is left is the caller's
+        if call.context is not None:
+            self.apply(call, call.context.on_response(branch, response))
+
+    def branch_failed(self, call: Call, branch: Branch, status: int) -> None:
+        if call.context is not None:
+            self.apply(call, call.context.on_failure(branch, status))
+
+
+def _disarm(branch: Branch) -> None:
+    if branch.timer is not None:
+        branch.timer.cancel()
+        branch.timer = None

@@ -1,0 +1,357 @@
+"""The response context of RFC 3261 §16.7, sans-IO: branches in, actions out.
+
+One context per forwarded request. The engine reports what happens to each branch
+(a response, a timeout, a transport error, Timer C) and the CANCEL from upstream; the
+context answers with actions: start a branch, cancel one, arm or disarm its Timer C,
+send a response upstream, or ask the policy what to do now that every branch failed.
+
+Rules (§16.7, §16.8, §16.10):
+- 100 is absorbed; 101-199 go upstream at once and re-arm the branch's Timer C.
+- Every 2xx goes upstream at once, even after a final response; for INVITE the first
+  one, or any 6xx, cancels the other pending branches and ends serial forking.
+- 3xx-5xx are kept; when no branch is pending the next serial group starts (when the
+  plan's ``advance`` allows), else the best response goes upstream: a 6xx if any, else
+  the lowest class, preferring 401, 407, 415, 420 and 484 among 4xx. A chosen 401/407
+  carries the challenges of every 401/407 received; a chosen 503 becomes 500.
+- A branch that times out counts as 408, a transport error as 503.
+- Timer C (INVITE): on expiry a branch that had a provisional response is cancelled
+  (and ends as 408 if it still says nothing after ``cancel_wait``); one that had none
+  ends as 408 at once. Its later answer still counts as 408, so a caller whose callee
+  never picks up gets 408, not 487.
+- CANCEL from upstream: 487 for the request at once, CANCEL on every pending branch
+  (a branch without a provisional response yet is cancelled when one arrives, §9.1).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sipfleet.core.proxy.targets import ForkPlan, Target
+from sipfleet.sip.builders import make_response
+from sipfleet.sip.message import Request, Response
+
+PREFERRED_4XX = (401, 407, 415, 420, 484)
+CHALLENGES = ("www-authenticate", "proxy-authenticate")
+
+
+class BranchState(Enum):
+    CALLING = "calling"  # sent, nothing back yet
+    PROCEEDING = "proceeding"  # a provisional response came
+    DONE = "done"  # a final response, a timeout or a transport error
+
+
+class Branch:
+    """One forwarded copy. ``transaction``, ``destination`` and ``timer`` are the
+    engine's slots: the context never looks at them."""
+
+    __slots__ = (
+        "cancel_sent",
+        "cancel_wanted",
+        "destination",
+        "expired",
+        "index",
+        "request",
+        "response",
+        "state",
+        "status",
+        "target",
+        "timer",
+        "transaction",
+    )
+
+    def __init__(self, index: int, target: Target) -> None:
+        self.index = index
+        self.target = target
+        self.state = BranchState.CALLING
+        self.status = 0  # final status, incl. 408 / 503 standing for a timeout / transport error
+        self.response: Response | None = None  # the final response itself, when one came
+        self.cancel_wanted = False  # CANCEL as soon as a provisional response arrives
+        self.cancel_sent = False
+        self.expired = False  # Timer C fired
+        self.request: Request | None = None
+        self.transaction: Any = None
+        self.destination: Any = None
+        self.timer: Any = None
+
+    @property
+    def pending(self) -> bool:
+        return self.state is not BranchState.DONE
+
+    def __repr__(self) -> str:
+        return f"<Branch {self.index} {self.state.value} {self.status or ''}>"
+
+
+@dataclass(frozen=True, slots=True)
+class StartBranch:
+    branch: Branch
+
+
+@dataclass(frozen=True, slots=True)
+class CancelBranch:
+    branch: Branch
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimerC:
+    branch: Branch
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class DisarmTimerC:
+    branch: Branch
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Send this response to the caller (through the server transaction)."""
+
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """Every branch failed; ``best`` is what would go upstream. The engine calls
+    ``reroute`` or ``give_up``."""
+
+    best: Response
+
+
+ContextAction = StartBranch | CancelBranch | ArmTimerC | DisarmTimerC | Upstream | Exhausted
+
+
+class ResponseContext:
+    __slots__ = (
+        "_advance",
+        "_ask_on_failure",
+        "_queued",
+        "_tag",
+        "branches",
+        "cancel_wait",
+        "final_sent",
+        "invite",
+        "request",
+        "timer_c",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        *,
+        timer_c: float = 180.0,
+        cancel_wait: float = 32.0,
+        ask_on_failure: bool = False,
+        to_tag: str = "",
+    ) -> None:
+        """``request``: as received (its Vias are the upstream ones). ``to_tag``: for the
+        responses the context makes itself (408, 487, 500)."""
+        self.request = request
+        self.invite = request.method == "INVITE"
+        self.timer_c = timer_c
+        self.cancel_wait = cancel_wait
+        self.branches: list[Branch] = []
+        self.final_sent = False
+        self._queued: deque[tuple[Target, ...]] = deque()
+        self._advance = ForkPlan.single(Target()).advance
+        self._ask_on_failure = ask_on_failure
+        self._tag = to_tag
+
+    # -- starting ---------------------------------------------------------------------
+    def start(self, plan: ForkPlan) -> list[ContextAction]:
+        """Fork per ``plan``: its first group now, the others as the failures allow."""
+        self._queued = deque(plan.groups)
+        self._advance = plan.advance
+        return self._next_group()
+
+    def reroute(self, plan: ForkPlan) -> list[ContextAction]:
+        """After ``Exhausted``: the policy gave new targets."""
+        if self.final_sent:
+            return []
+        return self.start(plan)
+
+    def give_up(self, best: Response) -> list[ContextAction]:
+        """After ``Exhausted``: send the best response after all."""
+        if self.final_sent:
+            return []
+        self.final_sent = True
+        return [Upstream(best)]
+
+    def _next_group(self) -> list[ContextAction]:
+        group: tuple[Target, ...] = ()
+        while not group:
+            if not self._queued:
+                return self._finish()
+            group = self._queued.popleft()
+        actions: list[ContextAction] = []
+        for target in group:
+            branch = Branch(len(self.branches), target)
+            self.branches.append(branch)
+            actions.append(StartBranch(branch))
+            if self.invite:
+                actions.append(ArmTimerC(branch, self.timer_c))
+        return actions
+
+    # -- events -----------------------------------------------------------------------
+    def on_response(self, branch: Branch, response: Response) -> list[ContextAction]:
+        """A response on ``branch`` (our Via already removed)."""
+        status = response.status
+        if status < 200:
+            return self._provisional(branch, response)
+        if status < 300:
+            return self._success(branch, response)
+        if branch.state is BranchState.DONE:
+            return []  # a late answer of a branch already counted (Timer C, CANCEL)
+        branch.response = response
+        return self._failed(branch, 408 if branch.expired else status)
+
+    def on_failure(self, branch: Branch, status: int) -> list[ContextAction]:
+        """The branch's transaction timed out (408) or could not send (503)."""
+        if branch.state is BranchState.DONE:
+            return []
+        return self._failed(branch, status)
+
+    def on_timer_c(self, branch: Branch) -> list[ContextAction]:
+        if branch.state is BranchState.DONE:
+            return []
+        if branch.expired or branch.state is BranchState.CALLING:
+            branch.cancel_wanted = True  # should it answer later after all
+            return self._failed(branch, 408)
+        branch.expired = True
+        actions = self._cancel(branch)
+        actions.append(ArmTimerC(branch, self.cancel_wait))
+        return actions
+
+    def cancel(self) -> list[ContextAction]:
+        """CANCEL from upstream (§16.10): 487 now, cancel what is pending."""
+        if self.final_sent:
+            return []
+        self.final_sent = True
+        self._queued.clear()
+        actions: list[ContextAction] = [Upstream(self._make(487))]
+        actions.extend(self._cancel_pending())
+        return actions
+
+    # -- the rules ----------------------------------------------------------------------
+    def _provisional(self, branch: Branch, response: Response) -> list[ContextAction]:
+        actions: list[ContextAction] = []
+        if branch.state is BranchState.CALLING:
+            branch.state = BranchState.PROCEEDING
+        if branch.cancel_wanted and not branch.cancel_sent:
+            actions.extend(self._cancel(branch))
+        if branch.state is BranchState.DONE or response.status == 100:
+            return actions
+        if self.invite and not branch.expired:
+            actions.append(ArmTimerC(branch, self.timer_c))
+        if not self.final_sent:
+            actions.append(Upstream(response))
+        return actions
+
+    def _success(self, branch: Branch, response: Response) -> list[ContextAction]:
+        actions: list[ContextAction] = [Upstream(response)]  # every 2xx, always (§16.7 step 5)
+        if branch.state is not BranchState.DONE:
+            branch.state = BranchState.DONE
+            branch.status = response.status
+            branch.response = response
+            if self.invite:
+                actions.append(DisarmTimerC(branch))
+        if not self.final_sent:
+            self.final_sent = True
+            self._queued.clear()
+            if self.invite:
+                actions.extend(self._cancel_pending())
+        return actions
+
+    def _failed(self, branch: Branch, status: int) -> list[ContextAction]:
+        branch.state = BranchState.DONE
+        branch.status = status
+        actions: list[ContextAction] = [DisarmTimerC(branch)] if self.invite else []
+        if status >= 600 and self.invite and not self.final_sent:
+            self._queued.clear()
+            actions.extend(self._cancel_pending())
+        if self.final_sent or any(b.pending for b in self.branches):
+            return actions
+        if self._queued and self._advance(self._best_status()):
+            actions.extend(self._next_group())
+            return actions
+        actions.extend(self._finish())
+        return actions
+
+    def _finish(self) -> list[ContextAction]:
+        if self.final_sent:
+            return []
+        best = self.best_response()
+        if self._ask_on_failure:
+            return [Exhausted(best)]
+        self.final_sent = True
+        return [Upstream(best)]
+
+    def _cancel_pending(self) -> list[ContextAction]:
+        actions: list[ContextAction] = []
+        for other in self.branches:
+            if other.pending:
+                actions.extend(self._cancel(other))
+        return actions
+
+    def _cancel(self, branch: Branch) -> list[ContextAction]:
+        """CANCEL only after a provisional response (§9.1); until then, remember."""
+        if branch.cancel_sent or not self.invite:
+            return []
+        if branch.state is BranchState.CALLING:
+            branch.cancel_wanted = True
+            return []
+        branch.cancel_sent = True
+        return [CancelBranch(branch)]
+
+    # -- choosing the answer (§16.7 step 6-7) -----------------------------------------------
+    def _best_status(self) -> int:
+        return best_status([b.status for b in self.branches if b.status >= 300])
+
+    def best_response(self) -> Response:
+        finals = [b for b in self.branches if b.status >= 300]
+        if not finals:
+            return self._make(408)  # no target at all: nothing answered
+        status = best_status([b.status for b in finals])
+        chosen = next(b for b in finals if b.status == status)
+        response = chosen.response  # None, or not the status, when it stands for a timeout
+        if response is None or response.status != status:
+            return self._make(status)
+        if status == 503:  # §16.7 step 6: never pass a 503 upstream
+            return self._make(500, "Service Unavailable Downstream")
+        if status in (401, 407):
+            _gather_challenges(response, [b.response for b in finals if b.response is not None])
+        return response
+
+    def _make(self, status: int, reason: str | None = None) -> Response:
+        if status == 503:
+            status, reason = 500, "Service Unavailable Downstream"
+        return make_response(self.request, status, reason, to_tag=self._tag or None)
+
+
+def best_status(statuses: list[int]) -> int:
+    """§16.7 step 6 on status codes (callers pass only 3xx-6xx)."""
+    if not statuses:
+        return 408
+    globals_ = [s for s in statuses if s >= 600]
+    if globals_:
+        return globals_[0]
+    lowest_class = min(s // 100 for s in statuses)
+    in_class = [s for s in statuses if s // 100 == lowest_class]
+    if lowest_class == 4:
+        for preferred in PREFERRED_4XX:
+            if preferred in in_class:
+                return preferred
+    return in_class[0]
+
+
+def _gather_challenges(chosen: Response, responses: list[Response]) -> None:
+    """§16.7 step 7: the chosen 401/407 carries every challenge of every 401/407."""
+    for other in responses:
+        if other is chosen or other.status not in (401, 407):
+            continue
+        for name in CHALLENGES:
+            for value in other.header_lines(name):
+                if value not in chosen.header_lines(name):
+                    chosen.add_header(name, value)

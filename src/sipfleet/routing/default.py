@@ -1,0 +1,58 @@
+"""The default routing policy: what `sipfleet up` does with a request.
+
+1. In-dialog requests that came through our Record-Route follow their Route set.
+2. Requests that claim a local caller (From in a served domain) must carry valid
+   Proxy-Authorization (407 otherwise), unless they come from a trusted peer; the From
+   user must be the authenticated one (``[proxy] from_must_match_auth``).
+3. A callee in a served domain is looked up in the location table and forked to.
+4. Anything else leaves the network (``OffNet``, the LCR), but only for local callers
+   and trusted peers: the proxy is not an open relay (403).
+"""
+
+from __future__ import annotations
+
+from sipfleet.config import Config
+from sipfleet.routing.api import (
+    CallContext,
+    Decision,
+    LocateUser,
+    OffNet,
+    Relay,
+    Reply,
+    RoutingPolicy,
+)
+
+
+class DefaultPolicy(RoutingPolicy):
+    def __init__(self, config: Config) -> None:
+        self.authenticate = config.proxy.authenticate
+        self.from_must_match_auth = config.proxy.from_must_match_auth
+
+    async def route(self, call: CallContext) -> Decision:
+        if call.in_dialog:
+            return Relay() if call.routed_to_us else Reply(404, "Not Here")
+        if call.method == "REGISTER":
+            return Reply(403, "Register With The Registrar")
+        trusted = call.from_trusted_peer
+        local_caller = call.caller_is_local
+        if local_caller and self.authenticate and not trusted:
+            refusal = await self._check_caller(call)
+            if refusal is not None:
+                return refusal
+        if call.callee_is_local:
+            return LocateUser()
+        if local_caller or trusted:
+            return OffNet()
+        return Reply(403, "Relaying Denied")
+
+    async def _check_caller(self, call: CallContext) -> Reply | None:
+        outcome = await call.authenticate()
+        if isinstance(outcome, Reply):
+            return outcome
+        if self.from_must_match_auth and not call.caller_matches(outcome):
+            return Reply(403, "From Does Not Match The Authenticated User")
+        return None
+
+
+def make_policy(config: Config) -> RoutingPolicy:
+    return DefaultPolicy(config)
