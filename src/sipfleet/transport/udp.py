@@ -87,7 +87,8 @@ class UdpTransport:
             raise TransportError(f"UDP send to {host}:{destination.port}: {exc}") from exc
 
     def odd_datagram(self, data: bytes, addr: Any, listener: _UdpListener) -> None:
-        """Not a SIP start line: keep-alive, STUN, or garbage for the parser to reject."""
+        """Not a SIP start line: keep-alive, STUN, or (leading CRLFs, garbage) for the
+        parser to accept or reject."""
         if is_keepalive(data):
             self.keepalives += 1
             return
@@ -96,7 +97,7 @@ class UdpTransport:
             if answer is not None and listener.transport is not None:
                 self.stun_answered += 1
                 listener.transport.sendto(answer, addr)
-            return
+                return
         peer = _new_tuple(
             Peer, ("udp", addr[0], addr[1], listener.local_host, listener.local_port, None)
         )
