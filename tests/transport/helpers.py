@@ -108,11 +108,12 @@ def options(
     extra: str = "",
     method: str = "OPTIONS",
     body: bytes = b"",
+    transport: str = "UDP",
 ) -> bytes:
     """A request whose top Via sent-by is ``via`` (``host:port`` plus parameters)."""
     lines = [
         f"{method} {uri} SIP/2.0",
-        f"Via: SIP/2.0/UDP {via};branch={branch}",
+        f"Via: SIP/2.0/{transport} {via};branch={branch}",
         *([f"Max-Forwards: {max_forwards}"] if max_forwards is not None else []),
         "From: <sip:alice@example.com>;tag=a1",
         "To: <sip:echo@example.com>",

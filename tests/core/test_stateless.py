@@ -1,0 +1,218 @@
+"""Stateless forwarding through a relay between real sockets (RFC 3261 §16.11, RFC 3581)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from sipfleet.config.listen import parse_listen
+from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.sip import Request, Response, parse_message
+from sipfleet.transport import Destination, Peer
+from tests.transport.helpers import TIMEOUT, UdpClient, answer, ipv6_available, options
+
+
+class Relay:
+    """The LB's job reduced to one fixed target."""
+
+    def __init__(self, forwarder: StatelessForwarder, target: Destination) -> None:
+        self.forwarder = forwarder
+        self.target = target
+
+    def on_request(self, request: Request, peer: Peer) -> None:
+        self.forwarder.forward_request(request, peer, self.target)
+
+    def on_response(self, response: Response, peer: Peer) -> None:
+        self.forwarder.forward_response(response, peer)
+
+
+@dataclass
+class Setup:
+    endpoint: SipEndpoint
+    forwarder: StatelessForwarder
+    uac: UdpClient
+    uas: UdpClient
+
+    def address(self, transport: str = "udp", index: int = 0) -> tuple[str, int]:
+        found = [(a.host, a.port) for a in self.endpoint.addresses if a.transport == transport]
+        return found[index]
+
+    @property
+    def sent_by(self) -> str:
+        return self.endpoint.sent_by("udp", self.uas.host)
+
+    async def forwarded(self) -> Request:
+        """What the UAS receives."""
+        message = await self.uas.recv_message()
+        assert isinstance(message, Request)
+        return message
+
+    async def answered(self, request: Request, status: int = 200) -> Response:
+        """The UAS answers ``request``; returns what reaches the UAC."""
+        self.uas.send(answer(request.serialize(), status), self.address())
+        message = await self.uac.recv_message()
+        assert isinstance(message, Response)
+        return message
+
+
+@asynccontextmanager
+async def relay(*listen: str, host: str = "127.0.0.1", **options: bool) -> AsyncIterator[Setup]:
+    uac, uas = UdpClient(host), UdpClient(host)
+    endpoint = SipEndpoint([parse_listen(text) for text in listen])
+    forwarder = StatelessForwarder(endpoint, **options)
+    endpoint.handler = Relay(forwarder, Destination("udp", uas.host, uas.port))
+    try:
+        async with endpoint:
+            yield Setup(endpoint, forwarder, uac, uas)
+    finally:
+        uac.close()
+        uas.close()
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[Setup]:
+    async with relay("udp:127.0.0.1:0", "tcp:127.0.0.1:0") as made:
+        yield made
+
+
+async def test_request_gets_our_via_and_one_hop_less(setup: Setup) -> None:
+    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}"), setup.address())
+    request = await setup.forwarded()
+    ours, theirs = request.vias
+    assert (ours.transport, f"{ours.host}:{ours.port}") == ("UDP", setup.sent_by)
+    assert ours.is_rfc3261
+    assert str(theirs) == f"SIP/2.0/UDP 127.0.0.1:{setup.uac.port};branch=z9hG4bK-test-1"
+    assert theirs.received is None  # sent-by is the source address: nothing to stamp
+    assert request.max_forwards == 69
+    assert setup.forwarder.stats.requests_forwarded == 1
+
+
+async def test_response_loses_our_via_and_reaches_the_client(setup: Setup) -> None:
+    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}"), setup.address())
+    response = await setup.answered(await setup.forwarded())
+    assert response.status == 200
+    assert [str(v) for v in response.vias] == [
+        f"SIP/2.0/UDP 127.0.0.1:{setup.uac.port};branch=z9hG4bK-test-1"
+    ]
+    assert setup.forwarder.stats.responses_forwarded == 1
+
+
+async def test_rport_and_received_are_stamped_and_used(setup: Setup) -> None:
+    # The client believes it is 192.0.2.10:5060 (a NAT rewrote it) and asks for rport.
+    setup.uac.send(options("192.0.2.10:5060;rport"), setup.address())
+    request = await setup.forwarded()
+    theirs = request.vias[1]
+    assert theirs.params["rport"] == str(setup.uac.port)
+    assert theirs.received == "127.0.0.1"
+    response = await setup.answered(request)  # arrives at the real source address
+    assert response.top_via.rport == setup.uac.port
+
+
+async def test_received_without_rport_goes_to_the_sent_by_port(setup: Setup) -> None:
+    setup.uac.send(options(f"192.0.2.10:{setup.uac.port}"), setup.address())
+    request = await setup.forwarded()
+    theirs = request.vias[1]
+    assert theirs.received == "127.0.0.1"
+    assert not theirs.has_rport
+    response = await setup.answered(request)
+    assert response.top_via.received == "127.0.0.1"
+
+
+async def test_force_rport_answers_clients_that_did_not_ask() -> None:
+    async with relay("udp:127.0.0.1:0", force_rport=True) as setup:
+        setup.uac.send(options("192.0.2.10:5060"), setup.address())
+        request = await setup.forwarded()
+        assert request.vias[1].rport == setup.uac.port
+        await setup.answered(request)
+
+
+async def test_max_forwards_zero_is_answered_483_and_not_forwarded(setup: Setup) -> None:
+    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}", max_forwards=0), setup.address())
+    response = await setup.uac.recv_message()
+    assert isinstance(response, Response)
+    assert (response.status, response.reason) == (483, "Too Many Hops")
+    await setup.uas.nothing()
+    assert setup.forwarder.stats.too_many_hops == 1
+
+
+async def test_max_forwards_one_is_forwarded_as_zero(setup: Setup) -> None:
+    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}", max_forwards=1), setup.address())
+    assert (await setup.forwarded()).max_forwards == 0
+
+
+async def test_missing_max_forwards_is_added(setup: Setup) -> None:
+    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}", max_forwards=None), setup.address())
+    assert (await setup.forwarded()).max_forwards == 70
+
+
+async def test_ack_at_zero_hops_is_dropped_silently(setup: Setup) -> None:
+    data = options(f"127.0.0.1:{setup.uac.port}", max_forwards=0, method="ACK")
+    setup.uac.send(data, setup.address())
+    await setup.uac.nothing()
+    await setup.uas.nothing(0.05)
+
+
+async def test_bad_max_forwards_is_answered_400(setup: Setup) -> None:
+    data = options(f"127.0.0.1:{setup.uac.port}", max_forwards=None, extra="Max-Forwards: many")
+    setup.uac.send(data, setup.address())
+    response = await setup.uac.recv_message()
+    assert isinstance(response, Response)
+    assert (response.status, response.reason) == (400, "Bad Max-Forwards header")
+
+
+async def test_retransmission_keeps_its_branch_a_new_request_does_not(setup: Setup) -> None:
+    first = options(f"127.0.0.1:{setup.uac.port}", branch="z9hG4bK-one")
+    setup.uac.send(first, setup.address())
+    setup.uac.send(first, setup.address())
+    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}", branch="z9hG4bK-two"), setup.address())
+    branches = [(await setup.forwarded()).top_via.branch for _ in range(3)]
+    assert branches[0] == branches[1] != branches[2]
+
+
+async def test_response_whose_top_via_is_not_ours_is_dropped(setup: Setup) -> None:
+    stray = answer(options(f"127.0.0.1:{setup.uac.port}"))  # only the client's Via
+    setup.uas.send(stray, setup.address())
+    await setup.uac.nothing()
+    assert setup.forwarder.stats.responses_not_ours == 1
+
+
+async def test_tcp_client_gets_its_response_on_its_connection(setup: Setup) -> None:
+    reader, writer = await asyncio.open_connection(*setup.address("tcp"))
+    # The sent-by port is made up: only the connection leads back to the client.
+    writer.write(options("127.0.0.1:1", transport="TCP"))
+    request = await setup.forwarded()
+    assert request.top_via.params["sfi"].startswith("t")
+    setup.uas.send(answer(request.serialize()), setup.address())
+    data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    response = parse_message(data)
+    assert isinstance(response, Response)
+    assert response.status == 200
+    assert len(response.vias) == 1
+    writer.close()
+
+
+async def test_response_leaves_from_the_socket_the_request_came_in_on() -> None:
+    async with relay("udp:127.0.0.1:0", "udp:127.0.0.2:0") as setup:
+        second = setup.address("udp", 1)
+        setup.uac.send(options(f"127.0.0.1:{setup.uac.port}"), second)
+        request = await setup.forwarded()
+        assert request.top_via.params["sfi"] == "u1"
+        setup.uas.send(answer(request.serialize()), setup.address("udp", 0))
+        _, source = await setup.uac.recv()
+        assert source == second
+
+
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback (::1) here")
+async def test_ipv6_request_and_response() -> None:
+    async with relay("udp:[::1]:0", host="::1") as setup:
+        setup.uac.send(options(f"[::1]:{setup.uac.port}"), setup.address())
+        request = await setup.forwarded()
+        assert request.top_via.host == "[::1]"
+        response = await setup.answered(request)
+        assert response.status == 200
+        assert len(response.vias) == 1
