@@ -6,13 +6,15 @@ refreshes of one AOR run one after the other. Sessions run READ COMMITTED (no ga
 like PostgreSQL, two saves adding *new* contacts to one AOR at the same instant may each
 answer without the other's contact (both are stored) and may pass max_contacts together.
 The request travels as one JSON parameter, read with JSON_TABLE (MariaDB 10.6+, MySQL
-8.0+). asyncmy quotes every parameter, so the SQL text stays constant (built from the
-constants below only).
+8.0+). The statements are prepared once per connection (PREPARE, then EXECUTE per save):
+parsing them cost as much as running them. asyncmy quotes every parameter, so the SQL text
+stays constant (built from the constants below only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncmy
@@ -57,7 +59,7 @@ GONE = {
     4031,
 }
 
-_REQUEST = """JSON_TABLE(@sf_req, '$[*]' COLUMNS (
+_ALL_COLUMNS = """
     i FOR ORDINALITY, contact VARCHAR(512) PATH '$.contact', expires BIGINT PATH '$.expires',
     q DOUBLE PATH '$.q', callid VARCHAR(255) PATH '$.callid', cseq BIGINT PATH '$.cseq',
     received VARCHAR(255) PATH '$.received', path VARCHAR(2048) PATH '$.path',
@@ -65,10 +67,25 @@ _REQUEST = """JSON_TABLE(@sf_req, '$[*]' COLUMNS (
     user_agent VARCHAR(255) PATH '$.user_agent', socket VARCHAR(255) PATH '$.socket',
     methods VARCHAR(255) PATH '$.methods', instance VARCHAR(255) PATH '$.instance',
     reg_id INT PATH '$.reg_id', flow VARCHAR(255) PATH '$.flow', ruid VARCHAR(64) PATH '$.ruid'
-)) AS r"""
-# The request's contacts that are not stale (their ordinals are in @sf_live).
-_LIVE = f"(SELECT r.* FROM {_REQUEST} WHERE JSON_CONTAINS(@sf_live, CAST(r.i AS CHAR))) AS k"  # noqa: S608
-_AOR_ROWS = "c.username = @sf_user AND c.domain = @sf_domain AND c.expires > @sf_now"
+"""
+# The columns the rules look at: fewer JSON paths to evaluate.
+_KEY_COLUMNS = """
+    i FOR ORDINALITY, contact VARCHAR(512) PATH '$.contact', expires BIGINT PATH '$.expires',
+    callid VARCHAR(255) PATH '$.callid', cseq BIGINT PATH '$.cseq',
+    instance VARCHAR(255) PATH '$.instance', reg_id INT PATH '$.reg_id'
+"""
+
+
+def _request(columns: str, alias: str) -> str:
+    return f"JSON_TABLE(@sf_req, '$[*]' COLUMNS ({columns})) AS {alias}"
+
+
+def _live(columns: str) -> str:
+    """The request's contacts that are not stale (their ordinals are in @sf_live)."""
+    return (
+        f"(SELECT r.* FROM {_request(columns, 'r')} "  # noqa: S608 - constants only
+        "WHERE JSON_CONTAINS(@sf_live, CAST(r.i AS CHAR))) AS k"
+    )
 
 
 def _addresses(alias: str) -> str:
@@ -78,47 +95,71 @@ def _addresses(alias: str) -> str:
     )
 
 
+_AOR_ROWS = "c.username = @sf_user AND c.domain = @sf_domain AND c.expires > @sf_now"
 _STORED_COLUMNS = [col.name for col in BINDING_COLUMNS if col.name != "id"]
 _INSERTED = {"username": "@sf_user", "domain": "@sf_domain", "last_modified": "@sf_now"}
 _REFRESHED = [n for n in _STORED_COLUMNS if n not in ("ruid", "username", "domain", "contact")]
 
+# Prepared once per connection (``_prepare``); they read their inputs from @sf_ variables.
+PREPARED = {
+    # The lock: later statements see the AOR's rows as they are until COMMIT.
+    "sf_lock": f"SELECT COUNT(*) INTO @sf_before FROM location c WHERE {_AOR_ROWS} FOR UPDATE",  # noqa: S608
+    # Which request contacts are not stale, and how many of them store a binding.
+    "sf_live": "SELECT JSON_ARRAYAGG(r.i), COALESCE(SUM(r.expires > @sf_now), 0) "  # noqa: S608
+    f"INTO @sf_live, @sf_stored FROM {_request(_KEY_COLUMNS, 'r')} WHERE NOT EXISTS ("
+    f"SELECT 1 FROM location c WHERE {_AOR_ROWS} AND {_addresses('r')} "
+    "AND c.callid = r.callid AND c.cseq >= r.cseq)",
+    # A current binding addressed by a live contact is replaced (same contact) or removed;
+    # the others are kept.
+    "sf_tally": "SELECT COUNT(*) - COALESCE(SUM(x.addressed), 0), "  # noqa: S608
+    "JSON_ARRAYAGG(IF(x.addressed AND NOT x.restored, x.id, NULL)) "
+    "INTO @sf_kept, @sf_gone FROM (SELECT c.id, "
+    f"EXISTS (SELECT 1 FROM {_live(_KEY_COLUMNS)} WHERE {_addresses('k')}) AS addressed, "
+    f"EXISTS (SELECT 1 FROM {_live(_KEY_COLUMNS)} WHERE k.expires > @sf_now "
+    f"AND k.contact = c.contact) AS restored FROM location c WHERE {_AOR_ROWS}) AS x",
+    "sf_remove": "DELETE FROM location WHERE @sf_ok AND username = @sf_user "
+    "AND domain = @sf_domain AND JSON_CONTAINS(@sf_gone, CAST(id AS CHAR))",
+    "sf_store": f"INSERT INTO location ({', '.join(_STORED_COLUMNS)}) "  # noqa: S608
+    f"SELECT {', '.join(_INSERTED.get(n, 'k.' + n) for n in _STORED_COLUMNS)} "
+    f"FROM {_live(_ALL_COLUMNS)} WHERE @sf_ok AND k.expires > @sf_now "
+    "ON DUPLICATE KEY UPDATE " + ", ".join(f"{n} = VALUES({n})" for n in _REFRESHED),
+    "sf_result": f"SELECT {', '.join(c.name for c in BINDING_COLUMNS)} FROM location c "  # noqa: S608
+    f"WHERE {_AOR_ROWS} ORDER BY COALESCE(c.q, 1.0) DESC, c.id",
+}
+
+# One round trip; the rows of "SELECT @sf_after, @sf_ok" and of sf_result come back.
 SAVE_BATCH = ";\n".join(
     [
         "START TRANSACTION",
         "SET @sf_req = %s, @sf_user = %s, @sf_domain = %s, @sf_now = %s, @sf_max = %s",
-        # The lock: every later statement sees the AOR as it is and stays so until COMMIT.
-        f"SELECT COUNT(*) INTO @sf_before FROM location c WHERE {_AOR_ROWS} FOR UPDATE",  # noqa: S608
-        f"SET @sf_live = (SELECT JSON_ARRAYAGG(r.i) FROM {_REQUEST} WHERE NOT EXISTS ("  # noqa: S608
-        f"SELECT 1 FROM location c WHERE {_AOR_ROWS} AND {_addresses('r')} "
-        "AND c.callid = r.callid AND c.cseq >= r.cseq))",
-        f"SET @sf_gone = (SELECT JSON_ARRAYAGG(c.id) FROM location c WHERE {_AOR_ROWS} "  # noqa: S608
-        f"AND NOT EXISTS (SELECT 1 FROM {_LIVE} WHERE k.expires > @sf_now "
-        "AND k.contact = c.contact) "
-        f"AND EXISTS (SELECT 1 FROM {_LIVE} WHERE {_addresses('k')}))",
-        f"SET @sf_after = (SELECT COUNT(*) FROM location c WHERE {_AOR_ROWS} "  # noqa: S608
-        "AND NOT COALESCE(JSON_CONTAINS(@sf_gone, CAST(c.id AS CHAR)), 0) "
-        f"AND NOT EXISTS (SELECT 1 FROM {_LIVE} WHERE k.expires > @sf_now "
-        "AND k.contact = c.contact)) "
-        f"+ (SELECT COUNT(*) FROM {_LIVE} WHERE k.expires > @sf_now)",
+        "EXECUTE sf_lock",
+        "EXECUTE sf_live",
+        "EXECUTE sf_tally",
+        "SET @sf_after = @sf_kept + @sf_stored",
+        # A save may not grow an AOR past max_contacts (it may shrink or refresh it).
         "SET @sf_ok = @sf_after <= @sf_max OR @sf_after <= @sf_before",
-        "DELETE FROM location WHERE @sf_ok AND username = @sf_user AND domain = @sf_domain "
-        "AND JSON_CONTAINS(@sf_gone, CAST(id AS CHAR))",
-        f"INSERT INTO location ({', '.join(_STORED_COLUMNS)}) "  # noqa: S608
-        f"SELECT {', '.join(_INSERTED.get(n, 'k.' + n) for n in _STORED_COLUMNS)} "
-        f"FROM {_LIVE} WHERE @sf_ok AND k.expires > @sf_now "
-        "ON DUPLICATE KEY UPDATE " + ", ".join(f"{n} = VALUES({n})" for n in _REFRESHED),
+        "EXECUTE sf_remove",
+        "EXECUTE sf_store",
         "SELECT @sf_after, @sf_ok",
-        f"SELECT {', '.join(c.name for c in BINDING_COLUMNS)} FROM location c "  # noqa: S608
-        f"WHERE {_AOR_ROWS} ORDER BY COALESCE(c.q, 1.0) DESC, c.id",
+        "EXECUTE sf_result",
         "COMMIT",
     ]
 )
+PREPARE_BATCH = ";\n".join(f"PREPARE {name} FROM %s" for name in PREPARED)
 
 
-class MysqlExecutor(NetworkExecutor[Any]):
+@dataclass(slots=True)
+class Session:
+    """A pooled connection, and whether the save's statements are prepared on it yet."""
+
+    conn: Any
+    prepared: bool = False
+
+
+class MysqlExecutor(NetworkExecutor[Session]):
     kind: Kind = "mysql"
 
-    async def _connect(self, dsn: Dsn) -> Any:
+    async def _connect(self, dsn: Dsn) -> Session:
         conn = await asyncmy.connect(
             host=dsn.host,
             port=dsn.port,
@@ -135,12 +176,16 @@ class MysqlExecutor(NetworkExecutor[Any]):
             init_command="SET collation_connection = utf8mb4_bin",
         )
         # No gap locks: saves of neighbouring new AORs do not queue behind each other.
-        async with conn.cursor() as cursor:
-            await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        return conn
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        except BaseException:
+            conn.close()
+            raise
+        return Session(conn)
 
-    async def _close(self, conn: Any) -> None:
-        conn.close()
+    async def _close(self, session: Session) -> None:
+        session.conn.close()
 
     def _classify(self, exc: BaseException) -> StorageError:
         if isinstance(exc, IntegrityError):
@@ -155,29 +200,34 @@ class MysqlExecutor(NetworkExecutor[Any]):
             return StorageUnavailable(message)  # client-side: the connection failed
         return StorageError(message)
 
-    async def _fetch(self, conn: Any, stmt: Statement, args: Sequence[Any]) -> list[Row]:
-        async with conn.cursor() as cursor:
+    async def _fetch(self, session: Session, stmt: Statement, args: Sequence[Any]) -> list[Row]:
+        async with session.conn.cursor() as cursor:
             await cursor.execute(stmt.sql, args)
             return list(await cursor.fetchall())
 
-    async def _execute(self, conn: Any, stmt: Statement, args: Sequence[Any]) -> int:
-        async with conn.cursor() as cursor:
+    async def _execute(self, session: Session, stmt: Statement, args: Sequence[Any]) -> int:
+        async with session.conn.cursor() as cursor:
             await cursor.execute(stmt.sql, args)
             return int(cursor.rowcount)
 
     async def _save(
         self,
-        conn: Any,
+        session: Session,
         aor: AddressOfRecord,
         updates: Sequence[BindingUpdate],
         now: int,
         max_contacts: int,
     ) -> SaveOutcome:
+        if not session.prepared:
+            # Parsed once per connection, not on every REGISTER (first use: the tables must
+            # exist by then, which they need not when the connection opens).
+            await self._batch(session.conn, PREPARE_BATCH, list(PREPARED.values()))
+            session.prepared = True
         args = (encode_updates(updates), aor.username, aor.domain, now, max_contacts)
         try:
-            results = await self._batch(conn, SAVE_BATCH, args)
+            results = await self._batch(session.conn, SAVE_BATCH, args)
         except Exception:
-            await self._rollback(conn)  # (a cancelled one is closed: the server rolls back)
+            await self._rollback(session.conn)  # (when cancelled it is closed instead)
             raise
         (after, ok), *_ = results[0]
         return SaveOutcome([binding(row) for row in results[1]], int(after), not ok)

@@ -1,0 +1,137 @@
+"""Storage figures: REGISTER-like saves/s and lookups/s per backend and concurrency.
+
+Run from the repository root:
+    .venv/bin/python bench/storage_bench.py [--backends sqlite,mariadb,postgres]
+        [--concurrency 8,32] [--users 5000] [--seconds 8]
+
+MariaDB and PostgreSQL are private servers started here (tests/dbservers.py) with their
+durable default settings (commit = fsync), on this machine's disk; SQLite is a WAL file.
+Each save is one REGISTER: one contact of one AOR, stored and answered with every current
+binding of the AOR, in one round trip (``location.save``). Phases:
+  new       every user registers once (inserts)
+  refresh   every user registers again with the next CSeq (updates: the steady state)
+  lookup    random users are looked up (what the proxy does per call)
+Each phase is bounded by --users operations and --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.dbservers import DbServer, start_mariadb, start_postgres
+
+from sipfleet.storage import Aor, BindingUpdate, Dsn, Storage, open_storage
+from sipfleet.storage.migrate import upgrade
+
+NOW = int(time.time())
+
+
+def user(i: int) -> Aor:
+    return Aor(f"user{i:06d}", "example.com")
+
+
+def register(i: int, cseq: int) -> list[BindingUpdate]:
+    return [
+        BindingUpdate(
+            f"sip:user{i:06d}@198.51.100.{i % 250}:{5060 + i % 1000};transport=udp",
+            NOW + 3600,
+            f"call-{i}@phone",
+            cseq,
+            received=f"sip:203.0.113.{i % 250}:{40000 + i % 20000}",
+            path="<sip:lb1.example.com;lr;ft=abcdef0123456789>",
+            user_agent="BenchPhone/1.0",
+            socket="udp:127.0.0.1:5070",
+            flow=f"ft-{i}",
+        )
+    ]
+
+
+async def phase(
+    concurrency: int, users: int, seconds: float, operation: Callable[[int], Awaitable[object]]
+) -> tuple[int, float]:
+    """Run ``operation(i)`` for i in 0..users-1 on ``concurrency`` workers; stop at the limit."""
+    next_index = iter(range(users))
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        for i in next_index:
+            if time.perf_counter() > deadline:
+                return
+            await operation(i)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, time.perf_counter() - started
+
+
+async def measure(name: str, dsn: str, concurrency: int, users: int, seconds: float) -> None:
+    storage: Storage = open_storage(dsn, pool_size=concurrency, max_in_flight=10 * concurrency)
+    try:
+        await storage.location.remove_all(user(0))  # connects; the table is emptied below
+        await storage.location.purge_expired(now=NOW + 10**6)
+        save = storage.location.save
+        phases: dict[str, Callable[[int], Awaitable[object]]] = {
+            "new": lambda i: save(user(i), register(i, 1), now=NOW, max_contacts=10),
+            "refresh": lambda i: save(user(i), register(i, 2), now=NOW, max_contacts=10),
+            "lookup": lambda i: storage.location.lookup(user(random.randrange(users)), now=NOW),
+        }
+        for label, operation in phases.items():
+            done, elapsed = await phase(concurrency, users, seconds, operation)
+            print(
+                f"{name:9} {concurrency:4} {label:8} {done:7} {elapsed:7.2f} {done / elapsed:9.0f}"
+            )
+            if label == "new":
+                users = done  # refresh and look up only the users that registered
+    finally:
+        await storage.close()
+
+
+@contextmanager
+def backend(name: str) -> Iterator[str]:
+    """A migrated, empty database of the backend; its server stops afterwards."""
+    server: DbServer | None = None
+    if name == "sqlite":
+        directory = tempfile.TemporaryDirectory(prefix="sipfleet-bench-")
+        dsn = f"sqlite://{Path(directory.name) / 'bench.db'}"
+    else:
+        server = start_mariadb() if name == "mariadb" else start_postgres()
+        dsn = server.create_database("bench")
+    try:
+        asyncio.run(upgrade(Dsn.parse(dsn)))
+        yield dsn
+    finally:
+        if server is not None:
+            server.destroy()
+        else:
+            directory.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="sqlite,mariadb,postgres")
+    parser.add_argument("--concurrency", default="8,32", help="saves in flight, comma-separated")
+    parser.add_argument("--users", type=int, default=5000, help="operations per phase at most")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time per phase at most")
+    args = parser.parse_args()
+    print(f"{'backend':9} {'conc':>4} {'phase':8} {'ops':>7} {'seconds':>7} {'ops/s':>9}")
+    for name in args.backends.split(","):
+        with backend(name) as dsn:
+            for concurrency in (int(c) for c in args.concurrency.split(",")):
+                asyncio.run(measure(name, dsn, concurrency, args.users, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
