@@ -74,8 +74,19 @@ class UdpClient:
         self.sock.sendto(data, address)
 
     async def recv(self, timeout: float = TIMEOUT) -> tuple[bytes, tuple[str, int]]:
+        try:  # something already waiting
+            data, address = self.sock.recvfrom(65536)
+            return data, (address[0], address[1])
+        except BlockingIOError:
+            pass
         loop = asyncio.get_running_loop()
-        data, address = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65536), timeout)
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(self.sock, lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, timeout)
+        finally:
+            loop.remove_reader(self.sock)
+        data, address = self.sock.recvfrom(65536)  # (uvloop has no sock_recvfrom)
         return data, (address[0], address[1])
 
     async def recv_message(self) -> Request | Response:

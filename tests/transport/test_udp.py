@@ -158,3 +158,26 @@ async def test_close_releases_the_port() -> None:
     await asyncio.sleep(0.01)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((host, port))  # would raise if the listener still held it
+
+
+class EchoSink(RecordingSink):
+    """Answers every frame at once, the way a handler does."""
+
+    transport: UdpTransport
+
+    def frame_received(self, data: bytes, peer) -> None:  # type: ignore[no-untyped-def]
+        self.transport.send(b"SIP/2.0 200 OK\r\n\r\n", peer.reply_to)
+
+
+async def test_datagrams_queued_before_start_are_answered(client) -> None:
+    sockets = bind_all([parse_listen("udp:127.0.0.1:0"), parse_listen("udp:127.0.0.2:0")])
+    for sock in sockets:  # a restarted worker finds these waiting in its sockets
+        client.send(options("127.0.0.1:5999"), sock.getsockname())
+    sink = EchoSink()
+    sink.transport = transport = UdpTransport(sink)
+    await transport.start(sockets)
+    try:
+        sources = {(await client.recv())[1] for _ in sockets}
+        assert sources == set(transport.addresses)
+    finally:
+        await transport.close()

@@ -80,11 +80,12 @@ class TcpTransport:
     # -- life cycle --------------------------------------------------------------------
     async def start(self, sockets: list[socket.socket]) -> None:
         self._loop = loop = asyncio.get_running_loop()
-        for sock in sockets:
+        for sock in sockets:  # all known before the first connection is accepted
             address = listen_address_of(sock)
+            self._addresses.append((address.host, address.port))
+        for sock in sockets:
             server = await loop.create_server(lambda: TcpConnection(self, inbound=True), sock=sock)
             self._servers.append(server)
-            self._addresses.append((address.host, address.port))
         self._schedule_sweep()
 
     async def close(self) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from sipfleet.sip.parser import is_keepalive
@@ -45,19 +46,19 @@ class UdpTransport:
         self.socket_errors = 0
 
     async def start(self, sockets: list[socket.socket]) -> None:
+        # Every listener is known before any reads: queued datagrams are delivered as
+        # soon as the first endpoint opens, and their answers may leave by another one.
+        listeners = []
         for sock in sockets:
-            listener = await self._open(sock)
+            address = listen_address_of(sock)
+            listener = _UdpListener(self, self._sink.frame_received, address.host, address.port)
+            listeners.append(listener)
             self._listeners.append(listener)
-            address = (listener.local_host, listener.local_port)
-            self._by_local[address] = listener
+            self._by_local[(address.host, address.port)] = listener
             self._by_family.setdefault(sock.family, listener)
-
-    async def _open(self, sock: socket.socket) -> _UdpListener:
-        address = listen_address_of(sock)
-        listener = _UdpListener(self, self._sink.frame_received, address.host, address.port)
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: listener, sock=sock)
-        return listener
+        for listener, sock in zip(listeners, sockets, strict=True):
+            await loop.create_datagram_endpoint(partial(_same, listener), sock=sock)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -119,6 +120,10 @@ class UdpTransport:
         self._by_local.clear()
         self._by_family.clear()
         await asyncio.sleep(0)  # let the loop run the close callbacks
+
+
+def _same(listener: _UdpListener) -> _UdpListener:
+    return listener
 
 
 class _UdpListener(asyncio.DatagramProtocol):

@@ -1,0 +1,141 @@
+"""Worker processes sharing ports with SO_REUSEPORT: spreading, restarts, shutdown."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipfleet.sip import Response, parse_message
+from tests.transport.helpers import options
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Workers:
+    def __init__(self, count: int, max_restarts: int = 5) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.transport.worker_app", str(count), str(max_restarts)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], 15)
+        line = self.process.stdout.readline().decode() if ready else ""
+        assert line.startswith("READY "), f"worker app did not start: {line!r}"
+        self.udp_port, self.tcp_port = (int(p) for p in line.split()[1:])
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+@pytest.fixture
+def two_workers() -> Iterator[Workers]:
+    workers = Workers(2)
+    try:
+        yield workers
+    finally:
+        workers.stop()
+
+
+def worker_of(data: bytes) -> tuple[int, int]:
+    response = parse_message(data)
+    assert isinstance(response, Response)
+    assert response.status == 200
+    index, pid = (int(x) for x in (response.header("x-worker") or "").split())
+    return index, pid
+
+
+def ask_udp(port: int, clients: int = 32) -> dict[int, int]:
+    """One OPTIONS from each of ``clients`` source ports; {worker index: pid} answering."""
+    seen: dict[int, int] = {}
+    for n in range(clients):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(5)
+            via = f"127.0.0.1:{sock.getsockname()[1]}"
+            sock.sendto(options(via, branch=f"z9hG4bK-{n}"), ("127.0.0.1", port))
+            data, source = sock.recvfrom(65536)
+            assert source == ("127.0.0.1", port)  # every worker answers from the shared port
+            index, pid = worker_of(data)
+            seen[index] = pid
+    return seen
+
+
+def ask_tcp(port: int, connections: int = 16) -> set[int]:
+    seen = set()
+    for n in range(connections):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(options("127.0.0.1:1", branch=f"z9hG4bK-t{n}", transport="TCP"))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                assert chunk, "connection closed before the answer"
+                data += chunk
+            seen.add(worker_of(data)[0])
+    return seen
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_share_the_ports_and_both_answer(two_workers: Workers) -> None:
+    seen = ask_udp(two_workers.udp_port)
+    assert set(seen) == {0, 1}
+    assert len(set(seen.values())) == 2  # two processes
+    assert ask_tcp(two_workers.tcp_port) == {0, 1}
+
+
+def test_sigterm_stops_supervisor_and_workers(two_workers: Workers) -> None:
+    pids = ask_udp(two_workers.udp_port).values()
+    assert two_workers.stop() == 0
+    time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_crashed_worker_is_restarted_on_its_socket(two_workers: Workers) -> None:
+    before = ask_udp(two_workers.udp_port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(options("127.0.0.1:1", method="BYE"), ("127.0.0.1", two_workers.udp_port))
+    deadline = time.monotonic() + 10
+    while all(alive(pid) for pid in before.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = ask_udp(two_workers.udp_port)  # the restarted worker answers on its old socket
+    assert set(after) == {0, 1}
+    assert len(set(before.values()) & set(after.values())) == 1  # one new pid
+
+
+def test_supervisor_gives_up_on_a_worker_that_keeps_crashing() -> None:
+    workers = Workers(1, max_restarts=1)
+    try:
+        for _ in range(2):
+            ask_udp(workers.udp_port, clients=1)  # wait until a worker serves
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.sendto(options("127.0.0.1:1", method="BYE"), ("127.0.0.1", workers.udp_port))
+            time.sleep(0.2)
+        assert workers.process.wait(timeout=10) == 1
+        assert workers.process.stderr is not None
+        assert b"giving up" in workers.process.stderr.read()
+    finally:
+        workers.stop()
