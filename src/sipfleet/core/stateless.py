@@ -26,7 +26,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.sip import ParseError, Request, Response, Via
+from sipfleet.sip import ParseError, Request, Response, Via, parse_via
 from sipfleet.sip.builders import make_response, stateless_branch
 from sipfleet.transport.base import Destination, Peer, TransportError, TransportName
 from sipfleet.transport.sockets import normalise_host
@@ -34,6 +34,8 @@ from sipfleet.transport.sockets import normalise_host
 log = logging.getLogger(__name__)
 
 FLOW_PARAM = "sfi"  # in our Via: "t<connection id>" or "u<udp socket index>"
+FLOW_MARK = f";{FLOW_PARAM}="
+_new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 DEFAULT_PORT = 5060
 
 
@@ -138,15 +140,17 @@ class StatelessForwarder:
 
     # -- responses ---------------------------------------------------------------------------
     def forward_response(self, response: Response, peer: Peer) -> bool:
-        """Send ``response`` on toward the client; False when it was dropped."""
+        """Send ``response`` on toward the client; False when it was dropped (a response
+        whose top Via is not ours is left as it came)."""
         try:
-            ours = response.top_via
-            if not self._is_ours(ours):
+            values = response.header_values("via")  # split, but only ours gets parsed
+            ours = parse_via(values[0]) if values else None
+            if ours is None or not self._is_ours(ours):
                 self.stats.responses_not_ours += 1
                 log.debug("response %r: top Via %s is not ours", response, ours)
                 return False
             response.pop_first_value("via")
-            destination = self._next_hop(response.top_via, ours)
+            destination = self._next_hop(response.top_via, values[0])
         except ParseError as exc:
             destination = None
             log.debug("response %r from %s:%s: %s", response, peer.host, peer.port, exc)
@@ -170,28 +174,31 @@ class StatelessForwarder:
                 self._sent_bys.add((host, address.port))
         return (via.host, via.port) in self._sent_bys
 
-    def _next_hop(self, via: Via, ours: Via) -> Destination | None:
-        transport = via.transport.lower()
-        if transport not in ("udp", "tcp"):
-            return None
+    def _next_hop(self, via: Via, ours: str) -> Destination | None:
+        """§18.2.2 / RFC 3581 §4 for the Via after ours; ``ours`` is our Via's text."""
+        transport = via.transport
         host, port = via.response_address(DEFAULT_PORT)
-        if transport == "tcp":  # a new connection goes to the sent-by port (§18.2.2)
-            port = via.port or DEFAULT_PORT
         if not _is_ip(host):
             return None  # RFC 3263 lookups have no place on this path
-        flow = ours.params.get(FLOW_PARAM) or ""
-        if transport == "tcp":
+        flow = _flow_param(ours) if FLOW_MARK in ours else ""
+        if transport == "UDP":
+            local = None
+            if flow[:1] == "u" and flow[1:].isdigit():
+                addresses = self.endpoint.udp.addresses
+                index = int(flow[1:])
+                local = addresses[index] if index < len(addresses) else None
+            return _new_tuple(Destination, ("udp", host, port, None, local))
+        if transport == "TCP":  # a new connection goes to the sent-by port (§18.2.2)
             connection = int(flow[1:]) if flow[:1] == "t" and flow[1:].isdigit() else None
-            return Destination("tcp", host, port, connection)
-        local = None
-        if flow[:1] == "u" and flow[1:].isdigit():
-            addresses = self.endpoint.udp.addresses
-            index = int(flow[1:])
-            local = addresses[index] if index < len(addresses) else None
-        return Destination("udp", host, port, None, local)
+            return Destination("tcp", host, via.port or DEFAULT_PORT, connection)
+        return None  # TLS, SCTP, WS: not served here
 
     def counters(self) -> dict[str, int]:
         return asdict(self.stats)
+
+
+def _flow_param(via_text: str) -> str:
+    return parse_via(via_text).params.get(FLOW_PARAM) or ""
 
 
 def _same_host(via_host: str, source: str) -> bool:
