@@ -109,6 +109,26 @@ async def test_same_call_id_with_old_cseq_changes_nothing(storage: Storage) -> N
     assert (newer.expires, newer.cseq) == (NOW + 3000, 6)
 
 
+async def test_cseq_rule_applies_per_contact_in_a_multi_contact_request(storage: Storage) -> None:
+    await save(storage, update("sip:a@1", 600, cseq=5), update("sip:a@2", 600, cseq=5))
+    result = await save(
+        storage,
+        update("sip:a@1", 3000, cseq=4),
+        update("sip:a@2", 0, cseq=4),
+        update("sip:a@3", 900, cseq=4),
+    )
+    assert [(b.contact, b.expires, b.cseq) for b in sorted(result, key=lambda b: b.contact)] == [
+        ("sip:a@1", NOW + 600, 5),
+        ("sip:a@2", NOW + 600, 5),
+        ("sip:a@3", NOW + 900, 4),
+    ]
+    result = await save(storage, update("sip:a@1", 3000, cseq=6), update("sip:a@2", 0, cseq=6))
+    assert [(b.contact, b.expires) for b in sorted(result, key=lambda b: b.contact)] == [
+        ("sip:a@1", NOW + 3000),
+        ("sip:a@3", NOW + 900),
+    ]
+
+
 async def test_other_call_id_replaces_whatever_its_cseq(storage: Storage) -> None:
     await save(storage, update("sip:a@1", 600, callid="old", cseq=50))
     [now_bound] = await save(storage, update("sip:a@1", 900, callid="rebooted", cseq=1))

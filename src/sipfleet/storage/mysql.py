@@ -14,7 +14,7 @@ stays constant (built from the constants below only).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import asyncmy
@@ -29,9 +29,9 @@ from sipfleet.storage.errors import (
     StorageUnavailable,
     TransactionConflict,
 )
-from sipfleet.storage.model import AddressOfRecord, BindingUpdate
+from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 from sipfleet.storage.network import NetworkExecutor
-from sipfleet.storage.rules import encode_updates
+from sipfleet.storage.rules import encode_updates, new_ruid
 from sipfleet.storage.sql import Row, SaveOutcome, binding
 from sipfleet.storage.statements import BINDING_COLUMNS, Statement
 
@@ -100,6 +100,9 @@ _STORED_COLUMNS = [col.name for col in BINDING_COLUMNS if col.name != "id"]
 _INSERTED = {"username": "@sf_user", "domain": "@sf_domain", "last_modified": "@sf_now"}
 _REFRESHED = [n for n in _STORED_COLUMNS if n not in ("ruid", "username", "domain", "contact")]
 
+_FRESH = "@sf_fresh := (expires <= @sf_now OR callid <> VALUES(callid) OR cseq < VALUES(cseq))"
+_FAST_VALUES = [n for n in _STORED_COLUMNS if n not in _INSERTED]
+
 # Prepared once per connection (``_prepare``); they read their inputs from @sf_ variables.
 PREPARED = {
     # The lock: later statements see the AOR's rows as they are until COMMIT.
@@ -111,9 +114,9 @@ PREPARED = {
     "AND c.callid = r.callid AND c.cseq >= r.cseq)",
     # A current binding addressed by a live contact is replaced (same contact) or removed;
     # the others are kept.
-    "sf_tally": "SELECT COUNT(*) - COALESCE(SUM(x.addressed), 0), "  # noqa: S608
+    "sf_tally": "SELECT COUNT(*) - COALESCE(SUM(x.addressed), 0) + @sf_stored, "  # noqa: S608
     "JSON_ARRAYAGG(IF(x.addressed AND NOT x.restored, x.id, NULL)) "
-    "INTO @sf_kept, @sf_gone FROM (SELECT c.id, "
+    "INTO @sf_after, @sf_gone FROM (SELECT c.id, "
     f"EXISTS (SELECT 1 FROM {_live(_KEY_COLUMNS)} WHERE {_addresses('k')}) AS addressed, "
     f"EXISTS (SELECT 1 FROM {_live(_KEY_COLUMNS)} WHERE k.expires > @sf_now "
     f"AND k.contact = c.contact) AS restored FROM location c WHERE {_AOR_ROWS}) AS x",
@@ -123,11 +126,29 @@ PREPARED = {
     f"SELECT {', '.join(_INSERTED.get(n, 'k.' + n) for n in _STORED_COLUMNS)} "
     f"FROM {_live(_ALL_COLUMNS)} WHERE @sf_ok AND k.expires > @sf_now "
     "ON DUPLICATE KEY UPDATE " + ", ".join(f"{n} = VALUES({n})" for n in _REFRESHED),
-    "sf_result": f"SELECT {', '.join(c.name for c in BINDING_COLUMNS)} FROM location c "  # noqa: S608
-    f"WHERE {_AOR_ROWS} ORDER BY COALESCE(c.q, 1.0) DESC, c.id",
+    # The tally, then every current binding (NULLs when there is none).
+    "sf_result": "SELECT @sf_after, @sf_ok, "  # noqa: S608
+    f"{', '.join('c.' + c.name for c in BINDING_COLUMNS)} FROM (SELECT 1) AS one "
+    f"LEFT JOIN location c ON {_AOR_ROWS} ORDER BY COALESCE(c.q, 1.0) DESC, c.id",
+    # The fast path: one contact, no reg-id (most REGISTERs). Values in @sf_v_<column>.
+    "sf_fast_store": f"INSERT INTO location ({', '.join(_STORED_COLUMNS)}) "  # noqa: S608
+    f"SELECT {', '.join(_INSERTED.get(n, '@sf_v_' + n) for n in _STORED_COLUMNS)} FROM DUAL "
+    # Room for one more binding, or a binding of this contact to refresh.
+    f"WHERE (SELECT COUNT(*) FROM location c WHERE {_AOR_ROWS} "
+    "AND c.contact <> @sf_v_contact) < @sf_max "
+    f"OR EXISTS (SELECT 1 FROM location c WHERE {_AOR_ROWS} AND c.contact = @sf_v_contact) "
+    # The CSeq rule, decided once on the locked row (assignments run left to right).
+    "ON DUPLICATE KEY UPDATE "
+    + ", ".join(
+        f"{n} = IF({_FRESH if i == 0 else '@sf_fresh'}, VALUES({n}), {n})"
+        for i, n in enumerate(_REFRESHED)
+    ),
+    "sf_fast_remove": "DELETE FROM location WHERE username = @sf_user "
+    "AND domain = @sf_domain AND contact = @sf_v_contact AND NOT (expires > @sf_now "
+    "AND callid = @sf_v_callid AND cseq >= @sf_v_cseq)",
 }
 
-# One round trip; the rows of "SELECT @sf_after, @sf_ok" and of sf_result come back.
+# One round trip; only sf_result returns rows.
 SAVE_BATCH = ";\n".join(
     [
         "START TRANSACTION",
@@ -135,17 +156,25 @@ SAVE_BATCH = ";\n".join(
         "EXECUTE sf_lock",
         "EXECUTE sf_live",
         "EXECUTE sf_tally",
-        "SET @sf_after = @sf_kept + @sf_stored",
         # A save may not grow an AOR past max_contacts (it may shrink or refresh it).
         "SET @sf_ok = @sf_after <= @sf_max OR @sf_after <= @sf_before",
         "EXECUTE sf_remove",
         "EXECUTE sf_store",
-        "SELECT @sf_after, @sf_ok",
         "EXECUTE sf_result",
         "COMMIT",
     ]
 )
 PREPARE_BATCH = ";\n".join(f"PREPARE {name} FROM %s" for name in PREPARED)
+_FAST_SET = "SET @sf_user = %s, @sf_domain = %s, @sf_now = %s, @sf_max = %s, " + ", ".join(
+    f"@sf_v_{n} = %s" for n in _FAST_VALUES
+)
+FAST_STORE_BATCH = f"{_FAST_SET};\nEXECUTE sf_fast_store;\nEXECUTE sf_result"
+FAST_REMOVE_BATCH = f"{_FAST_SET};\nEXECUTE sf_fast_remove;\nEXECUTE sf_result"
+
+
+def _bindings(rows: list[Row]) -> list[Binding]:
+    """The bindings of sf_result's rows (after its two tally columns; NULLs: none)."""
+    return [binding(row[2:]) for row in rows if row[2] is not None]
 
 
 @dataclass(slots=True)
@@ -223,14 +252,41 @@ class MysqlExecutor(NetworkExecutor[Session]):
             # exist by then, which they need not when the connection opens).
             await self._batch(session.conn, PREPARE_BATCH, list(PREPARED.values()))
             session.prepared = True
+        if len(updates) == 1 and updates[0].reg_id is None:
+            return await self._fast_save(session, aor, updates[0], now, max_contacts)
         args = (encode_updates(updates), aor.username, aor.domain, now, max_contacts)
         try:
             results = await self._batch(session.conn, SAVE_BATCH, args)
         except Exception:
             await self._rollback(session.conn)  # (when cancelled it is closed instead)
             raise
-        (after, ok), *_ = results[0]
-        return SaveOutcome([binding(row) for row in results[1]], int(after), not ok)
+        [rows] = results
+        after, ok = rows[0][:2]
+        return SaveOutcome(_bindings(rows), int(after), not ok)
+
+    async def _fast_save(
+        self,
+        session: Session,
+        aor: AddressOfRecord,
+        update: BindingUpdate,
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome:
+        """One contact without reg-id: one statement does it, no explicit transaction.
+
+        The same rules as the general batch: the INSERT stores only when there is room or a
+        binding of this contact to refresh, and its ON DUPLICATE KEY UPDATE applies the CSeq
+        rule on the conflicting row, which it holds locked.
+        """
+        values = {"ruid": new_ruid(), **asdict(update)}
+        args = [aor.username, aor.domain, now, max_contacts, *(values[n] for n in _FAST_VALUES)]
+        adding = update.expires > now
+        [rows] = await self._batch(
+            session.conn, FAST_STORE_BATCH if adding else FAST_REMOVE_BATCH, args
+        )
+        bindings = _bindings(rows)
+        refused = adding and all(b.contact != update.contact for b in bindings)
+        return SaveOutcome(bindings, len(bindings) + refused, refused)
 
     @staticmethod
     async def _batch(conn: Any, sql: str, args: Sequence[Any]) -> list[list[Row]]:
