@@ -3,6 +3,10 @@ policy, the location table read from the read DSN."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
+import time
 from collections.abc import Callable
 
 from sipfleet.config import Config
@@ -14,6 +18,10 @@ from sipfleet.roles.common import authority_for, serve_until_cancelled, storage_
 from sipfleet.routing.api import OffNetRouter, load_policy
 from sipfleet.storage import Storage
 from sipfleet.transport.base import TransportLimits
+
+log = logging.getLogger(__name__)
+YOUNG_GC_INTERVAL_S = 5.0
+FULL_GC_INTERVAL_S = 600.0
 
 
 def build_engine(
@@ -37,13 +45,41 @@ def build_engine(
     return ProxyEngine(endpoint, policy, planner, services, EngineSettings.from_config(config))
 
 
+async def collect_garbage() -> None:
+    """Cyclic garbage collection on a timer instead of by allocation counts.
+
+    A proxy keeps every transaction for 32 s (Timers L, M, J over UDP), so the heap holds
+    millions of live objects; the automatic collector traverses all of them again and
+    again (measured: +80 % CPU per call, and pauses long enough to cost calls). A call
+    itself leaves no cycles (the engine cuts the one it makes), so the young generations
+    are swept every few seconds and the whole heap only every ten minutes."""
+    gc.freeze()  # what start-up loaded stays for good: never traverse it again
+    gc.disable()
+    last_full = time.monotonic()
+    try:
+        while True:
+            await asyncio.sleep(YOUNG_GC_INTERVAL_S)
+            if time.monotonic() - last_full < FULL_GC_INTERVAL_S:
+                gc.collect(1)
+                continue
+            started = time.monotonic()
+            found = gc.collect()
+            last_full = time.monotonic()
+            log.info("full garbage collection: %d unreachable, %.3f s", found, last_full - started)
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
 async def run(config: Config, *, ready: Callable[[], None] | None = None) -> None:
     """Serve as the proxy until cancelled; ``ready()`` once listening."""
     async with storage_for(config) as storage:
         endpoint = SipEndpoint(config.proxy.listen, limits=TransportLimits.from_config(config.sip))
         engine = build_engine(config, storage, endpoint)
         endpoint.handler = engine
+        collector = asyncio.create_task(collect_garbage())
         try:
             await serve_until_cancelled(endpoint, ready)
         finally:
+            collector.cancel()
             await engine.close()

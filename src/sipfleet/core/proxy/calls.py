@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+import types
+from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,7 +119,14 @@ class CallRunner:
         self._spawn(self._route(call))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+        """Run ``work`` at once up to its first real wait, and only then make it a task:
+        a request the policy routes without waiting (most in-dialog ones) costs no task
+        and no extra turn of the loop."""
+        try:
+            waiting = work.send(None)
+        except StopIteration:
+            return
+        task = asyncio.get_running_loop().create_task(_finish(work, waiting))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -287,8 +295,9 @@ class CallRunner:
             return
         copy.push_via(via)
         branch.destination = destination
-        client, actions = self.layer.create_client(copy, peer=destination, context=(call, branch))
-        branch.transaction = client
+        # The transaction points at the branch, never the other way round: no reference
+        # cycle, so a finished call is freed by reference counting, not by the collector.
+        _, actions = self.layer.create_client(copy, peer=destination, context=(call, branch))
         self.shell.execute(actions)
 
     def _via(self, destination: Destination) -> str:
@@ -324,6 +333,29 @@ class CallRunner:
     def branch_failed(self, call: Call, branch: Branch, status: int) -> None:
         if call.context is not None:
             self.apply(call, call.context.on_failure(branch, status))
+
+
+async def _finish(work: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _resume(work, waiting)
+
+
+@types.coroutine
+def _resume(work: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, None, None]:
+    """Carry on a coroutine that was started by hand: pass each future it waits on to
+    the task running us, and each wake-up (or cancellation) back into it."""
+    while True:
+        try:
+            yield waiting
+        except BaseException as exc:  # the task was cancelled: let the coroutine see it
+            try:
+                waiting = work.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = work.send(None)
+        except StopIteration:
+            return
 
 
 def _disarm(branch: Branch) -> None:

@@ -44,8 +44,8 @@ class BranchState(Enum):
 
 
 class Branch:
-    """One forwarded copy. ``transaction``, ``destination`` and ``timer`` are the
-    engine's slots: the context never looks at them."""
+    """One forwarded copy. ``destination`` and ``timer`` are the engine's slots: the
+    context never looks at them."""
 
     __slots__ = (
         "cancel_sent",
@@ -59,7 +59,6 @@ class Branch:
         "status",
         "target",
         "timer",
-        "transaction",
     )
 
     def __init__(self, index: int, target: Target) -> None:
@@ -72,7 +71,6 @@ class Branch:
         self.cancel_sent = False
         self.expired = False  # Timer C fired
         self.request: Request | None = None
-        self.transaction: Any = None
         self.destination: Any = None
         self.timer: Any = None
 

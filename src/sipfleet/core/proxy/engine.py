@@ -268,6 +268,11 @@ class ProxyEngine:
             call, branch = transaction.context
             self.calls.branch_failed(call, branch, 503)
 
+    def terminated(self, transaction: Transaction) -> None:
+        # A call and its server transaction point at each other; cut the cycle so the
+        # call is freed at once (a collector pass over every live call is costly).
+        transaction.context = None
+
     def _send(self, message: Message, destination: Destination) -> None:
         try:
             self.endpoint.send_bytes(message.serialize(), destination)

@@ -19,6 +19,7 @@ from sipfleet.sip.transaction import (
     Deliver,
     Send,
     StartTimer,
+    Terminated,
     Timeout,
     Timer,
     Transaction,
@@ -35,6 +36,8 @@ class TransactionUser(Protocol):
     def timed_out(self, transaction: Transaction, timer: Timer) -> None: ...
 
     def send_failed(self, transaction: Transaction) -> None: ...
+
+    def terminated(self, transaction: Transaction) -> None: ...
 
 
 class TransactionShell:
@@ -66,7 +69,8 @@ class TransactionShell:
                 self._tu.timed_out(action.transaction, action.timer)
             elif isinstance(action, TransportError):
                 self._tu.send_failed(action.transaction)
-            # Terminated: the layer forgot it already; late timers are ignored by it
+            elif isinstance(action, Terminated):
+                self._tu.terminated(action.transaction)  # late timers are ignored by it
 
     def _send(self, transaction: Transaction, message: Message) -> None:
         try:
