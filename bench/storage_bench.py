@@ -11,6 +11,8 @@ binding of the AOR, in one round trip (``location.save``). Phases:
   new       every user registers once (inserts)
   refresh   every user registers again with the next CSeq (updates: the steady state)
   lookup    random users are looked up (what the proxy does per call)
+  upsert    the floor: one bare INSERT … ON CONFLICT/DUPLICATE KEY UPDATE per REGISTER, no
+            rules, no answer (what a registrar that ignores §10.3 would do)
 Each phase is bounded by --users operations and --seconds.
 """
 
@@ -77,6 +79,15 @@ async def phase(
     return done, time.perf_counter() - started
 
 
+async def bare_upsert(storage: Storage, i: int) -> None:
+    """The floor, through the backend's compiled upsert (a bench-only shortcut)."""
+    executor = storage._executor  # type: ignore[attr-defined]
+    update = register(i, 3)[0]
+    row = {field: getattr(update, field) for field in update.__dataclass_fields__}
+    row.update(ruid=f"r{i}", username=user(i).username, domain="example.com", last_modified=NOW)
+    await executor.execute(executor.statements.store_binding, row)
+
+
 async def measure(name: str, dsn: str, concurrency: int, users: int, seconds: float) -> None:
     storage: Storage = open_storage(dsn, pool_size=concurrency, max_in_flight=10 * concurrency)
     try:
@@ -87,6 +98,7 @@ async def measure(name: str, dsn: str, concurrency: int, users: int, seconds: fl
             "new": lambda i: save(user(i), register(i, 1), now=NOW, max_contacts=10),
             "refresh": lambda i: save(user(i), register(i, 2), now=NOW, max_contacts=10),
             "lookup": lambda i: storage.location.lookup(user(random.randrange(users)), now=NOW),
+            "upsert": lambda i: bare_upsert(storage, i),
         }
         for label, operation in phases.items():
             done, elapsed = await phase(concurrency, users, seconds, operation)
