@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sipfleet.sip import Response, parse_message
+from tests.conftest import new_database
 from tests.integration.harness import Cluster, free_port, running_cluster
 from tests.integration.sipp import SippRun, register_scenario, run_sipp
 
@@ -17,11 +18,29 @@ pytestmark = pytest.mark.integration
 DOMAIN = "example.com"
 
 
+BACKENDS = [
+    "sqlite",
+    pytest.param("mysql", marks=pytest.mark.mysql),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+
+
+def dsn_for(backend: str, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return ""
+    server = request.getfixturevalue(f"{'mariadb' if backend == 'mysql' else 'postgres'}_server")
+    return new_database(server, "reg")
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with running_cluster(tmp_path / "cluster") as cluster:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    backend = getattr(request, "param", "sqlite")
+    with running_cluster(tmp_path / "cluster", dsn=dsn_for(backend, request)) as cluster:
         cluster.add_subscriber("alice", DOMAIN, "secret")
         yield cluster
+
+
+on_every_backend = pytest.mark.parametrize("cluster", BACKENDS, indirect=True)
 
 
 def start_registrar(cluster: Cluster, **registrar: Any) -> int:
@@ -53,6 +72,7 @@ def contacts(cluster: Cluster) -> dict[str, int]:
     return {b.contact: b.expires for b in cluster.bindings("alice", DOMAIN)}
 
 
+@on_every_backend
 def test_register_with_digest_stores_the_binding(cluster: Cluster, tmp_path: Path) -> None:
     start_registrar(cluster)
     port = free_port()
@@ -63,6 +83,7 @@ def test_register_with_digest_stores_the_binding(cluster: Cluster, tmp_path: Pat
     assert "\nDate: " in result.messages
 
 
+@on_every_backend
 def test_refresh_keeps_one_binding_with_the_new_expiry(cluster: Cluster, tmp_path: Path) -> None:
     start_registrar(cluster)
     port = free_port()
@@ -75,6 +96,7 @@ def test_refresh_keeps_one_binding_with_the_new_expiry(cluster: Cluster, tmp_pat
     assert second[contact] - first[contact] >= 590
 
 
+@on_every_backend
 def test_unregister_with_expires_zero(cluster: Cluster, tmp_path: Path) -> None:
     start_registrar(cluster)
     port = free_port()
@@ -84,6 +106,7 @@ def test_unregister_with_expires_zero(cluster: Cluster, tmp_path: Path) -> None:
     assert contacts(cluster) == {}
 
 
+@on_every_backend
 def test_wildcard_removes_every_binding(cluster: Cluster, tmp_path: Path) -> None:
     start_registrar(cluster)
     assert register(cluster, tmp_path, name="phone1").ok
@@ -110,6 +133,7 @@ def test_too_brief_expiry_gets_423_with_min_expires(cluster: Cluster, tmp_path: 
     assert contacts(cluster) == {}
 
 
+@on_every_backend
 def test_max_contacts_refuses_one_more_and_says_why(cluster: Cluster, tmp_path: Path) -> None:
     start_registrar(cluster, max_contacts=2)
     assert register(cluster, tmp_path, name="one").ok
@@ -120,6 +144,7 @@ def test_max_contacts_refuses_one_more_and_says_why(cluster: Cluster, tmp_path: 
     assert len(contacts(cluster)) == 2
 
 
+@on_every_backend
 def test_path_is_stored_and_echoed_when_supported(cluster: Cluster, tmp_path: Path) -> None:
     start_registrar(cluster, trusted_lbs=["127.0.0.2"])
     path = "<sip:edge.example.com;lr>"
@@ -179,3 +204,23 @@ def test_unknown_user_and_wrong_password_look_the_same(cluster: Cluster) -> None
     unknown = send_register(port, "mallory", fake.format(user="mallory", nonce=nonce))
     assert (wrong.status, wrong.reason) == (unknown.status, unknown.reason) == (401, "Unauthorized")
     assert [k for k in wrong.keys if k != "to"] == [k for k in unknown.keys if k != "to"]
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("cluster", ["mysql"], indirect=True)
+def test_database_outage_gets_500_with_retry_after_then_recovers(
+    cluster: Cluster, tmp_path: Path, mariadb_server: Any
+) -> None:
+    start_registrar(cluster)
+    assert register(cluster, tmp_path, name="before").ok
+    mariadb_server.stop()
+    try:
+        result = register(cluster, tmp_path, expect=500, name="during")
+        assert result.ok, result.explain()
+        answer = result.messages.rsplit("SIP/2.0 500", 1)[1]
+        assert "Retry-After:" in answer
+    finally:
+        mariadb_server.start()
+    result = register(cluster, tmp_path, name="after")
+    assert result.ok, result.explain()
+    assert len(contacts(cluster)) == 2
