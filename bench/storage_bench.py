@@ -5,7 +5,8 @@ Run from the repository root:
         [--concurrency 8,32] [--users 5000] [--seconds 8]
 
 MariaDB and PostgreSQL are private servers started here (tests/dbservers.py) with their
-durable default settings (commit = fsync), on this machine's disk; SQLite is a WAL file.
+durable default settings (commit = fsync; --no-fsync: without), on this machine's disk;
+SQLite is a WAL file with synchronous=NORMAL.
 Each save is one REGISTER: one contact of one AOR, stored and answered with every current
 binding of the AOR, in one round trip (``location.save``). Phases:
   new       every user registers once (inserts)
@@ -30,7 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.dbservers import DbServer, start_mariadb, start_postgres
+from tests.dbservers import (
+    FAST_MARIADB,
+    FAST_POSTGRES,
+    DbServer,
+    start_mariadb,
+    start_postgres,
+)
 
 from sipfleet.storage import Aor, BindingUpdate, Dsn, Storage, open_storage
 from sipfleet.storage.migrate import upgrade
@@ -112,14 +119,17 @@ async def measure(name: str, dsn: str, concurrency: int, users: int, seconds: fl
 
 
 @contextmanager
-def backend(name: str) -> Iterator[str]:
+def backend(name: str, durable: bool) -> Iterator[str]:
     """A migrated, empty database of the backend; its server stops afterwards."""
     server: DbServer | None = None
     if name == "sqlite":
         directory = tempfile.TemporaryDirectory(prefix="sipfleet-bench-")
         dsn = f"sqlite://{Path(directory.name) / 'bench.db'}"
     else:
-        server = start_mariadb() if name == "mariadb" else start_postgres()
+        if name == "mariadb":
+            server = start_mariadb(None if durable else FAST_MARIADB)
+        else:
+            server = start_postgres(None if durable else FAST_POSTGRES)
         dsn = server.create_database("bench")
     try:
         asyncio.run(upgrade(Dsn.parse(dsn)))
@@ -137,10 +147,13 @@ def main() -> None:
     parser.add_argument("--concurrency", default="8,32", help="saves in flight, comma-separated")
     parser.add_argument("--users", type=int, default=5000, help="operations per phase at most")
     parser.add_argument("--seconds", type=float, default=8.0, help="time per phase at most")
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="servers without fsync at commit (CPU cost only)"
+    )
     args = parser.parse_args()
     print(f"{'backend':9} {'conc':>4} {'phase':8} {'ops':>7} {'seconds':>7} {'ops/s':>9}")
     for name in args.backends.split(","):
-        with backend(name) as dsn:
+        with backend(name, durable=not args.no_fsync) as dsn:
             for concurrency in (int(c) for c in args.concurrency.split(",")):
                 asyncio.run(measure(name, dsn, concurrency, args.users, args.seconds))
 

@@ -131,12 +131,14 @@ PREPARED = {
     f"{', '.join('c.' + c.name for c in BINDING_COLUMNS)} FROM (SELECT 1) AS one "
     f"LEFT JOIN location c ON {_AOR_ROWS} ORDER BY COALESCE(c.q, 1.0) DESC, c.id",
     # The fast path: one contact, no reg-id (most REGISTERs). Values in @sf_v_<column>.
+    # Room for one more binding, or a binding of this contact to refresh. (Apart from the
+    # INSERT: an INSERT that reads its own table copies what it reads to a temporary table.)
+    "sf_fast_room": "SELECT COALESCE(SUM(c.contact <> @sf_v_contact), 0) < @sf_max "  # noqa: S608
+    f"OR COALESCE(SUM(c.contact = @sf_v_contact), 0) > 0 INTO @sf_room FROM location c "
+    f"WHERE {_AOR_ROWS}",
     "sf_fast_store": f"INSERT INTO location ({', '.join(_STORED_COLUMNS)}) "  # noqa: S608
     f"SELECT {', '.join(_INSERTED.get(n, '@sf_v_' + n) for n in _STORED_COLUMNS)} FROM DUAL "
-    # Room for one more binding, or a binding of this contact to refresh.
-    f"WHERE (SELECT COUNT(*) FROM location c WHERE {_AOR_ROWS} "
-    "AND c.contact <> @sf_v_contact) < @sf_max "
-    f"OR EXISTS (SELECT 1 FROM location c WHERE {_AOR_ROWS} AND c.contact = @sf_v_contact) "
+    "WHERE @sf_room "
     # The CSeq rule, decided once on the locked row (assignments run left to right).
     "ON DUPLICATE KEY UPDATE "
     + ", ".join(
@@ -168,7 +170,9 @@ PREPARE_BATCH = ";\n".join(f"PREPARE {name} FROM %s" for name in PREPARED)
 _FAST_SET = "SET @sf_user = %s, @sf_domain = %s, @sf_now = %s, @sf_max = %s, " + ", ".join(
     f"@sf_v_{n} = %s" for n in _FAST_VALUES
 )
-FAST_STORE_BATCH = f"{_FAST_SET};\nEXECUTE sf_fast_store;\nEXECUTE sf_result"
+FAST_STORE_BATCH = (
+    f"{_FAST_SET};\nEXECUTE sf_fast_room;\nEXECUTE sf_fast_store;\nEXECUTE sf_result"
+)
 FAST_REMOVE_BATCH = f"{_FAST_SET};\nEXECUTE sf_fast_remove;\nEXECUTE sf_result"
 
 
