@@ -14,14 +14,18 @@ binding of the AOR, in one round trip (``location.save``). Phases:
   lookup    random users are looked up (what the proxy does per call)
   upsert    the floor: one bare INSERT … ON CONFLICT/DUPLICATE KEY UPDATE per REGISTER, no
             rules, no answer (what a registrar that ignores §10.3 would do)
-Each phase is bounded by --users operations and --seconds.
+Each phase is bounded by --users operations and --seconds. Besides ops/s it prints the CPU
+time per operation of this client process (for SQLite: everything) and of the server
+(mariadbd, or the postgres processes), which other load on the machine disturbs less.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -95,7 +99,30 @@ async def bare_upsert(storage: Storage, i: int) -> None:
     await executor.execute(executor.statements.store_binding, row)
 
 
-async def measure(name: str, dsn: str, concurrency: int, users: int, seconds: float) -> None:
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of a server process and its current children (PostgreSQL's backends)."""
+    if pid is None:
+        return 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *(int(p) for p in children.read_text().split())] if children.exists() else [pid]
+    total = 0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measure(
+    name: str, dsn: str, server_pid: int | None, concurrency: int, users: int, seconds: float
+) -> None:
     storage: Storage = open_storage(dsn, pool_size=concurrency, max_in_flight=10 * concurrency)
     try:
         await storage.location.remove_all(user(0))  # connects; the table is emptied below
@@ -108,9 +135,13 @@ async def measure(name: str, dsn: str, concurrency: int, users: int, seconds: fl
             "upsert": lambda i: bare_upsert(storage, i),
         }
         for label, operation in phases.items():
+            client, server = own_cpu_seconds(), cpu_seconds(server_pid)
             done, elapsed = await phase(concurrency, users, seconds, operation)
+            client = (own_cpu_seconds() - client) / done * 1e6
+            server = (cpu_seconds(server_pid) - server) / done * 1e6
             print(
-                f"{name:9} {concurrency:4} {label:8} {done:7} {elapsed:7.2f} {done / elapsed:9.0f}"
+                f"{name:9} {concurrency:4} {label:8} {done:7} {elapsed:7.2f} "
+                f"{done / elapsed:9.0f} {client:10.0f} {server:10.0f}"
             )
             if label == "new":
                 users = done  # refresh and look up only the users that registered
@@ -119,8 +150,8 @@ async def measure(name: str, dsn: str, concurrency: int, users: int, seconds: fl
 
 
 @contextmanager
-def backend(name: str, durable: bool) -> Iterator[str]:
-    """A migrated, empty database of the backend; its server stops afterwards."""
+def backend(name: str, durable: bool) -> Iterator[tuple[str, int | None]]:
+    """A migrated, empty database of the backend, and its server's PID; stopped afterwards."""
     server: DbServer | None = None
     if name == "sqlite":
         directory = tempfile.TemporaryDirectory(prefix="sipfleet-bench-")
@@ -133,7 +164,7 @@ def backend(name: str, durable: bool) -> Iterator[str]:
         dsn = server.create_database("bench")
     try:
         asyncio.run(upgrade(Dsn.parse(dsn)))
-        yield dsn
+        yield dsn, server.process.pid if server and server.process else None
     finally:
         if server is not None:
             server.destroy()
@@ -151,11 +182,17 @@ def main() -> None:
         "--no-fsync", action="store_true", help="servers without fsync at commit (CPU cost only)"
     )
     args = parser.parse_args()
-    print(f"{'backend':9} {'conc':>4} {'phase':8} {'ops':>7} {'seconds':>7} {'ops/s':>9}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"{'backend':9} {'conc':>4} {'phase':8} {'ops':>7} {'seconds':>7} {'ops/s':>9} "
+        f"{'client us':>10} {'server us':>10}"
+    )
     for name in args.backends.split(","):
-        with backend(name, durable=not args.no_fsync) as dsn:
+        with backend(name, durable=not args.no_fsync) as (dsn, pid):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
-                asyncio.run(measure(name, dsn, concurrency, args.users, args.seconds))
+                asyncio.run(measure(name, dsn, pid, concurrency, args.users, args.seconds))
+
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
