@@ -31,7 +31,8 @@ def build_engine(
     *,
     off_net: OffNetRouter | None = None,
 ) -> ProxyEngine:
-    """The engine for ``config``, not yet attached to ``endpoint``'s handler."""
+    """The engine for ``config``; it hears of ``endpoint``'s late send failures, but is
+    not yet its handler."""
     section = config.proxy
     policy = load_policy(section.policy, config)
     services = ProxyServices(
@@ -42,7 +43,10 @@ def build_engine(
         realm=section.realm,
     )
     planner = Planner(storage, serial_forking=section.serial_forking, off_net=off_net)
-    return ProxyEngine(endpoint, policy, planner, services, EngineSettings.from_config(config))
+    settings = EngineSettings.from_config(config)
+    engine = ProxyEngine(endpoint, policy, planner, services, settings)
+    endpoint.on_send_error = engine.destination_failed
+    return engine
 
 
 async def collect_garbage() -> None:

@@ -37,9 +37,10 @@ from sipfleet.routing.api import CallContext, Reply, RoutingPolicy
 from sipfleet.sip.builders import make_cancel, make_response, new_tag
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.message import Request, Response
-from sipfleet.sip.transaction import ServerTransaction, TransactionLayer
+from sipfleet.sip.transaction import ClientTransaction, ServerTransaction, TransactionLayer
 from sipfleet.storage.errors import StorageUnavailable
 from sipfleet.transport.base import Destination, TransportError, TransportName
+from sipfleet.transport.sockets import normalise_host
 
 log = logging.getLogger(__name__)
 Header = tuple[str, str]
@@ -112,6 +113,9 @@ class CallRunner:
         self.active = 0  # calls without a final response yet
         self._via_prefix: dict[tuple[TransportName, bool], str] = {}
         self._record_route: str | None = None
+        # Client transactions per TCP destination: a connect that fails later (the
+        # endpoint reports it by destination) fails them all as transport errors.
+        self.tcp_clients: dict[tuple[str, int], list[ClientTransaction]] = {}
 
     # -- starting ---------------------------------------------------------------------------
     def begin(self, call: Call) -> None:
@@ -223,7 +227,8 @@ class CallRunner:
         if branch.request is None or branch.destination is None:
             return
         cancel = make_cancel(branch.request)
-        _, actions = self.layer.create_client(cancel, peer=branch.destination)
+        client, actions = self.layer.create_client(cancel, peer=branch.destination)
+        self._track(client, branch.destination)
         self.shell.execute(actions)
 
     def _exhausted(self, call: Call, best: Response) -> None:
@@ -297,8 +302,18 @@ class CallRunner:
         branch.destination = destination
         # The transaction points at the branch, never the other way round: no reference
         # cycle, so a finished call is freed by reference counting, not by the collector.
-        _, actions = self.layer.create_client(copy, peer=destination, context=(call, branch))
+        client, actions = self.layer.create_client(copy, peer=destination, context=(call, branch))
+        self._track(client, destination)
         self.shell.execute(actions)
+
+    def _track(self, client: ClientTransaction, destination: Destination) -> None:
+        if destination.transport != "tcp":
+            return
+        key = (normalise_host(destination.host), destination.port)
+        clients = self.tcp_clients.setdefault(key, [])
+        clients.append(client)
+        if len(clients) > 64:  # forget the finished ones now and then
+            clients[:] = [each for each in clients if not each.terminated]
 
     def _via(self, destination: Destination) -> str:
         key = (destination.transport, ":" in destination.host)

@@ -268,6 +268,15 @@ class ProxyEngine:
             call, branch = transaction.context
             self.calls.branch_failed(call, branch, 503)
 
+    def destination_failed(self, destination: Destination, error: Exception) -> None:
+        """The endpoint could not deliver to ``destination`` after all (a TCP connect
+        failed): every client transaction toward it had a transport error."""
+        if destination.transport != "tcp":
+            return
+        key = (normalise_host(destination.host), destination.port)
+        for client in self.calls.tcp_clients.pop(key, []):
+            self.shell.execute(client.transport_failed())
+
     def terminated(self, transaction: Transaction) -> None:
         # A call and its server transaction point at each other; cut the cycle so the
         # call is freed at once (a collector pass over every live call is costly).
