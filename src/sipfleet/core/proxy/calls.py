@@ -29,6 +29,7 @@ from sipfleet.core.proxy.context import (
     Upstream,
 )
 from sipfleet.core.proxy.forward import forward_copy, wants_record_route
+from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.resolve import ResolveError, Resolver, literal_destination
 from sipfleet.core.proxy.shell import TransactionShell
@@ -100,6 +101,7 @@ class CallRunner:
         policy: RoutingPolicy,
         planner: Planner,
         settings: CallSettings,
+        hooks: MessageHooks = NO_HOOKS,
     ) -> None:
         self.endpoint = endpoint
         self.layer = layer
@@ -107,6 +109,7 @@ class CallRunner:
         self.policy = policy
         self.planner = planner
         self.settings = settings
+        self.hooks = hooks
         self.resolver = Resolver()
         self.branches = BranchMaker()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -120,9 +123,9 @@ class CallRunner:
     # -- starting ---------------------------------------------------------------------------
     def begin(self, call: Call) -> None:
         """Route ``call`` (counted in ``active`` by whoever made it)."""
-        self._spawn(self._route(call))
+        self.spawn(self._route(call))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` at once up to its first real wait, and only then make it a task:
         a request the policy routes without waiting (most in-dialog ones) costs no task
         and no extra turn of the loop."""
@@ -211,6 +214,7 @@ class CallRunner:
         if response.status >= 200 and not call.finished:
             call.finished = True
             self.active -= 1
+        self.hooks.answering(response, call.ctx)
         self.shell.execute(call.server.respond(response))
 
     def _arm_timer_c(self, call: Call, branch: Branch, delay: float) -> None:
@@ -238,7 +242,7 @@ class CallRunner:
             self.apply(call, context.give_up(best))
             return
         call.reroutes += 1
-        self._spawn(self._ask_policy(call, context, best))
+        self.spawn(self._ask_policy(call, context, best))
 
     async def _ask_policy(self, call: Call, context: ResponseContext, best: Response) -> None:
         try:
@@ -265,7 +269,8 @@ class CallRunner:
         request = call.ctx.request
         record_route = None
         if self.settings.record_route and wants_record_route(request):
-            record_route = self._record_route or self._our_record_route()
+            ours = self._record_route or self._our_record_route()
+            record_route = self.hooks.record_route(call.ctx, ours)
         try:
             copy, next_hop = forward_copy(
                 request, branch.target, record_route=record_route, headers=call.ctx.extra_headers
@@ -278,7 +283,7 @@ class CallRunner:
         if destination is not None:
             self._send_branch(call, branch, copy, destination)
         else:
-            self._spawn(self._resolve_and_send(call, branch, copy, next_hop))
+            self.spawn(self._resolve_and_send(call, branch, copy, next_hop))
 
     async def _resolve_and_send(
         self, call: Call, branch: Branch, copy: Request, uri: object
@@ -298,6 +303,7 @@ class CallRunner:
         except TransportError as exc:
             self._branch_unreachable(call, branch, exc)
             return
+        self.hooks.forwarding(copy, call.ctx)
         copy.push_via(via)
         branch.destination = destination
         # The transaction points at the branch, never the other way round: no reference

@@ -24,6 +24,7 @@ from sipfleet.core.proxy.addresses import SIP_PORT, OwnAddresses
 from sipfleet.core.proxy.branch import loop_hash
 from sipfleet.core.proxy.calls import DEFAULT_CALL_SETTINGS, Call, CallRunner, CallSettings
 from sipfleet.core.proxy.checks import check_request
+from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.resolve import ResolveError, literal_destination
 from sipfleet.core.proxy.routes import preprocess_routes, route_toward_next_hop
@@ -43,6 +44,7 @@ from sipfleet.sip.transaction import (
     Transaction,
     TransactionLayer,
 )
+from sipfleet.sip.uri import Uri
 from sipfleet.transport.base import Destination, Peer
 from sipfleet.transport.sockets import normalise_host
 
@@ -97,6 +99,7 @@ class ProxyEngine:
         planner: Planner,
         services: ProxyServices,
         settings: EngineSettings | None = None,
+        hooks: MessageHooks = NO_HOOKS,
     ) -> None:
         self.endpoint = endpoint
         self.services = services
@@ -110,7 +113,9 @@ class ProxyEngine:
             policy=policy,
             planner=planner,
             settings=self.settings.calls,
+            hooks=hooks,
         )
+        self.hooks = hooks
         self.forwarder = StatelessForwarder(endpoint)
         self.stats = EngineStats()
         self._own: OwnAddresses | None = None
@@ -214,24 +219,28 @@ class ProxyEngine:
             if not preprocess_routes(ack, self.own):
                 self.stats.acks_dropped += 1  # not in a dialog we record-routed
                 return
-            destination = literal_destination(route_toward_next_hop(ack))
+            next_hop = route_toward_next_hop(ack)
+            destination = literal_destination(next_hop)
         except (ParseError, ResolveError) as exc:
             self.stats.acks_dropped += 1
             log.debug("ACK %s not forwarded: %s", ack.call_id, exc)
             return
         if destination is None:
-            self.calls._spawn(self._resolve_ack(ack, peer))
-            return
-        if self.forwarder.forward_request(ack, peer, destination):
-            self.stats.acks_forwarded += 1
+            self.calls.spawn(self._resolve_ack(ack, peer, next_hop))
+        else:
+            self._send_ack(ack, peer, destination)
 
-    async def _resolve_ack(self, ack: Request, peer: Peer) -> None:
+    async def _resolve_ack(self, ack: Request, peer: Peer, next_hop: Uri) -> None:
         try:
-            destination = await self.calls.resolver.resolve(route_toward_next_hop(ack))
-        except (ParseError, ResolveError) as exc:
+            destination = await self.calls.resolver.resolve(next_hop)
+        except ResolveError as exc:
             self.stats.acks_dropped += 1
             log.debug("ACK %s not forwarded: %s", ack.call_id, exc)
             return
+        self._send_ack(ack, peer, destination)
+
+    def _send_ack(self, ack: Request, peer: Peer, destination: Destination) -> None:
+        self.hooks.forwarding(ack, None)
         if self.forwarder.forward_request(ack, peer, destination):
             self.stats.acks_forwarded += 1
 

@@ -1,0 +1,28 @@
+"""Where a message-rewriting feature (caller privacy, DESIGN §4) plugs into the engine.
+
+The engine calls these for every message it sends on: each forwarded copy of a request
+(before our Via goes on), each 2xx ACK it forwards statelessly, each response it sends
+upstream, and for our Record-Route value. The default does nothing. A feature
+subclasses ``MessageHooks`` and is passed to ``ProxyEngine``.
+"""
+
+from __future__ import annotations
+
+from sipfleet.routing.api import CallContext
+from sipfleet.sip.message import Request, Response
+
+
+class MessageHooks:
+    def record_route(self, call: CallContext, ours: str) -> str:
+        """The Record-Route value to add for ``call`` (``ours``: ``<sip:host:port;lr>``);
+        a feature may add a parameter it needs back in later requests of the dialog."""
+        return ours
+
+    def forwarding(self, request: Request, call: CallContext | None) -> None:
+        """``request`` goes downstream (``call`` is None for a stateless 2xx ACK)."""
+
+    def answering(self, response: Response, call: CallContext) -> None:
+        """``response`` goes upstream to the sender of ``call.request``."""
+
+
+NO_HOOKS = MessageHooks()
