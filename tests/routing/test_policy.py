@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,26 @@ def test_load_policy_explains_what_is_wrong() -> None:
 
 def test_default_module_loads() -> None:
     assert isinstance(load_policy("sipfleet.routing.default", CONFIG), DefaultPolicy)
+
+
+def docs_example() -> str:
+    text = (Path(__file__).parents[2] / "docs" / "routing-api.md").read_text()
+    section = text.split("## An operator's own module", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_operator_module_in_the_docs_works(tmp_path: Path) -> None:
+    (tmp_path / "doc_routes.py").write_text(docs_example())
+    sys.path.insert(0, str(tmp_path))
+    try:
+        policy = load_policy("doc_routes", CONFIG)
+        decision = await policy.route(call(uri="sip:sos@example.com"))
+        assert decision == Relay(uris=("sip:112@10.1.0.1",), headers=(("Priority", "emergency"),))
+        barred = await policy.route(call(uri="sip:800123@example.com"))
+        assert isinstance(barred, Reply)
+        assert barred.status == 403
+        assert await policy.route(call()) == LocateUser()
+        assert policy.handles_failure
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("doc_routes", None)
