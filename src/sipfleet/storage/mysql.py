@@ -170,9 +170,7 @@ PREPARE_BATCH = ";\n".join(f"PREPARE {name} FROM %s" for name in PREPARED)
 _FAST_SET = "SET @sf_user = %s, @sf_domain = %s, @sf_now = %s, @sf_max = %s, " + ", ".join(
     f"@sf_v_{n} = %s" for n in _FAST_VALUES
 )
-FAST_STORE_BATCH = (
-    f"{_FAST_SET};\nEXECUTE sf_fast_room;\nEXECUTE sf_fast_store;\nEXECUTE sf_result"
-)
+FAST_STORE_BATCH = f"{_FAST_SET};\nEXECUTE sf_fast_room;\nEXECUTE sf_fast_store;\nEXECUTE sf_result"
 FAST_REMOVE_BATCH = f"{_FAST_SET};\nEXECUTE sf_fast_remove;\nEXECUTE sf_result"
 
 

@@ -81,50 +81,9 @@ def clock(now: int | None) -> int:
 
 
 def binding(row: Row) -> Binding:
-    (
-        id_,
-        ruid,
-        user,
-        domain,
-        contact,
-        received,
-        path,
-        expires,
-        q,
-        callid,
-        cseq,
-        modified,
-        flags,
-        cflags,
-        user_agent,
-        socket,
-        methods,
-        instance,
-        reg_id,
-        flow,
-    ) = row
-    return Binding(
-        int(id_),
-        ruid,
-        user,
-        domain,
-        contact,
-        received,
-        path,
-        int(expires),
-        None if q is None else float(q),
-        callid,
-        int(cseq),
-        int(modified),
-        int(flags),
-        int(cflags),
-        user_agent,
-        socket,
-        methods,
-        instance,
-        None if reg_id is None else int(reg_id),
-        flow,
-    )
+    """A row of ``BINDING_COLUMNS``. Every driver returns int for INTEGER/BIGINT and float
+    for DOUBLE, so the row maps onto the dataclass as it is."""
+    return Binding(*row)
 
 
 class _Gated:
@@ -292,11 +251,15 @@ class SqlPreferences:
         return await self._db.execute(self._db.sql.preference_remove, params) > 0
 
 
-def _lb_key(pool: str, uri: str) -> dict[str, Any]:
+def _lb_pool(pool: str) -> dict[str, Any]:
     if pool not in LB_POOLS:
         raise InvalidInput(f"pool: {pool!r} is not one of {', '.join(LB_POOLS)}")
+    return {"pool": pool}
+
+
+def _lb_key(pool: str, uri: str) -> dict[str, Any]:
     rules.check_text("uri", uri, schema.SHORT_TEXT_LEN, required=True)
-    return {"pool": pool, "uri": uri}
+    return {**_lb_pool(pool), "uri": uri}
 
 
 def _lb_state(state: str) -> str:
@@ -313,7 +276,7 @@ class SqlLbTargets:
         if pool is None:
             rows = await self._db.fetch(self._db.sql.lb_list, {})
         else:
-            rows = await self._db.fetch(self._db.sql.lb_list_pool, _lb_key(pool, "-"))
+            rows = await self._db.fetch(self._db.sql.lb_list_pool, _lb_pool(pool))
         return [LbTarget(*row) for row in rows]
 
     async def add(
