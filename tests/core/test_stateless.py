@@ -216,3 +216,14 @@ async def test_ipv6_request_and_response() -> None:
         response = await setup.answered(request)
         assert response.status == 200
         assert len(response.vias) == 1
+
+
+async def test_response_with_only_our_via_is_dropped(setup: Setup) -> None:
+    ours = f"SIP/2.0/UDP {setup.sent_by};branch=z9hG4bK-sf-probe"
+    data = (
+        f"SIP/2.0 200 OK\r\nVia: {ours}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n"
+        "Call-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    setup.uas.send(data, setup.address())
+    await setup.uac.nothing()
+    assert setup.forwarder.stats.responses_unroutable == 1

@@ -149,8 +149,10 @@ class StatelessForwarder:
                 self.stats.responses_not_ours += 1
                 log.debug("response %r: top Via %s is not ours", response, ours)
                 return False
+            if len(values) < 2:
+                raise ParseError("no Via after ours")  # a response to our own request
             response.pop_first_value("via")
-            destination = self._next_hop(response.top_via, values[0])
+            destination = self._next_hop(parse_via(values[1]), values[0])
         except ParseError as exc:
             destination = None
             log.debug("response %r from %s:%s: %s", response, peer.host, peer.port, exc)
