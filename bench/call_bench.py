@@ -8,7 +8,7 @@ authenticate either). For each rate it prints the calls that succeeded per secon
 and the proxy's CPU per call, sampled from /proc/<pid>/stat over the steady window.
 
     .venv/bin/python bench/call_bench.py --rates 300,600,900 --duration 10
-    .venv/bin/python bench/call_bench.py --db mysql://root@127.0.0.1:3307/sipfleet ...
+    .venv/bin/python bench/call_bench.py --mariadb ...   # a private MariaDB, like the anchor
 
 Every step is bounded: ``rate * duration`` calls, sipp ``-timeout duration + 15`` s.
 """
@@ -89,6 +89,11 @@ class Step:
     proxy_cpu: float  # % of one core in the window
     sipp_cpu: float  # UAC + UAS, % of one core
     proxy_system_share: float = 0.0  # of the proxy's CPU, the part spent in the kernel
+    db_cpu: float = 0.0  # the database server (MariaDB), % of one core
+
+    @property
+    def db_us_per_call(self) -> float:
+        return self.db_cpu / 100 / max(self.achieved, 1e-9) * 1e6
 
     @property
     def us_per_call(self) -> float:
@@ -120,7 +125,7 @@ def stat_time(row: dict[str, str]) -> float:
 
 
 def run_step(args: argparse.Namespace, rate: int, target: str, proxy_pid: int, uas_pid: int,
-             workdir: Path, callees: Path) -> Step:  # fmt: skip
+             workdir: Path, callees: Path, db_pid: int | None) -> Step:  # fmt: skip
     stats = workdir / f"uac-{rate}.csv"
     stats.unlink(missing_ok=True)
     command = [
@@ -138,10 +143,12 @@ def run_step(args: argparse.Namespace, rate: int, target: str, proxy_pid: int, u
     warm = min(3.0, args.duration / 4)
     time.sleep(warm)
     before = [cpu_seconds(pid) for pid in (proxy_pid, uac.pid, uas_pid)]
+    db_before = cpu_seconds(db_pid) if db_pid else 0.0
     split_before = cpu_split(proxy_pid)
     t0 = time.time()
     time.sleep(max(1.0, args.duration - 1 - warm))
     after = [cpu_seconds(pid) for pid in (proxy_pid, uac.pid, uas_pid)]
+    db_after = cpu_seconds(db_pid) if db_pid else 0.0
     split_after = cpu_split(proxy_pid)
     window = time.time() - t0
     try:
@@ -170,6 +177,7 @@ def run_step(args: argparse.Namespace, rate: int, target: str, proxy_pid: int, u
         cpu[0],
         cpu[1] + cpu[2],
         system_share,
+        (db_after - db_before) / window * 100,
     )
 
 
@@ -216,11 +224,22 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per step (<= 60)")
     parser.add_argument("--users", type=int, default=1000, help="callees in the database")
     parser.add_argument("--db", default="", help="database URL (default: SQLite in a temp dir)")
+    parser.add_argument(
+        "--mariadb", action="store_true", help="start a private MariaDB (tests/dbservers.py)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line per step")
     args = parser.parse_args()
     args.duration = max(4, min(args.duration, 60))
     rates = [int(r) for r in args.rates.split(",") if r.strip()][:10]
     workdir = Path(tempfile.mkdtemp(prefix="sipfleet-call-bench-"))
+    server = None
+    if args.mariadb:
+        sys.path.insert(0, str(ROOT))
+        from tests.dbservers import start_mariadb
+
+        server = start_mariadb()
+        args.db = server.create_database("callbench")
+    db_pid = server.process.pid if server is not None and server.process else None
     dsn = args.db or f"sqlite:///{workdir / 'sipfleet.db'}"
     uas_port, proxy_port = free_port(), free_port()
     asyncio.run(seed(dsn, args.users, uas_port))
@@ -239,23 +258,30 @@ def main() -> None:
         print(f"proxy pid {proxy.pid}, {args.users} callees, database {dsn.split('://')[0]}")
         print(
             " rate  created  ok      failed  achieved/s  proxy %core  proxy us/call  kernel"
-            "  sipp %core"
+            "  db us/call  sipp %core  load"
         )
         for rate in rates:
             step = run_step(
-                args, rate, f"127.0.0.1:{proxy_port}", proxy.pid, uas.pid, workdir, callees
+                args, rate, f"127.0.0.1:{proxy_port}", proxy.pid, uas.pid, workdir, callees, db_pid
             )
             if args.json:
                 print(
                     json.dumps(
-                        {**step.__dict__, "us_per_call": step.us_per_call, "pass": step.passed}
+                        {
+                            **step.__dict__,
+                            "us_per_call": step.us_per_call,
+                            "db_us_per_call": step.db_us_per_call,
+                            "load": os.getloadavg()[0],
+                            "pass": step.passed,
+                        }
                     )
                 )
             else:
                 print(
                     f"{step.rate:5d}  {step.created:7d}  {step.successful:6d}  {step.failed:6d}"
                     f"  {step.achieved:10.1f}  {step.proxy_cpu:11.1f}  {step.us_per_call:13.0f}"
-                    f"  {step.proxy_system_share:6.0%}  {step.sipp_cpu:10.1f}"
+                    f"  {step.proxy_system_share:6.0%}  {step.db_us_per_call:10.0f}"
+                    f"  {step.sipp_cpu:10.1f}  {os.getloadavg()[0]:4.1f}"
                     f"  {'pass' if step.passed else 'FAIL'}",
                     flush=True,
                 )
@@ -263,7 +289,12 @@ def main() -> None:
     finally:
         stop(uas)
         stop(proxy)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if server is not None:
+            server.destroy()
+        if not os.environ.get("CALL_BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print("kept", workdir)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ temporary SQLite database; scripted UAs play caller and callees."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -481,3 +482,28 @@ async def test_overload_sheds_with_503(start_proxy: ProxyFactory, uas: Any) -> N
     caller.send(caller.request("INVITE", f"sip:bob@{DOMAIN}"), proxy.address)
     answer = await caller.expect(503)
     assert answer.header("retry-after")
+
+
+class TaskBoundStorage(DownStorage):
+    """Storage whose driver needs a current task (asyncio.timeout, as the network ones)."""
+
+    @property
+    def location(self) -> Any:
+        real = self._real.location
+
+        class Location:
+            async def lookup(self, aor: Any, now: int | None = None) -> Any:
+                async with asyncio.timeout(1.0):
+                    return await real.lookup(aor, now=now)
+
+        return Location()
+
+
+async def test_routing_runs_in_a_task_the_drivers_can_time_out_in(
+    start_proxy: ProxyFactory, uas: Any, storage: Storage
+) -> None:
+    proxy = await start_proxy(TaskBoundStorage(storage))
+    caller, bob = await uas("alice"), await uas("bob")
+    await proxy.bind("bob", bob.contact)
+    await invite(caller, proxy)
+    assert (await bob.expect("INVITE")).method == "INVITE"

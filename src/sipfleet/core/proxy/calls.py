@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import types
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,14 +125,11 @@ class CallRunner:
         self.spawn(self._route(call))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` at once up to its first real wait, and only then make it a task:
-        a request the policy routes without waiting (most in-dialog ones) costs no task
-        and no extra turn of the loop."""
-        try:
-            waiting = work.send(None)
-        except StopIteration:
-            return
-        task = asyncio.get_running_loop().create_task(_finish(work, waiting))
+        """Run ``work`` as a task (kept here so it is not collected while it waits).
+
+        Not started eagerly by hand: code below the policy may need a current task
+        (``asyncio.timeout`` in the database drivers does)."""
+        task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -354,29 +350,6 @@ class CallRunner:
     def branch_failed(self, call: Call, branch: Branch, status: int) -> None:
         if call.context is not None:
             self.apply(call, call.context.on_failure(branch, status))
-
-
-async def _finish(work: Coroutine[Any, Any, None], waiting: Any) -> None:
-    await _resume(work, waiting)
-
-
-@types.coroutine
-def _resume(work: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, None, None]:
-    """Carry on a coroutine that was started by hand: pass each future it waits on to
-    the task running us, and each wake-up (or cancellation) back into it."""
-    while True:
-        try:
-            yield waiting
-        except BaseException as exc:  # the task was cancelled: let the coroutine see it
-            try:
-                waiting = work.throw(exc)
-            except StopIteration:
-                return
-            continue
-        try:
-            waiting = work.send(None)
-        except StopIteration:
-            return
 
 
 def _disarm(branch: Branch) -> None:
