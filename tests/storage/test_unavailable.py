@@ -78,6 +78,18 @@ async def test_unreachable_then_recovers(
     assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
+async def test_restart_between_queries_goes_unnoticed(
+    server: DbServer, opened: OpenStorage
+) -> None:
+    """Pooled connections die with the server; the next query reconnects by itself."""
+    storage = opened(migrated_database(server), pool_size=4)
+    await asyncio.gather(*(storage.location.lookup(ALICE, now=NOW) for _ in range(4)))
+    server.stop()
+    server.start()
+    await storage.location.save(ALICE, registration(1), now=NOW, max_contacts=10)
+    assert len(await storage.location.lookup(ALICE, now=NOW)) == 3
+
+
 async def test_crash_mid_burst_leaves_no_half_written_binding(
     server: DbServer, opened: OpenStorage
 ) -> None:

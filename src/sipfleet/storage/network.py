@@ -109,8 +109,7 @@ class NetworkExecutor(ABC, Generic[C]):
         for attempt in range(1, CONFLICT_RETRIES + 1):
             try:
                 async with asyncio.timeout(self.query_timeout):
-                    async with pool.connection() as conn:
-                        return await work(conn)
+                    return await pool.run(work)
             except TimeoutError:
                 reason = f"no answer within {self.query_timeout:g} s"
                 raise pool.unavailable(reason) from None

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -23,6 +22,12 @@ from sipfleet.storage.errors import (
 log = logging.getLogger("sipfleet.storage")
 
 C = TypeVar("C")
+T = TypeVar("T")
+
+
+class _DeadIdleConnection(Exception):
+    """A connection from the idle list failed: try once more on a new one."""
+
 
 # Errors after which the connection is known to be fine (the statement was refused).
 REUSABLE_AFTER = (AlreadyExists, InvalidInput, TooManyContacts, TransactionConflict)
@@ -96,16 +101,32 @@ class Pool(Generic[C]):
         self._slots = asyncio.Semaphore(size)
         self._idle: list[C] = []
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[C]:
+    async def run(self, work: Callable[[C], Awaitable[T]]) -> T:
+        """``work(connection)`` on a pooled connection, or a new one.
+
+        A pooled connection may have died while idle (server restarted, idle timeout):
+        when one fails with a connection error, the other idle ones are closed too (they
+        are as old) and ``work`` runs once more on a new connection. Every operation of the
+        storage is safe to repeat (a repeated save meets its own CSeq and changes nothing).
+        """
+        try:
+            return await self._run_once(work, retry_on_dead=True)
+        except _DeadIdleConnection:
+            await self.close()
+            return await self._run_once(work, retry_on_dead=False)
+
+    async def _run_once(self, work: Callable[[C], Awaitable[T]], retry_on_dead: bool) -> T:
         async with self._slots:
-            conn = self._idle.pop() if self._idle else await self._open()
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await self._open()
             try:
-                yield conn
+                result = await work(conn)
             except Exception as exc:
                 error = exc if isinstance(exc, StorageError) else self._classify(exc)
                 if isinstance(error, StorageUnavailable):
                     await self._discard(conn)
+                    if reused and retry_on_dead:
+                        raise _DeadIdleConnection from exc
                     if error is not exc:
                         error = self.unavailable(str(error))
                 elif isinstance(error, REUSABLE_AFTER):
@@ -118,9 +139,9 @@ class Pool(Generic[C]):
             except BaseException:
                 await self._discard(conn)  # cancelled mid-query: its state is unknown
                 raise
-            else:
-                self._idle.append(conn)
-                self.health.succeeded()
+            self._idle.append(conn)
+            self.health.succeeded()
+            return result
 
     def unavailable(self, reason: str) -> StorageUnavailable:
         """The error callers get (naming the database), logged once per outage."""
