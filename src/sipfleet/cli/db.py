@@ -40,9 +40,11 @@ def target_dsn(args: argparse.Namespace) -> tuple[Config, Dsn]:
 def run(work: Callable[[], Awaitable[T]]) -> T:
     """Run one database operation; storage errors become one-line CLI errors (the storage
     log lines meant for servers are held back: the error says it all)."""
-    storage_log = logging.getLogger("sipfleet.storage")
-    level = storage_log.level
-    storage_log.setLevel(logging.ERROR)
+    # asyncmy logs MariaDB's notes (e.g. that a primary key's name is ignored) as warnings.
+    quiet = [logging.getLogger(name) for name in ("sipfleet.storage", "asyncmy")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
         return asyncio.run(_guarded(work))
     except SchemaOutdated as exc:
@@ -50,7 +52,8 @@ def run(work: Callable[[], Awaitable[T]]) -> T:
     except StorageError as exc:
         raise CliError(str(exc)) from None
     finally:
-        storage_log.setLevel(level)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
 
 
 async def _guarded(work: Callable[[], Awaitable[T]]) -> T:
