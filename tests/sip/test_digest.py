@@ -148,3 +148,10 @@ def test_other_schemes_are_parsed_without_interpretation() -> None:
 def test_broken_auth_headers(text: str) -> None:
     with pytest.raises(ParseError):
         parse_auth_header(text)
+
+
+def test_a_tab_may_separate_the_scheme_from_the_parameters() -> None:
+    header = parse_auth_header('Digest\tusername="bob",\trealm="r"')
+    assert header.scheme == "Digest"
+    assert header.username == "bob"
+    assert header.realm == "r"

@@ -352,3 +352,21 @@ def test_messages_have_a_useful_repr() -> None:
     assert repr(parse_message(RESPONSE_180)) == "<Response 180 Ringing>"
     msg: Message = parse_message(BYE)
     assert msg.is_request
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        "<sip:p1.example.com;lr>, <sip:p2.example.com;lr>",
+        "<sip:a,b@p1.example.com;lr>,<sip:p2.example.com>",
+        '<sip:p1.example.com;lr>;x="a,b", <sip:p2.example.com>',
+        "  <sip:p1.example.com;lr>  ,<sip:p2.example.com>",
+        "sip:p1.example.com;lr, <sip:p2.example.com>",
+        "<sip:p1.example.com;lr>;k=v",
+    ],
+)
+def test_top_route_agrees_with_the_full_route_list(route: str) -> None:
+    top = request(f"Route: {route}\n").top_route
+    assert top is not None
+    assert str(top) == str(request(f"Route: {route}\n").routes[0])
+    assert top.params == request(f"Route: {route}\n").routes[0].params

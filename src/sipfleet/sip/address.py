@@ -6,6 +6,7 @@ import re
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import (
+    WS,
     Params,
     format_params,
     parse_params,
@@ -112,11 +113,15 @@ def display_from_text(name: str) -> str:
 
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-_ADDR_SPEC = re.compile(r"([^;<>\s\"]+)[ \t]*(?:;(.*))?", re.S)
+_ADDR_SPEC = re.compile(r"([^;<>\s\"]+)[ \t]*(?:;(.*))?", re.S)  # \s: rejects odd blanks
 
 
 def parse_address(text: str, what: str) -> Address:
-    text = text.strip()
+    return parse_trimmed_address(text.strip(WS), what)
+
+
+def parse_trimmed_address(text: str, what: str) -> Address:
+    """parse_address for text without surrounding blanks (what the header splitter gives)."""
     display: str | None
     if text[:1] == '"':
         quoted = _QUOTED.match(text)
@@ -124,13 +129,13 @@ def parse_address(text: str, what: str) -> Address:
             raise ParseError(f"Bad {what} header: unterminated quoted string")
         display = quoted.group()
         lt = text.find("<", quoted.end())
-        if lt == -1 or (not text[quoted.end() : lt].isspace() and lt != quoted.end()):
+        if lt == -1 or text[quoted.end() : lt].strip(WS):
             raise ParseError(f"Bad {what} header: display name without <URI>")
     else:
         lt = text.find("<")
         if lt == -1:
             return _parse_addr_spec(text, what)
-        display = text[:lt].rstrip() or None
+        display = text[:lt].rstrip(WS) or None
         if display is not None:
             _check_display(display, what)
     gt = text.find(">", lt)
@@ -139,7 +144,7 @@ def parse_address(text: str, what: str) -> Address:
     uri_text = text[lt + 1 : gt]
     if "<" in uri_text or " " in uri_text or "\t" in uri_text:
         raise ParseError(f"Bad {what} header: bad characters in <URI>")
-    param_text = text[gt + 1 :].lstrip()
+    param_text = text[gt + 1 :].lstrip(WS)
     if param_text:
         if param_text[0] != ";":
             raise ParseError(f"Bad {what} header: text after '>'")
@@ -174,7 +179,7 @@ def _address(
 
 def _address_defect(text: str, what: str) -> str:
     """Name what is wrong with an address that matched neither form."""
-    stripped = text.strip()
+    stripped = text.strip(WS)
     if not stripped:
         return f"Empty {what} header"
     if stripped.count('"') % 2:

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from sipfleet.sip.errors import ParseError
-from sipfleet.sip.grammar import quote, split_outside_quotes, unquote
+from sipfleet.sip.grammar import WS, quote, split_outside_quotes, unquote
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
@@ -47,15 +47,13 @@ class AuthHeader:
 
 
 def parse_auth_header(text: str) -> AuthHeader:
-    text = text.strip()
-    scheme, _, rest = text.partition(" ")
+    scheme, rest = _split_scheme(text.strip(WS))
     if not scheme:
         raise ParseError("Bad authorization header: no scheme")
     params: dict[str, str] = {}
-    rest = rest.strip()
     if rest:
         for item in split_outside_quotes(rest, ","):
-            item = item.strip()
+            item = item.strip(WS)
             if not item:
                 continue
             name, eq, value = item.partition("=")
@@ -63,8 +61,16 @@ def parse_auth_header(text: str) -> AuthHeader:
                 # Non-Digest schemes may carry a bare token (RFC 4475 regaut01).
                 params.setdefault("", item)
                 continue
-            params[name.strip().lower()] = unquote(value.strip())
+            params[name.strip(WS).lower()] = unquote(value.strip(WS))
     return AuthHeader(scheme, params)
+
+
+def _split_scheme(text: str) -> tuple[str, str]:
+    """The scheme and what follows it, separated by spaces or tabs."""
+    for at, ch in enumerate(text):
+        if ch in WS:
+            return text[:at], text[at:].strip(WS)
+    return text, ""
 
 
 def format_challenge(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import TOKEN_CHARS
 
@@ -99,7 +101,8 @@ def header_key(name: str) -> str:
     if not stripped or not all(ch in TOKEN_CHARS for ch in stripped):
         raise ParseError("Bad header name")
     lowered = stripped.lower()
-    key = COMPACT_FORMS.get(lowered, lowered)
+    # Interned, so the list scans of the accessors (keys.index("via")) match by identity.
+    key = sys.intern(COMPACT_FORMS.get(lowered, lowered))
     if len(_key_cache) < 4096:  # bounded: names come from untrusted packets
         _key_cache[name] = key
     return key

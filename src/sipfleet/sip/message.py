@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
-from sipfleet.sip.address import Address, parse_address
+from sipfleet.sip.address import Address, parse_address, parse_trimmed_address
 from sipfleet.sip.digest import AuthHeader, parse_auth_header
 from sipfleet.sip.errors import ParseError
-from sipfleet.sip.grammar import parse_int, split_outside_quotes, split_values
+from sipfleet.sip.grammar import WS, parse_int, split_outside_quotes, split_values
 from sipfleet.sip.headers import header_key, spelling
 from sipfleet.sip.uri import Uri, parse_uri
 from sipfleet.sip.via import Via, parse_via
@@ -24,6 +24,26 @@ MAX_CSEQ = 2**31 - 1
 MAX_EXPIRES = 2**32 - 1
 
 _CSEQ = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9.!%*_+`'~-]+)")
+
+
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "MESSAGE",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "REFER",
+        "INFO",
+        "UPDATE",
+        "PRACK",
+        "PUBLISH",
+    }
+)
 
 
 class CSeq(NamedTuple):
@@ -40,9 +60,9 @@ _new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot 
 def header_value(line: str) -> str:
     """The value of a header line: after the colon, trimmed, folded lines joined."""
     value = line[line.find(":") + 1 :]
-    if "\n" in value:
-        value = " ".join(part.strip() for part in value.splitlines())
-    return value.strip()
+    if "\n" in value:  # folded: the parser joined the physical lines with CRLF
+        value = " ".join(part.strip(WS) for part in value.split("\r\n"))
+    return value.strip(WS)
 
 
 def header_line(key: str, value: str) -> str:
@@ -130,7 +150,7 @@ class Message:
             raise ParseError(f"Multiple {what} headers")
         line = self.lines[at]
         value = line[line.find(":") + 1 :]
-        return value.strip() if "\n" not in value else header_value(line)
+        return value.strip(WS) if "\n" not in value else header_value(line)
 
     def _required(self, key: str, what: str) -> str:
         value = self._single(key, what)
@@ -172,7 +192,7 @@ class Message:
                 if "<" not in parts[0] and ":" not in parts[0]:
                     raise ParseError(f"Bad {what} header: a display name with ',' must be quoted")
                 raise ParseError(f"Multiple values in {what} header")
-            address = parse_address(text, what)
+            address = parse_trimmed_address(text, what)
             self._cache[key] = address
         return address
 
@@ -181,7 +201,7 @@ class Message:
         call_id: str | None = self._cache.get("call-id")
         if call_id is None:
             call_id = self._required("call-id", "Call-ID")
-            if not call_id or " " in call_id or "\t" in call_id:
+            if " " in call_id or "\t" in call_id or not call_id:  # CR, LF: see the parser
                 raise ParseError("Bad Call-ID header")
             self._cache["call-id"] = call_id
         return call_id
@@ -190,13 +210,17 @@ class Message:
     def cseq(self) -> CSeq:
         cseq: CSeq | None = self._cache.get("cseq")
         if cseq is None:
-            match = _CSEQ.fullmatch(self._required("cseq", "CSeq"))
-            if match is None:
-                raise ParseError("Bad CSeq header")
-            digits = match[1]
-            if len(digits) > 10 or int(digits) > MAX_CSEQ:
+            text = self._required("cseq", "CSeq")
+            digits, _, method = text.partition(" ")
+            if method not in KNOWN_METHODS or not (digits.isdigit() and digits.isascii()):
+                match = _CSEQ.fullmatch(text)  # odd spacing, or an extension method
+                if match is None:
+                    raise ParseError("Bad CSeq header")
+                digits, method = match[1], match[2]
+            number = int(digits) if len(digits) <= 10 else MAX_CSEQ + 1
+            if number > MAX_CSEQ:
                 raise ParseError("CSeq number out of range")
-            cseq = _new_cseq(CSeq, (int(digits), match[2]))
+            cseq = _new_cseq(CSeq, (number, method))
             self._cache["cseq"] = cseq
         return cseq
 
@@ -208,8 +232,10 @@ class Message:
         text = self._single("max-forwards", "Max-Forwards")
         if text is None:
             value = None
-        elif text.isdigit() and text.isascii() and len(text) <= 10 and int(text) <= 255:
+        elif text.isdigit() and text.isascii() and len(text) <= 10:
             value = int(text)  # leading zeros are legal (RFC 4475 §3.1.1.1)
+            if value > 255:
+                raise ParseError("Bad Max-Forwards header")
         else:
             raise ParseError("Bad Max-Forwards header")
         self._cache["max-forwards"] = value
@@ -236,7 +262,7 @@ class Message:
     @property
     def content_type(self) -> str | None:
         text = self._single("content-type", "Content-Type")
-        return None if text is None else text.split(";", 1)[0].strip().lower()
+        return None if text is None else text.split(";", 1)[0].strip(WS).lower()
 
     @property
     def contact_is_star(self) -> bool:
@@ -254,7 +280,7 @@ class Message:
                     raise ParseError("Contact '*' mixed with other contacts")
                 contacts = []
             else:
-                contacts = [parse_address(value, "Contact") for value in values]
+                contacts = [parse_trimmed_address(value, "Contact") for value in values]
             self._cache["contact"] = contacts
         return contacts
 
@@ -273,8 +299,13 @@ class Message:
         top: Address | None
         keys = self.keys
         if "route" in keys:
-            first = split_values(header_value(self.lines[keys.index("route")]))
-            top = parse_address(first[0], "Route") if first else None
+            text = header_value(self.lines[keys.index("route")])
+            if text[:1] == "<" and '"' not in text:  # the usual shape: cut after the first '>'
+                comma = text.find(",", text.find(">"))
+                first = [text[:comma].rstrip(WS) if comma != -1 else text]
+            else:
+                first = split_values(text)
+            top = parse_trimmed_address(first[0], "Route") if first else None
         else:
             top = None
         self._cache["top-route"] = top
@@ -291,7 +322,7 @@ class Message:
     def _address_list(self, key: str, what: str) -> list[Address]:
         found: list[Address] | None = self._cache.get(key)
         if found is None:
-            found = [parse_address(value, what) for value in self._values(key)]
+            found = [parse_trimmed_address(value, what) for value in self._values(key)]
             self._cache[key] = found
         return found
 
@@ -478,7 +509,13 @@ class Request(Message):
         raw: bytes = b"",
         version: str = SIP_VERSION,
     ) -> None:
-        super().__init__(lines, keys, body, raw)
+        # Message.__init__ written out: a request is built for every packet received.
+        self.lines = lines
+        self.keys = keys
+        self.body = body
+        self.raw = raw
+        self._dirty = not raw
+        self._cache = {}
         self.method = method
         self.version = version
         if isinstance(uri, str):

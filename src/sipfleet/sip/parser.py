@@ -10,31 +10,20 @@ import re
 from dataclasses import dataclass
 
 from sipfleet.sip.errors import ParseError
-from sipfleet.sip.grammar import is_token, parse_int
+from sipfleet.sip.grammar import WS, is_token, parse_int
 from sipfleet.sip.headers import _key_cache, header_key
-from sipfleet.sip.message import SIP_VERSION, Message, Request, Response
+from sipfleet.sip.message import (
+    KNOWN_METHODS,
+    SIP_VERSION,
+    Message,
+    Request,
+    Response,
+    header_value,
+)
 from sipfleet.sip.uri import SipUri
 
 DEFAULT_MAX_SIZE = 65535
 _VERSION = re.compile(r"SIP/\d+\.\d+\Z", re.IGNORECASE)
-_COMMON_METHODS = frozenset(
-    {
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "MESSAGE",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "REFER",
-        "INFO",
-        "UPDATE",
-        "PRACK",
-        "PUBLISH",
-    }
-)
 
 
 def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE, stream: bool = False) -> Message:
@@ -46,6 +35,8 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE, stream: bool = 
         head = data[:end].decode("latin-1")
         body_at = end + 4
         lines = head.split("\r\n")
+        joined = "".join(lines)  # cheaper than counting: 'in' is a memchr
+        stray = "\r" in joined or "\n" in joined
     else:
         end = data.find(b"\n\n")
         if end != -1:  # bare-LF line ends: tolerated, as Kamailio and OpenSIPS do
@@ -56,6 +47,7 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE, stream: bool = 
             raise _reject_unframed(data)
         head = data[:end].decode("latin-1")
         lines = [line.rstrip("\r") for line in head.split("\n")]
+        stray = any("\r" in line for line in lines)
     message = _parse_head(lines, data)
     if len(data) > max_size:
         raise ParseError("Message Too Large", 513, message)
@@ -63,6 +55,10 @@ def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE, stream: bool = 
         # A NUL is legal only as a quoted-pair (RFC 4475 §3.1.1.2); a bare one would cut
         # the text short in C code further on (databases, logs).
         raise ParseError("NUL byte in message header", 400, message)
+    if stray:
+        # A CR or LF alone inside a header line: elements that take a bare LF as a line
+        # end would read other headers than we do (header smuggling).
+        raise ParseError("Bad line end: CR or LF alone in the header", 400, message)
     _attach_body(message, data, body_at, stream)
     return message
 
@@ -81,35 +77,38 @@ def _parse_head(lines: list[str], raw: bytes) -> Message:
     start_line = lines[0]
     del lines[0]
     cache = _key_cache
-    keys: list[str | None] = [cache.get(line.partition(":")[0]) for line in lines]
-    problem = _resolve_keys(lines, keys) if None in keys else None
-    message = _start(start_line, lines, keys, raw)  # type: ignore[arg-type]
+    # "" marks a name not in the cache: finding "" in a list of str is much cheaper
+    # than finding None (no rich comparison of str with None for every element).
+    keys = [cache.get(line.partition(":")[0], "") for line in lines]
+    problem = _resolve_keys(lines, keys) if "" in keys else None
+    message = _start(start_line, lines, keys, raw)
     if problem is not None:
         raise ParseError(problem, 400, message)
     return message
 
 
-def _resolve_keys(lines: list[str], keys: list[str | None]) -> str | None:
+def _resolve_keys(lines: list[str], keys: list[str]) -> str | None:
     """The slow path: names not seen before, folded lines, empty or broken lines.
 
     Fixes ``lines`` and ``keys`` in place and returns the first defect found, if any.
     """
     problem: str | None = None
+    dropped = False  # the line before was dropped: its continuation lines go with it
     i = 0
     while i < len(lines):
-        if keys[i] is not None:
+        if keys[i]:
+            dropped = False
             i += 1
             continue
         line = lines[i]
-        if not line:
+        if not line:  # the end of a head that lacked its empty line
             del lines[i], keys[i]
             continue
         if line[0] in " \t":
-            if i == 0:
+            if i == 0 and not dropped:
                 problem = problem or "Continuation line before the first header"
-                del lines[i], keys[i]
-                continue
-            lines[i - 1] += "\r\n" + line
+            elif not dropped:
+                lines[i - 1] += "\r\n" + line
             del lines[i], keys[i]
             continue
         colon = line.find(":")
@@ -120,7 +119,9 @@ def _resolve_keys(lines: list[str], keys: list[str | None]) -> str | None:
         except ParseError as exc:
             problem = problem or f"{exc.reason}: {line[:40]!r}"
             del lines[i], keys[i]
+            dropped = True
             continue
+        dropped = False
         i += 1
     return problem
 
@@ -130,11 +131,14 @@ def _start(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Me
         return _status_line(start_line, lines, keys, raw)
     parts = start_line.split(" ")
     method = parts[0]
-    if method not in _COMMON_METHODS and not is_token(method):
+    if method not in KNOWN_METHODS and not is_token(method):
         if start_line[:4].upper() == "SIP/":  # §7.1: the version is case-insensitive
             return _status_line(start_line, lines, keys, raw)
-        raise ParseError("Bad Request-Line: bad method")
-    request = Request(method, parts[1] if len(parts) > 1 else "", lines, keys, raw=raw)
+        # Answerable (400) when the rest of the line says it is a SIP request.
+        answerable = len(parts) == 3 and _VERSION.match(parts[2]) is not None
+        request = Request(method, parts[1], lines, keys, raw=raw) if answerable else None
+        raise ParseError("Bad Request-Line: bad method", 400, request)
+    request = Request(method, parts[1] if len(parts) > 1 else "", lines, keys, b"", raw)
     if len(parts) != 3 or not parts[1]:
         raise ParseError(_request_line_defect(start_line), 400, request)
     version = parts[2]
@@ -166,10 +170,18 @@ def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes)
 
 
 def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> None:
-    try:
-        length = message.content_length
-    except ParseError as exc:
-        raise ParseError(exc.reason, 400, message) from None
+    keys = message.keys
+    length: int | None
+    if "content-length" not in keys:
+        length = None
+    elif keys.count("content-length") > 1:
+        raise ParseError("Multiple Content-Length headers", 400, message)
+    else:  # Message.content_length written out: this runs for every packet
+        line = message.lines[keys.index("content-length")]
+        text = line[line.find(":") + 1 :].strip(WS) if "\n" not in line else header_value(line)
+        if not (text.isdigit() and text.isascii() and len(text) <= 10):
+            raise ParseError("Bad Content-Length header", 400, message)
+        length = int(text)
     available = len(data) - body_at
     if length is None:
         if stream:

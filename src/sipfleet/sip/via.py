@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from sipfleet.sip.errors import ParseError
-from sipfleet.sip.grammar import Params, format_params, parse_params, parse_port
+from sipfleet.sip.grammar import WS, Params, format_params, parse_params, parse_port
 from sipfleet.sip.uri import split_hostport
 
 # The magic cookie of RFC 3261 branches (§8.1.1.7).
@@ -13,7 +13,7 @@ BRANCH_COOKIE = "z9hG4bK"
 
 _TOKEN_RE = r"[A-Za-z0-9.!%*_+`'~-]+"
 _SENT = re.compile(
-    rf"[ \t]*({_TOKEN_RE})[ \t]*/[ \t]*({_TOKEN_RE})[ \t]*/[ \t]*({_TOKEN_RE})\s+"
+    rf"[ \t]*({_TOKEN_RE})[ \t]*/[ \t]*({_TOKEN_RE})[ \t]*/[ \t]*({_TOKEN_RE})[ \t]+"
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*(?:;(.*))?",
     re.S,
 )
@@ -149,4 +149,4 @@ def _parse_via_slowly(text: str) -> Via:
     if host[0] == "[" or host[0] in "-." or host[-1] == "-":
         host, _ = split_hostport(host, "Via header")  # validates IPv6 and odd names
     port = None if port_text is None else parse_port(port_text, "Via header")
-    return Via(transport.upper(), host, port, param_text or "", f"{name}/{version}", text.strip())
+    return Via(transport.upper(), host, port, param_text or "", f"{name}/{version}", text.strip(WS))
