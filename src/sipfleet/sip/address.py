@@ -112,7 +112,7 @@ def display_from_text(name: str) -> str:
     return quote(name.encode("utf-8").decode("latin-1"))
 
 
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_QUOTED = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # unrolled: see grammar.py
 _ADDR_SPEC = re.compile(r"([^;<>\s\"]+)[ \t]*(?:;(.*))?", re.S)  # \s: rejects odd blanks
 
 
