@@ -105,16 +105,22 @@ lb_target = sa.Table(
     **MYSQL_TABLE_OPTIONS,
 )
 
+# LCR (DESIGN §3, docs/lcr.md): the columns are those of the row types in routing/lcr.py.
+# Gateways are referred to by name, as the rows and the TOML file do; rule ids are chosen
+# by the operator (the file's ``id``), so they are plain keys, never auto-assigned.
+GW_NAME_LEN = 64
+LCR_PREFIX_LEN = 64
+LCR_PATTERN_LEN = 256  # routing.lcr.MAX_PATTERN_LENGTH
+
 lcr_gw = sa.Table(
     "lcr_gw",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(GW_NAME_LEN), nullable=False),
     sa.Column("host", sa.String(SHORT_TEXT_LEN), nullable=False),
     sa.Column("port", sa.Integer),
     sa.Column("transport", sa.String(8)),
     sa.Column("strip", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("prefix", sa.String(64), nullable=False, server_default=""),
     sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
     # A trusted gateway gets the caller's real identity even when the caller asked for
     # privacy (DESIGN §4); an untrusted one gets the anonymised From.
@@ -127,20 +133,26 @@ lcr_gw_cap = sa.Table(
     "lcr_gw_cap",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("gw", Id, sa.ForeignKey("lcr_gw.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("capability", sa.Integer, nullable=False, server_default="0"),  # bit field
-    sa.Column("prefix", sa.String(64), nullable=False, server_default=""),
-    sa.UniqueConstraint("gw", "prefix", name="lcr_gw_cap_key"),
+    sa.Column(
+        "gw",
+        sa.String(GW_NAME_LEN),
+        sa.ForeignKey("lcr_gw.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("capability", sa.Integer, nullable=False),  # bit field: 1 phone, 2 fax, ...
+    sa.Column("prefix", sa.String(LCR_PREFIX_LEN), nullable=False, server_default=""),
+    sa.UniqueConstraint("gw", "capability", name="lcr_gw_cap_key"),
+    sa.CheckConstraint("capability > 0", name="lcr_gw_cap_capability_check"),
     **MYSQL_TABLE_OPTIONS,
 )
 
 lcr_rule = sa.Table(
     "lcr_rule",
     metadata,
-    sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("prefix", sa.String(64), nullable=False, server_default=""),
-    sa.Column("from_uri", sa.String(SHORT_TEXT_LEN)),  # pattern; NULL matches any caller
-    sa.Column("request_uri", sa.String(SHORT_TEXT_LEN)),  # pattern; NULL matches any target
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("prefix", sa.String(LCR_PREFIX_LEN), nullable=False, server_default=""),
+    sa.Column("from_uri", sa.String(LCR_PATTERN_LEN)),  # glob; NULL matches any caller
+    sa.Column("request_uri", sa.String(LCR_PATTERN_LEN)),  # glob; NULL matches any target
     sa.Column("stopper", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Index("lcr_rule_prefix_idx", "prefix"),
@@ -151,12 +163,33 @@ lcr_rule_target = sa.Table(
     "lcr_rule_target",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("rule", Id, sa.ForeignKey("lcr_rule.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("gw", Id, sa.ForeignKey("lcr_gw.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("capability", sa.Integer, nullable=False, server_default="0"),  # bits required
-    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rule", sa.Integer, sa.ForeignKey("lcr_rule.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "gw",
+        sa.String(GW_NAME_LEN),
+        sa.ForeignKey("lcr_gw.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("capability", sa.Integer, nullable=False),  # the bits this trunk serves
+    sa.Column("priority", sa.Integer, nullable=False, server_default="1"),  # 1 is tried first
     sa.Column("weight", sa.Integer, nullable=False, server_default="1"),
-    sa.UniqueConstraint("rule", "gw", name="lcr_rule_target_key"),
+    # One gateway may serve a rule twice with different capabilities (phone and fax at
+    # different priorities, as in the reference example of DESIGN §3).
+    sa.UniqueConstraint("rule", "gw", "capability", name="lcr_rule_target_key"),
+    sa.Index("lcr_rule_target_gw_idx", "gw"),
+    sa.CheckConstraint("capability > 0", name="lcr_rule_target_capability_check"),
+    sa.CheckConstraint("priority >= 1", name="lcr_rule_target_priority_check"),
+    sa.CheckConstraint("weight >= 0", name="lcr_rule_target_weight_check"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+# One row (id = 1): bumped by every LCR write in the same transaction, and by
+# `sipfleet lcr reload`. Proxies poll it and reload the four tables only when it changed.
+lcr_version = sa.Table(
+    "lcr_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
     **MYSQL_TABLE_OPTIONS,
 )
 

@@ -1,5 +1,5 @@
 """Initial schema: every table of DESIGN §2 (location, subscriber, usr_preferences,
-lb_target, lcr_gw, lcr_gw_cap, lcr_rule, lcr_rule_target).
+lb_target, lcr_gw, lcr_gw_cap, lcr_rule, lcr_rule_target, lcr_version).
 
 A migration is history: it spells its tables out rather than importing today's schema.py;
 tests/storage/test_migrations.py checks that the result matches schema.py.
@@ -120,7 +120,6 @@ def _create_lcr_tables() -> None:
         _int("port", nullable=True),
         _text("transport", 8),
         _int("strip", "0"),
-        _text("prefix", 64, nullable=False, default=""),
         _flag("enabled", True),
         _flag("trusted", False),
         sa.UniqueConstraint("name", name="lcr_gw_name_key"),
@@ -129,19 +128,20 @@ def _create_lcr_tables() -> None:
     op.create_table(
         "lcr_gw_cap",
         _id(autoincrement=True, primary_key=True),
-        _id("gw", nullable=False),
-        _int("capability", "0"),
+        _text("gw", 64, nullable=False),
+        _int("capability"),
         _text("prefix", 64, nullable=False, default=""),
-        sa.ForeignKeyConstraint(["gw"], ["lcr_gw.id"], ondelete="CASCADE"),
-        sa.UniqueConstraint("gw", "prefix", name="lcr_gw_cap_key"),
+        sa.ForeignKeyConstraint(["gw"], ["lcr_gw.name"], ondelete="CASCADE"),
+        sa.UniqueConstraint("gw", "capability", name="lcr_gw_cap_key"),
+        sa.CheckConstraint("capability > 0", name="lcr_gw_cap_capability_check"),
         **OPTIONS,
     )
     op.create_table(
         "lcr_rule",
-        _id(autoincrement=True, primary_key=True),
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
         _text("prefix", 64, nullable=False, default=""),
-        _text("from_uri", 255),
-        _text("request_uri", 255),
+        _text("from_uri", 256),
+        _text("request_uri", 256),
         _flag("stopper", False),
         _flag("enabled", True),
         **OPTIONS,
@@ -150,20 +150,31 @@ def _create_lcr_tables() -> None:
     op.create_table(
         "lcr_rule_target",
         _id(autoincrement=True, primary_key=True),
-        _id("rule", nullable=False),
-        _id("gw", nullable=False),
-        _int("capability", "0"),
-        _int("priority", "0"),
+        _int("rule"),
+        _text("gw", 64, nullable=False),
+        _int("capability"),
+        _int("priority", "1"),
         _int("weight", "1"),
         sa.ForeignKeyConstraint(["rule"], ["lcr_rule.id"], ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["gw"], ["lcr_gw.id"], ondelete="CASCADE"),
-        sa.UniqueConstraint("rule", "gw", name="lcr_rule_target_key"),
+        sa.ForeignKeyConstraint(["gw"], ["lcr_gw.name"], ondelete="CASCADE"),
+        sa.UniqueConstraint("rule", "gw", "capability", name="lcr_rule_target_key"),
+        sa.CheckConstraint("capability > 0", name="lcr_rule_target_capability_check"),
+        sa.CheckConstraint("priority >= 1", name="lcr_rule_target_priority_check"),
+        sa.CheckConstraint("weight >= 0", name="lcr_rule_target_weight_check"),
+        **OPTIONS,
+    )
+    op.create_index("lcr_rule_target_gw_idx", "lcr_rule_target", ["gw"])
+    op.create_table(
+        "lcr_version",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
         **OPTIONS,
     )
 
 
 def downgrade() -> None:
     for table in (
+        "lcr_version",
         "lcr_rule_target",
         "lcr_rule",
         "lcr_gw_cap",
