@@ -419,8 +419,11 @@ class Message:
         """Remove the first element of a list header (a Via, a Route) and return it."""
         key = header_key(name)
         keys = self.keys
-        while key in keys:
-            at = keys.index(key)
+        while True:
+            try:
+                at = keys.index(key)
+            except ValueError:
+                return None
             line = self.lines[at]
             values = split_values(header_value(line))
             if len(values) <= 1:
@@ -431,7 +434,6 @@ class Message:
             self._changed(key)
             if values:  # a line with no value at all ("Route: ,") is dropped, not returned
                 return values[0]
-        return None
 
     def push_via(self, via: Via | str) -> None:
         self.add_header("via", str(via), top=True)
@@ -590,7 +592,12 @@ class Response(Message):
         raw: bytes = b"",
         version: str = SIP_VERSION,
     ) -> None:
-        super().__init__(lines, keys, body, raw)
+        self.lines = lines  # Message.__init__ written out, as in Request
+        self.keys = keys
+        self.body = body
+        self.raw = raw
+        self._dirty = not raw
+        self._cache = {}
         self.status = status
         self.reason = reason
         self.version = version

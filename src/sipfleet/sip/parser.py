@@ -160,13 +160,17 @@ def _request_line_defect(start_line: str) -> str:
 
 def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Response:
     parts = start_line.split(" ", 2)
-    if len(parts) < 2 or parts[0].upper() != SIP_VERSION:
+    version = parts[0]
+    if len(parts) < 2 or (version != SIP_VERSION and version.upper() != SIP_VERSION):
         raise ParseError("Bad Status-Line")
     code = parts[1]
-    if len(code) != 3 or not (code.isdigit() and code.isascii()) or not 100 <= int(code) <= 699:
+    if len(code) != 3 or not (code.isdigit() and code.isascii()):
+        raise ParseError("Bad Status-Line: bad status code")
+    status = int(code)
+    if not 100 <= status <= 699:
         raise ParseError("Bad Status-Line: bad status code")
     reason = parts[2] if len(parts) == 3 else ""
-    return Response(int(code), reason, lines, keys, raw=raw, version=parts[0])
+    return Response(status, reason, lines, keys, b"", raw, version)
 
 
 def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> None:
