@@ -57,7 +57,7 @@ Contact: <sip:bob@192.0.2.4:5060>;expires=3600;+sip.instance="<urn:uuid:00000000
 Authorization: Digest username="bob", realm="biloxi.example.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="sip:registrar.biloxi.example.com", response="245f23415f11432b3434341c022", algorithm=MD5, cnonce="0a4f113b", qop=auth, nc=00000001
 Supported: path, outbound
 Expires: 7200
-""",
+""",  # noqa: E501 - header lines as long as phones send them
 )
 
 RESPONSE_180 = sip(
@@ -71,7 +71,7 @@ From: "Alice" <sip:alice@atlanta.example.com>;tag=1928301774
 Call-ID: a84b4c76e66710@pc33.atlanta.example.com
 CSeq: 314159 INVITE
 Contact: <sip:bob@192.0.2.4>
-""",
+""",  # noqa: E501
 )
 
 OPTIONS = sip(
@@ -116,6 +116,10 @@ c: text/plain
 )
 
 ALL = {
-    "invite": INVITE, "register": REGISTER, "response_180": RESPONSE_180, "options": OPTIONS,
-    "bye": BYE, "compact": COMPACT,
+    "invite": INVITE,
+    "register": REGISTER,
+    "response_180": RESPONSE_180,
+    "options": OPTIONS,
+    "bye": BYE,
+    "compact": COMPACT,
 }
