@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class StorageError(Exception):
     """Base of every storage error."""
@@ -21,6 +23,15 @@ class StorageOverloaded(StorageUnavailable):
 
 class InvalidInput(StorageError, ValueError):
     """A value does not fit the schema; the message starts with the field's name."""
+
+
+class InvalidLcr(InvalidInput):
+    """LCR rows that fail their checks (``routing.lcr.check_rows`` and the column sizes);
+    nothing was written. ``problems`` names each entry and field, one per line."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class TooManyContacts(StorageError):

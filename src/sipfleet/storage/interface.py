@@ -10,15 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from sipfleet.routing.lcr import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from sipfleet.storage.dsn import Dsns
 from sipfleet.storage.model import (
     AddressOfRecord,
     Binding,
     BindingUpdate,
+    GatewayEntry,
     LbPool,
     LbState,
     LbTarget,
+    LcrSnapshot,
     LiveFlow,
+    RuleEntry,
     Subscriber,
 )
 
@@ -110,6 +114,74 @@ class LbTargetStore(Protocol):
     async def set_state(self, pool: LbPool, uri: str, state: LbState) -> bool: ...
 
 
+class LcrStore(Protocol):
+    """Least-cost routing (DESIGN §3): the tables ``lcr_gw``, ``lcr_gw_cap``, ``lcr_rule``,
+    ``lcr_rule_target`` and the ``lcr_version`` counter.
+
+    Every write is one transaction that checks *all* the rows it leaves behind
+    (``routing.lcr.check_rows`` and the column sizes) and raises ``InvalidLcr`` naming each
+    entry and field at fault, writing nothing. Every write moves the version on by one
+    and returns the new version; proxies reload when it moved. Concurrent writers never
+    lose each other's changes (compare-and-set on the version, then recomputed).
+    """
+
+    async def version(self, *, replica: bool = True) -> int:
+        """The current version (0 before the first write): one small query."""
+        ...
+
+    async def load(self, *, replica: bool = True) -> LcrSnapshot:
+        """Every row and the version they are at, read in one consistent snapshot."""
+        ...
+
+    async def list_gateways(self) -> list[GatewayEntry]: ...
+
+    async def list_rules(self) -> list[RuleEntry]: ...
+
+    async def bump_version(self) -> int:
+        """Move the version on without changing any row (`sipfleet lcr reload`)."""
+        ...
+
+    async def replace_all(self, rows: LcrRows) -> int:
+        """Make the tables hold exactly ``rows`` (`sipfleet lcr import`)."""
+        ...
+
+    async def merge(self, rows: LcrRows) -> int:
+        """Lay ``rows`` over the current ones: gateways replace those of the same name
+        (with their capabilities), rules those of the same id (with their targets)."""
+        ...
+
+    async def add_gateway(self, gateway: Gateway, capabilities: Sequence[GatewayCapability]) -> int:
+        """Raises ``AlreadyExists`` for a name that is taken."""
+        ...
+
+    async def remove_gateway(self, name: str, *, with_targets: bool = False) -> int | None:
+        """None: no such gateway. One that rules still use is refused (``InvalidLcr``)
+        unless ``with_targets``, which removes those targets too."""
+        ...
+
+    async def set_gateway_enabled(self, name: str, enabled: bool) -> int | None:
+        """None: no such gateway."""
+        ...
+
+    async def add_rule(
+        self, rule: Rule, targets: Sequence[RuleTarget], *, assign_id: bool = False
+    ) -> Rule:
+        """Add a rule and its targets; ``assign_id``: the next free id instead of
+        ``rule.id``. Raises ``AlreadyExists`` for an id that is taken."""
+        ...
+
+    async def remove_rule(self, rule_id: int) -> int | None:
+        """None: no such rule. Its targets go with it."""
+        ...
+
+    async def add_target(self, target: RuleTarget) -> int: ...
+
+    async def remove_target(self, rule_id: int, gw: str, capability: int | None = None) -> int:
+        """How many targets went (every one of ``gw`` in the rule, or the one of
+        ``capability``); 0 writes nothing."""
+        ...
+
+
 class Storage(Protocol):
     """One node's view of the cluster database; share one per process."""
 
@@ -123,6 +195,8 @@ class Storage(Protocol):
     def preferences(self) -> PreferenceStore: ...
     @property
     def lb_targets(self) -> LbTargetStore: ...
+    @property
+    def lcr(self) -> LcrStore: ...
     @property
     def in_flight(self) -> int:
         """Queries running or waiting for a connection now."""

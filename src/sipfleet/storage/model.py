@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from sipfleet.routing.lcr import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from sipfleet.storage.errors import InvalidInput
 
 LbPool = Literal["registrar", "proxy"]
@@ -128,3 +129,27 @@ class LbTarget:
     uri: str
     weight: int
     state: LbState
+
+
+@dataclass(frozen=True, slots=True)
+class LcrSnapshot:
+    """The four LCR tables as one consistent state, and the ``lcr_version`` they are at."""
+
+    rows: LcrRows
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayEntry:
+    """A gateway and what it carries (``sipfleet gw list``)."""
+
+    gateway: Gateway
+    capabilities: tuple[GatewayCapability, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEntry:
+    """A rule and its trunks (``sipfleet lcr rule list``)."""
+
+    rule: Rule
+    targets: tuple[RuleTarget, ...]

@@ -33,7 +33,7 @@ from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 from sipfleet.storage.network import NetworkExecutor
 from sipfleet.storage.rules import encode_updates, new_ruid
 from sipfleet.storage.sql import Row, SaveOutcome, binding
-from sipfleet.storage.statements import BINDING_COLUMNS, Statement
+from sipfleet.storage.statements import BINDING_COLUMNS, Statement, Step, StepResult
 
 # Server error codes.
 # Lock wait timeout, deadlock, and a deadlock met while taking the AUTO-INC lock (1467).
@@ -289,6 +289,47 @@ class MysqlExecutor(NetworkExecutor[Session]):
         bindings = _bindings(rows)
         refused = adding and all(b.contact != update.contact for b in bindings)
         return SaveOutcome(bindings, len(bindings) + refused, refused)
+
+    async def _transaction(
+        self, session: Session, steps: Sequence[Step], snapshot: bool
+    ) -> list[StepResult] | None:
+        conn = session.conn
+        async with conn.cursor() as cursor:
+            if snapshot:  # sessions run READ COMMITTED: this one transaction reads one state
+                await cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                await cursor.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            else:
+                await cursor.execute("START TRANSACTION")
+            try:
+                results = await self._steps(cursor, steps)
+                await cursor.execute("ROLLBACK" if results is None else "COMMIT")
+            except Exception:
+                await self._rollback(conn)  # (when cancelled it is closed instead)
+                raise
+        return results
+
+    @staticmethod
+    async def _steps(cursor: Any, steps: Sequence[Step]) -> list[StepResult] | None:
+        results: list[StepResult] = []
+        for step in steps:
+            args = [step.stmt.args(params) for params in step.params]
+            if step.fetch:
+                rows: list[Row] = []
+                for each in args:
+                    await cursor.execute(step.stmt.sql, each)
+                    rows += list(await cursor.fetchall())
+                results.append(rows)
+                continue
+            matched = 0
+            if len(args) == 1:
+                await cursor.execute(step.stmt.sql, args[0])
+                matched = int(cursor.rowcount)
+            elif args:  # INSERT … VALUES: sent as multi-row INSERTs
+                matched = int(await cursor.executemany(step.stmt.sql, args))
+            if step.guard and matched == 0:
+                return None
+            results.append(matched)
+        return results
 
     @staticmethod
     async def _batch(conn: Any, sql: str, args: Sequence[Any]) -> list[list[Row]]:

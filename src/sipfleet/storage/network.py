@@ -13,7 +13,7 @@ from sipfleet.storage.errors import StorageError, StorageUnavailable, Transactio
 from sipfleet.storage.model import AddressOfRecord, BindingUpdate
 from sipfleet.storage.pool import Pool
 from sipfleet.storage.sql import Row, SaveOutcome
-from sipfleet.storage.statements import Statement, Statements
+from sipfleet.storage.statements import Statement, Statements, Step, StepResult
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -76,6 +76,10 @@ class NetworkExecutor(ABC, Generic[C]):
         now: int,
         max_contacts: int,
     ) -> SaveOutcome: ...
+    @abstractmethod
+    async def _transaction(
+        self, conn: C, steps: Sequence[Step], snapshot: bool
+    ) -> list[StepResult] | None: ...
 
     async def fetch(
         self, stmt: Statement, params: Mapping[str, Any], *, replica: bool = False
@@ -104,14 +108,38 @@ class NetworkExecutor(ABC, Generic[C]):
             self._write, lambda conn: self._save(conn, aor, updates, now, max_contacts)
         )
 
-    async def _run(self, pool: Pool[C], work: Callable[[C], Awaitable[T]]) -> T:
+    async def transaction(
+        self,
+        steps: Sequence[Step],
+        *,
+        snapshot: bool = False,
+        replica: bool = False,
+        extra_time: float = 0.0,
+    ) -> list[StepResult] | None:
+        """See ``Executor.transaction``; ``extra_time`` lengthens the time limit (imports)."""
+        if snapshot and replica and self._reads[0] is not self._write:
+            pool = self._reads[next(self._next_read)]
+            try:
+                return await self._run(
+                    pool, lambda conn: self._transaction(conn, steps, True), extra_time
+                )
+            except StorageUnavailable:  # the replica is down: the primary still answers
+                pass
+        return await self._run(
+            self._write, lambda conn: self._transaction(conn, steps, snapshot), extra_time
+        )
+
+    async def _run(
+        self, pool: Pool[C], work: Callable[[C], Awaitable[T]], extra_time: float = 0.0
+    ) -> T:
         """One operation on one connection within the time limit; conflicts are retried."""
+        limit = self.query_timeout + extra_time
         for attempt in range(1, CONFLICT_RETRIES + 1):
             try:
-                async with asyncio.timeout(self.query_timeout):
+                async with asyncio.timeout(limit):
                     return await pool.run(work)
             except TimeoutError:
-                reason = f"no answer within {self.query_timeout:g} s"
+                reason = f"no answer within {limit:g} s"
                 raise pool.unavailable(reason) from None
             except TransactionConflict as exc:
                 if attempt == CONFLICT_RETRIES:

@@ -26,7 +26,7 @@ from sipfleet.storage.model import AddressOfRecord, BindingUpdate
 from sipfleet.storage.network import NetworkExecutor
 from sipfleet.storage.rules import encode_updates
 from sipfleet.storage.sql import Row, SaveOutcome, binding
-from sipfleet.storage.statements import BINDING_COLUMNS, Statement
+from sipfleet.storage.statements import BINDING_COLUMNS, Statement, Step, StepResult
 
 _COLUMNS = [col.name for col in BINDING_COLUMNS]
 _STORED = [n for n in _COLUMNS if n != "id"]
@@ -87,6 +87,10 @@ ORDER BY coalesce(b.q, 1.0) DESC, b.id
 CONFLICTS = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 
 
+class _GuardLost(Exception):
+    """A guard step matched nothing: leave the transaction block so it rolls back."""
+
+
 class PostgresExecutor(NetworkExecutor[Any]):
     kind: Kind = "postgresql"
 
@@ -137,3 +141,36 @@ class PostgresExecutor(NetworkExecutor[Any]):
         first = records[0]
         rows = [tuple(record)[2:] for record in records if record["id"] is not None]
         return SaveOutcome([binding(row) for row in rows], int(first["after"]), not first["ok"])
+
+    async def _transaction(
+        self, conn: Any, steps: Sequence[Step], snapshot: bool
+    ) -> list[StepResult] | None:
+        isolation = "repeatable_read" if snapshot else "read_committed"
+        try:
+            async with conn.transaction(isolation=isolation, readonly=snapshot):
+                return await self._steps(conn, steps)
+        except _GuardLost:
+            return None
+
+    @staticmethod
+    async def _steps(conn: Any, steps: Sequence[Step]) -> list[StepResult]:
+        results: list[StepResult] = []
+        for step in steps:
+            args = [step.stmt.args(params) for params in step.params]
+            if step.fetch:
+                rows: list[Row] = []
+                for each in args:
+                    rows += [tuple(record) for record in await conn.fetch(step.stmt.sql, *each)]
+                results.append(rows)
+                continue
+            matched = 0
+            if len(args) == 1:
+                status: str = await conn.execute(step.stmt.sql, *args[0])
+                matched = int(status.rsplit(" ", 1)[-1])
+            elif args:  # asyncpg pipelines the rows; it reports no count, so count them
+                await conn.executemany(step.stmt.sql, args)
+                matched = len(args)
+            if step.guard and matched == 0:
+                raise _GuardLost
+            results.append(matched)
+        return results

@@ -22,6 +22,7 @@ from sipfleet.storage.errors import (
     StorageUnavailable,
     TooManyContacts,
 )
+from sipfleet.storage.lcr import SqlLcr
 from sipfleet.storage.model import (
     LB_POOLS,
     LB_STATES,
@@ -35,7 +36,7 @@ from sipfleet.storage.model import (
     Subscriber,
 )
 from sipfleet.storage.pool import InFlightGate
-from sipfleet.storage.statements import Statement, Statements, compile_for
+from sipfleet.storage.statements import Statement, Statements, Step, StepResult, compile_for
 
 SCHEMA_REVISION = "0001"  # the Alembic head this code expects (a test checks they agree)
 
@@ -73,6 +74,24 @@ class Executor(Protocol):
         max_contacts: int,
     ) -> SaveOutcome: ...
 
+    async def transaction(
+        self,
+        steps: Sequence[Step],
+        *,
+        snapshot: bool = False,
+        replica: bool = False,
+        extra_time: float = 0.0,
+    ) -> list[StepResult] | None:
+        """The steps in one transaction on one connection, each step's result in order;
+        None when a guard step matched nothing (everything rolled back).
+
+        ``snapshot``: a read-only transaction whose reads all see one consistent state
+        (REPEATABLE READ), on a replica when ``replica`` is set. Otherwise a write
+        transaction on the primary. Conflicts (deadlocks) rerun the whole transaction.
+        ``extra_time`` is added to the query time limit (a large import).
+        """
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -103,6 +122,19 @@ class _Gated:
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
         with self.gate:
             return await self.executor.execute(stmt, params)
+
+    async def transaction(
+        self,
+        steps: Sequence[Step],
+        *,
+        snapshot: bool = False,
+        replica: bool = False,
+        extra_time: float = 0.0,
+    ) -> list[StepResult] | None:
+        with self.gate:
+            return await self.executor.transaction(
+                steps, snapshot=snapshot, replica=replica, extra_time=extra_time
+            )
 
 
 def _aor(aor: AddressOfRecord) -> dict[str, Any]:
@@ -310,6 +342,7 @@ class SqlStorage:
         self._subscribers = SqlSubscribers(db)
         self._preferences = SqlPreferences(db)
         self._lb_targets = SqlLbTargets(db)
+        self._lcr = SqlLcr(db, executor.dsns.write.kind)
         version = sa.table(schema.VERSION_TABLE, sa.column("version_num"))
         self._version_query = compile_for(
             sa.select(version.c.version_num), executor.statements.dialect
@@ -338,6 +371,10 @@ class SqlStorage:
     @property
     def lb_targets(self) -> SqlLbTargets:
         return self._lb_targets
+
+    @property
+    def lcr(self) -> SqlLcr:
+        return self._lcr
 
     @property
     def in_flight(self) -> int:

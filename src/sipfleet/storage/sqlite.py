@@ -24,7 +24,7 @@ from sipfleet.storage.model import AddressOfRecord, BindingUpdate
 from sipfleet.storage.pool import Health
 from sipfleet.storage.rules import new_ruid, plan_save
 from sipfleet.storage.sql import Row, SaveOutcome, binding
-from sipfleet.storage.statements import Statement, Statements
+from sipfleet.storage.statements import Statement, Statements, Step, StepResult
 
 log = logging.getLogger("sipfleet.storage")
 T = TypeVar("T")
@@ -99,6 +99,17 @@ class SqliteExecutor:
     ) -> SaveOutcome:
         return await self._call(lambda conn: self._save(conn, aor, updates, now, max_contacts))
 
+    async def transaction(
+        self,
+        steps: Sequence[Step],
+        *,
+        snapshot: bool = False,
+        replica: bool = False,
+        extra_time: float = 0.0,  # no time limit here: sqlite3 waits busy_timeout at most
+    ) -> list[StepResult] | None:
+        path = self._read_path if snapshot and replica else self._path
+        return await self._call(lambda conn: self._transaction(conn, steps, snapshot), path)
+
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=True)
@@ -135,6 +146,35 @@ class SqliteExecutor:
                     conn.close()
                 except sqlite3.Error as exc:
                     log.debug("closing %s: %s", each, exc)
+
+    @staticmethod
+    def _transaction(
+        conn: sqlite3.Connection, steps: Sequence[Step], snapshot: bool
+    ) -> list[StepResult] | None:
+        # WAL: a deferred transaction reads one snapshot from its first read on; a writer
+        # takes the write lock first (IMMEDIATE), so what it reads cannot go stale.
+        conn.execute("BEGIN" if snapshot else "BEGIN IMMEDIATE")
+        try:
+            results: list[StepResult] = []
+            for step in steps:
+                args = [step.stmt.args(params) for params in step.params]
+                if step.fetch:
+                    rows: list[Row] = []
+                    for each in args:
+                        rows += conn.execute(step.stmt.sql, each).fetchall()
+                    results.append(rows)
+                    continue
+                matched = conn.executemany(step.stmt.sql, args).rowcount if args else 0
+                if step.guard and matched == 0:
+                    conn.execute("ROLLBACK")
+                    return None
+                results.append(matched)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
 
     def _save(
         self,

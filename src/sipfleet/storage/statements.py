@@ -7,7 +7,7 @@ rules do not fit a portable statement, is written per backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -43,6 +43,24 @@ class Statement:
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(params[name] for name in self.names)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement of a ``transaction``: run once per parameter set (none: skipped).
+
+    ``fetch``: the step's result is the rows it returned, else the rows it matched.
+    ``guard``: when it matches no row, the transaction is rolled back and stops there
+    (``transaction`` returns None): a compare-and-set that lost.
+    """
+
+    stmt: Statement
+    params: Sequence[Mapping[str, Any]] = ({},)
+    fetch: bool = False
+    guard: bool = False
+
+
+StepResult = list[Sequence[Any]] | int  # the rows a step fetched, or how many it matched
 
 
 # Each driver's placeholder style: sqlite3 "?", asyncmy "%s", asyncpg "$1".
