@@ -174,3 +174,41 @@ def test_address_built_from_parts() -> None:
     address = Address(uri, None, {"lr": None})
     assert address.uri is uri
     assert str(address) == "<sip:bob@192.0.2.4:5060>;lr"
+
+
+@pytest.mark.parametrize(
+    ("params", "expires", "q"),
+    [
+        ("", None, None),
+        (";expires=3600;q=0.7", 3600, 0.7),
+        (";expires=0;q=1", 0, 1.0),
+        (";EXPIRES=4294967295;Q=1.000", 4294967295, 1.0),
+        (";q=0", None, 0.0),
+        (";q=0.", None, 0.0),
+    ],
+)
+def test_contact_expires_and_q(params: str, expires: int | None, q: float | None) -> None:
+    contact = parse_address(f"<sip:bob@192.0.2.4>{params}", "Contact")
+    assert contact.expires == expires
+    assert contact.q == q
+
+
+@pytest.mark.parametrize(
+    "params",
+    [";expires=280297596632815", ";expires=-1", ";expires=soon", ";expires=\xb2", ";expires"],
+)
+def test_bad_contact_expires_is_a_parse_error_when_read(params: str) -> None:
+    contact = parse_address(f"<sip:bob@192.0.2.4>{params}", "Contact")
+    with pytest.raises(ParseError):
+        contact.expires  # noqa: B018
+
+
+@pytest.mark.parametrize("value", ["1.5", "2", "0.1234", "-0.5", ".5", "1.001", "abc", "0,5", ""])
+def test_bad_q_value_is_a_parse_error_when_read(value: str) -> None:
+    try:
+        text = f"<sip:bob@192.0.2.4>;q={value}" if value else "<sip:bob@192.0.2.4>;q"
+        contact = parse_address(text, "Contact")
+    except ParseError:
+        return  # refused while splitting the parameters: fine too
+    with pytest.raises(ParseError):
+        contact.q  # noqa: B018

@@ -74,7 +74,9 @@ def touch_address(address: Address) -> None:
     address.display_name  # noqa: B018
     address.tag  # noqa: B018
     dict(address.params)
-    uri = attempt(lambda: address.uri)
+    attempt(getattr, address, "expires")
+    attempt(getattr, address, "q")
+    uri = attempt(getattr, address, "uri")
     if uri is not None:
         str(uri)
         if isinstance(uri, SipUri):

@@ -9,12 +9,15 @@ from sipfleet.sip.grammar import (
     WS,
     Params,
     format_params,
+    parse_int,
     parse_params,
     quote,
     unquote,
 )
 from sipfleet.sip.uri import SipUri, Uri, parse_uri
 
+# RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 # Unquoted display names are tokens and blanks (non-ASCII tolerated, as phones send it).
 _DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9.!%*_+`'~\- \t\x80-\xff]+")
 
@@ -79,6 +82,26 @@ class Address:
     @property
     def tag(self) -> str | None:
         return self.params.get("tag")
+
+    @property
+    def expires(self) -> int | None:
+        """The Contact ``expires`` parameter in seconds (None when absent)."""
+        if "expires" not in self.params:
+            return None
+        value = self.params["expires"]
+        if value is None:
+            raise ParseError("Bad Contact expires parameter: no value")
+        return parse_int(value, "Contact expires parameter", 2**32 - 1)
+
+    @property
+    def q(self) -> float | None:
+        """The Contact ``q`` parameter, 0 to 1 (None when absent)."""
+        if "q" not in self.params:
+            return None
+        value = self.params["q"]
+        if value is None or _QVALUE.fullmatch(value) is None:
+            raise ParseError("Bad q parameter in Contact header")
+        return float(value)
 
     @property
     def sip_uri(self) -> SipUri:
