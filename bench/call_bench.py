@@ -92,6 +92,11 @@ class Step:
     db_cpu: float = 0.0  # the database server (MariaDB), % of one core
 
     @property
+    def shed(self) -> int:
+        """Calls the proxy refused with 503 (stopped by the UAC, neither ok nor failed)."""
+        return self.created - self.successful - self.failed
+
+    @property
     def db_us_per_call(self) -> float:
         return self.db_cpu / 100 / max(self.achieved, 1e-9) * 1e6
 
@@ -257,7 +262,7 @@ def main() -> None:
     try:
         print(f"proxy pid {proxy.pid}, {args.users} callees, database {dsn.split('://')[0]}")
         print(
-            " rate  created  ok      failed  achieved/s  proxy %core  proxy us/call  kernel"
+            " rate  created  ok      failed  503     achieved/s  proxy %core  proxy us/call  kernel"
             "  db us/call  sipp %core  load"
         )
         for rate in rates:
@@ -271,6 +276,7 @@ def main() -> None:
                             **step.__dict__,
                             "us_per_call": step.us_per_call,
                             "db_us_per_call": step.db_us_per_call,
+                            "shed": step.shed,
                             "load": os.getloadavg()[0],
                             "pass": step.passed,
                         }
@@ -279,6 +285,7 @@ def main() -> None:
             else:
                 print(
                     f"{step.rate:5d}  {step.created:7d}  {step.successful:6d}  {step.failed:6d}"
+                    f"  {step.shed:6d}"
                     f"  {step.achieved:10.1f}  {step.proxy_cpu:11.1f}  {step.us_per_call:13.0f}"
                     f"  {step.proxy_system_share:6.0%}  {step.db_us_per_call:10.0f}"
                     f"  {step.sipp_cpu:10.1f}  {os.getloadavg()[0]:4.1f}"

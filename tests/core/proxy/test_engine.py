@@ -507,3 +507,20 @@ async def test_routing_runs_in_a_task_the_drivers_can_time_out_in(
     await proxy.bind("bob", bob.contact)
     await invite(caller, proxy)
     assert (await bob.expect("INVITE")).method == "INVITE"
+
+
+async def test_while_overloaded_new_calls_get_503_and_dialogs_go_on(
+    start_proxy: ProxyFactory, uas: Any
+) -> None:
+    proxy = await start_proxy()
+    caller, bob = await uas("alice"), await uas("bob")
+    proxy.engine.overload.observe(0.0, 1 << 30)  # the socket buffer is full
+    caller.send(caller.request("INVITE", f"sip:bob@{DOMAIN}"), proxy.address)
+    refused = await caller.expect(503)
+    assert refused.header("retry-after")
+    route = f"<sip:127.0.0.1:{proxy.address[1]};lr>"
+    bye = caller.request(
+        "BYE", bob.contact, to_tag="b1", headers=(f"Route: {route}",), call_id="dialog@test"
+    )
+    caller.send(bye, proxy.address)
+    assert (await bob.expect("BYE")).call_id == "dialog@test"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +39,14 @@ from sipfleet.sip.builders import make_cancel, make_response, new_tag
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.message import Request, Response
 from sipfleet.sip.transaction import ClientTransaction, ServerTransaction, TransactionLayer
-from sipfleet.storage.errors import StorageUnavailable
+from sipfleet.storage.errors import StorageOverloaded, StorageUnavailable
 from sipfleet.transport.base import Destination, TransportError, TransportName
 from sipfleet.transport.sockets import normalise_host
 
 log = logging.getLogger(__name__)
 Header = tuple[str, str]
 MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
+DB_WARNING_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ class CallRunner:
         self.active = 0  # calls without a final response yet
         self._via_prefix: dict[tuple[TransportName, bool], str] = {}
         self._record_route: str | None = None
+        self._db_errors = 0
+        self._db_warned_at = -DB_WARNING_INTERVAL_S
         # Client transactions per TCP destination: a connect that fails later (the
         # endpoint reports it by destination) fails them all as transport errors.
         self.tcp_clients: dict[tuple[str, int], list[ClientTransaction]] = {}
@@ -149,14 +153,25 @@ class CallRunner:
 
     def _reply_error(self, call: Call, exc: Exception) -> None:
         if isinstance(exc, StorageUnavailable):
-            log.warning("%s %s: database: %s", call.ctx.method, call.server.request.call_id, exc)
+            self._database_trouble(exc)
             retry = (("Retry-After", str(self.settings.retry_after)),)
-            self.reply(call, 503, "Database Unavailable", retry)
+            reason = "Overloaded" if isinstance(exc, StorageOverloaded) else "Database Unavailable"
+            self.reply(call, 503, reason, retry)
         elif isinstance(exc, ParseError):
             self.reply(call, exc.status, exc.reason)
         else:
             log.error("routing %r failed", call.server.request, exc_info=exc)
             self.reply(call, 500, "Server Internal Error")
+
+    def _database_trouble(self, exc: StorageUnavailable) -> None:
+        """One warning per interval, however many requests it costs: an outage must
+        not turn into a log flood."""
+        self._db_errors += 1
+        now = time.monotonic()
+        if now - self._db_warned_at >= DB_WARNING_INTERVAL_S:
+            log.warning("database: %s (%d requests answered 503)", exc, self._db_errors)
+            self._db_warned_at = now
+            self._db_errors = 0
 
     def reply(
         self, call: Call, status: int, reason: str | None = None, headers: Sequence[Header] = ()

@@ -7,15 +7,18 @@ at once for INVITE), its own Route removed (§16.4) and is handed to the policy 
 ``CallRunner``. Responses go to their client transaction; a 2xx whose transaction is
 gone is forwarded statelessly (§16.7).
 
-Overload: requests without a final answer yet are capped (``sip.max_transactions``),
-as are those waiting for the policy or database (``proxy.max_routing``); past either
-a new request gets 503 with Retry-After, sent without keeping state.
+Overload: while datagrams pile up unread or the loop lags (``overload.py``) new
+requests (no To tag) get a
+stateless 503 with Retry-After and calls under way go on; requests without a final
+answer yet are capped (``sip.max_transactions``), as are those waiting for the policy
+or database (``proxy.max_routing``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from sipfleet.config import Config
@@ -25,6 +28,7 @@ from sipfleet.core.proxy.branch import loop_hash
 from sipfleet.core.proxy.calls import DEFAULT_CALL_SETTINGS, Call, CallRunner, CallSettings
 from sipfleet.core.proxy.checks import check_request
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
+from sipfleet.core.proxy.overload import OverloadMonitor, no_backlog, watch
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.resolve import ResolveError, literal_destination
 from sipfleet.core.proxy.routes import preprocess_routes, route_toward_next_hop
@@ -100,7 +104,9 @@ class ProxyEngine:
         services: ProxyServices,
         settings: EngineSettings | None = None,
         hooks: MessageHooks = NO_HOOKS,
+        backlog: Callable[[], int] = no_backlog,
     ) -> None:
+        """``backlog``: bytes waiting in the listening sockets (``overload.receive_backlog``)."""
         self.endpoint = endpoint
         self.services = services
         self.settings = settings or EngineSettings()
@@ -119,6 +125,9 @@ class ProxyEngine:
         self.forwarder = StatelessForwarder(endpoint)
         self.stats = EngineStats()
         self._own: OwnAddresses | None = None
+        self.overload = OverloadMonitor()
+        self._backlog = backlog
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def own(self) -> OwnAddresses:
@@ -134,6 +143,7 @@ class ProxyEngine:
             "transactions": len(self.layer),
             "calls_active": self.calls.active,
             "routing": len(self.calls.tasks),
+            "overload_episodes": self.overload.episodes,
         }
 
     # -- requests ---------------------------------------------------------------------------
@@ -150,8 +160,14 @@ class ProxyEngine:
             self._on_new(request, peer)
 
     def _on_new(self, request: Request, peer: Peer) -> None:
-        if self.calls.active >= self.settings.max_calls or len(self.calls.tasks) >= (
-            self.settings.max_routing
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                watch(self.overload, self._backlog)
+            )
+        if (
+            (self.overload.overloaded and request.to.tag is None)  # finish calls, start none
+            or self.calls.active >= self.settings.max_calls
+            or len(self.calls.tasks) >= self.settings.max_routing
         ):
             self._shed(request, peer)
             return
@@ -301,6 +317,8 @@ class ProxyEngine:
         """Stop timers and routing tasks (the endpoint is closed by its owner)."""
         self.shell.cancel_all()
         tasks = list(self.calls.tasks)
+        if self._watcher is not None:
+            tasks.append(self._watcher)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
