@@ -200,6 +200,8 @@ def test_equality_is_not_transitive() -> None:
 def test_comparison_rules(a: str, b: str, equal: bool) -> None:
     assert uri_equal(sip(a), sip(b)) is equal
     assert uri_equal(sip(b), sip(a)) is equal
+    if equal:  # usable as dict keys: equal URIs hash alike
+        assert hash(sip(a)) == hash(sip(b))
 
 
 def test_sip_uri_is_never_equal_to_a_tel_uri() -> None:

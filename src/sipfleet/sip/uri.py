@@ -91,8 +91,8 @@ class SipUri:
             return NotImplemented
         return uri_equal(self, other)
 
-    def __hash__(self) -> int:
-        return hash((self.scheme, unescape(self.user or ""), self.host_bare, self.port))
+    def __hash__(self) -> int:  # over what uri_equal always compares, normalised alike
+        return hash((self.scheme, unescape(self.user or ""), _host_key(self.host_bare), self.port))
 
 
 @dataclass(slots=True, eq=False)
@@ -286,6 +286,16 @@ def _comparable_params(params: Params) -> Params:
     if not any("%" in name for name in params):
         return params
     return {unescape(name).lower(): value for name, value in params.items()}
+
+
+def _host_key(host: str) -> str:
+    """One spelling per IPv6 address, so equal URIs hash alike."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Address(host))
+    except ValueError:
+        return host
 
 
 def _same_host(a: str, b: str) -> bool:
