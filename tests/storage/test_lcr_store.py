@@ -120,7 +120,10 @@ async def test_column_sizes_are_named(storage: Storage) -> None:
 async def test_every_write_moves_the_version(storage: Storage) -> None:
     lcr = storage.lcr
     versions = [await lcr.replace_all(reference())]
-    versions.append(await lcr.add_gateway(Gateway("gw7", "10.0.0.7", 5060, "udp"), []))
+    gw7 = Gateway("gw7", "10.0.0.7", 5060, "udp")
+    with pytest.raises(InvalidLcr, match='gateway "gw7": caps: missing'):
+        await lcr.add_gateway(gw7, [])
+    versions.append(await lcr.add_gateway(gw7, [GatewayCapability("gw7", PHONE)]))
     versions.append(await lcr.set_gateway_enabled("gw7", False))
     added = await lcr.add_rule(Rule(0, "43"), [RuleTarget(0, "sipgw1", PHONE)], assign_id=True)
     assert added == Rule(2, "43")
@@ -153,9 +156,11 @@ async def test_gateways_and_rules_one_by_one(storage: Storage) -> None:
     lcr = storage.lcr
     caps = [GatewayCapability("gw-b", PHONE, "0"), GatewayCapability("gw-b", FAX, "9")]
     await lcr.add_gateway(Gateway("gw-b", "[2001:db8::1]", 5070, "tcp", strip=2), caps)
-    await lcr.add_gateway(Gateway("gw-a", "a.example", enabled=False), [])
+    await lcr.add_gateway(
+        Gateway("gw-a", "a.example", enabled=False), [GatewayCapability("gw-a", PHONE)]
+    )
     with pytest.raises(AlreadyExists, match='gateway "gw-a": exists already'):
-        await lcr.add_gateway(Gateway("gw-a", "other.example"), [])
+        await lcr.add_gateway(Gateway("gw-a", "other.example"), [GatewayCapability("gw-a", 1)])
     entries = await lcr.list_gateways()
     assert [(e.gateway.name, e.gateway.enabled) for e in entries] == [
         ("gw-a", False),
@@ -191,7 +196,7 @@ async def test_gateways_and_rules_one_by_one(storage: Storage) -> None:
     assert listed.targets == ()
     rows = (await lcr.load()).rows
     assert [g.name for g in rows.gateways] == ["gw-a"]
-    assert rows.capabilities == ()
+    assert rows.capabilities == (GatewayCapability("gw-a", PHONE),)
 
 
 async def test_merge_replaces_by_name_and_id(storage: Storage) -> None:

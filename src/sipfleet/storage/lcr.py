@@ -201,8 +201,10 @@ def normalized(rows: LcrRows) -> LcrRows:
 
 
 def column_problems(rows: LcrRows) -> list[str]:
-    """What the columns cannot hold, naming the entry and field like ``check_rows``."""
+    """What the columns cannot hold, naming the entry and field like ``check_rows``; and,
+    as the file demands (so that an export imports again), a capability per gateway."""
     problems: list[str] = []
+    carriers = {row.gw for row in rows.capabilities}
 
     def too_long(entry: str, field: str, value: str | None, limit: int) -> None:
         if value is not None and len(value) > limit:
@@ -217,6 +219,8 @@ def column_problems(rows: LcrRows) -> list[str]:
         too_long(entry, "name", gateway.name, schema.GW_NAME_LEN)
         too_long(entry, "host", gateway.host, schema.SHORT_TEXT_LEN)
         too_big(entry, "strip", gateway.strip)
+        if gateway.name not in carriers:
+            problems.append(f"{entry}: caps: missing (list what the gateway can carry)")
     for row in rows.capabilities:
         entry = f"{describe_gateway(row.gw)}: capability {row.capability}"
         too_long(entry, "prefix", row.prefix, schema.LCR_PREFIX_LEN)
