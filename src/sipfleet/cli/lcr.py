@@ -34,8 +34,8 @@ from sipfleet.routing.lcr import (
 from sipfleet.routing.lcr_cache import DEFAULT_RELOAD_INTERVAL
 from sipfleet.routing.lcr_dryrun import dry_run, human_lines, json_lines, parse_capability
 from sipfleet.routing.lcr_file import load_lcr_file
+from sipfleet.sip.address import parse_address
 from sipfleet.sip.errors import ParseError
-from sipfleet.sip.uri import parse_uri
 from sipfleet.storage import InvalidLcr, LcrSnapshot, RuleEntry, Storage
 
 MAX_DRAWS = 100_000
@@ -352,11 +352,12 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def _matchable(text: str | None) -> str | None:
-    """The form rule patterns see (``sip:user@host``), or the text as given."""
+    """The form rule patterns see (``sip:user@host``) of a URI or a header value such as
+    ``"Al" <sip:al@pbx;user=phone>``; text that is neither is matched as given."""
     if text is None:
         return None
     try:
-        return matchable_uri(parse_uri(text))
+        return matchable_uri(parse_address(text, "--from").uri)
     except ParseError:
         return text
 
