@@ -50,6 +50,7 @@ class Step:
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core
     others_pct: float = 0.0
     contaminated: bool = False
+    drops: dict[str, int] = field(default_factory=dict)  # datagrams the kernel dropped
 
     @property
     def relay_us_per_pair(self) -> float:
@@ -65,6 +66,8 @@ def free_udp_port() -> int:
 
 
 def cpu_ticks(pid: int) -> int:
+    if pid == 0:
+        return 0
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -95,6 +98,18 @@ def others_pct(
 ) -> float:
     used = sum(v - before[k] for k, v in after.items() if k in before and k[0] not in mine)
     return round(100.0 * used / HZ / seconds, 1)
+
+
+def udp_drops(ports: dict[str, int]) -> dict[str, int]:
+    """Datagrams dropped by the kernel (receive buffer full) per named local UDP port."""
+    wanted = {port: name for name, port in ports.items()}
+    drops = dict.fromkeys(ports, 0)
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        port = int(fields[1].split(":")[1], 16)
+        if port in wanted:
+            drops[wanted[port]] += int(fields[-1])
+    return drops
 
 
 @contextlib.contextmanager
@@ -152,16 +167,19 @@ def run_step(
     args: argparse.Namespace,
     relay: str,
     relay_pid: int,
-    uas_pid: int,
+    uas: tuple[int, int],
     relay_port: int,
     rate: int,
     workdir: Path,
 ) -> Step:
+    uas_pid, uas_port = uas
     stat_file = workdir / f"{relay}-{rate}-stat.csv"
     stat_file.unlink(missing_ok=True)
     calls = rate * args.duration
+    ports = {"relay": relay_port, "uas": uas_port, "uac": free_udp_port()}
+    dropped_before = udp_drops(ports)
     options = (
-        f"-p {free_udp_port()} -r {rate} -rp 1000 -m {calls} -l {max(200, 2 * rate)}"
+        f"-p {ports['uac']} -r {rate} -rp 1000 -m {calls} -l {max(200, 2 * rate)}"
         f" -timeout {args.duration + 15}s -recv_timeout 5000 -trace_stat -fd 1"
     )
     cmd = sipp("echo_uac.xml", f"127.0.0.1:{relay_port}", *options.split(), "-stf", str(stat_file))
@@ -177,13 +195,15 @@ def run_step(
         after = {name: cpu_ticks(pid) for name, pid in pids.items()}
         seconds = time.time() - t0
         others = others_pct(everyone, all_ticks(), seconds, mine)
+        dropped = udp_drops(ports)
         try:
             uac.wait(timeout=args.duration + 25)
         except subprocess.TimeoutExpired:
             uac.kill()
     cpu = {n: round(100.0 * (after[n] - before[n]) / HZ / seconds, 1) for n in pids}
     rows = read_stats(stat_file)
-    step = Step(relay, rate, False, cpu=cpu, others_pct=others)
+    drops = {name: dropped[name] - dropped_before[name] for name in ports}
+    step = Step(relay, rate, False, cpu=cpu, others_pct=others, drops=drops)
     if not rows:
         return step
     last = rows[-1]
@@ -224,23 +244,21 @@ def ramp(args: argparse.Namespace, relay: str, workdir: Path) -> list[Step]:
     uas_port = free_udp_port()
     budget = args.max_steps * (args.duration + 30) + 60
     uas_cmd = sipp("echo_uas.xml", "-p", str(uas_port), "-timeout", f"{budget}s")
-    relay_cmd = [
-        sys.executable,
-        str(RELAYS[relay]),
-        "--listen",
-        "127.0.0.1:0",
-        "--target",
-        f"127.0.0.1:{uas_port}",
-    ]
+    relay_cmd = [sys.executable, str(RELAYS.get(relay, "")), "--listen", "127.0.0.1:0"]
+    relay_cmd += ["--target", f"127.0.0.1:{uas_port}"]
     steps: list[Step] = []
-    with (
-        started(uas_cmd, workdir / f"{relay}-uas.log") as (uas, _),
-        started(relay_cmd, workdir / f"{relay}-relay.log", ready_line=True) as (proc, port),
-    ):
+    relay_started = (
+        started(relay_cmd, workdir / f"{relay}-relay.log", ready_line=True)
+        if relay in RELAYS
+        else contextlib.nullcontext((None, uas_port))  # "direct": the harness ceiling
+    )
+    with started(uas_cmd, workdir / f"{relay}-uas.log") as (uas, _), relay_started as (proc, port):
         time.sleep(0.5)
+        relay_pid = proc.pid if proc is not None else 0
 
         def step_at(rate: int) -> Step:
-            steps.append(measured_step(args, relay, proc.pid, uas.pid, port, rate, workdir))
+            uas_of = (uas.pid, uas_port)
+            steps.append(measured_step(args, relay, relay_pid, uas_of, port, rate, workdir))
             return steps[-1]
 
         best: Step | None = None
@@ -270,17 +288,17 @@ def measured_step(
     args: argparse.Namespace,
     relay: str,
     relay_pid: int,
-    uas_pid: int,
+    uas: tuple[int, int],
     port: int,
     rate: int,
     workdir: Path,
 ) -> Step:
-    mine = {os.getpid(), relay_pid, uas_pid}
+    mine = {os.getpid(), relay_pid, uas[0]}
     step = None
     for _ in range(2):  # one re-run when other work spoilt the measurement
         wait_for_quiet(args, mine)
         drain(relay_pid)
-        step = run_step(args, relay, relay_pid, uas_pid, port, rate, workdir)
+        step = run_step(args, relay, relay_pid, uas, port, rate, workdir)
         step.contaminated = step.others_pct > args.max_others
         report(step)
         if not step.contaminated:
@@ -306,6 +324,7 @@ def report(step: Step) -> None:
         f"  fail {step.fail_pct:6.2f}%  retrans {step.retransmissions:5}"
         f"  cpu relay {step.cpu.get('relay', 0):5.1f}% uac {step.cpu.get('uac', 0):5.1f}%"
         f" uas {step.cpu.get('uas', 0):5.1f}%  others {step.others_pct:5.1f}%"
+        f"  drops {','.join(f'{k}:{v}' for k, v in step.drops.items() if v) or '-'}"
         f"{'  CONTAMINATED' if step.contaminated else ''}",
         file=sys.stderr,
         flush=True,
@@ -344,7 +363,12 @@ def summary(results: dict[str, list[Step]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--relays", default="floor,sipfleet")
+    parser.add_argument(
+        "--relays",
+        default="floor,sipfleet",
+        help="comma list of floor, sipfleet and direct (sipp UAC straight to the UAS: "
+        "the harness ceiling)",
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per step")
     parser.add_argument("--start", type=int, default=4000, help="first rate (calls/s)")
     parser.add_argument("--factor", type=float, default=1.25)
