@@ -38,7 +38,7 @@ def register(
         *extra,
         "Content-Length: 0",
     ]
-    request = parse_message(("\r\n".join(head) + "\r\n\r\n").encode())
+    request = parse_message(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
     assert isinstance(request, Request)
     validate_request(request)
     return request
@@ -123,7 +123,7 @@ def test_zero_expiry_is_a_removal_not_too_brief() -> None:
     assert plan("Contact: <sip:a@h>;expires=0").changes[0].expires == 0
 
 
-@pytest.mark.parametrize("value", ["-1", "abc", "99999999999", ""])
+@pytest.mark.parametrize("value", ["-1", "abc", "99999999999", "", "1\xb2"])
 def test_bad_expires_param_is_400(value: str) -> None:
     contact = f"Contact: <sip:a@h>;expires={value}" if value else "Contact: <sip:a@h>;expires"
     assert rejected(contact).status == 400
@@ -182,6 +182,12 @@ def test_outbound_instance_and_reg_id() -> None:
 
 def test_reg_id_without_instance_is_400() -> None:
     assert rejected("Contact: <sip:a@h>;reg-id=1").status == 400
+
+
+@pytest.mark.parametrize("value", ["0", "x", "1\xb2", "1234567890"])
+def test_bad_reg_id_is_400(value: str) -> None:
+    contact = f'Contact: <sip:a@h>;+sip.instance="<urn:x>";reg-id={value}'
+    assert rejected(contact).status == 400
 
 
 # -- RFC 3327 Path ----------------------------------------------------------------------------

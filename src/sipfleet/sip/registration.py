@@ -184,7 +184,7 @@ def _expires(params: dict[str, str | None], request: Request, settings: Registra
     """Contact expires, else the Expires header, else the default; clamped to the max."""
     if "expires" in params:
         param = params["expires"] or ""
-        if not param.isdigit() or len(param) > 10 or int(param) > 2**32 - 1:
+        if not (param.isdigit() and param.isascii()) or len(param) > 10 or int(param) > 2**32 - 1:
             raise Rejection(400, "Bad expires parameter in Contact")
         value = int(param)
     elif request.expires is not None:
@@ -223,7 +223,7 @@ def _reg_id(value: str | None, instance: str | None) -> int | None:
         return None
     if instance is None:
         raise Rejection(400, "reg-id without +sip.instance in Contact")
-    if not value.isdigit() or len(value) > 9 or int(value) == 0:
+    if not (value.isdigit() and value.isascii()) or len(value) > 9 or int(value) == 0:
         raise Rejection(400, "Bad reg-id parameter in Contact")
     return int(value)
 
