@@ -229,11 +229,20 @@ class CallRunner:
         self.shell.execute(call.server.respond(response))
 
     def _arm_timer_c(self, call: Call, branch: Branch, delay: float) -> None:
-        _disarm(branch)
+        """(Re)start Timer C. Each 18x restarts it; rather than a new loop timer per
+        provisional response, the armed one re-arms itself for what is left."""
         loop = asyncio.get_running_loop()
-        branch.timer = loop.call_later(delay, self._timer_c_fired, call, branch)
+        branch.deadline = loop.time() + delay
+        if branch.timer is not None and branch.timer.when() <= branch.deadline:
+            return
+        _disarm(branch)
+        branch.timer = loop.call_at(branch.deadline, self._timer_c_fired, call, branch)
 
     def _timer_c_fired(self, call: Call, branch: Branch) -> None:
+        loop = asyncio.get_running_loop()
+        if branch.deadline > loop.time() + 0.001:
+            branch.timer = loop.call_at(branch.deadline, self._timer_c_fired, call, branch)
+            return
         branch.timer = None
         if call.context is not None:
             self.apply(call, call.context.on_timer_c(branch))

@@ -44,12 +44,13 @@ class BranchState(Enum):
 
 
 class Branch:
-    """One forwarded copy. ``destination`` and ``timer`` are the engine's slots: the
-    context never looks at them."""
+    """One forwarded copy. ``destination``, ``timer`` and ``deadline`` are the engine's
+    slots: the context never looks at them."""
 
     __slots__ = (
         "cancel_sent",
         "cancel_wanted",
+        "deadline",
         "destination",
         "expired",
         "index",
@@ -73,6 +74,7 @@ class Branch:
         self.request: Request | None = None
         self.destination: Any = None
         self.timer: Any = None
+        self.deadline = 0.0
 
     @property
     def pending(self) -> bool:

@@ -2,13 +2,15 @@
 
 Every transaction's ``peer`` is a ``Destination``: where a client transaction sends its
 request, and where a server transaction sends its responses (fixed when it is created).
-A send that fails at once is fed back as ``transport_failed``.
+A send that fails at once is fed back as ``transport_failed``. Timers of a second or
+more fire in 100 ms slots (the RFC's long timers are waits, not deadlines to the ms).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Protocol
 
 from sipfleet.core.endpoint import SipEndpoint
@@ -28,6 +30,8 @@ from sipfleet.sip.transaction import (
 from sipfleet.transport.base import TransportError as SendFailed
 
 log = logging.getLogger(__name__)
+COARSE_FROM_S = 1.0  # timers this long or longer may fire up to one resolution late
+COARSE_RESOLUTION_S = 0.1
 
 
 class TransactionUser(Protocol):
@@ -41,12 +45,14 @@ class TransactionUser(Protocol):
 
 
 class TransactionShell:
-    __slots__ = ("_endpoint", "_loop", "_timers", "_tu")
+    __slots__ = ("_endpoint", "_loop", "_slots", "_timers", "_tu")
 
     def __init__(self, endpoint: SipEndpoint, tu: TransactionUser) -> None:
         self._endpoint = endpoint
         self._tu = tu
-        self._timers: dict[tuple[Transaction, Timer], asyncio.TimerHandle] = {}
+        # each armed timer: its loop handle, or the coarse slot it waits in
+        self._timers: dict[tuple[Transaction, Timer], asyncio.TimerHandle | int] = {}
+        self._slots: dict[int, list[tuple[Transaction, Timer]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -60,9 +66,9 @@ class TransactionShell:
             elif isinstance(action, StartTimer):
                 self._arm(action)
             elif isinstance(action, CancelTimer):
-                handle = self._timers.pop((action.transaction, action.timer), None)
-                if handle is not None:
-                    handle.cancel()
+                armed = self._timers.pop((action.transaction, action.timer), None)
+                if isinstance(armed, asyncio.TimerHandle):
+                    armed.cancel()  # a coarse one is skipped when its slot comes
             elif isinstance(action, Deliver):
                 self._tu.delivered(action.transaction, action.message)
             elif isinstance(action, Timeout):
@@ -84,7 +90,23 @@ class TransactionShell:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         key = (action.transaction, action.timer)
-        self._timers[key] = loop.call_later(action.delay, self._fire, key)
+        if action.delay < COARSE_FROM_S:
+            self._timers[key] = loop.call_later(action.delay, self._fire, key)
+            return
+        # Long timers (B, F, H, J, L, M, D, K: seconds) share one loop timer per slot:
+        # a call arms several and most are cancelled or end a finished transaction.
+        slot = math.ceil((loop.time() + action.delay) / COARSE_RESOLUTION_S)
+        keys = self._slots.get(slot)
+        if keys is None:
+            keys = self._slots[slot] = []
+            loop.call_at(slot * COARSE_RESOLUTION_S, self._fire_slot, slot)
+        keys.append(key)
+        self._timers[key] = slot
+
+    def _fire_slot(self, slot: int) -> None:
+        for key in self._slots.pop(slot, ()):
+            if self._timers.get(key) == slot:  # still armed, and armed for this slot
+                self._fire(key)
 
     def _fire(self, key: tuple[Transaction, Timer]) -> None:
         self._timers.pop(key, None)
@@ -95,6 +117,8 @@ class TransactionShell:
             log.exception("timer %s of %r failed", timer, transaction)
 
     def cancel_all(self) -> None:
-        for handle in self._timers.values():
-            handle.cancel()
+        for armed in self._timers.values():
+            if isinstance(armed, asyncio.TimerHandle):
+                armed.cancel()
         self._timers.clear()
+        self._slots.clear()
