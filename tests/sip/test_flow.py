@@ -16,6 +16,7 @@ TOKENS = FlowTokens(b"cluster-secret")
         Flow("tcp", "198.51.100.2", 5060, connection=123456, worker=3, reach_by_flow=True),
         Flow("udp", "192.0.2.1", 5060, reach_by_flow=False),
         Flow("tcp", "2001:db8::1", 5061, connection=7),
+        Flow("udp", "203.0.113.7", 40312, worker=1, lb=65535),
     ],
 )
 def test_round_trip(flow: Flow) -> None:
@@ -24,7 +25,9 @@ def test_round_trip(flow: Flow) -> None:
 
 
 def test_token_is_safe_in_a_sip_user_part() -> None:
-    token = TOKENS.encode(Flow("tcp", "2001:db8::1", 5061, connection=2**32 - 1, worker=255))
+    token = TOKENS.encode(
+        Flow("tcp", "2001:db8::1", 5061, connection=2**32 - 1, worker=255, lb=65535)
+    )
     assert all(ch.isalnum() or ch in "-_" for ch in token)
     assert len(token) <= 64
 

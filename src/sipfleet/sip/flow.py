@@ -3,7 +3,8 @@
 The LB puts a token in the user part of its Path and Record-Route URIs. It names the
 client's transport address as the LB saw it (the NAT binding), the TCP connection and the
 LB worker that owns it, and whether the client must be reached over that flow (behind NAT,
-TCP, RFC 5626 outbound) or at its Contact. The token is authenticated with the cluster
+TCP, RFC 5626 outbound) or at its Contact. It also names the LB that made it, so that after a
+restart each LB takes back only its own flows. The token is authenticated with the cluster
 secret: a request that comes back with a token the LB did not make is refused (403), so
 nothing in a packet can point the LB at an address of the sender's choosing.
 """
@@ -18,9 +19,9 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
-_VERSION = 1
+_VERSION = 2
 _MAC_BYTES = 10  # 80 bits: forging one takes 2**79 tries on average, each a SIP request
-_HEADER = struct.Struct("!BBBHI")  # version, flags, worker, port, connection
+_HEADER = struct.Struct("!BBBHIH")  # version, flags, worker, port, connection, lb
 _FLAG_TCP = 0x01
 _FLAG_REACH_BY_FLOW = 0x02
 _FLAG_IPV6 = 0x04
@@ -34,6 +35,7 @@ class Flow:
     connection: int = 0  # TCP connection id inside the owning LB worker (0 for UDP)
     worker: int = 0  # index of the LB worker process that owns the connection
     reach_by_flow: bool = True  # send to this address / connection, not to the Contact
+    lb: int = 0  # which LB made the token (lb.id, 0..65535): the one that keeps it alive
 
 
 class FlowTokens:
@@ -50,7 +52,8 @@ class FlowTokens:
             | (_FLAG_IPV6 if address.version == 6 else 0)
         )
         body = (
-            _HEADER.pack(_VERSION, flags, flow.worker, flow.port, flow.connection) + address.packed
+            _HEADER.pack(_VERSION, flags, flow.worker, flow.port, flow.connection, flow.lb)
+            + address.packed
         )
         return _b64(body + self._mac(body))
 
@@ -62,7 +65,7 @@ class FlowTokens:
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if not hmac.compare_digest(mac, self._mac(body)):
             return None
-        version, flags, worker, port, connection = _HEADER.unpack_from(body)
+        version, flags, worker, port, connection, lb = _HEADER.unpack_from(body)
         packed = body[_HEADER.size :]
         expected = 16 if flags & _FLAG_IPV6 else 4
         if version != _VERSION or len(packed) != expected:
@@ -74,6 +77,7 @@ class FlowTokens:
             connection=connection,
             worker=worker,
             reach_by_flow=bool(flags & _FLAG_REACH_BY_FLOW),
+            lb=lb,
         )
 
     def _mac(self, body: bytes) -> bytes:
