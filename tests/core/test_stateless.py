@@ -227,3 +227,22 @@ async def test_response_with_only_our_via_is_dropped(setup: Setup) -> None:
     setup.uas.send(data, setup.address())
     await setup.uac.nothing()
     assert setup.forwarder.stats.responses_unroutable == 1
+
+
+async def test_our_via_can_name_another_side_and_carry_parameters(setup: Setup) -> None:
+    """A node with a public and an internal side names the side the request leaves from;
+    extra Via parameters come back in the response (the LB keeps its flow token there)."""
+
+    class Named(Relay):
+        def on_request(self, request: Request, peer: Peer) -> None:
+            self.forwarder.forward_request(
+                request, peer, self.target, sent_by="192.0.2.99:5099", via_params=";ft=abc"
+            )
+
+    setup.endpoint.handler = Named(
+        setup.forwarder, Destination("udp", setup.uas.host, setup.uas.port)
+    )
+    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}"), setup.address())
+    request = await setup.forwarded()
+    ours = request.vias[0]
+    assert (ours.host, ours.port, ours.params.get("ft")) == ("192.0.2.99", 5099, "abc")

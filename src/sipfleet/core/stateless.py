@@ -57,15 +57,28 @@ class StatelessForwarder:
         self.endpoint = endpoint
         self.force_rport = force_rport
         self.stats = ForwardStats()
-        self._our_via_prefix: dict[tuple[TransportName, bool], str] = {}
+        self._our_via_prefix: dict[tuple[TransportName, bool, str | None], str] = {}
         self._sent_bys: set[tuple[str, int | None]] | None = None
         self._udp_index: dict[tuple[str, int], int] | None = None
 
     # -- requests --------------------------------------------------------------------------
-    def forward_request(self, request: Request, peer: Peer, target: Destination) -> bool:
+    def forward_request(
+        self,
+        request: Request,
+        peer: Peer,
+        target: Destination,
+        *,
+        sent_by: str | None = None,
+        via_params: str = "",
+    ) -> bool:
         """Forward ``request`` to ``target``. Returns False when it was answered (483,
         400) or could not be sent; the request has then been edited and must not be
-        forwarded again (pass a ``copy()`` when a second target may be tried)."""
+        forwarded again (pass a ``copy()`` when a second target may be tried).
+
+        ``sent_by``: the ``host:port`` our Via names, when it is not the first listener of
+        the transport (a node with a public and an internal side names the side the
+        request leaves from). ``via_params``: extra parameters for our Via (``;name=value``),
+        which the response brings back."""
         try:
             max_forwards = request.max_forwards
             via = request.top_via
@@ -82,7 +95,7 @@ class StatelessForwarder:
             return False
         self._stamp(request, via, peer)
         request.decrement_max_forwards()
-        request.push_via(self._our_via(target, peer, branch))
+        request.push_via(self._our_via(target, peer, branch, sent_by) + via_params)
         try:
             self.endpoint.send_request(request, target)
         except TransportError as exc:
@@ -105,13 +118,16 @@ class StatelessForwarder:
         request.pop_first_value("via")
         request.push_via(via.replace(params=params))
 
-    def _our_via(self, target: Destination, peer: Peer, branch: str) -> str:
-        ipv6 = ":" in target.host
-        prefix = self._our_via_prefix.get((target.transport, ipv6))
+    def _our_via(
+        self, target: Destination, peer: Peer, branch: str, sent_by: str | None = None
+    ) -> str:
+        key = (target.transport, ":" in target.host, sent_by)
+        prefix = self._our_via_prefix.get(key)
         if prefix is None:
-            sent_by = self.endpoint.sent_by(target.transport, target.host)
+            if sent_by is None:
+                sent_by = self.endpoint.sent_by(target.transport, target.host)
             prefix = f"SIP/2.0/{target.transport.upper()} {sent_by};branch="
-            self._our_via_prefix[(target.transport, ipv6)] = prefix
+            self._our_via_prefix[key] = prefix
         flow = self._flow_of(peer)
         return f"{prefix}{branch}" if flow is None else f"{prefix}{branch};{FLOW_PARAM}={flow}"
 
