@@ -20,6 +20,7 @@ from sipfleet.storage.model import (
     LbPool,
     LbState,
     LbTarget,
+    LbTargetHealth,
     LcrSnapshot,
     LiveFlow,
     RuleEntry,
@@ -109,9 +110,19 @@ class LbTargetStore(Protocol):
         """Raises ``AlreadyExists`` for a (pool, uri) that is there already."""
         ...
 
-    async def remove(self, pool: LbPool, uri: str) -> bool: ...
+    async def remove(self, pool: LbPool, uri: str) -> bool:
+        """Remove a target (and every LB's health row of it)."""
+        ...
 
     async def set_state(self, pool: LbPool, uri: str, state: LbState) -> bool: ...
+
+    async def report_health(self, lb: str, reports: Sequence[LbTargetHealth]) -> None:
+        """Store LB ``lb``'s view of its targets; its rows of other targets go."""
+        ...
+
+    async def list_health(self) -> list[LbTargetHealth]:
+        """Every LB's view of every target (`sipfleet lb target list`)."""
+        ...
 
 
 class LcrStore(Protocol):

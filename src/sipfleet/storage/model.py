@@ -12,6 +12,7 @@ LbPool = Literal["registrar", "proxy"]
 LbState = Literal["active", "draining", "disabled"]
 LB_POOLS: tuple[LbPool, ...] = ("registrar", "proxy")
 LB_STATES: tuple[LbState, ...] = ("active", "draining", "disabled")
+LbHealth = Literal["up", "down", "unknown"]
 
 
 class AddressOfRecord(Protocol):
@@ -129,6 +130,19 @@ class LbTarget:
     uri: str
     weight: int
     state: LbState
+
+
+@dataclass(frozen=True, slots=True)
+class LbTargetHealth:
+    """One LB's view of one target: ``changed`` when the health last changed, ``checked``
+    when the LB last reported (unix seconds; an old one: that LB is gone or stuck)."""
+
+    lb: str
+    pool: LbPool
+    uri: str
+    health: LbHealth
+    changed: int
+    checked: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,24 @@ lb_target = sa.Table(
     **MYSQL_TABLE_OPTIONS,
 )
 
+# Each LB's view of its pool targets (docs/lb.md): written by the LB when a target's
+# health changes and every few seconds (``checked`` shows a view that is no longer
+# updated), read by `sipfleet lb target list` from any host.
+lb_target_health = sa.Table(
+    "lb_target_health",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("lb", sa.String(64), nullable=False),
+    sa.Column("pool", sa.String(16), nullable=False),
+    sa.Column("uri", sa.String(SHORT_TEXT_LEN), nullable=False),
+    sa.Column("health", sa.String(8), nullable=False),
+    sa.Column("changed", sa.BigInteger, nullable=False),
+    sa.Column("checked", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("lb", "pool", "uri", name="lb_target_health_key"),
+    sa.CheckConstraint("health IN ('up', 'down', 'unknown')", name="lb_target_health_check"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
 # LCR (DESIGN §3, docs/lcr.md): the columns are those of the row types in routing/lcr.py.
 # Gateways are referred to by name, as the rows and the TOML file do; rule ids are chosen
 # by the operator (the file's ``id``), so they are plain keys, never auto-assigned.

@@ -32,13 +32,14 @@ from sipfleet.storage.model import (
     LbPool,
     LbState,
     LbTarget,
+    LbTargetHealth,
     LiveFlow,
     Subscriber,
 )
 from sipfleet.storage.pool import InFlightGate
 from sipfleet.storage.statements import Statement, Statements, Step, StepResult, compile_for
 
-SCHEMA_REVISION = "0001"  # the Alembic head this code expects (a test checks they agree)
+SCHEMA_REVISION = "0002"  # the Alembic head this code expects (a test checks they agree)
 
 Row = Sequence[Any]
 
@@ -322,11 +323,37 @@ class SqlLbTargets:
         return LbTarget(*rows[0])
 
     async def remove(self, pool: LbPool, uri: str) -> bool:
-        return await self._db.execute(self._db.sql.lb_remove, _lb_key(pool, uri)) > 0
+        key = _lb_key(pool, uri)
+        await self._db.execute(self._db.sql.lb_health_remove, key)
+        return await self._db.execute(self._db.sql.lb_remove, key) > 0
 
     async def set_state(self, pool: LbPool, uri: str, state: LbState) -> bool:
         params = {**_lb_key(pool, uri), "state": _lb_state(state)}
         return await self._db.execute(self._db.sql.lb_set_state, params) > 0
+
+    async def report_health(self, lb: str, reports: Sequence[LbTargetHealth]) -> None:
+        rules.check_text("lb", lb, 64, required=True)
+        checked = max((report.checked for report in reports), default=clock(None))
+        rows = [
+            {
+                **_lb_key(r.pool, r.uri),
+                "lb": lb,
+                "health": r.health,
+                "changed": r.changed,
+                "checked": checked,
+            }
+            for r in reports
+        ]
+        steps = [Step(self._db.sql.lb_health_set, rows)] if rows else []
+        steps.append(Step(self._db.sql.lb_health_prune, [{"lb": lb, "checked": checked}]))
+        await self._db.transaction(steps)
+
+    async def list_health(self) -> list[LbTargetHealth]:
+        rows = await self._db.fetch(self._db.sql.lb_health_list, {})
+        return [
+            LbTargetHealth(lb, pool, uri, health, int(changed), int(checked))
+            for lb, pool, uri, health, changed, checked in rows
+        ]
 
 
 class SqlStorage:

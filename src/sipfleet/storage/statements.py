@@ -18,7 +18,13 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from sipfleet.storage.dsn import Kind
-from sipfleet.storage.schema import lb_target, location, subscriber, usr_preferences
+from sipfleet.storage.schema import (
+    lb_target,
+    lb_target_health,
+    location,
+    subscriber,
+    usr_preferences,
+)
 
 BINDING_COLUMNS = tuple(location.c)  # the order of Binding's fields
 LB_TARGET_COLUMNS = (
@@ -27,6 +33,14 @@ LB_TARGET_COLUMNS = (
     lb_target.c.uri,
     lb_target.c.weight,
     lb_target.c.state,
+)
+LB_HEALTH_COLUMNS = (
+    lb_target_health.c.lb,
+    lb_target_health.c.pool,
+    lb_target_health.c.uri,
+    lb_target_health.c.health,
+    lb_target_health.c.changed,
+    lb_target_health.c.checked,
 )
 SUBSCRIBER_COLUMNS = (
     subscriber.c.username,
@@ -232,6 +246,34 @@ class Statements:
         )
         self.lb_remove = c(sa.delete(table).where(by_key))
         self.lb_set_state = c(sa.update(table).where(by_key).values(state=_p("state")))
+        health = lb_target_health
+        self.lb_health_list = c(
+            sa.select(*LB_HEALTH_COLUMNS).order_by(health.c.pool, health.c.uri, health.c.lb)
+        )
+        self.lb_health_set = c(
+            _upsert(
+                self.kind,
+                health,
+                ["lb", "pool", "uri"],
+                {
+                    "lb": _p("lb"),
+                    "pool": _p("pool"),
+                    "uri": _p("uri"),
+                    "health": _p("health"),
+                    "changed": _p("changed", sa.BigInteger),
+                    "checked": _p("checked", sa.BigInteger),
+                },
+            )
+        )
+        # After a report: the rows of targets this LB no longer has (not checked now).
+        self.lb_health_prune = c(
+            sa.delete(health).where(
+                health.c.lb == _p("lb"), health.c.checked < _p("checked", sa.BigInteger)
+            )
+        )
+        self.lb_health_remove = c(
+            sa.delete(health).where(health.c.pool == _p("pool"), health.c.uri == _p("uri"))
+        )
 
     def _sqlite_save_statements(self) -> None:
         """The pieces of a save that SQLite runs inside one transaction."""
