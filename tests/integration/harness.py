@@ -161,6 +161,15 @@ class Cluster:
         )
         self._with_storage(lambda storage: storage.subscribers.add(subscriber))
 
+    def add_lb_target(self, pool: str, node: RoleProcess | str, weight: int = 1) -> str:
+        """Put a role (or a URI) in one of the LB's pools; returns the target URI."""
+        uri = node if isinstance(node, str) else f"sip:127.0.0.1:{node.port}"
+        self._with_storage(lambda storage: storage.lb_targets.add(pool, uri, weight=weight))
+        return uri
+
+    def remove_lb_target(self, pool: str, uri: str) -> None:
+        self._with_storage(lambda storage: storage.lb_targets.remove(pool, uri))
+
     def bindings(self, username: str, domain: str) -> list[Binding]:
         result: list[Binding] = self._with_storage(
             lambda storage: storage.location.lookup(Aor(username, domain))

@@ -99,15 +99,41 @@ class LbSection(Section):
             parse_listen("udp:127.0.0.1:5060"),
             parse_listen("tcp:127.0.0.1:5060"),
         ],
-        description="Where clients reach the cluster.",
+        description="Where clients reach the cluster (may be a public address).",
     )
+    internal_listen: list[ListenAddress] = Field(
+        default_factory=list,
+        description="Where the LB talks to registrars and proxies: its Path and the inner "
+        "of a double Record-Route name it. Empty: the same as listen.",
+    )
+    id: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="Names this LB in its flow tokens (0-65535); every LB of a cluster needs "
+        "its own. -1: derived from the first internal listen address.",
+    )
+    force_rport: bool = Field(
+        True,
+        description="Answer every client at the address and port its request came from "
+        "(RFC 3581 rport), also when it did not ask.",
+    )
+    keepalive: bool = Field(True, description="Ping registered flows (NAT keepalive).")
     keepalive_method: Literal["options", "crlf"] = Field(
-        "options", description="NAT keepalive ping."
+        "options",
+        description="NAT keepalive ping over UDP: OPTIONS (answered: failures are counted) or "
+        "CRLFCRLF (cheaper, unanswered). TCP flows always get CRLFCRLF (RFC 5626).",
     )
     keepalive_interval_s: float = Field(
-        20.0, gt=0, description="Every flow is pinged once per interval."
+        20.0,
+        gt=0,
+        description="Every flow is pinged once per interval, spread evenly over it; keep it "
+        "below the NAT's UDP mapping timeout (often 30 s).",
     )
     probe_interval_s: float = Field(5.0, gt=0, description="OPTIONS health check of pool targets.")
+    pool_reload_s: float = Field(
+        2.0, gt=0, description="How often lb_target is read again (pools changed at run time)."
+    )
 
 
 class RegistrarSection(Section):

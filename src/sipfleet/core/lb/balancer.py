@@ -1,0 +1,126 @@
+"""The LB's SipHandler: requests routed by the Router and forwarded statelessly;
+responses back by Via, after the LB has read what is for itself (answers to its probes
+and pings, what a REGISTER 2xx says about a flow)."""
+
+from __future__ import annotations
+
+import logging
+
+from sipfleet.core.lb import handoff
+from sipfleet.core.lb.budget import LogBudget
+from sipfleet.core.lb.endpoint import LbEndpoint
+from sipfleet.core.lb.keepalive import learned
+from sipfleet.core.lb.pinger import Keepalives
+from sipfleet.core.lb.probes import HealthChecker
+from sipfleet.core.lb.router import AnswerHere, Forward, HandOff, Reject, Router
+from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.sip import ParseError, Request, Response
+from sipfleet.sip.builders import make_response
+from sipfleet.sip.flow import FlowTokens
+from sipfleet.transport.base import Peer, TransportError
+
+log = logging.getLogger(__name__)
+OUR_BRANCHES = "branch=z9hG4bK-lb"  # what PROBE_BRANCH and KEEPALIVE_BRANCH start with
+LEARN_MARK = ";lbf="
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+
+
+class Balancer:
+    def __init__(
+        self,
+        endpoint: LbEndpoint,
+        router: Router,
+        forwarder: StatelessForwarder,
+        health: HealthChecker,
+        keepalives: Keepalives,
+        tokens: FlowTokens,
+    ) -> None:
+        self.endpoint = endpoint
+        self.router = router
+        self.forwarder = forwarder
+        self.health = health
+        self.keepalives = keepalives
+        self.tokens = tokens
+        self.refused_tokens = 0
+        self._refusals = LogBudget(log)
+        endpoint.on_handoff = self.handed
+
+    # -- requests ----------------------------------------------------------------------------
+    def on_request(self, request: Request, peer: Peer) -> None:
+        decision = self.router.route(request, peer)
+        if type(decision) is Forward:
+            self._forward(request, peer, decision)
+        elif isinstance(decision, Reject):
+            self._reject(request, peer, decision)
+        elif isinstance(decision, HandOff):
+            self.endpoint.hand_over(decision.worker, handoff.Received(request.serialize(), peer))
+        elif isinstance(decision, AnswerHere) and request.method != "ACK":
+            headers = [("Allow", ALLOW), ("Accept", "application/sdp")]
+            self._answer(request, peer, 200, "OK", headers)
+
+    def _forward(self, request: Request, peer: Peer, decision: Forward) -> None:
+        for _ in range(decision.pop_routes):
+            request.pop_first_value("route")
+        for record_route in decision.record_routes:
+            request.add_record_route(record_route)
+        if decision.path is not None:
+            request.add_path(decision.path)
+        self.forwarder.forward_request(
+            request,
+            peer,
+            decision.destination,
+            sent_by=decision.sent_by,
+            via_params=decision.via_params,
+        )
+
+    def _reject(self, request: Request, peer: Peer, decision: Reject) -> None:
+        if decision.why is not None:
+            self.refused_tokens += 1
+            self._refusals.log(logging.WARNING, "%s: %d", decision.why, decision.status)
+        if request.method != "ACK":
+            self._answer(request, peer, decision.status, decision.reason, list(decision.headers))
+
+    def _answer(
+        self, request: Request, peer: Peer, status: int, reason: str, headers: list[tuple[str, str]]
+    ) -> None:
+        try:
+            response = make_response(request, status, reason, headers=headers)
+            self.endpoint.send_response(response, peer.reply_to)
+        except (TransportError, ParseError) as exc:
+            log.debug("%d to %s:%s not sent: %s", status, peer.host, peer.port, exc)
+
+    # -- responses --------------------------------------------------------------------------
+    def on_response(self, response: Response, peer: Peer) -> None:
+        vias = response.header_values("via")
+        if not vias:
+            return
+        top = vias[0]
+        if OUR_BRANCHES in top:
+            if not self.health.answered(top):
+                self.keepalives.answered(top)
+            return
+        self.forwarder.forward_response(response, peer)
+        if LEARN_MARK in top:
+            try:
+                news = learned(response, top, self.tokens)
+            except ParseError as exc:
+                log.debug("REGISTER answer %r: nothing learned: %s", response, exc)
+                return
+            if news is not None:
+                self.keepalives.learned(news)
+
+    # -- what other workers hand over --------------------------------------------------------
+    def handed(self, message: handoff.Handed, sender: int) -> None:
+        if isinstance(message, handoff.Learn):
+            self.keepalives.handed_learn(message)
+        elif isinstance(message, handoff.Answered):
+            self.keepalives.handed_answer(message.flow_id)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            **self.endpoint.counters(),
+            **self.forwarder.counters(),
+            **self.keepalives.counters(),
+            "refused_tokens": self.refused_tokens,
+            "probes_sent": self.health.probes_sent,
+        }

@@ -1,0 +1,107 @@
+"""The LB's SipEndpoint: one more UDP socket per worker, private to it (the control
+socket), and TCP connections of other workers reached through their control sockets.
+
+The control socket is where the worker's health probes are answered (a probe answer
+must come back to the worker that sent it, which the shared SO_REUSEPORT sockets do not
+promise) and where the other workers hand over messages (core/lb/handoff.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Mapping, Sequence
+
+from sipfleet.config.listen import ListenAddress
+from sipfleet.core.endpoint import CONNECTION_IDS_PER_WORKER, SipEndpoint
+from sipfleet.core.lb import handoff
+from sipfleet.transport.base import Destination, Peer, TransportError, TransportLimits
+
+log = logging.getLogger(__name__)
+
+
+class LbEndpoint(SipEndpoint):
+    def __init__(
+        self,
+        listen: Sequence[ListenAddress],
+        *,
+        sockets: Sequence[socket.socket],
+        control: tuple[str, int],
+        siblings: Mapping[int, tuple[str, int]],
+        worker_index: int = 0,
+        limits: TransportLimits | None = None,
+    ) -> None:
+        """``sockets``: the worker's listening sockets and, among them, its control socket
+        bound at ``control``; ``siblings``: every worker's control address by index."""
+        super().__init__(listen, sockets=sockets, worker_index=worker_index, limits=limits)
+        self.worker_index = worker_index
+        self.control = control
+        self.siblings = dict(siblings)
+        self._sibling_at = {address: index for index, address in self.siblings.items()}
+        # Learn and Answered go to the LB; Received and Send are the endpoint's own.
+        self.on_handoff: Callable[[handoff.Handed, int], None] | None = None
+        self.handoffs_sent = 0
+        self.handoffs_received = 0
+        self.handoffs_refused = 0
+
+    def frame_received(self, data: bytes, peer: Peer) -> None:
+        if data.startswith(handoff.MAGIC):
+            self._handoff_received(data, peer)
+        else:
+            super().frame_received(data, peer)
+
+    def _handoff_received(self, data: bytes, peer: Peer) -> None:
+        sender = self._sibling_at.get((peer.host, peer.port))
+        arrived = (peer.local_host, peer.local_port) == self.control
+        if sender is None or not arrived or peer.transport != "udp" or self.on_handoff is None:
+            self.handoffs_refused += 1
+            log.debug("handoff from %s:%s refused", peer.host, peer.port)
+            return
+        try:
+            message = handoff.decode(data)
+        except handoff.BadHandoff as exc:
+            self.handoffs_refused += 1
+            log.warning("bad handoff from worker %d: %s", sender, exc)
+            return
+        self.handoffs_received += 1
+        if isinstance(message, handoff.Received):  # as if it had come in here
+            super().frame_received(message.data, message.peer)
+        elif isinstance(message, handoff.Send):
+            self._send_handed(message)
+        else:
+            self.on_handoff(message, sender)
+
+    def _send_handed(self, message: handoff.Send) -> None:
+        destination = Destination("tcp", message.host, message.port, message.connection_id)
+        try:
+            super().send_bytes(message.data, destination)
+        except TransportError as exc:
+            log.debug("handed send to connection %d failed: %s", message.connection_id, exc)
+
+    def send_bytes(self, data: bytes, destination: Destination) -> None:
+        """A TCP connection of another worker is written by that worker."""
+        connection = destination.connection_id
+        if destination.transport == "tcp" and connection is not None:
+            owner = connection // CONNECTION_IDS_PER_WORKER
+            if owner != self.worker_index:
+                send = handoff.Send(data, connection, destination.host, destination.port)
+                self.hand_over(owner, send)
+                self.stats.messages_sent += 1
+                return
+        super().send_bytes(data, destination)
+
+    def hand_over(self, worker: int, message: handoff.Handed) -> None:
+        address = self.siblings.get(worker)
+        if address is None:
+            raise TransportError(f"no LB worker {worker}")
+        destination = Destination("udp", address[0], address[1], None, self.control)
+        super().send_bytes(handoff.encode(message), destination)
+        self.handoffs_sent += 1
+
+    def counters(self) -> dict[str, int]:
+        return {
+            **super().counters(),
+            "handoffs_sent": self.handoffs_sent,
+            "handoffs_received": self.handoffs_received,
+            "handoffs_refused": self.handoffs_refused,
+        }

@@ -1,0 +1,265 @@
+"""Where a request goes and what it gets on the way: the LB's decisions, without I/O.
+
+A request whose top Route is the LB's own URI with a flow token (RFC 5626 §5.3):
+- the token does not verify: 403, logged; nothing in the packet is followed;
+- it came over the flow the token names: the client's own request toward the cluster:
+  our Route(s) are removed and it goes on like any other;
+- else it goes to that flow: the client's NAT binding (UDP), its connection (TCP, 430
+  Flow Failed when it is gone, handed to the worker that holds it), or, when the token
+  says the client is reachable directly, its Request-URI (only for requests from the
+  cluster side, and only an IP address: no packet picks an address for us).
+
+Toward the cluster: the next Route when it names a pool target, else REGISTER to the
+registrar pool and everything else to the proxy pool, chosen by Call-ID. REGISTER gets a
+Path and dialog-creating requests a Record-Route naming the client's flow; crossing from
+one side of the LB to the other, Record-Route is added twice (RFC 3261 §16.6 step 4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipfleet.core.lb.keepalive import contact_digest
+from sipfleet.core.lb.pools import Pools
+from sipfleet.core.lb.sides import SideName, Sides
+from sipfleet.routing.nat import nat_evidence
+from sipfleet.sip import Request, SipUri
+from sipfleet.sip.flow import Flow, FlowTokens
+from sipfleet.storage.model import LbPool
+from sipfleet.transport.base import Destination, Peer, TransportName
+
+CONNECTION_BITS = 32
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+MAX_LEARNED_CONTACTS = 4  # contact digests carried in our Via of a REGISTER
+RETRY_AFTER = "5"
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    destination: Destination
+    sent_by: str  # our Via's host:port: the side the request leaves from
+    pop_routes: int = 0
+    record_routes: tuple[str, ...] = ()  # added in this order, each on top
+    path: str | None = None
+    via_params: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+    why: str | None = None  # logged: a refused token
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """The flow's TCP connection lives in another worker: let it handle the request."""
+
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerHere:
+    """OPTIONS for the LB itself (a ping from a client or a monitor)."""
+
+
+Decision = Forward | Reject | HandOff | AnswerHere
+
+
+def connection_id(flow: Flow) -> int:
+    return (flow.worker << CONNECTION_BITS) | flow.connection
+
+
+class Router:
+    def __init__(
+        self,
+        sides: Sides,
+        tokens: FlowTokens,
+        pools: Pools,
+        *,
+        lb_id: int,
+        worker: int,
+        has_connection: Callable[[int], bool],
+    ) -> None:
+        self.sides = sides
+        self.tokens = tokens
+        self.pools = pools
+        self.lb_id = lb_id
+        self.worker = worker
+        self.has_connection = has_connection
+
+    def route(self, request: Request, peer: Peer) -> Decision:
+        popped, token = self._our_routes(request)
+        if token is not None:
+            flow = self.tokens.decode(token)
+            if flow is None:
+                why = f"{request.method} from {peer.host}:{peer.port}: flow token refused"
+                return Reject(403, "Invalid Flow Token", why=why)
+            if not _came_over(flow, peer):
+                return self._to_client(request, peer, flow, token, popped)
+        elif popped == 0 and request.method == "OPTIONS" and self._for_us(request):
+            return AnswerHere()
+        return self._to_cluster(request, peer, popped)
+
+    # -- toward a client ----------------------------------------------------------------
+    def _to_client(
+        self, request: Request, peer: Peer, flow: Flow, token: str, popped: int
+    ) -> Decision:
+        if flow.transport == "tcp":
+            if flow.worker != self.worker:
+                return HandOff(flow.worker)
+            connection = connection_id(flow)
+            if not self.has_connection(connection):
+                return Reject(430, "Flow Failed")  # RFC 5626 §5.3
+            destination = Destination("tcp", flow.host, flow.port, connection)
+        elif flow.reach_by_flow:
+            local = self.sides.local("external", flow.host)
+            destination = Destination("udp", flow.host, flow.port, None, local)
+        else:
+            destination = self._at_contact(request, peer, flow)
+        record_routes: tuple[str, ...] = ()
+        if self._creates_dialog(request):
+            inbound = self._route_uri("internal", token, peer.transport, peer.host)
+            outbound = self._route_uri("external", token, destination.transport, flow.host)
+            record_routes = (outbound,) if self.sides.one_side else (inbound, outbound)
+        sent_by = self.sides.sent_by("external", destination.transport, destination.host)
+        return Forward(destination, sent_by, popped, record_routes)
+
+    def _at_contact(self, request: Request, peer: Peer, flow: Flow) -> Destination:
+        """A client not behind NAT is reached at its Request-URI (its Contact), when the
+        request comes from the cluster and names an address; else at its flow."""
+        uri = request.uri
+        local = self.sides.local("external", flow.host)
+        if isinstance(uri, SipUri) and self._trusted(peer) and _is_ip(uri.host_bare):
+            transport: TransportName = "tcp" if uri.transport == "tcp" else "udp"
+            return Destination(transport, uri.host_bare, uri.port or 5060, None, local)
+        return Destination("udp", flow.host, flow.port, None, local)
+
+    def _trusted(self, peer: Peer) -> bool:
+        side = self.sides.arrived_on(peer.local_host, peer.local_port)
+        return side == "internal" or self.pools.is_target_host(peer.host)
+
+    # -- toward the cluster ------------------------------------------------------------------
+    def _to_cluster(self, request: Request, peer: Peer, popped: int) -> Decision:
+        method = request.method
+        pool: LbPool = "registrar" if method == "REGISTER" else "proxy"
+        destination = self._next_route(request, popped)
+        if destination is None:
+            target = self.pools.choose(pool, request.call_id, existing=self._under_way(request))
+            if target is None:
+                return Reject(503, f"No {pool} available", (("Retry-After", RETRY_AFTER),))
+            destination = target.destination
+        side_local = self.sides.local("internal", destination.host)
+        if destination.transport == "udp":
+            destination = destination._replace(local=side_local)
+        sent_by = self.sides.sent_by("internal", destination.transport, destination.host)
+        if method == "REGISTER":
+            return self._register(request, peer, destination, sent_by, popped)
+        record_routes: tuple[str, ...] = ()
+        if self._creates_dialog(request):
+            token = self.tokens.encode(self._client_flow(request, peer, _uses_outbound(request)))
+            inbound = self._route_uri("external", token, peer.transport, peer.host)
+            outbound = self._route_uri("internal", token, destination.transport, destination.host)
+            # One side: one entry, in the client's transport (a TCP client keeps its
+            # connection for the dialog; the proxies speak TCP as well).
+            record_routes = (inbound,) if self.sides.one_side else (inbound, outbound)
+        return Forward(destination, sent_by, popped, record_routes)
+
+    def _register(
+        self, request: Request, peer: Peer, destination: Destination, sent_by: str, popped: int
+    ) -> Forward:
+        """Path (RFC 3327) with the client's flow token, naming the internal side (the
+        proxies reach the client through it); the token and the Contacts' digests ride in
+        our Via so the 2xx tells the keepalive table what was registered for how long."""
+        outbound = _uses_outbound(request)
+        token = self.tokens.encode(self._client_flow(request, peer, outbound))
+        path = self.sides.route_uri(
+            "internal", token, destination.transport, destination.host, ob=outbound
+        )
+        contacts = [] if request.contact_is_star else request.contacts[:MAX_LEARNED_CONTACTS]
+        digests = ".".join(contact_digest(c.uri_text) for c in contacts)
+        via_params = f";lbf={token};lbc={digests}" if digests else f";lbf={token}"
+        return Forward(destination, sent_by, popped, path=path, via_params=via_params)
+
+    def _next_route(self, request: Request, popped: int) -> Destination | None:
+        """The next Route after ours, when it names a pool target (only the pools decide
+        where the LB sends; any other Route is left for the proxy to follow)."""
+        if popped == 0 and request.top_route is None:
+            return None
+        routes = request.routes
+        if len(routes) <= popped:
+            return None
+        uri = routes[popped].uri
+        if not isinstance(uri, SipUri):
+            return None
+        target = self.pools.at(uri.host_bare, uri.port or 5060)
+        return target.destination if target is not None else None
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _our_routes(self, request: Request) -> tuple[int, str | None]:
+        """How many Routes on top are ours, and the flow token in them."""
+        top = request.top_route
+        if top is None or not isinstance(top.uri, SipUri) or not self.sides.is_ours(top.uri):
+            return 0, None
+        count, token = 0, None
+        for route in request.routes:
+            uri = route.uri
+            if not isinstance(uri, SipUri) or not self.sides.is_ours(uri):
+                break
+            count += 1
+            if token is None and uri.user:
+                token = uri.user
+        return count, token
+
+    def _for_us(self, request: Request) -> bool:
+        uri = request.uri
+        return isinstance(uri, SipUri) and not uri.user and self.sides.is_ours(uri)
+
+    def _client_flow(self, request: Request, peer: Peer, outbound: bool = False) -> Flow:
+        if peer.transport == "tcp" and peer.connection_id is not None:
+            worker = peer.connection_id >> CONNECTION_BITS
+            connection = peer.connection_id & ((1 << CONNECTION_BITS) - 1)
+            return Flow("tcp", peer.host, peer.port, connection, worker, True, self.lb_id)
+        behind_nat = outbound or nat_evidence(request, peer.host, peer.port).behind_nat
+        return Flow("udp", peer.host, peer.port, 0, self.worker, behind_nat, self.lb_id)
+
+    def _route_uri(self, side: SideName, token: str, transport: str, host: str) -> str:
+        return self.sides.route_uri(side, token, "tcp" if transport == "tcp" else "udp", host)
+
+    @staticmethod
+    def _creates_dialog(request: Request) -> bool:
+        return request.method in DIALOG_CREATING and request.to.tag is None
+
+    def _under_way(self, request: Request) -> bool:
+        """Part of a transaction or dialog already placed: draining targets keep it."""
+        if request.method in ("CANCEL", "ACK"):
+            return True
+        return self.pools.has_draining and request.to.tag is not None
+
+
+def _came_over(flow: Flow, peer: Peer) -> bool:
+    if flow.transport == "tcp":
+        return peer.transport == "tcp" and peer.connection_id == connection_id(flow)
+    return peer.transport == "udp" and peer.host == flow.host and peer.port == flow.port
+
+
+def _uses_outbound(request: Request) -> bool:
+    """RFC 5626: a REGISTER whose Contact has reg-id and +sip.instance, or a request
+    whose Contact URI carries ``ob`` (§5.4)."""
+    for contact in request.contacts:
+        if "reg-id" in contact.params and "+sip.instance" in contact.params:
+            return True
+        if isinstance(contact.uri, SipUri) and "ob" in contact.uri.params:
+            return True
+    return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
