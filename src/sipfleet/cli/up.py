@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import secrets
 import signal
@@ -32,6 +33,7 @@ from sipfleet.storage.errors import AlreadyExists, StorageError
 from sipfleet.storage.migrate import upgrade
 
 START_TIMEOUT = 30.0
+LOOPBACK = ("127.0.0.1", "::1")
 MAX_RESTARTS_PER_MINUTE = 5
 
 
@@ -84,15 +86,29 @@ def _config(args: argparse.Namespace) -> Config:
     elif args.config is None and not os.environ.get("SIPFLEET_DATA_DIR"):
         data["node"]["data_dir"] = str(default_data_dir())
     if args.listen:
-        try:
-            parse_listen(f"udp:{args.listen}")
-        except ValueError as exc:
-            raise CliError(f"--listen: {exc}") from None
-        data["lb"]["listen"] = [f"udp:{args.listen}", f"tcp:{args.listen}"]
+        _public_listen(data["lb"], args.listen)
     try:
         return config_from_dict(data, "sipfleet up")
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+
+
+def _public_listen(lb: dict[str, Any], listen: str) -> None:
+    """The LB's client side on ``listen``; its internal side (Path, the inner Record-Route,
+    where the registrar and proxy send) stays on loopback, like those roles."""
+    try:
+        address = parse_listen(f"udp:{listen}")
+    except ValueError as exc:
+        raise CliError(f"--listen: {exc}") from None
+    if ipaddress.ip_address(address.host).is_unspecified:
+        raise CliError(
+            f"--listen: {address.host} is not an address clients can be sent to: "
+            "give the host's public address"
+        )
+    lb["listen"] = [f"udp:{listen}", f"tcp:{listen}"]
+    if not lb.get("internal_listen") and address.host not in LOOPBACK:
+        inside = f"127.0.0.1:{address.port}"  # same port, loopback: free where listen is
+        lb["internal_listen"] = [f"udp:{inside}", f"tcp:{inside}"]
 
 
 def _with_secret(config: Config, data_dir: Path) -> Config:
@@ -124,6 +140,9 @@ def _say_what_started(config: Config, roles: list[str], database: str) -> None:
     lines = ["sipfleet is up:"]
     for role in roles:
         listen = ", ".join(str(address) for address in getattr(config, role).listen)
+        if role == "lb" and config.lb.internal_listen:
+            inside = ", ".join(str(address) for address in config.lb.internal_listen)
+            listen += f" (toward the registrar and proxy: {inside})"
         lines.append(f"  {role:<10} {listen}")
     missing = [role for role in ("lb", "registrar", "proxy") if role not in roles]
     if missing:
