@@ -1,0 +1,248 @@
+"""Where the LB sends a request, and what it adds on the way (sans-IO)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipfleet.core.lb.keepalive import contact_digest
+from sipfleet.core.lb.router import AnswerHere, Forward, HandOff, Reject
+from sipfleet.sip import SipUri, parse_address
+from sipfleet.sip.flow import Flow
+from sipfleet.transport.base import Destination
+from tests.core.lb.messages import (
+    INTERNAL,
+    LB_ID,
+    PUBLIC,
+    TOKENS,
+    client,
+    from_proxy,
+    one_side,
+    pools,
+    request,
+    router,
+)
+
+
+def forwarded(decision: object) -> Forward:
+    assert isinstance(decision, Forward), decision
+    return decision
+
+
+def token_of(route: str) -> str:
+    uri = parse_address(route, "Route").uri
+    assert isinstance(uri, SipUri)
+    assert uri.user
+    return uri.user
+
+
+def host_of(route: str) -> str:
+    uri = parse_address(route, "Route").uri
+    assert isinstance(uri, SipUri)
+    return f"{uri.host}:{uri.port}"
+
+
+def test_register_goes_to_the_registrar_with_a_path_naming_the_clients_flow() -> None:
+    register = request("REGISTER", "sip:example.com", contact="<sip:alice@10.0.1.2:5060>")
+    decision = forwarded(router().route(register, client()))
+    assert decision.destination == Destination("udp", "127.0.0.1", 5070, None, (INTERNAL, 5060))
+    assert decision.sent_by == f"{INTERNAL}:5060"  # the registrar answers the internal side
+    assert decision.path is not None
+    assert host_of(decision.path) == f"{INTERNAL}:5060"
+    token = token_of(decision.path)
+    # Via 10.0.1.2 but the packet came from 198.51.100.7: behind NAT, reach it by the flow.
+    assert TOKENS.decode(token) == Flow("udp", "198.51.100.7", 40000, 0, 0, True, LB_ID)
+    digest = contact_digest("sip:alice@10.0.1.2:5060")
+    assert decision.via_params == f";lbf={token};lbc={digest}"
+    assert decision.record_routes == ()
+
+
+def test_a_client_not_behind_nat_is_reached_at_its_contact() -> None:
+    register = request(
+        "REGISTER", via="198.51.100.7:40000", contact="<sip:alice@198.51.100.7:40000>"
+    )
+    decision = forwarded(router().route(register, client()))
+    assert decision.path is not None
+    flow = TOKENS.decode(token_of(decision.path))
+    assert flow is not None
+    assert not flow.reach_by_flow
+
+
+def test_outbound_registration_gets_ob_in_its_path() -> None:
+    register = request(
+        "REGISTER",
+        via="198.51.100.7:40000",
+        contact='<sip:alice@198.51.100.7:40000>;reg-id=1;+sip.instance="<urn:uuid:1>"',
+    )
+    decision = forwarded(router().route(register, client()))
+    assert decision.path is not None
+    assert decision.path.endswith(";lr;ob>")
+    flow = TOKENS.decode(token_of(decision.path))
+    assert flow is not None
+    assert flow.reach_by_flow
+
+
+def test_tcp_client_flow_names_its_connection_and_worker() -> None:
+    connection = (3 << 32) | 17
+    register = request("REGISTER", transport="TCP", via="198.51.100.7:40000")
+    decision = forwarded(router(worker=1).route(register, client(tcp=connection)))
+    assert decision.path is not None
+    flow = TOKENS.decode(token_of(decision.path))
+    assert flow == Flow("tcp", "198.51.100.7", 40000, 17, 3, True, LB_ID)
+
+
+def test_invite_is_record_routed_twice_across_the_sides() -> None:
+    invite = request("INVITE")
+    decision = forwarded(router().route(invite, client()))
+    assert decision.destination.port in (5080, 5081)
+    outer, inner = decision.record_routes  # added in this order: the inner one ends on top
+    assert host_of(outer) == f"{PUBLIC}:5060"
+    assert host_of(inner) == f"{INTERNAL}:5060"
+    assert token_of(outer) == token_of(inner)
+    flow = TOKENS.decode(token_of(outer))
+    assert flow is not None
+    assert (flow.host, flow.port) == ("198.51.100.7", 40000)
+
+
+def test_one_side_is_record_routed_once() -> None:
+    decision = forwarded(router(one_side()).route(request("INVITE"), client()))
+    (only,) = decision.record_routes
+    assert host_of(only) == f"{INTERNAL}:5060"
+
+
+def test_requests_that_create_no_dialog_get_no_record_route() -> None:
+    for method, tag in (("OPTIONS", None), ("MESSAGE", None), ("INVITE", "b1"), ("BYE", "b1")):
+        decision = forwarded(router().route(request(method, to_tag=tag), client()))
+        assert decision.record_routes == ()
+        assert decision.path is None
+
+
+def test_call_ids_spread_over_the_proxies_and_stay_put() -> None:
+    lb = router()
+    chosen = {
+        forwarded(lb.route(request("INVITE", call_id=f"c{n}"), client())).destination.port
+        for n in range(50)
+    }
+    assert chosen == {5080, 5081}
+    again = forwarded(lb.route(request("BYE", call_id="c7", to_tag="x"), client()))
+    first = forwarded(lb.route(request("INVITE", call_id="c7"), client()))
+    assert again.destination == first.destination
+
+
+def toward_client_routes(flow: Flow) -> tuple[str, str]:
+    token = TOKENS.encode(flow)
+    return f"<sip:{token}@{INTERNAL}:5060;lr>", f"<sip:{token}@{PUBLIC}:5060;lr>"
+
+
+def test_request_from_the_cluster_goes_to_the_flow_in_the_token() -> None:
+    flow = Flow("udp", "198.51.100.7", 40000, 0, 0, True, LB_ID)
+    invite = request("INVITE", "sip:alice@10.0.1.2:5060", routes=toward_client_routes(flow))
+    decision = forwarded(router().route(invite, from_proxy()))
+    assert decision.destination == Destination("udp", "198.51.100.7", 40000, None, (PUBLIC, 5060))
+    assert decision.sent_by == f"{PUBLIC}:5060"
+    assert decision.pop_routes == 2
+    inner, outer = decision.record_routes  # the outer (public) one ends on top, facing the UA
+    assert host_of(inner) == f"{INTERNAL}:5060"
+    assert host_of(outer) == f"{PUBLIC}:5060"
+
+
+def test_request_from_the_flow_itself_goes_on_toward_the_cluster() -> None:
+    flow = Flow("udp", "198.51.100.7", 40000, 0, 0, True, LB_ID)
+    routes = (*reversed(toward_client_routes(flow)), "<sip:127.0.0.1:5081;lr>")
+    bye = request("BYE", to_tag="b1", routes=routes)
+    decision = forwarded(router().route(bye, client()))
+    assert decision.pop_routes == 2
+    assert decision.destination.port == 5081  # the next Route names a pool target
+
+
+def test_a_next_route_that_is_no_pool_target_is_not_followed() -> None:
+    flow = Flow("udp", "198.51.100.7", 40000, 0, 0, True, LB_ID)
+    routes = (*reversed(toward_client_routes(flow)), "<sip:192.0.2.66:5060;lr>")
+    decision = forwarded(router().route(request("BYE", to_tag="b", routes=routes), client()))
+    assert decision.destination.host == "127.0.0.1"  # a proxy, which may follow it or not
+
+
+@pytest.mark.parametrize("mangle", ["forged", "flip", "other-secret"])
+def test_a_token_that_does_not_verify_gets_403(mangle: str) -> None:
+    good = TOKENS.encode(Flow("udp", "192.0.2.99", 5060, 0, 0, True, LB_ID))
+    if mangle == "forged":
+        token = "AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    elif mangle == "flip":
+        token = good[:5] + ("A" if good[5] != "A" else "B") + good[6:]
+    else:
+        from sipfleet.sip.flow import FlowTokens
+
+        token = FlowTokens(b"another cluster").encode(Flow("udp", "192.0.2.99", 5060))
+    invite = request("INVITE", routes=(f"<sip:{token}@{PUBLIC}:5060;lr>",))
+    decision = router().route(invite, client())
+    assert isinstance(decision, Reject)
+    assert decision.status == 403
+    assert decision.why is not None
+
+
+def test_tcp_flow_of_another_worker_is_handed_over() -> None:
+    flow = Flow("tcp", "198.51.100.7", 40000, 17, 1, True, LB_ID)
+    invite = request("INVITE", routes=toward_client_routes(flow))
+    assert router(worker=0).route(invite, from_proxy()) == HandOff(1)
+
+
+def test_tcp_flow_goes_over_its_connection_or_gets_430() -> None:
+    flow = Flow("tcp", "198.51.100.7", 40000, 17, 1, True, LB_ID)
+    invite = request("INVITE", routes=toward_client_routes(flow))
+    connection = (1 << 32) | 17
+    decision = forwarded(router(worker=1, connections=(connection,)).route(invite, from_proxy()))
+    assert decision.destination == Destination("tcp", "198.51.100.7", 40000, connection)
+    _, outer = decision.record_routes
+    assert outer.endswith(";lr;transport=tcp>")  # the UA keeps its connection for the dialog
+    gone = router(worker=1).route(invite, from_proxy())
+    assert isinstance(gone, Reject)
+    assert gone.status == 430
+
+
+def test_client_reachable_directly_gets_its_request_uri_only_from_the_cluster() -> None:
+    flow = Flow("udp", "198.51.100.7", 40000, 0, 0, False, LB_ID)
+    routes = toward_client_routes(flow)
+    invite = request("INVITE", "sip:alice@198.51.100.8:5062", routes=routes)
+    from_cluster = forwarded(router().route(invite, from_proxy()))
+    assert (from_cluster.destination.host, from_cluster.destination.port) == ("198.51.100.8", 5062)
+    # The same token replayed from outside may not pick an address: only its flow.
+    stranger = client("192.0.2.200", 5060)
+    replayed = request("INVITE", "sip:victim@192.0.2.1:5060", routes=routes)
+    decision = forwarded(router().route(replayed, stranger))
+    assert (decision.destination.host, decision.destination.port) == ("198.51.100.7", 40000)
+
+
+def test_no_live_target_is_503_with_retry_after() -> None:
+    empty = pools("sip:127.0.0.1:5080")
+    for target in empty.targets.values():
+        target.health = "down"
+    decision = router(made=empty).route(request("INVITE"), client())
+    assert isinstance(decision, Reject)
+    assert decision.status == 503
+    assert ("Retry-After", "5") in decision.headers
+
+
+def test_options_for_the_lb_itself_is_answered_here() -> None:
+    assert router().route(request("OPTIONS", f"sip:{PUBLIC}:5060"), client()) == AnswerHere()
+    echo = router().route(request("OPTIONS", f"sip:echo@{PUBLIC}:5060"), client())
+    assert isinstance(echo, Forward)
+
+
+def test_draining_proxy_gets_no_new_call_ids_but_keeps_its_dialogs() -> None:
+    draining = pools(draining=("sip:127.0.0.1:5081",))
+    lb = router(made=draining)
+    new = {
+        forwarded(lb.route(request("INVITE", call_id=f"c{n}"), client())).destination.port
+        for n in range(40)
+    }
+    assert new == {5080}
+    everyone = router()
+    kept = [
+        n
+        for n in range(40)
+        if forwarded(everyone.route(request("INVITE", call_id=f"c{n}"), client())).destination.port
+        == 5081
+    ]
+    assert kept
+    for n in kept:
+        bye = request("BYE", call_id=f"c{n}", to_tag="b")
+        assert forwarded(lb.route(bye, client())).destination.port == 5081
