@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,7 +24,10 @@ from typing import Any
 
 from sipfleet.config import Config, config_from_dict
 from sipfleet.config.dump import write_config
+from sipfleet.sip import Message, Request, Response, parse_message
+from sipfleet.sip.builders import make_response
 from sipfleet.sip.digest import compute_ha1
+from sipfleet.sip.parser import KeepAlivePing, StreamFramer
 from sipfleet.storage import Aor, Binding, Subscriber, open_storage
 from sipfleet.storage.dsn import Dsn
 from sipfleet.storage.migrate import upgrade
@@ -194,3 +198,129 @@ def running_cluster(workdir: Path, **kwargs: Any) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+# -- a scripted UA: what sipp cannot do (keep one TCP connection from registering to being
+# called, watch keepalive pings arrive, notice its connection being closed) ---------------
+PING = "ping"  # what recv returns for a CRLF keepalive
+
+
+class RawUa:
+    def __init__(self, lb: tuple[str, int], transport: str = "udp", host: str = "127.0.0.1"):
+        self.lb = lb
+        self.transport = transport
+        if transport == "udp":
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((host, 0))
+        else:
+            self.sock = socket.create_connection(lb, timeout=5)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self._framer = StreamFramer()
+        self._queue: list[Message | str] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # -- sending --------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.transport == "udp":
+            self.sock.sendto(data, self.lb)
+        else:
+            self.sock.sendall(data)
+
+    def request(
+        self,
+        method: str,
+        uri: str,
+        *,
+        user: str = "alice",
+        expires: int | None = None,
+        routes: tuple[str, ...] = (),
+        call_id: str | None = None,
+        via_host: str | None = None,
+    ) -> str:
+        """Send a request; returns its Call-ID."""
+        call_id = call_id or secrets.token_hex(8)
+        via = f"{via_host or self.host}:{self.port}"
+        branch = f"z9hG4bK{secrets.token_hex(6)}"
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/{self.transport.upper()} {via};branch={branch};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:{user}@example.com>;tag={secrets.token_hex(4)}",
+            f"To: <sip:{user}@example.com>",
+            f"Call-ID: {call_id}",
+            f"CSeq: 1 {method}",
+            f"Contact: <sip:{user}@{via};transport={self.transport}>",
+            *([f"Expires: {expires}"] if expires is not None else []),
+            *[f"Route: {route}" for route in routes],
+            "Content-Length: 0",
+        ]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return call_id
+
+    def answer(self, request: Request, status: int, to_tag: str = "uatag") -> None:
+        response = make_response(request, status, to_tag=to_tag)
+        for value in request.header_values("record-route"):
+            response.add_header("Record-Route", value)
+        response.add_header(
+            "Contact", f"<sip:ua@{self.host}:{self.port};transport={self.transport}>"
+        )
+        self.send(response.serialize())
+
+    # -- receiving ---------------------------------------------------------------------
+    def recv(self, timeout: float = 5.0) -> Message | str | None:
+        """The next message (or PING), None when nothing came in time or it closed."""
+        deadline = time.monotonic() + timeout
+        while not self._queue:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65535)
+            except (TimeoutError, BlockingIOError):
+                return None
+            except OSError:
+                self.closed = True
+                return None
+            self._take(data)
+        return self._queue.pop(0)
+
+    def _take(self, data: bytes) -> None:
+        if self.transport == "udp":
+            if data.strip(b"\r\n") == b"":
+                self._queue.append(PING)
+            else:
+                self._queue.append(parse_message(data))
+            return
+        if not data:
+            self.closed = True
+            return
+        for item in self._framer.feed(data):
+            if isinstance(item, bytes):
+                self._queue.append(parse_message(item, 65535, True))
+            elif isinstance(item, KeepAlivePing):
+                self._queue.append(PING)
+
+    def expect_request(self, method: str, timeout: float = 5.0) -> Request:
+        """The next request of ``method``, answering keepalive OPTIONS on the way."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = self.recv(left)
+            if isinstance(message, Request):
+                if message.method == method:
+                    return message
+                if message.method == "OPTIONS":
+                    self.answer(message, 200)
+        raise AssertionError(f"no {method} within {timeout} s")
+
+    def expect_response(self, status: int, timeout: float = 5.0) -> Response:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = self.recv(left)
+            if isinstance(message, Response) and message.status >= 200:
+                assert message.status == status, f"{message.status} {message.reason}"
+                return message
+        raise AssertionError(f"no final response within {timeout} s")
