@@ -97,7 +97,15 @@ class Cluster:
         return config_from_dict(data)
 
     # -- processes ----------------------------------------------------------------------------
-    def start(self, role: str, name: str | None = None, **sections: dict[str, Any]) -> RoleProcess:
+    def start(
+        self,
+        role: str,
+        name: str | None = None,
+        *,
+        netns: str | None = None,
+        **sections: dict[str, Any],
+    ) -> RoleProcess:
+        """Start ``role`` (as ``name``); ``netns``: inside that network namespace (root)."""
         name = name or role
         config = self.config_for(role, free_port(), **sections)
         config_path = self.workdir / f"{name}.toml"
@@ -108,6 +116,7 @@ class Cluster:
         with node.log_path.open("wb") as log:
             node.process = subprocess.Popen(
                 [
+                    *(["ip", "netns", "exec", netns] if netns else []),
                     sys.executable,
                     "-m",
                     "sipfleet.cli",
