@@ -26,11 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from sipfleet.config import config_from_dict
-from sipfleet.config.dump import write_config
 from sipfleet.storage import Aor, BindingUpdate, open_storage
 from sipfleet.storage.dsn import Dsn
 from sipfleet.storage.migrate import upgrade
@@ -187,16 +187,14 @@ def run_step(args: argparse.Namespace, rate: int, target: str, proxy_pid: int, u
 
 
 def start_proxy(workdir: Path, dsn: str, port: int) -> subprocess.Popen[bytes]:
-    config = config_from_dict(
-        {
-            "node": {"name": "bench-proxy", "data_dir": str(workdir), "cluster_secret": "bench"},
-            "database": {"write": dsn},
-            "sip": {"domains": [DOMAIN]},
-            "proxy": {"listen": [f"udp:127.0.0.1:{port}"], "authenticate": False},
-        }
+    text = (
+        f'[node]\nname = "bench-proxy"\ndata_dir = "{workdir}"\ncluster_secret = "bench"\n\n'
+        f'[database]\nwrite = "{dsn}"\n\n[sip]\ndomains = ["{DOMAIN}"]\n\n'
+        f'[proxy]\nlisten = ["udp:127.0.0.1:{port}"]\nauthenticate = false\n'
     )
+    config_from_dict(tomllib.loads(text))  # fail here, not in the child, on a bad key
     path = workdir / "proxy.toml"
-    write_config(config, path)
+    path.write_text(text)
     ready = workdir / "proxy.ready"
     log = (workdir / "proxy.log").open("wb")
     process = subprocess.Popen(

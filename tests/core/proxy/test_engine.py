@@ -4,8 +4,10 @@ temporary SQLite database; scripted UAs play caller and callees."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from sipfleet.storage import (
     Subscriber,
     open_storage,
 )
-from sipfleet.storage.dsn import Dsn
+from sipfleet.storage.dsn import Dsn, Dsns
 from sipfleet.storage.migrate import upgrade
 from tests.core.proxy.ua import UA, in_dialog
 
@@ -524,3 +526,50 @@ async def test_while_overloaded_new_calls_get_503_and_dialogs_go_on(
     )
     caller.send(bye, proxy.address)
     assert (await bob.expect("BYE")).call_id == "dialog@test"
+
+
+@pytest.mark.parametrize("retry", [True, False])
+async def test_a_miss_on_the_replica_is_retried_on_the_primary(
+    tmp_path: Path, start_proxy: ProxyFactory, uas: Any, storage: Storage, retry: bool
+) -> None:
+    """The phone has just registered: the binding is on the primary, not yet on the
+    replica (a copy of the primary taken before the REGISTER)."""
+    replica = tmp_path / "replica.db"
+    primary = storage.dsns.write
+    assert primary.path is not None
+    with (
+        closing(sqlite3.connect(primary.path)) as source,
+        closing(sqlite3.connect(replica)) as copy,
+    ):
+        source.backup(copy)  # the WAL's content too
+    lagging = open_storage(
+        Dsns(primary, (Dsn.parse(f"sqlite:///{replica}"),)), retry_primary_on_miss=retry
+    )
+    try:
+        proxy = await start_proxy(lagging)
+        caller, bob = await uas("alice"), await uas("bob")
+        await proxy.bind("bob", bob.contact)  # written to the primary
+        await invite(caller, proxy)
+        if retry:
+            assert (await bob.expect("INVITE")).method == "INVITE"
+        else:
+            await caller.expect(480)  # bob is a subscriber without a binding, as far as it knows
+    finally:
+        await lagging.close()
+
+
+async def test_behind_a_trusted_lb_the_origin_is_what_the_lb_stamped(
+    start_proxy: ProxyFactory, uas: Any
+) -> None:
+    """A gateway's call through the LB (127.0.0.1, a trusted LB) skips authentication
+    because the Via the LB stamped names the gateway, not because the LB is trusted."""
+    proxy = await start_proxy(authenticate=True, trusted_peers=["192.0.2.77"])
+    lb, bob = await uas("lb"), await uas("bob")
+    await proxy.bind("bob", bob.contact)
+    gateway_via = "Via: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK-gw-1;received=192.0.2.77"
+    call = lb.request("INVITE", f"sip:bob@{DOMAIN}", headers=(gateway_via,))
+    lb.send(call, proxy.address)
+    assert (await bob.expect("INVITE")).method == "INVITE"  # no 407 on the way
+    stranger_via = "Via: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK-gw-2;received=198.51.100.1"
+    lb.send(lb.request("INVITE", f"sip:bob@{DOMAIN}", headers=(stranger_via,)), proxy.address)
+    await lb.expect(407, skip=is_trying)
