@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sipfleet.core.lb.keepalive import contact_digest
 from sipfleet.core.lb.pools import Pools
@@ -36,8 +37,7 @@ MAX_LEARNED_CONTACTS = 4  # contact digests carried in our Via of a REGISTER
 RETRY_AFTER = "5"
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(NamedTuple):  # a tuple: made for every request, so made cheaply
     destination: Destination
     sent_by: str  # our Via's host:port: the side the request leaves from
     pop_routes: int = 0
@@ -90,6 +90,7 @@ class Router:
         self.lb_id = lb_id
         self.worker = worker
         self.has_connection = has_connection
+        self._inside: dict[Destination, Forward] = {}  # pool target -> plain forward to it
 
     def route(self, request: Request, peer: Peer) -> Decision:
         popped, token = self._our_routes(request)
@@ -152,12 +153,14 @@ class Router:
             if target is None:
                 return Reject(503, f"No {pool} available", (("Retry-After", RETRY_AFTER),))
             destination = target.destination
-        side_local = self.sides.local("internal", destination.host)
-        if destination.transport == "udp":
-            destination = destination._replace(local=side_local)
-        sent_by = self.sides.sent_by("internal", destination.transport, destination.host)
+        plain = self._inside.get(destination)
+        if plain is None:
+            plain = self._inside[destination] = self._inside_forward(destination)
         if method == "REGISTER":
-            return self._register(request, peer, destination, sent_by, popped)
+            return self._register(request, peer, plain.destination, plain.sent_by, popped)
+        if not popped and method not in DIALOG_CREATING:
+            return plain  # the common case: nothing to add or remove
+        destination, sent_by = plain.destination, plain.sent_by
         record_routes: tuple[str, ...] = ()
         if self._creates_dialog(request):
             token = self.tokens.encode(self._client_flow(request, peer, _uses_outbound(request)))
@@ -167,6 +170,15 @@ class Router:
             # connection for the dialog; the proxies speak TCP as well).
             record_routes = (inbound,) if self.sides.one_side else (inbound, outbound)
         return Forward(destination, sent_by, popped, record_routes)
+
+    def _inside_forward(self, destination: Destination) -> Forward:
+        """How a request leaves toward ``destination`` (a pool target): from the internal
+        side, which our Via names."""
+        if destination.transport == "udp":
+            destination = destination._replace(local=self.sides.local("internal", destination.host))
+        return Forward(
+            destination, self.sides.sent_by("internal", destination.transport, destination.host)
+        )
 
     def _register(
         self, request: Request, peer: Peer, destination: Destination, sent_by: str, popped: int
@@ -215,6 +227,8 @@ class Router:
         return count, token
 
     def _for_us(self, request: Request) -> bool:
+        if "@" in request.uri_text:  # a user part: for someone else (parsing costs more)
+            return False
         uri = request.uri
         return isinstance(uri, SipUri) and not uri.user and self.sides.is_ours(uri)
 

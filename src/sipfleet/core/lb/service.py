@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
@@ -113,6 +114,9 @@ class LbWorker:
                 self.health.on_change = lambda change: self._report_soon.set()
                 tasks.append(asyncio.create_task(self._report_forever()))
             self.health.tick()
+            # What start-up loaded (SQLAlchemy's schema and statements, the parser's
+            # tables) stays for good: the collector need not traverse it again and again.
+            gc.freeze()
             if ready is not None:
                 ready()
             try:
