@@ -178,33 +178,28 @@ class SipEndpoint:
         except ParseError as exc:
             self._rejected(exc, peer, data)
             return
+        try:
+            if isinstance(message, Request):
+                self.stats.requests_received += 1
+                self.handler.on_request(message, peer)
+            else:
+                self.stats.responses_received += 1
+                self.handler.on_response(message, peer)  # type: ignore[arg-type]
+        except ParseError as exc:
+            self._handler_parse_error(exc, message, peer)
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("handler failed on %r from %s:%s", message, peer.host, peer.port)
+
+    def _handler_parse_error(self, error: ParseError, message: Message, peer: Peer) -> None:
+        """A request is answered like a parser error; a response is dropped."""
         if isinstance(message, Request):
-            self.stats.requests_received += 1
-            self._deliver_request(message, peer)
+            if error.message is None:
+                error.message = message
+            self._rejected(error, peer, b"")
         else:
-            self.stats.responses_received += 1
-            self._deliver_response(message, peer)  # type: ignore[arg-type]
-
-    def _deliver_request(self, request: Request, peer: Peer) -> None:
-        try:
-            self.handler.on_request(request, peer)
-        except ParseError as exc:
-            if exc.message is None:
-                exc.message = request
-            self._rejected(exc, peer, b"")
-        except Exception:
-            self.stats.handler_errors += 1
-            log.exception("handler failed on %r from %s:%s", request, peer.host, peer.port)
-
-    def _deliver_response(self, response: Response, peer: Peer) -> None:
-        try:
-            self.handler.on_response(response, peer)
-        except ParseError as exc:
             self.stats.responses_dropped += 1
-            log.debug("response from %s:%s dropped: %s", peer.host, peer.port, exc)
-        except Exception:
-            self.stats.handler_errors += 1
-            log.exception("handler failed on %r from %s:%s", response, peer.host, peer.port)
+            log.debug("response from %s:%s dropped: %s", peer.host, peer.port, error)
 
     def frame_rejected(self, error: ParseError, peer: Peer) -> None:
         self._rejected(error, peer, b"")

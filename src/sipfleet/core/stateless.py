@@ -97,7 +97,7 @@ class StatelessForwarder:
         request.decrement_max_forwards()
         request.push_via(self._our_via(target, peer, branch, sent_by) + via_params)
         try:
-            self.endpoint.send_request(request, target)
+            self.endpoint.send_bytes(request.serialize(), target)
         except TransportError as exc:
             self.stats.send_errors += 1
             log.debug("forward of %r to %s failed: %s", request, target, exc)
@@ -176,7 +176,7 @@ class StatelessForwarder:
             self.stats.responses_unroutable += 1
             return False
         try:
-            self.endpoint.send_response(response, destination)
+            self.endpoint.send_bytes(response.serialize(), destination)
         except TransportError as exc:
             self.stats.send_errors += 1
             log.debug("response %r to %s not sent: %s", response, destination, exc)

@@ -36,7 +36,7 @@ class UdpTransport:
 
     def __init__(self, sink: FrameSink, limits: TransportLimits | None = None) -> None:
         self._sink = sink
-        self._limits = limits or TransportLimits()
+        self._max_buffered = (limits or TransportLimits()).max_write_buffer
         self._listeners: list[_UdpListener] = []
         self._by_local: dict[tuple[str, int], _UdpListener] = {}
         self._by_family: dict[socket.AddressFamily, _UdpListener] = {}
@@ -65,12 +65,10 @@ class UdpTransport:
         return [(listener.local_host, listener.local_port) for listener in self._listeners]
 
     def send(self, data: bytes, destination: Destination) -> None:
-        host = destination.host
+        _, host, port, _, local = destination
         if host[:1] == "[":
             host = host[1:-1]
-        listener = None
-        if destination.local is not None:
-            listener = self._by_local.get(destination.local)
+        listener = self._by_local.get(local) if local is not None else None
         if listener is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             listener = self._by_family.get(family)
@@ -79,13 +77,13 @@ class UdpTransport:
         transport = listener.transport
         if transport is None or transport.is_closing():
             raise TransportError("UDP socket closed")
-        if transport.get_write_buffer_size() > self._limits.max_write_buffer:  # type: ignore[attr-defined]
+        if transport.get_write_buffer_size() > self._max_buffered:  # type: ignore[attr-defined]
             self.send_dropped += 1  # the kernel buffer is full and so is ours: lose it
             return
         try:
-            transport.sendto(data, (host, destination.port))
+            transport.sendto(data, (host, port))
         except (OSError, ValueError, TypeError) as exc:
-            raise TransportError(f"UDP send to {host}:{destination.port}: {exc}") from exc
+            raise TransportError(f"UDP send to {host}:{port}: {exc}") from exc
 
     def odd_datagram(self, data: bytes, addr: Any, listener: _UdpListener) -> None:
         """Not a SIP start line: keep-alive, STUN, or (leading CRLFs, garbage) for the
