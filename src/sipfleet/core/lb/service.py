@@ -167,13 +167,15 @@ class LbWorker:
 
     # -- flows -------------------------------------------------------------------------------
     async def _restore_flows(self) -> None:
+        started = time.monotonic()
         try:
             restored = await self.keepalives.restore(self.storage)
         except StorageError as exc:
             log.warning("keepalive table not rebuilt (location not readable): %s", exc)
             return
         if restored:
-            log.info("keepalive table rebuilt: %d flows", restored)
+            took = time.monotonic() - started
+            log.info("keepalive table rebuilt: %d flows in %.2f s", restored, took)
 
     # -- the view for `sipfleet lb target list` ----------------------------------------------
     async def _report_forever(self) -> None:
