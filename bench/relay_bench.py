@@ -1,7 +1,7 @@
 """Stateless UDP relay benchmark: sipfleet's relay against the floor program, same run.
 
     .venv/bin/python bench/relay_bench.py                 # both relays, default ramp
-    .venv/bin/python bench/relay_bench.py --duration 10 --start 4000 --json out.json
+    .venv/bin/python bench/relay_bench.py --relays direct,floor,sipfleet --rounds 2 --json out.json
 
 For each relay (bench/relay_floor.py, bench/relay_sipfleet.py): start a sipp UAS that
 answers OPTIONS with 200 (bench/sipp/echo_uas.xml), start the relay in front of it, then
@@ -370,10 +370,13 @@ def main() -> None:
         "the harness ceiling)",
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per step")
-    parser.add_argument("--start", type=int, default=4000, help="first rate (calls/s)")
+    parser.add_argument("--start", type=int, default=8000, help="first rate (calls/s)")
     parser.add_argument("--factor", type=float, default=1.25)
     parser.add_argument("--bisect", type=int, default=2)
-    parser.add_argument("--max-steps", type=int, default=8, help="per relay")
+    parser.add_argument("--max-steps", type=int, default=10, help="per relay and round")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the whole comparison (noisy machines)"
+    )
     parser.add_argument(
         "--max-others", type=float, default=15.0, help="%% of a core others may use during a step"
     )
@@ -385,15 +388,15 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="write every step here")
     args = parser.parse_args()
-    results: dict[str, list[Step]] = {}
+    rounds: list[dict[str, list[Step]]] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-        for relay in args.relays.split(","):
-            results[relay] = ramp(args, relay, Path(tmp))
-    print(summary(results))
+        for number in range(1, args.rounds + 1):
+            results = {relay: ramp(args, relay, Path(tmp)) for relay in args.relays.split(",")}
+            rounds.append(results)
+            print(f"\nround {number}:{summary(results)}", flush=True)
     if args.json:
-        args.json.write_text(
-            json.dumps({r: [asdict(s) for s in steps] for r, steps in results.items()}, indent=1)
-        )
+        dump = [{r: [asdict(s) for s in steps] for r, steps in res.items()} for res in rounds]
+        args.json.write_text(json.dumps(dump, indent=1))
 
 
 if __name__ == "__main__":
