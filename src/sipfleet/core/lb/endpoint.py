@@ -85,18 +85,26 @@ class LbEndpoint(SipEndpoint):
             owner = connection // CONNECTION_IDS_PER_WORKER
             if owner != self.worker_index:
                 send = handoff.Send(data, connection, destination.host, destination.port)
-                self.hand_over(owner, send)
+                if not self.hand_over(owner, send):
+                    raise TransportError(f"connection {connection} of worker {owner}")
                 self.stats.messages_sent += 1
                 return
         super().send_bytes(data, destination)
 
-    def hand_over(self, worker: int, message: handoff.Handed) -> None:
+    def hand_over(self, worker: int, message: handoff.Handed) -> bool:
+        """Send ``message`` to another worker; False (logged) when it cannot go (no such
+        worker, a message too large for one datagram)."""
         address = self.siblings.get(worker)
-        if address is None:
-            raise TransportError(f"no LB worker {worker}")
-        destination = Destination("udp", address[0], address[1], None, self.control)
-        super().send_bytes(handoff.encode(message), destination)
+        try:
+            if address is None:
+                raise TransportError(f"no LB worker {worker}")
+            destination = Destination("udp", address[0], address[1], None, self.control)
+            super().send_bytes(handoff.encode(message), destination)
+        except (TransportError, handoff.BadHandoff) as exc:
+            log.warning("handoff to worker %d failed: %s", worker, exc)
+            return False
         self.handoffs_sent += 1
+        return True
 
     def counters(self) -> dict[str, int]:
         return {
