@@ -121,6 +121,24 @@ async def test_outbound_sends_share_one_connection_in_order(tcp) -> None:
         await server.close()
 
 
+async def test_send_while_the_connection_closes_opens_a_new_one(tcp) -> None:
+    client, _ = tcp
+    server, server_sink = await open_tcp()
+    try:
+        host, port = server.addresses[0]
+        client.send(options("127.0.0.1:5999", branch="z9hG4bK-a"), Destination("tcp", host, port))
+        _, first = await server_sink.frame()
+        old = client.connection_to(host, port)
+        assert old is not None
+        old.close()  # closing, not yet gone from the table
+        client.send(options("127.0.0.1:5999", branch="z9hG4bK-b"), Destination("tcp", host, port))
+        data, second = await server_sink.frame()
+        assert b"z9hG4bK-b" in data
+        assert second.connection_id != first.connection_id
+    finally:
+        await server.close()
+
+
 async def test_failed_connect_is_reported_to_the_sink(tcp) -> None:
     transport, sink = tcp
     probe, _ = await open_tcp()

@@ -149,9 +149,9 @@ class TcpTransport:
         if destination.connection_id is not None:
             connection = self._connections.get(destination.connection_id)
         key = (normalise_host(destination.host), destination.port)
-        if connection is None:
+        if connection is None or not connection.usable:
             connection = self._by_remote.get(key)
-        if connection is not None:
+        if connection is not None and connection.usable:
             connection.write(data)
             return
         pending = self._connecting.get(key)
@@ -345,6 +345,11 @@ class TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner._unregister(self)
         self.peer = None
+
+    @property
+    def usable(self) -> bool:
+        """Open and not on its way out (a closing connection gets no new messages)."""
+        return self.transport is not None and not self.transport.is_closing()
 
     def write(self, data: bytes) -> None:
         transport = self.transport
