@@ -1,4 +1,4 @@
-"""What every role's ``run`` shares: opening storage, serving until cancelled, answers."""
+"""What every role's ``run`` shares: opening storage, serving until cancelled."""
 
 from __future__ import annotations
 
@@ -6,32 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from sipfleet.config import Config
+from sipfleet.core.authenticate import authority_for
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.sip.auth import DigestAuthority
 from sipfleet.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A final response to send: status, reason phrase, extra headers."""
-
-    status: int
-    reason: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-def authority_for(config: Config) -> DigestAuthority:
-    """The nonce scheme every authenticating role of the cluster shares."""
-    return DigestAuthority(
-        config.node.cluster_secret.encode(),
-        nonce_lifetime=config.sip.nonce_lifetime_s,
-        algorithms=tuple(config.sip.auth_algorithms),
-    )
+__all__ = ["authority_for", "serve_until_cancelled", "storage_for"]
 
 
 @asynccontextmanager

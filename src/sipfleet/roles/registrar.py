@@ -1,257 +1,26 @@
-"""The registrar: authenticate a REGISTER, write its bindings straight to SQL, answer.
-
-No binding is kept in memory; what the 200 OK lists comes back from the database in the
-same round trip as the write. The rules live in sipfleet.sip.registration, the nonces in
-sipfleet.sip.auth, the SQL in sipfleet.storage; this module wires them to the endpoint.
-"""
+"""The registrar role: REGISTER in, bindings written to SQL, expired ones purged."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Callable
 
 from sipfleet.config import Config
-from sipfleet.core.answered import AnsweredRequests, Key, Seen, request_key
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.roles.common import Answer, authority_for, serve_until_cancelled, storage_for
-from sipfleet.sip import ParseError, Request, Response, validate_request
-from sipfleet.sip.auth import Verdict
-from sipfleet.sip.builders import make_response, new_tag
-from sipfleet.sip.registration import (
-    AddressOfRecord,
-    ContactChange,
-    RegistrarSettings,
-    RegistrationPlan,
-    Rejection,
-    address_of_record,
-    plan_registration,
-    registered_headers,
-    unsupported_extensions,
-)
-from sipfleet.storage import Storage
-from sipfleet.storage.errors import (
-    InvalidInput,
-    StorageOverloaded,
-    StorageUnavailable,
-    TooManyContacts,
-)
-from sipfleet.storage.model import Binding, BindingUpdate
-from sipfleet.transport.base import Peer
-
-log = logging.getLogger(__name__)
-ALLOW = "REGISTER, OPTIONS"
-RETRY_AFTER = "5"
-
-
-class Registrar:
-    """The SipHandler of the registrar role."""
-
-    def __init__(self, config: Config, storage: Storage, endpoint: SipEndpoint) -> None:
-        section = config.registrar
-        self.config = config
-        self.storage = storage
-        self.endpoint = endpoint
-        self.settings = RegistrarSettings(
-            domains=frozenset(d.lower() for d in config.sip.domains),
-            default_expires=section.default_expires,
-            min_expires=section.min_expires,
-            max_expires=section.max_expires,
-        )
-        self.authority = authority_for(config)
-        self.trusted_lbs = frozenset(section.trusted_lbs)
-        self.max_in_flight = config.database.max_in_flight
-        self.answered = AnsweredRequests()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    # -- SipHandler ------------------------------------------------------------------------
-    def on_request(self, request: Request, peer: Peer) -> None:
-        if request.method == "ACK":
-            return
-        if request.method != "REGISTER":
-            self._reply(request, peer, self._other_method(request))
-            return
-        key = request_key(request)
-        now = time.time()
-        if key is not None:
-            seen = self.answered.begin(key, now)
-            if seen is Seen.IN_PROGRESS:
-                return
-            if isinstance(seen, bytes):
-                self.endpoint.send_bytes(seen, peer.reply_to)
-                return
-        if self.answered.in_progress > self.max_in_flight:
-            answer = Answer(503, "Overloaded", [("Retry-After", RETRY_AFTER)])
-            self._finish(request, peer, key, answer)
-            return
-        task = asyncio.create_task(self._register(request, peer, key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def on_response(self, response: Response, peer: Peer) -> None:
-        """A registrar sends no requests; stray responses are dropped."""
-
-    # -- REGISTER ---------------------------------------------------------------------------
-    async def _register(self, request: Request, peer: Peer, key: Key | None) -> None:
-        try:
-            answer = await self._answer(request, peer)
-        except Rejection as rejection:
-            answer = Answer(rejection.status, rejection.reason, rejection.headers)
-        except ParseError as exc:
-            answer = Answer(exc.status, exc.reason)
-        except StorageOverloaded:
-            answer = Answer(503, "Overloaded", [("Retry-After", RETRY_AFTER)])
-        except StorageUnavailable as exc:
-            log.warning("REGISTER %s: database unavailable: %s", request.call_id, exc)
-            answer = Answer(500, "Database Unavailable", [("Retry-After", RETRY_AFTER)])
-        except Exception:
-            log.exception("REGISTER %s failed", _call_id(request))
-            answer = Answer(500, "Server Internal Error")
-        self._finish(request, peer, key, answer)
-
-    async def _answer(self, request: Request, peer: Peer) -> Answer:
-        validate_request(request)
-        aor = address_of_record(request, self.settings)
-        unsupported = unsupported_extensions(request)
-        if unsupported:
-            return Answer(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
-        challenge = await self._authenticate(request, aor)
-        if challenge is not None:
-            return challenge
-        plan = plan_registration(request, aor, self.settings, peer.host in self.trusted_lbs)
-        now = time.time()
-        bindings = await self._store(plan, peer, int(now))
-        headers = registered_headers(plan, bindings, now)  # type: ignore[arg-type]
-        return Answer(200, "OK", headers)
-
-    async def _authenticate(self, request: Request, aor: AddressOfRecord) -> Answer | None:
-        """None when the request may go on; else the 401/403 to answer."""
-        if not self.config.registrar.authenticate:
-            return None
-        realm = self.config.registrar.realm or aor.domain
-        now = time.time()
-        credentials = self.authority.credentials_for(request, realm)
-        if credentials is None:
-            return self._challenge(request, realm, now)
-        subscriber = await self.storage.subscribers.get(
-            credentials.username or "", credentials.realm or realm
-        )
-        ha1s = {"MD5": subscriber.ha1, "SHA-256": subscriber.ha1_sha256} if subscriber else None
-        result = self.authority.verify(request, credentials, ha1s, now)
-        if result.verdict is Verdict.STALE:
-            return self._challenge(request, realm, now, stale=True)
-        if result.verdict is not Verdict.OK:
-            log.info("REGISTER %s: authentication failed: %s", aor, result.why)
-            return self._challenge(request, realm, now)
-        if result.username != aor.username:
-            return Answer(403, "Authentication user does not match the address-of-record")
-        return None
-
-    def _challenge(self, request: Request, realm: str, now: float, stale: bool = False) -> Answer:
-        challenges = self.authority.challenges(realm, request.call_id, now, stale)
-        return Answer(401, "Unauthorized", [("WWW-Authenticate", c) for c in challenges])
-
-    async def _store(self, plan: RegistrationPlan, peer: Peer, now: int) -> list[Binding]:
-        location = self.storage.location
-        try:
-            if plan.wildcard:
-                await location.remove_all(plan.aor, callid=plan.call_id, cseq=plan.cseq)
-                return []
-            if plan.is_query:
-                return await location.lookup(plan.aor, now=now)
-            updates = [self._update(plan, change, peer, now) for change in plan.changes]
-            return await location.save(
-                plan.aor, updates, now=now, max_contacts=self.config.registrar.max_contacts
-            )
-        except TooManyContacts as exc:
-            raise Rejection(403, f"Too many registered contacts (at most {exc.limit})") from None
-        except InvalidInput as exc:
-            raise Rejection(400, str(exc)) from None
-
-    def _update(
-        self, plan: RegistrationPlan, change: ContactChange, peer: Peer, now: int
-    ) -> BindingUpdate:
-        via_lb = peer.host in self.trusted_lbs
-        return BindingUpdate(
-            contact=change.contact,
-            expires=now + change.expires if change.expires else now,
-            callid=plan.call_id,
-            cseq=plan.cseq,
-            q=change.q,
-            received=None if via_lb else f"sip:{_hostport(peer.host, peer.port)}",
-            path=plan.path,
-            user_agent=plan.user_agent,
-            socket=f"{peer.transport}:{_hostport(peer.local_host, peer.local_port)}",
-            methods=change.methods,
-            instance=change.instance,
-            reg_id=change.reg_id,
-            flow=_flow_token(plan.path) if via_lb else None,
-        )
-
-    # -- answers ----------------------------------------------------------------------------
-    def _other_method(self, request: Request) -> Answer:
-        if request.method == "OPTIONS":  # the LB's health check
-            return Answer(200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp")])
-        return Answer(405, "Method Not Allowed", [("Allow", ALLOW)])
-
-    def _finish(self, request: Request, peer: Peer, key: Key | None, answer: Answer) -> None:
-        data = self._reply(request, peer, answer)
-        if key is not None:
-            self.answered.finish(key, data, time.time())
-
-    def _reply(self, request: Request, peer: Peer, answer: Answer) -> bytes | None:
-        response = make_response(
-            request, answer.status, answer.reason, to_tag=new_tag(), headers=answer.headers
-        )
-        data = response.serialize()
-        try:
-            self.endpoint.send_bytes(data, peer.reply_to)
-        except OSError as exc:
-            log.debug("answer to %s:%s not sent: %s", peer.host, peer.port, exc)
-        return data
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _flow_token(path: str | None) -> str | None:
-    """The LB's flow token: the user part of the first Path URI it inserted."""
-    if not path or "@" not in path:
-        return None
-    first = path.split(",", 1)[0]
-    user = first.split("@", 1)[0].rsplit(":", 1)[-1]
-    return user or None
-
-
-def _call_id(request: Request) -> str:
-    try:
-        return request.call_id
-    except ParseError:
-        return "?"
+from sipfleet.core.registrar import Registrar
+from sipfleet.roles.common import serve_until_cancelled, storage_for
+from sipfleet.storage.expiry import purge_expired_forever
 
 
 async def run(config: Config, *, ready: Callable[[], None] | None = None) -> None:
     """Serve REGISTER on config.registrar.listen until cancelled."""
     async with storage_for(config) as storage:
         endpoint = SipEndpoint(config.registrar.listen)
-        registrar = Registrar(config, storage, endpoint)
-        endpoint.handler = registrar
-        purge = asyncio.create_task(_purge_expired(storage, config.registrar.purge_interval_s))
+        endpoint.handler = Registrar(config, storage, endpoint)
+        purge = asyncio.create_task(
+            purge_expired_forever(storage.location, config.registrar.purge_interval_s)
+        )
         try:
             await serve_until_cancelled(endpoint, ready)
         finally:
             purge.cancel()
-
-
-async def _purge_expired(storage: Storage, interval: float) -> None:
-    """Delete expired bindings now and then (lookups filter them anyway)."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            removed = await storage.location.purge_expired()
-            if removed:
-                log.info("purged %d expired bindings", removed)
-        except StorageUnavailable as exc:
-            log.warning("purge of expired bindings skipped: %s", exc)
