@@ -246,3 +246,12 @@ def test_draining_proxy_gets_no_new_call_ids_but_keeps_its_dialogs() -> None:
     for n in kept:
         bye = request("BYE", call_id=f"c{n}", to_tag="b")
         assert forwarded(lb.route(bye, client())).destination.port == 5081
+
+
+def test_one_side_is_record_routed_twice_when_the_transport_changes() -> None:
+    tcp_client = client(tcp=5)
+    invite = request("INVITE", transport="TCP", via="198.51.100.7:40000")
+    outer, inner = forwarded(router(one_side()).route(invite, tcp_client)).record_routes
+    assert outer.endswith(";lr;transport=tcp>")  # the client keeps its connection
+    assert inner.endswith(";lr>")  # the proxy talks UDP
+    assert token_of(outer) == token_of(inner)

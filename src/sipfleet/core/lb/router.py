@@ -125,7 +125,7 @@ class Router:
         if self._creates_dialog(request):
             inbound = self._route_uri("internal", token, peer.transport, peer.host)
             outbound = self._route_uri("external", token, destination.transport, flow.host)
-            record_routes = (outbound,) if self.sides.one_side else (inbound, outbound)
+            record_routes = _record_routes(inbound, outbound)
         sent_by = self.sides.sent_by("external", destination.transport, destination.host)
         return Forward(destination, sent_by, popped, record_routes)
 
@@ -166,9 +166,7 @@ class Router:
             token = self.tokens.encode(self._client_flow(request, peer, _uses_outbound(request)))
             inbound = self._route_uri("external", token, peer.transport, peer.host)
             outbound = self._route_uri("internal", token, destination.transport, destination.host)
-            # One side: one entry, in the client's transport (a TCP client keeps its
-            # connection for the dialog; the proxies speak TCP as well).
-            record_routes = (inbound,) if self.sides.one_side else (inbound, outbound)
+            record_routes = _record_routes(inbound, outbound)
         return Forward(destination, sent_by, popped, record_routes)
 
     def _inside_forward(self, destination: Destination) -> Forward:
@@ -252,6 +250,12 @@ class Router:
         if request.method in ("CANCEL", "ACK"):
             return True
         return self.pools.has_draining and request.to.tag is not None
+
+
+def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
+    """Both entries when the request changes side or transport at the LB (RFC 3261 §16.6
+    step 4: each party reaches the LB where and how it can); else one."""
+    return (inbound,) if inbound == outbound else (inbound, outbound)
 
 
 def _came_over(flow: Flow, peer: Peer) -> bool:
