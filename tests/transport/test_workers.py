@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from sipfleet.config.listen import ListenAddress
 from sipfleet.sip import Response, parse_message
+from sipfleet.transport.sockets import bind_for_workers, spread_at_random
 from tests.transport.helpers import options
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,3 +142,28 @@ def test_supervisor_gives_up_on_a_worker_that_keeps_crashing() -> None:
         assert b"giving up" in workers.process.stderr.read()
     finally:
         workers.stop()
+
+
+def test_spread_at_random_deals_one_peers_datagrams_to_every_socket() -> None:
+    sets = bind_for_workers([ListenAddress("udp", "127.0.0.1", 0)], 4)
+    try:
+        spread_at_random(sets[0][0], 4)
+        port = sets[0][0].getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:  # one source address
+            for _ in range(400):
+                peer.sendto(b"x", ("127.0.0.1", port))
+        time.sleep(0.2)
+        counts = []
+        for group in sets:
+            group[0].setblocking(False)
+            received = 0
+            with contextlib.suppress(BlockingIOError):
+                while group[0].recv(16):
+                    received += 1
+            counts.append(received)
+        assert sum(counts) == 400
+        assert min(counts) > 50  # by address hash, one socket would get all 400
+    finally:
+        for group in sets:
+            for sock in group:
+                sock.close()

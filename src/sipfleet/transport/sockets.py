@@ -9,8 +9,10 @@ datagrams and connections that waited in it meanwhile.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import socket
+import struct
 from collections.abc import Sequence
 
 from sipfleet.config.listen import ListenAddress, Transport
@@ -133,3 +135,26 @@ def keep_only(sets: list[list[socket.socket]], index: int) -> list[socket.socket
             for sock in group:
                 sock.close()
     return sets[index]
+
+
+# Classic BPF, for SO_ATTACH_REUSEPORT_CBPF: the program's return value picks the socket
+# of the SO_REUSEPORT group (in the order they were bound).
+_SO_ATTACH_REUSEPORT_CBPF = 51
+_BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_RET_A = 0x20, 0x94, 0x16
+_SKF_AD_RANDOM = -0x1000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM: a random 32-bit number
+
+
+def spread_at_random(sock: socket.socket, group_size: int) -> None:
+    """Deal the datagrams of ``sock``'s SO_REUSEPORT group to its sockets at random instead
+    of by address hash: one busy peer (a proxy, a load generator) then keeps every worker
+    busy, not one. Raises OSError where the kernel does not support it."""
+    program = b"".join(
+        (
+            struct.pack("=HBBi", _BPF_LD_W_ABS, 0, 0, _SKF_AD_RANDOM),
+            struct.pack("=HBBI", _BPF_ALU_MOD_K, 0, 0, group_size),
+            struct.pack("=HBBI", _BPF_RET_A, 0, 0, 0),
+        )
+    )
+    buffer = ctypes.create_string_buffer(program)
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, fprog)
