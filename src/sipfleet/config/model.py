@@ -134,6 +134,12 @@ class LbSection(Section):
     pool_reload_s: float = Field(
         2.0, gt=0, description="How often lb_target is read again (pools changed at run time)."
     )
+    spread: Literal["random", "hash"] = Field(
+        "random",
+        description="How UDP datagrams are dealt to the workers: at random (every worker "
+        "busy even when a few peers, such as the proxies, send most of them) or by source "
+        "address (the kernel's SO_REUSEPORT default).",
+    )
 
 
 class RegistrarSection(Section):

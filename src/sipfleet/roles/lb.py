@@ -15,7 +15,7 @@ from sipfleet.config import Config
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.lb.service import LbWorker, WorkerSockets, sides_of
 from sipfleet.roles.common import storage_for
-from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only
+from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only, spread_at_random
 from sipfleet.transport.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
         await serve(config, own, 1, ready)
         return
     sets = bind_for_workers(sides.listen, workers)
+    if config.lb.spread == "random":
+        _spread(sets[0], workers)
     signal_ready = _ready_after(workers, ready)
 
     def worker_main(index: int) -> Coroutine[Any, Any, None]:
@@ -57,6 +59,17 @@ async def serve(
 ) -> None:
     async with storage_for(config) as storage:
         await LbWorker(config, storage, own, workers).run(ready)
+
+
+def _spread(first: list[socket.socket], workers: int) -> None:
+    """Deal each UDP address's datagrams to the workers at random (see lb.spread)."""
+    for sock in first:
+        if sock.type == socket.SOCK_DGRAM:
+            try:
+                spread_at_random(sock, workers)
+            except OSError as exc:  # an old kernel: the address hash it is
+                log.warning("lb.spread = random not available (%s): spreading by address", exc)
+                return
 
 
 def _control_socket(config: Config) -> socket.socket:
