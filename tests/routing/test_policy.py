@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sipfleet.config import config_from_dict
+from sipfleet.config import ConfigError, config_from_dict
 from sipfleet.routing.api import (
     Authenticated,
     CallContext,
@@ -181,9 +181,9 @@ def test_load_policy_takes_a_ready_object() -> None:
 
 
 def test_load_policy_explains_what_is_wrong() -> None:
-    with pytest.raises(ValueError, match=r"proxy\.policy: cannot import"):
+    with pytest.raises(ConfigError, match=r"proxy\.policy: cannot import"):
         load_policy("no.such.module_here", CONFIG)
-    with pytest.raises(ValueError, match="make_policy"):
+    with pytest.raises(ConfigError, match="make_policy"):
         load_policy("json", CONFIG)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from sipfleet.config.load import ConfigError
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.message import Request, Response
 from sipfleet.sip.uri import SipUri
@@ -221,15 +222,15 @@ class OffNetRouter(Protocol):
 
 def load_policy(module_name: str, config: Config) -> RoutingPolicy:
     """Import ``module_name`` and get its policy: ``make_policy(config)`` or ``POLICY``.
-    Raises ValueError naming ``proxy.policy`` when the module offers neither."""
+    Raises ConfigError naming ``proxy.policy`` when the module offers neither."""
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"proxy.policy: cannot import {module_name!r}: {exc}") from None
+        raise ConfigError(f"proxy.policy: cannot import {module_name!r}: {exc}") from None
     factory = getattr(module, "make_policy", None)
     policy = factory(config) if callable(factory) else getattr(module, "POLICY", None)
     if not isinstance(policy, RoutingPolicy):
-        raise ValueError(
+        raise ConfigError(
             f"proxy.policy: {module_name} must define make_policy(config) or POLICY "
             "returning a sipfleet.routing.api.RoutingPolicy"
         )
