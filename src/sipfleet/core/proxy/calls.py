@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.proxy.branch import BranchMaker
 from sipfleet.core.proxy.context import (
     ArmTimerC,
     Branch,
@@ -28,20 +27,17 @@ from sipfleet.core.proxy.context import (
     StartBranch,
     Upstream,
 )
-from sipfleet.core.proxy.forward import forward_copy, wants_record_route
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.plans import Planner
-from sipfleet.core.proxy.resolve import ResolveError, Resolver, literal_destination
+from sipfleet.core.proxy.sender import BranchSender
 from sipfleet.core.proxy.shell import TransactionShell
 from sipfleet.core.proxy.targets import ForkPlan
 from sipfleet.routing.api import CallContext, Reply, RoutingPolicy
-from sipfleet.sip.builders import make_cancel, make_response, new_tag
+from sipfleet.sip.builders import make_response, new_tag
 from sipfleet.sip.errors import ParseError
-from sipfleet.sip.message import Request, Response
-from sipfleet.sip.transaction import ClientTransaction, ServerTransaction, TransactionLayer
+from sipfleet.sip.message import Response
+from sipfleet.sip.transaction import ServerTransaction, TransactionLayer
 from sipfleet.storage.errors import StorageOverloaded, StorageUnavailable
-from sipfleet.transport.base import Destination, TransportError, TransportName
-from sipfleet.transport.sockets import normalise_host
 
 log = logging.getLogger(__name__)
 Header = tuple[str, str]
@@ -111,17 +107,19 @@ class CallRunner:
         self.planner = planner
         self.settings = settings
         self.hooks = hooks
-        self.resolver = Resolver()
-        self.branches = BranchMaker()
         self.tasks: set[asyncio.Task[None]] = set()
         self.active = 0  # calls without a final response yet
-        self._via_prefix: dict[tuple[TransportName, bool], str] = {}
-        self._record_route: str | None = None
         self._db_errors = 0
         self._db_warned_at = -DB_WARNING_INTERVAL_S
-        # Client transactions per TCP destination: a connect that fails later (the
-        # endpoint reports it by destination) fails them all as transport errors.
-        self.tcp_clients: dict[tuple[str, int], list[ClientTransaction]] = {}
+        self.sender = BranchSender(
+            endpoint=endpoint,
+            layer=layer,
+            shell=shell,
+            hooks=hooks,
+            record_route=settings.record_route,
+            spawn=self.spawn,
+            unreachable=self._branch_unreachable,
+        )
 
     # -- starting ---------------------------------------------------------------------------
     def begin(self, call: Call) -> None:
@@ -211,13 +209,13 @@ class CallRunner:
             if isinstance(action, Upstream):
                 self._upstream(call, action.response)
             elif isinstance(action, StartBranch):
-                self._start_branch(call, action.branch)
+                self.sender.start(call, action.branch)
             elif isinstance(action, ArmTimerC):
                 self._arm_timer_c(call, action.branch, action.delay)
             elif isinstance(action, DisarmTimerC):
                 _disarm(action.branch)
             elif isinstance(action, CancelBranch):
-                self._cancel_branch(action.branch)
+                self.sender.cancel(action.branch)
             elif isinstance(action, Exhausted):
                 self._exhausted(call, action.best)
 
@@ -247,14 +245,6 @@ class CallRunner:
         if call.context is not None:
             self.apply(call, call.context.on_timer_c(branch))
 
-    def _cancel_branch(self, branch: Branch) -> None:
-        if branch.request is None or branch.destination is None:
-            return
-        cancel = make_cancel(branch.request)
-        client, actions = self.layer.create_client(cancel, peer=branch.destination)
-        self._track(client, branch.destination)
-        self.shell.execute(actions)
-
     def _exhausted(self, call: Call, best: Response) -> None:
         context = call.context
         assert context is not None
@@ -274,95 +264,14 @@ class CallRunner:
         if outcome is None:
             self.apply(call, context.give_up(best))
         elif isinstance(outcome, Reply):
-            request = call.server.request
-            headers = [*outcome.headers]
-            answer = make_response(
-                request, outcome.status, outcome.reason, to_tag=call.to_tag, headers=headers
-            )
+            answer = self._response(call, outcome.status, outcome.reason, outcome.headers)
             self.apply(call, context.give_up(answer))
         else:
             call.ctx.extra_headers = list(outcome.headers)
             self.apply(call, context.reroute(outcome))
 
-    # -- forwarding one branch (§16.6) ------------------------------------------------------
-    def _start_branch(self, call: Call, branch: Branch) -> None:
-        request = call.ctx.request
-        record_route = None
-        if self.settings.record_route and wants_record_route(request):
-            ours = self._record_route or self._our_record_route()
-            record_route = self.hooks.record_route(call.ctx, ours)
-        try:
-            copy, next_hop = forward_copy(
-                request, branch.target, record_route=record_route, headers=call.ctx.extra_headers
-            )
-            destination = literal_destination(next_hop)
-        except (ParseError, ResolveError) as exc:
-            self._branch_unreachable(call, branch, exc)
-            return
-        branch.request = copy
-        if destination is not None:
-            self._send_branch(call, branch, copy, destination)
-        else:
-            self.spawn(self._resolve_and_send(call, branch, copy, next_hop))
-
-    async def _resolve_and_send(
-        self, call: Call, branch: Branch, copy: Request, uri: object
-    ) -> None:
-        try:
-            destination = await self.resolver.resolve(uri)  # type: ignore[arg-type]
-        except ResolveError as exc:
-            self._branch_unreachable(call, branch, exc)
-            return
-        self._send_branch(call, branch, copy, destination)
-
-    def _send_branch(
-        self, call: Call, branch: Branch, copy: Request, destination: Destination
-    ) -> None:
-        try:
-            via = self._via(destination) + self.branches.make(call.loop_hash)
-        except TransportError as exc:
-            self._branch_unreachable(call, branch, exc)
-            return
-        self.hooks.forwarding(copy, call.ctx)
-        copy.push_via(via)
-        branch.destination = destination
-        # The transaction points at the branch, never the other way round: no reference
-        # cycle, so a finished call is freed by reference counting, not by the collector.
-        client, actions = self.layer.create_client(copy, peer=destination, context=(call, branch))
-        self._track(client, destination)
-        self.shell.execute(actions)
-
-    def _track(self, client: ClientTransaction, destination: Destination) -> None:
-        if destination.transport != "tcp":
-            return
-        key = (normalise_host(destination.host), destination.port)
-        clients = self.tcp_clients.setdefault(key, [])
-        clients.append(client)
-        if len(clients) > 64:  # forget the finished ones now and then
-            clients[:] = [each for each in clients if not each.terminated]
-
-    def _via(self, destination: Destination) -> str:
-        key = (destination.transport, ":" in destination.host)
-        prefix = self._via_prefix.get(key)
-        if prefix is None:
-            sent_by = self.endpoint.sent_by(destination.transport, destination.host)
-            prefix = f"SIP/2.0/{destination.transport.upper()} {sent_by};branch="
-            self._via_prefix[key] = prefix
-        return prefix
-
-    def _our_record_route(self) -> str:
-        """``<sip:host:port;lr>`` of our first listen address (UDP preferred)."""
-        addresses = sorted(self.endpoint.addresses, key=lambda a: a.transport != "udp")
-        first = addresses[0]
-        host = f"[{first.host}]" if ":" in first.host else first.host
-        transport = "" if first.transport == "udp" else f";transport={first.transport}"
-        self._record_route = f"<sip:{host}:{first.port}{transport};lr>"
-        return self._record_route
-
-    def _branch_unreachable(self, call: Call, branch: Branch, exc: Exception) -> None:
-        log.info("%r: target %s unreachable: %s", call.server.request, branch.target.uri, exc)
+    def _branch_unreachable(self, call: Call, branch: Branch, status: int) -> None:
         if call.context is not None:
-            status = getattr(exc, "status", 503)
             self.apply(call, call.context.on_failure(branch, status))
 
     # -- the client transactions' events ----------------------------------------------------------

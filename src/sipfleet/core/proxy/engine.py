@@ -248,7 +248,7 @@ class ProxyEngine:
 
     async def _resolve_ack(self, ack: Request, peer: Peer, next_hop: Uri) -> None:
         try:
-            destination = await self.calls.resolver.resolve(next_hop)
+            destination = await self.calls.sender.resolver.resolve(next_hop)
         except ResolveError as exc:
             self.stats.acks_dropped += 1
             log.debug("ACK %s not forwarded: %s", ack.call_id, exc)
@@ -298,8 +298,7 @@ class ProxyEngine:
         failed): every client transaction toward it had a transport error."""
         if destination.transport != "tcp":
             return
-        key = (normalise_host(destination.host), destination.port)
-        for client in self.calls.tcp_clients.pop(key, []):
+        for client in self.calls.sender.failed_toward(destination):
             self.shell.execute(client.transport_failed())
 
     def terminated(self, transaction: Transaction) -> None:
