@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.proxy.engine import EngineSettings, ProxyEngine
+from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.overload import no_backlog, receive_backlog
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.services import ProxyServices
@@ -36,6 +37,7 @@ def build_engine(
     *,
     off_net: OffNetRouter | None = None,
     sockets: Sequence[socket.socket] = (),
+    hooks: MessageHooks = NO_HOOKS,
 ) -> ProxyEngine:
     """The engine for ``config``; it hears of ``endpoint``'s late send failures, but is
     not yet its handler. ``sockets``: the endpoint's bound sockets, watched for overload."""
@@ -52,7 +54,9 @@ def build_engine(
     settings = EngineSettings.from_config(config)
     udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
     backlog = receive_backlog(udp) if udp else no_backlog
-    engine = ProxyEngine(endpoint, policy, planner, services, settings, backlog=backlog)
+    engine = ProxyEngine(
+        endpoint, policy, planner, services, settings, hooks=hooks, backlog=backlog
+    )
     endpoint.on_send_error = engine.destination_failed
     return engine
 

@@ -17,7 +17,9 @@ from sipfleet.config import Config, config_from_dict
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.proxy.engine import ProxyEngine
+from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.roles.proxy import build_engine
+from sipfleet.routing.api import CallContext
 from sipfleet.sip import Request, Response, parse_message
 from sipfleet.sip.digest import compute_ha1, compute_response, parse_auth_header
 from sipfleet.storage import (
@@ -91,11 +93,13 @@ ProxyFactory = Callable[..., Awaitable[Proxy]]
 async def start_proxy(storage: Storage) -> AsyncIterator[ProxyFactory]:
     running: list[tuple[ProxyEngine, SipEndpoint]] = []
 
-    async def start(store: Storage | None = None, **proxy: Any) -> Proxy:
+    async def start(
+        store: Storage | None = None, hooks: MessageHooks = NO_HOOKS, **proxy: Any
+    ) -> Proxy:
         endpoint = SipEndpoint(
             [ListenAddress("udp", "127.0.0.1", 0), ListenAddress("tcp", "127.0.0.1", 0)]
         )
-        engine = build_engine(make_config(**proxy), store or storage, endpoint)
+        engine = build_engine(make_config(**proxy), store or storage, endpoint, hooks=hooks)
         endpoint.handler = engine
         await endpoint.start()
         running.append((engine, endpoint))
@@ -573,3 +577,50 @@ async def test_behind_a_trusted_lb_the_origin_is_what_the_lb_stamped(
     stranger_via = "Via: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK-gw-2;received=198.51.100.1"
     lb.send(lb.request("INVITE", f"sip:bob@{DOMAIN}", headers=(stranger_via,)), proxy.address)
     await lb.expect(407, skip=is_trying)
+
+
+class RecordingHooks(MessageHooks):
+    """What a privacy feature would see: it tags our Record-Route and every message."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def record_route(self, call: CallContext, ours: str) -> str:
+        return ours.replace(";lr>", ";lr;pv=sealed>")
+
+    def forwarding(self, request: Request, call: CallContext | None) -> None:
+        self.seen.append(f"{request.method} {'in call' if call else 'stateless'}")
+        request.add_header("X-Seen", "yes")
+
+    def answering(self, response: Response, call: CallContext) -> None:
+        self.seen.append(f"{response.status} {call.method}")
+
+
+async def test_hooks_see_every_message_the_proxy_sends_on(
+    start_proxy: ProxyFactory, uas: Any
+) -> None:
+    hooks = RecordingHooks()
+    proxy = await start_proxy(hooks=hooks)
+    caller, bob = await uas("alice"), await uas("bob")
+    await proxy.bind("bob", bob.contact)
+    sent = await invite(caller, proxy)
+    incoming = await bob.expect("INVITE")
+    assert incoming.header("x-seen") == "yes"
+    assert incoming.header_values("record-route")[0].endswith(";lr;pv=sealed>")
+    bob.send(bob.answer(incoming, 200), proxy.address)
+    answer = await caller.expect(200)
+    assert isinstance(answer, Response)
+    ack = in_dialog(
+        caller,
+        "ACK",
+        answer,
+        request_uri=bob.contact,
+        from_=sent.from_.uri_text,
+        to=sent.to.uri_text,
+        from_tag="caller",
+        to_tag="bob",
+        cseq=1,
+    )
+    caller.send(ack, proxy.address)
+    assert (await bob.expect("ACK")).header("x-seen") == "yes"
+    assert hooks.seen == ["INVITE in call", "200 INVITE", "ACK stateless"]
