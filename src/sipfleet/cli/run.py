@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from sipfleet.cli.common import CliError, add_config_option, config_from_args
-from sipfleet.config import Config
+from sipfleet.config import Config, ConfigError
 from sipfleet.roles import ROLE_NAMES, available_roles, role_runner
+from sipfleet.storage.errors import StorageError
 from sipfleet.transport.loop import run as run_loop
 
 log = logging.getLogger("sipfleet")
@@ -49,6 +50,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.role not in available_roles():
         raise CliError(f"role {args.role!r} is not built yet in this version")
     config = config_from_args(args)
+    if not config.node.cluster_secret:
+        raise CliError(
+            "node.cluster_secret: must be set (in the config or SIPFLEET_CLUSTER_SECRET); "
+            "every node of the cluster needs the same one"
+        )
     setup_logging(args.log_level)
     return run_role(args.role, config, args.ready_file)
 
@@ -71,6 +77,8 @@ def run_role(role: str, config: Config, ready_file: Path | None = None) -> int:
 
     try:
         run_loop(main())
-    except OSError as exc:
+    except (OSError, ConfigError, StorageError, ValueError) as exc:
+        # Start-up problems the operator fixes: a busy port, a bad policy module, a
+        # database that is not migrated. One line, no traceback.
         raise CliError(f"{role}: {exc}") from None
     return 0

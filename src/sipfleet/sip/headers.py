@@ -113,4 +113,6 @@ def spelling(key: str) -> str:
     written = _SPELLING.get(key)
     if written is None:
         written = "-".join(part.capitalize() for part in key.split("-"))
+        if len(_SPELLING) < 1024:  # bounded: keys may come from packets
+            _SPELLING[key] = written
     return written
