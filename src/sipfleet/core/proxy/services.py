@@ -8,8 +8,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from sipfleet.core.authenticate import Challenge, authenticate
 from sipfleet.routing.api import Authenticated, CallContext, Reply
-from sipfleet.sip.auth import DigestAuthority, Verdict
+from sipfleet.sip.auth import DigestAuthority
 from sipfleet.sip.message import Request
 from sipfleet.storage.interface import Storage
 from sipfleet.transport.sockets import normalise_host
@@ -52,26 +53,13 @@ class ProxyServices:
         request = call.request
         caller = call.caller_uri
         realm = self.realm or (caller.host_bare if caller else "")
-        now = self.clock()
-        credentials = self.authority.credentials_for(request, realm, PROXY_CREDENTIALS)
-        if credentials is None:
-            return self._challenge(request, realm, now)
-        subscriber = await self.storage.subscribers.get(credentials.username or "", realm)
-        ha1s = {"MD5": subscriber.ha1, "SHA-256": subscriber.ha1_sha256} if subscriber else None
-        result = self.authority.verify(request, credentials, ha1s, now)
-        if result.verdict is Verdict.OK and result.username:
-            _consume_credentials(request, realm)
-            return Authenticated(result.username, realm)
-        if result.verdict is not Verdict.STALE:
-            log.info(
-                "%s %s: authentication failed: %s", request.method, request.call_id, result.why
-            )
-        return self._challenge(request, realm, now, stale=result.verdict is Verdict.STALE)
-
-    def _challenge(self, request: Request, realm: str, now: float, stale: bool = False) -> Reply:
-        challenges = self.authority.challenges(realm, request.call_id, now, stale)
-        headers = tuple(("Proxy-Authenticate", value) for value in challenges)
-        return Reply(407, "Proxy Authentication Required", headers)
+        outcome = await authenticate(
+            self.authority, self.storage.subscribers, request, realm, self.clock(), "proxy"
+        )
+        if isinstance(outcome, Challenge):
+            return Reply(outcome.status, outcome.reason, outcome.headers)
+        _consume_credentials(request, realm)
+        return Authenticated(outcome.username, realm)
 
 
 def _consume_credentials(request: Request, realm: str) -> None:
