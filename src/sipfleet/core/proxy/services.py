@@ -4,7 +4,6 @@ caller authentication with the cluster's nonce scheme, user preferences."""
 from __future__ import annotations
 
 import ipaddress
-import logging
 import time
 from collections.abc import Callable, Iterable
 
@@ -14,8 +13,6 @@ from sipfleet.sip.auth import DigestAuthority
 from sipfleet.sip.message import Request
 from sipfleet.storage.interface import Storage
 from sipfleet.transport.sockets import normalise_host
-
-log = logging.getLogger(__name__)
 
 PROXY_CREDENTIALS = "proxy-authorization"
 
