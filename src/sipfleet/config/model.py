@@ -203,6 +203,30 @@ class ProxySection(Section):
     retry_after_s: int = Field(
         5, ge=1, description="Retry-After of the 503 sent when the database is unreachable."
     )
+    lcr_reload_interval_s: float = Field(
+        5.0, gt=0, description="How often the LCR version is read; the tables reload when it moved."
+    )
+    lcr_trunk_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A trunk that neither rings (18x) nor answers finally within this time is "
+        "given up (cancelled when it sent 100 Trying) and the next trunk is tried.",
+    )
+    lcr_defunct_after: int = Field(
+        3,
+        ge=1,
+        description="Consecutive failures (408, 5xx, timeout, transport) of a gateway "
+        "that mark it defunct.",
+    )
+    lcr_defunct_s: float = Field(
+        60.0,
+        gt=0,
+        description="A defunct gateway is skipped until it answers an OPTIONS probe, at most "
+        "this long (then calls try it again).",
+    )
+    lcr_probe_interval_s: float = Field(
+        5.0, gt=0, description="OPTIONS probe of each defunct gateway, this often."
+    )
 
 
 class MgmtSection(Section):
