@@ -214,10 +214,29 @@ class RoutingPolicy:
         return type(self).on_failure is not RoutingPolicy.on_failure
 
 
-class OffNetRouter(Protocol):
-    """What the LCR plugs in: the ordered Request-URIs of the trunks for a call."""
+@dataclass(frozen=True, slots=True)
+class OffNetTrunk:
+    """One trunk of an off-net call: the Request-URI to send to, the gateway's name (the
+    engine reports how the attempt ended under it) and how long the trunk may take to ring
+    or answer before the next one is tried (None: only Timer C applies)."""
 
-    async def trunks(self, call: CallContext, capability: int | None) -> Sequence[str]: ...
+    uri: str
+    gateway: str | None = None
+    timeout: float | None = None
+
+
+class OffNetRouter(Protocol):
+    """What the LCR plugs in: the trunks of a call in the order to try them (plain URIs
+    or ``OffNetTrunk``), or a ``Reply`` when it refuses the call; and how each attempt
+    on a named gateway ended, for its health."""
+
+    async def trunks(
+        self, call: CallContext, capability: int | None
+    ) -> Sequence[str | OffNetTrunk] | Reply: ...
+
+    def trunk_ended(self, gateway: str, status: int, progressed: bool) -> None:
+        """The attempt on ``gateway`` ended with ``status`` (408: no answer in time,
+        503: transport error); ``progressed``: it had rung or sent early media (18x)."""
 
 
 def load_policy(module_name: str, config: Config) -> RoutingPolicy:

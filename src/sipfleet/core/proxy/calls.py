@@ -25,6 +25,7 @@ from sipfleet.core.proxy.context import (
     Exhausted,
     ResponseContext,
     StartBranch,
+    TrunkEnded,
     Upstream,
 )
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
@@ -218,6 +219,8 @@ class CallRunner:
                 self.sender.cancel(action.branch)
             elif isinstance(action, Exhausted):
                 self._exhausted(call, action.best)
+            elif isinstance(action, TrunkEnded):
+                self._trunk_ended(action.branch)
 
     def _upstream(self, call: Call, response: Response) -> None:
         if response.status >= 200 and not call.finished:
@@ -269,6 +272,17 @@ class CallRunner:
         else:
             call.ctx.extra_headers = list(outcome.headers)
             self.apply(call, context.reroute(outcome))
+
+    def _trunk_ended(self, branch: Branch) -> None:
+        """Tell the off-net router how the attempt on a gateway ended (its health)."""
+        router = self.planner.off_net
+        gateway = branch.target.gateway
+        if router is None or gateway is None:
+            return
+        try:
+            router.trunk_ended(gateway, branch.status, branch.progressed)
+        except Exception:
+            log.exception("off-net router: trunk_ended(%r) failed", gateway)
 
     def _branch_unreachable(self, call: Call, branch: Branch, status: int) -> None:
         if call.context is not None:

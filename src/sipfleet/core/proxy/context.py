@@ -20,6 +20,13 @@ Rules (§16.7, §16.8, §16.10):
   never picks up gets 408, not 487.
 - CANCEL from upstream: 487 for the request at once, CANCEL on every pending branch
   (a branch without a provisional response yet is cancelled when one arrives, §9.1).
+
+Off-net trunks (``plan_for_trunks``, DESIGN §3) are groups of one tried in turn: the
+next on 408, 5xx, a transport error or a timeout, and the caller gets the answer of the
+trunk that ended the search, or the last failure. A trunk target with a ``timeout`` that
+has neither rung (18x) nor answered finally by then is given up: cancelled at once when
+it sent 100 Trying, else when it says anything (§9.1), and counted as 408. How each such
+attempt ended is reported (``TrunkEnded``) for the gateway's health.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class Branch:
         "destination",
         "expired",
         "index",
+        "progressed",
         "request",
         "response",
         "state",
@@ -71,6 +79,7 @@ class Branch:
         self.cancel_wanted = False  # CANCEL as soon as a provisional response arrives
         self.cancel_sent = False
         self.expired = False  # Timer C fired
+        self.progressed = False  # a provisional response other than 100 came
         self.request: Request | None = None
         self.destination: Any = None
         self.timer: Any = None
@@ -113,6 +122,14 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class TrunkEnded:
+    """The attempt on an off-net trunk (a target naming its gateway) ended with
+    ``branch.status``; ``branch.progressed`` tells whether it had rung."""
+
+    branch: Branch
+
+
+@dataclass(frozen=True, slots=True)
 class Exhausted:
     """Every branch failed; ``best`` is what would go upstream. The engine calls
     ``reroute`` or ``give_up``."""
@@ -120,13 +137,17 @@ class Exhausted:
     best: Response
 
 
-ContextAction = StartBranch | CancelBranch | ArmTimerC | DisarmTimerC | Upstream | Exhausted
+ContextAction = (
+    StartBranch | CancelBranch | ArmTimerC | DisarmTimerC | Upstream | Exhausted | TrunkEnded
+)
 
 
 class ResponseContext:
     __slots__ = (
         "_advance",
         "_ask_on_failure",
+        "_group_start",
+        "_last_group_answers",
         "_queued",
         "_tag",
         "branches",
@@ -156,6 +177,8 @@ class ResponseContext:
         self.final_sent = False
         self._queued: deque[tuple[Target, ...]] = deque()
         self._advance = ForkPlan.single(Target()).advance
+        self._last_group_answers = False
+        self._group_start = 0  # index of the first branch of the group started last
         self._ask_on_failure = ask_on_failure
         self._tag = to_tag
 
@@ -164,6 +187,7 @@ class ResponseContext:
         """Fork per ``plan``: its first group now, the others as the failures allow."""
         self._queued = deque(plan.groups)
         self._advance = plan.advance
+        self._last_group_answers = plan.last_group_answers
         return self._next_group()
 
     def reroute(self, plan: ForkPlan) -> list[ContextAction]:
@@ -186,12 +210,16 @@ class ResponseContext:
                 return self._finish()
             group = self._queued.popleft()
         actions: list[ContextAction] = []
+        self._group_start = len(self.branches)
         for target in group:
             branch = Branch(len(self.branches), target)
             self.branches.append(branch)
             actions.append(StartBranch(branch))
             if self.invite:
-                actions.append(ArmTimerC(branch, self.timer_c))
+                delay = self.timer_c
+                if target.timeout is not None and target.timeout < delay:
+                    delay = target.timeout  # Timer C's slot counts the trunk's time first
+                actions.append(ArmTimerC(branch, delay))
         return actions
 
     # -- events -----------------------------------------------------------------------
@@ -216,6 +244,12 @@ class ResponseContext:
     def on_timer_c(self, branch: Branch) -> list[ContextAction]:
         if branch.state is BranchState.DONE:
             return []
+        if branch.target.timeout is not None and not branch.progressed:
+            # a trunk that has not rung in time: cancel it (now if it sent 100 Trying,
+            # else should it still answer) and go on to the next trunk without waiting
+            actions = self._cancel(branch)
+            actions.extend(self._failed(branch, 408))
+            return actions
         if branch.expired or branch.state is BranchState.CALLING:
             branch.cancel_wanted = True  # should it answer later after all
             return self._failed(branch, 408)
@@ -243,6 +277,7 @@ class ResponseContext:
             actions.extend(self._cancel(branch))
         if branch.state is BranchState.DONE or response.status == 100:
             return actions
+        branch.progressed = True
         if self.invite and not branch.expired:
             actions.append(ArmTimerC(branch, self.timer_c))
         if not self.final_sent:
@@ -257,6 +292,8 @@ class ResponseContext:
             branch.response = response
             if self.invite:
                 actions.append(DisarmTimerC(branch))
+            if branch.target.gateway is not None:
+                actions.append(TrunkEnded(branch))
         if not self.final_sent:
             self.final_sent = True
             self._queued.clear()
@@ -268,12 +305,14 @@ class ResponseContext:
         branch.state = BranchState.DONE
         branch.status = status
         actions: list[ContextAction] = [DisarmTimerC(branch)] if self.invite else []
+        if branch.target.gateway is not None:
+            actions.append(TrunkEnded(branch))
         if status >= 600 and self.invite and not self.final_sent:
             self._queued.clear()
             actions.extend(self._cancel_pending())
         if self.final_sent or any(b.pending for b in self.branches):
             return actions
-        if self._queued and self._advance(self._best_status()):
+        if self._queued and self._advance(self._group_status()):
             actions.extend(self._next_group())
             return actions
         actions.extend(self._finish())
@@ -306,11 +345,17 @@ class ResponseContext:
         return [CancelBranch(branch)]
 
     # -- choosing the answer (§16.7 step 6-7) -----------------------------------------------
-    def _best_status(self) -> int:
-        return best_status([b.status for b in self.branches if b.status >= 300])
+    def _group_status(self) -> int:
+        """The best status of the group started last: whether to go on to the next."""
+        group = self.branches[self._group_start :]
+        return best_status([b.status for b in group if b.status >= 300])
 
     def best_response(self) -> Response:
-        finals = [b for b in self.branches if b.status >= 300]
+        """§16.7 step 6 over every branch, or over the last group only for trunks."""
+        considered = (
+            self.branches[self._group_start :] if self._last_group_answers else self.branches
+        )
+        finals = [b for b in considered if b.status >= 300]
         if not finals:
             return self._make(408)  # no target at all: nothing answered
         status = best_status([b.status for b in finals])

@@ -19,6 +19,7 @@ from sipfleet.routing.api import (
     LocateUser,
     OffNet,
     OffNetRouter,
+    OffNetTrunk,
     Relay,
     Reply,
 )
@@ -65,10 +66,20 @@ class Planner:
     async def _off_net(
         self, decision: OffNet, call: CallContext, headers: tuple[tuple[str, str], ...]
     ) -> ForkPlan | Reply:
-        uris = decision.gateways
+        trunks: tuple[str | OffNetTrunk, ...] = ()
         if self.off_net is not None:
-            uris = tuple(await self.off_net.trunks(call, decision.capability)) or uris
-        return plan_for_trunks(uris, headers) if uris else NO_ROUTE
+            found = await self.off_net.trunks(call, decision.capability)
+            if isinstance(found, Reply):
+                return found
+            trunks = tuple(found)
+        targets = [_trunk_target(t) for t in trunks or decision.gateways]
+        return plan_for_trunks(targets, headers) if targets else NO_ROUTE
+
+
+def _trunk_target(trunk: str | OffNetTrunk) -> Target:
+    if isinstance(trunk, str):
+        return Target(trunk)
+    return Target(trunk.uri, gateway=trunk.gateway, timeout=trunk.timeout)
 
 
 def _request_aor(call: CallContext) -> Aor | None:

@@ -24,6 +24,8 @@ class Target:
     uri: str | None = None  # the new Request-URI; None keeps the request's own
     routes: tuple[str, ...] = ()  # Route values pushed on top, first one on top
     received: str | None = None  # send here instead of the next hop (no routes only)
+    gateway: str | None = None  # an off-net trunk's gateway: its outcome feeds the health
+    timeout: float | None = None  # a trunk not ringing or answering by then is given up
 
 
 def next_group_unless_success_or_global(status: int) -> bool:
@@ -42,6 +44,9 @@ class ForkPlan:
     groups: tuple[tuple[Target, ...], ...]
     advance: Callable[[int], bool] = next_group_unless_success_or_global
     headers: tuple[Header, ...] = field(default=())
+    # Trunk failover: the caller hears the last group's answer (the trunk that stopped the
+    # search, or the last failure), not the best of every group (§16.7 step 6).
+    last_group_answers: bool = False
 
     @classmethod
     def single(cls, target: Target, headers: Sequence[Header] = ()) -> ForkPlan:
@@ -67,7 +72,8 @@ def plan_for_bindings(
     return ForkPlan(groups, headers=tuple(headers))
 
 
-def plan_for_trunks(uris: Sequence[str], headers: Sequence[Header] = ()) -> ForkPlan:
-    """Gateways one after another, with the off-net failover rule."""
-    groups = tuple((Target(uri),) for uri in uris)
-    return ForkPlan(groups, next_trunk_on_failover, tuple(headers))
+def plan_for_trunks(trunks: Sequence[str | Target], headers: Sequence[Header] = ()) -> ForkPlan:
+    """Gateways one after another, with the off-net failover rule; the caller gets the
+    answer of the trunk that ended the search, or the last failure."""
+    groups = tuple((Target(t) if isinstance(t, str) else t,) for t in trunks)
+    return ForkPlan(groups, next_trunk_on_failover, tuple(headers), last_group_answers=True)
