@@ -30,6 +30,7 @@ from sipfleet.core.proxy.checks import check_request
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.overload import OverloadMonitor, no_backlog, watch
 from sipfleet.core.proxy.plans import Planner
+from sipfleet.core.proxy.probes import OptionsProber
 from sipfleet.core.proxy.resolve import ResolveError, literal_destination
 from sipfleet.core.proxy.routes import preprocess_routes, route_toward_next_hop
 from sipfleet.core.proxy.services import ProxyServices
@@ -123,6 +124,8 @@ class ProxyEngine:
         )
         self.hooks = hooks
         self.forwarder = StatelessForwarder(endpoint)
+        # OPTIONS to gateways for the off-net router's health checks
+        self.prober = OptionsProber(endpoint, self.calls.sender.resolver, self.calls.spawn)
         self.stats = EngineStats()
         self._own: OwnAddresses | None = None
         self.overload = OverloadMonitor()
@@ -268,7 +271,7 @@ class ProxyEngine:
         elif response.is_success and response.cseq.method == "INVITE":
             # a 2xx retransmission after our transaction ended still reaches the caller
             self.forwarder.forward_response(response, peer)
-        else:
+        elif not self.prober.answered(response):
             self.stats.stray_responses += 1
 
     # -- the transactions' events (TransactionUser) -----------------------------------------
