@@ -20,6 +20,7 @@ from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.services import ProxyServices
 from sipfleet.roles.common import authority_for, serve_until_cancelled, storage_for
 from sipfleet.routing.api import OffNetRouter, load_policy
+from sipfleet.routing.lcr_router import LcrRouter
 from sipfleet.storage import Storage
 from sipfleet.transport.base import TransportLimits
 from sipfleet.transport.sockets import bind_all
@@ -97,11 +98,14 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
         limits = TransportLimits.from_config(config.sip)
         sockets = bind_all(config.proxy.listen, buffer_size=limits.socket_buffer)
         endpoint = SipEndpoint(config.proxy.listen, limits=limits, sockets=sockets)
-        engine = build_engine(config, storage, endpoint, sockets=sockets)
+        lcr = LcrRouter.from_config(config, storage.lcr)
+        engine = build_engine(config, storage, endpoint, sockets=sockets, off_net=lcr)
+        await lcr.start(engine.prober)  # the LCR tables loaded before the first call
         endpoint.handler = engine
         collector = asyncio.create_task(collect_garbage())
         try:
             await serve_until_cancelled(endpoint, ready)
         finally:
             collector.cancel()
+            await lcr.close()
             await engine.close()
