@@ -33,7 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-RELAYS = {"floor": BENCH / "relay_floor.py", "sipfleet": BENCH / "relay_sipfleet.py"}
+RELAYS = {  # name: (script, extra arguments)
+    "floor": (BENCH / "relay_floor.py", []),
+    "sipfleet": (BENCH / "relay_sipfleet.py", []),
+    "sipfleet2": (BENCH / "relay_sipfleet.py", ["--workers", "2"]),  # not in the default
+}
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -63,6 +67,21 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (a relay's worker processes)."""
+    if pid == 0:
+        return []
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return [pid, *(p for kid in kids for p in tree_pids(int(kid)))]
+
+
+def tree_ticks(pid: int) -> int:
+    return sum(cpu_ticks(p) for p in tree_pids(pid))
 
 
 def cpu_ticks(pid: int) -> int:
@@ -188,11 +207,11 @@ def run_step(
         warm = min(3.0, args.duration / 4)
         time.sleep(warm)
         pids = {"relay": relay_pid, "uac": uac.pid, "uas": uas_pid}
-        mine = {os.getpid(), *pids.values()}
-        before = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        mine = {os.getpid(), *pids.values(), *tree_pids(relay_pid)}
+        before = {name: tree_ticks(pid) for name, pid in pids.items()}
         everyone, t0 = all_ticks(), time.time()
         time.sleep(max(1.0, args.duration - 1 - warm))
-        after = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        after = {name: tree_ticks(pid) for name, pid in pids.items()}
         seconds = time.time() - t0
         others = others_pct(everyone, all_ticks(), seconds, mine)
         dropped = udp_drops(ports)
@@ -244,7 +263,8 @@ def ramp(args: argparse.Namespace, relay: str, workdir: Path) -> list[Step]:
     uas_port = free_udp_port()
     budget = args.max_steps * (args.duration + 30) + 60
     uas_cmd = sipp("echo_uas.xml", "-p", str(uas_port), "-timeout", f"{budget}s")
-    relay_cmd = [sys.executable, str(RELAYS.get(relay, "")), "--listen", "127.0.0.1:0"]
+    script, extra = RELAYS.get(relay, (Path(), []))
+    relay_cmd = [sys.executable, str(script), "--listen", "127.0.0.1:0", *extra]
     relay_cmd += ["--target", f"127.0.0.1:{uas_port}"]
     steps: list[Step] = []
     relay_started = (
@@ -293,7 +313,7 @@ def measured_step(
     rate: int,
     workdir: Path,
 ) -> Step:
-    mine = {os.getpid(), relay_pid, uas[0]}
+    mine = {os.getpid(), uas[0], *tree_pids(relay_pid)}
     step = None
     for _ in range(2):  # one re-run when other work spoilt the measurement
         wait_for_quiet(args, mine)
@@ -312,9 +332,9 @@ def drain(pid: int, max_wait: float = 30.0) -> None:
     """Wait until the relay is idle, so a backlog of a failed step does not spill over."""
     deadline = time.time() + max_wait
     while time.time() < deadline:
-        before = cpu_ticks(pid)
+        before = tree_ticks(pid)
         time.sleep(0.5)
-        if (cpu_ticks(pid) - before) / HZ / 0.5 < 0.05:
+        if (tree_ticks(pid) - before) / HZ / 0.5 < 0.05:
             return
 
 
