@@ -20,6 +20,7 @@ def fail(state: GatewayHealth, times: int, now: float = 0.0, status: int = 503) 
 def test_what_counts_as_a_failure_of_the_gateway() -> None:
     assert all(is_failure(status) for status in (408, 500, 502, 503, 504, 599))
     assert not any(is_failure(status) for status in (200, 302, 404, 480, 486, 487, 600, 603))
+    assert not is_failure(501)  # a method it does not implement: it is there all the same
     # it rang first: it reached the far end, the failure is not the gateway's
     assert not is_failure(408, progressed=True)
     assert not is_failure(503, progressed=True)

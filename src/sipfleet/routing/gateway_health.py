@@ -3,8 +3,8 @@ is passed in.
 
 - Every attempt on a gateway ends as a failure or not. A failure is what makes the call
   move on to the next trunk and is the gateway's fault: 408 (its own, a timeout, or no
-  answer within the trunk timeout), any 5xx (503 stands for a transport error too) —
-  unless the gateway had rung (18x) first: then it reached the far end and works.
+  answer within the trunk timeout), any 5xx but 501 (503 stands for a transport error
+  too) — unless the gateway had rung (18x) first: then it reached the far end and works.
 - ``defunct_after`` failures in a row make a gateway **defunct**: LCR leaves it out
   (``is_defunct``) and it is probed with OPTIONS every ``probe_interval``.
 - It comes back at once when it answers a probe (any final response but 503, which
@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 
 def is_failure(status: int, progressed: bool = False) -> bool:
-    """Whether an attempt that ended with ``status`` counts against the gateway."""
-    return not progressed and (status == 408 or 500 <= status < 600)
+    """Whether an attempt that ended with ``status`` counts against the gateway. 501 does
+    not: a gateway that does not implement a method (MESSAGE, say) still carries calls."""
+    return not progressed and (status == 408 or (500 <= status < 600 and status != 501))
 
 
 def probe_answered_alive(status: int) -> bool:
