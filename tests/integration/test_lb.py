@@ -155,6 +155,15 @@ def test_forged_or_tampered_tokens_get_403_and_a_log_line(cluster: Cluster, tmp_
     wait_for(lambda: lb.log_text().count("flow token refused: 403") >= 2)
 
 
+def test_a_broken_route_is_answered_400_not_followed(cluster: Cluster) -> None:
+    ua = RawUa(lb_address(cluster))
+    try:
+        ua.request("INVITE", "sip:bob@example.com", routes=("<sip:@@@;lr>",))
+        assert ua.expect_response(400).reason.startswith("Bad")
+    finally:
+        ua.close()
+
+
 def test_tcp_client_is_reached_over_its_own_connection_until_it_unregisters(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -255,3 +255,21 @@ def test_one_side_is_record_routed_twice_when_the_transport_changes() -> None:
     assert outer.endswith(";lr;transport=tcp>")  # the client keeps its connection
     assert inner.endswith(";lr>")  # the proxy talks UDP
     assert token_of(outer) == token_of(inner)
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("INVITE", ("Route: <sip:@@@;lr>",)),
+        ("REGISTER", ("Contact: <sip:alice@10.0.1.2;expires=>",)),
+    ],
+)
+def test_broken_headers_raise_parse_errors_for_the_endpoint_to_answer(
+    method: str, extra: tuple[str, ...]
+) -> None:
+    from sipfleet.sip import ParseError
+
+    broken = request(method, contact=None, extra=extra)
+    with pytest.raises(ParseError) as caught:
+        router().route(broken, client())
+    assert caught.value.status == 400
