@@ -196,7 +196,7 @@ async def test_rule_patterns_see_the_caller_and_the_request_uri() -> None:
             Rule(1, "43", from_uri="sip:*@pbx.example.com", stopper=True),
             Rule(2, "43", request_uri="sip:*@pstn.example.net"),
         ),
-        (RuleTarget(1, "a", PHONE), RuleTarget(2, "b", PHONE)),
+        (RuleTarget(1, "a", PHONE), RuleTarget(2, "b", PHONE, priority=2)),
     )
     router = await router_for(rows)
     assert await trunks_of(router, call(caller="sip:al@pbx.example.com")) == [
