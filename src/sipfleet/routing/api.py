@@ -108,7 +108,17 @@ class CallContext:
     every forwarded copy, but prefer ``add_header`` or a decision's ``headers``.
     """
 
-    __slots__ = ("_services", "extra_headers", "origin", "request", "routed_to_us", "source")
+    __slots__ = (
+        "_caller_preferences",
+        "_services",
+        "extra_headers",
+        "hide_caller",
+        "origin",
+        "our_route",
+        "request",
+        "routed_to_us",
+        "source",
+    )
 
     def __init__(
         self,
@@ -118,13 +128,21 @@ class CallContext:
         *,
         origin: str | None = None,
         routed_to_us: bool = False,
+        our_route: SipUri | None = None,
     ) -> None:
         self.request = request
         self.source = source  # the previous hop (often an LB)
         self.origin = origin or source.host  # the caller's own address, past our LB
         self.routed_to_us = routed_to_us  # it came through a Route of ours: in a dialog we are in
+        # The URI of that Route of ours (§16.4 removed it): what the proxy put in its
+        # Record-Route comes back here (the sealed caller identity of a private call).
+        self.our_route = our_route
+        # Caller privacy (DESIGN §4): True hides the caller from the callee, False never
+        # does; None (the default) follows the request's Privacy header.
+        self.hide_caller: bool | None = None
         self.extra_headers: list[Header] = []
         self._services = services
+        self._caller_preferences: dict[str, str] | None = None
 
     # -- facts ---------------------------------------------------------------------------
     @property
@@ -189,7 +207,13 @@ class CallContext:
         host = domain if domain is not None else (uri.host_bare if uri else None)
         if not user or not host:
             return {}
-        return await self._services.preferences(user, host)
+        callers = username is None and domain is None
+        if callers and self._caller_preferences is not None:
+            return self._caller_preferences  # read once per request (privacy, LCR)
+        found = await self._services.preferences(user, host)
+        if callers:
+            self._caller_preferences = found
+        return found
 
     def add_header(self, name: str, value: str) -> None:
         """Add a header to every copy forwarded for this request."""
