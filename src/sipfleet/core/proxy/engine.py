@@ -32,7 +32,7 @@ from sipfleet.core.proxy.overload import OverloadMonitor, no_backlog, watch
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.probes import OptionsProber
 from sipfleet.core.proxy.resolve import ResolveError, literal_destination
-from sipfleet.core.proxy.routes import preprocess_routes, route_toward_next_hop
+from sipfleet.core.proxy.routes import route_toward_next_hop, take_our_route
 from sipfleet.core.proxy.services import ProxyServices
 from sipfleet.core.proxy.shell import TransactionShell
 from sipfleet.core.stateless import StatelessForwarder
@@ -176,7 +176,7 @@ class ProxyEngine:
             return
         loop = loop_hash(request)
         rejection = check_request(request, self.own, loop)
-        routed = rejection is None and preprocess_routes(request, self.own)
+        ours = take_our_route(request, self.own) if rejection is None else None
         server = self.layer.create_server(request, peer=response_destination(request, peer))
         call = Call(server, CallContext(request, peer, self.services), loop)
         server.context = call
@@ -191,7 +191,8 @@ class ProxyEngine:
         if request.method == "OPTIONS" and self._addressed_to_us(request):
             self.calls.reply(call, 200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp")])
             return
-        call.ctx.routed_to_us = routed
+        call.ctx.routed_to_us = ours is not None
+        call.ctx.our_route = ours
         call.ctx.origin = self._origin(request, peer)
         self.calls.begin(call)
 
@@ -235,7 +236,8 @@ class ProxyEngine:
     def _forward_ack(self, ack: Request, peer: Peer) -> None:
         """An ACK for a 2xx (its own transaction): statelessly, by the Route we are on."""
         try:
-            if not preprocess_routes(ack, self.own):
+            ours = take_our_route(ack, self.own)
+            if ours is None:
                 self.stats.acks_dropped += 1  # not in a dialog we record-routed
                 return
             next_hop = route_toward_next_hop(ack)
@@ -245,21 +247,21 @@ class ProxyEngine:
             log.debug("ACK %s not forwarded: %s", ack.call_id, exc)
             return
         if destination is None:
-            self.calls.spawn(self._resolve_ack(ack, peer, next_hop))
+            self.calls.spawn(self._resolve_ack(ack, peer, next_hop, ours))
         else:
-            self._send_ack(ack, peer, destination)
+            self._send_ack(ack, peer, destination, ours)
 
-    async def _resolve_ack(self, ack: Request, peer: Peer, next_hop: Uri) -> None:
+    async def _resolve_ack(self, ack: Request, peer: Peer, next_hop: Uri, ours: SipUri) -> None:
         try:
             destination = await self.calls.sender.resolver.resolve(next_hop)
         except ResolveError as exc:
             self.stats.acks_dropped += 1
             log.debug("ACK %s not forwarded: %s", ack.call_id, exc)
             return
-        self._send_ack(ack, peer, destination)
+        self._send_ack(ack, peer, destination, ours)
 
-    def _send_ack(self, ack: Request, peer: Peer, destination: Destination) -> None:
-        self.hooks.forwarding(ack, None)
+    def _send_ack(self, ack: Request, peer: Peer, destination: Destination, ours: SipUri) -> None:
+        self.hooks.forwarding_ack(ack, ours)
         if self.forwarder.forward_request(ack, peer, destination):
             self.stats.acks_forwarded += 1
 

@@ -2,7 +2,9 @@
 
 The engine calls these for every message it sends on: each forwarded copy of a request
 (before our Via goes on), each 2xx ACK it forwards statelessly, each response it sends
-upstream, and for our Record-Route value. The default does nothing. A feature
+upstream, and for our Record-Route value. What our Record-Route carried comes back in
+``CallContext.our_route`` (and to ``forwarding_ack``) for every later request of the
+dialog, at whichever proxy of the pool it arrives. The default does nothing. A feature
 subclasses ``MessageHooks`` and is passed to ``ProxyEngine``.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from sipfleet.routing.api import CallContext
 from sipfleet.sip.message import Request, Response
+from sipfleet.sip.uri import SipUri
 
 
 class MessageHooks:
@@ -20,6 +23,12 @@ class MessageHooks:
 
     def forwarding(self, request: Request, call: CallContext | None) -> None:
         """``request`` goes downstream (``call`` is None for a stateless 2xx ACK)."""
+
+    def forwarding_ack(self, ack: Request, our_route: SipUri) -> None:
+        """A 2xx ACK goes downstream without state; ``our_route``: the URI of the Route
+        of ours it came by (removed, §16.4), parameters included. The default passes it
+        to ``forwarding`` with no call."""
+        self.forwarding(ack, None)
 
     def answering(self, response: Response, call: CallContext) -> None:
         """``response`` goes upstream to the sender of ``call.request``."""

@@ -23,19 +23,26 @@ from sipfleet.sip.uri import SipUri, Uri, parse_uri
 def preprocess_routes(request: Request, own: OwnAddresses) -> bool:
     """§16.4. Returns True when the request reached us through a Route of ours (or a
     strict router's Request-URI): it belongs to a dialog this proxy record-routed."""
-    routed = False
+    return take_our_route(request, own) is not None
+
+
+def take_our_route(request: Request, own: OwnAddresses) -> SipUri | None:
+    """§16.4, returning the URI of ours the request was routed by (the Route removed, or
+    a strict router's Request-URI), with the parameters our Record-Route gave it; None
+    when the request did not come through a Route of ours."""
+    ours: SipUri | None = None
     uri = request.uri
     if isinstance(uri, SipUri):
         if uri.user is None and own.names(uri) and "route" in request.keys:
             _restore_request_uri(request)
-            routed = True
+            ours = uri
         elif "maddr" in uri.params:
             _drop_own_maddr(request, uri, own)
     top = request.top_route
     if top is not None and _names_us(top, own):
         request.pop_route()
-        routed = True
-    return routed
+        ours = top.sip_uri
+    return ours
 
 
 def _restore_request_uri(request: Request) -> None:
