@@ -227,6 +227,16 @@ class ProxySection(Section):
     lcr_probe_interval_s: float = Field(
         5.0, gt=0, description="OPTIONS probe of each defunct gateway, this often."
     )
+    privacy_clir: bool = Field(
+        True,
+        description="Hide callers whose clir preference (usr_preferences) is 1/on/yes/true "
+        "from the callee, as if they had sent Privacy: id (the default policy reads it).",
+    )
+    privacy_hide_contact_user: bool = Field(
+        False,
+        description="A private call's Contact user part becomes 'anonymous' toward the callee "
+        "(and is restored in the callee's requests to it).",
+    )
 
 
 class MgmtSection(Section):
