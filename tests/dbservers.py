@@ -55,6 +55,23 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"server did not listen on {port} within {START_TIMEOUT} s:\n{_tail(log)}")
 
 
+def _wait_socket(path: Path, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until a server accepts on its Unix socket (one in a network namespace of its own
+    cannot be reached over TCP from here)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {path} within {START_TIMEOUT} s:\n{_tail(log)}")
+
+
 def _tail(log: Path, lines: int = 20) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -124,9 +141,18 @@ class DbServer:
 
 
 class MariaDbServer(DbServer):
+    # Where it listens. ``netns``: inside that network namespace (root), on ``host`` there;
+    # the test process then reaches it through its Unix socket (``socket_dsn``).
+    host: str = "127.0.0.1"
+    netns: str | None = None
+
     @property
     def socket_path(self) -> Path:
         return self.base / "mysqld.sock"
+
+    def socket_dsn(self, database: str) -> str:
+        """As root over the Unix socket: works from any network namespace."""
+        return f"mysql://root@localhost/{database}?unix_socket={self.socket_path}"
 
     def start(self) -> None:
         mariadbd = _need(
@@ -134,6 +160,7 @@ class MariaDbServer(DbServer):
         )
         log = self.base / "error.log"
         args = [
+            *(["ip", "netns", "exec", self.netns] if self.netns else []),
             mariadbd,
             "--no-defaults",
             f"--datadir={self.base / 'data'}",
@@ -142,14 +169,17 @@ class MariaDbServer(DbServer):
             f"--pid-file={self.base / 'mariadbd.pid'}",
             f"--log-error={log}",
             "--skip-networking=0",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self.host}",
             "--skip-name-resolve",
-            "--skip-log-bin",
+            *([] if "log-bin" in self.options else ["--skip-log-bin"]),
             f"--user={pwd.getpwuid(os.geteuid()).pw_name}",
             *(f"--{key}={value}" for key, value in self.options.items()),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.port, self.process, log)
+        if self.netns is None and self.host == "127.0.0.1":
+            _wait_port(self.port, self.process, log)
+        else:
+            _wait_socket(self.socket_path, self.process, log)
 
     def stop(self) -> None:
         _stop(self.process, signal.SIGTERM)
@@ -163,12 +193,21 @@ class MariaDbServer(DbServer):
         return _run([*args, *([database] if database else []), "-e", statement]).stdout
 
 
-def start_mariadb(options: dict[str, str] | None = None, port: int | None = None) -> MariaDbServer:
-    """Initialise a data directory and start mariadbd on 127.0.0.1:``port``."""
+def start_mariadb(
+    options: dict[str, str] | None = None,
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    netns: str | None = None,
+) -> MariaDbServer:
+    """Initialise a data directory and start mariadbd on 127.0.0.1:``port`` (or on ``host``
+    inside the network namespace ``netns``)."""
     install = _need(shutil.which("mariadb-install-db"), "mariadb-server", "mariadb-install-db")
     base = Path(tempfile.mkdtemp(prefix="sipfleet-mariadb-"))
     defaults = {"innodb-buffer-pool-size": "64M", "max-connections": "200"}
     server = MariaDbServer("mysql", base, port or free_port(), "root", defaults | (options or {}))
+    server.host = host
+    server.netns = netns
     try:
         _run(
             [
@@ -186,6 +225,73 @@ def start_mariadb(options: dict[str, str] | None = None, port: int | None = None
         server.destroy()
         raise
     return server
+
+
+# A MariaDB primary: a binary log from its first start (so a replica can start from the
+# beginning of it), row-based events, its own server id.
+MARIADB_PRIMARY = {"log-bin": "binlog", "binlog-format": "ROW", "server-id": "1"}
+REPLICATION_USER = "replicator"
+REPLICATION_PASSWORD = "replication-secret"
+
+
+def start_mariadb_primary(
+    options: dict[str, str] | None = None,
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    netns: str | None = None,
+) -> MariaDbServer:
+    """``start_mariadb`` with a binary log and a replication account for replicas."""
+    server = start_mariadb(MARIADB_PRIMARY | (options or {}), port, host=host, netns=netns)
+    try:
+        server.sql(
+            f"CREATE USER '{REPLICATION_USER}'@'%' IDENTIFIED BY '{REPLICATION_PASSWORD}'; "
+            f"GRANT REPLICATION SLAVE ON *.* TO '{REPLICATION_USER}'@'%'"
+        )
+    except BaseException:
+        server.destroy()
+        raise
+    return server
+
+
+def start_mariadb_replica(
+    primary: MariaDbServer,
+    options: dict[str, str] | None = None,
+    port: int | None = None,
+    *,
+    server_id: int = 2,
+    host: str = "127.0.0.1",
+    netns: str | None = None,
+) -> MariaDbServer:
+    """A read-only replica of ``primary`` (started by ``start_mariadb_primary``), replicating
+    over TCP from the start of the primary's binary log (GTID), caught up when returned.
+
+    The replica reconnects within a second when the primary comes back after a stop
+    (MASTER_CONNECT_RETRY=1; MariaDB's default waits 60 s)."""
+    settings = {"server-id": str(server_id), "read-only": "1", "relay-log": "relay"}
+    replica = start_mariadb(settings | (options or {}), port, host=host, netns=netns)
+    try:
+        replica.sql(
+            f"CHANGE MASTER TO MASTER_HOST='{primary.host}', MASTER_PORT={primary.port}, "
+            f"MASTER_USER='{REPLICATION_USER}', MASTER_PASSWORD='{REPLICATION_PASSWORD}', "
+            "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE"
+        )
+        wait_replicated(primary, replica)
+    except BaseException:
+        replica.destroy()
+        raise
+    return replica
+
+
+def wait_replicated(primary: MariaDbServer, replica: MariaDbServer, timeout: int = 30) -> None:
+    """Until ``replica`` has applied everything ``primary`` has written so far."""
+    position = primary.sql("SELECT @@gtid_binlog_pos").strip()
+    if not position:
+        return
+    done = replica.sql(f"SELECT MASTER_GTID_WAIT('{position}', {int(timeout)})").strip()
+    if done != "0":
+        status = replica.sql("SHOW SLAVE STATUS")
+        raise RuntimeError(f"replica not at {position} after {timeout} s: {status[-2000:]}")
 
 
 def _postgres_bin(name: str) -> str:
