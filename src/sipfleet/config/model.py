@@ -50,6 +50,13 @@ class DatabaseSection(Section):
         True,
         description="A location lookup that finds nothing on a replica is retried on the primary.",
     )
+    read_fallback: Literal["primary", "fail"] = Field(
+        "primary",
+        description="When no replica of database.read answers: read from the primary "
+        '("primary") or fail the read ("fail": the proxy answers 503 with Retry-After, '
+        "which keeps the load off the primary). A replica that is down is tried again every "
+        "second and used as soon as it answers. MariaDB and PostgreSQL only.",
+    )
     max_in_flight: int = Field(
         256, ge=1, description="Queries in flight before the node sheds load (503)."
     )

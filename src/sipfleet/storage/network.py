@@ -6,7 +6,7 @@ import asyncio
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from sipfleet.storage.dsn import Dsn, Dsns, Kind
 from sipfleet.storage.errors import StorageError, StorageUnavailable, TransactionConflict
@@ -19,6 +19,10 @@ C = TypeVar("C")
 T = TypeVar("T")
 
 CONFLICT_RETRIES = 3  # a deadlock victim is simply run again
+REPLICA_RETRY_S = 1.0  # a replica known to be down is tried again this often
+
+# What a read does when its replica cannot be reached (database.read_fallback).
+ReadFallback = Literal["primary", "fail"]
 
 
 class NetworkExecutor(ABC, Generic[C]):
@@ -31,8 +35,10 @@ class NetworkExecutor(ABC, Generic[C]):
         pool_size: int = 8,
         query_timeout: float = 5.0,
         connect_timeout: float = 3.0,
+        read_fallback: ReadFallback = "primary",
     ) -> None:
         self._dsns = dsns
+        self.read_fallback = read_fallback
         self._statements = Statements(self.kind)
         self.query_timeout = query_timeout
         self.connect_timeout = connect_timeout
@@ -87,11 +93,7 @@ class NetworkExecutor(ABC, Generic[C]):
         args = stmt.args(params)
         if not replica or self._reads[0] is self._write:
             return await self._run(self._write, lambda conn: self._fetch(conn, stmt, args))
-        pool = self._reads[next(self._next_read)]
-        try:
-            return await self._run(pool, lambda conn: self._fetch(conn, stmt, args))
-        except StorageUnavailable:  # the replica is down: the primary still answers
-            return await self._run(self._write, lambda conn: self._fetch(conn, stmt, args))
+        return await self._read(lambda conn: self._fetch(conn, stmt, args))
 
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
         args = stmt.args(params)
@@ -118,16 +120,34 @@ class NetworkExecutor(ABC, Generic[C]):
     ) -> list[StepResult] | None:
         """See ``Executor.transaction``; ``extra_time`` lengthens the time limit (imports)."""
         if snapshot and replica and self._reads[0] is not self._write:
-            pool = self._reads[next(self._next_read)]
-            try:
-                return await self._run(
-                    pool, lambda conn: self._transaction(conn, steps, True), extra_time
-                )
-            except StorageUnavailable:  # the replica is down: the primary still answers
-                pass
+            return await self._read(lambda conn: self._transaction(conn, steps, True), extra_time)
         return await self._run(
             self._write, lambda conn: self._transaction(conn, steps, snapshot), extra_time
         )
+
+    async def _read(self, work: Callable[[C], Awaitable[T]], extra_time: float = 0.0) -> T:
+        """On a replica (round robin, skipping those known to be down); when none answers,
+        on the primary, or ``StorageUnavailable`` with ``read_fallback = "fail"``."""
+        pool = self._replica()
+        if pool is None:
+            down = ", ".join(p.health.name for p in self._reads)
+            failure = StorageUnavailable(f"database {down} unreachable")
+        else:
+            try:
+                return await self._run(pool, work, extra_time)
+            except StorageUnavailable as exc:
+                failure = exc
+        if self.read_fallback == "fail":
+            raise failure
+        return await self._run(self._write, work, extra_time)
+
+    def _replica(self) -> Pool[C] | None:
+        first = next(self._next_read)
+        for i in range(len(self._reads)):
+            pool = self._reads[(first + i) % len(self._reads)]
+            if pool.health.may_try(REPLICA_RETRY_S):
+                return pool
+        return None
 
     async def _run(
         self, pool: Pool[C], work: Callable[[C], Awaitable[T]], extra_time: float = 0.0

@@ -61,11 +61,25 @@ class Health:
     def __init__(self, name: str) -> None:
         self.name = name
         self.down_since: float | None = None
+        self.tried_at = 0.0  # the last attempt while down (see may_try)
 
     def failed(self, reason: str) -> None:
+        now = asyncio.get_running_loop().time()
+        self.tried_at = now
         if self.down_since is None:
-            self.down_since = asyncio.get_running_loop().time()
+            self.down_since = now
             log.warning("database %s unreachable: %s", self.name, reason)
+
+    def may_try(self, interval: float) -> bool:
+        """Up, or down but not tried for ``interval`` seconds (then this is the try): a
+        replica that is down costs one attempt per interval, not one per query."""
+        if self.down_since is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        if now - self.tried_at < interval:
+            return False
+        self.tried_at = now
+        return True
 
     def succeeded(self) -> None:
         if self.down_since is not None:

@@ -1,0 +1,186 @@
+"""database.read_fallback: what a read does while the replica is down, and that the replica
+is used again by itself when it returns.
+
+MariaDB runs a real primary and replica (binary log, GTID replication). PostgreSQL's
+"replica" is a second server whose rows the test writes by hand: what is tested here is
+the backend's side (errors, fallback, recovery), not PostgreSQL's replication.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from sipfleet.storage import Aor, BindingUpdate, Dsn, Dsns, Storage, StorageUnavailable
+from tests.dbservers import (
+    FAST_MARIADB,
+    FAST_POSTGRES,
+    DbServer,
+    MariaDbServer,
+    start_mariadb_primary,
+    start_mariadb_replica,
+    start_postgres,
+    wait_replicated,
+)
+from tests.storage.conftest import OpenStorage, migrate
+
+NOW = int(time.time())
+BOB = Aor("bob", "example.com")
+CAROL = Aor("carol", "example.com")
+
+
+@dataclass
+class Pair:
+    primary: DbServer
+    replica: DbServer
+    replicated: bool  # False: the test copies rows to the replica itself
+
+    def ensure_running(self) -> None:
+        for server in (self.primary, self.replica):
+            if not server.running:
+                server.start()
+
+
+def _mariadb_pair() -> Pair:
+    primary = start_mariadb_primary(FAST_MARIADB)
+    try:
+        return Pair(primary, start_mariadb_replica(primary, FAST_MARIADB), replicated=True)
+    except BaseException:
+        primary.destroy()
+        raise
+
+
+def _postgres_pair() -> Pair:
+    primary = start_postgres(FAST_POSTGRES)
+    try:
+        return Pair(primary, start_postgres(FAST_POSTGRES), replicated=False)
+    except BaseException:
+        primary.destroy()
+        raise
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(_mariadb_pair, id="mariadb", marks=pytest.mark.mysql),
+        pytest.param(_postgres_pair, id="postgres", marks=pytest.mark.postgres),
+    ],
+)
+def own_pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    pair: Pair = request.param()
+    try:
+        yield pair
+    finally:
+        pair.replica.destroy()
+        pair.primary.destroy()
+
+
+_names = iter(range(1, 1000))
+
+
+@pytest.fixture
+def dsns(own_pair: Pair) -> Iterator[Dsns]:
+    """A migrated database on the primary, present on the replica; both servers running."""
+    own_pair.ensure_running()
+    name = f"fallback_{next(_names)}"
+    primary = own_pair.primary.create_database(name)
+    migrate(primary)
+    if own_pair.replicated:
+        assert isinstance(own_pair.primary, MariaDbServer)
+        assert isinstance(own_pair.replica, MariaDbServer)
+        wait_replicated(own_pair.primary, own_pair.replica)
+        replica = own_pair.replica.dsn(name)
+    else:
+        replica = own_pair.replica.create_database(name)
+        migrate(replica)
+    yield Dsns(Dsn.parse(primary), (Dsn.parse(replica),))
+    own_pair.ensure_running()
+
+
+async def register(pair: Pair, dsns: Dsns, opened: OpenStorage, aor: Aor) -> None:
+    """One binding of ``aor`` on the primary, and on the replica once replicated."""
+    update = BindingUpdate(f"sip:{aor.username}@192.0.2.1", NOW + 3600, "c1", 1)
+    targets = [dsns.write] if pair.replicated else [dsns.write, dsns.reads[0]]
+    for dsn in targets:
+        writer = opened(Dsns(dsn, (dsn,)))
+        await writer.location.save(aor, [update], now=NOW, max_contacts=10)
+    if pair.replicated:
+        assert isinstance(pair.primary, MariaDbServer)
+        assert isinstance(pair.replica, MariaDbServer)
+        wait_replicated(pair.primary, pair.replica)
+
+
+async def found(storage: Storage, aor: Aor) -> bool:
+    return len(await storage.location.lookup(aor, now=NOW)) == 1
+
+
+async def eventually_found(storage: Storage, aor: Aor, timeout: float) -> float:
+    """Seconds until a lookup of ``aor`` succeeds (failures meanwhile are expected)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if await found(storage, aor):
+                return time.monotonic() - started
+        except StorageUnavailable:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{aor} not found within {timeout} s")
+
+
+async def test_reads_fall_back_to_the_primary_and_return_to_the_replica(
+    own_pair: Pair, dsns: Dsns, opened: OpenStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    await register(own_pair, dsns, opened, BOB)
+    storage = opened(dsns, read_fallback="primary", retry_primary_on_miss=False)
+    assert await found(storage, BOB)
+
+    own_pair.replica.stop()
+    caplog.set_level(logging.WARNING, "sipfleet.storage")
+    started = time.monotonic()
+    for _ in range(20):
+        assert await found(storage, BOB)  # from the primary
+    assert time.monotonic() - started < 2.0  # the dead replica is not asked each time
+    outage = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(outage) == 1, outage
+    assert str(dsns.reads[0]) in outage[0]
+    await storage.location.save(  # writes never used the replica
+        CAROL, [BindingUpdate("sip:carol@192.0.2.2", NOW + 60, "c2", 1)], now=NOW, max_contacts=5
+    )
+
+    own_pair.replica.start()
+    if own_pair.replicated:
+        assert isinstance(own_pair.primary, MariaDbServer)
+        assert isinstance(own_pair.replica, MariaDbServer)
+        wait_replicated(own_pair.primary, own_pair.replica)
+    own_pair.primary.stop()  # from now on only the replica can answer
+    took = await eventually_found(storage, BOB, timeout=5.0)
+    assert took < 3.0
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_with_fail_a_read_fails_at_once_and_recovers_by_itself(
+    own_pair: Pair, dsns: Dsns, opened: OpenStorage
+) -> None:
+    await register(own_pair, dsns, opened, BOB)
+    storage = opened(dsns, read_fallback="fail", retry_primary_on_miss=True)
+    assert await found(storage, BOB)
+
+    own_pair.replica.stop()
+    started = time.monotonic()
+    for _ in range(20):
+        with pytest.raises(StorageUnavailable, match="unreachable"):
+            await storage.location.lookup(BOB, now=NOW)
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(StorageUnavailable):
+        await storage.subscribers.get("bob", "example.com")  # every replica read fails
+    await storage.location.save(  # writes go on: they never used the replica
+        CAROL, [BindingUpdate("sip:carol@192.0.2.2", NOW + 60, "c2", 1)], now=NOW, max_contacts=5
+    )
+
+    own_pair.replica.start()
+    took = await eventually_found(storage, BOB, timeout=5.0)
+    assert took < 3.0  # tried again every second, used as soon as it answers
