@@ -252,6 +252,25 @@ class MgmtSection(Section):
     )
 
 
+class ClusterSection(Section):
+    """Read by `sipfleet up` only (one host trying the cluster); `sipfleet run` ignores it."""
+
+    registrars: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Registrar processes `sipfleet up` starts: the n-th (from 0) listens on "
+        "every registrar.listen address with its port + n. Each is put in the LB's pool.",
+    )
+    proxies: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Proxy processes `sipfleet up` starts: the n-th (from 0) listens on every "
+        "proxy.listen address with its port + n. Each is put in the LB's pool.",
+    )
+
+
 class Config(Section):
     node: NodeSection = Field(default_factory=NodeSection)
     database: DatabaseSection = Field(default_factory=DatabaseSection)
@@ -260,3 +279,4 @@ class Config(Section):
     registrar: RegistrarSection = Field(default_factory=RegistrarSection)
     proxy: ProxySection = Field(default_factory=ProxySection)
     mgmt: MgmtSection = Field(default_factory=MgmtSection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
