@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sipfleet.core.lb.keepalive import contact_digest
-from sipfleet.core.lb.router import AnswerHere, Forward, HandOff, Reject
+from sipfleet.core.lb.router import AnswerHere, Forward, HandOff, Reject, udp_keeper
 from sipfleet.sip import SipUri, parse_address
 from sipfleet.sip.flow import Flow
 from sipfleet.transport.base import Destination
@@ -50,10 +50,19 @@ def test_register_goes_to_the_registrar_with_a_path_naming_the_clients_flow() ->
     assert host_of(decision.path) == f"{INTERNAL}:5060"
     token = token_of(decision.path)
     # Via 10.0.1.2 but the packet came from 198.51.100.7: behind NAT, reach it by the flow.
-    assert TOKENS.decode(token) == Flow("udp", "198.51.100.7", 40000, 0, 0, True, LB_ID)
+    keeper = udp_keeper("198.51.100.7", 40000)
+    assert TOKENS.decode(token) == Flow("udp", "198.51.100.7", 40000, 0, keeper, True, LB_ID)
     digest = contact_digest("sip:alice@10.0.1.2:5060")
     assert decision.via_params == f";lbf={token};lbc={digest}"
     assert decision.record_routes == ()
+
+
+def test_the_same_udp_client_gets_the_same_token_in_every_worker() -> None:
+    """Datagrams are spread over workers: a refresh or an un-REGISTER that lands in another
+    worker must name the same flow, or the flow is pinged twice and never ended."""
+    register = request("REGISTER", "sip:example.com", contact="<sip:alice@10.0.1.2:5060>")
+    paths = [forwarded(router(worker=w).route(register, client())).path for w in (0, 1, 3)]
+    assert len({token_of(p) for p in paths if p is not None}) == 1
 
 
 def test_a_client_not_behind_nat_is_reached_at_its_contact() -> None:

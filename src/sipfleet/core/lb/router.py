@@ -17,6 +17,7 @@ one side of the LB to the other, Record-Route is added twice (RFC 3261 §16.6 st
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,7 +237,8 @@ class Router:
             connection = peer.connection_id & ((1 << CONNECTION_BITS) - 1)
             return Flow("tcp", peer.host, peer.port, connection, worker, True, self.lb_id)
         behind_nat = outbound or nat_evidence(request, peer.host, peer.port).behind_nat
-        return Flow("udp", peer.host, peer.port, 0, self.worker, behind_nat, self.lb_id)
+        keeper = udp_keeper(peer.host, peer.port)
+        return Flow("udp", peer.host, peer.port, 0, keeper, behind_nat, self.lb_id)
 
     def _route_uri(self, side: SideName, token: str, transport: str, host: str) -> str:
         return self.sides.route_uri(side, token, "tcp" if transport == "tcp" else "udp", host)
@@ -281,3 +283,12 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def udp_keeper(host: str, port: int) -> int:
+    """The worker field of a UDP flow's token: derived from the client's address, not from
+    the worker that happened to receive the request. Datagrams are spread over workers, so
+    a refresh or an un-REGISTER may arrive anywhere; the same address must give the same
+    token, or one flow would be kept (and pinged) twice and never ended."""
+    digest = hashlib.blake2b(f"{host}\x00{port}".encode(), digest_size=2).digest()
+    return digest[0]
