@@ -3,6 +3,10 @@
 LB on 127.0.0.1:5060 (or ``--listen``), a registrar and a proxy behind it on loopback,
 SQLite under the data directory. Each role runs as its own process (`sipfleet run`), so the
 single-host cluster behaves like the multi-host one; `up` supervises them.
+
+With ``-c cluster.toml`` the config's ``[cluster]`` table asks for several registrars and
+proxies (ports counted up from each role's listen addresses) and ``[database]`` may name
+MariaDB or PostgreSQL: the whole cluster on one host, for trying it out.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from sipfleet.cli.common import CliError
 from sipfleet.cli.run import add_log_option
 from sipfleet.config import Config, ConfigError, config_from_dict, load_config
 from sipfleet.config.dump import write_config
-from sipfleet.config.listen import parse_listen
+from sipfleet.config.listen import ListenAddress, parse_listen
 from sipfleet.roles import available_roles
 from sipfleet.storage import open_storage
 from sipfleet.storage.dsn import dsns_from_config
@@ -39,7 +43,9 @@ MAX_RESTARTS_PER_MINUTE = 5
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "up", help="start the embedded default cluster (LB, registrar, proxy, SQLite) on this host"
+        "up",
+        help="start the embedded default cluster (LB, registrar, proxy, SQLite) on this host; "
+        "with -c, as many registrars and proxies as its [cluster] table asks for",
     )
     parser.add_argument("-c", "--config", type=Path, help="node configuration file (TOML)")
     parser.add_argument("--data-dir", type=Path, help="where the SQLite database lives")
@@ -62,17 +68,76 @@ def _up(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = _with_secret(config, data_dir)
     roles = available_roles()
+    instances = plan_instances(config, roles)
     dsns = dsns_from_config(config)
     try:
         asyncio.run(upgrade(dsns.write))
+        if "lb" in roles:
+            asyncio.run(_register_pool_targets(config, instances))
     except StorageError as exc:
         raise CliError(f"database: {exc}") from None
-    if "lb" in roles:
-        asyncio.run(_register_pool_targets(config))
-    supervisor = Supervisor(config, roles, data_dir / "run", args.log_level)
+    supervisor = Supervisor(instances, data_dir / "run", args.log_level)
     supervisor.start_all()
-    _say_what_started(config, roles, str(dsns.write.path or dsns.write.host))
+    _say_what_started(config, instances, roles, f"{dsns.write.kind} {dsns.write}")
     return supervisor.watch()
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One process `up` starts: ``name`` is the role, numbered when there are several."""
+
+    name: str
+    role: str
+    config: Config
+
+    @property
+    def listen(self) -> list[ListenAddress]:
+        return list(getattr(self.config, self.role).listen)
+
+
+def plan_instances(config: Config, roles: list[str]) -> list[Instance]:
+    """One LB, ``cluster.registrars`` registrars and ``cluster.proxies`` proxies; the n-th
+    instance of a role (from 0) listens on the role's addresses with their ports + n."""
+    counts = {"lb": 1, "registrar": config.cluster.registrars, "proxy": config.cluster.proxies}
+    instances = []
+    for role in roles:
+        count = counts.get(role, 1)
+        for n in range(count):
+            name = role if count == 1 else f"{role}{n + 1}"
+            instances.append(Instance(name, role, _shifted(config, role, n)))
+    _check_distinct(instances)
+    return instances
+
+
+def _shifted(config: Config, role: str, offset: int) -> Config:
+    if offset == 0:
+        return config
+    section = getattr(config, role)
+    listen = []
+    for address in section.listen:
+        if address.port == 0 or address.port + offset > 65535:
+            raise CliError(
+                f"cluster: {role}.listen {address} cannot be counted up to {offset + 1} "
+                "instances: give a fixed port with room above it"
+            )
+        listen.append(replace(address, port=address.port + offset))
+    return config.model_copy(update={role: section.model_copy(update={"listen": listen})})
+
+
+def _check_distinct(instances: list[Instance]) -> None:
+    taken: dict[tuple[str, str, int], str] = {}
+    for instance in instances:
+        addresses = instance.listen
+        if instance.role == "lb":
+            addresses += instance.config.lb.internal_listen
+        for address in addresses:
+            key = (address.transport, address.host, address.port)
+            other = taken.setdefault(key, instance.name)
+            if other != instance.name and address.port != 0:
+                raise CliError(
+                    f"cluster: {instance.name} would listen on {address}, which {other} "
+                    f"uses too: move {instance.role}.listen or lower the [cluster] counts"
+                )
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -123,31 +188,35 @@ def _with_secret(config: Config, data_dir: Path) -> Config:
     return config.model_copy(update={"node": node})
 
 
-async def _register_pool_targets(config: Config) -> None:
-    """The LB finds the local registrar and proxy through lb_target, like any other."""
+async def _register_pool_targets(config: Config, instances: list[Instance]) -> None:
+    """The LB finds the local registrars and proxies through lb_target, like any other."""
     storage = open_storage(config)
     try:
-        for pool, section in (("registrar", config.registrar), ("proxy", config.proxy)):
-            address = section.listen[0]
+        for instance in instances:
+            if instance.role not in ("registrar", "proxy"):
+                continue
+            address = instance.listen[0]
             host = f"[{address.host}]" if ":" in address.host else address.host
             with contextlib.suppress(AlreadyExists):
-                await storage.lb_targets.add(pool, f"sip:{host}:{address.port}")  # type: ignore[arg-type]
+                await storage.lb_targets.add(instance.role, f"sip:{host}:{address.port}")  # type: ignore[arg-type]
     finally:
         await storage.close()
 
 
-def _say_what_started(config: Config, roles: list[str], database: str) -> None:
+def _say_what_started(
+    config: Config, instances: list[Instance], roles: list[str], database: str
+) -> None:
     lines = ["sipfleet is up:"]
-    for role in roles:
-        listen = ", ".join(str(address) for address in getattr(config, role).listen)
-        if role == "lb" and config.lb.internal_listen:
+    for instance in instances:
+        listen = ", ".join(str(address) for address in instance.listen)
+        if instance.role == "lb" and config.lb.internal_listen:
             inside = ", ".join(str(address) for address in config.lb.internal_listen)
             listen += f" (toward the registrar and proxy: {inside})"
-        lines.append(f"  {role:<10} {listen}")
+        lines.append(f"  {instance.name:<10} {listen}")
     missing = [role for role in ("lb", "registrar", "proxy") if role not in roles]
     if missing:
         lines.append(f"  not built yet: {', '.join(missing)}")
-    lines.append(f"  database   sqlite {database}")
+    lines.append(f"  database   {database}")
     lines.append("Add a user:  sipfleet subscriber add alice@localhost --password secret")
     lines.append("Stop with Ctrl-C.")
     print("\n".join(lines), flush=True)
@@ -155,28 +224,36 @@ def _say_what_started(config: Config, roles: list[str], database: str) -> None:
 
 @dataclass
 class Child:
-    role: str
+    instance: Instance
     config_path: Path
     ready_path: Path
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] | None = None
 
+    @property
+    def role(self) -> str:
+        return self.instance.role
+
+    @property
+    def name(self) -> str:
+        return self.instance.name
+
 
 class Supervisor:
-    """Starts one `sipfleet run` per role, restarts a crashed one (bounded), stops all."""
+    """Starts one `sipfleet run` per instance, restarts a crashed one (bounded), stops all."""
 
-    def __init__(self, config: Config, roles: list[str], run_dir: Path, log_level: str) -> None:
-        self.config = config
+    def __init__(self, instances: list[Instance], run_dir: Path, log_level: str) -> None:
         self.log_level = log_level
         run_dir.mkdir(parents=True, exist_ok=True)
         self.children = [
-            Child(role, run_dir / f"{role}.toml", run_dir / f"{role}.ready") for role in roles
+            Child(instance, run_dir / f"{instance.name}.toml", run_dir / f"{instance.name}.ready")
+            for instance in instances
         ]
         self._stopping = False
 
     def start_all(self) -> None:
         for child in self.children:
-            write_config(self.config, child.config_path)
+            write_config(child.instance.config, child.config_path)
             self._spawn(child)
         for child in self.children:
             self._wait_ready(child)
@@ -205,7 +282,7 @@ class Supervisor:
             assert child.process is not None
             if child.process.poll() is not None or time.monotonic() > deadline:
                 self.stop_all()
-                raise CliError(f"{child.role} did not start (see its log above)")
+                raise CliError(f"{child.name} did not start (see its log above)")
             time.sleep(0.05)
 
     def watch(self) -> int:
@@ -225,9 +302,9 @@ class Supervisor:
         now = time.monotonic()
         child.restarts = [t for t in (child.restarts or []) if now - t < 60] + [now]
         if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
-            print(f"sipfleet: {child.role} keeps failing; giving up", file=sys.stderr)
+            print(f"sipfleet: {child.name} keeps failing; giving up", file=sys.stderr)
             return False
-        print(f"sipfleet: {child.role} exited; restarting it", file=sys.stderr)
+        print(f"sipfleet: {child.name} exited; restarting it", file=sys.stderr)
         self._spawn(child)
         return True
 
