@@ -18,6 +18,7 @@ a step with others above ``--max-others`` is re-run once and flagged.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -28,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 BENCH = Path(__file__).resolve().parent
 RELAYS = {  # name: (script, extra arguments)
@@ -381,6 +383,122 @@ def summary(results: dict[str, list[Step]]) -> str:
     return "\n".join(lines)
 
 
+# -- in-process cost ------------------------------------------------------------------------
+SIPP_OPTIONS = (
+    "OPTIONS sip:echo@127.0.0.1:5091 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-1234-1-0\r\nMax-Forwards: 70\r\n"
+    "From: <sip:sipp@127.0.0.1:5100>;tag=1234SIPpTag001\r\nTo: <sip:echo@127.0.0.1:5091>\r\n"
+    "Call-ID: 1-1234@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nContact: <sip:sipp@127.0.0.1:5100>\r\n"
+    "Accept: application/sdp\r\nUser-Agent: sipp-anchor\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+def in_process() -> None:
+    """µs per OPTIONS + 200 pair inside one process, no sipp: the whole relay path from
+    the datagram callback to a real sendto, and the SIP-core steps it is made of."""
+    import timeit
+
+    import uvloop
+
+    from sipfleet.config.listen import ListenAddress
+    from sipfleet.core.endpoint import SipEndpoint
+    from sipfleet.core.stateless import StatelessForwarder
+    from sipfleet.sip import Request, parse_message, parse_via
+    from sipfleet.sip.builders import stateless_branch
+    from sipfleet.transport import Destination
+
+    sys.path.insert(0, str(BENCH))
+    from relay_floor import FloorRelay  # type: ignore[import-not-found]
+    from relay_sipfleet import Relay  # type: ignore[import-not-found]
+
+    def best(run: Callable[[], object], number: int = 2000) -> float:
+        return min(timeit.repeat(run, number=number, repeat=9)) / number * 1e6
+
+    async def measure() -> None:
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        port = sink.getsockname()[1]
+        endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
+        endpoint.handler = Relay(
+            StatelessForwarder(endpoint), Destination("udp", "127.0.0.1", port)
+        )
+        await endpoint.start()
+        request = SIPP_OPTIONS.format(port=port).encode()
+        listener = endpoint.udp._listeners[0]  # drive the datagram callback directly
+        listener.datagram_received(request, ("127.0.0.1", port))
+        forwarded = sink.recv(65536)
+        _, _, rest = forwarded.partition(b"\r\n")
+        ours, theirs, *others = rest.split(b"\r\n")
+        response = b"\r\n".join(  # as sipp's UAS sends it: both Vias on one line
+            [b"SIP/2.0 200 OK", b"Via: " + ours[5:] + b", " + theirs[5:], *others]
+        )
+
+        def pair() -> None:
+            listener.datagram_received(request, ("127.0.0.1", port))
+            listener.datagram_received(response, ("127.0.0.1", port))
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    sink.recv(65536)
+
+        def request_steps() -> bytes:
+            message = cast(Request, parse_message(request))
+            message.max_forwards  # noqa: B018
+            message.top_via.params  # noqa: B018
+            branch = stateless_branch(message, "udp:127.0.0.1:5091")
+            message.decrement_max_forwards()
+            message.push_via(f"SIP/2.0/UDP 127.0.0.1:5062;branch={branch}")
+            return message.serialize()
+
+        def response_steps() -> bytes:
+            message = parse_message(response)
+            values = message.header_values("via")
+            parse_via(values[0])
+            message.pop_first_value("via")
+            parse_via(values[1]).response_address()
+            return message.serialize()
+
+        floor = FloorRelay(("127.0.0.1", port), "127.0.0.1", 5062)
+        loop = asyncio.get_running_loop()
+        floor_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        floor_socket.bind(("127.0.0.1", 0))
+        await loop.create_datagram_endpoint(lambda: floor, sock=floor_socket)
+        floor.datagram_received(request, ("127.0.0.1", port))
+        floor_forwarded = sink.recv(65536)
+        _, _, rest = floor_forwarded.partition(b"\r\n")
+        ours, theirs, *others = rest.split(b"\r\n")
+        floor_response = b"\r\n".join(
+            [b"SIP/2.0 200 OK", b"Via: " + ours[5:] + b", " + theirs[5:], *others]
+        )
+
+        def floor_pair() -> None:
+            floor.datagram_received(request, ("127.0.0.1", port))
+            floor.datagram_received(floor_response, ("127.0.0.1", port))
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    sink.recv(65536)
+
+        figures = {
+            "floor relay path, request + response (2 sendto)": best(floor_pair),
+            "sipfleet relay path, request + response (endpoint, forwarder, 2 sendto)": best(pair),
+            "  SIP core only: request (parse, Max-Forwards, Via, branch, edits, serialize)": best(
+                request_steps
+            ),
+            "  SIP core only: response (parse, split/parse 2 Vias, pop, serialize)": best(
+                response_steps
+            ),
+            "  parse_message(request)": best(lambda: parse_message(request)),
+            "  parse_message(response)": best(lambda: parse_message(response)),
+        }
+        await endpoint.close()
+        floor.transport.close()
+        sink.close()
+        for name, value in figures.items():
+            print(f"{value:7.2f} µs  {name}")
+
+    uvloop.run(measure())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -407,7 +525,13 @@ def main() -> None:
         help="seconds to wait at most for others to go quiet",
     )
     parser.add_argument("--json", type=Path, help="write every step here")
+    parser.add_argument(
+        "--in-process", action="store_true", help="only the in-process cost per pair, no sipp"
+    )
     args = parser.parse_args()
+    if args.in_process:
+        in_process()
+        return
     rounds: list[dict[str, list[Step]]] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         for number in range(1, args.rounds + 1):
