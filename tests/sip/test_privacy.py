@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from sipfleet.sip import Request, Response
+from sipfleet.sip import Request, Response, SipUri
 from sipfleet.sip.builders import make_response
 from sipfleet.sip.privacy import (
     ANONYMOUS_URI,
     Direction,
     HiddenIdentity,
     PrivacySeal,
+    continues_toward_caller,
     direction_of,
     hide_caller,
+    identity_of,
+    privacy_header,
     privacy_requested,
     rewrite_in_dialog,
     rewrite_response,
@@ -151,3 +154,54 @@ def test_caller_without_privacy_is_untouched() -> None:
     assert not privacy_requested(request)
     assert request.serialize() == before
     assert isinstance(make_response(request, 200), Response)
+
+
+@pytest.mark.parametrize(
+    ("value", "wanted"),
+    [("id", True), ("none", False), ("session", None), (None, None), ("critical; user", True)],
+)
+def test_privacy_header_tells_on_off_or_nothing(value: str | None, wanted: bool | None) -> None:
+    extra = [("Privacy", value)] if value else []
+    assert privacy_header(invite(*extra)) is wanted
+
+
+def test_identity_keeps_the_hop_toward_the_caller_and_optionally_its_contact_user() -> None:
+    request = invite(
+        ("Record-Route", "<sip:TOKEN@192.0.2.1:5060;lr>, <sip:10.0.0.1;lr>"),
+        ("Contact", "<sip:alice@198.51.100.7:5062>"),
+    )
+    identity = identity_of(request, hide_contact_user=True)
+    assert identity.caller_hop == "sip:TOKEN@192.0.2.1:5060;lr"
+    assert identity.contact_user == "alice"
+    assert identity_of(request).contact_user is None
+    request.remove_header("record-route")
+    assert identity_of(request).caller_hop == "sip:alice@198.51.100.7:5062"
+
+
+def test_seal_carries_every_field_and_opens_the_shorter_form() -> None:
+    identity = HiddenIdentity(ALICE_FROM, "a-tag", (), "alice", "sip:T@192.0.2.1;lr")
+    assert SEAL.open(SEAL.seal(identity, "call-1"), "call-1") == identity
+    short = HiddenIdentity(ALICE_FROM, "a-tag")
+    assert SEAL.open(SEAL.seal(short, "call-1"), "call-1") == short
+
+
+def test_contact_user_hidden_and_given_back_in_the_request_uri() -> None:
+    request = invite(("Contact", '"Al" <sip:alice:pw@198.51.100.7:5062>;expires=60'))
+    identity = hide_caller(request, False, identity_of(request, hide_contact_user=True))
+    assert request.header("Contact") == '"Al" <sip:anonymous@198.51.100.7:5062>;expires=60'
+    bye = in_dialog("<sip:bob@example.com>;tag=b-tag", identity.anonymous_from())
+    bye.uri = SipUri("sip", "anonymous", None, "198.51.100.7", 5062)
+    rewrite_in_dialog(bye, identity, Direction.TO_CALLER)
+    assert bye.uri_text == "sip:alice@198.51.100.7:5062"
+
+
+def test_identity_goes_only_into_requests_that_continue_toward_the_caller() -> None:
+    identity = HiddenIdentity(ALICE_FROM, "a-tag", caller_hop="sip:TOK@192.0.2.1:5060;lr")
+    bye = in_dialog("<sip:bob@example.com>;tag=b-tag", identity.anonymous_from())
+    assert not continues_toward_caller(bye, identity)  # no Route: to the Request-URI
+    bye.push_route("<sip:TOK@192.0.2.1:5060;lr>")
+    assert continues_toward_caller(bye, identity)
+    bye.pop_route()
+    bye.push_route("<sip:OTHER@192.0.2.1:5060;lr>")  # another flow of the LB
+    assert not continues_toward_caller(bye, identity)
+    assert not continues_toward_caller(bye, HiddenIdentity(ALICE_FROM, "a-tag"))
