@@ -7,6 +7,10 @@
 3. A callee in a served domain is looked up in the location table and forked to.
 4. Anything else leaves the network (``OffNet``, the LCR), but only for local callers
    and trusted peers: the proxy is not an open relay (403).
+
+Caller privacy: a local caller whose ``clir`` preference is on is hidden from the callee
+(``routing.privacy.apply_clir``; ``[proxy] privacy_clir``), as one that sends
+``Privacy: id`` always is.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from sipfleet.routing.api import (
     Reply,
     RoutingPolicy,
 )
+from sipfleet.routing.privacy import apply_clir
 
 
 class DefaultPolicy(RoutingPolicy):
     def __init__(self, config: Config) -> None:
         self.authenticate = config.proxy.authenticate
         self.from_must_match_auth = config.proxy.from_must_match_auth
+        self.clir = config.proxy.privacy_clir
 
     async def route(self, call: CallContext) -> Decision:
         if call.in_dialog:
@@ -39,6 +45,8 @@ class DefaultPolicy(RoutingPolicy):
             refusal = await self._check_caller(call)
             if refusal is not None:
                 return refusal
+        if self.clir and local_caller:
+            await apply_clir(call)
         if call.callee_is_local:
             return LocateUser()
         if local_caller or trusted:
