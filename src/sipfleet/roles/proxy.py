@@ -17,6 +17,7 @@ from sipfleet.core.proxy.engine import EngineSettings, ProxyEngine
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.overload import no_backlog, receive_backlog
 from sipfleet.core.proxy.plans import Planner
+from sipfleet.core.proxy.privacy_hooks import PrivacyHooks
 from sipfleet.core.proxy.services import ProxyServices
 from sipfleet.roles.common import authority_for, serve_until_cancelled, storage_for
 from sipfleet.routing.api import OffNetRouter, load_policy
@@ -99,7 +100,9 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
         sockets = bind_all(config.proxy.listen, buffer_size=limits.socket_buffer)
         endpoint = SipEndpoint(config.proxy.listen, limits=limits, sockets=sockets)
         lcr = LcrRouter.from_config(config, storage.lcr)
-        engine = build_engine(config, storage, endpoint, sockets=sockets, off_net=lcr)
+        # caller privacy (DESIGN §4); LCR gateways flagged trusted see the caller
+        hooks = PrivacyHooks.from_config(config, lambda: lcr.cache.table.rows.gateways)
+        engine = build_engine(config, storage, endpoint, sockets=sockets, off_net=lcr, hooks=hooks)
         await lcr.start(engine.prober)  # the LCR tables loaded before the first call
         endpoint.handler = engine
         collector = asyncio.create_task(collect_garbage())
