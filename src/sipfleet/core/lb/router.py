@@ -9,8 +9,9 @@ A request whose top Route is the LB's own URI with a flow token (RFC 5626 §5.3)
   says the client is reachable directly, its Request-URI (only for requests from the
   cluster side, and only an IP address: no packet picks an address for us).
 
-Toward the cluster: the next Route when it names a pool target, else REGISTER to the
-registrar pool and everything else to the proxy pool, chosen by Call-ID. REGISTER gets a
+Toward the cluster: the next Route when it names a pool target that is not down or
+disabled, else REGISTER to the registrar pool and everything else to the proxy pool,
+chosen by Call-ID. REGISTER gets a
 Path and dialog-creating requests a Record-Route naming the client's flow; crossing from
 one side of the LB to the other, Record-Route is added twice (RFC 3261 §16.6 step 4).
 """
@@ -197,7 +198,10 @@ class Router:
 
     def _next_route(self, request: Request, popped: int) -> Destination | None:
         """The next Route after ours, when it names a pool target (only the pools decide
-        where the LB sends; any other Route is left for the proxy to follow)."""
+        where the LB sends; any other Route is left for the proxy to follow). A target
+        that is down or disabled is passed over: its pool takes the request, by Call-ID,
+        so a dialog outlives the proxy that Record-Routed it (the pool's proxies accept
+        each other's Route, ``proxy.aliases``)."""
         if popped == 0 and request.top_route is None:
             return None
         routes = request.routes
@@ -207,7 +211,9 @@ class Router:
         if not isinstance(uri, SipUri):
             return None
         target = self.pools.at(uri.host_bare, uri.port or 5060)
-        return target.destination if target is not None else None
+        if target is None or target.health == "down" or target.state == "disabled":
+            return None
+        return target.destination
 
     # -- pieces ------------------------------------------------------------------------------
     def _our_routes(self, request: Request) -> tuple[int, str | None]:
