@@ -30,6 +30,7 @@ from sipfleet.cli.run import add_log_option
 from sipfleet.config import Config, ConfigError, config_from_dict, load_config
 from sipfleet.config.dump import write_config
 from sipfleet.config.listen import ListenAddress, parse_listen
+from sipfleet.config.model import default_data_dir
 from sipfleet.roles import available_roles
 from sipfleet.storage import open_storage
 from sipfleet.storage.dsn import dsns_from_config
@@ -54,12 +55,6 @@ def register(subparsers: Any) -> None:
     )
     add_log_option(parser)
     parser.set_defaults(handler=_up)
-
-
-def default_data_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/sipfleet")
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "sipfleet"
 
 
 def _up(args: argparse.Namespace) -> int:

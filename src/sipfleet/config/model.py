@@ -6,6 +6,7 @@ Secrets may come from the environment (SIPFLEET_CLUSTER_SECRET, SIPFLEET_DB_WRIT
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,13 @@ DigestAlgorithm = Literal["SHA-256", "MD5"]
 DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = ("SHA-256", "MD5")
 
 
+def default_data_dir() -> Path:
+    """The same for `sipfleet up` and every other command, so they share one database."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/sipfleet")
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "sipfleet"
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -24,7 +32,9 @@ class Section(BaseModel):
 class NodeSection(Section):
     name: str = Field("sipfleet", description="Node name, used in logs and metrics.")
     data_dir: Path = Field(
-        Path("/var/lib/sipfleet"), description="Where the embedded SQLite database lives."
+        default_factory=lambda: default_data_dir(),
+        description="Where the embedded SQLite database lives (root: /var/lib/sipfleet, "
+        "other users: ~/.local/share/sipfleet).",
     )
     cluster_secret: str = Field(
         "",
