@@ -1,0 +1,377 @@
+"""Caller privacy end to end (DESIGN §4): LB, registrar and two proxies of one pool as
+processes, sipp as caller (alice, authenticated, "Privacy: id" and a P-Asserted-Identity)
+and callee (registered through the LB). What each side saw is read from its own sipp
+message trace (-trace_msg), message by message.
+
+The proxies accept each other's Record-Route (``proxy.aliases``) and hide the Contact
+user too (``privacy_hide_contact_user``), so a private caller's name appears nowhere in
+what the callee receives."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sipfleet.cli import main
+from sipfleet.sip import Message, Request, Response, parse_message
+from sipfleet.sip.privacy import ANONYMOUS_URI
+from tests.integration.harness import Cluster, RoleProcess, free_port, running_cluster
+from tests.integration.sipp import register_scenario, run_sipp, start_sipp, stop_sipp
+
+pytestmark = pytest.mark.integration
+
+DOMAIN = "example.com"
+PASSWORD = "secret"
+PRIVATE = "Privacy: id"
+PLAIN = "Subject: an ordinary call"  # the same scenario, no privacy asked
+ANONYMOUS = f'"Anonymous" <{ANONYMOUS_URI}>'
+LB_SETTINGS = {"probe_interval_s": 1.0, "pool_reload_s": 0.5, "keepalive": False}
+_callees = itertools.count(1)
+
+
+# -- the cluster ---------------------------------------------------------------------------------
+def proxy_settings(port: int, sibling: int) -> dict[str, object]:
+    return {
+        "listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
+        "aliases": [f"127.0.0.1:{sibling}"],  # the pool's proxies take each other's Route
+        "privacy_hide_contact_user": True,
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    overrides = {"registrar": {"authenticate": False}}
+    workdir = tmp_path_factory.mktemp("privacy-cluster")
+    with running_cluster(workdir, overrides=overrides) as cluster:
+        cluster.add_subscriber("alice", DOMAIN, PASSWORD)
+        cluster.add_lb_target("registrar", cluster.start("registrar"))
+        for name, port, sibling in (("proxy1", first, second), ("proxy2", second, first)):
+            node = cluster.start("proxy", name=name, proxy=proxy_settings(port, sibling))
+            cluster.add_lb_target("proxy", node)
+        cluster.start("lb", lb=LB_SETTINGS)
+        yield cluster
+
+
+def lb(cluster: Cluster) -> str:
+    return f"127.0.0.1:{cluster.roles['lb'].port}"
+
+
+# -- what each side saw --------------------------------------------------------------------------
+@dataclass
+class Seen:
+    sent: bool
+    text: str  # the message as it was on the wire
+    message: Message
+
+    def lines(self, name: str) -> list[str]:
+        """Every header line of that name, exactly as on the wire."""
+        prefix = f"{name.lower()}:"
+        return [line for line in self.text.split("\r\n") if line.lower().startswith(prefix)]
+
+    def line(self, name: str) -> str:
+        found = self.lines(name)
+        assert len(found) == 1, (name, self.text)
+        return found[0]
+
+    def value(self, name: str) -> str:
+        return self.line(name).split(":", 1)[1].strip()
+
+    def is_anonymous(self, name: str) -> bool:
+        return self.value(name).startswith(f"{ANONYMOUS};tag=")
+
+    @property
+    def request(self) -> Request:
+        assert isinstance(self.message, Request), self.text
+        return self.message
+
+    @property
+    def status(self) -> int:
+        assert isinstance(self.message, Response), self.text
+        return self.message.status
+
+    def is_request(self, method: str) -> bool:
+        return isinstance(self.message, Request) and self.message.method == method
+
+
+_BLOCK = re.compile(
+    r"^(?:UDP|TCP) message (sent|received) (?:\[(\d+)\] bytes|\((\d+) bytes\))", re.M
+)
+
+
+def trace(path: Path) -> list[Seen]:
+    """Every message in a sipp -trace_msg file, in order."""
+    data = path.read_bytes().decode("latin-1") if path.exists() else ""
+    seen = []
+    for found in _BLOCK.finditer(data):
+        start = data.index("\n\n", found.end()) + 2
+        text = data[start : start + int(found.group(2) or found.group(3))]
+        seen.append(Seen(found.group(1) == "sent", text, parse_message(text.encode("latin-1"))))
+    return seen
+
+
+def received(path: Path) -> list[Seen]:
+    return [each for each in trace(path) if not each.sent]
+
+
+def requests_of(seen: list[Seen]) -> list[str]:
+    """The methods of the requests received, a retransmission counted once."""
+    found: dict[tuple[str, int, str], None] = {}
+    for each in seen:
+        if isinstance(each.message, Request):
+            message = each.message
+            found[(message.method, message.cseq.seq, message.top_via.branch or "")] = None
+    return [method for method, _, _ in found]
+
+
+def responses(seen: list[Seen]) -> list[Seen]:
+    return [each for each in seen if isinstance(each.message, Response)]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+# -- the two sides -------------------------------------------------------------------------------
+@dataclass
+class Callee:
+    user: str
+    process: subprocess.Popen[bytes]
+    trace: Path
+
+
+@dataclass
+class Caller:
+    process: subprocess.Popen[bytes]
+    port: int
+    trace: Path
+
+
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_sipp_left() -> Iterator[None]:
+    """A test that fails half-way leaves no sipp running (stopped by PID)."""
+    yield
+    while _started:
+        stop_sipp(_started.pop(), wait=0.1)
+
+
+def callee(cluster: Cluster, workdir: Path, scenario: str) -> Callee:
+    """A new user registered through the LB, then a sipp UAS on its port."""
+    user = f"bob{next(_callees)}"
+    port = free_port()
+    register = register_scenario(workdir, user=user, authenticate=False, name=f"reg-{user}")
+    result = run_sipp(register, lb(cluster), workdir, local_port=port)
+    assert result.ok, result.explain()
+    process = start_sipp(scenario, workdir, local_port=port, timeout=30)
+    _started.append(process)
+    return Callee(user, process, workdir / f"{scenario}-{port}.msg")
+
+
+def caller(cluster: Cluster, workdir: Path, scenario: str, to: Callee, privacy: str) -> Caller:
+    """alice, authenticated, calling ``to`` through the LB (sipp in the background)."""
+    fields = workdir / f"call-{to.user}.csv"
+    fields.write_text(f"SEQUENTIAL\n{to.user};{DOMAIN};alice\n")
+    port = free_port()
+    process = start_sipp(
+        scenario,
+        workdir,
+        local_port=port,
+        target=lb(cluster),
+        keys={"privacy": privacy},
+        timeout=30,
+        extra=["-inf", str(fields), "-au", "alice", "-ap", PASSWORD],
+    )
+    _started.append(process)
+    return Caller(process, port, workdir / f"{scenario}-{port}.msg")
+
+
+def both_finish(one: Caller, other: Callee) -> None:
+    codes = stop_sipp(one.process, wait=30), stop_sipp(other.process, wait=10)
+    assert codes == (0, 0), (codes, one.trace.read_text()[-4000:], other.trace.read_text()[-3000:])
+
+
+def callers_from(one: Caller) -> str:
+    """The From line of alice's INVITE as it left her phone."""
+    invite = next(each for each in trace(one.trace) if each.sent and each.is_request("INVITE"))
+    from_line = invite.line("From")
+    assert "alice" in from_line
+    return from_line
+
+
+def assert_callee_saw_nobody(seen: list[Seen]) -> None:
+    """The callee got nothing that names alice: From, P-Asserted-Identity, Contact, SDP."""
+    for each in seen:
+        assert "alice" not in each.text.lower(), each.text
+
+
+def assert_caller_saw_itself(seen: list[Seen], from_line: str) -> None:
+    """Every response alice got carries her own From, byte for byte."""
+    assert responses(seen), "no response at all"
+    for each in responses(seen):
+        assert each.line("From") == from_line, each.text
+
+
+# -- tests ---------------------------------------------------------------------------------------
+def test_private_dialog_continues_after_its_proxy_stops(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bob = callee(cluster, tmp_path, "privacy_uas_failover")
+    alice = caller(cluster, tmp_path, "privacy_uac_failover", bob, PRIVATE)
+
+    def acked() -> bool:
+        return any(each.is_request("ACK") for each in received(bob.trace))
+
+    wait_for(acked, 10, "the call set up")
+    invite = next(each for each in received(bob.trace) if each.is_request("INVITE"))
+    ours = [rr for rr in invite.request.header_values("record-route") if ";pv=" in rr]
+    assert len(ours) == 1, invite.text
+    found = re.search(r"<sip:127\.0\.0\.1:(\d+);lr;pv=", ours[0])
+    assert found is not None
+    port = int(found.group(1))  # the proxy that handled the INVITE
+    name, handled = next((name, node) for name, node in cluster.roles.items() if node.port == port)
+    sibling = next(
+        node.port for node in cluster.roles.values() if node.role == "proxy" and node.port != port
+    )
+    cluster.stop_role(handled)  # by PID
+    assert handled.process is not None
+    assert handled.process.poll() is not None
+    wait_for(lambda: health(cluster, capsys).get(uri(handled)) == "down", 10, "proxy down")
+    go(alice.port, invite.request.call_id)
+    both_finish(alice, bob)
+
+    callee_saw = received(bob.trace)
+    assert requests_of(callee_saw) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"]
+    assert_callee_saw_nobody(callee_saw)
+    for each in callee_saw:
+        if isinstance(each.message, Request):  # every request of alice's: anonymous
+            assert each.is_anonymous("From"), each.text
+            assert not each.lines("P-Asserted-Identity")
+        else:  # alice's answer to bob's re-INVITE
+            assert each.is_anonymous("To"), each.text
+            if each.status == 200:
+                assert each.value("Contact").startswith("<sip:anonymous@127.0.0.1:")
+
+    from_line = callers_from(alice)
+    caller_saw = received(alice.trace)
+    assert_caller_saw_itself(caller_saw, from_line)
+    statuses = [each.status for each in responses(caller_saw)]
+    assert {100, 180, 200, 407} <= set(statuses)
+    reinvite = next(each for each in caller_saw if each.is_request("INVITE"))  # from bob
+    assert reinvite.line("To") == from_line.replace("From:", "To:", 1)
+    assert reinvite.request.uri_text == f"sip:alice@127.0.0.1:{alice.port}"
+    ack = next(each for each in caller_saw if each.is_request("ACK"))
+    assert ack.line("To") == from_line.replace("From:", "To:", 1)
+
+    # the stopped proxy back, for the other tests (same port, same settings)
+    cluster.start("proxy", name=f"{name}-again", proxy=proxy_settings(port, sibling))
+    wait_for(lambda: health(cluster, capsys).get(uri(handled)) == "up", 10, "proxy up again")
+
+
+def test_callee_hangs_up_the_caller_gets_its_own_identity_in_to(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    bob = callee(cluster, tmp_path, "proxy_uas_hangup")
+    alice = caller(cluster, tmp_path, "privacy_uac_wait_bye", bob, PRIVATE)
+    both_finish(alice, bob)
+
+    callee_saw = received(bob.trace)
+    assert_callee_saw_nobody(callee_saw)
+    assert callee_saw[0].is_anonymous("From")
+    ok = responses(callee_saw)[-1]  # alice's 200 to the BYE
+    assert ok.is_anonymous("To")
+
+    from_line = callers_from(alice)
+    caller_saw = received(alice.trace)
+    assert_caller_saw_itself(caller_saw, from_line)
+    bye = next(each for each in caller_saw if each.is_request("BYE"))
+    assert bye.line("To") == from_line.replace("From:", "To:", 1)
+    assert bye.request.uri_text == f"sip:alice@127.0.0.1:{alice.port}"
+
+
+def test_caller_cancels_the_callee_sees_only_anonymous(cluster: Cluster, tmp_path: Path) -> None:
+    bob = callee(cluster, tmp_path, "proxy_uas_ring_cancel")
+    alice = caller(cluster, tmp_path, "privacy_uac_cancel", bob, PRIVATE)
+    both_finish(alice, bob)
+
+    callee_saw = received(bob.trace)
+    assert requests_of(callee_saw) == ["INVITE", "CANCEL", "ACK"]
+    assert_callee_saw_nobody(callee_saw)
+    for each in callee_saw:
+        assert each.is_anonymous("From"), each.text
+
+    caller_saw = received(alice.trace)
+    assert_caller_saw_itself(caller_saw, callers_from(alice))
+    statuses = [each.status for each in responses(caller_saw)]
+    assert 487 in statuses
+    assert 180 in statuses
+
+
+def test_a_caller_without_privacy_is_untouched(cluster: Cluster, tmp_path: Path) -> None:
+    bob = callee(cluster, tmp_path, "proxy_uas_hangup")
+    alice = caller(cluster, tmp_path, "privacy_uac_wait_bye", bob, PLAIN)
+    both_finish(alice, bob)
+
+    sent = [each for each in trace(alice.trace) if each.sent and each.is_request("INVITE")][-1]
+    invite = received(bob.trace)[0]
+    for name in ("From", "To", "P-Asserted-Identity", "Contact"):
+        assert invite.line(name) == sent.line(name)
+    assert not any(";pv=" in rr for rr in invite.request.header_values("record-route"))
+
+    caller_saw = received(alice.trace)
+    assert_caller_saw_itself(caller_saw, sent.line("From"))
+    bob_sent = next(each for each in trace(bob.trace) if each.sent and each.is_request("BYE"))
+    bye = next(each for each in caller_saw if each.is_request("BYE"))
+    for name in ("From", "To", "Contact"):
+        assert bye.line(name) == bob_sent.line(name)
+    assert bye.request.uri_text == bob_sent.request.uri_text
+
+
+# -- helpers of the failover test ----------------------------------------------------------------
+def uri(node: RoleProcess) -> str:
+    return f"sip:127.0.0.1:{node.port}"
+
+
+def health(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """`sipfleet lb target list --json`: the LB's view of each target."""
+    capsys.readouterr()
+    assert main(["lb", "target", "list", "--json", "--db", cluster.dsn]) == 0
+    records = json.loads(capsys.readouterr().out)
+    return {r["uri"]: r["health"].get("lb", {}).get("health", "none") for r in records}
+
+
+def go(port: int, call_id: str) -> None:
+    """The caller's scenario waits for a MESSAGE of its call before going on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        here = sock.getsockname()[1]
+        lines = [
+            f"MESSAGE sip:alice@127.0.0.1:{port} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{here};branch=z9hG4bK-go-{here}",
+            "Max-Forwards: 70",
+            "From: <sip:test@127.0.0.1>;tag=go",
+            "To: <sip:alice@127.0.0.1>",
+            f"Call-ID: {call_id}",
+            "CSeq: 1 MESSAGE",
+            "Content-Length: 0",
+        ]
+        sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), ("127.0.0.1", port))
