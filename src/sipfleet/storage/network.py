@@ -127,11 +127,11 @@ class NetworkExecutor(ABC, Generic[C]):
 
     async def _read(self, work: Callable[[C], Awaitable[T]], extra_time: float = 0.0) -> T:
         """On a replica (round robin, skipping those known to be down); when none answers,
-        on the primary, or ``StorageUnavailable`` with ``read_fallback = "fail"``."""
-        pool = self._replica()
+        on the primary, or ``StorageUnavailable`` with ``read_fallback = "fail"``. A replica
+        skipped as down is still asked when the primary fails too: it may be back."""
+        pool, skipped = self._replica()
         if pool is None:
-            down = ", ".join(p.health.name for p in self._reads)
-            failure = StorageUnavailable(f"database {down} unreachable")
+            failure = StorageUnavailable(f"database {skipped.health.name} unreachable")
         else:
             try:
                 return await self._run(pool, work, extra_time)
@@ -139,15 +139,21 @@ class NetworkExecutor(ABC, Generic[C]):
                 failure = exc
         if self.read_fallback == "fail":
             raise failure
-        return await self._run(self._write, work, extra_time)
+        try:
+            return await self._run(self._write, work, extra_time)
+        except StorageUnavailable:
+            if pool is not None:
+                raise
+        return await self._run(skipped, work, extra_time)
 
-    def _replica(self) -> Pool[C] | None:
+    def _replica(self) -> tuple[Pool[C] | None, Pool[C]]:
+        """The replica to ask (None: all known down) and the one whose turn it was."""
         first = next(self._next_read)
         for i in range(len(self._reads)):
             pool = self._reads[(first + i) % len(self._reads)]
             if pool.health.may_try(REPLICA_RETRY_S):
-                return pool
-        return None
+                return pool, self._reads[first]
+        return None, self._reads[first]
 
     async def _run(
         self, pool: Pool[C], work: Callable[[C], Awaitable[T]], extra_time: float = 0.0
