@@ -252,6 +252,25 @@ def test_trusted_next_hop_gets_asserted_identity_with_privacy_id(
         assert not copy.has("P-Asserted-Identity")
 
 
+class FromTrustedPeer(NoServices):
+    def is_trusted_peer(self, host: str) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("from_trusted_peer", [False, True])
+def test_an_identity_asserted_by_a_phone_is_not_passed_on(from_trusted_peer: bool) -> None:
+    request = invite("Privacy: id")
+    request.set_header("P-Asserted-Identity", "<sip:ceo@example.com>")  # says the phone
+    call = CallContext(request, PEER, FromTrustedPeer() if from_trusted_peer else NoServices())
+    privacy = hooks()
+    copy, _ = forward_copy(
+        request, Target("sip:4312345@10.1.0.1"), record_route=privacy.record_route(call, OURS)
+    )
+    privacy.forwarding(copy, call)
+    wanted = "<sip:ceo@example.com>" if from_trusted_peer else "<sip:alice@example.com>"
+    assert copy.header_lines("p-asserted-identity") == [wanted]
+
+
 def test_trusted_gateways_follow_lcr_reloads() -> None:
     rows: list[tuple[Gateway, ...]] = [()]
     trusted = TrustedHops((), lambda: rows[0])
@@ -316,7 +335,9 @@ def test_requests_of_the_callee_reach_the_caller_with_its_identity(method: str) 
     assert ok.header("Contact") == "<sip:anonymous@198.51.100.7:5062>"
 
 
-def test_a_callee_cannot_steer_the_callers_identity_to_itself() -> None:
+def test_a_callee_cannot_steer_the_callers_identity_to_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     _, _, our_rr = private_call(hooks())
     other = hooks()
     # the LB's Route toward the caller dropped, the Request-URI pointing at the callee
@@ -324,6 +345,8 @@ def test_a_callee_cannot_steer_the_callers_identity_to_itself() -> None:
     copy = forwarded(other, request, PROXY_B)
     assert copy.to.uri_text == ANONYMOUS_URI
     assert "alice" not in copy.serialize().decode().lower()
+    assert other.not_restored == 1
+    assert "not restored" in caplog.text
 
 
 def test_a_dialog_reached_without_lb_restores_toward_the_callers_contact() -> None:

@@ -22,7 +22,9 @@ but only when the request goes on toward the caller's hop, so a callee cannot ma
 proxy send the identity anywhere else. The responses are fixed the other way round.
 
 A value that does not open (altered, foreign, moved to another call) is ignored and
-logged (rate-limited): nothing from it ever reaches a header.
+logged (rate-limited): nothing from it ever reaches a header. A ``P-Asserted-Identity``
+the caller's phone sent is not passed on as an assertion (RFC 3325 §5) unless the
+request came from a trusted peer.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sipfleet.core.proxy.addresses import default_port
@@ -117,8 +120,19 @@ class PrivacyHooks(MessageHooks):
         self.hide_contact_user = hide_contact_user
         self.clock = clock
         self.refused = 0  # sealed values that did not open
-        self._refused_unlogged = 0
-        self._warned_at = -WARNING_INTERVAL_S
+        self.not_restored = 0  # callee's requests that did not go on toward the caller
+        self._notices = {
+            "refused": RateLimitedWarning(
+                "privacy: %d Route pv= value(s) ignored: altered, foreign or from another "
+                "call (last: %s %s)",
+                clock,
+            ),
+            "not-restored": RateLimitedWarning(
+                "privacy: %d request(s) from a callee not going on toward the caller: the "
+                "caller's identity was not restored (last: %s %s)",
+                clock,
+            ),
+        }
 
     @classmethod
     def from_config(
@@ -143,7 +157,12 @@ class PrivacyHooks(MessageHooks):
         return privacy_requested(call.request)
 
     def _identity(self, call: CallContext) -> HiddenIdentity:
-        return identity_of(call.request, hide_contact_user=self.hide_contact_user)
+        identity = identity_of(call.request, hide_contact_user=self.hide_contact_user)
+        if identity.asserted and not call.from_trusted_peer:
+            # RFC 3325 §5: an identity asserted by a phone is not an assertion; a trusted
+            # hop gets the (authenticated) From URI instead
+            identity = replace(identity, asserted=())
+        return identity
 
     # -- MessageHooks ------------------------------------------------------------------------------
     def record_route(self, call: CallContext, ours: str) -> str:
@@ -186,12 +205,8 @@ class PrivacyHooks(MessageHooks):
             log.debug("%r: tags of another dialog, left as it is", request)
             return
         if direction is Direction.TO_CALLER and not continues_toward_caller(request, identity):
-            log.info(
-                "%s %s from the callee does not go on toward the caller: its identity "
-                "is not restored",
-                request.method,
-                request.call_id,
-            )
+            self.not_restored += 1
+            self._notices["not-restored"].note(request)
             return
         rewrite_in_dialog(request, identity, direction)
 
@@ -206,26 +221,29 @@ class PrivacyHooks(MessageHooks):
             return None
         identity = self.seal.open(value, call_id)
         if identity is None:
-            self._refuse(request)
+            self.refused += 1
+            self._notices["refused"].note(request)
         return identity
 
-    def _refuse(self, request: Request) -> None:
-        """A sealed value that does not open: logged, at most once per interval."""
-        self.refused += 1
-        self._refused_unlogged += 1
+
+class RateLimitedWarning:
+    """One warning per interval with the count since the last one: a peer sending bad
+    values cannot flood the log."""
+
+    def __init__(self, text: str, clock: Callable[[], float]) -> None:
+        self.text = text
+        self.clock = clock
+        self.unlogged = 0
+        self.logged_at = -WARNING_INTERVAL_S
+
+    def note(self, request: Request) -> None:
+        self.unlogged += 1
         now = self.clock()
-        if now - self._warned_at < WARNING_INTERVAL_S:
+        if now - self.logged_at < WARNING_INTERVAL_S:
             return
-        log.warning(
-            "privacy: %d Route %s= value(s) ignored: altered, foreign or from another call "
-            "(last: %s %s)",
-            self._refused_unlogged,
-            ROUTE_PARAM,
-            request.method,
-            request.call_id,
-        )
-        self._warned_at = now
-        self._refused_unlogged = 0
+        log.warning(self.text, self.unlogged, request.method, request.call_id)
+        self.logged_at = now
+        self.unlogged = 0
 
 
 def _next_hop(request: Request) -> Uri:
