@@ -3,7 +3,7 @@ processes, sipp as caller (alice, authenticated, "Privacy: id" and a P-Asserted-
 and callee (registered through the LB). What each side saw is read from its own sipp
 message trace (-trace_msg), message by message.
 
-The proxies accept each other's Record-Route (``proxy.aliases``) and hide the Contact
+The proxies accept each other's Record-Route (each follows the LB's proxy pool) and hide the Contact
 user too (``privacy_hide_contact_user``), so a private caller's name appears nowhere in
 what the callee receives."""
 
@@ -39,11 +39,12 @@ _callees = itertools.count(1)
 
 
 # -- the cluster ---------------------------------------------------------------------------------
-def proxy_settings(port: int, sibling: int) -> dict[str, object]:
+def proxy_settings(port: int) -> dict[str, object]:
+    # No proxy.aliases: each proxy learns its siblings from the LB's proxy pool (lb_target).
     return {
         "listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
-        "aliases": [f"127.0.0.1:{sibling}"],  # the pool's proxies take each other's Route
         "privacy_hide_contact_user": True,
+        "pool_reload_s": 0.5,
     }
 
 
@@ -58,8 +59,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(workdir, overrides=overrides) as cluster:
         cluster.add_subscriber("alice", DOMAIN, PASSWORD)
         cluster.add_lb_target("registrar", cluster.start("registrar"))
-        for name, port, sibling in (("proxy1", first, second), ("proxy2", second, first)):
-            node = cluster.start("proxy", name=name, proxy=proxy_settings(port, sibling))
+        for name, port in (("proxy1", first), ("proxy2", second)):
+            node = cluster.start("proxy", name=name, proxy=proxy_settings(port))
             cluster.add_lb_target("proxy", node)
         cluster.start("lb", lb=LB_SETTINGS)
         yield cluster
@@ -249,9 +250,6 @@ def test_private_dialog_continues_after_its_proxy_stops(
     assert found is not None
     port = int(found.group(1))  # the proxy that handled the INVITE
     name, handled = next((name, node) for name, node in cluster.roles.items() if node.port == port)
-    sibling = next(
-        node.port for node in cluster.roles.values() if node.role == "proxy" and node.port != port
-    )
     cluster.stop_role(handled)  # by PID
     assert handled.process is not None
     assert handled.process.poll() is not None
@@ -283,7 +281,7 @@ def test_private_dialog_continues_after_its_proxy_stops(
     assert ack.line("To") == from_line.replace("From:", "To:", 1)
 
     # the stopped proxy back, for the other tests (same port, same settings)
-    cluster.start("proxy", name=f"{name}-again", proxy=proxy_settings(port, sibling))
+    cluster.start("proxy", name=f"{name}-again", proxy=proxy_settings(port))
     wait_for(lambda: health(cluster, capsys).get(uri(handled)) == "up", 10, "proxy up again")
 
 

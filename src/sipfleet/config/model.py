@@ -202,6 +202,12 @@ class ProxySection(Section):
         description="Source addresses of the LBs in front: for a request from one of them the "
         "caller's address (for trusted_peers) is the one the LB stamped in the Via below its own.",
     )
+    pool_reload_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the proxy re-reads the LB's proxy pool (lb_target): every "
+        "member's Record-Route is taken as its own, so a dialog outlives its proxy.",
+    )
     aliases: list[str] = Field(
         default_factory=list,
         description="Other host[:port] names of this proxy (a DNS name, a public address): a "

@@ -23,6 +23,7 @@ from sipfleet.roles.common import authority_for, serve_until_cancelled, storage_
 from sipfleet.routing.api import OffNetRouter, load_policy
 from sipfleet.routing.lcr_router import LcrRouter
 from sipfleet.storage import Storage
+from sipfleet.storage.errors import StorageError
 from sipfleet.transport.base import TransportLimits
 from sipfleet.transport.sockets import bind_all
 
@@ -89,6 +90,22 @@ async def collect_garbage() -> None:
         gc.enable()
 
 
+async def follow_proxy_pool(storage: Storage, engine: ProxyEngine, interval: float) -> None:
+    """Keep the engine's idea of its siblings in step with the LB's proxy pool, so any
+    proxy continues a dialog another one Record-Routed (that one may be gone)."""
+    known: list[str] | None = None
+    while True:
+        try:
+            uris = sorted(t.uri for t in await storage.lb_targets.list_all("proxy"))
+        except StorageError as exc:
+            log.debug("proxy pool not read: %s", exc)
+        else:
+            if uris != known:
+                engine.adopt_siblings(uris)
+                known = uris
+        await asyncio.sleep(interval)
+
+
 async def run(config: Config, *, ready: Callable[[], None] | None = None) -> None:
     """Serve as the proxy until cancelled; ``ready()`` once listening."""
     # The SQLite backend runs queries on a thread. With the default 5 ms GIL switch
@@ -106,9 +123,13 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
         await lcr.start(engine.prober)  # the LCR tables loaded before the first call
         endpoint.handler = engine
         collector = asyncio.create_task(collect_garbage())
+        siblings = asyncio.create_task(
+            follow_proxy_pool(storage, engine, config.proxy.pool_reload_s)
+        )
         try:
             await serve_until_cancelled(endpoint, ready)
         finally:
             collector.cancel()
+            siblings.cancel()
             await lcr.close()
             await engine.close()

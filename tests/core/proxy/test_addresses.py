@@ -48,3 +48,14 @@ def test_vias_of_ours() -> None:
 def test_bad_alias_port_is_named() -> None:
     with pytest.raises(ValueError, match=r"proxy\.aliases"):
         split_alias("host:port")
+
+
+def test_siblings_from_the_pool_name_routes_but_not_our_vias() -> None:
+    """Another proxy of the pool Record-Routed the dialog: its Route is taken as ours, but a
+    Via it wrote is not (loop detection stays about this proxy)."""
+    pooled = OWN.with_siblings(["sip:192.0.2.9:5080", "sip:[2001:db8::9]"])
+    assert pooled.names(parse_uri("sip:192.0.2.9:5080;lr"))  # type: ignore[arg-type]
+    assert pooled.names(parse_uri("sip:[2001:DB8:0::9];lr"))  # type: ignore[arg-type]
+    assert not pooled.names(parse_uri("sip:192.0.2.9:5070;lr"))  # type: ignore[arg-type]
+    assert not pooled.sent(parse_via("SIP/2.0/UDP 192.0.2.9:5080;branch=z9hG4bKx"))
+    assert pooled.names(parse_uri("sip:proxy.example.com:5080"))  # type: ignore[arg-type]

@@ -42,6 +42,9 @@ class OwnAddresses:
     """The (host, port) pairs that are this proxy; hosts normalised and lower case."""
 
     hostports: frozenset[tuple[str, int]]
+    # Other proxies of the pool (from lb_target): their Record-Route is taken as ours, so a
+    # dialog outlives the proxy that started it. Not used for loop detection.
+    siblings: frozenset[tuple[str, int]] = frozenset()
 
     @classmethod
     def build(cls, listen: Iterable[tuple[str, int]], aliases: Iterable[str] = ()) -> OwnAddresses:
@@ -55,10 +58,19 @@ class OwnAddresses:
             pairs.update([(host, port)] if port is not None else [(host, p) for p in ports])
         return cls(frozenset(pairs))
 
+    def with_siblings(self, uris: Iterable[str]) -> OwnAddresses:
+        """The same addresses, with these pool members' (``sip:host:port``) as siblings."""
+        pairs = set()
+        for uri in uris:
+            host, port = split_alias(uri.split(":", 1)[1] if ":" in uri else uri)
+            pairs.add((host, port if port is not None else SIP_PORT))
+        return OwnAddresses(self.hostports, frozenset(pairs))
+
     def names(self, uri: SipUri) -> bool:
-        """Whether ``uri`` addresses this proxy (its user part is not looked at)."""
+        """Whether ``uri`` addresses this proxy or a sibling (its user part is not looked at)."""
         port = uri.port if uri.port is not None else default_port(uri.scheme)
-        return (normalise_host(uri.host).lower(), port) in self.hostports
+        pair = (normalise_host(uri.host).lower(), port)
+        return pair in self.hostports or pair in self.siblings
 
     def sent(self, via: Via) -> bool:
         """Whether a Via carries one of our sent-by values (we forwarded that request)."""

@@ -140,6 +140,10 @@ class ProxyEngine:
             self._own = OwnAddresses.build(listen, self.settings.aliases)
         return self._own
 
+    def adopt_siblings(self, uris: list[str]) -> None:
+        """The proxy pool changed: take its members' Record-Routes as our own."""
+        self._own = self.own.with_siblings(uris)
+
     def counters(self) -> dict[str, int]:
         return {
             **asdict(self.stats),
