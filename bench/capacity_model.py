@@ -1,0 +1,500 @@
+"""Capacity model of a sipfleet cluster: what one node of each kind carries, and how many
+of each a number of subscribers takes (docs/capacity.md).
+
+Two subcommands, run from the repository root:
+
+    .venv/bin/python bench/capacity_model.py measure --rates 200,400 --duration 10
+    .venv/bin/python bench/capacity_model.py measure --no-auth --rates 200,400
+    .venv/bin/python bench/capacity_model.py measure-db --concurrency 8,32
+    .venv/bin/python bench/capacity_model.py table [--reregister 3600] [--bhca 1] ...
+
+``measure`` fills the one gap the other benches leave: REGISTER end to end. sipp phones
+register through ``sipfleet run lb`` (one worker, keepalives off) to ``sipfleet run
+registrar`` (digest authentication on, unless --no-auth), which writes to a private MariaDB
+primary that a private replica follows (tests/dbservers.py, durable defaults: every commit
+fsynced, the binary log too). Each phone is one sipp (``-s USER``: sipp takes digest
+credentials per process) re-registering the same binding with a new Call-ID, as a phone
+does. For each rate it prints REGISTERs/s achieved and CPU µs per REGISTER of the LB, the
+registrar, the primary (its SQL and the binary log) and the replica (applying the row
+events), from the scheduler's exact runtime over a steady window (bench/call_bench.py's
+method). Bounded: ``rate * duration`` REGISTERs per step, sipp ``-timeout``.
+
+``table`` computes the model from the per-operation costs in ``COSTS`` (each measured
+here, with the command that measured it) and prints, for a re-registration interval and a
+call rate, the subscribers one node of each kind carries, the first bottleneck, and the
+nodes of each kind for 100,000 up to 10 million subscribers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.call_bench import (  # noqa: E402
+    cpu_of,
+    node_toml,
+    sipp_stats,
+    start_role,
+    stat_time,
+    stop,
+    tree,
+)
+from bench.call_bench import free_port as free_udp_port  # noqa: E402
+
+DOMAIN = "127.0.0.1"  # node_toml's [sip] domains
+PASSWORD = "secret"
+
+
+# -- measure ---------------------------------------------------------------------------------
+def register_scenario(auth: bool) -> str:
+    head = (
+        f"REGISTER sip:{DOMAIN} SIP/2.0\n"
+        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport\n"
+        "Max-Forwards: 70\n"
+        f"From: <sip:[service]@{DOMAIN}>;tag=[pid]r[call_number]\n"
+        f"To: <sip:[service]@{DOMAIN}>\n"
+        "Call-ID: [call_id]\n"
+    )
+    tail = "Contact: <sip:[service]@[local_ip]:[local_port]>\nExpires: 3600\n"
+    first = f"{head}CSeq: 1 REGISTER\n{tail}Content-Length: 0\n"
+    steps = [f'  <send retrans="500"><![CDATA[\n{first}\n]]></send>']
+    if auth:
+        second = f"{head}CSeq: 2 REGISTER\n{tail}[authentication]\nContent-Length: 0\n"
+        steps += [
+            '  <recv response="401" auth="true"/>',
+            f'  <send retrans="500"><![CDATA[\n{second}\n]]></send>',
+        ]
+    steps.append('  <recv response="200"/>')
+    head = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="register">'
+    return "\n".join([head, *steps, "</scenario>\n"])
+
+
+@dataclass
+class Step:
+    rate: int
+    created: int = 0
+    successful: int = 0
+    failed: int = 0
+    achieved: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # group -> % of one core
+
+    def us_per_register(self, group: str) -> float:
+        return self.cpu.get(group, 0.0) / 100 / max(self.achieved, 1e-9) * 1e6
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.created > 0
+            and (self.created - self.successful) / self.created < 0.01
+            and self.achieved >= 0.97 * self.rate
+        )
+
+
+@dataclass
+class Setup:
+    lb_port: int
+    scenario: Path
+    workdir: Path
+    groups: dict[str, list[int]]
+    phones: int
+
+
+def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
+    per_phone = max(1, rate // setup.phones)
+    count = per_phone * args.duration
+    phones = []
+    for i in range(setup.phones):
+        stats = setup.workdir / f"phone{i}-{rate}.csv"
+        stats.unlink(missing_ok=True)
+        command = [
+            "sipp", f"127.0.0.1:{setup.lb_port}", "-sf", str(setup.scenario),
+            "-i", "127.0.0.1", "-p", str(free_udp_port()), "-s", f"u{i:04d}", "-ap", PASSWORD,
+            "-r", str(per_phone), "-rp", "1000", "-m", str(count), "-l", str(4 * per_phone),
+            "-timeout", f"{args.duration + 15}s", "-nostdin", "-recv_timeout", "5000",
+            "-default_behaviors", "all,-abortunexp", "-trace_stat", "-stf", str(stats),
+            "-fd", "1",
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=setup.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        phones.append((process, stats))
+    started = time.time()
+    groups = {name: [p for pid in pids for p in tree(pid)] for name, pids in setup.groups.items()}
+    groups["sipp"] = [process.pid for process, _ in phones]
+    warm = min(3.0, args.duration / 4)
+    time.sleep(warm)
+    before = {name: cpu_of(pids) for name, pids in groups.items()}
+    t0 = time.time()
+    time.sleep(max(1.0, args.duration - 1 - warm))
+    after = {name: cpu_of(pids) for name, pids in groups.items()}
+    window = time.time() - t0
+    for process, _ in phones:
+        try:
+            process.wait(timeout=args.duration + 25)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    step = Step(per_phone * setup.phones)
+    for name in groups:
+        step.cpu[name] = (after[name][0] - before[name][0]) / window * 100
+    for _, stats in phones:
+        rows = sipp_stats(stats)
+        if not rows:
+            continue
+        step.created += int(rows[-1]["OutgoingCall(C)"])
+        step.successful += int(rows[-1]["SuccessfulCall(C)"])
+        step.failed += int(rows[-1]["FailedCall(C)"])
+        steady = [
+            r for r in rows if started + warm <= stat_time(r) <= started + args.duration - 0.5
+        ]
+        if len(steady) >= 2:
+            done = int(steady[-1]["SuccessfulCall(C)"]) - int(steady[0]["SuccessfulCall(C)"])
+            step.achieved += done / (stat_time(steady[-1]) - stat_time(steady[0]))
+    return step
+
+
+async def seed(dsn: str, phones: int) -> None:
+    from sipfleet.sip.digest import compute_ha1
+    from sipfleet.storage import Dsn, Subscriber, open_storage
+    from sipfleet.storage.migrate import upgrade
+
+    await upgrade(Dsn.parse(dsn))
+    storage = open_storage(dsn)
+    try:
+        for i in range(phones):
+            name = f"u{i:04d}"
+            await storage.subscribers.add(
+                Subscriber(
+                    name,
+                    DOMAIN,
+                    compute_ha1(name, DOMAIN, PASSWORD, "MD5"),
+                    compute_ha1(name, DOMAIN, PASSWORD, "SHA-256"),
+                )
+            )
+    finally:
+        await storage.close()
+
+
+@contextlib.contextmanager
+def register_cluster(args: argparse.Namespace, workdir: Path) -> Iterator[Setup]:
+    from tests.dbservers import start_mariadb_primary, start_mariadb_replica, wait_replicated
+
+    from sipfleet.storage import open_storage
+
+    primary = start_mariadb_primary()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        replica = start_mariadb_replica(primary)
+        try:
+            primary_dsn = primary.create_database("capacity")
+            asyncio.run(seed(primary_dsn, args.phones))
+            wait_replicated(primary, replica)
+            registrar_port, lb_port = free_udp_port(), free_udp_port()
+            text = node_toml("registrar", workdir, primary_dsn).replace(
+                "\n\n[sip]\n", '\n\n[sip]\nauth_algorithms = ["MD5"]\n'
+            )
+            text += (
+                f'[registrar]\nlisten = ["udp:127.0.0.1:{registrar_port}"]\n'
+                f"authenticate = {'true' if args.auth else 'false'}\n"
+            )
+            processes.append(start_role("registrar", text, workdir, "registrar"))
+            text = node_toml("lb", workdir, primary_dsn)
+            text += f'[lb]\nlisten = ["udp:127.0.0.1:{lb_port}"]\nkeepalive = false\n'
+            text += "probe_interval_s = 1.0\n"
+            processes.append(start_role("lb", text, workdir, "lb"))
+
+            async def target() -> None:
+                storage = open_storage(primary_dsn)
+                try:
+                    await storage.lb_targets.add("registrar", f"sip:127.0.0.1:{registrar_port}")
+                finally:
+                    await storage.close()
+
+            asyncio.run(target())
+            time.sleep(3)  # the LB reloads its pools and probes the registrar
+            scenario = workdir / "register.xml"
+            scenario.write_text(register_scenario(args.auth))
+            assert primary.process is not None
+            assert replica.process is not None
+            groups = {
+                "lb": [processes[1].pid],
+                "registrar": [processes[0].pid],
+                "primary": [primary.process.pid],
+                "replica": [replica.process.pid],
+            }
+            yield Setup(lb_port, scenario, workdir, groups, args.phones)
+        finally:
+            for process in reversed(processes):
+                stop(process)
+            replica.destroy()
+    finally:
+        primary.destroy()
+
+
+def measure(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="sipfleet-capacity-"))
+    rates = [int(r) for r in args.rates.split(",") if r.strip()][:8]
+    args.duration = max(4, min(args.duration, 60))
+    args.phones = max(1, min(args.phones, 50))
+    try:
+        with register_cluster(args, workdir) as setup:
+            print(
+                f"REGISTER through LB (1 worker) -> registrar -> MariaDB primary + replica; "
+                f"digest auth {'on (401 round each time)' if args.auth else 'off'}; "
+                f"{setup.phones} phones"
+            )
+            print("  rate   created      ok  failed    ok/s   CPU % of one core, us/REGISTER")
+            for rate in rates:
+                step = run_step(args, rate, setup)
+                groups = "  ".join(
+                    f"{name} {step.cpu[name]:5.1f}% {step.us_per_register(name):5.0f}us"
+                    for name in ("lb", "registrar", "primary", "replica", "sipp")
+                )
+                print(
+                    f"{step.rate:6d}  {step.created:7d}  {step.successful:6d}  {step.failed:6d}"
+                    f"  {step.achieved:6.1f}  {groups}  load {os.getloadavg()[0]:4.1f}"
+                    f"  {'pass' if step.passed else 'FAIL'}",
+                    flush=True,
+                )
+                time.sleep(2)
+    finally:
+        if not os.environ.get("CAPACITY_KEEP"):
+            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+# -- measure-db: the primary's write rate with a replica following -------------------------
+def measure_db(args: argparse.Namespace) -> None:
+    """Saves as the registrar makes them (storage_bench's REGISTER), straight into a
+    replicated primary: saves/s, CPU per save on the primary and on the replica, and how
+    far the replica lags at the end."""
+    from tests.dbservers import start_mariadb_primary, start_mariadb_replica, wait_replicated
+
+    from bench.storage_bench import phase
+    from bench.storage_bench import register as binding_of
+    from bench.storage_bench import user as aor_of
+    from sipfleet.storage import Dsn, open_storage
+    from sipfleet.storage.migrate import upgrade
+
+    options = dict(option.split("=", 1) for option in args.primary_option)
+    primary = start_mariadb_primary(options)
+    try:
+        replica = start_mariadb_replica(primary)
+        try:
+            dsn = primary.create_database("writes")
+            asyncio.run(upgrade(Dsn.parse(dsn)))
+            assert primary.process is not None
+            assert replica.process is not None
+            pids = {"primary": [primary.process.pid], "replica": [replica.process.pid]}
+            print(
+                f"saves into a MariaDB primary (durable: fsync at commit; {options or 'defaults'})"
+                f" with a replica following; {args.users} users, at most {args.seconds:g} s "
+                "per step"
+            )
+            print("in flight   saves/s   primary us/save   replica us/save   replica lag s")
+
+            async def run(concurrency: int, cseq: int) -> tuple[int, float]:
+                storage = open_storage(dsn, pool_size=concurrency, max_in_flight=4 * concurrency)
+                try:
+
+                    async def save(i: int) -> object:
+                        bindings = binding_of(i, cseq)
+                        return await storage.location.save(
+                            aor_of(i), bindings, now=int(time.time()), max_contacts=10
+                        )
+
+                    return await phase(concurrency, args.users, args.seconds, save)
+                finally:
+                    await storage.close()
+
+            asyncio.run(run(32, 1))  # every user once: the table as it is in steady state
+            wait_replicated(primary, replica, timeout=120)
+            for n, concurrency in enumerate(int(c) for c in args.concurrency.split(",")):
+                before = {name: cpu_of(group) for name, group in pids.items()}
+                done, took = asyncio.run(run(concurrency, 2 + n))
+                after = {name: cpu_of(group) for name, group in pids.items()}
+                started = time.monotonic()
+                wait_replicated(primary, replica, timeout=120)
+                lag = time.monotonic() - started
+                after_apply = cpu_of(pids["replica"])
+                us = {k: (after[k][0] - before[k][0]) / max(done, 1) * 1e6 for k in pids}
+                us["replica"] = (after_apply[0] - before["replica"][0]) / max(done, 1) * 1e6
+                print(
+                    f"{concurrency:9d}  {done / took:8,.0f}  {us['primary']:16.0f}"
+                    f"  {us['replica']:16.0f}  {lag:14.1f}   load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+        finally:
+            replica.destroy()
+    finally:
+        primary.destroy()
+
+
+# -- the model -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cost:
+    us: float  # CPU microseconds of one core per operation
+    command: str  # what measured it (docs/capacity.md has the runs)
+
+
+MEASURE = "bench/capacity_model.py measure --rates 200,400,800,1200 --duration 10"
+MEASURE_NO_AUTH = "bench/capacity_model.py measure --no-auth --rates 200,400,800,1200"
+CALLS = "bench/call_bench.py --lb --mariadb --rates 1200,1750,2400,... --duration 10"
+KEEPALIVE = "bench/keepalive_bench.py (100,000 flows, 30 s)"
+
+# Measured on the project's machine (2 shared cores); docs/capacity.md has the dates and
+# load averages. REGISTER: the highest passing step (400/s), digest challenge every time
+# (REGISTER, 401, REGISTER, 200) and without authentication. Calls: 1,750 calls/s, the
+# rate Kamailio's own maximum was compared at, without caller authentication.
+COSTS: dict[str, Cost] = {
+    "register_lb": Cost(524, MEASURE),
+    "register_registrar": Cost(905, MEASURE),
+    "register_primary": Cost(883, MEASURE),  # its SQL, the binary log, the replica's feed
+    "register_replica": Cost(211, MEASURE),  # applying the row events
+    "register_noauth_lb": Cost(349, MEASURE_NO_AUTH),
+    "register_noauth_registrar": Cost(583, MEASURE_NO_AUTH),
+    "register_noauth_primary": Cost(747, MEASURE_NO_AUTH),
+    "call_lb": Cost(303, CALLS),
+    "call_proxy": Cost(411, CALLS),
+    "call_db": Cost(87, CALLS),  # the lookup, on the database the proxy reads
+    "keepalive_options": Cost(22, KEEPALIVE),
+    "keepalive_crlf": Cost(10, KEEPALIVE),
+}
+
+
+def auth_extra(part: str) -> float:
+    """What digest authentication adds per request (the challenge round, reading HA1,
+    checking the digest): measured on REGISTER, applied to a call's INVITE."""
+    c = {name: cost.us for name, cost in COSTS.items()}
+    return c[f"register_{part}"] - c[f"register_noauth_{part}"]
+
+
+@dataclass
+class Load:
+    """Operations per second that ``subscribers`` cause."""
+
+    registers: float
+    calls: float
+    pings: float
+
+
+def load_of(subscribers: float, args: argparse.Namespace) -> Load:
+    return Load(
+        registers=subscribers / args.reregister,
+        calls=subscribers * args.bhca / 3600,
+        pings=subscribers * args.nat_share / args.keepalive_interval if args.keepalive else 0,
+    )
+
+
+def cpu_per_second(kind: str, load: Load, args: argparse.Namespace) -> float:
+    """CPU µs per second that ``load`` costs the nodes of one kind, all together."""
+    c = {name: cost.us for name, cost in COSTS.items()}
+    ping = c[f"keepalive_{args.keepalive}"] if args.keepalive else 0.0
+    auth = args.call_auth
+    if kind == "lb":
+        call = c["call_lb"] + (auth_extra("lb") if auth else 0)
+        return load.registers * c["register_lb"] + load.calls * call + load.pings * ping
+    if kind == "registrar":
+        return load.registers * c["register_registrar"]
+    if kind == "proxy":
+        return load.calls * (c["call_proxy"] + (auth_extra("registrar") if auth else 0))
+    if kind == "primary":
+        return load.registers * c["register_primary"]
+    if kind == "replica":
+        call = c["call_db"] + (auth_extra("primary") if auth else 0)  # HA1 read, on the replica
+        return load.registers * c["register_replica"] + load.calls * call
+    raise ValueError(kind)
+
+
+# One node of each kind: an LB worker process, a registrar process, a proxy process, one
+# core of the primary, one core of a replica (MariaDB applies row events on one thread
+# unless slave_parallel_threads is set, so one core is also a replica's apply ceiling).
+KINDS = ("lb", "registrar", "proxy", "primary", "replica")
+UNITS = {
+    "lb": "LB worker cores",
+    "registrar": "registrars",
+    "proxy": "proxies",
+    "primary": "primary cores",
+    "replica": "cores per replica",
+}
+
+
+def per_node(kind: str, args: argparse.Namespace) -> float:
+    """Subscribers one node of ``kind`` carries within the core budget."""
+    return args.core_budget * 1e6 / cpu_per_second(kind, load_of(1, args), args)
+
+
+def table(args: argparse.Namespace) -> None:
+    ping = f"{args.nat_share:.0%} pinged every {args.keepalive_interval:g} s ({args.keepalive})"
+    print(
+        f"REGISTER every {args.reregister:g} s; {args.bhca:g} call attempts per subscriber "
+        f"in the busy hour (caller authentication {'on' if args.call_auth else 'off'}); "
+        f"{ping if args.keepalive else 'no keepalives'}; {args.core_budget:.0%} of a core "
+        "per node\n"
+    )
+    carried = {kind: per_node(kind, args) for kind in KINDS}
+    print("one node carries, subscribers:")
+    for kind in KINDS:
+        print(f"  {UNITS[kind]:<18} 1 carries {carried[kind]:>12,.0f}")
+    first = min(carried, key=carried.__getitem__)
+    print(f"  first bottleneck: {UNITS[first]}\n")
+    sizes = [int(s) for s in args.subscribers.split(",")]
+    header = f"{'subscribers':>12} {'REGISTER/s':>10} {'calls/s':>8} {'pings/s':>8}"
+    print(header + "".join(f" {UNITS[k]:>18}" for k in KINDS))
+    for size in sizes:
+        load = load_of(size, args)
+        nodes = [math.ceil(size / carried[kind]) for kind in KINDS]
+        print(
+            f"{size:>12,} {load.registers:>10,.0f} {load.calls:>8,.0f} {load.pings:>8,.0f}"
+            + "".join(f" {n:>18}" for n in nodes)
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="REGISTER through LB and registrar to a replicated MariaDB")
+    m.add_argument("--rates", default="200,400", help="REGISTERs/s, comma-separated")
+    m.add_argument("--duration", type=int, default=10, help="seconds per step (<= 60)")
+    m.add_argument("--phones", type=int, default=20, help="sipp processes, one user each")
+    m.add_argument("--no-auth", dest="auth", action="store_false", help="registrar without digest")
+    d = sub.add_parser("measure-db", help="a replicated MariaDB primary's write rate")
+    d.add_argument("--concurrency", default="8,32", help="saves in flight, comma-separated")
+    d.add_argument("--users", type=int, default=20000, help="saves per step at most")
+    d.add_argument("--seconds", type=float, default=10.0, help="time per step at most")
+    d.add_argument(
+        "--primary-option", action="append", default=[], metavar="KEY=VALUE",
+        help="a mariadbd option for the primary, e.g. sync-binlog=1",
+    )  # fmt: skip
+    t = sub.add_parser("table", help="the capacity model")
+    t.add_argument("--reregister", type=float, default=3600, help="seconds between REGISTERs")
+    t.add_argument("--bhca", type=float, default=1.0, help="busy-hour calls per subscriber")
+    t.add_argument("--no-call-auth", dest="call_auth", action="store_false")
+    t.add_argument("--nat-share", type=float, default=1.0, help="share of subscribers pinged")
+    t.add_argument("--keepalive-interval", type=float, default=20.0)
+    t.add_argument("--keepalive", choices=["options", "crlf", ""], default="options")
+    t.add_argument("--core-budget", type=float, default=0.7, help="share of a core per node")
+    t.add_argument("--subscribers", default="100000,1000000,2000000,5000000,10000000")
+    args = parser.parse_args()
+    if args.command == "measure":
+        measure(args)
+    elif args.command == "measure-db":
+        measure_db(args)
+    else:
+        table(args)
+
+
+if __name__ == "__main__":
+    main()
