@@ -13,6 +13,7 @@ stays constant (built from the constants below only).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from asyncmy.constants import CLIENT
 from asyncmy.errors import Error as MysqlError
 from asyncmy.errors import IntegrityError, InterfaceError, OperationalError
 
+from sipfleet.storage.batch import SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsn, Kind
 from sipfleet.storage.errors import (
     AlreadyExists,
@@ -32,8 +34,14 @@ from sipfleet.storage.errors import (
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 from sipfleet.storage.network import NetworkExecutor
 from sipfleet.storage.rules import encode_updates, new_ruid
-from sipfleet.storage.sql import Row, SaveOutcome, binding
-from sipfleet.storage.statements import BINDING_COLUMNS, Statement, Step, StepResult
+from sipfleet.storage.sql import Row, binding
+from sipfleet.storage.statements import (
+    BINDING_COLUMNS,
+    Statement,
+    Step,
+    StepResult,
+    dialect_for,
+)
 
 # Server error codes.
 # Lock wait timeout, deadlock, and a deadlock met while taking the AUTO-INC lock (1467).
@@ -100,8 +108,20 @@ _STORED_COLUMNS = [col.name for col in BINDING_COLUMNS if col.name != "id"]
 _INSERTED = {"username": "@sf_user", "domain": "@sf_domain", "last_modified": "@sf_now"}
 _REFRESHED = [n for n in _STORED_COLUMNS if n not in ("ruid", "username", "domain", "contact")]
 
-_FRESH = "@sf_fresh := (expires <= @sf_now OR callid <> VALUES(callid) OR cseq < VALUES(cseq))"
 _FAST_VALUES = [n for n in _STORED_COLUMNS if n not in _INSERTED]
+_ENTRY = [n for n in _STORED_COLUMNS if n != "last_modified"]  # one batched save, in order
+_TYPES = {c.name: c.type.compile(dialect=dialect_for("mysql")) for c in BINDING_COLUMNS}
+_BATCH_FRESH = (
+    "@sf_fresh := (location.expires <= @sf_now OR location.callid <> VALUES(callid) "
+    "OR location.cseq < VALUES(cseq))"
+)
+
+
+def _entries(*names: str) -> str:
+    """The batch's entries as a table ``r``: their ordinal ``i`` and the named fields."""
+    columns = ", ".join(f"{n} {_TYPES[n]} PATH '$[{_ENTRY.index(n)}]'" for n in names)
+    return f"JSON_TABLE(@sf_req, '$[*]' COLUMNS (i FOR ORDINALITY, {columns})) AS r"
+
 
 # Prepared once per connection (``_prepare``); they read their inputs from @sf_ variables.
 PREPARED = {
@@ -130,21 +150,36 @@ PREPARED = {
     "sf_result": "SELECT @sf_after, @sf_ok, "  # noqa: S608
     f"{', '.join('c.' + c.name for c in BINDING_COLUMNS)} FROM (SELECT 1) AS one "
     f"LEFT JOIN location c ON {_AOR_ROWS} ORDER BY COALESCE(c.q, 1.0) DESC, c.id",
-    # The fast path: one contact, no reg-id (most REGISTERs). Values in @sf_v_<column>.
-    # Room for one more binding, or a binding of this contact to refresh. (Apart from the
-    # INSERT: an INSERT that reads its own table copies what it reads to a temporary table.)
-    "sf_fast_room": "SELECT COALESCE(SUM(c.contact <> @sf_v_contact), 0) < @sf_max "  # noqa: S608
-    f"OR COALESCE(SUM(c.contact = @sf_v_contact), 0) > 0 INTO @sf_room FROM location c "
-    f"WHERE {_AOR_ROWS}",
-    "sf_fast_store": f"INSERT INTO location ({', '.join(_STORED_COLUMNS)}) "  # noqa: S608
-    f"SELECT {', '.join(_INSERTED.get(n, '@sf_v_' + n) for n in _STORED_COLUMNS)} FROM DUAL "
-    "WHERE @sf_room "
-    # The CSeq rule, decided once on the locked row (assignments run left to right).
+    # Saves of one contact without reg-id that store a binding (most REGISTERs), batched
+    # (storage/batch.py): @sf_req is a JSON array of entries, one AOR each (_ENTRY order).
+    # Which entries have room (another binding, or one of this contact to refresh), and the
+    # id of the row of each entry's contact, if there is one (expired or not).
+    "sf_b_classify": "SELECT COALESCE(GROUP_CONCAT(IF(x.room, NULL, x.i)), ''), "  # noqa: S608
+    "JSON_ARRAYAGG(x.id ORDER BY x.i) INTO @sf_full, @sf_ids FROM (SELECT r.i, "
+    "MAX(IF(c.contact = r.contact, c.id, NULL)) AS id, "
+    "COUNT(IF(c.contact <> r.contact AND c.expires > @sf_now, 1, NULL)) < @sf_max "
+    "OR COUNT(IF(c.contact = r.contact AND c.expires > @sf_now, 1, NULL)) > 0 AS room "
+    f"FROM {_entries('username', 'domain', 'contact')} LEFT JOIN location c "
+    "ON c.username = r.username AND c.domain = r.domain GROUP BY r.i) AS x",
+    # One write for every entry with room. It names the existing row's id, so a refresh
+    # meets its row on the primary key at once: an ON DUPLICATE KEY UPDATE that met it on
+    # (username, domain, contact) first inserted the row and the ruid, then undid both,
+    # and cost four times an UPDATE. The CSeq rule is decided once per row on the locked
+    # row (assignments run left to right).
+    "sf_b_store": f"INSERT INTO location (id, {', '.join(_STORED_COLUMNS)}) "  # noqa: S608
+    "SELECT JSON_VALUE(@sf_ids, CONCAT('$[', r.i - 1, ']')), "
+    + ", ".join("@sf_now" if n == "last_modified" else f"r.{n}" for n in _STORED_COLUMNS)
+    + f" FROM {_entries(*_ENTRY)} WHERE NOT FIND_IN_SET(r.i, @sf_full) "
     "ON DUPLICATE KEY UPDATE "
     + ", ".join(
-        f"{n} = IF({_FRESH if i == 0 else '@sf_fresh'}, VALUES({n}), {n})"
+        f"{n} = IF({_BATCH_FRESH if i == 0 else '@sf_fresh'}, VALUES({n}), location.{n})"
         for i, n in enumerate(_REFRESHED)
     ),
+    # Every current binding of each entry's AOR, by entry.
+    "sf_b_result": f"SELECT r.i, {', '.join('c.' + c.name for c in BINDING_COLUMNS)} "  # noqa: S608
+    f"FROM {_entries('username', 'domain')} JOIN location c ON c.username = r.username "
+    "AND c.domain = r.domain AND c.expires > @sf_now "
+    "ORDER BY r.i, COALESCE(c.q, 1.0) DESC, c.id",
     "sf_fast_remove": "DELETE FROM location WHERE username = @sf_user "
     "AND domain = @sf_domain AND contact = @sf_v_contact AND NOT (expires > @sf_now "
     "AND callid = @sf_v_callid AND cseq >= @sf_v_cseq)",
@@ -170,8 +205,29 @@ PREPARE_BATCH = ";\n".join(f"PREPARE {name} FROM %s" for name in PREPARED)
 _FAST_SET = "SET @sf_user = %s, @sf_domain = %s, @sf_now = %s, @sf_max = %s, " + ", ".join(
     f"@sf_v_{n} = %s" for n in _FAST_VALUES
 )
-FAST_STORE_BATCH = f"{_FAST_SET};\nEXECUTE sf_fast_room;\nEXECUTE sf_fast_store;\nEXECUTE sf_result"
 FAST_REMOVE_BATCH = f"{_FAST_SET};\nEXECUTE sf_fast_remove;\nEXECUTE sf_result"
+# Batched saves: one round trip, three statements however many REGISTERs it carries.
+STORE_BATCH = (
+    "SET @sf_req = %s, @sf_now = %s, @sf_max = %s;\n"
+    "EXECUTE sf_b_classify;\nEXECUTE sf_b_store;\nEXECUTE sf_b_result"
+)
+
+
+_UPDATE_FIELDS = _ENTRY[3:]  # after ruid, username, domain: BindingUpdate's fields
+
+
+def _entry(request: SaveRequest) -> list[Any]:
+    update = request.update
+    return [
+        new_ruid(),
+        request.aor.username,
+        request.aor.domain,
+        *(getattr(update, name) for name in _UPDATE_FIELDS),
+    ]
+
+
+def _key(request: SaveRequest) -> tuple[str, str]:
+    return request.aor.username, request.aor.domain
 
 
 def _bindings(rows: list[Row]) -> list[Binding]:
@@ -249,13 +305,13 @@ class MysqlExecutor(NetworkExecutor[Session]):
         now: int,
         max_contacts: int,
     ) -> SaveOutcome:
-        if not session.prepared:
-            # Parsed once per connection, not on every REGISTER (first use: the tables must
-            # exist by then, which they need not when the connection opens).
-            await self._batch(session.conn, PREPARE_BATCH, list(PREPARED.values()))
-            session.prepared = True
+        await self._prepare(session)
         if len(updates) == 1 and updates[0].reg_id is None:
-            return await self._fast_save(session, aor, updates[0], now, max_contacts)
+            if updates[0].expires > now:
+                request = SaveRequest(aor, updates[0], now, max_contacts)
+                [outcome] = await self._save_batch(session, [request])
+                return outcome
+            return await self._fast_remove(session, aor, updates[0], now, max_contacts)
         args = (encode_updates(updates), aor.username, aor.domain, now, max_contacts)
         try:
             results = await self._batch(session.conn, SAVE_BATCH, args)
@@ -266,7 +322,38 @@ class MysqlExecutor(NetworkExecutor[Session]):
         after, ok = rows[0][:2]
         return SaveOutcome(_bindings(rows), int(after), not ok)
 
-    async def _fast_save(
+    async def _save_batch(
+        self, session: Session, requests: Sequence[SaveRequest]
+    ) -> list[SaveOutcome]:
+        """Saves of one contact each, of different AORs, in one round trip (STORE_BATCH).
+
+        Each entry's write is one row of one statement: nothing is half-written, and a
+        batch run again (after a deadlock) meets its own Call-IDs and CSeqs.
+        """
+        await self._prepare(session)
+        now, max_contacts = requests[0].now, requests[0].max_contacts
+        # Rows are locked in key order, the same in every batch: two batches never wait
+        # for each other in a circle.
+        order = sorted(range(len(requests)), key=lambda k: _key(requests[k]))
+        entries = json.dumps([_entry(requests[k]) for k in order])
+        [rows] = await self._batch(session.conn, STORE_BATCH, (entries, now, max_contacts))
+        found: list[list[Binding]] = [[] for _ in requests]
+        for row in rows:
+            found[order[row[0] - 1]].append(binding(row[1:]))
+        outcomes = []
+        for request, bindings in zip(requests, found, strict=True):
+            refused = all(b.contact != request.update.contact for b in bindings)
+            outcomes.append(SaveOutcome(bindings, len(bindings) + refused, refused))
+        return outcomes
+
+    async def _prepare(self, session: Session) -> None:
+        if not session.prepared:
+            # Parsed once per connection, not on every REGISTER (first use: the tables must
+            # exist by then, which they need not when the connection opens).
+            await self._batch(session.conn, PREPARE_BATCH, list(PREPARED.values()))
+            session.prepared = True
+
+    async def _fast_remove(
         self,
         session: Session,
         aor: AddressOfRecord,
@@ -274,21 +361,12 @@ class MysqlExecutor(NetworkExecutor[Session]):
         now: int,
         max_contacts: int,
     ) -> SaveOutcome:
-        """One contact without reg-id: one statement does it, no explicit transaction.
-
-        The same rules as the general batch: the INSERT stores only when there is room or a
-        binding of this contact to refresh, and its ON DUPLICATE KEY UPDATE applies the CSeq
-        rule on the conflicting row, which it holds locked.
-        """
+        """One contact without reg-id, expires <= now: one DELETE (unless it is stale)."""
         values = {"ruid": new_ruid(), **asdict(update)}
         args = [aor.username, aor.domain, now, max_contacts, *(values[n] for n in _FAST_VALUES)]
-        adding = update.expires > now
-        [rows] = await self._batch(
-            session.conn, FAST_STORE_BATCH if adding else FAST_REMOVE_BATCH, args
-        )
+        [rows] = await self._batch(session.conn, FAST_REMOVE_BATCH, args)
         bindings = _bindings(rows)
-        refused = adding and all(b.contact != update.contact for b in bindings)
-        return SaveOutcome(bindings, len(bindings) + refused, refused)
+        return SaveOutcome(bindings, len(bindings), False)
 
     async def _transaction(
         self, session: Session, steps: Sequence[Step], snapshot: bool

@@ -8,11 +8,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
+from sipfleet.storage.batch import SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsn, Dsns, Kind
 from sipfleet.storage.errors import StorageError, StorageUnavailable, TransactionConflict
 from sipfleet.storage.model import AddressOfRecord, BindingUpdate
 from sipfleet.storage.pool import Pool
-from sipfleet.storage.sql import Row, SaveOutcome
+from sipfleet.storage.sql import Row
 from sipfleet.storage.statements import Statement, Statements, Step, StepResult
 
 C = TypeVar("C")
@@ -83,6 +84,8 @@ class NetworkExecutor(ABC, Generic[C]):
         max_contacts: int,
     ) -> SaveOutcome: ...
     @abstractmethod
+    async def _save_batch(self, conn: C, requests: Sequence[SaveRequest]) -> list[SaveOutcome]: ...
+    @abstractmethod
     async def _transaction(
         self, conn: C, steps: Sequence[Step], snapshot: bool
     ) -> list[StepResult] | None: ...
@@ -109,6 +112,9 @@ class NetworkExecutor(ABC, Generic[C]):
         return await self._run(
             self._write, lambda conn: self._save(conn, aor, updates, now, max_contacts)
         )
+
+    async def save_batch(self, requests: Sequence[SaveRequest]) -> list[SaveOutcome]:
+        return await self._run(self._write, lambda conn: self._save_batch(conn, requests))
 
     async def transaction(
         self,

@@ -10,11 +10,13 @@ max_contacts by the contacts they add. One UA registers serially, so this is rar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
+from sipfleet.storage.batch import SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsn, Kind
 from sipfleet.storage.errors import (
     AlreadyExists,
@@ -22,11 +24,17 @@ from sipfleet.storage.errors import (
     StorageUnavailable,
     TransactionConflict,
 )
-from sipfleet.storage.model import AddressOfRecord, BindingUpdate
+from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 from sipfleet.storage.network import NetworkExecutor
-from sipfleet.storage.rules import encode_updates
-from sipfleet.storage.sql import Row, SaveOutcome, binding
-from sipfleet.storage.statements import BINDING_COLUMNS, Statement, Step, StepResult
+from sipfleet.storage.rules import encode_updates, new_ruid
+from sipfleet.storage.sql import Row, binding
+from sipfleet.storage.statements import (
+    BINDING_COLUMNS,
+    Statement,
+    Step,
+    StepResult,
+    dialect_for,
+)
 
 _COLUMNS = [col.name for col in BINDING_COLUMNS]
 _STORED = [n for n in _COLUMNS if n != "id"]
@@ -82,6 +90,46 @@ WITH req AS (
 SELECT t.after, EXISTS (SELECT 1 FROM allowed) AS ok, b.*
 FROM tally t LEFT JOIN result b ON true
 ORDER BY coalesce(b.q, 1.0) DESC, b.id
+"""  # noqa: S608 - built from constants only; values are $n parameters
+
+# Batched saves (storage/batch.py): one contact each, one AOR each, no reg-id, stored.
+# $1 the entries as a JSON array, $2 now, $3 max_contacts. The same rules as SAVE for one
+# contact: a stale refresh changes nothing, a new contact needs room, an expired row of
+# the contact is a new binding. Statements of one CTE see the rows as they were before
+# it, so the answer is the stored rows plus the current ones not stored again.
+_ENTRY = [n for n in _STORED if n != "last_modified"]
+_PG_TYPES = {c.name: c.type.compile(dialect=dialect_for("postgresql")) for c in BINDING_COLUMNS}
+SAVE_BATCH = f"""
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
+        i integer, {", ".join(f"{n} {_PG_TYPES[n]}" for n in _ENTRY)})
+), cur AS (
+    SELECT r.i, {", ".join("c." + n for n in _COLUMNS)} FROM r JOIN location c
+    ON c.username = r.username AND c.domain = r.domain AND c.expires > $2
+    ORDER BY c.username, c.domain, c.contact
+    FOR UPDATE OF c
+), room AS (
+    SELECT r.i FROM r
+    WHERE (SELECT count(*) FROM cur WHERE cur.i = r.i AND cur.contact <> r.contact) < $3
+    OR EXISTS (SELECT 1 FROM cur WHERE cur.i = r.i AND cur.contact = r.contact)
+), stored AS (
+    INSERT INTO location ({", ".join(_STORED)})
+    SELECT {", ".join("$2" if n == "last_modified" else "r." + n for n in _STORED)}
+    FROM r WHERE r.i IN (SELECT i FROM room) ORDER BY r.username, r.domain
+    ON CONFLICT (username, domain, contact) DO UPDATE SET
+        {", ".join(f"{n} = excluded.{n}" for n in _REFRESHED)}
+    WHERE location.expires <= $2 OR location.callid <> excluded.callid
+        OR location.cseq < excluded.cseq
+    RETURNING {", ".join(_COLUMNS)}
+), result AS (
+    SELECT * FROM stored
+    UNION ALL
+    SELECT {", ".join(_COLUMNS)} FROM cur c WHERE NOT EXISTS (
+        SELECT 1 FROM stored s WHERE s.username = c.username AND s.domain = c.domain
+        AND s.contact = c.contact)
+)
+SELECT r.i, b.* FROM r JOIN result b ON b.username = r.username AND b.domain = r.domain
+ORDER BY r.i, coalesce(b.q, 1.0) DESC, b.id
 """  # noqa: S608 - built from constants only; values are $n parameters
 
 CONFLICTS = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
@@ -142,6 +190,19 @@ class PostgresExecutor(NetworkExecutor[Any]):
         rows = [tuple(record)[2:] for record in records if record["id"] is not None]
         return SaveOutcome([binding(row) for row in rows], int(first["after"]), not first["ok"])
 
+    async def _save_batch(self, conn: Any, requests: Sequence[SaveRequest]) -> list[SaveOutcome]:
+        entries = json.dumps([_entry(k, request) for k, request in enumerate(requests, 1)])
+        records = await conn.fetch(SAVE_BATCH, entries, requests[0].now, requests[0].max_contacts)
+        found: list[list[Binding]] = [[] for _ in requests]
+        for record in records:
+            row = tuple(record)
+            found[row[0] - 1].append(binding(row[1:]))
+        outcomes = []
+        for request, bindings in zip(requests, found, strict=True):
+            refused = all(b.contact != request.update.contact for b in bindings)
+            outcomes.append(SaveOutcome(bindings, len(bindings) + refused, refused))
+        return outcomes
+
     async def _transaction(
         self, conn: Any, steps: Sequence[Step], snapshot: bool
     ) -> list[StepResult] | None:
@@ -174,3 +235,19 @@ class PostgresExecutor(NetworkExecutor[Any]):
                 raise _GuardLost
             results.append(matched)
         return results
+
+
+_UPDATE_FIELDS = _ENTRY[3:]  # after ruid, username, domain: BindingUpdate's fields
+
+
+def _entry(ordinal: int, request: SaveRequest) -> dict[str, Any]:
+    update = request.update
+    entry: dict[str, Any] = {
+        "i": ordinal,
+        "ruid": new_ruid(),
+        "username": request.aor.username,
+        "domain": request.aor.domain,
+    }
+    for name in _UPDATE_FIELDS:
+        entry[name] = getattr(update, name)
+    return entry

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from sipfleet.storage import rules, schema
+from sipfleet.storage.batch import SaveBatcher, SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsns, Kind
 from sipfleet.storage.errors import (
     InvalidInput,
@@ -42,13 +43,10 @@ from sipfleet.storage.statements import Statement, Statements, Step, StepResult,
 SCHEMA_REVISION = "0002"  # the Alembic head this code expects (a test checks they agree)
 
 Row = Sequence[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class SaveOutcome:
-    bindings: list[Binding]
-    after: int  # how many bindings the save would leave
-    refused: bool  # over max_contacts: nothing was written
+# Group commit of REGISTER saves (storage/batch.py): two batches in flight, so one is
+# written while the next fills; at most 64 saves each.
+BATCH_LANES = 2
+MAX_BATCH = 64
 
 
 class Executor(Protocol):
@@ -74,6 +72,11 @@ class Executor(Protocol):
         now: int,
         max_contacts: int,
     ) -> SaveOutcome: ...
+
+    async def save_batch(self, requests: Sequence[SaveRequest]) -> list[SaveOutcome]:
+        """Saves of one contact each (no reg-id, expires > now), of different AORs, with
+        the same ``now`` and ``max_contacts``, in one round trip: their outcomes in order."""
+        ...
 
     async def transaction(
         self,
@@ -138,15 +141,23 @@ class _Gated:
             )
 
 
+def _batched(updates: Sequence[BindingUpdate], now: int) -> bool:
+    """Most REGISTERs: one contact, no reg-id, stored (not removed)."""
+    return len(updates) == 1 and updates[0].reg_id is None and updates[0].expires > now
+
+
 def _aor(aor: AddressOfRecord) -> dict[str, Any]:
     rules.check_aor(aor)
     return {"username": aor.username, "domain": aor.domain}
 
 
 class SqlLocation:
-    def __init__(self, db: _Gated, retry_primary_on_miss: bool) -> None:
+    def __init__(
+        self, db: _Gated, retry_primary_on_miss: bool, batcher: SaveBatcher | None = None
+    ) -> None:
         self._db = db
         self._retry = retry_primary_on_miss and db.executor.dsns.has_replica
+        self.batcher = batcher
 
     async def save(
         self,
@@ -160,7 +171,11 @@ class SqlLocation:
         if max_contacts < 1:
             raise InvalidInput(f"max_contacts: {max_contacts} is less than 1")
         with self._db.gate:
-            outcome = await self._db.executor.save(aor, updates, now, max_contacts)
+            if self.batcher is not None and _batched(updates, now):
+                request = SaveRequest(aor, updates[0], now, max_contacts)
+                outcome = await self.batcher.save(request)
+            else:
+                outcome = await self._db.executor.save(aor, updates, now, max_contacts)
         if outcome.refused:
             raise TooManyContacts(f"{aor.username}@{aor.domain}", outcome.after, max_contacts)
         return outcome.bindings
@@ -360,12 +375,25 @@ class SqlStorage:
     """The ``Storage`` of every backend."""
 
     def __init__(
-        self, executor: Executor, *, retry_primary_on_miss: bool = True, max_in_flight: int = 256
+        self,
+        executor: Executor,
+        *,
+        retry_primary_on_miss: bool = True,
+        max_in_flight: int = 256,
+        batch_lanes: int = BATCH_LANES,
+        max_batch: int = MAX_BATCH,
     ) -> None:
+        """``batch_lanes``: batches of saves in flight at once (0: no batching, every save
+        is its own round trip); ``max_batch``: saves per batch at most."""
         self._executor = executor
         self._gate = InFlightGate(max_in_flight)
         db = _Gated(executor, self._gate)
-        self._location = SqlLocation(db, retry_primary_on_miss)
+        batcher = (
+            SaveBatcher(executor.save_batch, lanes=batch_lanes, max_batch=max_batch)
+            if batch_lanes > 0
+            else None
+        )
+        self._location = SqlLocation(db, retry_primary_on_miss, batcher)
         self._subscribers = SqlSubscribers(db)
         self._preferences = SqlPreferences(db)
         self._lb_targets = SqlLbTargets(db)

@@ -18,12 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sipfleet.storage.batch import SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsns
 from sipfleet.storage.errors import AlreadyExists, StorageError, StorageUnavailable
 from sipfleet.storage.model import AddressOfRecord, BindingUpdate
 from sipfleet.storage.pool import Health
 from sipfleet.storage.rules import new_ruid, plan_save
-from sipfleet.storage.sql import Row, SaveOutcome, binding
+from sipfleet.storage.sql import Row, binding
 from sipfleet.storage.statements import Statement, Statements, Step, StepResult
 
 log = logging.getLogger("sipfleet.storage")
@@ -98,6 +99,10 @@ class SqliteExecutor:
         max_contacts: int,
     ) -> SaveOutcome:
         return await self._call(lambda conn: self._save(conn, aor, updates, now, max_contacts))
+
+    async def save_batch(self, requests: Sequence[SaveRequest]) -> list[SaveOutcome]:
+        """One hop to the thread and one transaction for the whole batch."""
+        return await self._call(lambda conn: self._save_all(conn, requests))
 
     async def transaction(
         self,
@@ -184,27 +189,45 @@ class SqliteExecutor:
         now: int,
         max_contacts: int,
     ) -> SaveOutcome:
-        sql = self._statements
-        key = {"username": aor.username, "domain": aor.domain, "now": now}
-        # IMMEDIATE takes the write lock first, so the read below cannot go stale.
+        return self._save_all(conn, [(aor, updates, now, max_contacts)])[0]
+
+    def _save_all(
+        self,
+        conn: sqlite3.Connection,
+        saves: Sequence[SaveRequest | tuple[AddressOfRecord, Sequence[BindingUpdate], int, int]],
+    ) -> list[SaveOutcome]:
+        # IMMEDIATE takes the write lock first, so the reads below cannot go stale.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            current = [binding(r) for r in conn.execute(sql.lookup.sql, sql.lookup.args(key))]
-            plan = plan_save(current, updates, now, max_contacts)
-            if plan.refused:
-                conn.execute("ROLLBACK")
-                return SaveOutcome(current, plan.after, refused=True)
-            for binding_id in plan.removed_ids:
-                conn.execute(sql.remove_by_id.sql, (binding_id,))
-            for update in plan.stored:
-                row = self._row(aor, update, now)
-                conn.execute(sql.store_binding.sql, sql.store_binding.args(row))
-            rows = conn.execute(sql.lookup.sql, sql.lookup.args(key)).fetchall()
+            outcomes = [self._save_one(conn, *_unpacked(save)) for save in saves]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return outcomes
+
+    def _save_one(
+        self,
+        conn: sqlite3.Connection,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        now: int,
+        max_contacts: int,
+    ) -> SaveOutcome:
+        """One save inside the caller's write transaction; a refused one writes nothing."""
+        sql = self._statements
+        key = {"username": aor.username, "domain": aor.domain, "now": now}
+        current = [binding(r) for r in conn.execute(sql.lookup.sql, sql.lookup.args(key))]
+        plan = plan_save(current, updates, now, max_contacts)
+        if plan.refused:
+            return SaveOutcome(current, plan.after, refused=True)
+        for binding_id in plan.removed_ids:
+            conn.execute(sql.remove_by_id.sql, (binding_id,))
+        for update in plan.stored:
+            row = self._row(aor, update, now)
+            conn.execute(sql.store_binding.sql, sql.store_binding.args(row))
+        rows = conn.execute(sql.lookup.sql, sql.lookup.args(key)).fetchall()
         return SaveOutcome([binding(r) for r in rows], plan.after, refused=False)
 
     @staticmethod
@@ -230,3 +253,11 @@ class SqliteExecutor:
             "reg_id": update.reg_id,
             "flow": update.flow,
         }
+
+
+def _unpacked(
+    save: SaveRequest | tuple[AddressOfRecord, Sequence[BindingUpdate], int, int],
+) -> tuple[AddressOfRecord, Sequence[BindingUpdate], int, int]:
+    if isinstance(save, SaveRequest):
+        return save.aor, [save.update], save.now, save.max_contacts
+    return save

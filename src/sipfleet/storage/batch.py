@@ -1,0 +1,146 @@
+"""Group commit for REGISTER saves: the saves that wait together go to the database together.
+
+A round trip costs the database about as much as the rows it writes (measured on MariaDB:
+a batch of one REGISTER costs ~500 µs of server CPU, a batch of 32 ~60 µs per REGISTER).
+So concurrent saves of one contact each (most REGISTERs) are not sent one by one: a save
+joins a queue, and at most ``lanes`` batches run at a time, each taking what queued while
+the previous ones ran (up to ``max_batch``). Under light load a batch holds one save and
+leaves at once (one event-loop turn later); under heavy load batches grow by themselves
+and each REGISTER gets cheaper, which is when it matters.
+
+A batch holds at most one save per AOR, and a save waits while a batch with its AOR is
+in flight: saves of one AOR run one after the other, as they were called (so a batch
+gives what its saves one by one give). A batch holds only saves with the same ``now`` and
+``max_contacts``. The others wait for the next batch. The queue is bounded by the caller
+(the storage's in-flight gate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class SaveOutcome:
+    bindings: list[Binding]
+    after: int  # how many bindings the save would leave
+    refused: bool  # over max_contacts: nothing was written
+
+
+@dataclass(frozen=True, slots=True)
+class SaveRequest:
+    """One REGISTER of one contact without reg-id that stores a binding (expires > now)."""
+
+    aor: AddressOfRecord
+    update: BindingUpdate
+    now: int
+    max_contacts: int
+
+
+@dataclass(slots=True)
+class _Waiting:
+    request: SaveRequest
+    future: asyncio.Future[SaveOutcome] = field(repr=False)
+
+
+RunBatch = Callable[[Sequence[SaveRequest]], Awaitable[list[SaveOutcome]]]
+
+
+class SaveBatcher:
+    def __init__(self, run: RunBatch, *, lanes: int = 2, max_batch: int = 64) -> None:
+        self._run = run
+        self.lanes = lanes
+        self.max_batch = max_batch
+        self._queue: deque[_Waiting] = deque()
+        self._running = 0
+        self._busy: set[tuple[str, str]] = set()  # the AORs of the batches in flight
+        self._scheduled = False
+        self.batches = 0  # counters: how well the saves group
+        self.saves = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def save(self, request: SaveRequest) -> SaveOutcome:
+        future: asyncio.Future[SaveOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(request, future))
+        self._kick()
+        return await future
+
+    def _kick(self) -> None:
+        if self._queue and self._running < self.lanes and not self._scheduled:
+            # One loop turn later: the other datagrams of this turn join the batch.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        while self._queue and self._running < self.lanes:
+            batch = self._take()
+            if not batch:
+                return
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._send(batch))
+
+    def _take(self) -> list[_Waiting]:
+        """The oldest save, and those after it that can go in the same batch."""
+        batch: list[_Waiting] = []
+        left: deque[_Waiting] = deque()
+        aors: set[tuple[str, str]] = set()
+        first: SaveRequest | None = None
+        while self._queue:
+            waiting = self._queue.popleft()
+            if waiting.future.done():  # its caller gave up (cancelled)
+                continue
+            request = waiting.request
+            aor = _key(request)
+            if len(batch) >= self.max_batch:
+                left.append(waiting)
+                left.extend(self._queue)
+                self._queue.clear()
+                break
+            if aor in aors or aor in self._busy:
+                left.append(waiting)
+                continue
+            aors.add(aor)  # (also when it waits: a later save of its AOR waits too)
+            if first is None:
+                first = request
+            elif request.now != first.now or request.max_contacts != first.max_contacts:
+                left.append(waiting)
+                continue
+            batch.append(waiting)
+        self._queue = left
+        self._busy.update(_key(w.request) for w in batch)
+        return batch
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        self.batches += 1
+        self.saves += len(batch)
+        try:
+            outcomes = await self._run([waiting.request for waiting in batch])
+        except Exception as exc:
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(exc)
+        except BaseException:  # cancelled (shutting down): so are its callers
+            for waiting in batch:
+                waiting.future.cancel()
+            raise
+        else:
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if not waiting.future.done():
+                    waiting.future.set_result(outcome)
+        finally:
+            self._running -= 1
+            self._busy.difference_update(_key(w.request) for w in batch)
+            self._kick()
+
+
+def _key(request: SaveRequest) -> tuple[str, str]:
+    return request.aor.username, request.aor.domain
