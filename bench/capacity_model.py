@@ -1,28 +1,34 @@
 """Capacity model of a sipfleet cluster: what one node of each kind carries, and how many
 of each a number of subscribers takes (docs/capacity.md).
 
-Two subcommands, run from the repository root:
+Run from the repository root:
 
-    .venv/bin/python bench/capacity_model.py measure --rates 200,400 --duration 10
-    .venv/bin/python bench/capacity_model.py measure --no-auth --rates 200,400
-    .venv/bin/python bench/capacity_model.py measure-db --concurrency 8,32
+    .venv/bin/python bench/capacity_model.py measure --rates 200,400,600 --duration 10
+    .venv/bin/python bench/capacity_model.py measure --no-auth --rates 300,500
+    .venv/bin/python bench/capacity_model.py measure-db --concurrency 8,32,64
     .venv/bin/python bench/capacity_model.py table [--reregister 3600] [--bhca 1] ...
 
-``measure`` fills the one gap the other benches leave: REGISTER end to end. sipp phones
+``measure`` fills the gap the other benches leave: REGISTER end to end. sipp phones
 register through ``sipfleet run lb`` (one worker, keepalives off) to ``sipfleet run
-registrar`` (digest authentication on, unless --no-auth), which writes to a private MariaDB
-primary that a private replica follows (tests/dbservers.py, durable defaults: every commit
-fsynced, the binary log too). Each phone is one sipp (``-s USER``: sipp takes digest
-credentials per process) re-registering the same binding with a new Call-ID, as a phone
-does. For each rate it prints REGISTERs/s achieved and CPU µs per REGISTER of the LB, the
-registrar, the primary (its SQL and the binary log) and the replica (applying the row
-events), from the scheduler's exact runtime over a steady window (bench/call_bench.py's
-method). Bounded: ``rate * duration`` REGISTERs per step, sipp ``-timeout``.
+registrar`` (digest authentication on, unless --no-auth), which writes to a private
+MariaDB primary that a private replica follows (tests/dbservers.py; durable: the InnoDB
+log is fsynced at every commit). With authentication each phone is one sipp (``-s USER``:
+sipp takes digest credentials per process) re-registering its binding with a new Call-ID
+and challenged every time, so each phone's row is written rate/phones times a second (row
+locks serialise those: keep that low); without, the phones take turns over --users users.
+For each rate it prints REGISTERs/s achieved and CPU µs per REGISTER of the LB, the
+registrar, the primary (SQL, binary log, feeding the replica) and the replica (applying
+the row events), from the scheduler's exact runtime over a steady window (the method of
+bench/call_bench.py). Bounded: rate x duration REGISTERs per step, sipp -timeout.
+
+``measure-db`` is the primary's write rate with a replica following: REGISTER saves as the
+registrar makes them (bench/storage_bench.py's), straight from this process, at each
+concurrency; saves/s, CPU per save of primary and replica, the replica's lag.
 
 ``table`` computes the model from the per-operation costs in ``COSTS`` (each measured
-here, with the command that measured it) and prints, for a re-registration interval and a
-call rate, the subscribers one node of each kind carries, the first bottleneck, and the
-nodes of each kind for 100,000 up to 10 million subscribers.
+here, naming its command) and prints, for a re-registration interval and a call rate,
+the subscribers one node of each kind carries, the first bottleneck, and the nodes of
+each kind for 100,000 up to 10 million subscribers.
 """
 
 from __future__ import annotations
@@ -60,15 +66,18 @@ PASSWORD = "secret"
 
 # -- measure ---------------------------------------------------------------------------------
 def register_scenario(auth: bool) -> str:
+    """With auth, the user is sipp's -s (credentials are per process); without, each call
+    takes the next user of the phone's CSV file."""
+    who = "[service]" if auth else "[field0]"
     head = (
         f"REGISTER sip:{DOMAIN} SIP/2.0\n"
         "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport\n"
         "Max-Forwards: 70\n"
-        f"From: <sip:[service]@{DOMAIN}>;tag=[pid]r[call_number]\n"
-        f"To: <sip:[service]@{DOMAIN}>\n"
+        f"From: <sip:{who}@{DOMAIN}>;tag=[pid]r[call_number]\n"
+        f"To: <sip:{who}@{DOMAIN}>\n"
         "Call-ID: [call_id]\n"
     )
-    tail = "Contact: <sip:[service]@[local_ip]:[local_port]>\nExpires: 3600\n"
+    tail = f"Contact: <sip:{who}@[local_ip]:[local_port]>\nExpires: 3600\n"
     first = f"{head}CSeq: 1 REGISTER\n{tail}Content-Length: 0\n"
     steps = [f'  <send retrans="500"><![CDATA[\n{first}\n]]></send>']
     if auth:
@@ -119,13 +128,17 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
     for i in range(setup.phones):
         stats = setup.workdir / f"phone{i}-{rate}.csv"
         stats.unlink(missing_ok=True)
+        users = setup.workdir / f"phone{i}-users.csv"
+        names = "\n".join(f"u{n:05d}" for n in range(i, args.users, setup.phones))
+        users.write_text(f"SEQUENTIAL\n{names}\n")
         command = [
             "sipp", f"127.0.0.1:{setup.lb_port}", "-sf", str(setup.scenario),
-            "-i", "127.0.0.1", "-p", str(free_udp_port()), "-s", f"u{i:04d}", "-ap", PASSWORD,
+            "-i", "127.0.0.1", "-p", str(free_udp_port()), "-s", f"u{i:05d}", "-ap", PASSWORD,
+            "-inf", str(users),
             "-r", str(per_phone), "-rp", "1000", "-m", str(count), "-l", str(4 * per_phone),
             "-timeout", f"{args.duration + 15}s", "-nostdin", "-recv_timeout", "5000",
             "-default_behaviors", "all,-abortunexp", "-trace_stat", "-stf", str(stats),
-            "-fd", "1",
+            "-fd", "1", "-trace_err", "-error_file", str(stats.with_suffix(".err")),
         ]  # fmt: skip
         process = subprocess.Popen(
             command, cwd=setup.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -175,7 +188,7 @@ async def seed(dsn: str, phones: int) -> None:
     storage = open_storage(dsn)
     try:
         for i in range(phones):
-            name = f"u{i:04d}"
+            name = f"u{i:05d}"
             await storage.subscribers.add(
                 Subscriber(
                     name,
@@ -248,7 +261,8 @@ def measure(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sipfleet-capacity-"))
     rates = [int(r) for r in args.rates.split(",") if r.strip()][:8]
     args.duration = max(4, min(args.duration, 60))
-    args.phones = max(1, min(args.phones, 50))
+    args.phones = max(1, min(args.phones, 100))
+    args.users = max(args.users, args.phones)
     try:
         with register_cluster(args, workdir) as setup:
             print(
@@ -349,28 +363,39 @@ class Cost:
     command: str  # what measured it (docs/capacity.md has the runs)
 
 
-MEASURE = "bench/capacity_model.py measure --rates 200,400,800,1200 --duration 10"
-MEASURE_NO_AUTH = "bench/capacity_model.py measure --no-auth --rates 200,400,800,1200"
-CALLS = "bench/call_bench.py --lb --mariadb --rates 1200,1750,2400,... --duration 10"
-KEEPALIVE = "bench/keepalive_bench.py (100,000 flows, 30 s)"
+MEASURE = "bench/capacity_model.py measure --rates 200,400,600 --duration 10"
+MEASURE_NO_AUTH = "bench/capacity_model.py measure --no-auth --rates 300,500 --duration 10"
+CALLS = "bench/call_bench.py --lb --mariadb --rates 600,1200,1750,2400 --duration 10"
+KEEPALIVE = "bench/keepalive_bench.py"
 
-# Measured on the project's machine (2 shared cores); docs/capacity.md has the dates and
-# load averages. REGISTER: the highest passing step (400/s), digest challenge every time
-# (REGISTER, 401, REGISTER, 200) and without authentication. Calls: 1,750 calls/s, the
-# rate Kamailio's own maximum was compared at, without caller authentication.
+# Measured on the project's machine (2 cores shared with other work) at commit bdbdc63;
+# docs/capacity.md has each run with its date and load average. Each figure is from the
+# highest step that passed; CPU per operation falls as the rate rises, so these are on
+# the safe side. REGISTER with authentication: challenged every time (REGISTER, 401,
+# REGISTER, 200). Calls: INVITE, 100, 180, 200, ACK, BYE, 200 without caller
+# authentication, the callee looked up in MariaDB.
 COSTS: dict[str, Cost] = {
-    "register_lb": Cost(524, MEASURE),
-    "register_registrar": Cost(905, MEASURE),
-    "register_primary": Cost(883, MEASURE),  # its SQL, the binary log, the replica's feed
-    "register_replica": Cost(211, MEASURE),  # applying the row events
-    "register_noauth_lb": Cost(349, MEASURE_NO_AUTH),
-    "register_noauth_registrar": Cost(583, MEASURE_NO_AUTH),
-    "register_noauth_primary": Cost(747, MEASURE_NO_AUTH),
-    "call_lb": Cost(303, CALLS),
-    "call_proxy": Cost(411, CALLS),
-    "call_db": Cost(87, CALLS),  # the lookup, on the database the proxy reads
+    "register_lb": Cost(739, MEASURE),
+    "register_registrar": Cost(1200, MEASURE),
+    "register_primary": Cost(1037, MEASURE),  # SQL, binary log, feeding the replica
+    "register_replica": Cost(252, MEASURE),  # applying the row events
+    "register_noauth_lb": Cost(576, MEASURE_NO_AUTH),
+    "register_noauth_registrar": Cost(904, MEASURE_NO_AUTH),
+    "register_noauth_primary": Cost(897, MEASURE_NO_AUTH),
+    "call_lb": Cost(300, CALLS),
+    "call_proxy": Cost(439, CALLS),
+    "call_db": Cost(96, CALLS),  # the lookup, on the database the proxy reads
     "keepalive_options": Cost(22, KEEPALIVE),
     "keepalive_crlf": Cost(10, KEEPALIVE),
+}
+
+
+MEASURE_DB = "bench/capacity_model.py measure-db --concurrency 8,32,64 --seconds 10"
+# The replicated primary's write rate measured on this machine (saves/s, the best
+# concurrency), which other work on its two cores held down: a floor, not a ceiling.
+WRITE_RATES: dict[str, tuple[float, str]] = {
+    "sync_binlog=0 (MariaDB's default)": (817, MEASURE_DB),
+    "sync_binlog=1 (examples/cluster)": (489, f"{MEASURE_DB} --primary-option sync-binlog=1"),
 }
 
 
@@ -418,22 +443,28 @@ def cpu_per_second(kind: str, load: Load, args: argparse.Namespace) -> float:
     raise ValueError(kind)
 
 
-# One node of each kind: an LB worker process, a registrar process, a proxy process, one
-# core of the primary, one core of a replica (MariaDB applies row events on one thread
-# unless slave_parallel_threads is set, so one core is also a replica's apply ceiling).
+# One node of each kind: an LB worker process (the LB runs one per core), a registrar
+# process, a proxy process, one core of the primary, one core of a replica. MariaDB
+# applies the row events on one thread (unless slave_parallel_threads is set), so each
+# replica's apply work must also fit one core.
 KINDS = ("lb", "registrar", "proxy", "primary", "replica")
 UNITS = {
-    "lb": "LB worker cores",
+    "lb": "LB cores",
     "registrar": "registrars",
     "proxy": "proxies",
     "primary": "primary cores",
-    "replica": "cores per replica",
+    "replica": "replica cores",
 }
 
 
 def per_node(kind: str, args: argparse.Namespace) -> float:
     """Subscribers one node of ``kind`` carries within the core budget."""
     return args.core_budget * 1e6 / cpu_per_second(kind, load_of(1, args), args)
+
+
+def apply_share(subscribers: float, args: argparse.Namespace) -> float:
+    """Share of one core a replica's (single) apply thread needs for ``subscribers``."""
+    return load_of(subscribers, args).registers * COSTS["register_replica"].us / 1e6
 
 
 def table(args: argparse.Namespace) -> None:
@@ -445,20 +476,25 @@ def table(args: argparse.Namespace) -> None:
         "per node\n"
     )
     carried = {kind: per_node(kind, args) for kind in KINDS}
-    print("one node carries, subscribers:")
+    print("one node carries:")
     for kind in KINDS:
-        print(f"  {UNITS[kind]:<18} 1 carries {carried[kind]:>12,.0f}")
+        print(f"  1 of {UNITS[kind]:<14} {carried[kind]:>12,.0f} subscribers")
     first = min(carried, key=carried.__getitem__)
-    print(f"  first bottleneck: {UNITS[first]}\n")
+    print(f"  first bottleneck: {UNITS[first]}")
+    for setting, (rate, _) in WRITE_RATES.items():
+        subscribers = args.core_budget * rate * args.reregister
+        print(f"  the primary measured here, {setting}: {rate:,.0f} saves/s = {subscribers:,.0f}")
+    print()
     sizes = [int(s) for s in args.subscribers.split(",")]
     header = f"{'subscribers':>12} {'REGISTER/s':>10} {'calls/s':>8} {'pings/s':>8}"
-    print(header + "".join(f" {UNITS[k]:>18}" for k in KINDS))
+    print(header + "".join(f" {UNITS[k]:>14}" for k in KINDS) + "  replica apply thread")
     for size in sizes:
         load = load_of(size, args)
         nodes = [math.ceil(size / carried[kind]) for kind in KINDS]
         print(
             f"{size:>12,} {load.registers:>10,.0f} {load.calls:>8,.0f} {load.pings:>8,.0f}"
-            + "".join(f" {n:>18}" for n in nodes)
+            + "".join(f" {n:>14}" for n in nodes)
+            + f"  {apply_share(size, args):>19.0%}"
         )
 
 
@@ -468,7 +504,10 @@ def main() -> None:
     m = sub.add_parser("measure", help="REGISTER through LB and registrar to a replicated MariaDB")
     m.add_argument("--rates", default="200,400", help="REGISTERs/s, comma-separated")
     m.add_argument("--duration", type=int, default=10, help="seconds per step (<= 60)")
-    m.add_argument("--phones", type=int, default=20, help="sipp processes, one user each")
+    m.add_argument("--phones", type=int, default=50, help="sipp processes")
+    m.add_argument(
+        "--users", type=int, default=5000, help="users without auth (with auth: one per phone)"
+    )
     m.add_argument("--no-auth", dest="auth", action="store_false", help="registrar without digest")
     d = sub.add_parser("measure-db", help="a replicated MariaDB primary's write rate")
     d.add_argument("--concurrency", default="8,32", help="saves in flight, comma-separated")
