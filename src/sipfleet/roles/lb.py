@@ -5,16 +5,14 @@ workers hand each other (TCP connections and keepalive duty live in one worker).
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sipfleet.config import Config
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.lb.service import LbWorker, WorkerSockets, sides_of
-from sipfleet.roles.common import storage_for
+from sipfleet.roles.common import ready_after, storage_for
 from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only, spread_at_random
 from sipfleet.transport.workers import run_workers
 
@@ -38,7 +36,7 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
     sets = bind_for_workers(sides.listen, workers)
     if config.lb.spread == "random":
         _spread(sets[0], workers)
-    signal_ready = _ready_after(workers, ready)
+    signal_ready = ready_after(workers, ready)
 
     def worker_main(index: int) -> Coroutine[Any, Any, None]:
         mine = keep_only(sets, index)
@@ -81,25 +79,3 @@ def _control_socket(config: Config) -> socket.socket:
 def _address(sock: socket.socket) -> tuple[str, int]:
     host, port = sock.getsockname()[:2]
     return str(host), int(port)
-
-
-def _ready_after(workers: int, ready: Callable[[], None] | None) -> Callable[[], None]:
-    """Each worker writes one byte when it listens; a thread of the supervisor calls
-    ``ready`` after the first ``workers`` bytes (a restarted worker writes again)."""
-    read_end, write_end = os.pipe()
-
-    def wait() -> None:
-        seen = 0
-        while seen < workers:
-            chunk = os.read(read_end, workers - seen)
-            if not chunk:
-                return
-            seen += len(chunk)
-        if ready is not None:
-            ready()
-
-    def one_more() -> None:
-        os.write(write_end, b"r")
-
-    threading.Thread(target=wait, name="lb-ready", daemon=True).start()
-    return one_more

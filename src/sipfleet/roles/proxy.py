@@ -4,11 +4,9 @@ policy, the location table read from the read DSN."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import socket
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 from sipfleet.config import Config
@@ -19,7 +17,12 @@ from sipfleet.core.proxy.overload import no_backlog, receive_backlog
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.privacy_hooks import PrivacyHooks
 from sipfleet.core.proxy.services import ProxyServices
-from sipfleet.roles.common import authority_for, serve_until_cancelled, storage_for
+from sipfleet.roles.common import (
+    authority_for,
+    collect_garbage,
+    serve_until_cancelled,
+    storage_for,
+)
 from sipfleet.routing.api import OffNetRouter, load_policy
 from sipfleet.routing.lcr_router import LcrRouter
 from sipfleet.storage import Storage
@@ -28,8 +31,6 @@ from sipfleet.transport.base import TransportLimits
 from sipfleet.transport.sockets import bind_all
 
 log = logging.getLogger(__name__)
-YOUNG_GC_INTERVAL_S = 5.0
-FULL_GC_INTERVAL_S = 600.0
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -62,32 +63,6 @@ def build_engine(
     )
     endpoint.on_send_error = engine.destination_failed
     return engine
-
-
-async def collect_garbage() -> None:
-    """Cyclic garbage collection on a timer instead of by allocation counts.
-
-    A proxy keeps every transaction for 32 s (Timers L, M, J over UDP), so the heap holds
-    millions of live objects; the automatic collector traverses all of them again and
-    again (measured: +80 % CPU per call, and pauses long enough to cost calls). A call
-    itself leaves no cycles (the engine cuts the one it makes), so the young generations
-    are swept every few seconds and the whole heap only every ten minutes."""
-    gc.freeze()  # what start-up loaded stays for good: never traverse it again
-    gc.disable()
-    last_full = time.monotonic()
-    try:
-        while True:
-            await asyncio.sleep(YOUNG_GC_INTERVAL_S)
-            if time.monotonic() - last_full < FULL_GC_INTERVAL_S:
-                gc.collect(1)
-                continue
-            started = time.monotonic()
-            found = gc.collect()
-            last_full = time.monotonic()
-            log.info("full garbage collection: %d unreachable, %.3f s", found, last_full - started)
-    finally:
-        gc.unfreeze()
-        gc.enable()
 
 
 async def follow_proxy_pool(storage: Storage, engine: ProxyEngine, interval: float) -> None:
