@@ -206,6 +206,32 @@ def test_unknown_user_and_wrong_password_look_the_same(cluster: Cluster) -> None
     assert [k for k in wrong.keys if k != "to"] == [k for k in unknown.keys if k != "to"]
 
 
+def test_two_workers_share_the_address(cluster: Cluster) -> None:
+    """node.workers = 2: two processes behind one address, datagrams dealt at random."""
+    node = cluster.start("registrar", registrar={"authenticate": False}, node={"workers": 2})
+    assert node.process is not None
+    pid = node.process.pid
+    assert len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) == 2
+    users = [f"w{i}" for i in range(40)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        local = sock.getsockname()[1]
+        for user in users:
+            request = (
+                f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-{user}\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=x\r\n"
+                f"To: <sip:{user}@{DOMAIN}>\r\nCall-ID: workers-{user}\r\n"
+                f"CSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:{local}>\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            sock.sendto(request.encode(), ("127.0.0.1", node.port))
+        answers = [parse_message(sock.recv(65535)) for _ in users]
+    assert [a.status for a in answers if isinstance(a, Response)] == [200] * len(users)
+    assert all(len(cluster.bindings(user, DOMAIN)) == 1 for user in users)
+
+
 @pytest.mark.mysql
 @pytest.mark.parametrize("cluster", ["mysql"], indirect=True)
 def test_database_outage_gets_500_with_retry_after_then_recovers(

@@ -38,7 +38,7 @@ def request(user: str, now: int = NOW, max_contacts: int = 10) -> SaveRequest:
 async def test_saves_waiting_together_go_together_at_most_lanes_at_a_time() -> None:
     database = FakeDatabase()
     database.release.clear()
-    batcher = SaveBatcher(database.run, lanes=2, max_batch=64)
+    batcher = SaveBatcher(database.run, lanes=2, max_batch=64, min_fill=1)
     first = [asyncio.create_task(batcher.save(request(f"a{i}"))) for i in range(10)]
     await asyncio.sleep(0.01)
     second = [asyncio.create_task(batcher.save(request(f"b{i}"))) for i in range(5)]
@@ -52,6 +52,22 @@ async def test_saves_waiting_together_go_together_at_most_lanes_at_a_time() -> N
     assert [len(b) for b in database.batches] == [10, 5, 3]
     assert [o.after for o in outcomes] == [2] * 15 + [3] * 3  # each got its own batch's
     assert (batcher.batches, batcher.saves, batcher.waiting) == (3, 18, 0)
+
+
+async def test_another_batch_starts_beside_a_running_one_only_when_enough_wait() -> None:
+    database = FakeDatabase()
+    database.release.clear()
+    batcher = SaveBatcher(database.run, lanes=3, max_batch=64, min_fill=4)
+    running = [asyncio.create_task(batcher.save(request(f"a{i}"))) for i in range(2)]
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(batcher.save(request(f"b{i}"))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert [len(b) for b in database.batches] == [2]  # 3 waiting: they wait for the first
+    waiting.append(asyncio.create_task(batcher.save(request("b3"))))
+    await asyncio.sleep(0.01)
+    assert [len(b) for b in database.batches] == [2, 4]  # 4 waiting: a second lane opens
+    database.release.set()
+    await asyncio.gather(*running, *waiting)
 
 
 async def test_a_batch_holds_one_save_per_aor_and_one_now_and_limit() -> None:

@@ -1,26 +1,81 @@
-"""The registrar role: REGISTER in, bindings written to SQL, expired ones purged."""
+"""The registrar role: REGISTER in, bindings written to SQL, expired ones purged.
+
+The registrar keeps nothing between requests, so ``node.workers`` processes simply share
+its addresses (SO_REUSEPORT, datagrams dealt at random: the LBs in front are few, and an
+address hash would give each LB's traffic to one worker). Worker 0 purges expired rows.
+Garbage is collected on a timer (``collect_garbage``), not by allocation counts.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.registrar import Registrar
-from sipfleet.roles.common import serve_until_cancelled, storage_for
+from sipfleet.roles.common import (
+    collect_garbage,
+    ready_after,
+    serve_until_cancelled,
+    storage_for,
+)
 from sipfleet.storage.expiry import purge_expired_forever
+from sipfleet.transport.sockets import bind_for_workers, keep_only, spread_at_random
+from sipfleet.transport.workers import run_workers
+
+log = logging.getLogger(__name__)
 
 
 async def run(config: Config, *, ready: Callable[[], None] | None = None) -> None:
-    """Serve REGISTER on config.registrar.listen until cancelled."""
+    """Serve REGISTER on config.registrar.listen until cancelled (one worker) or until
+    SIGTERM/SIGINT (several: this process supervises them)."""
+    workers = config.node.workers
+    if workers == 1:
+        await serve(config, None, ready, purge=True)
+        return
+    sets = bind_for_workers(config.registrar.listen, workers)
+    for sock in sets[0]:
+        if sock.type == socket.SOCK_DGRAM:
+            try:
+                spread_at_random(sock, workers)
+            except OSError as exc:  # an old kernel: the address hash it is
+                log.warning("registrar: datagrams spread by address, not at random: %s", exc)
+    signal_ready = ready_after(workers, ready)
+
+    def worker_main(index: int) -> Coroutine[Any, Any, None]:
+        return serve(config, keep_only(sets, index), signal_ready, purge=index == 0)
+
+    # This process only supervises from here on: its loop waits while the workers run.
+    if run_workers(worker_main, workers) != 0:
+        raise RuntimeError("registrar workers keep dying; see the log above")
+
+
+async def serve(
+    config: Config,
+    sockets: Sequence[socket.socket] | None,
+    ready: Callable[[], None] | None,
+    *,
+    purge: bool,
+) -> None:
+    """One registrar process: its endpoint (on ``sockets``, or bound here), its storage."""
     async with storage_for(config) as storage:
-        endpoint = SipEndpoint(config.registrar.listen)
+        endpoint = SipEndpoint(config.registrar.listen, sockets=sockets)
         endpoint.handler = Registrar(config, storage, endpoint)
-        purge = asyncio.create_task(
-            purge_expired_forever(storage.location, config.registrar.purge_interval_s)
-        )
+        background = [asyncio.create_task(collect_garbage())]
+        if purge:
+            interval = config.registrar.purge_interval_s
+            background.append(
+                asyncio.create_task(purge_expired_forever(storage.location, interval))
+            )
         try:
             await serve_until_cancelled(endpoint, ready)
         finally:
-            purge.cancel()
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

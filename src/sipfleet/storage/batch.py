@@ -3,10 +3,14 @@
 A round trip costs the database about as much as the rows it writes (measured on MariaDB:
 a batch of one REGISTER costs ~500 µs of server CPU, a batch of 32 ~60 µs per REGISTER).
 So concurrent saves of one contact each (most REGISTERs) are not sent one by one: a save
-joins a queue, and at most ``lanes`` batches run at a time, each taking what queued while
-the previous ones ran (up to ``max_batch``). Under light load a batch holds one save and
-leaves at once (one event-loop turn later); under heavy load batches grow by themselves
-and each REGISTER gets cheaper, which is when it matters.
+joins a queue, and a batch takes what queued while the previous ones ran (up to
+``max_batch``). Under light load a batch holds one save and leaves at once (one event-loop
+turn later); under heavy load batches grow by themselves and each REGISTER gets cheaper,
+which is when it matters. One batch runs whenever saves wait; a second, third... (up to
+``lanes``) only when ``min_fill`` saves wait for it: while the database answers quickly
+the saves gather in few large batches, and when its commits are slow (a busy disk: each
+commit waits for an fsync) more batches commit at once, which the database's own group
+commit turns into one fsync.
 
 A batch holds at most one save per AOR, and a save waits while a batch with its AOR is
 in flight: saves of one AOR run one after the other, as they were called (so a batch
@@ -52,10 +56,13 @@ RunBatch = Callable[[Sequence[SaveRequest]], Awaitable[list[SaveOutcome]]]
 
 
 class SaveBatcher:
-    def __init__(self, run: RunBatch, *, lanes: int = 2, max_batch: int = 64) -> None:
+    def __init__(
+        self, run: RunBatch, *, lanes: int = 4, max_batch: int = 64, min_fill: int = 16
+    ) -> None:
         self._run = run
         self.lanes = lanes
         self.max_batch = max_batch
+        self.min_fill = min_fill
         self._queue: deque[_Waiting] = deque()
         self._running = 0
         self._busy: set[tuple[str, str]] = set()  # the AORs of the batches in flight
@@ -74,19 +81,24 @@ class SaveBatcher:
         return await future
 
     def _kick(self) -> None:
-        if self._queue and self._running < self.lanes and not self._scheduled:
+        if self._may_start() and not self._scheduled:
             # One loop turn later: the other datagrams of this turn join the batch.
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._start)
 
     def _start(self) -> None:
         self._scheduled = False
-        while self._queue and self._running < self.lanes:
+        while self._may_start():
             batch = self._take()
             if not batch:
                 return
             self._running += 1
             asyncio.get_running_loop().create_task(self._send(batch))
+
+    def _may_start(self) -> bool:
+        if not self._queue or self._running >= self.lanes:
+            return False
+        return self._running == 0 or len(self._queue) >= self.min_fill
 
     def _take(self) -> list[_Waiting]:
         """The oldest save, and those after it that can go in the same batch."""

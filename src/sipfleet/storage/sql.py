@@ -43,9 +43,9 @@ from sipfleet.storage.statements import Statement, Statements, Step, StepResult,
 SCHEMA_REVISION = "0002"  # the Alembic head this code expects (a test checks they agree)
 
 Row = Sequence[Any]
-# Group commit of REGISTER saves (storage/batch.py): two batches in flight, so one is
-# written while the next fills; at most 64 saves each.
-BATCH_LANES = 2
+# Group commit of REGISTER saves (storage/batch.py): up to four batches in flight (more
+# than one only when 16 saves wait), at most 64 saves each: 256, database.max_in_flight.
+BATCH_LANES = 4
 MAX_BATCH = 64
 
 
