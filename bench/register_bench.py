@@ -1,0 +1,659 @@
+"""REGISTER refreshes per second through sipfleet's registrar, and Kamailio's, same run.
+
+    .venv/bin/python bench/register_bench.py                       # everything below
+    .venv/bin/python bench/register_bench.py --backends mariadb --auth no --no-kamailio
+    .venv/bin/python bench/register_bench.py --backends mariadb --auth no --no-kamailio \
+        --steps 4000,6000                                          # fixed steps, no ramp
+    .venv/bin/python bench/register_bench.py --backends mariadb --auth no --no-kamailio \
+        --overload                                                 # + 2x the maximum
+    .venv/bin/python bench/register_bench.py --memory 100000 --backends mariadb --no-kamailio
+
+For each backend (SQLite file, a private MariaDB configured like the anchor's: 256 MB
+buffer pool, durable commits; a private PostgreSQL with its durable defaults), and each
+of "no auth" / "auth": start ``sipfleet run registrar``, register ``--users`` users once
+(not measured), then ramp sipp (bench/sipp/reg_uac.xml, or reg_auth_uac.xml: REGISTER,
+401, REGISTER with the user's own digest credentials from the CSV, 200) over the users:
+every measured REGISTER is a refresh. A step runs ``--duration`` seconds at a fixed rate
+(``-m rate*duration``, ``-timeout``); it passes when failed + unfinished calls are < 1 %
+and the success rate in the window is >= 97 % of the target. The rate goes up by
+``--factor`` while steps pass, then bisects twice (relay_bench's method, the anchor's).
+
+CPU per REGISTER of the registrar (its process tree) and of the database server (mariadbd;
+postgres and its backends; SQLite runs inside the registrar) comes from /proc/<pid>/stat
+over the measurement window; it is disturbed less than the rate by other load on the
+machine, whose share is printed as "others" (a step where others used more than
+``--max-others`` % of a core is re-run once and flagged).
+
+Kamailio (``--kamailio``, default on): the anchor's runner, /work/shared/bench-anchor/run.sh
+k1_reg_direct k1_reg_direct_c16, in the same run, on its own MariaDB started with the same
+options (usrloc db_mode=3, no auth; it needs a Python with uvloop, asyncmy, aiomysql:
+``--anchor-python``).
+
+``--overload``: after a ramp, one step at ``--overload-factor`` x the best rate: the
+goodput (200s per second) and what was shed (503s), then one step at the best rate to
+show it recovered. ``--memory N``: RSS of the registrar with the table at steady state
+before and after N more AORs were registered through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.dbservers import DbServer, start_mariadb, start_postgres  # noqa: E402
+
+from bench.relay_bench import (  # noqa: E402 - after the path is set
+    HZ,
+    epoch,
+    free_udp_port,
+    nice,
+    read_stats,
+    tree_pids,
+    tree_ticks,
+    udp_drops,
+)
+from sipfleet.config import config_from_dict  # noqa: E402
+from sipfleet.config.dump import write_config  # noqa: E402
+from sipfleet.sip.digest import compute_ha1  # noqa: E402
+from sipfleet.storage import Subscriber, open_storage  # noqa: E402
+from sipfleet.storage.dsn import Dsn  # noqa: E402
+from sipfleet.storage.migrate import upgrade  # noqa: E402
+
+ANCHOR = Path("/work/shared/bench-anchor")
+# The anchor's mariadbd options (lib/common.sh); everything else at MariaDB's defaults,
+# durable: innodb_flush_log_at_trx_commit = 1.
+ANCHOR_MARIADB = {"innodb-buffer-pool-size": "256M", "max-connections": "500"}
+PASSWORD = "bench-secret"
+DOMAIN = "127.0.0.1"  # the anchor's REGISTERs: To <sip:rNNNNN@127.0.0.1>
+
+
+@dataclass
+class Step:
+    name: str
+    rate: int
+    passed: bool = False
+    created: int = 0
+    successful: int = 0
+    fail_pct: float = 100.0
+    achieved: float = 0.0
+    retransmissions: int = 0
+    unexpected: int = 0  # answers other than the expected (503 when shedding)
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core
+    others_pct: float = 0.0
+    contaminated: bool = False
+    drops: dict[str, int] = field(default_factory=dict)
+    load_avg: float = 0.0
+    busiest_others: str = ""  # who the others were
+
+    def us_per_register(self, group: str) -> float:
+        return 1e6 * self.cpu.get(group, 0.0) / 100.0 / max(self.achieved, 1.0)
+
+
+@dataclass
+class Target:
+    """What a step drives: the SIP address, the scenario, the users, the CPU groups."""
+
+    name: str
+    port: int
+    scenario: str
+    users_csv: Path
+    groups: dict[str, int]  # name: pid of a process tree
+    workdir: Path
+    uac_port: int
+
+
+# -- CPU of the processes not ours --------------------------------------------------------------
+Ticks = dict[tuple[int, str], tuple[str, int]]
+
+
+def all_ticks() -> Ticks:
+    """Name and utime+stime of every process, keyed by (pid, start time) against pid reuse."""
+    ticks: Ticks = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text[text.rindex(")") + 2 :].split()
+            ticks[(int(entry), fields[19])] = (name, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def others(before: Ticks, after: Ticks, seconds: float, mine: set[int]) -> tuple[float, str]:
+    """% of one core used by processes not in ``mine``, and the three busiest of them."""
+    used = [
+        (ticks - before[key][1], key[0], name)
+        for key, (name, ticks) in after.items()
+        if key in before and key[0] not in mine
+    ]
+    used.sort(reverse=True)
+    total = round(100.0 * sum(u[0] for u in used) / HZ / seconds, 1)
+    top = ", ".join(
+        f"{name}[{pid}] {100.0 * t / HZ / seconds:.0f}%" for t, pid, name in used[:3] if t
+    )
+    return total, top
+
+
+def others_pct(before: Ticks, after: Ticks, seconds: float, mine: set[int]) -> float:
+    return others(before, after, seconds, mine)[0]
+
+
+# -- databases -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def database(kind: str, workdir: Path) -> Iterator[tuple[str, int | None]]:
+    """A migrated empty database and the PID whose tree is its server (None: in-process)."""
+    server: DbServer | None = None
+    if kind == "sqlite":
+        dsn = f"sqlite://{workdir / 'registrar.db'}"
+    elif kind == "mariadb":
+        server = start_mariadb(ANCHOR_MARIADB)
+        dsn = server.create_database("bench")
+    elif kind == "postgres":
+        server = start_postgres()
+        dsn = server.create_database("bench")
+    else:
+        raise SystemExit(f"unknown backend {kind!r}")
+    try:
+        asyncio.run(upgrade(Dsn.parse(dsn)))
+        yield dsn, server.process.pid if server and server.process else None
+    finally:
+        if server is not None:
+            server.destroy()
+
+
+def add_subscribers(dsn: str, users: list[str]) -> None:
+    async def run() -> None:
+        storage = open_storage(dsn, pool_size=8)
+        gate = asyncio.Semaphore(8)
+
+        async def add(user: str) -> None:
+            async with gate:
+                ha1 = compute_ha1(user, DOMAIN, PASSWORD, "MD5")
+                sha = compute_ha1(user, DOMAIN, PASSWORD, "SHA-256")
+                with contextlib.suppress(Exception):  # already there from an earlier phase
+                    await storage.subscribers.add(Subscriber(user, DOMAIN, ha1, sha))
+
+        try:
+            await asyncio.gather(*(add(user) for user in users))
+        finally:
+            await storage.close()
+
+    asyncio.run(run())
+
+
+def write_users(path: Path, prefix: str, count: int) -> list[str]:
+    users = [f"{prefix}{i:05d}" for i in range(1, count + 1)]
+    lines = ["SEQUENTIAL"]
+    lines += [f"{u};[authentication username={u} password={PASSWORD}]" for u in users]
+    path.write_text("\n".join(lines) + "\n")
+    return users
+
+
+# -- the registrar -------------------------------------------------------------------------
+@contextlib.contextmanager
+def registrar(
+    args: argparse.Namespace, dsn: str, authenticate: bool, workdir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_udp_port()
+    config = config_from_dict(
+        {
+            "node": {
+                "name": "bench-registrar",
+                "data_dir": str(workdir),
+                "cluster_secret": "bench-cluster-secret",
+                "workers": args.workers,
+            },
+            "database": {
+                "write": dsn,
+                "pool_size": args.pool_size,
+                "max_in_flight": args.max_in_flight,
+            },
+            "sip": {"auth_algorithms": ["MD5"]},  # sipp answers MD5 challenges
+            "registrar": {
+                "listen": [f"udp:127.0.0.1:{port}"],
+                "authenticate": authenticate,
+                "max_expires": 3600,
+            },
+        }
+    )
+    config_path = workdir / "registrar.toml"
+    write_config(config, config_path)
+    ready = workdir / "registrar.ready"
+    ready.unlink(missing_ok=True)
+    log = (workdir / "registrar.log").open("ab")
+    command = [sys.executable, "-m", "sipfleet.cli", "run", "registrar", "-c", str(config_path)]
+    command += ["--ready-file", str(ready), "--log-level", "warning"]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"registrar did not start, see {workdir / 'registrar.log'}")
+            time.sleep(0.05)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+# -- sipp steps ------------------------------------------------------------------------------
+def sipp_command(target: Target, rate: int, calls: int, duration: int, stat: Path) -> list[str]:
+    return [
+        "sipp",
+        f"127.0.0.1:{target.port}",
+        "-sf",
+        str(BENCH / "sipp" / target.scenario),
+        "-inf",
+        str(target.users_csv),
+        *["-i", "127.0.0.1", "-nostdin", "-buff_size", "4194304", "-max_recv_loops", "10000"],
+        *("-p", str(target.uac_port), "-cp", str(free_udp_port())),
+        *("-mp", str(free_udp_port() & ~1)),
+        *("-r", str(rate), "-rp", "1000", "-m", str(calls), "-l", str(max(200, 2 * rate))),
+        *("-timeout", f"{duration + 15}s", "-recv_timeout", "5000"),
+        *("-trace_stat", "-fd", "1", "-stf", str(stat)),
+    ]
+
+
+def run_step(args: argparse.Namespace, target: Target, rate: int, duration: int) -> Step:
+    stat = target.workdir / f"{target.name}-{rate}-stat.csv"
+    stat.unlink(missing_ok=True)
+    calls = rate * duration
+    ports = {"registrar": target.port, "uac": target.uac_port}
+    dropped_before = udp_drops(ports)
+    command = sipp_command(target, rate, calls, duration, stat)
+    out = (target.workdir / f"{target.name}-{rate}-sipp.log").open("wb")
+    begin = time.time()
+    uac = subprocess.Popen(
+        command, cwd=target.workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+    )
+    try:
+        warm = min(3.0, duration / 4)
+        time.sleep(warm)
+        pids = {**target.groups, "uac": uac.pid}
+        mine = {os.getpid(), *(p for pid in pids.values() for p in tree_pids(pid))}
+        before = {name: tree_ticks(pid) for name, pid in pids.items()}
+        everyone, t0 = all_ticks(), time.time()
+        time.sleep(max(1.0, duration - 1 - warm))
+        after = {name: tree_ticks(pid) for name, pid in pids.items()}
+        seconds = time.time() - t0
+        others_used, busiest = others(everyone, all_ticks(), seconds, mine)
+        dropped = udp_drops(ports)
+        try:
+            uac.wait(timeout=duration + 25)
+        except subprocess.TimeoutExpired:
+            uac.kill()
+            uac.wait()
+    finally:
+        if uac.poll() is None:
+            uac.kill()
+            uac.wait()
+        out.close()
+    cpu = {n: round(100.0 * (after[n] - before[n]) / HZ / seconds, 1) for n in pids}
+    drops = {name: dropped[name] - dropped_before[name] for name in ports}
+    step = Step(target.name, rate, cpu=cpu, others_pct=others_used, drops=drops)
+    step.load_avg = round(os.getloadavg()[0], 2)
+    step.busiest_others = busiest
+    rows = read_stats(stat)
+    if not rows:
+        return step
+    last = rows[-1]
+    step.created = int(last["OutgoingCall(C)"])
+    step.successful = int(last["SuccessfulCall(C)"])
+    step.retransmissions = int(last.get("Retransmissions(C)", "0") or 0)
+    step.unexpected = int(last.get("FailedUnexpectedMessage(C)", "0") or 0)
+    step.fail_pct = round(100.0 * (step.created - step.successful) / max(1, step.created), 3)
+    window = [r for r in rows if begin + warm <= epoch(r) <= begin + duration - 0.5]
+    if len(window) >= 2:
+        done = int(window[-1]["SuccessfulCall(C)"]) - int(window[0]["SuccessfulCall(C)"])
+        step.achieved = round(done / (epoch(window[-1]) - epoch(window[0])), 1)
+    else:
+        step.achieved = round(step.successful / max(1e-9, time.time() - begin), 1)
+    step.passed = (
+        step.fail_pct < 1.0 and step.achieved >= 0.97 * rate and step.created >= 0.99 * calls
+    )
+    return step
+
+
+def idle(pids: list[int], max_wait: float = 60.0) -> None:
+    """Until the servers under test are idle (a backlog of a failed step drained)."""
+    deadline = time.time() + max_wait
+    while time.time() < deadline:
+        before = sum(tree_ticks(p) for p in pids)
+        time.sleep(0.5)
+        if (sum(tree_ticks(p) for p in pids) - before) / HZ / 0.5 < 0.05:
+            return
+
+
+def quiet(args: argparse.Namespace, mine: set[int]) -> None:
+    """Let other work on the machine settle (bounded) before a step."""
+    deadline = time.time() + args.quiet_wait
+    while True:
+        before, t0 = all_ticks(), time.time()
+        time.sleep(1.0)
+        busy = others_pct(before, all_ticks(), time.time() - t0, mine)
+        if busy <= args.max_others or time.time() > deadline:
+            return
+        print(f"  others use {busy:.0f}% of a core, waiting", file=sys.stderr, flush=True)
+
+
+def measured_step(
+    args: argparse.Namespace, target: Target, rate: int, duration: int | None = None
+) -> Step:
+    pids = list(target.groups.values())
+    mine = {os.getpid(), *(p for pid in pids for p in tree_pids(pid))}
+    step = None
+    for _ in range(2):  # once more when other work spoilt the measurement
+        idle(pids)
+        quiet(args, mine)
+        step = run_step(args, target, rate, duration or args.duration)
+        step.contaminated = step.others_pct > args.max_others
+        report(step)
+        if not step.contaminated:
+            break
+    assert step is not None
+    return step
+
+
+def report(step: Step) -> None:
+    cpu = "  ".join(f"{k} {v:5.1f}%" for k, v in step.cpu.items())
+    per = "  ".join(f"{k} {step.us_per_register(k):4.0f}us" for k in step.cpu if k not in ("uac",))
+    drops = ",".join(f"{k}:{v}" for k, v in step.drops.items() if v) or "-"
+    print(
+        f"[{step.name}] rate {step.rate:6} pass={step.passed!s:5} achieved {step.achieved:8.1f}"
+        f"  fail {step.fail_pct:6.2f}%  unexpected {step.unexpected:6}  retrans "
+        f"{step.retransmissions:6}  cpu {cpu}  per REGISTER {per}  others "
+        f"{step.others_pct:5.1f}%  load {step.load_avg:.2f}  drops {drops}"
+        f"{f'  CONTAMINATED by {step.busiest_others}' if step.contaminated else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def ramp(args: argparse.Namespace, target: Target) -> list[Step]:
+    steps: list[Step] = []
+    if args.steps:
+        return [measured_step(args, target, int(r)) for r in args.steps.split(",")]
+    best: Step | None = None
+    worst: Step | None = None
+    rate = args.start
+    while len(steps) < args.max_steps and (best is None or worst is None):
+        steps.append(measured_step(args, target, rate))
+        if steps[-1].passed:
+            best, rate = steps[-1], nice(rate * args.factor)
+        else:
+            worst, rate = steps[-1], nice(rate / args.factor)
+    for _ in range(args.bisect):
+        if best is None or worst is None or len(steps) >= args.max_steps:
+            break
+        middle = nice((best.rate + worst.rate) / 2)
+        if not best.rate < middle < worst.rate:
+            break
+        steps.append(measured_step(args, target, middle))
+        if steps[-1].passed:
+            best = steps[-1]
+        else:
+            worst = steps[-1]
+    return steps
+
+
+def warm_up(args: argparse.Namespace, target: Target, users: int) -> None:
+    """Register every user once (not measured), so measured REGISTERs are refreshes."""
+    rate = min(args.warm_rate, users)
+    step = run_step(args, target, rate, max(1, -(-users // rate)))
+    print(
+        f"[{target.name}] warm-up: {step.successful} of {step.created} registered",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def overload(args: argparse.Namespace, target: Target, best: Step) -> list[Step]:
+    """Goodput at ``overload_factor`` x the best rate, then the best rate again."""
+    heavy = measured_step(args, target, nice(best.rate * args.overload_factor))
+    heavy.name += "-overload"
+    after = measured_step(args, target, best.rate)
+    after.name += "-after"
+    return [heavy, after]
+
+
+# -- Kamailio through the anchor's runner ---------------------------------------------------
+def kamailio(args: argparse.Namespace, workdir: Path) -> list[dict[str, object]]:
+    run = workdir / "anchor"
+    env = {
+        **os.environ,
+        "RUN": str(run),
+        "PY": args.anchor_python,
+        "DURATION": str(args.duration),
+        "MAX_STEPS": str(args.max_steps),
+        "RUN_ID": "register-bench",
+        "NUSERS": str(args.users),
+    }
+    tests = ["k1_reg_direct", "k1_reg_direct_c16"]
+    print(f"[kamailio] {ANCHOR / 'run.sh'} {' '.join(tests)}", file=sys.stderr, flush=True)
+    subprocess.run(
+        [str(ANCHOR / "run.sh"), *tests],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=args.max_steps * 2 * (args.duration + 150) + 600,
+    )
+    results = run / "results" / "results-register-bench.jsonl"
+    if not results.exists():
+        return []
+    lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    return [line for line in lines if line.get("summary")]
+
+
+def kamailio_rows(summaries: list[dict[str, object]]) -> list[str]:
+    rows = []
+    for summary in summaries:
+        best = summary.get("best")
+        if not isinstance(best, dict):
+            rows.append(f"{summary['name']:30} {'none':>8}")
+            continue
+        cpu = best["cpu_pct_of_one_core"]
+        rate = max(float(best["achieved_rate"]), 1.0)
+        reg = 1e6 * cpu.get("kam_reg", 0) / 100 / rate
+        db = 1e6 * cpu.get("mariadb", 0) / 100 / rate
+        rows.append(
+            f"{summary['name']:30} {best['rate']:8} {reg:9.0f} {db:6.0f}"
+            f" {cpu.get('sipp_uac', 0):7.1f} {cpu.get('_others', 0):7.1f}"
+            f" {'-':>6} {summary.get('first_fail_rate') or '-':>10}"
+        )
+    return rows
+
+
+# -- memory -----------------------------------------------------------------------------------
+def rss_kb(pid: int) -> int:
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def memory(args: argparse.Namespace, kind: str, workdir: Path) -> list[str]:
+    """RSS at steady state with the warm-up users, then after ``args.memory`` more AORs."""
+    rate = args.memory_rate
+    with (
+        database(kind, workdir) as (dsn, db_pid),
+        registrar(args, dsn, False, workdir) as (
+            proc,
+            port,
+        ),
+    ):
+        groups = {"registrar": proc.pid, **({"db": db_pid} if db_pid else {})}
+        warm = workdir / "memory-warm.csv"
+        write_users(warm, "w", 2000)
+        target = Target(
+            f"{kind}-memory", port, "reg_uac.xml", warm, groups, workdir, free_udp_port()
+        )
+        run_step(args, target, rate, 10)  # the answer cache at its size for this rate
+        before = rss_kb(proc.pid)
+        many = workdir / "memory-many.csv"
+        write_users(many, "m", args.memory)
+        target.users_csv = many
+        step = run_step(args, target, rate, -(-args.memory // rate))
+        after = rss_kb(proc.pid)
+        run_step(
+            args,
+            Target(target.name, port, "reg_uac.xml", warm, groups, workdir, target.uac_port),
+            rate,
+            10,
+        )
+        later = rss_kb(proc.pid)
+    return [
+        f"memory ({kind}, {rate}/s): RSS {before / 1024:.1f} MB with 2,000 AORs at steady "
+        f"state; {after / 1024:.1f} MB after {step.successful:,} more AORs registered through "
+        f"it ({(after - before) / 1024:+.1f} MB); {later / 1024:.1f} MB after 10 s more of "
+        f"the first users ({(later - before) / 1024:+.1f} MB)"
+    ]
+
+
+# -- main ---------------------------------------------------------------------------------------
+def summary_rows(results: dict[str, list[Step]]) -> list[str]:
+    rows = []
+    for name, steps in results.items():
+        ramped = [s for s in steps if not s.name.endswith(("-overload", "-after"))]
+        passed = [s for s in ramped if s.passed]
+        top = max(passed, key=lambda s: s.rate) if passed else None
+        failed = [s.rate for s in ramped if not s.passed and (top is None or s.rate > top.rate)]
+        if top is None:
+            rows.append(f"{name:30} {'none':>8}")
+            continue
+        rows.append(
+            f"{name:30} {top.rate:8} {top.us_per_register('registrar'):9.0f}"
+            f" {top.us_per_register('db'):6.0f} {top.cpu.get('uac', 0):7.1f}"
+            f" {top.others_pct:7.1f} {top.load_avg:6.2f} {min(failed, default='-'):>10}"
+        )
+        for extra in (s for s in steps if s.name.endswith(("-overload", "-after"))):
+            rows.append(
+                f"  {extra.name:28} offered {extra.rate}/s: goodput {extra.achieved:.0f}/s, "
+                f"{extra.unexpected} shed (503), {extra.retransmissions} retransmissions, "
+                f"fail {extra.fail_pct:.1f}%"
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="mariadb,sqlite,postgres")
+    parser.add_argument("--auth", default="no,yes", help="no: no authentication; yes: digest")
+    parser.add_argument("--users", type=int, default=10000)
+    parser.add_argument("--duration", type=int, default=15, help="seconds per step")
+    parser.add_argument("--start", type=int, default=3000, help="first rate of a ramp")
+    parser.add_argument("--steps", default="", help="comma list of fixed rates instead of a ramp")
+    parser.add_argument("--factor", type=float, default=1.2)
+    parser.add_argument("--bisect", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--warm-rate", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=1, help="registrar node.workers")
+    parser.add_argument("--pool-size", type=int, default=8, help="database.pool_size")
+    parser.add_argument("--max-in-flight", type=int, default=256, help="database.max_in_flight")
+    parser.add_argument("--kamailio", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--anchor-python", default="/tmp/regbench-venv/bin/python")
+    parser.add_argument("--overload", action="store_true")
+    parser.add_argument("--overload-factor", type=float, default=2.0)
+    parser.add_argument("--memory", type=int, default=0, help="AORs for the RSS measurement")
+    parser.add_argument("--memory-rate", type=int, default=2000)
+    parser.add_argument("--max-others", type=float, default=15.0)
+    parser.add_argument("--quiet-wait", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, help="write every step here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    if shutil.which("sipp") is None:
+        raise SystemExit("sipp is not installed: apt-get install -y sip-tester")
+
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="register-bench-"))
+    results: dict[str, list[Step]] = {}
+    notes: list[str] = []
+    kam: list[dict[str, object]] = []
+    try:
+        if args.memory:
+            notes += memory(args, args.backends.split(",")[0], workdir)
+            print("\n".join(notes))
+            return
+        for kind in args.backends.split(","):
+            results.update(backend_runs(args, kind, workdir))
+            if kind == "mariadb" and args.kamailio and not kam:
+                kam = kamailio(args, workdir)
+        if args.kamailio and not kam and "mariadb" not in args.backends:
+            kam = kamailio(args, workdir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+    header = (
+        f"{'registrar':30} {'max/s':>8} {'reg us':>9} {'db us':>6} {'uac %':>7} "
+        f"{'others%':>7} {'load':>6} {'first fail':>10}"
+    )
+    print(
+        f"\nload average before: {' '.join(f'{x:.2f}' for x in load_before)}; after: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(header)
+    print("\n".join(summary_rows(results) + kamailio_rows(kam)))
+    if args.json:
+        dump = {
+            "sipfleet": {k: [asdict(s) for s in v] for k, v in results.items()},
+            "kamailio": kam,
+        }
+        args.json.write_text(json.dumps(dump, indent=1))
+
+
+def backend_runs(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str, list[Step]]:
+    results: dict[str, list[Step]] = {}
+    base = workdir / kind
+    base.mkdir()
+    users_csv = base / "users.csv"
+    users = write_users(users_csv, "r", args.users)
+    uac_port = free_udp_port()  # one Contact per user for the whole run: refreshes
+    with database(kind, base) as (dsn, db_pid):
+        for auth in args.auth.split(","):
+            authenticate = auth == "yes"
+            if authenticate:
+                add_subscribers(dsn, users)
+            with registrar(args, dsn, authenticate, base) as (proc, port):
+                groups = {"registrar": proc.pid, **({"db": db_pid} if db_pid else {})}
+                scenario = "reg_auth_uac.xml" if authenticate else "reg_uac.xml"
+                name = f"sipfleet-{kind}-{'auth' if authenticate else 'noauth'}"
+                target = Target(name, port, scenario, users_csv, groups, base, uac_port)
+                warm_up(args, target, args.users)
+                steps = ramp(args, target)
+                passed = [s for s in steps if s.passed]
+                if args.overload and passed:
+                    steps += overload(args, target, max(passed, key=lambda s: s.rate))
+                results[name] = steps
+    return results
+
+
+if __name__ == "__main__":
+    main()
