@@ -246,3 +246,27 @@ async def test_our_via_can_name_another_side_and_carry_parameters(setup: Setup) 
     request = await setup.forwarded()
     ours = request.vias[0]
     assert (ours.host, ours.port, ours.params.get("ft")) == ("192.0.2.99", 5099, "abc")
+
+
+async def test_our_via_written_another_way_by_the_next_hop_is_still_ours(setup: Setup) -> None:
+    """Our Via is recognised by its text as we wrote it; one the next hop re-wrote
+    (case, spacing) is parsed and compared by sent-by."""
+    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}"), setup.address())
+    request = await setup.forwarded()
+    host, port = setup.sent_by.split(":")
+    written = str(request.top_via)
+    rewritten = written.replace(f"SIP/2.0/UDP {host}:{port}", f"sip/2.0/udp {host} : {port}")
+    data = request.serialize().replace(written.encode(), rewritten.encode(), 1)
+    setup.uas.send(answer(data), setup.address())
+    response = await setup.uac.recv_message()
+    assert isinstance(response, Response)
+    assert len(response.vias) == 1
+    assert setup.forwarder.stats.responses_forwarded == 1
+
+
+async def test_a_via_with_our_host_and_another_port_is_not_ours(setup: Setup) -> None:
+    host, port = setup.sent_by.split(":")
+    stray = answer(options(f"{host}:{int(port) % 60000 + 1}"))
+    setup.uas.send(stray, setup.address())
+    await setup.uac.nothing()
+    assert setup.forwarder.stats.responses_not_ours == 1

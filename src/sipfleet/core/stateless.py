@@ -37,6 +37,7 @@ FLOW_PARAM = "sfi"  # in our Via: "t<connection id>" or "u<udp socket index>"
 FLOW_MARK = f";{FLOW_PARAM}="
 _new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 DEFAULT_PORT = 5060
+MAX_SALTS = 4096
 
 
 @dataclass(slots=True)
@@ -59,7 +60,9 @@ class StatelessForwarder:
         self.stats = ForwardStats()
         self._our_via_prefix: dict[tuple[TransportName, bool, str | None], str] = {}
         self._sent_bys: set[tuple[str, int | None]] | None = None
+        self._our_texts: set[str] = set()  # "SIP/2.0/UDP host:port" of each sent-by
         self._udp_index: dict[tuple[str, int], int] | None = None
+        self._salts: dict[Destination, str] = {}  # the branch salt of each target
 
     # -- requests --------------------------------------------------------------------------
     def forward_request(
@@ -82,7 +85,7 @@ class StatelessForwarder:
         try:
             max_forwards = request.max_forwards
             via = request.top_via
-            branch = stateless_branch(request, f"{target.transport}:{target.host}:{target.port}")
+            branch = stateless_branch(request, self._salts.get(target) or self._salt(target))
         except ParseError as exc:
             self.stats.requests_rejected += 1
             if request.method != "ACK":
@@ -104,6 +107,15 @@ class StatelessForwarder:
             return False
         self.stats.requests_forwarded += 1
         return True
+
+    def _salt(self, target: Destination) -> str:
+        """What separates the branches of one request forwarded to different targets.
+        Kept per target: a dict lookup costs a third of formatting it again."""
+        salt = f"{target.transport}:{target.host}:{target.port}"
+        if len(self._salts) >= MAX_SALTS:  # targets may come from requests: stay bounded
+            self._salts.clear()
+        self._salts[target] = salt
+        return salt
 
     def _stamp(self, request: Request, via: Via, peer: Peer) -> None:
         """RFC 3581 §4 / RFC 3261 §18.2.1: ``received`` when the source IP is not the
@@ -159,16 +171,15 @@ class StatelessForwarder:
         """Send ``response`` on toward the client; False when it was dropped (a response
         whose top Via is not ours is left as it came)."""
         try:
-            values = response.header_values("via")  # split, but only ours gets parsed
-            ours = parse_via(values[0]) if values else None
+            ours = response.first_value("via")  # the others are not split
             if ours is None or not self._is_ours(ours):
                 self.stats.responses_not_ours += 1
                 log.debug("response %r: top Via %s is not ours", response, ours)
                 return False
-            if len(values) < 2:
-                raise ParseError("no Via after ours")  # a response to our own request
             response.pop_first_value("via")
-            destination = self._next_hop(parse_via(values[1]), values[0])
+            # Only the Via after ours is parsed. A response to our own request has none:
+            # "Missing Via header".
+            destination = self._next_hop(response.top_via, ours)
         except ParseError as exc:
             destination = None
             log.debug("response %r from %s:%s: %s", response, peer.host, peer.port, exc)
@@ -184,12 +195,21 @@ class StatelessForwarder:
         self.stats.responses_forwarded += 1
         return True
 
-    def _is_ours(self, via: Via) -> bool:
+    def _is_ours(self, via_text: str) -> bool:
+        """Whether a Via (text) names one of our sent-bys. Our Via comes back as we wrote
+        it, so its text up to the first ';' is looked up first; a Via written another
+        way (spacing, case) is parsed and compared."""
         if self._sent_bys is None:
             self._sent_bys = set()
+            self._our_texts = set()
             for address in self.endpoint.addresses:
                 host = f"[{address.host}]" if ":" in address.host else address.host
                 self._sent_bys.add((host, address.port))
+                for transport in ("UDP", "TCP"):
+                    self._our_texts.add(f"SIP/2.0/{transport} {host}:{address.port}")
+        if via_text.partition(";")[0] in self._our_texts:
+            return True
+        via = parse_via(via_text)
         return (via.host, via.port) in self._sent_bys
 
     def _next_hop(self, via: Via, ours: str) -> Destination | None:

@@ -4,14 +4,14 @@ non-2xx final response (§17.1.1.3), and the branch of a stateless proxy (§16.1
 
 from __future__ import annotations
 
-import hashlib
 import secrets
+from hashlib import blake2b
 
 from sipfleet.sip.address import parse_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.headers import header_key
 from sipfleet.sip.message import Message, Request, Response, header_line, header_value
-from sipfleet.sip.via import BRANCH_COOKIE
+from sipfleet.sip.via import BRANCH_COOKIE, is_rfc3261_branch
 
 REASONS = {
     100: "Trying",
@@ -128,8 +128,9 @@ def stateless_branch(request: Request, salt: str = "") -> str:
     anything else. ``salt`` separates forwards of one request to different targets.
     """
     via = request.top_via
-    if via.is_rfc3261:
-        key = f"{via.branch}\x00{via.host}\x00{via.port}\x00{salt}"
+    branch = via.branch
+    if is_rfc3261_branch(branch):
+        key = f"{branch}\x00{via.host}\x00{via.port}\x00{salt}"
     else:  # RFC 2543 peers: hash what identifies the transaction
         key = "\x00".join(
             (
@@ -142,8 +143,10 @@ def stateless_branch(request: Request, salt: str = "") -> str:
                 salt,
             )
         )
-    digest = hashlib.blake2b(key.encode("latin-1"), digest_size=10).hexdigest()
-    return f"{BRANCH_COOKIE}-sf{digest}"
+    return _STATELESS_PREFIX + blake2b(key.encode("latin-1"), digest_size=10).hexdigest()
+
+
+_STATELESS_PREFIX = f"{BRANCH_COOKIE}-sf"
 
 
 def make_cancel(invite: Request) -> Request:

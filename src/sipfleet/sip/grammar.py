@@ -27,10 +27,11 @@ def is_token(text: str) -> bool:
     return _TOKEN.fullmatch(text) is not None
 
 
-def split_outside_quotes(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` where it is not inside a quoted string or <...>."""
+def split_outside_quotes(text: str, sep: str, maxsplit: int = -1) -> list[str]:
+    """Split on ``sep`` where it is not inside a quoted string or <...>; at most
+    ``maxsplit`` times when it is not negative (as ``str.split``)."""
     if '"' not in text and "<" not in text:
-        return text.split(sep)
+        return text.split(sep, maxsplit)
     specials = _SPECIALS.get(sep)
     if specials is None:
         specials = _SPECIALS[sep] = re.compile('["<>' + re.escape(sep) + "]")
@@ -57,6 +58,8 @@ def split_outside_quotes(text: str, sep: str) -> list[str]:
         elif not in_angle:
             parts.append(text[start:at])
             start = at + 1
+            if len(parts) == maxsplit:
+                break
         pos = at + 1
     parts.append(text[start:])
     return parts
@@ -79,6 +82,31 @@ def split_values(text: str) -> list[str]:
     else:
         parts = split_outside_quotes(text, ",")
     return [stripped for part in parts if (stripped := part.strip(WS))]
+
+
+def split_first(text: str) -> tuple[str, str]:
+    """The first element of a comma-separated header value, trimmed, and the text after
+    the comma that ends it ("" when it is the last).
+
+    ``first`` is ``split_values(text)[0]`` ("" when there is none: empty elements are
+    skipped) and ``split_values(rest)`` gives the others, but nothing after the first
+    element is split or looked at: what reading the top Via or Route of a list needs.
+    """
+    while True:
+        comma = text.find(",")
+        if comma == -1:
+            return text.strip(WS), ""
+        if '"' in text or "<" in text:  # the comma may be inside a quoted string or <...>
+            parts = split_outside_quotes(text, ",", 1)
+            if len(parts) == 1:
+                return text.strip(WS), ""
+            first, rest = parts
+        else:
+            first, rest = text[:comma], text[comma + 1 :]
+        first = first.strip(WS)
+        if first:
+            return first, rest
+        text = rest
 
 
 _NAME = r"[A-Za-z0-9.!%*_+`'~\-\[\]:/&$]+"

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from sipfleet.sip.address import Address, parse_address, parse_trimmed_address
 from sipfleet.sip.digest import AuthHeader, parse_auth_header
 from sipfleet.sip.errors import ParseError
-from sipfleet.sip.grammar import WS, parse_int, split_outside_quotes, split_values
+from sipfleet.sip.grammar import WS, parse_int, split_first, split_outside_quotes, split_values
 from sipfleet.sip.headers import header_key, spelling
 from sipfleet.sip.uri import Uri, parse_uri
 from sipfleet.sip.via import Via, parse_via
@@ -55,6 +55,9 @@ class CSeq(NamedTuple):
 
 
 _new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+
+# Cache entries for the first element of a list header, dropped with the whole list.
+_TOP_OF = {"via": "top-via", "route": "top-route"}
 
 
 def header_value(line: str) -> str:
@@ -140,6 +143,27 @@ class Message:
             values.extend(split_values(header_value(self.lines[at])))
         return values
 
+    def first_value(self, name: str) -> str | None:
+        """The first element of a list header (the top Via, the top Route) without
+        splitting the others; None when there is none."""
+        return self._first_value(header_key(name))
+
+    def _first_value(self, key: str) -> str | None:
+        keys = self.keys
+        if key not in keys:
+            return None
+        line = self.lines[keys.index(key)]
+        value = line[line.find(":") + 1 :]
+        if "," not in value and "\n" not in value:  # one value, one physical line: the usual
+            value = value.strip(WS)
+            if value:
+                return value
+        first, _ = split_first(header_value(line))
+        if first:
+            return first
+        values = self._values(key)  # the first line holds no value at all ("Via: ,")
+        return values[0] if values else None
+
     def _single(self, key: str, what: str) -> str | None:
         keys = self.keys
         try:
@@ -161,18 +185,35 @@ class Message:
     # -- typed accessors (parsed once, cached) -------------------------------------------
     @property
     def vias(self) -> list[Via]:
-        vias: list[Via] | None = self._cache.get("via")
+        cache = self._cache
+        vias: list[Via] | None = cache.get("via")
         if vias is None:
-            vias = [parse_via(text) for text in self._values("via")]
-            self._cache["via"] = vias
+            texts = self._values("via")
+            top: Via | None = cache.get("top-via")
+            if top is None:
+                vias = [parse_via(text) for text in texts]
+            else:  # the same object as top_via gave
+                vias = [top, *[parse_via(text) for text in texts[1:]]]
+            cache["via"] = vias
         return vias
 
     @property
     def top_via(self) -> Via:
-        vias = self.vias
-        if not vias:
-            raise ParseError("Missing Via header")
-        return vias[0]
+        """The first Via, parsed alone: all that forwarding and transaction matching read
+        (``vias`` parses the others when asked)."""
+        cache = self._cache
+        via: Via | None = cache.get("top-via")
+        if via is None:
+            vias: list[Via] | None = cache.get("via")
+            if vias is not None:
+                if not vias:
+                    raise ParseError("Missing Via header")
+                return vias[0]
+            text = self._first_value("via")
+            if text is None:
+                raise ParseError("Missing Via header")
+            via = cache["top-via"] = parse_via(text)
+        return via
 
     @property
     def from_(self) -> Address:
@@ -369,9 +410,10 @@ class Message:
     # -- edits ------------------------------------------------------------------------
     def _changed(self, key: str) -> None:
         self._dirty = True
-        self._cache.pop(key, None)
-        if key == "route":
-            self._cache.pop("top-route", None)
+        cache = self._cache
+        cache.pop(key, None)
+        if key in _TOP_OF:
+            cache.pop(_TOP_OF[key], None)
 
     def add_header(self, name: str, value: str, top: bool = False) -> None:
         """Add a header: above the others of its name when ``top``, else after them
@@ -416,27 +458,37 @@ class Message:
         return len(positions)
 
     def pop_first_value(self, name: str) -> str | None:
-        """Remove the first element of a list header (a Via, a Route) and return it."""
+        """Remove the first element of a list header (a Via, a Route) and return it.
+
+        The rest of its line is kept as received (not split and re-joined)."""
         key = header_key(name)
         keys = self.keys
-        while True:
-            try:
-                at = keys.index(key)
-            except ValueError:
-                return None
-            line = self.lines[at]
-            values = split_values(header_value(line))
-            if len(values) <= 1:
-                del self.lines[at]
-                del keys[at]
+        lines = self.lines
+        while key in keys:
+            at = keys.index(key)
+            line = lines[at]
+            colon = line.find(":")
+            value = line[colon + 1 :]
+            first, rest = split_first(value if "\n" not in value else header_value(line))
+            rest = rest.lstrip(" \t,")  # empty elements before the next one go too
+            if rest:
+                lines[at] = line[: colon + 1] + " " + rest
             else:
-                self.lines[at] = line[: line.find(":") + 1] + " " + ", ".join(values[1:])
+                del lines[at]
+                del keys[at]
             self._changed(key)
-            if values:  # a line with no value at all ("Route: ,") is dropped, not returned
-                return values[0]
+            if first:  # a line with no value at all ("Route: ,") is dropped, not returned
+                return first
+        return None
 
     def push_via(self, via: Via | str) -> None:
-        self.add_header("via", str(via), top=True)
+        """Our Via on top (add_header(top=True) written out: a relay does this for every
+        request)."""
+        keys = self.keys
+        at = keys.index("via") if "via" in keys else 0
+        self.lines.insert(at, "Via: " + str(via))
+        keys.insert(at, "via")
+        self._changed("via")
 
     def pop_via(self) -> Via | None:
         text = self.pop_first_value("via")
@@ -474,11 +526,13 @@ class Message:
     def serialize(self) -> bytes:
         if not self._dirty:
             return self.raw
-        lines = [self.start_line(), *self.lines]
+        # The two empty strings end the head with CRLF CRLF inside the one join.
+        lines = [self.start_line(), *self.lines, "", ""]
         if "content-length" not in self.keys:
-            lines.append(f"Content-Length: {len(self.body)}")
-        head = "\r\n".join(lines) + "\r\n\r\n"
-        data = head.encode("latin-1") + self.body
+            lines.insert(-2, f"Content-Length: {len(self.body)}")
+        data = "\r\n".join(lines).encode("latin-1")
+        if self.body:
+            data += self.body
         self.raw = data
         self._dirty = False
         return data
@@ -569,9 +623,15 @@ class Request(Message):
 
     def decrement_max_forwards(self) -> int:
         """§16.6 step 3: decrement, or add 70 when absent. Returns the new value."""
-        current = self.max_forwards
-        value = 70 if current is None else current - 1
-        self.set_header("max-forwards", str(value))
+        current = self.max_forwards  # raises unless there is at most one, valid
+        if current is None:
+            value = 70
+            self.add_header("max-forwards", "70")
+        else:  # set_header written out: the one line is known to exist
+            value = current - 1
+            keys = self.keys
+            self.lines[keys.index("max-forwards")] = "Max-Forwards: " + str(value)
+            self._dirty = True
         self._cache["max-forwards"] = value
         return value
 

@@ -131,6 +131,8 @@ def _start(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Me
         return _status_line(start_line, lines, keys, raw)
     parts = start_line.split(" ")
     method = parts[0]
+    if len(parts) == 3 and parts[2] == SIP_VERSION and parts[1] and method in KNOWN_METHODS:
+        return Request(method, parts[1], lines, keys, b"", raw)  # the usual request line
     if method not in KNOWN_METHODS and not is_token(method):
         if start_line[:4].upper() == "SIP/":  # §7.1: the version is case-insensitive
             return _status_line(start_line, lines, keys, raw)
@@ -176,9 +178,10 @@ def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes)
 def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> None:
     keys = message.keys
     length: int | None
-    if "content-length" not in keys:
+    count = keys.count("content-length")
+    if count == 0:
         length = None
-    elif keys.count("content-length") > 1:
+    elif count > 1:
         raise ParseError("Multiple Content-Length headers", 400, message)
     else:  # Message.content_length written out: this runs for every packet
         line = message.lines[keys.index("content-length")]
