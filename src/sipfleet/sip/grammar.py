@@ -114,7 +114,8 @@ _VALUE = r"(?:[^;\"\s<>,]+|\"[^\"\\]*(?:\\.[^\"\\]*)*\")"
 _ONE_PARAM = rf"[ \t]*{_NAME}(?:[ \t]*=[ \t]*{_VALUE})?[ \t]*"
 _PARAMS = re.compile(rf"{_ONE_PARAM}(?:;{_ONE_PARAM})*", re.S)
 # The usual case: no blanks, no quotes. Validated by one character class, split by str.split.
-_PLAIN_PARAMS = re.compile(r"[A-Za-z0-9.!%*_+`'~\-\[\]:/&$=;@]+")
+PLAIN_PARAM_CHARS = r"A-Za-z0-9.!%*_+`'~\-\[\]:/&$=;@"
+_PLAIN_PARAMS = re.compile(rf"[{PLAIN_PARAM_CHARS}]+")
 
 
 def parse_params(text: str, what: str) -> Params:
@@ -125,24 +126,32 @@ def parse_params(text: str, what: str) -> Params:
     if not text:
         return {}
     if _PLAIN_PARAMS.fullmatch(text) is not None:
-        if ";" not in text:  # one parameter, as in most From/To/Route values
-            name, eq, value = text.partition("=")
-            if not name or (eq and (not value or "=" in value)):
-                raise ParseError(f"Bad parameters in {what}")
-            return {name.lower(): value if eq else None}
-        params: Params = {}
-        for item in text.split(";"):
-            name, eq, value = item.partition("=")
-            if not name or (eq and (not value or "=" in value)):
-                raise ParseError(f"Bad parameters in {what}")
-            params[name.lower()] = value if eq else None
-        return params
+        return parse_plain_params(text, what)
     if _PARAMS.fullmatch(text) is None:
         raise ParseError(f"Bad parameters in {what}")
     params = {}
     for item in split_outside_quotes(text, ";"):
         name, eq, value = item.partition("=")
         params[name.strip(WS).lower()] = value.strip(WS) if eq else None
+    return params
+
+
+def parse_plain_params(text: str, what: str) -> Params:
+    """``parse_params`` for text known to hold only PLAIN_PARAM_CHARS (a caller whose
+    own regex matched them spares the second match)."""
+    if not text:
+        return {}
+    if ";" not in text:  # one parameter, as in most From/To/Route values
+        name, eq, value = text.partition("=")
+        if not name or (eq and (not value or "=" in value)):
+            raise ParseError(f"Bad parameters in {what}")
+        return {name.lower(): value if eq else None}
+    params: Params = {}
+    for item in text.split(";"):
+        name, eq, value = item.partition("=")
+        if not name or (eq and (not value or "=" in value)):
+            raise ParseError(f"Bad parameters in {what}")
+        params[name.lower()] = value if eq else None
     return params
 
 

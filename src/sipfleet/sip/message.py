@@ -154,11 +154,13 @@ class Message:
             return None
         line = self.lines[keys.index(key)]
         value = line[line.find(":") + 1 :]
-        if "," not in value and "\n" not in value:  # one value, one physical line: the usual
+        if "\n" in value:  # folded
+            value = header_value(line)
+        elif "," not in value:  # one value: the usual case
             value = value.strip(WS)
             if value:
                 return value
-        first, _ = split_first(header_value(line))
+        first, _ = split_first(value)
         if first:
             return first
         values = self._values(key)  # the first line holds no value at all ("Via: ,")
