@@ -57,7 +57,7 @@ RunBatch = Callable[[Sequence[SaveRequest]], Awaitable[list[SaveOutcome]]]
 
 class SaveBatcher:
     def __init__(
-        self, run: RunBatch, *, lanes: int = 4, max_batch: int = 64, min_fill: int = 16
+        self, run: RunBatch, *, lanes: int = 4, max_batch: int = 64, min_fill: int = 32
     ) -> None:
         self._run = run
         self.lanes = lanes

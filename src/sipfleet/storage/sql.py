@@ -44,7 +44,7 @@ SCHEMA_REVISION = "0002"  # the Alembic head this code expects (a test checks th
 
 Row = Sequence[Any]
 # Group commit of REGISTER saves (storage/batch.py): up to four batches in flight (more
-# than one only when 16 saves wait), at most 64 saves each: 256, database.max_in_flight.
+# than one only when 32 saves wait), at most 64 saves each: 256, database.max_in_flight.
 BATCH_LANES = 4
 MAX_BATCH = 64
 

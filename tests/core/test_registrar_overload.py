@@ -1,0 +1,132 @@
+"""A flooded registrar sheds (DESIGN §6): past its cap of REGISTERs in flight it answers
+503 with Retry-After at once, absorbs retransmissions, and never queues without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from sipfleet.config import config_from_dict
+from sipfleet.config.listen import ListenAddress
+from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.registrar import Registrar
+from sipfleet.sip import Response, parse_message
+from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
+
+CAP = 8
+
+
+class StuckLocation:
+    """Saves wait until ``release`` is set, as on a database that has stopped answering."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def save(
+        self,
+        aor: AddressOfRecord,
+        updates: Sequence[BindingUpdate],
+        *,
+        now: int,
+        max_contacts: int,
+    ) -> list[Binding]:
+        self.waiting += 1
+        await self.release.wait()
+        self.waiting -= 1
+        [u] = updates
+        return [
+            Binding(1, "ruid", aor.username, aor.domain, u.contact, u.received, u.path, u.expires,
+                    u.q, u.callid, u.cseq, now, 0, 0, u.user_agent, u.socket, u.methods,
+                    u.instance, u.reg_id, u.flow)
+        ]  # fmt: skip
+
+
+@dataclass
+class StuckStorage:
+    location: StuckLocation
+
+
+@dataclass
+class Running:
+    registrar: Registrar
+    location: StuckLocation
+    port: int
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    config = config_from_dict(
+        {
+            "node": {"cluster_secret": "test"},
+            "database": {"max_in_flight": CAP},
+            "registrar": {"authenticate": False, "listen": ["udp:127.0.0.1:0"]},
+        }
+    )
+    location = StuckLocation()
+    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
+    registrar = Registrar(config, StuckStorage(location), endpoint)  # type: ignore[arg-type]
+    endpoint.handler = registrar
+    async with endpoint:
+        yield Running(registrar, location, endpoint.addresses[0].port)
+        location.release.set()
+        await asyncio.sleep(0.05)
+
+
+def register(user: str, local_port: int) -> bytes:
+    return (
+        "REGISTER sip:example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK-{user}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag=t\r\n"
+        f"To: <sip:{user}@example.com>\r\nCall-ID: flood-{user}\r\nCSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:{user}@127.0.0.1:{local_port}>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def answers(sock: socket.socket, count: int, timeout: float = 2.0) -> list[Response]:
+    loop = asyncio.get_running_loop()
+    got: list[Response] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            message = parse_message(await loop.sock_recv(sock, 65535))
+            assert isinstance(message, Response)
+            got.append(message)
+    return got
+
+
+async def test_past_the_cap_requests_get_503_with_retry_after_at_once(running: Running) -> None:
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        local = sock.getsockname()[1]
+        target = ("127.0.0.1", running.port)
+        users = [f"u{i:02d}" for i in range(30)]
+        for user in users:
+            await loop.sock_sendto(sock, register(user, local), target)
+        shed = await answers(sock, len(users) - CAP)
+        assert {(r.status, r.header("retry-after")) for r in shed} == {(503, "5")}
+        # The first CAP are in flight, and no more: nothing else waits for the database.
+        assert running.registrar.answered.in_progress == CAP
+        assert running.location.waiting == CAP
+        assert {r.call_id for r in shed} == {f"flood-{u}" for u in users[CAP:]}
+
+        # A retransmission of one in flight is absorbed: no answer, nothing more in flight.
+        await loop.sock_sendto(sock, register(users[0], local), target)
+        with pytest.raises(TimeoutError):
+            await answers(sock, 1, timeout=0.2)
+        assert running.location.waiting == CAP
+        # A retransmission of a shed one gets the same 503 again, without new work.
+        await loop.sock_sendto(sock, register(users[-1], local), target)
+        [again] = await answers(sock, 1)
+        assert (again.status, again.call_id) == (503, f"flood-{users[-1]}")
+
+        running.location.release.set()  # the database answers again
+        done = await answers(sock, CAP)
+        assert sorted(r.call_id for r in done) == [f"flood-{u}" for u in users[:CAP]]
+        assert {r.status for r in done} == {200}
+        assert running.registrar.answered.in_progress == 0
