@@ -63,6 +63,7 @@ class StatelessForwarder:
         self._our_texts: set[str] = set()  # "SIP/2.0/UDP host:port" of each sent-by
         self._udp_index: dict[tuple[str, int], int] | None = None
         self._salts: dict[Destination, str] = {}  # the branch salt of each target
+        self._one_udp_socket = False  # known once the first UDP request passed
 
     # -- requests --------------------------------------------------------------------------
     def forward_request(
@@ -120,7 +121,7 @@ class StatelessForwarder:
     def _stamp(self, request: Request, via: Via, peer: Peer) -> None:
         """RFC 3581 §4 / RFC 3261 §18.2.1: ``received`` when the source IP is not the
         sent-by host, and always together with the source port when ``rport`` is asked."""
-        wants_rport = (via.has_rport or self.force_rport) and via.rport is None
+        wants_rport = ("rport" in via.params or self.force_rport) and via.rport is None
         if not wants_rport and _same_host(via.host, peer.host):
             return
         params = dict(via.params)
@@ -140,6 +141,8 @@ class StatelessForwarder:
                 sent_by = self.endpoint.sent_by(target.transport, target.host)
             prefix = f"SIP/2.0/{target.transport.upper()} {sent_by};branch="
             self._our_via_prefix[key] = prefix
+        if peer.transport == "udp" and self._one_udp_socket:
+            return prefix + branch  # nothing to choose on the way back
         flow = self._flow_of(peer)
         return f"{prefix}{branch}" if flow is None else f"{prefix}{branch};{FLOW_PARAM}={flow}"
 
@@ -150,6 +153,7 @@ class StatelessForwarder:
         if self._udp_index is None:
             addresses = self.endpoint.udp.addresses
             self._udp_index = {address: i for i, address in enumerate(addresses)}
+            self._one_udp_socket = len(addresses) < 2
         if len(self._udp_index) < 2:
             return None  # one UDP socket: nothing to choose
         index = self._udp_index.get((peer.local_host, peer.local_port))

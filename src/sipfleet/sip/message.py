@@ -15,7 +15,7 @@ from sipfleet.sip.address import Address, parse_address, parse_trimmed_address
 from sipfleet.sip.digest import AuthHeader, parse_auth_header
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, parse_int, split_first, split_outside_quotes, split_values
-from sipfleet.sip.headers import header_key, spelling
+from sipfleet.sip.headers import _key_cache, header_key, spelling
 from sipfleet.sip.uri import Uri, parse_uri
 from sipfleet.sip.via import Via, parse_via
 
@@ -146,7 +146,8 @@ class Message:
     def first_value(self, name: str) -> str | None:
         """The first element of a list header (the top Via, the top Route) without
         splitting the others; None when there is none."""
-        return self._first_value(header_key(name))
+        # The name's key from the cache without a call: a relay asks for every response.
+        return self._first_value(_key_cache.get(name) or header_key(name))
 
     def _first_value(self, key: str) -> str | None:
         keys = self.keys
@@ -463,7 +464,7 @@ class Message:
         """Remove the first element of a list header (a Via, a Route) and return it.
 
         The rest of its line is kept as received (not split and re-joined)."""
-        key = header_key(name)
+        key = _key_cache.get(name) or header_key(name)  # as in first_value
         keys = self.keys
         lines = self.lines
         while key in keys:

@@ -116,11 +116,12 @@ class Via:
 
     def response_address(self, default_port: int = 5060) -> tuple[str, int]:
         """Where a response goes per RFC 3261 §18.2.2 and RFC 3581 (UDP, no maddr)."""
-        host = self.received or self.host
+        params = self.params  # read once: this runs for every response relayed
+        host = params.get("received") or self.host
         if host.startswith("["):
             host = host[1:-1]
-        port = self.rport or self.port or default_port
-        return host, port
+        rport = self.rport if "rport" in params else None
+        return host, rport or self.port or default_port
 
     def replace(self, **changes: object) -> Via:
         values: dict[str, object] = {
