@@ -91,10 +91,9 @@ class Balancer:
 
     # -- responses --------------------------------------------------------------------------
     def on_response(self, response: Response, peer: Peer) -> None:
-        vias = response.header_values("via")
-        if not vias:
+        top = response.first_value("via")  # the other Vias are not split
+        if top is None:
             return
-        top = vias[0]
         if OUR_BRANCHES in top:
             if not self.health.answered(top):
                 self.keepalives.answered(top)
