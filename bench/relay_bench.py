@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 BENCH = Path(__file__).resolve().parent
 RELAYS = {  # name: (script, extra arguments)
@@ -395,7 +395,8 @@ SIPP_OPTIONS = (
 
 def in_process() -> None:
     """µs per OPTIONS + 200 pair inside one process, no sipp: the whole relay path from
-    the datagram callback to a real sendto, and the SIP-core steps it is made of."""
+    the datagram callback to a real sendto, the SIP-core steps it is made of, and the
+    LB's path (the real Balancer and Router in front of the same forwarder)."""
     import timeit
 
     import uvloop
@@ -403,7 +404,7 @@ def in_process() -> None:
     from sipfleet.config.listen import ListenAddress
     from sipfleet.core.endpoint import SipEndpoint
     from sipfleet.core.stateless import StatelessForwarder
-    from sipfleet.sip import Request, parse_message, parse_via
+    from sipfleet.sip import Request, parse_message
     from sipfleet.sip.builders import stateless_branch
     from sipfleet.transport import Destination
 
@@ -419,84 +420,143 @@ def in_process() -> None:
         sink.bind(("127.0.0.1", 0))
         sink.setblocking(False)
         port = sink.getsockname()[1]
-        endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
-        endpoint.handler = Relay(
-            StatelessForwarder(endpoint), Destination("udp", "127.0.0.1", port)
-        )
-        await endpoint.start()
-        request = SIPP_OPTIONS.format(port=port).encode()
-        listener = endpoint.udp._listeners[0]  # drive the datagram callback directly
-        listener.datagram_received(request, ("127.0.0.1", port))
-        forwarded = sink.recv(65536)
-        _, _, rest = forwarded.partition(b"\r\n")
-        ours, theirs, *others = rest.split(b"\r\n")
-        response = b"\r\n".join(  # as sipp's UAS sends it: both Vias on one line
-            [b"SIP/2.0 200 OK", b"Via: " + ours[5:] + b", " + theirs[5:], *others]
-        )
+        source = ("127.0.0.1", port)
 
-        def pair() -> None:
-            listener.datagram_received(request, ("127.0.0.1", port))
-            listener.datagram_received(response, ("127.0.0.1", port))
+        def drain() -> None:
             with contextlib.suppress(BlockingIOError):
                 while True:
                     sink.recv(65536)
 
-        def request_steps() -> bytes:
+        def exchange(
+            deliver: Callable[[bytes, Any], None], request: bytes
+        ) -> tuple[Callable[[], None], bytes]:
+            """A pair through ``deliver`` (a datagram callback), and the response used."""
+            response = relay_response(deliver, request, sink)
+
+            def pair() -> None:
+                deliver(request, source)
+                deliver(response, source)
+                drain()
+
+            pair()
+            return pair, response
+
+        endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
+        endpoint.handler = Relay(StatelessForwarder(endpoint), Destination("udp", *source))
+        await endpoint.start()
+        request = SIPP_OPTIONS.format(port=port).encode()
+        relay_pair, response = exchange(endpoint.udp._listeners[0].datagram_received, request)
+
+        floor = FloorRelay(source, "127.0.0.1", 5062)
+        floor_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        floor_socket.bind(("127.0.0.1", 0))
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: floor, sock=floor_socket)
+        floor_pair, _ = exchange(floor.datagram_received, request)
+
+        lb = lb_endpoint(port)
+        await lb.start()
+        to_lb = f"sip:echo@{lb.sent_by('udp')}".encode()
+        lb_pair, _ = exchange(
+            lb.udp._listeners[0].datagram_received,
+            request.replace(b"sip:echo@127.0.0.1:5091", to_lb),
+        )
+
+        def request_steps() -> bytes:  # what StatelessForwarder.forward_request does
             message = cast(Request, parse_message(request))
             message.max_forwards  # noqa: B018
-            message.top_via.params  # noqa: B018
+            via = message.top_via
             branch = stateless_branch(message, "udp:127.0.0.1:5091")
+            via.rport  # noqa: B018
             message.decrement_max_forwards()
             message.push_via(f"SIP/2.0/UDP 127.0.0.1:5062;branch={branch}")
             return message.serialize()
 
-        def response_steps() -> bytes:
+        def response_steps() -> bytes:  # what StatelessForwarder.forward_response does
             message = parse_message(response)
-            values = message.header_values("via")
-            parse_via(values[0])
+            message.first_value("via")
             message.pop_first_value("via")
-            parse_via(values[1]).response_address()
+            message.top_via.response_address()
             return message.serialize()
-
-        floor = FloorRelay(("127.0.0.1", port), "127.0.0.1", 5062)
-        loop = asyncio.get_running_loop()
-        floor_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        floor_socket.bind(("127.0.0.1", 0))
-        await loop.create_datagram_endpoint(lambda: floor, sock=floor_socket)
-        floor.datagram_received(request, ("127.0.0.1", port))
-        floor_forwarded = sink.recv(65536)
-        _, _, rest = floor_forwarded.partition(b"\r\n")
-        ours, theirs, *others = rest.split(b"\r\n")
-        floor_response = b"\r\n".join(
-            [b"SIP/2.0 200 OK", b"Via: " + ours[5:] + b", " + theirs[5:], *others]
-        )
-
-        def floor_pair() -> None:
-            floor.datagram_received(request, ("127.0.0.1", port))
-            floor.datagram_received(floor_response, ("127.0.0.1", port))
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    sink.recv(65536)
 
         figures = {
             "floor relay path, request + response (2 sendto)": best(floor_pair),
-            "sipfleet relay path, request + response (endpoint, forwarder, 2 sendto)": best(pair),
-            "  SIP core only: request (parse, Max-Forwards, Via, branch, edits, serialize)": best(
-                request_steps
+            "sipfleet relay path, request + response (endpoint, forwarder, 2 sendto)": best(
+                relay_pair
             ),
-            "  SIP core only: response (parse, split/parse 2 Vias, pop, serialize)": best(
+            "  SIP core only: request (parse, Max-Forwards, top Via, branch, edits, serialize)": (
+                best(request_steps)
+            ),
+            "  SIP core only: response (parse, our Via, pop, next Via, serialize)": best(
                 response_steps
             ),
             "  parse_message(request)": best(lambda: parse_message(request)),
             "  parse_message(response)": best(lambda: parse_message(response)),
+            "LB worker path, request + response (Balancer, Router by Call-ID, forwarder)": best(
+                lb_pair
+            ),
         }
         await endpoint.close()
+        await lb.close()
         floor.transport.close()
         sink.close()
         for name, value in figures.items():
             print(f"{value:7.2f} µs  {name}")
 
     uvloop.run(measure())
+
+
+def relay_response(
+    deliver: Callable[[bytes, Any], None], request: bytes, sink: socket.socket
+) -> bytes:
+    """The 200 that sipp's UAS sends for ``request`` relayed through ``deliver`` to the
+    sink: both Vias on one line, as sipp writes them."""
+    deliver(request, sink.getsockname())
+    _, _, rest = sink.recv(65536).partition(b"\r\n")
+    ours, theirs, *others = rest.split(b"\r\n")
+    return b"\r\n".join([b"SIP/2.0 200 OK", b"Via: " + ours[5:] + b", " + theirs[5:], *others])
+
+
+def lb_endpoint(proxy_port: int) -> Any:
+    """One LB worker as `sipfleet run lb` makes it (LbEndpoint, Router, Balancer), with a
+    single proxy-pool target at 127.0.0.1:``proxy_port``, no keepalives."""
+    import time
+
+    from sipfleet.config.listen import ListenAddress
+    from sipfleet.core.lb.balancer import Balancer
+    from sipfleet.core.lb.endpoint import LbEndpoint
+    from sipfleet.core.lb.pinger import Keepalives
+    from sipfleet.core.lb.pools import Pools
+    from sipfleet.core.lb.probes import HealthChecker
+    from sipfleet.core.lb.router import Router
+    from sipfleet.core.lb.sides import Sides
+    from sipfleet.core.stateless import StatelessForwarder
+    from sipfleet.sip.flow import FlowTokens
+    from sipfleet.storage.model import LbTarget
+    from sipfleet.transport.sockets import bind_all, listen_address_of
+
+    loopback = ListenAddress("udp", "127.0.0.1", 0)
+    listen, control = bind_all([loopback, loopback])
+    sides = Sides([listen_address_of(listen)])
+    control_at = listen_address_of(control)
+    pools = Pools(probe_interval=1.0)
+    pools.update([LbTarget(1, "proxy", f"sip:127.0.0.1:{proxy_port}", 1, "active")])
+    endpoint = LbEndpoint(
+        sides.listen,
+        sockets=[listen, control],
+        control=(control_at.host, control_at.port),
+        siblings={0: (control_at.host, control_at.port)},
+    )
+    tokens = FlowTokens(b"bench")
+    router = Router(sides, tokens, pools, lb_id=1, worker=0, has_connection=endpoint.has_connection)
+    health = HealthChecker(endpoint, pools, sides, time.monotonic)
+    keepalives = Keepalives(
+        endpoint, sides, tokens, lb_id=1, workers=1, interval=30.0, method="options",
+        enabled=False, now=time.monotonic,
+    )  # fmt: skip
+    forwarder = StatelessForwarder(endpoint)
+    endpoint.handler = Balancer(endpoint, router, forwarder, health, keepalives, tokens)
+    return endpoint
 
 
 def main() -> None:
