@@ -139,10 +139,11 @@ def all_ticks() -> Ticks:
 
 def others(before: Ticks, after: Ticks, seconds: float, mine: set[int]) -> tuple[float, str]:
     """% of one core used by processes not in ``mine``, and the three busiest of them."""
+    # A process that started during the window (a test run, a compiler) counts whole.
     used = [
-        (ticks - before[key][1], key[0], name)
+        (ticks - before[key][1] if key in before else ticks, key[0], name)
         for key, (name, ticks) in after.items()
-        if key in before and key[0] not in mine
+        if key[0] not in mine
     ]
     used.sort(reverse=True)
     total = round(100.0 * sum(u[0] for u in used) / HZ / seconds, 1)
