@@ -58,6 +58,9 @@ _new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot 
 
 # Cache entries for the first element of a list header, dropped with the whole list.
 _TOP_OF = {"via": "top-via", "route": "top-route"}
+# Max-Forwards text -> value: a few dozen texts cover all traffic, and a dict hit costs
+# less than checking and converting the digits. Bounded: the text comes from packets.
+_HOP_COUNTS: dict[str, int] = {}
 
 
 def header_value(line: str) -> str:
@@ -270,19 +273,20 @@ class Message:
 
     @property
     def max_forwards(self) -> int | None:
-        if "max-forwards" in self._cache:
-            return self._cache["max-forwards"]  # type: ignore[no-any-return]
-        value: int | None
+        cache = self._cache
+        if "max-forwards" in cache:
+            return cache["max-forwards"]  # type: ignore[no-any-return]
         text = self._single("max-forwards", "Max-Forwards")
-        if text is None:
-            value = None
-        elif text.isdigit() and text.isascii() and len(text) <= 10:
+        value = None if text is None else _HOP_COUNTS.get(text)
+        if value is None and text is not None:
+            if not (text.isdigit() and text.isascii() and len(text) <= 10):
+                raise ParseError("Bad Max-Forwards header")
             value = int(text)  # leading zeros are legal (RFC 4475 §3.1.1.1)
             if value > 255:
                 raise ParseError("Bad Max-Forwards header")
-        else:
-            raise ParseError("Bad Max-Forwards header")
-        self._cache["max-forwards"] = value
+            if len(_HOP_COUNTS) < 1024:
+                _HOP_COUNTS[text] = value
+        cache["max-forwards"] = value
         return value
 
     @property

@@ -160,7 +160,25 @@ def _request_line_defect(start_line: str) -> str:
     return "Bad Request-Line: expected METHOD URI SIP/2.0"
 
 
+# Memos of what a line's text says, for the lines most messages share ("SIP/2.0 200 OK",
+# "Content-Length: 0"): a dict hit costs a fraction of splitting and checking the line
+# again. Bounded, since the text comes from packets.
+MEMO_SIZE = 1024
+_STATUS_LINES: dict[str, tuple[int, str, str]] = {}  # line -> status, reason, version
+_CONTENT_LENGTHS: dict[str, int] = {}  # the whole header line -> its value
+
+
 def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Response:
+    known = _STATUS_LINES.get(start_line)
+    if known is None:
+        known = _read_status_line(start_line)
+        if len(_STATUS_LINES) < MEMO_SIZE:
+            _STATUS_LINES[start_line] = known
+    status, reason, version = known
+    return Response(status, reason, lines, keys, b"", raw, version)
+
+
+def _read_status_line(start_line: str) -> tuple[int, str, str]:
     parts = start_line.split(" ", 2)
     version = parts[0]
     if len(parts) < 2 or (version != SIP_VERSION and version.upper() != SIP_VERSION):
@@ -171,8 +189,7 @@ def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes)
     status = int(code)
     if not 100 <= status <= 699:
         raise ParseError("Bad Status-Line: bad status code")
-    reason = parts[2] if len(parts) == 3 else ""
-    return Response(status, reason, lines, keys, b"", raw, version)
+    return status, parts[2] if len(parts) == 3 else "", version
 
 
 def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> None:
@@ -185,10 +202,14 @@ def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> N
         raise ParseError("Multiple Content-Length headers", 400, message)
     else:  # Message.content_length written out: this runs for every packet
         line = message.lines[keys.index("content-length")]
-        text = line[line.find(":") + 1 :].strip(WS) if "\n" not in line else header_value(line)
-        if not (text.isdigit() and text.isascii() and len(text) <= 10):
-            raise ParseError("Bad Content-Length header", 400, message)
-        length = int(text)
+        length = _CONTENT_LENGTHS.get(line)
+        if length is None:
+            text = line[line.find(":") + 1 :].strip(WS) if "\n" not in line else header_value(line)
+            if not (text.isdigit() and text.isascii() and len(text) <= 10):
+                raise ParseError("Bad Content-Length header", 400, message)
+            length = int(text)
+            if len(_CONTENT_LENGTHS) < MEMO_SIZE:
+                _CONTENT_LENGTHS[line] = length
     available = len(data) - body_at
     if length is None:
         if stream:
