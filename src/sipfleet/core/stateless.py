@@ -97,7 +97,8 @@ class StatelessForwarder:
             if request.method != "ACK":
                 self._answer(request, via, peer, 483)
             return False
-        self._stamp(request, via, peer)
+        if via.host != peer.host or self.force_rport or "rport" in via.params:
+            self._stamp(request, via, peer)  # (not called for the usual client: one call less)
         request.decrement_max_forwards()
         request.push_via(self._our_via(target, peer, branch, sent_by) + via_params)
         try:

@@ -61,6 +61,7 @@ _TOP_OF = {"via": "top-via", "route": "top-route"}
 # Max-Forwards text -> value: a few dozen texts cover all traffic, and a dict hit costs
 # less than checking and converting the digits. Bounded: the text comes from packets.
 _HOP_COUNTS: dict[str, int] = {}
+_MAX_FORWARDS_LINES = tuple(f"Max-Forwards: {value}" for value in range(256))
 
 
 def header_value(line: str) -> str:
@@ -637,7 +638,7 @@ class Request(Message):
         else:  # set_header written out: the one line is known to exist
             value = current - 1
             keys = self.keys
-            self.lines[keys.index("max-forwards")] = "Max-Forwards: " + str(value)
+            self.lines[keys.index("max-forwards")] = _MAX_FORWARDS_LINES[value]
             self._dirty = True
         self._cache["max-forwards"] = value
         return value
