@@ -13,7 +13,8 @@ import pytest
 from sipfleet.config import config_from_dict
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.registrar import Registrar
+from sipfleet.core.proxy.overload import no_backlog, receive_backlog
+from sipfleet.core.registrar import MAX_BACKLOG, Registrar
 from sipfleet.sip import Response, parse_message
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 
@@ -130,3 +131,54 @@ async def test_past_the_cap_requests_get_503_with_retry_after_at_once(running: R
         assert sorted(r.call_id for r in done) == [f"flood-{u}" for u in users[:CAP]]
         assert {r.status for r in done} == {200}
         assert running.registrar.answered.in_progress == 0
+
+
+async def test_a_register_behind_a_long_receive_queue_is_shed_without_touching_the_database() -> (
+    None
+):
+    config = config_from_dict(
+        {
+            "node": {"cluster_secret": "test"},
+            "registrar": {"authenticate": False, "listen": ["udp:127.0.0.1:0"]},
+        }
+    )
+    location = StuckLocation()
+    location.release.set()
+    queued = [MAX_BACKLOG + 1]
+    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
+    registrar = Registrar(
+        config,
+        StuckStorage(location),  # type: ignore[arg-type]
+        endpoint,
+        backlog=lambda: queued[0],
+    )
+    endpoint.handler = registrar
+    loop = asyncio.get_running_loop()
+    async with endpoint:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            local = sock.getsockname()[1]
+            target = ("127.0.0.1", endpoint.addresses[0].port)
+            await loop.sock_sendto(sock, register("deep", local), target)
+            [shed] = await answers(sock, 1)
+            assert (shed.status, shed.header("retry-after")) == (503, "5")
+            assert registrar.shed == 1
+            queued[0] = 0  # the queue drained: the next REGISTER is served
+            await loop.sock_sendto(sock, register("later", local), target)
+            [served] = await answers(sock, 1)
+            assert (served.status, served.call_id) == (200, "flood-later")
+
+
+def test_receive_backlog_counts_unread_datagrams() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind(("127.0.0.1", 0))
+        backlog = receive_backlog([receiver])
+        assert backlog() == 0
+        for _ in range(5):
+            sender.sendto(b"x" * 500, receiver.getsockname())
+        assert backlog() >= 5 * 500
+        assert no_backlog() == 0

@@ -4,6 +4,18 @@ straight to SQL, answer.
 No binding is kept in memory; what the 200 OK lists comes back from the database in the
 same round trip as the write. The rules live in sipfleet.sip.registration, the nonces in
 sipfleet.sip.auth, the SQL in sipfleet.storage; this module joins them.
+
+Overload (DESIGN §6): at most ``database.max_in_flight`` REGISTERs are worked on at once,
+and none is started while more than ``MAX_BACKLOG`` bytes of datagrams wait unread behind
+it (the receive queue, read per request: one getsockopt). Past either limit a REGISTER
+gets 503 with Retry-After at once, which stops the client's retransmissions;
+retransmissions of one in progress are absorbed. Answering what cannot be served with a
+quick 503 keeps the receive queue short, so what is served is answered before its client
+retransmits: a full buffer holds seconds of work, every request in it is retransmitted
+while it waits, and each dropped datagram comes back up to four times, costing the kernel
+as much again (measured: at twice its capacity a registrar that let its buffer fill fell
+to a third of it). The decision is taken per request, so the share that is shed follows
+the overload.
 """
 
 from __future__ import annotations
@@ -11,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sipfleet.config import Config
 from sipfleet.core.answered import AnsweredRequests, Key, Seen, request_key
 from sipfleet.core.authenticate import Challenge, authenticate, authority_for
 from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.proxy.overload import no_backlog
 from sipfleet.sip import ParseError, Request, Response, validate_request
 from sipfleet.sip.builders import make_response, new_tag
 from sipfleet.sip.registration import (
@@ -54,12 +68,26 @@ class Answer:
 
 ALLOW = "REGISTER, OPTIONS"
 RETRY_AFTER = "5"
+OVERLOADED = Answer(503, "Overloaded", [("Retry-After", RETRY_AFTER)])
+# Bytes of datagrams waiting behind a REGISTER past which it is shed. Kernel accounting:
+# ~1.3 KB per REGISTER, so about 1,600 REGISTERs, a quarter of a second of one worker's
+# work: under a retransmission interval (T1 = 0.5 s), and above the bursts of ~1 MB seen
+# at two thirds of capacity (the process waits for a core, the load generator catches up).
+MAX_BACKLOG = 2 << 20
 
 
 class Registrar:
     """The SipHandler of the registrar role."""
 
-    def __init__(self, config: Config, storage: Storage, endpoint: SipEndpoint) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        endpoint: SipEndpoint,
+        *,
+        backlog: Callable[[], int] = no_backlog,
+    ) -> None:
+        """``backlog``: bytes waiting in the listening UDP sockets (``receive_backlog``)."""
         section = config.registrar
         self.config = config
         self.storage = storage
@@ -74,6 +102,8 @@ class Registrar:
         self.trusted_lbs = frozenset(section.trusted_lbs)
         self.max_in_flight = config.database.max_in_flight
         self.answered = AnsweredRequests()
+        self.backlog = backlog
+        self.shed = 0  # REGISTERs answered 503 because of overload
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- SipHandler ------------------------------------------------------------------------
@@ -92,9 +122,9 @@ class Registrar:
             if isinstance(seen, bytes):
                 self.endpoint.send_bytes(seen, peer.reply_to)
                 return
-        if self.answered.in_progress > self.max_in_flight:
-            answer = Answer(503, "Overloaded", [("Retry-After", RETRY_AFTER)])
-            self._finish(request, peer, key, answer)
+        if self.answered.in_progress > self.max_in_flight or self.backlog() > MAX_BACKLOG:
+            self.shed += 1
+            self._finish(request, peer, key, OVERLOADED)
             return
         task = asyncio.create_task(self._register(request, peer, key))
         self._tasks.add(task)
@@ -112,7 +142,7 @@ class Registrar:
         except ParseError as exc:
             answer = Answer(exc.status, exc.reason)
         except StorageOverloaded:
-            answer = Answer(503, "Overloaded", [("Retry-After", RETRY_AFTER)])
+            answer = OVERLOADED
         except StorageUnavailable as exc:
             log.warning("REGISTER %s: database unavailable: %s", request.call_id, exc)
             answer = Answer(500, "Database Unavailable", [("Retry-After", RETRY_AFTER)])

@@ -3,7 +3,8 @@
 The registrar keeps nothing between requests, so ``node.workers`` processes simply share
 its addresses (SO_REUSEPORT, datagrams dealt at random: the LBs in front are few, and an
 address hash would give each LB's traffic to one worker). Worker 0 purges expired rows.
-Garbage is collected on a timer (``collect_garbage``), not by allocation counts.
+Garbage is collected on a timer (``collect_garbage``), not by allocation counts. The
+registrar reads how much waits unread in its UDP sockets to shed overload (core/registrar.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.proxy.overload import receive_backlog
 from sipfleet.core.registrar import Registrar
 from sipfleet.roles.common import (
     collect_garbage,
@@ -25,7 +27,7 @@ from sipfleet.roles.common import (
     storage_for,
 )
 from sipfleet.storage.expiry import purge_expired_forever
-from sipfleet.transport.sockets import bind_for_workers, keep_only, spread_at_random
+from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only, spread_at_random
 from sipfleet.transport.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,11 @@ async def serve(
     purge: bool,
 ) -> None:
     """One registrar process: its endpoint (on ``sockets``, or bound here), its storage."""
+    sockets = list(sockets) if sockets is not None else bind_all(config.registrar.listen)
+    udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
     async with storage_for(config) as storage:
         endpoint = SipEndpoint(config.registrar.listen, sockets=sockets)
-        endpoint.handler = Registrar(config, storage, endpoint)
+        endpoint.handler = Registrar(config, storage, endpoint, backlog=receive_backlog(udp))
         background = [asyncio.create_task(collect_garbage())]
         if purge:
             interval = config.registrar.purge_interval_s
