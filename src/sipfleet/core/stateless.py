@@ -21,7 +21,6 @@ No state is kept between a request and its responses: what the response path nee
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import asdict, dataclass
 
@@ -29,7 +28,7 @@ from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.sip import ParseError, Request, Response, Via, parse_via
 from sipfleet.sip.builders import make_response, stateless_branch
 from sipfleet.transport.base import Destination, Peer, TransportError, TransportName
-from sipfleet.transport.sockets import normalise_host
+from sipfleet.transport.sockets import is_ip, normalise_host
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +224,7 @@ class StatelessForwarder:
         """§18.2.2 / RFC 3581 §4 for the Via after ours; ``ours`` is our Via's text."""
         transport = via.transport
         host, port = via.response_address(DEFAULT_PORT)
-        if not _is_ip(host):
+        if not is_ip(host):
             return None  # RFC 3263 lookups have no place on this path
         flow = _flow_param(ours) if FLOW_MARK in ours else ""
         if transport == "UDP":
@@ -250,19 +249,3 @@ def _flow_param(via_text: str) -> str:
 
 def _same_host(via_host: str, source: str) -> bool:
     return via_host == source or (via_host[:1] == "[" and normalise_host(via_host) == source)
-
-
-_ip_cache: dict[str, bool] = {}
-
-
-def _is_ip(host: str) -> bool:
-    known = _ip_cache.get(host)
-    if known is None:
-        try:
-            ipaddress.ip_address(host)
-            known = True
-        except ValueError:
-            known = False
-        if len(_ip_cache) < 10000:
-            _ip_cache[host] = known
-    return known

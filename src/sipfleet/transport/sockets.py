@@ -34,6 +34,25 @@ def normalise_host(host: str) -> str:
     return host
 
 
+# Hosts seen on the forwarding paths repeat; ip_address() raising for every name is slow.
+_ip_cache: dict[str, bool] = {}
+_IP_CACHE_MAX = 10_000  # bounded, so a flood of distinct names cannot grow it for ever
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` (without brackets) is an IPv4 or IPv6 address literal; memoised."""
+    known = _ip_cache.get(host)
+    if known is None:
+        try:
+            ipaddress.ip_address(host)
+            known = True
+        except ValueError:
+            known = False
+        if len(_ip_cache) < _IP_CACHE_MAX:
+            _ip_cache[host] = known
+    return known
+
+
 def make_socket(
     address: ListenAddress, *, reuse_port: bool = False, buffer_size: int = 4 << 20
 ) -> socket.socket:

@@ -8,12 +8,12 @@ slow resolver cannot pile up work.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 
 from sipfleet.core.proxy.addresses import default_port
 from sipfleet.sip.uri import SipUri, Uri
 from sipfleet.transport.base import Destination, TransportName
+from sipfleet.transport.sockets import is_ip
 
 TRANSPORTS: dict[str, TransportName] = {"udp": "udp", "tcp": "tcp"}
 
@@ -25,19 +25,6 @@ class ResolveError(Exception):
     def __init__(self, reason: str, status: int = 503) -> None:
         super().__init__(reason)
         self.status = status
-
-
-def _is_ip(host: str, cache: dict[str, bool] = {}) -> bool:  # noqa: B006 - a bounded memo
-    known = cache.get(host)
-    if known is None:
-        try:
-            ipaddress.ip_address(host)
-            known = True
-        except ValueError:
-            known = False
-        if len(cache) < 10_000:
-            cache[host] = known
-    return known
 
 
 def transport_of(uri: SipUri) -> TransportName:
@@ -55,7 +42,7 @@ def literal_destination(uri: Uri) -> Destination | None:
     if not isinstance(uri, SipUri):
         raise ResolveError(f"cannot route to a {uri.scheme}: URI", 416)
     host = uri.host_bare
-    if not _is_ip(host):
+    if not is_ip(host):
         return None
     port = uri.port if uri.port is not None else default_port(uri.scheme)
     return Destination(transport_of(uri), host, port)
