@@ -7,29 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sipfleet.cli import main
+from tests.cli.conftest import sipfleet
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lcr-capabilities.toml"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SIPFLEET_DB_WRITE", "SIPFLEET_DATA_DIR", "SIPFLEET_CLUSTER_SECRET"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    url = f"sqlite://{tmp_path / 'gw.db'}"
-    assert main(["db", "upgrade", "--db", url]) == 0
-    return url
-
-
-def sipfleet(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def first_trunks(capsys: pytest.CaptureFixture[str], db: str, cap: str = "phone") -> list[str]:

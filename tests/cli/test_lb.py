@@ -5,32 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from sipfleet.cli import main
 from sipfleet.storage import LbTargetHealth, open_storage
+from tests.cli.conftest import sipfleet
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SIPFLEET_DB_WRITE", "SIPFLEET_DATA_DIR", "SIPFLEET_CLUSTER_SECRET"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    url = f"sqlite://{tmp_path / 'lb.db'}"
-    assert main(["db", "upgrade", "--db", url]) == 0
-    return url
-
-
-def sipfleet(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def listed(capsys: pytest.CaptureFixture[str], db: str) -> list[dict[str, object]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sipfleet.cli import main
+from tests.cli.conftest import sipfleet
 from tests.conftest import new_database
 from tests.dbservers import DbServer
 
@@ -17,17 +18,7 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "lcr-capabilities.toml"
 PLAIN = ("sipgw1", "sipgw3", "sipgw4", "sipgw5")
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SIPFLEET_DB_WRITE", "SIPFLEET_DATA_DIR", "SIPFLEET_CLUSTER_SECRET"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    url = f"sqlite://{tmp_path / 'lcr.db'}"
-    assert main(["db", "upgrade", "--db", url]) == 0
-    return url
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.fixture
@@ -35,13 +26,6 @@ def example(db: str) -> str:
     """The database with the reference example of DESIGN §3 imported."""
     assert main(["lcr", "import", str(EXAMPLE), "--db", db]) == 0
     return db
-
-
-def sipfleet(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def draws(capsys: pytest.CaptureFixture[str], db: str, *args: str) -> list[list[dict[str, object]]]:

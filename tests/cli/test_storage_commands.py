@@ -11,31 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from sipfleet.cli import main
 from sipfleet.storage import Aor, BindingUpdate, open_storage
 from sipfleet.storage.migrate import head_revision
+from tests.cli.conftest import sipfleet
 from tests.conftest import new_database
 from tests.dbservers import DbServer
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("SIPFLEET_DB_WRITE", "SIPFLEET_DATA_DIR", "SIPFLEET_CLUSTER_SECRET"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    url = f"sqlite://{tmp_path / 'cli.db'}"
-    assert main(["db", "upgrade", "--db", url]) == 0
-    return url
-
-
-def sipfleet(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def md5(text: str) -> str:
