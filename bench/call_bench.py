@@ -27,8 +27,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,60 +36,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sipfleet.config import config_from_dict
-from sipfleet.storage import Aor, BindingUpdate, open_storage
-from sipfleet.storage.dsn import Dsn
-from sipfleet.storage.migrate import upgrade
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402 - after the path is set
+    free_udp_port,
+    process_tree,
+    read_stats,
+    sample_cpu,
+    stop,
+    window_rate,
+)
+from sipfleet.config import config_from_dict  # noqa: E402
+from sipfleet.storage import Aor, BindingUpdate, open_storage  # noqa: E402
+from sipfleet.storage.dsn import Dsn  # noqa: E402
+from sipfleet.storage.migrate import upgrade  # noqa: E402
+
 SCENARIOS = ROOT / "tests" / "integration" / "scenarios"
 DOMAIN = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the LB's workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(CPU, system part) of a process in seconds, all its threads.
-
-    CPU is the scheduler's exact runtime (``/proc/<pid>/task/*/schedstat``) rather than
-    the tick-sampled utime + stime the anchor reads (checked: within 1 % of each other
-    at 1,750 calls/s); the system part is stime's share of the ticks, applied to it."""
-    runtime = 0
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            runtime += int((task / "schedstat").read_text().split()[0])
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return runtime / 1e9, 0.0
-    user, system = int(fields[11]), int(fields[12])
-    share = system / (user + system) if user + system else 0.0
-    return runtime / 1e9, runtime / 1e9 * share
-
-
-def cpu_of(pids: list[int]) -> tuple[float, float]:
-    splits = [cpu_split(pid) for pid in pids]
-    return sum(total for total, _ in splits), sum(system for _, system in splits)
 
 
 async def seed(dsn: str, users: int, uas_port: int, lb_targets: list[str]) -> None:
@@ -142,20 +104,6 @@ class Step:
         )
 
 
-def sipp_stats(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    lines = [line.rstrip(";") for line in path.read_text().splitlines() if line.strip()]
-    if len(lines) < 2:
-        return []
-    header = lines[0].split(";")
-    return [dict(zip(header, line.split(";"), strict=False)) for line in lines[1:]]
-
-
-def stat_time(row: dict[str, str]) -> float:
-    return float(row["CurrentTime"].split("\t")[-1])
-
-
 @dataclass
 class Setup:
     target: str  # where the UAC sends: the LB, or the proxy
@@ -169,7 +117,7 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
     stats.unlink(missing_ok=True)
     command = [
         "sipp", setup.target, "-sf", str(SCENARIOS / "proxy_uac_call.xml"),
-        "-inf", str(setup.callees), "-i", "127.0.0.1", "-p", str(free_port()),
+        "-inf", str(setup.callees), "-i", "127.0.0.1", "-p", str(free_udp_port()),
         "-r", str(rate), "-rp", "1000", "-m", str(rate * args.duration), "-l", str(2 * rate),
         "-timeout", f"{args.duration + 15}s", "-recv_timeout", "5000", "-nostdin",
         "-default_behaviors", "all,-abortunexp", "-trace_stat", "-stf", str(stats), "-fd", "1",
@@ -179,15 +127,11 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
     uac = subprocess.Popen(
         command, cwd=setup.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    groups = {name: [p for pid in pids for p in tree(pid)] for name, pids in setup.groups.items()}
+    groups = {
+        name: [p for pid in pids for p in process_tree(pid)] for name, pids in setup.groups.items()
+    }
     groups["sipp"] = [*groups.get("sipp", []), uac.pid]
-    warm = min(3.0, args.duration / 4)
-    time.sleep(warm)
-    before = {name: cpu_of(pids) for name, pids in groups.items()}
-    t0 = time.time()
-    time.sleep(max(1.0, args.duration - 1 - warm))
-    after = {name: cpu_of(pids) for name, pids in groups.items()}
-    window = time.time() - t0
+    cpu = sample_cpu(groups, args.duration)
     try:
         uac.wait(timeout=args.duration + 25)
     except subprocess.TimeoutExpired:
@@ -195,22 +139,20 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
         uac.wait()
     step = Step(rate)
     for name in groups:
-        step.cpu[name] = (after[name][0] - before[name][0]) / window * 100
-    proxy_used = after["proxy"][0] - before["proxy"][0]
-    step.kernel_share = (after["proxy"][1] - before["proxy"][1]) / max(proxy_used, 1e-9)
-    rows = sipp_stats(stats)
+        step.cpu[name] = cpu.pct(name)
+    proxy_used = cpu.after["proxy"][0] - cpu.before["proxy"][0]
+    step.kernel_share = (cpu.after["proxy"][1] - cpu.before["proxy"][1]) / max(proxy_used, 1e-9)
+    rows = read_stats(stats)
     if not rows:
         return step
     last = rows[-1]
     step.created = int(last["OutgoingCall(C)"])
     step.successful = int(last["SuccessfulCall(C)"])
     step.failed = int(last["FailedCall(C)"])
-    measured = [r for r in rows if started + warm <= stat_time(r) <= started + args.duration - 0.5]
-    if len(measured) >= 2:
-        calls = int(measured[-1]["SuccessfulCall(C)"]) - int(measured[0]["SuccessfulCall(C)"])
-        step.achieved = calls / (stat_time(measured[-1]) - stat_time(measured[0]))
-    else:
-        step.achieved = step.successful / max(time.time() - started, 1e-9)
+    achieved = window_rate(rows, started + cpu.warm, started + args.duration - 0.5)
+    if achieved is None:  # too few rows in the window: the average since the start
+        achieved = step.successful / max(time.time() - started, 1e-9)
+    step.achieved = achieved
     return step
 
 
@@ -243,21 +185,11 @@ def node_toml(name: str, workdir: Path, dsn: str, workers: int = 1) -> str:
     )
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextlib.contextmanager
 def cluster(args: argparse.Namespace, workdir: Path, dsn: str) -> Iterator[Setup]:
     """Seed the database, start the proxies (and the LB) and the UAS; stop them after."""
-    uas_port = free_port()
-    proxy_ports = [free_port() for _ in range(args.proxies)]
+    uas_port = free_udp_port()
+    proxy_ports = [free_udp_port() for _ in range(args.proxies)]
     targets = [f"sip:127.0.0.1:{port}" for port in proxy_ports] if args.lb else []
     asyncio.run(seed(dsn, args.users, uas_port, targets))
     callees = workdir / "callees.csv"
@@ -272,7 +204,7 @@ def cluster(args: argparse.Namespace, workdir: Path, dsn: str) -> Iterator[Setup
         target = f"127.0.0.1:{proxy_ports[0]}"
         groups = {"proxy": [p.pid for p in processes]}
         if args.lb:
-            lb_port = free_port()
+            lb_port = free_udp_port()
             text = node_toml("lb", workdir, dsn, args.lb_workers)
             text += f'[lb]\nlisten = ["udp:127.0.0.1:{lb_port}"]\nkeepalive = false\n'
             processes.append(start_role("lb", text, workdir, "lb"))
@@ -336,7 +268,6 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sipfleet-call-bench-"))
     server = None
     if args.mariadb:
-        sys.path.insert(0, str(ROOT))
         from tests.dbservers import start_mariadb
 
         server = start_mariadb()

@@ -49,16 +49,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.call_bench import (  # noqa: E402
+from bench.call_bench import node_toml, start_role  # noqa: E402
+from bench.common import (  # noqa: E402
     cpu_of,
-    node_toml,
-    sipp_stats,
-    start_role,
-    stat_time,
+    free_udp_port,
+    process_tree,
+    read_stats,
+    sample_cpu,
     stop,
-    tree,
+    window_rate,
 )
-from bench.call_bench import free_port as free_udp_port  # noqa: E402
 
 DOMAIN = "127.0.0.1"  # node_toml's [sip] domains
 PASSWORD = "secret"
@@ -145,15 +145,11 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
         )
         phones.append((process, stats))
     started = time.time()
-    groups = {name: [p for pid in pids for p in tree(pid)] for name, pids in setup.groups.items()}
+    groups = {
+        name: [p for pid in pids for p in process_tree(pid)] for name, pids in setup.groups.items()
+    }
     groups["sipp"] = [process.pid for process, _ in phones]
-    warm = min(3.0, args.duration / 4)
-    time.sleep(warm)
-    before = {name: cpu_of(pids) for name, pids in groups.items()}
-    t0 = time.time()
-    time.sleep(max(1.0, args.duration - 1 - warm))
-    after = {name: cpu_of(pids) for name, pids in groups.items()}
-    window = time.time() - t0
+    cpu = sample_cpu(groups, args.duration)
     for process, _ in phones:
         try:
             process.wait(timeout=args.duration + 25)
@@ -162,20 +158,17 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
             process.wait()
     step = Step(per_phone * setup.phones)
     for name in groups:
-        step.cpu[name] = (after[name][0] - before[name][0]) / window * 100
+        step.cpu[name] = cpu.pct(name)
     for _, stats in phones:
-        rows = sipp_stats(stats)
+        rows = read_stats(stats)
         if not rows:
             continue
         step.created += int(rows[-1]["OutgoingCall(C)"])
         step.successful += int(rows[-1]["SuccessfulCall(C)"])
         step.failed += int(rows[-1]["FailedCall(C)"])
-        steady = [
-            r for r in rows if started + warm <= stat_time(r) <= started + args.duration - 0.5
-        ]
-        if len(steady) >= 2:
-            done = int(steady[-1]["SuccessfulCall(C)"]) - int(steady[0]["SuccessfulCall(C)"])
-            step.achieved += done / (stat_time(steady[-1]) - stat_time(steady[0]))
+        achieved = window_rate(rows, started + cpu.warm, started + args.duration - 0.5)
+        if achieved is not None:
+            step.achieved += achieved
     return step
 
 

@@ -32,21 +32,24 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from bench.relay_bench import (  # noqa: E402
+from bench.common import (  # noqa: E402
     HZ,
-    Step,
     all_ticks,
-    epoch,
+    cpu_ticks,
     free_udp_port,
-    nice,
+    measured,
     others_pct,
+    process_tree,
+    ramp_rates,
     read_stats,
-    report,
+    score,
     sipp,
     started,
     udp_drops,
     wait_for_quiet,
+    wait_idle,
 )
+from bench.relay_bench import Step, report  # noqa: E402
 
 KAMAILIO_CFG = BENCH / "kamailio" / "lb.cfg"
 
@@ -54,29 +57,11 @@ KAMAILIO_CFG = BENCH / "kamailio" / "lb.cfg"
 # -- CPU of a process tree ------------------------------------------------------------------
 def tree(root: int) -> set[int]:
     """``root`` and every process below it."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                text = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(text[text.rindex(")") + 2 :].split()[1])
-    found, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found.update(children)
-        frontier.extend(children)
-    return found
+    return set(process_tree(root))
 
 
 def ticks(pids: set[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            text = Path(f"/proc/{pid}/stat").read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(cpu_ticks(pid) for pid in pids)
 
 
 # -- the systems under test ---------------------------------------------------------------
@@ -198,75 +183,35 @@ def run_step(
     drops = {name: dropped[name] - dropped_before[name] for name in ports}
     step = Step(system, rate, False, cpu=cpu, others_pct=others, drops=drops)
     rows = read_stats(stat_file)
-    if not rows:
-        return step
-    last = rows[-1]
-    step.created = int(last["OutgoingCall(C)"])
-    step.successful = int(last["SuccessfulCall(C)"])
-    step.retransmissions = int(last.get("Retransmissions(C)", "0") or 0)
-    step.fail_pct = round(100.0 * (step.created - step.successful) / max(1, step.created), 3)
-    window = [r for r in rows if begin + warm <= epoch(r) <= begin + args.duration - 0.5]
-    if len(window) >= 2:
-        done = int(window[-1]["SuccessfulCall(C)"]) - int(window[0]["SuccessfulCall(C)"])
-        step.achieved = round(done / (epoch(window[-1]) - epoch(window[0])), 1)
-    step.passed = (
-        step.fail_pct < 1.0 and step.achieved >= 0.97 * rate and step.created >= 0.99 * calls
-    )
+    if rows:  # no fallback rate without a window: too few rows there fails the step
+        score(step, rows, (begin + warm, begin + args.duration - 0.5), calls)
     return step
 
 
 def drain(pids: set[int], max_wait: float = 30.0) -> None:
-    deadline = time.time() + max_wait
-    while time.time() < deadline:
-        before = ticks(pids)
-        time.sleep(0.5)
-        if (ticks(pids) - before) / HZ / 0.5 < 0.05:
-            return
+    wait_idle(lambda: ticks(pids), max_wait)
 
 
 def ramp(args: argparse.Namespace, system: str, workdir: Path) -> list[Step]:
     uas_port = free_udp_port()
     budget = args.max_steps * (args.duration + 45) + 60
     uas_cmd = sipp("echo_uas.xml", "-p", str(uas_port), "-timeout", f"{budget}s")
-    steps: list[Step] = []
     with (
         started(uas_cmd, workdir / f"{system}-uas.log") as (uas, _),
         SYSTEMS[system](args.workers, uas_port, workdir) as lb,
     ):
 
-        def step_at(rate: int) -> Step:
-            step = None
-            for _ in range(2):  # one re-run when other work spoilt the measurement
-                wait_for_quiet(args, {os.getpid(), uas.pid, *tree(lb[0])})
-                drain(tree(lb[0]))
-                step = run_step(args, system, lb, (uas.pid, uas_port), rate, workdir)
-                step.contaminated = step.others_pct > args.max_others
-                report(step)
-                if not step.contaminated:
-                    break
-            assert step is not None
-            steps.append(step)
-            return step
+        def settle() -> None:
+            wait_for_quiet(args, {os.getpid(), uas.pid, *tree(lb[0])})
+            drain(tree(lb[0]))
 
-        best: Step | None = None
-        worst: Step | None = None
-        rate = args.start
-        while len(steps) < args.max_steps and (best is None or worst is None):
-            step = step_at(rate)
-            if step.passed:
-                best, rate = step, nice(rate * args.factor)
-            else:
-                worst, rate = step, nice(rate / args.factor)
-        for _ in range(args.bisect):
-            if best is None or worst is None or len(steps) >= args.max_steps:
-                break
-            middle = nice((best.rate + worst.rate) / 2)
-            if not best.rate < middle < worst.rate:
-                break
-            if step_at(middle).passed:
-                best = steps[-1]
-            else:
-                worst = steps[-1]
+        def step_at(rate: int) -> Step:
+            def run() -> Step:
+                return run_step(args, system, lb, (uas.pid, uas_port), rate, workdir)
+
+            return measured(args, settle, run, report)
+
+        steps = ramp_rates(args, step_at)
     return steps
 
 

@@ -24,10 +24,10 @@ over the measurement window; it is disturbed less than the rate by other load on
 machine, whose share is printed as "others" (a step where others used more than
 ``--max-others`` % of a core is re-run once and flagged).
 
-Kamailio (``--kamailio``, default on): the anchor's runner, /work/shared/bench-anchor/run.sh
-k1_reg_direct k1_reg_direct_c16, in the same run, on its own MariaDB started with the same
-options (usrloc db_mode=3, no auth; it needs a Python with uvloop, asyncmy, aiomysql:
-``--anchor-python``).
+Kamailio (``--kamailio``, default on): the anchor's runner, bench-anchor/run.sh in the
+shared folder next to the repository (../shared) k1_reg_direct k1_reg_direct_c16, in the
+same run, on its own MariaDB started with the same options (usrloc db_mode=3, no auth; it
+needs a Python with uvloop, asyncmy, aiomysql: ``--anchor-python``).
 
 ``--overload``: after a ramp, one step at ``--overload-factor`` x the best rate: the
 goodput (200s per second) and what was shed (503s), then one step at the best rate to
@@ -43,7 +43,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -58,15 +57,24 @@ sys.path.insert(0, str(ROOT))
 
 from tests.dbservers import DbServer, start_mariadb, start_postgres  # noqa: E402
 
-from bench.relay_bench import (  # noqa: E402 - after the path is set
+from bench.common import (  # noqa: E402 - after the path is set
     HZ,
-    epoch,
+    SHARED,
+    SIPP_COMMON,
+    Ticks,
+    all_ticks,
     free_udp_port,
+    measured,
     nice,
+    ramp_rates,
     read_stats,
+    score,
+    stop,
     tree_pids,
     tree_ticks,
     udp_drops,
+    wait_for_quiet,
+    wait_idle,
 )
 from sipfleet.config import config_from_dict  # noqa: E402
 from sipfleet.config.dump import write_config  # noqa: E402
@@ -75,7 +83,7 @@ from sipfleet.storage import Subscriber, open_storage  # noqa: E402
 from sipfleet.storage.dsn import Dsn  # noqa: E402
 from sipfleet.storage.migrate import upgrade  # noqa: E402
 
-ANCHOR = Path("/work/shared/bench-anchor")
+ANCHOR = SHARED / "bench-anchor"
 # The anchor's mariadbd options (lib/common.sh); everything else at MariaDB's defaults,
 # durable: innodb_flush_log_at_trx_commit = 1.
 ANCHOR_MARIADB = {"innodb-buffer-pool-size": "256M", "max-connections": "500"}
@@ -119,24 +127,6 @@ class Target:
 
 
 # -- CPU of the processes not ours --------------------------------------------------------------
-Ticks = dict[tuple[int, str], tuple[str, int]]
-
-
-def all_ticks() -> Ticks:
-    """Name and utime+stime of every process, keyed by (pid, start time) against pid reuse."""
-    ticks: Ticks = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            name = text[text.index("(") + 1 : text.rindex(")")]
-            fields = text[text.rindex(")") + 2 :].split()
-            ticks[(int(entry), fields[19])] = (name, int(fields[11]) + int(fields[12]))
-    return ticks
-
-
 def others(before: Ticks, after: Ticks, seconds: float, mine: set[int]) -> tuple[float, str]:
     """% of one core used by processes not in ``mine``, and the three busiest of them."""
     # A process that started during the window (a test run, a compiler) counts whole.
@@ -154,6 +144,7 @@ def others(before: Ticks, after: Ticks, seconds: float, mine: set[int]) -> tuple
 
 
 def others_pct(before: Ticks, after: Ticks, seconds: float, mine: set[int]) -> float:
+    """Unlike common.others_pct, a process that started meanwhile counts (whole)."""
     return others(before, after, seconds, mine)[0]
 
 
@@ -251,13 +242,7 @@ def registrar(
             time.sleep(0.05)
         yield proc, port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         log.close()
 
 
@@ -270,7 +255,7 @@ def sipp_command(target: Target, rate: int, calls: int, duration: int, stat: Pat
         str(BENCH / "sipp" / target.scenario),
         "-inf",
         str(target.users_csv),
-        *["-i", "127.0.0.1", "-nostdin", "-buff_size", "4194304", "-max_recv_loops", "10000"],
+        *SIPP_COMMON,
         *("-p", str(target.uac_port), "-cp", str(free_udp_port())),
         *("-mp", str(free_udp_port() & ~1)),
         *("-r", str(rate), "-rp", "1000", "-m", str(calls), "-l", str(max(200, 2 * rate))),
@@ -321,44 +306,19 @@ def run_step(args: argparse.Namespace, target: Target, rate: int, duration: int)
     rows = read_stats(stat)
     if not rows:
         return step
-    last = rows[-1]
-    step.created = int(last["OutgoingCall(C)"])
-    step.successful = int(last["SuccessfulCall(C)"])
-    step.retransmissions = int(last.get("Retransmissions(C)", "0") or 0)
-    step.unexpected = int(last.get("FailedUnexpectedMessage(C)", "0") or 0)
-    step.fail_pct = round(100.0 * (step.created - step.successful) / max(1, step.created), 3)
-    window = [r for r in rows if begin + warm <= epoch(r) <= begin + duration - 0.5]
-    if len(window) >= 2:
-        done = int(window[-1]["SuccessfulCall(C)"]) - int(window[0]["SuccessfulCall(C)"])
-        step.achieved = round(done / (epoch(window[-1]) - epoch(window[0])), 1)
-    else:
-        step.achieved = round(step.successful / max(1e-9, time.time() - begin), 1)
-    step.passed = (
-        step.fail_pct < 1.0 and step.achieved >= 0.97 * rate and step.created >= 0.99 * calls
-    )
+    step.unexpected = int(rows[-1].get("FailedUnexpectedMessage(C)", "0") or 0)
+    score(step, rows, (begin + warm, begin + duration - 0.5), calls, since=begin)
     return step
 
 
 def idle(pids: list[int], max_wait: float = 60.0) -> None:
     """Until the servers under test are idle (a backlog of a failed step drained)."""
-    deadline = time.time() + max_wait
-    while time.time() < deadline:
-        before = sum(tree_ticks(p) for p in pids)
-        time.sleep(0.5)
-        if (sum(tree_ticks(p) for p in pids) - before) / HZ / 0.5 < 0.05:
-            return
+    wait_idle(lambda: sum(tree_ticks(p) for p in pids), max_wait)
 
 
 def quiet(args: argparse.Namespace, mine: set[int]) -> None:
-    """Let other work on the machine settle (bounded) before a step."""
-    deadline = time.time() + args.quiet_wait
-    while True:
-        before, t0 = all_ticks(), time.time()
-        time.sleep(1.0)
-        busy = others_pct(before, all_ticks(), time.time() - t0, mine)
-        if busy <= args.max_others or time.time() > deadline:
-            return
-        print(f"  others use {busy:.0f}% of a core, waiting", file=sys.stderr, flush=True)
+    """Let other work on the machine settle (bounded) before a step; new processes count."""
+    wait_for_quiet(args, mine, others_pct)
 
 
 def measured_step(
@@ -366,17 +326,15 @@ def measured_step(
 ) -> Step:
     pids = list(target.groups.values())
     mine = {os.getpid(), *(p for pid in pids for p in tree_pids(pid))}
-    step = None
-    for _ in range(2):  # once more when other work spoilt the measurement
+
+    def settle() -> None:
         idle(pids)
         quiet(args, mine)
-        step = run_step(args, target, rate, duration or args.duration)
-        step.contaminated = step.others_pct > args.max_others
-        report(step)
-        if not step.contaminated:
-            break
-    assert step is not None
-    return step
+
+    def run() -> Step:
+        return run_step(args, target, rate, duration or args.duration)
+
+    return measured(args, settle, run, report)
 
 
 def report(step: Step) -> None:
@@ -395,30 +353,9 @@ def report(step: Step) -> None:
 
 
 def ramp(args: argparse.Namespace, target: Target) -> list[Step]:
-    steps: list[Step] = []
     if args.steps:
         return [measured_step(args, target, int(r)) for r in args.steps.split(",")]
-    best: Step | None = None
-    worst: Step | None = None
-    rate = args.start
-    while len(steps) < args.max_steps and (best is None or worst is None):
-        steps.append(measured_step(args, target, rate))
-        if steps[-1].passed:
-            best, rate = steps[-1], nice(rate * args.factor)
-        else:
-            worst, rate = steps[-1], nice(rate / args.factor)
-    for _ in range(args.bisect):
-        if best is None or worst is None or len(steps) >= args.max_steps:
-            break
-        middle = nice((best.rate + worst.rate) / 2)
-        if not best.rate < middle < worst.rate:
-            break
-        steps.append(measured_step(args, target, middle))
-        if steps[-1].passed:
-            best = steps[-1]
-        else:
-            worst = steps[-1]
-    return steps
+    return ramp_rates(args, lambda rate: measured_step(args, target, rate))
 
 
 def warm_up(args: argparse.Namespace, target: Target, users: int) -> None:

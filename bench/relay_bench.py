@@ -22,25 +22,42 @@ import asyncio
 import contextlib
 import json
 import os
-import select
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+
+from bench.common import (  # noqa: E402 - after the path is set
+    HZ,
+    all_ticks,
+    free_udp_port,
+    measured,
+    others_pct,
+    ramp_rates,
+    read_stats,
+    score,
+    sipp,
+    started,
+    tree_pids,
+    tree_ticks,
+    udp_drops,
+    wait_for_quiet,
+    wait_idle,
+)
+
 RELAYS = {  # name: (script, extra arguments)
     "floor": (BENCH / "relay_floor.py", []),
     "sipfleet": (BENCH / "relay_sipfleet.py", []),
     "sipfleet2": (BENCH / "relay_sipfleet.py", ["--workers", "2"]),  # not in the default
 }
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -62,126 +79,6 @@ class Step:
     def relay_us_per_pair(self) -> float:
         """Relay CPU per request+response pair, at the achieved rate."""
         return 1e6 * self.cpu.get("relay", 0.0) / 100.0 / max(self.achieved, 1.0)
-
-
-# -- processes and CPU ---------------------------------------------------------------------
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tree_pids(pid: int) -> list[int]:
-    """``pid`` and its descendants (a relay's worker processes)."""
-    if pid == 0:
-        return []
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        kids = []
-    return [pid, *(p for kid in kids for p in tree_pids(int(kid)))]
-
-
-def tree_ticks(pid: int) -> int:
-    return sum(cpu_ticks(p) for p in tree_pids(pid))
-
-
-def cpu_ticks(pid: int) -> int:
-    if pid == 0:
-        return 0
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def all_ticks() -> dict[tuple[int, str], int]:
-    """utime+stime of every process, keyed by (pid, start time) against pid reuse."""
-    ticks = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2 :].split()
-            ticks[(int(entry), fields[19])] = int(fields[11]) + int(fields[12])
-    return ticks
-
-
-def others_pct(
-    before: dict[tuple[int, str], int],
-    after: dict[tuple[int, str], int],
-    seconds: float,
-    mine: set[int],
-) -> float:
-    used = sum(v - before[k] for k, v in after.items() if k in before and k[0] not in mine)
-    return round(100.0 * used / HZ / seconds, 1)
-
-
-def udp_drops(ports: dict[str, int]) -> dict[str, int]:
-    """Datagrams dropped by the kernel (receive buffer full) per named local UDP port."""
-    wanted = {port: name for name, port in ports.items()}
-    drops = dict.fromkeys(ports, 0)
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        port = int(fields[1].split(":")[1], 16)
-        if port in wanted:
-            drops[wanted[port]] += int(fields[-1])
-    return drops
-
-
-@contextlib.contextmanager
-def started(
-    cmd: list[str], out: Path, ready_line: bool = False
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """Run ``cmd``; with ``ready_line`` wait for "READY <port>" on its stdout."""
-    log = out.open("wb")
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if ready_line else log, stderr=log
-    )
-    port = 0
-    try:
-        if ready_line:
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], 10.0)
-            line = proc.stdout.readline().decode() if ready else ""
-            if not line.startswith("READY "):
-                raise RuntimeError(f"{cmd[1]} did not start: {line!r}, see {out}")
-            port = int(line.split()[1])
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
-# -- sipp --------------------------------------------------------------------------------------
-def sipp(scenario: str, *args: str) -> list[str]:
-    """sipp with 4 MB socket buffers. Always give ``-p``: sipp's default local port (and
-    ``-p 0``) is 5060, which may belong to someone else on this machine."""
-    common = "-i 127.0.0.1 -nostdin -buff_size 4194304 -max_recv_loops 10000"
-    return ["sipp", "-sf", str(BENCH / "sipp" / scenario), *common.split(), *args]
-
-
-def read_stats(path: Path) -> list[dict[str, str]]:
-    try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-    except OSError:
-        return []
-    header = lines[0].rstrip(";").split(";") if lines else []
-    return [dict(zip(header, line.rstrip(";").split(";"), strict=False)) for line in lines[1:]]
-
-
-def epoch(row: dict[str, str]) -> float:
-    return float(row["CurrentTime"].split("\t")[-1])
 
 
 def run_step(
@@ -225,42 +122,12 @@ def run_step(
     rows = read_stats(stat_file)
     drops = {name: dropped[name] - dropped_before[name] for name in ports}
     step = Step(relay, rate, False, cpu=cpu, others_pct=others, drops=drops)
-    if not rows:
-        return step
-    last = rows[-1]
-    step.created = int(last["OutgoingCall(C)"])
-    step.successful = int(last["SuccessfulCall(C)"])
-    step.retransmissions = int(last.get("Retransmissions(C)", "0") or 0)
-    step.fail_pct = round(100.0 * (step.created - step.successful) / max(1, step.created), 3)
-    window = [r for r in rows if begin + warm <= epoch(r) <= begin + args.duration - 0.5]
-    if len(window) >= 2:
-        done = int(window[-1]["SuccessfulCall(C)"]) - int(window[0]["SuccessfulCall(C)"])
-        step.achieved = round(done / (epoch(window[-1]) - epoch(window[0])), 1)
-    else:
-        step.achieved = round(step.successful / max(1e-9, time.time() - begin), 1)
-    step.passed = (
-        step.fail_pct < 1.0 and step.achieved >= 0.97 * rate and step.created >= 0.99 * calls
-    )
+    if rows:
+        score(step, rows, (begin + warm, begin + args.duration - 0.5), calls, since=begin)
     return step
 
 
-def wait_for_quiet(args: argparse.Namespace, mine: set[int]) -> None:
-    """Let other work on the machine settle (bounded) before a step."""
-    deadline = time.time() + args.quiet_wait
-    while True:
-        before, t0 = all_ticks(), time.time()
-        time.sleep(1.0)
-        busy = others_pct(before, all_ticks(), time.time() - t0, mine)
-        if busy <= args.max_others or time.time() > deadline:
-            return
-        print(f"  others use {busy:.0f}% of a core, waiting", file=sys.stderr, flush=True)
-
-
 # -- ramp -------------------------------------------------------------------------------------
-def nice(rate: float) -> int:
-    return int(round(rate / 100.0) * 100) if rate >= 1000 else int(round(rate / 10.0) * 10)
-
-
 def ramp(args: argparse.Namespace, relay: str, workdir: Path) -> list[Step]:
     uas_port = free_udp_port()
     budget = args.max_steps * (args.duration + 30) + 60
@@ -268,7 +135,6 @@ def ramp(args: argparse.Namespace, relay: str, workdir: Path) -> list[Step]:
     script, extra = RELAYS.get(relay, (Path(), []))
     relay_cmd = [sys.executable, str(script), "--listen", "127.0.0.1:0", *extra]
     relay_cmd += ["--target", f"127.0.0.1:{uas_port}"]
-    steps: list[Step] = []
     relay_started = (
         started(relay_cmd, workdir / f"{relay}-relay.log", ready_line=True)
         if relay in RELAYS
@@ -280,29 +146,9 @@ def ramp(args: argparse.Namespace, relay: str, workdir: Path) -> list[Step]:
 
         def step_at(rate: int) -> Step:
             uas_of = (uas.pid, uas_port)
-            steps.append(measured_step(args, relay, relay_pid, uas_of, port, rate, workdir))
-            return steps[-1]
+            return measured_step(args, relay, relay_pid, uas_of, port, rate, workdir)
 
-        best: Step | None = None
-        worst: Step | None = None
-        rate = args.start
-        while len(steps) < args.max_steps and (best is None or worst is None):
-            step = step_at(rate)
-            if step.passed:
-                best, rate = step, nice(rate * args.factor)
-            else:
-                worst, rate = step, nice(rate / args.factor)
-        for _ in range(args.bisect):
-            if best is None or worst is None or len(steps) >= args.max_steps:
-                break
-            middle = nice((best.rate + worst.rate) / 2)
-            if not best.rate < middle < worst.rate:
-                break
-            step = step_at(middle)
-            if step.passed:
-                best = step
-            else:
-                worst = step
+        steps = ramp_rates(args, step_at)
     return steps
 
 
@@ -316,28 +162,20 @@ def measured_step(
     workdir: Path,
 ) -> Step:
     mine = {os.getpid(), uas[0], *tree_pids(relay_pid)}
-    step = None
-    for _ in range(2):  # one re-run when other work spoilt the measurement
+
+    def settle() -> None:
         wait_for_quiet(args, mine)
         drain(relay_pid)
-        step = run_step(args, relay, relay_pid, uas, port, rate, workdir)
-        step.contaminated = step.others_pct > args.max_others
-        report(step)
-        if not step.contaminated:
-            break
-        time.sleep(2)
-    assert step is not None
-    return step
+
+    def run() -> Step:
+        return run_step(args, relay, relay_pid, uas, port, rate, workdir)
+
+    return measured(args, settle, run, report, pause=2)
 
 
 def drain(pid: int, max_wait: float = 30.0) -> None:
     """Wait until the relay is idle, so a backlog of a failed step does not spill over."""
-    deadline = time.time() + max_wait
-    while time.time() < deadline:
-        before = tree_ticks(pid)
-        time.sleep(0.5)
-        if (tree_ticks(pid) - before) / HZ / 0.5 < 0.05:
-            return
+    wait_idle(lambda: tree_ticks(pid), max_wait)
 
 
 def report(step: Step) -> None:
