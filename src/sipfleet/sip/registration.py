@@ -7,8 +7,9 @@ happen in between, in the role.
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Protocol
 
@@ -122,22 +123,25 @@ def plan_registration(
         raise Rejection(400, "Call-ID too long")
     path, echo_path = _path(request, path_trusted)
     user_agent = request.header("user-agent")
-    plan = RegistrationPlan(
+    wildcard = request.contact_is_star
+    changes: list[ContactChange] = []
+    if wildcard:
+        if len(request.header_values("contact")) != 1 or request.expires != 0:
+            raise Rejection(400, "Contact: * is allowed only alone and with Expires: 0")
+    else:
+        changes = [_change(contact, request, settings) for contact in _contacts(request)]
+        _check_min_expires(changes, settings)
+    return RegistrationPlan(
         aor=aor,
         call_id=call_id,
         cseq=request.cseq.seq,
+        wildcard=wildcard,
+        changes=changes,
         path=path,
         echo_path=echo_path,
+        outbound=any(change.reg_id is not None for change in changes),
         user_agent=user_agent[:MAX_USER_AGENT_LENGTH] if user_agent else None,
     )
-    if request.contact_is_star:
-        if len(request.header_values("contact")) != 1 or request.expires != 0:
-            raise Rejection(400, "Contact: * is allowed only alone and with Expires: 0")
-        return replace(plan, wildcard=True)
-    changes = [_change(contact, request, settings) for contact in _contacts(request)]
-    _check_min_expires(changes, settings)
-    outbound = any(change.reg_id is not None for change in changes)
-    return replace(plan, changes=changes, outbound=outbound)
 
 
 def _contacts(request: Request) -> list[Address]:
@@ -265,5 +269,11 @@ def registered_headers(
         headers.append(("Path", plan.path))
     if plan.outbound:
         headers.append(("Require", "outbound"))
-    headers.append(("Date", formatdate(now, usegmt=True)))
+    headers.append(("Date", _date(int(now))))
     return headers
+
+
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """The Date header's text: formatted once per second, not once per REGISTER."""
+    return formatdate(second, usegmt=True)

@@ -14,8 +14,9 @@ from typing import Any
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import Params, format_params, parse_params, parse_port, unescape
 
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
-_USER_FORBIDDEN = frozenset(' \t\r\n<>"@[]{}|\\^`')
+# Checked with regexes, not character by character: every message carries several URIs.
+_HOST = re.compile(r"[A-Za-z0-9._-]+")
+_USER_FORBIDDEN = re.compile(r'[ \t\r\n<>"@\[\]{}|\\^`]')
 _TEL_CHARS = frozenset("0123456789ABCDEFabcdef*#+-.()pw")
 # §19.1.4: these parameters must match whenever either URI carries them (a URI without
 # ";transport=udp" is not one with it: the two may resolve differently).
@@ -186,7 +187,7 @@ def parse_sip_uri(text: str, scheme: str, start: int) -> SipUri:
     if at != -1:
         userinfo = rest[:at]
         rest = rest[at + 1 :]
-        if not userinfo or any(ch in _USER_FORBIDDEN for ch in userinfo):
+        if not userinfo or _USER_FORBIDDEN.search(userinfo):
             raise ParseError("Bad SIP URI: bad user part")
         user, colon, pw = userinfo.partition(":")
         if colon:
@@ -222,7 +223,7 @@ def split_hostport(hostport: str, what: str) -> tuple[str, int | None]:
             raise ParseError(f"Bad host in {what}")
         return host, parse_port(after[1:], what)
     host, colon, port_text = hostport.partition(":")
-    if not host or not all(ch in _HOST_CHARS for ch in host):
+    if _HOST.fullmatch(host) is None:
         raise ParseError(f"Bad host in {what}")
     if host[0] in "-." or host[-1] == "-":
         raise ParseError(f"Bad host in {what}")
