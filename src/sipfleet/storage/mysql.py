@@ -14,6 +14,7 @@ stays constant (built from the constants below only).
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -213,17 +214,12 @@ STORE_BATCH = (
 )
 
 
-_UPDATE_FIELDS = _ENTRY[3:]  # after ruid, username, domain: BindingUpdate's fields
+# After ruid, username, domain: BindingUpdate's fields, read in one call per entry.
+_UPDATE_FIELDS = operator.attrgetter(*_ENTRY[3:])
 
 
 def _entry(request: SaveRequest) -> list[Any]:
-    update = request.update
-    return [
-        new_ruid(),
-        request.aor.username,
-        request.aor.domain,
-        *(getattr(update, name) for name in _UPDATE_FIELDS),
-    ]
+    return [new_ruid(), request.aor.username, request.aor.domain, *_UPDATE_FIELDS(request.update)]
 
 
 def _key(request: SaveRequest) -> tuple[str, str]:
