@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from sipfleet.config import config_from_dict
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.proxy.overload import no_backlog, receive_backlog
+from sipfleet.core.overload import AnswerBudget
 from sipfleet.core.registrar import MAX_BACKLOG, Registrar
 from sipfleet.sip import Response, parse_message
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
@@ -78,6 +79,15 @@ async def running() -> AsyncIterator[Running]:
         await asyncio.sleep(0.05)
 
 
+@contextlib.contextmanager
+def udp_client() -> Iterator[tuple[socket.socket, int]]:
+    """A non-blocking UDP socket on loopback, and its port (the REGISTERs' Via and Contact)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        yield sock, sock.getsockname()[1]
+
+
 def register(user: str, local_port: int) -> bytes:
     return (
         "REGISTER sip:example.com SIP/2.0\r\n"
@@ -101,10 +111,7 @@ async def answers(sock: socket.socket, count: int, timeout: float = 2.0) -> list
 
 async def test_past_the_cap_requests_get_503_with_retry_after_at_once(running: Running) -> None:
     loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
-        local = sock.getsockname()[1]
+    with udp_client() as (sock, local):
         target = ("127.0.0.1", running.port)
         users = [f"u{i:02d}" for i in range(30)]
         for user in users:
@@ -155,10 +162,7 @@ async def test_a_register_behind_a_long_receive_queue_is_shed_without_touching_t
     endpoint.handler = registrar
     loop = asyncio.get_running_loop()
     async with endpoint:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            sock.setblocking(False)
-            local = sock.getsockname()[1]
+        with udp_client() as (sock, local):
             target = ("127.0.0.1", endpoint.addresses[0].port)
             await loop.sock_sendto(sock, register("deep", local), target)
             [shed] = await answers(sock, 1)
@@ -170,15 +174,29 @@ async def test_a_register_behind_a_long_receive_queue_is_shed_without_touching_t
             assert (served.status, served.call_id) == (200, "flood-later")
 
 
-def test_receive_backlog_counts_unread_datagrams() -> None:
-    with (
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
-    ):
-        receiver.bind(("127.0.0.1", 0))
-        backlog = receive_backlog([receiver])
-        assert backlog() == 0
-        for _ in range(5):
-            sender.sendto(b"x" * 500, receiver.getsockname())
-        assert backlog() >= 5 * 500
-        assert no_backlog() == 0
+async def test_past_the_answer_budget_a_shed_register_is_dropped_and_forgotten(
+    running: Running,
+) -> None:
+    running.registrar.answer_budget = AnswerBudget(per_served=0.5, burst=3)
+    loop = asyncio.get_running_loop()
+    with udp_client() as (sock, local):
+        target = ("127.0.0.1", running.port)
+        users = [f"d{i:02d}" for i in range(CAP + 10)]
+        for user in users:
+            await loop.sock_sendto(sock, register(user, local), target)
+        # CAP in flight; of the 10 past the cap, 3 get a 503 (the budget), 7 get nothing.
+        shed = await answers(sock, 3)
+        assert {r.status for r in shed} == {503}
+        with pytest.raises(TimeoutError):
+            await answers(sock, 1, timeout=0.3)
+        assert (running.registrar.shed, running.registrar.dropped) == (3, 7)
+        assert running.registrar.answered.in_progress == CAP  # the dropped are forgotten
+
+        running.location.release.set()  # served: each earns half a 503
+        done = await answers(sock, CAP)
+        assert {r.status for r in done} == {200}
+        assert running.registrar.answer_budget.tokens == 3  # CAP x 0.5 earned, capped at burst
+        # A retransmission of a dropped REGISTER is a new request: now it is served.
+        await loop.sock_sendto(sock, register(users[-1], local), target)
+        [late] = await answers(sock, 1)
+        assert (late.status, late.call_id) == (200, f"flood-{users[-1]}")

@@ -8,14 +8,14 @@ sipfleet.sip.auth, the SQL in sipfleet.storage; this module joins them.
 Overload (DESIGN §6): at most ``database.max_in_flight`` REGISTERs are worked on at once,
 and none is started while more than ``MAX_BACKLOG`` bytes of datagrams wait unread behind
 it (the receive queue, read per request: one getsockopt). Past either limit a REGISTER
-gets 503 with Retry-After at once, which stops the client's retransmissions;
-retransmissions of one in progress are absorbed. Answering what cannot be served with a
-quick 503 keeps the receive queue short, so what is served is answered before its client
-retransmits: a full buffer holds seconds of work, every request in it is retransmitted
-while it waits, and each dropped datagram comes back up to four times, costing the kernel
-as much again (measured: at twice its capacity a registrar that let its buffer fill fell
-to a third of it). The decision is taken per request, so the share that is shed follows
-the overload.
+gets 503 with Retry-After at once, which stops the client's retransmissions, as long as
+the answer budget lasts (core/overload.py: half a 503 earned per REGISTER served); past
+the budget it is dropped unanswered and forgotten, so its retransmission is a new request.
+Retransmissions of one in progress are absorbed. Reading everything keeps the receive
+queue short, so what is served is answered before its client retransmits (a registrar
+that let its buffer fill fell to a third of its capacity at twice it); the budget keeps
+the answers to what is shed from eating the CPU that serving needs (answering every one
+left 43 % of the capacity at twice it; with the budget, 99 %: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from sipfleet.config import Config
 from sipfleet.core.answered import AnsweredRequests, Key, Seen, request_key
 from sipfleet.core.authenticate import Challenge, authenticate, authority_for
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.proxy.overload import no_backlog
+from sipfleet.core.overload import AnswerBudget, no_backlog
 from sipfleet.sip import ParseError, Request, Response, validate_request
 from sipfleet.sip.builders import make_response, new_tag
 from sipfleet.sip.registration import (
@@ -104,6 +104,8 @@ class Registrar:
         self.answered = AnsweredRequests()
         self.backlog = backlog
         self.shed = 0  # REGISTERs answered 503 because of overload
+        self.dropped = 0  # REGISTERs dropped unanswered: overload past the answer budget
+        self.answer_budget = AnswerBudget()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- SipHandler ------------------------------------------------------------------------
@@ -123,12 +125,22 @@ class Registrar:
                 self.endpoint.send_bytes(seen, peer.reply_to)
                 return
         if self.answered.in_progress > self.max_in_flight or self.backlog() > MAX_BACKLOG:
-            self.shed += 1
-            self._finish(request, peer, key, OVERLOADED)
+            self._shed(request, peer, key, now)
             return
         task = asyncio.create_task(self._register(request, peer, key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _shed(self, request: Request, peer: Peer, key: Key | None, now: float) -> None:
+        """503 with Retry-After while the budget lasts; past it, dropped unanswered and
+        forgotten (its retransmission is a new request)."""
+        if self.answer_budget.take():
+            self.shed += 1
+            self._finish(request, peer, key, OVERLOADED)
+            return
+        self.dropped += 1
+        if key is not None:
+            self.answered.finish(key, None, now)
 
     def on_response(self, response: Response, peer: Peer) -> None:
         """A registrar sends no requests; stray responses are dropped."""
@@ -149,6 +161,7 @@ class Registrar:
         except Exception:
             log.exception("REGISTER %s failed", _call_id(request))
             answer = Answer(500, "Server Internal Error")
+        self.answer_budget.served()
         self._finish(request, peer, key, answer)
 
     async def _answer(self, request: Request, peer: Peer) -> Answer:

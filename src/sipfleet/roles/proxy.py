@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.overload import no_backlog, receive_backlog
 from sipfleet.core.proxy.engine import EngineSettings, ProxyEngine
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
-from sipfleet.core.proxy.overload import no_backlog, receive_backlog
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.privacy_hooks import PrivacyHooks
 from sipfleet.core.proxy.services import ProxyServices

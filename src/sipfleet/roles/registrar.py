@@ -18,7 +18,7 @@ from typing import Any
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.proxy.overload import receive_backlog
+from sipfleet.core.overload import receive_backlog
 from sipfleet.core.registrar import Registrar
 from sipfleet.roles.common import (
     collect_garbage,

@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.overload import OverloadMonitor, no_backlog, watch
 from sipfleet.core.proxy.addresses import SIP_PORT, OwnAddresses
 from sipfleet.core.proxy.branch import loop_hash
 from sipfleet.core.proxy.calls import DEFAULT_CALL_SETTINGS, Call, CallRunner, CallSettings
 from sipfleet.core.proxy.checks import check_request
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
-from sipfleet.core.proxy.overload import OverloadMonitor, no_backlog, watch
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.probes import OptionsProber
 from sipfleet.core.proxy.resolve import ResolveError, literal_destination

