@@ -26,6 +26,7 @@ from sipfleet.config.listen import ListenAddress
 from sipfleet.roles import ROLE_NAMES
 from sipfleet.storage.dsn import Dsn, Dsns, redact
 from sipfleet.storage.errors import StorageError
+from sipfleet.transport.sockets import is_ip
 
 MIN_SECRET_LENGTH = 16
 
@@ -113,7 +114,7 @@ def check(config: Config, roles: Iterable[str]) -> Report:
     if "proxy" in roles:
         _check_addresses("proxy.trusted_lbs", config.proxy.trusted_lbs, report)
         for i, peer in enumerate(config.proxy.trusted_peers):
-            if not _is_ip(peer.strip("[]")):
+            if not is_ip(peer.strip("[]")):
                 report.warnings.append(
                     f"proxy.trusted_peers[{i}]: {peer!r} is not an IP address: it never "
                     "matches a request's source address"
@@ -233,14 +234,6 @@ def _check_cluster(config: Config, report: Report) -> None:
         plan_instances(config, list(ROLE_NAMES))
     except CliError as exc:
         report.errors.append(str(exc))
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_wildcard(address: ListenAddress) -> bool:

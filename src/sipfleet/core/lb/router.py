@@ -19,7 +19,6 @@ one side of the LB to the other, Record-Route is added twice (RFC 3261 §16.6 st
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -32,6 +31,7 @@ from sipfleet.sip import Request, SipUri
 from sipfleet.sip.flow import Flow, FlowTokens
 from sipfleet.storage.model import LbPool
 from sipfleet.transport.base import Destination, Peer, TransportName
+from sipfleet.transport.sockets import is_ip
 
 CONNECTION_BITS = 32
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
@@ -136,7 +136,7 @@ class Router:
         request comes from the cluster and names an address; else at its flow."""
         uri = request.uri
         local = self.sides.local("external", flow.host)
-        if isinstance(uri, SipUri) and self._trusted(peer) and _is_ip(uri.host_bare):
+        if isinstance(uri, SipUri) and self._trusted(peer) and is_ip(uri.host_bare):
             transport: TransportName = "tcp" if uri.transport == "tcp" else "udp"
             return Destination(transport, uri.host_bare, uri.port or 5060, None, local)
         return Destination("udp", flow.host, flow.port, None, local)
@@ -281,14 +281,6 @@ def _uses_outbound(request: Request) -> bool:
         if isinstance(contact.uri, SipUri) and "ob" in contact.uri.params:
             return True
     return False
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def udp_keeper(host: str, port: int) -> int:
