@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from sipfleet.sip.digest import compute_ha1
@@ -102,3 +104,19 @@ async def test_lb_target_bad_values_name_the_field(storage: Storage) -> None:
     with pytest.raises(InvalidInput, match=r"^uri:"):
         await storage.lb_targets.add("proxy", "")
     assert await storage.lb_targets.list_all() == []
+
+
+async def test_concurrent_subscriber_reads_share_round_trips_and_each_gets_its_own(
+    storage: Storage,
+) -> None:
+    users = [f"u{i:03d}" for i in range(150)]
+    for user in users[::2]:  # every other one exists
+        await storage.subscribers.add(subscriber(user, "example.com", f"pw-{user}"))
+    asked = [*users, users[0], users[1], "U000"]  # repeats, and a case variant
+    found = await asyncio.gather(*(storage.subscribers.get(u, "example.com") for u in asked))
+    expected = [subscriber(u, "example.com", f"pw-{u}") if u in users[::2] else None for u in asked]
+    assert found == expected
+    reads = storage.subscribers.reads
+    assert reads is not None
+    assert reads.reads >= len(asked)
+    assert reads.batches <= 8  # 153 reads in a few round trips, not 153

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from sipfleet.storage import Aor, Storage, StorageUnavailable, TooManyContacts
-from sipfleet.storage.batch import SaveBatcher, SaveOutcome, SaveRequest
+from sipfleet.storage.batch import ReadBatcher, SaveBatcher, SaveOutcome, SaveRequest
 from tests.storage.test_location import NOW, contacts, save, update
 
 
@@ -203,3 +203,46 @@ async def test_removals_and_multi_contact_saves_are_not_batched(
     await save(storage, update("sip:a@1", lifetime, cseq=2), update("sip:a@2", cseq=2))
     await save(storage, update("sip:a@2", 0, cseq=3))
     assert batcher.saves == before
+
+
+class FakeReads:
+    """Answers reads from a dict, one call per batch; ``gate`` holds the batches back."""
+
+    def __init__(self, rows: dict[tuple[str, str], tuple[str, str, str]]) -> None:
+        self.rows = rows
+        self.calls: list[list[tuple[str, str]]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail = False
+
+    async def run(self, keys: Sequence[tuple[str, str]]) -> list[Sequence[str]]:
+        self.calls.append(list(keys))
+        await self.gate.wait()
+        if self.fail:
+            raise StorageUnavailable("down")
+        return [self.rows[key] for key in keys if key in self.rows]
+
+
+async def test_reads_of_one_loop_turn_go_in_one_batch_and_later_ones_wait_for_a_lane() -> None:
+    fake = FakeReads({("a", "x"): ("a", "x", "1"), ("b", "x"): ("b", "x", "2")})
+    reads = ReadBatcher(fake.run, lanes=1, max_batch=3)
+    fake.gate.clear()
+    first = [asyncio.ensure_future(reads.get(k)) for k in [("a", "x"), ("b", "x"), ("a", "x")]]
+    await asyncio.sleep(0.01)
+    later = [asyncio.ensure_future(reads.get(k)) for k in [("c", "x"), ("b", "x")]]
+    await asyncio.sleep(0.01)
+    assert fake.calls == [[("a", "x"), ("b", "x")]]  # one lane busy: the later ones wait
+    fake.gate.set()
+    assert await asyncio.gather(*first) == [("a", "x", "1"), ("b", "x", "2"), ("a", "x", "1")]
+    assert await asyncio.gather(*later) == [None, ("b", "x", "2")]
+    assert fake.calls == [[("a", "x"), ("b", "x")], [("c", "x"), ("b", "x")]]
+
+
+async def test_a_failed_read_batch_fails_its_callers_and_the_next_one_runs() -> None:
+    fake = FakeReads({("a", "x"): ("a", "x", "1")})
+    reads = ReadBatcher(fake.run)
+    fake.fail = True
+    with pytest.raises(StorageUnavailable):
+        await reads.get(("a", "x"))
+    fake.fail = False
+    assert await reads.get(("a", "x")) == ("a", "x", "1")

@@ -25,6 +25,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 
@@ -156,3 +157,74 @@ class SaveBatcher:
 
 def _key(request: SaveRequest) -> tuple[str, str]:
     return request.aor.username, request.aor.domain
+
+
+RunReads = Callable[[Sequence[tuple[str, str]]], Awaitable[list[Sequence[Any]]]]
+_Read = tuple[tuple[str, str], "asyncio.Future[Sequence[Any] | None]"]  # a key, its waiter
+
+
+class ReadBatcher:
+    """Reads by (username, domain) that wait together go to the database together.
+
+    The same reasoning as the saves': a point read costs the database mostly its round
+    trip (measured on MariaDB: a digest-authenticated registration cost 230-350 µs more
+    server CPU than an unauthenticated one, for one indexed SELECT). The keys asked for in one
+    event-loop turn, and those that arrive while ``lanes`` batches are in flight, are read
+    in one statement of at most ``max_batch`` keys. ``run`` returns the rows found; a
+    row's first two columns are its key, compared exactly.
+    """
+
+    def __init__(self, run: RunReads, *, lanes: int = 4, max_batch: int = 64) -> None:
+        self._run = run
+        self.lanes = lanes
+        self.max_batch = max_batch
+        self._queue: deque[_Read] = deque()
+        self._running = 0
+        self._scheduled = False
+        self.batches = 0  # counters: how well the reads group
+        self.reads = 0
+
+    async def get(self, key: tuple[str, str]) -> Sequence[Any] | None:
+        future: asyncio.Future[Sequence[Any] | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((key, future))
+        if not self._scheduled and self._running < self.lanes:
+            # One loop turn later: the other datagrams of this turn join the batch.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start)
+        return await future
+
+    def _start(self) -> None:
+        self._scheduled = False
+        while self._queue and self._running < self.lanes:
+            batch: list[_Read] = []
+            while self._queue and len(batch) < self.max_batch:
+                waiting = self._queue.popleft()
+                if not waiting[1].done():  # (its caller gave up: cancelled)
+                    batch.append(waiting)
+            if batch:
+                self._running += 1
+                asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch: list[_Read]) -> None:
+        self.batches += 1
+        self.reads += len(batch)
+        try:
+            rows = await self._run(list(dict.fromkeys(key for key, _ in batch)))
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        except BaseException:  # cancelled (shutting down): so are its callers
+            for _, future in batch:
+                future.cancel()
+            raise
+        else:
+            found = {(row[0], row[1]): row for row in rows}
+            for key, future in batch:
+                if not future.done():
+                    future.set_result(found.get(key))
+        finally:
+            self._running -= 1
+            if self._queue and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._start)

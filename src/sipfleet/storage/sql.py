@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from sipfleet.storage import rules, schema
-from sipfleet.storage.batch import SaveBatcher, SaveOutcome, SaveRequest
+from sipfleet.storage.batch import ReadBatcher, SaveBatcher, SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsns, Kind
 from sipfleet.storage.errors import (
     InvalidInput,
@@ -38,7 +38,14 @@ from sipfleet.storage.model import (
     Subscriber,
 )
 from sipfleet.storage.pool import InFlightGate
-from sipfleet.storage.statements import Statement, Statements, Step, StepResult, compile_for
+from sipfleet.storage.statements import (
+    READ_BATCH_SIZES,
+    Statement,
+    Statements,
+    Step,
+    StepResult,
+    compile_for,
+)
 
 SCHEMA_REVISION = "0002"  # the Alembic head this code expects (a test checks they agree)
 
@@ -237,12 +244,34 @@ def _hex_digest(name: str, value: str, length: int) -> None:
 
 
 class SqlSubscribers:
-    def __init__(self, db: _Gated) -> None:
+    def __init__(self, db: _Gated, batched: bool = True) -> None:
+        """``batched``: concurrent ``get``s share one read (ReadBatcher)."""
         self._db = db
+        self.reads = (
+            ReadBatcher(self._get_many, max_batch=READ_BATCH_SIZES[-1]) if batched else None
+        )
 
     async def get(self, username: str, domain: str) -> Subscriber | None:
-        rows = await self._db.fetch(self._db.sql.subscriber_get, _account(username, domain), True)
-        return Subscriber(*rows[0]) if rows else None
+        account = _account(username, domain)
+        if self.reads is None:
+            rows = await self._db.fetch(self._db.sql.subscriber_get, account, True)
+            return Subscriber(*rows[0]) if rows else None
+        with self._db.gate:
+            row = await self.reads.get((username, domain))
+        return Subscriber(*row) if row is not None else None
+
+    async def _get_many(self, keys: Sequence[tuple[str, str]]) -> list[Row]:
+        """One read for ``keys`` (at most the largest size), padded with the last key."""
+        size = next(n for n in READ_BATCH_SIZES if n >= len(keys))
+        padded = [*keys, *[keys[-1]] * (size - len(keys))]
+        params = {
+            f"{part}{i}": value
+            for i, key in enumerate(padded)
+            for part, value in zip("ud", key, strict=True)
+        }
+        return await self._db.executor.fetch(
+            self._db.sql.subscriber_get_many[size], params, replica=True
+        )
 
     async def add(self, subscriber: Subscriber) -> None:
         params = self._credentials(
@@ -394,7 +423,7 @@ class SqlStorage:
             else None
         )
         self._location = SqlLocation(db, retry_primary_on_miss, batcher)
-        self._subscribers = SqlSubscribers(db)
+        self._subscribers = SqlSubscribers(db, batched=batch_lanes > 0)
         self._preferences = SqlPreferences(db)
         self._lb_targets = SqlLbTargets(db)
         self._lcr = SqlLcr(db, executor.dsns.write.kind)

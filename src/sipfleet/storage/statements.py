@@ -42,6 +42,8 @@ LB_HEALTH_COLUMNS = (
     lb_target_health.c.changed,
     lb_target_health.c.checked,
 )
+# The statement sizes of a batched read: a batch is padded up to the next one.
+READ_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 SUBSCRIBER_COLUMNS = (
     subscriber.c.username,
     subscriber.c.domain,
@@ -181,6 +183,24 @@ class Statements:
     def _subscriber_statements(self) -> None:
         c = self._compile
         self.subscriber_get = c(sa.select(*SUBSCRIBER_COLUMNS).where(_aor(subscriber)))
+        # Batched reads (storage/batch.py ReadBatcher): one statement per size, each key an
+        # indexed equality (OR of them: every backend reads it as so many index lookups).
+        self.subscriber_get_many = {
+            size: c(
+                sa.select(*SUBSCRIBER_COLUMNS).where(
+                    sa.or_(
+                        *(
+                            sa.and_(
+                                subscriber.c.username == _p(f"u{i}"),
+                                subscriber.c.domain == _p(f"d{i}"),
+                            )
+                            for i in range(size)
+                        )
+                    )
+                )
+            )
+            for size in READ_BATCH_SIZES
+        }
         self.subscriber_list = c(
             sa.select(*SUBSCRIBER_COLUMNS).order_by(subscriber.c.domain, subscriber.c.username)
         )
