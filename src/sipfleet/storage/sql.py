@@ -6,6 +6,7 @@ statements and the bindings save; everything else is written once here.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,6 @@ from sipfleet.storage.model import (
 )
 from sipfleet.storage.pool import InFlightGate
 from sipfleet.storage.statements import (
-    READ_BATCH_SIZES,
     Statement,
     Statements,
     Step,
@@ -53,6 +53,7 @@ Row = Sequence[Any]
 # Group commit of REGISTER saves (storage/batch.py): up to four batches in flight (more
 # than one only when 32 saves wait), at most 64 saves each: 256, database.max_in_flight.
 BATCH_LANES = 4
+MAX_READ_BATCH = 64  # subscriber reads in one statement at most
 MAX_BATCH = 64
 
 
@@ -247,9 +248,7 @@ class SqlSubscribers:
     def __init__(self, db: _Gated, batched: bool = True) -> None:
         """``batched``: concurrent ``get``s share one read (ReadBatcher)."""
         self._db = db
-        self.reads = (
-            ReadBatcher(self._get_many, max_batch=READ_BATCH_SIZES[-1]) if batched else None
-        )
+        self.reads = ReadBatcher(self._get_many, max_batch=MAX_READ_BATCH) if batched else None
 
     async def get(self, username: str, domain: str) -> Subscriber | None:
         account = _account(username, domain)
@@ -261,17 +260,13 @@ class SqlSubscribers:
         return Subscriber(*row) if row is not None else None
 
     async def _get_many(self, keys: Sequence[tuple[str, str]]) -> list[Row]:
-        """One read for ``keys`` (at most the largest size), padded with the last key."""
-        size = next(n for n in READ_BATCH_SIZES if n >= len(keys))
-        padded = [*keys, *[keys[-1]] * (size - len(keys))]
+        """One read for every key (statements.py ``_SUBSCRIBERS_BY_KEYS``)."""
         params = {
-            f"{part}{i}": value
-            for i, key in enumerate(padded)
-            for part, value in zip("ud", key, strict=True)
+            "keys": json.dumps(keys),
+            "users": [user for user, _ in keys],
+            "domains": [domain for _, domain in keys],
         }
-        return await self._db.executor.fetch(
-            self._db.sql.subscriber_get_many[size], params, replica=True
-        )
+        return await self._db.executor.fetch(self._db.sql.subscriber_get_many, params, replica=True)
 
     async def add(self, subscriber: Subscriber) -> None:
         params = self._credentials(
