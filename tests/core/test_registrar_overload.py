@@ -16,8 +16,9 @@ from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.overload import AnswerBudget
 from sipfleet.core.registrar import MAX_BACKLOG, Registrar
-from sipfleet.sip import Response, parse_message
+from sipfleet.sip import Request, Response, parse_message
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
+from sipfleet.transport.base import Peer
 
 CAP = 8
 
@@ -200,3 +201,37 @@ async def test_past_the_answer_budget_a_shed_register_is_dropped_and_forgotten(
         await loop.sock_sendto(sock, register(users[-1], local), target)
         [late] = await answers(sock, 1)
         assert (late.status, late.call_id) == (200, f"flood-{users[-1]}")
+
+
+class SentBytes:
+    """An endpoint that keeps what the registrar sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_bytes(self, data: bytes, destination: object) -> None:
+        self.sent.append(data)
+
+
+async def test_over_a_connection_a_shed_register_is_always_answered() -> None:
+    config = config_from_dict(
+        {"node": {"cluster_secret": "test"}, "registrar": {"authenticate": False}}
+    )
+    endpoint = SentBytes()
+    registrar = Registrar(
+        config,
+        StuckStorage(StuckLocation()),  # type: ignore[arg-type]
+        endpoint,  # type: ignore[arg-type]
+        backlog=lambda: MAX_BACKLOG + 1,
+    )
+    registrar.answer_budget = AnswerBudget(burst=0)  # nothing left to answer with
+    for transport in ("udp", "tcp"):
+        peer = Peer(transport, "127.0.0.1", 5100, "127.0.0.1", 5060, 7)
+        request = parse_message(register(f"{transport}-user", 5100))
+        assert isinstance(request, Request)
+        registrar.on_request(request, peer)
+    # UDP: dropped (its retransmission comes back); TCP: nothing is retransmitted, so 503.
+    [answer] = [parse_message(data) for data in endpoint.sent]
+    assert isinstance(answer, Response)
+    assert (answer.status, answer.call_id) == (503, "flood-tcp-user")
+    assert (registrar.dropped, registrar.shed) == (1, 1)

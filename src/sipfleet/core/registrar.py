@@ -133,8 +133,9 @@ class Registrar:
 
     def _shed(self, request: Request, peer: Peer, key: Key | None, now: float) -> None:
         """503 with Retry-After while the budget lasts; past it, dropped unanswered and
-        forgotten (its retransmission is a new request)."""
-        if self.answer_budget.take():
+        forgotten (its retransmission is a new request). Only over UDP: over a connection
+        nothing is retransmitted, and the client would wait for Timer F (32 s)."""
+        if peer.transport != "udp" or self.answer_budget.take():
             self.shed += 1
             self._finish(request, peer, key, OVERLOADED)
             return
