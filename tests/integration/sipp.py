@@ -137,6 +137,17 @@ def start_sipp(
     return subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def sipp_report(process: subprocess.Popen[bytes], workdir: Path, lines: int = 40) -> str:
+    """For a failed test: stop a background sipp and show its exit code and the end of
+    its message and error traces (``start_sipp`` writes them to ``workdir``)."""
+    code = stop_sipp(process, wait=0.1)
+    parts = [f"sipp exit code {code}"]
+    for trace in sorted(workdir.glob("*.msg")) + sorted(workdir.glob("*.err")):
+        tail = trace.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"--- {trace.name}\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def stop_sipp(process: subprocess.Popen[bytes], wait: float = 10.0) -> int:
     """Wait for a background sipp to finish its calls (or stop it); returns its exit code."""
     try:

@@ -26,7 +26,14 @@ from tests.integration.harness import (
     free_port,
     running_cluster,
 )
-from tests.integration.sipp import SippRun, register_scenario, run_sipp, start_sipp, stop_sipp
+from tests.integration.sipp import (
+    SippRun,
+    register_scenario,
+    run_sipp,
+    sipp_report,
+    start_sipp,
+    stop_sipp,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +195,13 @@ def test_tcp_client_is_reached_over_its_own_connection_until_it_unregisters(
             timeout=20,
             extra=["-inf", str(fields), "-au", "alice", "-ap", PASSWORD],
         )
-        invite = ua.expect_request("INVITE")  # over the connection the phone registered on
+        try:  # over the connection the phone registered on
+            invite = ua.expect_request("INVITE", timeout=10.0)
+        except AssertionError as missing:
+            logs = "\n".join(
+                f"--- {n}.log\n{r.log_text()[-3000:]}" for n, r in cluster.roles.items()
+            )
+            raise AssertionError(f"{missing}\n{sipp_report(caller, tmp_path)}\n{logs}") from None
         ua.answer(invite, 180)
         ua.answer(invite, 200)
         ua.expect_request("ACK")
