@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     read_stats,
     sample_cpu,
     stop,
+    sustained,
     window_rate,
 )
 
@@ -105,11 +106,7 @@ class Step:
 
     @property
     def passed(self) -> bool:
-        return (
-            self.created > 0
-            and (self.created - self.successful) / self.created < 0.01
-            and self.achieved >= 0.97 * self.rate
-        )
+        return sustained(self.rate, self.created, self.successful, self.achieved)
 
 
 @dataclass

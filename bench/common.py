@@ -318,6 +318,12 @@ class SippStep(Protocol):
     achieved: float
 
 
+def sustained(rate: int, created: int, successful: int, achieved: float) -> bool:
+    """The verdict of a step: < 1 % of what was created failed or did not finish, and at
+    least 97 % of the target ``rate`` was achieved."""
+    return created > 0 and (created - successful) / created < 0.01 and achieved >= 0.97 * rate
+
+
 def score(
     step: SippStep,
     rows: list[dict[str, str]],
@@ -340,7 +346,8 @@ def score(
     elif since is not None:
         step.achieved = round(step.successful / max(1e-9, time.time() - since), 1)
     step.passed = (
-        step.fail_pct < 1.0 and step.achieved >= 0.97 * step.rate and step.created >= 0.99 * calls
+        sustained(step.rate, step.created, step.successful, step.achieved)
+        and step.created >= 0.99 * calls
     )
 
 

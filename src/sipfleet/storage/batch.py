@@ -25,7 +25,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 
@@ -52,6 +52,8 @@ class _Waiting:
     request: SaveRequest
     future: asyncio.Future[SaveOutcome] = field(repr=False)
 
+
+T = TypeVar("T")
 
 RunBatch = Callable[[Sequence[SaveRequest]], Awaitable[list[SaveOutcome]]]
 
@@ -136,23 +138,32 @@ class SaveBatcher:
         self.batches += 1
         self.saves += len(batch)
         try:
-            outcomes = await self._run([waiting.request for waiting in batch])
-        except Exception as exc:
-            for waiting in batch:
-                if not waiting.future.done():
-                    waiting.future.set_exception(exc)
-        except BaseException:  # cancelled (shutting down): so are its callers
-            for waiting in batch:
-                waiting.future.cancel()
-            raise
-        else:
-            for waiting, outcome in zip(batch, outcomes, strict=True):
-                if not waiting.future.done():
-                    waiting.future.set_result(outcome)
+            outcomes = self._run([waiting.request for waiting in batch])
+            await _settle([waiting.future for waiting in batch], outcomes)
         finally:
             self._running -= 1
             self._busy.difference_update(_key(w.request) for w in batch)
             self._kick()
+
+
+async def _settle(futures: Sequence[asyncio.Future[T]], results: Awaitable[Sequence[T]]) -> None:
+    """Hand each waiting caller its result, in order, or the batch's failure. A caller
+    that gave up (its future is done) is skipped; when the batch itself is cancelled
+    (shutting down), so are its callers."""
+    try:
+        values = await results
+    except Exception as exc:
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    else:
+        for future, value in zip(futures, values, strict=True):
+            if not future.done():
+                future.set_result(value)
 
 
 def _key(request: SaveRequest) -> tuple[str, str]:
@@ -209,22 +220,15 @@ class ReadBatcher:
         self.batches += 1
         self.reads += len(batch)
         try:
-            rows = await self._run(list(dict.fromkeys(key for key, _ in batch)))
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        except BaseException:  # cancelled (shutting down): so are its callers
-            for _, future in batch:
-                future.cancel()
-            raise
-        else:
-            found = {(row[0], row[1]): row for row in rows}
-            for key, future in batch:
-                if not future.done():
-                    future.set_result(found.get(key))
+            await _settle([future for _, future in batch], self._rows_for(batch))
         finally:
             self._running -= 1
             if self._queue and not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._start)
+
+    async def _rows_for(self, batch: list[_Read]) -> list[Sequence[Any] | None]:
+        """Each waiting key's row (None: not found), one read for the distinct keys."""
+        rows = await self._run(list(dict.fromkeys(key for key, _ in batch)))
+        found = {(row[0], row[1]): row for row in rows}
+        return [found.get(key) for key, _ in batch]

@@ -6,7 +6,6 @@ statements and the bindings save; everything else is written once here.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -261,12 +260,9 @@ class SqlSubscribers:
 
     async def _get_many(self, keys: Sequence[tuple[str, str]]) -> list[Row]:
         """One read for every key (statements.py ``_SUBSCRIBERS_BY_KEYS``)."""
-        params = {
-            "keys": json.dumps(keys),
-            "users": [user for user, _ in keys],
-            "domains": [domain for _, domain in keys],
-        }
-        return await self._db.executor.fetch(self._db.sql.subscriber_get_many, params, replica=True)
+        sql = self._db.sql
+        params = sql.subscriber_keys(keys)
+        return await self._db.executor.fetch(sql.subscriber_get_many, params, replica=True)
 
     async def add(self, subscriber: Subscriber) -> None:
         params = self._credentials(

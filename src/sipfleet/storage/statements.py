@@ -7,6 +7,7 @@ rules do not fit a portable statement, is written per backend.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -81,6 +82,16 @@ _SUBSCRIBERS_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
         ("keys",),
     ),
 }
+
+
+def _key_arrays(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``subscriber_get_many``'s parameters on PostgreSQL: the users, the domains."""
+    return {"users": [user for user, _ in keys], "domains": [domain for _, domain in keys]}
+
+
+def _key_json(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``subscriber_get_many``'s parameter elsewhere: a JSON array of [user, domain]."""
+    return {"keys": json.dumps(keys)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +227,7 @@ class Statements:
         self.subscriber_get = c(sa.select(*SUBSCRIBER_COLUMNS).where(_aor(subscriber)))
         # Batched reads (storage/batch.py ReadBatcher): every key in one parameter.
         self.subscriber_get_many = Statement(*_SUBSCRIBERS_BY_KEYS[self.kind])
+        self.subscriber_keys = _key_arrays if self.kind == "postgresql" else _key_json
         self.subscriber_list = c(
             sa.select(*SUBSCRIBER_COLUMNS).order_by(subscriber.c.domain, subscriber.c.username)
         )
