@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from sipfleet.sip import Address, Message, Request, SipUri, Via, parse_message
+from sipfleet.sip import Address, Message, ParseError, Request, SipUri, Via, parse_message
 from tests.sip import rfc4475
 from tests.sip.corpus import ALL, BYE, COMPACT, INVITE, REGISTER, RESPONSE_180, sip
 
@@ -314,3 +314,27 @@ def test_pop_route_skips_a_line_without_values() -> None:
     assert popped is not None
     assert popped.sip_uri.host == "p.example.com"
     assert not msg.has("route")
+
+
+@pytest.mark.parametrize(
+    ("line", "hops"),
+    [
+        ("Max-Forwards: 70", 70),
+        ("Max-Forwards:  7 ", 7),
+        ("max-forwards: 0", 0),
+        ("Max-Forwards: 070", 70),
+    ],
+)
+def test_max_forwards_of_each_spelling(line: str, hops: int) -> None:
+    msg = parse_message(
+        sip(f"OPTIONS sip:a@b SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\n{line}\n")
+    )
+    assert isinstance(msg, Request)
+    assert msg.max_forwards == hops
+
+
+def test_two_max_forwards_lines_are_refused_even_when_both_are_usual() -> None:
+    head = "OPTIONS sip:a@b SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\nMax-Forwards: 70\n"
+    msg = parse_message(sip(head + "Max-Forwards: 70\n"))
+    with pytest.raises(ParseError, match="Multiple Max-Forwards"):
+        msg.max_forwards  # noqa: B018

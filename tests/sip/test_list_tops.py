@@ -138,3 +138,32 @@ def test_pop_first_value_of_a_folded_line() -> None:
     assert msg.pop_first_value("via") == "a;branch=z9hG4bK1"
     assert msg.header_values("via") == ["b;branch=z9hG4bK2"]
     assert "\n" not in "".join(msg.lines)
+
+
+@pytest.mark.parametrize(
+    "vias",
+    [
+        "SIP/2.0/UDP ours:5060;branch=z9hG4bK1, SIP/2.0/UDP next:5062;branch=z9hG4bK2, x",
+        "SIP/2.0/UDP ours:5060;branch=z9hG4bK1 ,SIP/2.0/UDP next:5062;branch=z9hG4bK2 ",
+        'SIP/2.0/UDP ours:5060;branch=z9hG4bK1, SIP/2.0/UDP next:5062;branch=z9hG4bK2;x="a,b"',
+        "SIP/2.0/UDP ours:5060;branch=z9hG4bK1\nVia: SIP/2.0/UDP next:5062;branch=z9hG4bK2",
+    ],
+)
+def test_top_via_after_a_pop_is_the_next_one_as_a_fresh_parse_reads_it(vias: str) -> None:
+    """A pop from a joined line hands the next Via's text to top_via (a relay's step)."""
+    msg = response(vias)
+    msg.pop_first_value("via")
+    fresh = parse_message(msg.serialize())
+    assert msg.top_via.host == fresh.top_via.host == "next"
+    assert str(msg.top_via) == str(fresh.top_via)
+    assert msg.top_via.params == fresh.top_via.params
+
+
+def test_an_edit_after_a_pop_drops_the_next_via_text() -> None:
+    msg = response("SIP/2.0/UDP ours;branch=z9hG4bK1, SIP/2.0/UDP next;branch=z9hG4bK2")
+    msg.pop_first_value("via")
+    msg.push_via("SIP/2.0/UDP pushed;branch=z9hG4bK3")
+    assert msg.top_via.host == "pushed"
+    msg.pop_first_value("via")
+    msg.set_header("via", "SIP/2.0/UDP replaced;branch=z9hG4bK4")
+    assert msg.top_via.host == "replaced"

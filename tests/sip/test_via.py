@@ -125,3 +125,17 @@ def test_built_via_renders_and_replace_keeps_the_original() -> None:
         str(stamped) == "SIP/2.0/TCP lb.example.com:5060;branch=z9hG4bKabc;rport;received=192.0.2.1"
     )
     assert "received" not in via.params
+
+
+def test_a_known_sent_by_is_parsed_from_memory_with_its_own_parameters() -> None:
+    """The second Via of a sent-by reuses what the first taught; its parameters are its own."""
+    first = parse_via("SIP/2.0/UDP memo.example.com:5070;branch=z9hG4bK1;rport")
+    again = parse_via("SIP/2.0/UDP memo.example.com:5070;branch=z9hG4bK2;received=10.0.0.1")
+    assert (again.transport, again.host, again.port) == ("UDP", "memo.example.com", 5070)
+    assert again.params == {"branch": "z9hG4bK2", "received": "10.0.0.1"}
+    assert first.params == {"branch": "z9hG4bK1", "rport": None}
+    assert parse_via("SIP/2.0/UDP memo.example.com:5070").params == {}
+    quoted = parse_via('SIP/2.0/UDP memo.example.com:5070;branch=z9hG4bK3;x="a b"')
+    assert quoted.params["x"] == '"a b"'  # not plain: the full parse, as before
+    with pytest.raises(ParseError):
+        parse_via("SIP/2.0/UDP memo.example.com:5070;branch=").params  # noqa: B018

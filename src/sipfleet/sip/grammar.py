@@ -136,6 +136,10 @@ def parse_params(text: str, what: str) -> Params:
     return params
 
 
+# Whether parameter text holds only PLAIN_PARAM_CHARS (and is not empty): a match or None.
+match_plain_params = _PLAIN_PARAMS.fullmatch
+
+
 def parse_plain_params(text: str, what: str) -> Params:
     """``parse_params`` for text known to hold only PLAIN_PARAM_CHARS (a caller whose
     own regex matched them spares the second match)."""

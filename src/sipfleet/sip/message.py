@@ -57,11 +57,14 @@ class CSeq(NamedTuple):
 _new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 
 # Cache entries for the first element of a list header, dropped with the whole list.
-_TOP_OF = {"via": "top-via", "route": "top-route"}
+# "top-via-text": the new top Via's text, known when one was popped off the same line (a
+# relay pops our Via and reads the next).
+_TOP_OF = {"via": ("top-via", "top-via-text"), "route": ("top-route",)}
 # Max-Forwards text -> value: a few dozen texts cover all traffic, and a dict hit costs
 # less than checking and converting the digits. Bounded: the text comes from packets.
 _HOP_COUNTS: dict[str, int] = {}
 _MAX_FORWARDS_LINES = tuple(f"Max-Forwards: {value}" for value in range(256))
+_HOPS_OF_LINE = {line: value for value, line in enumerate(_MAX_FORWARDS_LINES)}
 
 
 def header_value(line: str) -> str:
@@ -216,7 +219,7 @@ class Message:
                 if not vias:
                     raise ParseError("Missing Via header")
                 return vias[0]
-            text = self._first_value("via")
+            text = cache.get("top-via-text") or self._first_value("via")
             if text is None:
                 raise ParseError("Missing Via header")
             via = cache["top-via"] = parse_via(text)
@@ -277,6 +280,12 @@ class Message:
         cache = self._cache
         if "max-forwards" in cache:
             return cache["max-forwards"]  # type: ignore[no-any-return]
+        keys = self.keys
+        if keys.count("max-forwards") == 1:  # one line, written as we write it: a dict hit
+            value = _HOPS_OF_LINE.get(self.lines[keys.index("max-forwards")])
+            if value is not None:
+                cache["max-forwards"] = value
+                return value
         text = self._single("max-forwards", "Max-Forwards")
         value = None if text is None else _HOP_COUNTS.get(text)
         if value is None and text is not None:
@@ -421,7 +430,8 @@ class Message:
         cache = self._cache
         cache.pop(key, None)
         if key in _TOP_OF:
-            cache.pop(_TOP_OF[key], None)
+            for derived in _TOP_OF[key]:
+                cache.pop(derived, None)
 
     def add_header(self, name: str, value: str, top: bool = False) -> None:
         """Add a header: above the others of its name when ``top``, else after them
@@ -486,6 +496,8 @@ class Message:
                 del keys[at]
             self._changed(key)
             if first:  # a line with no value at all ("Route: ,") is dropped, not returned
+                if rest and key == "via" and '"' not in rest and "<" not in rest:
+                    self._cache["top-via-text"] = rest.partition(",")[0].rstrip(WS)
                 return first
         return None
 

@@ -10,6 +10,7 @@ from sipfleet.sip.grammar import (
     WS,
     Params,
     format_params,
+    match_plain_params,
     parse_params,
     parse_plain_params,
     parse_port,
@@ -152,12 +153,26 @@ _PLAIN_VIA = re.compile(
 )
 
 
+# "SIP/2.0/UDP host:port" (the text before the parameters) -> transport, host, port, for
+# Vias of the usual shape: a few peers send most Vias, and a dict hit plus a check of the
+# parameters costs less than matching the whole Via. Bounded: the text comes from packets.
+_SENT_BYS: dict[str, tuple[str, str, int | None]] = {}
+MAX_SENT_BYS = 4096
+
+
 def parse_via(text: str) -> Via:
+    sent_by, semi, param_text = text.partition(";")
+    known = _SENT_BYS.get(sent_by)
+    if known is not None and (not semi or match_plain_params(param_text)):
+        transport, host, port = known
+        return _PlainVia(transport, host, port, param_text, "SIP/2.0", text)
     match = _PLAIN_VIA.fullmatch(text)
     if match is not None:
         transport, host, port_text, param_text = match.groups()
         port = int(port_text) if port_text is not None else None
         if port is None or port <= 65535:
+            if len(_SENT_BYS) < MAX_SENT_BYS:
+                _SENT_BYS[sent_by] = (transport, host, port)
             return _PlainVia(transport, host, port, param_text or "", "SIP/2.0", text)
     return _parse_via_slowly(text)
 
