@@ -270,18 +270,3 @@ async def test_a_via_with_our_host_and_another_port_is_not_ours(setup: Setup) ->
     setup.uas.send(stray, setup.address())
     await setup.uac.nothing()
     assert setup.forwarder.stats.responses_not_ours == 1
-
-
-async def test_the_caller_may_hand_over_the_top_via_it_read(setup: Setup) -> None:
-    class Reading(Relay):
-        def on_response(self, response: Response, peer: Peer) -> None:
-            top = response.first_value("via")
-            self.forwarder.forward_response(response, peer, top_via_text=top)
-
-    setup.endpoint.handler = Reading(
-        setup.forwarder, Destination("udp", setup.uas.host, setup.uas.port)
-    )
-    setup.uac.send(options(f"127.0.0.1:{setup.uac.port}"), setup.address())
-    response = await setup.answered(await setup.forwarded())
-    assert response.status == 200
-    assert len(response.vias) == 1

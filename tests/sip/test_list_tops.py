@@ -167,3 +167,15 @@ def test_an_edit_after_a_pop_drops_the_next_via_text() -> None:
     msg.pop_first_value("via")
     msg.set_header("via", "SIP/2.0/UDP replaced;branch=z9hG4bK4")
     assert msg.top_via.host == "replaced"
+
+
+def test_pop_first_value_only_when_accepted() -> None:
+    """A relay pops the top Via only when it is its own; another one stays as it came."""
+    vias = "SIP/2.0/UDP ours;branch=z9hG4bK1, SIP/2.0/UDP next;branch=z9hG4bK2"
+    msg = response(vias)
+    before = msg.serialize()
+    assert msg.pop_first_value("via", lambda text: "theirs" in text) is None
+    assert msg.serialize() == before
+    assert msg.top_via.host == "ours"
+    assert msg.pop_first_value("via", lambda text: "ours" in text) == vias.split(", ")[0]
+    assert msg.top_via.host == "next"

@@ -171,20 +171,15 @@ class StatelessForwarder:
             log.debug("%s to %s not sent: %s", status, destination, exc)
 
     # -- responses ---------------------------------------------------------------------------
-    def forward_response(
-        self, response: Response, peer: Peer, *, top_via_text: str | None = None
-    ) -> bool:
+    def forward_response(self, response: Response, peer: Peer) -> bool:
         """Send ``response`` on toward the client; False when it was dropped (a response
-        whose top Via is not ours is left as it came).
-
-        ``top_via_text``: ``response.first_value("via")``, when the caller has read it."""
+        whose top Via is not ours keeps it)."""
         try:
-            ours = top_via_text or response.first_value("via")  # the others are not split
-            if ours is None or not self._is_ours(ours):
+            ours = response.pop_first_value("via", self._is_ours)  # the others not split
+            if ours is None:
                 self.stats.responses_not_ours += 1
                 log.debug("response %r: top Via %s is not ours", response, ours)
                 return False
-            response.pop_first_value("via")
             # Only the Via after ours is parsed. A response to our own request has none:
             # "Missing Via header".
             destination = self._next_hop(response.top_via, ours)

@@ -9,6 +9,7 @@ nothing was changed. Header text is ``str`` decoded as latin-1, so every byte su
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sipfleet.sip.address import Address, parse_address, parse_trimmed_address
@@ -475,8 +476,10 @@ class Message:
             self._changed(key)
         return len(positions)
 
-    def pop_first_value(self, name: str) -> str | None:
-        """Remove the first element of a list header (a Via, a Route) and return it.
+    def pop_first_value(self, name: str, accept: Callable[[str], bool] | None = None) -> str | None:
+        """Remove the first element of a list header (a Via, a Route) and return it; with
+        ``accept``, only when ``accept(element)`` says so (else None, the element stays:
+        a relay checks that the top Via is its own and pops it in one step).
 
         The rest of its line is kept as received (not split and re-joined)."""
         key = _key_cache.get(name) or header_key(name)  # as in first_value
@@ -488,6 +491,8 @@ class Message:
             colon = line.find(":")
             value = line[colon + 1 :]
             first, rest = split_first(value if "\n" not in value else header_value(line))
+            if first and accept is not None and not accept(first):
+                return None
             rest = rest.lstrip(" \t,")  # empty elements before the next one go too
             if rest:
                 lines[at] = line[: colon + 1] + " " + rest

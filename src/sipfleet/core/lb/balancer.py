@@ -98,7 +98,7 @@ class Balancer:
             if not self.health.answered(top):
                 self.keepalives.answered(top)
             return
-        self.forwarder.forward_response(response, peer, top_via_text=top)
+        self.forwarder.forward_response(response, peer)
         if LEARN_MARK in top:
             try:
                 news = learned(response, top, self.tokens)
