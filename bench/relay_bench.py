@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/relay_bench.py                 # both relays, default ramp
     .venv/bin/python bench/relay_bench.py --relays direct,floor,sipfleet --rounds 2 --json out.json
+    .venv/bin/python bench/relay_bench.py --instructions 2000 --relays floor,sipfleet,lb
 
 For each relay (bench/relay_floor.py, bench/relay_sipfleet.py): start a sipp UAS that
 answers OPTIONS with 200 (bench/sipp/echo_uas.xml), start the relay in front of it, then
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -231,10 +233,13 @@ SIPP_OPTIONS = (
 )
 
 
-def in_process() -> None:
+def in_process(pairs: int | None = None, relay: str = "sipfleet") -> None:
     """µs per OPTIONS + 200 pair inside one process, no sipp: the whole relay path from
     the datagram callback to a real sendto, the SIP-core steps it is made of, and the
-    LB's path (the real Balancer and Router in front of the same forwarder)."""
+    LB's path (the real Balancer and Router in front of the same forwarder).
+
+    With ``pairs``: only run that many pairs through ``relay`` (floor, sipfleet, lb), for
+    a count of instructions (``instructions``)."""
     import timeit
 
     import uvloop
@@ -300,6 +305,12 @@ def in_process() -> None:
             request.replace(b"sip:echo@127.0.0.1:5091", to_lb),
         )
 
+        if pairs is not None:
+            run = {"floor": floor_pair, "sipfleet": relay_pair, "lb": lb_pair}[relay]
+            for _ in range(pairs):
+                run()
+            return
+
         def request_steps() -> bytes:  # what StatelessForwarder.forward_request does
             message = cast(Request, parse_message(request))
             message.max_forwards  # noqa: B018
@@ -342,6 +353,34 @@ def in_process() -> None:
             print(f"{value:7.2f} µs  {name}")
 
     uvloop.run(measure())
+
+
+def instructions(relays: list[str], pairs: int) -> None:
+    """User-space instructions per request + response pair of each relay's in-process
+    path, counted by valgrind's callgrind (the same on any machine, unlike a rate): a run
+    of ``pairs`` pairs minus a run of none, so start-up is not counted."""
+    for relay in relays:
+        counts = [callgrind_total(relay, n) for n in (0, pairs)]
+        per_pair = (counts[1] - counts[0]) / pairs
+        print(f"{relay:9} {per_pair / 1000:7.1f}k instructions per pair", flush=True)
+
+
+def callgrind_total(relay: str, pairs: int) -> int:
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    command += [sys.executable, __file__, "--in-process", "--pairs", str(pairs)]
+    command += ["--relays", relay]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        check=True,
+    )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count from valgrind: {done.stderr[-500:]}")
+    return int(found[1])
 
 
 def relay_response(
@@ -426,9 +465,19 @@ def main() -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="only the in-process cost per pair, no sipp"
     )
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="PAIRS",
+        help="instructions per pair of each relay (floor, sipfleet, lb) by valgrind callgrind",
+    )
+    parser.add_argument("--pairs", type=int, help=argparse.SUPPRESS)  # one callgrind run
     args = parser.parse_args()
+    if args.instructions:
+        instructions(args.relays.split(","), args.instructions)
+        return
     if args.in_process:
-        in_process()
+        in_process(args.pairs, args.relays)
         return
     rounds: list[dict[str, list[Step]]] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:

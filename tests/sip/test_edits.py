@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from sipfleet.sip import Address, Message, ParseError, Request, SipUri, Via, parse_message
+from sipfleet.sip.uri import parse_uri
 from tests.sip import rfc4475
 from tests.sip.corpus import ALL, BYE, COMPACT, INVITE, REGISTER, RESPONSE_180, sip
 
@@ -338,3 +339,18 @@ def test_two_max_forwards_lines_are_refused_even_when_both_are_usual() -> None:
     msg = parse_message(sip(head + "Max-Forwards: 70\n"))
     with pytest.raises(ParseError, match="Multiple Max-Forwards"):
         msg.max_forwards  # noqa: B018
+
+
+def test_the_start_line_goes_out_as_received_until_the_uri_changes() -> None:
+    head = "OPTIONS sip:a@b sip/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\nMax-Forwards: 70\n"
+    msg = parse_message(sip(head))
+    assert isinstance(msg, Request)
+    msg.decrement_max_forwards()
+    assert msg.serialize().startswith(b"OPTIONS sip:a@b sip/2.0\r\n")
+    copy = msg.copy()
+    copy.uri = parse_uri("sip:c@d")
+    assert copy.serialize().startswith(b"OPTIONS sip:c@d sip/2.0\r\n")
+    assert msg.serialize().startswith(b"OPTIONS sip:a@b sip/2.0\r\n")
+    answer = parse_message(sip("SIP/2.0 200\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\n"))
+    answer.pop_first_value("via")
+    assert answer.serialize().startswith(b"SIP/2.0 200\r\n")  # no reason phrase added

@@ -87,7 +87,7 @@ class Message:
     ``keys`` the canonical name of each, in the same order.
     """
 
-    __slots__ = ("_cache", "_dirty", "body", "keys", "lines", "raw")
+    __slots__ = ("_cache", "_dirty", "_start", "body", "keys", "lines", "raw")
 
     def __init__(
         self,
@@ -102,6 +102,7 @@ class Message:
         self.raw = raw
         self._dirty = not raw
         self._cache: dict[str, Any] = {}
+        self._start: str | None = None  # the start line as received, while it holds
 
     # -- start line --------------------------------------------------------------------
     def start_line(self) -> str:
@@ -552,7 +553,7 @@ class Message:
         if not self._dirty:
             return self.raw
         # The two empty strings end the head with CRLF CRLF inside the one join.
-        lines = [self.start_line(), *self.lines, "", ""]
+        lines = [self._start or self.start_line(), *self.lines, "", ""]
         if "content-length" not in self.keys:
             lines.insert(-2, f"Content-Length: {len(self.body)}")
         data = "\r\n".join(lines).encode("latin-1")
@@ -589,7 +590,10 @@ class Request(Message):
         body: bytes = b"",
         raw: bytes = b"",
         version: str = SIP_VERSION,
+        start: str | None = None,
     ) -> None:
+        """``start``: the request line as received, which ``serialize`` then reuses (the
+        parser's; method, URI and version must not change but through ``uri``)."""
         # Message.__init__ written out: a request is built for every packet received.
         self.lines = lines
         self.keys = keys
@@ -597,6 +601,7 @@ class Request(Message):
         self.raw = raw
         self._dirty = not raw
         self._cache = {}
+        self._start = start
         self.method = method
         self.version = version
         if isinstance(uri, str):
@@ -635,12 +640,14 @@ class Request(Message):
     def uri(self, value: Uri) -> None:
         self._uri = value
         self.uri_text = str(value)
+        self._start = None
         self._dirty = True
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri_text} {self.version}"
 
     def _copy_start(self, clone: Any) -> None:
+        clone._start = self._start
         clone.method = self.method
         clone.version = self.version
         clone.uri_text = self.uri_text
@@ -676,13 +683,17 @@ class Response(Message):
         body: bytes = b"",
         raw: bytes = b"",
         version: str = SIP_VERSION,
+        start: str | None = None,
     ) -> None:
+        """``start``: the status line as received, reused by ``serialize`` (status,
+        reason and version must then not change)."""
         self.lines = lines  # Message.__init__ written out, as in Request
         self.keys = keys
         self.body = body
         self.raw = raw
         self._dirty = not raw
         self._cache = {}
+        self._start = start
         self.status = status
         self.reason = reason
         self.version = version
@@ -691,6 +702,7 @@ class Response(Message):
         return f"{self.version} {self.status} {self.reason}"
 
     def _copy_start(self, clone: Any) -> None:
+        clone._start = self._start
         clone.status = self.status
         clone.reason = self.reason
         clone.version = self.version

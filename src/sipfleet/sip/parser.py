@@ -132,7 +132,7 @@ def _start(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Me
     parts = start_line.split(" ")
     method = parts[0]
     if len(parts) == 3 and parts[2] == SIP_VERSION and parts[1] and method in KNOWN_METHODS:
-        return Request(method, parts[1], lines, keys, b"", raw)  # the usual request line
+        return Request(method, parts[1], lines, keys, b"", raw, SIP_VERSION, start_line)
     if method not in KNOWN_METHODS and not is_token(method):
         if start_line[:4].upper() == "SIP/":  # §7.1: the version is case-insensitive
             return _status_line(start_line, lines, keys, raw)
@@ -175,7 +175,7 @@ def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes)
         if len(_STATUS_LINES) < MEMO_SIZE:
             _STATUS_LINES[start_line] = known
     status, reason, version = known
-    return Response(status, reason, lines, keys, b"", raw, version)
+    return Response(status, reason, lines, keys, b"", raw, version, start_line)
 
 
 def _read_status_line(start_line: str) -> tuple[int, str, str]:
