@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.sip import ParseError, Request, Response, Via, parse_via
 from sipfleet.sip.builders import make_response, stateless_branch
-from sipfleet.transport.base import Destination, Peer, TransportError, TransportName
+from sipfleet.transport.base import Destination, Peer, TransportError
 from sipfleet.transport.sockets import is_ip, normalise_host
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ FLOW_PARAM = "sfi"  # in our Via: "t<connection id>" or "u<udp socket index>"
 FLOW_MARK = f";{FLOW_PARAM}="
 _new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 DEFAULT_PORT = 5060
-MAX_SALTS = 4096
+MAX_TARGETS = 4096
 
 
 @dataclass(slots=True)
@@ -57,11 +57,11 @@ class StatelessForwarder:
         self.endpoint = endpoint
         self.force_rport = force_rport
         self.stats = ForwardStats()
-        self._our_via_prefix: dict[tuple[TransportName, bool, str | None], str] = {}
         self._sent_bys: set[tuple[str, int | None]] | None = None
         self._our_texts: set[str] = set()  # "SIP/2.0/UDP host:port" of each sent-by
         self._udp_index: dict[tuple[str, int], int] | None = None
-        self._salts: dict[Destination, str] = {}  # the branch salt of each target
+        # target (and sent-by) -> branch salt, our Via up to the branch value
+        self._targets: dict[object, tuple[str, str]] = {}
         self._one_udp_socket = False  # known once the first UDP request passed
 
     # -- requests --------------------------------------------------------------------------
@@ -82,10 +82,12 @@ class StatelessForwarder:
         the transport (a node with a public and an internal side names the side the
         request leaves from). ``via_params``: extra parameters for our Via (``;name=value``),
         which the response brings back."""
+        known = self._targets.get(target) if sent_by is None else None
+        salt, prefix = known or self._target(target, sent_by)
         try:
             max_forwards = request.max_forwards
             via = request.top_via
-            branch = stateless_branch(request, self._salts.get(target) or self._salt(target))
+            branch = stateless_branch(request, salt)
         except ParseError as exc:
             self.stats.requests_rejected += 1
             if request.method != "ACK":
@@ -99,7 +101,7 @@ class StatelessForwarder:
         if via.host != peer.host or self.force_rport or "rport" in via.params:
             self._stamp(request, via, peer)  # (not called for the usual client: one call less)
         request.decrement_max_forwards()
-        request.push_via(self._our_via(target, peer, branch, sent_by) + via_params)
+        request.push_via(self._our_via(prefix, peer, branch) + via_params)
         try:
             self.endpoint.send_bytes(request.serialize(), target)
         except TransportError as exc:
@@ -109,14 +111,21 @@ class StatelessForwarder:
         self.stats.requests_forwarded += 1
         return True
 
-    def _salt(self, target: Destination) -> str:
-        """What separates the branches of one request forwarded to different targets.
-        Kept per target: a dict lookup costs a third of formatting it again."""
-        salt = f"{target.transport}:{target.host}:{target.port}"
-        if len(self._salts) >= MAX_SALTS:  # targets may come from requests: stay bounded
-            self._salts.clear()
-        self._salts[target] = salt
-        return salt
+    def _target(self, target: Destination, sent_by: str | None) -> tuple[str, str]:
+        """The branch salt (what separates the branches of one request forwarded to
+        different targets) and our Via up to its branch value, for ``target``. Kept per
+        target: one dict lookup costs less than formatting them again."""
+        key = target if sent_by is None else (target, sent_by)
+        known = self._targets.get(key)
+        if known is None:
+            if sent_by is None:
+                sent_by = self.endpoint.sent_by(target.transport, target.host)
+            salt = f"{target.transport}:{target.host}:{target.port}"
+            known = (salt, f"SIP/2.0/{target.transport.upper()} {sent_by};branch=")
+            if len(self._targets) >= MAX_TARGETS:  # targets may come from requests
+                self._targets.clear()
+            self._targets[key] = known
+        return known
 
     def _stamp(self, request: Request, via: Via, peer: Peer) -> None:
         """RFC 3581 §4 / RFC 3261 §18.2.1: ``received`` when the source IP is not the
@@ -131,16 +140,7 @@ class StatelessForwarder:
         request.pop_first_value("via")
         request.push_via(via.replace(params=params))
 
-    def _our_via(
-        self, target: Destination, peer: Peer, branch: str, sent_by: str | None = None
-    ) -> str:
-        key = (target.transport, ":" in target.host, sent_by)
-        prefix = self._our_via_prefix.get(key)
-        if prefix is None:
-            if sent_by is None:
-                sent_by = self.endpoint.sent_by(target.transport, target.host)
-            prefix = f"SIP/2.0/{target.transport.upper()} {sent_by};branch="
-            self._our_via_prefix[key] = prefix
+    def _our_via(self, prefix: str, peer: Peer, branch: str) -> str:
         if peer.transport == "udp" and self._one_udp_socket:
             return prefix + branch  # nothing to choose on the way back
         flow = self._flow_of(peer)

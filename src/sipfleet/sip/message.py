@@ -160,9 +160,10 @@ class Message:
 
     def _first_value(self, key: str) -> str | None:
         keys = self.keys
-        if key not in keys:
+        try:
+            line = self.lines[keys.index(key)]
+        except ValueError:
             return None
-        line = self.lines[keys.index(key)]
         value = line[line.find(":") + 1 :]
         if "\n" in value:  # folded
             value = header_value(line)
@@ -491,7 +492,13 @@ class Message:
             line = lines[at]
             colon = line.find(":")
             value = line[colon + 1 :]
-            first, rest = split_first(value if "\n" not in value else header_value(line))
+            if "\n" in value:
+                value = header_value(line)
+            if '"' in value or "<" in value:
+                first, rest = split_first(value)
+            else:  # split_first written out for plain text: a relay pops a Via per response
+                first, _, rest = value.partition(",")
+                first = first.strip(WS)
             if first and accept is not None and not accept(first):
                 return None
             rest = rest.lstrip(" \t,")  # empty elements before the next one go too

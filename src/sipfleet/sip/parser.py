@@ -211,6 +211,10 @@ def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> N
             if len(_CONTENT_LENGTHS) < MEMO_SIZE:
                 _CONTENT_LENGTHS[line] = length
     available = len(data) - body_at
+    if length == available:  # the usual case: the body is the rest (empty, mostly)
+        if length:
+            message.body = data[body_at:]
+        return
     if length is None:
         if stream:
             raise ParseError("Missing Content-Length on a stream transport", 400, message)
