@@ -178,7 +178,9 @@ class StatelessForwarder:
             ours = response.pop_first_value("via", self._is_ours)  # the others not split
             if ours is None:
                 self.stats.responses_not_ours += 1
-                log.debug("response %r: top Via %s is not ours", response, ours)
+                log.debug(
+                    "response %r: top Via %s is not ours", response, response.first_value("via")
+                )
                 return False
             # Only the Via after ours is parsed. A response to our own request has none:
             # "Missing Via header".
