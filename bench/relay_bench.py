@@ -473,6 +473,13 @@ def main() -> None:
     )
     parser.add_argument("--pairs", type=int, help=argparse.SUPPRESS)  # one callgrind run
     args = parser.parse_args()
+    in_process_paths = {"floor", "sipfleet", "lb"}
+    if (args.instructions or args.pairs is not None) and not set(
+        args.relays.split(",")
+    ) <= in_process_paths:
+        parser.error(f"--relays: counting instructions takes {', '.join(sorted(in_process_paths))}")
+    if args.pairs is not None and "," in args.relays:
+        parser.error("--pairs runs one relay: give --relays one name")
     if args.instructions:
         instructions(args.relays.split(","), args.instructions)
         return

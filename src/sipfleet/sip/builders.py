@@ -11,7 +11,7 @@ from sipfleet.sip.address import parse_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.headers import header_key
 from sipfleet.sip.message import Message, Request, Response, header_line, header_value
-from sipfleet.sip.via import BRANCH_COOKIE
+from sipfleet.sip.via import BRANCH_COOKIE, is_rfc3261_branch
 
 REASONS = {
     100: "Trying",
@@ -129,8 +129,7 @@ def stateless_branch(request: Request, salt: str = "") -> str:
     """
     via = request.top_via
     branch = via.branch
-    if branch is not None and len(branch) > 7 and branch.startswith(BRANCH_COOKIE):
-        # is_rfc3261_branch written out: a relay computes this for every request
+    if is_rfc3261_branch(branch):
         key = f"{branch}\x00{via.host}\x00{via.port}\x00{salt}"
     else:  # RFC 2543 peers: hash what identifies the transaction
         key = "\x00".join(

@@ -61,11 +61,11 @@ _new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot 
 # "top-via-text": the new top Via's text, known when one was popped off the same line (a
 # relay pops our Via and reads the next).
 _TOP_OF = {"via": ("top-via", "top-via-text"), "route": ("top-route",)}
-# Max-Forwards text -> value: a few dozen texts cover all traffic, and a dict hit costs
-# less than checking and converting the digits. Bounded: the text comes from packets.
-_HOP_COUNTS: dict[str, int] = {}
+# Max-Forwards line -> value: a few dozen lines cover all traffic, and a dict hit costs
+# less than cutting, checking and converting the digits. Bounded: lines come from packets.
 _MAX_FORWARDS_LINES = tuple(f"Max-Forwards: {value}" for value in range(256))
-_HOPS_OF_LINE = {line: value for value, line in enumerate(_MAX_FORWARDS_LINES)}
+_HOP_COUNTS = {line: value for value, line in enumerate(_MAX_FORWARDS_LINES)}
+MAX_HOP_COUNTS = 1024
 
 
 def header_value(line: str) -> str:
@@ -284,21 +284,22 @@ class Message:
         if "max-forwards" in cache:
             return cache["max-forwards"]  # type: ignore[no-any-return]
         keys = self.keys
-        if keys.count("max-forwards") == 1:  # one line, written as we write it: a dict hit
-            value = _HOPS_OF_LINE.get(self.lines[keys.index("max-forwards")])
-            if value is not None:
-                cache["max-forwards"] = value
-                return value
-        text = self._single("max-forwards", "Max-Forwards")
-        value = None if text is None else _HOP_COUNTS.get(text)
-        if value is None and text is not None:
-            if not (text.isdigit() and text.isascii() and len(text) <= 10):
-                raise ParseError("Bad Max-Forwards header")
-            value = int(text)  # leading zeros are legal (RFC 4475 §3.1.1.1)
-            if value > 255:
-                raise ParseError("Bad Max-Forwards header")
-            if len(_HOP_COUNTS) < 1024:
-                _HOP_COUNTS[text] = value
+        count = keys.count("max-forwards")
+        if count > 1:
+            raise ParseError("Multiple Max-Forwards headers")
+        value = None
+        if count:
+            line = self.lines[keys.index("max-forwards")]
+            value = _HOP_COUNTS.get(line)
+            if value is None:
+                text = header_value(line)
+                if not (text.isdigit() and text.isascii() and len(text) <= 10):
+                    raise ParseError("Bad Max-Forwards header")
+                value = int(text)  # leading zeros are legal (RFC 4475 §3.1.1.1)
+                if value > 255:
+                    raise ParseError("Bad Max-Forwards header")
+                if len(_HOP_COUNTS) < MAX_HOP_COUNTS:
+                    _HOP_COUNTS[line] = value
         cache["max-forwards"] = value
         return value
 
@@ -492,13 +493,7 @@ class Message:
             line = lines[at]
             colon = line.find(":")
             value = line[colon + 1 :]
-            if "\n" in value:
-                value = header_value(line)
-            if '"' in value or "<" in value:
-                first, rest = split_first(value)
-            else:  # split_first written out for plain text: a relay pops a Via per response
-                first, _, rest = value.partition(",")
-                first = first.strip(WS)
+            first, rest = split_first(value if "\n" not in value else header_value(line))
             if first and accept is not None and not accept(first):
                 return None
             rest = rest.lstrip(" \t,")  # empty elements before the next one go too
