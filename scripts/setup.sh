@@ -33,6 +33,11 @@ fi
 stamp=.venv/.sipfleet-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[mysql,postgres,dev]'
+  .venv/bin/python -m pip install -q -e '.[mysql,postgres,native,dev]'
   touch "$stamp"
+fi
+# The modules every packet runs through, compiled with mypyc (src/sipfleet/native.py);
+# SIPFLEET_PURE=1 runs everything from source instead.
+if [[ -z ${SIPFLEET_PURE:-} ]]; then
+  .venv/bin/python scripts/compile.py
 fi

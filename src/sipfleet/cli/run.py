@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sipfleet import native
 from sipfleet.cli.common import CliError, add_config_option, config_from_args
 from sipfleet.config import Config, ConfigError
 from sipfleet.roles import ROLE_NAMES, available_roles, role_runner
@@ -61,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_role(role: str, config: Config, ready_file: Path | None = None) -> int:
     def ready() -> None:
-        log.info("%s ready", role)
+        log.info("%s ready (SIP core: %s)", role, native.status)
         if ready_file is not None:
             ready_file.write_text(json.dumps({"role": role, "pid": os.getpid()}))
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sipfleet import native
 from sipfleet.cli.common import CliError
 from sipfleet.cli.run import add_log_option
 from sipfleet.config import Config, ConfigError, config_from_dict, load_config
@@ -212,6 +213,7 @@ def _say_what_started(
     if missing:
         lines.append(f"  not built yet: {', '.join(missing)}")
     lines.append(f"  database   {database}")
+    lines.append(f"  SIP core   {native.status}")
     lines.append("Add a user:  sipfleet subscriber add alice@localhost --password secret")
     lines.append("Stop with Ctrl-C.")
     print("\n".join(lines), flush=True)

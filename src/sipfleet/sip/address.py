@@ -180,7 +180,8 @@ def _parse_addr_spec(text: str, what: str) -> Address:
     match = _ADDR_SPEC.fullmatch(text)
     if match is None:
         raise ParseError(_address_defect(text, what))
-    uri_text, param_text = match.groups()
+    uri_text: str = match.group(1)
+    param_text: str | None = match.group(2)
     if "?" in uri_text:  # RFC 3261 §20: a URI with headers must be in <> (RFC 4475 §3.1.2.13)
         raise ParseError(f"Bad {what} header: a URI with '?' must be enclosed in <>")
     return _address(uri_text, None, param_text, text, what)

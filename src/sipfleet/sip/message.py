@@ -570,13 +570,13 @@ class Message:
 
     def copy(self) -> Any:
         """An independent copy to edit (each branch of a fork gets one)."""
-        clone = object.__new__(type(self))
-        Message.__init__(clone, list(self.lines), list(self.keys), self.body, self.raw)
+        clone = self._with_lines(list(self.lines), list(self.keys))
         clone._dirty = self._dirty
-        self._copy_start(clone)
         return clone
 
-    def _copy_start(self, clone: Any) -> None:
+    def _with_lines(self, lines: list[str], keys: list[str]) -> Message:
+        """This message's start line and body with these header lines (a constructor
+        call: compiled classes cannot be created with object.__new__)."""
         raise NotImplementedError
 
 
@@ -648,12 +648,11 @@ class Request(Message):
     def start_line(self) -> str:
         return f"{self.method} {self.uri_text} {self.version}"
 
-    def _copy_start(self, clone: Any) -> None:
-        clone._start = self._start
-        clone.method = self.method
-        clone.version = self.version
-        clone.uri_text = self.uri_text
+    def _with_lines(self, lines: list[str], keys: list[str]) -> Request:
+        start, uri = self._start, self.uri_text
+        clone = Request(self.method, uri, lines, keys, self.body, self.raw, self.version, start)
         clone._uri = self._uri
+        return clone
 
     def decrement_max_forwards(self) -> int:
         """§16.6 step 3: decrement, or add 70 when absent. Returns the new value."""
@@ -703,11 +702,9 @@ class Response(Message):
     def start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
 
-    def _copy_start(self, clone: Any) -> None:
-        clone._start = self._start
-        clone.status = self.status
-        clone.reason = self.reason
-        clone.version = self.version
+    def _with_lines(self, lines: list[str], keys: list[str]) -> Response:
+        status, reason, start = self.status, self.reason, self._start
+        return Response(status, reason, lines, keys, self.body, self.raw, self.version, start)
 
     @property
     def is_provisional(self) -> bool:

@@ -66,10 +66,11 @@ class Via:
         params = self._params
         return params if params is not None else self._parse_params()
 
-    _split_params = staticmethod(parse_params)
+    def _split_params(self, text: str) -> Params:
+        return parse_params(text, "Via header")
 
     def _parse_params(self) -> Params:
-        params = self._params = self._split_params(self._param_text, "Via header")
+        params = self._params = self._split_params(self._param_text)
         if "branch" in params and not params["branch"]:
             raise ParseError("Bad Via header: empty branch")
         return params
@@ -141,7 +142,9 @@ class _PlainVia(Via):
     its parameters are split without matching that text again."""
 
     __slots__ = ()
-    _split_params = staticmethod(parse_plain_params)
+
+    def _split_params(self, text: str) -> Params:
+        return parse_plain_params(text, "Via header")
 
 
 # The usual shape in one match: single spaces, a known transport, a host name or IPv4
@@ -168,12 +171,13 @@ def parse_via(text: str) -> Via:
         return _PlainVia(transport, host, port, param_text, "SIP/2.0", text)
     match = _PLAIN_VIA.fullmatch(text)
     if match is not None:
-        transport, host, port_text, param_text = match.groups()
+        transport, host = match.group(1, 2)
+        port_text: str | None = match.group(3)  # typed: compiled code checks each type
         port = int(port_text) if port_text is not None else None
         if port is None or port <= 65535:
             if len(_SENT_BYS) < MAX_SENT_BYS:
                 _SENT_BYS[sent_by] = (transport, host, port)
-            return _PlainVia(transport, host, port, param_text or "", "SIP/2.0", text)
+            return _PlainVia(transport, host, port, param_text, "SIP/2.0", text)
     return _parse_via_slowly(text)
 
 
@@ -181,7 +185,9 @@ def _parse_via_slowly(text: str) -> Via:
     match = _SENT.fullmatch(text)
     if match is None:
         raise ParseError("Bad Via header")
-    name, version, transport, host, port_text, param_text = match.groups()
+    name, version, transport, host = match.group(1, 2, 3, 4)
+    port_text: str | None = match.group(5)
+    param_text: str | None = match.group(6)
     if name.upper() != "SIP":
         raise ParseError("Bad Via header: protocol is not SIP")
     if host[0] == "[" or host[0] in "-." or host[-1] == "-":
