@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,26 @@ def remove_build() -> None:
         extension.unlink()
 
 
+@contextlib.contextmanager
+def output_to(log: Path) -> Iterator[None]:
+    """Standard output and error of this process and its children (gcc) into ``log``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log.open("w") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def build() -> None:
     from mypyc.build import mypycify
     from setuptools import setup
@@ -44,7 +65,7 @@ def build() -> None:
     log = BUILD / "compile.log"
     os.chdir(BUILD)  # not ROOT: setup() would read the project's own pyproject.toml
     sources = [str(native.source_of(name)) for name in native.COMPILED]
-    with log.open("w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    with output_to(log):
         try:
             extensions = mypycify(sources, group_name=GROUP, target_dir=str(BUILD / "c"))
             setup(
@@ -60,14 +81,15 @@ def build() -> None:
                 ],
             )
         except (Exception, SystemExit) as error:  # mypy's and setuptools' errors, alike
-            print(f"compile failed: {error!r}", file=out)
+            print(f"compile failed: {error!r}")
             failed = True
         else:
             failed = False
     if failed:
         remove_build()
-        tail = log.read_text().splitlines()[-15:]
-        sys.exit("compile: mypyc failed, sipfleet runs from source; " + "\n".join(tail))
+        lines = log.read_text().splitlines()
+        errors = [line for line in lines if "error" in line][:10] or lines[-10:]
+        sys.exit(f"compile: failed, sipfleet runs from source ({log}):\n" + "\n".join(errors))
     native.MANIFEST.write_text(json.dumps(hashes, indent=1) + "\n")
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-# The relay path: parse, read the routing headers, edit, serialise, forward (issue 2).
+# The relay path: receive, parse, read the routing headers, edit, serialise, forward, send.
 COMPILED = (
     "sipfleet.sip.errors",
     "sipfleet.sip.grammar",
@@ -34,6 +34,9 @@ COMPILED = (
     "sipfleet.sip.parser",
     "sipfleet.sip.builders",
     "sipfleet.core.stateless",
+    "sipfleet.transport.base",
+    "sipfleet.transport.udp",
+    "sipfleet.core.endpoint",
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "native-build.json"

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from sipfleet.config.listen import ListenAddress
 from sipfleet.sip import Message, ParseError, Request, Response, parse_message
 from sipfleet.sip.builders import make_response
@@ -70,6 +72,7 @@ class EndpointStats:
     handler_errors: int = 0  # exceptions escaping the handler (a bug: logged)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (sipfleet.native); the LB's extends it
 class SipEndpoint:
     def __init__(
         self,

@@ -284,12 +284,15 @@ class Message:
         if "max-forwards" in cache:
             return cache["max-forwards"]  # type: ignore[no-any-return]
         keys = self.keys
-        count = keys.count("max-forwards")
-        if count > 1:
+        try:  # one scan up to it and a short one past it, as for Content-Length
+            at = keys.index("max-forwards")
+        except ValueError:
+            at = -1
+        if at >= 0 and "max-forwards" in keys[at + 1 :]:
             raise ParseError("Multiple Max-Forwards headers")
         value = None
-        if count:
-            line = self.lines[keys.index("max-forwards")]
+        if at >= 0:
+            line = self.lines[at]
             value = _HOP_COUNTS.get(line)
             if value is None:
                 text = header_value(line)
@@ -513,7 +516,8 @@ class Message:
         """Our Via on top (add_header(top=True) written out: a relay does this for every
         request)."""
         keys = self.keys
-        at = keys.index("via") if "via" in keys else 0
+        # Vias are mostly the first headers: one look, no scan
+        at = 0 if not keys or keys[0] == "via" or "via" not in keys else keys.index("via")
         self.lines.insert(at, "Via: " + str(via))
         keys.insert(at, "via")
         self._changed("via")
@@ -556,7 +560,8 @@ class Message:
             return self.raw
         # The two empty strings end the head with CRLF CRLF inside the one join.
         lines = [self._start or self.start_line(), *self.lines, "", ""]
-        if "content-length" not in self.keys:
+        keys = self.keys  # Content-Length is mostly the last header: one look, no scan
+        if not (keys and keys[-1] == "content-length") and "content-length" not in keys:
             lines.insert(-2, f"Content-Length: {len(self.body)}")
         data = "\r\n".join(lines).encode("latin-1")
         if self.body:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
+from mypy_extensions import mypyc_attr
+
 if TYPE_CHECKING:
     from sipfleet.config.model import SipSection
     from sipfleet.sip import ParseError
@@ -50,6 +52,7 @@ class Peer(NamedTuple):
         )
 
 
+@mypyc_attr(native_class=False)  # compiled (sipfleet.native): OSError can't be a native base
 class TransportError(OSError):
     """A message could not be sent (no socket for it, connection gone, buffer full)."""
 

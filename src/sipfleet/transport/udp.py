@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from asyncio.protocols import DatagramProtocol
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
+
+from mypy_extensions import mypyc_attr
 
 from sipfleet.sip.parser import is_keepalive
 from sipfleet.transport import stun
@@ -124,7 +127,8 @@ def _same(listener: _UdpListener) -> _UdpListener:
     return listener
 
 
-class _UdpListener(asyncio.DatagramProtocol):
+@mypyc_attr(native_class=False)  # compiled (sipfleet.native): asyncio calls it as a protocol
+class _UdpListener(DatagramProtocol):
     __slots__ = ("_deliver", "_owner", "local_host", "local_port", "transport")
 
     def __init__(
