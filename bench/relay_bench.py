@@ -246,14 +246,13 @@ def in_process(pairs: int | None = None, relay: str = "sipfleet") -> None:
 
     from sipfleet.config.listen import ListenAddress
     from sipfleet.core.endpoint import SipEndpoint
-    from sipfleet.core.stateless import StatelessForwarder
+    from sipfleet.core.stateless import StatelessForwarder, StatelessRelay
     from sipfleet.sip import Request, parse_message
     from sipfleet.sip.builders import stateless_branch
     from sipfleet.transport import Destination
 
     sys.path.insert(0, str(BENCH))
     from relay_floor import FloorRelay  # type: ignore[import-not-found]
-    from relay_sipfleet import Relay  # type: ignore[import-not-found]
 
     def best(run: Callable[[], object], number: int = 2000) -> float:
         return min(timeit.repeat(run, number=number, repeat=9)) / number * 1e6
@@ -285,7 +284,7 @@ def in_process(pairs: int | None = None, relay: str = "sipfleet") -> None:
             return pair, response
 
         endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
-        endpoint.handler = Relay(StatelessForwarder(endpoint), Destination("udp", *source))
+        endpoint.handler = StatelessRelay(StatelessForwarder(endpoint), Destination("udp", *source))
         await endpoint.start()
         request = SIPP_OPTIONS.format(port=port).encode()
         relay_pair, response = exchange(endpoint.udp._listeners[0].datagram_received, request)

@@ -19,28 +19,15 @@ import sys
 
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.stateless import StatelessForwarder
-from sipfleet.sip import Request, Response
-from sipfleet.transport import Destination, Peer, bind_all, bind_for_workers, keep_only, run
+from sipfleet.core.stateless import StatelessForwarder, StatelessRelay
+from sipfleet.transport import Destination, bind_all, bind_for_workers, keep_only, run
 from sipfleet.transport.sockets import spread_at_random
 from sipfleet.transport.workers import run_workers
 
 
-class Relay:
-    def __init__(self, forwarder: StatelessForwarder, target: Destination) -> None:
-        self.forwarder = forwarder
-        self.target = target
-
-    def on_request(self, request: Request, peer: Peer) -> None:
-        self.forwarder.forward_request(request, peer, self.target)
-
-    def on_response(self, response: Response, peer: Peer) -> None:
-        self.forwarder.forward_response(response, peer)
-
-
 async def serve(sockets: list[socket.socket], target: tuple[str, int], index: int = 0) -> None:
     endpoint = SipEndpoint([], sockets=sockets, worker_index=index)
-    endpoint.handler = Relay(StatelessForwarder(endpoint), Destination("udp", *target))
+    endpoint.handler = StatelessRelay(StatelessForwarder(endpoint), Destination("udp", *target))
     async with endpoint:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

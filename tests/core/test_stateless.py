@@ -11,24 +11,10 @@ import pytest
 
 from sipfleet.config.listen import parse_listen
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.core.stateless import StatelessForwarder, StatelessRelay
 from sipfleet.sip import Request, Response, parse_message
 from sipfleet.transport import Destination, Peer
 from tests.transport.helpers import TIMEOUT, UdpClient, answer, ipv6_available, options
-
-
-class Relay:
-    """The LB's job reduced to one fixed target."""
-
-    def __init__(self, forwarder: StatelessForwarder, target: Destination) -> None:
-        self.forwarder = forwarder
-        self.target = target
-
-    def on_request(self, request: Request, peer: Peer) -> None:
-        self.forwarder.forward_request(request, peer, self.target)
-
-    def on_response(self, response: Response, peer: Peer) -> None:
-        self.forwarder.forward_response(response, peer)
 
 
 @dataclass
@@ -65,7 +51,7 @@ async def relay(*listen: str, host: str = "127.0.0.1", **options: bool) -> Async
     uac, uas = UdpClient(host), UdpClient(host)
     endpoint = SipEndpoint([parse_listen(text) for text in listen])
     forwarder = StatelessForwarder(endpoint, **options)
-    endpoint.handler = Relay(forwarder, Destination("udp", uas.host, uas.port))
+    endpoint.handler = StatelessRelay(forwarder, Destination("udp", uas.host, uas.port))
     try:
         async with endpoint:
             yield Setup(endpoint, forwarder, uac, uas)
@@ -233,15 +219,18 @@ async def test_our_via_can_name_another_side_and_carry_parameters(setup: Setup) 
     """A node with a public and an internal side names the side the request leaves from;
     extra Via parameters come back in the response (the LB keeps its flow token there)."""
 
-    class Named(Relay):
+    target = Destination("udp", setup.uas.host, setup.uas.port)
+
+    class Named:  # the relay's handler, forwarding with a sent-by and parameters of its own
         def on_request(self, request: Request, peer: Peer) -> None:
-            self.forwarder.forward_request(
-                request, peer, self.target, sent_by="192.0.2.99:5099", via_params=";ft=abc"
+            setup.forwarder.forward_request(
+                request, peer, target, sent_by="192.0.2.99:5099", via_params=";ft=abc"
             )
 
-    setup.endpoint.handler = Named(
-        setup.forwarder, Destination("udp", setup.uas.host, setup.uas.port)
-    )
+        def on_response(self, response: Response, peer: Peer) -> None:
+            setup.forwarder.forward_response(response, peer)
+
+    setup.endpoint.handler = Named()
     setup.uac.send(options(f"127.0.0.1:{setup.uac.port}"), setup.address())
     request = await setup.forwarded()
     ours = request.vias[0]

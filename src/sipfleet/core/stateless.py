@@ -240,6 +240,22 @@ class StatelessForwarder:
         return asdict(self.stats)
 
 
+class StatelessRelay:
+    """A SipHandler relaying every request to one target and every response back by its
+    Via: the LB's job reduced to one fixed next hop (the relay benchmark's handler).
+    Compiled with the forwarder, a message reaches it without a Python-level call."""
+
+    def __init__(self, forwarder: StatelessForwarder, target: Destination) -> None:
+        self.forwarder = forwarder
+        self.target = target
+
+    def on_request(self, request: Request, peer: Peer) -> None:
+        self.forwarder.forward_request(request, peer, self.target)
+
+    def on_response(self, response: Response, peer: Peer) -> None:
+        self.forwarder.forward_response(response, peer)
+
+
 def _flow_param(via_text: str) -> str:
     return parse_via(via_text).params.get(FLOW_PARAM) or ""
 
