@@ -102,9 +102,7 @@ def main() -> None:
         remove_build()
         print("compile: removed the build; sipfleet runs from source")
         return
-    del os.environ["SIPFLEET_PURE"]  # only to ask whether the build is current
-    current = native.why_not_compiled(native.read_manifest()) is None
-    os.environ["SIPFLEET_PURE"] = "1"
+    current = native.build_mismatch(native.read_manifest()) is None
     if current and not args.force:
         print(f"compile: {len(native.COMPILED)} modules, up to date")
         return

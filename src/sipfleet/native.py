@@ -67,9 +67,14 @@ def read_manifest() -> dict[str, str] | None:
 
 
 def why_not_compiled(manifest: dict[str, str] | None) -> str | None:
-    """None when the compiled build matches the sources; else the reason it doesn't."""
+    """None when the compiled build is to be used; else the reason it isn't."""
     if os.environ.get(PURE_VARIABLE):
         return f"{PURE_VARIABLE} is set"
+    return build_mismatch(manifest)
+
+
+def build_mismatch(manifest: dict[str, str] | None) -> str | None:
+    """None when the build that ``manifest`` describes matches the sources; else how not."""
     if manifest is None:
         return "not compiled (scripts/compile.py)"
     if sorted(manifest) != sorted(COMPILED):
@@ -94,9 +99,7 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in self.modules:
             return None
-        source = str(source_of(fullname))
-        loader = importlib.machinery.SourceFileLoader(fullname, source)
-        return importlib.util.spec_from_file_location(fullname, source, loader=loader)
+        return importlib.util.spec_from_file_location(fullname, source_of(fullname))
 
 
 def guard() -> None:

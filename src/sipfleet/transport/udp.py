@@ -127,7 +127,10 @@ def _same(listener: _UdpListener) -> _UdpListener:
     return listener
 
 
-@mypyc_attr(native_class=False)  # compiled (sipfleet.native): asyncio calls it as a protocol
+# A Python class in the compiled module (sipfleet.native): asyncio calls it as a protocol.
+# Its base is imported from asyncio.protocols: named as asyncio.DatagramProtocol, mypyc
+# 2.4 emits C that uses asyncio.protocols without declaring it, and gcc fails.
+@mypyc_attr(native_class=False)
 class _UdpListener(DatagramProtocol):
     __slots__ = ("_deliver", "_owner", "local_host", "local_port", "transport")
 
