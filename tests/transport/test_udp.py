@@ -132,6 +132,41 @@ async def test_a_failing_sink_does_not_close_the_socket(udp, client) -> None:
     assert b"z9hG4bK-b" in data
 
 
+async def test_sends_are_dropped_and_counted_while_the_socket_buffer_is_full(client) -> None:
+    limits = TransportLimits(max_write_buffer=96 * 1024)
+    transport = UdpTransport(RecordingSink(), limits)
+    await transport.start(bind_all([parse_listen("udp:127.0.0.1:0")]))
+    try:
+        (listener,) = transport._listeners
+        asyncio_transport = listener.socket.transport
+        assert asyncio_transport is not None
+        # The queue limit the transport pauses us at is the configured one.
+        assert asyncio_transport.get_write_buffer_limits()[1] == 96 * 1024  # type: ignore[attr-defined]
+        to_client = Destination("udp", "127.0.0.1", client.port)
+        listener.pause_writing()  # what the transport calls when its queue passes it
+        transport.send(b"SIP/2.0 200 lost\r\n\r\n", to_client)
+        assert transport.counters()["udp_send_dropped"] == 1
+        listener.resume_writing()  # drained below the low-water mark
+        transport.send(b"SIP/2.0 200 sent\r\n\r\n", to_client)
+        data, _ = await client.recv()
+        assert data == b"SIP/2.0 200 sent\r\n\r\n"
+        assert transport.counters()["udp_send_dropped"] == 1
+    finally:
+        await transport.close()
+
+
+async def test_send_on_a_lost_or_closed_socket_is_a_transport_error(udp, client) -> None:
+    transport, _ = udp
+    local = transport.addresses[0]
+    to_client = Destination("udp", "127.0.0.1", client.port, None, local)
+    transport._listeners[0].connection_lost(OSError("fatal read error"))  # asyncio gave up on it
+    with pytest.raises(TransportError, match="UDP socket closed"):
+        transport.send(b"x", to_client)
+    await transport.close()
+    with pytest.raises(TransportError, match="no UDP socket"):
+        transport.send(b"x", to_client)
+
+
 def test_udp_sockets_ask_for_large_buffers() -> None:
     (sock,) = bind_all([parse_listen("udp:127.0.0.1:0")])
     with sock:

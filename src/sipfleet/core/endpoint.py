@@ -18,7 +18,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -36,10 +36,10 @@ from sipfleet.transport.sockets import bind_all, family_of, listen_address_of
 from sipfleet.transport.tcp import TcpTransport
 from sipfleet.transport.udp import UdpTransport
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 # Connection ids of worker n start at n << 32, so an id names its worker too.
-CONNECTION_IDS_PER_WORKER = 1 << 32
+CONNECTION_IDS_PER_WORKER: Final = 1 << 32
 
 
 class SipHandler(Protocol):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.sip import ParseError, Request, Response, Via, parse_via
@@ -30,13 +31,13 @@ from sipfleet.sip.builders import make_response, stateless_branch
 from sipfleet.transport.base import Destination, Peer, TransportError
 from sipfleet.transport.sockets import is_ip, normalise_host
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
-FLOW_PARAM = "sfi"  # in our Via: "t<connection id>" or "u<udp socket index>"
-FLOW_MARK = f";{FLOW_PARAM}="
-_new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
-DEFAULT_PORT = 5060
-MAX_TARGETS = 4096
+FLOW_PARAM: Final = "sfi"  # in our Via: "t<connection id>" or "u<udp socket index>"
+FLOW_MARK: Final = f";{FLOW_PARAM}="
+_new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+DEFAULT_PORT: Final = 5060
+MAX_TARGETS: Final = 4096
 
 
 @dataclass(slots=True)

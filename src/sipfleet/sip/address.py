@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import (
@@ -17,9 +18,9 @@ from sipfleet.sip.grammar import (
 from sipfleet.sip.uri import SipUri, Uri, parse_uri
 
 # RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
-_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+_QVALUE: Final = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 # Unquoted display names are tokens and blanks (non-ASCII tolerated, as phones send it).
-_DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9.!%*_+`'~\- \t\x80-\xff]+")
+_DISPLAY_TOKENS: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~\- \t\x80-\xff]+")
 
 
 class Address:
@@ -135,8 +136,8 @@ def display_from_text(name: str) -> str:
     return quote(name.encode("utf-8").decode("latin-1"))
 
 
-_QUOTED = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # unrolled: see grammar.py
-_ADDR_SPEC = re.compile(r"([^;<>\s\"]+)[ \t]*(?:;(.*))?", re.S)  # \s: rejects odd blanks
+_QUOTED: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # unrolled: see grammar.py
+_ADDR_SPEC: Final = re.compile(r"([^;<>\s\"]+)[ \t]*(?:;(.*))?", re.S)  # \s: rejects odd blanks
 
 
 def parse_address(text: str, what: str) -> Address:

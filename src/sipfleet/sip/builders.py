@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from hashlib import blake2b
+from typing import Final
 
 from sipfleet.sip.address import parse_address
 from sipfleet.sip.errors import ParseError
@@ -13,7 +14,7 @@ from sipfleet.sip.headers import header_key
 from sipfleet.sip.message import Message, Request, Response, header_line, header_value
 from sipfleet.sip.via import BRANCH_COOKIE, is_rfc3261_branch
 
-REASONS = {
+REASONS: Final = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -68,7 +69,7 @@ REASONS = {
 }
 
 # Copied from the request into every response (§8.2.6.2).
-_COPIED = ("via", "from", "to", "call-id", "cseq")
+_COPIED: Final = ("via", "from", "to", "call-id", "cseq")
 
 
 def new_tag() -> str:
@@ -146,7 +147,7 @@ def stateless_branch(request: Request, salt: str = "") -> str:
     return _STATELESS_PREFIX + blake2b(key.encode("latin-1"), digest_size=10).hexdigest()
 
 
-_STATELESS_PREFIX = f"{BRANCH_COOKIE}-sf"
+_STATELESS_PREFIX: Final = f"{BRANCH_COOKIE}-sf"
 
 
 def make_cancel(invite: Request) -> Request:

@@ -7,6 +7,7 @@ maps to one character and serialisation gives back the original bytes exactly.
 from __future__ import annotations
 
 import re
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from sipfleet.sip.errors import ParseError
@@ -15,12 +16,14 @@ Params = dict[str, str | None]
 
 # Linear white space inside a header line (after unfolding). Not str.strip()'s default:
 # that also eats \x85 and \xa0, which are bytes of UTF-8 text decoded as latin-1.
-WS = " \t"
+WS: Final = " \t"
 
 # RFC 3261 §25.1 token characters.
-TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
-_COMMA_IN_ANGLE = re.compile(r"<[^>]*,")
-_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
+TOKEN_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+_COMMA_IN_ANGLE: Final = re.compile(r"<[^>]*,")
+_TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
 
 
 def is_token(text: str) -> bool:
@@ -65,11 +68,11 @@ def split_outside_quotes(text: str, sep: str, maxsplit: int = -1) -> list[str]:
     return parts
 
 
-_SPECIALS: dict[str, re.Pattern[str]] = {}
+_SPECIALS: Final[dict[str, re.Pattern[str]]] = {}
 # The rest of a quoted string after its opening quote, written as runs of ordinary
 # characters ("unrolled"): Python's re is many times slower on a per-character
 # alternation like (?:[^"\\]|\\.)*.
-_QUOTED_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_QUOTED_REST: Final = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 
 def split_values(text: str) -> list[str]:
@@ -112,10 +115,10 @@ def split_first(text: str) -> tuple[str, str]:
 _NAME = r"[A-Za-z0-9.!%*_+`'~\-\[\]:/&$]+"
 _VALUE = r"(?:[^;\"\s<>,]+|\"[^\"\\]*(?:\\.[^\"\\]*)*\")"
 _ONE_PARAM = rf"[ \t]*{_NAME}(?:[ \t]*=[ \t]*{_VALUE})?[ \t]*"
-_PARAMS = re.compile(rf"{_ONE_PARAM}(?:;{_ONE_PARAM})*", re.S)
+_PARAMS: Final = re.compile(rf"{_ONE_PARAM}(?:;{_ONE_PARAM})*", re.S)
 # The usual case: no blanks, no quotes. Validated by one character class, split by str.split.
-PLAIN_PARAM_CHARS = r"A-Za-z0-9.!%*_+`'~\-\[\]:/&$=;@"
-_PLAIN_PARAMS = re.compile(rf"[{PLAIN_PARAM_CHARS}]+")
+PLAIN_PARAM_CHARS: Final = r"A-Za-z0-9.!%*_+`'~\-\[\]:/&$=;@"
+_PLAIN_PARAMS: Final = re.compile(rf"[{PLAIN_PARAM_CHARS}]+")
 
 
 def parse_params(text: str, what: str) -> Params:
@@ -137,7 +140,7 @@ def parse_params(text: str, what: str) -> Params:
 
 
 # Whether parameter text holds only PLAIN_PARAM_CHARS (and is not empty): a match or None.
-match_plain_params = _PLAIN_PARAMS.fullmatch
+match_plain_params: Final = _PLAIN_PARAMS.fullmatch
 
 
 def parse_plain_params(text: str, what: str) -> Params:

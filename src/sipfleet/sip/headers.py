@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import Final
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import TOKEN_CHARS
 
 # RFC 3261 §7.3.3 and later extensions.
-COMPACT_FORMS = {
+COMPACT_FORMS: Final = {
     "i": "call-id",
     "m": "contact",
     "e": "content-encoding",
@@ -31,7 +32,7 @@ COMPACT_FORMS = {
     "n": "identity-info",
 }
 
-_SPELLING = {
+_SPELLING: Final = {
     "call-id": "Call-ID",
     "cseq": "CSeq",
     "www-authenticate": "WWW-Authenticate",
@@ -45,7 +46,7 @@ _SPELLING = {
 }
 
 # Headers whose value is a comma-separated list (RFC 3261 §7.3.1).
-LIST_HEADERS = frozenset(
+LIST_HEADERS: Final = frozenset(
     {
         "via",
         "route",
@@ -75,7 +76,7 @@ LIST_HEADERS = frozenset(
 )
 
 # Headers that may appear once only.
-SINGLE_HEADERS = frozenset(
+SINGLE_HEADERS: Final = frozenset(
     {
         "from",
         "to",
@@ -89,7 +90,7 @@ SINGLE_HEADERS = frozenset(
     }
 )
 
-_key_cache: dict[str, str] = {}  # name as written -> key; read directly by the parser
+_key_cache: Final[dict[str, str]] = {}  # name as written -> key; read directly by the parser
 
 
 def header_key(name: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from sipfleet.sip.address import Address, parse_address, parse_trimmed_address
 from sipfleet.sip.digest import AuthHeader, parse_auth_header
@@ -20,14 +20,14 @@ from sipfleet.sip.headers import _key_cache, header_key, spelling
 from sipfleet.sip.uri import Uri, parse_uri
 from sipfleet.sip.via import Via, parse_via
 
-SIP_VERSION = "SIP/2.0"
-MAX_CSEQ = 2**31 - 1
-MAX_EXPIRES = 2**32 - 1
+SIP_VERSION: Final = "SIP/2.0"
+MAX_CSEQ: Final = 2**31 - 1
+MAX_EXPIRES: Final = 2**32 - 1
 
-_CSEQ = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9.!%*_+`'~-]+)")
+_CSEQ: Final = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9.!%*_+`'~-]+)")
 
 
-KNOWN_METHODS = frozenset(
+KNOWN_METHODS: Final = frozenset(
     {
         "INVITE",
         "ACK",
@@ -55,17 +55,17 @@ class CSeq(NamedTuple):
         return f"{self.seq} {self.method}"
 
 
-_new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+_new_cseq: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 
 # Cache entries for the first element of a list header, dropped with the whole list.
 # "top-via-text": the new top Via's text, known when one was popped off the same line (a
 # relay pops our Via and reads the next).
-_TOP_OF = {"via": ("top-via", "top-via-text"), "route": ("top-route",)}
+_TOP_OF: Final = {"via": ("top-via", "top-via-text"), "route": ("top-route",)}
 # Max-Forwards line -> value: a few dozen lines cover all traffic, and a dict hit costs
 # less than cutting, checking and converting the digits. Bounded: lines come from packets.
-_MAX_FORWARDS_LINES = tuple(f"Max-Forwards: {value}" for value in range(256))
-_HOP_COUNTS = {line: value for value, line in enumerate(_MAX_FORWARDS_LINES)}
-MAX_HOP_COUNTS = 1024
+_MAX_FORWARDS_LINES: Final = tuple(f"Max-Forwards: {value}" for value in range(256))
+_HOP_COUNTS: Final = {line: value for value, line in enumerate(_MAX_FORWARDS_LINES)}
+MAX_HOP_COUNTS: Final = 1024
 
 
 def header_value(line: str) -> str:

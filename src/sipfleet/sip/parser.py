@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, is_token, parse_int
@@ -22,8 +23,8 @@ from sipfleet.sip.message import (
 )
 from sipfleet.sip.uri import SipUri
 
-DEFAULT_MAX_SIZE = 65535
-_VERSION = re.compile(r"SIP/\d+\.\d+\Z", re.IGNORECASE)
+DEFAULT_MAX_SIZE: Final = 65535
+_VERSION: Final = re.compile(r"SIP/\d+\.\d+\Z", re.IGNORECASE)
 
 
 def parse_message(data: bytes, max_size: int = DEFAULT_MAX_SIZE, stream: bool = False) -> Message:
@@ -171,9 +172,9 @@ def _request_line_defect(start_line: str) -> str:
 # Memos of what a line's text says, for the lines most messages share ("SIP/2.0 200 OK",
 # "Content-Length: 0"): a dict hit costs a fraction of splitting and checking the line
 # again. Bounded, since the text comes from packets.
-MEMO_SIZE = 1024
-_STATUS_LINES: dict[str, tuple[int, str, str]] = {}  # line -> status, reason, version
-_CONTENT_LENGTHS: dict[str, int] = {}  # the whole header line -> its value
+MEMO_SIZE: Final = 1024
+_STATUS_LINES: Final[dict[str, tuple[int, str, str]]] = {}  # line -> status, reason, version
+_CONTENT_LENGTHS: Final[dict[str, int]] = {}  # the whole header line -> its value
 
 
 def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Response:
@@ -291,7 +292,7 @@ class KeepAlivePong:
 
 
 StreamItem = bytes | KeepAlivePing | KeepAlivePong
-_CONTENT_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)")
+_CONTENT_LENGTH: Final = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)")
 
 
 class StreamFramer:

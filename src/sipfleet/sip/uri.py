@@ -9,20 +9,20 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import Params, format_params, parse_params, parse_port, unescape
 
 # Checked with regexes, not character by character: every message carries several URIs.
-_HOST = re.compile(r"[A-Za-z0-9._-]+")
-_USER_FORBIDDEN = re.compile(r'[ \t\r\n<>"@\[\]{}|\\^`]')
-_TEL_CHARS = frozenset("0123456789ABCDEFabcdef*#+-.()pw")
+_HOST: Final = re.compile(r"[A-Za-z0-9._-]+")
+_USER_FORBIDDEN: Final = re.compile(r'[ \t\r\n<>"@\[\]{}|\\^`]')
+_TEL_CHARS: Final = frozenset("0123456789ABCDEFabcdef*#+-.()pw")
 # §19.1.4: these parameters must match whenever either URI carries them (a URI without
 # ";transport=udp" is not one with it: the two may resolve differently).
-_PARAMS_ALWAYS_COMPARED = ("transport", "user", "ttl", "method", "maddr")
-SUPPORTED_SCHEMES = ("sip", "sips", "tel")
-_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986 §3.1, already lower case
+_PARAMS_ALWAYS_COMPARED: Final = ("transport", "user", "ttl", "method", "maddr")
+SUPPORTED_SCHEMES: Final = ("sip", "sips", "tel")
+_SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986 §3.1, already lower case
 
 
 @dataclass(slots=True, eq=False)

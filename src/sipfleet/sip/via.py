@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import (
@@ -18,10 +19,10 @@ from sipfleet.sip.grammar import (
 from sipfleet.sip.uri import split_hostport
 
 # The magic cookie of RFC 3261 branches (§8.1.1.7).
-BRANCH_COOKIE = "z9hG4bK"
+BRANCH_COOKIE: Final = "z9hG4bK"
 
 _TOKEN_RE = r"[A-Za-z0-9.!%*_+`'~-]+"
-_SENT = re.compile(
+_SENT: Final = re.compile(
     rf"[ \t]*({_TOKEN_RE})[ \t]*/[ \t]*({_TOKEN_RE})[ \t]*/[ \t]*({_TOKEN_RE})[ \t]+"
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*(?:;(.*))?",
     re.S,
@@ -150,7 +151,7 @@ class _PlainVia(Via):
 # The usual shape in one match: single spaces, a known transport, a host name or IPv4
 # address (not ending in '-'), an optional port, plain parameters (parsed when read).
 # One regex call costs less than the half dozen string operations it replaces.
-_PLAIN_VIA = re.compile(
+_PLAIN_VIA: Final = re.compile(
     r"SIP/2\.0/(UDP|TCP|TLS|SCTP|WSS?) ([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9._])?)"
     rf"(?::([0-9]{{1,5}}))?(?:;([{PLAIN_PARAM_CHARS}]+))?"
 )
@@ -159,8 +160,8 @@ _PLAIN_VIA = re.compile(
 # "SIP/2.0/UDP host:port" (the text before the parameters) -> transport, host, port, for
 # Vias of the usual shape: a few peers send most Vias, and a dict hit plus a check of the
 # parameters costs less than matching the whole Via. Bounded: the text comes from packets.
-_SENT_BYS: dict[str, tuple[str, str, int | None]] = {}
-MAX_SENT_BYS = 4096
+_SENT_BYS: Final[dict[str, tuple[str, str, int | None]]] = {}
+MAX_SENT_BYS: Final = 4096
 
 
 def parse_via(text: str) -> Via:

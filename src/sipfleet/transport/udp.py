@@ -14,7 +14,7 @@ import socket
 from asyncio.protocols import DatagramProtocol
 from collections.abc import Callable
 from functools import partial
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -30,8 +30,8 @@ from sipfleet.transport.base import (
 )
 from sipfleet.transport.sockets import listen_address_of
 
-log = logging.getLogger(__name__)
-_new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+log: Final = logging.getLogger(__name__)
+_new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 
 
 class UdpTransport:
@@ -40,47 +40,50 @@ class UdpTransport:
     def __init__(self, sink: FrameSink, limits: TransportLimits | None = None) -> None:
         self._sink = sink
         self._max_buffered = (limits or TransportLimits()).max_write_buffer
-        self._listeners: list[_UdpListener] = []
-        self._by_local: dict[tuple[str, int], _UdpListener] = {}
-        self._by_family: dict[socket.AddressFamily, _UdpListener] = {}
+        self._sockets: list[_UdpSocket] = []
+        self._listeners: list[_UdpListener] = []  # the protocols asyncio calls
+        self._by_local: dict[tuple[str, int], _UdpSocket] = {}
+        self._by_family: dict[socket.AddressFamily, _UdpSocket] = {}
         self.keepalives = 0
         self.stun_answered = 0
         self.send_dropped = 0
         self.socket_errors = 0
 
     async def start(self, sockets: list[socket.socket]) -> None:
-        # Every listener is known before any reads: queued datagrams are delivered as
-        # soon as the first endpoint opens, and their answers may leave by another one.
-        listeners = []
+        # Every socket is known before any reads: queued datagrams are delivered as soon
+        # as the first endpoint opens, and their answers may leave by another one.
+        opened = []
         for sock in sockets:
             address = listen_address_of(sock)
-            listener = _UdpListener(self, self._sink.frame_received, address.host, address.port)
-            listeners.append(listener)
-            self._listeners.append(listener)
-            self._by_local[(address.host, address.port)] = listener
-            self._by_family.setdefault(sock.family, listener)
+            udp_socket = _UdpSocket(address.host, address.port, self._sink.frame_received)
+            opened.append(udp_socket)
+            self._sockets.append(udp_socket)
+            self._by_local[(address.host, address.port)] = udp_socket
+            self._by_family.setdefault(sock.family, udp_socket)
         loop = asyncio.get_running_loop()
-        for listener, sock in zip(listeners, sockets, strict=True):
+        for udp_socket, sock in zip(opened, sockets, strict=True):
+            listener = _UdpListener(self, udp_socket, self._max_buffered)
+            self._listeners.append(listener)
             await loop.create_datagram_endpoint(partial(_same, listener), sock=sock)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [(listener.local_host, listener.local_port) for listener in self._listeners]
+        return [(s.local_host, s.local_port) for s in self._sockets]
 
     def send(self, data: bytes, destination: Destination) -> None:
         _, host, port, _, local = destination
         if host[:1] == "[":
             host = host[1:-1]
-        listener = self._by_local.get(local) if local is not None else None
-        if listener is None:
+        udp_socket = self._by_local.get(local) if local is not None else None
+        if udp_socket is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            listener = self._by_family.get(family)
-            if listener is None:
+            udp_socket = self._by_family.get(family)
+            if udp_socket is None:
                 raise TransportError(f"no UDP socket for {family.name} destination {host}")
-        transport = listener.transport
-        if transport is None or transport.is_closing():
+        transport = udp_socket.transport
+        if transport is None:
             raise TransportError("UDP socket closed")
-        if transport.get_write_buffer_size() > self._max_buffered:  # type: ignore[attr-defined]
+        if udp_socket.paused:
             self.send_dropped += 1  # the kernel buffer is full and so is ours: lose it
             return
         try:
@@ -88,7 +91,7 @@ class UdpTransport:
         except (OSError, ValueError, TypeError) as exc:
             raise TransportError(f"UDP send to {host}:{port}: {exc}") from exc
 
-    def odd_datagram(self, data: bytes, addr: Any, listener: _UdpListener) -> None:
+    def odd_datagram(self, data: bytes, addr: Any, udp_socket: _UdpSocket) -> None:
         """Not a SIP start line: keep-alive, STUN, or (leading CRLFs, garbage) for the
         parser to accept or reject."""
         if is_keepalive(data):
@@ -96,12 +99,12 @@ class UdpTransport:
             return
         if stun.looks_like_stun(data):
             answer = stun.binding_response(data, addr[0], addr[1])
-            if answer is not None and listener.transport is not None:
+            if answer is not None and udp_socket.transport is not None:
                 self.stun_answered += 1
-                listener.transport.sendto(answer, addr)
+                udp_socket.transport.sendto(answer, addr)
                 return
         peer = _new_tuple(
-            Peer, ("udp", addr[0], addr[1], listener.local_host, listener.local_port, None)
+            Peer, ("udp", addr[0], addr[1], udp_socket.local_host, udp_socket.local_port, None)
         )
         self._sink.frame_received(data, peer)
 
@@ -114,9 +117,11 @@ class UdpTransport:
         }
 
     async def close(self) -> None:
-        for listener in self._listeners:
-            if listener.transport is not None:
-                listener.transport.close()
+        for udp_socket in self._sockets:
+            if udp_socket.transport is not None:
+                udp_socket.transport.close()
+                udp_socket.transport = None
+        self._sockets.clear()
         self._listeners.clear()
         self._by_local.clear()
         self._by_family.clear()
@@ -127,38 +132,61 @@ def _same(listener: _UdpListener) -> _UdpListener:
     return listener
 
 
+class _UdpSocket:
+    """One bound socket as the send and receive paths see it. A compiled class: its
+    fields are read without a lookup for every datagram (the listener below is a Python
+    class, whose attributes cost a dictionary lookup each)."""
+
+    __slots__ = ("deliver", "local_host", "local_port", "paused", "transport")
+
+    def __init__(
+        self, local_host: str, local_port: int, deliver: Callable[[bytes, Peer], None]
+    ) -> None:
+        self.local_host = local_host
+        self.local_port = local_port
+        self.deliver = deliver
+        self.transport: asyncio.DatagramTransport | None = None
+        self.paused = False  # the transport's buffer is above its limit: sends are dropped
+
+    def received(self, data: bytes, addr: Any) -> None:
+        peer = _new_tuple(Peer, ("udp", addr[0], addr[1], self.local_host, self.local_port, None))
+        self.deliver(data, peer)
+
+
 # A Python class in the compiled module (sipfleet.native): asyncio calls it as a protocol.
 # Its base is imported from asyncio.protocols: named as asyncio.DatagramProtocol, mypyc
 # 2.4 emits C that uses asyncio.protocols without declaring it, and gcc fails.
 @mypyc_attr(native_class=False)
 class _UdpListener(DatagramProtocol):
-    __slots__ = ("_deliver", "_owner", "local_host", "local_port", "transport")
+    __slots__ = ("_max_buffered", "_owner", "socket")
 
-    def __init__(
-        self,
-        owner: UdpTransport,
-        deliver: Callable[[bytes, Peer], None],
-        local_host: str,
-        local_port: int,
-    ) -> None:
+    def __init__(self, owner: UdpTransport, udp_socket: _UdpSocket, max_buffered: int) -> None:
         self._owner = owner
-        self._deliver = deliver
-        self.local_host = local_host
-        self.local_port = local_port
-        self.transport: asyncio.DatagramTransport | None = None
+        self._max_buffered = max_buffered
+        self.socket = udp_socket
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+        # The transport queues what the kernel refuses, and calls pause_writing when its
+        # queue passes the high-water mark: sends are dropped from then until it drains.
+        limits: Any = transport  # a DatagramTransport is not typed with the limits
+        limits.set_write_buffer_limits(high=self._max_buffered)
+        self.socket.transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.socket.transport = None
+
+    def pause_writing(self) -> None:
+        self.socket.paused = True
+
+    def resume_writing(self) -> None:
+        self.socket.paused = False
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
             if data and data[0] > 0x40:  # a letter: a request method or "SIP/2.0"
-                peer = _new_tuple(
-                    Peer, ("udp", addr[0], addr[1], self.local_host, self.local_port, None)
-                )
-                self._deliver(data, peer)
+                self.socket.received(data, addr)
             else:
-                self._owner.odd_datagram(data, addr, self)
+                self._owner.odd_datagram(data, addr, self.socket)
         except Exception:  # asyncio would close the socket: one bad datagram must not
             log.exception("UDP datagram from %s:%s not handled", addr[0], addr[1])
 
