@@ -60,7 +60,10 @@ _new_cseq: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on t
 # Cache entries for the first element of a list header, dropped with the whole list.
 # "top-via-text": the new top Via's text, known when one was popped off the same line (a
 # relay pops our Via and reads the next).
-_TOP_OF: Final = {"via": ("top-via", "top-via-text"), "route": ("top-route",)}
+_TOP_OF: Final[dict[str, tuple[str, ...]]] = {
+    "via": ("top-via", "top-via-text"),
+    "route": ("top-route",),
+}
 # Max-Forwards line -> value: a few dozen lines cover all traffic, and a dict hit costs
 # less than cutting, checking and converting the digits. Bounded: lines come from packets.
 _MAX_FORWARDS_LINES: Final = tuple(f"Max-Forwards: {value}" for value in range(256))
@@ -435,10 +438,13 @@ class Message:
     def _changed(self, key: str) -> None:
         self._dirty = True
         cache = self._cache
-        cache.pop(key, None)
-        if key in _TOP_OF:
-            for derived in _TOP_OF[key]:
-                cache.pop(derived, None)
+        if not cache:  # nothing read yet (a relayed response, when its Via is popped)
+            return
+        if key in cache:  # 'in' and del: compiled, dict.pop is a method call
+            del cache[key]
+        for derived in _TOP_OF.get(key, ()):
+            if derived in cache:
+                del cache[derived]
 
     def add_header(self, name: str, value: str, top: bool = False) -> None:
         """Add a header: above the others of its name when ``top``, else after them
@@ -558,12 +564,15 @@ class Message:
     def serialize(self) -> bytes:
         if not self._dirty:
             return self.raw
-        # The two empty strings end the head with CRLF CRLF inside the one join.
-        lines = [self._start or self.start_line(), *self.lines, "", ""]
+        start = self._start or self.start_line()
+        lines = self.lines
         keys = self.keys  # Content-Length is mostly the last header: one look, no scan
         if not (keys and keys[-1] == "content-length") and "content-length" not in keys:
-            lines.insert(-2, f"Content-Length: {len(self.body)}")
-        data = "\r\n".join(lines).encode("latin-1")
+            lines = [*lines, f"Content-Length: {len(self.body)}"]
+        # One join of the header lines (never none: Content-Length is one) and one string
+        # formatted around it, instead of a list built for the start and the empty line.
+        head = "\r\n".join(lines)
+        data = f"{start}\r\n{head}\r\n\r\n".encode("latin-1")
         if self.body:
             data += self.body
         self.raw = data
