@@ -35,6 +35,7 @@ COMPILED = (
     "sipfleet.sip.builders",
     "sipfleet.core.stateless",
     "sipfleet.transport.base",
+    "sipfleet.transport.sockets",
     "sipfleet.transport.udp",
     "sipfleet.core.endpoint",
 )

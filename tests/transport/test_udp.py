@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sipfleet.config.listen import parse_listen
-from sipfleet.transport import Destination, TransportError, TransportLimits, bind_all, stun
+from sipfleet.transport import Destination, TransportError, bind_all, stun
 from sipfleet.transport.sockets import listen_address_of
 from sipfleet.transport.udp import UdpTransport
 from tests.transport.helpers import UdpClient, ipv6_available, options
@@ -21,7 +21,7 @@ needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback (
 
 async def open_udp(*listen: str) -> tuple[UdpTransport, RecordingSink]:
     sink = RecordingSink()
-    transport = UdpTransport(sink, TransportLimits())
+    transport = UdpTransport(sink)
     await transport.start(bind_all([parse_listen(text) for text in listen]))
     return transport, sink
 
@@ -132,27 +132,40 @@ async def test_a_failing_sink_does_not_close_the_socket(udp, client) -> None:
     assert b"z9hG4bK-b" in data
 
 
-async def test_sends_are_dropped_and_counted_while_the_socket_buffer_is_full(client) -> None:
-    limits = TransportLimits(max_write_buffer=96 * 1024)
-    transport = UdpTransport(RecordingSink(), limits)
-    await transport.start(bind_all([parse_listen("udp:127.0.0.1:0")]))
+class FullSocket(socket.socket):
+    """A socket whose kernel send buffer is full (not reproducible on loopback, where
+    a datagram leaves the sender's buffer as it is sent)."""
+
+    refuse = True
+
+    def sendto(self, data, address):  # type: ignore[no-untyped-def,override]
+        if self.refuse:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return super().sendto(data, address)
+
+
+async def test_a_datagram_the_kernel_has_no_room_for_is_dropped_and_counted(client) -> None:
+    (bound,) = bind_all([parse_listen("udp:127.0.0.1:0")])
+    sock = FullSocket(bound.family, bound.type, fileno=bound.detach())
+    transport = UdpTransport(RecordingSink())
+    await transport.start([sock])
     try:
-        (listener,) = transport._listeners
-        asyncio_transport = listener.socket.transport
-        assert asyncio_transport is not None
-        # The queue limit the transport pauses us at is the configured one.
-        assert asyncio_transport.get_write_buffer_limits()[1] == 96 * 1024  # type: ignore[attr-defined]
         to_client = Destination("udp", "127.0.0.1", client.port)
-        listener.pause_writing()  # what the transport calls when its queue passes it
-        transport.send(b"SIP/2.0 200 lost\r\n\r\n", to_client)
+        transport.send(b"SIP/2.0 200 lost\r\n\r\n", to_client)  # no exception: lost
         assert transport.counters()["udp_send_dropped"] == 1
-        listener.resume_writing()  # drained below the low-water mark
+        sock.refuse = False  # room again
         transport.send(b"SIP/2.0 200 sent\r\n\r\n", to_client)
         data, _ = await client.recv()
         assert data == b"SIP/2.0 200 sent\r\n\r\n"
         assert transport.counters()["udp_send_dropped"] == 1
     finally:
         await transport.close()
+
+
+async def test_a_host_name_is_refused_without_a_lookup(udp) -> None:
+    transport, _ = udp
+    with pytest.raises(TransportError, match="not an IP address"):
+        transport.send(b"x", Destination("udp", "sip.example.invalid", 5060))
 
 
 async def test_send_on_a_lost_or_closed_socket_is_a_transport_error(udp, client) -> None:

@@ -93,7 +93,7 @@ class SipEndpoint:
         self._listen = list(listen)
         self._sockets = list(sockets) if sockets is not None else None
         self._max_size = self.limits.max_message_size
-        self.udp = UdpTransport(self, self.limits)
+        self.udp = UdpTransport(self)
         self.tcp = TcpTransport(
             self, self.limits, connection_id_base=worker_index * CONNECTION_IDS_PER_WORKER
         )

@@ -14,6 +14,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Sequence
+from typing import Final
 
 from sipfleet.config.listen import ListenAddress, Transport
 
@@ -35,7 +36,7 @@ def normalise_host(host: str) -> str:
 
 
 # Hosts seen on the forwarding paths repeat; ip_address() raising for every name is slow.
-_ip_cache: dict[str, bool] = {}
+_ip_cache: Final[dict[str, bool]] = {}
 _IP_CACHE_MAX = 10_000  # bounded, so a flood of distinct names cannot grow it for ever
 
 
@@ -174,6 +175,14 @@ def spread_at_random(sock: socket.socket, group_size: int) -> None:
             struct.pack("=HBBI", _BPF_RET_A, 0, 0, 0),
         )
     )
-    buffer = ctypes.create_string_buffer(program)
-    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))  # struct sock_fprog
+    _attach_reuseport_program(sock, ctypes.create_string_buffer(program), len(program) // 8)
+
+
+def _attach_reuseport_program(
+    sock: socket.socket, program: ctypes.Array[ctypes.c_char], instructions: int
+) -> None:
+    # The kernel reads the program through its address during setsockopt. The buffer is
+    # an argument so that the caller holds it until then: compiled code (sipfleet.native)
+    # drops a local right after its last use, here that would be addressof.
+    fprog = struct.pack("HL", instructions, ctypes.addressof(program))  # struct sock_fprog
     sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, fprog)

@@ -25,10 +25,9 @@ from sipfleet.transport.base import (
     FrameSink,
     Peer,
     TransportError,
-    TransportLimits,
     TransportName,
 )
-from sipfleet.transport.sockets import listen_address_of
+from sipfleet.transport.sockets import is_ip, listen_address_of
 
 log: Final = logging.getLogger(__name__)
 _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
@@ -37,13 +36,13 @@ _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on 
 class UdpTransport:
     name: TransportName = "udp"
 
-    def __init__(self, sink: FrameSink, limits: TransportLimits | None = None) -> None:
+    def __init__(self, sink: FrameSink) -> None:
         self._sink = sink
-        self._max_buffered = (limits or TransportLimits()).max_write_buffer
         self._sockets: list[_UdpSocket] = []
         self._listeners: list[_UdpListener] = []  # the protocols asyncio calls
         self._by_local: dict[tuple[str, int], _UdpSocket] = {}
-        self._by_family: dict[socket.AddressFamily, _UdpSocket] = {}
+        self._ipv4: _UdpSocket | None = None  # the first socket of each family
+        self._ipv6: _UdpSocket | None = None
         self.keepalives = 0
         self.stun_answered = 0
         self.send_dropped = 0
@@ -55,14 +54,17 @@ class UdpTransport:
         opened = []
         for sock in sockets:
             address = listen_address_of(sock)
-            udp_socket = _UdpSocket(address.host, address.port, self._sink.frame_received)
+            udp_socket = _UdpSocket(address.host, address.port, self._sink.frame_received, sock)
             opened.append(udp_socket)
             self._sockets.append(udp_socket)
             self._by_local[(address.host, address.port)] = udp_socket
-            self._by_family.setdefault(sock.family, udp_socket)
+            if sock.family == socket.AF_INET6:
+                self._ipv6 = self._ipv6 or udp_socket
+            else:
+                self._ipv4 = self._ipv4 or udp_socket
         loop = asyncio.get_running_loop()
         for udp_socket, sock in zip(opened, sockets, strict=True):
-            listener = _UdpListener(self, udp_socket, self._max_buffered)
+            listener = _UdpListener(self, udp_socket)
             self._listeners.append(listener)
             await loop.create_datagram_endpoint(partial(_same, listener), sock=sock)
 
@@ -71,24 +73,28 @@ class UdpTransport:
         return [(s.local_host, s.local_port) for s in self._sockets]
 
     def send(self, data: bytes, destination: Destination) -> None:
+        """Straight to the socket, not through the asyncio transport: nothing is queued
+        in Python. A datagram the kernel has no room for is lost and counted, as the
+        network would lose it (SIP over UDP retransmits)."""
         _, host, port, _, local = destination
         if host[:1] == "[":
             host = host[1:-1]
         udp_socket = self._by_local.get(local) if local is not None else None
         if udp_socket is None:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            udp_socket = self._by_family.get(family)
+            udp_socket = self._ipv6 if ":" in host else self._ipv4
             if udp_socket is None:
-                raise TransportError(f"no UDP socket for {family.name} destination {host}")
-        transport = udp_socket.transport
-        if transport is None:
+                family = "IPv6" if ":" in host else "IPv4"
+                raise TransportError(f"no UDP socket for {family} destination {host}")
+        sock = udp_socket.sock
+        if sock is None:
             raise TransportError("UDP socket closed")
-        if udp_socket.paused:
-            self.send_dropped += 1  # the kernel buffer is full and so is ours: lose it
-            return
+        if not is_ip(host):  # the socket would resolve a name, and block the loop
+            raise TransportError(f"UDP send to {host}: not an IP address")
         try:
-            transport.sendto(data, (host, port))
-        except (OSError, ValueError, TypeError) as exc:
+            sock.sendto(data, (host, port))
+        except BlockingIOError:
+            self.send_dropped += 1
+        except (OSError, ValueError, TypeError, OverflowError) as exc:
             raise TransportError(f"UDP send to {host}:{port}: {exc}") from exc
 
     def odd_datagram(self, data: bytes, addr: Any, udp_socket: _UdpSocket) -> None:
@@ -118,13 +124,14 @@ class UdpTransport:
 
     async def close(self) -> None:
         for udp_socket in self._sockets:
+            udp_socket.sock = None  # the transport closes it
             if udp_socket.transport is not None:
                 udp_socket.transport.close()
                 udp_socket.transport = None
         self._sockets.clear()
         self._listeners.clear()
         self._by_local.clear()
-        self._by_family.clear()
+        self._ipv4 = self._ipv6 = None
         await asyncio.sleep(0)  # let the loop run the close callbacks
 
 
@@ -137,16 +144,20 @@ class _UdpSocket:
     fields are read without a lookup for every datagram (the listener below is a Python
     class, whose attributes cost a dictionary lookup each)."""
 
-    __slots__ = ("deliver", "local_host", "local_port", "paused", "transport")
+    __slots__ = ("deliver", "local_host", "local_port", "sock", "transport")
 
     def __init__(
-        self, local_host: str, local_port: int, deliver: Callable[[bytes, Peer], None]
+        self,
+        local_host: str,
+        local_port: int,
+        deliver: Callable[[bytes, Peer], None],
+        sock: socket.socket,
     ) -> None:
         self.local_host = local_host
         self.local_port = local_port
         self.deliver = deliver
-        self.transport: asyncio.DatagramTransport | None = None
-        self.paused = False  # the transport's buffer is above its limit: sends are dropped
+        self.sock: socket.socket | None = sock  # None once closed
+        self.transport: asyncio.DatagramTransport | None = None  # reads; closes the socket
 
     def received(self, data: bytes, addr: Any) -> None:
         peer = _new_tuple(Peer, ("udp", addr[0], addr[1], self.local_host, self.local_port, None))
@@ -158,28 +169,18 @@ class _UdpSocket:
 # 2.4 emits C that uses asyncio.protocols without declaring it, and gcc fails.
 @mypyc_attr(native_class=False)
 class _UdpListener(DatagramProtocol):
-    __slots__ = ("_max_buffered", "_owner", "socket")
+    __slots__ = ("_owner", "socket")
 
-    def __init__(self, owner: UdpTransport, udp_socket: _UdpSocket, max_buffered: int) -> None:
+    def __init__(self, owner: UdpTransport, udp_socket: _UdpSocket) -> None:
         self._owner = owner
-        self._max_buffered = max_buffered
         self.socket = udp_socket
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The transport queues what the kernel refuses, and calls pause_writing when its
-        # queue passes the high-water mark: sends are dropped from then until it drains.
-        limits: Any = transport  # a DatagramTransport is not typed with the limits
-        limits.set_write_buffer_limits(high=self._max_buffered)
         self.socket.transport = cast(asyncio.DatagramTransport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.socket.sock = None  # closed by the transport
         self.socket.transport = None
-
-    def pause_writing(self) -> None:
-        self.socket.paused = True
-
-    def resume_writing(self) -> None:
-        self.socket.paused = False
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
