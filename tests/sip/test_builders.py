@@ -187,6 +187,38 @@ def test_stateless_branch_differs_for_a_different_request_or_salt() -> None:
     assert stateless_branch(invite) != stateless_branch(moved)
 
 
+def test_stateless_branch_carries_the_clients_branch_behind_a_tag_of_its_sender() -> None:
+    branch = stateless_branch(request(), "udp:192.0.2.7:5060")
+    tag, dot, carried = branch.removeprefix(BRANCH_COOKIE + "-sf").partition(".")
+    assert (dot, carried) == (".", "776asdhds")  # the client's branch after its cookie
+    assert len(tag) == 12
+    assert set(tag) <= set("0123456789abcdef")
+    # Another sender choosing the same branch, or another target, gets another tag.
+    other_sender = request(INVITE.replace(b"UDP pc33.atlanta", b"UDP pc34.atlanta"))
+    assert stateless_branch(other_sender, "udp:192.0.2.7:5060") != branch
+    assert stateless_branch(request(), "udp:192.0.2.8:5060") != branch
+
+
+@pytest.mark.parametrize(
+    "via",
+    [
+        b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK" + b"7" * 80,
+        b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060 ; branch = z9hG4bK776asdhds",
+    ],
+    ids=["long", "spaced"],
+)
+def test_stateless_branch_hashes_a_long_or_unusually_written_branch(via: bytes) -> None:
+    lines = INVITE.split(b"\r\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith(b"Via: "))
+    data = b"\r\n".join([*lines[:at], via, *lines[at + 1 :]])
+    branch = stateless_branch(request(data))
+    assert branch.startswith(BRANCH_COOKIE + "-sf")
+    assert "." not in branch
+    assert len(branch) == len(BRANCH_COOKIE + "-sf") + 20  # 10 bytes of hash in hex
+    assert branch == stateless_branch(request(data))  # a retransmission
+    assert branch == stateless_branch(make_cancel(request(data)))
+
+
 def test_stateless_branch_for_rfc2543_requests_hashes_the_transaction() -> None:
     old = sip(
         "INVITE sip:b@h SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.1\nFrom: <sip:a@h>;tag=1\n"

@@ -12,7 +12,7 @@ from sipfleet.sip.address import parse_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.headers import header_key
 from sipfleet.sip.message import Message, Request, Response, header_line, header_value
-from sipfleet.sip.via import BRANCH_COOKIE, is_rfc3261_branch
+from sipfleet.sip.via import BRANCH_COOKIE, has_plain_params, is_rfc3261_branch
 
 REASONS: Final = {
     100: "Trying",
@@ -127,10 +127,22 @@ def stateless_branch(request: Request, salt: str = "") -> str:
     """§16.11: the same branch for every retransmission of a request (and for the CANCEL
     or non-2xx ACK of an INVITE, which share its top Via branch), a different one for
     anything else. ``salt`` separates forwards of one request to different targets.
+
+    An RFC 3261 branch is unique to its transaction already (§8.1.1.7), so it is carried:
+    behind a tag that stands for its sender (the Via's sent-by) and the salt, which keeps
+    apart two senders that happen to choose the same branch. One hash per sender and
+    target, not per request. Other requests get a hash of what identifies them.
     """
     via = request.top_via
     branch = via.branch
-    if branch is not None and is_rfc3261_branch(branch):  # (compiled: now known a str)
+    if (
+        branch is not None
+        and is_rfc3261_branch(branch)
+        and len(branch) <= MAX_CARRIED_BRANCH
+        and has_plain_params(via)  # nothing in it our own Via could not hold as it is
+    ):
+        return f"{_STATELESS_PREFIX}{_sender_tag(via.host, via.port, salt)}.{branch[7:]}"
+    if branch is not None and is_rfc3261_branch(branch):  # too long, or odd characters
         key = f"{branch}\x00{via.host}\x00{via.port}\x00{salt}"
     else:  # RFC 2543 peers: hash what identifies the transaction
         key = "\x00".join(
@@ -147,7 +159,22 @@ def stateless_branch(request: Request, salt: str = "") -> str:
     return _STATELESS_PREFIX + _blake2b(key.encode("latin-1"), digest_size=10).hexdigest()
 
 
+def _sender_tag(host: str, port: int | None, salt: str) -> str:
+    key = (host, port, salt)
+    tag = _SENDER_TAGS.get(key)
+    if tag is None:
+        text = f"{host}\x00{port}\x00{salt}".encode("latin-1")
+        tag = _blake2b(text, digest_size=6).hexdigest()
+        if len(_SENDER_TAGS) >= MAX_SENDER_TAGS:  # hosts come from packets
+            _SENDER_TAGS.clear()
+        _SENDER_TAGS[key] = tag
+    return tag
+
+
 _STATELESS_PREFIX: Final = f"{BRANCH_COOKIE}-sf"
+MAX_CARRIED_BRANCH: Final = 64  # longer ones are hashed: our Via stays short
+MAX_SENDER_TAGS: Final = 16384
+_SENDER_TAGS: Final[dict[tuple[str, int | None, str], str]] = {}
 _blake2b: Final = hashlib.blake2b  # a C static in the compiled build, not a globals lookup
 
 

@@ -148,6 +148,12 @@ class _PlainVia(Via):
         return parse_plain_params(text, "Via header")
 
 
+def has_plain_params(via: Via) -> bool:
+    """Whether parse_via found ``via``'s parameter text plain: PLAIN_PARAM_CHARS only,
+    no blanks or quotes."""
+    return isinstance(via, _PlainVia)
+
+
 # The usual shape in one match: single spaces, a known transport, a host name or IPv4
 # address (not ending in '-'), an optional port, plain parameters (parsed when read).
 # One regex call costs less than the half dozen string operations it replaces.
