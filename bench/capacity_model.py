@@ -449,7 +449,7 @@ UNITS = {
 
 def per_node(kind: str, args: argparse.Namespace) -> float:
     """Subscribers one node of ``kind`` carries within the core budget."""
-    return args.core_budget * 1e6 / cpu_per_second(kind, load_of(1, args), args)
+    return float(args.core_budget) * 1e6 / cpu_per_second(kind, load_of(1, args), args)
 
 
 def apply_share(subscribers: float, args: argparse.Namespace) -> float:

@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402 - after the path is set
 
 RELAYS = {  # name: (script, extra arguments)
     "floor": (BENCH / "relay_floor.py", []),
+    "floor-socket": (BENCH / "relay_floor.py", ["--socket-send"]),  # not in the default
     "sipfleet": (BENCH / "relay_sipfleet.py", []),
     "sipfleet2": (BENCH / "relay_sipfleet.py", ["--workers", "2"]),  # not in the default
 }
@@ -196,8 +197,8 @@ def report(step: Step) -> None:
 def summary(results: dict[str, list[Step]]) -> str:
     lines = [
         "",
-        "relay      max rate/s  relay CPU %  relay µs/pair  uac+uas CPU %  first fail/s",
-        "---------  ----------  -----------  -------------  -------------  ------------",
+        "relay         max rate/s  relay CPU %  relay µs/pair  uac+uas CPU %  first fail/s",
+        "------------  ----------  -----------  -------------  -------------  ------------",
     ]
     best: dict[str, Step | None] = {}
     for relay, steps in results.items():
@@ -207,19 +208,21 @@ def summary(results: dict[str, list[Step]]) -> str:
         best[relay] = top
         first_fail = min((r for r in failed if top is None or r > top.rate), default=None)
         if top is None:
-            lines.append(f"{relay:9}  {'none':>10}")
+            lines.append(f"{relay:12}  {'none':>10}")
             continue
         lines.append(
-            f"{relay:9}  {top.rate:10}  {top.cpu['relay']:11.1f}  "
+            f"{relay:12}  {top.rate:10}  {top.cpu['relay']:11.1f}  "
             f"{top.relay_us_per_pair:13.1f}  {top.cpu['uac'] + top.cpu['uas']:13.1f}  "
             f"{first_fail if first_fail is not None else '-':>12}"
         )
-    floor, ours = best.get("floor"), best.get("sipfleet")
-    if floor is not None and ours is not None:
-        lines.append(
-            f"\nsipfleet / floor: rate {ours.rate / floor.rate:.2f}, "
-            f"CPU per pair {ours.relay_us_per_pair / floor.relay_us_per_pair:.2f}x"
-        )
+    ours = best.get("sipfleet")
+    for name in ("floor", "floor-socket"):
+        floor = best.get(name)
+        if floor is not None and ours is not None:
+            lines.append(
+                f"\nsipfleet / {name}: rate {ours.rate / floor.rate:.2f}, "
+                f"CPU per pair {ours.relay_us_per_pair / floor.relay_us_per_pair:.2f}x"
+            )
     return "\n".join(lines)
 
 
@@ -440,7 +443,8 @@ def main() -> None:
     parser.add_argument(
         "--relays",
         default="floor,sipfleet",
-        help="comma list of floor, sipfleet and direct (sipp UAC straight to the UAS: "
+        help="comma list of floor, floor-socket (sends on the socket), sipfleet, sipfleet2 and "
+        "direct (sipp UAC straight to the UAS: "
         "the harness ceiling)",
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per step")

@@ -3,7 +3,9 @@
 Requests: insert one Via line after the request line, send to the target.
 Responses: cut the first Via (ours), send to the host:port of the next Via.
 No parsing, no checks, one asyncio datagram endpoint on uvloop. sipfleet's relay is
-measured against this (bench/relay_bench.py).
+measured against this (bench/relay_bench.py). It sends with the transport's sendto, as
+a minimal asyncio program does; with --socket-send, on the socket itself, as sipfleet's
+UDP transport does (uvloop's sendto costs more than the socket's).
 
     python bench/relay_floor.py --listen 127.0.0.1:0 --target 127.0.0.1:5091
 Prints "READY <port>" when it listens.
@@ -27,9 +29,11 @@ class FloorRelay(asyncio.DatagramProtocol):
         self.via = f"Via: SIP/2.0/UDP {via_host}:{via_port};branch=z9hG4bKfloor".encode()
         self.counter = itertools.count()
         self.transport: Any = None
+        self.sendto: Any = None  # the transport's, unless set to the socket's
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.sendto = self.sendto or transport.sendto
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         end = data.find(b"\r\n") + 2
@@ -45,20 +49,24 @@ class FloorRelay(asyncio.DatagramProtocol):
                 rest = b"Via: " + data[comma + 2 :]
                 start = 17
             host, _, port = rest[start : rest.find(b";", start)].partition(b":")
-            self.transport.sendto(data[:end] + rest, (host.decode(), int(port)))
+            self.sendto(data[:end] + rest, (host.decode(), int(port)))
         else:
             line = self.via + str(next(self.counter)).encode() + b"\r\n"
-            self.transport.sendto(data[:end] + line + data[end:], self.target)
+            self.sendto(data[:end] + line + data[end:], self.target)
 
 
-async def main(listen: tuple[str, int], target: tuple[str, int]) -> None:
+async def main(listen: tuple[str, int], target: tuple[str, int], socket_send: bool) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
     sock.bind(listen)
     host, port = sock.getsockname()
     loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(lambda: FloorRelay(target, host, port), sock=sock)
+    relay = FloorRelay(target, host, port)
+    if socket_send:
+        sock.setblocking(False)
+        relay.sendto = sock.sendto
+    await loop.create_datagram_endpoint(lambda: relay, sock=sock)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -75,5 +83,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--listen", type=hostport, default=("127.0.0.1", 0))
     parser.add_argument("--target", type=hostport, required=True)
+    parser.add_argument("--socket-send", action="store_true", help="send on the socket")
     args = parser.parse_args()
-    uvloop.run(main(args.listen, args.target))
+    uvloop.run(main(args.listen, args.target, args.socket_send))
