@@ -135,14 +135,11 @@ def stateless_branch(request: Request, salt: str = "") -> str:
     """
     via = request.top_via
     branch = via.branch
-    if (
-        branch is not None
-        and is_rfc3261_branch(branch)
-        and len(branch) <= MAX_CARRIED_BRANCH
-        and has_plain_params(via)  # nothing in it our own Via could not hold as it is
-    ):
-        return f"{_STATELESS_PREFIX}{_sender_tag(via.host, via.port, salt)}.{branch[7:]}"
-    if branch is not None and is_rfc3261_branch(branch):  # too long, or odd characters
+    if branch is not None and is_rfc3261_branch(branch):
+        # Carried when short and plainly written: our own Via then holds it as it is.
+        if len(branch) <= MAX_CARRIED_BRANCH and has_plain_params(via):
+            tag = _sender_tag(via.host, via.port, salt)
+            return f"{_STATELESS_PREFIX}{tag}.{branch[len(BRANCH_COOKIE) :]}"
         key = f"{branch}\x00{via.host}\x00{via.port}\x00{salt}"
     else:  # RFC 2543 peers: hash what identifies the transaction
         key = "\x00".join(

@@ -109,10 +109,7 @@ class UdpTransport:
                 self.stun_answered += 1
                 udp_socket.transport.sendto(answer, addr)
                 return
-        peer = _new_tuple(
-            Peer, ("udp", addr[0], addr[1], udp_socket.local_host, udp_socket.local_port, None)
-        )
-        self._sink.frame_received(data, peer)
+        udp_socket.received(data, addr)
 
     def counters(self) -> dict[str, int]:
         return {
