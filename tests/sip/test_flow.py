@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipfleet.sip.flow import Flow, FlowTokens
+from sipfleet.sip.flow import Dialog, Flow, FlowTokens
 
 TOKENS = FlowTokens(b"cluster-secret")
 
@@ -43,9 +43,32 @@ def test_every_single_character_change_is_refused() -> None:
     for i, original in enumerate(token):
         replacement = alphabet[(alphabet.index(original) + 1) % len(alphabet)]
         forged = token[:i] + replacement + token[i + 1 :]
-        decoded = TOKENS.decode(forged)
-        # The last character may carry only padding bits: then it decodes to the same flow.
-        assert decoded is None or decoded == TOKENS.decode(token)
+        assert TOKENS.decode(forged) is None, f"changed at {i}"
+
+
+def test_only_the_canonical_spelling_is_accepted() -> None:
+    """The last character of an unpadded base64 text carries bits that decode to nothing;
+    a spelling with them set is the same bytes, and is refused: one token, one spelling."""
+    token = TOKENS.encode(Flow("udp", "203.0.113.7", 40312))
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare_bits = {2: 4, 3: 2}[len(token) % 4]  # 2 or 3 characters in the last group
+    last = alphabet.index(token[-1])
+    spellings = [token[:-1] + alphabet[last | low] for low in range(1, 1 << spare_bits)]
+    assert spellings
+    for spelling in spellings:
+        assert TOKENS.decode(spelling) is None
+
+
+def test_a_dialog_bound_token_verifies_only_in_its_dialog() -> None:
+    flow = Flow("udp", "203.0.113.7", 40312)
+    token = TOKENS.encode(flow, Dialog("call-1", "tag-a"))
+    assert TOKENS.decode(token, "call-1", ("tag-a", None)) == flow  # caller's request
+    assert TOKENS.decode(token, "call-1", ("tag-b", "tag-a")) == flow  # callee's request
+    assert TOKENS.decode(token, "call-2", ("tag-a", "tag-b")) is None
+    assert TOKENS.decode(token, "call-1", ("tag-b", "tag-c")) is None
+    assert TOKENS.decode(token) is None
+    # A Path token (not bound) serves any call.
+    assert TOKENS.decode(TOKENS.encode(flow), "any", ("x",)) == flow
 
 
 @pytest.mark.parametrize(

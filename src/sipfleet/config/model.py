@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sipfleet.config.listen import ListenAddress, parse_listen
 
 DigestAlgorithm = Literal["SHA-256", "MD5"]
-DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = ("SHA-256", "MD5")
+# MD5 alone: most deployed phones know only MD5 and many read only the first challenge
+# (baresip 1.0, sipp 3.6 stop at a SHA-256 one). SHA-256 (RFC 8760) by configuration.
+DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = ("MD5",)
 
 
 def default_data_dir() -> Path:
@@ -75,8 +77,11 @@ class DatabaseSection(Section):
 class SipSection(Section):
     domains: list[str] = Field(
         default_factory=list,
-        description="Domains this cluster serves (registrar domain check, local users). "
-        "Empty: every domain is served; subscribers are found by the AOR's own domain.",
+        description="Domains this cluster serves: the registrar takes REGISTERs for them, "
+        "the proxy authenticates callers from them and looks callees in them up in the "
+        "location table; calls to other domains go off-net (LCR). Empty: every domain is "
+        "served, by the registrar and the proxy alike (users are found by the AOR's own "
+        "domain; nothing goes off-net, so name the domains when you use LCR).",
     )
     t1_ms: int = Field(500, ge=10, description="RFC 3261 T1: RTT estimate.")
     t2_ms: int = Field(4000, ge=10, description="RFC 3261 T2: maximum retransmit interval.")
@@ -100,8 +105,10 @@ class SipSection(Section):
     )
     auth_algorithms: list[DigestAlgorithm] = Field(
         default_factory=lambda: list(DEFAULT_DIGEST_ALGORITHMS),
-        description="Digest challenges offered, most preferred first (RFC 8760). Put MD5 "
-        "first for phones that only read the first challenge.",
+        description="Digest challenges offered, one WWW-/Proxy-Authenticate each, in this "
+        'order (RFC 8760). Default MD5 only, which every phone answers; ["SHA-256", "MD5"] '
+        "also offers SHA-256, first, to clients that read every challenge (many phones "
+        "read only the first and know only MD5).",
         min_length=1,
     )
     nonce_lifetime_s: float = Field(300.0, gt=0, description="A nonce is stale after this.")

@@ -7,6 +7,12 @@ TCP, RFC 5626 outbound) or at its Contact. It also names the LB that made it, so
 restart each LB takes back only its own flows. The token is authenticated with the cluster
 secret: a request that comes back with a token the LB did not make is refused (403), so
 nothing in a packet can point the LB at an address of the sender's choosing.
+
+A token in a Record-Route is also bound to its dialog: its MAC covers the Call-ID and the
+caller's tag (the From tag of the dialog-creating request; in later requests the From or
+the To tag, by direction). Seen in another dialog it does not verify, so a token copied
+out of one call cannot steer a request of another. A Path token (REGISTER) is not bound:
+it serves every call to that binding.
 """
 
 from __future__ import annotations
@@ -25,6 +31,19 @@ _HEADER = struct.Struct("!BBBHIH")  # version, flags, worker, port, connection, 
 _FLAG_TCP = 0x01
 _FLAG_REACH_BY_FLOW = 0x02
 _FLAG_IPV6 = 0x04
+_FLAG_DIALOG = 0x08  # the MAC covers a dialog (Call-ID and the caller's tag)
+_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@dataclass(frozen=True, slots=True)
+class Dialog:
+    """What a Record-Route token is bound to: the Call-ID and the caller's tag."""
+
+    call_id: str
+    tag: str
+
+    def material(self) -> bytes:
+        return f"\x00{self.call_id}\x00{self.tag}".encode("latin-1", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,26 +63,36 @@ class FlowTokens:
             raise ValueError("the cluster secret must not be empty")
         self._key = hashlib.sha256(b"sipfleet flow token\x00" + secret).digest()
 
-    def encode(self, flow: Flow) -> str:
+    def encode(self, flow: Flow, dialog: Dialog | None = None) -> str:
+        """The token for ``flow``; bound to ``dialog`` when given (a Record-Route's)."""
         address = ipaddress.ip_address(flow.host)
         flags = (
             (_FLAG_TCP if flow.transport == "tcp" else 0)
             | (_FLAG_REACH_BY_FLOW if flow.reach_by_flow else 0)
             | (_FLAG_IPV6 if address.version == 6 else 0)
+            | (_FLAG_DIALOG if dialog is not None else 0)
         )
         body = (
             _HEADER.pack(_VERSION, flags, flow.worker, flow.port, flow.connection, flow.lb)
             + address.packed
         )
-        return _b64(body + self._mac(body))
+        bound = b"" if dialog is None else dialog.material()
+        return _b64(body + self._mac(body + bound))
 
-    def decode(self, token: str) -> Flow | None:
-        """The flow a token names, or None when it is not one of ours (or was altered)."""
+    def decode(
+        self, token: str, call_id: str = "", tags: tuple[str | None, ...] = ()
+    ) -> Flow | None:
+        """The flow a token names, or None when it is not one of ours, was altered, or is
+        bound to a dialog other than ``call_id`` with one of ``tags``."""
         raw = _unb64(token)
         if raw is None or len(raw) < _HEADER.size + 4 + _MAC_BYTES:
             return None
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if not hmac.compare_digest(mac, self._mac(body)):
+        if body[1] & _FLAG_DIALOG:
+            candidates = [body + Dialog(call_id, tag).material() for tag in tags if tag]
+        else:
+            candidates = [body]
+        if not any(hmac.compare_digest(mac, self._mac(signed)) for signed in candidates):
             return None
         version, flags, worker, port, connection, lb = _HEADER.unpack_from(body)
         packed = body[_HEADER.size :]
@@ -90,9 +119,9 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes | None:
-    if not text or len(text) > 64 or not text.isascii():
+    """The bytes of a canonical base64url text: one spelling per token, so a token cannot
+    be varied (the unused low bits of the last character must be zero)."""
+    if not text or len(text) > 64 or len(text) % 4 == 1 or not _B64_ALPHABET.issuperset(text):
         return None
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError):
-        return None
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return data if _b64(data) == text else None

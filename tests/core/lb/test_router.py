@@ -7,8 +7,8 @@ import pytest
 from sipfleet.core.lb.keepalive import contact_digest
 from sipfleet.core.lb.router import AnswerHere, Forward, HandOff, Reject, udp_keeper
 from sipfleet.sip import SipUri, parse_address
-from sipfleet.sip.flow import Flow
-from sipfleet.transport.base import Destination
+from sipfleet.sip.flow import Dialog, Flow
+from sipfleet.transport.base import Destination, Peer
 from tests.core.lb.messages import (
     INTERNAL,
     LB_ID,
@@ -107,9 +107,12 @@ def test_invite_is_record_routed_twice_across_the_sides() -> None:
     assert host_of(outer) == f"{PUBLIC}:5060"
     assert host_of(inner) == f"{INTERNAL}:5060"
     assert token_of(outer) == token_of(inner)
-    flow = TOKENS.decode(token_of(outer))
+    flow = TOKENS.decode(token_of(outer), "call-1@10.0.1.2", ("a1", None))
     assert flow is not None
     assert (flow.host, flow.port) == ("198.51.100.7", 40000)
+    # Bound to this dialog: in another call, or without one, the token is worthless.
+    assert TOKENS.decode(token_of(outer), "call-2@10.0.1.2", ("a1", None)) is None
+    assert TOKENS.decode(token_of(outer)) is None
 
 
 def test_one_side_is_record_routed_once() -> None:
@@ -207,17 +210,72 @@ def test_tcp_flow_goes_over_its_connection_or_gets_430() -> None:
     assert gone.status == 430
 
 
-def test_client_reachable_directly_gets_its_request_uri_only_from_the_cluster() -> None:
+def test_client_reachable_directly_gets_its_contact_port_on_its_own_address() -> None:
     flow = Flow("udp", "198.51.100.7", 40000, 0, 0, False, LB_ID)
     routes = toward_client_routes(flow)
-    invite = request("INVITE", "sip:alice@198.51.100.8:5062", routes=routes)
+    invite = request("INVITE", "sip:alice@198.51.100.7:5062", routes=routes)
     from_cluster = forwarded(router().route(invite, from_proxy()))
-    assert (from_cluster.destination.host, from_cluster.destination.port) == ("198.51.100.8", 5062)
-    # The same token replayed from outside may not pick an address: only its flow.
-    stranger = client("192.0.2.200", 5060)
-    replayed = request("INVITE", "sip:victim@192.0.2.1:5060", routes=routes)
-    decision = forwarded(router().route(replayed, stranger))
+    assert (from_cluster.destination.host, from_cluster.destination.port) == ("198.51.100.7", 5062)
+    # A Request-URI naming another host does not pick the address: the flow's is used.
+    elsewhere = request("INVITE", "sip:victim@192.0.2.1:5060", routes=routes)
+    decision = forwarded(router().route(elsewhere, from_proxy()))
     assert (decision.destination.host, decision.destination.port) == ("198.51.100.7", 40000)
+
+
+def test_a_token_replayed_by_a_client_goes_to_the_cluster_never_down_the_flow() -> None:
+    flow = Flow("udp", "198.51.100.7", 40000, 0, 0, True, LB_ID)
+    routes = toward_client_routes(flow)
+    stranger = client("192.0.2.200", 5060)
+    for method, tag in (("INVITE", None), ("MESSAGE", None), ("BYE", "b1")):
+        replayed = request(method, "sip:victim@198.51.100.7:40000", routes=routes, to_tag=tag)
+        decision = forwarded(router().route(replayed, stranger))
+        assert decision.destination.port in (5080, 5081)  # a proxy, which authenticates it
+        assert decision.pop_routes == 2
+
+
+def dialog_routes(flow: Flow, call_id: str = "call-1@10.0.1.2", tag: str = "a1") -> tuple[str, str]:
+    """The Record-Route pair the LB gave the caller's flow in dialog (call_id, tag)."""
+    token = TOKENS.encode(flow, Dialog(call_id, tag))
+    return f"<sip:{token}@{INTERNAL}:5060;lr>", f"<sip:{token}@{PUBLIC}:5060;lr>"
+
+
+def test_a_record_route_token_steers_only_its_own_dialog() -> None:
+    caller = Flow("udp", "198.51.100.7", 40000, 0, 0, True, LB_ID)
+    routes = dialog_routes(caller)  # made when alice's INVITE (From tag a1) passed
+    # The callee's BYE toward alice: alice's tag is now the To tag.
+    bye = request("BYE", "sip:alice@10.0.1.2:5060", routes=routes, to_tag="a1")
+    bye.set_header("From", "<sip:bob@example.com>;tag=b9")
+    decision = forwarded(router().route(bye, from_proxy()))
+    assert (decision.destination.host, decision.destination.port) == ("198.51.100.7", 40000)
+    # The same Routes in another call, even from the cluster: refused, not followed.
+    other = request("BYE", routes=routes, to_tag="a1", call_id="another-call")
+    refused = router().route(other, from_proxy())
+    assert isinstance(refused, Reject)
+    assert refused.status == 403
+    # ... and from a client too.
+    assert isinstance(router().route(other, client("192.0.2.200", 5060)), Reject)
+
+
+def test_one_side_tells_the_nodes_by_their_exact_udp_address() -> None:
+    """One host: every process sends from 127.0.0.1. A phone there with another port,
+    or a node's address over TCP, is a client; only the pool targets' UDP listen
+    addresses are the cluster."""
+    lb = router(one_side())
+    flow = Flow("udp", "127.0.0.1", 40000, 0, 0, True, LB_ID)
+    token = TOKENS.encode(flow, Dialog("call-1@10.0.1.2", "a1"))
+    routes = (f"<sip:{token}@{INTERNAL}:5060;lr>", "<sip:127.0.0.1:5080;lr>")
+    node = Peer("udp", INTERNAL, 5080, INTERNAL, 5060)
+    toward_alice = request("BYE", routes=routes[:1], to_tag="a1")
+    assert forwarded(lb.route(toward_alice, node)).destination.port == 40000
+    # Alice's own BYE, sent from another port than she registered from (her Contact's):
+    for phone in (
+        Peer("udp", INTERNAL, 40002, INTERNAL, 5060),
+        Peer("tcp", INTERNAL, 5080, INTERNAL, 5060, 9),
+    ):
+        bye = request("BYE", routes=routes, to_tag="b1")
+        decision = forwarded(lb.route(bye, phone))
+        assert decision.destination.port == 5080  # toward the cluster, her Route popped
+        assert decision.pop_routes == 1
 
 
 def test_no_live_target_is_503_with_retry_after() -> None:

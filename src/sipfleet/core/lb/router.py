@@ -1,19 +1,22 @@
 """Where a request goes and what it gets on the way: the LB's decisions, without I/O.
 
-A request whose top Route is the LB's own URI with a flow token (RFC 5626 §5.3):
-- the token does not verify: 403, logged; nothing in the packet is followed;
-- it came over the flow the token names: the client's own request toward the cluster:
-  our Route(s) are removed and it goes on like any other;
-- else it goes to that flow: the client's NAT binding (UDP), its connection (TCP, 430
-  Flow Failed when it is gone, handed to the worker that holds it), or, when the token
-  says the client is reachable directly, its Request-URI (only for requests from the
-  cluster side, and only an IP address: no packet picks an address for us).
+Direction follows the side a request came from, never an address match with a flow:
+
+- **From a node of the cluster** (it arrived on the internal side, or, when the LB has one
+  side, from the exact address and port of a registrar or proxy in the pools): a top Route
+  of ours with a flow token sends it down that flow: the client's NAT binding (UDP), its
+  connection (TCP, 430 Flow Failed when it is gone, handed to the worker that holds it), or,
+  when the token says the client is reachable directly, its Request-URI, only when that
+  names the flow's own IP address (no packet picks an address for us).
+- **From a client** (anything else): it goes toward the cluster, our Route(s) removed. A
+  flow token in them is checked (403 when it fails, a Record-Route's must belong to this
+  dialog) but never followed: a client cannot send down another client's flow.
 
 Toward the cluster: the next Route when it names a pool target that is not down or
 disabled, else REGISTER to the registrar pool and everything else to the proxy pool,
-chosen by Call-ID. REGISTER gets a
-Path and dialog-creating requests a Record-Route naming the client's flow; crossing from
-one side of the LB to the other, Record-Route is added twice (RFC 3261 §16.6 step 4).
+chosen by Call-ID. REGISTER gets a Path and dialog-creating requests a Record-Route naming
+the client's flow, bound to the dialog; crossing from one side of the LB to the other,
+Record-Route is added twice (RFC 3261 §16.6 step 4).
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from sipfleet.core.lb.pools import Pools
 from sipfleet.core.lb.sides import SideName, Sides
 from sipfleet.routing.nat import nat_evidence
 from sipfleet.sip import Request, SipUri
-from sipfleet.sip.flow import Flow, FlowTokens
+from sipfleet.sip.flow import Dialog, Flow, FlowTokens
 from sipfleet.storage.model import LbPool
 from sipfleet.transport.base import Destination, Peer, TransportName
-from sipfleet.transport.sockets import is_ip
+from sipfleet.transport.sockets import normalise_host
 
 CONNECTION_BITS = 32
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
@@ -97,20 +100,27 @@ class Router:
     def route(self, request: Request, peer: Peer) -> Decision:
         popped, token = self._our_routes(request)
         if token is not None:
-            flow = self.tokens.decode(token)
+            flow = self.tokens.decode(token, request.call_id, (request.from_.tag, request.to.tag))
             if flow is None:
                 why = f"{request.method} from {peer.host}:{peer.port}: flow token refused"
                 return Reject(403, "Invalid Flow Token", why=why)
-            if not _came_over(flow, peer):
-                return self._to_client(request, peer, flow, token, popped)
+            if self.from_cluster(peer):
+                return self._to_client(request, peer, flow, popped)
         elif popped == 0 and request.method == "OPTIONS" and self._for_us(request):
             return AnswerHere()
         return self._to_cluster(request, peer, popped)
 
+    def from_cluster(self, peer: Peer) -> bool:
+        """A registrar or proxy sent it: it arrived on the internal side, or, with one
+        side, from the exact UDP address of a pool target (every local process shares the
+        loopback address on one host; only the nodes send from their listen ports)."""
+        side = self.sides.arrived_on(peer.local_host, peer.local_port)
+        if side is not None:
+            return side == "internal"
+        return peer.transport == "udp" and self.pools.at(peer.host, peer.port) is not None
+
     # -- toward a client ----------------------------------------------------------------
-    def _to_client(
-        self, request: Request, peer: Peer, flow: Flow, token: str, popped: int
-    ) -> Decision:
+    def _to_client(self, request: Request, peer: Peer, flow: Flow, popped: int) -> Decision:
         if flow.transport == "tcp":
             if flow.worker != self.worker:
                 return HandOff(flow.worker)
@@ -122,28 +132,26 @@ class Router:
             local = self.sides.local("external", flow.host)
             destination = Destination("udp", flow.host, flow.port, None, local)
         else:
-            destination = self._at_contact(request, peer, flow)
+            destination = self._at_contact(request, flow)
         record_routes: tuple[str, ...] = ()
         if self._creates_dialog(request):
+            token = self.tokens.encode(flow, _dialog(request))  # the Path's, bound to this call
             inbound = self._route_uri("internal", token, peer.transport, peer.host)
             outbound = self._route_uri("external", token, destination.transport, flow.host)
             record_routes = _record_routes(inbound, outbound)
         sent_by = self.sides.sent_by("external", destination.transport, destination.host)
         return Forward(destination, sent_by, popped, record_routes)
 
-    def _at_contact(self, request: Request, peer: Peer, flow: Flow) -> Destination:
-        """A client not behind NAT is reached at its Request-URI (its Contact), when the
-        request comes from the cluster and names an address; else at its flow."""
+    def _at_contact(self, request: Request, flow: Flow) -> Destination:
+        """A client not behind NAT is reached at its Request-URI (its Contact: it may
+        listen on another port than it sends from), when that names the flow's own IP
+        address; else at its flow. No packet picks another host for us."""
         uri = request.uri
         local = self.sides.local("external", flow.host)
-        if isinstance(uri, SipUri) and self._trusted(peer) and is_ip(uri.host_bare):
+        if isinstance(uri, SipUri) and normalise_host(uri.host_bare) == flow.host:
             transport: TransportName = "tcp" if uri.transport == "tcp" else "udp"
-            return Destination(transport, uri.host_bare, uri.port or 5060, None, local)
+            return Destination(transport, flow.host, uri.port or 5060, None, local)
         return Destination("udp", flow.host, flow.port, None, local)
-
-    def _trusted(self, peer: Peer) -> bool:
-        side = self.sides.arrived_on(peer.local_host, peer.local_port)
-        return side == "internal" or self.pools.is_target_host(peer.host)
 
     # -- toward the cluster ------------------------------------------------------------------
     def _to_cluster(self, request: Request, peer: Peer, popped: int) -> Decision:
@@ -165,7 +173,8 @@ class Router:
         destination, sent_by = plain.destination, plain.sent_by
         record_routes: tuple[str, ...] = ()
         if self._creates_dialog(request):
-            token = self.tokens.encode(self._client_flow(request, peer, _uses_outbound(request)))
+            flow = self._client_flow(request, peer, _uses_outbound(request))
+            token = self.tokens.encode(flow, _dialog(request))
             inbound = self._route_uri("external", token, peer.transport, peer.host)
             outbound = self._route_uri("internal", token, destination.transport, destination.host)
             record_routes = _record_routes(inbound, outbound)
@@ -266,10 +275,9 @@ def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
     return (inbound,) if inbound == outbound else (inbound, outbound)
 
 
-def _came_over(flow: Flow, peer: Peer) -> bool:
-    if flow.transport == "tcp":
-        return peer.transport == "tcp" and peer.connection_id == connection_id(flow)
-    return peer.transport == "udp" and peer.host == flow.host and peer.port == flow.port
+def _dialog(request: Request) -> Dialog:
+    """What a Record-Route token of a dialog-creating request is bound to."""
+    return Dialog(request.call_id, request.from_.tag or "")
 
 
 def _uses_outbound(request: Request) -> bool:

@@ -36,7 +36,8 @@ class ProxyServices:
         self.clock = clock
 
     def is_local_domain(self, host: str) -> bool:
-        return normalise_host(host).lower() in self.domains
+        """``[sip] domains``; empty: every domain, as for the registrar."""
+        return not self.domains or normalise_host(host).lower() in self.domains
 
     def is_trusted_peer(self, host: str) -> bool:
         return bool(self.trusted_peers) and _address(host) in self.trusted_peers
