@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -120,6 +121,25 @@ async def test_crash_mid_burst_leaves_no_half_written_binding(
     assert 0 < len(acknowledged) < total, "the crash must fall inside the burst"
 
 
+async def hang(process: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP ``process`` and return once all its threads have stopped.
+
+    kill() only starts a group stop: the thread that takes the signal then stops the other
+    threads, and until it has run (later on a busy machine) a thread of the server may
+    still read and answer a query. The parent is told when the stop is complete
+    (waitpid with WUNTRACED); a query sent before that may get its answer."""
+    os.kill(process.pid, signal.SIGSTOP)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while True:
+        pid, status = os.waitpid(process.pid, os.WUNTRACED | os.WNOHANG)
+        if pid:
+            assert os.WIFSTOPPED(status), f"the server exited instead (status {status})"
+            return
+        assert loop.time() < deadline, "the server did not stop within 10 s"
+        await asyncio.sleep(0.005)
+
+
 @pytest.mark.mysql
 async def test_hung_server_times_out_and_recovers(opened: OpenStorage) -> None:
     server = start_mariadb()
@@ -127,7 +147,7 @@ async def test_hung_server_times_out_and_recovers(opened: OpenStorage) -> None:
         storage = opened(migrated_database(server), query_timeout=0.5)
         assert await storage.location.lookup(ALICE, now=NOW) == []
         assert server.process is not None
-        os.kill(server.process.pid, signal.SIGSTOP)
+        await hang(server.process)
         try:
             started = asyncio.get_running_loop().time()
             with pytest.raises(StorageUnavailable, match=r"no answer within 0\.5 s"):
