@@ -122,9 +122,21 @@ async def test_foreign_caller_may_reach_local_users_only() -> None:
 
 async def test_in_dialog_requests_follow_our_route_and_nothing_else() -> None:
     assert await route(call("BYE", to_tag=";tag=b", routed=True)) == Relay()
-    stray = await route(call("BYE", to_tag=";tag=b"))
-    assert isinstance(stray, Reply)
-    assert stray.status == 404
+
+
+async def test_a_to_tag_without_our_route_is_handled_as_a_new_request() -> None:
+    """Claiming a dialog is no way past the checks: authenticated like any request, and
+    refused when neither caller nor callee is ours."""
+    challenge = Reply(407, "Proxy Authentication Required", (("Proxy-Authenticate", "Digest"),))
+    for method in ("BYE", "INVITE", "MESSAGE"):
+        stray = call(method, to_tag=";tag=b", services=FakeServices(challenge))
+        assert await route(stray) == challenge
+        relay = call(
+            method, "sip:anyone@127.0.0.9:5099", "sip:ceo@bank.example", ";tag=made-up"
+        )
+        refused = await route(relay)
+        assert isinstance(refused, Reply)
+        assert refused.status == 403
 
 
 async def test_register_is_not_the_proxys_business() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sipfleet.sip.flow import Dialog, Flow, FlowTokens
+from sipfleet.sip.dialog_token import Dialog
+from sipfleet.sip.flow import Flow, FlowTokens
 
 TOKENS = FlowTokens(b"cluster-secret")
 

@@ -25,6 +25,7 @@ from sipfleet.roles.common import (
 )
 from sipfleet.routing.api import OffNetRouter, load_policy
 from sipfleet.routing.lcr_router import LcrRouter
+from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.storage import Storage
 from sipfleet.storage.errors import StorageError
 from sipfleet.transport.base import TransportLimits
@@ -59,7 +60,14 @@ def build_engine(
     udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
     backlog = receive_backlog(udp) if udp else no_backlog
     engine = ProxyEngine(
-        endpoint, policy, planner, services, settings, hooks=hooks, backlog=backlog
+        endpoint,
+        policy,
+        planner,
+        services,
+        settings,
+        hooks=hooks,
+        backlog=backlog,
+        dialog_tokens=DialogTokens(config.node.cluster_secret.encode()),
     )
     endpoint.on_send_error = engine.destination_failed
     return engine

@@ -1,6 +1,9 @@
 """The default routing policy: what `sipfleet up` does with a request.
 
-1. In-dialog requests that came through our Record-Route follow their Route set.
+1. In-dialog requests that came through our Record-Route (with its dialog token, which the
+   engine checks) follow their Route set. Anything else, To tag or not, is a new request:
+   the steps below apply, so nobody reaches a user or a gateway unauthenticated by
+   claiming a dialog.
 2. Requests that claim a local caller (From in a served domain) must carry valid
    Proxy-Authorization (407 otherwise), unless they come from a trusted peer; the From
    user must be the authenticated one (``[proxy] from_must_match_auth``).
@@ -35,8 +38,8 @@ class DefaultPolicy(RoutingPolicy):
         self.clir = config.proxy.privacy_clir
 
     async def route(self, call: CallContext) -> Decision:
-        if call.in_dialog:
-            return Relay() if call.routed_to_us else Reply(404, "Not Here")
+        if call.in_dialog and call.routed_to_us:
+            return Relay()
         if call.method == "REGISTER":
             return Reply(403, "Register With The Registrar")
         trusted = call.from_trusted_peer

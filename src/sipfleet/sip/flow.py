@@ -25,6 +25,8 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
+from sipfleet.sip.dialog_token import Dialog
+
 _VERSION = 2
 _MAC_BYTES = 10  # 80 bits: forging one takes 2**79 tries on average, each a SIP request
 _HEADER = struct.Struct("!BBBHIH")  # version, flags, worker, port, connection, lb
@@ -33,17 +35,6 @@ _FLAG_REACH_BY_FLOW = 0x02
 _FLAG_IPV6 = 0x04
 _FLAG_DIALOG = 0x08  # the MAC covers a dialog (Call-ID and the caller's tag)
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-@dataclass(frozen=True, slots=True)
-class Dialog:
-    """What a Record-Route token is bound to: the Call-ID and the caller's tag."""
-
-    call_id: str
-    tag: str
-
-    def material(self) -> bytes:
-        return f"\x00{self.call_id}\x00{self.tag}".encode("latin-1", "replace")
 
 
 @dataclass(frozen=True, slots=True)

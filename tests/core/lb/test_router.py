@@ -7,7 +7,8 @@ import pytest
 from sipfleet.core.lb.keepalive import contact_digest
 from sipfleet.core.lb.router import AnswerHere, Forward, HandOff, Reject, udp_keeper
 from sipfleet.sip import SipUri, parse_address
-from sipfleet.sip.flow import Dialog, Flow
+from sipfleet.sip.dialog_token import Dialog
+from sipfleet.sip.flow import Flow
 from sipfleet.transport.base import Destination, Peer
 from tests.core.lb.messages import (
     INTERNAL,

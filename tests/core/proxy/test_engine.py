@@ -135,6 +135,12 @@ async def invite(caller: UA, proxy: Proxy, callee: str = "bob", **kwargs: Any) -
     return sent
 
 
+def parse_request(text: str) -> Request:
+    request = parse_message(text.encode("latin-1"))
+    assert isinstance(request, Request)
+    return request
+
+
 # -- calls -----------------------------------------------------------------------------------
 async def test_basic_call_with_bye_from_the_callee(start_proxy: ProxyFactory, uas: Any) -> None:
     proxy = await start_proxy()
@@ -146,7 +152,9 @@ async def test_basic_call_with_bye_from_the_callee(start_proxy: ProxyFactory, ua
     assert isinstance(incoming, Request)
     assert incoming.uri_text == bob.contact
     assert incoming.max_forwards == 69
-    assert incoming.header_values("record-route") == [f"<sip:127.0.0.1:{proxy.address[1]};lr>"]
+    (record_route,) = incoming.header_values("record-route")
+    ours = f"<sip:127.0.0.1:{proxy.address[1]};lr>"
+    assert record_route == proxy.engine.dialog_tokens.stamp(ours, sent)  # ;dt=<this dialog's>
     assert len(incoming.vias) == 2
     bob.send(bob.answer(incoming, 180), proxy.address)
     ok = bob.answer(incoming, 200)
@@ -524,7 +532,10 @@ async def test_while_overloaded_new_calls_get_503_and_dialogs_go_on(
     caller.send(caller.request("INVITE", f"sip:bob@{DOMAIN}"), proxy.address)
     refused = await caller.expect(503)
     assert refused.header("retry-after")
-    route = f"<sip:127.0.0.1:{proxy.address[1]};lr>"
+    unrouted = caller.request("BYE", bob.contact, to_tag="b1", call_id="dialog@test")
+    route = proxy.engine.dialog_tokens.stamp(
+        f"<sip:127.0.0.1:{proxy.address[1]};lr>", parse_request(unrouted)
+    )
     bye = caller.request(
         "BYE", bob.contact, to_tag="b1", headers=(f"Route: {route}",), call_id="dialog@test"
     )
@@ -586,7 +597,7 @@ class RecordingHooks(MessageHooks):
         self.seen: list[str] = []
 
     def record_route(self, call: CallContext, ours: str) -> str:
-        return ours.replace(";lr>", ";lr;pv=sealed>")
+        return ours[:-1] + ";pv=sealed>"  # a parameter of its own, as PrivacyHooks adds
 
     def forwarding(self, request: Request, call: CallContext | None) -> None:
         self.seen.append(f"{request.method} {'in call' if call else 'stateless'}")
@@ -606,7 +617,7 @@ async def test_hooks_see_every_message_the_proxy_sends_on(
     sent = await invite(caller, proxy)
     incoming = await bob.expect("INVITE")
     assert incoming.header("x-seen") == "yes"
-    assert incoming.header_values("record-route")[0].endswith(";lr;pv=sealed>")
+    assert incoming.header_values("record-route")[0].endswith(";pv=sealed>")
     bob.send(bob.answer(incoming, 200), proxy.address)
     answer = await caller.expect(200)
     assert isinstance(answer, Response)
@@ -624,3 +635,65 @@ async def test_hooks_see_every_message_the_proxy_sends_on(
     caller.send(ack, proxy.address)
     assert (await bob.expect("ACK")).header("x-seen") == "yes"
     assert hooks.seen == ["INVITE in call", "200 INVITE", "ACK stateless"]
+
+
+# -- no open relay (a Route or To tag claims a dialog the cluster never made) ----------------
+@pytest.mark.parametrize("method", ["MESSAGE", "INVITE", "BYE"])
+@pytest.mark.parametrize("trick", ["loose", "strict", "foreign-dialog"])
+async def test_a_claimed_dialog_does_not_relay_to_the_senders_address(
+    start_proxy: ProxyFactory, uas: Any, method: str, trick: str
+) -> None:
+    """The reproduction of the open relay: a To tag and a Route naming the proxy, the
+    strict-route form (Request-URI = the proxy), or a Route with a real dialog token of
+    another call. None reaches the address the sender chose; the request is handled as
+    a new one (here: a caller of another domain to another domain: 403)."""
+    proxy = await start_proxy(authenticate=True)
+    attacker, victim = await uas("mallory"), await uas("anyone")
+    ours = f"<sip:127.0.0.1:{proxy.address[1]};lr>"
+    target = victim.contact.replace("anyone@", "anyone@")
+    if trick == "loose":
+        uri, routes = target, (f"Route: {ours}",)
+    elif trick == "strict":
+        uri, routes = f"sip:127.0.0.1:{proxy.address[1]}", (f"Route: <{target}>",)
+    else:
+        other_call = parse_request(attacker.request("INVITE", target, call_id="theirs@test"))
+        uri, routes = target, (f"Route: {proxy.engine.dialog_tokens.stamp(ours, other_call)}",)
+    text = attacker.request(
+        method,
+        uri,
+        from_="sip:ceo@bank.example",
+        to="sip:anyone@elsewhere.example",
+        to_tag="made-up",
+        call_id="relay-repro@test",
+        headers=routes,
+    )
+    attacker.send(text, proxy.address)
+    answer = await attacker.expect(403, skip=is_trying)
+    assert isinstance(answer, Response)
+    await victim.silence(0.2)
+    assert proxy.engine.stats.foreign_routes == 1
+
+
+async def test_a_local_callers_claimed_dialog_must_authenticate(
+    start_proxy: ProxyFactory, uas: Any
+) -> None:
+    proxy = await start_proxy(authenticate=True)
+    caller, bob = await uas("alice"), await uas("bob")
+    await proxy.bind("bob", bob.contact)
+    route = f"Route: <sip:127.0.0.1:{proxy.address[1]};lr>"
+    text = caller.request("BYE", bob.contact, to_tag="b1", headers=(route,))
+    caller.send(text, proxy.address)
+    await caller.expect(407, skip=is_trying)
+    await bob.silence(0.2)
+
+
+async def test_a_2xx_ack_without_this_dialogs_token_is_dropped(
+    start_proxy: ProxyFactory, uas: Any
+) -> None:
+    proxy = await start_proxy()
+    caller, bob = await uas("alice"), await uas("bob")
+    route = f"Route: <sip:127.0.0.1:{proxy.address[1]};lr>"
+    ack = caller.request("ACK", bob.contact, to_tag="b1", headers=(route,))
+    caller.send(ack, proxy.address)
+    await bob.silence(0.2)
+    assert proxy.engine.stats.acks_dropped == 1

@@ -31,7 +31,8 @@ from sipfleet.core.lb.pools import Pools
 from sipfleet.core.lb.sides import SideName, Sides
 from sipfleet.routing.nat import nat_evidence
 from sipfleet.sip import Request, SipUri
-from sipfleet.sip.flow import Dialog, Flow, FlowTokens
+from sipfleet.sip.dialog_token import Dialog
+from sipfleet.sip.flow import Flow, FlowTokens
 from sipfleet.storage.model import LbPool
 from sipfleet.transport.base import Destination, Peer, TransportName
 from sipfleet.transport.sockets import normalise_host
@@ -135,7 +136,9 @@ class Router:
             destination = self._at_contact(request, flow)
         record_routes: tuple[str, ...] = ()
         if self._creates_dialog(request):
-            token = self.tokens.encode(flow, _dialog(request))  # the Path's, bound to this call
+            token = self.tokens.encode(
+                flow, Dialog.created_by(request)
+            )  # the Path's, bound to this call
             inbound = self._route_uri("internal", token, peer.transport, peer.host)
             outbound = self._route_uri("external", token, destination.transport, flow.host)
             record_routes = _record_routes(inbound, outbound)
@@ -174,7 +177,7 @@ class Router:
         record_routes: tuple[str, ...] = ()
         if self._creates_dialog(request):
             flow = self._client_flow(request, peer, _uses_outbound(request))
-            token = self.tokens.encode(flow, _dialog(request))
+            token = self.tokens.encode(flow, Dialog.created_by(request))
             inbound = self._route_uri("external", token, peer.transport, peer.host)
             outbound = self._route_uri("internal", token, destination.transport, destination.host)
             record_routes = _record_routes(inbound, outbound)
@@ -273,11 +276,6 @@ def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
     """Both entries when the request changes side or transport at the LB (RFC 3261 §16.6
     step 4: each party reaches the LB where and how it can); else one."""
     return (inbound,) if inbound == outbound else (inbound, outbound)
-
-
-def _dialog(request: Request) -> Dialog:
-    """What a Record-Route token of a dialog-creating request is bound to."""
-    return Dialog(request.call_id, request.from_.tag or "")
 
 
 def _uses_outbound(request: Request) -> bool:

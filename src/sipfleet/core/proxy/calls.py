@@ -35,6 +35,7 @@ from sipfleet.core.proxy.shell import TransactionShell
 from sipfleet.core.proxy.targets import ForkPlan
 from sipfleet.routing.api import CallContext, Reply, RoutingPolicy
 from sipfleet.sip.builders import make_response, new_tag
+from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.message import Response
 from sipfleet.sip.transaction import ServerTransaction, TransactionLayer
@@ -100,6 +101,7 @@ class CallRunner:
         planner: Planner,
         settings: CallSettings,
         hooks: MessageHooks = NO_HOOKS,
+        dialog_tokens: DialogTokens,
     ) -> None:
         self.endpoint = endpoint
         self.layer = layer
@@ -118,6 +120,7 @@ class CallRunner:
             shell=shell,
             hooks=hooks,
             record_route=settings.record_route,
+            dialog_tokens=dialog_tokens,
             spawn=self.spawn,
             unreachable=self._branch_unreachable,
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -39,6 +40,7 @@ from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.routing.api import CallContext, RoutingPolicy
 from sipfleet.sip import ParseError, Request, Response, SipUri, validate_request
 from sipfleet.sip.builders import make_response, new_tag
+from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.sip.message import Message
 from sipfleet.sip.transaction import (
     DEFAULT_TIMERS,
@@ -93,6 +95,7 @@ class EngineStats:
     rejected: int = 0  # 482 / 483 / 420
     acks_forwarded: int = 0
     acks_dropped: int = 0  # a 2xx ACK that is not for a dialog of ours
+    foreign_routes: int = 0  # a Route naming us without its dialog's token
     stray_responses: int = 0
 
 
@@ -106,9 +109,12 @@ class ProxyEngine:
         settings: EngineSettings | None = None,
         hooks: MessageHooks = NO_HOOKS,
         backlog: Callable[[], int] = no_backlog,
+        dialog_tokens: DialogTokens | None = None,
     ) -> None:
-        """``backlog``: bytes waiting in the listening sockets (``overload.receive_backlog``)."""
+        """``backlog``: bytes waiting in the listening sockets (``overload.receive_backlog``);
+        ``dialog_tokens``: from the cluster secret (None: a secret of this process alone)."""
         self.endpoint = endpoint
+        self.dialog_tokens = dialog_tokens or DialogTokens(secrets.token_bytes(32))
         self.services = services
         self.settings = settings or EngineSettings()
         self.layer = TransactionLayer(self.settings.timers)
@@ -121,6 +127,7 @@ class ProxyEngine:
             planner=planner,
             settings=self.settings.calls,
             hooks=hooks,
+            dialog_tokens=self.dialog_tokens,
         )
         self.hooks = hooks
         self.forwarder = StatelessForwarder(endpoint)
@@ -180,7 +187,7 @@ class ProxyEngine:
             return
         loop = loop_hash(request)
         rejection = check_request(request, self.own, loop)
-        ours = take_our_route(request, self.own) if rejection is None else None
+        ours = self._our_verified_route(request) if rejection is None else None
         server = self.layer.create_server(request, peer=response_destination(request, peer))
         call = Call(server, CallContext(request, peer, self.services), loop)
         server.context = call
@@ -199,6 +206,23 @@ class ProxyEngine:
         call.ctx.our_route = ours
         call.ctx.origin = self._origin(request, peer)
         self.calls.begin(call)
+
+    def _our_verified_route(self, request: Request) -> SipUri | None:
+        """§16.4: our Route removed; it counts only when the cluster made it for this
+        dialog (``dialog_token``). Else the request is a new one, whatever its To tag:
+        the Route set it carries is the sender's, and is not followed."""
+        ours = take_our_route(request, self.own)
+        if ours is None or self.dialog_tokens.verify(ours, request):
+            return ours
+        self.stats.foreign_routes += 1
+        request.remove_header("route")
+        log.info(
+            "%s %s from %s: Route names us without this dialog's token; handled as a new request",
+            request.method,
+            request.call_id,
+            request.top_via.host,
+        )
+        return None
 
     def _addressed_to_us(self, request: Request) -> bool:
         uri = request.uri
@@ -241,7 +265,7 @@ class ProxyEngine:
         """An ACK for a 2xx (its own transaction): statelessly, by the Route we are on."""
         try:
             ours = take_our_route(ack, self.own)
-            if ours is None:
+            if ours is None or not self.dialog_tokens.verify(ours, ack):
                 self.stats.acks_dropped += 1  # not in a dialog we record-routed
                 return
             next_hop = route_toward_next_hop(ack)

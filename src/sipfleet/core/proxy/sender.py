@@ -20,6 +20,7 @@ from sipfleet.core.proxy.hooks import MessageHooks
 from sipfleet.core.proxy.resolve import ResolveError, Resolver, literal_destination
 from sipfleet.core.proxy.shell import TransactionShell
 from sipfleet.sip.builders import make_cancel
+from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.message import Request
 from sipfleet.sip.transaction import ClientTransaction, TransactionLayer
@@ -44,6 +45,7 @@ class BranchSender:
         shell: TransactionShell,
         hooks: MessageHooks,
         record_route: bool,
+        dialog_tokens: DialogTokens,
         spawn: Spawn,
         unreachable: Unreachable,
     ) -> None:
@@ -52,6 +54,7 @@ class BranchSender:
         self.shell = shell
         self.hooks = hooks
         self.record_route = record_route
+        self.dialog_tokens = dialog_tokens
         self.spawn = spawn
         self.unreachable = unreachable
         self.resolver = Resolver()
@@ -67,6 +70,7 @@ class BranchSender:
         record_route = None
         if self.record_route and wants_record_route(request):
             ours = self._record_route or self._our_record_route()
+            ours = self.dialog_tokens.stamp(ours, request)
             record_route = self.hooks.record_route(call.ctx, ours)
         try:
             copy, next_hop = forward_copy(

@@ -1,0 +1,68 @@
+"""Dialog tokens: a cluster's Record-Route entries belong to the dialog they were made for.
+
+A proxy that Record-Routes a dialog-creating request puts ``;dt=<token>`` in its URI; the
+token is a MAC, with the cluster secret, over the Call-ID and the caller's tag (the From
+tag of that request). Every later request of the dialog carries it back in its Route: the
+caller's with that tag in From, the callee's in To. A Route naming the proxy without a
+token that verifies for the request's own Call-ID and tags was not made by the cluster for
+this dialog (guessed from a Record-Route seen elsewhere, or written by hand): the proxy
+treats the request as a new one, never as part of a dialog it is in. Any proxy holding the
+cluster secret verifies the token, so a dialog outlives the proxy that made it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from sipfleet.sip.message import Request
+from sipfleet.sip.uri import SipUri
+
+PARAM = "dt"
+_MAC_BYTES = 9  # 72 bits, 12 base64 characters; each guess costs the attacker a request
+
+
+@dataclass(frozen=True, slots=True)
+class Dialog:
+    """What a Record-Route token is bound to: the Call-ID and the caller's tag."""
+
+    call_id: str
+    tag: str
+
+    def material(self) -> bytes:
+        return f"\x00{self.call_id}\x00{self.tag}".encode("latin-1", "replace")
+
+    @classmethod
+    def created_by(cls, request: Request) -> Dialog:
+        """The dialog a dialog-creating request (no To tag yet) would make."""
+        return cls(request.call_id, request.from_.tag or "")
+
+
+class DialogTokens:
+    def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("the cluster secret must not be empty")
+        self._key = hashlib.sha256(b"sipfleet dialog token\x00" + secret).digest()
+
+    def token(self, dialog: Dialog) -> str:
+        mac = hmac.new(self._key, dialog.material(), hashlib.sha256).digest()[:_MAC_BYTES]
+        return base64.urlsafe_b64encode(mac).decode("ascii")
+
+    def stamp(self, record_route: str, request: Request) -> str:
+        """``<sip:host:port;lr>`` with this dialog's token as a URI parameter."""
+        param = f";{PARAM}={self.token(Dialog.created_by(request))}"
+        return (
+            record_route[:-1] + param + ">" if record_route.endswith(">") else record_route + param
+        )
+
+    def verify(self, our_route: SipUri, request: Request) -> bool:
+        """The Route of ours ``request`` came by was made for its dialog."""
+        value = our_route.params.get(PARAM)
+        if not value:
+            return False
+        for tag in (request.from_.tag, request.to.tag):
+            if tag and hmac.compare_digest(value, self.token(Dialog(request.call_id, tag))):
+                return True
+        return False
