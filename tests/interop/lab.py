@@ -23,8 +23,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.integration.sipp import SippRun, sipp_binary, stop_sipp
 
 DATA_DIR = Path("/var/lib/sipfleet")  # default_data_dir() for root
 BANNER = "sipfleet is up"
@@ -246,3 +249,97 @@ def embedded_cluster(
     finally:
         if own:
             namespace.close()
+
+
+# --- phones: sipp inside a namespace ------------------------------------------------------
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+@dataclass
+class Phone:
+    """One sipp run of a phone: where it runs, what it plays, its message trace."""
+
+    ns: Namespace
+    scenario: str
+    trace: Path  # every message sent and received (-trace_msg)
+    errors: Path
+    screen: Path  # its stdout and stderr (a file: a pipe nobody reads would block it)
+    process: subprocess.Popen[bytes]
+
+    def wait(self, timeout: float) -> SippRun:
+        """Its result once it has played its scenario (stopped by PID after ``timeout``)."""
+        code = stop_sipp(self.process, wait=timeout)
+        return SippRun(
+            code,
+            self.trace.read_text(errors="replace") if self.trace.exists() else "",
+            self.errors.read_text(errors="replace") if self.errors.exists() else "",
+            self.screen.read_text(errors="replace") if self.screen.exists() else "",
+        )
+
+
+def start_phone(
+    ns: Namespace,
+    scenario: str,
+    workdir: Path,
+    *,
+    address: str = "127.0.0.1",
+    port: int,
+    target: str | None = None,
+    transport: str = "udp",
+    keys: dict[str, str] | None = None,
+    credentials: tuple[str, str] | None = None,
+    timeout: float = 15.0,
+    calls: int = 1,
+    extra: tuple[str, ...] = (),
+) -> Phone:
+    """sipp playing ``scenarios/<scenario>.xml`` in ``ns`` from ``address:port`` (to
+    ``target`` host:port; none: it waits for calls), one call, bounded by ``timeout``."""
+    name = f"{scenario}-{transport}-{port}"
+    trace, errors = workdir / f"{name}.msg", workdir / f"{name}.err"
+    screen = workdir / f"{name}.out"
+    command = [
+        sipp_binary(), *([target] if target else []),
+        "-sf", str(SCENARIOS / f"{scenario}.xml"),
+        "-i", address, "-p", str(port), "-m", str(calls),
+        "-t", "t1" if transport == "tcp" else "u1",
+        "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
+        "-trace_msg", "-message_file", str(trace),
+        "-trace_err", "-error_file", str(errors),
+        "-max_recv_loops", "1000",
+    ]  # fmt: skip
+    for key, value in (keys or {}).items():
+        command += ["-key", key, value]
+    if credentials is not None:
+        command += ["-au", credentials[0], "-ap", credentials[1]]
+    command += list(extra)
+    with screen.open("wb") as out:
+        process = ns.popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    return Phone(ns, scenario, trace, errors, screen, process)
+
+
+def sip_messages(trace: str, direction: str) -> list[str]:
+    """The SIP messages of a sipp -trace_msg file that were ``sent`` or ``received``."""
+    found = []
+    for entry in re.split(r"^-{10,} .*$", trace, flags=re.MULTILINE):
+        head, _, message = entry.strip("\n").partition("\n")
+        if f"message {direction}" in head:
+            found.append(message.lstrip("\n").replace("\r\n", "\n"))
+    return found
+
+
+def first_line(message: str) -> str:
+    return message.split("\n", 1)[0].strip()
+
+
+def body(message: str) -> str:
+    return message.split("\n\n", 1)[1] if "\n\n" in message else ""
+
+
+def find_message(trace: str, direction: str, start: str, with_body: bool = False) -> list[str]:
+    """The messages whose first line starts with ``start`` (e.g. "INVITE ", "SIP/2.0 200")."""
+    return [
+        m
+        for m in sip_messages(trace, direction)
+        if first_line(m).startswith(start) and (body(m).strip() or not with_body)
+    ]
