@@ -572,7 +572,7 @@ def carriers(run: SippGroup, fleet: Fleet) -> Counter[str]:
             continue
         if not re.search(r"CSeq: \d+ INVITE", block):
             continue
-        addresses = set(re.findall(r"<sip:([0-9.]+:\d+);lr>", block))
+        addresses = set(re.findall(r"<sip:([0-9.]+:\d+);lr[;>]", block))  # ours: no user part
         found.update(by_address[a] for a in addresses if a in by_address)
     return found
 

@@ -81,7 +81,7 @@ def carriers(run: SippRun) -> Counter[int]:
             continue
         if not re.search(r"CSeq: \d+ INVITE", block):
             continue
-        ports = re.findall(r"<sip:127\.0\.0\.1:(\d+);lr>", block)  # no user part: a proxy
+        ports = re.findall(r"<sip:127\.0\.0\.1:(\d+);lr[;>]", block)  # no user part: a proxy
         found.update(int(port) for port in set(ports))
     return found
 

@@ -1,0 +1,65 @@
+"""Closed by default: `sipfleet up` as users start it (no config file) and with the
+cluster example, attacked as a hostile network would (relay_probe.py, inside the
+cluster's namespace): no relay to an address of the sender's choosing, no flow token
+replayed from outside down a phone's flow, over UDP and TCP."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.lab import Embedded, embedded_cluster, why_no_lab
+
+pytestmark = [pytest.mark.interop]
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "cluster" / "cluster.toml"
+
+
+@pytest.fixture(params=["no-config", "cluster-example"], scope="module")
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Embedded]:
+    why = why_no_lab()
+    if why is not None:
+        pytest.skip(why)
+    up_args = () if request.param == "no-config" else ("-c", str(EXAMPLE))
+    tmp = tmp_path_factory.mktemp(request.param)
+    with embedded_cluster(tmp, f"closed-{request.param}", up_args=up_args) as embedded:
+        config = up_args[1:]  # the CLI reads the same config as `up`: the same database
+        add = ("subscriber", "add", "alice@example.com", "--password", "s3cret")
+        added = embedded.sipfleet(*add, *(("-c", *config) if config else ()))
+        assert added.returncode == 0, added.stderr
+        yield embedded
+
+
+def test_nothing_reaches_an_address_of_the_attackers_choosing(cluster: Embedded) -> None:
+    probe = cluster.ns.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.interop.relay_probe",
+            "5060",
+            "5080",
+            "alice@example.com",
+            "s3cret",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert probe.returncode == 0, probe.stderr + cluster.log_text()
+    results = json.loads(probe.stdout)
+    relayed = [name for name, result in results.items() if result["relayed"]]
+    assert relayed == [], results
+    # Each attempt got a clear refusal (an authentication challenge or 403/404), not silence.
+    unanswered = {
+        name: r["status"] for name, r in results.items() if r["status"] not in (403, 404, 407)
+    }
+    assert unanswered == {}, results
+    assert len(results) == 2 * 3 * 3 + 2 * 2
+    assert "Traceback" not in cluster.log_text()
