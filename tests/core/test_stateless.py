@@ -151,6 +151,35 @@ async def test_bad_max_forwards_is_answered_400(setup: Setup) -> None:
     assert (response.status, response.reason) == (400, "Bad Max-Forwards header")
 
 
+def fits_until_forwarded(via: str, method: str = "OPTIONS") -> bytes:
+    """A request that fits in one datagram (65507 bytes over IPv4) but not once a hop
+    has added its Via."""
+    empty = options(via, method=method, body=b"x" * 10000)  # as many digits as the real one
+    return options(via, method=method, body=b"x" * (10000 + 65490 - len(empty)))
+
+
+async def test_request_too_large_once_forwarded_is_answered_513(setup: Setup) -> None:
+    data = fits_until_forwarded(f"127.0.0.1:{setup.uac.port}")
+    assert len(data) == 65490
+    setup.uac.send(data, setup.address())
+    response = await setup.uac.recv_message()
+    assert isinstance(response, Response)
+    assert (response.status, response.reason) == (513, "Message Too Large")
+    assert [str(v) for v in response.vias] == [  # ours is not in it
+        f"SIP/2.0/UDP 127.0.0.1:{setup.uac.port};branch=z9hG4bK-test-1"
+    ]
+    await setup.uas.nothing(0.05)
+    assert setup.forwarder.stats.too_large == 1
+    assert setup.forwarder.stats.requests_forwarded == 0
+
+
+async def test_ack_too_large_once_forwarded_is_dropped_silently(setup: Setup) -> None:
+    data = fits_until_forwarded(f"127.0.0.1:{setup.uac.port}", method="ACK")
+    setup.uac.send(data, setup.address())
+    await setup.uac.nothing()
+    assert setup.forwarder.stats.too_large == 1
+
+
 async def test_retransmission_keeps_its_branch_a_new_request_does_not(setup: Setup) -> None:
     first = options(f"127.0.0.1:{setup.uac.port}", branch="z9hG4bK-one")
     setup.uac.send(first, setup.address())

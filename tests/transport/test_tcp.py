@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -83,6 +86,45 @@ async def test_crlfcrlf_ping_gets_a_crlf_pong(tcp) -> None:
     data, _ = await sink.frame()
     assert data.startswith(b"OPTIONS")
     writer.close()
+
+
+async def test_pings_past_the_budget_are_not_answered_until_it_refills() -> None:
+    transport, _ = await open_tcp(TransportLimits(pong_burst=3, pongs_per_s=20.0))
+    try:
+        reader, writer = await connect(transport)
+        writer.write(b"\r\n\r\n" * 50)  # one segment: no time to refill in between
+        assert await asyncio.wait_for(reader.readexactly(6), TIMEOUT) == b"\r\n" * 3
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.1)
+        counters = transport.counters()
+        assert (counters["tcp_pings_answered"], counters["tcp_pings_unanswered"]) == (3, 47)
+        await asyncio.sleep(0.3)  # 6 pongs' worth at 20 a second, the bucket holds 3
+        writer.write(b"\r\n\r\n" * 10)
+        assert await asyncio.wait_for(reader.readexactly(6), TIMEOUT) == b"\r\n" * 3
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.1)
+        assert transport.counters()["tcp_pings_unanswered"] == 54
+        writer.close()
+    finally:
+        await transport.close()
+
+
+async def test_pings_from_a_peer_that_resets_are_dropped_quietly(
+    tcp, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport, _ = tcp
+    client = socket.create_connection(transport.addresses[0])
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await asyncio.sleep(0.05)  # accepted
+    with caplog.at_level(logging.DEBUG, logger="sipfleet.transport"):
+        client.sendall(b"\r\n\r\n" * 5)
+        client.close()  # RST: the pings are read, the first pong's write finds it gone
+        for _ in range(100):  # at most 2 s
+            if transport.open_connections == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert transport.open_connections == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_answer_to_a_remote_address_reuses_its_connection(tcp) -> None:

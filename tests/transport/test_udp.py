@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sipfleet.config.listen import parse_listen
-from sipfleet.transport import Destination, TransportError, bind_all, stun
+from sipfleet.transport import Destination, MessageTooLarge, TransportError, bind_all, stun
 from sipfleet.transport.sockets import listen_address_of
 from sipfleet.transport.udp import UdpTransport
 from tests.transport.helpers import UdpClient, ipv6_available, options
@@ -137,6 +137,16 @@ async def test_a_failing_sink_does_not_close_the_socket(udp, client) -> None:
     client.send(options("127.0.0.1:5999", branch="z9hG4bK-b"), transport.addresses[0])
     data, _ = await sink.frame()
     assert b"z9hG4bK-b" in data
+
+
+async def test_a_datagram_too_large_for_the_network_is_told_apart(udp, client) -> None:
+    transport, _ = udp
+    to_client = Destination("udp", "127.0.0.1", client.port)
+    with pytest.raises(MessageTooLarge, match="65508 bytes"):  # IPv4 takes 65507 at most
+        transport.send(b"x" * 65508, to_client)
+    transport.send(b"x" * 65507, to_client)  # the largest that goes
+    data, _ = await client.recv()
+    assert len(data) == 65507
 
 
 class FullSocket(socket.socket):

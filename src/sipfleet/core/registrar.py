@@ -122,7 +122,7 @@ class Registrar:
             if seen is Seen.IN_PROGRESS:
                 return
             if isinstance(seen, bytes):
-                self.endpoint.send_bytes(seen, peer.reply_to)
+                self._send_answer(seen, peer)
                 return
         if self.answered.in_progress > self.max_in_flight or self.backlog() > MAX_BACKLOG:
             self._shed(request, peer, key, now)
@@ -247,11 +247,16 @@ class Registrar:
             request, answer.status, answer.reason, to_tag=new_tag(), headers=answer.headers
         )
         data = response.serialize()
+        self._send_answer(data, peer)
+        return data
+
+    def _send_answer(self, data: bytes, peer: Peer) -> None:
+        """An answer that cannot go (too large for a datagram, its connection gone) is
+        lost like one the network loses; a retransmission finds the same."""
         try:
             self.endpoint.send_bytes(data, peer.reply_to)
         except OSError as exc:
             log.debug("answer to %s:%s not sent: %s", peer.host, peer.port, exc)
-        return data
 
 
 def _hostport(host: str, port: int) -> str:

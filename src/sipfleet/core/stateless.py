@@ -5,7 +5,8 @@ does what every stateless hop must do on the way:
 
 request:  Max-Forwards 0 -> 483 (§16.3 step 3), else decrement (§16.6 step 3); stamp the
           top Via with ``received`` / ``rport`` (§18.2.1, RFC 3581 §4); push our own Via
-          with a branch that is the same for every retransmission (§16.11); send.
+          with a branch that is the same for every retransmission (§16.11); send; one
+          that no longer fits in a datagram (EMSGSIZE) -> 513 (§18.1.1, §21.5.11).
 response: the top Via must be ours, else drop (§16.11, §18.2.1 "discard"); pop it; send
           to the next Via per §18.2.2 and RFC 3581: over the connection the request came
           on while it is open (TCP), else to ``received``/``rport`` or the sent-by.
@@ -28,7 +29,7 @@ from typing import Final
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.sip import ParseError, Request, Response, Via, parse_via
 from sipfleet.sip.builders import make_response, stateless_branch
-from sipfleet.transport.base import Destination, Peer, TransportError
+from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
 from sipfleet.transport.sockets import is_ip, normalise_host
 
 log: Final = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class ForwardStats:
     requests_forwarded: int = 0
     responses_forwarded: int = 0
     too_many_hops: int = 0  # 483 answered
+    too_large: int = 0  # too large for a datagram once forwarded: 513 answered
     requests_rejected: int = 0  # bad Via / Max-Forwards: 400 answered
     responses_not_ours: int = 0  # top Via not ours: dropped
     responses_unroutable: int = 0  # no usable next Via: dropped
@@ -76,7 +78,7 @@ class StatelessForwarder:
         via_params: str = "",
     ) -> bool:
         """Forward ``request`` to ``target``. Returns False when it was answered (483,
-        400) or could not be sent; the request has then been edited and must not be
+        400, 513) or could not be sent; the request has then been edited and must not be
         forwarded again (pass a ``copy()`` when a second target may be tried).
 
         ``sent_by``: the ``host:port`` our Via names, when it is not the first listener of
@@ -89,10 +91,10 @@ class StatelessForwarder:
             max_forwards = request.max_forwards
             via = request.top_via
             branch = stateless_branch(request, salt)
-        except ParseError as exc:
+        except ParseError as bad:
             self.stats.requests_rejected += 1
             if request.method != "ACK":
-                self.endpoint.reply(request, exc.status, exc.reason, peer)
+                self.endpoint.reply(request, bad.status, bad.reason, peer)
             return False
         if max_forwards == 0:
             self.stats.too_many_hops += 1
@@ -103,14 +105,28 @@ class StatelessForwarder:
             self._stamp(request, via, peer)  # (not called for the usual client: one call less)
         request.decrement_max_forwards()
         request.push_via(self._our_via(prefix, peer, branch) + via_params)
+        # The two exceptions have names of their own: compiled, a name keeps the type of
+        # its first binding, and a TransportError bound to a ParseError's name is a TypeError.
         try:
             self.endpoint.send_bytes(request.serialize(), target)
-        except TransportError as exc:
+        except TransportError as failed:
             self.stats.send_errors += 1
-            log.debug("forward of %r to %s failed: %s", request, target, exc)
+            log.debug("forward of %r to %s failed: %s", request, target, failed)
+            if isinstance(failed, MessageTooLarge):
+                self._too_large(request, via, peer)
             return False
         self.stats.requests_forwarded += 1
         return True
+
+    def _too_large(self, request: Request, via: Via, peer: Peer) -> None:
+        """A request that grew past what one datagram holds (our Via, the caller's
+        Record-Route): 513, from us (RFC 3261 §18.1.1 would switch to TCP, which needs
+        the transaction a stateless hop does not keep)."""
+        self.stats.too_large += 1
+        if request.method == "ACK":
+            return
+        request.pop_first_value("via")  # ours: the answer goes to the Via before it
+        self._answer(request, via, peer, 513)
 
     def _target(self, target: Destination, sent_by: str | None) -> tuple[str, str]:
         """The branch salt (what separates the branches of one request forwarded to
@@ -186,17 +202,17 @@ class StatelessForwarder:
             # Only the Via after ours is parsed. A response to our own request has none:
             # "Missing Via header".
             destination = self._next_hop(response.top_via, ours)
-        except ParseError as exc:
+        except ParseError as bad:
             destination = None
-            log.debug("response %r from %s:%s: %s", response, peer.host, peer.port, exc)
+            log.debug("response %r from %s:%s: %s", response, peer.host, peer.port, bad)
         if destination is None:
             self.stats.responses_unroutable += 1
             return False
         try:
             self.endpoint.send_bytes(response.serialize(), destination)
-        except TransportError as exc:
+        except TransportError as failed:
             self.stats.send_errors += 1
-            log.debug("response %r to %s not sent: %s", response, destination, exc)
+            log.debug("response %r to %s not sent: %s", response, destination, failed)
             return False
         self.stats.responses_forwarded += 1
         return True

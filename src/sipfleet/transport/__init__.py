@@ -3,6 +3,7 @@
 from sipfleet.transport.base import (
     Destination,
     FrameSink,
+    MessageTooLarge,
     Peer,
     Transport,
     TransportError,
@@ -15,6 +16,7 @@ from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only
 __all__ = [
     "Destination",
     "FrameSink",
+    "MessageTooLarge",
     "Peer",
     "Transport",
     "TransportError",

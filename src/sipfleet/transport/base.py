@@ -57,6 +57,13 @@ class TransportError(OSError):
     """A message could not be sent (no socket for it, connection gone, buffer full)."""
 
 
+@mypyc_attr(native_class=False)  # as TransportError
+class MessageTooLarge(TransportError):
+    """A datagram larger than the network takes (EMSGSIZE). RFC 3261 §18.1.1 would send
+    a request over TCP instead; a stateless hop has no transaction to do that with and
+    answers 513 Message Too Large."""
+
+
 class FrameSink(Protocol):
     """What a transport delivers to: whole messages and the framing errors of streams."""
 
@@ -97,6 +104,11 @@ class TransportLimits:
     connect_timeout_s: float = 5.0  # outbound TCP connect
     max_write_buffer: int = 1 << 20  # bytes queued for one peer before it counts as dead
     socket_buffer: int = 4 << 20  # SO_RCVBUF / SO_SNDBUF asked for (the kernel may cap it)
+    # CRLF pongs one TCP connection gets (RFC 5626 §4.4.1: a UA pings every minute or
+    # two): a bucket of ``pong_burst``, refilled at ``pongs_per_s``; pings past it are
+    # not answered.
+    pong_burst: int = 10
+    pongs_per_s: float = 1.0
 
     @classmethod
     def from_config(cls, sip: SipSection) -> TransportLimits:

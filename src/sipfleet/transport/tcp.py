@@ -1,7 +1,10 @@
 """TCP: listeners, outbound connections and the connection table.
 
 Each connection cuts its byte stream into messages with the SIP core's StreamFramer and
-answers CRLFCRLF pings with a CRLF pong (RFC 5626 §8.1). The table finds a connection by
+answers CRLFCRLF pings with a CRLF pong (RFC 5626 §8.1), within a budget per connection
+(``pong_burst``, refilled at ``pongs_per_s``): pings past it are not answered, so a
+stream of pings costs framing only. A pong for a connection already on its way out is
+dropped. The table finds a connection by
 its id (the one a request arrived on, RFC 3261 §18.2.2) or by remote address (reuse,
 §18.1.1), and opens one when there is none.
 
@@ -72,6 +75,7 @@ class TcpTransport:
                 "tcp_closed_framing",
                 "tcp_closed_write_overflow",
                 "tcp_pings_answered",
+                "tcp_pings_unanswered",
                 "tcp_pongs",
             ),
             0,
@@ -290,6 +294,8 @@ class TcpConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
         self.closing_since: float | None = None
+        self._pong_tokens = float(owner.limits.pong_burst)
+        self._pong_refilled = self.last_activity
         # An accepted connection must bring its first message within the read timeout.
         self.partial_since: float | None = self.last_activity if inbound else None
 
@@ -320,7 +326,7 @@ class TcpConnection(asyncio.Protocol):
             return
         if items:
             try:
-                self._deliver(items, peer)
+                self._deliver(items, peer, now)
             except Exception:  # asyncio would tear the connection down with a traceback
                 log.exception("TCP data from %s:%s not handled", peer.host, peer.port)
                 self.abort()
@@ -328,16 +334,38 @@ class TcpConnection(asyncio.Protocol):
         elif self.partial_since is None:
             self.partial_since = now
 
-    def _deliver(self, items: list[StreamItem], peer: Peer) -> None:
+    def _deliver(self, items: list[StreamItem], peer: Peer, now: float) -> None:
         sink = self._owner._sink
         for item in items:
             if isinstance(item, bytes):
                 sink.frame_received(item, peer)
             elif isinstance(item, KeepAlivePing):
-                self._owner.stats["tcp_pings_answered"] += 1
-                self.write(PONG)
+                self._pong(now)
             else:
                 self._owner.stats["tcp_pongs"] += 1
+
+    def _pong(self, now: float) -> None:
+        """Answer a ping while the budget lasts (a token bucket: RFC 5626 §4.4.1 has a
+        UA ping every minute or two, so the default of a burst of 10 and one a second
+        is never felt by one); a connection closing (reset by its peer while its pings
+        were read) gets none, quietly."""
+        stats = self._owner.stats
+        limits = self._owner.limits
+        tokens = self._pong_tokens + (now - self._pong_refilled) * limits.pongs_per_s
+        self._pong_tokens = min(tokens, float(limits.pong_burst))
+        self._pong_refilled = now
+        if self._pong_tokens < 1.0:
+            stats["tcp_pings_unanswered"] += 1
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._pong_tokens -= 1.0
+        try:
+            self.write(PONG)
+        except TransportError:  # its peer does not read: dropped by write()
+            return
+        stats["tcp_pings_answered"] += 1
 
     def eof_received(self) -> bool | None:
         return None  # close our side too: SIP has no use for half-open connections

@@ -9,6 +9,7 @@ parses it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from asyncio.protocols import DatagramProtocol
@@ -23,6 +24,7 @@ from sipfleet.transport import stun
 from sipfleet.transport.base import (
     Destination,
     FrameSink,
+    MessageTooLarge,
     Peer,
     TransportError,
     TransportName,
@@ -95,7 +97,7 @@ class UdpTransport:
         except BlockingIOError:
             self.send_dropped += 1
         except (OSError, ValueError, TypeError, OverflowError) as exc:
-            raise TransportError(f"UDP send to {host}:{port}: {exc}") from exc
+            raise _send_error(exc, host, port, len(data)) from exc
 
     def odd_datagram(self, data: bytes, addr: Any, udp_socket: _UdpSocket) -> None:
         """Not a SIP start line: keep-alive, STUN, or (leading CRLFs, garbage) for the
@@ -130,6 +132,14 @@ class UdpTransport:
         self._by_local.clear()
         self._ipv4 = self._ipv6 = None
         await asyncio.sleep(0)  # let the loop run the close callbacks
+
+
+def _send_error(exc: Exception, host: str, port: int, size: int) -> TransportError:
+    """What a refused ``sendto`` means to the caller: a datagram too large for the
+    network (EMSGSIZE) is told apart, the one error a sender can do something about."""
+    if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
+        return MessageTooLarge(f"UDP send to {host}:{port}: {size} bytes: {exc}")
+    return TransportError(f"UDP send to {host}:{port}: {exc}")
 
 
 def _same(listener: _UdpListener) -> _UdpListener:

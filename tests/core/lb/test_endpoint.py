@@ -4,15 +4,18 @@ nothing else accepted as one."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
 
 from sipfleet.config.listen import parse_listen
 from sipfleet.core.endpoint import CONNECTION_IDS_PER_WORKER
 from sipfleet.core.lb import handoff
 from sipfleet.core.lb.endpoint import LbEndpoint
-from sipfleet.transport.base import Destination, Peer
+from sipfleet.transport.base import Destination, MessageTooLarge, Peer
 from sipfleet.transport.sockets import bind_all
 from tests.transport.helpers import TIMEOUT, Recorder, UdpClient
 
@@ -95,3 +98,21 @@ async def test_bytes_for_another_workers_connection_go_out_on_it() -> None:
         assert data.startswith(b"SIP/2.0 200 OK")
         assert first.endpoint.handoffs_sent == 1
         client.close()
+
+
+async def test_bytes_too_large_to_hand_over_are_a_message_too_large(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with two_workers() as (first, _second):
+        # Fits in a datagram, but not with the handoff's head in front: a forwarded
+        # request of that size is answered 513 (the forwarder tells this error apart).
+        destination = Destination("tcp", "127.0.0.1", 5090, CONNECTION_IDS_PER_WORKER + 1)
+        with caplog.at_level(logging.DEBUG, logger="sipfleet.core.lb"):
+            with pytest.raises(MessageTooLarge):
+                first.endpoint.send_bytes(b"x" * 65500, destination)
+            origin = Peer("udp", "192.0.2.7", 5090, "127.0.0.1", 5060)
+            assert not first.endpoint.hand_over(1, handoff.Received(b"x" * 65500, origin))
+        assert first.endpoint.counters()["handoffs_too_large"] == 2
+        assert first.endpoint.handoffs_sent == 0
+        # Input can do this: no warning for each one.
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

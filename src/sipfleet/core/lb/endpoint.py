@@ -15,7 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import CONNECTION_IDS_PER_WORKER, SipEndpoint
 from sipfleet.core.lb import handoff
-from sipfleet.transport.base import Destination, Peer, TransportError, TransportLimits
+from sipfleet.transport.base import (
+    Destination,
+    MessageTooLarge,
+    Peer,
+    TransportError,
+    TransportLimits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ class LbEndpoint(SipEndpoint):
         self.handoffs_sent = 0
         self.handoffs_received = 0
         self.handoffs_refused = 0
+        self.handoffs_too_large = 0
 
     # The base class named rather than super(): these two run for every message, and a
     # super() lookup costs as much as the rest of the override.
@@ -81,32 +88,46 @@ class LbEndpoint(SipEndpoint):
             log.debug("handed send to connection %d failed: %s", message.connection_id, exc)
 
     def send_bytes(self, data: bytes, destination: Destination) -> None:
-        """A TCP connection of another worker is written by that worker."""
+        """A TCP connection of another worker is written by that worker. Bytes too large
+        to hand over raise MessageTooLarge (a forwarded request is answered 513)."""
         connection = destination.connection_id
         if destination.transport == "tcp" and connection is not None:
             owner = connection // CONNECTION_IDS_PER_WORKER
             if owner != self.worker_index:
                 send = handoff.Send(data, connection, destination.host, destination.port)
-                if not self.hand_over(owner, send):
-                    raise TransportError(f"connection {connection} of worker {owner}")
+                try:
+                    self._hand(owner, send)
+                except MessageTooLarge:
+                    self.handoffs_too_large += 1
+                    raise
+                except (TransportError, handoff.BadHandoff) as exc:
+                    log.warning("handoff to worker %d failed: %s", owner, exc)
+                    raise TransportError(f"connection {connection} of worker {owner}") from exc
                 self.stats.messages_sent += 1
                 return
         SipEndpoint.send_bytes(self, data, destination)
 
     def hand_over(self, worker: int, message: handoff.Handed) -> bool:
-        """Send ``message`` to another worker; False (logged) when it cannot go (no such
-        worker, a message too large for one datagram)."""
-        address = self.siblings.get(worker)
+        """Send ``message`` to another worker; False when it cannot go: no such worker
+        (logged), or too large for one datagram (input can make it so: counted)."""
         try:
-            if address is None:
-                raise TransportError(f"no LB worker {worker}")
-            destination = Destination("udp", address[0], address[1], None, self.control)
-            super().send_bytes(handoff.encode(message), destination)
+            self._hand(worker, message)
+        except MessageTooLarge as exc:
+            self.handoffs_too_large += 1
+            log.debug("handoff to worker %d failed: %s", worker, exc)
+            return False
         except (TransportError, handoff.BadHandoff) as exc:
             log.warning("handoff to worker %d failed: %s", worker, exc)
             return False
-        self.handoffs_sent += 1
         return True
+
+    def _hand(self, worker: int, message: handoff.Handed) -> None:
+        address = self.siblings.get(worker)
+        if address is None:
+            raise TransportError(f"no LB worker {worker}")
+        destination = Destination("udp", address[0], address[1], None, self.control)
+        super().send_bytes(handoff.encode(message), destination)
+        self.handoffs_sent += 1
 
     def counters(self) -> dict[str, int]:
         return {
@@ -114,4 +135,5 @@ class LbEndpoint(SipEndpoint):
             "handoffs_sent": self.handoffs_sent,
             "handoffs_received": self.handoffs_received,
             "handoffs_refused": self.handoffs_refused,
+            "handoffs_too_large": self.handoffs_too_large,
         }
