@@ -1,4 +1,4 @@
-"""NAT keepalives through a real NAT (network namespaces, ../shared/tools/netns-nat-lab.sh).
+"""NAT keepalives through a real NAT (network namespaces: tests/interop/natlab.py).
 
 The registrar, the proxy and two LBs run in the "server" namespace (LBs on the public
 203.0.113.10, registrar and proxy on that namespace's loopback). Two phones (sipp) sit
@@ -11,9 +11,6 @@ not luck.
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,49 +21,29 @@ import pytest
 
 from tests.integration.harness import Cluster, running_cluster
 from tests.integration.sipp import SCENARIOS, register_scenario, sipp_binary
+from tests.interop.natlab import PHONE_IP, SERVER_IP, nat_lab, why_no_natlab
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.slow]
 
-LAB = Path(__file__).resolve().parents[3] / "shared" / "tools" / "netns-nat-lab.sh"
 UDP_TIMEOUT = 5  # seconds the NAT keeps an idle UDP mapping
 KEEPALIVE_S = 2.0
-PHONE_IP, SERVER_IP = "10.0.1.2", "203.0.113.10"
 DOMAIN = "example.com"
 PASSWORD = "secret"
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    if not LAB.exists():
-        return f"{LAB} is missing"
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
 
 
 @dataclass
 class Lab:
     phone_ns: str
     server_ns: str
-    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    why = _why_not()
+    why = why_no_natlab()
     if why is not None:
         pytest.skip(why)
-    suffix = secrets.token_hex(3)
-    names = {"NS_UAC": f"sfu{suffix}", "NS_NAT": f"sfn{suffix}", "NS_SRV": f"sfs{suffix}"}
-    env = {**os.environ, **names, "UDP_TIMEOUT": str(UDP_TIMEOUT), "WITH_UAC2": "0"}
-    up = subprocess.run(["bash", str(LAB), "up"], env=env, capture_output=True, timeout=30)
-    try:
-        assert up.returncode == 0, up.stderr.decode()
-        yield Lab(names["NS_UAC"], names["NS_SRV"], env)
-    finally:
-        subprocess.run(["bash", str(LAB), "down"], env=env, capture_output=True, timeout=30)
+    with nat_lab("lbnat", UDP_TIMEOUT) as natlab:
+        yield Lab(natlab.phone.name, natlab.server.name)
 
 
 def sipp_in(
