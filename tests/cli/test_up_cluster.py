@@ -8,6 +8,7 @@ stops every process it started on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -110,29 +112,45 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> None:
     raise AssertionError(f"not within {timeout} s")
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
-    """`sipfleet up -c cluster.toml`: 2 registrars, 2 proxies, SQLite; stopped by PID."""
-    lb_port, registrar_port, proxy_port = free_port(), free_ports(2), free_ports(2)
-    config = tmp_path / "cluster.toml"
+@dataclass
+class StartedUp:
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    data_dir: Path
+    ports: dict[str, int]  # the first listen port of each role
+
+    @property
+    def output(self) -> str:
+        return (self.workdir / "up.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def start_up(
+    workdir: Path, *args: str, registrars: int = 2, proxies: int = 2
+) -> Iterator[StartedUp]:
+    """`sipfleet up -c cluster.toml --data-dir DIR ARGS` on free ports (SQLite in DIR),
+    printing to ``workdir/up.log``; stopped by PID (SIGTERM) at the end."""
+    ports = {"lb": free_port(), "registrar": free_ports(registrars), "proxy": free_ports(proxies)}
+    config = workdir / "cluster.toml"
     config.write_text(
-        f'[node]\ndata_dir = "{tmp_path / "data"}"\ncluster_secret = "up-cluster-test"\n'
+        '[node]\ncluster_secret = "up-cluster-test"\n'
         f'[sip]\ndomains = ["{DOMAIN}"]\nauth_algorithms = ["MD5"]\n'
-        f'[lb]\nlisten = ["udp:127.0.0.1:{lb_port}"]\nprobe_interval_s = 1.0\n'
-        f'[registrar]\nlisten = ["udp:127.0.0.1:{registrar_port}"]\nauthenticate = false\n'
-        f'[proxy]\nlisten = ["udp:127.0.0.1:{proxy_port}"]\nauthenticate = false\n'
-        "[cluster]\nregistrars = 2\nproxies = 2\n"
+        f'[lb]\nlisten = ["udp:127.0.0.1:{ports["lb"]}"]\nprobe_interval_s = 1.0\n'
+        f'[registrar]\nlisten = ["udp:127.0.0.1:{ports["registrar"]}"]\nauthenticate = false\n'
+        f'[proxy]\nlisten = ["udp:127.0.0.1:{ports["proxy"]}"]\nauthenticate = false\n'
+        f"[cluster]\nregistrars = {registrars}\nproxies = {proxies}\n"
     )
-    output = tmp_path / "up.log"
-    with output.open("wb") as log:
+    data_dir = workdir / "data"
+    command = ["up", "-c", str(config), "--data-dir", str(data_dir), *args]
+    with (workdir / "up.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sipfleet", "up", "-c", str(config)],
+            [sys.executable, "-m", "sipfleet", *command],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        yield process, tmp_path, lb_port
+        yield StartedUp(process, workdir, data_dir, ports)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -141,6 +159,13 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
+    """`sipfleet up -c cluster.toml`: 2 registrars, 2 proxies, SQLite; stopped by PID."""
+    with start_up(tmp_path) as started:
+        yield started.process, tmp_path, started.ports["lb"]
 
 
 def test_up_starts_the_cluster_on_one_host_and_stops_it(

@@ -28,6 +28,7 @@ from typing import Any
 from sipfleet import native
 from sipfleet.cli.common import CliError
 from sipfleet.cli.run import add_log_option
+from sipfleet.cli.status import process_start_time, status_path, write_status
 from sipfleet.config import Config, ConfigError, config_from_dict, load_config
 from sipfleet.config.dump import write_config
 from sipfleet.config.listen import ListenAddress, parse_listen
@@ -40,7 +41,12 @@ from sipfleet.storage.migrate import upgrade
 
 START_TIMEOUT = 30.0
 LOOPBACK = ("127.0.0.1", "::1")
-MAX_RESTARTS_PER_MINUTE = 5
+POLL_S = 0.2  # how often the supervisor looks at its roles
+# A role that exits is started again after RESTART_DELAY_S, doubled after each failure in
+# a row up to RESTART_DELAY_MAX_S; a run of STABLE_S seconds starts the series over.
+RESTART_DELAY_S = 1.0
+RESTART_DELAY_MAX_S = 30.0
+STABLE_S = 60.0
 
 
 def register(subparsers: Any) -> None:
@@ -54,8 +60,33 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--listen", metavar="HOST:PORT", help="put the LB on this address (UDP and TCP)"
     )
+    parser.add_argument(
+        "--restart-delay",
+        type=_seconds,
+        default=RESTART_DELAY_S,
+        metavar="SECONDS",
+        help="wait this long before starting a failed role again, twice as long after "
+        f"each further failure in a row (default {RESTART_DELAY_S:g})",
+    )
+    parser.add_argument(
+        "--restart-delay-max",
+        type=_seconds,
+        default=RESTART_DELAY_MAX_S,
+        metavar="SECONDS",
+        help=f"the longest wait before a restart (default {RESTART_DELAY_MAX_S:g})",
+    )
     add_log_option(parser)
     parser.set_defaults(handler=_up)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: give 0 < seconds <= 3600")
+    return value
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -72,9 +103,17 @@ def _up(args: argparse.Namespace) -> int:
             asyncio.run(_register_pool_targets(config, instances))
     except StorageError as exc:
         raise CliError(f"database: {exc}") from None
-    supervisor = Supervisor(instances, data_dir / "run", args.log_level)
+    supervisor = Supervisor(
+        instances,
+        data_dir / "run",
+        args.log_level,
+        restart_delay=args.restart_delay,
+        restart_delay_max=args.restart_delay_max,
+        data_dir=data_dir,
+    )
     supervisor.start_all()
-    _say_what_started(config, instances, roles, f"{dsns.write.kind} {dsns.write}")
+    if not supervisor.stopping:
+        _say_what_started(config, instances, roles, f"{dsns.write.kind} {dsns.write}")
     return supervisor.watch()
 
 
@@ -219,13 +258,49 @@ def _say_what_started(
     print("\n".join(lines), flush=True)
 
 
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class Backoff:
+    """How long to wait before starting a role again after it exited: ``first`` seconds
+    after its first failure, twice as long after each further one in a row, at most
+    ``maximum``. A run that lasted ``stable`` seconds ends the series: the next failure
+    waits ``first`` again."""
+
+    def __init__(self, first: float, maximum: float, stable: float = STABLE_S) -> None:
+        self.first = first
+        self.maximum = max(first, maximum)
+        self.stable = stable
+        self.failures = 0  # in a row
+
+    def failed(self, ran_for: float) -> float:
+        """The delay before the next start, after a run of ``ran_for`` seconds."""
+        if ran_for >= self.stable:
+            self.failures = 0
+        self.failures += 1
+        return min(self.maximum, self.first * 2.0 ** min(self.failures - 1, 30))
+
+
 @dataclass
 class Child:
     instance: Instance
     config_path: Path
     ready_path: Path
+    backoff: Backoff
     process: subprocess.Popen[bytes] | None = None
-    restarts: list[float] | None = None
+    state: str = "starting"  # starting | running | restarting
+    started_at: float = 0.0  # monotonic: when the current process was started
+    restart_at: float = 0.0  # monotonic: when a restarting role is started again
+    delay: float = 0.0  # the back-off of the current restart
+    restarts: int = 0
+    last_exit: str | None = None
+    last_exit_at: float | None = None  # wall clock
 
     @property
     def role(self) -> str:
@@ -237,23 +312,59 @@ class Child:
 
 
 class Supervisor:
-    """Starts one `sipfleet run` per instance, restarts a crashed one (bounded), stops all."""
+    """Starts one `sipfleet run` per instance and keeps each one running on its own.
 
-    def __init__(self, instances: list[Instance], run_dir: Path, log_level: str) -> None:
+    A role that cannot start at all at start-up is an error (``CliError`` naming it; the
+    others are stopped). Once up, a role that exits is started again after a growing
+    back-off (``Backoff``), logged every time, and never takes the other roles down; only
+    SIGTERM or SIGINT stops them all. The state of every role is published in
+    ``run_dir/status.json`` for `sipfleet status`.
+    """
+
+    def __init__(
+        self,
+        instances: list[Instance],
+        run_dir: Path,
+        log_level: str,
+        *,
+        restart_delay: float = RESTART_DELAY_S,
+        restart_delay_max: float = RESTART_DELAY_MAX_S,
+        data_dir: Path | None = None,
+    ) -> None:
         self.log_level = log_level
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.status_path = status_path(run_dir)
+        self.data_dir = data_dir or run_dir.parent
         self.children = [
-            Child(instance, run_dir / f"{instance.name}.toml", run_dir / f"{instance.name}.ready")
+            Child(
+                instance,
+                run_dir / f"{instance.name}.toml",
+                run_dir / f"{instance.name}.ready",
+                Backoff(restart_delay, restart_delay_max),
+            )
             for instance in instances
         ]
         self._stopping = False
+        self._started_at = time.time()
 
     def start_all(self) -> None:
-        for child in self.children:
-            write_config(child.instance.config, child.config_path)
-            self._spawn(child)
-        for child in self.children:
-            self._wait_ready(child)
+        """Every role, each ready; else stops those started and raises ``CliError``.
+        SIGTERM or SIGINT meanwhile ends it early (``stopping``; `watch` then stops all)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        try:
+            for child in self.children:
+                write_config(child.instance.config, child.config_path)
+                self._spawn(child)
+            self.publish()
+            for child in self.children:
+                if self._stopping or not self._wait_ready(child):
+                    return
+                child.state = "running"
+            self.publish()
+        except BaseException:
+            self.stop_all()
+            raise
 
     def _spawn(self, child: Child) -> None:
         child.ready_path.unlink(missing_ok=True)
@@ -272,38 +383,120 @@ class Supervisor:
                 self.log_level,
             ],
         )
+        child.state = "starting"
+        child.started_at = time.monotonic()
 
-    def _wait_ready(self, child: Child) -> None:
+    def _wait_ready(self, child: Child) -> bool:
+        """Whether ``child`` got ready (False: asked to stop meanwhile)."""
         deadline = time.monotonic() + START_TIMEOUT
+        assert child.process is not None
         while not child.ready_path.exists():
-            assert child.process is not None
-            if child.process.poll() is not None or time.monotonic() > deadline:
-                self.stop_all()
-                raise CliError(f"{child.name} did not start (see its log above)")
+            if self._stopping:
+                return False
+            returncode = child.process.poll()
+            if returncode is not None:
+                raise CliError(
+                    f"{child.name} did not start ({describe_exit(returncode)}; its error "
+                    "is above); stopped the other roles"
+                )
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"{child.name} did not start within {START_TIMEOUT:g} s (its log is "
+                    "above); stopped the other roles"
+                )
             time.sleep(0.05)
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def watch(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
-        while not self._stopping:
-            for child in self.children:
-                exited = child.process is not None and child.process.poll() is not None
-                if exited and not self._restart(child):
-                    self.stop_all()
-                    return 1
-            time.sleep(0.5)
-        self.stop_all()
+        """Until SIGTERM or SIGINT: then stops every role and returns 0."""
+        try:
+            while not self._stopping:
+                changed = [self._check(child, time.monotonic()) for child in self.children]
+                if any(changed):
+                    self.publish()
+                time.sleep(POLL_S)
+        finally:
+            self.stop_all()
         return 0
 
-    def _restart(self, child: Child) -> bool:
-        now = time.monotonic()
-        child.restarts = [t for t in (child.restarts or []) if now - t < 60] + [now]
-        if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
-            print(f"sipfleet: {child.name} keeps failing; giving up", file=sys.stderr)
-            return False
-        print(f"sipfleet: {child.name} exited; restarting it", file=sys.stderr)
-        self._spawn(child)
-        return True
+    def _check(self, child: Child, now: float) -> bool:
+        """Moves ``child`` on (exited, ready, due for a restart); whether it changed."""
+        if child.state == "restarting":
+            if now < child.restart_at:
+                return False
+            child.restarts += 1
+            self._spawn(child)
+            return True
+        assert child.process is not None
+        returncode = child.process.poll()
+        if returncode is not None:
+            self._exited(child, describe_exit(returncode), now)
+            return True
+        if child.state == "starting":
+            if child.ready_path.exists():
+                child.state = "running"
+                _say(f"{child.name} is running again (pid {child.process.pid})")
+                return True
+            if now - child.started_at > START_TIMEOUT:
+                child.process.kill()
+                child.process.wait()
+                self._exited(child, f"not ready within {START_TIMEOUT:g} s", now)
+                return True
+        return False
+
+    def _exited(self, child: Child, how: str, now: float) -> None:
+        assert child.process is not None
+        pid = child.process.pid
+        ran_for = now - child.started_at
+        child.delay = child.backoff.failed(ran_for)
+        child.state = "restarting"
+        child.restart_at = now + child.delay
+        child.process = None
+        child.last_exit = how
+        child.last_exit_at = time.time()
+        failures = child.backoff.failures
+        times = "time" if failures == 1 else "times"
+        _say(
+            f"{child.name} (pid {pid}) {how} after {ran_for:.1f} s; failed {failures} "
+            f"{times} in a row; next attempt in {child.delay:g} s (the other roles go on)"
+        )
+
+    def publish(self) -> None:
+        """``status.json``: what `sipfleet status` shows."""
+        now, wall = time.monotonic(), time.time()
+        roles = [
+            {
+                "name": child.name,
+                "role": child.role,
+                "pid": child.process.pid if child.process is not None else None,
+                "state": child.state,
+                "restarts": child.restarts,
+                "failures": child.backoff.failures,
+                "delay": child.delay,  # the back-off before the last restart
+                "next_start_at": wall + child.restart_at - now
+                if child.state == "restarting"
+                else None,
+                "last_exit": child.last_exit,
+                "last_exit_at": child.last_exit_at,
+            }
+            for child in self.children
+        ]
+        status = {
+            "pid": os.getpid(),
+            "pid_started": process_start_time(os.getpid()),
+            "started_at": self._started_at,
+            "updated_at": wall,
+            "data_dir": str(self.data_dir),
+            "roles": roles,
+        }
+        try:
+            write_status(self.status_path, status)
+        except OSError as exc:  # the cluster runs on; only `sipfleet status` is blind
+            _say(f"cannot write {self.status_path}: {exc}")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True
@@ -318,3 +511,9 @@ class Supervisor:
                     child.process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     child.process.kill()
+                    child.process.wait(timeout=10)
+        self.status_path.unlink(missing_ok=True)
+
+
+def _say(message: str) -> None:
+    print(f"sipfleet up: {message}", file=sys.stderr, flush=True)
