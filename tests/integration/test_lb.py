@@ -135,8 +135,12 @@ def test_a_call_goes_through_the_lb_both_ways(cluster: Cluster, tmp_path: Path) 
     lb_port = str(lb_address(cluster)[1])
     tokens = {token for token, at in routes if at == lb_port}
     assert len(tokens) == 2
-    flows = {TOKENS.decode(token) for token in tokens}
+    # Record-Route tokens are bound to the dialog: its Call-ID and the caller's tag.
+    (call_id,) = set(re.findall(r"(?im)^Call-ID:\s*(\S+)", result.messages))
+    tags = tuple(set(re.findall(r"(?im)^From:.*;tag=([^;\s>]+)", result.messages)))
+    flows = {TOKENS.decode(token, call_id, tags) for token in tokens}
     assert {flow.port for flow in flows if flow is not None} >= {port}
+    assert all(TOKENS.decode(token) is None for token in tokens)  # worthless outside it
 
 
 def send_with_route(cluster: Cluster, token: str) -> tuple[int, str]:
