@@ -697,3 +697,21 @@ async def test_a_2xx_ack_without_this_dialogs_token_is_dropped(
     caller.send(ack, proxy.address)
     await bob.silence(0.2)
     assert proxy.engine.stats.acks_dropped == 1
+
+
+async def test_a_request_too_large_for_a_datagram_once_forwarded_gets_513(
+    start_proxy: ProxyFactory, uas: Any
+) -> None:
+    """It arrived as one datagram; our Via and Record-Route make it larger than any."""
+    proxy = await start_proxy()
+    caller, bob = await uas("alice"), await uas("bob")
+    await proxy.bind("bob", bob.contact)
+    head = caller.request("INVITE", f"sip:bob@{DOMAIN}", to=f"sip:bob@{DOMAIN}")
+    room = 65_507 - len(head) - 40  # a body that leaves less room than our headers take
+    body = "v=0\r\n" + "a=x-padding:" + "p" * (room - 20) + "\r\n"
+    text = head.replace("Content-Length: 0", f"Content-Length: {len(body)}") + body
+    assert len(text.encode("latin-1")) <= 65_507
+    caller.send(text, proxy.address)
+    refused = await caller.expect(513, skip=is_trying)
+    assert isinstance(refused, Response)
+    await bob.silence(0.2)

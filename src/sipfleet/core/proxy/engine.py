@@ -321,10 +321,10 @@ class ProxyEngine:
             call, branch = transaction.context
             self.calls.branch_failed(call, branch, 408)
 
-    def send_failed(self, transaction: Transaction) -> None:
+    def send_failed(self, transaction: Transaction, status: int = 503) -> None:
         if isinstance(transaction, ClientTransaction) and transaction.context is not None:
             call, branch = transaction.context
-            self.calls.branch_failed(call, branch, 503)
+            self.calls.branch_failed(call, branch, status)
 
     def destination_failed(self, destination: Destination, error: Exception) -> None:
         """The endpoint could not deliver to ``destination`` after all (a TCP connect

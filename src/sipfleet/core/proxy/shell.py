@@ -27,6 +27,7 @@ from sipfleet.sip.transaction import (
     Transaction,
     TransportError,
 )
+from sipfleet.transport.base import MessageTooLarge
 from sipfleet.transport.base import TransportError as SendFailed
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class TransactionUser(Protocol):
 
     def timed_out(self, transaction: Transaction, timer: Timer) -> None: ...
 
-    def send_failed(self, transaction: Transaction) -> None: ...
+    def send_failed(self, transaction: Transaction, status: int = 503) -> None: ...
 
     def terminated(self, transaction: Transaction) -> None: ...
 
@@ -59,7 +60,8 @@ class TransactionShell:
     def armed(self) -> int:
         return len(self._timers)
 
-    def execute(self, actions: list[Action]) -> None:
+    def execute(self, actions: list[Action], failed_status: int = 503) -> None:
+        """``failed_status``: what a transport failure among ``actions`` counts as."""
         for action in actions:
             if isinstance(action, Send):
                 self._send(action.transaction, action.message)
@@ -74,7 +76,7 @@ class TransactionShell:
             elif isinstance(action, Timeout):
                 self._tu.timed_out(action.transaction, action.timer)
             elif isinstance(action, TransportError):
-                self._tu.send_failed(action.transaction)
+                self._tu.send_failed(action.transaction, failed_status)
             elif isinstance(action, Terminated):
                 self._tu.terminated(action.transaction)  # late timers are ignored by it
 
@@ -83,7 +85,9 @@ class TransactionShell:
             self._endpoint.send_bytes(message.serialize(), transaction.peer)
         except SendFailed as exc:
             log.debug("%r: send to %s failed: %s", transaction, transaction.peer, exc)
-            self.execute(transaction.transport_failed())
+            # too large for a datagram once forwarded: 513 (RFC 3261 §21.5.11), not 503
+            status = 513 if isinstance(exc, MessageTooLarge) else 503
+            self.execute(transaction.transport_failed(), status)
 
     def _arm(self, action: StartTimer) -> None:
         loop = self._loop
