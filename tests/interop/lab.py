@@ -254,6 +254,7 @@ def embedded_cluster(
 # --- phones: sipp inside a namespace ------------------------------------------------------
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+STOPPED = -int(signal.SIGTERM)  # the exit code of a phone we had to stop
 
 
 @dataclass
@@ -268,8 +269,12 @@ class Phone:
     process: subprocess.Popen[bytes]
 
     def wait(self, timeout: float) -> SippRun:
-        """Its result once it has played its scenario (stopped by PID after ``timeout``)."""
-        code = stop_sipp(self.process, wait=timeout)
+        """Its result once it has played its scenario. Not done within ``timeout``: it is
+        stopped by PID and never counts as ok (sipp may exit 0 on SIGTERM)."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = stop_sipp(self.process, wait=0) or STOPPED
         return SippRun(
             code,
             self.trace.read_text(errors="replace") if self.trace.exists() else "",

@@ -137,7 +137,7 @@ def both_ok(
     lab: Embedded, calling: Phone, answering: Phone, timeout: float = 25
 ) -> tuple[str, str]:
     caller = calling.wait(timeout)
-    callee = answering.wait(timeout)
+    callee = answering.wait(timeout if caller.ok else 1)  # a failed call: stop it now
     log = lab.log_text()[-4000:]
     both = f"caller: {caller.explain()}\n\ncallee: {callee.explain()}\n\nsipfleet:\n{log}"
     assert caller.ok, both
