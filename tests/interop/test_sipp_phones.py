@@ -9,6 +9,7 @@ Callers authenticate (407) with the password set by `sipfleet subscriber add`.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -154,6 +155,24 @@ def test_register_from_another_port_than_the_contact(
         assert f"127.0.0.1:{alice.contact_port}" in shown, shown
     shown = location(lab, f"alice@{DOMAIN}")
     assert f"127.0.0.1:{alice.contact_port}" not in shown, shown
+
+
+def test_the_challenge_a_phone_reads_first_is_md5(lab: Embedded, tmp_path: Path) -> None:
+    """Phones answer the first WWW-Authenticate they find; most know MD5 only."""
+    phone, run = register(lab, tmp_path, "alice", "udp")
+    result = run.wait(20)
+    assert result.ok, result.explain()
+    (challenge,) = find_message(result.messages, "received", "SIP/2.0 401")
+    offered = [
+        line.split(":", 1)[1].strip()
+        for line in challenge.splitlines()
+        if line.lower().startswith("www-authenticate:")
+    ]
+    assert offered, challenge
+    algorithm = re.search(r"algorithm\s*=\s*\"?([\w-]+)", offered[0], flags=re.IGNORECASE)
+    assert algorithm is None or algorithm.group(1).upper() == "MD5", offered  # absent: MD5
+    _, gone = register(lab, tmp_path, "alice", "udp", expires=0, contact_port=phone.contact_port)
+    assert gone.wait(20).ok
 
 
 def test_wrong_password_is_refused(lab: Embedded, tmp_path: Path) -> None:
