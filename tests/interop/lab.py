@@ -283,6 +283,16 @@ class Phone:
         )
 
 
+def wait_listening(ns: Namespace, port: int, transport: str, timeout: float = 10.0) -> None:
+    """Until something in ``ns`` listens on ``port`` (a phone waiting for calls is ready)."""
+    flags = "-ltnH" if transport == "tcp" else "-lunH"
+    deadline = time.monotonic() + timeout
+    while not ns.run(["ss", flags, f"sport = :{port}"]).stdout.strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {transport} port {port} in {ns.name}")
+        time.sleep(0.02)
+
+
 def start_phone(
     ns: Namespace,
     scenario: str,
@@ -299,7 +309,8 @@ def start_phone(
     extra: tuple[str, ...] = (),
 ) -> Phone:
     """sipp playing ``scenarios/<scenario>.xml`` in ``ns`` from ``address:port`` (to
-    ``target`` host:port; none: it waits for calls), one call, bounded by ``timeout``."""
+    ``target`` host:port; none: it waits for calls, and is returned once it listens),
+    ``calls`` calls, bounded by ``timeout``."""
     name = f"{scenario}-{transport}-{port}"
     trace, errors = workdir / f"{name}.msg", workdir / f"{name}.err"
     screen = workdir / f"{name}.out"
@@ -320,7 +331,13 @@ def start_phone(
     command += list(extra)
     with screen.open("wb") as out:
         process = ns.popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    return Phone(ns, scenario, trace, errors, screen, process)
+    phone = Phone(ns, scenario, trace, errors, screen, process)
+    if target is None:
+        try:
+            wait_listening(ns, port, transport)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{phone.wait(1).explain()}") from None
+    return phone
 
 
 def sip_messages(trace: str, direction: str) -> list[str]:
