@@ -7,6 +7,11 @@ answer) and whether anything reached the address the attacker chose (the "victim
 listener at 127.0.0.9:5099, or the registered phone's own socket).
 
     python -m tests.interop.relay_probe LB_PORT PROXY_PORT USER@DOMAIN PASSWORD
+    python -m tests.interop.relay_probe --edge LB_PORT
+
+``--edge`` sends what used to cost the LB a traceback: a UDP request that outgrows a
+datagram once the LB adds its headers, and CRLF keep-alive pings on TCP connections
+that the client then resets; it prints the status the large request got.
 """
 
 from __future__ import annotations
@@ -174,7 +179,41 @@ def attempt(
         attacker.sock.close()
 
 
+def edge(lb: tuple[str, int]) -> dict[str, object]:
+    client = Client("udp", lb)
+    headers = [
+        "From: <sip:alice@example.com>;tag=big",
+        "To: <sip:bob@example.com>",
+        f"Call-ID: big-{secrets.token_hex(6)}",
+        "CSeq: 1 MESSAGE",
+        "Content-Type: text/plain",
+    ]
+    empty = client.request("MESSAGE", "sip:bob@example.com", headers=headers)
+    body = "x" * (65_507 - len(empty) - 8)  # fits one datagram; not once the LB adds a Via
+    client.send(client.request("MESSAGE", "sip:bob@example.com", headers=headers, body=body))
+    large = status_of(client.final())
+    resets = 0
+    for _ in range(20):  # pings, then a reset (RST: SO_LINGER 0) before reading the pongs
+        pinger = socket.create_connection(lb)
+        pinger.sendall(b"\r\n\r\n" * 50)
+        pinger.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        pinger.close()
+        resets += 1
+    # The LB answers an OPTIONS for itself once it has read what came before.
+    options = [
+        "From: <sip:probe@example.com>;tag=p",
+        "To: <sip:127.0.0.1>",
+        f"Call-ID: sync-{secrets.token_hex(6)}",
+        "CSeq: 1 OPTIONS",
+    ]
+    client.send(client.request("OPTIONS", f"sip:{lb[0]}:{lb[1]}", headers=options))
+    return {"large": large, "resets": resets, "after": status_of(client.final())}
+
+
 def main(argv: list[str]) -> None:
+    if argv[0] == "--edge":
+        print(json.dumps(edge(("127.0.0.1", int(argv[1])))))
+        return
     lb_port, proxy_port, aor, password = int(argv[0]), int(argv[1]), argv[2], argv[3]
     lb = ("127.0.0.1", lb_port)
     victim = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

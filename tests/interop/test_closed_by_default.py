@@ -63,3 +63,19 @@ def test_nothing_reaches_an_address_of_the_attackers_choosing(cluster: Embedded)
     assert unanswered == {}, results
     assert len(results) == 2 * 3 * 3 + 2 * 2
     assert "Traceback" not in cluster.log_text()
+
+
+def test_what_cost_tracebacks_gets_an_answer_or_is_dropped_quietly(cluster: Embedded) -> None:
+    probe = cluster.ns.run(
+        [sys.executable, "-m", "tests.interop.relay_probe", "--edge", "5060"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert probe.returncode == 0, probe.stderr + cluster.log_text()
+    result = json.loads(probe.stdout)
+    assert result == {"large": 513, "resets": 20, "after": 200}, cluster.log_text()
+    log = cluster.log_text()
+    marks = ("Traceback", " ERROR ", "not handled")
+    assert not any(mark in log for mark in marks), log[log.find("Traceback") - 2000 :]

@@ -127,6 +127,23 @@ async def test_pings_from_a_peer_that_resets_are_dropped_quietly(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+async def test_connections_reset_before_they_are_served_are_dropped_quietly(
+    tcp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel completes the handshake; the client resets before the loop takes the
+    connection up, so it has no peer address by then."""
+    transport, _ = tcp
+    with caplog.at_level(logging.WARNING):
+        for _ in range(20):  # without awaiting: all reset before the loop runs again
+            client = socket.create_connection(transport.addresses[0])
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        for _ in range(25):  # let the loop take them up: 0.5 s
+            await asyncio.sleep(0.02)
+    assert transport.open_connections == 0
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 async def test_answer_to_a_remote_address_reuses_its_connection(tcp) -> None:
     transport, sink = tcp
     reader, writer = await connect(transport)

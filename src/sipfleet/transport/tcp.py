@@ -77,6 +77,7 @@ class TcpTransport:
                 "tcp_pings_answered",
                 "tcp_pings_unanswered",
                 "tcp_pongs",
+                "tcp_reset_early",
             ),
             0,
         )
@@ -303,6 +304,10 @@ class TcpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         remote = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
+        if remote is None or local is None:  # reset before we got to it: nothing to serve
+            self._owner.stats["tcp_reset_early"] += 1
+            self.transport.abort()
+            return
         self.remote = (normalise_host(remote[0]), remote[1])
         if not self._owner._register(self):
             self.transport.abort()
