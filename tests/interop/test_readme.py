@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.interop.lab import Embedded, find_message, start_phone
+from tests.interop.lab import (
+    Embedded,
+    embedded_cluster,
+    find_message,
+    product_env,
+    start_phone,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
@@ -94,14 +101,19 @@ def test_trying_it_as_written(embedded: Embedded, tmp_path: Path) -> None:
         assert find_message(taken.messages, "received", "INVITE ")
 
 
-def test_the_banners_add_a_user_line_works_as_printed(embedded: Embedded, tmp_path: Path) -> None:
-    printed = re.search(r"^Add a user:\s+(.+)$", embedded.log_text(), flags=re.MULTILINE)
-    assert printed is not None, embedded.log_text()
-    argv = shlex.split(printed.group(1))
-    done = embedded.sipfleet(*sipfleet_args(argv))
-    assert done.returncode == 0, f"{printed.group(1)}: {done.stdout}{done.stderr}"
-    aor = next(word for word in argv if "@" in word)
-    listed = embedded.sipfleet("subscriber", "list")
-    assert aor in listed.stdout.split(), listed.stdout
-    password = argv[argv.index("--password") + 1]
-    register(embedded, tmp_path, aor, 7010, password)  # a phone can register as that user
+def test_the_banners_add_a_user_line_works_as_printed(tmp_path: Path) -> None:
+    """In a cluster of its own: the README's users are not there (the banner names alice)."""
+    with embedded_cluster(tmp_path, "banner") as embedded:
+        printed = re.search(r"^Add a user:\s+(.+)$", embedded.log_text(), flags=re.MULTILINE)
+        assert printed is not None, embedded.log_text()
+        argv = shlex.split(printed.group(1))
+        done = subprocess.run(  # exactly as printed, in the README's second shell
+            embedded.wrap(argv), capture_output=True, text=True, timeout=60, check=False,
+            env=product_env(), cwd=embedded.workdir,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{printed.group(1)}: {done.stdout}{done.stderr}"
+        aor = next(word for word in argv if "@" in word)
+        listed = embedded.sipfleet("subscriber", "list")
+        assert aor in listed.stdout.split(), listed.stdout
+        password = argv[argv.index("--password") + 1]
+        register(embedded, tmp_path, aor, 7010, password)  # a phone can register as that user

@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from sipfleet.config.listen import ListenAddress, parse_listen
 from sipfleet.config.model import default_data_dir
 from sipfleet.roles import available_roles
 from sipfleet.storage import open_storage
-from sipfleet.storage.dsn import dsns_from_config
+from sipfleet.storage.dsn import Dsn, dsns_from_config
 from sipfleet.storage.errors import AlreadyExists, StorageError
 from sipfleet.storage.migrate import upgrade
 
@@ -113,7 +114,10 @@ def _up(args: argparse.Namespace) -> int:
     )
     supervisor.start_all()
     if not supervisor.stopping:
-        _say_what_started(config, instances, roles, f"{dsns.write.kind} {dsns.write}")
+        database = f"{dsns.write.kind} {dsns.write}"
+        _say_what_started(
+            config, instances, roles, database, add_user_hint(args, config, dsns.write)
+        )
     return supervisor.watch()
 
 
@@ -238,8 +242,28 @@ async def _register_pool_targets(config: Config, instances: list[Instance]) -> N
         await storage.close()
 
 
+def add_user_hint(args: argparse.Namespace, config: Config, database: Dsn) -> str:
+    """A `subscriber add` command line that works as printed: the script as it can be
+    run from here, the same database as this `up`, a domain the cluster serves."""
+    script = Path(sys.argv[0]).resolve()
+    on_path = shutil.which("sipfleet")
+    if script.name != "sipfleet":  # `python -m sipfleet up`
+        command = f"{sys.executable} -m sipfleet"
+    elif on_path and Path(on_path).resolve() == script:
+        command = "sipfleet"
+    else:
+        command = str(script)  # the virtualenv's, not on PATH
+    domain = config.sip.domains[0] if config.sip.domains else "example.com"
+    line = f"{command} subscriber add alice@{domain} --password secret"
+    if args.config is not None:
+        line += f" -c {Path(args.config).resolve()}"
+    elif args.data_dir is not None and database.kind == "sqlite":
+        line += f" --db {database}"
+    return line
+
+
 def _say_what_started(
-    config: Config, instances: list[Instance], roles: list[str], database: str
+    config: Config, instances: list[Instance], roles: list[str], database: str, add_user: str
 ) -> None:
     lines = ["sipfleet is up:"]
     for instance in instances:
@@ -253,7 +277,7 @@ def _say_what_started(
         lines.append(f"  not built yet: {', '.join(missing)}")
     lines.append(f"  database   {database}")
     lines.append(f"  SIP core   {native.status}")
-    lines.append("Add a user:  sipfleet subscriber add alice@localhost --password secret")
+    lines.append(f"Add a user:  {add_user}")
     lines.append("Stop with Ctrl-C.")
     print("\n".join(lines), flush=True)
 
