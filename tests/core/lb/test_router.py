@@ -341,3 +341,41 @@ def test_broken_headers_raise_parse_errors_for_the_endpoint_to_answer(
     with pytest.raises(ParseError) as caught:
         router().route(broken, client())
     assert caught.value.status == 400
+
+
+def test_a_tcp_client_not_behind_nat_is_reached_at_its_contact_once_its_connection_closed() -> None:
+    """A phone that registers over TCP, closes the connection and listens at its Contact
+    (no outbound, no NAT): a new connection to the Contact, on its own IP only."""
+    flow = Flow("tcp", "198.51.100.7", 40000, 17, 1, False, LB_ID)
+    routes = toward_client_routes(flow)
+    invite = request("INVITE", "sip:bob@198.51.100.7:6003;transport=tcp", routes=routes)
+    decision = forwarded(router(worker=1).route(invite, from_proxy()))
+    assert decision.destination == Destination("tcp", "198.51.100.7", 6003)
+    elsewhere = request("INVITE", "sip:bob@192.0.2.1:6003;transport=tcp", routes=routes)
+    refused = router(worker=1).route(elsewhere, from_proxy())
+    assert isinstance(refused, Reject)
+    assert refused.status == 430
+    # While its connection lasts, that is used.
+    connection = (1 << 32) | 17
+    alive = forwarded(router(worker=1, connections=(connection,)).route(invite, from_proxy()))
+    assert alive.destination.connection_id == connection
+
+
+@pytest.mark.parametrize(
+    ("via", "contact", "by_flow"),
+    [
+        ("198.51.100.7:5060", "<sip:bob@198.51.100.7:6003;transport=tcp>", False),
+        ("10.0.1.2:5060", "<sip:bob@10.0.1.2:6003;transport=tcp>", True),  # NAT
+        ("198.51.100.7:5060", "<sip:bob@198.51.100.7;transport=tcp;ob>", True),  # outbound
+    ],
+)
+def test_a_tcp_flow_is_reached_by_its_connection_only_behind_nat_or_outbound(
+    via: str, contact: str, by_flow: bool
+) -> None:
+    register = request("REGISTER", "sip:example.com", via=via, transport="TCP", contact=contact)
+    decision = forwarded(router().route(register, client(tcp=(1 << 32) | 5)))
+    assert decision.path is not None
+    flow = TOKENS.decode(token_of(decision.path))
+    assert flow is not None
+    assert flow.transport == "tcp"
+    assert flow.reach_by_flow is by_flow

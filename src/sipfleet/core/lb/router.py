@@ -34,7 +34,7 @@ from sipfleet.sip import Request, SipUri
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow, FlowTokens
 from sipfleet.storage.model import LbPool
-from sipfleet.transport.base import Destination, Peer, TransportName
+from sipfleet.transport.base import Destination, Peer
 from sipfleet.transport.sockets import normalise_host
 
 CONNECTION_BITS = 32
@@ -126,35 +126,44 @@ class Router:
             if flow.worker != self.worker:
                 return HandOff(flow.worker)
             connection = connection_id(flow)
-            if not self.has_connection(connection):
+            if self.has_connection(connection):
+                destination = Destination("tcp", flow.host, flow.port, connection)
+            elif flow.reach_by_flow:
                 return Reject(430, "Flow Failed")  # RFC 5626 §5.3
-            destination = Destination("tcp", flow.host, flow.port, connection)
+            else:  # it closed its connection and listens at its Contact: a new one
+                at_contact = self._at_contact(request, flow)
+                if at_contact is None:
+                    return Reject(430, "Flow Failed")
+                destination = at_contact
         elif flow.reach_by_flow:
             local = self.sides.local("external", flow.host)
             destination = Destination("udp", flow.host, flow.port, None, local)
         else:
-            destination = self._at_contact(request, flow)
+            local = self.sides.local("external", flow.host)
+            at_flow = Destination("udp", flow.host, flow.port, None, local)
+            destination = self._at_contact(request, flow) or at_flow
         record_routes: tuple[str, ...] = ()
         if self._creates_dialog(request):
-            token = self.tokens.encode(
-                flow, Dialog.created_by(request)
-            )  # the Path's, bound to this call
+            # the Path's flow, bound to the dialog this request creates
+            token = self.tokens.encode(flow, Dialog.created_by(request))
             inbound = self._route_uri("internal", token, peer.transport, peer.host)
             outbound = self._route_uri("external", token, destination.transport, flow.host)
             record_routes = _record_routes(inbound, outbound)
         sent_by = self.sides.sent_by("external", destination.transport, destination.host)
         return Forward(destination, sent_by, popped, record_routes)
 
-    def _at_contact(self, request: Request, flow: Flow) -> Destination:
+    def _at_contact(self, request: Request, flow: Flow) -> Destination | None:
         """A client not behind NAT is reached at its Request-URI (its Contact: it may
-        listen on another port than it sends from), when that names the flow's own IP
-        address; else at its flow. No packet picks another host for us."""
+        listen on another port, or transport, than it sends from), when that names the
+        flow's own IP address; None when it names another host: no packet picks a host
+        for us."""
         uri = request.uri
+        if not isinstance(uri, SipUri) or normalise_host(uri.host_bare) != flow.host:
+            return None
+        if uri.transport == "tcp":
+            return Destination("tcp", flow.host, uri.port or 5060)
         local = self.sides.local("external", flow.host)
-        if isinstance(uri, SipUri) and normalise_host(uri.host_bare) == flow.host:
-            transport: TransportName = "tcp" if uri.transport == "tcp" else "udp"
-            return Destination(transport, flow.host, uri.port or 5060, None, local)
-        return Destination("udp", flow.host, flow.port, None, local)
+        return Destination("udp", flow.host, uri.port or 5060, None, local)
 
     # -- toward the cluster ------------------------------------------------------------------
     def _to_cluster(self, request: Request, peer: Peer, popped: int) -> Decision:
@@ -253,7 +262,12 @@ class Router:
         if peer.transport == "tcp" and peer.connection_id is not None:
             worker = peer.connection_id >> CONNECTION_BITS
             connection = peer.connection_id & ((1 << CONNECTION_BITS) - 1)
-            return Flow("tcp", peer.host, peer.port, connection, worker, True, self.lb_id)
+            # Reached over this connection while it lasts; after it, at its Contact unless
+            # it must be reached by the flow (outbound, NAT: a TCP client's source port
+            # never matches its Via, so only the address and the Contact tell).
+            evidence = nat_evidence(request, peer.host, peer.port)
+            by_flow = outbound or evidence.via_address_differs or evidence.private_contact
+            return Flow("tcp", peer.host, peer.port, connection, worker, by_flow, self.lb_id)
         behind_nat = outbound or nat_evidence(request, peer.host, peer.port).behind_nat
         keeper = udp_keeper(peer.host, peer.port)
         return Flow("udp", peer.host, peer.port, 0, keeper, behind_nat, self.lb_id)
