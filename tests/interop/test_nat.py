@@ -111,3 +111,38 @@ def test_default_keepalives_keep_a_natted_phone_reachable(
     assert caller.ok, f"{caller.explain()}\n{callee.messages[-3000:]}\n{log}"
     # what kept the mapping: the LB's keepalives, received through the NAT
     assert find_message(callee.messages, "received", "OPTIONS "), callee.messages[-3000:]
+
+
+def test_every_in_dialog_request_crosses_the_nat_both_ways(
+    natlab: NatLab, public: Embedded, tmp_path: Path
+) -> None:
+    """The phone behind the NAT (its Via and Contact private) answers a call and the two
+    sides send each other re-INVITE, UPDATE, INFO, the ACK of a 2xx and the BYE: each
+    request of the phone's goes to the cluster, each toward it down its NAT binding."""
+    lb = f"{SERVER_IP}:{public.lb_port}"
+    port = PHONE_PORT + 1
+    register = start_phone(
+        natlab.phone, "phone_register", tmp_path, address=PHONE_IP, port=port, target=lb,
+        keys={"user": "bob", "domain": DOMAIN, "contact_port": str(port), "expires": "600"},
+        credentials=("bob", PASSWORD), timeout=10,
+    )  # fmt: skip
+    registered = register.wait(20)
+    assert registered.ok, f"{registered.explain()}\n{public.log_text()[-3000:]}"
+    bob = start_phone(
+        natlab.phone, "phone_callee_dialog", tmp_path, address=PHONE_IP, port=port,
+        keys={"user": "bob"}, timeout=20,
+    )  # fmt: skip
+    alice = start_phone(
+        natlab.server, "phone_caller_dialog", tmp_path, address=SERVER_IP, port=6001,
+        target=lb, keys={"user": "alice", "peer": "bob", "domain": DOMAIN},
+        credentials=("alice", PASSWORD), timeout=20,
+    )  # fmt: skip
+    caller, callee = alice.wait(30), bob.wait(30)
+    log = public.log_text()[-3000:]
+    assert caller.ok, f"{caller.explain()}\n{callee.explain()}\n{log}"
+    assert callee.ok, f"{callee.explain()}\n{log}"
+    for method in ("INVITE ", "ACK ", "UPDATE ", "INFO "):  # the phone's own reached alice
+        assert find_message(callee.messages, "sent", method), method
+        assert find_message(caller.messages, "received", method), method
+    for method in ("INVITE ", "UPDATE ", "INFO ", "ACK ", "BYE "):  # alice's reached it
+        assert find_message(callee.messages, "received", method), method
