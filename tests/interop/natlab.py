@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
-from tests.interop.lab import Namespace, why_no_lab
+from tests.interop.lab import Embedded, Namespace, embedded_cluster, why_no_lab
+
+A = TypeVar("A")
 
 PHONE_IP = "10.0.1.2"
 NAT_INSIDE_IP = "10.0.1.1"
@@ -89,3 +95,87 @@ def nat_lab(name_hint: str, udp_timeout: int) -> Iterator[NatLab]:
         for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
             _check(nat, ["sysctl", "-q", "-w", f"net.netfilter.{key}={udp_timeout}"])
         yield NatLab(phone, nat, server, udp_timeout)
+
+
+@contextmanager
+def public_cluster(
+    lab: NatLab, workdir: Path, name_hint: str, subscribers: Iterable[str], password: str
+) -> Iterator[Embedded]:
+    """`sipfleet up --listen SERVER_IP:5060` (README) in the lab's server namespace, no
+    config file, with ``subscribers`` (user@domain) added; stopped by PID after."""
+    listen = ("--listen", f"{SERVER_IP}:5060")
+    with embedded_cluster(workdir, name_hint, ns=lab.server, up_args=listen) as public:
+        for aor in subscribers:
+            added = public.sipfleet("subscriber", "add", aor, "--password", password)
+            assert added.returncode == 0, added.stdout + added.stderr
+        yield public
+
+
+def natted_and_public_phones(
+    lab: NatLab,
+    public: Embedded,
+    agent: Callable[..., A],
+    workdir: Path,
+    domain: str,
+    password: str,
+    rtp_ports: Iterator[int],
+) -> tuple[A, A]:
+    """Two phones (not started) of the ``agent`` class on ``public``'s LB: alice behind
+    the NAT (PHONE_IP), bob beside the server (SERVER_IP)."""
+    lb = (public.lb_host, public.lb_port)
+    alice, bob = (
+        agent(ns, workdir, user, domain, password, proxy=lb, local_ip=ip, rtp_base=next(rtp_ports))
+        for ns, user, ip in ((lab.phone, "alice", PHONE_IP), (lab.server, "bob", SERVER_IP))
+    )
+    return alice, bob
+
+
+CONTROL_PORT = 9999
+# A control flow through the NAT: one datagram from the phone's namespace to a server that
+# never answers. Its conntrack entry is as idle as the phone's own mapping would be.
+SILENT_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(float(sys.argv[3]))
+try:
+    s.recv(100)
+except TimeoutError:
+    pass
+"""
+SEND_ONE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.sendto(b"hello", (sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def nat_remembers(nat: Namespace, port: int) -> bool:
+    """The NAT holds a UDP conntrack entry towards ``port``."""
+    listed = nat.run(["conntrack", "-L", "-p", "udp", "--orig-port-dst", str(port)])
+    return f"dport={port}" in listed.stdout
+
+
+def wait_until_the_nat_forgets(lab: NatLab) -> None:
+    """A control flow sends one datagram from the phone's namespace to the server's, and
+    nothing after; returns once the NAT has forgotten it (its conntrack entry is gone):
+    a phone that sent nothing of its own since as long ago is not reachable by itself."""
+    timeout = lab.udp_timeout
+    silent = lab.server.popen(
+        [sys.executable, "-c", SILENT_SERVER, SERVER_IP, str(CONTROL_PORT), str(timeout + 20)]
+    )
+    try:
+        sent = lab.phone.run(
+            [sys.executable, "-c", SEND_ONE, PHONE_IP, SERVER_IP, str(CONTROL_PORT)]
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert nat_remembers(lab.nat, CONTROL_PORT)
+        # the NAT's idle timeout passing is what is tested: wait until it forgot
+        deadline = time.monotonic() + timeout + 15
+        while nat_remembers(lab.nat, CONTROL_PORT):
+            assert time.monotonic() < deadline, "the NAT never forgot the control flow"
+            time.sleep(0.5)
+    finally:
+        silent.kill()
+        silent.wait(timeout=5)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,8 +16,13 @@ import pytest
 
 from tests.interop.agents import SipTrace, sdp_direction, sdp_media
 from tests.interop.agents.baresip import Baresip, why_no_baresip
-from tests.interop.lab import Embedded, Namespace, embedded_cluster
-from tests.interop.natlab import PHONE_IP, SERVER_IP, NatLab
+from tests.interop.lab import Embedded
+from tests.interop.natlab import (
+    NatLab,
+    natted_and_public_phones,
+    public_cluster,
+    wait_until_the_nat_forgets,
+)
 
 pytestmark = [
     pytest.mark.interop,
@@ -202,92 +205,21 @@ def test_unregister(cluster: Embedded, phone: Phone) -> None:
     assert "not registered" in location(cluster, "bob")
 
 
-CONTROL_PORT = 9999
-# A control flow through the NAT: one datagram from the phone's namespace to a server that
-# never answers. Its conntrack entry is as idle as the phone's own mapping would be.
-SILENT_SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(float(sys.argv[3]))
-try:
-    s.recv(100)
-except TimeoutError:
-    pass
-"""
-SEND_ONE = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 0))
-s.sendto(b"hello", (sys.argv[2], int(sys.argv[3])))
-"""
-
-
-def nat_remembers(nat: Namespace, port: int) -> bool:
-    listed = nat.run(["conntrack", "-L", "-p", "udp", "--orig-port-dst", str(port)])
-    return f"dport={port}" in listed.stdout
-
-
 @pytest.mark.netns
 @pytest.mark.slow
 def test_call_to_natted_phone_after_the_mapping_lifetime(natlab: NatLab, tmp_path: Path) -> None:
     """alice registers from behind the NAT and sends nothing more of her own; once the NAT
     has forgotten a flow as idle as hers, bob's call still reaches her (the LB's default
     keepalives are what kept her mapping)."""
-    listen = ("--listen", f"{SERVER_IP}:5060")
-    with embedded_cluster(tmp_path / "up", "bnat", ns=natlab.server, up_args=listen) as public:
-        for user in ("alice", "bob"):
-            added = public.sipfleet("subscriber", "add", f"{user}@{DOMAIN}", "--password", PASSWORD)
-            assert added.returncode == 0, added.stdout + added.stderr
-        lb = (public.lb_host, public.lb_port)
-        alice = Baresip(
-            natlab.phone,
-            tmp_path,
-            "alice",
-            DOMAIN,
-            PASSWORD,
-            proxy=lb,
-            local_ip=PHONE_IP,
-            rtp_base=next(_rtp),
-        )
-        bob = Baresip(
-            natlab.server,
-            tmp_path,
-            "bob",
-            DOMAIN,
-            PASSWORD,
-            proxy=lb,
-            local_ip=SERVER_IP,
-            rtp_base=next(_rtp),
+    subscribers = [f"{user}@{DOMAIN}" for user in ("alice", "bob")]
+    with public_cluster(natlab, tmp_path / "up", "bnat", subscribers, PASSWORD) as public:
+        alice, bob = natted_and_public_phones(
+            natlab, public, Baresip, tmp_path, DOMAIN, PASSWORD, _rtp
         )
         with alice, bob:
             alice.wait_registered()
             bob.wait_registered()
-            timeout = natlab.udp_timeout
-            silent = natlab.server.popen(
-                [
-                    sys.executable,
-                    "-c",
-                    SILENT_SERVER,
-                    SERVER_IP,
-                    str(CONTROL_PORT),
-                    str(timeout + 20),
-                ]
-            )
-            try:
-                sent = natlab.phone.run(
-                    [sys.executable, "-c", SEND_ONE, PHONE_IP, SERVER_IP, str(CONTROL_PORT)]
-                )
-                assert sent.returncode == 0, sent.stderr
-                assert nat_remembers(natlab.nat, CONTROL_PORT)
-                # the NAT's idle timeout passing is what is tested: wait until it forgot
-                deadline = time.monotonic() + timeout + 15
-                while nat_remembers(natlab.nat, CONTROL_PORT):
-                    assert time.monotonic() < deadline, "the NAT never forgot the control flow"
-                    time.sleep(0.5)
-            finally:
-                silent.kill()
-                silent.wait(timeout=5)
+            wait_until_the_nat_forgets(natlab)
 
             at_alice = alice.mark()
             at_bob = bob.dial(f"sip:alice@{DOMAIN}")
