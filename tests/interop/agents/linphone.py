@@ -1,0 +1,428 @@
+"""Linphone's console client (Debian's linphone-cli: ``linphonec``) driven headless.
+
+One process per account, each with a home directory of its own: its linphonerc (``-c``)
+holds one proxy config (registrar and outbound proxy: the given LB address, over UDP or
+TCP) and its auth info, as a user's configured client would; console commands (``call``,
+``answer``, ``pause``, ``terminate``, ``unregister``, ...) are written to its standard
+input. ``-d 6`` logs to standard output, where belle-sip prints every SIP message it sends
+or receives, so tests compare what was sent with what arrived.
+
+Two things kept linphonec (liblinphone 5.1) from ever listening in the lab:
+
+* it stops starting the core when it cannot open its database
+  (``$HOME/.local/share/linphone/linphone.db``; the directory is not created for it): the
+  log ends at ``Unable to open linphone database``, no transport is started (``ports``:
+  ``sip port = 0``) and every REGISTER fails with ``No listening point matching``. Each
+  phone gets its own ``HOME`` with that directory.
+* once started, it takes the network for reachable (``Local loopback network only !``),
+  but its network monitor (``[sip] auto_net_state_mon``, on by default) looks every 5 s at
+  the local address it would use towards the Internet and, that being a loopback one,
+  declares the network down: transports closed, registration dropped. The lab's
+  namespace gets a default route of its own (``give_default_route``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any
+
+from tests.interop.agents import AgentError, Output, SipTrace, parse_message
+from tests.interop.lab import Namespace
+
+START_TIMEOUT = 20.0
+EVENT_TIMEOUT = 10.0
+STOP_TIMEOUT = 8.0
+# belle-sip's log of the messages of a channel:
+#   "channel [0x..]: message sent to [UDP://127.0.0.1:5060], size: [519] bytes\n<message>"
+#   "channel [0x..]: received [405] new bytes from [UDP://127.0.0.1:5060]:\n<bytes>"
+SENT = re.compile(r"message sent to \[(UDP|TCP|TLS)://[^\]]*\], size: \[(\d+)\] bytes\r?\n")
+RECEIVED = re.compile(r"received \[(\d+)\] new bytes from \[(UDP|TCP|TLS)://[^\]]*\]:\r?\n")
+LISTENING = re.compile(r"Creating listening point \[\w+\] on \[sip:\S*transport=UDP\]")
+
+CONFIG = """\
+[sip]
+sip_port=-1
+sip_tcp_port=-1
+sip_tls_port=0
+default_proxy=0
+inc_timeout=120
+{keepalive}
+[rtp]
+audio_rtp_port={rtp_low}-{rtp_high}
+video_rtp_port={video_low}-{video_high}
+
+[video]
+enabled=0
+capture=0
+display=0
+
+[proxy_0]
+reg_proxy=<sip:{proxy_host}:{proxy_port};transport={transport}>
+reg_route=<sip:{proxy_host}:{proxy_port};transport={transport}>
+reg_identity=sip:{user}@{domain}
+reg_expires={regint}
+reg_sendregister=1
+publish=0
+
+[auth_info_0]
+username={user}
+passwd={password}
+domain={domain}
+"""
+
+
+def why_no_linphone() -> str | None:
+    if shutil.which("linphonec") is None:
+        return "linphonec is not installed (apt-get install linphone-cli)"
+    return None
+
+
+def linphone_version() -> str:
+    out = subprocess.run(["linphonec", "-v"], capture_output=True, text=True, timeout=10)
+    found = re.search(r"version:? *(\S+)", out.stdout + out.stderr)
+    return found.group(1) if found else "unknown"
+
+
+ROUTE_LINK = "lphveth0"
+ROUTE_ADDRESS = "198.51.100.1/24"  # TEST-NET-2: nothing answers there
+ROUTE_GATEWAY = "198.51.100.254"
+
+
+def give_default_route(ns: Namespace) -> None:
+    """A default route in ``ns`` through a veth pair whose both ends stay in ``ns``.
+
+    liblinphone (``[sip] auto_net_state_mon``, on by default; off, linphonec never declares
+    the network reachable at all) looks every 5 s at the local address it would use towards
+    the Internet and takes the network for down while that is a loopback one: it then
+    closes its transports and drops its registration. A namespace with only ``lo`` has no
+    other address, so this gives it one. Nothing is ever sent beyond: the peer end has no
+    address and nothing forwards. The kernel here has no ``dummy`` link type.
+    """
+    if ns.run(["ip", "link", "show", ROUTE_LINK]).returncode == 0:
+        return
+    peer = ROUTE_LINK[:-1] + "1"
+    for argv in (
+        ["ip", "link", "add", ROUTE_LINK, "type", "veth", "peer", "name", peer],
+        ["ip", "addr", "add", ROUTE_ADDRESS, "dev", ROUTE_LINK],
+        ["ip", "link", "set", ROUTE_LINK, "up"],
+        ["ip", "link", "set", peer, "up"],
+        ["ip", "route", "add", "default", "via", ROUTE_GATEWAY, "dev", ROUTE_LINK],
+    ):
+        done = ns.run(argv)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} in {ns.name}: {done.stderr.strip()}")
+
+
+def split_messages(data: str) -> tuple[list[str], str]:
+    """The complete SIP messages at the start of ``data`` (a stream chunk: TCP may carry
+    several, or a part of one), and what is left after them."""
+    messages: list[str] = []
+    while True:
+        data = data.lstrip("\r\n")
+        header_end = data.find("\r\n\r\n")
+        if header_end < 0:
+            return messages, data
+        length = re.search(r"^(?:Content-Length|l)\s*:\s*(\d+)", data[:header_end], re.M | re.I)
+        end = header_end + 4 + (int(length.group(1)) if length else 0)
+        if len(data) < end:
+            return messages, data
+        messages.append(data[:end])
+        data = data[end:]
+
+
+def parse_trace(text: str) -> list[SipTrace]:
+    """Every SIP message belle-sip logged as sent or received in ``text``, in order."""
+    heads = sorted(
+        [(m, True) for m in SENT.finditer(text)] + [(m, False) for m in RECEIVED.finditer(text)],
+        key=lambda pair: pair[0].start(),
+    )
+    found: list[SipTrace] = []
+    pending: dict[str, str] = {}  # a stream's bytes that do not make a message yet
+    for head, sent in heads:
+        if sent:
+            transport, size = head.group(1), int(head.group(2))
+        else:
+            size, transport = int(head.group(1)), head.group(2)
+        if sent:
+            # the log shows the message without the Content-Length of a bodiless one, so
+            # it is shorter than the size it gives: read it up to its own end
+            first, _ = split_messages(text[head.end() : head.end() + size])
+            found += [parse_message(m, sent=True, transport=transport) for m in first[:1]]
+            continue
+        chunk = text[head.end() : head.end() + size]
+        if len(chunk) < size:
+            continue  # still being printed
+        messages, pending[transport] = split_messages(pending.get(transport, "") + chunk)
+        found += [parse_message(m, sent=False, transport=transport) for m in messages]
+    return found
+
+
+class Linphone:
+    """One linphonec process for ``user@domain``, registering through ``proxy``."""
+
+    def __init__(
+        self,
+        ns: Namespace,
+        workdir: Path,
+        user: str,
+        domain: str,
+        password: str,
+        *,
+        transport: str = "udp",
+        proxy: tuple[str, int] = ("127.0.0.1", 5060),
+        regint: int = 600,
+        keepalive_ms: int | None = None,
+        rtp_base: int = 40000,
+    ) -> None:
+        self.ns = ns
+        self.user, self.domain, self.password = user, domain, password
+        self.aor = f"sip:{user}@{domain}"
+        self.transport = transport
+        self.proxy = proxy
+        self.regint = regint
+        self.keepalive_ms = keepalive_ms  # None: liblinphone's default (30 s); 0: none
+        self.rtp_base = rtp_base
+        self.dir = workdir / f"linphone-{user}-{transport}"
+        self.output = Output()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._log: IO[str] | None = None
+
+    # -- process ---------------------------------------------------------------------------
+
+    def write_config(self) -> Path:
+        # liblinphone's data directory: without it the core never starts its transports
+        (self.dir / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
+        rc = self.dir / "linphonerc"
+        rc.write_text(
+            CONFIG.format(
+                user=self.user,
+                domain=self.domain,
+                password=self.password,
+                transport=self.transport,
+                proxy_host=self.proxy[0],
+                proxy_port=self.proxy[1],
+                regint=self.regint,
+                keepalive=(
+                    "" if self.keepalive_ms is None else f"keepalive_period={self.keepalive_ms}\n"
+                ),
+                rtp_low=self.rtp_base,
+                rtp_high=self.rtp_base + 49,
+                video_low=self.rtp_base + 50,
+                video_high=self.rtp_base + 99,
+            )
+        )
+        return rc
+
+    def start(self) -> Linphone:
+        rc = self.write_config()
+        self._log = (self.dir / "output.log").open("w")
+        env = dict(os.environ, HOME=str(self.dir))
+        self.process = self.ns.popen(
+            ["linphonec", "-c", str(rc), "-d", "6"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, name=f"linphone-{self.user}")
+        self._reader.daemon = True
+        self._reader.start()
+        self.expect(LISTENING.pattern, START_TIMEOUT)
+        self.expect(r"linphonec> ", START_TIMEOUT)
+        # no sound card in the lab: play and record files (none given: silence)
+        self.command("soundcard use files")
+        return self
+
+    def _read(self) -> None:
+        process = self.process
+        assert process is not None
+        assert process.stdout is not None
+        fd = process.stdout.fileno()
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            text = data.decode("utf-8", errors="replace")
+            if self._log is not None:
+                self._log.write(text)
+                self._log.flush()
+            self.output.feed(text)
+        self.output.close()
+
+    def stop(self) -> None:
+        """``quit`` (which unregisters), then SIGTERM and SIGKILL by PID if it lingers."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            try:
+                self.command("quit")
+                process.wait(timeout=STOP_TIMEOUT)
+            except (OSError, subprocess.TimeoutExpired):
+                process.terminate()
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=STOP_TIMEOUT)
+        if self._reader is not None:
+            self._reader.join(timeout=STOP_TIMEOUT)
+        if process.stdin is not None:
+            with suppress(OSError):  # a pipe it no longer reads
+                process.stdin.close()
+        if process.stdout is not None:
+            process.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Linphone:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- console ---------------------------------------------------------------------------
+
+    def command(self, line: str) -> None:
+        process = self.process
+        assert process is not None
+        assert process.stdin is not None
+        process.stdin.write(line.encode() + b"\n")
+        process.stdin.flush()
+
+    def mark(self) -> int:
+        return self.output.mark()
+
+    def expect(self, pattern: str, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+        """Wait for ``pattern`` in the output after ``since``; fail with the output's tail."""
+        found = self.output.wait_for(pattern, timeout, since=since)
+        if found is None:
+            raise AgentError(
+                f"linphonec {self.aor}: no {pattern!r} within {timeout} s; output:\n"
+                f"{self.output.text()[since:][-8000:]}"
+            )
+        return found.group(0)
+
+    def saw(self, pattern: str, *, since: int = 0) -> bool:
+        return re.search(pattern, self.output.text()[since:]) is not None
+
+    def network_went_down(self) -> bool:
+        """Whether liblinphone took the network for down at some point (then it closed its
+        transports and dropped its registration: see ``give_default_route``)."""
+        return self.saw(r"SIP network reachability state is now \[DOWN\]")
+
+    # -- what the tests do -----------------------------------------------------------------
+
+    def _registration(self, state: str) -> str:
+        return rf"identity \[{re.escape(self.aor)}\] moving from state \[\w+\] to \[{state}\]"
+
+    def wait_registered(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+        return self.expect(self._registration("LinphoneRegistrationOk"), timeout, since=since)
+
+    def wait_register_failed(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+        return self.expect(self._registration("LinphoneRegistrationFailed"), timeout, since=since)
+
+    def wait_unregistered(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+        return self.expect(self._registration("LinphoneRegistrationCleared"), timeout, since=since)
+
+    def dial(self, uri: str) -> int:
+        at = self.mark()
+        self.command(f"call {uri}")
+        return at
+
+    def accept(self) -> None:
+        self.command("answer")
+
+    def hangup(self) -> None:
+        self.command("terminate")
+
+    def hold(self) -> None:
+        self.command("pause")
+
+    def resume(self) -> None:
+        self.command("resume")
+
+    def unregister(self) -> int:
+        at = self.mark()
+        self.command("unregister")
+        return at
+
+    def wait_call_state(self, state: str, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+        """A call's move to ``state`` (liblinphone's name without ``LinphoneCall``:
+        IncomingReceived, Connected, StreamsRunning, Paused, End, Error, Released...)."""
+        return self.expect(
+            rf"moving from state LinphoneCall\w+ to LinphoneCall{state}\b", timeout, since=since
+        )
+
+    def wait_incoming(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+        return self.wait_call_state("IncomingReceived", timeout, since=since)
+
+    def wait_established(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+        return self.wait_call_state("StreamsRunning", timeout, since=since)
+
+    def wait_closed(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+        return self.wait_call_state("(?:End|Error)", timeout, since=since)
+
+    # -- SIP trace -------------------------------------------------------------------------
+
+    def trace(self, *, since: int = 0) -> list[SipTrace]:
+        """Every SIP message of the log after ``since``, in order."""
+        return parse_trace(self.output.text()[since:])
+
+    def requests(self, method: str, *, sent: bool, since: int = 0) -> list[SipTrace]:
+        return [
+            m
+            for m in self.trace(since=since)
+            if m.status is None and m.method == method and m.sent == sent
+        ]
+
+    def responses(self, method: str, *, sent: bool, since: int = 0) -> list[SipTrace]:
+        return [
+            m
+            for m in self.trace(since=since)
+            if m.status is not None and m.method == method and m.sent == sent
+        ]
+
+    def wait_message(
+        self,
+        method: str,
+        *,
+        sent: bool,
+        status: int | None = None,
+        since: int = 0,
+        timeout: float = EVENT_TIMEOUT,
+    ) -> SipTrace:
+        """The first ``method`` request (or, with ``status``, response to it; 0: any final
+        one) sent or received after ``since``, once the log shows all of it."""
+
+        def find(text: str) -> SipTrace | None:
+            for message in parse_trace(text[since:]):
+                if message.method != method or message.sent != sent:
+                    continue
+                if status is None and message.status is None:
+                    return message
+                if (
+                    status is not None
+                    and message.status is not None
+                    and (message.status == status or (status == 0 and message.status >= 200))
+                ):
+                    return message
+            return None
+
+        found = self.output.wait_until(find, timeout)
+        if found is None:
+            what = method if status is None else f"{status or 'final'} response to {method}"
+            raise AgentError(
+                f"linphonec {self.aor}: no {what} {'sent' if sent else 'received'} within "
+                f"{timeout} s; output:\n{self.output.text()[since:][-8000:]}"
+            )
+        return found
