@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.agents import sdp_direction, sdp_media
+from tests.interop.agents import SipTrace, sdp_direction, sdp_media
 from tests.interop.agents.baresip import Baresip, why_no_baresip
 from tests.interop.agents.pjsua import Pjsua, why_no_pjsua
 from tests.interop.lab import Embedded, Namespace
@@ -117,7 +117,7 @@ def test_call_sdp_hold_and_caller_hangs_up(phone: Phone, transports: tuple[str, 
     bob = registered(phone("bob", transport=transports[1]))
     at_alice, at_bob = establish(alice, bob)
 
-    offer_sent = [m for m in alice.trace(since=at_alice) if m.method == "INVITE" and m.sent]
+    offer_sent = dialog_creating_invites(alice.trace(since=at_alice))
     offer_got = bob.wait_message("INVITE", sent=False, since=at_bob)
     assert offer_sent
     assert offer_sent[-1].body
@@ -175,6 +175,16 @@ def test_call_to_absent_user(phone: Phone, callee: str, status: int) -> None:
     assert ended["code"] == status, ended
 
 
+def dialog_creating_invites(trace: list[SipTrace]) -> list[SipTrace]:
+    """The INVITEs a phone sent without a To tag (the first, then the one with
+    credentials): PJSIP may re-INVITE once the call is confirmed, to settle one codec."""
+    return [
+        m
+        for m in trace
+        if m.sent and m.status is None and m.method == "INVITE" and "tag=" not in m.header("to")
+    ]
+
+
 def test_unregister(cluster: Embedded, phone: Phone) -> None:
     bob = registered(phone("bob"))
     assert "not registered" not in location(cluster, "bob")
@@ -196,7 +206,7 @@ def test_call_to_baresip(cluster: Embedded, phone: Phone, tmp_path: Path) -> Non
         bob.wait_incoming(since=at_bob)
         bob.accept()
         alice.wait_call_state("CONFIRMED", since=at_alice)
-        offer_sent = [m for m in alice.trace(since=at_alice) if m.method == "INVITE" and m.sent]
+        offer_sent = dialog_creating_invites(alice.trace(since=at_alice))
         offer_got = bob.wait_message("INVITE", sent=False, since=at_bob)
         assert offer_sent
         assert offer_got.body == offer_sent[-1].body
