@@ -15,13 +15,8 @@ import pytest
 from sipfleet.routing.lcr import (
     FAX,
     PHONE,
-    Gateway,
-    GatewayCapability,
     LcrError,
-    LcrRows,
     LcrTable,
-    Rule,
-    RuleTarget,
     Trunk,
     call_capability,
     load_gws,
@@ -36,6 +31,7 @@ from sipfleet.routing.lcr_dryrun import (
 )
 from sipfleet.routing.lcr_file import load_lcr_file
 from sipfleet.sip.uri import parse_uri
+from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lcr-capabilities.toml"
 NUMBER = "4312345"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from sipfleet.routing.lcr import PHONE, LcrRows, LcrTable, load_gws
+from sipfleet.routing.lcr import PHONE, LcrTable, load_gws
 from sipfleet.routing.lcr_cache import LcrCache
 from sipfleet.routing.lcr_file import load_lcr_file
 from sipfleet.storage import Dsn, LcrSnapshot, Storage, StorageUnavailable, open_storage
+from sipfleet.storage.lcr_rows import LcrRows
 from sipfleet.storage.migrate import upgrade
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lcr-capabilities.toml"

@@ -6,18 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sipfleet.routing.lcr import (
-    FAX,
-    PHONE,
-    Gateway,
-    GatewayCapability,
-    LcrError,
-    LcrTable,
-    Rule,
-    RuleTarget,
-    load_gws,
-)
+from sipfleet.routing.lcr import FAX, PHONE, LcrError, LcrTable, load_gws
 from sipfleet.routing.lcr_file import load_lcr_file, parse_lcr_file
+from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, Rule, RuleTarget
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lcr-capabilities.toml"
 

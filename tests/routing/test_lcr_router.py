@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from sipfleet.routing.api import Authenticated, CallContext, OffNetTrunk, Reply
-from sipfleet.routing.lcr import FAX, PHONE, Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
+from sipfleet.routing.lcr import FAX, PHONE
 from sipfleet.routing.lcr_cache import LcrCache
 from sipfleet.routing.lcr_file import load_lcr_file
 from sipfleet.routing.lcr_router import LcrRouter, LcrSettings, dialled_number, gateway_uri
 from sipfleet.sip import Request, parse_message
 from sipfleet.sip.uri import parse_uri
 from sipfleet.storage import LcrSnapshot
+from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from sipfleet.transport.base import Peer
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lcr-capabilities.toml"

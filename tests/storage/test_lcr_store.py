@@ -8,19 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sipfleet.routing.lcr import (
-    FAX,
-    PHONE,
-    Gateway,
-    GatewayCapability,
-    LcrRows,
-    LcrTable,
-    Rule,
-    RuleTarget,
-    load_gws,
-)
+from sipfleet.routing.lcr import FAX, PHONE, LcrTable, load_gws
 from sipfleet.routing.lcr_file import load_lcr_file
 from sipfleet.storage import AlreadyExists, InvalidLcr, Storage
+from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from tests.storage.conftest import Databases, OpenStorage
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lcr-capabilities.toml"

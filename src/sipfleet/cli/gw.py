@@ -14,14 +14,9 @@ from typing import Any, TypeVar
 from sipfleet.cli.common import CliError, add_db_option
 from sipfleet.cli.db import with_storage
 from sipfleet.config import Config
-from sipfleet.routing.lcr import (
-    CAPABILITY_NAMES,
-    TRANSPORTS,
-    Gateway,
-    GatewayCapability,
-    describe_gateway,
-)
+from sipfleet.routing.lcr import CAPABILITY_NAMES
 from sipfleet.storage import AlreadyExists, GatewayEntry, InvalidLcr, Storage
+from sipfleet.storage.lcr_rows import TRANSPORTS, Gateway, GatewayCapability, describe_gateway
 
 T = TypeVar("T")
 

@@ -21,22 +21,14 @@ from typing import Any
 
 from sipfleet.cli.common import CliError, add_db_option
 from sipfleet.cli.gw import describe_bits, lcr_change, lcr_problems, parse_bits
-from sipfleet.routing.lcr import (
-    CAPABILITY_NAMES,
-    GatewayCapability,
-    LcrError,
-    LcrTable,
-    Rule,
-    RuleTarget,
-    describe_rule,
-    matchable_uri,
-)
+from sipfleet.routing.lcr import CAPABILITY_NAMES, LcrError, LcrTable, matchable_uri
 from sipfleet.routing.lcr_cache import DEFAULT_RELOAD_INTERVAL
 from sipfleet.routing.lcr_dryrun import dry_run, human_lines, json_lines, parse_capability
 from sipfleet.routing.lcr_file import load_lcr_file
 from sipfleet.sip.address import parse_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.storage import InvalidLcr, LcrSnapshot, RuleEntry, Storage
+from sipfleet.storage.lcr_rows import GatewayCapability, Rule, RuleTarget, describe_rule
 
 MAX_DRAWS = 100_000
 

@@ -27,9 +27,10 @@ import asyncio
 import contextlib
 import logging
 
-from sipfleet.routing.lcr import LcrError, LcrRows, LcrTable
+from sipfleet.routing.lcr import LcrError, LcrTable
 from sipfleet.storage.errors import StorageError
 from sipfleet.storage.interface import LcrStore
+from sipfleet.storage.lcr_rows import LcrRows
 from sipfleet.storage.model import LcrSnapshot
 
 log = logging.getLogger("sipfleet.lcr")

@@ -15,18 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sipfleet.routing.lcr import (
-    CAPABILITY_NAMES,
+from sipfleet.routing.lcr import CAPABILITY_NAMES, LcrError, is_single_capability
+from sipfleet.storage.lcr_rows import (
     Gateway,
     GatewayCapability,
-    LcrError,
     LcrRows,
     Rule,
     RuleTarget,
     check_rows,
     describe_gateway,
     describe_rule,
-    is_single_capability,
 )
 
 _TOP_KEYS = frozenset({"capabilities", "gateway", "rule"})

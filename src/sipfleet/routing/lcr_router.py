@@ -36,12 +36,13 @@ from urllib.parse import unquote
 
 from sipfleet.routing.api import CallContext, OffNetTrunk, Reply
 from sipfleet.routing.gateway_health import GatewayHealth, HealthChange
-from sipfleet.routing.lcr import Gateway, call_capability, load_gws, matchable_uri
+from sipfleet.routing.lcr import call_capability, load_gws, matchable_uri
 from sipfleet.routing.lcr_cache import LcrCache
 from sipfleet.routing.lcr_dryrun import parse_capability
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.uri import SipUri, TelUri, Uri
 from sipfleet.storage.errors import StorageError
+from sipfleet.storage.lcr_rows import Gateway
 
 if TYPE_CHECKING:
     from sipfleet.config import Config

@@ -26,7 +26,7 @@ class InvalidInput(StorageError, ValueError):
 
 
 class InvalidLcr(InvalidInput):
-    """LCR rows that fail their checks (``routing.lcr.check_rows`` and the column sizes);
+    """LCR rows that fail their checks (``lcr_rows.check_rows`` and the column sizes);
     nothing was written. ``problems`` names each entry and field, one per line."""
 
     def __init__(self, problems: Sequence[str]) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sipfleet.routing.lcr import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from sipfleet.storage.dsn import Dsns
+from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from sipfleet.storage.model import (
     AddressOfRecord,
     Binding,
@@ -130,7 +130,7 @@ class LcrStore(Protocol):
     ``lcr_rule_target`` and the ``lcr_version`` counter.
 
     Every write is one transaction that checks *all* the rows it leaves behind
-    (``routing.lcr.check_rows`` and the column sizes) and raises ``InvalidLcr`` naming each
+    (``lcr_rows.check_rows`` and the column sizes) and raises ``InvalidLcr`` naming each
     entry and field at fault, writing nothing. Every write moves the version on by one
     and returns the new version; proxies reload when it moved. Concurrent writers never
     lose each other's changes (compare-and-set on the version, then recomputed).

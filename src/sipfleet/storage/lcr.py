@@ -2,7 +2,7 @@
 change written as one transaction.
 
 Every change takes the same path: read the current rows (one snapshot, on the primary),
-compute the rows after the change, check all of them (``routing.lcr.check_rows`` plus the
+compute the rows after the change, check all of them (``lcr_rows.check_rows`` plus the
 column sizes), then write only what changes, in one transaction whose first statement is a
 compare-and-set of ``lcr_version``. When another change got in between, that statement
 matches nothing, nothing is written, and the change is computed again from the new rows.
@@ -21,7 +21,10 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from sipfleet.routing.lcr import (
+from sipfleet.storage import schema
+from sipfleet.storage.dsn import Kind
+from sipfleet.storage.errors import AlreadyExists, InvalidLcr, StorageUnavailable
+from sipfleet.storage.lcr_rows import (
     Gateway,
     GatewayCapability,
     LcrRows,
@@ -31,9 +34,6 @@ from sipfleet.routing.lcr import (
     describe_gateway,
     describe_rule,
 )
-from sipfleet.storage import schema
-from sipfleet.storage.dsn import Kind
-from sipfleet.storage.errors import AlreadyExists, InvalidLcr, StorageUnavailable
 from sipfleet.storage.model import GatewayEntry, LcrSnapshot, RuleEntry
 from sipfleet.storage.schema import lcr_gw, lcr_gw_cap, lcr_rule, lcr_rule_target, lcr_version
 from sipfleet.storage.statements import Statement, Step, StepResult, compile_for, dialect_for
@@ -197,7 +197,7 @@ def normalized(rows: LcrRows) -> LcrRows:
     )
 
 
-# --- checks the columns add to routing.lcr.check_rows ------------------------------------
+# --- checks the columns add to lcr_rows.check_rows ---------------------------------------
 
 
 def column_problems(rows: LcrRows) -> list[str]:

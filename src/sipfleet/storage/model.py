@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sipfleet.routing.lcr import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from sipfleet.storage.errors import InvalidInput
+from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 
 LbPool = Literal["registrar", "proxy"]
 LbState = Literal["active", "draining", "disabled"]

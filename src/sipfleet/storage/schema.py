@@ -123,12 +123,12 @@ lb_target_health = sa.Table(
     **MYSQL_TABLE_OPTIONS,
 )
 
-# LCR (DESIGN §3, docs/lcr.md): the columns are those of the row types in routing/lcr.py.
+# LCR (DESIGN §3, docs/lcr.md): the columns are those of the row types in storage/lcr_rows.py.
 # Gateways are referred to by name, as the rows and the TOML file do; rule ids are chosen
 # by the operator (the file's ``id``), so they are plain keys, never auto-assigned.
 GW_NAME_LEN = 64
 LCR_PREFIX_LEN = 64
-LCR_PATTERN_LEN = 256  # routing.lcr.MAX_PATTERN_LENGTH
+LCR_PATTERN_LEN = 256  # lcr_rows.MAX_PATTERN_LENGTH
 
 lcr_gw = sa.Table(
     "lcr_gw",

@@ -15,11 +15,12 @@ from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.proxy.engine import ProxyEngine
 from sipfleet.roles.proxy import build_engine
-from sipfleet.routing.lcr import PHONE, Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
+from sipfleet.routing.lcr import PHONE
 from sipfleet.routing.lcr_router import LcrRouter
 from sipfleet.sip import Request, Response
 from sipfleet.storage import Storage, open_storage
 from sipfleet.storage.dsn import Dsn
+from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from sipfleet.storage.migrate import upgrade
 from tests.core.proxy.ua import UA
 

@@ -16,11 +16,11 @@ from sipfleet.core.proxy.privacy_hooks import PrivacyHooks, TrustedHops
 from sipfleet.core.proxy.routes import take_our_route
 from sipfleet.core.proxy.targets import Target
 from sipfleet.routing.api import Authenticated, CallContext, Reply
-from sipfleet.routing.lcr import Gateway
 from sipfleet.sip import Request, Response, parse_message
 from sipfleet.sip.builders import make_cancel, make_response
 from sipfleet.sip.privacy import ANONYMOUS_URI, ROUTE_PARAM, PrivacySeal
 from sipfleet.sip.uri import parse_uri
+from sipfleet.storage.lcr_rows import Gateway
 from sipfleet.transport.base import Peer
 
 SECRET = b"pool-secret"

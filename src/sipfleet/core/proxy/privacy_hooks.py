@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING
 from sipfleet.core.proxy.addresses import default_port
 from sipfleet.core.proxy.hooks import MessageHooks
 from sipfleet.routing.api import CallContext
-from sipfleet.routing.lcr import Gateway
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.message import Request, Response
 from sipfleet.sip.privacy import (
@@ -55,6 +54,7 @@ from sipfleet.sip.privacy import (
     rewrite_response,
 )
 from sipfleet.sip.uri import SipUri, Uri
+from sipfleet.storage.lcr_rows import Gateway
 from sipfleet.transport.sockets import normalise_host
 
 if TYPE_CHECKING:
