@@ -1,6 +1,6 @@
-"""Fault isolation on `sipfleet up` as users start it (no config file): a role killed
-again and again is restarted with a growing back-off and reported by `sipfleet status`,
-while the LB and the proxy go on answering."""
+"""Fault isolation on `sipfleet up` as users start it (no config file) and with the
+cluster example: a role killed again and again is restarted with a growing back-off and
+reported by `sipfleet status`, while the other roles go on answering."""
 
 from __future__ import annotations
 
@@ -9,20 +9,35 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.interop.lab import Embedded
+from tests.interop.lab import Embedded, embedded_cluster, why_no_lab
 
 pytestmark = [pytest.mark.interop]
 REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "cluster" / "cluster.toml"
 KILLS = 3  # back-off 1 s, 2 s, then 4 s: the last is seen, not waited out
 
 
+@pytest.fixture(params=["no-config", "cluster-example"], scope="module")
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Embedded]:
+    why = why_no_lab()
+    if why is not None:
+        pytest.skip(why)
+    up_args = () if request.param == "no-config" else ("-c", str(EXAMPLE))
+    tmp = tmp_path_factory.mktemp(f"faults-{request.param}")
+    with embedded_cluster(tmp, f"faults-{request.param}", up_args=up_args) as embedded:
+        yield embedded
+
+
 def status(embedded: Embedded) -> tuple[int, dict[str, Any]]:
-    shown = embedded.sipfleet("status", "--json")
+    shown = embedded.sipfleet("status", "--json", *embedded.up_args)  # -c: the same data dir
     return shown.returncode, json.loads(shown.stdout)
 
 
@@ -53,25 +68,28 @@ def lb_answers(embedded: Embedded) -> bool:
     return probe.stdout.strip() == "200"
 
 
-def test_a_role_killed_again_and_again_never_takes_the_others_down(embedded: Embedded) -> None:
+def test_a_role_killed_again_and_again_never_takes_the_others_down(cluster: Embedded) -> None:
+    embedded = cluster
     code, view = status(embedded)
     assert code == 0, view
-    others = {name: role(view, name)["pid"] for name in ("lb", "proxy")}
+    victim = next(each["name"] for each in view["roles"] if each["role"] == "registrar")
+    others = {each["name"]: each["pid"] for each in view["roles"] if each["name"] != victim}
+    assert "lb" in others
     delays = []
     for _ in range(KILLS):
-        registrar = wait_until_running(embedded, "registrar", 10)
+        registrar = wait_until_running(embedded, victim, 10)
         os.kill(registrar["pid"], signal.SIGKILL)  # a pid `sipfleet up` started for us
         deadline = time.monotonic() + 5
-        while role(status(embedded)[1], "registrar")["state"] == "running":
+        while role(status(embedded)[1], victim)["state"] == "running":
             assert time.monotonic() < deadline, "the kill was not noticed"
             time.sleep(0.05)
         code, view = status(embedded)
         assert code == 1  # a role is not running: the exit status says so
-        delays.append(role(view, "registrar")["delay"])
+        delays.append(role(view, victim)["delay"])
         assert lb_answers(embedded)
     assert delays == sorted(delays)
     assert delays[-1] > delays[0]  # growing back-off
     assert {name: role(status(embedded)[1], name)["pid"] for name in others} == others
-    wait_until_running(embedded, "registrar", 10)
+    wait_until_running(embedded, victim, 10)
     assert status(embedded)[0] == 0
     assert "killed by SIGKILL" in embedded.log_text()

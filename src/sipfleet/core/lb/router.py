@@ -125,23 +125,11 @@ class Router:
         if flow.transport == "tcp":
             if flow.worker != self.worker:
                 return HandOff(flow.worker)
-            connection = connection_id(flow)
-            if self.has_connection(connection):
-                destination = Destination("tcp", flow.host, flow.port, connection)
-            elif flow.reach_by_flow:
+            destination = self._over_tcp(request, flow)
+            if destination is None:
                 return Reject(430, "Flow Failed")  # RFC 5626 §5.3
-            else:  # it closed its connection and listens at its Contact: a new one
-                at_contact = self._at_contact(request, flow)
-                if at_contact is None:
-                    return Reject(430, "Flow Failed")
-                destination = at_contact
-        elif flow.reach_by_flow:
-            local = self.sides.local("external", flow.host)
-            destination = Destination("udp", flow.host, flow.port, None, local)
         else:
-            local = self.sides.local("external", flow.host)
-            at_flow = Destination("udp", flow.host, flow.port, None, local)
-            destination = self._at_contact(request, flow) or at_flow
+            destination = self._over_udp(request, flow)
         record_routes: tuple[str, ...] = ()
         if self._creates_dialog(request):
             # the Path's flow, bound to the dialog this request creates
@@ -151,6 +139,21 @@ class Router:
             record_routes = _record_routes(inbound, outbound)
         sent_by = self.sides.sent_by("external", destination.transport, destination.host)
         return Forward(destination, sent_by, popped, record_routes)
+
+    def _over_tcp(self, request: Request, flow: Flow) -> Destination | None:
+        """Its connection while it lasts; once closed, its Contact, unless it must be
+        reached by the flow (outbound, NAT): then None."""
+        connection = connection_id(flow)
+        if self.has_connection(connection):
+            return Destination("tcp", flow.host, flow.port, connection)
+        return None if flow.reach_by_flow else self._at_contact(request, flow)
+
+    def _over_udp(self, request: Request, flow: Flow) -> Destination:
+        local = self.sides.local("external", flow.host)
+        at_flow = Destination("udp", flow.host, flow.port, None, local)
+        if flow.reach_by_flow:
+            return at_flow
+        return self._at_contact(request, flow) or at_flow
 
     def _at_contact(self, request: Request, flow: Flow) -> Destination | None:
         """A client not behind NAT is reached at its Request-URI (its Contact: it may
