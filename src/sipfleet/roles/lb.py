@@ -1,18 +1,33 @@
 """The LB role: `node.workers` processes sharing the LB's addresses (SO_REUSEPORT), each
-a complete LB (core/lb/service.py), each with a private control socket for what the
-workers hand each other (TCP connections and keepalive duty live in one worker)."""
+a complete LB composed here from core/lb/ (sides, pools, router, health checks,
+keepalives, balancer; core/lb/service.py runs it), each with a private control socket for
+what the workers hand each other (TCP connections and keepalive duty live in one worker)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import zlib
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from sipfleet.config import Config
 from sipfleet.config.listen import ListenAddress
-from sipfleet.core.lb.service import LbWorker, WorkerSockets, sides_of
+from sipfleet.core.lb.balancer import Balancer
+from sipfleet.core.lb.endpoint import LbEndpoint
+from sipfleet.core.lb.pinger import Keepalives
+from sipfleet.core.lb.pools import Pools
+from sipfleet.core.lb.probes import HealthChecker
+from sipfleet.core.lb.router import Router
+from sipfleet.core.lb.service import LbWorker
+from sipfleet.core.lb.sides import Sides
+from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.roles.common import ready_after, storage_for
+from sipfleet.sip.flow import FlowTokens
+from sipfleet.storage import Storage
+from sipfleet.transport.base import TransportLimits
 from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only, spread_at_random
 from sipfleet.transport.workers import run_workers
 
@@ -52,11 +67,81 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
         raise RuntimeError("LB workers keep dying; see the log above")
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerSockets:
+    index: int
+    sockets: list[socket.socket]  # the worker's listening sockets, then its control socket
+    controls: dict[int, tuple[str, int]]  # every worker's control socket address
+
+
 async def serve(
     config: Config, own: WorkerSockets, workers: int, ready: Callable[[], None] | None
 ) -> None:
     async with storage_for(config) as storage:
-        await LbWorker(config, storage, own, workers).run(ready)
+        await compose(config, storage, own, workers).run(ready)
+
+
+def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) -> LbWorker:
+    """One worker's LB: its parts built from ``config`` and wired to each other (call
+    within the running loop: the health checks and keepalives read its clock)."""
+    section = config.lb
+    now = asyncio.get_running_loop().time
+    sides = sides_of(config)
+    tokens = FlowTokens(config.node.cluster_secret.encode())
+    lb_id = lb_id_of(config, sides)
+    pools = Pools(section.probe_interval_s)
+    endpoint = LbEndpoint(
+        sides.listen,
+        sockets=own.sockets,
+        control=own.controls[own.index],
+        siblings=own.controls,
+        worker_index=own.index,
+        limits=TransportLimits.from_config(config.sip),
+    )
+    router = Router(
+        sides,
+        tokens,
+        pools,
+        lb_id=lb_id,
+        worker=own.index,
+        has_connection=endpoint.has_connection,
+    )
+    health = HealthChecker(endpoint, pools, sides, now)
+    keepalives = Keepalives(
+        endpoint,
+        sides,
+        tokens,
+        lb_id=lb_id,
+        workers=workers,
+        interval=section.keepalive_interval_s,
+        method=section.keepalive_method,
+        enabled=section.keepalive,
+        now=now,
+    )
+    forwarder = StatelessForwarder(endpoint, force_rport=section.force_rport)
+    endpoint.handler = Balancer(endpoint, router, forwarder, health, keepalives, tokens)
+    return LbWorker(
+        storage,
+        endpoint,
+        pools,
+        health,
+        keepalives,
+        node=config.node.name,
+        pool_reload_s=section.pool_reload_s,
+    )
+
+
+def sides_of(config: Config) -> Sides:
+    return Sides(config.lb.listen, config.lb.internal_listen)
+
+
+def lb_id_of(config: Config, sides: Sides) -> int:
+    """``lb.id``, else a number derived from the first internal address (stable across
+    restarts, different for LBs on different addresses)."""
+    if config.lb.id >= 0:
+        return config.lb.id
+    first = sides.internal[0]
+    return zlib.crc32(f"{first.host}:{first.port}".encode()) & 0xFFFF
 
 
 def _spread(first: list[socket.socket], workers: int) -> None:

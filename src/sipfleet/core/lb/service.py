@@ -1,5 +1,6 @@
-"""One LB worker: its endpoint, the pools re-read from ``lb_target``, the health checks,
-the keepalive wheel, and (worker 0) the health view written for `sipfleet lb target list`.
+"""One LB worker's life, once roles/lb.py has built its parts: the pools re-read from
+``lb_target``, the health checks and the keepalive wheel on timers, the keepalive table
+rebuilt at start, and (worker 0) the health view written for `sipfleet lb target list`.
 """
 
 from __future__ import annotations
@@ -8,95 +9,44 @@ import asyncio
 import contextlib
 import gc
 import logging
-import socket
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from sipfleet.config import Config
 from sipfleet.core.clock import Clock, Timer
-from sipfleet.core.lb.balancer import Balancer
 from sipfleet.core.lb.endpoint import LbEndpoint
 from sipfleet.core.lb.pinger import Keepalives
 from sipfleet.core.lb.pools import Pools
 from sipfleet.core.lb.probes import HealthChecker
-from sipfleet.core.lb.router import Router
-from sipfleet.core.lb.sides import Sides
-from sipfleet.core.stateless import StatelessForwarder
-from sipfleet.sip.flow import FlowTokens
 from sipfleet.storage import Storage
 from sipfleet.storage.errors import StorageError
-from sipfleet.transport.base import TransportLimits
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSockets:
-    index: int
-    sockets: list[socket.socket]  # the worker's listening sockets, then its control socket
-    controls: dict[int, tuple[str, int]]  # every worker's control socket address
-
-
-def sides_of(config: Config) -> Sides:
-    return Sides(config.lb.listen, config.lb.internal_listen)
-
-
-def lb_id_of(config: Config, sides: Sides) -> int:
-    """``lb.id``, else a number derived from the first internal address (stable across
-    restarts, different for LBs on different addresses)."""
-    if config.lb.id >= 0:
-        return config.lb.id
-    first = sides.internal[0]
-    return zlib.crc32(f"{first.host}:{first.port}".encode()) & 0xFFFF
-
-
 class LbWorker:
-    def __init__(self, config: Config, storage: Storage, own: WorkerSockets, workers: int) -> None:
-        section = config.lb
-        loop = asyncio.get_running_loop()
-        self.config = config
+    """Runs an endpoint whose handler is set (the balancer), with the pools, health checks
+    and keepalives that balancer uses. ``index`` 0 writes the health view as ``node``."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        endpoint: LbEndpoint,
+        pools: Pools,
+        health: HealthChecker,
+        keepalives: Keepalives,
+        *,
+        node: str,
+        pool_reload_s: float,
+    ) -> None:
         self.storage = storage
-        self.index = own.index
-        self.sides = sides = sides_of(config)
-        tokens = FlowTokens(config.node.cluster_secret.encode())
-        lb_id = lb_id_of(config, sides)
-        self.pools = Pools(section.probe_interval_s)
-        self.endpoint = LbEndpoint(
-            sides.listen,
-            sockets=own.sockets,
-            control=own.controls[own.index],
-            siblings=own.controls,
-            worker_index=own.index,
-            limits=TransportLimits.from_config(config.sip),
-        )
-        forwarder = StatelessForwarder(self.endpoint, force_rport=section.force_rport)
-        router = Router(
-            sides,
-            tokens,
-            self.pools,
-            lb_id=lb_id,
-            worker=own.index,
-            has_connection=self.endpoint.has_connection,
-        )
-        self.health = HealthChecker(self.endpoint, self.pools, sides, loop.time)
-        self.keepalives = Keepalives(
-            self.endpoint,
-            sides,
-            tokens,
-            lb_id=lb_id,
-            workers=workers,
-            interval=section.keepalive_interval_s,
-            method=section.keepalive_method,
-            enabled=section.keepalive,
-            now=loop.time,
-        )
-        self.balancer = Balancer(
-            self.endpoint, router, forwarder, self.health, self.keepalives, tokens
-        )
-        self.endpoint.handler = self.balancer
+        self.endpoint = endpoint
+        self.index = endpoint.worker_index
+        self.pools = pools
+        self.health = health
+        self.keepalives = keepalives
+        self.node = node
+        self.pool_reload_s = pool_reload_s
         self._report_soon = asyncio.Event()
         self._storage_down = False
 
@@ -162,7 +112,7 @@ class LbWorker:
 
     async def _reload_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.config.lb.pool_reload_s)
+            await asyncio.sleep(self.pool_reload_s)
             await self.reload_pools()
 
     # -- flows -------------------------------------------------------------------------------
@@ -183,7 +133,7 @@ class LbWorker:
             self._report_soon.clear()
             try:
                 await self.storage.lb_targets.report_health(
-                    self.config.node.name, self.health.report(self.config.node.name)
+                    self.node, self.health.report(self.node)
                 )
             except StorageError as exc:
                 log.debug("health view not written: %s", exc)
