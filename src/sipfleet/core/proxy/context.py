@@ -39,6 +39,8 @@ from typing import Any
 from sipfleet.core.proxy.targets import ForkPlan, Target
 from sipfleet.sip.builders import make_response
 from sipfleet.sip.message import Request, Response
+from sipfleet.sip.transaction import ClientTransaction
+from sipfleet.transport.base import Destination
 
 PREFERRED_4XX = (401, 407, 415, 420, 484)
 CHALLENGES = ("www-authenticate", "proxy-authenticate")
@@ -51,12 +53,14 @@ class BranchState(Enum):
 
 
 class Branch:
-    """One forwarded copy. ``destination``, ``timer`` and ``deadline`` are the engine's
-    slots: the context never looks at them."""
+    """One forwarded copy. ``request``, ``destination``, ``client`` and
+    ``timer_c_delay`` are the proxy core's (``core.py``): the context never looks at
+    them. A branch holds its client transaction, never the other way round."""
 
     __slots__ = (
         "cancel_sent",
         "cancel_wanted",
+        "client",
         "deadline",
         "destination",
         "expired",
@@ -68,6 +72,7 @@ class Branch:
         "status",
         "target",
         "timer",
+        "timer_c_delay",
     )
 
     def __init__(self, index: int, target: Target) -> None:
@@ -80,9 +85,11 @@ class Branch:
         self.cancel_sent = False
         self.expired = False  # Timer C fired
         self.progressed = False  # a provisional response other than 100 came
-        self.request: Request | None = None
-        self.destination: Any = None
-        self.timer: Any = None
+        self.request: Request | None = None  # the forwarded copy
+        self.destination: Destination | None = None  # where it went
+        self.client: ClientTransaction | None = None  # its transaction, once sent
+        self.timer_c_delay: float | None = None  # Timer C asked for before it was sent
+        self.timer: Any = None  # the asyncio engine's (calls.py), until it uses Timer.C
         self.deadline = 0.0
 
     @property

@@ -98,6 +98,14 @@ class ClientInviteTransaction(ClientTransaction):
             return [Deliver(self, response)]
         return []
 
+    def abandon(self) -> list[Action]:
+        """§9.1: the request was cancelled and no final response came in 64*T1: the TU
+        considers it over. Ends a transaction still in Proceeding (no timer runs there);
+        any other state ends by its own timers, and this does nothing."""
+        if self.state is not State.PROCEEDING:
+            return []
+        return self._terminate([])
+
     def _cancel_calling(self, actions: list[Action]) -> None:
         if self.reliable:
             self._cancel(actions, Timer.B)

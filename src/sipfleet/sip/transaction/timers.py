@@ -20,6 +20,7 @@ class Timer(StrEnum):
 
     A = "A"  # client INVITE: request retransmission (unreliable only)
     B = "B"  # client INVITE: transaction timeout
+    C = "C"  # proxy (RFC 3261 §16.6 step 11, §16.8): an INVITE branch's; the TU arms it
     D = "D"  # client INVITE: wait for response retransmissions in Completed
     E = "E"  # client non-INVITE: request retransmission (unreliable only)
     F = "F"  # client non-INVITE: transaction timeout

@@ -1,0 +1,698 @@
+"""The stateful proxy of RFC 3261 §16 as one sans-IO object: events in, actions out.
+
+``ProxyCore`` owns the transaction layer and every call. Its methods are the events
+(a request or a response received, a timer fired, a send failed, a routing outcome, a
+resolved host name) and each returns the actions for the shell (``actions.py``): send,
+arm or disarm a timer, ask the policy, resolve a host, forward statelessly, report a
+trunk's outcome. No sockets, no clock, no tasks; the asyncio shell is ``engine.py``.
+
+Ownership runs one way, parent to child, so a finished call is freed by reference
+counting alone (no cycles for the collector to find):
+
+    ProxyCore ─► TransactionLayer ─► transactions
+              ─► calls {server key: Call} ─► server transaction, CallContext,
+                                             ResponseContext ─► Branch ─► client transaction
+              ─► branch_of {client key: (call key, branch index)}
+
+A transaction never points at its call or branch: a response's transaction is found by
+the layer, its branch by the transaction's key in ``branch_of``, its call by key in
+``calls``. A call leaves ``calls`` when its server transaction has ended and none of its
+branches' client transactions is alive.
+
+Timer C (§16.6 step 11, §16.8) is ``Timer.C`` on a branch's client INVITE transaction,
+armed and fired through the same ``StartTimer``/``timer_fired`` as the transaction
+timers; the transaction ignores it and the core handles it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sipfleet.core.overload import OverloadMonitor
+from sipfleet.core.proxy.actions import (
+    AskPolicy,
+    CallKey,
+    ForwardAck,
+    ForwardResponse,
+    Outcome,
+    ProxyAction,
+    Resolve,
+    Transmit,
+    TrunkOutcome,
+    Unmatched,
+)
+from sipfleet.core.proxy.addresses import SIP_PORT, OwnAddresses
+from sipfleet.core.proxy.branch import BranchMaker, loop_hash
+from sipfleet.core.proxy.checks import check_request
+from sipfleet.core.proxy.context import (
+    ArmTimerC,
+    Branch,
+    BranchState,
+    CancelBranch,
+    ContextAction,
+    DisarmTimerC,
+    Exhausted,
+    ResponseContext,
+    StartBranch,
+    TrunkEnded,
+    Upstream,
+)
+from sipfleet.core.proxy.forward import forward_copy, wants_record_route
+from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
+from sipfleet.core.proxy.resolve import ResolveError, literal_destination
+from sipfleet.core.proxy.routes import route_toward_next_hop, take_our_route
+from sipfleet.core.proxy.targets import ForkPlan
+from sipfleet.routing.api import CallContext, CallServices, Reply
+from sipfleet.sip import ParseError, Request, Response, SipUri, validate_request
+from sipfleet.sip.builders import make_cancel, make_response, new_tag
+from sipfleet.sip.dialog_token import DialogTokens
+from sipfleet.sip.transaction import (
+    DEFAULT_TIMERS,
+    Action,
+    CancelTimer,
+    ClientInviteTransaction,
+    ClientTransaction,
+    Deliver,
+    Send,
+    ServerTransaction,
+    StartTimer,
+    Terminated,
+    Timeout,
+    Timer,
+    Timers,
+    Transaction,
+    TransactionLayer,
+    TransportError,
+)
+from sipfleet.sip.uri import Uri
+from sipfleet.transport.base import Destination, Peer, TransportName
+from sipfleet.transport.sockets import family_of, normalise_host
+
+log = logging.getLogger(__name__)
+Header = tuple[str, str]
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
+MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    timer_c: float = 180.0
+    cancel_wait: float = 32.0  # after cancelling a branch on Timer C: 64*T1
+    record_route: bool = True  # Record-Route dialog-creating requests
+    retry_after: int = 5
+
+
+DEFAULT_CALL_SETTINGS = CallSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    timers: Timers = DEFAULT_TIMERS
+    calls: CallSettings = DEFAULT_CALL_SETTINGS
+    max_calls: int = 20_000  # requests without a final answer yet
+    max_routing: int = 2_000  # requests waiting for the policy / database / resolver
+    trusted_lbs: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class EngineStats:
+    calls: int = 0  # new requests handled statefully
+    shed: int = 0  # 503 for overload
+    rejected: int = 0  # 482 / 483 / 420
+    acks_forwarded: int = 0
+    acks_dropped: int = 0  # a 2xx ACK that is not for a dialog of ours
+    foreign_routes: int = 0  # a Route naming us without its dialog's token
+    stray_responses: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """Where the proxy listens (known once the endpoint has bound its sockets)."""
+
+    addresses: tuple[tuple[TransportName, str, int], ...]
+    siblings: tuple[str, ...] = field(default=())
+
+    def sent_by(self, transport: TransportName, remote_host: str) -> str | None:
+        """Our ``host:port`` for a Via toward ``remote_host``: the first listener of
+        that transport and address family (as ``SipEndpoint.local_address``)."""
+        family = family_of(remote_host)
+        for kind, host, port in self.addresses:
+            if kind == transport and family_of(host) == family:
+                return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return None
+
+    def record_route(self) -> str:
+        """``<sip:host:port;lr>`` of our first listen address (UDP preferred)."""
+        transport, host, port = sorted(self.addresses, key=lambda a: a[0] != "udp")[0]
+        host = f"[{host}]" if ":" in host else host
+        suffix = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{host}:{port}{suffix};lr>"
+
+
+class Call:
+    """A request handled statefully, from its server transaction to its final answer.
+
+    ``routing`` is what the policy and the hooks see; ``responses`` the §16.7 response
+    context once the call forks."""
+
+    __slots__ = (
+        "_tag",
+        "cancelled",
+        "clients",
+        "failed",
+        "finished",
+        "key",
+        "loop_hash",
+        "reroutes",
+        "responses",
+        "routing",
+        "server",
+        "server_ended",
+    )
+
+    def __init__(self, server: ServerTransaction, routing: CallContext, loop: str) -> None:
+        self.key: CallKey = server.key
+        self.server = server
+        self.routing = routing
+        self.loop_hash = loop
+        self.responses: ResponseContext | None = None
+        self.failed: Response | None = None  # the best response while the failure hook runs
+        self.cancelled = False
+        self.finished = False  # a final response went upstream
+        self.server_ended = False
+        self.clients = 0  # live client transactions of its branches
+        self.reroutes = 0
+        self._tag: str | None = None
+
+    @property
+    def to_tag(self) -> str:
+        """The To tag of the responses the proxy makes itself for this request."""
+        if self._tag is None:
+            self._tag = new_tag()
+        return self._tag
+
+
+@dataclass(frozen=True, slots=True)
+class _BranchRef:
+    call: CallKey
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class _AckRef:
+    ack: Request
+    peer: Peer
+    ours: SipUri
+
+
+class ProxyCore:
+    def __init__(
+        self,
+        services: CallServices,
+        settings: EngineSettings | None = None,
+        *,
+        hooks: MessageHooks = NO_HOOKS,
+        dialog_tokens: DialogTokens | None = None,
+        overload: OverloadMonitor | None = None,
+        ask_on_failure: bool = False,
+    ) -> None:
+        """``services``: handed to the policy in each ``CallContext`` (the core never
+        calls it); ``ask_on_failure``: the policy has a failure hook."""
+        self.services = services
+        self.settings = settings or EngineSettings()
+        self.hooks = hooks
+        self.dialog_tokens = dialog_tokens or DialogTokens(secrets.token_bytes(32))
+        self.overload = overload or OverloadMonitor()
+        self.ask_on_failure = ask_on_failure
+        self.layer = TransactionLayer(self.settings.timers)
+        self.stats = EngineStats()
+        self.calls: dict[CallKey, Call] = {}
+        self.branch_of: dict[CallKey, _BranchRef] = {}  # client transaction key -> branch
+        self.active = 0  # calls without a final response yet
+        self.routing = 0  # calls waiting for the policy
+        self.resolving: dict[int, _BranchRef | _AckRef] = {}
+        self.own = OwnAddresses.build([], self.settings.aliases)
+        self.listening: Listening | None = None
+        self._record_route = ""
+        self._refs = itertools.count(1)
+        self._branches = BranchMaker()
+        # client transactions per TCP destination: a connect that fails later (reported
+        # by destination) fails them all as transport errors
+        self.tcp_clients: dict[tuple[str, int], list[ClientTransaction]] = {}
+
+    # -- configuration events ---------------------------------------------------------------
+    def listen(self, listening: Listening) -> None:
+        """The endpoint listens on ``listening.addresses`` (and the pool has siblings)."""
+        self.listening = listening
+        own = OwnAddresses.build([(h, p) for _, h, p in listening.addresses], self.settings.aliases)
+        self.own = own.with_siblings(listening.siblings) if listening.siblings else own
+        self._record_route = listening.record_route()
+
+    def adopt_siblings(self, uris: Sequence[str]) -> None:
+        """The proxy pool changed: take its members' Record-Routes as our own."""
+        if self.listening is not None:
+            self.listen(Listening(self.listening.addresses, tuple(uris)))
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the policy, the database or the resolver."""
+        return self.routing + len(self.resolving)
+
+    # -- requests ---------------------------------------------------------------------------
+    def request(self, request: Request, peer: Peer) -> list[ProxyAction]:
+        """A request came. Raises ParseError for one the endpoint must answer (or drop)."""
+        validate_request(request)
+        actions = self.layer.receive(request)
+        if actions is not None:
+            return self._run(actions)  # a retransmission, or the ACK of our non-2xx
+        if request.method == "ACK":
+            return self._forward_ack(request, peer)
+        if request.method == "CANCEL":
+            return self._cancel(request, peer)
+        return self._new(request, peer)
+
+    def _new(self, request: Request, peer: Peer) -> list[ProxyAction]:
+        settings = self.settings
+        if (
+            (self.overload.overloaded and request.to.tag is None)  # finish calls, start none
+            or self.active >= settings.max_calls
+            or self.waiting >= settings.max_routing
+        ):
+            return self._shed(request, peer)
+        loop = loop_hash(request)
+        rejection = check_request(request, self.own, loop)
+        ours = self._our_verified_route(request) if rejection is None else None
+        server = self.layer.create_server(request, peer=response_destination(request, peer))
+        call = Call(server, CallContext(request, peer, self.services), loop)
+        self.calls[call.key] = call
+        self.stats.calls += 1
+        self.active += 1
+        if rejection is not None:
+            self.stats.rejected += 1
+            return self._reply(call, rejection.status, rejection.reason, rejection.headers)
+        actions: list[ProxyAction] = []
+        if request.method == "INVITE":  # §16.2: at once, before any lookup
+            actions = self._run(server.respond(make_response(request, 100)))
+        if request.method == "OPTIONS" and self._addressed_to_us(request):
+            headers = [("Allow", ALLOW), ("Accept", "application/sdp")]
+            return self._reply(call, 200, "OK", headers)
+        routing = call.routing
+        routing.routed_to_us = ours is not None
+        routing.our_route = ours
+        routing.origin = self._origin(request, peer)
+        self.routing += 1
+        actions.append(AskPolicy(call.key, routing))
+        return actions
+
+    def _our_verified_route(self, request: Request) -> SipUri | None:
+        """§16.4: our Route removed; it counts only when the cluster made it for this
+        dialog (``dialog_token``). Else the request is a new one, whatever its To tag:
+        the Route set it carries is the sender's, and is not followed."""
+        ours = take_our_route(request, self.own)
+        if ours is None or self.dialog_tokens.verify(ours, request):
+            return ours
+        self.stats.foreign_routes += 1
+        request.remove_header("route")
+        log.info(
+            "%s %s from %s: Route names us without this dialog's token; handled as a new request",
+            request.method,
+            request.call_id,
+            request.top_via.host,
+        )
+        return None
+
+    def _addressed_to_us(self, request: Request) -> bool:
+        uri = request.uri
+        return (
+            isinstance(uri, SipUri)
+            and uri.user is None
+            and "route" not in request.keys
+            and self.own.names(uri)
+        )
+
+    def _origin(self, request: Request, peer: Peer) -> str:
+        """The caller's address: past one of our LBs, what it stamped in the Via below its
+        own (``received``, which it adds whenever the sent-by is not the source)."""
+        if peer.host not in self.settings.trusted_lbs:
+            return peer.host
+        vias = request.vias
+        if len(vias) < 2:
+            return peer.host
+        return normalise_host(vias[1].received or vias[1].host)
+
+    def _shed(self, request: Request, peer: Peer) -> list[ProxyAction]:
+        self.stats.shed += 1
+        retry = str(self.settings.calls.retry_after)
+        response = make_response(
+            request, 503, "Overloaded", to_tag=new_tag(), headers=[("Retry-After", retry)]
+        )
+        return [Transmit(response, response_destination(request, peer))]
+
+    def _cancel(self, cancel: Request, peer: Peer) -> list[ProxyAction]:
+        """§16.10: answer the CANCEL, then end the INVITE it names."""
+        invite = self.layer.cancel_target(cancel)
+        call = self.calls.get(invite.key) if invite is not None else None
+        server = self.layer.create_server(cancel, peer=response_destination(cancel, peer))
+        status = 200 if call is not None else 481
+        actions = self._run(server.respond(make_response(cancel, status, to_tag=new_tag())))
+        if call is None:
+            return actions
+        if call.responses is not None:
+            actions.extend(self._apply(call, call.responses.cancel()))
+        elif not call.finished:
+            call.cancelled = True
+            actions.extend(self._reply(call, 487, "Request Terminated"))
+        return actions
+
+    def _forward_ack(self, ack: Request, peer: Peer) -> list[ProxyAction]:
+        """An ACK for a 2xx (its own transaction): statelessly, by the Route we are on."""
+        try:
+            ours = take_our_route(ack, self.own)
+            if ours is None or not self.dialog_tokens.verify(ours, ack):
+                self.stats.acks_dropped += 1  # not in a dialog we record-routed
+                return []
+            next_hop = route_toward_next_hop(ack)
+            destination = literal_destination(next_hop)
+        except (ParseError, ResolveError) as exc:
+            self.stats.acks_dropped += 1
+            log.debug("ACK %s not forwarded: %s", ack.call_id, exc)
+            return []
+        if destination is None:
+            return [self._resolve(_AckRef(ack, peer, ours), next_hop)]
+        self.hooks.forwarding_ack(ack, ours)
+        return [ForwardAck(ack, peer, destination)]
+
+    # -- responses --------------------------------------------------------------------------
+    def response(self, response: Response, peer: Peer) -> list[ProxyAction]:
+        """A response came. Raises ParseError for one to drop."""
+        actions = self.layer.receive(response)
+        if actions is not None:
+            return self._run(actions)
+        if response.is_success and response.cseq.method == "INVITE":
+            # a 2xx retransmission after our transaction ended still reaches the caller
+            return [ForwardResponse(response, peer)]
+        return [Unmatched(response)]
+
+    # -- the shell's events -----------------------------------------------------------------
+    def timer_fired(self, transaction: Transaction, timer: Timer) -> list[ProxyAction]:
+        if timer is not Timer.C:
+            return self._run(transaction.timer_fired(timer))
+        found = self._branch(transaction)
+        if found is None:
+            return []
+        call, branch = found
+        assert call.responses is not None
+        waited = branch.expired  # cancelled on Timer C, then 64*T1 without an answer
+        actions = self._apply(call, call.responses.on_timer_c(branch))
+        if waited and isinstance(transaction, ClientInviteTransaction):
+            actions.extend(self._run(transaction.abandon()))  # §9.1
+        return actions
+
+    def send_failed(self, transaction: Transaction, status: int = 503) -> list[ProxyAction]:
+        """A message of ``transaction`` could not be sent: 503, or 513 when too large."""
+        return self._run(transaction.transport_failed(), status)
+
+    def destination_failed(self, destination: Destination) -> list[ProxyAction]:
+        """The endpoint could not deliver to a TCP ``destination`` after all (a connect
+        failed): every client transaction toward it had a transport error."""
+        if destination.transport != "tcp":
+            return []
+        key = (normalise_host(destination.host), destination.port)
+        actions: list[ProxyAction] = []
+        for client in self.tcp_clients.pop(key, []):
+            actions.extend(self._run(client.transport_failed()))
+        return actions
+
+    def routed(self, key: CallKey, outcome: Outcome) -> list[ProxyAction]:
+        """The answer to ``AskPolicy``: a plan, a reply, or (failure hook) nothing."""
+        self.routing -= 1
+        call = self.calls.get(key)
+        if call is None or call.cancelled:
+            return []
+        context = call.responses
+        if context is None:  # the first routing
+            if isinstance(outcome, ForkPlan):
+                return self._fork(call, outcome)
+            reply = outcome or Reply(500, "Server Internal Error")
+            return self._reply(call, reply.status, reply.reason, reply.headers)
+        best, call.failed = call.failed, None
+        assert best is not None
+        if outcome is None:
+            return self._apply(call, context.give_up(best))
+        if isinstance(outcome, Reply):
+            answer = self._response(call, outcome.status, outcome.reason, outcome.headers)
+            return self._apply(call, context.give_up(answer))
+        call.routing.extra_headers = list(outcome.headers)
+        return self._apply(call, context.reroute(outcome))
+
+    def resolved(self, ref: int, result: Destination | ResolveError) -> list[ProxyAction]:
+        """The answer to ``Resolve``."""
+        pending = self.resolving.pop(ref, None)
+        if isinstance(pending, _AckRef):
+            if isinstance(result, ResolveError):
+                self.stats.acks_dropped += 1
+                log.debug("ACK %s not forwarded: %s", pending.ack.call_id, result)
+                return []
+            self.hooks.forwarding_ack(pending.ack, pending.ours)
+            return [ForwardAck(pending.ack, pending.peer, result)]
+        call = self.calls.get(pending.call) if pending is not None else None
+        if pending is None or call is None or call.responses is None:
+            return []
+        branch = call.responses.branches[pending.index]
+        if isinstance(result, ResolveError):
+            return self._unreachable(call, branch, result)
+        return self._send_branch(call, branch, result)
+
+    # -- the transactions' actions ------------------------------------------------------------
+    def _run(self, actions: list[Action], failed_status: int = 503) -> list[ProxyAction]:
+        """Pass on what is for the shell; handle what is for the TU (us)."""
+        out: list[ProxyAction] = []
+        for action in actions:
+            if isinstance(action, (Send, StartTimer, CancelTimer)):
+                out.append(action)
+            elif isinstance(action, Deliver):
+                out.extend(self._delivered(action.transaction, action.message))
+            elif isinstance(action, Timeout):
+                out.extend(self._branch_failed(action.transaction, 408))
+            elif isinstance(action, TransportError):
+                out.extend(self._branch_failed(action.transaction, failed_status))
+            elif isinstance(action, Terminated):
+                out.extend(self._terminated(action.transaction))
+        return out
+
+    def _delivered(self, transaction: Transaction, message: object) -> list[ProxyAction]:
+        if isinstance(message, Response):
+            found = self._branch(transaction)
+            if found is None:
+                return []  # the answer to a CANCEL of ours, or a call already over
+            call, branch = found
+            message.pop_first_value("via")  # ours; what is left is the caller's
+            assert call.responses is not None
+            return self._apply(call, call.responses.on_response(branch, message))
+        if isinstance(message, Request) and isinstance(transaction, ServerTransaction):
+            source = transaction.peer
+            assert isinstance(source, Destination)
+            peer = Peer(source.transport, source.host, source.port, "", 0, source.connection_id)
+            return self._forward_ack(message, peer)  # an ACK the 2xx's transaction matched
+        return []
+
+    def _branch_failed(self, transaction: Transaction, status: int) -> list[ProxyAction]:
+        found = self._branch(transaction)
+        if found is None:
+            return []
+        call, branch = found
+        assert call.responses is not None
+        return self._apply(call, call.responses.on_failure(branch, status))
+
+    def _branch(self, transaction: Transaction) -> tuple[Call, Branch] | None:
+        ref = self.branch_of.get(transaction.key)
+        call = self.calls.get(ref.call) if ref is not None else None
+        if ref is None or call is None or call.responses is None:
+            return None
+        branch = call.responses.branches[ref.index]
+        return (call, branch) if branch.client is transaction else None
+
+    def _terminated(self, transaction: Transaction) -> list[ProxyAction]:
+        if isinstance(transaction, ServerTransaction):
+            call = self.calls.get(transaction.key)
+            if call is not None and call.server is transaction:
+                call.server_ended = True
+                self._forget_if_over(call)
+            return []
+        ref = self.branch_of.pop(transaction.key, None)
+        if ref is None:
+            return []
+        call = self.calls.get(ref.call)
+        if call is not None:
+            call.clients -= 1
+            self._forget_if_over(call)
+        if transaction.method == "INVITE":
+            return [CancelTimer(transaction, Timer.C)]  # its Timer C holds it: let go
+        return []
+
+    def _forget_if_over(self, call: Call) -> None:
+        if call.server_ended and call.clients == 0:
+            del self.calls[call.key]
+
+    # -- forking ------------------------------------------------------------------------------
+    def _fork(self, call: Call, plan: ForkPlan) -> list[ProxyAction]:
+        settings = self.settings.calls
+        call.responses = ResponseContext(
+            call.routing.request,
+            timer_c=settings.timer_c,
+            cancel_wait=settings.cancel_wait,
+            ask_on_failure=self.ask_on_failure,
+            to_tag=call.to_tag,
+        )
+        call.routing.extra_headers = list(plan.headers)
+        return self._apply(call, call.responses.start(plan))
+
+    def _apply(self, call: Call, actions: list[ContextAction]) -> list[ProxyAction]:
+        """Carry out what the response context decided."""
+        out: list[ProxyAction] = []
+        for action in actions:
+            if isinstance(action, Upstream):
+                out.extend(self._upstream(call, action.response))
+            elif isinstance(action, StartBranch):
+                out.extend(self._start_branch(call, action.branch))
+            elif isinstance(action, ArmTimerC):
+                branch = action.branch
+                if branch.client is None:
+                    branch.timer_c_delay = action.delay  # armed once it is sent
+                else:
+                    out.append(StartTimer(branch.client, Timer.C, action.delay))
+            elif isinstance(action, DisarmTimerC):
+                action.branch.timer_c_delay = None
+                if action.branch.client is not None:
+                    out.append(CancelTimer(action.branch.client, Timer.C))
+            elif isinstance(action, CancelBranch):
+                out.extend(self._cancel_branch(action.branch))
+            elif isinstance(action, Exhausted):
+                out.extend(self._exhausted(call, action.best))
+            elif isinstance(action, TrunkEnded):
+                branch = action.branch
+                if branch.target.gateway is not None:
+                    gateway = branch.target.gateway
+                    out.append(TrunkOutcome(gateway, branch.status, branch.progressed))
+        return out
+
+    def _exhausted(self, call: Call, best: Response) -> list[ProxyAction]:
+        assert call.responses is not None
+        if call.reroutes >= MAX_REROUTES:
+            return self._apply(call, call.responses.give_up(best))
+        call.reroutes += 1
+        call.failed = best
+        self.routing += 1
+        return [AskPolicy(call.key, call.routing, best)]
+
+    def _start_branch(self, call: Call, branch: Branch) -> list[ProxyAction]:
+        """§16.6 for one target: the copy, then its next hop (or a lookup of it)."""
+        request = call.routing.request
+        record_route = None
+        if self.settings.calls.record_route and wants_record_route(request):
+            ours = self.dialog_tokens.stamp(self._record_route, request)
+            record_route = self.hooks.record_route(call.routing, ours)
+        try:
+            headers = call.routing.extra_headers
+            copy, next_hop = forward_copy(
+                request, branch.target, record_route=record_route, headers=headers
+            )
+            destination = literal_destination(next_hop)
+        except (ParseError, ResolveError) as exc:
+            return self._unreachable(call, branch, exc)
+        branch.request = copy
+        if destination is None:
+            return [self._resolve(_BranchRef(call.key, branch.index), next_hop)]
+        return self._send_branch(call, branch, destination)
+
+    def _resolve(self, ref: _BranchRef | _AckRef, uri: Uri) -> Resolve:
+        number = next(self._refs)
+        self.resolving[number] = ref
+        return Resolve(number, uri)
+
+    def _send_branch(
+        self, call: Call, branch: Branch, destination: Destination
+    ) -> list[ProxyAction]:
+        copy = branch.request
+        assert copy is not None
+        listening = self.listening
+        sent_by = listening.sent_by(destination.transport, destination.host) if listening else None
+        if sent_by is None:
+            missing = ResolveError(f"no {destination.transport} listener for {destination.host}")
+            return self._unreachable(call, branch, missing)
+        prefix = f"SIP/2.0/{destination.transport.upper()} {sent_by};branch="
+        self.hooks.forwarding(copy, call.routing)
+        copy.push_via(prefix + self._branches.make(call.loop_hash))
+        branch.destination = destination
+        client, started = self.layer.create_client(copy, peer=destination)
+        branch.client = client
+        self.branch_of[client.key] = _BranchRef(call.key, branch.index)
+        call.clients += 1
+        self._track(client, destination)
+        actions = self._run(started)
+        if branch.timer_c_delay is not None and branch.pending:
+            actions.append(StartTimer(client, Timer.C, branch.timer_c_delay))
+            branch.timer_c_delay = None
+        return actions
+
+    def _cancel_branch(self, branch: Branch) -> list[ProxyAction]:
+        """CANCEL for a branch that had a provisional response (§9.1)."""
+        if branch.request is None or branch.destination is None:
+            return []
+        client, actions = self.layer.create_client(
+            make_cancel(branch.request), peer=branch.destination
+        )
+        self._track(client, branch.destination)
+        return self._run(actions)
+
+    def _track(self, client: ClientTransaction, destination: Destination) -> None:
+        if destination.transport != "tcp":
+            return
+        key = (normalise_host(destination.host), destination.port)
+        clients = self.tcp_clients.setdefault(key, [])
+        clients.append(client)
+        if len(clients) > 64:  # forget the finished ones now and then
+            clients[:] = [each for each in clients if not each.terminated]
+
+    def _unreachable(self, call: Call, branch: Branch, exc: Exception) -> list[ProxyAction]:
+        log.info("%r: target %s unreachable: %s", call.server.request, branch.target.uri, exc)
+        if branch.state is BranchState.DONE or call.responses is None:
+            return []
+        status = exc.status if isinstance(exc, (ParseError, ResolveError)) else 503
+        return self._apply(call, call.responses.on_failure(branch, status))
+
+    # -- answering ------------------------------------------------------------------------------
+    def _reply(
+        self, call: Call, status: int, reason: str | None = None, headers: Sequence[Header] = ()
+    ) -> list[ProxyAction]:
+        return self._upstream(call, self._response(call, status, reason, headers))
+
+    @staticmethod
+    def _response(
+        call: Call, status: int, reason: str | None, headers: Sequence[Header]
+    ) -> Response:
+        request = call.server.request
+        return make_response(request, status, reason, to_tag=call.to_tag, headers=[*headers])
+
+    def _upstream(self, call: Call, response: Response) -> list[ProxyAction]:
+        if response.status >= 200 and not call.finished:
+            call.finished = True
+            self.active -= 1
+        self.hooks.answering(response, call.routing)
+        return self._run(call.server.respond(response))
+
+
+def response_destination(request: Request, peer: Peer) -> Destination:
+    """Where responses to ``request`` go (§18.2.2, RFC 3581): over the connection it came
+    on (TCP); for UDP to the source address, and the source port when ``rport`` was
+    asked, else the Via's port."""
+    if peer.transport == "tcp":
+        return peer.reply_to
+    via = request.top_via
+    port = peer.port if via.has_rport else (via.port or SIP_PORT)
+    return Destination("udp", peer.host, port, None, (peer.local_host, peer.local_port))
