@@ -1,1 +1,2 @@
-"""Async glue: clock, dispatcher, stateless forwarding, the stateful proxy engine."""
+"""Async glue: clock, endpoint (messages in to a handler, bytes out), stateless forwarding,
+the stateful proxy engine, the registrar, the load balancer, overload and authentication."""
