@@ -27,17 +27,12 @@ import os
 import re
 import shutil
 import subprocess
-import threading
-from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from tests.interop.agents import AgentError, Output, SipTrace, parse_message
+from tests.interop.agents import SipTrace, TextAgent, message_end, parse_message
 from tests.interop.lab import Namespace
 
-START_TIMEOUT = 20.0
-EVENT_TIMEOUT = 10.0
-STOP_TIMEOUT = 8.0
 # belle-sip's log of the messages of a channel:
 #   "channel [0x..]: message sent to [UDP://127.0.0.1:5060], size: [519] bytes\n<message>"
 #   "channel [0x..]: received [405] new bytes from [UDP://127.0.0.1:5060]:\n<bytes>"
@@ -125,12 +120,8 @@ def split_messages(data: str) -> tuple[list[str], str]:
     messages: list[str] = []
     while True:
         data = data.lstrip("\r\n")
-        header_end = data.find("\r\n\r\n")
-        if header_end < 0:
-            return messages, data
-        length = re.search(r"^(?:Content-Length|l)\s*:\s*(\d+)", data[:header_end], re.M | re.I)
-        end = header_end + 4 + (int(length.group(1)) if length else 0)
-        if len(data) < end:
+        end = message_end(data)
+        if end is None:
             return messages, data
         messages.append(data[:end])
         data = data[end:]
@@ -163,36 +154,29 @@ def parse_trace(text: str) -> list[SipTrace]:
     return found
 
 
-class Linphone:
+class Linphone(TextAgent):
     """One linphonec process for ``user@domain``, registering through ``proxy``."""
 
-    def __init__(
-        self,
-        ns: Namespace,
-        workdir: Path,
-        user: str,
-        domain: str,
-        password: str,
-        *,
-        transport: str = "udp",
-        proxy: tuple[str, int] = ("127.0.0.1", 5060),
-        regint: int = 600,
-        keepalive_ms: int | None = None,
-        rtp_base: int = 40000,
-    ) -> None:
-        self.ns = ns
-        self.user, self.domain, self.password = user, domain, password
-        self.aor = f"sip:{user}@{domain}"
-        self.transport = transport
-        self.proxy = proxy
-        self.regint = regint
+    NAME = "linphonec"
+    QUIT = "quit"
+    COMMANDS = {
+        "dial": "call {uri}",
+        "accept": "answer",
+        "hangup": "terminate",
+        "hold": "pause",
+        "resume": "resume",
+        "unregister": "unregister",
+    }
+    RTP_BASE = 40000
+    TAIL_CHARS = 8000
+
+    def __init__(self, *args: Any, keepalive_ms: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.keepalive_ms = keepalive_ms  # None: liblinphone's default (30 s); 0: none
-        self.rtp_base = rtp_base
-        self.dir = workdir / f"linphone-{user}-{transport}"
-        self.output = Output()
-        self.process: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self._log: IO[str] | None = None
+
+    @classmethod
+    def prepare_namespace(cls, ns: Namespace) -> None:
+        give_default_route(ns)
 
     # -- process ---------------------------------------------------------------------------
 
@@ -222,207 +206,62 @@ class Linphone:
 
     def start(self) -> Linphone:
         rc = self.write_config()
-        self._log = (self.dir / "output.log").open("w")
         env = dict(os.environ, HOME=str(self.dir))
-        self.process = self.ns.popen(
-            ["linphonec", "-c", str(rc), "-d", "6"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            env=env,
-        )
-        self._reader = threading.Thread(target=self._read, name=f"linphone-{self.user}")
-        self._reader.daemon = True
-        self._reader.start()
-        self.expect(LISTENING.pattern, START_TIMEOUT)
-        self.expect(r"linphonec> ", START_TIMEOUT)
+        self._spawn(["linphonec", "-c", str(rc), "-d", "6"], cwd=self.dir, env=env)
+        self.expect(LISTENING.pattern, self.START_TIMEOUT)
+        self.expect(r"linphonec> ", self.START_TIMEOUT)
         # no sound card in the lab: play and record files (none given: silence)
         self.command("soundcard use files")
         return self
-
-    def _read(self) -> None:
-        process = self.process
-        assert process is not None
-        assert process.stdout is not None
-        fd = process.stdout.fileno()
-        while True:
-            data = os.read(fd, 65536)
-            if not data:
-                break
-            text = data.decode("utf-8", errors="replace")
-            if self._log is not None:
-                self._log.write(text)
-                self._log.flush()
-            self.output.feed(text)
-        self.output.close()
-
-    def stop(self) -> None:
-        """``quit`` (which unregisters), then SIGTERM and SIGKILL by PID if it lingers."""
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                self.command("quit")
-                process.wait(timeout=STOP_TIMEOUT)
-            except (OSError, subprocess.TimeoutExpired):
-                process.terminate()
-                try:
-                    process.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT)
-        if self._reader is not None:
-            self._reader.join(timeout=STOP_TIMEOUT)
-        if process.stdin is not None:
-            with suppress(OSError):  # a pipe it no longer reads
-                process.stdin.close()
-        if process.stdout is not None:
-            process.stdout.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Linphone:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    # -- console ---------------------------------------------------------------------------
-
-    def command(self, line: str) -> None:
-        process = self.process
-        assert process is not None
-        assert process.stdin is not None
-        process.stdin.write(line.encode() + b"\n")
-        process.stdin.flush()
-
-    def mark(self) -> int:
-        return self.output.mark()
-
-    def expect(self, pattern: str, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
-        """Wait for ``pattern`` in the output after ``since``; fail with the output's tail."""
-        found = self.output.wait_for(pattern, timeout, since=since)
-        if found is None:
-            raise AgentError(
-                f"linphonec {self.aor}: no {pattern!r} within {timeout} s; output:\n"
-                f"{self.output.text()[since:][-8000:]}"
-            )
-        return found.group(0)
-
-    def saw(self, pattern: str, *, since: int = 0) -> bool:
-        return re.search(pattern, self.output.text()[since:]) is not None
 
     def network_went_down(self) -> bool:
         """Whether liblinphone took the network for down at some point (then it closed its
         transports and dropped its registration: see ``give_default_route``)."""
         return self.saw(r"SIP network reachability state is now \[DOWN\]")
 
+    def trouble(self) -> str | None:
+        return "liblinphone took the network for down" if self.network_went_down() else None
+
     # -- what the tests do -----------------------------------------------------------------
 
     def _registration(self, state: str) -> str:
         return rf"identity \[{re.escape(self.aor)}\] moving from state \[\w+\] to \[{state}\]"
 
-    def wait_registered(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+    def wait_registered(self, timeout: float | None = None, *, since: int = 0) -> str:
         return self.expect(self._registration("LinphoneRegistrationOk"), timeout, since=since)
 
-    def wait_register_failed(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+    def wait_register_failed(self, timeout: float | None = None, *, since: int = 0) -> str:
         return self.expect(self._registration("LinphoneRegistrationFailed"), timeout, since=since)
 
-    def wait_unregistered(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+    def wait_unregistered(self, timeout: float | None = None, *, since: int = 0) -> str:
         return self.expect(self._registration("LinphoneRegistrationCleared"), timeout, since=since)
 
-    def dial(self, uri: str) -> int:
-        at = self.mark()
-        self.command(f"call {uri}")
-        return at
-
-    def accept(self) -> None:
-        self.command("answer")
-
-    def hangup(self) -> None:
-        self.command("terminate")
-
-    def hold(self) -> None:
-        self.command("pause")
-
-    def resume(self) -> None:
-        self.command("resume")
-
-    def unregister(self) -> int:
-        at = self.mark()
-        self.command("unregister")
-        return at
-
-    def wait_call_state(self, state: str, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+    def wait_call_state(self, state: str, timeout: float | None = None, *, since: int = 0) -> str:
         """A call's move to ``state`` (liblinphone's name without ``LinphoneCall``:
         IncomingReceived, Connected, StreamsRunning, Paused, End, Error, Released...)."""
         return self.expect(
             rf"moving from state LinphoneCall\w+ to LinphoneCall{state}\b", timeout, since=since
         )
 
-    def wait_incoming(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+    def wait_incoming(self, timeout: float | None = None, *, since: int = 0) -> str:
         return self.wait_call_state("IncomingReceived", timeout, since=since)
 
-    def wait_established(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+    def wait_established(self, timeout: float | None = None, *, since: int = 0) -> str:
         return self.wait_call_state("StreamsRunning", timeout, since=since)
 
-    def wait_closed(self, timeout: float = EVENT_TIMEOUT, *, since: int = 0) -> str:
+    def was_established(self, *, since: int = 0) -> bool:
+        return self.saw(r"to LinphoneCallConnected\b", since=since)
+
+    def wait_closed(self, timeout: float | None = None, *, since: int = 0) -> str:
         return self.wait_call_state("(?:End|Error)", timeout, since=since)
+
+    def wait_held(self, *, since: int = 0) -> None:
+        self.wait_call_state("Paused", since=since)
+
+    def wait_held_by_remote(self, *, since: int = 0) -> None:
+        self.wait_call_state("PausedByRemote", since=since)
 
     # -- SIP trace -------------------------------------------------------------------------
 
-    def trace(self, *, since: int = 0) -> list[SipTrace]:
-        """Every SIP message of the log after ``since``, in order."""
-        return parse_trace(self.output.text()[since:])
-
-    def requests(self, method: str, *, sent: bool, since: int = 0) -> list[SipTrace]:
-        return [
-            m
-            for m in self.trace(since=since)
-            if m.status is None and m.method == method and m.sent == sent
-        ]
-
-    def responses(self, method: str, *, sent: bool, since: int = 0) -> list[SipTrace]:
-        return [
-            m
-            for m in self.trace(since=since)
-            if m.status is not None and m.method == method and m.sent == sent
-        ]
-
-    def wait_message(
-        self,
-        method: str,
-        *,
-        sent: bool,
-        status: int | None = None,
-        since: int = 0,
-        timeout: float = EVENT_TIMEOUT,
-    ) -> SipTrace:
-        """The first ``method`` request (or, with ``status``, response to it; 0: any final
-        one) sent or received after ``since``, once the log shows all of it."""
-
-        def find(text: str) -> SipTrace | None:
-            for message in parse_trace(text[since:]):
-                if message.method != method or message.sent != sent:
-                    continue
-                if status is None and message.status is None:
-                    return message
-                if (
-                    status is not None
-                    and message.status is not None
-                    and (message.status == status or (status == 0 and message.status >= 200))
-                ):
-                    return message
-            return None
-
-        found = self.output.wait_until(find, timeout)
-        if found is None:
-            what = method if status is None else f"{status or 'final'} response to {method}"
-            raise AgentError(
-                f"linphonec {self.aor}: no {what} {'sent' if sent else 'received'} within "
-                f"{timeout} s; output:\n{self.output.text()[since:][-8000:]}"
-            )
-        return found
+    def parse_trace(self, text: str) -> list[SipTrace]:
+        return parse_trace(text)

@@ -16,21 +16,16 @@ import json
 import os
 import queue
 import re
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from tests.interop.agents import AgentError, SipTrace, parse_message
-from tests.interop.lab import Namespace
+from tests.interop.agents import Agent, Events, SipTrace, parse_message
 
 REPO = Path(__file__).resolve().parents[3]
-START_TIMEOUT = 20.0
-EVENT_TIMEOUT = 10.0
-STOP_TIMEOUT = 8.0
 # "TX 512 bytes Request msg INVITE/cseq=1 (tdta0x..) to UDP 127.0.0.1:5060:\r\n<message>--end msg--"
 PJ_MSG = re.compile(
     r"(TX|RX) \d+ bytes [^\n]*? (?:to|from) (UDP|TCP|TLS) [^\n]*?:\r?\n(.*?)\r?\n?--end msg--",
@@ -58,153 +53,98 @@ def pjsua_version() -> str:
 # -- the test side ---------------------------------------------------------------------
 
 
-class Pjsua:
-    """One PJSIP phone for ``user@domain`` in ``ns``, registering through ``proxy``."""
+class Pjsua(Agent[list[dict[str, Any]]]):
+    """One PJSIP phone for ``user@domain`` in ``ns``, registering through ``proxy`` from
+    ``local_ip``; its events (and its PJSIP log) are in ``log_path``."""
 
-    def __init__(
-        self,
-        ns: Namespace,
-        workdir: Path,
-        user: str,
-        domain: str,
-        password: str,
-        *,
-        transport: str = "udp",
-        proxy: tuple[str, int] = ("127.0.0.1", 5060),
-        local_ip: str = "127.0.0.1",
-        rtp_base: int = 30000,
-    ) -> None:
-        self.ns = ns
-        self.user, self.domain = user, domain
-        self.aor = f"sip:{user}@{domain}"
-        self.settings = {
-            "user": user,
-            "domain": domain,
-            "password": password,
-            "transport": transport,
-            "proxy": f"sip:{proxy[0]}:{proxy[1]};transport={transport};lr",
-            "local_ip": local_ip,
-            "rtp_base": rtp_base,
-        }
-        self.log_path = workdir / f"pjsua-{user}-{transport}.log"
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self.process: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self._log: IO[str] | None = None
+    NAME = "pjsua"
+    QUIT = json.dumps({"cmd": "quit"})
+    COMMANDS = {  # the phone program's commands (``_phone`` below)
+        "dial": "call",
+        "accept": "answer",
+        "hangup": "hangup",
+        "hold": "hold",
+        "unregister": "unregister",
+    }
+    RTP_BASE = 30000
+
+    def __init__(self, *args: Any, local_ip: str = "127.0.0.1", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.local_ip = local_ip
+
+    def _new_feed(self) -> Events:
+        return Events()
 
     def start(self) -> Pjsua:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        self._log = self.log_path.open("w")
-        self.process = self.ns.popen(
-            [sys.executable, "-m", "tests.interop.agents.pjsua", json.dumps(self.settings)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
+        settings = {
+            "user": self.user,
+            "domain": self.domain,
+            "password": self.password,
+            "transport": self.transport,
+            "proxy": f"sip:{self.proxy[0]}:{self.proxy[1]};transport={self.transport};lr",
+            "local_ip": self.local_ip,
+            "rtp_base": self.rtp_base,
+            "regint": self.regint,
+        }
+        self._spawn(
+            [sys.executable, "-m", "tests.interop.agents.pjsua", json.dumps(settings)],
             cwd=REPO,
-            env=env,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stderr_to_log=True,
         )
-        self._reader = threading.Thread(target=self._read, name=f"pjsua-{self.user}")
-        self._reader.daemon = True
-        self._reader.start()
-        self.wait(lambda e: e["event"] == "ready", START_TIMEOUT, "ready")
+        self.wait(lambda e: e["event"] == "ready", self.START_TIMEOUT, "ready")
         return self
 
-    def _read(self) -> None:
-        process = self.process
-        assert process is not None
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.decode("utf-8", errors="replace")
-            if self._log is not None:
-                self._log.write(line)
-                self._log.flush()
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                self.command("quit")
-                process.wait(timeout=STOP_TIMEOUT)
-            except (OSError, subprocess.TimeoutExpired):
-                process.terminate()
-                try:
-                    process.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT)
-        if self._reader is not None:
-            self._reader.join(timeout=STOP_TIMEOUT)
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                stream.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Pjsua:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
     def command(self, cmd: str, **args: Any) -> None:
-        process = self.process
-        assert process is not None
-        assert process.stdin is not None
-        process.stdin.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        process.stdin.flush()
+        self._write(json.dumps({"cmd": cmd, **args}))
 
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.events)
+    def _do(self, action: str, **args: str) -> None:
+        self.command(self.COMMANDS[action], **args)
 
     def wait(
         self,
         test: Callable[[dict[str, Any]], bool],
-        timeout: float = EVENT_TIMEOUT,
+        timeout: float | None = None,
         what: str = "event",
         *,
         since: int = 0,
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for event in self.events[since:]:
-                    if test(event):
-                        return event
-                left = deadline - time.monotonic()
-                if left <= 0 or self._closed:
-                    tail = "\n".join(json.dumps(e)[:400] for e in self.events[since:][-40:])
-                    raise AgentError(f"pjsua {self.aor}: no {what} within {timeout} s:\n{tail}")
-                self._cond.wait(min(left, 1.0))
+        """The first event after ``since`` that passes ``test``."""
+
+        def first(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+            return next((event for event in events[since:] if test(event)), None)
+
+        return self._wait(first, what, timeout or self.EVENT_TIMEOUT, since)
+
+    def _messages(self, everything: list[dict[str, Any]], since: int) -> list[SipTrace]:
+        return [
+            parse_message(e["text"], sent=e["sent"], transport=e["transport"])
+            for e in everything[since:]
+            if e["event"] == "sip"
+        ]
 
     # -- what the tests do -----------------------------------------------------------------
 
-    def wait_registration(self, *, since: int = 0, timeout: float = EVENT_TIMEOUT) -> int:
+    def wait_registration(self, timeout: float | None = None, *, since: int = 0) -> int:
         """The status code of the next completed registration attempt."""
         event = self.wait(lambda e: e["event"] == "reg", timeout, "registration", since=since)
         return int(event["code"])
 
-    def wait_registered(self, *, since: int = 0) -> None:
-        code = self.wait_registration(since=since)
+    def wait_registered(self, timeout: float | None = None, *, since: int = 0) -> int:
+        code = self.wait_registration(timeout, since=since)
         assert code == 200, f"{self.aor}: registration answered {code}"
+        return code
+
+    def wait_register_failed(self, timeout: float | None = None, *, since: int = 0) -> int:
+        code = self.wait_registration(timeout, since=since)
+        assert code in (401, 403), f"{self.aor}: registration answered {code}"
+        return code
+
+    def wait_unregistered(self, timeout: float | None = None, *, since: int = 0) -> int:
+        return self.wait_registered(timeout, since=since)
 
     def wait_call_state(
-        self, state: str, *, since: int = 0, timeout: float = EVENT_TIMEOUT
+        self, state: str, timeout: float | None = None, *, since: int = 0
     ) -> dict[str, Any]:
         return self.wait(
             lambda e: e["event"] == "call" and e["state"] == state,
@@ -213,59 +153,22 @@ class Pjsua:
             since=since,
         )
 
-    def wait_incoming(self, *, since: int = 0) -> dict[str, Any]:
-        return self.wait(
-            lambda e: e["event"] == "incoming", EVENT_TIMEOUT, "incoming call", since=since
-        )
+    def wait_incoming(self, timeout: float | None = None, *, since: int = 0) -> dict[str, Any]:
+        return self.wait(lambda e: e["event"] == "incoming", timeout, "incoming call", since=since)
 
-    def dial(self, uri: str) -> int:
-        at = self.mark()
-        self.command("call", uri=uri)
-        return at
+    def wait_established(self, timeout: float | None = None, *, since: int = 0) -> dict[str, Any]:
+        return self.wait_call_state("CONFIRMED", timeout, since=since)
+
+    def was_established(self, *, since: int = 0) -> bool:
+        events = self._feed.view(lambda events: events[since:])
+        return any(e["event"] == "call" and e["state"] == "CONFIRMED" for e in events)
+
+    def wait_closed(self, timeout: float | None = None, *, since: int = 0) -> dict[str, Any]:
+        """The call's end; its ``code`` is the status the call ended with."""
+        return self.wait_call_state("DISCONNECTED", timeout, since=since)
 
     def answer(self, code: int = 200) -> None:
         self.command("answer", code=code)
-
-    def hangup(self) -> None:
-        self.command("hangup")
-
-    def hold(self) -> None:
-        self.command("hold")
-
-    def unregister(self) -> int:
-        at = self.mark()
-        self.command("unregister")
-        return at
-
-    def trace(self, *, since: int = 0) -> list[SipTrace]:
-        with self._cond:
-            events = list(self.events[since:])
-        return [
-            parse_message(e["text"], sent=e["sent"], transport=e["transport"])
-            for e in events
-            if e["event"] == "sip"
-        ]
-
-    def wait_message(
-        self, method: str, *, sent: bool, status: int | None = None, since: int = 0
-    ) -> SipTrace:
-        def matches(event: dict[str, Any]) -> bool:
-            if event["event"] != "sip" or event["sent"] != sent:
-                return False
-            message = parse_message(event["text"], sent=sent, transport=event["transport"])
-            if message.method != method:
-                return False
-            if status is None:
-                return message.status is None
-            return message.status is not None and (
-                message.status == status or (status == 0 and message.status >= 200)
-            )
-
-        what = method if status is None else f"{status or 'final'} response to {method}"
-        event = self.wait(
-            matches, EVENT_TIMEOUT, f"{what} {'sent' if sent else 'received'}", since=since
-        )
-        return parse_message(event["text"], sent=sent, transport=event["transport"])
 
 
 # -- the phone program -------------------------------------------------------------------
@@ -348,7 +251,7 @@ def _phone(settings: dict[str, Any]) -> int:  # pragma: no cover - runs in the n
     acfg = pj.AccountConfig()
     acfg.idUri = f"sip:{settings['user']}@{settings['domain']}"
     acfg.regConfig.registrarUri = f"sip:{settings['domain']};transport={settings['transport']}"
-    acfg.regConfig.timeoutSec = 600
+    acfg.regConfig.timeoutSec = int(settings.get("regint", 600))
     acfg.regConfig.retryIntervalSec = 0  # a refused registration is not tried again
     acfg.sipConfig.proxies.append(settings["proxy"])
     acfg.sipConfig.transportId = transports[settings["transport"]]
