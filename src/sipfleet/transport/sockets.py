@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import socket
 import struct
@@ -69,7 +70,7 @@ def make_socket(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_DGRAM:
             _ask_for_buffers(sock, buffer_size)
-        sock.bind((address.host, address.port))
+        _bind(sock, address)
         if kind == socket.SOCK_STREAM:
             sock.listen(TCP_BACKLOG)
         sock.setblocking(False)
@@ -77,6 +78,16 @@ def make_socket(
         sock.close()
         raise
     return sock
+
+
+def _bind(sock: socket.socket, address: ListenAddress) -> None:
+    try:
+        sock.bind((address.host, address.port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        why = f"{address} is in use: another copy of this role, or another program, listens there"
+        raise OSError(exc.errno, why) from None
 
 
 def _ask_for_buffers(sock: socket.socket, size: int) -> None:
@@ -135,10 +146,10 @@ def bind_for_workers(
     The first set settles the ports (port 0 included); the others bind the same ones.
     The kernel spreads datagrams and new connections over the sets by address hash.
     """
-    first = bind_all(addresses, reuse_port=True, buffer_size=buffer_size)
+    settled = _claim(addresses)
+    first = bind_all(settled, reuse_port=True, buffer_size=buffer_size)
     sets = [first]
     try:
-        settled = [listen_address_of(sock) for sock in first]
         for _ in range(workers - 1):
             sets.append(bind_all(settled, reuse_port=True, buffer_size=buffer_size))
     except BaseException:
@@ -146,6 +157,18 @@ def bind_for_workers(
             sock.close()
         raise
     return sets
+
+
+def _claim(addresses: Sequence[ListenAddress]) -> list[ListenAddress]:
+    """The addresses, port 0 settled, after binding each once without SO_REUSEPORT:
+    another process holding one (a second copy of a role, whose SO_REUSEPORT would let
+    it take a share of the traffic unseen) makes this fail with EADDRINUSE."""
+    probes = bind_all(addresses)
+    try:
+        return [listen_address_of(sock) for sock in probes]
+    finally:
+        for sock in probes:
+            sock.close()
 
 
 def keep_only(sets: list[list[socket.socket]], index: int) -> list[socket.socket]:
