@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.overload import no_backlog, receive_backlog
-from sipfleet.core.proxy.engine import EngineSettings, ProxyEngine
+from sipfleet.core.proxy.engine import ProxyEngine, settings_from_config
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.privacy_hooks import PrivacyHooks
@@ -56,7 +56,7 @@ def build_engine(
         realm=section.realm,
     )
     planner = Planner(storage, serial_forking=section.serial_forking, off_net=off_net)
-    settings = EngineSettings.from_config(config)
+    settings = settings_from_config(config)
     udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
     backlog = receive_backlog(udp) if udp else no_backlog
     engine = ProxyEngine(

@@ -118,6 +118,17 @@ def test_timer_c_cancels_a_ringing_callee_and_the_caller_gets_408() -> None:
     assert shell.upstream() == [408]  # not 487: the callee never answered
 
 
+def test_timer_c_on_a_callee_that_never_answered_is_408_at_once() -> None:
+    shell = FakeShell(timer_c=1.0)
+    (forwarded,) = calling(shell, BOB)
+    shell.advance(1.0)
+    assert shell.upstream() == [408]
+    shell.downstream("INVITE")  # Timer A's retransmissions
+    shell.receive(response_to(forwarded, 180), CALLEE)  # too late: cancelled now (§9.1)
+    assert len(shell.downstream("CANCEL")) == 1
+    assert shell.upstream() == []
+
+
 def test_a_callee_that_never_answers_ends_with_408_after_timer_b() -> None:
     shell = FakeShell()
     calling(shell, BOB)
@@ -303,3 +314,14 @@ def test_calls_leave_no_reference_cycles(ending: str) -> None:
 def test_the_core_needs_no_event_loop() -> None:
     core = ProxyCore(object(), EngineSettings())  # type: ignore[arg-type]
     assert core.waiting == 0
+
+
+def test_a_route_of_a_sibling_in_the_pool_is_ours() -> None:
+    shell = FakeShell()
+    shell.core.adopt_siblings(["sip:192.0.2.2:5060"])
+    bye = request("BYE", BOB, to_tag="b1")
+    route = shell.core.dialog_tokens.stamp("<sip:192.0.2.2:5060;lr>", bye)
+    shell.receive(request("BYE", BOB, to_tag="b1", extra=(f"Route: {route}",)))
+    (ask,) = shell.asked
+    assert ask.context.routed_to_us
+    assert ask.context.our_route is not None

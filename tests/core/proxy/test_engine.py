@@ -281,33 +281,8 @@ async def test_cancel_for_an_unknown_transaction_is_481(
     await caller.expect(481)
 
 
-async def test_timer_c_cancels_a_ringing_callee_and_the_caller_gets_408(
-    start_proxy: ProxyFactory, uas: Any
-) -> None:
-    proxy = await start_proxy()  # timer_c_s = 1
-    caller, bob = await uas("alice"), await uas("bob")
-    await proxy.bind("bob", bob.contact)
-    await invite(caller, proxy)
-    incoming = await bob.expect("INVITE")
-    assert isinstance(incoming, Request)
-    bob.send(bob.answer(incoming, 180), proxy.address)
-    await caller.expect(180)
-    cancel = await bob.expect("CANCEL", timeout=2.5)
-    assert isinstance(cancel, Request)
-    bob.send(bob.answer(cancel, 200), proxy.address)
-    bob.send(bob.answer(incoming, 487), proxy.address)
-    await caller.expect(408)
-
-
-async def test_a_callee_that_never_answers_ends_with_408(
-    start_proxy: ProxyFactory, uas: Any
-) -> None:
-    proxy = await start_proxy()  # T1 = 50 ms: Timer B = 3.2 s
-    caller, bob = await uas("alice"), await uas("bob")
-    await proxy.bind("bob", bob.contact)
-    await invite(caller, proxy)
-    await bob.expect("INVITE")
-    await caller.expect(408, timeout=6.0)
+# Timer C and Timer B (a ringing callee cancelled, a callee that never answers) are
+# tested on the proxy core with a fake clock: tests/core/proxy/test_core.py.
 
 
 async def test_tcp_target_that_refuses_is_a_transport_error(

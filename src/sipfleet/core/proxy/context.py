@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from sipfleet.core.proxy.targets import ForkPlan, Target
 from sipfleet.sip.builders import make_response
@@ -61,7 +60,6 @@ class Branch:
         "cancel_sent",
         "cancel_wanted",
         "client",
-        "deadline",
         "destination",
         "expired",
         "index",
@@ -71,7 +69,6 @@ class Branch:
         "state",
         "status",
         "target",
-        "timer",
         "timer_c_delay",
     )
 
@@ -89,8 +86,6 @@ class Branch:
         self.destination: Destination | None = None  # where it went
         self.client: ClientTransaction | None = None  # its transaction, once sent
         self.timer_c_delay: float | None = None  # Timer C asked for before it was sent
-        self.timer: Any = None  # the asyncio engine's (calls.py), until it uses Timer.C
-        self.deadline = 0.0
 
     @property
     def pending(self) -> bool:

@@ -1,102 +1,88 @@
-"""The stateful proxy engine (RFC 3261 §16): the endpoint's handler.
+"""The asyncio shell of the proxy core: the endpoint's handler, and nothing but I/O.
 
-Requests: validated (§16.3), matched to transactions (retransmissions are absorbed),
-CANCEL answered and applied (§16.10), an ACK for our own non-2xx absorbed, a 2xx ACK
-forwarded statelessly by its Route; anything new gets a server transaction (100 Trying
-at once for INVITE), its own Route removed (§16.4) and is handed to the policy through
-``CallRunner``. Responses go to their client transaction; a 2xx whose transaction is
-gone is forwarded statelessly (§16.7).
+Messages from the endpoint go into ``ProxyCore`` (``core.py``, sans-IO RFC 3261 §16);
+its actions come out here and are carried out: sends (a failure fed back as
+``send_failed``, 513 when too large for a datagram), timers (one system: the
+transaction timers and Timer C), the policy and the plan in a task (fed back as
+``routed``), host names resolved in a task (``resolved``), stateless forwarding of 2xx
+ACKs and stray 2xx, trunk outcomes to the off-net router, stray answers to the prober.
 
-Overload: while datagrams pile up unread or the loop lags (``overload.py``) new
-requests (no To tag) get a
-stateless 503 with Retry-After and calls under way go on; requests without a final
-answer yet are capped (``sip.max_transactions``), as are those waiting for the policy
-or database (``proxy.max_routing``).
+Overload: while datagrams pile up unread or the loop lags (``overload.py``) the core
+sheds new requests; the watch runs here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import math
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict
+from typing import Any
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.overload import OverloadMonitor, no_backlog, watch
-from sipfleet.core.proxy.addresses import SIP_PORT, OwnAddresses
-from sipfleet.core.proxy.branch import loop_hash
-from sipfleet.core.proxy.calls import DEFAULT_CALL_SETTINGS, Call, CallRunner, CallSettings
-from sipfleet.core.proxy.checks import check_request
+from sipfleet.core.proxy.actions import (
+    AskPolicy,
+    ForwardAck,
+    ForwardResponse,
+    Outcome,
+    ProxyAction,
+    Resolve,
+    Transmit,
+    TrunkOutcome,
+    Unmatched,
+)
+from sipfleet.core.proxy.core import (
+    CallSettings,
+    EngineSettings,
+    EngineStats,
+    Listening,
+    ProxyCore,
+)
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.probes import OptionsProber
-from sipfleet.core.proxy.resolve import ResolveError, literal_destination
-from sipfleet.core.proxy.routes import route_toward_next_hop, take_our_route
+from sipfleet.core.proxy.resolve import ResolveError, Resolver
 from sipfleet.core.proxy.services import ProxyServices
-from sipfleet.core.proxy.shell import TransactionShell
 from sipfleet.core.stateless import StatelessForwarder
-from sipfleet.routing.api import CallContext, RoutingPolicy
-from sipfleet.sip import ParseError, Request, Response, SipUri, validate_request
-from sipfleet.sip.builders import make_response, new_tag
+from sipfleet.routing.api import Reply, RoutingPolicy
+from sipfleet.sip import ParseError, Request, Response
 from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.sip.message import Message
-from sipfleet.sip.transaction import (
-    DEFAULT_TIMERS,
-    ClientTransaction,
-    ServerTransaction,
-    Timer,
-    Timers,
-    Transaction,
-    TransactionLayer,
-)
-from sipfleet.sip.uri import Uri
-from sipfleet.transport.base import Destination, Peer
+from sipfleet.sip.transaction import CancelTimer, Send, StartTimer, Timer, Timers, Transaction
+from sipfleet.storage.errors import StorageOverloaded, StorageUnavailable
+from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
 from sipfleet.transport.sockets import normalise_host
 
+__all__ = ["EngineSettings", "EngineStats", "ProxyEngine", "settings_from_config"]
+
 log = logging.getLogger(__name__)
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
+COARSE_FROM_S = 1.0  # timers this long or longer may fire up to one resolution late
+COARSE_RESOLUTION_S = 0.1
+DB_WARNING_INTERVAL_S = 10.0
+TimerKey = tuple[Transaction, Timer]
 
 
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    timers: Timers = DEFAULT_TIMERS
-    calls: CallSettings = DEFAULT_CALL_SETTINGS
-    max_calls: int = 20_000  # requests without a final answer yet
-    max_routing: int = 2_000  # requests waiting for the policy / database
-    trusted_lbs: frozenset[str] = frozenset({"127.0.0.1", "::1"})
-    aliases: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, config: Config) -> EngineSettings:
-        sip, proxy = config.sip, config.proxy
-        timers = Timers(t1=sip.t1_ms / 1000, t2=sip.t2_ms / 1000, t4=sip.t4_ms / 1000)
-        calls = CallSettings(
-            timer_c=float(sip.timer_c_s),
-            cancel_wait=timers.timeout,
-            record_route=proxy.record_route,
-            retry_after=proxy.retry_after_s,
-        )
-        return cls(
-            timers=timers,
-            calls=calls,
-            max_calls=sip.max_transactions,
-            max_routing=proxy.max_routing,
-            trusted_lbs=frozenset(normalise_host(host) for host in proxy.trusted_lbs),
-            aliases=tuple(proxy.aliases),
-        )
-
-
-@dataclass(slots=True)
-class EngineStats:
-    calls: int = 0  # new requests handled statefully
-    shed: int = 0  # 503 for overload
-    rejected: int = 0  # 482 / 483 / 420
-    acks_forwarded: int = 0
-    acks_dropped: int = 0  # a 2xx ACK that is not for a dialog of ours
-    foreign_routes: int = 0  # a Route naming us without its dialog's token
-    stray_responses: int = 0
+def settings_from_config(config: Config) -> EngineSettings:
+    sip, proxy = config.sip, config.proxy
+    timers = Timers(t1=sip.t1_ms / 1000, t2=sip.t2_ms / 1000, t4=sip.t4_ms / 1000)
+    calls = CallSettings(
+        timer_c=float(sip.timer_c_s),
+        cancel_wait=timers.timeout,
+        record_route=proxy.record_route,
+        retry_after=proxy.retry_after_s,
+    )
+    return EngineSettings(
+        timers=timers,
+        calls=calls,
+        max_calls=sip.max_transactions,
+        max_routing=proxy.max_routing,
+        trusted_lbs=frozenset(normalise_host(host) for host in proxy.trusted_lbs),
+        aliases=tuple(proxy.aliases),
+    )
 
 
 class ProxyEngine:
@@ -114,254 +100,253 @@ class ProxyEngine:
         """``backlog``: bytes waiting in the listening sockets (``overload.receive_backlog``);
         ``dialog_tokens``: from the cluster secret (None: a secret of this process alone)."""
         self.endpoint = endpoint
-        self.dialog_tokens = dialog_tokens or DialogTokens(secrets.token_bytes(32))
-        self.services = services
-        self.settings = settings or EngineSettings()
-        self.layer = TransactionLayer(self.settings.timers)
-        self.shell = TransactionShell(endpoint, self)
-        self.calls = CallRunner(
-            endpoint=endpoint,
-            layer=self.layer,
-            shell=self.shell,
-            policy=policy,
-            planner=planner,
-            settings=self.settings.calls,
+        self.policy = policy
+        self.planner = planner
+        self.core = ProxyCore(
+            services,
+            settings,
             hooks=hooks,
-            dialog_tokens=self.dialog_tokens,
+            dialog_tokens=dialog_tokens,
+            overload=OverloadMonitor(),
+            ask_on_failure=policy.handles_failure,
         )
-        self.hooks = hooks
         self.forwarder = StatelessForwarder(endpoint)
+        self.resolver = Resolver()
         # OPTIONS to gateways for the off-net router's health checks
-        self.prober = OptionsProber(endpoint, self.calls.sender.resolver, self.calls.spawn)
-        self.stats = EngineStats()
-        self._own: OwnAddresses | None = None
-        self.overload = OverloadMonitor()
+        self.prober = OptionsProber(endpoint, self.resolver)
+        self.tasks: set[asyncio.Task[None]] = set()
         self._backlog = backlog
         self._watcher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # each armed timer: its loop handle, or the coarse slot it waits in
+        self._timers: dict[TimerKey, asyncio.TimerHandle | int] = {}
+        self._slots: dict[int, list[TimerKey]] = {}
+        self._db_errors = 0
+        self._db_warned_at = -DB_WARNING_INTERVAL_S
+        self._siblings: tuple[str, ...] = ()  # the proxy pool's members
+
+    # -- what the role, the tests and the status page read ------------------------------------
+    @property
+    def settings(self) -> EngineSettings:
+        return self.core.settings
+
+    @settings.setter
+    def settings(self, settings: EngineSettings) -> None:
+        self.core.settings = settings
 
     @property
-    def own(self) -> OwnAddresses:
-        """Our addresses, known once the endpoint listens."""
-        if self._own is None:
-            listen = [(a.host, a.port) for a in self.endpoint.addresses]
-            self._own = OwnAddresses.build(listen, self.settings.aliases)
-        return self._own
+    def stats(self) -> EngineStats:
+        return self.core.stats
+
+    @property
+    def overload(self) -> OverloadMonitor:
+        return self.core.overload
+
+    @property
+    def dialog_tokens(self) -> DialogTokens:
+        return self.core.dialog_tokens
 
     def adopt_siblings(self, uris: list[str]) -> None:
         """The proxy pool changed: take its members' Record-Routes as our own."""
-        self._own = self.own.with_siblings(uris)
+        self._siblings = tuple(uris)
+        if self.core.listening is None:
+            self._listening()  # once the endpoint listens; else at the first message
+        else:
+            self.core.adopt_siblings(uris)
 
     def counters(self) -> dict[str, int]:
         return {
             **asdict(self.stats),
-            "transactions": len(self.layer),
-            "calls_active": self.calls.active,
-            "routing": len(self.calls.tasks),
+            "transactions": len(self.core.layer),
+            "calls_active": self.core.active,
+            "routing": self.core.waiting,
             "overload_episodes": self.overload.episodes,
         }
 
-    # -- requests ---------------------------------------------------------------------------
+    # -- the endpoint's handler ---------------------------------------------------------------
     def on_request(self, request: Request, peer: Peer) -> None:
-        validate_request(request)  # ParseError: the endpoint answers it (an ACK: dropped)
-        actions = self.layer.receive(request)
-        if actions is not None:
-            self.shell.execute(actions)  # a retransmission, or the ACK of our non-2xx
-        elif request.method == "ACK":
-            self._forward_ack(request, peer)
-        elif request.method == "CANCEL":
-            self._on_cancel(request, peer)
-        else:
-            self._on_new(request, peer)
-
-    def _on_new(self, request: Request, peer: Peer) -> None:
+        if self.core.listening is None:
+            self._listening()
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(
                 watch(self.overload, self._backlog)
             )
-        if (
-            (self.overload.overloaded and request.to.tag is None)  # finish calls, start none
-            or self.calls.active >= self.settings.max_calls
-            or len(self.calls.tasks) >= self.settings.max_routing
-        ):
-            self._shed(request, peer)
-            return
-        loop = loop_hash(request)
-        rejection = check_request(request, self.own, loop)
-        ours = self._our_verified_route(request) if rejection is None else None
-        server = self.layer.create_server(request, peer=response_destination(request, peer))
-        call = Call(server, CallContext(request, peer, self.services), loop)
-        server.context = call
-        self.stats.calls += 1
-        self.calls.active += 1
-        if rejection is not None:
-            self.stats.rejected += 1
-            self.calls.reply(call, rejection.status, rejection.reason, rejection.headers)
-            return
-        if request.method == "INVITE":  # §16.2: at once, before any lookup
-            self.shell.execute(server.respond(make_response(request, 100)))
-        if request.method == "OPTIONS" and self._addressed_to_us(request):
-            self.calls.reply(call, 200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp")])
-            return
-        call.ctx.routed_to_us = ours is not None
-        call.ctx.our_route = ours
-        call.ctx.origin = self._origin(request, peer)
-        self.calls.begin(call)
+        # ParseError: the endpoint answers it (an ACK: dropped)
+        self.execute(self.core.request(request, peer))
 
-    def _our_verified_route(self, request: Request) -> SipUri | None:
-        """§16.4: our Route removed; it counts only when the cluster made it for this
-        dialog (``dialog_token``). Else the request is a new one, whatever its To tag:
-        the Route set it carries is the sender's, and is not followed."""
-        ours = take_our_route(request, self.own)
-        if ours is None or self.dialog_tokens.verify(ours, request):
-            return ours
-        self.stats.foreign_routes += 1
-        request.remove_header("route")
-        log.info(
-            "%s %s from %s: Route names us without this dialog's token; handled as a new request",
-            request.method,
-            request.call_id,
-            request.top_via.host,
-        )
-        return None
-
-    def _addressed_to_us(self, request: Request) -> bool:
-        uri = request.uri
-        return (
-            isinstance(uri, SipUri)
-            and uri.user is None
-            and "route" not in request.keys
-            and self.own.names(uri)
-        )
-
-    def _origin(self, request: Request, peer: Peer) -> str:
-        """The caller's address: past one of our LBs, what it stamped in the Via below its
-        own (``received``, which it adds whenever the sent-by is not the source)."""
-        if peer.host not in self.settings.trusted_lbs:
-            return peer.host
-        vias = request.vias
-        if len(vias) < 2:
-            return peer.host
-        return normalise_host(vias[1].received or vias[1].host)
-
-    def _shed(self, request: Request, peer: Peer) -> None:
-        self.stats.shed += 1
-        retry = str(self.settings.calls.retry_after)
-        response = make_response(
-            request, 503, "Overloaded", to_tag=new_tag(), headers=[("Retry-After", retry)]
-        )
-        self._send(response, response_destination(request, peer))
-
-    def _on_cancel(self, cancel: Request, peer: Peer) -> None:
-        """§16.10: answer the CANCEL, then end the INVITE it names."""
-        invite = self.layer.cancel_target(cancel)
-        server = self.layer.create_server(cancel, peer=response_destination(cancel, peer))
-        call = invite.context if invite is not None else None
-        status = 200 if isinstance(call, Call) else 481
-        self.shell.execute(server.respond(make_response(cancel, status, to_tag=new_tag())))
-        if isinstance(call, Call):
-            self.calls.cancel(call)
-
-    def _forward_ack(self, ack: Request, peer: Peer) -> None:
-        """An ACK for a 2xx (its own transaction): statelessly, by the Route we are on."""
-        try:
-            ours = take_our_route(ack, self.own)
-            if ours is None or not self.dialog_tokens.verify(ours, ack):
-                self.stats.acks_dropped += 1  # not in a dialog we record-routed
-                return
-            next_hop = route_toward_next_hop(ack)
-            destination = literal_destination(next_hop)
-        except (ParseError, ResolveError) as exc:
-            self.stats.acks_dropped += 1
-            log.debug("ACK %s not forwarded: %s", ack.call_id, exc)
-            return
-        if destination is None:
-            self.calls.spawn(self._resolve_ack(ack, peer, next_hop, ours))
-        else:
-            self._send_ack(ack, peer, destination, ours)
-
-    async def _resolve_ack(self, ack: Request, peer: Peer, next_hop: Uri, ours: SipUri) -> None:
-        try:
-            destination = await self.calls.sender.resolver.resolve(next_hop)
-        except ResolveError as exc:
-            self.stats.acks_dropped += 1
-            log.debug("ACK %s not forwarded: %s", ack.call_id, exc)
-            return
-        self._send_ack(ack, peer, destination, ours)
-
-    def _send_ack(self, ack: Request, peer: Peer, destination: Destination, ours: SipUri) -> None:
-        self.hooks.forwarding_ack(ack, ours)
-        if self.forwarder.forward_request(ack, peer, destination):
-            self.stats.acks_forwarded += 1
-
-    # -- responses --------------------------------------------------------------------------
     def on_response(self, response: Response, peer: Peer) -> None:
-        actions = self.layer.receive(response)  # ParseError: the endpoint drops it
-        if actions is not None:
-            self.shell.execute(actions)
-        elif response.is_success and response.cseq.method == "INVITE":
-            # a 2xx retransmission after our transaction ended still reaches the caller
-            self.forwarder.forward_response(response, peer)
-        elif not self.prober.answered(response):
-            self.stats.stray_responses += 1
-
-    # -- the transactions' events (TransactionUser) -----------------------------------------
-    def delivered(self, transaction: Transaction, message: Message) -> None:
-        if isinstance(message, Response):
-            owner = transaction.context
-            if isinstance(transaction, ClientTransaction) and owner is not None:
-                call, branch = owner
-                self.calls.branch_response(call, branch, message)
-        elif isinstance(message, Request) and isinstance(transaction, ServerTransaction):
-            source = transaction.peer
-            peer = Peer(source.transport, source.host, source.port, "", 0, source.connection_id)
-            self._forward_ack(message, peer)  # an ACK the 2xx's transaction matched
-
-    def timed_out(self, transaction: Transaction, timer: Timer) -> None:
-        if isinstance(transaction, ClientTransaction) and transaction.context is not None:
-            call, branch = transaction.context
-            self.calls.branch_failed(call, branch, 408)
-
-    def send_failed(self, transaction: Transaction, status: int = 503) -> None:
-        if isinstance(transaction, ClientTransaction) and transaction.context is not None:
-            call, branch = transaction.context
-            self.calls.branch_failed(call, branch, status)
+        if self.core.listening is None:
+            self._listening()
+        self.execute(self.core.response(response, peer))  # ParseError: the endpoint drops it
 
     def destination_failed(self, destination: Destination, error: Exception) -> None:
-        """The endpoint could not deliver to ``destination`` after all (a TCP connect
-        failed): every client transaction toward it had a transport error."""
-        if destination.transport != "tcp":
-            return
-        for client in self.calls.sender.failed_toward(destination):
-            self.shell.execute(client.transport_failed())
+        """The endpoint could not deliver to ``destination`` after all (a TCP connect)."""
+        self.execute(self.core.destination_failed(destination))
 
-    def terminated(self, transaction: Transaction) -> None:
-        # A call and its server transaction point at each other; cut the cycle so the
-        # call is freed at once (a collector pass over every live call is costly).
-        transaction.context = None
+    def _listening(self) -> None:
+        addresses = tuple((a.transport, a.host, a.port) for a in self.endpoint.addresses)
+        if addresses:
+            self.core.listen(Listening(addresses, self._siblings))
 
-    def _send(self, message: Message, destination: Destination) -> None:
+    # -- the core's actions -------------------------------------------------------------------
+    def execute(self, actions: list[ProxyAction]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(action.transaction, action.message)
+            elif isinstance(action, StartTimer):
+                self._arm(action.transaction, action.timer, action.delay)
+            elif isinstance(action, CancelTimer):
+                armed = self._timers.pop((action.transaction, action.timer), None)
+                if isinstance(armed, asyncio.TimerHandle):
+                    armed.cancel()  # a coarse one is skipped when its slot comes
+            elif isinstance(action, AskPolicy):
+                self._spawn(self._route(action))
+            elif isinstance(action, ForwardAck):
+                if self.forwarder.forward_request(action.ack, action.peer, action.destination):
+                    self.stats.acks_forwarded += 1
+            elif isinstance(action, ForwardResponse):
+                self.forwarder.forward_response(action.response, action.peer)
+            elif isinstance(action, Resolve):
+                self._spawn(self._resolve(action))
+            elif isinstance(action, TrunkOutcome):
+                self._trunk_ended(action)
+            elif isinstance(action, Transmit):
+                self._transmit(action.message, action.destination)
+            elif isinstance(action, Unmatched) and not self.prober.answered(action.response):
+                self.stats.stray_responses += 1
+
+    def _send(self, transaction: Transaction, message: Message) -> None:
+        try:
+            self.endpoint.send_bytes(message.serialize(), transaction.peer)
+        except TransportError as exc:
+            log.debug("%r: send to %s failed: %s", transaction, transaction.peer, exc)
+            # too large for a datagram once forwarded: 513 (RFC 3261 §21.5.11), not 503
+            status = 513 if isinstance(exc, MessageTooLarge) else 503
+            self.execute(self.core.send_failed(transaction, status))
+
+    def _transmit(self, message: Message, destination: Destination) -> None:
         try:
             self.endpoint.send_bytes(message.serialize(), destination)
         except OSError as exc:
             log.debug("%r to %s not sent: %s", message, destination, exc)
 
+    # -- timers: the transactions' and Timer C, one system ----------------------------------------
+    def _arm(self, transaction: Transaction, timer: Timer, delay: float) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        key = (transaction, timer)
+        armed = self._timers.get(key)
+        if isinstance(armed, asyncio.TimerHandle):
+            armed.cancel()  # re-armed (Timer C restarts with every provisional response)
+        if delay < COARSE_FROM_S:
+            self._timers[key] = loop.call_later(delay, self._fire, key)
+            return
+        # Long timers (B, C, F, H, J, L, M, D, K: seconds) share one loop timer per slot:
+        # a call arms several and most are cancelled or end a finished transaction.
+        slot = math.ceil((loop.time() + delay) / COARSE_RESOLUTION_S)
+        keys = self._slots.get(slot)
+        if keys is None:
+            keys = self._slots[slot] = []
+            loop.call_at(slot * COARSE_RESOLUTION_S, self._fire_slot, slot)
+        keys.append(key)
+        self._timers[key] = slot
+
+    def _fire_slot(self, slot: int) -> None:
+        for key in self._slots.pop(slot, ()):
+            if self._timers.get(key) == slot:  # still armed, and armed for this slot
+                self._fire(key)
+
+    def _fire(self, key: TimerKey) -> None:
+        self._timers.pop(key, None)
+        transaction, timer = key
+        try:
+            self.execute(self.core.timer_fired(transaction, timer))
+        except Exception:
+            log.exception("timer %s of %r failed", timer, transaction)
+
+    @property
+    def armed(self) -> int:
+        return len(self._timers)
+
+    # -- tasks: the policy, the database, the resolver ------------------------------------------
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task (kept here so it is not collected while it waits).
+
+        Not started eagerly by hand: code below the policy may need a current task
+        (``asyncio.timeout`` in the database drivers does)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _route(self, ask: AskPolicy) -> None:
+        outcome: Outcome
+        try:
+            if ask.failed is None:
+                decision = await self.policy.route(ask.context)
+            else:
+                found = await self.policy.on_failure(ask.context, ask.failed)
+                if found is None:
+                    self.execute(self.core.routed(ask.call, None))
+                    return
+                decision = found
+            outcome = await self.planner.plan(decision, ask.context)
+        except Exception as exc:
+            outcome = self._failed_routing(ask, exc)
+        self.execute(self.core.routed(ask.call, outcome))
+
+    def _failed_routing(self, ask: AskPolicy, exc: Exception) -> Reply | None:
+        if ask.failed is not None:
+            log.warning("failure hook of %r: %r", ask.context.request, exc)
+            return None
+        if isinstance(exc, StorageUnavailable):
+            self._database_trouble(exc)
+            retry = (("Retry-After", str(self.settings.calls.retry_after)),)
+            reason = "Overloaded" if isinstance(exc, StorageOverloaded) else "Database Unavailable"
+            return Reply(503, reason, retry)
+        if isinstance(exc, ParseError):
+            return Reply(exc.status, exc.reason)
+        log.error("routing %r failed", ask.context.request, exc_info=exc)
+        return Reply(500, "Server Internal Error")
+
+    def _database_trouble(self, exc: StorageUnavailable) -> None:
+        """One warning per interval, however many requests it costs: an outage must
+        not turn into a log flood."""
+        self._db_errors += 1
+        now = time.monotonic()
+        if now - self._db_warned_at >= DB_WARNING_INTERVAL_S:
+            log.warning("database: %s (%d requests answered 503)", exc, self._db_errors)
+            self._db_warned_at = now
+            self._db_errors = 0
+
+    async def _resolve(self, resolve: Resolve) -> None:
+        result: Destination | ResolveError
+        try:
+            result = await self.resolver.resolve(resolve.uri)
+        except ResolveError as exc:
+            result = exc
+        self.execute(self.core.resolved(resolve.ref, result))
+
+    def _trunk_ended(self, outcome: TrunkOutcome) -> None:
+        """Tell the off-net router how the attempt on a gateway ended (its health)."""
+        router = self.planner.off_net
+        if router is None:
+            return
+        try:
+            router.trunk_ended(outcome.gateway, outcome.status, outcome.progressed)
+        except Exception:
+            log.exception("off-net router: trunk_ended(%r) failed", outcome.gateway)
+
     async def close(self) -> None:
-        """Stop timers and routing tasks (the endpoint is closed by its owner)."""
-        self.shell.cancel_all()
-        tasks = list(self.calls.tasks)
+        """Stop timers and tasks (the endpoint is closed by its owner)."""
+        for armed in self._timers.values():
+            if isinstance(armed, asyncio.TimerHandle):
+                armed.cancel()
+        self._timers.clear()
+        self._slots.clear()
+        tasks = [*self.tasks, *self.prober.tasks]
         if self._watcher is not None:
             tasks.append(self._watcher)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def response_destination(request: Request, peer: Peer) -> Destination:
-    """Where responses to ``request`` go (§18.2.2, RFC 3581): over the connection it came
-    on (TCP); for UDP to the source address, and the source port when ``rport`` was
-    asked, else the Via's port."""
-    if peer.transport == "tcp":
-        return peer.reply_to
-    via = request.top_via
-    port = peer.port if via.has_rport else (via.port or SIP_PORT)
-    return Destination("udp", peer.host, port, None, (peer.local_host, peer.local_port))

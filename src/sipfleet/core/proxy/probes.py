@@ -9,11 +9,11 @@ remembered, so a gateway that never answers costs one entry, not one per probe.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.proxy.resolve import ResolveError, Resolver, literal_destination
@@ -25,14 +25,13 @@ from sipfleet.transport.base import Destination
 log = logging.getLogger(__name__)
 PROBE_BRANCH = "z9hG4bK-lcrp-"
 Answered = Callable[[int], None]
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
 class OptionsProber:
-    def __init__(self, endpoint: SipEndpoint, resolver: Resolver, spawn: Spawn) -> None:
+    def __init__(self, endpoint: SipEndpoint, resolver: Resolver) -> None:
         self.endpoint = endpoint
         self.resolver = resolver
-        self.spawn = spawn
+        self.tasks: set[asyncio.Task[None]] = set()  # lookups of gateways named by host
         self._token = secrets.token_hex(4)
         self._prefix = f"{PROBE_BRANCH}{self._token}-"
         self._ids = itertools.count(1)
@@ -58,7 +57,9 @@ class OptionsProber:
         if destination is not None:
             self._send(probe_id, uri, destination)
         else:
-            self.spawn(self._resolve_and_send(probe_id, uri))
+            task = asyncio.get_running_loop().create_task(self._resolve_and_send(probe_id, uri))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _resolve_and_send(self, probe_id: int, uri: str) -> None:
         try:
