@@ -25,6 +25,7 @@ from types import ModuleType
 # The relay path: receive, parse, read the routing headers, edit, serialise, forward, send.
 COMPILED = (
     "sipfleet.sip.errors",
+    "sipfleet.sip.memo",
     "sipfleet.sip.grammar",
     "sipfleet.sip.headers",
     "sipfleet.sip.uri",

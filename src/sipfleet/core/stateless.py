@@ -29,6 +29,7 @@ from typing import Final
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.sip import ParseError, Request, Response, Via, parse_via
 from sipfleet.sip.builders import make_response, stateless_branch
+from sipfleet.sip.memo import Memo
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
 from sipfleet.transport.sockets import is_ip, normalise_host
 
@@ -63,8 +64,9 @@ class StatelessForwarder:
         self._sent_bys: set[tuple[str, int | None]] | None = None
         self._our_texts: set[str] = set()  # "SIP/2.0/UDP host:port" of each sent-by
         self._udp_index: dict[tuple[str, int], int] | None = None
-        # target (and sent-by) -> branch salt, our Via up to the branch value
-        self._targets: dict[object, tuple[str, str]] = {}
+        # target (and sent-by) -> branch salt, our Via up to the branch value. Bounded
+        # (sip/memo.py): targets may come from requests.
+        self._targets: Final = Memo[object, tuple[str, str]](MAX_TARGETS)
         self._one_udp_socket = False  # known once the first UDP request passed
 
     # -- requests --------------------------------------------------------------------------
@@ -85,7 +87,7 @@ class StatelessForwarder:
         the transport (a node with a public and an internal side names the side the
         request leaves from). ``via_params``: extra parameters for our Via (``;name=value``),
         which the response brings back."""
-        known = self._targets.get(target) if sent_by is None else None
+        known = self._targets.table.get(target) if sent_by is None else None
         salt, prefix = known or self._target(target, sent_by)
         try:
             max_forwards = request.max_forwards
@@ -133,15 +135,13 @@ class StatelessForwarder:
         different targets) and our Via up to its branch value, for ``target``. Kept per
         target: one dict lookup costs less than formatting them again."""
         key = target if sent_by is None else (target, sent_by)
-        known = self._targets.get(key)
+        known = self._targets.table.get(key)
         if known is None:
             if sent_by is None:
                 sent_by = self.endpoint.sent_by(target.transport, target.host)
             salt = f"{target.transport}:{target.host}:{target.port}"
-            known = (salt, f"SIP/2.0/{target.transport.upper()} {sent_by};branch=")
-            if len(self._targets) >= MAX_TARGETS:  # targets may come from requests
-                self._targets.clear()
-            self._targets[key] = known
+            prefix = f"SIP/2.0/{target.transport.upper()} {sent_by};branch="
+            known = self._targets.put(key, (salt, prefix))
         return known
 
     def _stamp(self, request: Request, via: Via, peer: Peer) -> None:

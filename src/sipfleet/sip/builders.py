@@ -11,6 +11,7 @@ from typing import Final
 from sipfleet.sip.address import parse_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.headers import header_key
+from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import Message, Request, Response, header_line, header_value
 from sipfleet.sip.via import BRANCH_COOKIE, has_plain_params, is_rfc3261_branch
 
@@ -158,20 +159,17 @@ def stateless_branch(request: Request, salt: str = "") -> str:
 
 def _sender_tag(host: str, port: int | None, salt: str) -> str:
     key = (host, port, salt)
-    tag = _SENDER_TAGS.get(key)
+    tag = _SENDER_TAGS.table.get(key)
     if tag is None:
         text = f"{host}\x00{port}\x00{salt}".encode("latin-1")
-        tag = _blake2b(text, digest_size=6).hexdigest()
-        if len(_SENDER_TAGS) >= MAX_SENDER_TAGS:  # hosts come from packets
-            _SENDER_TAGS.clear()
-        _SENDER_TAGS[key] = tag
+        tag = _SENDER_TAGS.put(key, _blake2b(text, digest_size=6).hexdigest())
     return tag
 
 
 _STATELESS_PREFIX: Final = f"{BRANCH_COOKIE}-sf"
 MAX_CARRIED_BRANCH: Final = 64  # longer ones are hashed: our Via stays short
-MAX_SENDER_TAGS: Final = 16384
-_SENDER_TAGS: Final[dict[tuple[str, int | None, str], str]] = {}
+MAX_SENDER_TAGS: Final = 16384  # bounded (sip/memo.py): hosts come from packets
+_SENDER_TAGS: Final = Memo[tuple[str, int | None, str], str](MAX_SENDER_TAGS)
 _blake2b: Final = hashlib.blake2b  # a C static in the compiled build, not a globals lookup
 
 

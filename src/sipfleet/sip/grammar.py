@@ -35,10 +35,7 @@ def split_outside_quotes(text: str, sep: str, maxsplit: int = -1) -> list[str]:
     ``maxsplit`` times when it is not negative (as ``str.split``)."""
     if '"' not in text and "<" not in text:
         return text.split(sep, maxsplit)
-    specials = _SPECIALS.get(sep)
-    if specials is None:
-        specials = _SPECIALS[sep] = re.compile('["<>' + re.escape(sep) + "]")
-    search = specials.search
+    search = (_SPECIALS.get(sep) or _specials(sep)).search
     parts: list[str] = []
     start = 0
     pos = 0
@@ -68,7 +65,13 @@ def split_outside_quotes(text: str, sep: str, maxsplit: int = -1) -> list[str]:
     return parts
 
 
-_SPECIALS: Final[dict[str, re.Pattern[str]]] = {}
+def _specials(sep: str) -> re.Pattern[str]:
+    """The characters split_outside_quotes stops at."""
+    return re.compile('["<>' + re.escape(sep) + "]")  # re caches it
+
+
+_SPECIALS: Final = {sep: _specials(sep) for sep in ",;"}  # the separators the SIP layer uses
+
 # The rest of a quoted string after its opening quote, written as runs of ordinary
 # characters ("unrolled"): Python's re is many times slower on a per-character
 # alternation like (?:[^"\\]|\\.)*.

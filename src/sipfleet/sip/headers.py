@@ -7,6 +7,7 @@ from typing import Final
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import TOKEN_CHARS
+from sipfleet.sip.memo import Memo
 
 # RFC 3261 §7.3.3 and later extensions.
 COMPACT_FORMS: Final = {
@@ -32,7 +33,8 @@ COMPACT_FORMS: Final = {
     "n": "identity-info",
 }
 
-_SPELLING: Final = {
+# How we write a header: these by hand, the others capitalised per word (``spelling``).
+_SPELLED: Final = {
     "call-id": "Call-ID",
     "cseq": "CSeq",
     "www-authenticate": "WWW-Authenticate",
@@ -90,12 +92,15 @@ SINGLE_HEADERS: Final = frozenset(
     }
 )
 
-_key_cache: Final[dict[str, str]] = {}  # name as written -> key; read directly by the parser
+# Bounded memos (sip/memo.py): names and keys may come from packets.
+# Name as written -> key; read directly (``HEADER_KEYS.table.get``) for every header line.
+HEADER_KEYS: Final = Memo[str, str](4096)
+_SPELLING: Final = Memo[str, str](1024, _SPELLED)  # key -> how we write it
 
 
 def header_key(name: str) -> str:
     """Canonical (lower-case, long-form) key of a header name as written on the wire."""
-    key = _key_cache.get(name)
+    key = HEADER_KEYS.table.get(name)
     if key is not None:
         return key
     stripped = name.rstrip(" \t")  # "Via :" is legal; a leading blank means folding
@@ -103,17 +108,12 @@ def header_key(name: str) -> str:
         raise ParseError("Bad header name")
     lowered = stripped.lower()
     # Interned, so the list scans of the accessors (keys.index("via")) match by identity.
-    key = sys.intern(COMPACT_FORMS.get(lowered, lowered))
-    if len(_key_cache) < 4096:  # bounded: names come from untrusted packets
-        _key_cache[name] = key
-    return key
+    return HEADER_KEYS.put(name, sys.intern(COMPACT_FORMS.get(lowered, lowered)))
 
 
 def spelling(key: str) -> str:
     """How we write a header we add ourselves."""
-    written = _SPELLING.get(key)
+    written = _SPELLING.table.get(key)
     if written is None:
-        written = "-".join(part.capitalize() for part in key.split("-"))
-        if len(_SPELLING) < 1024:  # bounded: keys may come from packets
-            _SPELLING[key] = written
+        written = _SPELLING.put(key, "-".join(part.capitalize() for part in key.split("-")))
     return written

@@ -16,7 +16,8 @@ from sipfleet.sip.address import Address, parse_address, parse_trimmed_address
 from sipfleet.sip.digest import AuthHeader, parse_auth_header
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, parse_int, split_first, split_outside_quotes, split_values
-from sipfleet.sip.headers import _key_cache, header_key, spelling
+from sipfleet.sip.headers import HEADER_KEYS, header_key, spelling
+from sipfleet.sip.memo import Memo
 from sipfleet.sip.uri import Uri, parse_uri
 from sipfleet.sip.via import Via, parse_via
 
@@ -65,10 +66,13 @@ _TOP_OF: Final[dict[str, tuple[str, ...]]] = {
     "route": ("top-route",),
 }
 # Max-Forwards line -> value: a few dozen lines cover all traffic, and a dict hit costs
-# less than cutting, checking and converting the digits. Bounded: lines come from packets.
+# less than cutting, checking and converting the digits. Bounded (sip/memo.py): lines come
+# from packets; the lines we write ourselves stay.
 _MAX_FORWARDS_LINES: Final = tuple(f"Max-Forwards: {value}" for value in range(256))
-_HOP_COUNTS: Final = {line: value for value, line in enumerate(_MAX_FORWARDS_LINES)}
 MAX_HOP_COUNTS: Final = 1024
+_HOP_COUNTS: Final = Memo[str, int](
+    MAX_HOP_COUNTS, {line: value for value, line in enumerate(_MAX_FORWARDS_LINES)}
+)
 
 
 def header_value(line: str) -> str:
@@ -81,6 +85,13 @@ def header_value(line: str) -> str:
 
 def header_line(key: str, value: str) -> str:
     return f"{spelling(key)}: {value}"
+
+
+def stands_after(keys: list[str], key: str, at: int) -> bool:
+    """Whether ``key`` is in ``keys`` after position ``at`` (a second Max-Forwards or
+    Content-Length). Compiled, this loop of string compares costs a fraction of
+    ``key in keys[at + 1 :]``, which copies the list and compares through the generic path."""
+    return any(keys[i] == key for i in range(at + 1, len(keys)))
 
 
 class Message:
@@ -98,6 +109,7 @@ class Message:
         keys: list[str],
         body: bytes = b"",
         raw: bytes = b"",
+        start: str | None = None,
     ) -> None:
         self.lines = lines
         self.keys = keys
@@ -105,7 +117,7 @@ class Message:
         self.raw = raw
         self._dirty = not raw
         self._cache: dict[str, Any] = {}
-        self._start: str | None = None  # the start line as received, while it holds
+        self._start = start  # the start line as received, while it holds
 
     # -- start line --------------------------------------------------------------------
     def start_line(self) -> str:
@@ -159,7 +171,7 @@ class Message:
         """The first element of a list header (the top Via, the top Route) without
         splitting the others; None when there is none."""
         # The name's key from the cache without a call: a relay asks for every response.
-        return self._first_value(_key_cache.get(name) or header_key(name))
+        return self._first_value(HEADER_KEYS.table.get(name) or header_key(name))
 
     def _first_value(self, key: str) -> str | None:
         keys = self.keys
@@ -186,7 +198,7 @@ class Message:
             at = keys.index(key)
         except ValueError:
             return None
-        if keys.count(key) > 1:
+        if stands_after(keys, key, at):
             raise ParseError(f"Multiple {what} headers")
         line = self.lines[at]
         value = line[line.find(":") + 1 :]
@@ -287,16 +299,16 @@ class Message:
         if "max-forwards" in cache:
             return cache["max-forwards"]  # type: ignore[no-any-return]
         keys = self.keys
-        try:  # one scan up to it and a short one past it, as for Content-Length
+        try:  # one scan up to it and one past it, as for Content-Length
             at = keys.index("max-forwards")
         except ValueError:
             at = -1
-        if at >= 0 and "max-forwards" in keys[at + 1 :]:
+        if at >= 0 and stands_after(keys, "max-forwards", at):
             raise ParseError("Multiple Max-Forwards headers")
         value = None
         if at >= 0:
             line = self.lines[at]
-            value = _HOP_COUNTS.get(line)
+            value = _HOP_COUNTS.table.get(line)
             if value is None:
                 text = header_value(line)
                 if not (text.isdigit() and text.isascii() and len(text) <= 10):
@@ -304,8 +316,7 @@ class Message:
                 value = int(text)  # leading zeros are legal (RFC 4475 §3.1.1.1)
                 if value > 255:
                     raise ParseError("Bad Max-Forwards header")
-                if len(_HOP_COUNTS) < MAX_HOP_COUNTS:
-                    _HOP_COUNTS[line] = value
+                _HOP_COUNTS.put(line, value)
         cache["max-forwards"] = value
         return value
 
@@ -450,13 +461,18 @@ class Message:
         """Add a header: above the others of its name when ``top``, else after them
         (or at the end when there are none)."""
         key = header_key(name)
-        positions = self._positions(key)
-        if top:
-            at = positions[0] if positions else self._top_position()
+        self._add_line(key, header_line(key, value), top)
+
+    def _add_line(self, key: str, line: str, top: bool) -> None:
+        """add_header's work, for a line already written (push_via's: every request)."""
+        keys = self.keys
+        if top:  # 'in' then index, no list built: a pushed Via mostly lands at 0
+            at = keys.index(key) if key in keys else self._top_position()
         else:
-            at = positions[-1] + 1 if positions else len(self.lines)
-        self.lines.insert(at, header_line(key, value))
-        self.keys.insert(at, key)
+            positions = self._positions(key)
+            at = positions[-1] + 1 if positions else len(keys)
+        self.lines.insert(at, line)
+        keys.insert(at, key)
         self._changed(key)
 
     def _top_position(self) -> int:
@@ -467,14 +483,23 @@ class Message:
     def set_header(self, name: str, value: str) -> None:
         """Replace every header of that name with one line holding ``value``."""
         key = header_key(name)
-        positions = self._positions(key)
-        if not positions:
-            self.add_header(name, value)
+        self._set_line(key, header_line(key, value))
+
+    def _set_line(self, key: str, line: str) -> None:
+        """set_header's work, for a line already written (decrement_max_forwards': every
+        request)."""
+        keys = self.keys
+        lines = self.lines
+        try:
+            first = keys.index(key)
+        except ValueError:
+            self._add_line(key, line, False)
             return
-        self.lines[positions[0]] = header_line(key, value)
-        for at in reversed(positions[1:]):
-            del self.lines[at]
-            del self.keys[at]
+        lines[first] = line
+        for at in range(len(keys) - 1, first, -1):  # compiled: see stands_after
+            if keys[at] == key:
+                del lines[at]
+                del keys[at]
         self._changed(key)
 
     def remove_header(self, name: str) -> int:
@@ -494,7 +519,7 @@ class Message:
         a relay checks that the top Via is its own and pops it in one step).
 
         The rest of its line is kept as received (not split and re-joined)."""
-        key = _key_cache.get(name) or header_key(name)  # as in first_value
+        key = HEADER_KEYS.table.get(name) or header_key(name)  # as in first_value
         keys = self.keys
         lines = self.lines
         while key in keys:
@@ -519,14 +544,8 @@ class Message:
         return None
 
     def push_via(self, via: Via | str) -> None:
-        """Our Via on top (add_header(top=True) written out: a relay does this for every
-        request)."""
-        keys = self.keys
-        # Vias are mostly the first headers: one look, no scan
-        at = 0 if not keys or keys[0] == "via" or "via" not in keys else keys.index("via")
-        self.lines.insert(at, "Via: " + str(via))
-        keys.insert(at, "via")
-        self._changed("via")
+        """Our Via on top: add_header("via", str(via), top=True)."""
+        self._add_line("via", "Via: " + str(via), True)
 
     def pop_via(self) -> Via | None:
         text = self.pop_first_value("via")
@@ -610,14 +629,7 @@ class Request(Message):
     ) -> None:
         """``start``: the request line as received, which ``serialize`` then reuses (the
         parser's; method, URI and version must not change but through ``uri``)."""
-        # Message.__init__ written out: a request is built for every packet received.
-        self.lines = lines
-        self.keys = keys
-        self.body = body
-        self.raw = raw
-        self._dirty = not raw
-        self._cache = {}
-        self._start = start
+        super().__init__(lines, keys, body, raw, start)  # compiled: a direct call
         self.method = method
         self.version = version
         if isinstance(uri, str):
@@ -671,14 +683,8 @@ class Request(Message):
     def decrement_max_forwards(self) -> int:
         """§16.6 step 3: decrement, or add 70 when absent. Returns the new value."""
         current = self.max_forwards  # raises unless there is at most one, valid
-        if current is None:
-            value = 70
-            self.add_header("max-forwards", "70")
-        else:  # set_header written out: the one line is known to exist
-            value = current - 1
-            keys = self.keys
-            self.lines[keys.index("max-forwards")] = _MAX_FORWARDS_LINES[value]
-            self._dirty = True
+        value = 70 if current is None else current - 1
+        self._set_line("max-forwards", _MAX_FORWARDS_LINES[value])  # no formatting
         self._cache["max-forwards"] = value
         return value
 
@@ -702,13 +708,7 @@ class Response(Message):
     ) -> None:
         """``start``: the status line as received, reused by ``serialize`` (status,
         reason and version must then not change)."""
-        self.lines = lines  # Message.__init__ written out, as in Request
-        self.keys = keys
-        self.body = body
-        self.raw = raw
-        self._dirty = not raw
-        self._cache = {}
-        self._start = start
+        super().__init__(lines, keys, body, raw, start)
         self.status = status
         self.reason = reason
         self.version = version

@@ -12,7 +12,8 @@ from typing import Final
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, is_token, parse_int
-from sipfleet.sip.headers import _key_cache, header_key
+from sipfleet.sip.headers import HEADER_KEYS, header_key
+from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import (
     KNOWN_METHODS,
     SIP_VERSION,
@@ -20,6 +21,7 @@ from sipfleet.sip.message import (
     Request,
     Response,
     header_value,
+    stands_after,
 )
 from sipfleet.sip.uri import SipUri
 
@@ -80,7 +82,7 @@ def _reject_unframed(data: bytes) -> ParseError:
 def _parse_head(lines: list[str], raw: bytes) -> Message:
     start_line = lines[0]
     del lines[0]
-    cache = _key_cache
+    cache = HEADER_KEYS.table
     # "" marks a name not in the cache, for _resolve_keys to fill in (or reject).
     keys = []
     unknown = False
@@ -171,18 +173,16 @@ def _request_line_defect(start_line: str) -> str:
 
 # Memos of what a line's text says, for the lines most messages share ("SIP/2.0 200 OK",
 # "Content-Length: 0"): a dict hit costs a fraction of splitting and checking the line
-# again. Bounded, since the text comes from packets.
+# again. Bounded (sip/memo.py), since the text comes from packets.
 MEMO_SIZE: Final = 1024
-_STATUS_LINES: Final[dict[str, tuple[int, str, str]]] = {}  # line -> status, reason, version
-_CONTENT_LENGTHS: Final[dict[str, int]] = {}  # the whole header line -> its value
+_STATUS_LINES: Final = Memo[str, tuple[int, str, str]](MEMO_SIZE)  # -> status, reason, version
+_CONTENT_LENGTHS: Final = Memo[str, int](MEMO_SIZE)  # the whole header line -> its value
 
 
 def _status_line(start_line: str, lines: list[str], keys: list[str], raw: bytes) -> Response:
-    known = _STATUS_LINES.get(start_line)
+    known = _STATUS_LINES.table.get(start_line)
     if known is None:
-        known = _read_status_line(start_line)
-        if len(_STATUS_LINES) < MEMO_SIZE:
-            _STATUS_LINES[start_line] = known
+        known = _STATUS_LINES.put(start_line, _read_status_line(start_line))
     status, reason, version = known
     return Response(status, reason, lines, keys, b"", raw, version, start_line)
 
@@ -204,24 +204,22 @@ def _read_status_line(start_line: str) -> tuple[int, str, str]:
 def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> None:
     keys = message.keys
     length: int | None
-    try:  # one scan up to it and a short one past it: it is present, and mostly last
+    try:  # one scan up to it and one past it: it is present, and mostly last
         at = keys.index("content-length")
     except ValueError:
         at = -1
     if at < 0:
         length = None
-    elif "content-length" in keys[at + 1 :]:
+    elif stands_after(keys, "content-length", at):
         raise ParseError("Multiple Content-Length headers", 400, message)
     else:  # Message.content_length written out: this runs for every packet
         line = message.lines[at]
-        length = _CONTENT_LENGTHS.get(line)
+        length = _CONTENT_LENGTHS.table.get(line)
         if length is None:
             text = line[line.find(":") + 1 :].strip(WS) if "\n" not in line else header_value(line)
             if not (text.isdigit() and text.isascii() and len(text) <= 10):
                 raise ParseError("Bad Content-Length header", 400, message)
-            length = int(text)
-            if len(_CONTENT_LENGTHS) < MEMO_SIZE:
-                _CONTENT_LENGTHS[line] = length
+            length = _CONTENT_LENGTHS.put(line, int(text))
     available = len(data) - body_at
     if length == available:  # the usual case: the body is the rest (empty, mostly)
         if length:

@@ -16,6 +16,7 @@ from sipfleet.sip.grammar import (
     parse_plain_params,
     parse_port,
 )
+from sipfleet.sip.memo import Memo
 from sipfleet.sip.uri import split_hostport
 
 # The magic cookie of RFC 3261 branches (§8.1.1.7).
@@ -165,14 +166,15 @@ _PLAIN_VIA: Final = re.compile(
 
 # "SIP/2.0/UDP host:port" (the text before the parameters) -> transport, host, port, for
 # Vias of the usual shape: a few peers send most Vias, and a dict hit plus a check of the
-# parameters costs less than matching the whole Via. Bounded: the text comes from packets.
-_SENT_BYS: Final[dict[str, tuple[str, str, int | None]]] = {}
+# parameters costs less than matching the whole Via. Bounded (sip/memo.py): the text comes
+# from packets.
 MAX_SENT_BYS: Final = 4096
+_SENT_BYS: Final = Memo[str, tuple[str, str, int | None]](MAX_SENT_BYS)
 
 
 def parse_via(text: str) -> Via:
     sent_by, semi, param_text = text.partition(";")
-    known = _SENT_BYS.get(sent_by)
+    known = _SENT_BYS.table.get(sent_by)
     if known is not None and (not semi or match_plain_params(param_text)):
         transport, host, port = known
         return _PlainVia(transport, host, port, param_text, "SIP/2.0", text)
@@ -182,8 +184,7 @@ def parse_via(text: str) -> Via:
         port_text: str | None = match.group(3)  # typed: compiled code checks each type
         port = int(port_text) if port_text is not None else None
         if port is None or port <= 65535:
-            if len(_SENT_BYS) < MAX_SENT_BYS:
-                _SENT_BYS[sent_by] = (transport, host, port)
+            _SENT_BYS.put(sent_by, (transport, host, port))
             return _PlainVia(transport, host, port, param_text, "SIP/2.0", text)
     return _parse_via_slowly(text)
 
