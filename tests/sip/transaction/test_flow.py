@@ -18,7 +18,8 @@ def test_a_failed_call_through_a_stateful_proxy() -> None:
 
     forwarded = invite.copy()
     forwarded.push_via("SIP/2.0/TCP proxy.example.com;branch=z9hG4bKdown")
-    _, actions = layer.create_client(forwarded, context=upstream)
+    client, actions = layer.create_client(forwarded)
+    servers = {client.key: upstream}  # the TU finds its server transaction by key
     shell.run(actions)
 
     def downstream_says(at: float, status: int) -> None:
@@ -29,7 +30,7 @@ def test_a_failed_call_through_a_stateful_proxy() -> None:
             if isinstance(action, Deliver) and isinstance(action.message, Response):
                 reply = action.message.copy()
                 reply.pop_via()
-                server = action.transaction.context
+                server = servers[action.transaction.key]
                 shell.run(server.respond(reply))
 
     downstream_says(1.0, 180)

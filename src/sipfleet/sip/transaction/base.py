@@ -14,9 +14,9 @@ Key = tuple[object, ...]
 class Transaction:
     """A transaction: fed events through its methods, each returning the actions to run.
 
-    ``peer`` and ``context`` are the caller's: ``peer`` for the shell (where a client
-    transaction sends, the flow a server transaction answers on), ``context`` for the
-    TU (a proxy's branch, say). The transaction never looks at them.
+    ``peer`` is the caller's, for the shell: where a client transaction sends, the flow
+    a server transaction answers on. The transaction never looks at it. A TU finds its
+    own state by the transaction's ``key`` (no slot for it here: no back-pointers).
     """
 
     first_state: ClassVar[State] = State.TERMINATED
@@ -25,7 +25,6 @@ class Transaction:
         "_interval",
         "_last",
         "_table",
-        "context",
         "key",
         "peer",
         "reliable",
@@ -41,14 +40,12 @@ class Transaction:
         reliable: bool | None = None,
         timers: Timers = DEFAULT_TIMERS,
         peer: Any = None,
-        context: Any = None,
     ) -> None:
         self._check_method(request.method)
         self.request = request
         self.reliable = is_reliable(request.top_via.transport) if reliable is None else reliable
         self.timers = timers
         self.peer = peer
-        self.context = context
         self.state = self.first_state
         self.key: Key = ()
         self._interval = timers.t1  # the current A, E or G retransmission interval

@@ -31,11 +31,10 @@ class ClientTransaction(Transaction):
         reliable: bool | None = None,
         timers: Timers = DEFAULT_TIMERS,
         peer: Any = None,
-        context: Any = None,
     ) -> None:
         if not request.top_via.is_rfc3261:
             raise ValueError("a client transaction needs an RFC 3261 branch in its top Via")
-        super().__init__(request, reliable=reliable, timers=timers, peer=peer, context=context)
+        super().__init__(request, reliable=reliable, timers=timers, peer=peer)
 
     def start(self) -> list[Action]:
         """Send the request and arm the timers."""

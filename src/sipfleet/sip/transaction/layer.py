@@ -101,13 +101,12 @@ class TransactionLayer:
         *,
         reliable: bool | None = None,
         peer: Any = None,
-        context: Any = None,
     ) -> tuple[ClientTransaction, list[Action]]:
         """Start a client transaction for a request we send (its top Via carries our
         branch). ``reliable`` defaults to what that Via's transport says. Returns the
         transaction and its first actions: send the request, arm the timers."""
         kind = ClientInviteTransaction if request.method == "INVITE" else ClientNonInviteTransaction
-        client = kind(request, reliable=reliable, timers=self.timers, peer=peer, context=context)
+        client = kind(request, reliable=reliable, timers=self.timers, peer=peer)
         branch = request.top_via.branch
         assert branch is not None  # the transaction checked it
         self._add(self._clients, client_key(branch, request.method), client)
@@ -119,12 +118,11 @@ class TransactionLayer:
         *,
         reliable: bool | None = None,
         peer: Any = None,
-        context: Any = None,
     ) -> ServerTransaction:
         """A server transaction for a new request (not an ACK), after ``receive`` found
         none. The TU answers through its ``respond``."""
         kind = ServerInviteTransaction if request.method == "INVITE" else ServerNonInviteTransaction
-        server = kind(request, reliable=reliable, timers=self.timers, peer=peer, context=context)
+        server = kind(request, reliable=reliable, timers=self.timers, peer=peer)
         self._add(self._servers, request_key(request), server)
         return server
 
