@@ -1,11 +1,20 @@
 """A fake shell for ``ProxyCore``: records what it sends, keeps its timers on a fake
-clock, and lets a test answer the policy and the resolver. No sockets, no event loop."""
+clock, and lets a test answer the policy and the resolver. No sockets, no event loop.
+
+``RoutedShell`` is the same fake shell around the core ``build_engine`` makes from a
+configuration, answering ``AskPolicy`` with the real policy and plan (the location
+table, authentication, the LCR) over a temporary SQLite database: still no sockets, and
+timers on the fake clock; only the database calls are awaited."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any, cast
 
-from sipfleet.core.proxy.actions import AskPolicy, ProxyAction, Resolve, Transmit
+from sipfleet.config import Config, config_from_dict
+from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.proxy.actions import AskPolicy, ProxyAction, Resolve, Transmit, TrunkOutcome
 from sipfleet.core.proxy.core import (
     CallSettings,
     EngineSettings,
@@ -14,10 +23,15 @@ from sipfleet.core.proxy.core import (
 )
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.targets import ForkPlan, Target
-from sipfleet.routing.api import CallServices, Reply
+from sipfleet.roles.proxy import build_engine
+from sipfleet.routing.api import CallServices, OffNetRouter, Reply
 from sipfleet.sip import Message, Request, Response, parse_message
 from sipfleet.sip.dialog_token import DialogTokens
+from sipfleet.sip.digest import compute_ha1
 from sipfleet.sip.transaction import CancelTimer, Send, StartTimer, Timer, Timers, Transaction
+from sipfleet.storage import Aor, BindingUpdate, Storage, Subscriber, open_storage
+from sipfleet.storage.dsn import Dsn
+from sipfleet.storage.migrate import upgrade
 from sipfleet.transport.base import Destination, Peer
 
 PROXY_HOST, PROXY_PORT = "192.0.2.1", 5060
@@ -25,6 +39,7 @@ CALLER = Peer("udp", "198.51.100.7", 5062, PROXY_HOST, PROXY_PORT)
 T1 = 0.5
 TIMER_C = 180.0
 SECRET = b"core-test-secret"
+DOMAIN = "example.com"
 
 
 def wire(message: Message) -> Any:
@@ -40,16 +55,19 @@ class FakeShell:
         hooks: MessageHooks = NO_HOOKS,
         ask_on_failure: bool = False,
         transport: str = "udp",
+        core: ProxyCore | None = None,
         **settings: Any,
     ) -> None:
-        calls = CallSettings(timer_c=timer_c, cancel_wait=64 * T1)
-        self.core = ProxyCore(
-            cast(CallServices, object()),  # the core only hands it to the policy
-            EngineSettings(timers=Timers(t1=T1), calls=calls, **settings),
-            hooks=hooks,
-            dialog_tokens=DialogTokens(SECRET),
-            ask_on_failure=ask_on_failure,
-        )
+        if core is None:
+            calls = CallSettings(timer_c=timer_c, cancel_wait=64 * T1)
+            core = ProxyCore(
+                cast(CallServices, object()),  # the core only hands it to the policy
+                EngineSettings(timers=Timers(t1=T1), calls=calls, **settings),
+                hooks=hooks,
+                dialog_tokens=DialogTokens(SECRET),
+                ask_on_failure=ask_on_failure,
+            )
+        self.core = core
         self.core.listen(Listening(((transport, PROXY_HOST, PROXY_PORT),)))  # type: ignore[arg-type]
         self.now = 0.0
         self.timers: dict[tuple[Transaction, Timer], float] = {}
@@ -140,3 +158,96 @@ class FakeShell:
                 kept.append((message, destination))
         self.sent = kept
         return requests
+
+
+# -- the real routing over SQLite ---------------------------------------------------------------
+def make_config(*, sip: dict[str, Any] | None = None, **proxy: Any) -> Config:
+    """The proxy's configuration: our domain, T1 = 0.5 s, Timer C = 180 s (the fake clock
+    makes them free), no authentication unless asked."""
+    return config_from_dict(
+        {
+            "node": {"cluster_secret": SECRET.decode()},
+            "sip": {
+                "domains": [DOMAIN],
+                "t1_ms": int(T1 * 1000),
+                "timer_c_s": int(TIMER_C),
+                "auth_algorithms": ["MD5"],
+                **(sip or {}),
+            },
+            "proxy": {"authenticate": False, **proxy},
+        }
+    )
+
+
+async def open_database(path: Path) -> Storage:
+    """A migrated SQLite database with subscribers alice (password "secret"), bob, carol."""
+    dsn = f"sqlite:///{path}"
+    await upgrade(Dsn.parse(dsn))
+    storage = open_storage(dsn)
+    await storage.subscribers.add(
+        Subscriber(
+            "alice",
+            DOMAIN,
+            compute_ha1("alice", DOMAIN, "secret", "MD5"),
+            compute_ha1("alice", DOMAIN, "secret", "SHA-256"),
+        )
+    )
+    for user in ("bob", "carol"):
+        await storage.subscribers.add(Subscriber(user, DOMAIN, "0" * 32, "0" * 64))
+    return storage
+
+
+async def bind(storage: Storage, user: str, *contacts: str, q: float | None = None) -> None:
+    """Register ``contacts`` for ``user`` (the location table, valid ten minutes)."""
+    now = int(time.time())
+    updates = [BindingUpdate(c, now + 600, f"reg-{user}", 1, q=q) for c in contacts]
+    await storage.location.save(Aor(user, DOMAIN), updates, now=now, max_contacts=10)
+
+
+class RoutedShell(FakeShell):
+    """The fake shell around the core ``build_engine`` makes (its settings, hooks and
+    dialog tokens from ``config``), routing with the real policy and planner."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        *,
+        hooks: MessageHooks = NO_HOOKS,
+        off_net: OffNetRouter | None = None,
+    ) -> None:
+        engine = build_engine(config, storage, SipEndpoint([]), hooks=hooks, off_net=off_net)
+        super().__init__(core=engine.core)
+        addresses = (("udp", PROXY_HOST, PROXY_PORT), ("tcp", PROXY_HOST, PROXY_PORT))
+        self.core.listen(Listening(addresses))  # type: ignore[arg-type]
+        self.policy, self.planner = engine.policy, engine.planner
+
+    def run(self, actions: list[ProxyAction]) -> None:
+        super().run(actions)
+        router = self.planner.off_net
+        if router is not None:  # gateway health, as the engine reports it
+            for action in self.other:
+                if isinstance(action, TrunkOutcome):
+                    router.trunk_ended(action.gateway, action.status, action.progressed)
+            self.other = [a for a in self.other if not isinstance(a, TrunkOutcome)]
+
+    async def decide(self) -> None:
+        """Answer every ``AskPolicy`` as the engine does: the policy (or its failure
+        hook), then the plan. Errors propagate: the engine's mapping of them to 503/500
+        is the shell's, tested in test_engine."""
+        while self.asked:
+            ask = self.asked.pop(0)
+            if ask.failed is None:
+                decision = await self.policy.route(ask.context)
+            else:
+                found = await self.policy.on_failure(ask.context, ask.failed)
+                if found is None:
+                    self.run(self.core.routed(ask.call, None))
+                    continue
+                decision = found
+            self.run(self.core.routed(ask.call, await self.planner.plan(decision, ask.context)))
+
+    async def receive_routed(self, message: Message, peer: Peer = CALLER) -> None:
+        """``receive``, then route what it asked for."""
+        self.receive(message, peer)
+        await self.decide()

@@ -18,12 +18,14 @@ def request(
     cseq: int = 1,
     max_forwards: int | None = 70,
     call_id: str = "call-1@198.51.100.7",
+    from_: str = "<sip:alice@example.com>;tag=a1",
+    to: str = "<sip:bob@example.com>",
 ) -> Request:
     lines = [
         f"{method} {uri} SIP/2.0",
         f"Via: {via}",
-        "From: <sip:alice@example.com>;tag=a1",
-        f"To: <sip:bob@example.com>{f';tag={to_tag}' if to_tag else ''}",
+        f"From: {from_}",
+        f"To: {to}{f';tag={to_tag}' if to_tag else ''}",
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} {method}",
         *([f"Max-Forwards: {max_forwards}"] if max_forwards is not None else []),
