@@ -25,12 +25,15 @@ from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.targets import ForkPlan, Target
 from sipfleet.roles.proxy import build_engine
 from sipfleet.routing.api import CallServices, OffNetRouter, Reply
+from sipfleet.routing.lcr_cache import LcrCache
+from sipfleet.routing.lcr_router import LcrRouter, LcrSettings
 from sipfleet.sip import Message, Request, Response, parse_message
 from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.sip.digest import compute_ha1
 from sipfleet.sip.transaction import CancelTimer, Send, StartTimer, Timer, Timers, Transaction
 from sipfleet.storage import Aor, BindingUpdate, Storage, Subscriber, open_storage
 from sipfleet.storage.dsn import Dsn
+from sipfleet.storage.lcr_rows import LcrRows
 from sipfleet.storage.migrate import upgrade
 from sipfleet.transport.base import Destination, Peer
 
@@ -251,3 +254,16 @@ class RoutedShell(FakeShell):
         """``receive``, then route what it asked for."""
         self.receive(message, peer)
         await self.decide()
+
+
+async def off_net_shell(config: Config, storage: Storage, rows: LcrRows) -> RoutedShell:
+    """A routed shell whose off-net router is an ``LcrRouter`` over ``rows``, on the
+    shell's fake clock (its gateway health too); ``planner.off_net`` is the router.
+    Not started: no reload or health ticker, a test calls ``tick`` itself."""
+    await storage.lcr.replace_all(rows)
+    settings = LcrSettings.from_config(config)
+    router = LcrRouter(LcrCache(storage.lcr, reload_interval=settings.reload_interval), settings)
+    await router.cache.reload()
+    shell = RoutedShell(config, storage, off_net=router)
+    router.clock = lambda: shell.now
+    return shell

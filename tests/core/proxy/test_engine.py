@@ -22,8 +22,11 @@ from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.proxy.engine import ProxyEngine
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.roles.proxy import build_engine
+from sipfleet.routing.lcr import PHONE
+from sipfleet.routing.lcr_router import LcrRouter
 from sipfleet.sip import Request, Response, parse_message
 from sipfleet.storage import Storage, StorageUnavailable
+from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from tests.core.proxy.harness import DOMAIN, bind
 from tests.core.proxy.ua import UA, in_dialog
 
@@ -282,3 +285,44 @@ async def test_a_request_uri_of_another_scheme_is_answered_416_by_the_endpoint(
     caller = await uas("alice")
     caller.send(caller.request("OPTIONS", "http://example.com/bob"), proxy.address)
     await caller.expect(416)
+
+
+async def test_a_defunct_gateway_is_probed_from_the_proxys_address(
+    storage: Storage, uas: Any
+) -> None:
+    """The prober is the shell's: it sends OPTIONS on the endpoint's socket, and the
+    answer the core hands back as ``Unmatched`` reaches it (the LCR's health:
+    test_core_failover, on the fake clock)."""
+    gateway = await uas("gw1")
+    await storage.lcr.replace_all(
+        LcrRows(
+            (Gateway("gw1", "127.0.0.1", gateway.port),),
+            (GatewayCapability("gw1", PHONE, "01"),),
+            (Rule(1, "43"),),
+            (RuleTarget(1, "gw1", PHONE, priority=1),),
+        )
+    )
+    config = make_config(lcr_defunct_after=1, lcr_defunct_s=30, lcr_probe_interval_s=0.05)
+    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
+    router = LcrRouter.from_config(config, storage.lcr)
+    engine = build_engine(config, storage, endpoint, off_net=router)
+    endpoint.handler = engine
+    await endpoint.start()
+    await router.start(engine.prober)
+    try:
+        router.trunk_ended("gw1", 503, False)
+        assert router.health.is_defunct("gw1", router.clock())
+        probe = await gateway.expect("OPTIONS", timeout=1.5)
+        assert isinstance(probe, Request)
+        assert probe.uri_text == f"sip:127.0.0.1:{gateway.port}"
+        assert probe.top_via.port == endpoint.addresses[0].port  # from the proxy's address
+        gateway.send(gateway.answer(probe, 200), ("127.0.0.1", endpoint.addresses[0].port))
+        for _ in range(100):
+            if not router.health.is_defunct("gw1", router.clock()):
+                break
+            await asyncio.sleep(0.01)
+        assert not router.health.is_defunct("gw1", router.clock())
+    finally:
+        await router.close()
+        await engine.close()
+        await endpoint.close()
