@@ -218,10 +218,12 @@ class RoutedShell(FakeShell):
         *,
         hooks: MessageHooks = NO_HOOKS,
         off_net: OffNetRouter | None = None,
+        host: str = PROXY_HOST,
     ) -> None:
+        """``host``: the proxy's address (port ``PROXY_PORT``), UDP and TCP."""
         engine = build_engine(config, storage, SipEndpoint([]), hooks=hooks, off_net=off_net)
         super().__init__(core=engine.core)
-        addresses = (("udp", PROXY_HOST, PROXY_PORT), ("tcp", PROXY_HOST, PROXY_PORT))
+        addresses = (("udp", host, PROXY_PORT), ("tcp", host, PROXY_PORT))
         self.core.listen(Listening(addresses))  # type: ignore[arg-type]
         self.policy, self.planner = engine.policy, engine.planner
 
