@@ -4,6 +4,7 @@ trunk timeout, Timer C and the gateways' health on the shell's clock. No sockets
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,7 @@ def router(shell: RoutedShell) -> LcrRouter:
     return found
 
 
-n_calls = iter(range(1, 1_000_000))
+n_calls = itertools.count(1)  # each call its own Call-ID and branch
 
 
 async def dial(shell: RoutedShell, number: str = NUMBER) -> Request:
