@@ -86,8 +86,8 @@ def _bind(sock: socket.socket, address: ListenAddress) -> None:
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
-        why = f"{address} is in use: another copy of this role, or another program, listens there"
-        raise OSError(exc.errno, why) from None
+        why = "another copy of this role, or another program, listens there"
+        raise OSError(exc.errno, f"{address}: {exc.strerror} ({why})") from None
 
 
 def _ask_for_buffers(sock: socket.socket, size: int) -> None:
