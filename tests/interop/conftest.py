@@ -30,6 +30,26 @@ def embedded(
         yield cluster
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster" / "cluster.toml"
+
+
+@pytest.fixture(params=["no-config", "cluster-example"], scope="module")
+def default_or_example(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Embedded]:
+    """`sipfleet up` with no config file, then with the cluster example (``-c``, two
+    registrars and two proxies): each test runs on both. ``up_args`` is what the CLI
+    needs to reach the same database."""
+    why = why_no_lab()
+    if why is not None:
+        pytest.skip(why)
+    up_args = () if request.param == "no-config" else ("-c", str(EXAMPLE))
+    hint = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:8]
+    tmp = tmp_path_factory.mktemp(f"{hint}-{request.param}")
+    with embedded_cluster(tmp, f"{hint}{request.param[:2]}", up_args=up_args) as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="module")
 def natlab(request: pytest.FixtureRequest) -> Iterator[NatLab]:
     """Phones behind a NAT that forgets idle UDP mappings a few seconds after sipfleet's

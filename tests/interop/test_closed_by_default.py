@@ -7,33 +7,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.interop.lab import Embedded, embedded_cluster, why_no_lab
+from tests.interop.lab import Embedded
 
 pytestmark = [pytest.mark.interop]
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "cluster" / "cluster.toml"
 
 
-@pytest.fixture(params=["no-config", "cluster-example"], scope="module")
-def cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Embedded]:
-    why = why_no_lab()
-    if why is not None:
-        pytest.skip(why)
-    up_args = () if request.param == "no-config" else ("-c", str(EXAMPLE))
-    tmp = tmp_path_factory.mktemp(request.param)
-    with embedded_cluster(tmp, f"closed-{request.param}", up_args=up_args) as embedded:
-        config = up_args[1:]  # the CLI reads the same config as `up`: the same database
-        add = ("subscriber", "add", "alice@example.com", "--password", "s3cret")
-        added = embedded.sipfleet(*add, *(("-c", *config) if config else ()))
-        assert added.returncode == 0, added.stderr
-        yield embedded
+@pytest.fixture(scope="module")
+def cluster(default_or_example: Embedded) -> Embedded:
+    """The cluster with alice, whom the probe registers to get a flow token."""
+    add = ("subscriber", "add", "alice@example.com", "--password", "s3cret")
+    added = default_or_example.sipfleet(*add, *default_or_example.up_args)
+    assert added.returncode == 0, added.stderr
+    return default_or_example
 
 
 def test_nothing_reaches_an_address_of_the_attackers_choosing(cluster: Embedded) -> None:

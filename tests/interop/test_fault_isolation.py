@@ -9,31 +9,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.interop.lab import Embedded, embedded_cluster, why_no_lab
+from tests.interop.lab import Embedded
 
 pytestmark = [pytest.mark.interop]
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "cluster" / "cluster.toml"
 KILLS = 3  # back-off 1 s, 2 s, then 4 s: the last is seen, not waited out
-
-
-@pytest.fixture(params=["no-config", "cluster-example"], scope="module")
-def cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Embedded]:
-    why = why_no_lab()
-    if why is not None:
-        pytest.skip(why)
-    up_args = () if request.param == "no-config" else ("-c", str(EXAMPLE))
-    tmp = tmp_path_factory.mktemp(f"faults-{request.param}")
-    with embedded_cluster(tmp, f"faults-{request.param}", up_args=up_args) as embedded:
-        yield embedded
 
 
 def status(embedded: Embedded) -> tuple[int, dict[str, Any]]:
@@ -65,11 +48,13 @@ def lb_answers(embedded: Embedded) -> bool:
         "('127.0.0.1',5060));print(s.recv(65535).split(b' ')[1].decode())"
     )
     probe = embedded.ns.run([sys.executable, "-c", script], capture_output=True, text=True)
-    return probe.stdout.strip() == "200"
+    return str(probe.stdout).strip() == "200"
 
 
-def test_a_role_killed_again_and_again_never_takes_the_others_down(cluster: Embedded) -> None:
-    embedded = cluster
+def test_a_role_killed_again_and_again_never_takes_the_others_down(
+    default_or_example: Embedded,
+) -> None:
+    embedded = default_or_example
     code, view = status(embedded)
     assert code == 0, view
     victim = next(each["name"] for each in view["roles"] if each["role"] == "registrar")
