@@ -36,19 +36,27 @@ def public(natlab: NatLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield up
 
 
+def register_behind_the_nat(
+    natlab: NatLab, public: Embedded, workdir: Path, user: str, port: int
+) -> None:
+    """``user`` registers from PHONE_IP:``port`` (its Contact port too) through the NAT."""
+    register = start_phone(
+        natlab.phone, "phone_register", workdir, address=PHONE_IP, port=port,
+        target=f"{SERVER_IP}:{public.lb_port}",
+        keys={"user": user, "domain": DOMAIN, "contact_port": str(port), "expires": "600"},
+        credentials=(user, PASSWORD), timeout=10,
+    )  # fmt: skip
+    registered = register.wait(20)
+    assert registered.ok, f"{registered.explain()}\n{public.log_text()[-3000:]}"
+
+
 def test_default_keepalives_keep_a_natted_phone_reachable(
     natlab: NatLab, public: Embedded, tmp_path: Path
 ) -> None:
     assert public.lb_host == SERVER_IP
     lb = f"{SERVER_IP}:{public.lb_port}"
     timeout = natlab.udp_timeout
-    register = start_phone(
-        natlab.phone, "phone_register", tmp_path, address=PHONE_IP, port=PHONE_PORT, target=lb,
-        keys={"user": "bob", "domain": DOMAIN, "contact_port": str(PHONE_PORT), "expires": "600"},
-        credentials=("bob", PASSWORD), timeout=10,
-    )  # fmt: skip
-    registered = register.wait(20)
-    assert registered.ok, f"{registered.explain()}\n{public.log_text()[-3000:]}"
+    register_behind_the_nat(natlab, public, tmp_path, "bob", PHONE_PORT)
     shown = public.sipfleet("location", "show", f"bob@{DOMAIN}").stdout
     assert f"{PHONE_IP}:{PHONE_PORT}" in shown, shown  # the Contact, as the phone wrote it
 
@@ -81,13 +89,7 @@ def test_every_in_dialog_request_crosses_the_nat_both_ways(
     request of the phone's goes to the cluster, each toward it down its NAT binding."""
     lb = f"{SERVER_IP}:{public.lb_port}"
     port = PHONE_PORT + 1
-    register = start_phone(
-        natlab.phone, "phone_register", tmp_path, address=PHONE_IP, port=port, target=lb,
-        keys={"user": "carol", "domain": DOMAIN, "contact_port": str(port), "expires": "600"},
-        credentials=("carol", PASSWORD), timeout=10,
-    )  # fmt: skip
-    registered = register.wait(20)
-    assert registered.ok, f"{registered.explain()}\n{public.log_text()[-3000:]}"
+    register_behind_the_nat(natlab, public, tmp_path, "carol", port)
     carol = start_phone(
         natlab.phone, "phone_callee_dialog", tmp_path, address=PHONE_IP, port=port,
         keys={"user": "carol"}, timeout=20,
