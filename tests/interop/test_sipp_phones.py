@@ -186,20 +186,28 @@ def test_wrong_password_is_refused(lab: Embedded, tmp_path: Path) -> None:
     assert "not registered" in location(lab, f"erin@{DOMAIN}")
 
 
+def alice_calls_bob(
+    lab: Embedded, workdir: Path, transport: str, caller_scenario: str, callee_scenario: str
+) -> tuple[str, str]:
+    """alice and bob registered (asymmetric ports), alice calls, both scenarios end well:
+    what each phone's trace holds."""
+    with (
+        registered(lab, workdir, "alice", transport) as alice,
+        registered(lab, workdir, "bob", transport) as bob,
+    ):
+        calling, answering = call(lab, workdir, alice, bob, caller_scenario, callee_scenario)
+        return both_ok(lab, calling, answering)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_call_offer_answer_hold_update_info_both_ways(
     lab: Embedded, tmp_path: Path, transport: str
 ) -> None:
     """The whole dialog between two asymmetric phones: SDP carried intact both ways, hold,
     UPDATE and INFO in both directions, the ACK of each side's 2xx, BYE from the caller."""
-    with (
-        registered(lab, tmp_path, "alice", transport) as alice,
-        registered(lab, tmp_path, "bob", transport) as bob,
-    ):
-        calling, answering = call(
-            lab, tmp_path, alice, bob, "phone_caller_dialog", "phone_callee_dialog"
-        )
-        caller, callee = both_ok(lab, calling, answering)
+    caller, callee = alice_calls_bob(
+        lab, tmp_path, transport, "phone_caller_dialog", "phone_callee_dialog"
+    )
 
     offers_sent = find_message(caller, "sent", "INVITE ", with_body=True)
     offers_received = find_message(callee, "received", "INVITE ", with_body=True)
@@ -225,27 +233,17 @@ def test_call_offer_answer_hold_update_info_both_ways(
 def test_callee_hangs_up_and_the_bye_reaches_the_caller(
     lab: Embedded, tmp_path: Path, transport: str
 ) -> None:
-    with (
-        registered(lab, tmp_path, "alice", transport) as alice,
-        registered(lab, tmp_path, "bob", transport) as bob,
-    ):
-        calling, answering = call(
-            lab, tmp_path, alice, bob, "phone_caller_wait_bye", "phone_callee_hangup"
-        )
-        caller, _ = both_ok(lab, calling, answering)
+    caller, _ = alice_calls_bob(
+        lab, tmp_path, transport, "phone_caller_wait_bye", "phone_callee_hangup"
+    )
     assert find_message(caller, "received", "BYE ")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_cancel_before_answer(lab: Embedded, tmp_path: Path, transport: str) -> None:
-    with (
-        registered(lab, tmp_path, "alice", transport) as alice,
-        registered(lab, tmp_path, "bob", transport) as bob,
-    ):
-        calling, answering = call(
-            lab, tmp_path, alice, bob, "phone_caller_cancel", "phone_callee_ring_cancel"
-        )
-        _, callee = both_ok(lab, calling, answering)
+    _, callee = alice_calls_bob(
+        lab, tmp_path, transport, "phone_caller_cancel", "phone_callee_ring_cancel"
+    )
     assert find_message(callee, "received", "CANCEL ")
 
 
