@@ -6,25 +6,61 @@ import socket
 
 from sipfleet.core.overload import AnswerBudget, OverloadMonitor, receive_backlog
 
+PERIOD = 0.05  # the watch's check interval
 
-def test_a_full_receive_buffer_means_overload_until_it_stays_calm() -> None:
-    monitor = OverloadMonitor(enter_backlog=1000, leave_backlog=100, calm=3)
-    assert not monitor.observe(0.0, 999)
-    assert monitor.observe(0.0, 1000)
-    assert monitor.observe(0.0, 50)
-    assert monitor.observe(0.0, 50)
-    assert monitor.observe(0.0, 500)  # not calm yet: the count starts again
-    assert monitor.observe(0.0, 0)
-    assert monitor.observe(0.0, 0)
-    assert not monitor.observe(0.0, 0)
+
+def feed(monitor: OverloadMonitor, samples: list[tuple[float, int]], start: float = 0.0) -> bool:
+    """One check per PERIOD from ``start``, (lag, backlog) each; the last decision."""
+    overloaded = False
+    for n, (lag, backlog) in enumerate(samples):
+        overloaded = monitor.observe(start + n * PERIOD, lag, backlog)
+    return overloaded
+
+
+def test_a_backlog_that_stays_full_is_overload_once_it_lasted() -> None:
+    monitor = OverloadMonitor(enter_backlog=1000, leave_backlog=100, sustain=0.5, calm=3)
+    assert not feed(monitor, [(0.0, 1200)] * 10)  # 0.45 s: not yet
+    assert monitor.observe(0.5, 0.0, 1300)
     assert monitor.episodes == 1
 
 
-def test_a_late_loop_means_overload_too() -> None:
-    monitor = OverloadMonitor(enter_lag=0.1, leave_lag=0.02, calm=1)
-    assert monitor.observe(0.15, 0)
-    assert monitor.observe(0.05, 0)  # better, not calm
-    assert not monitor.observe(0.01, 0)
+def test_overload_ends_after_calm_checks_in_a_row() -> None:
+    monitor = OverloadMonitor(enter_backlog=1000, leave_backlog=100, sustain=0.5, calm=3)
+    assert feed(monitor, [(0.0, 4000)] * 11)
+    assert monitor.observe(1.0, 0.0, 50)
+    assert monitor.observe(1.05, 0.0, 50)
+    assert monitor.observe(1.1, 0.0, 500)  # not calm yet: the count starts again
+    assert feed(monitor, [(0.0, 0)] * 2, start=1.15)
+    assert not monitor.observe(1.25, 0.0, 0)
+    assert monitor.episodes == 1
+
+
+def test_a_pause_is_not_overload() -> None:
+    """The loop stood still 200 ms: late once, a burst in the buffer, then it drains."""
+    monitor = OverloadMonitor(enter_backlog=1000, sustain=0.5)
+    burst = [(0.2, 3000)] + [(0.0, 3000 - 150 * n) for n in range(1, 20)]
+    assert not any(monitor.observe(n * PERIOD, *sample) for n, sample in enumerate(burst))
+    assert monitor.episodes == 0
+
+
+def test_a_burst_that_drains_too_slowly_is_overload() -> None:
+    monitor = OverloadMonitor(enter_backlog=1000, sustain=0.5)
+    assert feed(monitor, [(0.0, 3000 - 10 * n) for n in range(12)])
+
+
+def test_an_interruption_of_the_pressure_starts_the_window_again() -> None:
+    monitor = OverloadMonitor(enter_backlog=1000, sustain=0.5)
+    samples = [(0.0, 2000)] * 8 + [(0.0, 10)] + [(0.0, 2000)] * 8
+    assert not feed(monitor, samples)
+
+
+def test_a_loop_late_on_every_check_is_overload_too() -> None:
+    """Where the backlog cannot be read (not Linux, TCP only), lag alone decides."""
+    monitor = OverloadMonitor(enter_lag=0.1, leave_lag=0.02, sustain=0.5, calm=1)
+    assert not feed(monitor, [(0.15, 0)] * 3)
+    assert feed(monitor, [(0.15, 0)] * 8, start=0.15)
+    assert monitor.observe(2.0, 0.05, 0)  # better, not calm
+    assert not monitor.observe(2.05, 0.01, 0)
 
 
 def test_receive_backlog_counts_unread_datagrams() -> None:

@@ -1,14 +1,20 @@
 """Overload detection (DESIGN §6): how much is waiting in the socket buffers, and how
-late the event loop runs.
+late the event loop runs, over a window of time.
 
 When more arrives than the proxy can handle, datagrams wait in the kernel's receive
 buffer (megabytes: seconds of work), the callers retransmit, and the copies join the
 queue. The event loop itself stays punctual while it drains the buffer in batches,
 so the buffer's fill (``SO_MEMINFO``, Linux) is the signal; loop lag is the fallback.
-While either is high the proxy refuses new requests with a stateless 503 (tens of
-microseconds each) and keeps serving what is under way (responses, ACK, BYE, CANCEL):
-it finishes the calls it started instead of starting more than it can finish. It
-accepts new requests again after ``calm`` consecutive calm checks.
+
+A pause is not overload: after the loop stood still for a moment (a slow system call,
+a page fault storm, the host's scheduler) the buffer holds a burst and the loop is late
+once, then the backlog shrinks as the loop catches up. Overload is pressure that lasts:
+the backlog or the lag above its mark on every check for ``sustain`` seconds, with the
+backlog not shrinking by a quarter over that window (a backlog that drains is being
+caught up with). While overloaded the proxy refuses new requests with a stateless 503
+(tens of microseconds each) and keeps serving what is under way (responses, ACK, BYE,
+CANCEL): it finishes the calls it started instead of starting more than it can finish.
+It accepts new requests again after ``calm`` consecutive calm checks.
 """
 
 from __future__ import annotations
@@ -30,36 +36,57 @@ _MEMINFO = struct.Struct("9I")
 
 @dataclass(slots=True)
 class OverloadMonitor:
-    """The decision, without a clock or sockets: feed it each check's measurements."""
+    """The decision, without a clock or sockets: feed it each check's time and
+    measurements."""
 
     enter_backlog: int = 1 << 20  # bytes (kernel accounting) queued: ~450 datagrams
     leave_backlog: int = 128 << 10
     enter_lag: float = 0.1  # seconds the loop is late
     leave_lag: float = 0.02
+    sustain: float = 0.5  # seconds of pressure on every check before it counts
     calm: int = 3  # calm checks in a row before new requests are accepted again
     overloaded: bool = False
     episodes: int = 0
     _calm_checks: int = 0
+    _pressed_since: float | None = None
+    _backlog_then: int = 0  # the backlog when the current window began
 
-    def observe(self, lag: float, backlog: int) -> bool:
-        """Record one check; returns whether new requests should be refused now."""
-        if lag >= self.enter_lag or backlog >= self.enter_backlog:
-            if not self.overloaded:
-                self.episodes += 1
-                log.warning(
-                    "overloaded (%d KB waiting, loop %.0f ms late): new requests get 503",
-                    backlog >> 10,
-                    lag * 1e3,
-                )
-            self.overloaded = True
-            self._calm_checks = 0
-        elif self.overloaded:
-            calm = lag < self.leave_lag and backlog < self.leave_backlog
-            self._calm_checks = self._calm_checks + 1 if calm else 0
-            if self._calm_checks >= self.calm:
-                self.overloaded = False
-                log.info("overload over: accepting new requests again")
+    def observe(self, now: float, lag: float, backlog: int) -> bool:
+        """Record one check at time ``now``; returns whether new requests should be
+        refused now."""
+        pressed = lag >= self.enter_lag or backlog >= self.enter_backlog
+        if self.overloaded:
+            self._settle(lag, backlog)
+        elif not pressed:
+            self._pressed_since = None
+        elif self._pressed_since is None:
+            self._pressed_since, self._backlog_then = now, backlog
+        elif now - self._pressed_since >= self.sustain:
+            draining = self._backlog_then > 0 and backlog * 4 <= self._backlog_then * 3
+            if draining:  # a pause's burst being caught up with: watch the next window
+                self._pressed_since, self._backlog_then = now, backlog
+            else:
+                self._enter(lag, backlog)
         return self.overloaded
+
+    def _enter(self, lag: float, backlog: int) -> None:
+        self.overloaded = True
+        self.episodes += 1
+        self._calm_checks = 0
+        self._pressed_since = None
+        log.warning(
+            "overloaded (%d KB waiting, loop %.0f ms late, for %.1f s): new requests get 503",
+            backlog >> 10,
+            lag * 1e3,
+            self.sustain,
+        )
+
+    def _settle(self, lag: float, backlog: int) -> None:
+        calm = lag < self.leave_lag and backlog < self.leave_backlog
+        self._calm_checks = self._calm_checks + 1 if calm else 0
+        if self._calm_checks >= self.calm:
+            self.overloaded = False
+            log.info("overload over: accepting new requests again")
 
 
 def receive_backlog(sockets: Sequence[socket.socket]) -> Callable[[], int]:
@@ -87,7 +114,7 @@ async def watch(
         started = time.monotonic()
         await asyncio.sleep(period)
         lag = max(0.0, time.monotonic() - started - period)
-        monitor.observe(lag, backlog())
+        monitor.observe(time.monotonic(), lag, backlog())
 
 
 class AnswerBudget:

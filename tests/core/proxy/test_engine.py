@@ -11,6 +11,7 @@ sans-IO core with a fake clock: test_core*.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -326,3 +327,43 @@ async def test_a_defunct_gateway_is_probed_from_the_proxys_address(
         await router.close()
         await engine.close()
         await endpoint.close()
+
+
+async def test_calls_through_the_shell_leave_no_reference_cycles(
+    start_proxy: ProxyFactory, uas: Any
+) -> None:
+    """What the shell adds to the core (tasks for the policy, database queries, timers on
+    the loop, the endpoint's parsing and sends) is freed by reference counting too: the
+    role collects only its young generation (roles/collector.py), so a cycle that
+    outlived one walk would stay until the process is quiet."""
+    proxy, guarded = await start_proxy(), await start_proxy(authenticate=True)
+    caller, bob = await uas("alice"), await uas("bob")
+    await proxy.bind("bob", bob.contact)
+
+    async def answered_call(n: int) -> None:
+        await invite(caller, proxy, call_id=f"ok-{n}")
+        incoming = await bob.expect("INVITE")
+        bob.send(bob.answer(incoming, 200), proxy.address)
+        await caller.expect(200)
+
+    async def refused(n: int) -> None:
+        uri, branch = f"sip:nobody@{DOMAIN}", f"z9hG4bK-no-{n}"
+        caller.send(caller.request("INVITE", uri, call_id=f"no-{n}", branch=branch), proxy.address)
+        not_found = await caller.expect(404, skip=is_trying)
+        ack = caller.request("ACK", uri, call_id=f"no-{n}", branch=branch, to_tag=not_found.to.tag)
+        caller.send(ack, proxy.address)  # or the 404 comes again (Timer G)
+        stray = caller.request("BYE", f"sip:bob@{DOMAIN}", to_tag="gone", call_id=f"bye-{n}")
+        caller.send(stray, guarded.address)
+        await caller.expect(407)
+
+    await answered_call(0)  # what is made once (statements, pools) is made now
+    await refused(0)
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(1, 21):
+            await answered_call(n)
+            await refused(n)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
