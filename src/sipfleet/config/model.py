@@ -44,7 +44,12 @@ class NodeSection(Section):
         "Set it from the environment (SIPFLEET_CLUSTER_SECRET) in production.",
     )
     workers: int = Field(
-        1, ge=1, le=64, description="Worker processes per role (UDP uses SO_REUSEPORT)."
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes per role, sharing its addresses (SO_REUSEPORT). "
+        "The proxy's workers each own the Call-IDs that hash to them: a worker hands a "
+        "message it does not own to its owner, so a transaction and its dialog stay in one.",
     )
 
 

@@ -51,6 +51,19 @@ class SipHandler(Protocol):
     def on_response(self, response: Response, peer: Peer) -> None: ...
 
 
+class Steering(Protocol):
+    """Which worker handles what, when several share the addresses of a stateful role
+    (``transport/inboxes.py``); None with one worker, at the cost of one test."""
+
+    def elsewhere(self, data: bytes, peer: Peer) -> bool:
+        """True when another worker owns the message and it was handed there."""
+        ...
+
+    def sent_elsewhere(self, data: bytes, destination: Destination) -> bool:
+        """True when another worker holds the TCP connection and the bytes went to it."""
+        ...
+
+
 class _NoHandler:
     def on_request(self, request: Request, peer: Peer) -> None:
         raise RuntimeError("SipEndpoint has no handler")
@@ -90,6 +103,7 @@ class SipEndpoint:
         self.limits = limits or TransportLimits()
         self.stats = EndpointStats()
         self.on_send_error = on_send_error
+        self.steering: Steering | None = None
         self._listen = list(listen)
         self._sockets = list(sockets) if sockets is not None else None
         self._max_size = self.limits.max_message_size
@@ -159,6 +173,11 @@ class SipEndpoint:
         transport = self._transports.get(destination.transport)
         if transport is None:
             raise TransportError(f"unsupported transport {destination.transport!r}")
+        if destination.connection_id is not None:  # TCP: maybe another worker's connection
+            steering = self.steering
+            if steering is not None and steering.sent_elsewhere(data, destination):
+                self.stats.messages_sent += 1
+                return
         try:
             transport.send(data, destination)
         except TransportError:
@@ -176,6 +195,9 @@ class SipEndpoint:
 
     # -- receiving (the transports' FrameSink) -----------------------------------------------
     def frame_received(self, data: bytes, peer: Peer) -> None:
+        steering = self.steering
+        if steering is not None and steering.elsewhere(data, peer):
+            return  # another worker owns it: handed over unparsed
         try:
             message = parse_message(data, self._max_size, peer[0] == "tcp")
         except ParseError as exc:

@@ -1,5 +1,13 @@
 """The proxy role: the stateful proxy engine on ``[proxy] listen``, the operator's routing
-policy, the location table read from the read DSN."""
+policy, the location table read from the read DSN.
+
+With ``node.workers`` above 1 the supervisor binds the addresses once per worker
+(SO_REUSEPORT, datagrams dealt at random), makes each worker a private inbox and forks
+them. Each message belongs to the worker its Call-ID hashes to (``transport/steering.py``):
+a worker hands what it does not own to the owner unparsed, so a transaction's
+retransmissions, CANCEL, ACK and responses, and its dialog's requests, all meet the
+worker that holds it. A TCP connection stays in the worker that has it; what another
+worker sends on it goes through that one (``transport/inboxes.py``)."""
 
 from __future__ import annotations
 
@@ -7,10 +15,11 @@ import asyncio
 import logging
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from sipfleet.config import Config
-from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.endpoint import CONNECTION_IDS_PER_WORKER, SipEndpoint
 from sipfleet.core.overload import no_backlog, receive_backlog
 from sipfleet.core.proxy.engine import ProxyEngine, settings_from_config
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
@@ -20,6 +29,7 @@ from sipfleet.core.proxy.services import ProxyServices
 from sipfleet.roles.common import (
     authority_for,
     collect_garbage,
+    ready_after,
     serve_until_cancelled,
     storage_for,
 )
@@ -29,7 +39,9 @@ from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.storage import Storage
 from sipfleet.storage.errors import StorageError
 from sipfleet.transport.base import TransportLimits
-from sipfleet.transport.sockets import bind_all
+from sipfleet.transport.inboxes import WorkerSteering, make_inboxes
+from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only
+from sipfleet.transport.workers import deal_at_random, run_workers
 
 log = logging.getLogger(__name__)
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -90,28 +102,81 @@ async def follow_proxy_pool(storage: Storage, engine: ProxyEngine, interval: flo
 
 
 async def run(config: Config, *, ready: Callable[[], None] | None = None) -> None:
-    """Serve as the proxy until cancelled; ``ready()`` once listening."""
+    """Serve as the proxy until cancelled (one worker) or until SIGTERM/SIGINT (several:
+    this process supervises them); ``ready()`` once every worker listens."""
+    workers = config.node.workers
+    if workers == 1:
+        await serve(config, None, None, ready)
+        return
+    buffer_size = TransportLimits.from_config(config.sip).socket_buffer
+    sets = bind_for_workers(config.proxy.listen, workers, buffer_size=buffer_size)
+    # Where a datagram lands does not matter (its Call-ID's owner handles it): dealing
+    # them at random only evens out the load, which an address hash would not (the LBs
+    # in front are few).
+    deal_at_random(sets[0], workers, "proxy")
+    inboxes = make_inboxes(workers)
+    signal_ready = ready_after(workers, ready)
+
+    def worker_main(index: int) -> Coroutine[Any, Any, None]:
+        steering = WorkerSteering.in_worker(index, inboxes, CONNECTION_IDS_PER_WORKER)
+        return serve(config, keep_only(sets, index), steering, signal_ready)
+
+    # This process only supervises from here on: its loop waits while the workers run.
+    if run_workers(worker_main, workers) != 0:
+        raise RuntimeError("proxy workers keep dying; see the log above")
+
+
+async def serve(
+    config: Config,
+    sockets: Sequence[socket.socket] | None,
+    steering: WorkerSteering | None,
+    ready: Callable[[], None] | None,
+) -> None:
+    """One proxy process: its endpoint (on ``sockets``, or bound here), its storage, and
+    with several workers its ``steering`` (each Call-ID's messages to one worker).
+
+    Every worker runs every background duty for itself, since each holds its own state:
+    the garbage collector (its own heap), the proxy pool (its engine's siblings), the LCR
+    tables and gateway health (the trunks it tried; it probes the gateways it found
+    defunct, with Call-IDs it owns so the answers come back to it). None writes shared
+    state, so none needs to be worker 0's alone."""
     # The SQLite backend runs queries on a thread. With the default 5 ms GIL switch
     # interval a busy event loop lets that thread in only every 5 ms, and lookups
     # pile up to the in-flight cap (seen at 1,000 calls/s); 0.5 ms keeps them flowing.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    async with storage_for(config) as storage:
-        limits = TransportLimits.from_config(config.sip)
+    limits = TransportLimits.from_config(config.sip)
+    if sockets is None:
         sockets = bind_all(config.proxy.listen, buffer_size=limits.socket_buffer)
-        endpoint = SipEndpoint(config.proxy.listen, limits=limits, sockets=sockets)
+    index = steering.index if steering is not None else 0
+    async with storage_for(config) as storage:
+        endpoint = SipEndpoint(
+            config.proxy.listen, limits=limits, sockets=sockets, worker_index=index
+        )
         lcr = LcrRouter.from_config(config, storage.lcr)
         # caller privacy (DESIGN §4); LCR gateways flagged trusted see the caller
         hooks = PrivacyHooks.from_config(config, lambda: lcr.cache.table.rows.gateways)
         engine = build_engine(config, storage, endpoint, sockets=sockets, off_net=lcr, hooks=hooks)
+        if steering is not None:
+            endpoint.steering = steering
+            engine.prober.owns_call_id = steering.owns_call_id
         await lcr.start(engine.prober)  # the LCR tables loaded before the first call
         endpoint.handler = engine
         collector = asyncio.create_task(collect_garbage())
         siblings = asyncio.create_task(
             follow_proxy_pool(storage, engine, config.proxy.pool_reload_s)
         )
+
+        def listening() -> None:  # handoffs wait in the inbox until the endpoint listens
+            if steering is not None:
+                steering.start(endpoint)
+            if ready is not None:
+                ready()
+
         try:
-            await serve_until_cancelled(endpoint, ready)
+            await serve_until_cancelled(endpoint, listening)
         finally:
+            if steering is not None:
+                steering.close()
             collector.cancel()
             siblings.cancel()
             await lcr.close()

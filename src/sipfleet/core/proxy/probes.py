@@ -38,11 +38,16 @@ class OptionsProber:
         self._waiting: dict[int, tuple[str, Answered]] = {}  # probe id -> key, callback
         self._latest: dict[str, int] = {}  # key -> its newest probe id
         self.sent = 0
+        # With several workers, answers go to the worker that owns their Call-ID
+        # (transport/steering.py): probes use only ids whose Call-ID this one owns.
+        self.owns_call_id: Callable[[str], bool] = _any_call_id
 
     def probe(self, key: str, uri: str, answered: Answered) -> None:
         """Send OPTIONS to ``uri``; ``answered(status)`` is called with the first final
         answer to it (if ever). A newer probe for the same ``key`` replaces this one."""
         probe_id = next(self._ids)
+        while not self.owns_call_id(self._call_id(probe_id)):
+            probe_id = next(self._ids)
         older = self._latest.get(key)
         if older is not None:
             self._waiting.pop(older, None)
@@ -86,10 +91,13 @@ class OptionsProber:
             "Max-Forwards: 70\r\n"
             f"From: <sip:probe@{sent_by}>;tag={self._token}\r\n"
             f"To: <{uri}>\r\n"
-            f"Call-ID: lcrp-{self._token}-{probe_id}\r\n"
+            f"Call-ID: {self._call_id(probe_id)}\r\n"
             f"CSeq: {probe_id} OPTIONS\r\n"
             "Content-Length: 0\r\n\r\n"
         ).encode()
+
+    def _call_id(self, probe_id: int) -> str:
+        return f"lcrp-{self._token}-{probe_id}"
 
     def answered(self, response: Response) -> bool:
         """True when ``response`` answers one of our probes (it is then used up here)."""
@@ -112,3 +120,7 @@ class OptionsProber:
                 del self._latest[key]
             callback(response.status)
         return True
+
+
+def _any_call_id(call_id: str) -> bool:
+    return True
