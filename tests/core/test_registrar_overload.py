@@ -212,6 +212,13 @@ class SentBytes:
     def send_bytes(self, data: bytes, destination: object) -> None:
         self.sent.append(data)
 
+    def take(self) -> list[Response]:
+        """The answers sent since the last take."""
+        answers = [parse_message(data) for data in self.sent]
+        self.sent.clear()
+        assert all(isinstance(a, Response) for a in answers)
+        return answers  # type: ignore[return-value]
+
 
 async def test_over_a_connection_a_shed_register_is_always_answered() -> None:
     config = config_from_dict(

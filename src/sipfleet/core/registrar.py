@@ -16,6 +16,16 @@ queue short, so what is served is answered before its client retransmits (a regi
 that let its buffer fill fell to a third of its capacity at twice it); the budget keeps
 the answers to what is shed from eating the CPU that serving needs (answering every one
 left 43 % of the capacity at twice it; with the budget, 99 %: docs/benchmarks.md).
+
+Storage stalls (a held lock, a slow disk, a database that stops answering) are not
+overload of this process: the REGISTERs would just wait, each up to the backend's own
+time limit, and the clients would hear nothing. So a REGISTER that has waited
+``STORAGE_DEADLINE`` for its answer gets 503 with Retry-After (its late outcome is
+dropped), and that marks the storage stalled (``StallGuard``): new REGISTERs then get the
+same 503 at once, whatever the answer budget (nothing is being served that the answers
+could starve), except one at a time, the probe, which goes on to the database; the first
+write that completes ends the stall. It works the same for every backend, none of which
+needs to notice the stall itself.
 """
 
 from __future__ import annotations
@@ -69,11 +79,74 @@ class Answer:
 ALLOW = "REGISTER, OPTIONS"
 RETRY_AFTER = "5"
 OVERLOADED = Answer(503, "Overloaded", [("Retry-After", RETRY_AFTER)])
+STALLED = Answer(503, "Database Not Answering", [("Retry-After", RETRY_AFTER)])
+# Seconds a REGISTER may wait for its answer before it gets 503: far above what a write
+# takes under load (milliseconds; the receive queue is kept under a quarter of a second),
+# far below the client's patience (Timer F, 32 s; a phone shows an error long before).
+STORAGE_DEADLINE = 1.0
+DEADLINE_CHECKS = 4  # deadline checks per STORAGE_DEADLINE while REGISTERs are pending
 # Bytes of datagrams waiting behind a REGISTER past which it is shed. Kernel accounting:
 # ~1.3 KB per REGISTER, so about 1,600 REGISTERs, a quarter of a second of one worker's
 # work: under a retransmission interval (T1 = 0.5 s), and above the bursts of ~1 MB seen
 # at two thirds of capacity (the process waits for a core, the load generator catches up).
 MAX_BACKLOG = 2 << 20
+
+
+class StallGuard:
+    """Whether storage has stalled, from how long REGISTERs wait for it (no clock, no
+    I/O: times are passed in). A REGISTER that waits ``deadline`` or more marks it
+    stalled; while it is, new REGISTERs are refused, but one at a time is let through
+    (the probe); a completed write ends the stall."""
+
+    def __init__(self, deadline: float = STORAGE_DEADLINE) -> None:
+        self.deadline = deadline
+        self.stalled = False
+        self.probing = False  # a probe is on its way to the database
+        self.stalls = 0  # counter: stalls seen
+
+    def admit(self) -> bool:
+        """May a new REGISTER go to the database? While stalled, only as the probe."""
+        if not self.stalled:
+            return True
+        if self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def overdue(self, started: float, now: float) -> bool:
+        """Has a REGISTER started at ``started`` waited too long? Then storage stalls."""
+        if now - started < self.deadline:
+            return False
+        if not self.stalled:
+            self.stalled = True
+            self.stalls += 1
+            log.warning(
+                "database: no answer within %.1f s: REGISTERs get 503 until a write completes",
+                self.deadline,
+            )
+        return True
+
+    def settled(self, probe: bool, wrote: bool) -> None:
+        """A REGISTER's work ended; ``wrote``: its write (or lookup) completed."""
+        if probe:
+            self.probing = False
+        if wrote and self.stalled:
+            self.stalled = False
+            log.warning("database: answering again")
+
+
+@dataclass(eq=False, slots=True)
+class _Work:
+    """One REGISTER on its way through authentication and storage."""
+
+    request: Request
+    peer: Peer
+    key: Key | None
+    started: float  # the registrar's clock
+    probe: bool  # let through while storage stalled, to see whether it answers again
+    answered: bool = False  # 503 at the deadline: its outcome, when it comes, is dropped
+    spent: bool = False  # its credentials were accepted: their nonce-count is used up
+    wrote: bool = False  # its write or lookup completed: the database answers
 
 
 class Registrar:
@@ -86,8 +159,10 @@ class Registrar:
         endpoint: SipEndpoint,
         *,
         backlog: Callable[[], int] = no_backlog,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``backlog``: bytes waiting in the listening UDP sockets (``receive_backlog``)."""
+        """``backlog``: bytes waiting in the listening UDP sockets (``receive_backlog``);
+        ``clock``: seconds, for the answer cache and the storage deadline."""
         section = config.registrar
         self.config = config
         self.storage = storage
@@ -101,11 +176,17 @@ class Registrar:
         self.authority = authority_for(config)
         self.trusted_lbs = frozenset(section.trusted_lbs)
         self.max_in_flight = config.database.max_in_flight
-        self.answered = AnsweredRequests()
+        # Timer F: a client retransmits a REGISTER for 64 x T1.
+        self.answered = AnsweredRequests(window=64 * config.sip.t1_ms / 1000)
         self.backlog = backlog
+        self.clock = clock
         self.shed = 0  # REGISTERs answered 503 because of overload
         self.dropped = 0  # REGISTERs dropped unanswered: overload past the answer budget
+        self.refused_stalled = 0  # REGISTERs answered 503 because storage stalled
         self.answer_budget = AnswerBudget()
+        self.stall = StallGuard()
+        self._pending: set[_Work] = set()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- SipHandler ------------------------------------------------------------------------
@@ -116,7 +197,7 @@ class Registrar:
             self._reply(request, peer, self._other_method(request))
             return
         key = request_key(request)
-        now = time.time()
+        now = self.clock()
         if key is not None:
             seen = self.answered.begin(key, now)
             if seen is Seen.IN_PROGRESS:
@@ -127,7 +208,14 @@ class Registrar:
         if self.answered.in_progress > self.max_in_flight or self.backlog() > MAX_BACKLOG:
             self._shed(request, peer, key, now)
             return
-        task = asyncio.create_task(self._register(request, peer, key))
+        if not self.stall.admit():
+            self.refused_stalled += 1
+            self._finish(request, peer, key, STALLED)
+            return
+        work = _Work(request, peer, key, now, probe=self.stall.stalled)
+        self._pending.add(work)
+        self._watch_deadlines()
+        task = asyncio.create_task(self._register(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -146,10 +234,36 @@ class Registrar:
     def on_response(self, response: Response, peer: Peer) -> None:
         """A registrar sends no requests; stray responses are dropped."""
 
+    # -- the storage deadline -----------------------------------------------------------------
+    def _watch_deadlines(self) -> None:
+        if self._deadline_timer is None:
+            delay = self.stall.deadline / DEADLINE_CHECKS
+            loop = asyncio.get_running_loop()
+            self._deadline_timer = loop.call_later(delay, self.check_deadlines)
+
+    def check_deadlines(self) -> None:
+        """Answer 503 to each REGISTER that has waited past the deadline (on a timer, a
+        few times per deadline while any waits; the work itself goes on unanswered)."""
+        self._deadline_timer = None
+        now = self.clock()
+        waiting = False
+        for work in self._pending:
+            if work.answered:
+                continue
+            if self.stall.overdue(work.started, now):
+                work.answered = True
+                self.refused_stalled += 1
+                self._finish(work.request, work.peer, work.key, STALLED, spent=work.spent)
+            else:
+                waiting = True
+        if waiting:
+            self._watch_deadlines()
+
     # -- REGISTER ---------------------------------------------------------------------------
-    async def _register(self, request: Request, peer: Peer, key: Key | None) -> None:
+    async def _register(self, work: _Work) -> None:
+        request = work.request
         try:
-            answer = await self._answer(request, peer)
+            answer = await self._answer(work)
         except Rejection as rejection:
             answer = Answer(rejection.status, rejection.reason, rejection.headers)
         except ParseError as exc:
@@ -162,34 +276,43 @@ class Registrar:
         except Exception:
             log.exception("REGISTER %s failed", _call_id(request))
             answer = Answer(500, "Server Internal Error")
-        self.answer_budget.served()
-        self._finish(request, peer, key, answer)
+        self._pending.discard(work)
+        self.stall.settled(work.probe, work.wrote)
+        if not work.answered:
+            self.answer_budget.served()
+            self._finish(request, work.peer, work.key, answer, spent=work.spent)
+        elif work.spent and work.key is not None:
+            # Its 503 went out at the deadline, but its nonce-count is used up since.
+            self.answered.spent(work.key, self.clock())
 
-    async def _answer(self, request: Request, peer: Peer) -> Answer:
+    async def _answer(self, work: _Work) -> Answer:
+        request, peer = work.request, work.peer
         validate_request(request)
         aor = address_of_record(request, self.settings)
         unsupported = unsupported_extensions(request)
         if unsupported:
             return Answer(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
-        challenge = await self._authenticate(request, aor)
+        challenge = await self._authenticate(work, aor)
         if challenge is not None:
             return challenge
         plan = plan_registration(request, aor, self.settings, peer.host in self.trusted_lbs)
         now = time.time()
         bindings = await self._store(plan, peer, int(now))
+        work.wrote = True
         headers = registered_headers(plan, bindings, now)  # type: ignore[arg-type]
         return Answer(200, "OK", headers)
 
-    async def _authenticate(self, request: Request, aor: AddressOfRecord) -> Answer | None:
+    async def _authenticate(self, work: _Work, aor: AddressOfRecord) -> Answer | None:
         """None when the request may go on; else the 401/403 to answer."""
         if not self.config.registrar.authenticate:
             return None
         realm = self.config.registrar.realm or aor.domain
         outcome = await authenticate(
-            self.authority, self.storage.subscribers, request, realm, time.time(), "registrar"
+            self.authority, self.storage.subscribers, work.request, realm, time.time(), "registrar"
         )
         if isinstance(outcome, Challenge):
             return Answer(outcome.status, outcome.reason, list(outcome.headers))
+        work.spent = True  # accepted: a copy would now be refused as a replay
         if outcome.username != aor.username:
             return Answer(403, "Authentication user does not match the address-of-record")
         return None
@@ -237,10 +360,12 @@ class Registrar:
             return Answer(200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp")])
         return Answer(405, "Method Not Allowed", [("Allow", ALLOW)])
 
-    def _finish(self, request: Request, peer: Peer, key: Key | None, answer: Answer) -> None:
+    def _finish(
+        self, request: Request, peer: Peer, key: Key | None, answer: Answer, *, spent: bool = False
+    ) -> None:
         data = self._reply(request, peer, answer)
         if key is not None:
-            self.answered.finish(key, data, time.time())
+            self.answered.finish(key, data, self.clock(), spent=spent)
 
     def _reply(self, request: Request, peer: Peer, answer: Answer) -> bytes | None:
         response = make_response(

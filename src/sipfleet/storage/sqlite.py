@@ -30,7 +30,11 @@ from sipfleet.storage.statements import Statement, Statements, Step, StepResult
 log = logging.getLogger("sipfleet.storage")
 T = TypeVar("T")
 
-BUSY_TIMEOUT_MS = 5000
+# How long a statement waits for another process's write lock. Above the registrar's
+# storage deadline (1 s: the REGISTER gets its 503 first, core/registrar.py), and short
+# enough that a write stuck behind a held lock gives this process's one database thread
+# back soon: the calls queued behind it each wait their turn, not 5 s each.
+BUSY_TIMEOUT_MS = 2000
 # Errors that mean "not now" rather than "wrong statement".
 _UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk i/o", "readonly", "disk is full")
 

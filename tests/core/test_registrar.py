@@ -1,0 +1,175 @@
+"""The registrar's core on a fake clock, without sockets: what it answers to copies of
+requests it has served, and to REGISTERs when the database stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sipfleet.config import Config, config_from_dict
+from sipfleet.core.registrar import STORAGE_DEADLINE, Registrar
+from sipfleet.sip import Request, parse_message
+from sipfleet.sip.digest import compute_ha1, compute_response, format_credentials, parse_auth_header
+from sipfleet.storage import Dsn, Storage, Subscriber, open_storage
+from sipfleet.storage.migrate import upgrade
+from sipfleet.transport.base import Peer
+from tests.core.test_registrar_overload import SentBytes, StuckLocation, StuckStorage
+
+DOMAIN = "example.com"
+PEER = Peer("udp", "127.0.0.1", 5100, "127.0.0.1", 5060, 7)
+_branches = itertools.count()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def config(authenticate: bool) -> Config:
+    return config_from_dict(
+        {
+            "node": {"cluster_secret": "test"},
+            "sip": {"domains": [DOMAIN], "auth_algorithms": ["MD5"]},
+            "registrar": {"authenticate": authenticate},
+        }
+    )
+
+
+def register(user: str, *, branch: str | None = None, authorization: str = "") -> Request:
+    text = (
+        f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5100;branch={branch or f'z9hG4bK-{next(_branches)}'}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=t\r\n"
+        f"To: <sip:{user}@{DOMAIN}>\r\nCall-ID: call-{user}\r\nCSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:{user}@127.0.0.1:5100>\r\n"
+        f"{f'Authorization: {authorization}' + chr(13) + chr(10) if authorization else ''}"
+        "Content-Length: 0\r\n\r\n"
+    )
+    request = parse_message(text.encode())
+    assert isinstance(request, Request)
+    return request
+
+
+def credentials(challenge: str, user: str = "alice", nc: str = "00000001") -> str:
+    parsed = parse_auth_header(challenge)
+    nonce = parsed.nonce or ""
+    ha1 = compute_ha1(user, DOMAIN, "secret", "MD5")
+    uri = f"sip:{DOMAIN}"
+    response = compute_response(ha1, "REGISTER", uri, nonce, "MD5", "auth", nc, "cafe")
+    return format_credentials(user, DOMAIN, nonce, uri, response, "MD5", "auth", nc, "cafe")
+
+
+async def settle(registrar: Registrar) -> None:
+    """Until every REGISTER task the registrar started has finished."""
+    while registrar._tasks:
+        await asyncio.gather(*registrar._tasks)
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    dsn = f"sqlite://{tmp_path / 'registrar.db'}"
+    await upgrade(Dsn.parse(dsn))
+    storage = open_storage(dsn)
+    ha1 = compute_ha1("alice", DOMAIN, "secret", "MD5")
+    await storage.subscribers.add(
+        Subscriber("alice", DOMAIN, ha1, compute_ha1("alice", DOMAIN, "secret", "SHA-256"))
+    )
+    yield storage
+    await storage.close()
+
+
+async def test_a_copy_of_a_served_authenticated_register_gets_the_same_200_much_later(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More than 20,000 other answers and more than 8 s later (what the old cache held):
+    the copy is answered from what was sent, not worked on again into a false 401."""
+    caplog.set_level(logging.INFO)
+    clock, endpoint = FakeClock(), SentBytes()
+    registrar = Registrar(config(True), storage, endpoint, clock=clock)  # type: ignore[arg-type]
+    registrar.on_request(register("alice"), PEER)
+    await settle(registrar)
+    [challenge] = endpoint.take()
+    assert challenge.status == 401
+    authorization = credentials(challenge.header("www-authenticate") or "")
+    served = register("alice", branch="z9hG4bK-served", authorization=authorization)
+    registrar.on_request(served, PEER)
+    await settle(registrar)
+    [ok] = endpoint.sent
+    [answer] = endpoint.take()
+    assert answer.status == 200
+
+    for i in range(20_001):  # 10 s of other clients' challenges
+        clock.now += 10.0 / 20_001
+        registrar.on_request(register(f"other{i}"), PEER)
+        if i % 100 == 0:  # as they come: under database.max_in_flight at a time
+            await settle(registrar)
+    await settle(registrar)
+    assert len(endpoint.take()) == 20_001
+
+    registrar.on_request(served.copy(), PEER)  # the retransmission
+    assert endpoint.sent == [ok]
+    assert "nonce-count replayed" not in caplog.text
+    endpoint.sent.clear()
+    # Replay protection stands: the same credentials in a new request are refused.
+    registrar.on_request(register("alice", authorization=authorization), PEER)
+    await settle(registrar)
+    [replayed] = endpoint.take()
+    assert replayed.status == 401
+    assert "nonce-count replayed" in caplog.text
+
+
+async def turn() -> None:
+    """Let the REGISTER tasks run up to where they wait."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_stalled_database_gets_503_at_the_deadline_then_at_once_then_recovers() -> None:
+    clock, endpoint, location = FakeClock(), SentBytes(), StuckLocation()
+    registrar = Registrar(
+        config(False),
+        StuckStorage(location),  # type: ignore[arg-type]
+        endpoint,  # type: ignore[arg-type]
+        clock=clock,
+    )
+    first = register("first")
+    registrar.on_request(first, PEER)
+    await turn()
+    clock.now += STORAGE_DEADLINE * 0.9
+    registrar.check_deadlines()
+    assert endpoint.sent == []  # still within the deadline
+    clock.now += STORAGE_DEADLINE * 0.1
+    registrar.check_deadlines()
+    [late] = endpoint.take()
+    assert (late.status, late.call_id, late.header("retry-after")) == (503, "call-first", "5")
+
+    # Stalled: one REGISTER goes on to the database (the probe); the others get 503 at once.
+    registrar.on_request(register("probe"), PEER)
+    for user in ("second", "third"):
+        registrar.on_request(register(user), PEER)
+    await turn()
+    assert [(a.status, a.call_id) for a in endpoint.take()] == [
+        (503, "call-second"),
+        (503, "call-third"),
+    ]
+    assert location.waiting == 2  # the first and the probe: nothing else waits on it
+    registrar.on_request(first.copy(), PEER)  # a copy of the first: the same 503
+    assert [a.status for a in endpoint.take()] == [503]
+
+    location.release.set()  # the lock is released
+    await settle(registrar)
+    # The probe is served; the first's late outcome is dropped (it had its answer).
+    assert [(a.status, a.call_id) for a in endpoint.take()] == [(200, "call-probe")]
+    registrar.on_request(register("after"), PEER)
+    await settle(registrar)
+    assert [(a.status, a.call_id) for a in endpoint.take()] == [(200, "call-after")]
+    assert (registrar.refused_stalled, registrar.stall.stalls) == (3, 1)
+    assert not registrar.stall.stalled
