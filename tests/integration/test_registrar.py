@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +208,18 @@ def test_unknown_user_and_wrong_password_look_the_same(cluster: Cluster) -> None
     assert [k for k in wrong.keys if k != "to"] == [k for k in unknown.keys if k != "to"]
 
 
+def plain_register(user: str, local: int) -> bytes:
+    """A REGISTER without credentials from 127.0.0.1:``local``, Call-ID ``call-USER``."""
+    return (
+        f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-{user}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=x\r\n"
+        f"To: <sip:{user}@{DOMAIN}>\r\nCall-ID: call-{user}\r\n"
+        f"CSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:{local}>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
 def test_two_workers_share_the_address(cluster: Cluster) -> None:
     """node.workers = 2: two processes behind one address, datagrams dealt at random."""
     node = cluster.start("registrar", registrar={"authenticate": False}, node={"workers": 2})
@@ -218,15 +232,7 @@ def test_two_workers_share_the_address(cluster: Cluster) -> None:
         sock.settimeout(5)
         local = sock.getsockname()[1]
         for user in users:
-            request = (
-                f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-{user}\r\n"
-                f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=x\r\n"
-                f"To: <sip:{user}@{DOMAIN}>\r\nCall-ID: workers-{user}\r\n"
-                f"CSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:{local}>\r\n"
-                "Content-Length: 0\r\n\r\n"
-            )
-            sock.sendto(request.encode(), ("127.0.0.1", node.port))
+            sock.sendto(plain_register(user, local), ("127.0.0.1", node.port))
         answers = [parse_message(sock.recv(65535)) for _ in users]
     assert [a.status for a in answers if isinstance(a, Response)] == [200] * len(users)
     assert all(len(cluster.bindings(user, DOMAIN)) == 1 for user in users)
@@ -250,3 +256,46 @@ def test_database_outage_gets_500_with_retry_after_then_recovers(
     result = register(cluster, tmp_path, name="after")
     assert result.ok, result.explain()
     assert len(contacts(cluster)) == 2
+
+
+def timed_register(sock: socket.socket, port: int, user: str) -> tuple[Response, float]:
+    """Send one REGISTER and wait (5 s at most) for its answer: the answer, the seconds."""
+    started = time.monotonic()
+    sock.sendto(plain_register(user, sock.getsockname()[1]), ("127.0.0.1", port))
+    answer = parse_message(sock.recv(65535))
+    assert isinstance(answer, Response)
+    return answer, time.monotonic() - started
+
+
+def test_a_held_sqlite_write_lock_gets_prompt_503s_then_the_registrar_recovers(
+    cluster: Cluster,
+) -> None:
+    """Another process holds the database's write lock: REGISTERs get 503 with Retry-After
+    within the deadline (about a second), not silence; served again once it is released."""
+    port = start_registrar(cluster, authenticate=False)
+    assert cluster.dsn.startswith("sqlite:///")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        assert timed_register(sock, port, "before")[0].status == 200
+        holder = sqlite3.connect(cluster.dsn.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # the write lock, held for several seconds
+            during = [timed_register(sock, port, f"during{i}") for i in range(6)]
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        released = time.monotonic()
+        # As a phone would, but sooner than its Retry-After: a new REGISTER every 0.1 s.
+        for attempt in range(30):
+            answer, _ = timed_register(sock, port, f"after{attempt}")
+            if answer.status == 200:
+                break
+            time.sleep(0.1)
+        recovered = time.monotonic() - released
+        later = timed_register(sock, port, "later")[0]
+    assert [(a.status, a.header("retry-after")) for a, _ in during] == [(503, "5")] * 6
+    assert max(seconds for _, seconds in during) < 2.0
+    assert (answer.status, later.status) == (200, 200)
+    assert recovered < 2.0
+    assert all(len(cluster.bindings(user, DOMAIN)) == 1 for user in ("before", "later"))
