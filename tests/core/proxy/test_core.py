@@ -210,6 +210,67 @@ def test_caps_on_calls_and_routing() -> None:
     assert shell.core.stats.shed == 1
 
 
+def stray_bye(n: int) -> Request:
+    via = f"SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-stray-{n}"
+    return request("BYE", BOB, to_tag="gone", call_id=f"stray-{n}", via=via)
+
+
+def test_every_kept_transaction_counts_against_the_cap() -> None:
+    """Answered requests wait out Timer J (32 s): they count until they leave, so a flood
+    of stray requests meets the cap instead of growing the proxy without bound."""
+    shell = FakeShell(max_transactions=2)
+    for n in range(2):
+        shell.receive(stray_bye(n))
+        shell.reply(404)
+    assert shell.upstream() == [404, 404]
+    shell.receive(stray_bye(2))
+    assert shell.upstream() == [503]  # stateless: nothing more is kept
+    assert shell.asked == []
+    assert len(shell.core.layer) == 2
+    shell.advance(64 * T1)  # Timer J: both leave
+    shell.receive(stray_bye(3))
+    assert shell.asked
+
+
+def test_an_answered_request_keeps_only_what_answers_its_retransmissions() -> None:
+    shell = FakeShell()
+    shell.receive(stray_bye(0))
+    shell.reply(404)
+    assert shell.upstream() == [404]
+    assert shell.core.calls == {}  # the call is over: its transaction answers alone
+    (server,) = shell.core.layer._servers.values()
+    assert server.request.lines == []  # the request let go of
+    shell.receive(stray_bye(0))  # a retransmission
+    assert shell.upstream() == [404]
+    assert shell.asked == []
+
+
+def test_an_answered_call_lets_go_of_its_copies_while_a_2xx_may_still_come() -> None:
+    shell = FakeShell()
+    (forwarded,) = calling(shell, BOB)
+    ok = response_to(forwarded, 200)
+    shell.receive(ok, CALLEE)
+    assert shell.upstream() == [200]
+    (call,) = shell.core.calls.values()  # a 2xx retransmission goes through the call
+    assert call.responses is not None
+    (branch,) = call.responses.branches
+    assert branch.request is None
+    assert branch.client is not None
+    assert branch.client.request.lines == []
+    shell.receive(ok, CALLEE)
+    assert shell.upstream() == [200]
+
+
+def test_a_cancel_after_the_final_answer_gets_200_and_changes_nothing() -> None:
+    shell = FakeShell()
+    (forwarded,) = calling(shell, BOB)
+    shell.receive(response_to(forwarded, 486), CALLEE)
+    assert shell.upstream() == [486]
+    shell.receive(request("CANCEL"))
+    assert shell.upstream() == [200]
+    assert shell.downstream("CANCEL") == []
+
+
 def test_the_2xx_ack_follows_our_route_only_with_its_token() -> None:
     shell = FakeShell()
     route = shell.core.dialog_tokens.stamp(f"<sip:{PROXY_HOST}:{PROXY_PORT};lr>", request())

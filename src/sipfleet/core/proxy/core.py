@@ -80,6 +80,7 @@ from sipfleet.sip.transaction import (
     Send,
     ServerTransaction,
     StartTimer,
+    State,
     Terminated,
     Timeout,
     Timer,
@@ -95,6 +96,8 @@ from sipfleet.transport.sockets import family_of, normalise_host
 log = logging.getLogger(__name__)
 Header = tuple[str, str]
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
+ACCEPTED = State.ACCEPTED
+ANSWERED = (State.ACCEPTED, State.COMPLETED, State.TERMINATED)  # a final response came
 MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
 
 
@@ -113,7 +116,9 @@ DEFAULT_CALL_SETTINGS = CallSettings()
 class EngineSettings:
     timers: Timers = DEFAULT_TIMERS
     calls: CallSettings = DEFAULT_CALL_SETTINGS
-    max_calls: int = 20_000  # requests without a final answer yet
+    # transactions kept, in progress or answered and waiting out Timers J, L, H, M, K:
+    # what bounds the proxy's memory, whatever rate anyone sends at
+    max_transactions: int = 200_000
     max_routing: int = 2_000  # requests waiting for the policy / database / resolver
     trusted_lbs: frozenset[str] = frozenset({"127.0.0.1", "::1"})
     aliases: tuple[str, ...] = ()
@@ -280,7 +285,7 @@ class ProxyCore:
         settings = self.settings
         if (
             (self.overload.overloaded and request.to.tag is None)  # finish calls, start none
-            or self.active >= settings.max_calls
+            or len(self.layer) >= settings.max_transactions
             or self.waiting >= settings.max_routing
         ):
             return self._shed(request, peer)
@@ -358,7 +363,7 @@ class ProxyCore:
         invite = self.layer.cancel_target(cancel)
         call = self.calls.get(invite.key) if invite is not None else None
         server = self.layer.create_server(cancel, peer=response_destination(cancel, peer))
-        status = 200 if call is not None else 481
+        status = 200 if invite is not None else 481  # answered already: 200, no effect
         actions = self._run(server.respond(make_response(cancel, status, to_tag=new_tag())))
         if call is None:
             return actions
@@ -536,8 +541,42 @@ class ProxyCore:
         return []
 
     def _forget_if_over(self, call: Call) -> None:
-        if call.server_ended and call.clients == 0:
-            del self.calls[call.key]
+        """Let go of what a call no longer needs; every kept transaction counts against
+        the cap, so a finished call should cost little while its transactions wait out
+        their timers (J, L, H, M, K: up to 32 s over UDP).
+
+        The call itself goes once it has its final answer (or its server transaction
+        ended) and no branch waits for an answer or may still pass a 2xx retransmission
+        up (a client INVITE in Accepted: that 2xx goes through the hooks, which need the
+        call), nor has a client to cancel when it rings (§9.1). Its transactions stay and
+        answer retransmissions on their own, from what they sent; they let go of the
+        requests. While a 2xx may still come, the call stays but lets go of the
+        forwarded copies and the final responses it kept."""
+        branches = () if call.responses is None else call.responses.branches
+        if not (call.server_ended and call.clients == 0):
+            if not call.finished or any(
+                b.pending or (b.client is not None and b.client.state not in ANSWERED)
+                for b in branches
+            ):
+                return  # an answer to wait for, or a CANCEL to send when one comes (§9.1)
+            if any(b.client is not None and b.client.state is ACCEPTED for b in branches):
+                self._let_go_of_copies(branches)
+                return
+        if self.calls.pop(call.key, None) is not call:
+            return
+        call.server.forget_request()
+        for branch in branches:
+            client = branch.client
+            if client is not None and client.state in ANSWERED:
+                client.forget_request()
+
+    @staticmethod
+    def _let_go_of_copies(branches: Sequence[Branch]) -> None:
+        for branch in branches:
+            client = branch.client
+            if branch.request is not None and client is not None and client.state in ANSWERED:
+                client.forget_request()
+                branch.request = branch.response = None
 
     # -- forking ------------------------------------------------------------------------------
     def _fork(self, call: Call, plan: ForkPlan) -> list[ProxyAction]:
@@ -579,6 +618,7 @@ class ProxyCore:
                 if branch.target.gateway is not None:
                     gateway = branch.target.gateway
                     out.append(TrunkOutcome(gateway, branch.status, branch.progressed))
+        self._forget_if_over(call)
         return out
 
     def _exhausted(self, call: Call, best: Response) -> list[ProxyAction]:
@@ -684,7 +724,9 @@ class ProxyCore:
             call.finished = True
             self.active -= 1
         self.hooks.answering(response, call.routing)
-        return self._run(call.server.respond(response))
+        actions = self._run(call.server.respond(response))
+        self._forget_if_over(call)
+        return actions
 
 
 def response_destination(request: Request, peer: Peer) -> Destination:

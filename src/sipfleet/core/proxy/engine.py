@@ -78,7 +78,7 @@ def settings_from_config(config: Config) -> EngineSettings:
     return EngineSettings(
         timers=timers,
         calls=calls,
-        max_calls=sip.max_transactions,
+        max_transactions=sip.max_transactions,
         max_routing=proxy.max_routing,
         trusted_lbs=frozenset(normalise_host(host) for host in proxy.trusted_lbs),
         aliases=tuple(proxy.aliases),

@@ -74,6 +74,13 @@ class Transaction:
         """The transport could not send a message of this transaction."""
         raise NotImplementedError
 
+    def forget_request(self) -> None:
+        """The TU is done with the request (a server transaction that answered finally):
+        keep its method and URI alone. The transaction answers retransmissions from its
+        response, and a kept transaction costs a fraction of what it did."""
+        request = self.request
+        self.request = Request(request.method, request.uri_text, [], [])
+
     # -- helpers for the state machines -------------------------------------------------
     def _cancel(self, actions: list[Action], *timers: Timer) -> None:
         for timer in timers:
@@ -90,4 +97,5 @@ class Transaction:
         return actions
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.request.top_via.branch} {self.state}>"
+        branch = self.key[0] if self.key else None  # the top Via's, for RFC 3261 keys
+        return f"<{type(self).__name__} {branch} {self.state}>"
