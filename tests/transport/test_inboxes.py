@@ -118,6 +118,23 @@ async def test_bytes_for_another_workers_connection_go_through_it(
     assert first_endpoint.steered_again == [False]
 
 
+async def test_an_answer_to_a_handed_message_goes_back_through_the_connections_worker(
+    workers: list[tuple[WorkerSteering, FakeEndpoint]],
+) -> None:
+    """Worker 1 handles a message from worker 0's TCP connection and answers it at once:
+    the answer is handed back to worker 0, which writes it."""
+    (first, first_endpoint), (second, second_endpoint) = workers
+    peer = Peer("tcp", "192.0.2.7", 40000, "127.0.0.1", 5080, 17)
+
+    def answer(data: bytes, peer: Peer) -> None:
+        assert second.sent_elsewhere(b"SIP/2.0 100 Trying\r\n\r\n", peer.reply_to)
+
+    second_endpoint.frame_received = answer  # type: ignore[method-assign]
+    assert first.elsewhere(message(call_id_of_worker(1)), peer)
+    await settle()
+    assert [data for data, _ in first_endpoint.sent] == [b"SIP/2.0 100 Trying\r\n\r\n"]
+
+
 async def test_own_connections_and_udp_are_sent_here(
     workers: list[tuple[WorkerSteering, FakeEndpoint]],
 ) -> None:

@@ -78,7 +78,9 @@ class WorkerSteering:
         self._outboxes = outboxes
         self._ids_per_worker = ids_per_worker
         self._endpoint: Inbox | None = None
-        self._delivering = False  # a handoff is being handled: it is ours, do not steer
+        # A handed message is being handled: it is ours, do not steer it again (what
+        # handling it sends is steered as usual: the connection may be a third's).
+        self._delivering = False
         self.handed = 0
         self.taken = 0
         self.dropped = 0  # an inbox full: lost as the network loses a datagram
@@ -138,7 +140,7 @@ class WorkerSteering:
         """True when ``destination``'s TCP connection belongs to another worker and the
         bytes went to it; raises TransportError when they could not."""
         connection = destination.connection_id
-        if connection is None or self._delivering or destination.transport != "tcp":
+        if connection is None or destination.transport != "tcp":
             return False
         owner = connection // self._ids_per_worker
         if owner == self.index or owner not in self._outboxes:
