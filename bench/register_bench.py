@@ -6,6 +6,8 @@
         --steps 4000,6000                                          # fixed steps, no ramp
     .venv/bin/python bench/register_bench.py --backends mariadb --auth no --no-kamailio \
         --overload                                                 # + 2x the maximum
+    .venv/bin/python bench/register_bench.py --backends mariadb --auth yes --no-kamailio \
+        --lb --overload                                            # through the LB
     .venv/bin/python bench/register_bench.py --memory 100000 --backends mariadb --no-kamailio
 
 For each backend (SQLite file, a private MariaDB configured like the anchor's: 256 MB
@@ -31,8 +33,13 @@ needs a Python with uvloop, asyncmy, aiomysql: ``--anchor-python``).
 
 ``--overload``: after a ramp, one step at ``--overload-factor`` x the best rate: the
 goodput (200s per second) and what was shed (503s), then one step at the best rate to
-show it recovered. ``--memory N``: RSS of the registrar with the table at steady state
-before and after N more AORs were registered through it.
+show it recovered. ``--lb``: sipp talks to ``sipfleet run lb`` (``--lb-workers``), whose
+registrar pool is the registrar, as phones of a cluster do (REGISTER hashed by Call-ID,
+Path added, the registrar trusting the LB). With authentication, each step also counts
+the registrar's "nonce-count replayed" log lines: a copy of a served REGISTER worked on
+again instead of answered from what was sent (a false 401). ``--memory N``: RSS of the
+registrar with the table at steady state before and after N more AORs were registered
+through it.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -102,6 +110,7 @@ class Step:
     achieved: float = 0.0
     retransmissions: int = 0
     unexpected: int = 0  # answers other than the expected (503 when shedding)
+    replays: int = 0  # "nonce-count replayed" lines the registrar logged in the step
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core
     others_pct: float = 0.0
     contaminated: bool = False
@@ -124,6 +133,22 @@ class Target:
     groups: dict[str, int]  # name: pid of a process tree
     workdir: Path
     uac_port: int
+    registrar_port: int = 0  # when ``port`` is an LB's: the registrar behind it
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The UDP ports whose drops are counted."""
+        if self.registrar_port:
+            return {"lb": self.port, "registrar": self.registrar_port}
+        return {"registrar": self.port}
+
+    @property
+    def replays(self) -> int:
+        """Copies of served REGISTERs refused as replays so far (the registrar's log)."""
+        log = self.workdir / "registrar.log"
+        with contextlib.suppress(OSError), log.open("rb") as lines:
+            return sum(b"nonce-count replayed" in line for line in lines)
+        return 0
 
 
 # -- CPU of the processes not ours --------------------------------------------------------------
@@ -199,51 +224,89 @@ def write_users(path: Path, prefix: str, count: int) -> list[str]:
     return users
 
 
-# -- the registrar -------------------------------------------------------------------------
+# -- the registrar and the LB -------------------------------------------------------------------
+def node_config(args: argparse.Namespace, dsn: str, name: str, workdir: Path) -> dict[str, Any]:
+    return {
+        "node": {
+            "name": name,
+            "data_dir": str(workdir),
+            "cluster_secret": "bench-cluster-secret",
+            "workers": args.workers,
+        },
+        "database": {
+            "write": dsn,
+            "pool_size": args.pool_size,
+            "max_in_flight": args.max_in_flight,
+        },
+        "sip": {"auth_algorithms": ["MD5"]},  # sipp answers MD5 challenges
+    }
+
+
 @contextlib.contextmanager
-def registrar(
-    args: argparse.Namespace, dsn: str, authenticate: bool, workdir: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_udp_port()
-    config = config_from_dict(
-        {
-            "node": {
-                "name": "bench-registrar",
-                "data_dir": str(workdir),
-                "cluster_secret": "bench-cluster-secret",
-                "workers": args.workers,
-            },
-            "database": {
-                "write": dsn,
-                "pool_size": args.pool_size,
-                "max_in_flight": args.max_in_flight,
-            },
-            "sip": {"auth_algorithms": ["MD5"]},  # sipp answers MD5 challenges
-            "registrar": {
-                "listen": [f"udp:127.0.0.1:{port}"],
-                "authenticate": authenticate,
-                "max_expires": 3600,
-            },
-        }
-    )
-    config_path = workdir / "registrar.toml"
-    write_config(config, config_path)
-    ready = workdir / "registrar.ready"
+def role(
+    name: str, config: dict[str, Any], workdir: Path, log_level: str = "warning"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``sipfleet run NAME`` with ``config``, its log in workdir/NAME.log; once ready."""
+    config_path = workdir / f"{name}.toml"
+    write_config(config_from_dict(config), config_path)
+    ready = workdir / f"{name}.ready"
     ready.unlink(missing_ok=True)
-    log = (workdir / "registrar.log").open("ab")
-    command = [sys.executable, "-m", "sipfleet.cli", "run", "registrar", "-c", str(config_path)]
-    command += ["--ready-file", str(ready), "--log-level", "warning"]
+    log = (workdir / f"{name}.log").open("ab")
+    command = [sys.executable, "-m", "sipfleet.cli", "run", name, "-c", str(config_path)]
+    command += ["--ready-file", str(ready), "--log-level", log_level]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"registrar did not start, see {workdir / 'registrar.log'}")
+                raise RuntimeError(f"{name} did not start, see {workdir / f'{name}.log'}")
             time.sleep(0.05)
-        yield proc, port
+        yield proc
     finally:
         stop(proc)
         log.close()
+
+
+@contextlib.contextmanager
+def registrar(
+    args: argparse.Namespace, dsn: str, authenticate: bool, workdir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_udp_port()
+    config = node_config(args, dsn, "bench-registrar", workdir)
+    config["registrar"] = {
+        "listen": [f"udp:127.0.0.1:{port}"],
+        "authenticate": authenticate,
+        "max_expires": 3600,
+        "trusted_lbs": ["127.0.0.1"] if args.lb else [],  # the LB's Path is stored
+    }
+    # INFO: the "authentication failed: nonce-count replayed" lines are counted.
+    with role("registrar", config, workdir, "info" if authenticate else "warning") as proc:
+        yield proc, port
+
+
+@contextlib.contextmanager
+def lb(
+    args: argparse.Namespace, dsn: str, registrar_port: int, workdir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``sipfleet run lb`` with the registrar as its registrar pool, and its port."""
+
+    async def pool() -> None:
+        storage = open_storage(dsn)
+        try:
+            for target in await storage.lb_targets.list_all("registrar"):
+                await storage.lb_targets.remove("registrar", target.uri)
+            await storage.lb_targets.add("registrar", f"sip:127.0.0.1:{registrar_port}")
+        finally:
+            await storage.close()
+
+    asyncio.run(pool())
+    port = free_udp_port()
+    config = node_config(args, dsn, "bench-lb", workdir)
+    config["node"]["workers"] = args.lb_workers
+    config["lb"] = {"listen": [f"udp:127.0.0.1:{port}"], "keepalive": False}
+    with role("lb", config, workdir) as proc:
+        time.sleep(1.5)  # the LB's first health checks of the pool have been answered
+        yield proc, port
 
 
 # -- sipp steps ------------------------------------------------------------------------------
@@ -268,7 +331,8 @@ def run_step(args: argparse.Namespace, target: Target, rate: int, duration: int)
     stat = target.workdir / f"{target.name}-{rate}-stat.csv"
     stat.unlink(missing_ok=True)
     calls = rate * duration
-    ports = {"registrar": target.port, "uac": target.uac_port}
+    ports = {**target.ports, "uac": target.uac_port}
+    replays = target.replays
     dropped_before = udp_drops(ports)
     command = sipp_command(target, rate, calls, duration, stat)
     out = (target.workdir / f"{target.name}-{rate}-sipp.log").open("wb")
@@ -301,6 +365,7 @@ def run_step(args: argparse.Namespace, target: Target, rate: int, duration: int)
     cpu = {n: round(100.0 * (after[n] - before[n]) / HZ / seconds, 1) for n in pids}
     drops = {name: dropped[name] - dropped_before[name] for name in ports}
     step = Step(target.name, rate, cpu=cpu, others_pct=others_used, drops=drops)
+    step.replays = target.replays - replays
     step.load_avg = round(os.getloadavg()[0], 2)
     step.busiest_others = busiest
     rows = read_stats(stat)
@@ -343,7 +408,8 @@ def report(step: Step) -> None:
     drops = ",".join(f"{k}:{v}" for k, v in step.drops.items() if v) or "-"
     print(
         f"[{step.name}] rate {step.rate:6} pass={step.passed!s:5} achieved {step.achieved:8.1f}"
-        f"  fail {step.fail_pct:6.2f}%  unexpected {step.unexpected:6}  retrans "
+        f"  fail {step.fail_pct:6.2f}%  unexpected {step.unexpected:6}  replays {step.replays:5}"
+        f"  retrans "
         f"{step.retransmissions:6}  cpu {cpu}  per REGISTER {per}  others "
         f"{step.others_pct:5.1f}%  load {step.load_avg:.2f}  drops {drops}"
         f"{f'  CONTAMINATED by {step.busiest_others}' if step.contaminated else ''}",
@@ -495,9 +561,10 @@ def summary_rows(results: dict[str, list[Step]]) -> list[str]:
         )
         for extra in (s for s in steps if s.name.endswith(("-overload", "-after"))):
             rows.append(
-                f"  {extra.name:28} offered {extra.rate}/s: goodput {extra.achieved:.0f}/s, "
-                f"{extra.unexpected} shed (503), {extra.retransmissions} retransmissions, "
-                f"fail {extra.fail_pct:.1f}%"
+                f"  {extra.name:28} offered {extra.rate}/s: goodput {extra.achieved:.0f}/s "
+                f"({100 * extra.achieved / top.rate:.0f} % of {top.rate}/s), "
+                f"{extra.unexpected} unexpected (503), {extra.replays} nonce-count replayed, "
+                f"{extra.retransmissions} retransmissions, fail {extra.fail_pct:.1f}%"
             )
     return rows
 
@@ -520,6 +587,8 @@ def main() -> None:
     parser.add_argument("--kamailio", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--anchor-python", default="/tmp/regbench-venv/bin/python")
     parser.add_argument("--overload", action="store_true")
+    parser.add_argument("--lb", action="store_true", help="through `sipfleet run lb`")
+    parser.add_argument("--lb-workers", type=int, default=1, help="the LB's node.workers")
     parser.add_argument("--overload-factor", type=float, default=2.0)
     parser.add_argument("--memory", type=int, default=0, help="AORs for the RSS measurement")
     parser.add_argument("--memory-rate", type=int, default=2000)
@@ -582,17 +651,22 @@ def backend_runs(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str
             authenticate = auth == "yes"
             if authenticate:
                 add_subscribers(dsn, users)
-            with registrar(args, dsn, authenticate, base) as (proc, port):
+            with contextlib.ExitStack() as running:
+                proc, port = running.enter_context(registrar(args, dsn, authenticate, base))
                 groups = {"registrar": proc.pid, **({"db": db_pid} if db_pid else {})}
                 scenario = "reg_auth_uac.xml" if authenticate else "reg_uac.xml"
                 name = f"sipfleet-{kind}-{'auth' if authenticate else 'noauth'}"
                 target = Target(name, port, scenario, users_csv, groups, base, uac_port)
+                if args.lb:
+                    balancer, target.port = running.enter_context(lb(args, dsn, port, base))
+                    target.registrar_port, target.name = port, f"{name}-lb"
+                    groups["lb"] = balancer.pid
                 warm_up(args, target, args.users)
                 steps = ramp(args, target)
                 passed = [s for s in steps if s.passed]
                 if args.overload and passed:
                     steps += overload(args, target, max(passed, key=lambda s: s.rate))
-                results[name] = steps
+                results[target.name] = steps
     return results
 
 
