@@ -25,6 +25,7 @@ from sipfleet.transport.base import Destination
 log = logging.getLogger(__name__)
 PROBE_BRANCH = "z9hG4bK-lcrp-"
 Answered = Callable[[int], None]
+MAX_SKIPPED = 1000
 
 
 class OptionsProber:
@@ -46,7 +47,9 @@ class OptionsProber:
         """Send OPTIONS to ``uri``; ``answered(status)`` is called with the first final
         answer to it (if ever). A newer probe for the same ``key`` replaces this one."""
         probe_id = next(self._ids)
-        while not self.owns_call_id(self._call_id(probe_id)):
+        for _ in range(MAX_SKIPPED):  # one in n is ours with n workers: a few tries
+            if self.owns_call_id(self._call_id(probe_id)):
+                break
             probe_id = next(self._ids)
         older = self._latest.get(key)
         if older is not None:
