@@ -69,7 +69,8 @@ async def serve(
     udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
     async with storage_for(config) as storage:
         endpoint = SipEndpoint(config.registrar.listen, sockets=sockets)
-        endpoint.handler = Registrar(config, storage, endpoint, backlog=receive_backlog(udp))
+        registrar = Registrar(config, storage, endpoint, backlog=receive_backlog(udp))
+        endpoint.handler = registrar
         background = [asyncio.create_task(collect_garbage())]
         if purge:
             interval = config.registrar.purge_interval_s
@@ -83,3 +84,20 @@ async def serve(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            _log_counters(registrar)
+
+
+def _log_counters(registrar: Registrar) -> None:
+    """What overload and storage stalls cost this process, for the operator (and the
+    benchmarks, which read it from the log)."""
+    brief, kept = registrar.answered.kept
+    log.info(
+        "registrar: %d answered 503 under overload, %d dropped past the answer budget, "
+        "%d answered 503 while the database did not answer (%d stalls); %d + %d answers kept",
+        registrar.shed,
+        registrar.dropped,
+        registrar.refused_stalled,
+        registrar.stall.stalls,
+        brief,
+        kept,
+    )
