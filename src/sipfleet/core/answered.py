@@ -19,7 +19,8 @@ place in its second's list; measured with tracemalloc: 650 bytes in all for a 20
 relayed by the LB). The kept tier fills only as fast as credentials are accepted, which
 is the rate the process serves: at 4,000 a second, 132,000 entries, about 85 MB. Each tier
 is also capped in entries (oldest second dropped first), a backstop for rates above what
-a registrar process can serve (docs/operations.md, "Registrar: stalled storage and the answer cache").
+a registrar process can serve (docs/operations.md, "Registrar: stalled storage and the
+answer cache").
 """
 
 from __future__ import annotations
