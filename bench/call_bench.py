@@ -14,6 +14,7 @@ children) from the scheduler's exact runtime (``/proc/<pid>/task/*/schedstat``).
 
     .venv/bin/python bench/call_bench.py --rates 600,1200,1800 --duration 10
     .venv/bin/python bench/call_bench.py --lb --lb-workers 2 --proxies 2 --rates 900,1350
+    .venv/bin/python bench/call_bench.py --proxy-workers 2 --rates 600,1200  # node.workers
     .venv/bin/python bench/call_bench.py --mariadb ...   # a private MariaDB, like the anchor
 
 Every step is bounded: ``rate * duration`` calls, sipp ``-timeout duration + 15`` s.
@@ -195,7 +196,7 @@ def cluster(args: argparse.Namespace, workdir: Path, dsn: str) -> Iterator[Setup
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for i, port in enumerate(proxy_ports):
-            text = node_toml(f"proxy{i}", workdir, dsn)
+            text = node_toml(f"proxy{i}", workdir, dsn, args.proxy_workers)
             text += f'[proxy]\nlisten = ["udp:127.0.0.1:{port}"]\nauthenticate = false\n'
             processes.append(start_role("proxy", text, workdir, f"proxy{i}"))
         target = f"127.0.0.1:{proxy_ports[0]}"
@@ -257,11 +258,13 @@ def main() -> None:
     parser.add_argument("--lb", action="store_true", help="calls through `sipfleet run lb`")
     parser.add_argument("--lb-workers", type=int, default=1, help="LB worker processes")
     parser.add_argument("--proxies", type=int, default=1, help="proxy processes (the pool)")
+    parser.add_argument("--proxy-workers", type=int, default=1, help="workers of each proxy")
     parser.add_argument("--json", action="store_true", help="one JSON line per step")
     args = parser.parse_args()
     args.duration = max(4, min(args.duration, 60))
     args.rate_list = [int(r) for r in args.rates.split(",") if r.strip()][:10]
     args.proxies = max(1, min(args.proxies, 4))
+    args.proxy_workers = max(1, min(args.proxy_workers, 4))
     workdir = Path(tempfile.mkdtemp(prefix="sipfleet-call-bench-"))
     server = None
     if args.mariadb:
@@ -275,7 +278,8 @@ def main() -> None:
             if server is not None and server.process is not None:
                 setup.groups["db"] = [server.process.pid]
             path = f"LB ({args.lb_workers} workers) -> " if args.lb else ""
-            print(f"{path}{args.proxies} proxy process(es), {args.users} callees, {dsn[:6]}...")
+            proxies = f"{args.proxies} proxy process(es) of {args.proxy_workers} worker(s)"
+            print(f"{path}{proxies}, {args.users} callees, {dsn[:6]}...")
             print(" rate  created      ok  failed     503  ok/s      CPU % of one core, us/call")
             for rate in args.rate_list:
                 print(report_line(run_step(args, rate, setup), args.json), flush=True)

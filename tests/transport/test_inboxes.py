@@ -156,6 +156,19 @@ async def test_a_full_inbox_loses_messages_as_the_network_would(pairs: list[Pair
         first.sent_elsewhere(data, Destination("tcp", "192.0.2.7", 1, IDS + 1))
 
 
+def test_the_backlog_is_what_waits_in_the_own_inbox() -> None:
+    pairs = make_inboxes(2)
+    first = WorkerSteering.in_worker(0, pairs, IDS)
+    assert first.backlog() == 0
+    pairs[0][0].send(message(call_id_of_worker(0)))  # as worker 1 would hand it
+    assert first.backlog() > 0
+    pairs[0][1].recv(65536)
+    assert first.backlog() == 0
+    for pair in pairs:
+        for sock in pair:
+            sock.close()
+
+
 def test_owns_call_id_agrees_with_the_owner(pairs: list[Pair]) -> None:
     first = WorkerSteering(0, pairs[0][1], {1: pairs[1][0]}, IDS)
     assert first.owns_call_id(call_id_of_worker(0))
@@ -166,7 +179,7 @@ def test_a_worker_keeps_only_its_own_ends() -> None:
     pairs = make_inboxes(3)
     steering = WorkerSteering.in_worker(1, pairs, IDS)
     closed = [[sock.fileno() == -1 for sock in pair] for pair in pairs]
-    assert closed == [[False, True], [True, False], [False, True]]
+    assert closed == [[False, True], [False, False], [False, True]]
     assert steering.workers == 3
     for pair in pairs:
         for sock in pair:

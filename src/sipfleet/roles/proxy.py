@@ -45,6 +45,7 @@ from sipfleet.transport.workers import deal_at_random, run_workers
 
 log = logging.getLogger(__name__)
 GIL_SWITCH_INTERVAL_S = 0.0005
+Backlog = Callable[[], int]
 
 
 def build_engine(
@@ -55,9 +56,11 @@ def build_engine(
     off_net: OffNetRouter | None = None,
     sockets: Sequence[socket.socket] = (),
     hooks: MessageHooks = NO_HOOKS,
+    steering: WorkerSteering | None = None,
 ) -> ProxyEngine:
     """The engine for ``config``; it hears of ``endpoint``'s late send failures, but is
-    not yet its handler. ``sockets``: the endpoint's bound sockets, watched for overload."""
+    not yet its handler. ``sockets``: the endpoint's bound sockets, watched for overload
+    with what other workers handed this one (``steering``)."""
     section = config.proxy
     policy = load_policy(section.policy, config)
     services = ProxyServices(
@@ -69,8 +72,7 @@ def build_engine(
     )
     planner = Planner(storage, serial_forking=section.serial_forking, off_net=off_net)
     settings = settings_from_config(config)
-    udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
-    backlog = receive_backlog(udp) if udp else no_backlog
+    backlog = _backlog(sockets, steering)
     engine = ProxyEngine(
         endpoint,
         policy,
@@ -83,6 +85,15 @@ def build_engine(
     )
     endpoint.on_send_error = engine.destination_failed
     return engine
+
+
+def _backlog(sockets: Sequence[socket.socket], steering: WorkerSteering | None) -> Backlog:
+    udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
+    in_sockets = receive_backlog(udp) if udp else no_backlog
+    if steering is None:
+        return in_sockets
+    in_inbox = steering.backlog
+    return lambda: in_sockets() + in_inbox()
 
 
 async def follow_proxy_pool(storage: Storage, engine: ProxyEngine, interval: float) -> None:
@@ -155,7 +166,9 @@ async def serve(
         lcr = LcrRouter.from_config(config, storage.lcr)
         # caller privacy (DESIGN §4); LCR gateways flagged trusted see the caller
         hooks = PrivacyHooks.from_config(config, lambda: lcr.cache.table.rows.gateways)
-        engine = build_engine(config, storage, endpoint, sockets=sockets, off_net=lcr, hooks=hooks)
+        engine = build_engine(
+            config, storage, endpoint, sockets=sockets, off_net=lcr, hooks=hooks, steering=steering
+        )
         if steering is not None:
             endpoint.steering = steering
             engine.prober.owns_call_id = steering.owns_call_id

@@ -3,7 +3,7 @@ uses them (the shell of ``transport/steering.py``).
 
     inboxes = make_inboxes(workers)                  # in the supervisor, before forking
     steering = WorkerSteering.in_worker(index, inboxes, ids_per_worker)   # in a worker
-    endpoint.steering = steering
+    endpoint.steering = steering                     # and steering.backlog() to its overload
     steering.start(endpoint)                         # within the worker's running loop
 
 Each worker has an inbox: an ``AF_UNIX`` datagram socketpair the supervisor makes before
@@ -24,8 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import socket
+import sys
+import termios
 from typing import Protocol
 
 from sipfleet.transport import steering
@@ -69,15 +72,19 @@ class WorkerSteering:
         inbox: socket.socket,
         outboxes: dict[int, socket.socket],
         ids_per_worker: int,
+        *,
+        own_writer: socket.socket | None = None,
     ) -> None:
         """``inbox``: where this worker reads; ``outboxes``: every other worker's inbox
-        by index; ``ids_per_worker``: TCP connection ids of worker n start at n times it."""
+        by index; ``ids_per_worker``: TCP connection ids of worker n start at n times it;
+        ``own_writer``: the other end of ``inbox`` (for ``backlog``)."""
         self.index = index
         self.workers = len(outboxes) + 1
         self._inbox = inbox
         self._outboxes = outboxes
         self._ids_per_worker = ids_per_worker
         self._endpoint: Inbox | None = None
+        self._own_writer = own_writer
         # A handed message is being handled: it is ours, do not steer it again (what
         # handling it sends is steered as usual: the connection may be a third's).
         self._delivering = False
@@ -95,9 +102,8 @@ class WorkerSteering:
             if at != index:
                 reader.close()
                 outboxes[at] = writer
-            else:
-                writer.close()
-        return cls(index, inboxes[index][1], outboxes, ids_per_worker)
+        writer, reader = inboxes[index]  # its writer is not written here, but measured
+        return cls(index, reader, outboxes, ids_per_worker, own_writer=writer)
 
     def start(self, endpoint: Inbox) -> None:
         self._endpoint = endpoint
@@ -107,7 +113,8 @@ class WorkerSteering:
         with contextlib.suppress(RuntimeError, ValueError):
             asyncio.get_running_loop().remove_reader(self._inbox.fileno())
         self._endpoint = None
-        log.info(
+        log.log(
+            logging.WARNING if self.dropped else logging.INFO,
             "worker %d: %d messages handed to other workers, %d taken from them, "
             "%d lost to a full inbox, %d kept",
             self.index,
@@ -152,6 +159,19 @@ class WorkerSteering:
         except BadHandoff as exc:
             raise TransportError(f"connection {connection} of worker {owner}: {exc}") from exc
         return True
+
+    def backlog(self) -> int:
+        """Bytes (kernel accounting) handed to this worker and not yet read: part of its
+        overload, as what waits in its own UDP sockets is. The inbox's writing end is
+        shared by every worker, so its output queue is all that waits."""
+        writer = self._own_writer
+        if writer is None:
+            return 0
+        try:
+            queued = fcntl.ioctl(writer.fileno(), termios.TIOCOUTQ, bytes(4))
+        except OSError:
+            return 0
+        return int.from_bytes(queued, sys.byteorder, signed=True)
 
     def owns_call_id(self, call_id: str) -> bool:
         """Whether the answers to a request this worker makes up with ``call_id`` (a
