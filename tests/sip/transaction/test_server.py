@@ -158,6 +158,18 @@ def test_register_retransmissions_are_absorbed_then_answered() -> None:
     assert layer.receive(server.request) is None  # a new transaction now
 
 
+def test_a_compacted_answer_is_resent_byte_for_byte() -> None:
+    """``forget_request``: what a finished transaction keeps is the bytes it sent."""
+    layer, server, shell = arrive("BYE")
+    sent = respond(server, shell, 0.1, 404)
+    server.forget_request()
+    assert server.request.method == "BYE"
+    assert server.request.lines == []
+    again(layer, shell, 0.6, request("BYE", branch="z9hG4bKsrv1"))
+    (_, first), (_, resent) = shell.sent()
+    assert resent.serialize() == first.serialize() == sent.serialize()
+
+
 def test_non_invite_provisional_answers_retransmissions() -> None:
     layer, server, shell = arrive("OPTIONS")
     respond(server, shell, 0.1, 183)

@@ -10,6 +10,7 @@ needs no 200 ms timer.
 from __future__ import annotations
 
 from sipfleet.sip.message import Request, Response
+from sipfleet.sip.parser import parse_message
 from sipfleet.sip.transaction.actions import (
     Action,
     Deliver,
@@ -37,6 +38,14 @@ class ServerTransaction(Transaction):
     def respond(self, response: Response) -> list[Action]:
         """A response from the TU. Returns [] when the state discards it."""
         raise NotImplementedError
+
+    def forget_request(self) -> None:
+        """Also keep the final response as the bytes sent, no longer as header lines:
+        all a retransmitted request needs (a kept answer costs about a kilobyte less)."""
+        super().forget_request()
+        last = self._last
+        if isinstance(last, Response) and last.status >= 200 and last.lines:
+            self._last = Response(last.status, last.reason, [], [], raw=last.serialize())
 
     def receive(self, request: Request) -> list[Action]:
         """A request matched to this transaction (§17.2.3)."""
@@ -84,6 +93,8 @@ class ServerInviteTransaction(ServerTransaction):
         last = self._last
         if last is None or not isinstance(last, Response) or last.status < 200:
             return None
+        if not last.lines:  # kept as bytes (``forget_request``): read them again
+            last = parse_message(last.raw)
         return last.to.tag
 
     def receive(self, request: Request) -> list[Action]:
