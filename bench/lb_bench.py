@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -82,9 +82,12 @@ def _udp_bound(port: int) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def sipfleet_lb(workers: int, echo_port: int, workdir: Path) -> Iterator[tuple[int, int]]:
-    port = free_udp_port()
+def sipfleet_lb_command(
+    workers: int, echo_port: int, port: int, workdir: Path, python: Sequence[str] = ()
+) -> list[str]:
+    """`sipfleet run lb` on 127.0.0.1:``port`` with the UAS at ``echo_port`` as its only
+    proxy-pool target (database made and filled here); it writes ``workdir/lb.ready``.
+    ``python``: the interpreter and its options (default: this one)."""
     database = workdir / "sipfleet.db"
     config = workdir / "lb.toml"
     config.write_text(
@@ -93,16 +96,44 @@ def sipfleet_lb(workers: int, echo_port: int, workdir: Path) -> Iterator[tuple[i
         f'[database]\nwrite = "sqlite:///{database}"\n'
         f'[lb]\nlisten = ["udp:127.0.0.1:{port}"]\nkeepalive = false\n'
     )
-    python = sys.executable
-    subprocess.run([python, "-m", "sipfleet", "db", "upgrade", "-c", str(config)], check=True)
+    cli = [sys.executable, "-m", "sipfleet"]
+    subprocess.run([*cli, "db", "upgrade", "-c", str(config)], check=True)
     subprocess.run(
-        [python, "-m", "sipfleet", "lb", "target", "add", f"sip:127.0.0.1:{echo_port}",
-         "--pool", "proxy", "-c", str(config)],
+        [*cli, "lb", "target", "add", f"sip:127.0.0.1:{echo_port}", "--pool", "proxy",
+         "-c", str(config)],
         check=True,
     )  # fmt: skip
     ready = workdir / "lb.ready"
-    command = [python, "-m", "sipfleet", "run", "lb", "-c", str(config), "--ready-file", str(ready)]
-    command += ["--log-level", "warning"]
+    ready.unlink(missing_ok=True)
+    run = ["-m", "sipfleet", "run", "lb", "-c", str(config), "--ready-file", str(ready)]
+    return [*(python or [sys.executable]), *run, "--log-level", "warning"]
+
+
+def kamailio_lb_command(children: int, echo_port: int, port: int, workdir: Path) -> list[str]:
+    """Kamailio with the anchor's stateless LB config on 127.0.0.1:``port``."""
+    config = workdir / "kamailio-lb.cfg"
+    text = KAMAILIO_CFG.read_text()
+    for name, value in (
+        ("LB_PORT", port),
+        ("ECHO_PORT", echo_port),
+        ("PROXY_PORT", free_udp_port()),
+        ("REGISTRAR_PORT", free_udp_port()),
+    ):
+        text = text.replace(f"@{name}@", str(value))
+    config.write_text(text)
+    rundir = workdir / "kamailio"
+    rundir.mkdir(exist_ok=True)
+    return [
+        "kamailio", "-f", str(config), "-DD", "-E", "-n", str(children), "-m", "256", "-M", "16",
+        "-x", "tlsf", "-X", "tlsf", "-Y", str(rundir), "-w", str(rundir),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def sipfleet_lb(workers: int, echo_port: int, workdir: Path) -> Iterator[tuple[int, int]]:
+    port = free_udp_port()
+    command = sipfleet_lb_command(workers, echo_port, port, workdir)
+    ready = workdir / "lb.ready"
     with started(command, workdir / "sipfleet-lb.log") as (process, _):
         deadline = time.time() + 30
         while not ready.exists():
@@ -116,22 +147,7 @@ def sipfleet_lb(workers: int, echo_port: int, workdir: Path) -> Iterator[tuple[i
 @contextlib.contextmanager
 def kamailio_lb(children: int, echo_port: int, workdir: Path) -> Iterator[tuple[int, int]]:
     port = free_udp_port()
-    config = workdir / "kamailio-lb.cfg"
-    text = KAMAILIO_CFG.read_text()
-    for name, value in (
-        ("LB_PORT", port),
-        ("ECHO_PORT", echo_port),
-        ("PROXY_PORT", free_udp_port()),
-        ("REGISTRAR_PORT", free_udp_port()),
-    ):
-        text = text.replace(f"@{name}@", str(value))
-    config.write_text(text)
-    rundir = workdir / "kamailio"
-    rundir.mkdir(exist_ok=True)
-    command = [
-        "kamailio", "-f", str(config), "-DD", "-E", "-n", str(children), "-m", "256", "-M", "16",
-        "-x", "tlsf", "-X", "tlsf", "-Y", str(rundir), "-w", str(rundir),
-    ]  # fmt: skip
+    command = kamailio_lb_command(children, echo_port, port, workdir)
     with started(command, workdir / "kamailio-lb.log") as (process, _):
         wait_bound(port)
         time.sleep(1.0)

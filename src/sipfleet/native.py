@@ -39,6 +39,10 @@ COMPILED = (
     "sipfleet.transport.sockets",
     "sipfleet.transport.udp",
     "sipfleet.core.endpoint",
+    # the LB's own path: its endpoint, the decision for each request, the handler
+    "sipfleet.core.lb.router",
+    "sipfleet.core.lb.endpoint",
+    "sipfleet.core.lb.balancer",
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "native-build.json"

@@ -85,6 +85,31 @@ def test_pop_via_from_a_comma_separated_line_keeps_the_rest_of_it() -> None:
     ]
 
 
+VIA_LAYOUTS = {
+    "alone": "Via: SIP/2.0/UDP a:5060;branch=z9hG4bK1\nMax-Forwards: 70\n",
+    "two lines": "Via: SIP/2.0/UDP a;branch=z9hG4bK1\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\n",
+    "one line": "Via: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\n",
+    "not first": "Max-Forwards: 70\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\n",
+    "apart": "Via: SIP/2.0/UDP a;branch=z9hG4bK1\nMax-Forwards: 70\nv: SIP/2.0/UDP b\n",
+    "empty first": "Via: \nVia: SIP/2.0/UDP a;branch=z9hG4bK1\n",
+    "none": "Max-Forwards: 70\n",
+}
+
+
+@pytest.mark.parametrize("layout", VIA_LAYOUTS)
+def test_replace_top_via_is_pop_then_push(layout: str) -> None:
+    data = sip(f"OPTIONS sip:a@b SIP/2.0\n{VIA_LAYOUTS[layout]}Call-ID: x\n")
+    stamped = "SIP/2.0/UDP a:5060;branch=z9hG4bK1;rport=5062;received=192.0.2.1"
+    replaced, popped_and_pushed = request(data), request(data)
+    if layout != "none":
+        replaced.top_via  # noqa: B018 - cached, and dropped by the edit
+    replaced.replace_top_via(stamped)
+    popped_and_pushed.pop_first_value("via")
+    popped_and_pushed.push_via(stamped)
+    assert replaced.serialize() == popped_and_pushed.serialize()
+    assert str(replaced.top_via) == stamped
+
+
 def test_pop_via_on_a_message_without_via() -> None:
     msg = request(sip("OPTIONS sip:a@b SIP/2.0\nCall-ID: x\n"))
     assert msg.pop_via() is None

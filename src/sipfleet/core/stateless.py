@@ -29,6 +29,7 @@ from typing import Final
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.sip import ParseError, Request, Response, Via, parse_via
 from sipfleet.sip.builders import make_response, stateless_branch
+from sipfleet.sip.grammar import format_params
 from sipfleet.sip.memo import Memo
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
 from sipfleet.transport.sockets import is_ip, normalise_host
@@ -154,8 +155,10 @@ class StatelessForwarder:
         if wants_rport:
             params["rport"] = str(peer.port)
         params["received"] = peer.host
-        request.pop_first_value("via")
-        request.push_via(via.replace(params=params))
+        # The text str(via.replace(params=params)) would give, without a second Via.
+        port = "" if via.port is None else f":{via.port}"
+        stamped = f"{via.protocol}/{via.transport} {via.host}{port}{format_params(params)}"
+        request.replace_top_via(stamped)
 
     def _our_via(self, prefix: str, peer: Peer, branch: str) -> str:
         if peer.transport == "udp" and self._one_udp_socket:
@@ -274,6 +277,12 @@ class StatelessRelay:
 
 
 def _flow_param(via_text: str) -> str:
+    """The ``sfi`` value of our Via. We wrote it once, as ``u<n>`` or ``t<n>``: found in
+    the text when it reads so (parsing the Via costs ten times as much), else parsed."""
+    at = via_text.find(FLOW_MARK) + len(FLOW_MARK)
+    value = via_text[at:].partition(";")[0]
+    if value[1:].isdigit() and value[:1] in "ut" and via_text.find(FLOW_MARK, at) == -1:
+        return value
     return parse_via(via_text).params.get(FLOW_PARAM) or ""
 
 

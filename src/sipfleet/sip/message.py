@@ -547,6 +547,25 @@ class Message:
         """Our Via on top: add_header("via", str(via), top=True)."""
         self._add_line("via", "Via: " + str(via), True)
 
+    def replace_top_via(self, via: str) -> None:
+        """``pop_first_value("via")`` then ``push_via(via)``: the top Via rewritten (a
+        stateless hop stamping ``received``/``rport``). Its line is rewritten in place
+        when that gives the same lines, as it does when the top Via stands alone on the
+        first Via line and push_via would put the new one where it stood."""
+        keys = self.keys
+        at = keys.index("via") if "via" in keys else -1
+        if at >= 0:
+            line = self.lines[at]
+            value = line[line.find(":") + 1 :]
+            alone = "," not in value and "\n" not in value and value.strip(WS) != ""
+            next_is_via = at + 1 < len(keys) and keys[at + 1] == "via"
+            if alone and (next_is_via or (at == 0 and not stands_after(keys, "via", at))):
+                self.lines[at] = "Via: " + via
+                self._changed("via")
+                return
+        self.pop_first_value("via")
+        self.push_via(via)
+
     def pop_via(self) -> Via | None:
         text = self.pop_first_value("via")
         return parse_via(text) if text is not None else None
