@@ -88,6 +88,8 @@ class Step:
     achieved: float = 0.0  # successful calls/s in the measured window
     cpu: dict[str, float] = field(default_factory=dict)  # group -> % of one core
     kernel_share: float = 0.0  # of the proxies' CPU, the part in system calls
+    retransmissions: int = 0  # by the caller (sipp): a request or response was late
+    latency: dict[str, float] = field(default_factory=dict)  # INVITE -> 200, ms: p50 p99 max
 
     @property
     def shed(self) -> int:
@@ -119,6 +121,7 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
         "-r", str(rate), "-rp", "1000", "-m", str(rate * args.duration), "-l", str(2 * rate),
         "-timeout", f"{args.duration + 15}s", "-recv_timeout", "5000", "-nostdin",
         "-default_behaviors", "all,-abortunexp", "-trace_stat", "-stf", str(stats), "-fd", "1",
+        "-trace_rtt", "-rtt_freq", "100",
         "-buff_size", "4194304", "-max_recv_loops", "10000",
     ]  # fmt: skip
     started = time.time()
@@ -147,6 +150,8 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
     step.created = int(last["OutgoingCall(C)"])
     step.successful = int(last["SuccessfulCall(C)"])
     step.failed = int(last["FailedCall(C)"])
+    step.retransmissions = int(last.get("Retransmissions(C)", 0) or 0)
+    step.latency = latency_percentiles(setup.workdir, uac.pid)
     achieved = window_rate(rows, started + cpu.warm, started + args.duration - 0.5)
     if achieved is None:  # too few rows in the window: the average since the start
         achieved = step.successful / max(time.time() - started, 1e-9)
@@ -154,7 +159,31 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
     return step
 
 
-def start_role(role: str, text: str, workdir: Path, name: str) -> subprocess.Popen[bytes]:
+def latency_percentiles(workdir: Path, pid: int) -> dict[str, float]:
+    """INVITE to 200 of every call, from sipp's -trace_rtt file: p50, p99, max in ms."""
+    found = list(workdir.glob(f"*_{pid}_rtt.csv"))
+    if not found:
+        return {}
+    times = []
+    for line in found[0].read_text().splitlines()[1:]:
+        fields = line.split(";")
+        with contextlib.suppress(IndexError, ValueError):
+            times.append(float(fields[1]))
+    if not os.environ.get("CALL_BENCH_KEEP"):
+        found[0].unlink()
+    if not times:
+        return {}
+    times.sort()
+
+    def at(fraction: float) -> float:
+        return times[min(len(times) - 1, int(fraction * len(times)))]
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": times[-1]}
+
+
+def start_role(
+    role: str, text: str, workdir: Path, name: str, log_level: str = "warning"
+) -> subprocess.Popen[bytes]:
     """``sipfleet run role`` with the TOML ``text``; returns once it listens."""
     config_from_dict(tomllib.loads(text))  # fail here, not in the child, on a bad key
     path = workdir / f"{name}.toml"
@@ -163,7 +192,7 @@ def start_role(role: str, text: str, workdir: Path, name: str) -> subprocess.Pop
     log = (workdir / f"{name}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "sipfleet.cli", "run", role, "-c", str(path),
-         "--ready-file", str(ready), "--log-level", "warning"],
+         "--ready-file", str(ready), "--log-level", log_level],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -198,7 +227,8 @@ def cluster(args: argparse.Namespace, workdir: Path, dsn: str) -> Iterator[Setup
         for i, port in enumerate(proxy_ports):
             text = node_toml(f"proxy{i}", workdir, dsn, args.proxy_workers)
             text += f'[proxy]\nlisten = ["udp:127.0.0.1:{port}"]\nauthenticate = false\n'
-            processes.append(start_role("proxy", text, workdir, f"proxy{i}"))
+            # info: the garbage collector's summary when it stops (pauses, full sweeps)
+            processes.append(start_role("proxy", text, workdir, f"proxy{i}", "info"))
         target = f"127.0.0.1:{proxy_ports[0]}"
         groups = {"proxy": [p.pid for p in processes]}
         if args.lb:
@@ -241,9 +271,11 @@ def report_line(step: Step, json_lines: bool) -> str:
         for name in ("lb", "proxy", "db", "sipp")
         if name in step.cpu
     )
+    latency = "/".join(f"{step.latency.get(k, 0):.0f}" for k in ("p50", "p99", "max"))
     return (
         f"{step.rate:5d}  {step.created:7d}  {step.successful:6d}  {step.failed:6d}"
-        f"  {step.shed:6d}  {step.achieved:8.1f}  {groups}  kernel {step.kernel_share:3.0%}"
+        f"  {step.shed:6d}  {step.retransmissions:6d}  {step.achieved:8.1f}  {latency:>12}"
+        f"  {groups}  kernel {step.kernel_share:3.0%}"
         f"  load {os.getloadavg()[0]:4.1f}  {'pass' if step.passed else 'FAIL'}"
     )
 
@@ -280,10 +312,17 @@ def main() -> None:
             path = f"LB ({args.lb_workers} workers) -> " if args.lb else ""
             proxies = f"{args.proxies} proxy process(es) of {args.proxy_workers} worker(s)"
             print(f"{path}{proxies}, {args.users} callees, {dsn[:6]}...")
-            print(" rate  created      ok  failed     503  ok/s      CPU % of one core, us/call")
+            print(
+                " rate  created      ok  failed     503  retrans  ok/s  INVITE-200 ms"
+                " p50/p99/max  CPU % of one core, us/call"
+            )
             for rate in args.rate_list:
                 print(report_line(run_step(args, rate, setup), args.json), flush=True)
                 time.sleep(2)
+        for log in sorted(workdir.glob("proxy*.log")):  # written when the proxies stopped
+            for line in log.read_text().splitlines():
+                if "garbage collector:" in line:
+                    print(f"{log.stem}: {line.split('garbage collector:', 1)[1].strip()}")
     finally:
         if server is not None:
             server.destroy()
