@@ -2,7 +2,8 @@
 a message, and the bytes one worker hands another.
 
 A stateful proxy with ``node.workers`` processes keeps each transaction in one of them,
-but the kernel deals datagrams to the workers at random. Every message therefore has an
+but the kernel deals datagrams to the workers by their source, so the caller's, the
+callee's and each LB's messages of one call reach different workers. Every message has an
 owner, chosen from its Call-ID alone: the proxy never rewrites a Call-ID, so an INVITE,
 its retransmissions, its CANCEL, its ACK, every response to it (the next hop echoes the
 Call-ID) and the dialog's later requests all have the same owner. A worker that gets a

@@ -32,7 +32,6 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from sipfleet.transport.loop import run
-from sipfleet.transport.sockets import spread_at_random
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +52,6 @@ def run_workers(
     worker finished normally, 1 when workers kept crashing.
     """
     return _Supervisor(worker_main, count, max_restarts, restart_window_s, stop_timeout_s).run()
-
-
-def deal_at_random(first: list[socket.socket], workers: int, role: str) -> None:
-    """Deal the datagrams of each UDP address in ``first`` (the first worker's set from
-    ``bind_for_workers``) to the workers at random: one busy peer (an LB, a proxy, a load
-    generator) then keeps every worker busy, not one. An old kernel keeps the address
-    hash, with a warning."""
-    for sock in first:
-        if sock.type == socket.SOCK_DGRAM:
-            try:
-                spread_at_random(sock, workers)
-            except OSError as exc:
-                log.warning("%s: datagrams spread by address, not at random: %s", role, exc)
-                return
 
 
 def worker_entry(worker_main: WorkerMain, index: int) -> None:
