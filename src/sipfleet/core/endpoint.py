@@ -4,7 +4,9 @@ It parses and nothing more (roles call ``validate_request`` themselves). A reque
 parser rejects is answered with the parser's status and reason (400 naming the defect,
 505, 513, ...) to where it came from; a broken response, or bytes that are not SIP, are
 dropped and counted. A ParseError a handler lets escape while handling a request is
-answered the same way, so a role can simply call ``validate_request``.
+answered the same way, so a role can simply call ``validate_request``. With several
+workers of a stateful role, ``steering`` first decides whether a message is this
+worker's to handle and whether a TCP connection is its to write (``transport/inboxes.py``).
 
     endpoint = SipEndpoint([parse_listen("udp:127.0.0.1:5060")], handler)
     async with endpoint:
