@@ -40,7 +40,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-YOUNG_THRESHOLD = 2_000  # net allocations of tracked objects between generation-0 walks
+YOUNG_THRESHOLD = 1_000  # net allocations of tracked objects between generation-0 walks
 NEVER = 1 << 30  # a threshold the older generations' counters never reach
 CHECK_INTERVAL_S = 10.0
 FULL_INTERVAL_S = 600.0
