@@ -14,7 +14,7 @@ Relays, each with one process doing the work:
   (configured as bench/lb_bench.py does; ``force_rport`` on, as by default);
 - ``relay``: bench/relay_sipfleet.py, the stateless forwarder without the LB's decisions;
 - ``floor`` / ``floor-socket``: bench/relay_floor.py, the least a Python relay on uvloop
-  does (one Via line in, one out; ``-socket`` sends on the socket as sipfleet does);
+  does (one Via line in, one out; ``floor-socket`` sends on the socket as sipfleet does);
 - ``kamailio``: Kamailio with the anchor's stateless LB config (bench/kamailio/lb.cfg),
   ``-n 1``, tlsf.
 
@@ -102,15 +102,18 @@ def drive(port: int, pairs: int, rate: int, window: int, workdir: Path, name: st
     """``pairs`` OPTIONS through the relay at ``port``; the number answered 200."""
     stats = workdir / f"{name}-stat.csv"
     stats.unlink(missing_ok=True)
+    seconds = pairs // max(rate // 4, 1) + 60  # sipp stops by then, sent or not
     options = (
         f"-p {free_udp_port()} -r {rate} -rp 1000 -m {pairs} -l {window}"
-        f" -timeout {pairs // max(rate // 4, 1) + 60}s -recv_timeout 5000"
-        " -trace_stat -fd 1"
+        f" -timeout {seconds}s -recv_timeout 5000 -trace_stat -fd 1"
     )
     command = sipp("echo_uac.xml", f"127.0.0.1:{port}", *options.split(), "-stf", str(stats))
     log = workdir / f"{name}-uac.log"
     with log.open("wb") as out:
-        subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False)
+        subprocess.run(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False,
+            timeout=seconds + 30,
+        )  # fmt: skip
     rows = read_stats(stats)
     return int(rows[-1]["SuccessfulCall(C)"]) if rows else 0
 
