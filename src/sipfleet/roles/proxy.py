@@ -44,6 +44,8 @@ from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only
 from sipfleet.transport.workers import run_workers
 
 log = logging.getLogger(__name__)
+# few transactions kept: a full garbage collection walks little (roles/collector.py)
+QUIET = 1_000
 GIL_SWITCH_INTERVAL_S = 0.0005
 Backlog = Callable[[], int]
 
@@ -176,7 +178,7 @@ async def serve(
             engine.prober.owns_call_id = steering.owns_call_id
         await lcr.start(engine.prober)  # the LCR tables loaded before the first call
         endpoint.handler = engine
-        collector = asyncio.create_task(collect_garbage())
+        collector = asyncio.create_task(collect_garbage(lambda: len(engine.core.layer) < QUIET))
         siblings = asyncio.create_task(
             follow_proxy_pool(storage, engine, config.proxy.pool_reload_s)
         )
