@@ -3,7 +3,7 @@
 The registrar keeps nothing between requests, so ``node.workers`` processes simply share
 its addresses (SO_REUSEPORT, datagrams dealt at random: the LBs in front are few, and an
 address hash would give each LB's traffic to one worker). Worker 0 purges expired rows.
-Garbage is collected on a timer (``collect_garbage``), not by allocation counts. The
+Garbage: generation 0 only, full sweeps when quiet (``collect_garbage``, roles/collector.py). The
 registrar reads how much waits unread in its UDP sockets to shed overload (core/registrar.py).
 """
 
