@@ -23,6 +23,7 @@ from sipfleet.core.lb.probes import HealthChecker
 from sipfleet.core.lb.router import Router
 from sipfleet.core.lb.service import LbWorker
 from sipfleet.core.lb.sides import Sides
+from sipfleet.core.overload import OverloadMonitor, no_backlog, receive_backlog
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.roles.common import ready_after, storage_for
 from sipfleet.sip.flow import FlowTokens
@@ -119,7 +120,9 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         now=now,
     )
     forwarder = StatelessForwarder(endpoint, force_rport=section.force_rport)
-    endpoint.handler = Balancer(endpoint, router, forwarder, health, keepalives, tokens)
+    overload = OverloadMonitor()
+    endpoint.handler = Balancer(endpoint, router, forwarder, health, keepalives, tokens, overload)
+    udp = [sock for sock in own.sockets if sock.type == socket.SOCK_DGRAM]
     return LbWorker(
         storage,
         endpoint,
@@ -128,6 +131,8 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         keepalives,
         node=config.node.name,
         pool_reload_s=section.pool_reload_s,
+        overload=overload,
+        backlog=receive_backlog(udp) if udp else no_backlog,
     )
 
 

@@ -1,6 +1,15 @@
 """The LB's SipHandler: requests routed by the Router and forwarded statelessly;
 responses back by Via, after the LB has read what is for itself (answers to its probes
-and pings, what a REGISTER 2xx says about a flow)."""
+and pings, what a REGISTER 2xx says about a flow).
+
+Overload (``core/overload.py``, fed by the worker's UDP backlog): the LB is the first hop
+that can refuse cheaply. While it lasts, a new request from a client (no To tag, not
+ACK or CANCEL) gets a stateless 503 with Retry-After, as many as the answer budget
+allows, and is dropped past it; responses, in-dialog requests and whatever the cluster
+sends are relayed as ever, so calls and registrations under way finish. Without this a
+saturated LB dropped datagrams at its socket, and each came back as a retransmission it
+relayed again (measured: digest registrations at twice the maximum, 80-84 % goodput).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,8 @@ from sipfleet.core.lb.endpoint import LbEndpoint
 from sipfleet.core.lb.keepalive import learned
 from sipfleet.core.lb.pinger import Keepalives
 from sipfleet.core.lb.probes import HealthChecker
-from sipfleet.core.lb.router import AnswerHere, Forward, HandOff, Reject, Router
+from sipfleet.core.lb.router import RETRY_AFTER, AnswerHere, Forward, HandOff, Reject, Router
+from sipfleet.core.overload import AnswerBudget, OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip import ParseError, Request, Response
 from sipfleet.sip.builders import make_response
@@ -34,6 +44,7 @@ class Balancer:
         health: HealthChecker,
         keepalives: Keepalives,
         tokens: FlowTokens,
+        overload: OverloadMonitor | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.router = router
@@ -42,11 +53,20 @@ class Balancer:
         self.keepalives = keepalives
         self.tokens = tokens
         self.refused_tokens = 0
+        self.overload = overload or OverloadMonitor()
+        self.shed = 0  # new requests answered 503 while overloaded
+        self.shed_dropped = 0  # the same past the answer budget: dropped
+        self._budget = AnswerBudget()
         self._refusals = LogBudget(log)
         endpoint.on_handoff = self.handed
 
     # -- requests ----------------------------------------------------------------------------
     def on_request(self, request: Request, peer: Peer) -> None:
+        if self.overload.overloaded:
+            if self._sheddable(request, peer):
+                self._shed(request, peer)
+                return
+            self._budget.served()
         decision = self.router.route(request, peer)
         if type(decision) is Forward:
             self._forward(request, peer, decision)
@@ -57,6 +77,25 @@ class Balancer:
         elif isinstance(decision, AnswerHere) and request.method != "ACK":
             headers = [("Allow", ALLOW), ("Accept", "application/sdp")]
             self._answer(request, peer, 200, "OK", headers)
+
+    def _sheddable(self, request: Request, peer: Peer) -> bool:
+        """A new request from a client: refusing it costs no call or registration that
+        is under way. (A malformed To header: left for the router's answer.)"""
+        if request.method == "ACK" or request.method == "CANCEL":
+            return False
+        try:
+            if request.to.tag is not None:
+                return False
+        except ParseError:
+            return False
+        return not self.router.from_cluster(peer)
+
+    def _shed(self, request: Request, peer: Peer) -> None:
+        if self._budget.take():
+            self.shed += 1
+            self._answer(request, peer, 503, "Overloaded", [("Retry-After", RETRY_AFTER)])
+        else:
+            self.shed_dropped += 1
 
     def _forward(self, request: Request, peer: Peer, decision: Forward) -> None:
         for _ in range(decision.pop_routes):
@@ -121,5 +160,8 @@ class Balancer:
             **self.forwarder.counters(),
             **self.keepalives.counters(),
             "refused_tokens": self.refused_tokens,
+            "shed": self.shed,
+            "shed_dropped": self.shed_dropped,
+            "overload_episodes": self.overload.episodes,
             "probes_sent": self.health.probes_sent,
         }

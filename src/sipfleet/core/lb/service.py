@@ -17,6 +17,7 @@ from sipfleet.core.lb.endpoint import LbEndpoint
 from sipfleet.core.lb.pinger import Keepalives
 from sipfleet.core.lb.pools import Pools
 from sipfleet.core.lb.probes import HealthChecker
+from sipfleet.core.overload import OverloadMonitor, no_backlog, watch
 from sipfleet.storage import Storage
 from sipfleet.storage.errors import StorageError
 
@@ -38,7 +39,11 @@ class LbWorker:
         *,
         node: str,
         pool_reload_s: float,
+        overload: OverloadMonitor | None = None,
+        backlog: Callable[[], int] = no_backlog,
     ) -> None:
+        """``overload``: the balancer's monitor, fed here from ``backlog`` (bytes
+        waiting in the worker's UDP sockets, ``overload.receive_backlog``)."""
         self.storage = storage
         self.endpoint = endpoint
         self.index = endpoint.worker_index
@@ -47,6 +52,8 @@ class LbWorker:
         self.keepalives = keepalives
         self.node = node
         self.pool_reload_s = pool_reload_s
+        self.overload = overload
+        self.backlog = backlog
         self._report_soon = asyncio.Event()
         self._storage_down = False
 
@@ -60,6 +67,8 @@ class LbWorker:
             timers.append(clock.every(min(0.25, self.pools.probe_timeout / 2), self.health.tick))
             timers.append(clock.every(self.keepalives.table.tick, self.keepalives.tick))
             tasks.append(asyncio.create_task(self._reload_forever()))
+            if self.overload is not None:
+                tasks.append(asyncio.create_task(watch(self.overload, self.backlog)))
             if self.index == 0:
                 self.health.on_change = lambda change: self._report_soon.set()
                 tasks.append(asyncio.create_task(self._report_forever()))
