@@ -175,6 +175,38 @@ async def test_a_register_behind_a_long_receive_queue_is_shed_without_touching_t
             assert (served.status, served.call_id) == (200, "flood-later")
 
 
+async def test_between_the_marks_a_register_with_credentials_still_gets_in() -> None:
+    """It answers our challenge: shedding it would waste the exchange already made."""
+    config = config_from_dict(
+        {
+            "node": {"cluster_secret": "test"},
+            "registrar": {"authenticate": False, "listen": ["udp:127.0.0.1:0"]},
+        }
+    )
+    location = StuckLocation()
+    location.release.set()
+    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
+    registrar = Registrar(
+        config,
+        StuckStorage(location),  # type: ignore[arg-type]
+        endpoint,
+        backlog=lambda: MAX_BACKLOG + 1,  # past the mark, below twice it
+    )
+    endpoint.handler = registrar
+    loop = asyncio.get_running_loop()
+    credentials = 'Authorization: Digest username="answering", realm="example.com"\r\n'
+    async with endpoint:
+        with udp_client() as (sock, local):
+            target = ("127.0.0.1", endpoint.addresses[0].port)
+            await loop.sock_sendto(sock, register("fresh", local), target)
+            answering = register("answering", local).replace(
+                b"Contact:", credentials.encode() + b"Contact:"
+            )
+            await loop.sock_sendto(sock, answering, target)
+            replies = {reply.call_id: reply.status for reply in await answers(sock, 2)}
+    assert replies == {"flood-fresh": 503, "flood-answering": 200}
+
+
 async def test_past_the_answer_budget_a_shed_register_is_dropped_and_forgotten(
     running: Running,
 ) -> None:
