@@ -45,7 +45,7 @@ async def lb_before(proxy: UdpClient) -> AsyncIterator[Lb]:
         yield Lb(balancer, sockets[0].getsockname()[:2])
 
 
-def invite(phone: UdpClient, n: int, to_tag: str = "") -> bytes:
+def invite(phone: UdpClient, n: int, to_tag: str = "", extra: str = "") -> bytes:
     method = "BYE" if to_tag else "INVITE"
     return (
         f"{method} sip:bob@example.com SIP/2.0\r\n"
@@ -55,7 +55,7 @@ def invite(phone: UdpClient, n: int, to_tag: str = "") -> bytes:
         f"To: <sip:bob@example.com>{to_tag}\r\n"
         f"Call-ID: balancer-{n}\r\n"
         f"CSeq: 1 {method}\r\n"
-        "Content-Length: 0\r\n\r\n"
+        f"{extra}Content-Length: 0\r\n\r\n"
     ).encode()
 
 
@@ -75,6 +75,11 @@ async def test_while_overloaded_new_requests_get_503_and_dialogs_go_on() -> None
         bye = await proxy.recv_message()
         assert isinstance(bye, Request)
         assert bye.method == "BYE"
+        answering = 'Proxy-Authorization: Digest username="alice", realm="example.com"\r\n'
+        phone.send(invite(phone, 4, extra=answering), lb.address)  # completes an exchange
+        relayed = await proxy.recv_message()
+        assert isinstance(relayed, Request)
+        assert relayed.call_id == "balancer-4"
         assert lb.balancer.shed == 1
 
 
