@@ -40,7 +40,7 @@ from sipfleet.config import Config
 from sipfleet.core.answered import AnsweredRequests, Key, Seen, request_key
 from sipfleet.core.authenticate import Challenge, authenticate, authority_for
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.overload import AnswerBudget, no_backlog
+from sipfleet.core.overload import AnswerBudget, answers_a_challenge, no_backlog
 from sipfleet.sip import ParseError, Request, Response, validate_request
 from sipfleet.sip.builders import make_response, new_tag
 from sipfleet.sip.registration import (
@@ -220,12 +220,9 @@ class Registrar:
         task.add_done_callback(self._tasks.discard)
 
     def _overloaded(self, request: Request) -> bool:
-        """Past the cap in flight or the backlog mark. A REGISTER with credentials
-        answers a challenge of ours: refused, the exchange already paid for is wasted and
-        the phone starts again, so those are let in up to twice the marks, and a flood
-        sheds the new exchanges first (at twice the maximum rate through the LB: goodput
-        69-77 % of the maximum without it, 82-92 % with it and the LB's alike rule)."""
-        factor = 2 if "authorization" in request.keys else 1
+        """Past the cap in flight or the backlog mark; for a REGISTER that answers our
+        challenge (``answers_a_challenge``: shed last), past twice them."""
+        factor = 2 if answers_a_challenge(request) else 1
         return (
             self.answered.in_progress > factor * self.max_in_flight
             or self.backlog() > factor * MAX_BACKLOG

@@ -98,8 +98,10 @@ class Collector:
     full_sweeps: int = 0
     _started: float = 0.0
     _last_full: float = 0.0
+    _thresholds: tuple[int, int, int] = (700, 10, 10)  # what install found
 
     def install(self) -> None:
+        self._thresholds = gc.get_threshold()
         gc.collect()  # start-up's garbage goes now, not into the frozen set
         gc.freeze()
         gc.set_threshold(YOUNG_THRESHOLD, NEVER, NEVER)
@@ -111,7 +113,7 @@ class Collector:
         if self._timed in gc.callbacks:
             gc.callbacks.remove(self._timed)
         gc.unfreeze()
-        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        gc.set_threshold(*self._thresholds)
 
     def _timed(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

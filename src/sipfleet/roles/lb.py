@@ -23,7 +23,7 @@ from sipfleet.core.lb.probes import HealthChecker
 from sipfleet.core.lb.router import Router
 from sipfleet.core.lb.service import LbWorker
 from sipfleet.core.lb.sides import Sides
-from sipfleet.core.overload import OverloadMonitor, no_backlog, receive_backlog
+from sipfleet.core.overload import OverloadMonitor, receive_backlog
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.roles.common import ready_after, storage_for
 from sipfleet.sip.flow import FlowTokens
@@ -122,7 +122,6 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
     forwarder = StatelessForwarder(endpoint, force_rport=section.force_rport)
     overload = OverloadMonitor()
     endpoint.handler = Balancer(endpoint, router, forwarder, health, keepalives, tokens, overload)
-    udp = [sock for sock in own.sockets if sock.type == socket.SOCK_DGRAM]
     return LbWorker(
         storage,
         endpoint,
@@ -132,7 +131,7 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         node=config.node.name,
         pool_reload_s=section.pool_reload_s,
         overload=overload,
-        backlog=receive_backlog(udp) if udp else no_backlog,
+        backlog=receive_backlog(own.sockets),
     )
 
 

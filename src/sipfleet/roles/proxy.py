@@ -20,7 +20,7 @@ from typing import Any
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import CONNECTION_IDS_PER_WORKER, SipEndpoint
-from sipfleet.core.overload import no_backlog, receive_backlog
+from sipfleet.core.overload import receive_backlog
 from sipfleet.core.proxy.engine import ProxyEngine, settings_from_config
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
 from sipfleet.core.proxy.plans import Planner
@@ -90,8 +90,7 @@ def build_engine(
 
 
 def _backlog(sockets: Sequence[socket.socket], steering: WorkerSteering | None) -> Backlog:
-    udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
-    in_sockets = receive_backlog(udp) if udp else no_backlog
+    in_sockets = receive_backlog(sockets)
     if steering is None:
         return in_sockets
     in_inbox = steering.backlog

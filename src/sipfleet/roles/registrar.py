@@ -66,10 +66,9 @@ async def serve(
 ) -> None:
     """One registrar process: its endpoint (on ``sockets``, or bound here), its storage."""
     sockets = list(sockets) if sockets is not None else bind_all(config.registrar.listen)
-    udp = [sock for sock in sockets if sock.type == socket.SOCK_DGRAM]
     async with storage_for(config) as storage:
         endpoint = SipEndpoint(config.registrar.listen, sockets=sockets)
-        registrar = Registrar(config, storage, endpoint, backlog=receive_backlog(udp))
+        registrar = Registrar(config, storage, endpoint, backlog=receive_backlog(sockets))
         endpoint.handler = registrar
         background = [asyncio.create_task(collect_garbage())]
         if purge:
