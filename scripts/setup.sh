@@ -13,6 +13,8 @@ if ((want_test)); then
   packages+=(sip-tester mariadb-server mariadb-client postgresql iproute2 nftables conntrack procps)
   # real phones for tests/interop: baresip and the Linphone console (PJSIP comes from pip)
   packages+=(baresip-core linphone-cli)
+  # the media relay the proxy drives (userspace forwarding; tests start their own)
+  packages+=(rtpengine-daemon)
 fi
 
 missing=()

@@ -14,7 +14,7 @@ from pathlib import Path
 import sipfleet
 
 PACKAGE = Path(sipfleet.__file__).resolve().parent
-BELOW_ROLES = {"sip", "config", "transport", "storage", "routing", "core"}
+BELOW_ROLES = {"sip", "config", "transport", "storage", "media", "routing", "core"}
 
 # What each part of src/sipfleet may import of sipfleet, besides itself. A part is a
 # folder or a module directly in src/sipfleet; "sipfleet" is the package's __init__.py.
@@ -27,10 +27,12 @@ ALLOWED: dict[str, set[str]] = {
     "transport": {"sip", "config"},
     # tables and their rows (lcr_rows checks gateway hosts with sip.uri); DSNs from config.
     "storage": {"sip", "config"},
+    # the media relay's control (rtpengine's ng protocol): a client of a service, like storage.
+    "media": {"sip", "config", "transport"},
     # the operator's policy: decides over messages, rows and peers; calls nothing above.
     "routing": {"sip", "config", "transport", "storage"},
     # async glue: endpoint, stateless forwarding, the proxy engine, the LB; asks routing.
-    "core": {"sip", "config", "transport", "storage", "routing"},
+    "core": {"sip", "config", "transport", "storage", "media", "routing"},
     # thin compositions of everything below (a role may also serve the management API).
     "roles": BELOW_ROLES | {"mgmt"},
     # HTTP API, status page, metrics: reads the layers below the roles.
