@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from sipfleet.storage import Dsn, SchemaOutdated
+from sipfleet.storage import CallRecord, Dsn, SchemaOutdated
 from sipfleet.storage.migrate import _run, current_revision, head_revision, upgrade
 from sipfleet.storage.schema import TABLES, VERSION_TABLE, metadata
 from sipfleet.storage.sql import SCHEMA_REVISION
@@ -49,3 +49,24 @@ async def test_upgrade_creates_everything_and_runs_once(
 
 def test_code_expects_the_head_revision() -> None:
     assert head_revision() == SCHEMA_REVISION
+
+
+async def test_upgrade_of_a_0002_database_adds_acc(
+    databases: Databases, opened: OpenStorage
+) -> None:
+    """A database of the release before accounting: `db upgrade` adds the table."""
+    dsn = Dsn.parse(databases.empty())
+    await upgrade(dsn, "0002")
+    assert "acc" not in await _run(dsn, _tables)
+    storage = opened(dsn)
+    with pytest.raises(SchemaOutdated, match="at revision 0002"):
+        await storage.check_schema()
+
+    result = await upgrade(dsn)
+    assert (result.before, result.after) == ("0002", head_revision())
+    assert "acc" in await _run(dsn, _tables)
+    assert await _run(dsn, _differences) == []
+    await storage.check_schema()
+    record = CallRecord("c@x", "a", "b", status=200, start_ms=1, answer_ms=2)
+    await storage.accounting.answered(record)
+    assert [r.call_id for r in await storage.accounting.list()] == ["c@x"]

@@ -22,6 +22,7 @@ from sipfleet.storage.errors import (
 )
 from sipfleet.storage.factory import open_storage
 from sipfleet.storage.interface import (
+    AccountingStore,
     LbTargetStore,
     LcrStore,
     LocationStore,
@@ -34,6 +35,8 @@ from sipfleet.storage.model import (
     Aor,
     Binding,
     BindingUpdate,
+    CallRecord,
+    EndedBy,
     GatewayEntry,
     LbTarget,
     LbTargetHealth,
@@ -44,14 +47,17 @@ from sipfleet.storage.model import (
 )
 
 __all__ = [
+    "AccountingStore",
     "AddressOfRecord",
     "AlreadyExists",
     "Aor",
     "Binding",
     "BindingUpdate",
+    "CallRecord",
     "Dsn",
     "DsnError",
     "Dsns",
+    "EndedBy",
     "GatewayEntry",
     "InvalidInput",
     "InvalidLcr",

@@ -16,6 +16,8 @@ from sipfleet.storage.model import (
     AddressOfRecord,
     Binding,
     BindingUpdate,
+    CallRecord,
+    EndedBy,
     GatewayEntry,
     LbPool,
     LbState,
@@ -193,6 +195,52 @@ class LcrStore(Protocol):
         ...
 
 
+class AccountingStore(Protocol):
+    """Call records (``acc``, docs/storage.md "Accounting"): one row per call leg the proxy
+    answered, keyed by (Call-ID, caller's From tag, callee's To tag). Times are unix
+    milliseconds. Every write is one statement, and the row comes out right whichever
+    proxy writes which event, in whichever order. Text too long for its column is cut to
+    size, never refused."""
+
+    async def answered(self, record: CallRecord) -> None:
+        """The 2xx went upstream: insert the record (its end fields are ignored). A row of
+        the key there already (its BYE was written first) gets the answer fields and
+        ``duration_ms = end_ms - answer_ms``. ``InvalidInput`` without status/answer_ms."""
+        ...
+
+    async def failed(self, record: CallRecord) -> None:
+        """The final answer was >= 300: insert the record with ``end_ms`` (the failure
+        time), ``duration_ms`` 0, no answer. The same key again changes nothing."""
+        ...
+
+    async def ended(
+        self, call_id: str, caller_tag: str, callee_tag: str, *, end_ms: int, ended_by: EndedBy
+    ) -> bool:
+        """A BYE passed: close the call (end, ended_by, duration) if it is still open; the
+        first BYE wins. No row yet: insert the key and the end, for ``answered`` to
+        complete. Whether a row was created or changed."""
+        ...
+
+    async def close_overdue(self, *, now_ms: int, max_duration_ms: int) -> int:
+        """Calls answered more than ``max_duration_ms`` ago and still open end at
+        ``answer_ms + max_duration_ms`` (ended_by ``max-duration``): one statement, safe
+        on several proxies at once. How many it closed."""
+        ...
+
+    async def list(
+        self,
+        *,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        call_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[CallRecord]:
+        """Records that started in [since_ms, until_ms), by start then id; rows without a
+        start (a BYE written before the answer) last, and only when no time is given.
+        Read from the primary (billing wants every record written)."""
+        ...
+
+
 class Storage(Protocol):
     """One node's view of the cluster database; share one per process."""
 
@@ -208,6 +256,8 @@ class Storage(Protocol):
     def lb_targets(self) -> LbTargetStore: ...
     @property
     def lcr(self) -> LcrStore: ...
+    @property
+    def accounting(self) -> AccountingStore: ...
     @property
     def in_flight(self) -> int:
         """Queries running or waiting for a connection now."""

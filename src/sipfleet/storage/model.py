@@ -167,3 +167,37 @@ class RuleEntry:
 
     rule: Rule
     targets: tuple[RuleTarget, ...]
+
+
+EndedBy = Literal["caller", "callee", "max-duration"]
+ENDED_BY: tuple[EndedBy, ...] = ("caller", "callee", "max-duration")
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One row of ``acc``: a call leg the proxy answered (docs/storage.md, "Accounting").
+
+    The key is (``call_id``, ``from_tag``, ``to_tag``): ``from_tag`` is the caller's (the
+    From tag of the initial INVITE), ``to_tag`` the callee's (the To tag of the final
+    response). Times are unix milliseconds. ``id`` is assigned by the database (None in a
+    record to write). A row written by a BYE before its answer was stored has only the
+    key and the end fields.
+    """
+
+    call_id: str
+    from_tag: str
+    to_tag: str
+    caller: str | None = None  # the From URI as the caller sent it (even when anonymised)
+    caller_shown: str | None = None  # the From URI the callee saw
+    callee: str | None = None  # the Request-URI the caller dialled
+    destination: str | None = None  # the answering branch's Request-URI; None: proxy answered
+    gateway: str | None = None  # that branch's LCR gateway; None: on-net
+    status: int | None = None
+    reason: str | None = None
+    start_ms: int | None = None  # the INVITE arrived
+    answer_ms: int | None = None  # the 2xx was sent; None for a failed call
+    end_ms: int | None = None  # BYE, or the failure; None while the call lasts
+    duration_ms: int | None = None  # end - answer; 0 for a failed call
+    ended_by: EndedBy | None = None
+    proxy: str | None = None  # the node that wrote the answer or failure
+    id: int | None = None

@@ -1,9 +1,10 @@
 """The schema, defined once (SQLAlchemy Core). Migrations and statements are built from it.
 
-Times are integer unix seconds (BIGINT) in every dialect: no time zones, no DATETIME
-precision differences, and replication copies them unchanged. Text columns are VARCHAR
-with binary comparison (MariaDB tables use utf8mb4_bin), so "sip:Bob@x" and "sip:bob@x"
-are different contacts everywhere, as RFC 3261 §19.1.4 says of the user part.
+Times are integer unix seconds (BIGINT) in every dialect (``acc``: milliseconds): no time
+zones, no DATETIME precision differences, and replication copies them unchanged. Text
+columns are VARCHAR with binary comparison (MariaDB tables use utf8mb4_bin), so
+"sip:Bob@x" and "sip:bob@x" are different contacts everywhere, as RFC 3261 §19.1.4 says
+of the user part.
 """
 
 from __future__ import annotations
@@ -208,6 +209,46 @@ lcr_version = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("version", sa.BigInteger, nullable=False),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+# Accounting (docs/storage.md, "Accounting (acc)"): one row per call leg the proxy
+# answered, keyed by (Call-ID, caller's From tag, callee's To tag). Times are unix
+# *milliseconds* here, unlike the other tables: calls are billed by their duration, and
+# two ends rounded to whole seconds could each move it by up to a second. The key columns
+# are kept small enough for InnoDB's 3,072-byte index key in utf8mb4 (4 bytes a
+# character): (255 + 128 + 128) * 4 = 2,044. Oversized values are truncated to these
+# sizes, never refused (storage/accounting.py): a call record must not be lost.
+TAG_LEN = 128
+URI_LEN = CONTACT_LEN
+PROXY_NAME_LEN = 64
+ENDED_BY_LEN = 16
+
+acc = sa.Table(
+    "acc",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("call_id", sa.String(CALLID_LEN), nullable=False),
+    sa.Column("from_tag", sa.String(TAG_LEN), nullable=False),  # the caller's tag
+    sa.Column("to_tag", sa.String(TAG_LEN), nullable=False),  # the callee's tag
+    # Every other column is NULL in a row that a BYE wrote before the answer was stored.
+    sa.Column("caller", sa.String(URI_LEN)),  # the From URI as sent, even when anonymised
+    sa.Column("caller_shown", sa.String(URI_LEN)),  # the From URI the callee saw
+    sa.Column("callee", sa.String(URI_LEN)),  # the Request-URI the caller dialled
+    sa.Column("destination", sa.String(URI_LEN)),  # the answering branch's Request-URI
+    sa.Column("gateway", sa.String(GW_NAME_LEN)),  # that branch's LCR gateway; NULL: on-net
+    sa.Column("status", sa.Integer),
+    sa.Column("reason", sa.String(SHORT_TEXT_LEN)),
+    sa.Column("start_ms", sa.BigInteger),  # the INVITE arrived
+    sa.Column("answer_ms", sa.BigInteger),  # the 2xx was sent; NULL for a failed call
+    sa.Column("end_ms", sa.BigInteger),  # BYE or failure; NULL while the call lasts
+    sa.Column("duration_ms", sa.BigInteger),  # end - answer; 0 for a failed call
+    sa.Column("ended_by", sa.String(ENDED_BY_LEN)),  # caller, callee, max-duration
+    sa.Column("proxy", sa.String(PROXY_NAME_LEN)),  # the node that wrote the answer
+    sa.UniqueConstraint("call_id", "from_tag", "to_tag", name="acc_call_key"),
+    sa.Index("acc_start_idx", "start_ms"),
+    # The open calls (end_ms IS NULL), oldest answer first: close_overdue's range.
+    sa.Index("acc_open_idx", "end_ms", "answer_ms"),
     **MYSQL_TABLE_OPTIONS,
 )
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from sipfleet.storage import rules, schema
+from sipfleet.storage.accounting import SqlAccounting
 from sipfleet.storage.batch import ReadBatcher, SaveBatcher, SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsns, Kind
 from sipfleet.storage.errors import (
@@ -46,7 +47,7 @@ from sipfleet.storage.statements import (
     compile_for,
 )
 
-SCHEMA_REVISION = "0002"  # the Alembic head this code expects (a test checks they agree)
+SCHEMA_REVISION = "0003"  # the Alembic head this code expects (a test checks they agree)
 
 Row = Sequence[Any]
 # Group commit of REGISTER saves (storage/batch.py): up to four batches in flight (more
@@ -418,6 +419,7 @@ class SqlStorage:
         self._preferences = SqlPreferences(db)
         self._lb_targets = SqlLbTargets(db)
         self._lcr = SqlLcr(db, executor.dsns.write.kind)
+        self._accounting = SqlAccounting(db, executor.dsns.write.kind)
         version = sa.table(schema.VERSION_TABLE, sa.column("version_num"))
         self._version_query = compile_for(
             sa.select(version.c.version_num), executor.statements.dialect
@@ -450,6 +452,10 @@ class SqlStorage:
     @property
     def lcr(self) -> SqlLcr:
         return self._lcr
+
+    @property
+    def accounting(self) -> SqlAccounting:
+        return self._accounting
 
     @property
     def in_flight(self) -> int:
