@@ -7,10 +7,11 @@ Secrets may come from the environment (SIPFLEET_CLUSTER_SECRET, SIPFLEET_DB_WRIT
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sipfleet.config.listen import ListenAddress, parse_listen
 
@@ -279,6 +280,59 @@ class ProxySection(Section):
     )
 
 
+RELAY_ADDRESS = re.compile(r"udp:(\[[0-9A-Fa-f:.]+\]|[^:\[\]=\s]+):[0-9]{1,5}(=[0-9]{1,4})?")
+
+
+class MediaSection(Section):
+    """The media relay (rtpengine, ng protocol) the proxies drive for calls through NAT."""
+
+    relays: list[str] = Field(
+        default_factory=lambda: ["udp:127.0.0.1:2223"],
+        description="rtpengine control addresses, 'udp:HOST:PORT' or 'udp:HOST:PORT=WEIGHT' "
+        "(Kamailio's rtpengine_sock form). Default: the ng port of an rtpengine on this host "
+        "(Debian's rtpengine-daemon). A relay that does not answer is skipped; with none up, "
+        "calls go on without one.",
+    )
+    mode: Literal["nat", "always", "never"] = Field(
+        "nat",
+        description="Relay a call's media when either side is behind NAT (a private address "
+        "in its SDP or Contact, or media from another address than its signalling), always, "
+        "or never. A routing policy may decide per call (CallContext.relay_media).",
+    )
+    timeout_s: float = Field(
+        1.0, gt=0, le=10, description="A relay that has not answered a command by then failed it."
+    )
+    ping_interval_s: float = Field(5.0, gt=0, description="Health check of each relay, this often.")
+
+    @field_validator("relays")
+    @classmethod
+    def _relay_addresses(cls, relays: list[str]) -> list[str]:
+        for entry in relays:
+            if not RELAY_ADDRESS.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not 'udp:HOST:PORT' or 'udp:HOST:PORT=WEIGHT' "
+                    "(IPv6 in brackets: 'udp:[::1]:2223')"
+                )
+        return relays
+
+
+class AccountingSection(Section):
+    """Call records (CDRs) in the ``acc`` table, written by the proxies."""
+
+    enabled: bool = Field(
+        True, description="Write a record for every INVITE the proxy answers (answered or failed)."
+    )
+    max_call_s: int = Field(
+        14_400,
+        ge=60,
+        description="A call with no BYE after this long is closed in its record "
+        "(ended_by 'max-duration'): a lost BYE must not bill for ever.",
+    )
+    sweep_interval_s: float = Field(
+        60.0, gt=0, description="Each proxy closes overdue records this often."
+    )
+
+
 class MgmtSection(Section):
     listen: str = Field(
         "127.0.0.1:0", description="HTTP management API and metrics (loopback by default)."
@@ -311,5 +365,7 @@ class Config(Section):
     lb: LbSection = Field(default_factory=LbSection)
     registrar: RegistrarSection = Field(default_factory=RegistrarSection)
     proxy: ProxySection = Field(default_factory=ProxySection)
+    media: MediaSection = Field(default_factory=MediaSection)
+    accounting: AccountingSection = Field(default_factory=AccountingSection)
     mgmt: MgmtSection = Field(default_factory=MgmtSection)
     cluster: ClusterSection = Field(default_factory=ClusterSection)

@@ -21,11 +21,14 @@ from typing import Any
 from sipfleet.config import Config
 from sipfleet.core.endpoint import CONNECTION_IDS_PER_WORKER, SipEndpoint
 from sipfleet.core.overload import receive_backlog
+from sipfleet.core.proxy.accounting import CallAccounting
 from sipfleet.core.proxy.engine import ProxyEngine, settings_from_config
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
+from sipfleet.core.proxy.media_control import MediaControl
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.privacy_hooks import PrivacyHooks
 from sipfleet.core.proxy.services import ProxyServices
+from sipfleet.media.client import MediaRelays
 from sipfleet.roles.common import (
     authority_for,
     collect_garbage,
@@ -59,6 +62,7 @@ def build_engine(
     sockets: Sequence[socket.socket] = (),
     hooks: MessageHooks = NO_HOOKS,
     steering: WorkerSteering | None = None,
+    relays: MediaRelays | None = None,
 ) -> ProxyEngine:
     """The engine for ``config``; it hears of ``endpoint``'s late send failures, but is
     not yet its handler. ``sockets``: the endpoint's bound sockets, watched for overload
@@ -84,9 +88,33 @@ def build_engine(
         hooks=hooks,
         backlog=backlog,
         dialog_tokens=DialogTokens(config.node.cluster_secret.encode()),
+        media=_media_control(config, relays),
+        accounting=(
+            CallAccounting(storage.accounting, config.node.name)
+            if config.accounting.enabled
+            else None
+        ),
     )
     endpoint.on_send_error = engine.destination_failed
     return engine
+
+
+def _media_control(config: Config, relays: MediaRelays | None) -> MediaControl | None:
+    if relays is None or config.media.mode == "never" or not config.media.relays:
+        return None
+    control = MediaControl(relays, config.media.mode)
+    control.names = tuple(relay.name for relay in relays.relays)
+    return control
+
+
+def media_relays(config: Config) -> MediaRelays | None:
+    """The configured rtpengine relays (None: media always goes direct)."""
+    section = config.media
+    if section.mode == "never" or not section.relays:
+        return None
+    return MediaRelays(
+        section.relays, timeout_s=section.timeout_s, ping_interval_s=section.ping_interval_s
+    )
 
 
 def _backlog(sockets: Sequence[socket.socket], steering: WorkerSteering | None) -> Backlog:
@@ -167,10 +195,20 @@ async def serve(
             config.proxy.listen, limits=limits, sockets=sockets, worker_index=index
         )
         lcr = LcrRouter.from_config(config, storage.lcr)
+        relays = media_relays(config)
+        if relays is not None:
+            await relays.start()  # pinged once: calls find the relays that answered
         # caller privacy (DESIGN §4); LCR gateways flagged trusted see the caller
         hooks = PrivacyHooks.from_config(config, lambda: lcr.cache.table.rows.gateways)
         engine = build_engine(
-            config, storage, endpoint, sockets=sockets, off_net=lcr, hooks=hooks, steering=steering
+            config,
+            storage,
+            endpoint,
+            sockets=sockets,
+            off_net=lcr,
+            hooks=hooks,
+            steering=steering,
+            relays=relays,
         )
         if steering is not None:
             endpoint.steering = steering
@@ -181,6 +219,11 @@ async def serve(
         siblings = asyncio.create_task(
             follow_proxy_pool(storage, engine, config.proxy.pool_reload_s)
         )
+        duties = [collector, siblings]
+        if engine.accounting is not None and index == 0:  # one sweep per process is plenty
+            section = config.accounting
+            sweep = engine.accounting.sweep(section.max_call_s, section.sweep_interval_s)
+            duties.append(asyncio.create_task(sweep))
 
         def listening() -> None:  # handoffs wait in the inbox until the endpoint listens
             if steering is not None:
@@ -193,7 +236,9 @@ async def serve(
         finally:
             if steering is not None:
                 steering.close()
-            collector.cancel()
-            siblings.cancel()
+            for duty in duties:
+                duty.cancel()
             await lcr.close()
             await engine.close()
+            if relays is not None:
+                await relays.close()

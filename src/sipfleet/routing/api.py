@@ -111,10 +111,13 @@ class CallContext:
     __slots__ = (
         "_caller_preferences",
         "_services",
+        "arrived",
         "extra_headers",
         "hide_caller",
+        "media_relay",
         "origin",
         "our_route",
+        "relay_media",
         "request",
         "routed_to_us",
         "source",
@@ -140,6 +143,13 @@ class CallContext:
         # Caller privacy (DESIGN §4): True hides the caller from the callee, False never
         # does; None (the default) follows the request's Privacy header.
         self.hide_caller: bool | None = None
+        # Media relay (docs/media.md): True relays this call's media, False never does;
+        # None (the default) follows ``[media] mode``.
+        self.relay_media: bool | None = None
+        # The proxy's own notes: the relay holding the call's media (its configured name),
+        # and when the request arrived (unix seconds, for the call record).
+        self.media_relay: str | None = None
+        self.arrived: float | None = None
         self.extra_headers: list[Header] = []
         self._services = services
         self._caller_preferences: dict[str, str] | None = None

@@ -59,10 +59,15 @@ class DialogTokens:
 
     def verify(self, our_route: SipUri, request: Request) -> bool:
         """The Route of ours ``request`` came by was made for its dialog."""
+        return self.caller_tag(our_route, request) is not None
+
+    def caller_tag(self, our_route: SipUri, request: Request) -> str | None:
+        """The tag of the dialog's caller (From in the caller's requests, To in the
+        callee's) when the Route of ours was made for this dialog; else None."""
         value = our_route.params.get(PARAM)
         if not value:
-            return False
+            return None
         for tag in (request.from_.tag, request.to.tag):
             if tag and hmac.compare_digest(value, self.token(Dialog(request.call_id, tag))):
-                return True
-        return False
+                return tag
+        return None

@@ -14,7 +14,14 @@ from typing import Any, cast
 
 from sipfleet.config import Config, config_from_dict
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.proxy.actions import AskPolicy, ProxyAction, Resolve, Transmit, TrunkOutcome
+from sipfleet.core.proxy.actions import (
+    AskPolicy,
+    CallResult,
+    ProxyAction,
+    Resolve,
+    Transmit,
+    TrunkOutcome,
+)
 from sipfleet.core.proxy.core import (
     CallSettings,
     EngineSettings,
@@ -77,6 +84,7 @@ class FakeShell:
         self.sent: list[tuple[Message, Destination]] = []
         self.asked: list[AskPolicy] = []
         self.resolves: list[Resolve] = []
+        self.results: list[CallResult] = []  # for the call records (test_core_media.py)
         self.other: list[ProxyAction] = []
 
     # -- running the core's actions ---------------------------------------------------------
@@ -96,6 +104,8 @@ class FakeShell:
                 self.asked.append(action)
             elif isinstance(action, Resolve):
                 self.resolves.append(action)
+            elif isinstance(action, CallResult):
+                self.results.append(action)
             else:
                 self.other.append(action)
 

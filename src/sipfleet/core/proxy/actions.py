@@ -17,6 +17,11 @@ what the shell feeds back, if anything:
   without state (a 2xx ACK, a stray 2xx).
 - ``TrunkOutcome(gateway, status, progressed)``: for the off-net router (gateway health).
 - ``Unmatched(response)``: a stray answer, perhaps to an OPTIONS probe.
+- ``RelayMedia(call, response, request)``: have the call's media relay rewrite the SDP
+  of ``response`` (to ``request``); ``media_rewritten(call, response, sdp or None)``.
+  The call's later answers wait behind it, in order.
+- ``EndMedia(relay, call_id)``: the call is over for the relay (fire and forget).
+- ``CallResult(...)``: an INVITE got its final answer: for its call record (accounting).
 """
 
 from __future__ import annotations
@@ -62,11 +67,13 @@ class Resolve:
 
 @dataclass(frozen=True, slots=True)
 class ForwardAck:
-    """An ACK for a 2xx, forwarded without state (its own transaction, §16.7)."""
+    """An ACK for a 2xx, forwarded without state (its own transaction, §16.7);
+    ``relay``: the media relay of its dialog (an SDP answer in the ACK goes through it)."""
 
     ack: Request
     peer: Peer
     destination: Destination
+    relay: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,43 @@ class Unmatched:
     response: Response
 
 
+@dataclass(frozen=True, slots=True)
+class RelayMedia:
+    """Rewrite the SDP of ``response`` (an answer to ``request``, or a late offer) at the
+    call's media relay before it goes upstream."""
+
+    call: CallKey
+    response: Response
+    request: Request
+    relay: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndMedia:
+    """The call ``call_id`` at ``relay`` is over (failed, cancelled, Timer C)."""
+
+    relay: str
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """How an INVITE that created no dialog yet ended, for its call record. The shell
+    adds the times: when the INVITE arrived (``context.arrived``) and now."""
+
+    context: CallContext
+    call_id: str
+    caller_tag: str
+    callee_tag: str
+    caller: str  # the From as the caller sent it
+    caller_shown: str  # the From the callee saw (anonymised or not)
+    callee: str  # the Request-URI the caller dialled
+    destination: str | None  # the Request-URI of the branch that answered
+    gateway: str | None  # its LCR gateway
+    status: int
+    reason: str
+
+
 ProxyAction = (
     Send
     | StartTimer
@@ -104,4 +148,7 @@ ProxyAction = (
     | ForwardResponse
     | TrunkOutcome
     | Unmatched
+    | RelayMedia
+    | EndMedia
+    | CallResult
 )

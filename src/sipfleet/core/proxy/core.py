@@ -36,10 +36,13 @@ from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.proxy.actions import (
     AskPolicy,
     CallKey,
+    CallResult,
+    EndMedia,
     ForwardAck,
     ForwardResponse,
     Outcome,
     ProxyAction,
+    RelayMedia,
     Resolve,
     Transmit,
     TrunkOutcome,
@@ -63,6 +66,7 @@ from sipfleet.core.proxy.context import (
 )
 from sipfleet.core.proxy.forward import forward_copy, wants_record_route
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
+from sipfleet.core.proxy.media import carries_sdp, relay_of, with_relay
 from sipfleet.core.proxy.resolve import ResolveError, literal_destination
 from sipfleet.core.proxy.routes import route_toward_next_hop, take_our_route
 from sipfleet.core.proxy.targets import ForkPlan
@@ -173,6 +177,7 @@ class Call:
         "finished",
         "key",
         "loop_hash",
+        "media_queue",
         "reroutes",
         "responses",
         "routing",
@@ -192,6 +197,8 @@ class Call:
         self.server_ended = False
         self.clients = 0  # live client transactions of its branches
         self.reroutes = 0
+        # answers waiting for the media relay, in order; True: this one's SDP goes through it
+        self.media_queue: list[tuple[Response, bool]] | None = None
         self._tag: str | None = None
 
     @property
@@ -390,7 +397,7 @@ class ProxyCore:
         if destination is None:
             return [self._resolve(_AckRef(ack, peer, ours), next_hop)]
         self.hooks.forwarding_ack(ack, ours)
-        return [ForwardAck(ack, peer, destination)]
+        return [ForwardAck(ack, peer, destination, relay_of(ours))]
 
     # -- responses --------------------------------------------------------------------------
     def response(self, response: Response, peer: Peer) -> list[ProxyAction]:
@@ -464,7 +471,7 @@ class ProxyCore:
                 log.debug("ACK %s not forwarded: %s", pending.ack.call_id, result)
                 return []
             self.hooks.forwarding_ack(pending.ack, pending.ours)
-            return [ForwardAck(pending.ack, pending.peer, result)]
+            return [ForwardAck(pending.ack, pending.peer, result, relay_of(pending.ours))]
         call = self.calls.get(pending.call) if pending is not None else None
         if pending is None or call is None or call.responses is None:
             return []
@@ -636,6 +643,8 @@ class ProxyCore:
         record_route = None
         if self.settings.calls.record_route and wants_record_route(request):
             ours = self.dialog_tokens.stamp(self._record_route, request)
+            if call.routing.media_relay is not None:  # later requests find the relay by it
+                ours = with_relay(ours, call.routing.media_relay)
             record_route = self.hooks.record_route(call.routing, ours)
         try:
             headers = call.routing.extra_headers
@@ -720,13 +729,103 @@ class ProxyCore:
         return make_response(request, status, reason, to_tag=call.to_tag, headers=[*headers])
 
     def _upstream(self, call: Call, response: Response) -> list[ProxyAction]:
+        relay = call.routing.media_relay
+        through_relay = relay is not None and response.status > 100 and carries_sdp(response)
+        queue = call.media_queue
+        if queue is not None:  # behind an answer at the relay: keep the order
+            queue.append((response, through_relay))
+            return []
+        if through_relay:
+            assert relay is not None
+            call.media_queue = [(response, True)]
+            return [RelayMedia(call.key, response, call.routing.request, relay)]
+        return self._answer(call, response)
+
+    def media_rewritten(
+        self, key: CallKey, response: Response, sdp: bytes | None
+    ) -> list[ProxyAction]:
+        """The answer to ``RelayMedia``: the relay's SDP for ``response`` (None: the relay
+        failed; it goes on as it came). The answers queued behind it follow."""
+        call = self.calls.get(key)
+        queue = call.media_queue if call is not None else None
+        if call is None or not queue or queue[0][0] is not response:
+            return []
+        if sdp is not None:
+            response.set_body(sdp)
+        queue.pop(0)
+        actions = self._answer(call, response)
+        while queue:
+            waiting, through_relay = queue[0]
+            relay = call.routing.media_relay
+            if through_relay and relay is not None:
+                actions.append(RelayMedia(call.key, waiting, call.routing.request, relay))
+                return actions
+            queue.pop(0)
+            actions.extend(self._answer(call, waiting))
+        call.media_queue = None
+        self._forget_if_over(call)
+        return actions
+
+    def _answer(self, call: Call, response: Response) -> list[ProxyAction]:
+        actions: list[ProxyAction] = []
         if response.status >= 200 and not call.finished:
             call.finished = True
             self.active -= 1
+            actions.extend(self._call_ended(call, response))
         self.hooks.answering(response, call.routing)
-        actions = self._run(call.server.respond(response))
+        actions.extend(self._run(call.server.respond(response)))
         self._forget_if_over(call)
         return actions
+
+    def _call_ended(self, call: Call, response: Response) -> list[ProxyAction]:
+        """An INVITE that starts a call got its final answer: its record, and the end of
+        its media at the relay when it failed (a CANCEL, Timer C, every branch failed)."""
+        request = call.routing.request
+        if request.method != "INVITE" or request.to.tag is not None:
+            return []  # a re-INVITE: the call goes on whatever its answer
+        actions: list[ProxyAction] = []
+        relay = call.routing.media_relay
+        if relay is not None and response.status >= 300:
+            actions.append(EndMedia(relay, request.call_id))
+        if response.status not in (401, 407):  # a challenge is not a call
+            actions.append(self._record(call, response))
+        return actions
+
+    @staticmethod
+    def _record(call: Call, response: Response) -> CallResult:
+        request = call.routing.request
+        answered = None
+        if call.responses is not None:
+            answered = next((b for b in call.responses.branches if b.response is response), None)
+        caller = _from_uri(request)
+        shown = caller
+        if answered is not None and answered.request is not None:
+            shown = _from_uri(answered.request) or caller
+        destination = None
+        if answered is not None:
+            destination = answered.target.uri or (
+                answered.request.uri_text if answered.request is not None else None
+            )
+        return CallResult(
+            context=call.routing,
+            call_id=request.call_id,
+            caller_tag=request.from_.tag or "",
+            callee_tag=response.to.tag or "",
+            caller=caller,
+            caller_shown=shown,
+            callee=request.uri_text,
+            destination=destination,
+            gateway=answered.target.gateway if answered is not None else None,
+            status=response.status,
+            reason=response.reason,
+        )
+
+
+def _from_uri(request: Request) -> str:
+    try:
+        return str(request.from_.uri)
+    except ParseError:
+        return request.header("from") or ""
 
 
 def response_destination(request: Request, peer: Peer) -> Destination:

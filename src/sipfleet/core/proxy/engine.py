@@ -24,12 +24,16 @@ from typing import Any
 from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.overload import OverloadMonitor, no_backlog, watch
+from sipfleet.core.proxy.accounting import CallAccounting
 from sipfleet.core.proxy.actions import (
     AskPolicy,
+    CallResult,
+    EndMedia,
     ForwardAck,
     ForwardResponse,
     Outcome,
     ProxyAction,
+    RelayMedia,
     Resolve,
     Transmit,
     TrunkOutcome,
@@ -43,10 +47,12 @@ from sipfleet.core.proxy.core import (
     ProxyCore,
 )
 from sipfleet.core.proxy.hooks import NO_HOOKS, MessageHooks
+from sipfleet.core.proxy.media_control import MediaControl
 from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.probes import OptionsProber
 from sipfleet.core.proxy.resolve import ResolveError, Resolver
 from sipfleet.core.proxy.services import ProxyServices
+from sipfleet.core.proxy.targets import ForkPlan
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.routing.api import Reply, RoutingPolicy
 from sipfleet.sip import ParseError, Request, Response
@@ -96,9 +102,13 @@ class ProxyEngine:
         hooks: MessageHooks = NO_HOOKS,
         backlog: Callable[[], int] = no_backlog,
         dialog_tokens: DialogTokens | None = None,
+        media: MediaControl | None = None,
+        accounting: CallAccounting | None = None,
     ) -> None:
         """``backlog``: bytes waiting in the listening sockets (``overload.receive_backlog``);
-        ``dialog_tokens``: from the cluster secret (None: a secret of this process alone)."""
+        ``dialog_tokens``: from the cluster secret (None: a secret of this process alone);
+        ``media``: the media relays (None: media goes direct); ``accounting``: where call
+        records go (None: none are written)."""
         self.endpoint = endpoint
         self.policy = policy
         self.planner = planner
@@ -114,6 +124,8 @@ class ProxyEngine:
         self.resolver = Resolver()
         # OPTIONS to gateways for the off-net router's health checks
         self.prober = OptionsProber(endpoint, self.resolver)
+        self.media = media
+        self.accounting = accounting
         self.tasks: set[asyncio.Task[None]] = set()
         self._backlog = backlog
         self._watcher: asyncio.Task[None] | None = None
@@ -161,6 +173,8 @@ class ProxyEngine:
             "calls_active": self.core.active,
             "routing": self.core.waiting,
             "overload_episodes": self.overload.episodes,
+            **(self.media.counters() if self.media is not None else {}),
+            **(self.accounting.counters() if self.accounting is not None else {}),
         }
 
     # -- the endpoint's handler ---------------------------------------------------------------
@@ -200,10 +214,22 @@ class ProxyEngine:
                 if isinstance(armed, asyncio.TimerHandle):
                     armed.cancel()  # a coarse one is skipped when its slot comes
             elif isinstance(action, AskPolicy):
+                if action.context.arrived is None:
+                    action.context.arrived = time.time()  # when the call began, for its record
                 self._spawn(self._route(action))
             elif isinstance(action, ForwardAck):
-                if self.forwarder.forward_request(action.ack, action.peer, action.destination):
-                    self.stats.acks_forwarded += 1
+                if action.relay is not None and self.media is not None:
+                    self._spawn(self._relay_ack(action, action.relay))
+                else:
+                    self._forward_ack(action)
+            elif isinstance(action, RelayMedia):
+                self._spawn(self._relay_media(action))
+            elif isinstance(action, EndMedia):
+                if self.media is not None:
+                    self._spawn(self.media.end(action.relay, action.call_id))
+            elif isinstance(action, CallResult):
+                if self.accounting is not None:
+                    self._spawn(self.accounting.result(action))
             elif isinstance(action, ForwardResponse):
                 self.forwarder.forward_response(action.response, action.peer)
             elif isinstance(action, Resolve):
@@ -214,6 +240,38 @@ class ProxyEngine:
                 self._transmit(action.message, action.destination)
             elif isinstance(action, Unmatched) and not self.prober.answered(action.response):
                 self.stats.stray_responses += 1
+
+    def _forward_ack(self, action: ForwardAck) -> None:
+        if self.forwarder.forward_request(action.ack, action.peer, action.destination):
+            self.stats.acks_forwarded += 1
+
+    # -- the media relay and the call records --------------------------------------------------
+    async def _relay_media(self, step: RelayMedia) -> None:
+        assert self.media is not None
+        sdp = await self.media.answer(step)
+        self.execute(self.core.media_rewritten(step.call, step.response, sdp))
+
+    async def _relay_ack(self, action: ForwardAck, relay: str) -> None:
+        assert self.media is not None
+        await self.media.ack(action.ack, relay)
+        self._forward_ack(action)
+
+    async def _before_forwarding(self, ask: AskPolicy, outcome: Outcome) -> None:
+        """The call's media offer (a new call that wants a relay, or a relayed dialog's
+        re-offer), and a BYE's end of the call record."""
+        if not isinstance(outcome, ForkPlan):
+            return
+        context = ask.context
+        if self.media is not None:
+            await self.media.prepare(context, outcome)
+        if context.request.method != "BYE" or not context.routed_to_us:
+            return
+        if self.media is not None and context.media_relay is not None:
+            self._spawn(self.media.end(context.media_relay, context.request.call_id))
+        ours = context.our_route
+        caller_tag = self.dialog_tokens.caller_tag(ours, context.request) if ours else None
+        if self.accounting is not None and caller_tag is not None:
+            self._spawn(self.accounting.bye(context, caller_tag))
 
     def _send(self, transaction: Transaction, message: Message) -> None:
         try:
@@ -291,6 +349,8 @@ class ProxyEngine:
                     return
                 decision = found
             outcome = await self.planner.plan(decision, ask.context)
+            if ask.failed is None:
+                await self._before_forwarding(ask, outcome)
         except Exception as exc:
             outcome = self._failed_routing(ask, exc)
         self.execute(self.core.routed(ask.call, outcome))
