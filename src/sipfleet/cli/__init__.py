@@ -16,7 +16,19 @@ from sipfleet import __version__
 from sipfleet.cli.common import CliError
 
 # Topic modules under sipfleet.cli; a module that is not there yet is skipped.
-TOPICS = ("up", "run", "check_config", "db", "subscriber", "location", "lb", "gw", "lcr", "status")
+TOPICS = (
+    "up",
+    "run",
+    "check_config",
+    "db",
+    "subscriber",
+    "location",
+    "lb",
+    "gw",
+    "lcr",
+    "cdr",
+    "status",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
