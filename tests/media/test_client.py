@@ -304,3 +304,10 @@ async def test_commands_leave_no_reference_cycles(relays: MediaRelays) -> None:
     finally:
         gc.enable()
         await silent.close()
+
+
+async def test_a_command_before_start_fails_at_once() -> None:
+    pool = fast_relays(["udp:127.0.0.1:9"])
+    with pytest.raises(MediaRelayError, match=re.escape("127.0.0.1:9: no socket")):
+        await pool.ping(only(pool))
+    assert pool.counters()["commands"] == 0

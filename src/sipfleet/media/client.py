@@ -236,6 +236,8 @@ class MediaRelays:
             raise MediaRelayError(
                 f"media relay {relay.name}: overloaded ({self._in_flight} commands in flight)"
             )
+        if self._closed or link.transport is None:
+            raise MediaRelayError(f"media relay {relay.name}: no socket (not started, or closed)")
         self._counts["commands"] += 1
         outcome = await self._exchange(link, command)
         if outcome is None:
@@ -252,8 +254,6 @@ class MediaRelays:
 
     async def _exchange(self, link: _Link, command: ng.Command) -> Outcome | None:
         """Send, retransmit while unanswered, give up after the timeout (None)."""
-        if self._closed or link.transport is None:
-            return ng.Failure(b"", command.name, "no socket (the client is not started)")
         transmit = link.connection.send(command)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         link.waiting[transmit.cookie] = future
@@ -300,13 +300,16 @@ class MediaRelays:
 
     async def _probe(self, link: _Link) -> None:
         self._counts["pings"] += 1
-        outcome = await self._exchange(link, ng.ping())
-        if outcome is None or not isinstance(outcome, ng.Reply):
-            self._counts["ping_misses"] += 1
-            link.misses += 1
-            if link.misses >= self._down_after:
-                link.mark_down(f"{link.misses} pings unanswered")
-        # a reply marked it up already (_Link.received)
+        if self._closed or link.transport is None:
+            outcome = None
+        else:
+            outcome = await self._exchange(link, ng.ping())
+        if outcome is not None:
+            return  # any reply marked it up already (_Link.received)
+        self._counts["ping_misses"] += 1
+        link.misses += 1
+        if link.misses >= self._down_after:
+            link.mark_down(f"{link.misses} pings unanswered")
 
 
 def _sdp(relay: RelayAddress, reply: ng.Reply) -> bytes:
