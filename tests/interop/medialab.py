@@ -185,24 +185,40 @@ def meter_until(
         time.sleep(0.2)
 
 
-# -- rtpengine's readiness, asked from inside its namespace --------------------------------
+# -- asking rtpengine, from inside its namespace (the only place it listens) ---------------
 
-# an ng ping (bencode) from inside the namespace: the relay is reachable only there
-NG_PING = """
-import socket, sys
+# one ng request (bencoded dict in argv[3]) with a fresh cookie: rtpengine answers a
+# repeated cookie from its cache, which would make a poll see its first answer forever
+NG_REQUEST = """
+import os, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(0.3)
-s.sendto(b"ready d7:command4:pinge", (sys.argv[1], int(sys.argv[2])))
-sys.exit(0 if b"pong" in s.recv(512) else 1)
+cookie = os.urandom(4).hex().encode()
+s.sendto(cookie + b" " + sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))
+sys.stdout.write(s.recv(65535).decode("latin-1"))
 """
+NG_PING = "d7:command4:pinge"
+NG_LIST = "d7:command4:liste"
+NO_CALLS = "5:callsle"  # what a "list" reply holds when the relay has no call
 
 
-def wait_for_ng_pong(ns: Namespace, host: str, port: int, timeout: float = 10.0) -> None:
-    """Until rtpengine answers an ng ping at host:port inside ``ns``."""
+def ng_reply(ns: Namespace, host: str, port: int, request: str) -> str:
+    """rtpengine's reply to a bencoded ng ``request`` at host:port in ``ns`` ("": none)."""
+    done = ns.run([sys.executable, "-c", NG_REQUEST, host, str(port), request], timeout=5)
+    return str(done.stdout) if done.returncode == 0 else ""
+
+
+def ng_reply_until(
+    ns: Namespace, host: str, port: int, request: str, expected: str, timeout: float
+) -> str:
+    """rtpengine's reply to ``request`` once it holds ``expected``, or its last reply
+    after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while ns.run([sys.executable, "-c", NG_PING, host, str(port)], timeout=5).returncode != 0:
+    while expected not in (reply := ng_reply(ns, host, port, request)):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"rtpengine did not answer an ng ping on {host}:{port} in {ns.name}")
+            break
+        time.sleep(0.1)
+    return reply
 
 
 # -- SDP -----------------------------------------------------------------------------------

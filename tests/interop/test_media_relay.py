@@ -27,6 +27,9 @@ import pytest
 from tests.interop.agents.baresip import Baresip, why_no_baresip
 from tests.interop.lab import Embedded, embedded_cluster
 from tests.interop.medialab import (
+    NG_LIST,
+    NG_PING,
+    NO_CALLS,
     PHONE_IP,
     SERVER_IP,
     AudioTarget,
@@ -36,7 +39,7 @@ from tests.interop.medialab import (
     audio_target,
     media_lab,
     meter_until,
-    wait_for_ng_pong,
+    ng_reply_until,
 )
 from tests.interop.natlab import why_no_natlab
 from tests.interop.phones import DOMAIN, PASSWORD, add_subscribers, establish, hang_up
@@ -134,7 +137,8 @@ def relay(stack: ExitStack, lab: MediaLab, workdir: Path) -> Rtpengine:
             ng_port=RELAY_NG[1], wrap=lab.server.argv, check_ready=False,
         )
     )  # fmt: skip
-    wait_for_ng_pong(lab.server, *RELAY_NG)
+    if "pong" not in ng_reply_until(lab.server, *RELAY_NG, NG_PING, "pong", timeout=10):
+        raise RuntimeError(f"rtpengine does not answer a ping:\n{started.log_text()[-2000:]}")
     return started
 
 
@@ -163,6 +167,7 @@ def test_through_the_relay_natted_phones_hear_each_other(lab: MediaLab, tmp_path
         rtpengine = relay(stack, lab, tmp_path)
         cluster = public_cluster(stack, lab, tmp_path)
         report = call_across_the_nats(lab, cluster, tmp_path, everyone_heard)
+        calls_left = ng_reply_until(lab.server, *RELAY_NG, NG_LIST, NO_CALLS, timeout=5)
         evidence = (
             f"{report.explain()}\n--- rtpengine ---\n{rtpengine.log_text()[-4000:]}"
             f"\n--- sipfleet up ---\n{cluster.log_text()[-3000:]}"
@@ -171,3 +176,5 @@ def test_through_the_relay_natted_phones_hear_each_other(lab: MediaLab, tmp_path
     assert report.offer_at_bob.address == SERVER_IP, evidence
     assert report.answer_at_alice.address == SERVER_IP, evidence
     assert everyone_heard(report.traffic), evidence
+    # the hang-up ended the call at the relay too: its ports are free again
+    assert NO_CALLS in calls_left, f"calls still at the relay: {calls_left!r}\n{evidence}"
