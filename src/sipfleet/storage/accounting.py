@@ -83,17 +83,12 @@ def _answered(kind: Kind) -> Any:
     """Insert the answered call; a row there already (the BYE came first, to another
     proxy) gets the answer fields and its duration, keeping its end fields."""
     insert = _insert(kind).values(_values((*KEY, *ANSWER_FIELDS)))
-    if kind == "mysql":
-        new = insert.inserted
-        updates = {name: new[name] for name in ANSWER_FIELDS}
-        return insert.on_duplicate_key_update(
-            {**updates, "duration_ms": acc.c.end_ms - new.answer_ms}
-        )
-    new = insert.excluded
+    new = insert.inserted if kind == "mysql" else insert.excluded
     updates = {name: new[name] for name in ANSWER_FIELDS}
-    return insert.on_conflict_do_update(
-        index_elements=KEY, set_={**updates, "duration_ms": acc.c.end_ms - new.answer_ms}
-    )
+    updates["duration_ms"] = acc.c.end_ms - new.answer_ms
+    if kind == "mysql":
+        return insert.on_duplicate_key_update(updates)
+    return insert.on_conflict_do_update(index_elements=KEY, set_=updates)
 
 
 def _failed(kind: Kind) -> Any:
@@ -129,7 +124,7 @@ def _ended(kind: Kind) -> Any:
 
 
 def _ended_mysql() -> Any:
-    """MariaDB has no conditional ON DUPLICATE KEY UPDATE, and with FOUND_ROWS (which the
+    """MariaDB's ON DUPLICATE KEY UPDATE takes no WHERE, and with FOUND_ROWS (which the
     connections use) an update to the same values counts 1, like an insert. So a closed
     row is excluded before the insert (no row selected: 0), and the update is still
     conditional on the row it holds locked, for two BYEs racing each other: the second
