@@ -41,6 +41,12 @@ class Rtpengine:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def _free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def _wait_for_pong(host: str, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     """rtpengine answers an ng ``ping`` once it is ready (bencode: ``d7:command4:pinge``)."""
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -78,6 +84,8 @@ def running_rtpengine(
     log = workdir / f"rtpengine-{ng_port}.log"
     argv = [
         RTPENGINE,
+        "--config-file=none",  # not Debian's /etc/rtpengine/rtpengine.conf (fixed ports)
+        f"--listen-cli={ng_host}:{_free_tcp_port(ng_host) if check_ready else ng_port + 1}",
         "--foreground",
         "--log-stderr",
         "--log-level=6",

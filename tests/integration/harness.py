@@ -84,9 +84,11 @@ class Cluster:
         asyncio.run(upgrade(Dsn.parse(self.dsn)))
 
     # -- configuration ---------------------------------------------------------------------
-    def config_for(self, role: str, port: int, **sections: dict[str, Any]) -> Config:
+    def config_for(
+        self, role: str, port: int, name: str | None = None, **sections: dict[str, Any]
+    ) -> Config:
         data: dict[str, Any] = {
-            "node": {"name": role, "data_dir": str(self.workdir), "cluster_secret": SECRET},
+            "node": {"name": name or role, "data_dir": str(self.workdir), "cluster_secret": SECRET},
             "database": {"write": self.dsn},
             "sip": {"domains": ["example.com", "127.0.0.1"], "auth_algorithms": ["MD5"]},
         }
@@ -107,7 +109,7 @@ class Cluster:
     ) -> RoleProcess:
         """Start ``role`` (as ``name``); ``netns``: inside that network namespace (root)."""
         name = name or role
-        config = self.config_for(role, free_port(), **sections)
+        config = self.config_for(role, free_port(), name, **sections)
         config_path = self.workdir / f"{name}.toml"
         write_config(config, config_path)
         node = RoleProcess(role, config, config_path, self.workdir / f"{name}.log")

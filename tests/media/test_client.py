@@ -56,20 +56,11 @@ def fast_relays(
     )
 
 
-def own_ports(argv: list[str]) -> list[str]:
-    """Debian's /etc/rtpengine/rtpengine.conf gives every rtpengine the same CLI and HTTP
-    ports (2224, 2225): a second one (this file's, another test run's) fails on them. So
-    no config file, and a free CLI port (its default is 2224 too)."""
-    return [argv[0], "--config-file=none", *argv[1:], f"--listen-cli=127.0.0.1:{free_port()}"]
-
-
 @pytest.fixture(scope="module")
 def rtpengine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rtpengine]:
     workdir = tmp_path_factory.mktemp("rtpengine")
     port = free_port()
-    with running_rtpengine(
-        workdir, ng_port=port, port_min=PORT_MIN, port_max=PORT_MAX, wrap=own_ports
-    ) as engine:
+    with running_rtpengine(workdir, ng_port=port, port_min=PORT_MIN, port_max=PORT_MAX) as engine:
         yield engine
 
 
@@ -174,9 +165,7 @@ async def test_health_check_brings_a_relay_back_and_takes_it_away(tmp_path: Path
     try:
         relay = only(pool)
         assert not pool.up(relay)
-        with running_rtpengine(
-            tmp_path, ng_port=port, port_min=36200, port_max=36299, wrap=own_ports
-        ):
+        with running_rtpengine(tmp_path, ng_port=port, port_min=36200, port_max=36299):
             await wait_until(lambda: pool.up(relay))
             assert pool.pick("any call") == relay
         await wait_until(lambda: not pool.up(relay))

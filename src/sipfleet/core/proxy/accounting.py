@@ -6,7 +6,8 @@ hang-up side is known without a table of calls); a sweep closes calls that never
 BYE. Every write is keyed by (Call-ID, caller's tag, callee's tag), so the order in which
 two proxies write the answer and the end does not matter.
 
-A write the database refuses is logged whole at WARNING: the log keeps the record.
+A write the database refuses (down, overloaded, a value it will not take) is logged
+whole at WARNING: the log keeps the record.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from sipfleet.core.proxy.actions import CallResult
 from sipfleet.routing.api import CallContext
-from sipfleet.storage.errors import StorageUnavailable
+from sipfleet.storage.errors import StorageError, StorageUnavailable
 from sipfleet.storage.interface import AccountingStore
 from sipfleet.storage.model import CallRecord
 
@@ -85,7 +86,7 @@ class CallAccounting:
         try:
             await write
             self.written += 1
-        except StorageUnavailable as exc:
+        except StorageError as exc:  # unreachable, overloaded, or a value it refused
             self.lost += 1
             log.warning("call record not written (%s): %r", exc, what)
 
