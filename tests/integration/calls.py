@@ -28,6 +28,21 @@ ANONYMOUS = f'"Anonymous" <{ANONYMOUS_URI}>'
 _callees = itertools.count(1)
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def pool_proxy(port: int, **extra: object) -> dict[str, object]:
+    """A proxy of the LB's pool on ``port``; it learns its siblings from the pool."""
+    listen = [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"]
+    return {"listen": listen, "pool_reload_s": 0.5, **extra}
+
+
 def lb(cluster: Cluster) -> str:
     return f"127.0.0.1:{cluster.roles['lb'].port}"
 

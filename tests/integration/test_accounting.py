@@ -23,15 +23,17 @@ from tests.integration.calls import (
     both_finish,
     callee,
     caller,
+    distinct_free_ports,
     go,
     health,
     no_sipp_left,  # noqa: F401 (autouse: stops the sipps a failed test left)
+    pool_proxy,
     received,
     trace,
     uri,
     wait_for,
 )
-from tests.integration.harness import Cluster, free_port, running_cluster
+from tests.integration.harness import Cluster, running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +45,6 @@ BACKENDS = [
     pytest.param("mysql", marks=pytest.mark.mysql),
     pytest.param("postgres", marks=pytest.mark.postgres),
 ]
-
-
-def proxy_settings(port: int) -> dict[str, object]:
-    return {"listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"], "pool_reload_s": 0.5}
-
-
-def two_free_ports() -> tuple[int, int]:
-    first, second = free_port(), free_port()
-    while second == first:
-        second = free_port()
-    return first, second
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -72,9 +63,9 @@ def cluster(
     with running_cluster(workdir, dsn=dsn, overrides=overrides) as cluster:
         cluster.add_subscriber("alice", DOMAIN, PASSWORD)
         cluster.add_lb_target("registrar", cluster.start("registrar"))
-        for name, port in zip(("proxy1", "proxy2"), two_free_ports(), strict=True):
+        for name, port in zip(("proxy1", "proxy2"), distinct_free_ports(2), strict=True):
             cluster.add_lb_target(
-                "proxy", cluster.start("proxy", name=name, proxy=proxy_settings(port))
+                "proxy", cluster.start("proxy", name=name, proxy=pool_proxy(port))
             )
         cluster.start("lb", lb=LB_SETTINGS)
         yield cluster
@@ -200,5 +191,5 @@ def test_a_private_call_whose_proxy_stops_mid_call(
 
     port = handled.port  # the stopped proxy back, for the next tests
     name = next(name for name, node in cluster.roles.items() if node is handled)
-    cluster.start("proxy", name=f"{name}-again", proxy=proxy_settings(port))
+    cluster.start("proxy", name=f"{name}-again", proxy=pool_proxy(port))
     wait_for(lambda: health(cluster, capsys).get(uri(handled)) == "up", 10, "proxy up again")
