@@ -11,7 +11,7 @@ from sipfleet.core.proxy.media import RELAY_PARAM, relay_of
 from sipfleet.sip import Request, Response, SipUri
 from sipfleet.sip.message import Message
 from sipfleet.sip.uri import parse_uri
-from tests.core.proxy.harness import T1, FakeShell
+from tests.core.proxy.harness import T1, TIMER_C, FakeShell
 from tests.core.proxy.messages import request, response_to
 from tests.core.proxy.test_core import BOB, CALLEE
 
@@ -186,3 +186,15 @@ def test_an_ack_by_our_route_carries_the_relay() -> None:
     shell.receive(with_sdp(request("ACK", BOB, to_tag="b1", extra=(f"Route: {route}",))))
     (ack,) = taken(shell, ForwardAck)
     assert ack.relay == RELAY
+
+
+def test_timer_c_ends_the_media_of_a_call_nobody_answers() -> None:
+    shell = FakeShell()
+    forwarded = relayed_call(shell)
+    shell.receive(response_to(forwarded, 180), CALLEE)
+    shell.advance(TIMER_C)
+    assert len(shell.downstream("CANCEL")) == 1
+    shell.receive(response_to(forwarded, 487), CALLEE)
+    assert shell.upstream() == [180, 408]
+    assert taken(shell, EndMedia) == [EndMedia(RELAY, forwarded.call_id)]
+    assert [r.status for r in results(shell)] == [408]
