@@ -353,7 +353,18 @@ class ProxyEngine:
                 await self._before_forwarding(ask, outcome)
         except Exception as exc:
             outcome = self._failed_routing(ask, exc)
+        self._unless_cancelled_meanwhile(ask)
         self.execute(self.core.routed(ask.call, outcome))
+
+    def _unless_cancelled_meanwhile(self, ask: AskPolicy) -> None:
+        """A new call cancelled while the relay made its offer is over (its 487 went before
+        the relay was known): the relay lets go of it now. A cancelled re-INVITE is not."""
+        relay = ask.context.media_relay
+        if self.media is None or relay is None or ask.context.in_dialog:
+            return
+        call = self.core.calls.get(ask.call)
+        if call is None or call.cancelled:
+            self._spawn(self.media.end(relay, ask.context.request.call_id))
 
     def _failed_routing(self, ask: AskPolicy, exc: Exception) -> Reply | None:
         if ask.failed is not None:
