@@ -266,6 +266,8 @@ def shown(config: Config) -> str:
     data = config.model_dump(mode="json")
     if data["node"]["cluster_secret"]:
         data["node"]["cluster_secret"] = "***"
+    if data["mgmt"]["token"]:
+        data["mgmt"]["token"] = "***"
     database = data["database"]
     database["write"] = redact(database["write"])
     database["read"] = [redact(text) for text in database["read"]]

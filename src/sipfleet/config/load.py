@@ -16,6 +16,7 @@ ENV_OVERRIDES = {
     "SIPFLEET_CLUSTER_SECRET": ("node", "cluster_secret"),
     "SIPFLEET_DATA_DIR": ("node", "data_dir"),
     "SIPFLEET_DB_WRITE": ("database", "write"),
+    "SIPFLEET_MGMT_TOKEN": ("mgmt", "token"),
 }
 
 

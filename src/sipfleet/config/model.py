@@ -6,12 +6,13 @@ Secrets may come from the environment (SIPFLEET_CLUSTER_SECRET, SIPFLEET_DB_WRIT
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sipfleet.config.listen import ListenAddress, parse_listen
 
@@ -333,10 +334,52 @@ class AccountingSection(Section):
     )
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8 and ::1: the management API needs no token there."""
+    return ipaddress.ip_address(host).is_loopback
+
+
 class MgmtSection(Section):
     listen: str = Field(
-        "127.0.0.1:0", description="HTTP management API and metrics (loopback by default)."
+        "127.0.0.1:0",
+        description="HOST:PORT of the HTTP management API, status page and metrics "
+        "(IPv6 as [addr]:port; port 0: any free port, reported by the role). Loopback "
+        "(127.0.0.0/8, ::1) by default; any other address needs mgmt.token. Empty: no API.",
     )
+    token: str = Field(
+        "",
+        description="Bearer token every request to the management API must carry "
+        "(Authorization: Bearer TOKEN); required when mgmt.listen is not loopback. Set "
+        "it from the environment (SIPFLEET_MGMT_TOKEN) in production.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        if listen:
+            try:
+                parse_listen(f"tcp:{listen}")
+            except ValueError:
+                raise ValueError(
+                    f"{listen!r} is not IP:PORT (IPv6 as [addr]:port; port 0 to 65535)"
+                ) from None
+        return listen
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> MgmtSection:
+        address = self.address
+        if address is not None and not self.token and not is_loopback(address.host):
+            raise ValueError(
+                f"mgmt.token: must be set when mgmt.listen ({self.listen}) is not a "
+                "loopback address (in the config or SIPFLEET_MGMT_TOKEN): the API can "
+                "change the pools and the log level"
+            )
+        return self
+
+    @property
+    def address(self) -> ListenAddress | None:
+        """Where the API listens (transport tcp); None when it is switched off."""
+        return parse_listen(f"tcp:{self.listen}") if self.listen else None
 
 
 class ClusterSection(Section):
