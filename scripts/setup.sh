@@ -15,6 +15,8 @@ if ((want_test)); then
   packages+=(baresip-core linphone-cli)
   # the media relay the proxy drives (userspace forwarding; tests start their own)
   packages+=(rtpengine-daemon)
+  # a real browser for the management status page's test (headless)
+  packages+=(chromium)
 fi
 
 missing=()
