@@ -7,6 +7,7 @@ whose proxy is stopped mid-call (the BYE reaches the other proxy, which complete
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,11 +166,11 @@ def test_a_failed_call(
     assert record.callee == f"sip:{bob.user}@{DOMAIN}"
 
 
-def test_a_private_call_whose_proxy_stops_mid_call(
+def test_a_private_call_whose_proxy_dies_mid_call(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The proxy that answered the INVITE is stopped (by PID); the re-INVITEs and the BYE
-    go through the other one, which completes the row the first one wrote."""
+    """The proxy that answered the INVITE dies (SIGKILL, by PID); the re-INVITEs and the
+    BYE go through the other one, which completes the row the first one wrote."""
     bob = callee(cluster, tmp_path, "privacy_uas_failover")
     alice = caller(cluster, tmp_path, "privacy_uac_failover", bob, PRIVATE)
     wait_for(lambda: any(each.is_request("ACK") for each in received(bob.trace)), 10, "set up")
@@ -178,7 +179,7 @@ def test_a_private_call_whose_proxy_stops_mid_call(
     assert opened.end_ms is None
     assert opened.ended_by is None
     handled = cluster.roles[opened.proxy or ""]
-    cluster.stop_role(handled)
+    cluster.stop_role(handled, signal.SIGKILL)  # it dies: nothing written on the way out
     wait_for(lambda: health(cluster, capsys).get(uri(handled)) == "down", 10, "proxy down")
     go(alice.port, call_id)
     both_finish(alice, bob)
