@@ -14,7 +14,7 @@ from pathlib import Path
 import sipfleet
 
 PACKAGE = Path(sipfleet.__file__).resolve().parent
-BELOW_ROLES = {"sip", "config", "transport", "storage", "media", "routing", "core"}
+BELOW_ROLES = {"sip", "config", "transport", "storage", "media", "routing", "core", "logcontext"}
 
 # What each part of src/sipfleet may import of sipfleet, besides itself. A part is a
 # folder or a module directly in src/sipfleet; "sipfleet" is the package's __init__.py.
@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     # pydantic models and TOML loading: read by every layer, reads none.
     "config": set(),
     # the only code that touches sockets: frames with sip's parser, limits from config.
-    "transport": {"sip", "config"},
+    "transport": {"sip", "config", "logcontext"},
     # tables and their rows (lcr_rows checks gateway hosts with sip.uri); DSNs from config.
     "storage": {"sip", "config"},
     # the media relay's control (rtpengine's ng protocol): a client of a service, like storage.
@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     # the operator's policy: decides over messages, rows and peers; calls nothing above.
     "routing": {"sip", "config", "transport", "storage"},
     # async glue: endpoint, stateless forwarding, the proxy engine, the LB; asks routing.
-    "core": {"sip", "config", "transport", "storage", "media", "routing"},
+    "core": {"sip", "config", "transport", "storage", "media", "routing", "logcontext"},
     # thin compositions of everything below (a role may also serve the management API).
     "roles": BELOW_ROLES | {"mgmt"},
     # HTTP API, status page, metrics: reads the layers below the roles.
@@ -40,6 +40,8 @@ ALLOWED: dict[str, set[str]] = {
     # `sipfleet …`: the top; starts roles, reads and writes storage, reports the build
     # (native) and the version (the package's __init__.py).
     "cli": BELOW_ROLES | {"roles", "mgmt", "native", "sipfleet"},
+    # which role, worker and Call-ID a log line is about: read by every layer, reads none.
+    "logcontext": set(),
     # the guard of the compiled build (imports modules by name only).
     "native": set(),
     # the package's __init__.py runs the guard; __main__.py runs the CLI.
