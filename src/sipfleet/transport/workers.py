@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from sipfleet.logcontext import set_worker
 from sipfleet.transport.loop import run
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def run_workers(
 
 def worker_entry(worker_main: WorkerMain, index: int) -> None:
     """In a worker: a fresh event loop, SIGTERM/SIGINT cancel ``worker_main`` cleanly."""
+    set_worker(index)  # its log lines say which worker wrote them
     signal.set_wakeup_fd(-1)  # the supervisor's, inherited through fork
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
