@@ -352,6 +352,11 @@ class MgmtSection(Section):
         "(Authorization: Bearer TOKEN); required when mgmt.listen is not loopback. Set "
         "it from the environment (SIPFLEET_MGMT_TOKEN) in production.",
     )
+    metrics: bool = Field(
+        True,
+        description="Each worker publishes its counters for /metrics once a second "
+        "(false: nothing is published; for measuring what the metrics cost).",
+    )
 
     @field_validator("listen")
     @classmethod
