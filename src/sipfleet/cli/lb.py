@@ -10,19 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sipfleet.cli.common import CliError, add_db_option
 from sipfleet.cli.db import with_storage
 from sipfleet.config import Config
 from sipfleet.core.lb.pools import BadTarget, target_destination
+from sipfleet.mgmt.records import target_record
 from sipfleet.storage import AlreadyExists, LbTarget, LbTargetHealth, Storage
 from sipfleet.storage.errors import InvalidInput
 from sipfleet.storage.model import LB_POOLS, LbPool, LbState
 
 T = TypeVar("T")
-STALE_AFTER_S = 20  # an LB reports every 5 s: a view older than this is no longer kept
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -154,25 +154,6 @@ def list_command(args: argparse.Namespace) -> int:
     for record in records:
         print(target_line(record, width))
     return 0
-
-
-def target_record(target: LbTarget, views: Sequence[LbTargetHealth], now: int) -> dict[str, Any]:
-    seen = [v for v in views if (v.pool, v.uri) == (target.pool, target.uri)]
-    return {
-        "pool": target.pool,
-        "uri": target.uri,
-        "weight": target.weight,
-        "state": target.state,
-        "health": {
-            view.lb: {
-                "health": view.health,
-                "since": view.changed,
-                "checked": view.checked,
-                "stale": now - view.checked > STALE_AFTER_S,
-            }
-            for view in seen
-        },
-    }
 
 
 def target_line(record: dict[str, Any], width: int) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from sipfleet import native
 from sipfleet.cli.common import CliError, add_config_option, config_from_args
 from sipfleet.config import Config, ConfigError
+from sipfleet.mgmt.server import Listener, open_listener
 from sipfleet.roles import ROLE_NAMES, available_roles, role_runner
 from sipfleet.storage.errors import StorageError
 from sipfleet.transport.loop import run as run_loop
@@ -61,13 +62,30 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run_role(role: str, config: Config, ready_file: Path | None = None) -> int:
+    """Serve ``role`` until SIGTERM/SIGINT. Its management API's socket is bound here,
+    before any worker starts, so the port (any free one for port 0) is known for the
+    ready file (``{"role", "pid", "mgmt"}``: `sipfleet up` prints the URL)."""
+    try:
+        mgmt = open_listener(config)
+    except OSError as exc:
+        raise CliError(f"{role}: {exc.strerror}") from None
+    try:
+        return _serve(role, config, ready_file, mgmt)
+    finally:
+        if mgmt is not None:
+            mgmt.close()
+
+
+def _serve(role: str, config: Config, ready_file: Path | None, mgmt: Listener | None) -> int:
     def ready() -> None:
-        log.info("%s ready (SIP core: %s)", role, native.status)
+        api = f"; management API {mgmt.url}/" if mgmt is not None else ""
+        log.info("%s ready (SIP core: %s)%s", role, native.status, api)
         if ready_file is not None:
-            ready_file.write_text(json.dumps({"role": role, "pid": os.getpid()}))
+            facts = {"role": role, "pid": os.getpid(), "mgmt": mgmt.url if mgmt else None}
+            ready_file.write_text(json.dumps(facts))
 
     async def main() -> None:
-        task = asyncio.create_task(role_runner(role)(config, ready=ready))
+        task = asyncio.create_task(role_runner(role)(config, ready=ready, mgmt=mgmt))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)

@@ -1,7 +1,8 @@
 """LB, registrar and proxy: thin compositions of the other packages.
 
-Each role module has ``async def run(config, *, ready=None)`` that serves until cancelled
-and calls ``ready()`` once it listens.
+Each role module has ``async def run(config, *, ready=None, mgmt=None)`` that serves
+until cancelled and calls ``ready()`` once it listens; given ``mgmt`` (the management
+API's bound socket, sipfleet.mgmt.server), worker 0 serves the API on it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from collections.abc import Callable, Coroutine
 from typing import Protocol
 
 from sipfleet.config import Config
+from sipfleet.mgmt.server import Listener
 
 ROLE_NAMES = ("lb", "registrar", "proxy")
 
 
 class RoleRunner(Protocol):
     def __call__(
-        self, config: Config, *, ready: Callable[[], None] | None = None
+        self,
+        config: Config,
+        *,
+        ready: Callable[[], None] | None = None,
+        mgmt: Listener | None = None,
     ) -> Coroutine[None, None, None]: ...
 
 

@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from sipfleet.config import Config
 from sipfleet.core.authenticate import authority_for
 from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.mgmt.server import Listener, ManagementServer
+from sipfleet.mgmt.view import RoleView
 from sipfleet.roles.collector import collect_garbage
 from sipfleet.storage import Storage, open_storage
 
@@ -19,6 +21,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "authority_for",
     "collect_garbage",
+    "listening",
+    "management",
+    "only_worker_zero",
     "ready_after",
     "serve_until_cancelled",
     "storage_for",
@@ -65,3 +70,33 @@ def ready_after(workers: int, ready: Callable[[], None] | None) -> Callable[[], 
 
     threading.Thread(target=wait, name="workers-ready", daemon=True).start()
     return one_more
+
+
+@asynccontextmanager
+async def management(view: RoleView, listener: Listener | None) -> AsyncIterator[RoleView]:
+    """The management API of ``view`` on ``listener`` while inside (nothing without one)."""
+    if listener is None:
+        yield view
+        return
+    async with ManagementServer(view, listener):
+        yield view
+
+
+def listening(view: RoleView, ready: Callable[[], None] | None) -> Callable[[], None]:
+    """``ready``, after marking the role listening for its API's ``/ready``."""
+
+    def now_listening() -> None:
+        view.listening = True
+        if ready is not None:
+            ready()
+
+    return now_listening
+
+
+def only_worker_zero(listener: Listener | None, index: int) -> Listener | None:
+    """The API is served by worker 0; the other workers close their copy of its socket
+    (the supervisor keeps its own, so a restarted worker 0 serves on it again)."""
+    if listener is not None and index != 0:
+        listener.close()
+        return None
+    return listener

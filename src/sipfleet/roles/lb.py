@@ -25,7 +25,9 @@ from sipfleet.core.lb.service import LbWorker
 from sipfleet.core.lb.sides import Sides
 from sipfleet.core.overload import OverloadMonitor, receive_backlog
 from sipfleet.core.stateless import StatelessForwarder
-from sipfleet.roles.common import ready_after, storage_for
+from sipfleet.mgmt.server import Listener
+from sipfleet.mgmt.view import RoleView
+from sipfleet.roles.common import listening, management, only_worker_zero, ready_after, storage_for
 from sipfleet.sip.flow import FlowTokens
 from sipfleet.storage import Storage
 from sipfleet.transport.base import TransportLimits
@@ -35,9 +37,12 @@ from sipfleet.transport.workers import run_workers
 log = logging.getLogger(__name__)
 
 
-async def run(config: Config, *, ready: Callable[[], None] | None = None) -> None:
+async def run(
+    config: Config, *, ready: Callable[[], None] | None = None, mgmt: Listener | None = None
+) -> None:
     """Serve as the LB until cancelled (one worker) or until SIGTERM/SIGINT (several:
-    this process supervises them); ``ready()`` once every worker listens."""
+    this process supervises them); ``ready()`` once every worker listens. Worker 0 serves
+    the management API on ``mgmt``."""
     if not config.node.cluster_secret:
         raise ValueError("node.cluster_secret is empty: the LB signs its flow tokens with it")
     sides = sides_of(config)
@@ -47,7 +52,7 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
     if workers == 1:
         sockets = bind_all(sides.listen)
         own = WorkerSockets(0, [*sockets, controls[0]], addresses)
-        await serve(config, own, 1, ready)
+        await serve(config, own, 1, ready, mgmt)
         return
     sets = bind_for_workers(sides.listen, workers)
     if config.lb.spread == "random":
@@ -60,7 +65,7 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
             if at != index:
                 sock.close()
         own = WorkerSockets(index, [*mine, controls[index]], addresses)
-        return serve(config, own, workers, signal_ready)
+        return serve(config, own, workers, signal_ready, only_worker_zero(mgmt, index))
 
     # This process only supervises from here on: its loop waits while the workers run.
     status = run_workers(worker_main, workers)
@@ -76,10 +81,26 @@ class WorkerSockets:
 
 
 async def serve(
-    config: Config, own: WorkerSockets, workers: int, ready: Callable[[], None] | None
+    config: Config,
+    own: WorkerSockets,
+    workers: int,
+    ready: Callable[[], None] | None,
+    mgmt: Listener | None = None,
 ) -> None:
     async with storage_for(config) as storage:
-        await compose(config, storage, own, workers).run(ready)
+        worker = compose(config, storage, own, workers)
+        balancer = worker.endpoint.handler
+        assert isinstance(balancer, Balancer)
+        view = RoleView(
+            "lb",
+            config,
+            storage,
+            [str(address) for address in sides_of(config).listen],
+            counters=balancer.counters,
+            pools=worker.pools,
+        )
+        async with management(view, mgmt):
+            await worker.run(listening(view, ready))
 
 
 def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) -> LbWorker:

@@ -29,9 +29,13 @@ from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.privacy_hooks import PrivacyHooks
 from sipfleet.core.proxy.services import ProxyServices
 from sipfleet.media.client import MediaRelays
+from sipfleet.mgmt.server import Listener
+from sipfleet.mgmt.view import RoleView
 from sipfleet.roles.common import (
     authority_for,
     collect_garbage,
+    management,
+    only_worker_zero,
     ready_after,
     serve_until_cancelled,
     storage_for,
@@ -141,12 +145,15 @@ async def follow_proxy_pool(storage: Storage, engine: ProxyEngine, interval: flo
         await asyncio.sleep(interval)
 
 
-async def run(config: Config, *, ready: Callable[[], None] | None = None) -> None:
+async def run(
+    config: Config, *, ready: Callable[[], None] | None = None, mgmt: Listener | None = None
+) -> None:
     """Serve as the proxy until cancelled (one worker) or until SIGTERM/SIGINT (several:
-    this process supervises them); ``ready()`` once every worker listens."""
+    this process supervises them); ``ready()`` once every worker listens. Worker 0 serves
+    the management API on ``mgmt``."""
     workers = config.node.workers
     if workers == 1:
-        await serve(config, None, None, ready)
+        await serve(config, None, None, ready, mgmt)
         return
     buffer_size = TransportLimits.from_config(config.sip).socket_buffer
     sets = bind_for_workers(config.proxy.listen, workers, buffer_size=buffer_size)
@@ -161,7 +168,9 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
 
     def worker_main(index: int) -> Coroutine[Any, Any, None]:
         steering = WorkerSteering.in_worker(index, inboxes, CONNECTION_IDS_PER_WORKER)
-        return serve(config, keep_only(sets, index), steering, signal_ready)
+        return serve(
+            config, keep_only(sets, index), steering, signal_ready, only_worker_zero(mgmt, index)
+        )
 
     # This process only supervises from here on: its loop waits while the workers run.
     if run_workers(worker_main, workers) != 0:
@@ -173,9 +182,11 @@ async def serve(
     sockets: Sequence[socket.socket] | None,
     steering: WorkerSteering | None,
     ready: Callable[[], None] | None,
+    mgmt: Listener | None = None,
 ) -> None:
     """One proxy process: its endpoint (on ``sockets``, or bound here), its storage, and
-    with several workers its ``steering`` (each Call-ID's messages to one worker).
+    with several workers its ``steering`` (each Call-ID's messages to one worker); the
+    management API on ``mgmt`` (worker 0's).
 
     Every worker runs every background duty for itself, since each holds its own state:
     the garbage collector (its own heap), the proxy pool (its engine's siblings), the LCR
@@ -225,14 +236,25 @@ async def serve(
             sweep = engine.accounting.sweep(section.max_call_s, section.sweep_interval_s)
             duties.append(asyncio.create_task(sweep))
 
+        view = RoleView(
+            "proxy",
+            config,
+            storage,
+            [str(address) for address in config.proxy.listen],
+            counters=engine.counters,
+            lcr=lcr,
+        )
+
         def listening() -> None:  # handoffs wait in the inbox until the endpoint listens
             if steering is not None:
                 steering.start(endpoint)
+            view.listening = True
             if ready is not None:
                 ready()
 
         try:
-            await serve_until_cancelled(endpoint, listening)
+            async with management(view, mgmt):
+                await serve_until_cancelled(endpoint, listening)
         finally:
             if steering is not None:
                 steering.close()

@@ -20,8 +20,13 @@ from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.overload import receive_backlog
 from sipfleet.core.registrar import Registrar
+from sipfleet.mgmt.server import Listener
+from sipfleet.mgmt.view import RoleView
 from sipfleet.roles.common import (
     collect_garbage,
+    listening,
+    management,
+    only_worker_zero,
     ready_after,
     serve_until_cancelled,
     storage_for,
@@ -33,12 +38,14 @@ from sipfleet.transport.workers import run_workers
 log = logging.getLogger(__name__)
 
 
-async def run(config: Config, *, ready: Callable[[], None] | None = None) -> None:
+async def run(
+    config: Config, *, ready: Callable[[], None] | None = None, mgmt: Listener | None = None
+) -> None:
     """Serve REGISTER on config.registrar.listen until cancelled (one worker) or until
-    SIGTERM/SIGINT (several: this process supervises them)."""
+    SIGTERM/SIGINT (several: this process supervises them); worker 0 serves ``mgmt``."""
     workers = config.node.workers
     if workers == 1:
-        await serve(config, None, ready, purge=True)
+        await serve(config, None, ready, purge=True, mgmt=mgmt)
         return
     sets = bind_for_workers(config.registrar.listen, workers)
     for sock in sets[0]:
@@ -50,7 +57,13 @@ async def run(config: Config, *, ready: Callable[[], None] | None = None) -> Non
     signal_ready = ready_after(workers, ready)
 
     def worker_main(index: int) -> Coroutine[Any, Any, None]:
-        return serve(config, keep_only(sets, index), signal_ready, purge=index == 0)
+        return serve(
+            config,
+            keep_only(sets, index),
+            signal_ready,
+            purge=index == 0,
+            mgmt=only_worker_zero(mgmt, index),
+        )
 
     # This process only supervises from here on: its loop waits while the workers run.
     if run_workers(worker_main, workers) != 0:
@@ -63,8 +76,10 @@ async def serve(
     ready: Callable[[], None] | None,
     *,
     purge: bool,
+    mgmt: Listener | None = None,
 ) -> None:
-    """One registrar process: its endpoint (on ``sockets``, or bound here), its storage."""
+    """One registrar process: its endpoint (on ``sockets``, or bound here), its storage,
+    the management API on ``mgmt``."""
     sockets = list(sockets) if sockets is not None else bind_all(config.registrar.listen)
     async with storage_for(config) as storage:
         endpoint = SipEndpoint(config.registrar.listen, sockets=sockets)
@@ -76,14 +91,33 @@ async def serve(
             background.append(
                 asyncio.create_task(purge_expired_forever(storage.location, interval))
             )
+        view = RoleView(
+            "registrar",
+            config,
+            storage,
+            [str(address) for address in config.registrar.listen],
+            counters=lambda: counters(registrar, endpoint),
+        )
         try:
-            await serve_until_cancelled(endpoint, ready)
+            async with management(view, mgmt):
+                await serve_until_cancelled(endpoint, listening(view, ready))
         finally:
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             _log_counters(registrar)
+
+
+def counters(registrar: Registrar, endpoint: SipEndpoint) -> dict[str, int]:
+    """What the status shows: the endpoint's traffic, shedding, storage stalls."""
+    return {
+        **endpoint.counters(),
+        "shed": registrar.shed,
+        "dropped": registrar.dropped,
+        "refused_stalled": registrar.refused_stalled,
+        "storage_stalls": registrar.stall.stalls,
+    }
 
 
 def _log_counters(registrar: Registrar) -> None:
