@@ -29,7 +29,9 @@ from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.privacy_hooks import PrivacyHooks
 from sipfleet.core.proxy.services import ProxyServices
 from sipfleet.media.client import MediaRelays
+from sipfleet.mgmt.metrics import publishing
 from sipfleet.mgmt.server import Listener
+from sipfleet.mgmt.sources import proxy_sources
 from sipfleet.mgmt.view import RoleView
 from sipfleet.roles.common import (
     authority_for,
@@ -241,7 +243,7 @@ async def serve(
             config,
             storage,
             [str(address) for address in config.proxy.listen],
-            counters=engine.counters,
+            counters=lambda: {**endpoint.counters(), **engine.counters()},
             lcr=lcr,
         )
 
@@ -253,7 +255,10 @@ async def serve(
                 ready()
 
         try:
-            async with management(view, mgmt):
+            metrics = publishing(
+                config, "proxy", index, proxy_sources(engine, storage, lcr, relays)
+            )
+            async with management(view, mgmt), metrics:
                 await serve_until_cancelled(endpoint, listening)
         finally:
             if steering is not None:
