@@ -17,6 +17,8 @@ if ((want_test)); then
   packages+=(rtpengine-daemon)
   # a real browser for the management status page's test (headless)
   packages+=(chromium)
+  # promtool checks each role's /metrics text (tests/mgmt/test_metrics.py)
+  packages+=(prometheus)
 fi
 
 missing=()
@@ -28,6 +30,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Only promtool is wanted: the Prometheus server the package enables (port 9090) is not.
+if ((want_test)) && [[ -d /run/systemd/system ]] && systemctl -q is-enabled prometheus 2>/dev/null; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 # Debian's own python3: built with PGO/LTO, and what a fresh Debian 12 machine has.
