@@ -14,7 +14,17 @@ from pathlib import Path
 import sipfleet
 
 PACKAGE = Path(sipfleet.__file__).resolve().parent
-BELOW_ROLES = {"sip", "config", "transport", "storage", "media", "routing", "core", "logcontext"}
+BELOW_ROLES = {
+    "sip",
+    "config",
+    "stats",
+    "transport",
+    "storage",
+    "media",
+    "routing",
+    "core",
+    "logcontext",
+}
 
 # What each part of src/sipfleet may import of sipfleet, besides itself. A part is a
 # folder or a module directly in src/sipfleet; "sipfleet" is the package's __init__.py.
@@ -23,16 +33,18 @@ ALLOWED: dict[str, set[str]] = {
     "sip": set(),
     # pydantic models and TOML loading: read by every layer, reads none.
     "config": set(),
+    # plain counting for the metrics (a fixed-bucket histogram): below all that counts.
+    "stats": set(),
     # the only code that touches sockets: frames with sip's parser, limits from config.
-    "transport": {"sip", "config", "logcontext"},
+    "transport": {"sip", "config", "stats", "logcontext"},
     # tables and their rows (lcr_rows checks gateway hosts with sip.uri); DSNs from config.
-    "storage": {"sip", "config"},
+    "storage": {"sip", "config", "stats"},
     # the media relay's control (rtpengine's ng protocol): a client of a service, like storage.
     "media": {"sip", "config", "transport"},
     # the operator's policy: decides over messages, rows and peers; calls nothing above.
-    "routing": {"sip", "config", "transport", "storage"},
+    "routing": {"sip", "config", "stats", "transport", "storage"},
     # async glue: endpoint, stateless forwarding, the proxy engine, the LB; asks routing.
-    "core": {"sip", "config", "transport", "storage", "media", "routing", "logcontext"},
+    "core": {"sip", "config", "stats", "transport", "storage", "media", "routing", "logcontext"},
     # thin compositions of everything below (a role may also serve the management API).
     "roles": BELOW_ROLES | {"mgmt"},
     # HTTP API, status page, metrics: reads the layers below the roles.

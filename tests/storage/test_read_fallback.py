@@ -187,3 +187,27 @@ async def test_with_fail_a_read_fails_at_once_and_recovers_by_itself(
     own_pair.replica.start()
     took = await eventually_found(storage, BOB, timeout=5.0)
     assert took < 3.0  # tried again every second, used as soon as it answers
+
+
+async def test_health_reports_the_primary_the_replica_and_its_lag(
+    own_pair: Pair, dsns: Dsns, opened: OpenStorage
+) -> None:
+    """Storage.health(): both answer; MariaDB's replica says how far behind it is (its
+    replication runs); the PostgreSQL stand-in is no standby, so it has no lag to tell.
+    A stopped replica is down with the reason, the primary still up."""
+    storage = opened(dsns)
+    primary, replica = await storage.health()
+    assert (primary.role, primary.up, primary.lag_s, primary.error) == ("primary", True, None, None)
+    assert (replica.role, replica.up, replica.error) == ("replica", True, None)
+    assert replica.name == str(dsns.reads[0])
+    assert "@" in replica.name
+    if own_pair.replicated:
+        assert replica.lag_s is not None
+        assert 0 <= replica.lag_s < 30
+    else:
+        assert replica.lag_s is None
+    own_pair.replica.stop()
+    primary, replica = await storage.health()
+    assert primary.up
+    assert not replica.up
+    assert replica.error

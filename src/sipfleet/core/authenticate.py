@@ -27,6 +27,12 @@ _HEADERS = {
 }
 
 
+# Credentials refused in this process, by verdict ("rejected": wrong password, unknown
+# user, forged nonce or replay; "stale": a right digest on an expired nonce), for the
+# metrics. A process serves one role, so a module-level table is the process's own.
+FAILURES: dict[str, int] = {"rejected": 0, "stale": 0}
+
+
 def authority_for(config: Config) -> DigestAuthority:
     """The nonce scheme every authenticating role of the cluster shares."""
     return DigestAuthority(
@@ -69,6 +75,8 @@ async def authenticate(
     result = authority.verify(request, credentials, ha1s, now)
     if result.verdict is Verdict.OK and result.username:
         return Authenticated(result.username, realm)
+    if result.verdict is not Verdict.OK:
+        FAILURES[result.verdict.value] += 1
     if result.verdict is Verdict.REJECTED:
         log.info("%s %s: authentication failed: %s", request.method, request.call_id, result.why)
     return challenge(authority, request, realm, now, side, stale=result.verdict is Verdict.STALE)

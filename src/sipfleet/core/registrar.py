@@ -54,6 +54,7 @@ from sipfleet.sip.registration import (
     registered_headers,
     unsupported_extensions,
 )
+from sipfleet.stats import TRANSACTION_BUCKETS, Histogram
 from sipfleet.storage import Storage
 from sipfleet.storage.errors import (
     InvalidInput,
@@ -185,6 +186,9 @@ class Registrar:
         self.refused_stalled = 0  # REGISTERs answered 503 because storage stalled
         self.answer_budget = AnswerBudget()
         self.stall = StallGuard()
+        # Seconds from a REGISTER's arrival to its answer, for those that went to work
+        # (not those answered from the cache or shed): authentication and storage.
+        self.register_duration = Histogram(TRANSACTION_BUCKETS)
         self._pending: set[_Work] = set()
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -263,6 +267,7 @@ class Registrar:
                 work.answered = True
                 self.refused_stalled += 1
                 self._finish(work.request, work.peer, work.key, STALLED, spent=work.spent)
+                self.register_duration.observe(now - work.started)
             else:
                 waiting = True
         if waiting:
@@ -290,6 +295,7 @@ class Registrar:
         if not work.answered:
             self.answer_budget.served()
             self._finish(request, work.peer, work.key, answer, spent=work.spent)
+            self.register_duration.observe(self.clock() - work.started)
         elif work.spent and work.key is not None:
             # Its 503 went out at the deadline, but its nonce-count is used up since.
             self.answered.spent(work.key, self.clock())

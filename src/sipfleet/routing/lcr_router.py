@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
 
 from sipfleet.routing.api import CallContext, OffNetTrunk, Reply
-from sipfleet.routing.gateway_health import GatewayHealth, HealthChange
+from sipfleet.routing.gateway_health import GatewayHealth, HealthChange, is_failure
 from sipfleet.routing.lcr import call_capability, load_gws, matchable_uri
 from sipfleet.routing.lcr_cache import LcrCache
 from sipfleet.routing.lcr_dryrun import parse_capability
@@ -123,6 +123,9 @@ class LcrRouter:
         )
         self.prober: Prober | None = None
         self._ticker: asyncio.Task[None] | None = None
+        # Attempts on each gateway that failed, sending the call on to its next trunk if
+        # it has one (the metrics' failovers); gateway names come from the LCR tables.
+        self.failovers: dict[str, int] = {}
 
     @classmethod
     def from_config(cls, config: Config, store: LcrStore) -> LcrRouter:
@@ -214,6 +217,8 @@ class LcrRouter:
         return trunks
 
     def trunk_ended(self, gateway: str, status: int, progressed: bool) -> None:
+        if is_failure(status, progressed):
+            self.failovers[gateway] = self.failovers.get(gateway, 0) + 1
         change = self.health.attempt_ended(gateway, status, progressed, self.clock())
         if change is not None:
             _log_change(change)

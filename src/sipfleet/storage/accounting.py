@@ -25,6 +25,7 @@ from sipfleet.storage.errors import InvalidInput
 from sipfleet.storage.model import ENDED_BY, CallRecord, EndedBy
 from sipfleet.storage.schema import acc
 from sipfleet.storage.statements import Statement, compile_for, dialect_for
+from sipfleet.storage.timing import timed
 
 KEY = ("call_id", "from_tag", "to_tag")
 # What `answered` writes; the end fields are ``ended``'s (or ``close_overdue``'s).
@@ -238,14 +239,17 @@ class SqlAccounting:
         self._db = db
         self.sql = AccountingStatements(kind)
 
+    @timed("acc.answered")
     async def answered(self, record: CallRecord) -> None:
         _require(record, "answered", "status", "answer_ms")
         await self._db.execute(self.sql.answered, _params(record, (*KEY, *ANSWER_FIELDS)))
 
+    @timed("acc.failed")
     async def failed(self, record: CallRecord) -> None:
         _require(record, "failed", "status", "end_ms")
         await self._db.execute(self.sql.failed, _params(record, (*KEY, *FAILURE_FIELDS)))
 
+    @timed("acc.ended")
     async def ended(
         self, call_id: str, caller_tag: str, callee_tag: str, *, end_ms: int, ended_by: EndedBy
     ) -> bool:
@@ -254,6 +258,7 @@ class SqlAccounting:
         )
         return await self._db.execute(self.sql.ended, _params(record, _ENDED_FIELDS)) > 0
 
+    @timed("acc.close_overdue")
     async def close_overdue(self, *, now_ms: int, max_duration_ms: int) -> int:
         if max_duration_ms <= 0:
             raise InvalidInput(f"max_duration_ms: {max_duration_ms} is not positive")
@@ -264,6 +269,7 @@ class SqlAccounting:
         }
         return await self._db.execute(self.sql.close_overdue, params)
 
+    @timed("acc.list")
     async def list(
         self,
         *,

@@ -17,6 +17,8 @@ from sipfleet.storage.model import (
     Binding,
     BindingUpdate,
     CallRecord,
+    DatabaseHealth,
+    DomainRegistrations,
     EndedBy,
     GatewayEntry,
     LbPool,
@@ -74,6 +76,11 @@ class LocationStore(Protocol):
 
     async def all_bindings(self, *, now: int | None = None) -> list[Binding]:
         """Every unexpired binding (the CLI's ``location show``)."""
+        ...
+
+    async def registrations_by_domain(self, *, now: int | None = None) -> list[DomainRegistrations]:
+        """Per domain, AORs with an unexpired binding and those bindings, by domain: one
+        GROUP BY, on a replica where there is one (the metrics)."""
         ...
 
 
@@ -265,6 +272,12 @@ class Storage(Protocol):
 
     async def check_schema(self) -> None:
         """Raises ``SchemaOutdated`` unless the write database is at the current revision."""
+        ...
+
+    async def health(self) -> list[DatabaseHealth]:
+        """The write database, then each read replica: whether it answers (within the
+        connect time limit) and a replica's lag in seconds. Never raises for a database
+        that is down: that is in the answer."""
         ...
 
     async def close(self) -> None: ...

@@ -37,6 +37,7 @@ from sipfleet.storage.lcr_rows import (
 from sipfleet.storage.model import GatewayEntry, LcrSnapshot, RuleEntry
 from sipfleet.storage.schema import lcr_gw, lcr_gw_cap, lcr_rule, lcr_rule_target, lcr_version
 from sipfleet.storage.statements import Statement, Step, StepResult, compile_for, dialect_for
+from sipfleet.storage.timing import timed
 
 WRITE_ATTEMPTS = 10  # compare-and-set rounds lost to concurrent changes before giving up
 ROWS_PER_EXTRA_SECOND = 2000  # a large import gets this much more time than a query
@@ -290,10 +291,12 @@ class SqlLcr:
 
     # -- reading
 
+    @timed("lcr.version")
     async def version(self, *, replica: bool = True) -> int:
         rows = await self._db.fetch(self.sql.version, {}, replica)
         return int(rows[0][0]) if rows else 0
 
+    @timed("lcr.load")
     async def load(self, *, replica: bool = True) -> LcrSnapshot:
         snapshot, _ = await self._load(replica)
         return snapshot
@@ -316,6 +319,7 @@ class SqlLcr:
         IGNORE takes on the existing row would deadlock two writers that then update it."""
         await self._db.execute(self.sql.version_row, {})
 
+    @timed("lcr.list_gateways")
     async def list_gateways(self) -> list[GatewayEntry]:
         rows = (await self.load(replica=False)).rows
         return [
@@ -323,6 +327,7 @@ class SqlLcr:
             for g in sorted(rows.gateways, key=lambda g: g.name)
         ]
 
+    @timed("lcr.list_rules")
     async def list_rules(self) -> list[RuleEntry]:
         rows = (await self.load(replica=False)).rows
         return [
@@ -332,6 +337,7 @@ class SqlLcr:
 
     # -- writing
 
+    @timed("lcr.bump_version")
     async def bump_version(self) -> int:
         sql = self.sql
         steps = [Step(sql.version_bump, guard=True), Step(sql.version, fetch=True)]
@@ -343,14 +349,17 @@ class SqlLcr:
         assert not isinstance(results[1], int)
         return int(results[1][0][0])
 
+    @timed("lcr.replace_all")
     async def replace_all(self, rows: LcrRows) -> int:
         return await self._write_always(lambda current: self._rewrite(normalized(rows)))
 
+    @timed("lcr.merge")
     async def merge(self, rows: LcrRows) -> int:
         return await self._write_always(
             lambda current: self._rewrite(merge_rows(current.rows, normalized(rows)))
         )
 
+    @timed("lcr.add_gateway")
     async def add_gateway(self, gateway: Gateway, capabilities: Sequence[GatewayCapability]) -> int:
         def change(current: LcrSnapshot) -> _Change:
             rows = current.rows
@@ -368,6 +377,7 @@ class SqlLcr:
 
         return await self._write_always(change)
 
+    @timed("lcr.remove_gateway")
     async def remove_gateway(self, name: str, *, with_targets: bool = False) -> int | None:
         """The new version; None when there is no such gateway. A gateway that rules still
         use is refused (``InvalidLcr`` naming them) unless ``with_targets``."""
@@ -393,6 +403,7 @@ class SqlLcr:
 
         return await self._write(change)
 
+    @timed("lcr.set_gateway_enabled")
     async def set_gateway_enabled(self, name: str, enabled: bool) -> int | None:
         """The new version; None when there is no such gateway."""
 
@@ -410,6 +421,7 @@ class SqlLcr:
 
         return await self._write(change)
 
+    @timed("lcr.add_rule")
     async def add_rule(
         self, rule: Rule, targets: Sequence[RuleTarget], *, assign_id: bool = False
     ) -> Rule:
@@ -437,6 +449,7 @@ class SqlLcr:
         await self._write(change)
         return added[0]
 
+    @timed("lcr.remove_rule")
     async def remove_rule(self, rule_id: int) -> int | None:
         """The new version; None when there is no such rule. Its targets go with it."""
 
@@ -453,6 +466,7 @@ class SqlLcr:
 
         return await self._write(change)
 
+    @timed("lcr.add_target")
     async def add_target(self, target: RuleTarget) -> int:
         def change(current: LcrSnapshot) -> _Change:
             rows = current.rows
@@ -465,6 +479,7 @@ class SqlLcr:
 
         return await self._write_always(change)
 
+    @timed("lcr.remove_target")
     async def remove_target(self, rule_id: int, gw: str, capability: int | None = None) -> int:
         """Remove the rule's targets of gateway ``gw`` (only the one of ``capability``
         when given); returns how many went (0: nothing matched, nothing written)."""

@@ -201,3 +201,26 @@ class CallRecord:
     ended_by: EndedBy | None = None
     proxy: str | None = None  # the node that wrote the answer or failure
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseHealth:
+    """One database a node uses, as ``Storage.health()`` found it: ``name`` its DSN
+    without the password; ``lag_s`` how far a replica's applied changes trail its
+    primary's (None for the primary, or when the replica does not know: its replication
+    stopped); ``error`` why it did not answer."""
+
+    name: str
+    role: Literal["primary", "replica"]
+    up: bool
+    lag_s: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRegistrations:
+    """One domain's registrations now: AORs with an unexpired binding, and bindings."""
+
+    domain: str
+    aors: int
+    bindings: int

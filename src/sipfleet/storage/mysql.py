@@ -283,6 +283,22 @@ class MysqlExecutor(NetworkExecutor[Session]):
             return StorageUnavailable(message)  # client-side: the connection failed
         return StorageError(message)
 
+    async def _ping(self, session: Session) -> None:
+        async with session.conn.cursor() as cursor:
+            await cursor.execute("SELECT 1")
+            await cursor.fetchall()
+
+    async def _replication_lag(self, session: Session) -> float | None:
+        # Needs the SLAVE MONITOR privilege (MariaDB 10.5.9+; REPLICATION CLIENT before).
+        async with session.conn.cursor() as cursor:
+            await cursor.execute("SHOW SLAVE STATUS")
+            row = await cursor.fetchone()
+            if row is None:
+                return None  # not a replica
+            names = [column[0] for column in cursor.description]
+        behind = dict(zip(names, row, strict=True)).get("Seconds_Behind_Master")
+        return None if behind is None else float(behind)
+
     async def _fetch(self, session: Session, stmt: Statement, args: Sequence[Any]) -> list[Row]:
         async with session.conn.cursor() as cursor:
             await cursor.execute(stmt.sql, args)

@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 from sipfleet.storage.batch import SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsn, Dsns, Kind
 from sipfleet.storage.errors import StorageError, StorageUnavailable, TransactionConflict
-from sipfleet.storage.model import AddressOfRecord, BindingUpdate
+from sipfleet.storage.model import AddressOfRecord, BindingUpdate, DatabaseHealth
 from sipfleet.storage.pool import Pool
 from sipfleet.storage.sql import Row
 from sipfleet.storage.statements import Statement, Statements, Step, StepResult
@@ -89,6 +89,12 @@ class NetworkExecutor(ABC, Generic[C]):
     async def _transaction(
         self, conn: C, steps: Sequence[Step], snapshot: bool
     ) -> list[StepResult] | None: ...
+    @abstractmethod
+    async def _ping(self, conn: C) -> None: ...
+    @abstractmethod
+    async def _replication_lag(self, conn: C) -> float | None:
+        """Seconds the server's applied changes trail its primary; None when it is not a
+        replica or does not know (replication stopped)."""
 
     async def fetch(
         self, stmt: Statement, params: Mapping[str, Any], *, replica: bool = False
@@ -178,6 +184,34 @@ class NetworkExecutor(ABC, Generic[C]):
                     message = f"database {pool.health.name}: {exc} ({attempt} tries)"
                     raise StorageUnavailable(message) from exc
         raise AssertionError("unreachable")
+
+    async def health(self) -> list[DatabaseHealth]:
+        """The primary, then each replica: whether it answers within the connect time
+        limit and, for a replica, its lag. All asked at once."""
+        replicas = [pool for pool in self._reads if pool is not self._write]
+        probes = [self._probe(self._write, "primary")]
+        probes += [self._probe(pool, "replica") for pool in replicas]
+        return list(await asyncio.gather(*probes))
+
+    async def _probe(self, pool: Pool[C], role: Literal["primary", "replica"]) -> DatabaseHealth:
+        name = pool.health.name
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await pool.run(self._ping)
+        except TimeoutError:
+            return DatabaseHealth(
+                name, role, False, error=f"no answer within {self.connect_timeout:g} s"
+            )
+        except StorageError as exc:
+            return DatabaseHealth(name, role, False, error=str(exc))
+        if role == "primary":
+            return DatabaseHealth(name, role, True)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                lag = await pool.run(self._replication_lag)
+        except (TimeoutError, StorageError) as exc:  # e.g. no privilege to read the status
+            return DatabaseHealth(name, role, True, error=f"lag unknown: {exc or 'timeout'}")
+        return DatabaseHealth(name, role, True, lag_s=lag)
 
     async def close(self) -> None:
         for pool in self._pools.values():

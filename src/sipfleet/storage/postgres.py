@@ -132,6 +132,16 @@ SELECT r.i, b.* FROM r JOIN result b ON b.username = r.username AND b.domain = r
 ORDER BY r.i, coalesce(b.q, 1.0) DESC, b.id
 """  # noqa: S608 - built from constants only; values are $n parameters
 
+# A standby's lag: 0 when it has replayed all it received (an idle primary sends nothing,
+# and the time since the last replayed transaction would grow without any lag), else the
+# age of the last transaction it replayed. NULL on a server that is not a standby.
+REPLICATION_LAG = """
+SELECT CASE
+  WHEN NOT pg_is_in_recovery() THEN NULL
+  WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+  ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
+END
+"""
 CONFLICTS = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 
 
@@ -167,6 +177,13 @@ class PostgresExecutor(NetworkExecutor[Any]):
         if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
             return StorageUnavailable(message)
         return StorageError(message)
+
+    async def _ping(self, conn: Any) -> None:
+        await conn.fetchval("SELECT 1")
+
+    async def _replication_lag(self, conn: Any) -> float | None:
+        lag = await conn.fetchval(REPLICATION_LAG)
+        return None if lag is None else float(lag)
 
     async def _fetch(self, conn: Any, stmt: Statement, args: Sequence[Any]) -> list[Row]:
         return [tuple(record) for record in await conn.fetch(stmt.sql, *args)]

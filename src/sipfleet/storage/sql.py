@@ -31,6 +31,8 @@ from sipfleet.storage.model import (
     AddressOfRecord,
     Binding,
     BindingUpdate,
+    DatabaseHealth,
+    DomainRegistrations,
     LbPool,
     LbState,
     LbTarget,
@@ -46,6 +48,7 @@ from sipfleet.storage.statements import (
     StepResult,
     compile_for,
 )
+from sipfleet.storage.timing import timed
 
 SCHEMA_REVISION = "0003"  # the Alembic head this code expects (a test checks they agree)
 
@@ -103,6 +106,8 @@ class Executor(Protocol):
         ``extra_time`` is added to the query time limit (a large import).
         """
         ...
+
+    async def health(self) -> list[DatabaseHealth]: ...
 
     async def close(self) -> None: ...
 
@@ -167,6 +172,7 @@ class SqlLocation:
         self._retry = retry_primary_on_miss and db.executor.dsns.has_replica
         self.batcher = batcher
 
+    @timed("location.save")
     async def save(
         self,
         aor: AddressOfRecord,
@@ -188,6 +194,7 @@ class SqlLocation:
             raise TooManyContacts(f"{aor.username}@{aor.domain}", outcome.after, max_contacts)
         return outcome.bindings
 
+    @timed("location.lookup")
     async def lookup(self, aor: AddressOfRecord, *, now: int | None = None) -> list[Binding]:
         params = {**_aor(aor), "now": clock(now)}
         rows = await self._db.fetch(self._db.sql.lookup, params, replica=True)
@@ -195,16 +202,19 @@ class SqlLocation:
             rows = await self._db.fetch(self._db.sql.lookup, params)
         return [binding(row) for row in rows]
 
+    @timed("location.count")
     async def count(self, aor: AddressOfRecord, *, now: int | None = None) -> int:
         params = {**_aor(aor), "now": clock(now)}
         rows = await self._db.fetch(self._db.sql.count, params)
         return int(rows[0][0])
 
+    @timed("location.remove")
     async def remove(self, aor: AddressOfRecord, contact: str) -> int:
         return await self._db.execute(
             self._db.sql.remove_contact, {**_aor(aor), "contact": contact}
         )
 
+    @timed("location.remove_all")
     async def remove_all(
         self, aor: AddressOfRecord, *, callid: str | None = None, cseq: int = 0
     ) -> int:
@@ -213,9 +223,11 @@ class SqlLocation:
         params = {**_aor(aor), "callid": callid, "cseq": cseq}
         return await self._db.execute(self._db.sql.remove_all_checked, params)
 
+    @timed("location.purge_expired")
     async def purge_expired(self, *, now: int | None = None) -> int:
         return await self._db.execute(self._db.sql.purge_expired, {"now": clock(now)})
 
+    @timed("location.live_flows")
     async def live_flows(self, *, now: int | None = None) -> list[LiveFlow]:
         rows = await self._db.fetch(self._db.sql.live_flows, {"now": clock(now)}, replica=True)
         return [
@@ -223,9 +235,16 @@ class SqlLocation:
             for flow, received, socket, expires in rows
         ]
 
+    @timed("location.all_bindings")
     async def all_bindings(self, *, now: int | None = None) -> list[Binding]:
         rows = await self._db.fetch(self._db.sql.all_bindings, {"now": clock(now)}, replica=True)
         return [binding(row) for row in rows]
+
+    @timed("location.by_domain")
+    async def registrations_by_domain(self, *, now: int | None = None) -> list[DomainRegistrations]:
+        sql = self._db.sql.registrations_by_domain
+        rows = await self._db.fetch(sql, {"now": clock(now)}, replica=True)
+        return [DomainRegistrations(str(domain), int(aors), int(n)) for domain, aors, n in rows]
 
 
 def _account(username: str, domain: str) -> dict[str, Any]:
@@ -250,6 +269,7 @@ class SqlSubscribers:
         self._db = db
         self.reads = ReadBatcher(self._get_many, max_batch=MAX_READ_BATCH) if batched else None
 
+    @timed("subscriber.get")
     async def get(self, username: str, domain: str) -> Subscriber | None:
         account = _account(username, domain)
         if self.reads is None:
@@ -265,21 +285,25 @@ class SqlSubscribers:
         params = sql.subscriber_keys(keys)
         return await self._db.executor.fetch(sql.subscriber_get_many, params, replica=True)
 
+    @timed("subscriber.add")
     async def add(self, subscriber: Subscriber) -> None:
         params = self._credentials(
             subscriber.username, subscriber.domain, subscriber.ha1, subscriber.ha1_sha256
         )
         await self._db.execute(self._db.sql.subscriber_add, params)
 
+    @timed("subscriber.set_ha1")
     async def set_ha1(self, username: str, domain: str, ha1: str, ha1_sha256: str) -> bool:
         params = self._credentials(username, domain, ha1, ha1_sha256)
         return await self._db.execute(self._db.sql.subscriber_set_ha1, params) > 0
 
+    @timed("subscriber.remove")
     async def remove(self, username: str, domain: str) -> bool:
         return (
             await self._db.execute(self._db.sql.subscriber_remove, _account(username, domain)) > 0
         )
 
+    @timed("subscriber.list_all")
     async def list_all(self, domain: str | None = None) -> list[Subscriber]:
         if domain is None:
             rows = await self._db.fetch(self._db.sql.subscriber_list, {}, True)
@@ -300,10 +324,12 @@ class SqlPreferences:
     def __init__(self, db: _Gated) -> None:
         self._db = db
 
+    @timed("preference.get")
     async def get(self, username: str, domain: str) -> dict[str, str]:
         rows = await self._db.fetch(self._db.sql.preferences_get, _account(username, domain), True)
         return {attribute: value for attribute, value in rows}
 
+    @timed("preference.set")
     async def set(self, username: str, domain: str, attribute: str, value: str) -> None:
         rules.check_text("attribute", attribute, 64, required=True)
         rules.check_text("value", value, schema.SHORT_TEXT_LEN)
@@ -315,6 +341,7 @@ class SqlPreferences:
         }
         await self._db.execute(self._db.sql.preference_set, params)
 
+    @timed("preference.remove")
     async def remove(self, username: str, domain: str, attribute: str) -> bool:
         params = {**_account(username, domain), "attribute": attribute}
         return await self._db.execute(self._db.sql.preference_remove, params) > 0
@@ -341,6 +368,7 @@ class SqlLbTargets:
     def __init__(self, db: _Gated) -> None:
         self._db = db
 
+    @timed("lb_target.list_all")
     async def list_all(self, pool: LbPool | None = None) -> list[LbTarget]:
         if pool is None:
             rows = await self._db.fetch(self._db.sql.lb_list, {})
@@ -348,6 +376,7 @@ class SqlLbTargets:
             rows = await self._db.fetch(self._db.sql.lb_list_pool, _lb_pool(pool))
         return [LbTarget(*row) for row in rows]
 
+    @timed("lb_target.add")
     async def add(
         self, pool: LbPool, uri: str, *, weight: int = 1, state: LbState = "active"
     ) -> LbTarget:
@@ -358,15 +387,18 @@ class SqlLbTargets:
         rows = await self._db.fetch(self._db.sql.lb_get, params)
         return LbTarget(*rows[0])
 
+    @timed("lb_target.remove")
     async def remove(self, pool: LbPool, uri: str) -> bool:
         key = _lb_key(pool, uri)
         await self._db.execute(self._db.sql.lb_health_remove, key)
         return await self._db.execute(self._db.sql.lb_remove, key) > 0
 
+    @timed("lb_target.set_state")
     async def set_state(self, pool: LbPool, uri: str, state: LbState) -> bool:
         params = {**_lb_key(pool, uri), "state": _lb_state(state)}
         return await self._db.execute(self._db.sql.lb_set_state, params) > 0
 
+    @timed("lb_target.report_health")
     async def report_health(self, lb: str, reports: Sequence[LbTargetHealth]) -> None:
         rules.check_text("lb", lb, 64, required=True)
         checked = max((report.checked for report in reports), default=clock(None))
@@ -384,6 +416,7 @@ class SqlLbTargets:
         steps.append(Step(self._db.sql.lb_health_prune, [{"lb": lb, "checked": checked}]))
         await self._db.transaction(steps)
 
+    @timed("lb_target.list_health")
     async def list_health(self) -> list[LbTargetHealth]:
         rows = await self._db.fetch(self._db.sql.lb_health_list, {})
         return [
@@ -479,6 +512,9 @@ class SqlStorage:
                 f"database {self.dsns.write} is {state}, this sipfleet needs "
                 f"{SCHEMA_REVISION}: run `sipfleet db upgrade`"
             )
+
+    async def health(self) -> list[DatabaseHealth]:
+        return await self._executor.health()
 
     async def close(self) -> None:
         await self._executor.close()

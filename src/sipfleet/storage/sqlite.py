@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sipfleet.storage.batch import SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsns
 from sipfleet.storage.errors import AlreadyExists, StorageError, StorageUnavailable
-from sipfleet.storage.model import AddressOfRecord, BindingUpdate
+from sipfleet.storage.model import AddressOfRecord, BindingUpdate, DatabaseHealth
 from sipfleet.storage.pool import Health
 from sipfleet.storage.rules import new_ruid, plan_save
 from sipfleet.storage.sql import Row, binding
@@ -118,6 +118,15 @@ class SqliteExecutor:
     ) -> list[StepResult] | None:
         path = self._read_path if snapshot and replica else self._path
         return await self._call(lambda conn: self._transaction(conn, steps, snapshot), path)
+
+    async def health(self) -> list[DatabaseHealth]:
+        """The one file: does it answer (SQLite has no replicas)."""
+        name = str(self._dsns.write)
+        try:
+            await self._call(lambda conn: conn.execute("SELECT 1").fetchall())
+        except StorageError as exc:
+            return [DatabaseHealth(name, "primary", False, error=str(exc))]
+        return [DatabaseHealth(name, "primary", True)]
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)

@@ -214,6 +214,17 @@ class Statements:
             .group_by(location.c.flow)
             .order_by(location.c.flow)
         )
+        # Registrations per domain (the metrics): AORs with a live binding, and bindings.
+        self.registrations_by_domain = c(
+            sa.select(
+                location.c.domain,
+                sa.func.count(sa.distinct(location.c.username)),
+                sa.func.count(),
+            )
+            .where(_live(aor=False))
+            .group_by(location.c.domain)
+            .order_by(location.c.domain)
+        )
         self._subscriber_statements()
         self._preference_statements()
         self._lb_target_statements()
