@@ -25,7 +25,9 @@ from sipfleet.core.lb.service import LbWorker
 from sipfleet.core.lb.sides import Sides
 from sipfleet.core.overload import OverloadMonitor, receive_backlog
 from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.mgmt.metrics import publishing
 from sipfleet.mgmt.server import Listener
+from sipfleet.mgmt.sources import lb_sources
 from sipfleet.mgmt.view import RoleView
 from sipfleet.roles.common import listening, management, only_worker_zero, ready_after, storage_for
 from sipfleet.sip.flow import FlowTokens
@@ -99,7 +101,8 @@ async def serve(
             counters=balancer.counters,
             pools=worker.pools,
         )
-        async with management(view, mgmt):
+        metrics = publishing(config, "lb", own.index, lb_sources(worker))
+        async with management(view, mgmt), metrics:
             await worker.run(listening(view, ready))
 
 

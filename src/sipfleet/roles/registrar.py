@@ -20,7 +20,9 @@ from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.overload import receive_backlog
 from sipfleet.core.registrar import Registrar
+from sipfleet.mgmt.metrics import publishing
 from sipfleet.mgmt.server import Listener
+from sipfleet.mgmt.sources import registrar_sources
 from sipfleet.mgmt.view import RoleView
 from sipfleet.roles.common import (
     collect_garbage,
@@ -63,6 +65,7 @@ async def run(
             signal_ready,
             purge=index == 0,
             mgmt=only_worker_zero(mgmt, index),
+            worker=index,
         )
 
     # This process only supervises from here on: its loop waits while the workers run.
@@ -77,6 +80,7 @@ async def serve(
     *,
     purge: bool,
     mgmt: Listener | None = None,
+    worker: int = 0,
 ) -> None:
     """One registrar process: its endpoint (on ``sockets``, or bound here), its storage,
     the management API on ``mgmt``."""
@@ -99,7 +103,8 @@ async def serve(
             counters=lambda: counters(registrar, endpoint),
         )
         try:
-            async with management(view, mgmt):
+            metrics = publishing(config, "registrar", worker, registrar_sources(registrar))
+            async with management(view, mgmt), metrics:
                 await serve_until_cancelled(endpoint, listening(view, ready))
         finally:
             for task in background:
