@@ -32,6 +32,23 @@ class Fleet:
     def url(self, role: str, path: str) -> str:
         return self.urls[role] + path
 
+    def pool(self, pool: str) -> dict[str, dict[str, Any]]:
+        """The LB's ``/lb/pools`` records of ``pool``, by URI."""
+        status, body = http(self.url("lb", "/lb/pools"))
+        assert status == 200
+        return {target["uri"]: target for target in body["pools"][pool]}
+
+    def wait_until_pools_up(self) -> None:
+        """The LB has probed the registrar and the proxy and found them up."""
+
+        def both_up() -> bool:
+            return all(
+                self.pool(pool).get(uri, {}).get("live") == "up"
+                for pool, uri in self.pool_uris.items()
+            )
+
+        wait_for(both_up, 10, "the LB finds the registrar and the proxy up")
+
 
 def mgmt_url(cluster: Cluster, name: str) -> str:
     """The API's URL, as the role wrote it into its ready file."""

@@ -118,24 +118,12 @@ def test_the_page_is_served_by_the_api(fleet: Fleet) -> None:
 # -- LB pools ------------------------------------------------------------------------------
 
 
-def _pool(fleet: Fleet, pool: str) -> dict[str, dict[str, Any]]:
-    status, body = http(fleet.url("lb", "/lb/pools"))
-    assert status == 200
-    return {target["uri"]: target for target in body["pools"][pool]}
-
-
 def test_pools_show_state_weight_and_health(fleet: Fleet) -> None:
-    def both_up() -> bool:
-        return all(
-            _pool(fleet, pool).get(uri, {}).get("live") == "up"
-            for pool, uri in fleet.pool_uris.items()
-        )
-
-    wait_for(both_up, 10, "the LB finds the registrar and the proxy up")
-    target = _pool(fleet, "proxy")[fleet.pool_uris["proxy"]]
+    fleet.wait_until_pools_up()
+    target = fleet.pool("proxy")[fleet.pool_uris["proxy"]]
     assert (target["state"], target["weight"]) == ("active", 1)
     wait_for(
-        lambda: _pool(fleet, "proxy")[fleet.pool_uris["proxy"]]["health"].get("lb"),
+        lambda: fleet.pool("proxy")[fleet.pool_uris["proxy"]]["health"].get("lb"),
         10,
         "the LB's health view in lb_target_health",
     )
@@ -152,13 +140,13 @@ def test_add_drain_enable_and_remove_a_target(fleet: Fleet) -> None:
             409,
             {"error": f"uri: {uri} is already in the proxy pool"},
         )
-        assert _pool(fleet, "proxy")[uri]["weight"] == 3
+        assert fleet.pool("proxy")[uri]["weight"] == 3
         # the LB itself takes it up from lb_target at its next reload, and finds it down
-        wait_for(lambda: _pool(fleet, "proxy")[uri]["live"] == "down", 10, "probed and down")
+        wait_for(lambda: fleet.pool("proxy")[uri]["live"] == "down", 10, "probed and down")
 
         drained = http(f"{targets}/drain?uri={uri}", "POST")
         assert drained == (200, {"pool": "proxy", "uri": uri, "state": "draining"})
-        assert _pool(fleet, "proxy")[uri]["state"] == "draining"
+        assert fleet.pool("proxy")[uri]["state"] == "draining"
         assert http(f"{targets}/enable?uri={uri}", "POST")[1]["state"] == "active"
         assert http(f"{targets}/disable?uri={uri}", "POST")[1]["state"] == "disabled"
         assert http(f"{targets}/pause?uri={uri}", "POST") == (
@@ -168,7 +156,7 @@ def test_add_drain_enable_and_remove_a_target(fleet: Fleet) -> None:
     finally:
         removed = http(f"{targets}?uri={uri}", "DELETE")
     assert removed == (200, {"pool": "proxy", "uri": uri, "removed": True})
-    assert uri not in _pool(fleet, "proxy")
+    assert uri not in fleet.pool("proxy")
     assert http(f"{targets}?uri={uri}", "DELETE") == (
         404,
         {"error": f"uri: no {uri} in the proxy pool"},
@@ -214,7 +202,7 @@ def test_pool_requests_refused_naming_the_field(
     answer = http(fleet.url("lb", path), method, body)
     assert answer[0] == status
     assert answer[1]["error"].startswith(error), answer
-    assert "sip:127.0.0.1:5990" not in _pool(fleet, "proxy")
+    assert "sip:127.0.0.1:5990" not in fleet.pool("proxy")
 
 
 # -- proxy: LCR ----------------------------------------------------------------------------

@@ -80,10 +80,15 @@ function showStatus(status, now) {
     previous && seconds > 0 && name in previous.counters
       ? ((counters[name] - previous.counters[name]) / seconds).toFixed(1)
       : null;
-  fill(
-    "counters",
-    names.map((name) => row([name, counters[name], rate(name)], ERROR_COUNTER.test(name) ? "error-counter" : ""))
+  // the counters that moved: a table of thirty zeros hides the one that matters
+  const moved = names.filter((name) => counters[name] !== 0);
+  const rows = moved.map((name) =>
+    row([name, counters[name], rate(name)], ERROR_COUNTER.test(name) ? "error-counter" : "")
   );
+  if (moved.length < names.length) {
+    rows.push(row([(names.length - moved.length) + " more at 0", "", ""], "muted"));
+  }
+  fill("counters", rows);
   const requests = rate("requests_received");
   text("rate", requests === null ? "–" : requests);
   const errors = names.filter((name) => ERROR_COUNTER.test(name)).reduce((sum, name) => sum + counters[name], 0);
