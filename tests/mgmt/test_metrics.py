@@ -1,0 +1,187 @@
+"""/metrics of real role processes: an LB with two workers, a registrar and a proxy behind
+it, some traffic through the LB. promtool (Debian's prometheus package) checks each
+role's text, and the counters move with the traffic: requests by method (an unknown
+method as "other"), responses by class, the LB's targets up, a registration counted per
+domain from SQL. The text is what ``render(config, role)`` makes of the role's snapshot
+files, as the management API serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sipfleet.mgmt.metrics import render, snapshot_dir
+from sipfleet.storage import Aor, BindingUpdate, open_storage
+from tests.integration.harness import Cluster, RawUa, RoleProcess, running_cluster
+from tests.mgmt.conftest import wait_for
+
+PROMTOOL = shutil.which("promtool")
+Found = dict[str, dict[frozenset[tuple[str, str]], float]]
+
+
+@dataclass
+class Metered:
+    cluster: Cluster
+    nodes: dict[str, RoleProcess]
+
+
+def _seed_binding(dsn: str) -> None:
+    """A binding in example.org before the registrar starts: its first count (at start,
+    then every 30 s) sees it."""
+
+    async def save() -> None:
+        storage = open_storage(dsn)
+        try:
+            update = BindingUpdate("sip:carol@192.0.2.9", 2_000_000_000, "seed", 1)
+            await storage.location.save(
+                Aor("carol", "example.org"), [update], now=1_700_000_000, max_contacts=5
+            )
+        finally:
+            await storage.close()
+
+    asyncio.run(save())
+
+
+@pytest.fixture(scope="module")
+def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metered]:
+    workdir: Path = tmp_path_factory.mktemp("metered")
+    with running_cluster(workdir) as cluster:
+        _seed_binding(cluster.dsn)
+        registrar = cluster.start("registrar", registrar={"authenticate": False})
+        proxy = cluster.start("proxy")
+        lb = cluster.start(
+            "lb", node={"workers": 2}, lb={"probe_interval_s": 0.5, "pool_reload_s": 0.5}
+        )
+        cluster.add_lb_target("registrar", registrar)
+        cluster.add_lb_target("proxy", proxy)
+        yield Metered(cluster, {"lb": lb, "registrar": registrar, "proxy": proxy})
+
+
+def scrape(node: RoleProcess) -> tuple[str, Found]:
+    body, content_type = render(node.config, node.role)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    text = body.decode()
+    found: Found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = frozenset(sample.labels.items())
+            found.setdefault(sample.name, {})[labels] = sample.value
+    return text, found
+
+
+def value(found: Found, name: str, **labels: str) -> float:
+    return found.get(name, {}).get(frozenset(labels.items()), 0.0)
+
+
+def send_traffic(lb: RoleProcess) -> None:
+    phone = RawUa(("127.0.0.1", lb.port))
+    try:
+
+        def registered() -> bool:  # the LB finds the registrar up after a probe or two
+            phone.request("REGISTER", "sip:example.com", user="alice", expires=600)
+            try:
+                phone.expect_response(200, timeout=1.0)
+            except AssertionError:
+                return False
+            return True
+
+        wait_for(registered, 15, "a REGISTER through the LB answered 200")
+        phone.request("OPTIONS", "sip:nobody@example.com", user="alice")
+        phone.expect_response(407)  # the proxy wants the caller authenticated
+        phone.request("FROB", "sip:nobody@example.com", user="alice")
+        phone.recv(1.0)  # whatever the answer: the method is counted as "other"
+    finally:
+        phone.close()
+
+
+def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> None:
+    nodes = metered.nodes
+    send_traffic(nodes["lb"])
+    lb = wait_for(
+        lambda: (
+            (found := scrape(nodes["lb"])[1])
+            and value(found, "sipfleet_sip_requests_total", role="lb", method="other") >= 1
+            and value(found, "sipfleet_sip_requests_total", role="lb", method="OPTIONS") >= 1
+            and found
+        ),
+        5,
+        "the LB's snapshots show the traffic",
+    )
+    assert value(lb, "sipfleet_sip_requests_total", role="lb", method="REGISTER") >= 1
+    assert (
+        value(lb, "sipfleet_sip_responses_total", role="lb", direction="sent", **{"class": "2xx"})
+        >= 1
+    )
+    assert (
+        value(
+            lb, "sipfleet_sip_responses_total", role="lb", direction="received", **{"class": "4xx"}
+        )
+        >= 1
+    )
+    for pool, node in (("registrar", "registrar"), ("proxy", "proxy")):
+        target = f"sip:127.0.0.1:{nodes[node].port}"
+        assert value(lb, "sipfleet_lb_target_up", role="lb", pool=pool, target=target) == 1
+    assert value(lb, "sipfleet_keepalive_flows", role="lb") >= 0
+    workers = sorted(p.name for p in snapshot_dir(nodes["lb"].config, "lb").glob("*.json"))
+    assert workers == ["0.json", "1.json"]  # each worker publishes; render sums them
+
+    registrar = wait_for(
+        lambda: (
+            (found := scrape(nodes["registrar"])[1])
+            and value(found, "sipfleet_sip_requests_total", role="registrar", method="REGISTER")
+            and found
+        ),
+        5,
+        "the registrar's snapshot shows the REGISTER",
+    )
+    assert value(registrar, "sipfleet_registered_aors", role="registrar", domain="example.org") == 1
+    assert value(registrar, "sipfleet_bindings", role="registrar", domain="example.org") == 1
+    register_time = "sipfleet_transaction_duration_seconds_count"
+    assert value(registrar, register_time, role="registrar", method="REGISTER") >= 1
+    saves = "sipfleet_db_statement_duration_seconds_count"
+    assert value(registrar, saves, role="registrar", kind="location.save") >= 1
+
+    proxy = wait_for(
+        lambda: (
+            (found := scrape(nodes["proxy"])[1])
+            and value(found, "sipfleet_sip_requests_total", role="proxy", method="OPTIONS")
+            and found
+        ),
+        5,
+        "the proxy's snapshot shows the OPTIONS",
+    )
+    assert (
+        value(
+            proxy,
+            "sipfleet_sip_responses_total",
+            role="proxy",
+            direction="sent",
+            **{"class": "4xx"},
+        )
+        >= 1
+    )
+    assert (
+        value(
+            proxy,
+            "sipfleet_db_statement_duration_seconds_count",
+            role="proxy",
+            kind="lb_target.list_all",  # it follows its pool
+        )
+        >= 1
+    )
+
+    if PROMTOOL is None:
+        pytest.skip("promtool is not installed (Debian: prometheus; scripts/setup.sh --test)")
+    for node in nodes.values():
+        text, _ = scrape(node)
+        check = subprocess.run(
+            [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        )
+        assert check.returncode == 0, f"{node.role}: {check.stdout}{check.stderr}"
