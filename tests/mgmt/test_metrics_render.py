@@ -140,3 +140,13 @@ async def test_with_metrics_off_nothing_is_written(tmp_path: Path) -> None:
 def test_a_role_that_is_not_one_is_refused() -> None:
     with pytest.raises(ValueError, match="role: 'pbx' is not one of lb, registrar, proxy"):
         render(config(Path("/nonexistent")), "pbx")
+
+
+def test_the_environment_switches_the_metrics(tmp_path: Path) -> None:
+    """SIPFLEET_MGMT_METRICS: how the benchmarks turn them off in every role they start."""
+    from sipfleet.config.load import ConfigError, load_config
+
+    assert load_config(env={}).mgmt.metrics
+    assert not load_config(env={"SIPFLEET_MGMT_METRICS": "false"}).mgmt.metrics
+    with pytest.raises(ConfigError, match="mgmt.metrics"):
+        load_config(env={"SIPFLEET_MGMT_METRICS": "maybe"})

@@ -17,6 +17,8 @@ ENV_OVERRIDES = {
     "SIPFLEET_DATA_DIR": ("node", "data_dir"),
     "SIPFLEET_DB_WRITE": ("database", "write"),
     "SIPFLEET_MGMT_TOKEN": ("mgmt", "token"),
+    # true/false: the benchmarks switch the metrics of every role they start with it
+    "SIPFLEET_MGMT_METRICS": ("mgmt", "metrics"),
 }
 
 
