@@ -148,5 +148,5 @@ def test_the_environment_switches_the_metrics(tmp_path: Path) -> None:
 
     assert load_config(env={}).mgmt.metrics
     assert not load_config(env={"SIPFLEET_MGMT_METRICS": "false"}).mgmt.metrics
-    with pytest.raises(ConfigError, match="mgmt.metrics"):
+    with pytest.raises(ConfigError, match=r"mgmt\.metrics"):
         load_config(env={"SIPFLEET_MGMT_METRICS": "maybe"})
