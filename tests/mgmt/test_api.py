@@ -45,6 +45,27 @@ def test_health_ready_and_status_of_every_role(fleet: Fleet, role: str) -> None:
     assert "requests_received" in body["counters"]
 
 
+def test_status_shows_the_database(fleet: Fleet) -> None:
+    _, body = http(fleet.url("proxy", "/status"))
+    [primary] = body["database"]["databases"]
+    assert (primary["role"], primary["up"], primary["error"]) == ("primary", True, None)
+    assert primary["name"] == str(Dsn.parse(fleet.cluster.dsn))
+    assert body["database"]["in_flight"] >= 0
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_metrics_of_every_role(fleet: Fleet, role: str) -> None:
+    """What the metrics engineer's render() makes of the role's published snapshots."""
+
+    def rendered() -> str:
+        status, text = http(fleet.url(role, "/metrics"))
+        assert status == 200
+        return str(text) if "sipfleet_sip_requests_total" in text else ""
+
+    text = wait_for(rendered, 5, f"the {role}'s first snapshot")
+    assert f'role="{role}"' in text
+
+
 def test_registrar_counts_the_register_it_answered(fleet: Fleet) -> None:
     _, body = http(fleet.url("registrar", "/status"))
     assert body["counters"]["requests_received"] >= 1

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from importlib import metadata
 from typing import Any, NoReturn
 
@@ -21,9 +22,16 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from sipfleet.core.lb.pools import BadTarget, target_destination
-from sipfleet.mgmt.records import binding_record, registrations_by_domain, target_record
+from sipfleet.mgmt.metrics import render
+from sipfleet.mgmt.records import binding_record, target_record
 from sipfleet.mgmt.view import RoleView
-from sipfleet.storage import AlreadyExists, Aor, InvalidInput, StorageError, StorageUnavailable
+from sipfleet.storage import (
+    AlreadyExists,
+    Aor,
+    InvalidInput,
+    StorageError,
+    StorageUnavailable,
+)
 from sipfleet.storage.model import LB_POOLS, LbPool, LbState
 
 log = logging.getLogger(__name__)
@@ -121,6 +129,7 @@ def add_routes(app: web.Application, view: RoleView) -> None:
     app.router.add_get("/location/{aor}", location)
     app.router.add_get("/log-level", get_log_level)
     app.router.add_put("/log-level", put_log_level)
+    app.router.add_get("/metrics", metrics)
     if view.role == "lb":
         app.router.add_get("/lb/pools", lb_pools)
         app.router.add_post("/lb/pools/{pool}/targets", lb_add_target)
@@ -179,13 +188,22 @@ async def status(request: web.Request) -> web.Response:
             "listening": view.listening,
             "database": {
                 "kind": dsns.write.kind,
-                "write": str(dsns.write),
-                "read": [str(dsn) for dsn in dsns.reads if dsn != dsns.write],
                 "in_flight": view.storage.in_flight,
+                "databases": [asdict(found) for found in await view.storage.health()],
             },
             "counters": dict(view.counters()),
         }
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus' text format: every worker's counters summed (sipfleet.mgmt.metrics)."""
+    view = view_of(request)
+    if not view.config.mgmt.metrics:
+        fail(404, "metrics: switched off (mgmt.metrics = false)")
+    # snapshot files are read from disk: off the event loop that serves SIP
+    body, kind = await asyncio.to_thread(render, view.config, view.role)
+    return web.Response(body=body, headers={"Content-Type": kind})
 
 
 async def get_log_level(request: web.Request) -> web.Response:
@@ -234,8 +252,10 @@ async def location(request: web.Request) -> web.Response:
 
 async def registrations(request: web.Request) -> web.Response:
     """Per domain, the AORs registered and their bindings."""
-    bindings = await view_of(request).storage.location.all_bindings()
-    return web.json_response({"domains": registrations_by_domain(bindings)})
+    found = await view_of(request).storage.location.registrations_by_domain()
+    return web.json_response(
+        {"domains": {row.domain: {"aors": row.aors, "bindings": row.bindings} for row in found}}
+    )
 
 
 # -- LB -------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ the status page and the CLI (`sipfleet lb target list --json`, `sipfleet status`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -36,15 +36,3 @@ def binding_record(binding: Binding, now: int) -> dict[str, Any]:
     record = asdict(binding)
     record["expires_in"] = max(0, binding.expires - now)
     return record
-
-
-def registrations_by_domain(bindings: Iterable[Binding]) -> dict[str, dict[str, int]]:
-    """Per domain: how many AORs are registered and with how many bindings."""
-    aors: dict[str, set[str]] = {}
-    counts: dict[str, int] = {}
-    for binding in bindings:
-        aors.setdefault(binding.domain, set()).add(binding.username)
-        counts[binding.domain] = counts.get(binding.domain, 0) + 1
-    return {
-        domain: {"aors": len(aors[domain]), "bindings": counts[domain]} for domain in sorted(counts)
-    }

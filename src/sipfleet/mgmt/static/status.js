@@ -66,11 +66,16 @@ function showStatus(status, now) {
   const processRows = [
     ["pid", status.pid],
     ["SIP listen", status.listen.join(", ")],
-    ["database", database.kind + " " + database.write],
-    ["replicas", (database.read || []).join(", ") || "none"],
     ["queries in flight", database.in_flight],
     ["counters of", status.counters_of],
   ].map((cells) => row(cells));
+  for (const db of database.databases || []) {
+    let state = db.up ? "up" : "down: " + (db.error || "no answer");
+    if (db.role === "replica" && db.up) state += db.lag_s === null ? ", lag unknown" : ", lag " + db.lag_s + " s";
+    const tr = row([db.role + " " + db.name, state]);
+    tr.dataset.state = db.up ? "up" : "down";
+    processRows.push(tr);
+  }
   fill("process", processRows);
 
   const counters = status.counters || {};
