@@ -82,7 +82,10 @@ def _serve(role: str, config: Config, ready_file: Path | None, mgmt: Listener | 
         log.info("%s ready (SIP core: %s)%s", role, native.status, api)
         if ready_file is not None:
             facts = {"role": role, "pid": os.getpid(), "mgmt": mgmt.url if mgmt else None}
-            ready_file.write_text(json.dumps(facts))
+            # renamed into place: whoever sees the file reads all of it
+            partial = ready_file.with_name(f".{ready_file.name}.{os.getpid()}")
+            partial.write_text(json.dumps(facts))
+            os.replace(partial, ready_file)
 
     async def main() -> None:
         task = asyncio.create_task(role_runner(role)(config, ready=ready, mgmt=mgmt))

@@ -1,4 +1,6 @@
-"""`sipfleet status`: the roles of the running `sipfleet up` on this host.
+"""`sipfleet status`: the roles of the running `sipfleet up` on this host, and the
+cluster at a glance (cli/cluster_view.py): the LB pools and registrations from the
+database, each role's management API (``/status``) and those of other nodes (``--url``).
 
 `up` publishes its view in ``<data dir>/run/status.json`` (written to a temporary file and
 renamed over the old one, so a reader never sees half of it) whenever a role changes
@@ -8,8 +10,9 @@ directory as `up` does (``--data-dir``, else ``SIPFLEET_DATA_DIR``, else the con
 (a file left by one that was killed is reported as not running) and prints one line per
 role.
 
-Exit status: 0 every role is running; 1 some role is not (restarting, starting); 3
-`sipfleet up` is not running.
+Exit status (of `up`'s roles alone, whatever the database and the APIs say): 0 every
+role is running; 1 some role is not (restarting, starting); 3 `sipfleet up` is not
+running.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sipfleet.cli.common import add_config_option, config_from_args
+from sipfleet.cli.cluster_view import Api, cluster_view, duration, print_cluster
+from sipfleet.cli.common import CliError, add_db_option, config_from_args
+from sipfleet.config import Config
+from sipfleet.storage import StorageError
+from sipfleet.storage.dsn import Dsn, dsns_from_config
 
 STATUS_FILE = "status.json"
 NOT_ALL_RUNNING = 1
@@ -32,13 +39,29 @@ UP_NOT_RUNNING = 3
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "status",
-        help="the roles of the running `sipfleet up`: pid, state, restarts, last exit "
+        help="the roles of the running `sipfleet up` (pid, state, restarts, last exit), "
+        "their management APIs, the LB pools and registrations from the database "
         "(exit status 0: all running, 1: some role is not, 3: `up` is not running)",
     )
-    add_config_option(parser)
+    add_db_option(parser)
     parser.add_argument("--data-dir", type=Path, help="the data directory `sipfleet up` was given")
+    parser.add_argument(
+        "--url",
+        action="append",
+        type=_http_url,
+        default=[],
+        metavar="URL",
+        help="also ask this node's management API (http://HOST:PORT; repeatable), with "
+        "the config's mgmt.token (or SIPFLEET_MGMT_TOKEN)",
+    )
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
     parser.set_defaults(handler=_status)
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
 
 
 def status_path(run_dir: Path) -> Path:
@@ -81,33 +104,55 @@ def alive(pid: int, started: int | None = None) -> bool:
 
 
 def _status(args: argparse.Namespace) -> int:
-    data_dir = args.data_dir if args.data_dir is not None else config_from_args(args).node.data_dir
+    config = config_from_args(args)
+    data_dir = args.data_dir if args.data_dir is not None else config.node.data_dir
+    database = _database(args, config, data_dir)
     path = status_path(data_dir / "run")
     try:
         status: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
-        return _not_running(args, f"sipfleet up is not running (no {path})")
+        return _not_running(args, config, database, f"sipfleet up is not running (no {path})")
     except (OSError, ValueError) as exc:
-        return _not_running(args, f"sipfleet up is not running ({path}: unreadable: {exc})")
+        reason = f"sipfleet up is not running ({path}: unreadable: {exc})"
+        return _not_running(args, config, database, reason)
     if not alive(status["pid"], status.get("pid_started")):
-        return _not_running(
-            args, f"sipfleet up is not running ({path} was left by pid {status['pid']}, gone)"
-        )
+        reason = f"sipfleet up is not running ({path} was left by pid {status['pid']}, gone)"
+        return _not_running(args, config, database, reason)
     now = time.time()
     roles = [_view(role, now) for role in status["roles"]]
     all_running = all(role["state"] == "running" for role in roles)
+    apis = [Api(role["name"], role["mgmt"]) for role in roles if role.get("mgmt")]
+    cluster = cluster_view(config, database, apis + _other_apis(args))
     if args.json:
-        print(json.dumps({"up": "running", "pid": status["pid"], "roles": roles}, indent=1))
+        up = {"up": "running", "pid": status["pid"], "roles": roles}
+        print(json.dumps({**up, "cluster": cluster}, indent=1))
     else:
         _print(status, roles, now)
+        print_cluster(cluster)
     return 0 if all_running else NOT_ALL_RUNNING
 
 
-def _not_running(args: argparse.Namespace, message: str) -> int:
+def _database(args: argparse.Namespace, config: Config, data_dir: Path) -> Dsn:
+    """--db, else the config's database.write, else the SQLite of `up` in ``data_dir``."""
+    node = config.node.model_copy(update={"data_dir": data_dir})
+    try:
+        return dsns_from_config(config.model_copy(update={"node": node}), args.db).write
+    except StorageError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _other_apis(args: argparse.Namespace) -> list[Api]:
+    return [Api(url, url) for url in args.url]
+
+
+def _not_running(args: argparse.Namespace, config: Config, database: Dsn, message: str) -> int:
+    """`up` is not running here; the database and other nodes may still say much."""
+    cluster = cluster_view(config, database, _other_apis(args))
     if args.json:
-        print(json.dumps({"up": "not running", "reason": message, "roles": []}))
+        print(json.dumps({"up": "not running", "reason": message, "roles": [], "cluster": cluster}))
     else:
         print(message, file=sys.stderr)
+        print_cluster(cluster)
     return UP_NOT_RUNNING
 
 
@@ -134,7 +179,7 @@ def _state_text(role: dict[str, Any]) -> str:
 
 def _print(status: dict[str, Any], roles: list[dict[str, Any]], now: float) -> None:
     uptime = int(now - status["started_at"])
-    print(f"sipfleet up: pid {status['pid']}, up {_duration(uptime)}, {status['data_dir']}")
+    print(f"sipfleet up: pid {status['pid']}, up {duration(uptime)}, {status['data_dir']}")
     rows = [("NAME", "PID", "STATE", "RESTARTS", "LAST EXIT")]
     for role in roles:
         last = "-"
@@ -147,11 +192,3 @@ def _print(status: dict[str, Any], roles: list[dict[str, Any]], now: float) -> N
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  " + "  ".join([*cells, row[4]]))
-
-
-def _duration(seconds: int) -> str:
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

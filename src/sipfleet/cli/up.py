@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -116,7 +117,7 @@ def _up(args: argparse.Namespace) -> int:
     if not supervisor.stopping:
         database = f"{dsns.write.kind} {dsns.write}"
         _say_what_started(
-            config, instances, roles, database, add_user_hint(args, config, dsns.write)
+            config, supervisor.children, roles, database, add_user_hint(args, config, dsns.write)
         )
     return supervisor.watch()
 
@@ -145,7 +146,20 @@ def plan_instances(config: Config, roles: list[str]) -> list[Instance]:
             name = role if count == 1 else f"{role}{n + 1}"
             instances.append(Instance(name, role, _shifted(config, role, n)))
     _check_distinct(instances)
-    return instances
+    return [_own_mgmt_port(instance, n) for n, instance in enumerate(instances)]
+
+
+def _own_mgmt_port(instance: Instance, offset: int) -> Instance:
+    """Each process its own management API: a fixed ``mgmt.listen`` port counted up by
+    the instance's place (port 0 needs nothing: each role reports the port it got)."""
+    address = instance.config.mgmt.address
+    if address is None or address.port == 0 or offset == 0:
+        return instance
+    if address.port + offset > 65535:
+        raise CliError(f"cluster: mgmt.listen {instance.config.mgmt.listen} has no room above it")
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    mgmt = instance.config.mgmt.model_copy(update={"listen": f"{host}:{address.port + offset}"})
+    return replace(instance, config=instance.config.model_copy(update={"mgmt": mgmt}))
 
 
 def _shifted(config: Config, role: str, offset: int) -> Config:
@@ -263,10 +277,10 @@ def add_user_hint(args: argparse.Namespace, config: Config, database: Dsn) -> st
 
 
 def _say_what_started(
-    config: Config, instances: list[Instance], roles: list[str], database: str, add_user: str
+    config: Config, children: list[Child], roles: list[str], database: str, add_user: str
 ) -> None:
     lines = ["sipfleet is up:"]
-    for instance in instances:
+    for instance in (child.instance for child in children):
         listen = ", ".join(str(address) for address in instance.listen)
         if instance.role == "lb" and config.lb.internal_listen:
             inside = ", ".join(str(address) for address in config.lb.internal_listen)
@@ -277,6 +291,10 @@ def _say_what_started(
         lines.append(f"  not built yet: {', '.join(missing)}")
     lines.append(f"  database   {database}")
     lines.append(f"  SIP core   {native.status}")
+    apis = [(child.name, child.mgmt) for child in children if child.mgmt]
+    if apis:
+        lines.append("Status pages and metrics (management API):")
+        lines += [f"  {name:<10} {url}/  metrics: {url}/metrics" for name, url in apis]
     lines.append(f"Add a user:  {add_user}")
     lines.append("Stop with Ctrl-C.")
     print("\n".join(lines), flush=True)
@@ -325,6 +343,15 @@ class Child:
     restarts: int = 0
     last_exit: str | None = None
     last_exit_at: float | None = None  # wall clock
+    mgmt: str | None = None  # its management API's URL, from its ready file
+
+    def took_ready_file(self) -> None:
+        """What the role wrote once ready: the URL of its API (its port may be any)."""
+        try:
+            facts = json.loads(self.ready_path.read_text())
+        except (OSError, ValueError):
+            facts = {}
+        self.mgmt = facts.get("mgmt") if isinstance(facts, dict) else None
 
     @property
     def role(self) -> str:
@@ -385,6 +412,7 @@ class Supervisor:
                 if self._stopping or not self._wait_ready(child):
                     return
                 child.state = "running"
+                child.took_ready_file()
             self.publish()
         except BaseException:
             self.stop_all()
@@ -463,6 +491,7 @@ class Supervisor:
         if child.state == "starting":
             if child.ready_path.exists():
                 child.state = "running"
+                child.took_ready_file()
                 _say(f"{child.name} is running again (pid {child.process.pid})")
                 return True
             if now - child.started_at > START_TIMEOUT:
@@ -506,6 +535,7 @@ class Supervisor:
                 else None,
                 "last_exit": child.last_exit,
                 "last_exit_at": child.last_exit_at,
+                "mgmt": child.mgmt if child.state == "running" else None,
             }
             for child in self.children
         ]
