@@ -150,3 +150,19 @@ def test_the_environment_switches_the_metrics(tmp_path: Path) -> None:
     assert not load_config(env={"SIPFLEET_MGMT_METRICS": "false"}).mgmt.metrics
     with pytest.raises(ConfigError, match=r"mgmt\.metrics"):
         load_config(env={"SIPFLEET_MGMT_METRICS": "maybe"})
+
+
+def test_the_dashboard_asks_only_for_metrics_that_exist() -> None:
+    """examples/grafana: every sipfleet_* name its queries use is one a role exports."""
+    import re
+
+    from sipfleet.mgmt.metrics import FAMILIES
+
+    dashboard = Path(__file__).parents[2] / "examples" / "grafana" / "sipfleet-dashboard.json"
+    exprs = [t["expr"] for p in json.loads(dashboard.read_text())["panels"] for t in p["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"sipfleet_\w+", expr)}
+    known = {f.name for f in FAMILIES} | {
+        f"{f.name}_{suffix}" for f in FAMILIES for suffix in ("bucket", "sum", "count")
+    }
+    assert used
+    assert used <= known, used - known
