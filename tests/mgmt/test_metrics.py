@@ -2,14 +2,15 @@
 it, some traffic through the LB. promtool (Debian's prometheus package) checks each
 role's text, and the counters move with the traffic: requests by method (an unknown
 method as "other"), responses by class, the LB's targets up, a registration counted per
-domain from SQL. The text is what ``render(config, role)`` makes of the role's snapshot
-files, as the management API serves it."""
+domain from SQL. Each role's text comes from its management API (``GET /metrics``), as a
+Prometheus server would scrape it."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sipfleet.mgmt.metrics import render, snapshot_dir
+from sipfleet.mgmt.metrics import snapshot_dir
 from sipfleet.storage import Aor, BindingUpdate, open_storage
 from tests.integration.harness import Cluster, RawUa, RoleProcess, running_cluster
-from tests.mgmt.conftest import wait_for
+from tests.mgmt.conftest import mgmt_url, wait_for
 
 PROMTOOL = shutil.which("promtool")
 Found = dict[str, dict[frozenset[tuple[str, str]], float]]
@@ -64,10 +65,11 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metered]:
         yield Metered(cluster, {"lb": lb, "registrar": registrar, "proxy": proxy})
 
 
-def scrape(node: RoleProcess) -> tuple[str, Found]:
-    body, content_type = render(node.config, node.role)
-    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
-    text = body.decode()
+def scrape(url: str) -> tuple[str, Found]:
+    """GET /metrics of the role's management API, parsed."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        assert answer.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = answer.read().decode()
     found: Found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -103,10 +105,11 @@ def send_traffic(lb: RoleProcess) -> None:
 
 def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> None:
     nodes = metered.nodes
+    urls = {name: mgmt_url(metered.cluster, name) for name in nodes}
     send_traffic(nodes["lb"])
     lb = wait_for(
         lambda: (
-            (found := scrape(nodes["lb"])[1])
+            (found := scrape(urls["lb"])[1])
             and value(found, "sipfleet_sip_requests_total", role="lb", method="other") >= 1
             and value(found, "sipfleet_sip_requests_total", role="lb", method="OPTIONS") >= 1
             and found
@@ -134,7 +137,7 @@ def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> N
 
     registrar = wait_for(
         lambda: (
-            (found := scrape(nodes["registrar"])[1])
+            (found := scrape(urls["registrar"])[1])
             and value(found, "sipfleet_sip_requests_total", role="registrar", method="REGISTER")
             and found
         ),
@@ -150,7 +153,7 @@ def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> N
 
     proxy = wait_for(
         lambda: (
-            (found := scrape(nodes["proxy"])[1])
+            (found := scrape(urls["proxy"])[1])
             and value(found, "sipfleet_sip_requests_total", role="proxy", method="OPTIONS")
             and found
         ),
@@ -180,7 +183,7 @@ def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> N
     if PROMTOOL is None:
         pytest.skip("promtool is not installed (Debian: prometheus; scripts/setup.sh --test)")
     for node in nodes.values():
-        text, _ = scrape(node)
+        text, _ = scrape(urls[node.role])
         check = subprocess.run(
             [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
         )
