@@ -7,6 +7,9 @@ CREATE DATABASE IF NOT EXISTS sipfleet CHARACTER SET utf8mb4;
 -- creates the tables (hence ALL on this one database).
 CREATE USER IF NOT EXISTS 'sipfleet'@'10.0.0.%' IDENTIFIED BY 'CHANGE-ME';
 GRANT ALL PRIVILEGES ON sipfleet.* TO 'sipfleet'@'10.0.0.%';
+-- SHOW SLAVE STATUS on the replica: its lag in /status and `sipfleet status` (MariaDB
+-- 10.5.9 and later; REPLICATION CLIENT before). Without it the lag shows as unknown.
+GRANT SLAVE MONITOR ON *.* TO 'sipfleet'@'10.0.0.%';
 
 -- The replica's connection to the primary.
 CREATE USER IF NOT EXISTS 'replicator'@'10.0.0.%' IDENTIFIED BY 'CHANGE-ME-TOO';
