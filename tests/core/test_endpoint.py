@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from sipfleet.logcontext import CALL_ID
 from sipfleet.sip import Request, Response, parse_message, validate_request
 from sipfleet.transport import Destination, Peer, TransportError, TransportLimits
 from tests.transport.helpers import (
@@ -272,3 +273,24 @@ async def test_start_without_a_handler_is_refused() -> None:
 
     with pytest.raises(RuntimeError, match="handler"):
         await SipEndpoint([parse_listen(UDP)]).start()
+
+
+class CallIdRecorder(Recorder):
+    """Notes which call the log context names while it handles a message, and after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str | None] = []
+
+    def on_request(self, request: Request, peer: Peer) -> None:
+        self.seen.append(CALL_ID.get())
+        super().on_request(request, peer)
+
+
+async def test_the_handlers_log_lines_name_the_call(client: UdpClient) -> None:
+    handler = CallIdRecorder()
+    async with running_endpoint(UDP, handler=handler) as (endpoint, _):
+        client.send(options("127.0.0.1:5999"), address_of(endpoint, "udp"))
+        await handler.request()
+        assert handler.seen == ["call-1@test"]
+        assert CALL_ID.get() is None  # reset once the handler returned

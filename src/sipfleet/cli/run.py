@@ -8,13 +8,13 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 from sipfleet import native
 from sipfleet.cli.common import CliError, add_config_option, config_from_args
 from sipfleet.config import Config, ConfigError
+from sipfleet.logcontext import LogFormat, configure
 from sipfleet.mgmt.server import Listener, open_listener
 from sipfleet.roles import ROLE_NAMES, available_roles, role_runner
 from sipfleet.storage.errors import StorageError
@@ -38,14 +38,16 @@ def add_log_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text, or one JSON object per line (default: [node] log_format, else text)",
     )
+
+
+def setup_logging(level: str, log_format: LogFormat = "text", role: str = "") -> None:
+    """Every line to stderr, naming ``role``, its worker and the call it is about."""
+    configure(level, log_format, role)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -57,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
             "node.cluster_secret: must be set (in the config or SIPFLEET_CLUSTER_SECRET); "
             "every node of the cluster needs the same one"
         )
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format or config.node.log_format, args.role)
     return run_role(args.role, config, args.ready_file)
 
 

@@ -109,6 +109,7 @@ def _up(args: argparse.Namespace) -> int:
         instances,
         data_dir / "run",
         args.log_level,
+        log_format=args.log_format,
         restart_delay=args.restart_delay,
         restart_delay_max=args.restart_delay_max,
         data_dir=data_dir,
@@ -378,11 +379,13 @@ class Supervisor:
         run_dir: Path,
         log_level: str,
         *,
+        log_format: str | None = None,
         restart_delay: float = RESTART_DELAY_S,
         restart_delay_max: float = RESTART_DELAY_MAX_S,
         data_dir: Path | None = None,
     ) -> None:
         self.log_level = log_level
+        self.log_format = log_format  # None: each role's [node] log_format
         run_dir.mkdir(parents=True, exist_ok=True)
         self.status_path = status_path(run_dir)
         self.data_dir = data_dir or run_dir.parent
@@ -433,6 +436,7 @@ class Supervisor:
                 str(child.ready_path),
                 "--log-level",
                 self.log_level,
+                *(["--log-format", self.log_format] if self.log_format else []),
             ],
         )
         child.state = "starting"

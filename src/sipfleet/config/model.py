@@ -45,6 +45,11 @@ class NodeSection(Section):
         description="Shared by every node: signs nonces, flow tokens and privacy data. "
         "Set it from the environment (SIPFLEET_CLUSTER_SECRET) in production.",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or one JSON object per line (time, level, logger, "
+        "message, role, worker, call_id) for a log shipper; --log-format overrides it.",
+    )
     workers: int = Field(
         1,
         ge=1,

@@ -26,6 +26,7 @@ from typing import Final, Protocol
 from mypy_extensions import mypyc_attr
 
 from sipfleet.config.listen import ListenAddress
+from sipfleet.logcontext import CALL_ID
 from sipfleet.sip import Message, ParseError, Request, Response, parse_message
 from sipfleet.sip.builders import make_response
 from sipfleet.stats import RELAY_BUCKETS, Histogram
@@ -249,6 +250,8 @@ class SipEndpoint:
         except ParseError as exc:
             self._rejected(exc, peer, data)
             return
+        # the handler's log lines, and those of the tasks it starts, name the call
+        token = CALL_ID.set(message.header("call-id"))
         try:
             if isinstance(message, Request):
                 self.stats.requests_received += 1
@@ -270,6 +273,8 @@ class SipEndpoint:
         except Exception:
             self.stats.handler_errors += 1
             log.exception("handler failed on %r from %s:%s", message, peer.host, peer.port)
+        finally:
+            CALL_ID.reset(token)
 
     def _handler_parse_error(self, error: ParseError, message: Message, peer: Peer) -> None:
         """A request is answered like a parser error; a response is dropped."""
