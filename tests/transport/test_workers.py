@@ -24,10 +24,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Workers:
-    def __init__(self, count: int, max_restarts: int = 5) -> None:
+    def __init__(
+        self,
+        count: int,
+        max_restarts: int = 5,
+        hang_after: float = 10.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        argv = [str(count), str(max_restarts), str(hang_after)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.transport.worker_app", str(count), str(max_restarts)],
+            [sys.executable, "-m", "tests.transport.worker_app", *argv],
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -167,3 +175,34 @@ def test_spread_at_random_deals_one_peers_datagrams_to_every_socket() -> None:
         for group in sets:
             for sock in group:
                 sock.close()
+
+
+def test_a_worker_whose_loop_stops_is_killed_and_restarted(tmp_path: Path) -> None:
+    """SIGSTOP freezes worker 0 as a deadlock would: no heartbeat for ``hang_after``,
+    so the supervisor kills it and starts another. Under systemd's watchdog
+    (NOTIFY_SOCKET, WATCHDOG_USEC) the supervisor feeds it meanwhile."""
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify"))
+    systemd.settimeout(5)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "1000000"}
+    workers = Workers(2, hang_after=2.0, env=env)
+    try:
+        assert systemd.recv(64) == b"WATCHDOG=1"
+        before = ask_udp(workers.udp_port)
+        os.kill(before[0], signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while alive(before[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(before[0])
+        after = ask_udp(workers.udp_port)
+        assert set(after) == {0, 1}
+        assert after[0] != before[0]
+        assert after[1] == before[1]
+        assert systemd.recv(64) == b"WATCHDOG=1"  # fed again with every worker alive
+        assert workers.process.stderr is not None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(before[0], signal.SIGKILL)
+        workers.stop()
+        systemd.close()
+    assert b"its loop has not turned" in workers.process.stderr.read()

@@ -1,6 +1,6 @@
 """An OPTIONS echo served by N worker processes, for test_workers.py.
 
-    python -m tests.transport.worker_app WORKERS MAX_RESTARTS
+    python -m tests.transport.worker_app WORKERS MAX_RESTARTS [HANG_AFTER_S]
 
 Prints "READY <udp port> <tcp port>", answers every request with 200 and an
 ``X-Worker: <index> <pid>`` header; a BYE makes the worker that gets it crash.
@@ -38,6 +38,7 @@ class Echo:
 
 def main() -> None:
     workers, max_restarts = int(sys.argv[1]), int(sys.argv[2])
+    hang_after = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
     listen = [parse_listen("udp:127.0.0.1:0"), parse_listen("tcp:127.0.0.1:0")]
     sets = bind_for_workers(listen, workers)
     udp_port, tcp_port = (sock.getsockname()[1] for sock in sets[0])
@@ -49,7 +50,11 @@ def main() -> None:
         async with endpoint:
             await asyncio.Event().wait()
 
-    sys.exit(run_workers(worker, workers, max_restarts=max_restarts, stop_timeout_s=3))
+    sys.exit(
+        run_workers(
+            worker, workers, max_restarts=max_restarts, stop_timeout_s=3, hang_after_s=hang_after
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from sipfleet.mgmt.server import Listener, open_listener
 from sipfleet.roles import ROLE_NAMES, available_roles, role_runner
 from sipfleet.storage.errors import StorageError
 from sipfleet.transport.loop import run as run_loop
+from sipfleet.transport.systemd import feed_watchdog, notify, watchdog_period
 
 log = logging.getLogger("sipfleet")
 
@@ -88,16 +89,30 @@ def _serve(role: str, config: Config, ready_file: Path | None, mgmt: Listener | 
             partial = ready_file.with_name(f".{ready_file.name}.{os.getpid()}")
             partial.write_text(json.dumps(facts))
             os.replace(partial, ready_file)
+        notify("READY=1", f"STATUS={role} ready")  # Type=notify: systemd counts it started
+
+    # With workers the supervisor feeds systemd's watchdog (only while every worker
+    # shows it is alive: transport/workers.py); alone, this process's loop does.
+    period = watchdog_period() if config.node.workers == 1 else None
 
     async def main() -> None:
         task = asyncio.create_task(role_runner(role)(config, ready=ready, mgmt=mgmt))
+        watchdog = asyncio.create_task(feed_watchdog(period)) if period else None
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            notify("STOPPING=1")
+            task.cancel()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, task.cancel)
+            loop.add_signal_handler(signum, stop)
         try:
             await task
         except asyncio.CancelledError:
             log.info("%s stopped", role)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
     try:
         run_loop(main())

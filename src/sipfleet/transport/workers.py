@@ -12,7 +12,13 @@ The supervisor forks the workers (they inherit the bound sockets: with SO_REUSEP
 kernel spreads datagrams and new TCP connections over them), forwards SIGTERM/SIGINT as
 a clean shutdown (workers get ``stop_timeout_s`` to finish, then SIGKILL) and restarts a
 worker that dies, at most ``max_restarts`` times within ``restart_window_s``; past that
-it stops everything and returns 1. A TCP connection lives in the worker that accepted
+it stops everything and returns 1.
+
+A worker whose event loop stops turning (a deadlock, a blocking call that never returns)
+is as useless as a dead one but does not die: each worker's loop sends a heartbeat every
+``HEARTBEAT_S``; one silent for ``hang_after_s`` is killed and so restarted. Under
+systemd (``Type=notify``, ``WatchdogSec``) the supervisor feeds the watchdog only while
+every worker's heartbeat is fresh. A TCP connection lives in the worker that accepted
 it: a request for that flow must be sent from that worker (connection ids say which).
 """
 
@@ -33,8 +39,12 @@ from typing import Any
 
 from sipfleet.logcontext import set_worker
 from sipfleet.transport.loop import run
+from sipfleet.transport.systemd import notify, watchdog_period
 
 log = logging.getLogger(__name__)
+HEARTBEAT_S = 1.0
+HANG_AFTER_S = 10.0  # far past any pause the collector or a load peak makes
+START_GRACE_S = 30.0  # a worker opening its database and tables before its loop turns
 
 WorkerMain = Callable[[int], Coroutine[Any, Any, None]]
 
@@ -46,31 +56,48 @@ def run_workers(
     max_restarts: int = 5,
     restart_window_s: float = 60.0,
     stop_timeout_s: float = 5.0,
+    hang_after_s: float = HANG_AFTER_S,
 ) -> int:
     """Run ``worker_main(index)`` in ``count`` processes until SIGTERM/SIGINT.
 
     Returns the exit status for the supervisor: 0 after a requested stop or when every
     worker finished normally, 1 when workers kept crashing.
     """
-    return _Supervisor(worker_main, count, max_restarts, restart_window_s, stop_timeout_s).run()
+    supervisor = _Supervisor(
+        worker_main, count, max_restarts, restart_window_s, stop_timeout_s, hang_after_s
+    )
+    return supervisor.run()
 
 
-def worker_entry(worker_main: WorkerMain, index: int) -> None:
-    """In a worker: a fresh event loop, SIGTERM/SIGINT cancel ``worker_main`` cleanly."""
+def worker_entry(worker_main: WorkerMain, index: int, heartbeat: socket.socket) -> None:
+    """In a worker: a fresh event loop, SIGTERM/SIGINT cancel ``worker_main`` cleanly,
+    and the loop beats on ``heartbeat`` while it turns."""
     set_worker(index)  # its log lines say which worker wrote them
     signal.set_wakeup_fd(-1)  # the supervisor's, inherited through fork
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
-    run(_until_signalled(worker_main(index)))
+    run(_until_signalled(worker_main(index), heartbeat))
 
 
-async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
+async def _until_signalled(main: Coroutine[Any, Any, None], heartbeat: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(main)
+    beating = asyncio.ensure_future(_beat(heartbeat))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        beating.cancel()
+
+
+async def _beat(heartbeat: socket.socket) -> None:
+    heartbeat.setblocking(False)
+    while True:
+        with contextlib.suppress(OSError):  # a full pipe: the supervisor has beats to read
+            heartbeat.send(b".")
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 class _Supervisor:
@@ -81,12 +108,19 @@ class _Supervisor:
         max_restarts: int,
         restart_window_s: float,
         stop_timeout_s: float,
+        hang_after_s: float,
     ) -> None:
         self.worker_main = worker_main
         self.count = count
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
         self.stop_timeout_s = stop_timeout_s
+        self.hang_after_s = hang_after_s
+        self.heartbeats: dict[int, socket.socket] = {}  # worker index -> read end
+        # when each worker last beat; a new one counts from START_GRACE_S ahead until
+        # its first beat
+        self.last_beat: dict[int, float] = {}
+        self.watchdog = watchdog_period()
         self.context = multiprocessing.get_context("fork")  # workers inherit the sockets
         self.workers: dict[int, BaseProcess] = {}
         self.restarts: list[float] = []
@@ -101,6 +135,8 @@ class _Supervisor:
                 self._start(index)
             return self._watch(wakeup_read)
         finally:
+            if self.stopping:
+                notify("STOPPING=1")
             self._stop_all()
             self._restore_signals(previous)
             wakeup_read.close()
@@ -125,25 +161,65 @@ class _Supervisor:
         self.stopping = True
 
     def _start(self, index: int) -> None:
+        beats, heartbeat = socket.socketpair()
         process = self.context.Process(
-            target=worker_entry, args=(self.worker_main, index), name=f"sipfleet-worker-{index}"
+            target=worker_entry,
+            args=(self.worker_main, index, heartbeat),
+            name=f"sipfleet-worker-{index}",
         )
         process.start()
+        heartbeat.close()  # the worker's end
+        beats.setblocking(False)
+        old = self.heartbeats.pop(index, None)
+        if old is not None:
+            old.close()
+        self.heartbeats[index] = beats
+        self.last_beat[index] = time.monotonic() + START_GRACE_S
         self.workers[index] = process
         log.info("worker %d started (pid %s)", index, process.pid)
 
     def _watch(self, wakeup: socket.socket) -> int:
         while not self.stopping and self.workers:
             sentinels = {process.sentinel: index for index, process in self.workers.items()}
-            ready = multiprocessing.connection.wait([*sentinels, wakeup])
+            beats = {sock: index for index, sock in self.heartbeats.items()}
+            ready = multiprocessing.connection.wait(
+                [*sentinels, wakeup, *beats], timeout=HEARTBEAT_S
+            )
             if wakeup in ready:
                 with contextlib.suppress(BlockingIOError):
                     wakeup.recv(64)
             for item in ready:
+                if isinstance(item, socket.socket) and item in beats:
+                    self._heard(item, beats[item])
+            for item in ready:
                 index = sentinels.get(item) if isinstance(item, int) else None
                 if index is not None and not self.stopping and not self._handle_exit(index):
                     return 1
+            self._kill_the_hung()
+            if self.watchdog is not None and self._all_alive():
+                notify("WATCHDOG=1")
         return 0
+
+    def _heard(self, beats: socket.socket, index: int) -> None:
+        with contextlib.suppress(BlockingIOError, ConnectionError):
+            if beats.recv(256):
+                self.last_beat[index] = time.monotonic()
+
+    def _all_alive(self) -> bool:
+        now = time.monotonic()
+        return all(now - self.last_beat.get(i, now) < self.hang_after_s for i in self.workers)
+
+    def _kill_the_hung(self) -> None:
+        """A worker whose loop has not beaten for ``hang_after_s`` is killed; its exit
+        is handled (and it restarted) like any other death."""
+        now = time.monotonic()
+        for index, process in self.workers.items():
+            silent = now - self.last_beat.get(index, now)
+            if silent >= self.hang_after_s and process.is_alive() and process.pid is not None:
+                log.error("worker %d: its loop has not turned for %.0f s: killed", index, silent)
+                self.last_beat[index] = now + START_GRACE_S  # once
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
 
     def _handle_exit(self, index: int) -> bool:
         """A worker ended on its own: restart it unless it finished cleanly or workers
@@ -182,3 +258,6 @@ class _Supervisor:
                 process.kill()
                 process.join()
         self.workers.clear()
+        for beats in self.heartbeats.values():
+            beats.close()
+        self.heartbeats.clear()
