@@ -16,6 +16,15 @@ children) from the scheduler's exact runtime (``/proc/<pid>/task/*/schedstat``).
     .venv/bin/python bench/call_bench.py --lb --lb-workers 2 --proxies 2 --rates 900,1350
     .venv/bin/python bench/call_bench.py --proxy-workers 2 --rates 600,1200  # node.workers
     .venv/bin/python bench/call_bench.py --mariadb ...   # a private MariaDB, like the anchor
+    .venv/bin/python bench/call_bench.py --lb --accounting off --rates 300,600,900
+    .venv/bin/python bench/call_bench.py --lb --media-relay --rates 300,600,900
+
+Accounting (one ``acc`` row per answered call, written at the 200 and at the BYE) is on
+as in the product unless ``--accounting off``. ``--media-relay`` starts a real rtpengine
+(bench/media_relay.py) and relays every call (``[media] mode = "always"``: an ng offer
+at the INVITE, an answer at the 200, a delete at the BYE); without it the proxy runs
+``mode = "never"`` and tries no relay. Both scenarios carry SDP (an m=audio line) in
+the INVITE and the 200 in every run, so the figures compare; no RTP flows.
 
 Every step is bounded: ``rate * duration`` calls, sipp ``-timeout duration + 15`` s.
 """
@@ -28,6 +37,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,7 +51,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402 - after the path is set
+    all_ticks,
     free_udp_port,
+    others_pct,
     process_tree,
     read_stats,
     sample_cpu,
@@ -49,6 +61,7 @@ from bench.common import (  # noqa: E402 - after the path is set
     sustained,
     window_rate,
 )
+from bench.media_relay import COMMANDS, PORT_MIN, Relay, relay_counts, running_rtpengine  # noqa: E402
 from sipfleet.config import config_from_dict  # noqa: E402
 from sipfleet.storage import Aor, BindingUpdate, open_storage  # noqa: E402
 from sipfleet.storage.dsn import Dsn  # noqa: E402
@@ -90,10 +103,14 @@ class Step:
     kernel_share: float = 0.0  # of the proxies' CPU, the part in system calls
     retransmissions: int = 0  # by the caller (sipp): a request or response was late
     latency: dict[str, float] = field(default_factory=dict)  # INVITE -> 200, ms: p50 p99 max
+    # ng commands the relay handled in the step (offer, answer, delete), and "open": the
+    # calls it still held 2 s after the step (each call should have been deleted)
+    relay: dict[str, int] = field(default_factory=dict)
+    others: float = 0.0  # % of a core used by processes not of the bench: a busy machine
 
     @property
     def shed(self) -> int:
-        """Calls refused with 503 (the UAC stops them: neither ok nor failed)."""
+        """Calls refused with 503 (the UAC stops them; run_step takes them out of ok)."""
         return self.created - self.successful - self.failed
 
     def us_per_call(self, group: str) -> float:
@@ -110,6 +127,7 @@ class Setup:
     groups: dict[str, list[int]]  # process group -> pids (expanded to trees when measured)
     callees: Path
     workdir: Path
+    relay: Relay | None = None
 
 
 def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
@@ -121,9 +139,10 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
         "-r", str(rate), "-rp", "1000", "-m", str(rate * args.duration), "-l", str(2 * rate),
         "-timeout", f"{args.duration + 15}s", "-recv_timeout", "5000", "-nostdin",
         "-default_behaviors", "all,-abortunexp", "-trace_stat", "-stf", str(stats), "-fd", "1",
-        "-trace_rtt", "-rtt_freq", "100",
+        "-trace_rtt", "-rtt_freq", "100", "-trace_counts",
         "-buff_size", "4194304", "-max_recv_loops", "10000",
     ]  # fmt: skip
+    relay_before = relay_counts(setup.relay.ng_port) if setup.relay else {}
     started = time.time()
     uac = subprocess.Popen(
         command, cwd=setup.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -132,13 +151,21 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
         name: [p for pid in pids for p in process_tree(pid)] for name, pids in setup.groups.items()
     }
     groups["sipp"] = [*groups.get("sipp", []), uac.pid]
+    ticks, t0 = all_ticks(), time.time()
     cpu = sample_cpu(groups, args.duration)
+    mine = {os.getpid(), *(pid for pids in groups.values() for pid in pids)}
+    others = others_pct(ticks, all_ticks(), time.time() - t0, mine)
     try:
         uac.wait(timeout=args.duration + 25)
     except subprocess.TimeoutExpired:
         uac.kill()
         uac.wait()
-    step = Step(rate)
+    step = Step(rate, others=others)
+    if setup.relay is not None:
+        time.sleep(2)  # the last BYEs' deletes have reached it
+        after = relay_counts(setup.relay.ng_port)
+        step.relay = {name: after[name] - relay_before[name] for name in COMMANDS}
+        step.relay["open"] = after["open"]
     for name in groups:
         step.cpu[name] = cpu.pct(name)
     proxy_used = cpu.after["proxy"][0] - cpu.before["proxy"][0]
@@ -147,16 +174,33 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
     if not rows:
         return step
     last = rows[-1]
+    completed, refused = completed_calls(setup.workdir, uac.pid)
     step.created = int(last["OutgoingCall(C)"])
-    step.successful = int(last["SuccessfulCall(C)"])
+    step.successful = int(last["SuccessfulCall(C)"]) - refused  # sipp counts them in
     step.failed = int(last["FailedCall(C)"])
     step.retransmissions = int(last.get("Retransmissions(C)", 0) or 0)
     step.latency = latency_percentiles(setup.workdir, uac.pid)
-    achieved = window_rate(rows, started + cpu.warm, started + args.duration - 0.5)
+    achieved = window_rate(completed or rows, started + cpu.warm, started + args.duration - 0.5)
     if achieved is None:  # too few rows in the window: the average since the start
         achieved = step.successful / max(time.time() - started, 1e-9)
     step.achieved = achieved
     return step
+
+
+def completed_calls(workdir: Path, pid: int) -> tuple[list[dict[str, str]], int]:
+    """sipp counts a call that took the scenario's 503 branch (``stop_call``) as
+    successful. From its -trace_counts file: rows of the calls really completed (the
+    200s to the BYE, under sipp's column name for the rate window), and the 503s."""
+    found = list(workdir.glob(f"*_{pid}_counts.csv"))
+    rows = read_stats(found[0]) if found else []
+    if not rows:
+        return [], 0
+    bye_ok = [name for name in rows[0] if name.endswith("_200_Recv")][-1]
+    refused = sum(int(rows[-1][name]) for name in rows[0] if name.endswith("_503_Recv"))
+    completed = [{"CurrentTime": r["CurrentTime"], "SuccessfulCall(C)": r[bye_ok]} for r in rows]
+    if not os.environ.get("CALL_BENCH_KEEP"):
+        found[0].unlink()
+    return completed, refused
 
 
 def latency_percentiles(workdir: Path, pid: int) -> dict[str, float]:
@@ -204,6 +248,18 @@ def start_role(
     return process
 
 
+def media_toml(args: argparse.Namespace, relay: Relay | None) -> str:
+    """The proxy's [media] and [accounting]: a relay for every call or none at all."""
+    text = (
+        f'[media]\nmode = "always"\nrelays = ["{relay.config}"]\n'
+        if relay is not None
+        else '[media]\nmode = "never"\n'
+    )
+    if args.accounting == "off":
+        text += "[accounting]\nenabled = false\n"
+    return text
+
+
 def node_toml(name: str, workdir: Path, dsn: str, workers: int = 1) -> str:
     return (
         f'[node]\nname = "{name}"\ndata_dir = "{workdir}"\ncluster_secret = "bench"\n'
@@ -213,7 +269,9 @@ def node_toml(name: str, workdir: Path, dsn: str, workers: int = 1) -> str:
 
 
 @contextlib.contextmanager
-def cluster(args: argparse.Namespace, workdir: Path, dsn: str) -> Iterator[Setup]:
+def cluster(
+    args: argparse.Namespace, workdir: Path, dsn: str, relay: Relay | None
+) -> Iterator[Setup]:
     """Seed the database, start the proxies (and the LB) and the UAS; stop them after."""
     uas_port = free_udp_port()
     proxy_ports = [free_udp_port() for _ in range(args.proxies)]
@@ -227,10 +285,13 @@ def cluster(args: argparse.Namespace, workdir: Path, dsn: str) -> Iterator[Setup
         for i, port in enumerate(proxy_ports):
             text = node_toml(f"proxy{i}", workdir, dsn, args.proxy_workers)
             text += f'[proxy]\nlisten = ["udp:127.0.0.1:{port}"]\nauthenticate = false\n'
+            text += media_toml(args, relay)
             # info: the garbage collector's summary when it stops (pauses, full sweeps)
             processes.append(start_role("proxy", text, workdir, f"proxy{i}", "info"))
         target = f"127.0.0.1:{proxy_ports[0]}"
         groups = {"proxy": [p.pid for p in processes]}
+        if relay is not None:
+            groups["rtpengine"] = [relay.process.pid]
         if args.lb:
             lb_port = free_udp_port()
             text = node_toml("lb", workdir, dsn, args.lb_workers)
@@ -249,7 +310,7 @@ def cluster(args: argparse.Namespace, workdir: Path, dsn: str) -> Iterator[Setup
         )  # fmt: skip
         processes.append(uas)
         groups["sipp"] = [uas.pid]
-        yield Setup(target, groups, callees, workdir)
+        yield Setup(target, groups, callees, workdir, relay)
     finally:
         for process in reversed(processes):
             stop(process)
@@ -268,15 +329,39 @@ def report_line(step: Step, json_lines: bool) -> str:
         )
     groups = "  ".join(
         f"{name} {step.cpu[name]:5.1f}% {step.us_per_call(name):5.0f}us"
-        for name in ("lb", "proxy", "db", "sipp")
+        for name in ("lb", "proxy", "db", "rtpengine", "sipp")
         if name in step.cpu
     )
+    if step.relay:  # an offer, an answer and a delete per call, and none left open
+        ng = "/".join(str(step.relay[name]) for name in COMMANDS)
+        groups += f"  ng offer/answer/delete {ng} open {step.relay['open']}"
     latency = "/".join(f"{step.latency.get(k, 0):.0f}" for k in ("p50", "p99", "max"))
     return (
         f"{step.rate:5d}  {step.created:7d}  {step.successful:6d}  {step.failed:6d}"
         f"  {step.shed:6d}  {step.retransmissions:6d}  {step.achieved:8.1f}  {latency:>12}"
         f"  {groups}  kernel {step.kernel_share:3.0%}"
-        f"  load {os.getloadavg()[0]:4.1f}  {'pass' if step.passed else 'FAIL'}"
+        f"  others {step.others:3.0f}%  load {os.getloadavg()[0]:4.1f}"
+        f"  {'pass' if step.passed else 'FAIL'}"
+    )
+
+
+def call_records(path: str) -> str:
+    """How many ``acc`` rows a run on SQLite wrote and ended (after the proxies stopped)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows, ended = db.execute("SELECT count(*), count(end_ms) FROM acc").fetchone()
+    return f"acc: {rows} call records, {ended} ended"
+
+
+def describe(args: argparse.Namespace, dsn: str, relay: Relay | None, workdir: Path) -> str:
+    """The run's setup in a line: path, accounting, relay, the build the proxy runs."""
+    path = f"LB ({args.lb_workers} workers) -> " if args.lb else ""
+    proxies = f"{args.proxies} proxy process(es) of {args.proxy_workers} worker(s)"
+    media = f"rtpengine ports {PORT_MIN}-{relay.port_max}" if relay else "no media relay"
+    log = (workdir / "proxy0.log").read_text()
+    core = log.split("SIP core: ", 1)[1].split(")", 1)[0] if "SIP core: " in log else "?"
+    return (
+        f"{path}{proxies}, {args.users} callees, {dsn[:6]}..., accounting {args.accounting},"
+        f" {media}, SIP core: {core}"
     )
 
 
@@ -291,6 +376,12 @@ def main() -> None:
     parser.add_argument("--lb-workers", type=int, default=1, help="LB worker processes")
     parser.add_argument("--proxies", type=int, default=1, help="proxy processes (the pool)")
     parser.add_argument("--proxy-workers", type=int, default=1, help="workers of each proxy")
+    parser.add_argument(
+        "--accounting", choices=("on", "off"), default="on", help="call records (default on)"
+    )
+    parser.add_argument(
+        "--media-relay", action="store_true", help="a real rtpengine relays every call"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON line per step")
     args = parser.parse_args()
     args.duration = max(4, min(args.duration, 60))
@@ -306,12 +397,14 @@ def main() -> None:
         args.db = server.create_database("callbench")
     dsn = args.db or f"sqlite:///{workdir / 'sipfleet.db'}"
     try:
-        with cluster(args, workdir, dsn) as setup:
+        with contextlib.ExitStack() as stack:
+            relay = None
+            if args.media_relay:
+                relay = stack.enter_context(running_rtpengine(workdir, max(args.rate_list)))
+            setup = stack.enter_context(cluster(args, workdir, dsn, relay))
             if server is not None and server.process is not None:
                 setup.groups["db"] = [server.process.pid]
-            path = f"LB ({args.lb_workers} workers) -> " if args.lb else ""
-            proxies = f"{args.proxies} proxy process(es) of {args.proxy_workers} worker(s)"
-            print(f"{path}{proxies}, {args.users} callees, {dsn[:6]}...")
+            print(describe(args, dsn, relay, workdir))
             print(
                 " rate  created      ok  failed     503  retrans  ok/s  INVITE-200 ms"
                 " p50/p99/max  CPU % of one core, us/call"
@@ -323,6 +416,8 @@ def main() -> None:
             for line in log.read_text().splitlines():
                 if "garbage collector:" in line:
                     print(f"{log.stem}: {line.split('garbage collector:', 1)[1].strip()}")
+        if dsn.startswith("sqlite:///"):  # a check that accounting was on or off
+            print(call_records(dsn.removeprefix("sqlite:///")))
     finally:
         if server is not None:
             server.destroy()
