@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 # few transactions kept: a full garbage collection walks little (roles/collector.py)
 QUIET = 1_000
 GIL_SWITCH_INTERVAL_S = 0.0005
+RECORDS_AT_STOP_S = 5.0  # call records still queued get this long to reach the database
 Backlog = Callable[[], int]
 
 
@@ -129,6 +130,14 @@ def _backlog(sockets: Sequence[socket.socket], steering: WorkerSteering | None) 
         return in_sockets
     in_inbox = steering.backlog
     return lambda: in_sockets() + in_inbox()
+
+
+async def _write_what_is_left(accounting: CallAccounting) -> None:
+    try:
+        async with asyncio.timeout(RECORDS_AT_STOP_S):
+            await accounting.drain()
+    except TimeoutError:
+        accounting.abandon()  # logged whole
 
 
 async def follow_proxy_pool(storage: Storage, engine: ProxyEngine, interval: float) -> None:
@@ -233,9 +242,12 @@ async def serve(
             follow_proxy_pool(storage, engine, config.proxy.pool_reload_s)
         )
         duties = [collector, siblings]
-        if engine.accounting is not None and index == 0:  # one sweep per process is plenty
+        accounting = engine.accounting
+        if accounting is not None:
+            duties.append(asyncio.create_task(accounting.run()))  # each worker its records
+        if accounting is not None and index == 0:  # one sweep per process is plenty
             section = config.accounting
-            sweep = engine.accounting.sweep(section.max_call_s, section.sweep_interval_s)
+            sweep = accounting.sweep(section.max_call_s, section.sweep_interval_s)
             duties.append(asyncio.create_task(sweep))
 
         view = RoleView(
@@ -263,6 +275,8 @@ async def serve(
         finally:
             if steering is not None:
                 steering.close()
+            if accounting is not None:  # the records of the last calls, while storage is open
+                await _write_what_is_left(accounting)
             for duty in duties:
                 duty.cancel()
             await lcr.close()

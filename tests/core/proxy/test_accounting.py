@@ -1,12 +1,14 @@
 """The proxy shell's call records (``core/proxy/accounting.py``) into a real SQLite
 ``acc``: an answered call, its BYE from either side, a failed call, the sweep of calls
-that never got a BYE, and a write the database refuses (logged whole, counted)."""
+that never got a BYE, and a record the database cannot take for a while (held lock):
+written once it can, not lost."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import cast
@@ -64,12 +66,32 @@ def bye_from_callee() -> CallContext:
     )
 
 
-async def test_an_answered_call_then_the_callees_bye(storage: Storage) -> None:
-    clock = Clock(STARTED + 2.5)
-    accounting = CallAccounting(storage.accounting, "proxy-a", clock)
-    await accounting.result(result(200, "OK"))
+@pytest.fixture
+async def writing(storage: Storage) -> AsyncIterator[CallAccounting]:
+    """The proxy's accounting with its writer running, on the fixture's clock."""
+    accounting = CallAccounting(storage.accounting, "proxy-a", Clock(STARTED))
+    writer = asyncio.create_task(accounting.run())
+    yield accounting
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+
+
+def clock_of(accounting: CallAccounting) -> Clock:
+    assert isinstance(accounting.clock, Clock)
+    return accounting.clock
+
+
+async def test_an_answered_call_then_the_callees_bye(
+    storage: Storage, writing: CallAccounting
+) -> None:
+    accounting = writing
+    clock = clock_of(accounting)
+    clock.now = STARTED + 2.5
+    accounting.result(result(200, "OK"))
     clock.now = STARTED + 62.5
-    await accounting.bye(bye_from_callee(), caller_tag="a1")
+    accounting.bye(bye_from_callee(), caller_tag="a1")
+    await accounting.drain()
     (record,) = await storage.accounting.list(call_id=CALL_ID)
     assert (record.start_ms, record.answer_ms, record.end_ms) == (
         1_800_000_000_000,
@@ -80,22 +102,28 @@ async def test_an_answered_call_then_the_callees_bye(storage: Storage) -> None:
     assert record.ended_by == "callee"
     assert record.caller_shown == "sip:anonymous@anonymous.invalid"
     assert record.proxy == "proxy-a"
-    assert accounting.counters() == {"records_written": 2, "records_lost": 0}
+    assert accounting.counters()["records_written"] == 2
+    assert accounting.counters()["records_lost"] == 0
 
 
-async def test_a_failed_call_is_written_whole(storage: Storage) -> None:
-    accounting = CallAccounting(storage.accounting, "proxy-a", Clock(STARTED + 4))
-    await accounting.result(result(486, "Busy Here"))
+async def test_a_failed_call_is_written_whole(storage: Storage, writing: CallAccounting) -> None:
+    clock_of(writing).now = STARTED + 4
+    writing.result(result(486, "Busy Here"))
+    await writing.drain()
     (record,) = await storage.accounting.list(call_id=CALL_ID)
     assert (record.status, record.reason, record.answer_ms) == (486, "Busy Here", None)
     assert record.end_ms == 1_800_000_004_000
     assert record.duration_ms == 0
 
 
-async def test_the_sweep_closes_a_call_with_no_bye(storage: Storage) -> None:
-    clock = Clock(STARTED + 1)
-    accounting = CallAccounting(storage.accounting, "proxy-a", clock)
-    await accounting.result(result(200, "OK"))
+async def test_the_sweep_closes_a_call_with_no_bye(
+    storage: Storage, writing: CallAccounting
+) -> None:
+    accounting = writing
+    clock = clock_of(accounting)
+    clock.now = STARTED + 1
+    accounting.result(result(200, "OK"))
+    await accounting.drain()
     clock.now = STARTED + 1 + 3600
     sweep = asyncio.create_task(accounting.sweep(max_call_s=600, interval_s=0.01))
     try:
@@ -110,16 +138,24 @@ async def test_the_sweep_closes_a_call_with_no_bye(storage: Storage) -> None:
     assert record.duration_ms == 600_000
 
 
-async def test_a_refused_write_is_logged_whole_and_counted(
-    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_record_the_database_cannot_take_yet_is_written_later(
+    storage: Storage, writing: CallAccounting, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Another process holds the database's write lock past the busy timeout."""
-    accounting = CallAccounting(storage.accounting, "proxy-a", Clock(STARTED + 1))
+    """Another process holds the database's write lock past the busy timeout (2 s): the
+    record waits and is written once the lock is gone; nothing is lost."""
     with closing(sqlite3.connect(tmp_path / "proxy.db", isolation_level=None)) as other:
         other.execute("BEGIN IMMEDIATE")
-        with caplog.at_level(logging.WARNING):
-            await accounting.result(result(200, "OK"))
+        writing.result(result(200, "OK"))
+        for _ in range(600):  # bounded: 6 s
+            if writing.counters()["records_retried"]:
+                break
+            await asyncio.sleep(0.01)
+        assert writing.counters()["records_retried"] >= 1
+        assert await storage.accounting.list(call_id=CALL_ID) == []
         other.execute("ROLLBACK")
-    assert accounting.counters() == {"records_written": 0, "records_lost": 1}
-    assert CALL_ID in caplog.text
-    assert "sip:alice@example.com" in caplog.text
+    async with asyncio.timeout(10):
+        await writing.drain()
+    (record,) = await storage.accounting.list(call_id=CALL_ID)
+    assert record.status == 200
+    assert writing.counters()["records_lost"] == 0
+    assert "not written" not in caplog.text

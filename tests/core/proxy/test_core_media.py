@@ -198,3 +198,17 @@ def test_timer_c_ends_the_media_of_a_call_nobody_answers() -> None:
     assert shell.upstream() == [180, 408]
     assert taken(shell, EndMedia) == [EndMedia(RELAY, forwarded.call_id)]
     assert [r.status for r in results(shell)] == [408]
+
+
+def test_a_retransmitted_2xx_gets_the_relays_sdp_without_asking_again() -> None:
+    shell = FakeShell()
+    forwarded = relayed_call(shell)
+    shell.receive(with_sdp(response_to(forwarded, 200), CALLEE_SDP), CALLEE)
+    (step,) = taken(shell, RelayMedia)
+    answered_by_relay(shell, step, RELAYED_SDP)
+    shell.take()
+    shell.receive(with_sdp(response_to(forwarded, 200), CALLEE_SDP), CALLEE)  # no ACK yet
+    assert taken(shell, RelayMedia) == []
+    sent = [m for m, _ in shell.take() if isinstance(m, Response)]
+    assert [m.status for m in sent] == [200]
+    assert sent[0].body == RELAYED_SDP

@@ -178,6 +178,7 @@ class Call:
         "key",
         "loop_hash",
         "media_queue",
+        "relayed_2xx",
         "reroutes",
         "responses",
         "routing",
@@ -199,6 +200,8 @@ class Call:
         self.reroutes = 0
         # answers waiting for the media relay, in order; True: this one's SDP goes through it
         self.media_queue: list[tuple[Response, bool]] | None = None
+        # a 2xx's To tag and the SDP the relay gave it: its retransmissions get the same
+        self.relayed_2xx: tuple[str | None, bytes] | None = None
         self._tag: str | None = None
 
     @property
@@ -735,6 +738,8 @@ class ProxyCore:
         if queue is not None:  # behind an answer at the relay: keep the order
             queue.append((response, through_relay))
             return []
+        if through_relay and self._relayed_before(call, response):
+            return self._answer(call, response)
         if through_relay:
             assert relay is not None
             call.media_queue = [(response, True)]
@@ -752,6 +757,8 @@ class ProxyCore:
             return []
         if sdp is not None:
             response.set_body(sdp)
+            if response.is_success:
+                call.relayed_2xx = (response.to.tag, sdp)
         queue.pop(0)
         actions = self._answer(call, response)
         while queue:
@@ -765,6 +772,16 @@ class ProxyCore:
         call.media_queue = None
         self._forget_if_over(call)
         return actions
+
+    @staticmethod
+    def _relayed_before(call: Call, response: Response) -> bool:
+        """A retransmitted 2xx (its ACK is late) gets the SDP the relay gave the first
+        one, without asking the relay again."""
+        relayed = call.relayed_2xx
+        if relayed is None or not response.is_success or response.to.tag != relayed[0]:
+            return False
+        response.set_body(relayed[1])
+        return True
 
     def _answer(self, call: Call, response: Response) -> list[ProxyAction]:
         actions: list[ProxyAction] = []

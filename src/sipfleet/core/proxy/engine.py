@@ -229,7 +229,7 @@ class ProxyEngine:
                     self._spawn(self.media.end(action.relay, action.call_id))
             elif isinstance(action, CallResult):
                 if self.accounting is not None:
-                    self._spawn(self.accounting.result(action))
+                    self.accounting.result(action)
             elif isinstance(action, ForwardResponse):
                 self.forwarder.forward_response(action.response, action.peer)
             elif isinstance(action, Resolve):
@@ -271,7 +271,7 @@ class ProxyEngine:
         ours = context.our_route
         caller_tag = self.dialog_tokens.caller_tag(ours, context.request) if ours else None
         if self.accounting is not None and caller_tag is not None:
-            self._spawn(self.accounting.bye(context, caller_tag))
+            self.accounting.bye(context, caller_tag)
 
     def _send(self, transaction: Transaction, message: Message) -> None:
         try:
