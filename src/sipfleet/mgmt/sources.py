@@ -200,11 +200,15 @@ def proxy_sources(
 
 def _engine_samples(engine: ProxyEngine) -> Samples:
     counters = engine.counters()
+    durations = engine.durations.by_label
     samples: Samples = {
         "sipfleet_transactions": _one(counters["transactions"]),
         "sipfleet_calls_active": _one(counters["calls_active"]),
         "sipfleet_overload_rejected_total": _by({"overload": counters["shed"]}),
         "sipfleet_overload_episodes_total": _one(counters["overload_episodes"]),
+        "sipfleet_transaction_duration_seconds": {
+            (method,): histogram.snapshot() for method, histogram in durations.items()
+        },
     }
     if engine.media is not None:
         samples["sipfleet_media_calls_total"] = _by(
@@ -216,7 +220,11 @@ def _engine_samples(engine: ProxyEngine) -> Samples:
         )
     if engine.accounting is not None:
         samples["sipfleet_call_records_total"] = _by(
-            {"written": counters["records_written"], "lost": counters["records_lost"]}
+            {
+                "written": counters["records_written"],
+                "retried": counters["records_retried"],
+                "lost": counters["records_lost"],
+            }
         )
     return samples
 

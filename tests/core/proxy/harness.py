@@ -15,6 +15,7 @@ from typing import Any, cast
 from sipfleet.config import Config, config_from_dict
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.proxy.actions import (
+    Answered,
     AskPolicy,
     CallResult,
     ProxyAction,
@@ -85,6 +86,7 @@ class FakeShell:
         self.asked: list[AskPolicy] = []
         self.resolves: list[Resolve] = []
         self.results: list[CallResult] = []  # for the call records (test_core_media.py)
+        self.answered: list[str] = []  # the methods answered, in order (a metric)
         self.other: list[ProxyAction] = []
 
     # -- running the core's actions ---------------------------------------------------------
@@ -106,6 +108,8 @@ class FakeShell:
                 self.resolves.append(action)
             elif isinstance(action, CallResult):
                 self.results.append(action)
+            elif isinstance(action, Answered):
+                self.answered.append(action.method)
             else:
                 self.other.append(action)
 

@@ -22,6 +22,7 @@ what the shell feeds back, if anything:
   The call's later answers wait behind it, in order.
 - ``EndMedia(relay, call_id)``: the call is over for the relay (fire and forget).
 - ``CallResult(...)``: an INVITE got its final answer: for its call record (accounting).
+- ``Answered(method, context)``: a request got its final answer (its duration, a metric).
 """
 
 from __future__ import annotations
@@ -137,6 +138,14 @@ class CallResult:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The request of ``context`` got its final answer from the proxy."""
+
+    method: str
+    context: CallContext
+
+
 ProxyAction = (
     Send
     | StartTimer
@@ -151,4 +160,5 @@ ProxyAction = (
     | RelayMedia
     | EndMedia
     | CallResult
+    | Answered
 )

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.proxy.actions import (
+    Answered,
     AskPolicy,
     CallKey,
     CallResult,
@@ -788,6 +789,7 @@ class ProxyCore:
         if response.status >= 200 and not call.finished:
             call.finished = True
             self.active -= 1
+            actions.append(Answered(call.routing.request.method, call.routing))
             actions.extend(self._call_ended(call, response))
         self.hooks.answering(response, call.routing)
         actions.extend(self._run(call.server.respond(response)))

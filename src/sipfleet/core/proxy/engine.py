@@ -22,10 +22,11 @@ from dataclasses import asdict
 from typing import Any
 
 from sipfleet.config import Config
-from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.endpoint import COUNTED_METHODS, SipEndpoint
 from sipfleet.core.overload import OverloadMonitor, no_backlog, watch
 from sipfleet.core.proxy.accounting import CallAccounting
 from sipfleet.core.proxy.actions import (
+    Answered,
     AskPolicy,
     CallResult,
     EndMedia,
@@ -59,6 +60,7 @@ from sipfleet.sip import ParseError, Request, Response
 from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.sip.message import Message
 from sipfleet.sip.transaction import CancelTimer, Send, StartTimer, Timer, Timers, Transaction
+from sipfleet.stats import TRANSACTION_BUCKETS, HistogramTable
 from sipfleet.storage.errors import StorageOverloaded, StorageUnavailable
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
 from sipfleet.transport.sockets import normalise_host
@@ -126,6 +128,7 @@ class ProxyEngine:
         self.prober = OptionsProber(endpoint, self.resolver)
         self.media = media
         self.accounting = accounting
+        self.durations = HistogramTable(TRANSACTION_BUCKETS)  # by method
         self.tasks: set[asyncio.Task[None]] = set()
         self._backlog = backlog
         self._watcher: asyncio.Task[None] | None = None
@@ -227,6 +230,8 @@ class ProxyEngine:
             elif isinstance(action, EndMedia):
                 if self.media is not None:
                     self._spawn(self.media.end(action.relay, action.call_id))
+            elif isinstance(action, Answered):
+                self._answered(action)
             elif isinstance(action, CallResult):
                 if self.accounting is not None:
                     self.accounting.result(action)
@@ -240,6 +245,14 @@ class ProxyEngine:
                 self._transmit(action.message, action.destination)
             elif isinstance(action, Unmatched) and not self.prober.answered(action.response):
                 self.stats.stray_responses += 1
+
+    def _answered(self, answered: Answered) -> None:
+        """How long the request took, arrival to final answer, by method (a metric)."""
+        arrived = answered.context.arrived
+        if arrived is None:  # answered before it was routed: a check refused it at once
+            return
+        method = answered.method if answered.method in COUNTED_METHODS else "other"
+        self.durations.observe(method, time.time() - arrived)
 
     def _forward_ack(self, action: ForwardAck) -> None:
         if self.forwarder.forward_request(action.ack, action.peer, action.destination):
