@@ -169,6 +169,8 @@ def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> N
         )
         >= 1
     )
+    answered = "sipfleet_transaction_duration_seconds_count"  # the 407, arrival to answer
+    assert value(proxy, answered, role="proxy", method="OPTIONS") >= 1
 
     if PROMTOOL is None:
         pytest.skip("promtool is not installed (Debian: prometheus; scripts/setup.sh --test)")
