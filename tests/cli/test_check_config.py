@@ -22,7 +22,10 @@ from sipfleet.config import load_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "cluster"
 NODE_CONFIGS = sorted(EXAMPLES.rglob("*.toml"))
-SECRET_ENV = {"SIPFLEET_CLUSTER_SECRET": "an-example-secret-of-32-characters"}
+SECRET_ENV = {
+    "SIPFLEET_CLUSTER_SECRET": "an-example-secret-of-32-characters",
+    "SIPFLEET_MGMT_TOKEN": "an-example-token",  # the examples' APIs listen off loopback
+}
 
 
 def role_of(path: Path) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +18,17 @@ from tests.cli.test_up_cluster import DOMAIN, start_up, wait_for
 from tests.integration.harness import RawUa, running_cluster
 
 TOKEN = "status-test-token"
+PROMTOOL = shutil.which("promtool")
+
+
+def promtool_accepts(text: str) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool is not installed (Debian: prometheus; scripts/setup.sh --test)")
+    checked = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "sipfleet_sip_requests_total" in text
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -38,6 +51,7 @@ def test_banner_urls_and_the_cluster_status(
             assert _get(f"{url}/")[0] == 200
             body = _get(f"{url}/status")[1]
             assert json.loads(body)["role"] == name
+            promtool_accepts(_get(f"{url}/metrics")[1])  # Prometheus could scrape it
 
         phone = RawUa(("127.0.0.1", up.ports["registrar"]))
         try:
