@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from sipfleet.core.lb.pools import BadTarget, target_destination
+from sipfleet.mgmt.log_level import LEVELS, LOGGER, set_level
 from sipfleet.mgmt.metrics import render
 from sipfleet.mgmt.records import binding_record, target_record
 from sipfleet.mgmt.view import RoleView
@@ -37,8 +38,6 @@ from sipfleet.storage.model import LB_POOLS, LbPool, LbState
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 VIEW = web.AppKey("view", RoleView)
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOGGER = "sipfleet"  # the root of every sipfleet logger: what PUT /log-level changes
 READY_TIMEOUT_S = 2.0  # a database slower than this to answer one query is not ready
 STATE_OF_ACTION: dict[str, LbState] = {
     "drain": "draining",
@@ -215,10 +214,10 @@ async def put_log_level(request: web.Request) -> web.Response:
     body = await json_body(request)
     level = body.get("level")
     if level is None:
-        fail(400, f"level: missing (one of {', '.join(LOG_LEVELS)})")
-    if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
-        fail(400, f"level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
-    logging.getLogger(LOGGER).setLevel(level.upper())
+        fail(400, f"level: missing (one of {', '.join(LEVELS)})")
+    if not isinstance(level, str) or level.lower() not in LEVELS:
+        fail(400, f"level: {level!r} is not one of {', '.join(LEVELS)}")
+    set_level(view_of(request).config, view_of(request).role, level.lower())  # every worker
     log.warning("log level set to %s through the management API", level.lower())
     return web.json_response({"level": level.lower()})
 

@@ -25,6 +25,7 @@ from sipfleet.core.lb.service import LbWorker
 from sipfleet.core.lb.sides import Sides
 from sipfleet.core.overload import OverloadMonitor, receive_backlog
 from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.mgmt.log_level import following_log_level
 from sipfleet.mgmt.metrics import publishing
 from sipfleet.mgmt.server import Listener
 from sipfleet.mgmt.sources import lb_sources
@@ -102,7 +103,7 @@ async def serve(
             pools=worker.pools,
         )
         metrics = publishing(config, "lb", own.index, lb_sources(worker))
-        async with management(view, mgmt), metrics:
+        async with management(view, mgmt), metrics, following_log_level(config, "lb"):
             await worker.run(listening(view, ready))
 
 

@@ -29,6 +29,7 @@ from sipfleet.core.proxy.plans import Planner
 from sipfleet.core.proxy.privacy_hooks import PrivacyHooks
 from sipfleet.core.proxy.services import ProxyServices
 from sipfleet.media.client import MediaRelays
+from sipfleet.mgmt.log_level import following_log_level
 from sipfleet.mgmt.metrics import publishing
 from sipfleet.mgmt.server import Listener
 from sipfleet.mgmt.sources import proxy_sources
@@ -270,7 +271,7 @@ async def serve(
             metrics = publishing(
                 config, "proxy", index, proxy_sources(engine, storage, lcr, relays)
             )
-            async with management(view, mgmt), metrics:
+            async with management(view, mgmt), metrics, following_log_level(config, "proxy"):
                 await serve_until_cancelled(endpoint, listening)
         finally:
             if steering is not None:

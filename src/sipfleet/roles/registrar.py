@@ -20,6 +20,7 @@ from sipfleet.config import Config
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.overload import receive_backlog
 from sipfleet.core.registrar import Registrar
+from sipfleet.mgmt.log_level import following_log_level
 from sipfleet.mgmt.metrics import publishing
 from sipfleet.mgmt.server import Listener
 from sipfleet.mgmt.sources import registrar_sources
@@ -104,7 +105,7 @@ async def serve(
         )
         try:
             metrics = publishing(config, "registrar", worker, registrar_sources(registrar))
-            async with management(view, mgmt), metrics:
+            async with management(view, mgmt), metrics, following_log_level(config, "registrar"):
                 await serve_until_cancelled(endpoint, listening(view, ready))
         finally:
             for task in background:
