@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from sipfleet.storage.dsn import Dsn
 from sipfleet.storage.errors import StorageError, StorageUnavailable
+from sipfleet.storage.file_mode import create_owner_only, tighten
 from sipfleet.storage.schema import VERSION_TABLE
 
 HERE = Path(__file__).parent
@@ -88,7 +89,8 @@ async def _run(dsn: Dsn, work: Any, *args: Any) -> Any:
 
 
 def _run_sqlite(path: Path, work: Any, *args: Any) -> Any:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    create_owner_only(path)  # before SQLite makes it with the umask's mode (often 0644)
+    tighten(path)
     engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.NullPool)
     try:
         with engine.begin() as conn:

@@ -24,6 +24,7 @@ from sipfleet.storage.errors import (
     StorageUnavailable,
     TooManyContacts,
 )
+from sipfleet.storage.file_mode import check_private
 from sipfleet.storage.lcr import SqlLcr
 from sipfleet.storage.model import (
     LB_POOLS,
@@ -495,6 +496,8 @@ class SqlStorage:
         return self._gate.count
 
     async def check_schema(self) -> None:
+        if self.dsns.write.path is not None:
+            check_private(self.dsns.write.path)
         try:
             with self._gate:
                 rows = await self._executor.fetch(self._version_query, {})
