@@ -260,6 +260,10 @@ def media_toml(args: argparse.Namespace, relay: Relay | None) -> str:
     return text
 
 
+# One source sends all the load through the LB: no per-source rate limit ([edge]).
+EDGE_OFF = "[edge]\nrate_per_s = 0\n"
+
+
 def node_toml(name: str, workdir: Path, dsn: str, workers: int = 1) -> str:
     return (
         f'[node]\nname = "{name}"\ndata_dir = "{workdir}"\ncluster_secret = "bench"\n'
@@ -296,6 +300,7 @@ def cluster(
             lb_port = free_udp_port()
             text = node_toml("lb", workdir, dsn, args.lb_workers)
             text += f'[lb]\nlisten = ["udp:127.0.0.1:{lb_port}"]\nkeepalive = false\n'
+            text += EDGE_OFF
             processes.append(start_role("lb", text, workdir, "lb"))
             groups["lb"] = [processes[-1].pid]
             target = f"127.0.0.1:{lb_port}"

@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.call_bench import node_toml, start_role  # noqa: E402
+from bench.call_bench import EDGE_OFF, node_toml, start_role  # noqa: E402
 from bench.common import (  # noqa: E402
     cpu_of,
     free_udp_port,
@@ -216,6 +216,7 @@ def register_cluster(args: argparse.Namespace, workdir: Path) -> Iterator[Setup]
             processes.append(start_role("registrar", text, workdir, "registrar"))
             text = node_toml("lb", workdir, primary_dsn)
             text += f'[lb]\nlisten = ["udp:127.0.0.1:{lb_port}"]\nkeepalive = false\n'
+            text += EDGE_OFF
             text += "probe_interval_s = 1.0\n"
             processes.append(start_role("lb", text, workdir, "lb"))
 

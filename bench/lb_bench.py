@@ -95,6 +95,7 @@ def sipfleet_lb_command(
         'cluster_secret = "bench"\n'
         f'[database]\nwrite = "sqlite:///{database}"\n'
         f'[lb]\nlisten = ["udp:127.0.0.1:{port}"]\nkeepalive = false\n'
+        "[edge]\nrate_per_s = 0\n"  # one source sends all the load: no per-source limit
     )
     cli = [sys.executable, "-m", "sipfleet"]
     subprocess.run([*cli, "db", "upgrade", "-c", str(config)], check=True)

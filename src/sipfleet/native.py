@@ -41,6 +41,8 @@ COMPILED = (
     "sipfleet.core.endpoint",
     # the LB's own path: its endpoint, the decision for each request, the handler
     "sipfleet.core.lb.router",
+    "sipfleet.core.lb.guard",
+    "sipfleet.core.lb.edge",
     "sipfleet.core.lb.endpoint",
     "sipfleet.core.lb.balancer",
 )

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sipfleet.config.edge import EdgeSection
 from sipfleet.config.listen import ListenAddress, parse_listen
 
 DigestAlgorithm = Literal["SHA-256", "MD5"]
@@ -416,6 +417,7 @@ class Config(Section):
     database: DatabaseSection = Field(default_factory=DatabaseSection)
     sip: SipSection = Field(default_factory=SipSection)
     lb: LbSection = Field(default_factory=LbSection)
+    edge: EdgeSection = Field(default_factory=EdgeSection)
     registrar: RegistrarSection = Field(default_factory=RegistrarSection)
     proxy: ProxySection = Field(default_factory=ProxySection)
     media: MediaSection = Field(default_factory=MediaSection)

@@ -144,6 +144,17 @@ FAMILIES: tuple[Family, ...] = (
         "sipfleet_lb_refused_routes_total",
         "Requests refused for a bad flow token or a Route the cluster did not make.",
     ),
+    _counter(
+        "sipfleet_edge_blocked_total",
+        "Requests the LB's edge guard blocked: over a source's rate (dropped over UDP, "
+        "refused 503 over TCP), a scanner's User-Agent, credentials of a locked-out "
+        "(user, source) taken off.",
+        "reason",
+    ),
+    _counter("sipfleet_edge_lockouts_total", "Lockouts of a (user, source) pair begun."),
+    _counter(
+        "sipfleet_edge_auth_failures_total", "Wrong digest answers the LB saw the cluster refuse."
+    ),
     _gauge("sipfleet_keepalive_flows", "Client flows the LB keeps alive now."),
     _gauge("sipfleet_keepalive_failing", "Kept flows whose last ping went unanswered."),
     _counter("sipfleet_keepalive_pings_total", "Keepalive pings sent."),

@@ -119,10 +119,30 @@ def _balancer_samples(balancer: Balancer) -> Samples:
             }
         ),
         "sipfleet_lb_refused_routes_total": _one(balancer.refused_tokens),
+        **_edge_samples(balancer),
         "sipfleet_keepalive_flows": _one(kept.flows),
         "sipfleet_keepalive_failing": _one(kept.failing),
         "sipfleet_keepalive_pings_total": _one(kept.pings_sent),
         "sipfleet_keepalive_unanswered_total": _one(kept.misses),
+    }
+
+
+def _edge_samples(balancer: Balancer) -> Samples:
+    """What the edge guard blocked, by reason, and the lockouts it began."""
+    guard = balancer.guard
+    if guard is None:
+        return {}
+    return {
+        "sipfleet_edge_blocked_total": _by(
+            {
+                "rate_dropped": guard.rate_dropped,
+                "rate_refused": guard.rate_refused,
+                "scanner": guard.scanners_dropped,
+                "auth_locked": guard.locked_requests,
+            }
+        ),
+        "sipfleet_edge_lockouts_total": _one(guard.lockouts_started),
+        "sipfleet_edge_auth_failures_total": _one(guard.auth_failures),
     }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from sipfleet.config import Config
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.lb.balancer import Balancer
+from sipfleet.core.lb.edge import EdgeGuard
 from sipfleet.core.lb.endpoint import LbEndpoint
 from sipfleet.core.lb.pinger import Keepalives
 from sipfleet.core.lb.pools import Pools
@@ -146,7 +147,11 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
     )
     forwarder = StatelessForwarder(endpoint, force_rport=section.force_rport)
     overload = OverloadMonitor()
-    endpoint.handler = Balancer(endpoint, router, forwarder, health, keepalives, tokens, overload)
+    exempt = [*config.edge.exempt, *config.proxy.trusted_peers]
+    guard = EdgeGuard(config.edge, router, exempt)
+    endpoint.handler = Balancer(
+        endpoint, router, forwarder, health, keepalives, tokens, overload, guard
+    )
     return LbWorker(
         storage,
         endpoint,

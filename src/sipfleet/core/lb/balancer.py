@@ -15,9 +15,11 @@ relayed again (measured: digest registrations at twice the maximum, 80-84 % good
 from __future__ import annotations
 
 import logging
+import time
 
 from sipfleet.core.lb import handoff
 from sipfleet.core.lb.budget import LogBudget
+from sipfleet.core.lb.edge import AUTH_MARK, DROP, REFUSE, EdgeGuard
 from sipfleet.core.lb.endpoint import LbEndpoint
 from sipfleet.core.lb.keepalive import learned
 from sipfleet.core.lb.pinger import Keepalives
@@ -46,7 +48,9 @@ class Balancer:
         keepalives: Keepalives,
         tokens: FlowTokens,
         overload: OverloadMonitor | None = None,
+        guard: EdgeGuard | None = None,
     ) -> None:
+        """``guard``: abuse protection (core/lb/edge.py); None: none."""
         self.endpoint = endpoint
         self.router = router
         self.forwarder = forwarder
@@ -59,6 +63,7 @@ class Balancer:
         self.shed_dropped = 0  # the same past the answer budget: dropped
         self._budget = AnswerBudget()
         self._refusals = LogBudget(log)
+        self.guard = guard
         endpoint.on_handoff = self.handed
 
     # -- requests ----------------------------------------------------------------------------
@@ -68,9 +73,15 @@ class Balancer:
                 self._shed(request, peer)
                 return
             self._budget.served()
+        mark = ""
+        if self.guard is not None:
+            mark = self.guard.check(request, peer, time.monotonic())
+            if mark in (DROP, REFUSE):
+                self._blocked(request, peer, mark)
+                return
         decision = self.router.route(request, peer)
         if type(decision) is Forward:
-            self._forward(request, peer, decision)
+            self._forward(request, peer, decision, mark)
         elif isinstance(decision, Reject):
             self._reject(request, peer, decision)
         elif isinstance(decision, HandOff):
@@ -78,6 +89,12 @@ class Balancer:
         elif isinstance(decision, AnswerHere) and request.method != "ACK":
             headers = [("Allow", ALLOW), ("Accept", "application/sdp")]
             self._answer(request, peer, 200, "OK", headers)
+
+    def _blocked(self, request: Request, peer: Peer, verdict: str) -> None:
+        """A request the edge guard refused: nothing sent back (DROP), or a 503."""
+        if verdict == REFUSE and request.method != "ACK":
+            headers = [("Retry-After", RETRY_AFTER)]
+            self._answer(request, peer, 503, "Too Many Requests", headers)
 
     def _sheddable(self, request: Request, peer: Peer) -> bool:
         """A new request from a client: refusing it costs no call or registration that
@@ -101,7 +118,7 @@ class Balancer:
         else:
             self.shed_dropped += 1
 
-    def _forward(self, request: Request, peer: Peer, decision: Forward) -> None:
+    def _forward(self, request: Request, peer: Peer, decision: Forward, mark: str = "") -> None:
         for _ in range(decision.pop_routes):
             request.pop_first_value("route")
         for record_route in decision.record_routes:
@@ -113,7 +130,7 @@ class Balancer:
             peer,
             decision.destination,
             sent_by=decision.sent_by,
-            via_params=decision.via_params,
+            via_params=decision.via_params + mark if mark else decision.via_params,
         )
 
     def _reject(self, request: Request, peer: Peer, decision: Reject) -> None:
@@ -141,6 +158,8 @@ class Balancer:
             if not self.health.answered(top):
                 self.keepalives.answered(top)
             return
+        if AUTH_MARK in top and self.guard is not None:
+            self.guard.answered(response, top, peer, time.monotonic())
         self.forwarder.forward_response(response, peer)
         if LEARN_MARK in top:
             try:
@@ -168,4 +187,5 @@ class Balancer:
             "shed_dropped": self.shed_dropped,
             "overload_episodes": self.overload.episodes,
             "probes_sent": self.health.probes_sent,
+            **(self.guard.counters() if self.guard is not None else {}),
         }

@@ -1,0 +1,213 @@
+"""The LB's abuse protection for each request and each answer from the cluster, on the
+tables of ``core/lb/guard.py`` (docs/lb.md, "Abuse protection").
+
+For a request from outside, in this order:
+
+1. **Rate**: over its source's bucket, a request is blocked unless the source is exempt
+   (``[edge] exempt``, ``[proxy] trusted_peers``, the cluster's own nodes), which is
+   looked at only then: the common case costs one dictionary lookup and some arithmetic.
+   Blocked over UDP: dropped. A 503 would go to an address anyone can forge (a
+   reflection) and be a packet for each of the flood's; a flooder retransmits anyway.
+   Over a connection (its address proven by the handshake, and nothing is retransmitted
+   there: silence would leave a client waiting for Timer F): 503 with Retry-After.
+2. **Scanner** (``[edge] scanner_filter``): a User-Agent of a known scanner: dropped.
+3. **Lockout**: a request with credentials of a (user, source) that is locked goes on
+   without them (the cluster challenges it afresh, as after a wrong password); one that
+   is not locked gets a mark in our Via, ``;lba=``, so its answer, which carries our Via
+   back, tells the LB how the guess went without the LB remembering the request.
+
+Answers with the mark, from a node of the cluster (a phone could add one to frame
+someone): 401/407 without ``stale=true`` is a wrong answer for that pair, 2xx a right one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable
+from typing import Final
+
+from sipfleet.config.edge import EdgeSection
+from sipfleet.core.lb.guard import AuthLockouts, Reports, ScannerFilter, SourceLimits, lockout_key
+from sipfleet.core.lb.router import Router
+from sipfleet.sip import ParseError, Request, Response
+from sipfleet.sip.digest import parse_auth_header
+from sipfleet.sip.memo import Memo
+from sipfleet.transport.base import Peer
+
+log = logging.getLogger(__name__)
+DROP: Final = "drop"  # check(): blocked, send nothing
+REFUSE: Final = "refuse"  # check(): blocked, answer 503 with Retry-After
+AUTH_MARK: Final = ";lba="
+CREDENTIALS: Final = ("authorization", "proxy-authorization")
+CHALLENGES: Final = ("www-authenticate", "proxy-authenticate")
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._@+/-]")  # what may reach a log line from a packet
+
+
+def printable(text: str, limit: int = 40) -> str:
+    """Packet text made safe for a line fail2ban reads: nothing that could pass for
+    ``source=<address>`` or end the line."""
+    return _UNSAFE.sub("?", text[:limit])
+
+
+class EdgeGuard:
+    def __init__(self, settings: EdgeSection, router: Router, exempt: Iterable[str]) -> None:
+        self.router = router
+        self.limits: SourceLimits | None = None
+        if settings.rate_per_s > 0:
+            self.limits = SourceLimits(settings.rate_per_s, settings.burst, settings.max_sources)
+        self.lockouts: AuthLockouts | None = None
+        if settings.lockout_failures > 0:
+            self.lockouts = AuthLockouts(
+                settings.lockout_failures,
+                settings.lockout_s,
+                settings.lockout_max_s,
+                settings.max_lockouts,
+            )
+        self.scanners: ScannerFilter | None = None
+        if settings.scanner_filter and settings.scanner_agents:
+            self.scanners = ScannerFilter(tuple(settings.scanner_agents))
+        self.reports = Reports(settings.report_interval_s, settings.max_sources)
+        self.rate_text: Final = f"{settings.rate_per_s:g}/s"
+        self.networks = [ipaddress.ip_network(a.strip("[]"), strict=False) for a in exempt]
+        self.exempt_hosts = Memo[str, bool](4096)
+        # counters
+        self.rate_dropped = 0
+        self.rate_refused = 0
+        self.scanners_dropped = 0
+        self.locked_requests = 0  # requests of a locked pair sent on without credentials
+        self.lockouts_started = 0
+        self.auth_failures = 0  # wrong answers seen in answers from the cluster
+
+    # -- requests --------------------------------------------------------------------------
+    def check(self, request: Request, peer: Peer, now: float) -> str:
+        """DROP, REFUSE, or the text to add to our Via ("" or the lockout mark)."""
+        limits = self.limits
+        if limits is not None and not limits.admit(peer.host, now) and not self.exempt(peer):
+            return self._over_rate(peer, now)
+        scanners = self.scanners
+        if scanners is not None:
+            agent = request.header("user-agent")
+            if agent is not None and scanners.is_scanner(agent) and not self.exempt(peer):
+                self.scanners_dropped += 1
+                self._report(peer.host, "scanner", now, f"user_agent={printable(agent)}")
+                return DROP
+        if self.lockouts is not None:
+            keys = request.keys
+            if "authorization" in keys or "proxy-authorization" in keys:
+                return self._credentials(request, peer, now)
+        return ""
+
+    def exempt(self, peer: Peer) -> bool:
+        host = peer.host
+        known = self.exempt_hosts.table.get(host)
+        if known is None:
+            known = self.exempt_hosts.put(host, self._in_networks(host))
+        return known or self.router.from_cluster(peer)
+
+    def _in_networks(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def _over_rate(self, peer: Peer, now: float) -> str:
+        if peer.transport == "udp":
+            self.rate_dropped += 1
+            verdict = DROP
+        else:
+            self.rate_refused += 1
+            verdict = REFUSE
+        self._report(peer.host, "rate", now, f"over={self.rate_text}")
+        return verdict
+
+    def _credentials(self, request: Request, peer: Peer, now: float) -> str:
+        username = _username(request)
+        if username is None or self.exempt(peer):
+            return ""
+        key = lockout_key(username, peer.host)
+        assert self.lockouts is not None
+        if self.lockouts.locked(key, now):
+            self.locked_requests += 1
+            for name in CREDENTIALS:
+                request.remove_header(name)
+            self._report(peer.host, "auth-locked", now, f"user={printable(username)}")
+            return ""
+        return AUTH_MARK + base64.urlsafe_b64encode(key.encode()).decode("ascii").rstrip("=")
+
+    def _report(self, source: str, reason: str, now: float, detail: str) -> None:
+        count = self.reports.blocked(f"{reason}\x00{source}", now)
+        if count:
+            log.warning("blocked: source=%s reason=%s count=%d %s", source, reason, count, detail)
+
+    # -- answers ---------------------------------------------------------------------------
+    def answered(self, response: Response, top: str, peer: Peer, now: float) -> None:
+        """An answer whose top Via (ours) carries the lockout mark."""
+        if self.lockouts is None or not self.router.from_cluster(peer):
+            return
+        key = _marked_key(top)
+        if key is None:
+            return
+        status = response.status
+        if 200 <= status < 300:
+            self.lockouts.succeeded(key)
+        elif (status == 401 or status == 407) and not _stale(response):
+            self.auth_failures += 1
+            seconds = self.lockouts.failed(key, now)
+            if seconds:
+                self.lockouts_started += 1
+                username, _, source = key.partition("\x00")
+                log.warning(
+                    "blocked: source=%s reason=auth-lockout user=%s seconds=%g",
+                    source,
+                    printable(username),
+                    seconds,
+                )
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "edge_rate_dropped": self.rate_dropped,
+            "edge_rate_refused": self.rate_refused,
+            "edge_scanners_dropped": self.scanners_dropped,
+            "edge_locked_requests": self.locked_requests,
+            "edge_lockouts": self.lockouts_started,
+            "edge_auth_failures": self.auth_failures,
+        }
+
+
+def _username(request: Request) -> str | None:
+    for name in CREDENTIALS:
+        for line in request.header_lines(name):
+            try:
+                credentials = parse_auth_header(line)
+            except ParseError:
+                continue
+            if credentials.is_digest and credentials.username:
+                return credentials.username
+    return None
+
+
+def _marked_key(top: str) -> str | None:
+    start = top.find(AUTH_MARK)
+    if start < 0:
+        return None
+    value = top[start + len(AUTH_MARK) :]
+    for end in (";", ",", " "):
+        value = value.split(end, 1)[0]
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _stale(response: Response) -> bool:
+    """A challenge that only says the nonce expired: the password was right."""
+    for name in CHALLENGES:
+        for line in response.header_lines(name):
+            if "stale=true" in line.lower().replace(" ", "").replace('"', ""):
+                return True
+    return False
