@@ -182,6 +182,32 @@ class LbSection(Section):
         "busy even when a few peers, such as the proxies, send most of them) or by source "
         "address (the kernel's SO_REUSEPORT default).",
     )
+    tls_certificate: str = Field(
+        "",
+        description="PEM certificate (with its chain) of the tls: listeners. Reloaded "
+        "without a restart on SIGHUP, POST /tls/reload, or when the file changes.",
+    )
+    tls_key: str = Field("", description="PEM private key of tls_certificate (no passphrase).")
+
+    @model_validator(mode="after")
+    def _tls_needs_files(self) -> LbSection:
+        if any(address.transport == "tls" for address in self.internal_listen):
+            raise ValueError(
+                "lb.internal_listen: tls is for clients (lb.listen); the internal side "
+                "talks udp or tcp"
+            )
+        if any(address.transport == "tls" for address in self.listen):
+            for key in ("tls_certificate", "tls_key"):
+                if not getattr(self, key):
+                    raise ValueError(f"lb.{key}: must be set for the tls: listeners of lb.listen")
+        return self
+
+
+def only_udp_or_tcp(key: str, listen: list[ListenAddress]) -> list[ListenAddress]:
+    """Only the LB serves TLS (its clients); the nodes behind it talk udp or tcp."""
+    if any(address.transport == "tls" for address in listen):
+        raise ValueError(f"{key}: tls is served by the LB only (lb.listen); use udp or tcp")
+    return listen
 
 
 class RegistrarSection(Section):
@@ -189,6 +215,12 @@ class RegistrarSection(Section):
         default_factory=lambda: [parse_listen("udp:127.0.0.1:5070")],
         description="Where the LB reaches the registrar.",
     )
+
+    @field_validator("listen")
+    @classmethod
+    def _no_tls(cls, listen: list[ListenAddress]) -> list[ListenAddress]:
+        return only_udp_or_tcp("registrar.listen", listen)
+
     realm: str = Field("", description="Digest realm; empty: the AOR's domain.")
     authenticate: bool = Field(True, description="Require digest authentication for REGISTER.")
     default_expires: int = Field(3600, ge=1)
@@ -209,6 +241,12 @@ class ProxySection(Section):
         default_factory=lambda: [parse_listen("udp:127.0.0.1:5080")],
         description="Where the LB reaches the proxy.",
     )
+
+    @field_validator("listen")
+    @classmethod
+    def _no_tls(cls, listen: list[ListenAddress]) -> list[ListenAddress]:
+        return only_udp_or_tcp("proxy.listen", listen)
+
     policy: str = Field(
         "sipfleet.routing.default", description="Python module with the routing policy."
     )
