@@ -10,7 +10,7 @@ want_test=0
 
 packages=(python3 python3-venv python3-dev gcc)
 if ((want_test)); then
-  packages+=(sip-tester mariadb-server mariadb-client postgresql iproute2 nftables conntrack procps)
+  packages+=(sip-tester sipvicious mariadb-server mariadb-client postgresql iproute2 nftables conntrack procps)
   # real phones for tests/interop: baresip and the Linphone console (PJSIP comes from pip)
   packages+=(baresip-core linphone-cli)
   # the media relay the proxy drives (userspace forwarding; tests start their own)
