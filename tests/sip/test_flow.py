@@ -18,6 +18,8 @@ TOKENS = FlowTokens(b"cluster-secret")
         Flow("udp", "192.0.2.1", 5060, reach_by_flow=False),
         Flow("tcp", "2001:db8::1", 5061, connection=7),
         Flow("udp", "203.0.113.7", 40312, worker=1, lb=65535),
+        Flow("tls", "198.51.100.2", 50123, connection=9, worker=2, reach_by_flow=False),
+        Flow("tls", "2001:db8::1", 5061, connection=7),
     ],
 )
 def test_round_trip(flow: Flow) -> None:

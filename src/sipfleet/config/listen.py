@@ -1,4 +1,4 @@
-"""Listen addresses: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``."""
+"""Listen addresses: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:127.0.0.1:5061``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-Transport = Literal["udp", "tcp"]
+Transport = Literal["udp", "tcp", "tls"]
+STREAM_TRANSPORTS = ("tcp", "tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +39,8 @@ def parse_listen(text: object) -> ListenAddress:
         raise ValueError("a listen address is a string like 'udp:127.0.0.1:5060'")
     transport, sep, rest = text.partition(":")
     transport = transport.lower()
-    if not sep or transport not in ("udp", "tcp"):
-        raise ValueError(f"{text!r}: transport must be udp or tcp (like 'udp:127.0.0.1:5060')")
+    if not sep or transport not in ("udp", "tcp", "tls"):
+        raise ValueError(f"{text!r}: transport must be udp, tcp or tls (like 'udp:127.0.0.1:5060')")
     if rest.startswith("["):
         host, close, port_text = rest[1:].partition("]")
         if not close or not port_text.startswith(":"):

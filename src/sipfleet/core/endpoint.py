@@ -39,6 +39,7 @@ from sipfleet.transport.base import (
 )
 from sipfleet.transport.sockets import bind_all, family_of, listen_address_of
 from sipfleet.transport.tcp import TcpTransport
+from sipfleet.transport.tls import TlsCertificates
 from sipfleet.transport.udp import UdpTransport
 
 log: Final = logging.getLogger(__name__)
@@ -122,9 +123,11 @@ class SipEndpoint:
         worker_index: int = 0,
         sockets: Sequence[socket.socket] | None = None,
         on_send_error: Callable[[Destination, Exception], None] | None = None,
+        certificates: TlsCertificates | None = None,
     ) -> None:
         """``sockets``: already bound sockets (one worker's share from
-        ``bind_for_workers``) used instead of binding ``listen``."""
+        ``bind_for_workers``, in the order of ``listen``) used instead of binding
+        ``listen``; ``certificates``: what the ``tls:`` listeners serve."""
         self.handler: SipHandler = handler or _NoHandler()
         self.limits = limits or TransportLimits()
         self.stats = EndpointStats()
@@ -132,6 +135,7 @@ class SipEndpoint:
         self.steering: Steering | None = None
         self._listen = list(listen)
         self._sockets = list(sockets) if sockets is not None else None
+        self.certificates = certificates
         self._max_size = self.limits.max_message_size
         self.udp = UdpTransport(self)
         self.tcp = TcpTransport(
@@ -140,6 +144,7 @@ class SipEndpoint:
         self._transports: dict[str, UdpTransport | TcpTransport] = {
             "udp": self.udp,
             "tcp": self.tcp,
+            "tls": self.tcp,  # one connection table for both: TLS is TCP underneath
         }
         self.addresses: list[ListenAddress] = []
         # For the metrics (sipfleet.mgmt.metrics): plain counts, read once a second.
@@ -154,9 +159,20 @@ class SipEndpoint:
         if isinstance(self.handler, _NoHandler):
             raise RuntimeError("SipEndpoint.start: set a handler first")
         sockets = self._sockets if self._sockets is not None else bind_all(self._listen)
-        self.addresses = [listen_address_of(sock) for sock in sockets]
+        secure = _tls_sockets(self._listen, sockets)
+        self.addresses = []
+        for sock in sockets:
+            address = listen_address_of(sock)
+            if sock in secure:
+                address = ListenAddress("tls", address.host, address.port)
+            self.addresses.append(address)
+        streams = [s for s in sockets if s.type == socket.SOCK_STREAM]
         await self.udp.start([s for s in sockets if s.type == socket.SOCK_DGRAM])
-        await self.tcp.start([s for s in sockets if s.type == socket.SOCK_STREAM])
+        await self.tcp.start(
+            [s for s in streams if s not in secure],
+            [s for s in streams if s in secure],
+            self.certificates,
+        )
         log.info("listening on %s", ", ".join(str(a) for a in self.addresses))
 
     async def close(self) -> None:
@@ -246,7 +262,7 @@ class SipEndpoint:
         if steering is not None and steering.elsewhere(data, peer):
             return  # another worker owns it: handed over unparsed
         try:
-            message = parse_message(data, self._max_size, peer[0] == "tcp")
+            message = parse_message(data, self._max_size, peer[0] != "udp")
         except ParseError as exc:
             self._rejected(exc, peer, data)
             return
@@ -314,3 +330,15 @@ class SipEndpoint:
 
     def counters(self) -> dict[str, int]:
         return {**asdict(self.stats), **self.udp.counters(), **self.tcp.counters()}
+
+
+def _tls_sockets(
+    listen: Sequence[ListenAddress], sockets: Sequence[socket.socket]
+) -> list[socket.socket]:
+    """The sockets of the ``tls:`` addresses: sockets come in the order of ``listen``
+    (a worker's share may have more after them, such as the LB's control socket)."""
+    return [
+        sock
+        for address, sock in zip(listen, sockets, strict=False)
+        if address.transport == "tls" and sock.type == socket.SOCK_STREAM
+    ]

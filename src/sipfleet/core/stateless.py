@@ -31,7 +31,13 @@ from sipfleet.sip import ParseError, Request, Response, Via, parse_via
 from sipfleet.sip.builders import make_response, stateless_branch
 from sipfleet.sip.grammar import format_params
 from sipfleet.sip.memo import Memo
-from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
+from sipfleet.transport.base import (
+    Destination,
+    MessageTooLarge,
+    Peer,
+    TransportError,
+    TransportName,
+)
 from sipfleet.transport.sockets import is_ip, normalise_host
 
 log: Final = logging.getLogger(__name__)
@@ -40,6 +46,7 @@ FLOW_PARAM: Final = "sfi"  # in our Via: "t<connection id>" or "u<udp socket ind
 FLOW_MARK: Final = f";{FLOW_PARAM}="
 _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 DEFAULT_PORT: Final = 5060
+DEFAULT_TLS_PORT: Final = 5061  # RFC 3261 §19.1.2, sips:
 MAX_TARGETS: Final = 4096
 
 
@@ -168,7 +175,7 @@ class StatelessForwarder:
 
     def _flow_of(self, peer: Peer) -> str | None:
         """What the response path needs to reach the client the way it came."""
-        if peer.transport == "tcp":
+        if peer.transport != "udp":  # TCP or TLS: its connection
             return f"t{peer.connection_id}"
         if self._udp_index is None:
             addresses = self.endpoint.udp.addresses
@@ -230,7 +237,7 @@ class StatelessForwarder:
             for address in self.endpoint.addresses:
                 host = f"[{address.host}]" if ":" in address.host else address.host
                 self._sent_bys.add((host, address.port))
-                for transport in ("UDP", "TCP"):
+                for transport in ("UDP", "TCP", "TLS"):
                     self._our_texts.add(f"SIP/2.0/{transport} {host}:{address.port}")
         if via_text.partition(";")[0] in self._our_texts:
             return True
@@ -251,10 +258,14 @@ class StatelessForwarder:
                 index = int(flow[1:])
                 local = addresses[index] if index < len(addresses) else None
             return _new_tuple(Destination, ("udp", host, port, None, local))
-        if transport == "TCP":  # a new connection goes to the sent-by port (§18.2.2)
+        if transport == "TCP" or transport == "TLS":
+            # a new connection goes to the sent-by port (§18.2.2); TLS only over the
+            # connection the request came on (TLS connections are never opened here)
             connection = int(flow[1:]) if flow[:1] == "t" and flow[1:].isdigit() else None
-            return Destination("tcp", host, via.port or DEFAULT_PORT, connection)
-        return None  # TLS, SCTP, WS: not served here
+            default_port = DEFAULT_PORT if transport == "TCP" else DEFAULT_TLS_PORT
+            name: TransportName = "tcp" if transport == "TCP" else "tls"
+            return Destination(name, host, via.port or default_port, connection)
+        return None  # SCTP, WS: not served here
 
     def counters(self) -> dict[str, int]:
         return asdict(self.stats)

@@ -12,6 +12,8 @@ import functools
 import hmac
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -34,6 +36,7 @@ from sipfleet.storage import (
     StorageUnavailable,
 )
 from sipfleet.storage.model import LB_POOLS, LbPool, LbState
+from sipfleet.transport.tls import TlsCertificates, TlsFileError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -134,6 +137,8 @@ def add_routes(app: web.Application, view: RoleView) -> None:
         app.router.add_post("/lb/pools/{pool}/targets", lb_add_target)
         app.router.add_delete("/lb/pools/{pool}/targets", lb_remove_target)
         app.router.add_post("/lb/pools/{pool}/targets/{action}", lb_target_state)
+        app.router.add_get("/tls", tls_certificate)
+        app.router.add_post("/tls/reload", tls_reload)
     if view.role == "proxy":
         app.router.add_post("/lcr/reload", lcr_reload)
         app.router.add_get("/lcr/gateways", lcr_gateways)
@@ -332,6 +337,35 @@ async def lb_target_state(request: web.Request) -> web.Response:
         fail(404, f"uri: no {uri} in the {pool} pool")
     log.info("%s target %s is %s (management API)", pool, uri, state)
     return web.json_response({"pool": pool, "uri": uri, "state": state})
+
+
+# -- lb: TLS certificate ---------------------------------------------------------------------
+
+
+def certificates_of(request: web.Request) -> TlsCertificates:
+    certificates = view_of(request).tls
+    if certificates is None:
+        fail(404, "lb.listen: this LB has no tls: listener")
+    return certificates
+
+
+async def tls_certificate(request: web.Request) -> web.Response:
+    """The certificate new TLS connections get (this worker's), and its reloads."""
+    return web.json_response(certificates_of(request).describe())
+
+
+async def tls_reload(request: web.Request) -> web.Response:
+    """Load the certificate and key files again, here and (SIGHUP through the
+    supervisor) in every other worker. 422 naming the setting when a file does not
+    serve: the old certificate stays."""
+    certificates = certificates_of(request)
+    try:
+        await asyncio.to_thread(certificates.reload, "management API")
+    except TlsFileError as exc:
+        fail(422, str(exc))
+    if view_of(request).workers > 1:
+        os.kill(os.getppid(), signal.SIGHUP)  # the supervisor relays it to every worker
+    return web.json_response(certificates.describe())
 
 
 # -- proxy: LCR -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from sipfleet.config import Config
 from sipfleet.core.lb.pools import Pools
 from sipfleet.routing.lcr_router import LcrRouter
 from sipfleet.storage import Storage
+from sipfleet.transport.tls import TlsCertificates
 
 Counters = Callable[[], Mapping[str, int]]
 
@@ -35,6 +36,7 @@ class RoleView:
     counters: Counters = no_counters
     pools: Pools | None = None  # the LB's live pools: targets, health as this worker probes
     lcr: LcrRouter | None = None  # the proxy's LCR: tables and gateway health
+    tls: TlsCertificates | None = None  # the LB's TLS certificate, when it has tls: listeners
     started_at: float = field(default_factory=time.time)
     pid: int = field(default_factory=os.getpid)
     listening: bool = False  # the role's SIP sockets serve (set by the role)

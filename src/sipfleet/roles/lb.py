@@ -11,6 +11,7 @@ import socket
 import zlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sipfleet.config import Config
@@ -36,6 +37,7 @@ from sipfleet.sip.flow import FlowTokens
 from sipfleet.storage import Storage
 from sipfleet.transport.base import TransportLimits
 from sipfleet.transport.sockets import bind_all, bind_for_workers, keep_only, spread_at_random
+from sipfleet.transport.tls import TlsCertificates, reloading
 from sipfleet.transport.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -50,12 +52,13 @@ async def run(
     if not config.node.cluster_secret:
         raise ValueError("node.cluster_secret is empty: the LB signs its flow tokens with it")
     sides = sides_of(config)
+    certificates = certificates_of(config)  # a bad file stops the start, naming its key
     workers = config.node.workers
     controls = [_control_socket(config) for _ in range(workers)]
     addresses = {i: _address(sock) for i, sock in enumerate(controls)}
     if workers == 1:
         sockets = bind_all(sides.listen)
-        own = WorkerSockets(0, [*sockets, controls[0]], addresses)
+        own = WorkerSockets(0, [*sockets, controls[0]], addresses, certificates)
         await serve(config, own, 1, ready, mgmt)
         return
     sets = bind_for_workers(sides.listen, workers)
@@ -68,7 +71,7 @@ async def run(
         for at, sock in enumerate(controls):
             if at != index:
                 sock.close()
-        own = WorkerSockets(index, [*mine, controls[index]], addresses)
+        own = WorkerSockets(index, [*mine, controls[index]], addresses, certificates)
         return serve(config, own, workers, signal_ready, only_worker_zero(mgmt, index))
 
     # This process only supervises from here on: its loop waits while the workers run.
@@ -82,6 +85,8 @@ class WorkerSockets:
     index: int
     sockets: list[socket.socket]  # the worker's listening sockets, then its control socket
     controls: dict[int, tuple[str, int]]  # every worker's control socket address
+    # the tls: listeners' certificate, loaded before the fork; each worker reloads its own
+    certificates: TlsCertificates | None = None
 
 
 async def serve(
@@ -102,9 +107,15 @@ async def serve(
             [str(address) for address in sides_of(config).listen],
             counters=balancer.counters,
             pools=worker.pools,
+            tls=own.certificates,
         )
         metrics = publishing(config, "lb", own.index, lb_sources(worker))
-        async with management(view, mgmt), metrics, following_log_level(config, "lb"):
+        async with (
+            management(view, mgmt),
+            metrics,
+            following_log_level(config, "lb"),
+            reloading(own.certificates),
+        ):
             await worker.run(listening(view, ready))
 
 
@@ -124,6 +135,7 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         siblings=own.controls,
         worker_index=own.index,
         limits=TransportLimits.from_config(config.sip),
+        certificates=own.certificates,
     )
     router = Router(
         sides,
@@ -163,6 +175,14 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         overload=overload,
         backlog=receive_backlog(own.sockets),
     )
+
+
+def certificates_of(config: Config) -> TlsCertificates | None:
+    """The tls: listeners' certificate and key (TlsFileError naming the key when a file
+    does not serve); None without a tls: listener."""
+    if not any(address.transport == "tls" for address in config.lb.listen):
+        return None
+    return TlsCertificates(Path(config.lb.tls_certificate), Path(config.lb.tls_key))
 
 
 def sides_of(config: Config) -> Sides:

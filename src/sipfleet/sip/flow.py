@@ -34,15 +34,16 @@ _FLAG_TCP = 0x01
 _FLAG_REACH_BY_FLOW = 0x02
 _FLAG_IPV6 = 0x04
 _FLAG_DIALOG = 0x08  # the MAC covers a dialog (Call-ID and the caller's tag)
+_FLAG_TLS = 0x10  # with _FLAG_TCP: the connection is TLS (RFC 3261 §26)
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    transport: Literal["udp", "tcp"]
+    transport: Literal["udp", "tcp", "tls"]
     host: str  # the client's address as the LB saw it (no IPv6 brackets)
     port: int
-    connection: int = 0  # TCP connection id inside the owning LB worker (0 for UDP)
+    connection: int = 0  # TCP/TLS connection id inside the owning LB worker (0 for UDP)
     worker: int = 0  # index of the LB worker process that owns the connection
     reach_by_flow: bool = True  # send to this address / connection, not to the Contact
     lb: int = 0  # which LB made the token (lb.id, 0..65535): the one that keeps it alive
@@ -58,7 +59,8 @@ class FlowTokens:
         """The token for ``flow``; bound to ``dialog`` when given (a Record-Route's)."""
         address = ipaddress.ip_address(flow.host)
         flags = (
-            (_FLAG_TCP if flow.transport == "tcp" else 0)
+            (_FLAG_TCP if flow.transport != "udp" else 0)
+            | (_FLAG_TLS if flow.transport == "tls" else 0)
             | (_FLAG_REACH_BY_FLOW if flow.reach_by_flow else 0)
             | (_FLAG_IPV6 if address.version == 6 else 0)
             | (_FLAG_DIALOG if dialog is not None else 0)
@@ -90,8 +92,11 @@ class FlowTokens:
         expected = 16 if flags & _FLAG_IPV6 else 4
         if version != _VERSION or len(packed) != expected:
             return None
+        transport: Literal["udp", "tcp", "tls"] = "udp"
+        if flags & _FLAG_TCP:
+            transport = "tls" if flags & _FLAG_TLS else "tcp"
         return Flow(
-            transport="tcp" if flags & _FLAG_TCP else "udp",
+            transport=transport,
             host=str(ipaddress.ip_address(packed)),
             port=port,
             connection=connection,

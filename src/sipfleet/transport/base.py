@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from sipfleet.config.model import SipSection
     from sipfleet.sip import ParseError
 
-TransportName = Literal["udp", "tcp"]
+TransportName = Literal["udp", "tcp", "tls"]
 
 
 class Destination(NamedTuple):
@@ -38,7 +38,7 @@ class Peer(NamedTuple):
     port: int
     local_host: str
     local_port: int
-    connection_id: int | None = None  # TCP only
+    connection_id: int | None = None  # TCP and TLS only
 
     @property
     def reply_to(self) -> Destination:

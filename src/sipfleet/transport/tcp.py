@@ -1,4 +1,10 @@
-"""TCP: listeners, outbound connections and the connection table.
+"""TCP and TLS: listeners, outbound connections and the connection table.
+
+TLS listeners (``start(..., tls_sockets, certificates)``) share the table and every rule
+below with TCP: a TLS connection is a TCP connection whose bytes pass through asyncio's
+TLS layer (the handshake must finish within ``read_timeout_s``). Its peer says ``tls``.
+TLS connections are only accepted, never opened: a message for a TLS destination without
+an open connection is refused (TransportError).
 
 Each connection cuts its byte stream into messages with the SIP core's StreamFramer and
 answers CRLFCRLF pings with a CRLF pong (RFC 5626 §8.1), within a budget per connection
@@ -36,6 +42,7 @@ from sipfleet.transport.base import (
     TransportName,
 )
 from sipfleet.transport.sockets import family_of, listen_address_of, normalise_host
+from sipfleet.transport.tls import TlsCertificates
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +85,38 @@ class TcpTransport:
                 "tcp_pings_unanswered",
                 "tcp_pongs",
                 "tcp_reset_early",
+                "tls_accepted",
             ),
             0,
         )
 
     # -- life cycle --------------------------------------------------------------------
-    async def start(self, sockets: list[socket.socket]) -> None:
+    async def start(
+        self,
+        sockets: list[socket.socket],
+        tls_sockets: list[socket.socket] | None = None,
+        certificates: TlsCertificates | None = None,
+    ) -> None:
+        """Serve TCP on ``sockets`` and TLS on ``tls_sockets`` (which need
+        ``certificates``)."""
         self._loop = loop = asyncio.get_running_loop()
-        for sock in sockets:  # all known before the first connection is accepted
+        tls_sockets = tls_sockets or []
+        if tls_sockets and certificates is None:
+            raise ValueError("TLS listeners need a certificate")
+        for sock in [*sockets, *tls_sockets]:  # all known before the first is accepted
             address = listen_address_of(sock)
             self._addresses.append((address.host, address.port))
         for sock in sockets:
             server = await loop.create_server(lambda: TcpConnection(self, inbound=True), sock=sock)
+            self._servers.append(server)
+        for sock in tls_sockets:
+            assert certificates is not None
+            server = await loop.create_server(
+                lambda: TcpConnection(self, inbound=True, secure=True),
+                sock=sock,
+                ssl=certificates.front,
+                ssl_handshake_timeout=self.limits.read_timeout_s,
+            )
             self._servers.append(server)
         self._schedule_sweep()
 
@@ -156,9 +183,16 @@ class TcpTransport:
         key = (normalise_host(destination.host), destination.port)
         if connection is None or not connection.usable:
             connection = self._by_remote.get(key)
+            if connection is not None and connection.secure != (destination.transport == "tls"):
+                connection = None  # reused by address only in the same transport
         if connection is not None and connection.usable:
             connection.write(data)
             return
+        if destination.transport == "tls":
+            raise TransportError(
+                f"no open TLS connection to {destination.host}:{destination.port}"
+                " (TLS connections are accepted, never opened)"
+            )
         pending = self._connecting.get(key)
         if pending is None:
             pending = self._connect(key)
@@ -282,11 +316,17 @@ class TcpConnection(asyncio.Protocol):
     """One TCP connection: framing in, bounded writes out, activity times for the sweep."""
 
     def __init__(
-        self, owner: TcpTransport, *, inbound: bool, pending: _PendingConnect | None = None
+        self,
+        owner: TcpTransport,
+        *,
+        inbound: bool,
+        pending: _PendingConnect | None = None,
+        secure: bool = False,
     ) -> None:
         self._owner = owner
         self._pending = pending
         self.inbound = inbound
+        self.secure = secure  # TLS: its peer says "tls"
         self.id = 0
         self.remote: tuple[str, int] = ("", 0)
         self.peer: Peer | None = None
@@ -312,7 +352,10 @@ class TcpConnection(asyncio.Protocol):
         if not self._owner._register(self):
             self.transport.abort()
             return
-        self.peer = Peer("tcp", self.remote[0], self.remote[1], local[0], local[1], self.id)
+        name: TransportName = "tls" if self.secure else "tcp"
+        self.peer = Peer(name, self.remote[0], self.remote[1], local[0], local[1], self.id)
+        if self.secure:
+            self._owner.stats["tls_accepted"] += 1
         if self._pending is not None:
             self._pending.flush(self)
             self._pending = None

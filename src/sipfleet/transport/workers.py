@@ -76,6 +76,9 @@ def worker_entry(worker_main: WorkerMain, index: int, heartbeat: socket.socket) 
     signal.set_wakeup_fd(-1)  # the supervisor's, inherited through fork
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
+    # The supervisor relays SIGHUP (reload); a worker that does not reload anything
+    # must not die of it. A role that reloads installs its own handler in its loop.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     run(_until_signalled(worker_main(index), heartbeat))
 
 
@@ -144,10 +147,12 @@ class _Supervisor:
 
     def _install_signals(self, wakeup: socket.socket) -> dict[int, Any]:
         previous: dict[int, Any] = {
-            signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)
+            signum: signal.getsignal(signum)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
-        for signum in previous:
-            signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._relay)
         signal.set_wakeup_fd(wakeup.fileno(), warn_on_full_buffer=False)
         return previous
 
@@ -159,6 +164,13 @@ class _Supervisor:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
+
+    def _relay(self, signum: int, frame: object) -> None:
+        """SIGHUP (reload, such as the LB's TLS certificate) goes to every worker."""
+        for process in self.workers.values():
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
 
     def _start(self, index: int) -> None:
         beats, heartbeat = socket.socketpair()

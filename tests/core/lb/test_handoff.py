@@ -16,6 +16,7 @@ from sipfleet.transport.base import Peer
             b"INVITE sip:a@b SIP/2.0\r\n\r\n", Peer("udp", "127.0.0.1", 5080, "127.0.0.1", 5060)
         ),
         handoff.Received(b"BYE", Peer("tcp", "2001:db8::1", 4000, "::1", 5060, (1 << 32) + 5)),
+        handoff.Received(b"BYE", Peer("tls", "192.0.2.9", 4000, "192.0.2.1", 5061, 12)),
         handoff.Send(b"SIP/2.0 200 OK\r\n\r\n", (2 << 32) + 9, "198.51.100.7", 40000),
         handoff.Learn("AgAAtoken", "sip:alice@example.com", 3600),
         handoff.Answered(123456789),

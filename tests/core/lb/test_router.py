@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from sipfleet.config.listen import parse_listen
 from sipfleet.core.lb.keepalive import contact_digest
 from sipfleet.core.lb.router import AnswerHere, Forward, HandOff, Reject, udp_keeper
+from sipfleet.core.lb.sides import Sides
 from sipfleet.sip import SipUri, parse_address
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow
@@ -379,3 +381,46 @@ def test_a_tcp_flow_is_reached_by_its_connection_only_behind_nat_or_outbound(
     assert flow is not None
     assert flow.transport == "tcp"
     assert flow.reach_by_flow is by_flow
+
+
+def tls_sides() -> Sides:
+    return Sides(
+        [parse_listen(f"udp:{PUBLIC}:5060"), parse_listen(f"tls:{PUBLIC}:5061")],
+        [parse_listen(f"udp:{INTERNAL}:5060")],
+    )
+
+
+def test_a_tls_client_registers_with_a_tls_flow_and_calls_record_routed_over_tls() -> None:
+    connection = (2 << 32) | 5
+    peer = Peer("tls", "198.51.100.7", 40000, PUBLIC, 5061, connection)
+    register = request("REGISTER", transport="TLS", via="198.51.100.7:40000")
+    decision = forwarded(router(tls_sides(), worker=2).route(register, peer))
+    assert decision.path is not None
+    assert decision.path.startswith("<sip:")
+    assert TOKENS.decode(token_of(decision.path)) == Flow(
+        "tls", "198.51.100.7", 40000, 5, 2, True, LB_ID
+    )
+    invite = request("INVITE", "sips:bob@example.com", transport="TLS", via="198.51.100.7:40000")
+    outer, inner = forwarded(router(tls_sides(), worker=2).route(invite, peer)).record_routes
+    # toward the client: sips (RFC 3261 §16.6 step 4), the TLS listener; inside: plain sip
+    assert outer.startswith("<sips:")
+    assert outer.endswith(f"@{PUBLIC}:5061;lr;transport=tls>")
+    assert inner.startswith("<sip:")
+    assert inner.endswith(f"@{INTERNAL}:5060;lr>")
+
+
+def test_a_tls_flow_goes_over_its_connection_or_gets_430_never_a_new_connection() -> None:
+    flow = Flow("tls", "198.51.100.7", 40000, 17, 1, False, LB_ID)  # not behind NAT
+    invite = request(
+        "INVITE", "sip:alice@198.51.100.7:40000;transport=tls", routes=toward_client_routes(flow)
+    )
+    connection = (1 << 32) | 17
+    routing = router(tls_sides(), worker=1, connections=(connection,))
+    decision = forwarded(routing.route(invite, from_proxy()))
+    assert decision.destination == Destination("tls", "198.51.100.7", 40000, connection)
+    assert decision.sent_by == f"{PUBLIC}:5061"
+    _, outer = decision.record_routes
+    assert outer.endswith(f"{PUBLIC}:5061;lr;transport=tls>")
+    gone = router(tls_sides(), worker=1).route(invite, from_proxy())
+    assert isinstance(gone, Reject)
+    assert gone.status == 430

@@ -22,6 +22,7 @@ from sipfleet.transport.base import (
     TransportError,
     TransportLimits,
 )
+from sipfleet.transport.tls import TlsCertificates
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,18 @@ class LbEndpoint(SipEndpoint):
         siblings: Mapping[int, tuple[str, int]],
         worker_index: int = 0,
         limits: TransportLimits | None = None,
+        certificates: TlsCertificates | None = None,
     ) -> None:
         """``sockets``: the worker's listening sockets and, among them, its control socket
-        bound at ``control``; ``siblings``: every worker's control address by index."""
-        super().__init__(listen, sockets=sockets, worker_index=worker_index, limits=limits)
+        bound at ``control``; ``siblings``: every worker's control address by index;
+        ``certificates``: what its ``tls:`` listeners serve."""
+        super().__init__(
+            listen,
+            sockets=sockets,
+            worker_index=worker_index,
+            limits=limits,
+            certificates=certificates,
+        )
         self.worker_index = worker_index
         self.control = control
         self.siblings = dict(siblings)
@@ -91,7 +100,7 @@ class LbEndpoint(SipEndpoint):
         """A TCP connection of another worker is written by that worker. Bytes too large
         to hand over raise MessageTooLarge (a forwarded request is answered 513)."""
         connection = destination.connection_id
-        if destination.transport == "tcp" and connection is not None:
+        if destination.transport != "udp" and connection is not None:  # TCP or TLS
             owner = connection // CONNECTION_IDS_PER_WORKER
             if owner != self.worker_index:
                 send = handoff.Send(data, connection, destination.host, destination.port)

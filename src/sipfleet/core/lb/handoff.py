@@ -19,12 +19,13 @@ import struct
 from dataclasses import dataclass
 
 from sipfleet.sip.flow import Flow
-from sipfleet.transport.base import Peer
+from sipfleet.transport.base import Peer, TransportName
 
 MAGIC = b"SFLB"
 _RECEIVED, _SEND, _LEARN, _ANSWERED = b"R", b"S", b"L", b"A"
 _NO_CONNECTION = (1 << 64) - 1
-_PEER = struct.Struct("!BQHH")  # tcp?, connection id, port, local port
+_PEER = struct.Struct("!BQHH")  # transport (_TRANSPORT_CODES), connection id, port, local port
+_TRANSPORT_CODES: tuple[TransportName, ...] = ("udp", "tcp", "tls")
 _SEND_HEAD = struct.Struct("!QH")  # connection id, port
 _LEARN_HEAD = struct.Struct("!I")  # lifetime
 _ANSWERED_HEAD = struct.Struct("!Q")  # flow id
@@ -83,7 +84,8 @@ def encode(message: Handed) -> bytes:
     if isinstance(message, Received):
         peer = message.peer
         connection = _NO_CONNECTION if peer.connection_id is None else peer.connection_id
-        head = _PEER.pack(peer.transport == "tcp", connection, peer.port, peer.local_port)
+        kind = _TRANSPORT_CODES.index(peer.transport)
+        head = _PEER.pack(kind, connection, peer.port, peer.local_port)
         return b"".join(
             (MAGIC, _RECEIVED, head, _text(peer.host), _text(peer.local_host), message.data)
         )
@@ -103,11 +105,13 @@ def decode(data: bytes) -> Handed:
     kind, at = data[4:5], 5
     try:
         if kind == _RECEIVED:
-            tcp, connection, port, local_port = _PEER.unpack_from(data, at)
+            kind_code, connection, port, local_port = _PEER.unpack_from(data, at)
+            if kind_code >= len(_TRANSPORT_CODES):
+                raise BadHandoff(f"unknown transport {kind_code}")
             host, at = _read_text(data, at + _PEER.size)
             local_host, at = _read_text(data, at)
             peer = Peer(
-                "tcp" if tcp else "udp",
+                _TRANSPORT_CODES[kind_code],
                 host,
                 port,
                 local_host,
@@ -134,4 +138,4 @@ def decode(data: bytes) -> Handed:
 def owner_of_flow(flow: Flow, workers: int) -> int:
     """The worker that keeps ``flow`` alive: the one holding its connection (TCP), else
     the one that made the token (modulo, so a smaller worker count still covers all)."""
-    return flow.worker if flow.transport == "tcp" else flow.worker % workers
+    return flow.worker % workers if flow.transport == "udp" else flow.worker

@@ -112,14 +112,14 @@ class Keepalives:
 
     def _send(self, kept: KeptFlow) -> None:
         flow = kept.flow
-        if flow.transport == "tcp":
+        if flow.transport != "udp":  # TCP or TLS: CRLFCRLF on its connection
             connection = connection_id(flow)
             if not self.endpoint.has_connection(connection):
                 self.table.remove(kept)
                 self.table.stats.lost += 1
-                log.info("flow %s: its TCP connection is gone", _name(kept))
+                log.info("flow %s: its connection is gone", _name(kept))
                 return
-            destination = Destination("tcp", flow.host, flow.port, connection)
+            destination = Destination(flow.transport, flow.host, flow.port, connection)
             data = CRLF_PING
         else:
             local = self.sides.local("external", flow.host)
@@ -154,7 +154,7 @@ class Keepalives:
     def _close(self, kept: KeptFlow) -> None:
         """A TCP flow without registrations: close its connection (after what is queued
         on it, such as the 2xx of the un-REGISTER, has been written)."""
-        if kept.flow.transport != "tcp":
+        if kept.flow.transport == "udp":
             return
         connection = self.endpoint.tcp.connection(connection_id(kept.flow))
         if connection is not None:

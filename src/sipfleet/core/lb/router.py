@@ -5,7 +5,8 @@ Direction follows the side a request came from, never an address match with a fl
 - **From a node of the cluster** (it arrived on the internal side, or, when the LB has one
   side, from the exact address and port of a registrar or proxy in the pools): a top Route
   of ours with a flow token sends it down that flow: the client's NAT binding (UDP), its
-  connection (TCP, 430 Flow Failed when it is gone, handed to the worker that holds it), or,
+  connection (TCP or TLS, 430 Flow Failed when it is gone, handed to the worker that holds
+  it; a TLS client is only ever reached over its own connection), or,
   when the token says the client is reachable directly, its Request-URI, only when that
   names the flow's own IP address (no packet picks an address for us).
 - **From a client** (anything else): it goes toward the cluster, our Route(s) removed. A
@@ -34,7 +35,7 @@ from sipfleet.sip import Request, SipUri
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow, FlowTokens
 from sipfleet.storage.model import LbPool
-from sipfleet.transport.base import Destination, Peer
+from sipfleet.transport.base import Destination, Peer, TransportName
 from sipfleet.transport.sockets import normalise_host
 
 CONNECTION_BITS = 32
@@ -122,7 +123,7 @@ class Router:
 
     # -- toward a client ----------------------------------------------------------------
     def _to_client(self, request: Request, peer: Peer, flow: Flow, popped: int) -> Decision:
-        if flow.transport == "tcp":
+        if flow.transport != "udp":  # TCP or TLS: its connection
             if flow.worker != self.worker:
                 return HandOff(flow.worker)
             destination = self._over_tcp(request, flow)
@@ -135,7 +136,9 @@ class Router:
             # the Path's flow, bound to the dialog this request creates
             token = self.tokens.encode(flow, Dialog.created_by(request))
             inbound = self._route_uri("internal", token, peer.transport, peer.host)
-            outbound = self._route_uri("external", token, destination.transport, flow.host)
+            outbound = self._route_uri(
+                "external", token, destination.transport, flow.host, _is_sips(request)
+            )
             record_routes = _record_routes(inbound, outbound)
         sent_by = self.sides.sent_by("external", destination.transport, destination.host)
         return Forward(destination, sent_by, popped, record_routes)
@@ -145,8 +148,10 @@ class Router:
         reached by the flow (outbound, NAT): then None."""
         connection = connection_id(flow)
         if self.has_connection(connection):
-            return Destination("tcp", flow.host, flow.port, connection)
-        return None if flow.reach_by_flow else self._at_contact(request, flow)
+            return Destination(flow.transport, flow.host, flow.port, connection)
+        if flow.reach_by_flow or flow.transport == "tls":  # TLS is never opened from here
+            return None
+        return self._at_contact(request, flow)
 
     def _over_udp(self, request: Request, flow: Flow) -> Destination:
         local = self.sides.local("external", flow.host)
@@ -190,7 +195,9 @@ class Router:
         if self._creates_dialog(request):
             flow = self._client_flow(request, peer, _uses_outbound(request))
             token = self.tokens.encode(flow, Dialog.created_by(request))
-            inbound = self._route_uri("external", token, peer.transport, peer.host)
+            inbound = self._route_uri(
+                "external", token, peer.transport, peer.host, _is_sips(request)
+            )
             outbound = self._route_uri("internal", token, destination.transport, destination.host)
             record_routes = _record_routes(inbound, outbound)
         return Forward(destination, sent_by, popped, record_routes)
@@ -262,7 +269,7 @@ class Router:
         return isinstance(uri, SipUri) and not uri.user and self.sides.is_ours(uri)
 
     def _client_flow(self, request: Request, peer: Peer, outbound: bool = False) -> Flow:
-        if peer.transport == "tcp" and peer.connection_id is not None:
+        if peer.transport != "udp" and peer.connection_id is not None:
             worker = peer.connection_id >> CONNECTION_BITS
             connection = peer.connection_id & ((1 << CONNECTION_BITS) - 1)
             # Reached over this connection while it lasts; after it, at its Contact unless
@@ -270,13 +277,17 @@ class Router:
             # never matches its Via, so only the address and the Contact tell).
             evidence = nat_evidence(request, peer.host, peer.port)
             by_flow = outbound or evidence.via_address_differs or evidence.private_contact
-            return Flow("tcp", peer.host, peer.port, connection, worker, by_flow, self.lb_id)
+            return Flow(
+                peer.transport, peer.host, peer.port, connection, worker, by_flow, self.lb_id
+            )
         behind_nat = outbound or nat_evidence(request, peer.host, peer.port).behind_nat
         keeper = udp_keeper(peer.host, peer.port)
         return Flow("udp", peer.host, peer.port, 0, keeper, behind_nat, self.lb_id)
 
-    def _route_uri(self, side: SideName, token: str, transport: str, host: str) -> str:
-        return self.sides.route_uri(side, token, "tcp" if transport == "tcp" else "udp", host)
+    def _route_uri(
+        self, side: SideName, token: str, transport: TransportName, host: str, sips: bool = False
+    ) -> str:
+        return self.sides.route_uri(side, token, transport, host, sips=sips)
 
     @staticmethod
     def _creates_dialog(request: Request) -> bool:
@@ -293,6 +304,11 @@ def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
     """Both entries when the request changes side or transport at the LB (RFC 3261 §16.6
     step 4: each party reaches the LB where and how it can); else one."""
     return (inbound,) if inbound == outbound else (inbound, outbound)
+
+
+def _is_sips(request: Request) -> bool:
+    """A request for a sips: URI: its Record-Route toward the client is sips too."""
+    return request.uri_text[:5].lower() == "sips:"
 
 
 def _uses_outbound(request: Request) -> bool:

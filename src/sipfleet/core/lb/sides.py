@@ -19,6 +19,7 @@ from sipfleet.transport.sockets import normalise_host
 
 SideName = Literal["external", "internal"]
 DEFAULT_PORT = 5060
+DEFAULT_SIPS_PORT = 5061
 
 
 def hostport(host: str, port: int) -> str:
@@ -66,7 +67,8 @@ class Sides:
 
     def is_ours(self, uri: SipUri) -> bool:
         """A URI naming one of our listeners (no DNS: an IP literal and its port)."""
-        return (normalise_host(uri.host), uri.port or DEFAULT_PORT) in self._ours
+        default = DEFAULT_SIPS_PORT if uri.scheme == "sips" else DEFAULT_PORT
+        return (normalise_host(uri.host), uri.port or default) in self._ours
 
     def arrived_on(self, local_host: str, local_port: int) -> SideName | None:
         """The side a message came in on; None when the LB has one side (then it cannot
@@ -80,11 +82,20 @@ class Sides:
         return None
 
     def route_uri(
-        self, side: SideName, token: str, transport: TransportName, remote_host: str, **flags: bool
+        self,
+        side: SideName,
+        token: str,
+        transport: TransportName,
+        remote_host: str,
+        *,
+        sips: bool = False,
+        **flags: bool,
     ) -> str:
-        """``<sip:TOKEN@host:port;lr>`` naming ``side``; ``transport=tcp`` when the party on
-        that side talks TCP; ``ob`` (RFC 5626) when asked."""
+        """``<sip:TOKEN@host:port;lr>`` naming ``side``; ``transport=tcp`` or ``tls`` when
+        the party on that side talks TCP or TLS; a ``sips:`` URI when asked (a request
+        that came as sips, RFC 3261 §16.6 step 4); ``ob`` (RFC 5626) when asked."""
         sent_by = self.sent_by(side, transport, remote_host)
-        params = ";transport=tcp" if transport == "tcp" else ""
+        params = f";transport={transport}" if transport != "udp" else ""
         params += "".join(f";{name}" for name, on in flags.items() if on)
-        return f"<sip:{token}@{sent_by};lr{params}>"
+        scheme = "sips" if sips else "sip"
+        return f"<{scheme}:{token}@{sent_by};lr{params}>"
