@@ -111,13 +111,31 @@ async def test_local_caller_to_elsewhere_goes_off_net() -> None:
     assert await route(call(uri="tel:+4312345")) == OffNet()
 
 
-async def test_foreign_caller_may_reach_local_users_only() -> None:
+async def test_a_foreign_caller_is_refused_alike_for_every_callee() -> None:
+    """It cannot authenticate: by default 403, the same whoever it calls."""
     services = FakeServices()
-    assert await route(call(caller="sip:carol@other.org", services=services)) == LocateUser()
+    for callee in ("sip:bob@example.com", "sip:nobody@example.com", "sip:x@third.org"):
+        refused = await route(call(caller="sip:carol@other.org", uri=callee, services=services))
+        assert isinstance(refused, Reply)
+        assert refused.status == 403
     assert services.asked == 0
-    refused = await route(call(caller="sip:carol@other.org", uri="sip:x@third.org"))
+
+
+async def test_foreign_callers_may_reach_local_users_by_switch_without_enumeration() -> None:
+    services = FakeServices()
+    to_local = call(caller="sip:carol@other.org", services=services)
+    assert await route(to_local, foreign_callers="deliver") == LocateUser(hide_unknown=True)
+    assert services.asked == 0
+    refused = await route(
+        call(caller="sip:carol@other.org", uri="sip:x@third.org"), foreign_callers="deliver"
+    )
     assert isinstance(refused, Reply)
-    assert refused.status == 403
+    assert refused.status == 403  # still no relay between two foreign parties
+
+
+async def test_a_trusted_peer_reaches_local_users_whatever_its_from() -> None:
+    services = FakeServices(trusted=PEER.host)
+    assert await route(call(caller="sip:carol@other.org", services=services)) == LocateUser()
 
 
 async def test_in_dialog_requests_follow_our_route_and_nothing_else() -> None:
@@ -131,9 +149,7 @@ async def test_a_to_tag_without_our_route_is_handled_as_a_new_request() -> None:
     for method in ("BYE", "INVITE", "MESSAGE"):
         stray = call(method, to_tag=";tag=b", services=FakeServices(challenge))
         assert await route(stray) == challenge
-        relay = call(
-            method, "sip:anyone@127.0.0.9:5099", "sip:ceo@bank.example", ";tag=made-up"
-        )
+        relay = call(method, "sip:anyone@127.0.0.9:5099", "sip:ceo@bank.example", ";tag=made-up")
         refused = await route(relay)
         assert isinstance(refused, Reply)
         assert refused.status == 403

@@ -313,6 +313,13 @@ class ProxySection(Section):
     lcr_probe_interval_s: float = Field(
         5.0, gt=0, description="OPTIONS probe of each defunct gateway, this often."
     )
+    foreign_callers: Literal["refuse", "deliver"] = Field(
+        "refuse",
+        description="A request whose From names a domain this cluster does not serve, from "
+        "an address that is not a trusted peer, cannot authenticate: 'refuse' answers it 403 "
+        "whoever it is for; 'deliver' lets it reach local users (SIP between providers), "
+        "with 480 for a user who is unknown or not registered alike (no enumeration).",
+    )
     privacy_clir: bool = Field(
         True,
         description="Hide callers whose clir preference (usr_preferences) is 1/on/yes/true "

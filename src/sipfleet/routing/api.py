@@ -59,11 +59,14 @@ class Relay:
 @dataclass(frozen=True, slots=True)
 class LocateUser:
     """Fork to the registered contacts of ``aor`` (None: the Request-URI's user@host),
-    in parallel or, with ``serial``, by q-value groups (None: ``[proxy] serial_forking``)."""
+    in parallel or, with ``serial``, by q-value groups (None: ``[proxy] serial_forking``).
+    No binding: 480, or 404 when there is no such user; with ``hide_unknown`` 480 for
+    both, for a caller who must not learn which users exist."""
 
     aor: Aor | None = None
     serial: bool | None = None
     headers: tuple[Header, ...] = ()
+    hide_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)

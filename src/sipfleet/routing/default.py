@@ -7,7 +7,11 @@
 2. Requests that claim a local caller (From in a served domain) must carry valid
    Proxy-Authorization (407 otherwise), unless they come from a trusted peer; the From
    user must be the authenticated one (``[proxy] from_must_match_auth``).
-3. A callee in a served domain is looked up in the location table and forked to.
+3. A callee in a served domain is looked up in the location table and forked to. A
+   caller from another domain (not a trusted peer) cannot authenticate: by default
+   (``[proxy] foreign_callers = "refuse"``) it gets 403 whoever it calls; with "deliver"
+   it reaches local users, and an unknown user answers like an unregistered one (480),
+   so nobody outside learns which users exist.
 4. Anything else leaves the network (``OffNet``, the LCR), but only for local callers
    and trusted peers: the proxy is not an open relay (403).
 
@@ -30,12 +34,15 @@ from sipfleet.routing.api import (
 )
 from sipfleet.routing.privacy import apply_clir
 
+FOREIGN_REFUSED = Reply(403, "Calls From Other Domains Are Not Accepted")
+
 
 class DefaultPolicy(RoutingPolicy):
     def __init__(self, config: Config) -> None:
         self.authenticate = config.proxy.authenticate
         self.from_must_match_auth = config.proxy.from_must_match_auth
         self.clir = config.proxy.privacy_clir
+        self.deliver_foreign = config.proxy.foreign_callers == "deliver"
 
     async def route(self, call: CallContext) -> Decision:
         if call.in_dialog and call.routed_to_us:
@@ -51,7 +58,11 @@ class DefaultPolicy(RoutingPolicy):
         if self.clir and local_caller:
             await apply_clir(call)
         if call.callee_is_local:
-            return LocateUser()
+            if local_caller or trusted:
+                return LocateUser()
+            if not self.deliver_foreign:
+                return FOREIGN_REFUSED  # the same for every callee: no enumeration
+            return LocateUser(hide_unknown=True)
         if local_caller or trusted:
             return OffNet()
         return Reply(403, "Relaying Denied")

@@ -55,9 +55,11 @@ class Planner:
     ) -> ForkPlan | Reply:
         aor = decision.aor or _request_aor(call)
         if aor is None:
-            return NO_SUCH_USER
+            return NOT_REGISTERED if decision.hide_unknown else NO_SUCH_USER
         bindings = await self.storage.location.lookup(aor)
         if not bindings:
+            if decision.hide_unknown:
+                return NOT_REGISTERED
             known = await self.storage.subscribers.get(aor.username, aor.domain)
             return NOT_REGISTERED if known is not None else NO_SUCH_USER
         serial = self.serial_forking if decision.serial is None else decision.serial
