@@ -173,6 +173,7 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         node=config.node.name,
         pool_reload_s=section.pool_reload_s,
         overload=overload,
+        gateways=guard.exempt_gateways,
         backlog=receive_backlog(own.sockets),
     )
 

@@ -73,6 +73,7 @@ class EdgeGuard:
         self.reports = Reports(settings.report_interval_s, settings.max_sources)
         self.rate_text: Final = f"{settings.rate_per_s:g}/s"
         self.networks = [ipaddress.ip_network(a.strip("[]"), strict=False) for a in exempt]
+        self.gateways: frozenset[str] = frozenset()  # the LCR's gateways (lcr_gw), by address
         self.exempt_hosts = Memo[str, bool](4096)
         # counters
         self.rate_dropped = 0
@@ -108,12 +109,20 @@ class EdgeGuard:
             known = self.exempt_hosts.put(host, self._in_networks(host))
         return known or self.router.from_cluster(peer)
 
+    def exempt_gateways(self, hosts: Iterable[str]) -> None:
+        """The LCR's gateways as they are now (their addresses; names are not looked up):
+        a carrier sending many calls from one address is no flood."""
+        gateways = frozenset(_address(host) for host in hosts)
+        if gateways != self.gateways:
+            self.gateways = gateways
+            self.exempt_hosts = Memo[str, bool](4096)  # what was known is known again
+
     def _in_networks(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(address in network for network in self.networks)
+        return str(address) in self.gateways or any(address in network for network in self.networks)
 
     def _over_rate(self, peer: Peer, now: float) -> str:
         if peer.transport == "udp":
@@ -211,3 +220,11 @@ def _stale(response: Response) -> bool:
             if "stale=true" in line.lower().replace(" ", "").replace('"', ""):
                 return True
     return False
+
+
+def _address(host: str) -> str:
+    bare = host.strip("[]")
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        return bare.lower()  # a name: never equal to a source address

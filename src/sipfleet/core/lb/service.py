@@ -10,7 +10,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sipfleet.core.clock import Clock, Timer
 from sipfleet.core.lb.endpoint import LbEndpoint
@@ -41,9 +41,11 @@ class LbWorker:
         pool_reload_s: float,
         overload: OverloadMonitor | None = None,
         backlog: Callable[[], int] = no_backlog,
+        gateways: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         """``overload``: the balancer's monitor, fed here from ``backlog`` (bytes
-        waiting in the worker's UDP sockets, ``overload.receive_backlog``)."""
+        waiting in the worker's UDP sockets, ``overload.receive_backlog``);
+        ``gateways``: told the LCR gateways' hosts whenever they change (edge exemption)."""
         self.storage = storage
         self.endpoint = endpoint
         self.index = endpoint.worker_index
@@ -56,6 +58,8 @@ class LbWorker:
         self.backlog = backlog
         self._report_soon = asyncio.Event()
         self._storage_down = False
+        self._gateways = gateways
+        self._lcr_version: int | None = None
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         await self.reload_pools()
@@ -118,6 +122,22 @@ class LbWorker:
                 log.warning("lb_target %s ignored: %s", uri, why)
         if added or removed:
             self._report_soon.set()
+        await self._reload_gateways()
+
+    async def _reload_gateways(self) -> None:
+        """The LCR gateways' addresses, read again when ``lcr_version`` moved."""
+        if self._gateways is None:
+            return
+        try:
+            version = await self.storage.lcr.version()
+            if version == self._lcr_version:
+                return
+            entries = await self.storage.lcr.list_gateways()
+        except StorageError as exc:
+            log.debug("lcr_gw not read: %s", exc)
+            return
+        self._lcr_version = version
+        self._gateways(entry.gateway.host for entry in entries)
 
     async def _reload_forever(self) -> None:
         while True:
