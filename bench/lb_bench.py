@@ -82,8 +82,21 @@ def _udp_bound(port: int) -> bool:
     return False
 
 
+# The edge guard (docs/lb.md) as the benchmarks set it: one source sends all the load.
+EDGE = {
+    "no-rate": "[edge]\nrate_per_s = 0\n",  # no per-source limit; scanner filter, lockouts on
+    "off": "[edge]\nrate_per_s = 0\nscanner_filter = false\nlockout_failures = 0\n",
+    "on": "[edge]\nrate_per_s = 1000000\nburst = 1000000\n",  # every check run, none blocks
+}
+
+
 def sipfleet_lb_command(
-    workers: int, echo_port: int, port: int, workdir: Path, python: Sequence[str] = ()
+    workers: int,
+    echo_port: int,
+    port: int,
+    workdir: Path,
+    python: Sequence[str] = (),
+    edge: str = "no-rate",
 ) -> list[str]:
     """`sipfleet run lb` on 127.0.0.1:``port`` with the UAS at ``echo_port`` as its only
     proxy-pool target (database made and filled here); it writes ``workdir/lb.ready``.
@@ -94,8 +107,7 @@ def sipfleet_lb_command(
         f'[node]\nname = "bench-lb"\ndata_dir = "{workdir}"\nworkers = {workers}\n'
         'cluster_secret = "bench"\n'
         f'[database]\nwrite = "sqlite:///{database}"\n'
-        f'[lb]\nlisten = ["udp:127.0.0.1:{port}"]\nkeepalive = false\n'
-        "[edge]\nrate_per_s = 0\n"  # one source sends all the load: no per-source limit
+        f'[lb]\nlisten = ["udp:127.0.0.1:{port}"]\nkeepalive = false\n' + EDGE[edge]
     )
     cli = [sys.executable, "-m", "sipfleet"]
     subprocess.run([*cli, "db", "upgrade", "-c", str(config)], check=True)

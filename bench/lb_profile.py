@@ -51,7 +51,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
 from bench.common import cpu_of, free_udp_port, process_tree, read_stats, sipp, started  # noqa: E402
-from bench.lb_bench import kamailio_lb_command, sipfleet_lb_command, wait_bound  # noqa: E402
+from bench.lb_bench import EDGE, kamailio_lb_command, sipfleet_lb_command, wait_bound  # noqa: E402
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
 
@@ -81,7 +81,7 @@ def relay_running(
         [*VALGRIND, f"--callgrind-out-file={workdir}/callgrind.%p"] if args.instructions else []
     )
     if relay == "lb":
-        command = sipfleet_lb_command(1, echo_port, port, workdir, python)
+        command = sipfleet_lb_command(1, echo_port, port, workdir, python, args.edge)
     elif relay == "kamailio":
         command = kamailio_lb_command(1, echo_port, port, workdir)
         wrapper = [*wrapper, "--trace-children=yes"] if wrapper else []
@@ -213,6 +213,12 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="with --instructions: keep the first's file")
     parser.add_argument("--perf-record", type=Path, help="perf record the first relay's run")
     parser.add_argument("--strace", type=Path, help="strace -c the first relay's run")
+    parser.add_argument(
+        "--edge",
+        choices=sorted(EDGE),
+        default="no-rate",
+        help="the LB's edge guard: off, on (every check, none blocks), no-rate (the default)",
+    )
     args = parser.parse_args()
     if args.instructions:
         args.rate = min(args.rate, 5000)
