@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -220,9 +221,16 @@ class RawUa:
     def __init__(self, lb: tuple[str, int], transport: str = "udp", host: str = "127.0.0.1"):
         self.lb = lb
         self.transport = transport
+        self.certificate = b""  # TLS: the server's, as DER
         if transport == "udp":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((host, 0))
+        elif transport == "tls":  # the LB's certificate is read, not trusted (self-signed)
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            self.sock = context.wrap_socket(socket.create_connection(lb, timeout=5))
+            self.certificate = self.sock.getpeercert(binary_form=True) or b""
         else:
             self.sock = socket.create_connection(lb, timeout=5)
         self.host, self.port = self.sock.getsockname()[:2]
@@ -291,7 +299,7 @@ class RawUa:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65535)
-            except (TimeoutError, BlockingIOError):
+            except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
                 return None
             except OSError:
                 self.closed = True

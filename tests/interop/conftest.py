@@ -98,6 +98,7 @@ def phone(phone_cluster: Embedded, agent: type[Agent[Any]], tmp_path: Path) -> I
         kind: type[Agent[Any]] | None = None,
     ) -> Agent[Any]:
         driver = kind or agent
+        tls = transport == "tls"  # the embedded default's TLS: the next port, self-signed
         started.append(
             driver(
                 phone_cluster.ns,
@@ -106,8 +107,9 @@ def phone(phone_cluster: Embedded, agent: type[Agent[Any]], tmp_path: Path) -> I
                 DOMAIN,
                 password,
                 transport=transport,
-                proxy=(phone_cluster.lb_host, phone_cluster.lb_port),
+                proxy=(phone_cluster.lb_host, phone_cluster.lb_port + tls),
                 rtp_base=next(rtp_ports(driver)),
+                trusted_ca=phone_cluster.data_dir / "tls" / "lb.crt" if tls else None,
             )
         )
         return started[-1].start()

@@ -1,8 +1,10 @@
 """`sipfleet up`: the embedded default cluster on one host.
 
-LB on 127.0.0.1:5060 (or ``--listen``), a registrar and a proxy behind it on loopback,
-SQLite under the data directory. Each role runs as its own process (`sipfleet run`), so the
-single-host cluster behaves like the multi-host one; `up` supervises them.
+LB on 127.0.0.1:5060 (or ``--listen``; UDP and TCP, and TLS on the next port with a
+self-signed certificate made once in the data directory), a registrar and a proxy behind
+it on loopback, SQLite under the data directory. Each role runs as its own process
+(`sipfleet run`), so the single-host cluster behaves like the multi-host one; `up`
+supervises them.
 
 With ``-c cluster.toml`` the config's ``[cluster]`` table asks for several registrars and
 proxies (ports counted up from each role's listen addresses) and ``[database]`` may name
@@ -40,6 +42,7 @@ from sipfleet.storage import open_storage
 from sipfleet.storage.dsn import Dsn, dsns_from_config
 from sipfleet.storage.errors import AlreadyExists, StorageError
 from sipfleet.storage.migrate import upgrade
+from sipfleet.transport.tls import certificate_fingerprint, certificate_names, write_self_signed
 
 START_TIMEOUT = 30.0
 LOOPBACK = ("127.0.0.1", "::1")
@@ -60,7 +63,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-c", "--config", type=Path, help="node configuration file (TOML)")
     parser.add_argument("--data-dir", type=Path, help="where the SQLite database lives")
     parser.add_argument(
-        "--listen", metavar="HOST:PORT", help="put the LB on this address (UDP and TCP)"
+        "--listen",
+        metavar="HOST:PORT",
+        help="put the LB on this address (UDP and TCP; TLS on the next port)",
     )
     parser.add_argument(
         "--restart-delay",
@@ -96,6 +101,8 @@ def _up(args: argparse.Namespace) -> int:
     data_dir = config.node.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     config = _with_secret(config, data_dir)
+    if args.config is None:
+        config = with_tls(config, data_dir)
     roles = available_roles()
     instances = plan_instances(config, roles)
     dsns = dsns_from_config(config)
@@ -242,6 +249,30 @@ def _with_secret(config: Config, data_dir: Path) -> Config:
     return config.model_copy(update={"node": node})
 
 
+def with_tls(config: Config, data_dir: Path) -> Config:
+    """The embedded default serves TLS too: on the LB's first host, the port after its
+    first one (5061 beside 5060), with a self-signed certificate for that host made once
+    under ``data_dir/tls`` (again only when the host changed). Left alone when the LB
+    already has a tls: listener."""
+    lb = config.lb
+    if any(address.transport == "tls" for address in lb.listen):
+        return config
+    first = lb.listen[0]
+    port = first.port + 1 if 0 < first.port < 65535 else 0
+    certificate, key = data_dir / "tls" / "lb.crt", data_dir / "tls" / "lb.key"
+    if not (key.exists() and certificate_names(certificate) >= {first.host}):
+        certificate.parent.mkdir(mode=0o700, exist_ok=True)
+        write_self_signed(certificate, key, [first.host, "localhost"])
+    updated = lb.model_copy(
+        update={
+            "listen": [*lb.listen, ListenAddress("tls", first.host, port)],
+            "tls_certificate": str(certificate),
+            "tls_key": str(key),
+        }
+    )
+    return config.model_copy(update={"lb": updated})
+
+
 async def _register_pool_targets(config: Config, instances: list[Instance]) -> None:
     """The LB finds the local registrars and proxies through lb_target, like any other."""
     storage = open_storage(config)
@@ -292,6 +323,7 @@ def _say_what_started(
         lines.append(f"  not built yet: {', '.join(missing)}")
     lines.append(f"  database   {database}")
     lines.append(f"  SIP core   {native.status}")
+    lines += _tls_lines(config)
     apis = [(child.name, child.mgmt) for child in children if child.mgmt]
     if apis:
         lines.append("Status pages and metrics (management API):")
@@ -299,6 +331,22 @@ def _say_what_started(
     lines.append(f"Add a user:  {add_user}")
     lines.append("Stop with Ctrl-C.")
     print("\n".join(lines), flush=True)
+
+
+def _tls_lines(config: Config) -> list[str]:
+    """Where TLS is served, and the certificate a phone must trust (or pin)."""
+    secure = [str(address) for address in config.lb.listen if address.transport == "tls"]
+    if not secure:
+        return []
+    certificate = Path(config.lb.tls_certificate)
+    try:
+        fingerprint = certificate_fingerprint(certificate)
+    except (OSError, ValueError) as exc:
+        fingerprint = f"unreadable: {exc}"
+    return [
+        f"  TLS        {', '.join(secure)}",
+        f"             certificate {certificate} (SHA-256 {fingerprint})",
+    ]
 
 
 def describe_exit(returncode: int) -> str:

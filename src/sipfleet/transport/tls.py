@@ -212,7 +212,7 @@ def write_self_signed(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), False)
+        .add_extension(x509.SubjectAlternativeName(_general_names(hosts)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(private_key, hashes.SHA256())
     )
@@ -226,11 +226,35 @@ def write_self_signed(
     return load_certificate(certificate, key)
 
 
-def _general_name(host: str) -> x509.GeneralName:
+def certificate_names(certificate: Path) -> set[str]:
+    """The hosts (IP addresses and DNS names) a PEM certificate is for; empty when there
+    is no readable certificate."""
     try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
+        leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return set()
+    hosts = {str(address) for address in names.get_values_for_type(x509.IPAddress)}
+    return hosts | set(names.get_values_for_type(x509.DNSName))
+
+
+def certificate_fingerprint(certificate: Path) -> str:
+    """SHA-256 of the (first) certificate in a PEM file, as AB:CD:... (what a phone shows
+    when asked to trust it)."""
+    leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
+    return leaf.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    """An IP address goes in as an iPAddress and again as a dNSName of its text: some
+    phones' TLS stacks (mbedTLS in Linphone's belle-sip) compare the host they dialled
+    with dNSName entries only."""
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        with contextlib.suppress(ValueError):
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        names.append(x509.DNSName(host))
+    return names
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -179,8 +179,10 @@ class Agent(ABC, Generic[S]):
         proxy: tuple[str, int] = ("127.0.0.1", 5060),
         regint: int = 600,
         rtp_base: int | None = None,
+        trusted_ca: Path | None = None,
     ) -> None:
         self.ns = ns
+        self.trusted_ca = trusted_ca  # over TLS: the certificate it trusts (the LB's)
         self.user, self.domain, self.password = user, domain, password
         self.aor = f"sip:{user}@{domain}"
         self.transport = transport

@@ -97,15 +97,16 @@ class Baresip(TextAgent):
 
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config").write_text(
-            CONFIG.format(
-                local_ip=self.local_ip,
-                rtp_low=self.rtp_base,
-                rtp_high=self.rtp_base + 99,
-                module_path=MODULE_PATH,
-                silence=write_silence(self.dir.parent / "silence-8k.wav"),
-            )
+        config = CONFIG.format(
+            local_ip=self.local_ip,
+            rtp_low=self.rtp_base,
+            rtp_high=self.rtp_base + 99,
+            module_path=MODULE_PATH,
+            silence=write_silence(self.dir.parent / "silence-8k.wav"),
         )
+        if self.trusted_ca is not None:  # SIP over TLS is in baresip's core (libre)
+            config += f"sip_cafile {self.trusted_ca}\n"
+        (self.dir / "config").write_text(config)
         host, port = self.proxy
         outbound = f"sip:{host}:{port};transport={self.transport}"
         aor = f"<{self.aor};transport={self.transport}>"

@@ -44,10 +44,10 @@ CONFIG = """\
 [sip]
 sip_port=-1
 sip_tcp_port=-1
-sip_tls_port=0
+sip_tls_port={tls_port}
 default_proxy=0
 inc_timeout=120
-{keepalive}
+{keepalive}{tls}
 [rtp]
 audio_rtp_port={rtp_low}-{rtp_high}
 video_rtp_port={video_low}-{video_high}
@@ -196,6 +196,8 @@ class Linphone(TextAgent):
                 keepalive=(
                     "" if self.keepalive_ms is None else f"keepalive_period={self.keepalive_ms}\n"
                 ),
+                tls="" if self.trusted_ca is None else f"root_ca={self.trusted_ca}\n",
+                tls_port=-1 if self.transport == "tls" else 0,  # -1: any port; 0: none
                 rtp_low=self.rtp_base,
                 rtp_high=self.rtp_base + 49,
                 video_low=self.rtp_base + 50,

@@ -158,7 +158,7 @@ class Keepalives:
             return
         connection = self.endpoint.tcp.connection(connection_id(kept.flow))
         if connection is not None:
-            log.info("closing the TCP connection of flow %s: no registration left", _name(kept))
+            log.info("closing the connection of flow %s: no registration left", _name(kept))
             connection.close()
 
     def counters(self) -> dict[str, int]:
