@@ -8,9 +8,8 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -19,7 +18,7 @@ from sipfleet.sip import Response
 from sipfleet.sip.flow import FlowTokens
 from sipfleet.transport.tls import write_self_signed
 from tests.integration.harness import PING, SECRET, Cluster, RawUa, free_port, running_cluster
-from tests.mgmt.conftest import http, mgmt_url
+from tests.mgmt.conftest import http, mgmt_url, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -80,16 +79,6 @@ def registered(cluster: Cluster, user: str) -> RawUa:
     ua.request("REGISTER", f"sip:{DOMAIN}", user=user, expires=600)
     ua.expect_response(200)
     return ua
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def test_a_tls_client_registers_calls_and_is_called_over_its_connection(cluster: Cluster) -> None:
