@@ -1,4 +1,5 @@
-"""Listen addresses: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:127.0.0.1:5061``."""
+"""Listen addresses: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:127.0.0.1:5061``,
+``ws:127.0.0.1:8080``, ``wss:127.0.0.1:8443`` (SIP over WebSocket, RFC 7118)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any, Literal
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-Transport = Literal["udp", "tcp", "tls"]
-STREAM_TRANSPORTS = ("tcp", "tls")
+Transport = Literal["udp", "tcp", "tls", "ws", "wss"]
+STREAM_TRANSPORTS = ("tcp", "tls", "ws", "wss")
+TRANSPORTS = ("udp", *STREAM_TRANSPORTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +41,10 @@ def parse_listen(text: object) -> ListenAddress:
         raise ValueError("a listen address is a string like 'udp:127.0.0.1:5060'")
     transport, sep, rest = text.partition(":")
     transport = transport.lower()
-    if not sep or transport not in ("udp", "tcp", "tls"):
-        raise ValueError(f"{text!r}: transport must be udp, tcp or tls (like 'udp:127.0.0.1:5060')")
+    if not sep or transport not in TRANSPORTS:
+        raise ValueError(
+            f"{text!r}: transport must be udp, tcp, tls, ws or wss (like 'udp:127.0.0.1:5060')"
+        )
     if rest.startswith("["):
         host, close, port_text = rest[1:].partition("]")
         if not close or not port_text.startswith(":"):

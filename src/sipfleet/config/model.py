@@ -184,29 +184,42 @@ class LbSection(Section):
     )
     tls_certificate: str = Field(
         "",
-        description="PEM certificate (with its chain) of the tls: listeners. Reloaded "
+        description="PEM certificate (with its chain) of the tls: and wss: listeners. Reloaded "
         "without a restart on SIGHUP, POST /tls/reload, or when the file changes.",
     )
     tls_key: str = Field("", description="PEM private key of tls_certificate (no passphrase).")
 
     @model_validator(mode="after")
     def _tls_needs_files(self) -> LbSection:
-        if any(address.transport == "tls" for address in self.internal_listen):
-            raise ValueError(
-                "lb.internal_listen: tls is for clients (lb.listen); the internal side "
-                "talks udp or tcp"
-            )
-        if any(address.transport == "tls" for address in self.listen):
+        for address in self.internal_listen:
+            if address.transport in CLIENT_TRANSPORTS:
+                raise ValueError(
+                    f"lb.internal_listen: {address.transport} is for clients (lb.listen); "
+                    "the internal side talks udp or tcp"
+                )
+        secure = {a.transport for a in self.listen if a.transport in ("tls", "wss")}
+        if secure:
+            kinds = " and ".join(sorted(secure))
             for key in ("tls_certificate", "tls_key"):
                 if not getattr(self, key):
-                    raise ValueError(f"lb.{key}: must be set for the tls: listeners of lb.listen")
+                    raise ValueError(
+                        f"lb.{key}: must be set for the {kinds} listeners of lb.listen"
+                    )
         return self
 
 
+# Served to clients by the LB only: TLS, and SIP over WebSocket (RFC 7118) for browsers
+CLIENT_TRANSPORTS = ("tls", "ws", "wss")
+
+
 def only_udp_or_tcp(key: str, listen: list[ListenAddress]) -> list[ListenAddress]:
-    """Only the LB serves TLS (its clients); the nodes behind it talk udp or tcp."""
-    if any(address.transport == "tls" for address in listen):
-        raise ValueError(f"{key}: tls is served by the LB only (lb.listen); use udp or tcp")
+    """Only the LB serves TLS and WebSocket (its clients); the nodes behind it talk udp
+    or tcp."""
+    for address in listen:
+        if address.transport in CLIENT_TRANSPORTS:
+            raise ValueError(
+                f"{key}: {address.transport} is served by the LB only (lb.listen); use udp or tcp"
+            )
     return listen
 
 

@@ -25,7 +25,7 @@ from typing import Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
-from sipfleet.config.listen import ListenAddress
+from sipfleet.config.listen import ListenAddress, Transport
 from sipfleet.logcontext import CALL_ID
 from sipfleet.sip import Message, ParseError, Request, Response, parse_message
 from sipfleet.sip.builders import make_response
@@ -144,7 +144,9 @@ class SipEndpoint:
         self._transports: dict[str, UdpTransport | TcpTransport] = {
             "udp": self.udp,
             "tcp": self.tcp,
-            "tls": self.tcp,  # one connection table for both: TLS is TCP underneath
+            "tls": self.tcp,  # one connection table for all: TLS is TCP underneath,
+            "ws": self.tcp,  # and so are WebSocket (RFC 7118)
+            "wss": self.tcp,  # and WebSocket over TLS
         }
         self.addresses: list[ListenAddress] = []
         # For the metrics (sipfleet.mgmt.metrics): plain counts, read once a second.
@@ -159,19 +161,24 @@ class SipEndpoint:
         if isinstance(self.handler, _NoHandler):
             raise RuntimeError("SipEndpoint.start: set a handler first")
         sockets = self._sockets if self._sockets is not None else bind_all(self._listen)
-        secure = _tls_sockets(self._listen, sockets)
+        named = _stream_transports(self._listen, sockets)
         self.addresses = []
         for sock in sockets:
             address = listen_address_of(sock)
-            if sock in secure:
-                address = ListenAddress("tls", address.host, address.port)
+            if sock in named:
+                address = ListenAddress(named[sock], address.host, address.port)
             self.addresses.append(address)
-        streams = [s for s in sockets if s.type == socket.SOCK_STREAM]
+        streams: dict[str, list[socket.socket]] = {"tcp": [], "tls": [], "ws": [], "wss": []}
+        for sock in sockets:
+            if sock.type == socket.SOCK_STREAM:
+                streams[named.get(sock, "tcp")].append(sock)
         await self.udp.start([s for s in sockets if s.type == socket.SOCK_DGRAM])
         await self.tcp.start(
-            [s for s in streams if s not in secure],
-            [s for s in streams if s in secure],
+            streams["tcp"],
+            streams["tls"],
             self.certificates,
+            ws_sockets=streams["ws"],
+            wss_sockets=streams["wss"],
         )
         log.info("listening on %s", ", ".join(str(a) for a in self.addresses))
 
@@ -262,7 +269,9 @@ class SipEndpoint:
         if steering is not None and steering.elsewhere(data, peer):
             return  # another worker owns it: handed over unparsed
         try:
-            message = parse_message(data, self._max_size, peer[0] != "udp")
+            # TCP and TLS cut messages by Content-Length; UDP and WebSocket (RFC 7118
+            # §5.1: one SIP message per WebSocket message) by their own framing
+            message = parse_message(data, self._max_size, peer[0] == "tcp" or peer[0] == "tls")
         except ParseError as exc:
             self._rejected(exc, peer, data)
             return
@@ -332,13 +341,14 @@ class SipEndpoint:
         return {**asdict(self.stats), **self.udp.counters(), **self.tcp.counters()}
 
 
-def _tls_sockets(
+def _stream_transports(
     listen: Sequence[ListenAddress], sockets: Sequence[socket.socket]
-) -> list[socket.socket]:
-    """The sockets of the ``tls:`` addresses: sockets come in the order of ``listen``
-    (a worker's share may have more after them, such as the LB's control socket)."""
-    return [
-        sock
+) -> dict[socket.socket, Transport]:
+    """The transport of each ``tls:``, ``ws:`` and ``wss:`` socket (one bound for
+    ``tcp:`` says tcp itself): sockets come in the order of ``listen`` (a worker's share
+    may have more after them, such as the LB's control socket)."""
+    return {
+        sock: address.transport
         for address, sock in zip(listen, sockets, strict=False)
-        if address.transport == "tls" and sock.type == socket.SOCK_STREAM
-    ]
+        if address.transport in ("tls", "ws", "wss") and sock.type == socket.SOCK_STREAM
+    }

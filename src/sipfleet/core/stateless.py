@@ -47,6 +47,13 @@ FLOW_MARK: Final = f";{FLOW_PARAM}="
 _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 DEFAULT_PORT: Final = 5060
 DEFAULT_TLS_PORT: Final = 5061  # RFC 3261 §19.1.2, sips:
+# Via transports served over a connection, and the transport's name here
+_STREAMS: Final[dict[str, TransportName]] = {
+    "TCP": "tcp",
+    "TLS": "tls",
+    "WS": "ws",
+    "WSS": "wss",
+}
 MAX_TARGETS: Final = 4096
 
 
@@ -237,7 +244,7 @@ class StatelessForwarder:
             for address in self.endpoint.addresses:
                 host = f"[{address.host}]" if ":" in address.host else address.host
                 self._sent_bys.add((host, address.port))
-                for transport in ("UDP", "TCP", "TLS"):
+                for transport in ("UDP", "TCP", "TLS", "WS", "WSS"):
                     self._our_texts.add(f"SIP/2.0/{transport} {host}:{address.port}")
         if via_text.partition(";")[0] in self._our_texts:
             return True
@@ -258,14 +265,14 @@ class StatelessForwarder:
                 index = int(flow[1:])
                 local = addresses[index] if index < len(addresses) else None
             return _new_tuple(Destination, ("udp", host, port, None, local))
-        if transport == "TCP" or transport == "TLS":
-            # a new connection goes to the sent-by port (§18.2.2); TLS only over the
-            # connection the request came on (TLS connections are never opened here)
+        name = _STREAMS.get(transport)
+        if name is not None:
+            # a new connection goes to the sent-by port (§18.2.2); TLS and WebSocket only
+            # over the connection the request came on (never opened here)
             connection = int(flow[1:]) if flow[:1] == "t" and flow[1:].isdigit() else None
             default_port = DEFAULT_PORT if transport == "TCP" else DEFAULT_TLS_PORT
-            name: TransportName = "tcp" if transport == "TCP" else "tls"
             return Destination(name, host, via.port or default_port, connection)
-        return None  # SCTP, WS: not served here
+        return None  # SCTP: not served here
 
     def counters(self) -> dict[str, int]:
         return asdict(self.stats)

@@ -179,9 +179,9 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
 
 
 def certificates_of(config: Config) -> TlsCertificates | None:
-    """The tls: listeners' certificate and key (TlsFileError naming the key when a file
-    does not serve); None without a tls: listener."""
-    if not any(address.transport == "tls" for address in config.lb.listen):
+    """The tls: and wss: listeners' certificate and key (TlsFileError naming the key when
+    a file does not serve); None without such a listener."""
+    if not any(address.transport in ("tls", "wss") for address in config.lb.listen):
         return None
     return TlsCertificates(Path(config.lb.tls_certificate), Path(config.lb.tls_key))
 

@@ -35,15 +35,17 @@ _FLAG_REACH_BY_FLOW = 0x02
 _FLAG_IPV6 = 0x04
 _FLAG_DIALOG = 0x08  # the MAC covers a dialog (Call-ID and the caller's tag)
 _FLAG_TLS = 0x10  # with _FLAG_TCP: the connection is TLS (RFC 3261 §26)
+_FLAG_WS = 0x20  # with _FLAG_TCP: WebSocket (RFC 7118), with _FLAG_TLS too: WSS
+FlowTransport = Literal["udp", "tcp", "tls", "ws", "wss"]
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    transport: Literal["udp", "tcp", "tls"]
+    transport: FlowTransport
     host: str  # the client's address as the LB saw it (no IPv6 brackets)
     port: int
-    connection: int = 0  # TCP/TLS connection id inside the owning LB worker (0 for UDP)
+    connection: int = 0  # TCP/TLS/WS(S) connection id inside the owning LB worker (0 for UDP)
     worker: int = 0  # index of the LB worker process that owns the connection
     reach_by_flow: bool = True  # send to this address / connection, not to the Contact
     lb: int = 0  # which LB made the token (lb.id, 0..65535): the one that keeps it alive
@@ -60,7 +62,8 @@ class FlowTokens:
         address = ipaddress.ip_address(flow.host)
         flags = (
             (_FLAG_TCP if flow.transport != "udp" else 0)
-            | (_FLAG_TLS if flow.transport == "tls" else 0)
+            | (_FLAG_TLS if flow.transport == "tls" or flow.transport == "wss" else 0)
+            | (_FLAG_WS if flow.transport == "ws" or flow.transport == "wss" else 0)
             | (_FLAG_REACH_BY_FLOW if flow.reach_by_flow else 0)
             | (_FLAG_IPV6 if address.version == 6 else 0)
             | (_FLAG_DIALOG if dialog is not None else 0)
@@ -92,9 +95,12 @@ class FlowTokens:
         expected = 16 if flags & _FLAG_IPV6 else 4
         if version != _VERSION or len(packed) != expected:
             return None
-        transport: Literal["udp", "tcp", "tls"] = "udp"
+        transport: FlowTransport = "udp"
         if flags & _FLAG_TCP:
-            transport = "tls" if flags & _FLAG_TLS else "tcp"
+            if flags & _FLAG_WS:
+                transport = "wss" if flags & _FLAG_TLS else "ws"
+            else:
+                transport = "tls" if flags & _FLAG_TLS else "tcp"
         return Flow(
             transport=transport,
             host=str(ipaddress.ip_address(packed)),

@@ -11,7 +11,10 @@ if TYPE_CHECKING:
     from sipfleet.config.model import SipSection
     from sipfleet.sip import ParseError
 
-TransportName = Literal["udp", "tcp", "tls"]
+TransportName = Literal["udp", "tcp", "tls", "ws", "wss"]
+# connection-oriented transports that are only accepted, never opened (clients behind
+# NAT or in a browser are reached over their own connection or not at all)
+ACCEPTED_ONLY: tuple[TransportName, ...] = ("tls", "ws", "wss")
 
 
 class Destination(NamedTuple):
@@ -38,7 +41,7 @@ class Peer(NamedTuple):
     port: int
     local_host: str
     local_port: int
-    connection_id: int | None = None  # TCP and TLS only
+    connection_id: int | None = None  # TCP, TLS, WS and WSS only
 
     @property
     def reply_to(self) -> Destination:

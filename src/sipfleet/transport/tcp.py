@@ -4,7 +4,10 @@ TLS listeners (``start(..., tls_sockets, certificates)``) share the table and ev
 below with TCP: a TLS connection is a TCP connection whose bytes pass through asyncio's
 TLS layer (the handshake must finish within ``read_timeout_s``). Its peer says ``tls``.
 TLS connections are only accepted, never opened: a message for a TLS destination without
-an open connection is refused (TransportError).
+an open connection is refused (TransportError). WebSocket listeners (``ws_sockets``,
+``wss_sockets``: RFC 7118) are the same again with ``transport/ws.py`` framing the
+messages instead of the SIP stream framer; their peers say ``ws`` or ``wss``, and they
+too are only accepted.
 
 Each connection cuts its byte stream into messages with the SIP core's StreamFramer and
 answers CRLFCRLF pings with a CRLF pong (RFC 5626 §8.1), within a budget per connection
@@ -43,6 +46,7 @@ from sipfleet.transport.base import (
 )
 from sipfleet.transport.sockets import family_of, listen_address_of, normalise_host
 from sipfleet.transport.tls import TlsCertificates
+from sipfleet.transport.ws import WebSocketCodec
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,8 @@ class TcpTransport:
                 "tcp_pongs",
                 "tcp_reset_early",
                 "tls_accepted",
+                "ws_accepted",
+                "ws_refused",
             ),
             0,
         )
@@ -96,29 +102,50 @@ class TcpTransport:
         sockets: list[socket.socket],
         tls_sockets: list[socket.socket] | None = None,
         certificates: TlsCertificates | None = None,
+        *,
+        ws_sockets: list[socket.socket] | None = None,
+        wss_sockets: list[socket.socket] | None = None,
     ) -> None:
-        """Serve TCP on ``sockets`` and TLS on ``tls_sockets`` (which need
+        """Serve TCP on ``sockets``, TLS on ``tls_sockets``, WebSocket on ``ws_sockets``
+        and WebSocket over TLS on ``wss_sockets`` (the secure ones need
         ``certificates``)."""
-        self._loop = loop = asyncio.get_running_loop()
-        tls_sockets = tls_sockets or []
-        if tls_sockets and certificates is None:
-            raise ValueError("TLS listeners need a certificate")
-        for sock in [*sockets, *tls_sockets]:  # all known before the first is accepted
+        self._loop = asyncio.get_running_loop()
+        listeners = [
+            *((sock, False, False) for sock in sockets),
+            *((sock, True, False) for sock in tls_sockets or []),
+            *((sock, False, True) for sock in ws_sockets or []),
+            *((sock, True, True) for sock in wss_sockets or []),
+        ]
+        if certificates is None and any(secure for _, secure, _ in listeners):
+            raise ValueError("TLS and WSS listeners need a certificate")
+        for sock, _, _ in listeners:  # all known before the first is accepted
             address = listen_address_of(sock)
             self._addresses.append((address.host, address.port))
-        for sock in sockets:
-            server = await loop.create_server(lambda: TcpConnection(self, inbound=True), sock=sock)
-            self._servers.append(server)
-        for sock in tls_sockets:
+        for sock, secure, websocket in listeners:
+            await self._serve(sock, secure, websocket, certificates)
+        self._schedule_sweep()
+
+    async def _serve(
+        self,
+        sock: socket.socket,
+        secure: bool,
+        websocket: bool,
+        certificates: TlsCertificates | None,
+    ) -> None:
+        assert self._loop is not None
+        if not secure:
+            server = await self._loop.create_server(
+                lambda: TcpConnection(self, inbound=True, websocket=websocket), sock=sock
+            )
+        else:
             assert certificates is not None
-            server = await loop.create_server(
-                lambda: TcpConnection(self, inbound=True, secure=True),
+            server = await self._loop.create_server(
+                lambda: TcpConnection(self, inbound=True, secure=True, websocket=websocket),
                 sock=sock,
                 ssl=certificates.front,
                 ssl_handshake_timeout=self.limits.read_timeout_s,
             )
-            self._servers.append(server)
-        self._schedule_sweep()
+        self._servers.append(server)
 
     async def close(self) -> None:
         for server in self._servers:
@@ -183,15 +210,16 @@ class TcpTransport:
         key = (normalise_host(destination.host), destination.port)
         if connection is None or not connection.usable:
             connection = self._by_remote.get(key)
-            if connection is not None and connection.secure != (destination.transport == "tls"):
+            if connection is not None and connection.name != destination.transport:
                 connection = None  # reused by address only in the same transport
         if connection is not None and connection.usable:
             connection.write(data)
             return
-        if destination.transport == "tls":
+        if destination.transport != "tcp":
+            kind = destination.transport.upper()
             raise TransportError(
-                f"no open TLS connection to {destination.host}:{destination.port}"
-                " (TLS connections are accepted, never opened)"
+                f"no open {kind} connection to {destination.host}:{destination.port}"
+                f" ({kind} connections are accepted, never opened)"
             )
         pending = self._connecting.get(key)
         if pending is None:
@@ -322,11 +350,15 @@ class TcpConnection(asyncio.Protocol):
         inbound: bool,
         pending: _PendingConnect | None = None,
         secure: bool = False,
+        websocket: bool = False,
     ) -> None:
         self._owner = owner
         self._pending = pending
         self.inbound = inbound
-        self.secure = secure  # TLS: its peer says "tls"
+        self.secure = secure  # TLS: its peer says "tls" (or "wss")
+        self.name: TransportName = _name_of(secure, websocket)
+        # RFC 7118: WebSocket frames the messages; None: the SIP stream framer does
+        self._websocket = WebSocketCodec(owner.limits.max_message_size) if websocket else None
         self.id = 0
         self.remote: tuple[str, int] = ("", 0)
         self.peer: Peer | None = None
@@ -352,8 +384,7 @@ class TcpConnection(asyncio.Protocol):
         if not self._owner._register(self):
             self.transport.abort()
             return
-        name: TransportName = "tls" if self.secure else "tcp"
-        self.peer = Peer(name, self.remote[0], self.remote[1], local[0], local[1], self.id)
+        self.peer = Peer(self.name, self.remote[0], self.remote[1], local[0], local[1], self.id)
         if self.secure:
             self._owner.stats["tls_accepted"] += 1
         if self._pending is not None:
@@ -365,6 +396,9 @@ class TcpConnection(asyncio.Protocol):
         if peer is None or self.closing_since is not None:  # refused, or on its way out
             return
         self.last_activity = now = self._loop.time()
+        if self._websocket is not None:
+            self._websocket_received(data, peer, now)
+            return
         try:
             items = self._framer.feed(data)
         except ParseError as exc:
@@ -381,6 +415,33 @@ class TcpConnection(asyncio.Protocol):
             self.partial_since = now if self._framer.pending else None
         elif self.partial_since is None:
             self.partial_since = now
+
+    def _websocket_received(self, data: bytes, peer: Peer, now: float) -> None:
+        codec = self._websocket
+        assert codec is not None
+        opened = codec.open
+        items = codec.feed(data)
+        reply = codec.outgoing()
+        if reply and self.transport is not None:  # the handshake's answer, a Pong, a Close
+            self.transport.write(reply)
+        if codec.open and not opened:
+            self._owner.stats["ws_accepted"] += 1
+        if codec.refused is not None:
+            self._owner.stats["ws_refused"] += 1
+            log.info("WebSocket from %s:%s refused: %s", peer.host, peer.port, codec.refused)
+        if items:
+            try:
+                self._deliver(items, peer, now)
+            except Exception:  # as for TCP: never let asyncio tear it down with a traceback
+                log.exception("WebSocket data from %s:%s not handled", peer.host, peer.port)
+                self.abort()
+                return
+        if not (codec.pending or not codec.open):
+            self.partial_since = None
+        elif self.partial_since is None:  # kept while it lasts: a slow handshake is slow
+            self.partial_since = now
+        if codec.closed:
+            self.close()
 
     def _deliver(self, items: list[StreamItem], peer: Peer, now: float) -> None:
         sink = self._owner._sink
@@ -431,6 +492,8 @@ class TcpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             raise TransportError(f"TCP connection {self.id} is closed")
+        if self._websocket is not None:
+            data = self._framed(data)
         if transport.get_write_buffer_size() + len(data) > self._owner.limits.max_write_buffer:
             self._owner.stats["tcp_closed_write_overflow"] += 1
             transport.abort()
@@ -438,14 +501,30 @@ class TcpConnection(asyncio.Protocol):
         transport.write(data)
         self.last_activity = self._loop.time()
 
+    def _framed(self, data: bytes) -> bytes:
+        codec = self._websocket
+        assert codec is not None
+        if not codec.open:
+            raise TransportError(f"WebSocket connection {self.id} is not open")
+        return codec.frame(data)
+
     def close(self) -> None:
         """Close after what is queued has been written (the sweep aborts it if that
-        takes longer than the read timeout)."""
+        takes longer than the read timeout); a WebSocket says goodbye with a Close."""
         if self.transport is not None and self.closing_since is None:
             self.closing_since = self._loop.time()
+            if self._websocket is not None and self._websocket.open:
+                self._websocket.close()
+                self.transport.write(self._websocket.outgoing())
             self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 self.transport.abort()
+
+
+def _name_of(secure: bool, websocket: bool) -> TransportName:
+    if websocket:
+        return "wss" if secure else "ws"
+    return "tls" if secure else "tcp"

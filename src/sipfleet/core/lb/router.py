@@ -35,7 +35,7 @@ from sipfleet.sip import Request, SipUri
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow, FlowTokens
 from sipfleet.storage.model import LbPool
-from sipfleet.transport.base import Destination, Peer, TransportName
+from sipfleet.transport.base import ACCEPTED_ONLY, Destination, Peer, TransportName
 from sipfleet.transport.sockets import normalise_host
 
 CONNECTION_BITS = 32
@@ -123,7 +123,7 @@ class Router:
 
     # -- toward a client ----------------------------------------------------------------
     def _to_client(self, request: Request, peer: Peer, flow: Flow, popped: int) -> Decision:
-        if flow.transport != "udp":  # TCP or TLS: its connection
+        if flow.transport != "udp":  # TCP, TLS or WebSocket: its connection
             if flow.worker != self.worker:
                 return HandOff(flow.worker)
             destination = self._over_tcp(request, flow)
@@ -149,7 +149,7 @@ class Router:
         connection = connection_id(flow)
         if self.has_connection(connection):
             return Destination(flow.transport, flow.host, flow.port, connection)
-        if flow.reach_by_flow or flow.transport == "tls":  # TLS is never opened from here
+        if flow.reach_by_flow or flow.transport in ACCEPTED_ONLY:  # never opened from here
             return None
         return self._at_contact(request, flow)
 
@@ -277,6 +277,9 @@ class Router:
             # never matches its Via, so only the address and the Contact tell).
             evidence = nat_evidence(request, peer.host, peer.port)
             by_flow = outbound or evidence.via_address_differs or evidence.private_contact
+            # A WebSocket client (a browser) cannot be reached any other way: its Contact
+            # names a made-up ".invalid" host (RFC 7118 §5.2)
+            by_flow = by_flow or peer.transport == "ws" or peer.transport == "wss"
             return Flow(
                 peer.transport, peer.host, peer.port, connection, worker, by_flow, self.lb_id
             )
