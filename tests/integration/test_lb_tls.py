@@ -203,3 +203,13 @@ def test_sighup_and_the_api_reload_the_certificate_and_old_connections_go_on(
         old.expect_response(200)
     finally:
         old.close()
+
+
+def test_sighup_does_not_stop_a_role_without_a_certificate(cluster: Cluster) -> None:
+    """`systemctl reload` sends SIGHUP to every role (examples/cluster/systemd)."""
+    registrar = cluster.roles["registrar"].process
+    assert registrar is not None
+    registrar.send_signal(signal.SIGHUP)
+    user = new_user()
+    registered(cluster, user).close()  # the registrar still answers
+    assert registrar.poll() is None

@@ -114,6 +114,9 @@ def _serve(role: str, config: Config, ready_file: Path | None, mgmt: Listener | 
             if watchdog is not None:
                 watchdog.cancel()
 
+    # SIGHUP reloads what a role can reload (the LB's TLS certificate: it installs its own
+    # handler); any other role must not die of `systemctl reload`.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         run_loop(main())
     except (OSError, ConfigError, StorageError, ValueError) as exc:
