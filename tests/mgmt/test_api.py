@@ -124,6 +124,14 @@ def test_unknown_paths_and_other_roles_endpoints_are_json_404(fleet: Fleet) -> N
     assert body["error"] == "Method Not Allowed: DELETE /health"
 
 
+def test_tls_reload_needs_a_tls_listener(fleet: Fleet) -> None:
+    """(Reloading itself: tests/integration/test_lb_tls.py.)"""
+    no_tls = (404, {"error": "lb.listen: this LB has no tls: listener"})
+    assert http(fleet.url("lb", "/tls")) == no_tls
+    assert http(fleet.url("lb", "/tls/reload"), "POST") == no_tls
+    assert http(fleet.url("registrar", "/tls/reload"), "POST")[0] == 404
+
+
 def test_the_page_is_served_by_the_api(fleet: Fleet) -> None:
     status, page = http(fleet.url("proxy", "/"))
     assert status == 200
