@@ -151,6 +151,10 @@ class SipEndpoint:
         self.addresses: list[ListenAddress] = []
         # For the metrics (sipfleet.mgmt.metrics): plain counts, read once a second.
         self.requests_by_method: dict[str, int] = dict.fromkeys((*COUNTED_METHODS, "other"), 0)
+        # Log lines written while a message is handled name its Call-ID (logcontext): the
+        # registrar's and the proxy's are about calls; the LB turns it off (a header
+        # lookup per message on its path, and its lines are about pools and flows).
+        self.names_calls = True
         self.responses_received_by_class = [0] * 10  # index: status // 100
         self.responses_sent_by_class = [0] * 10
         self.handling = Histogram(RELAY_BUCKETS)  # seconds, one message in TIMED_EVERY
@@ -275,8 +279,16 @@ class SipEndpoint:
         except ParseError as exc:
             self._rejected(exc, peer, data)
             return
-        # the handler's log lines, and those of the tasks it starts, name the call
-        token = CALL_ID.set(message.header("call-id"))
+        if self.names_calls:  # the handler's log lines, and its tasks', name the call
+            token = CALL_ID.set(message.header("call-id"))
+            try:
+                self._deliver(message, peer)
+            finally:
+                CALL_ID.reset(token)
+        else:
+            self._deliver(message, peer)
+
+    def _deliver(self, message: Message, peer: Peer) -> None:
         try:
             if isinstance(message, Request):
                 self.stats.requests_received += 1
@@ -298,8 +310,6 @@ class SipEndpoint:
         except Exception:
             self.stats.handler_errors += 1
             log.exception("handler failed on %r from %s:%s", message, peer.host, peer.port)
-        finally:
-            CALL_ID.reset(token)
 
     def _handler_parse_error(self, error: ParseError, message: Message, peer: Peer) -> None:
         """A request is answered like a parser error; a response is dropped."""

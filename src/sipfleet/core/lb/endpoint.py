@@ -49,6 +49,7 @@ class LbEndpoint(SipEndpoint):
             limits=limits,
             certificates=certificates,
         )
+        self.names_calls = False  # no Call-ID in the log context: docs/operations.md, Logs
         self.worker_index = worker_index
         self.control = control
         self.siblings = dict(siblings)
