@@ -37,6 +37,7 @@ from sipfleet.config import Config, ConfigError, config_from_dict, load_config
 from sipfleet.config.dump import write_config
 from sipfleet.config.listen import ListenAddress, parse_listen
 from sipfleet.config.model import default_data_dir
+from sipfleet.core.lb.sides import hostport
 from sipfleet.roles import available_roles
 from sipfleet.storage import open_storage
 from sipfleet.storage.dsn import Dsn, dsns_from_config
@@ -102,7 +103,7 @@ def _up(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = _with_secret(config, data_dir)
     if args.config is None:
-        config = with_tls(config, data_dir)
+        config = with_websocket(with_tls(config, data_dir))
     roles = available_roles()
     instances = plan_instances(config, roles)
     dsns = dsns_from_config(config)
@@ -273,6 +274,21 @@ def with_tls(config: Config, data_dir: Path) -> Config:
     return config.model_copy(update={"lb": updated})
 
 
+def with_websocket(config: Config) -> Config:
+    """The embedded default serves browsers too (SIP over WebSocket, RFC 7118): WS and
+    WSS on the LB's first host, two and three ports after its first one (5062, 5063
+    beside 5060): unprivileged, so no root, and one range with the SIP ports for a
+    firewall, counted from ``--listen`` like TLS so two clusters do not collide. WSS
+    serves the TLS certificate. Left alone when the LB already has a ws: or wss:."""
+    lb = config.lb
+    if not lb.tls_certificate or any(a.transport in ("ws", "wss") for a in lb.listen):
+        return config
+    first = lb.listen[0]
+    ws, wss = (first.port + 2, first.port + 3) if 0 < first.port < 65533 else (0, 0)
+    added = [ListenAddress("ws", first.host, ws), ListenAddress("wss", first.host, wss)]
+    return config.model_copy(update={"lb": lb.model_copy(update={"listen": [*lb.listen, *added]})})
+
+
 async def _register_pool_targets(config: Config, instances: list[Instance]) -> None:
     """The LB finds the local registrars and proxies through lb_target, like any other."""
     storage = open_storage(config)
@@ -324,6 +340,7 @@ def _say_what_started(
     lines.append(f"  database   {database}")
     lines.append(f"  SIP core   {native.status}")
     lines += _tls_lines(config)
+    lines += _websocket_lines(config)
     apis = [(child.name, child.mgmt) for child in children if child.mgmt]
     if apis:
         lines.append("Status pages and metrics (management API):")
@@ -347,6 +364,16 @@ def _tls_lines(config: Config) -> list[str]:
         f"  TLS        {', '.join(secure)}",
         f"             certificate {certificate} (SHA-256 {fingerprint})",
     ]
+
+
+def _websocket_lines(config: Config) -> list[str]:
+    """The URLs a browser's SIP stack (JsSIP, SIP.js) is given."""
+    urls = [
+        f"{a.transport}://{hostport(a.host, a.port)}"
+        for a in config.lb.listen
+        if a.transport in ("ws", "wss")
+    ]
+    return [f"  WebSocket  {', '.join(urls)} (browsers: JsSIP, SIP.js)"] if urls else []
 
 
 def describe_exit(returncode: int) -> str:
