@@ -19,6 +19,7 @@ from sipfleet.sip.flow import FlowTokens
 from sipfleet.transport.tls import write_self_signed
 from tests.integration.harness import PING, SECRET, Cluster, RawUa, free_port, running_cluster
 from tests.mgmt.conftest import http, mgmt_url, wait_for
+from tests.mgmt.test_metrics import Found, scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -201,6 +202,18 @@ def test_sighup_and_the_api_reload_the_certificate_and_old_connections_go_on(
         assert serial_of_a_new_connection(cluster) == again
         old.request("REGISTER", f"sip:{DOMAIN}", user=user, expires=600)
         old.expect_response(200)
+
+        def counted() -> Found | None:
+            found = scrape(url)[1]
+            failed = value(found, "sipfleet_tls_reloads_total", role="lb", result="failed")
+            return found if failed >= 1 else None
+
+        found = wait_for(counted, 10, "the failed reload counted in /metrics")
+        assert value(found, "sipfleet_tls_reloads_total", role="lb", result="ok") >= 3
+        assert value(found, "sipfleet_tls_connections_total", role="lb") >= 13
+        expiry = value(found, "sipfleet_tls_certificate_expiry_timestamp_seconds", role="lb")
+        ten_years = time.time() + 3650 * 86400  # write_self_signed's default, from now
+        assert abs(expiry - ten_years) < 2 * 86400
     finally:
         old.close()
 

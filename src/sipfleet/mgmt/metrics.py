@@ -116,6 +116,13 @@ FAMILIES: tuple[Family, ...] = (
     _counter("sipfleet_datagrams_dropped_total", "Messages dropped without an answer.", "reason"),
     _counter("sipfleet_overload_episodes_total", "Times the process became overloaded."),
     _gauge("sipfleet_tcp_connections", "TCP connections open now."),
+    _counter("sipfleet_tls_connections_total", "TLS connections accepted (handshake done)."),
+    _counter("sipfleet_tls_reloads_total", "TLS certificate reloads, by result.", "result"),
+    _gauge(
+        "sipfleet_tls_certificate_expiry_timestamp_seconds",
+        "When the certificate new TLS connections get stops being valid (Unix time).",
+        combine="min",
+    ),
     _histogram(
         "sipfleet_db_statement_duration_seconds",
         "Time a storage operation took, as its caller waited, by kind.",

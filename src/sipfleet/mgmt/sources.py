@@ -100,6 +100,7 @@ def lb_sources(worker: LbWorker) -> MetricSources:
             storage_samples(worker.storage),
             _balancer_samples(balancer),
             _pool_samples(worker),
+            _tls_samples(worker),
         )
 
     return MetricSources(read)
@@ -143,6 +144,20 @@ def _edge_samples(balancer: Balancer) -> Samples:
         ),
         "sipfleet_edge_lockouts_total": _one(guard.lockouts_started),
         "sipfleet_edge_auth_failures_total": _one(guard.auth_failures),
+    }
+
+
+def _tls_samples(worker: LbWorker) -> Samples:
+    """Connections, reloads and the expiry of the certificate served (LB with TLS)."""
+    certificates = worker.endpoint.certificates
+    if certificates is None:
+        return {}
+    return {
+        "sipfleet_tls_connections_total": _one(worker.endpoint.tcp.stats["tls_accepted"]),
+        "sipfleet_tls_reloads_total": _by(
+            {"ok": certificates.reloads, "failed": certificates.reload_failures}
+        ),
+        "sipfleet_tls_certificate_expiry_timestamp_seconds": _one(certificates.current.expires),
     }
 
 

@@ -48,6 +48,7 @@ class LoadedCertificate:
     serial: int
     subject: str
     not_after: str  # ISO 8601, UTC
+    expires: float  # the same, Unix time
 
 
 def server_context() -> ssl.SSLContext:
@@ -86,6 +87,7 @@ def load_certificate(certificate: Path, key: Path) -> LoadedCertificate:
         leaf.serial_number,
         leaf.subject.rfc4514_string(),
         leaf.not_valid_after_utc.isoformat(),
+        leaf.not_valid_after_utc.timestamp(),
     )
 
 
