@@ -212,6 +212,17 @@ def others_pct(before: Ticks, after: Ticks, seconds: float, mine: set[int]) -> f
     return round(100.0 * used / HZ / seconds, 1)
 
 
+def wait_ready_file(
+    process: subprocess.Popen[bytes], ready: Path, log: Path, timeout: float = 30.0
+) -> None:
+    """Until a role started with ``--ready-file ready`` has written it."""
+    deadline = time.time() + timeout
+    while not ready.exists():
+        if process.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"{ready.stem} did not start, see {log}")
+        time.sleep(0.1)
+
+
 def wait_for_quiet(
     args: argparse.Namespace,
     mine: set[int],
