@@ -19,6 +19,10 @@ if ((want_test)); then
   packages+=(chromium)
   # promtool checks each role's /metrics text (tests/mgmt/test_metrics.py)
   packages+=(prometheus)
+  # JsSIP from the npm registry for the browser test (tests/interop/test_jssip.py); a
+  # Node.js that bundles npm (NodeSource's) needs no Debian npm, which would conflict
+  command -v node >/dev/null || packages+=(nodejs)
+  command -v npm >/dev/null || packages+=(npm)
 fi
 
 missing=()
@@ -47,6 +51,10 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e '.[mysql,postgres,native,dev]'
   touch "$stamp"
+fi
+if ((want_test)) && [[ ! -d tests/interop/browser/node_modules/jssip ]]; then
+  (cd tests/interop/browser && npm ci --no-audit --no-fund --loglevel=error) ||
+    echo "setup: JsSIP not installed (tests/interop/test_jssip.py installs it when run)" >&2
 fi
 # The modules every packet runs through, compiled with mypyc (src/sipfleet/native.py);
 # SIPFLEET_PURE=1 runs everything from source instead.
