@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -73,6 +73,7 @@ class Browser:
 
     def __init__(self, cluster: Embedded, url: str, workdir: Path) -> None:
         assert CHROMIUM is not None
+        workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "chromium.log"
         argv = [
             CHROMIUM,
@@ -126,24 +127,33 @@ class Browser:
 
 
 @pytest.fixture
-def browser(phone_cluster: Embedded, page: Path, tmp_path: Path) -> Iterator[Browser]:
-    """JsSIP as alice over the embedded default's WSS, calling bob once registered."""
-    wss = f"wss://{phone_cluster.lb_host}:{phone_cluster.lb_port + 3}"
-    query = {"ws": wss, "user": "alice", "password": PASSWORD, "domain": DOMAIN}
-    one = Browser(
-        phone_cluster, f"{page.as_uri()}?{urlencode({**query, 'callee': 'bob'})}", tmp_path
-    )
-    yield one
-    one.stop()
+def browser(
+    phone_cluster: Embedded, page: Path, tmp_path: Path
+) -> Iterator[Callable[..., Browser]]:
+    """``browser(callee)``: JsSIP as alice over the embedded default's WSS, calling
+    ``callee`` once registered (or only answering calls, without one)."""
+    started: list[Browser] = []
+
+    def start(callee: str = "") -> Browser:
+        wss = f"wss://{phone_cluster.lb_host}:{phone_cluster.lb_port + 3}"
+        query = {"ws": wss, "user": "alice", "password": PASSWORD, "domain": DOMAIN}
+        url = f"{page.as_uri()}?{urlencode({**query, 'callee': callee})}"
+        started.append(Browser(phone_cluster, url, tmp_path / f"browser{len(started)}"))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
 
 
 @phones.needs_baresip
 def test_jssip_registers_over_wss_and_calls_baresip(
-    phone_cluster: Embedded, phone: Phone, browser: Browser
+    phone_cluster: Embedded, phone: Phone, browser: Callable[..., Browser]
 ) -> None:
     bob = registered(phone("bob"))
     at_bob = bob.mark()
-    browser.wait_for("registered")
+    alice = browser("bob")
+    alice.wait_for("registered")
     shown = phones.location(phone_cluster, "alice")
     assert ".invalid" in shown, shown  # the browser's made-up Contact host (RFC 7118)
     assert "transport=ws" in shown, shown
@@ -154,6 +164,21 @@ def test_jssip_registers_over_wss_and_calls_baresip(
     assert ";transport=wss>" in record_routes, record_routes  # the LB's side toward alice
     bob.accept()
     bob.wait_established(since=at_bob)
-    browser.wait_for("confirmed")
+    alice.wait_for("confirmed")
     bob.wait_closed(since=at_bob)  # alice hung up a second after the call was confirmed
-    assert browser.wait_for("ended")[-1].startswith("ended local")
+    assert alice.wait_for("ended")[-1].startswith("ended local")
+
+
+@phones.needs_baresip
+def test_baresip_calls_jssip_down_its_websocket(
+    phone: Phone, browser: Callable[..., Browser]
+) -> None:
+    alice = browser()
+    alice.wait_for("registered")
+    bob = registered(phone("bob"))
+    at_bob = bob.dial(f"sip:alice@{DOMAIN}")
+    alice.wait_for("incoming")  # reached over its WSS flow: its Contact host is .invalid
+    bob.wait_established(since=at_bob)
+    alice.wait_for("confirmed")
+    bob.hangup()
+    assert alice.wait_for("ended")[-1].startswith("ended remote")
