@@ -25,7 +25,8 @@ from sipfleet.sip import parse_message
 from sipfleet.sip.flow import FlowTokens
 from tests.integration.harness import PING, SECRET, Cluster, RawUa, free_port, running_cluster
 from tests.integration.test_lb_tls import final_response
-from tests.mgmt.conftest import wait_for
+from tests.mgmt.conftest import mgmt_url, wait_for
+from tests.mgmt.test_metrics import Found, scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +215,13 @@ def test_a_handshake_without_sip_is_refused(cluster) -> None:
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"must offer 'sip'" in answer
+    WsUa(ws_address(cluster)).close()  # and one accepted
+
+    def counted() -> Found | None:  # the LB has two workers: summed over both
+        found = scrape(mgmt_url(cluster, "lb"))[1]
+        handshakes = "sipfleet_websocket_handshakes_total"
+        refused = value(found, handshakes, role="lb", result="refused")
+        accepted = value(found, handshakes, role="lb", result="accepted")
+        return found if refused >= 1 and accepted >= 1 else None
+
+    wait_for(counted, 10, "the handshakes counted in /metrics")

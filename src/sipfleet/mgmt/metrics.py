@@ -116,7 +116,15 @@ FAMILIES: tuple[Family, ...] = (
     _counter("sipfleet_datagrams_dropped_total", "Messages dropped without an answer.", "reason"),
     _counter("sipfleet_overload_episodes_total", "Times the process became overloaded."),
     _gauge("sipfleet_tcp_connections", "TCP connections open now."),
-    _counter("sipfleet_tls_connections_total", "TLS connections accepted (handshake done)."),
+    _counter(
+        "sipfleet_tls_connections_total", "TLS connections accepted (handshake done; WSS too)."
+    ),
+    _counter(
+        "sipfleet_websocket_handshakes_total",
+        "WebSocket handshakes on ws: and wss: listeners, by result: accepted, or refused "
+        "(no 'sip' subprotocol, not a WebSocket).",
+        "result",
+    ),
     _counter("sipfleet_tls_reloads_total", "TLS certificate reloads, by result.", "result"),
     _gauge(
         "sipfleet_tls_certificate_expiry_timestamp_seconds",

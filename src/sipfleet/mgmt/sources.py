@@ -101,6 +101,7 @@ def lb_sources(worker: LbWorker) -> MetricSources:
             _balancer_samples(balancer),
             _pool_samples(worker),
             _tls_samples(worker),
+            _websocket_samples(worker),
         )
 
     return MetricSources(read)
@@ -159,6 +160,15 @@ def _tls_samples(worker: LbWorker) -> Samples:
         ),
         "sipfleet_tls_certificate_expiry_timestamp_seconds": _one(certificates.current.expires),
     }
+
+
+def _websocket_samples(worker: LbWorker) -> Samples:
+    """WebSocket handshakes (LB with ws: or wss: listeners)."""
+    if not any(a.transport in ("ws", "wss") for a in worker.endpoint.addresses):
+        return {}
+    stats = worker.endpoint.tcp.stats
+    handshakes = {"accepted": stats["ws_accepted"], "refused": stats["ws_refused"]}
+    return {"sipfleet_websocket_handshakes_total": _by(handshakes)}
 
 
 def _pool_samples(worker: LbWorker) -> Samples:
