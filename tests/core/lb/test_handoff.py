@@ -18,6 +18,7 @@ from sipfleet.transport.base import Peer
         handoff.Received(b"BYE", Peer("tcp", "2001:db8::1", 4000, "::1", 5060, (1 << 32) + 5)),
         handoff.Received(b"BYE", Peer("tls", "192.0.2.9", 4000, "192.0.2.1", 5061, 12)),
         handoff.Send(b"SIP/2.0 200 OK\r\n\r\n", (2 << 32) + 9, "198.51.100.7", 40000),
+        handoff.Send(b"SIP/2.0 200 OK\r\n\r\n", (1 << 32) + 3, "198.51.100.7", 40001, "wss"),
         handoff.Learn("AgAAtoken", "sip:alice@example.com", 3600),
         handoff.Answered(123456789),
     ],

@@ -91,7 +91,9 @@ class LbEndpoint(SipEndpoint):
             self.on_handoff(message, sender)
 
     def _send_handed(self, message: handoff.Send) -> None:
-        destination = Destination("tcp", message.host, message.port, message.connection_id)
+        destination = Destination(
+            message.transport, message.host, message.port, message.connection_id
+        )
         try:
             super().send_bytes(message.data, destination)
         except TransportError as exc:
@@ -104,7 +106,9 @@ class LbEndpoint(SipEndpoint):
         if destination.transport != "udp" and connection is not None:  # TCP or TLS
             owner = connection // CONNECTION_IDS_PER_WORKER
             if owner != self.worker_index:
-                send = handoff.Send(data, connection, destination.host, destination.port)
+                send = handoff.Send(
+                    data, connection, destination.host, destination.port, destination.transport
+                )
                 try:
                     self._hand(owner, send)
                 except MessageTooLarge:

@@ -26,7 +26,7 @@ _RECEIVED, _SEND, _LEARN, _ANSWERED = b"R", b"S", b"L", b"A"
 _NO_CONNECTION = (1 << 64) - 1
 _PEER = struct.Struct("!BQHH")  # transport (_TRANSPORT_CODES), connection id, port, local port
 _TRANSPORT_CODES: tuple[TransportName, ...] = ("udp", "tcp", "tls", "ws", "wss")
-_SEND_HEAD = struct.Struct("!QH")  # connection id, port
+_SEND_HEAD = struct.Struct("!QHB")  # connection id, port, transport (_TRANSPORT_CODES)
 _LEARN_HEAD = struct.Struct("!I")  # lifetime
 _ANSWERED_HEAD = struct.Struct("!Q")  # flow id
 
@@ -43,6 +43,8 @@ class Send:
     connection_id: int
     host: str
     port: int
+    # the connection's kind: once it is gone, only a TCP destination may be reconnected
+    transport: TransportName = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,8 @@ def encode(message: Handed) -> bytes:
             (MAGIC, _RECEIVED, head, _text(peer.host), _text(peer.local_host), message.data)
         )
     if isinstance(message, Send):
-        head = _SEND_HEAD.pack(message.connection_id, message.port)
+        kind = _TRANSPORT_CODES.index(message.transport)
+        head = _SEND_HEAD.pack(message.connection_id, message.port, kind)
         return b"".join((MAGIC, _SEND, head, _text(message.host), message.data))
     if isinstance(message, Learn):
         head = _LEARN_HEAD.pack(message.lifetime)
@@ -120,9 +123,11 @@ def decode(data: bytes) -> Handed:
             )
             return Received(data[at:], peer)
         if kind == _SEND:
-            connection, port = _SEND_HEAD.unpack_from(data, at)
+            connection, port, kind_code = _SEND_HEAD.unpack_from(data, at)
+            if kind_code >= len(_TRANSPORT_CODES):
+                raise BadHandoff(f"unknown transport {kind_code}")
             host, at = _read_text(data, at + _SEND_HEAD.size)
-            return Send(data[at:], connection, host, port)
+            return Send(data[at:], connection, host, port, _TRANSPORT_CODES[kind_code])
         if kind == _LEARN:
             (lifetime,) = _LEARN_HEAD.unpack_from(data, at)
             token, at = _read_text(data, at + _LEARN_HEAD.size)
