@@ -164,5 +164,8 @@ async def test_wss_uses_the_tls_certificate(tmp_path: Path) -> None:
 
 async def test_wss_needs_a_certificate() -> None:
     transport = TcpTransport(RecordingSink())
+    sockets = bind_all([parse_listen("wss:127.0.0.1:0")])
     with pytest.raises(ValueError, match="need a certificate"):
-        await transport.start([], wss_sockets=bind_all([parse_listen("wss:127.0.0.1:0")]))
+        await transport.start([], wss_sockets=sockets)
+    for sock in sockets:
+        sock.close()
