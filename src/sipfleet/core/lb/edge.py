@@ -36,6 +36,7 @@ from sipfleet.core.lb.router import Router
 from sipfleet.sip import ParseError, Request, Response
 from sipfleet.sip.digest import parse_auth_header
 from sipfleet.sip.memo import Memo
+from sipfleet.sip.message import header_value
 from sipfleet.transport.base import Peer
 
 log = logging.getLogger(__name__)
@@ -90,16 +91,30 @@ class EdgeGuard:
         if limits is not None and not limits.admit(peer.host, now) and not self.exempt(peer):
             return self._over_rate(peer, now)
         scanners = self.scanners
-        if scanners is not None:
-            agent = request.header("user-agent")
-            if agent is not None and scanners.is_scanner(agent) and not self.exempt(peer):
-                self.scanners_dropped += 1
-                self._report(peer.host, "scanner", now, f"user_agent={printable(agent)}")
-                return DROP
-        if self.lockouts is not None:
-            keys = request.keys
-            if "authorization" in keys or "proxy-authorization" in keys:
-                return self._credentials(request, peer, now)
+        lockouts = self.lockouts
+        if scanners is None and lockouts is None:
+            return ""
+        # One pass over the header names, compared as strings: a header() lookup and two
+        # `in` scans of the list cost ~4.5k instructions a request (half the LB's growth).
+        keys = request.keys
+        agent_line = ""
+        credentials = False
+        for index in range(len(keys)):
+            key = keys[index]
+            if key == "user-agent":
+                if not agent_line:
+                    agent_line = request.lines[index]
+            elif key == "authorization" or key == "proxy-authorization":
+                credentials = True
+        # the whole line is the memo's key: a phone sends the same one each time
+        scanner = scanners is not None and agent_line and scanners.is_scanner(agent_line)
+        if scanner and not self.exempt(peer):
+            self.scanners_dropped += 1
+            agent = printable(header_value(agent_line))
+            self._report(peer.host, "scanner", now, f"user_agent={agent}")
+            return DROP
+        if lockouts is not None and credentials:
+            return self._credentials(request, peer, now)
         return ""
 
     def exempt(self, peer: Peer) -> bool:

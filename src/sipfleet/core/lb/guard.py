@@ -109,7 +109,8 @@ class AuthLockouts:
 
 class ScannerFilter:
     """Whether a User-Agent names a scanner: ``agents`` lower-case substrings; answers
-    memoised by the header's text (phones send the same few)."""
+    memoised by the header's text, or its whole line (phones send the same few; no
+    scanner name is found in "User-Agent:")."""
 
     def __init__(self, agents: tuple[str, ...]) -> None:
         self.agents: Final = tuple(agent.lower() for agent in agents)
