@@ -148,6 +148,12 @@ class LbSection(Section):
         description="Where the LB talks to registrars and proxies: its Path and the inner "
         "of a double Record-Route name it. Empty: the same as listen.",
     )
+    advertise: str = Field(
+        "",
+        description="The public address clients reach lb.listen at, when the host sits "
+        "behind 1:1 NAT (cloud hosts): HOST or HOST:PORT (IPv6 in brackets). The LB's Via and "
+        "Record-Route toward clients name it; needs lb.internal_listen for the inside.",
+    )
     id: int = Field(
         -1,
         ge=-1,
@@ -189,6 +195,22 @@ class LbSection(Section):
     )
     tls_key: str = Field("", description="PEM private key of tls_certificate (no passphrase).")
 
+    @field_validator("advertise")
+    @classmethod
+    def _advertise_is_a_hostport(cls, value: str) -> str:
+        if value and parse_hostport(value) is None:
+            raise ValueError(f"{value!r} is not HOST or HOST:PORT (IPv6 as [addr] or [addr]:port)")
+        return value
+
+    @model_validator(mode="after")
+    def _advertise_needs_an_inside(self) -> LbSection:
+        if self.advertise and not self.internal_listen:
+            raise ValueError(
+                "lb.advertise: needs lb.internal_listen (the address the registrars and "
+                "proxies reach the LB at): the advertised address is for clients only"
+            )
+        return self
+
     @model_validator(mode="after")
     def _tls_needs_files(self) -> LbSection:
         for address in self.internal_listen:
@@ -207,6 +229,22 @@ class LbSection(Section):
                     )
         return self
 
+
+def parse_hostport(text: str) -> tuple[str, int | None] | None:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; None when it is none of them."""
+    found = HOSTPORT.fullmatch(text.strip())
+    if found is None:
+        return None
+    host = found.group("v6") or found.group("host")
+    port = int(found.group("port")) if found.group("port") else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return host, port
+
+
+HOSTPORT = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?"
+)
 
 # Served to clients by the LB only: TLS, and SIP over WebSocket (RFC 7118) for browsers
 CLIENT_TRANSPORTS = ("tls", "ws", "wss")

@@ -16,6 +16,7 @@ from typing import Any
 
 from sipfleet.config import Config
 from sipfleet.config.listen import ListenAddress
+from sipfleet.config.model import parse_hostport
 from sipfleet.core.lb.balancer import Balancer
 from sipfleet.core.lb.edge import EdgeGuard
 from sipfleet.core.lb.endpoint import LbEndpoint
@@ -187,7 +188,8 @@ def certificates_of(config: Config) -> TlsCertificates | None:
 
 
 def sides_of(config: Config) -> Sides:
-    return Sides(config.lb.listen, config.lb.internal_listen)
+    advertise = parse_hostport(config.lb.advertise) if config.lb.advertise else None
+    return Sides(config.lb.listen, config.lb.internal_listen, advertise)
 
 
 def lb_id_of(config: Config, sides: Sides) -> int:

@@ -28,14 +28,23 @@ def hostport(host: str, port: int) -> str:
 
 class Sides:
     def __init__(
-        self, external: Sequence[ListenAddress], internal: Sequence[ListenAddress] = ()
+        self,
+        external: Sequence[ListenAddress],
+        internal: Sequence[ListenAddress] = (),
+        advertise: tuple[str, int | None] | None = None,
     ) -> None:
+        """``advertise``: the public (host, port or None) clients reach the external side
+        at, behind 1:1 NAT; None port: each listener's own."""
         if not external:
             raise ValueError("lb.listen: at least one address is needed")
         self.external = list(external)
         self.internal = list(internal) or list(external)
         self.one_side = set(self.internal) == set(self.external)
+        self.advertise = advertise
         self._ours = {(normalise_host(a.host), a.port) for a in (*self.external, *self.internal)}
+        if advertise is not None:  # a Route or Request-URI naming the public address is ours
+            host, port = advertise
+            self._ours |= {(normalise_host(host), port or a.port) for a in self.external}
         self._internal_locals = {(a.host, a.port) for a in self.internal}
         self._external_locals = {(a.host, a.port) for a in self.external}
 
@@ -57,7 +66,12 @@ class Sides:
         return (of_transport or addresses)[0]
 
     def sent_by(self, side: SideName, transport: TransportName, remote_host: str) -> str:
+        """Our host:port in a Via or Record-Route on ``side``: the advertised public
+        address on the external side when there is one."""
         address = self.address(side, transport, remote_host)
+        advertised = self.advertise
+        if side == "external" and advertised is not None:
+            return hostport(advertised[0], advertised[1] or address.port)
         return hostport(address.host, address.port)
 
     def local(self, side: SideName, remote_host: str) -> tuple[str, int]:
