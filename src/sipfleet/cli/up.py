@@ -69,6 +69,12 @@ def register(subparsers: Any) -> None:
         help="put the LB on this address (UDP and TCP; TLS on the next port)",
     )
     parser.add_argument(
+        "--advertise",
+        metavar="HOST[:PORT]",
+        help="the public address clients reach --listen at, behind 1:1 NAT (cloud hosts): "
+        "the LB's Via and Record-Route toward clients name it ([lb] advertise)",
+    )
+    parser.add_argument(
         "--restart-delay",
         type=_seconds,
         default=RESTART_DELAY_S,
@@ -214,6 +220,8 @@ def _config(args: argparse.Namespace) -> Config:
         data["node"]["data_dir"] = str(default_data_dir())
     if args.listen:
         _public_listen(data["lb"], args.listen)
+    if args.advertise:
+        data["lb"]["advertise"] = args.advertise
     try:
         return config_from_dict(data, "sipfleet up")
     except ConfigError as exc:
