@@ -23,6 +23,7 @@ No state is kept between a request and its responses: what the response path nee
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Final
 
@@ -70,11 +71,19 @@ class ForwardStats:
 
 
 class StatelessForwarder:
-    def __init__(self, endpoint: SipEndpoint, *, force_rport: bool = False) -> None:
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        *,
+        force_rport: bool = False,
+        advertised: Sequence[tuple[str, int]] = (),
+    ) -> None:
         """``force_rport``: send responses to the source port even when the client did
-        not ask with ``rport`` (symmetric routing for clients behind NAT that lack it)."""
+        not ask with ``rport`` (symmetric routing for clients behind NAT that lack it);
+        ``advertised``: (host, port) our Vias also name (a public address behind 1:1 NAT)."""
         self.endpoint = endpoint
         self.force_rport = force_rport
+        self.advertised = tuple(advertised)
         self.stats = ForwardStats()
         self._sent_bys: set[tuple[str, int | None]] | None = None
         self._our_texts: set[str] = set()  # "SIP/2.0/UDP host:port" of each sent-by
@@ -241,11 +250,12 @@ class StatelessForwarder:
         if self._sent_bys is None:
             self._sent_bys = set()
             self._our_texts = set()
-            for address in self.endpoint.addresses:
-                host = f"[{address.host}]" if ":" in address.host else address.host
-                self._sent_bys.add((host, address.port))
+            named = [(a.host, a.port) for a in self.endpoint.addresses]
+            for bare, port in [*named, *self.advertised]:
+                host = f"[{bare}]" if ":" in bare else bare
+                self._sent_bys.add((host, port))
                 for transport in ("UDP", "TCP", "TLS", "WS", "WSS"):
-                    self._our_texts.add(f"SIP/2.0/{transport} {host}:{address.port}")
+                    self._our_texts.add(f"SIP/2.0/{transport} {host}:{port}")
         if via_text.partition(";")[0] in self._our_texts:
             return True
         via = parse_via(via_text)

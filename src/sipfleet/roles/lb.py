@@ -158,7 +158,9 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         enabled=section.keepalive,
         now=now,
     )
-    forwarder = StatelessForwarder(endpoint, force_rport=section.force_rport)
+    forwarder = StatelessForwarder(
+        endpoint, force_rport=section.force_rport, advertised=sides.advertised_sent_bys()
+    )
     overload = OverloadMonitor()
     exempt = [*config.edge.exempt, *config.proxy.trusted_peers]
     guard = EdgeGuard(config.edge, router, exempt)

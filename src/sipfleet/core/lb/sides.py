@@ -74,6 +74,13 @@ class Sides:
             return hostport(advertised[0], advertised[1] or address.port)
         return hostport(address.host, address.port)
 
+    def advertised_sent_bys(self) -> list[tuple[str, int]]:
+        """(host, port) our external Vias name instead of the listeners' own, if any."""
+        if self.advertise is None:
+            return []
+        host, port = self.advertise
+        return sorted({(host, port or a.port) for a in self.external})
+
     def local(self, side: SideName, remote_host: str) -> tuple[str, int]:
         """The UDP socket to send from toward ``remote_host`` on ``side``."""
         address = self.address(side, "udp", remote_host)
