@@ -203,6 +203,13 @@ class Cluster:
         return asyncio.run(run())
 
 
+def lb_listener(cluster: Cluster, transport: str) -> tuple[str, int]:
+    """(host, port) of the running LB's one ``transport`` listener (tls, ws, ...)."""
+    listen = cluster.roles["lb"].config.lb.listen
+    (found,) = [address for address in listen if address.transport == transport]
+    return found.host, found.port
+
+
 @contextlib.contextmanager
 def running_cluster(workdir: Path, **kwargs: Any) -> Iterator[Cluster]:
     cluster = Cluster(workdir, **kwargs)

@@ -17,7 +17,15 @@ from cryptography import x509
 from sipfleet.sip import Response
 from sipfleet.sip.flow import FlowTokens
 from sipfleet.transport.tls import write_self_signed
-from tests.integration.harness import PING, SECRET, Cluster, RawUa, free_port, running_cluster
+from tests.integration.harness import (
+    PING,
+    SECRET,
+    Cluster,
+    RawUa,
+    free_port,
+    lb_listener,
+    running_cluster,
+)
 from tests.mgmt.conftest import http, mgmt_url, wait_for
 from tests.mgmt.test_metrics import Found, scrape, value
 
@@ -60,12 +68,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield cluster
 
 
-def tls_address(cluster: Cluster) -> tuple[str, int]:
-    listen = cluster.roles["lb"].config.lb.listen
-    (tls,) = [address for address in listen if address.transport == "tls"]
-    return tls.host, tls.port
-
-
 def certificate_paths(cluster: Cluster) -> tuple[Path, Path]:
     lb = cluster.roles["lb"].config.lb
     return Path(lb.tls_certificate), Path(lb.tls_key)
@@ -76,7 +78,7 @@ def serial_of(ua: RawUa) -> int:
 
 
 def registered(cluster: Cluster, user: str) -> RawUa:
-    ua = RawUa(tls_address(cluster), "tls")
+    ua = RawUa(lb_listener(cluster, "tls"), "tls")
     ua.request("REGISTER", f"sip:{DOMAIN}", user=user, expires=600)
     ua.expect_response(200)
     return ua
@@ -96,7 +98,7 @@ def test_a_tls_client_registers_calls_and_is_called_over_its_connection(cluster:
         invite = callee.expect_request("INVITE", timeout=10)
         assert invite.call_id == call_id
         assert invite.top_via.transport == "TLS"  # the LB's Via toward the callee
-        host, port = tls_address(cluster)
+        host, port = lb_listener(cluster, "tls")
         record_routes = invite.header_values("record-route")
         assert f"@{host}:{port};lr;transport=tls>" in record_routes[0]
         callee.answer(invite, 180)
@@ -154,7 +156,7 @@ def renew(cluster: Cluster, tmp_path: Path, name: str) -> int:
 
 
 def serial_of_a_new_connection(cluster: Cluster) -> int:
-    ua = RawUa(tls_address(cluster), "tls")
+    ua = RawUa(lb_listener(cluster, "tls"), "tls")
     ua.close()
     return serial_of(ua)
 

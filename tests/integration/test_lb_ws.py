@@ -23,7 +23,15 @@ from wsproto.events import (
 
 from sipfleet.sip import parse_message
 from sipfleet.sip.flow import FlowTokens
-from tests.integration.harness import PING, SECRET, Cluster, RawUa, free_port, running_cluster
+from tests.integration.harness import (
+    PING,
+    SECRET,
+    Cluster,
+    RawUa,
+    free_port,
+    lb_listener,
+    running_cluster,
+)
 from tests.integration.test_lb_tls import final_response
 from tests.mgmt.conftest import mgmt_url, wait_for
 from tests.mgmt.test_metrics import Found, scrape, value
@@ -113,18 +121,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield cluster
 
 
-def ws_address(cluster: Cluster) -> tuple[str, int]:
-    listen = cluster.roles["lb"].config.lb.listen
-    (ws,) = [address for address in listen if address.transport == "ws"]
-    return ws.host, ws.port
-
-
 def udp_address(cluster: Cluster) -> tuple[str, int]:
     return "127.0.0.1", cluster.roles["lb"].port
 
 
 def registered_ws(cluster: Cluster, user: str) -> WsUa:
-    ua = WsUa(ws_address(cluster))
+    ua = WsUa(lb_listener(cluster, "ws"))
     ua.request("REGISTER", f"sip:{DOMAIN}", user=user, expires=600)
     ua.expect_response(200)
     return ua
@@ -156,7 +158,7 @@ def test_a_browser_like_client_registers_and_its_flow_is_its_only_way_in(cluster
 def test_a_ws_client_calls_a_udp_phone_and_is_called_by_it(cluster) -> None:
     alice, bob = new_user(), new_user()
     browser, phone = registered_ws(cluster, alice), registered_udp(cluster, bob)
-    host, port = ws_address(cluster)
+    host, port = lb_listener(cluster, "ws")
     try:
         # browser -> phone
         call_id = browser.request("INVITE", f"sip:{bob}@{DOMAIN}", user=alice)
@@ -209,13 +211,13 @@ def test_a_call_to_a_ws_flow_whose_connection_is_gone_fails_with_430(cluster) ->
 
 
 def test_a_handshake_without_sip_is_refused(cluster) -> None:
-    with socket.create_connection(ws_address(cluster), timeout=5) as sock:
+    with socket.create_connection(lb_listener(cluster, "ws"), timeout=5) as sock:
         client = WSConnection(ConnectionType.CLIENT)
         sock.sendall(client.send(Request(host="lb", target="/", subprotocols=["chat"])))
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"must offer 'sip'" in answer
-    WsUa(ws_address(cluster)).close()  # and one accepted
+    WsUa(lb_listener(cluster, "ws")).close()  # and one accepted
 
     def counted() -> Found | None:  # the LB has two workers: summed over both
         found = scrape(mgmt_url(cluster, "lb"))[1]
