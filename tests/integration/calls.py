@@ -43,6 +43,20 @@ def pool_proxy(port: int, **extra: object) -> dict[str, object]:
     return {"listen": listen, "pool_reload_s": 0.5, **extra}
 
 
+LB_SETTINGS = {"probe_interval_s": 1.0, "pool_reload_s": 0.5, "keepalive": False}
+
+
+def start_pool(cluster: Cluster, **proxy: object) -> None:
+    """A registrar, two proxies of one pool (proxy1, proxy2, each with ``proxy`` settings)
+    and an LB in front of them, alice a subscriber."""
+    cluster.add_subscriber("alice", DOMAIN, PASSWORD)
+    cluster.add_lb_target("registrar", cluster.start("registrar"))
+    for name, port in zip(("proxy1", "proxy2"), distinct_free_ports(2), strict=True):
+        node = cluster.start("proxy", name=name, proxy=pool_proxy(port, **proxy))
+        cluster.add_lb_target("proxy", node)
+    cluster.start("lb", lb=LB_SETTINGS)
+
+
 def lb(cluster: Cluster) -> str:
     return f"127.0.0.1:{cluster.roles['lb'].port}"
 

@@ -18,18 +18,17 @@ from sipfleet.storage.model import CallRecord
 from tests.conftest import new_database
 from tests.integration.calls import (
     DOMAIN,
-    PASSWORD,
     Callee,
     Caller,
     both_finish,
     callee,
     caller,
-    distinct_free_ports,
     go,
     health,
     no_sipp_left,  # noqa: F401 (autouse: stops the sipps a failed test left)
     pool_proxy,
     received,
+    start_pool,
     trace,
     uri,
     wait_for,
@@ -40,7 +39,6 @@ pytestmark = pytest.mark.integration
 
 PRIVATE = "Privacy: id"
 PLAIN = "Subject: an ordinary call"
-LB_SETTINGS = {"probe_interval_s": 1.0, "pool_reload_s": 0.5, "keepalive": False}
 BACKENDS = [
     "sqlite",
     pytest.param("mysql", marks=pytest.mark.mysql),
@@ -62,13 +60,7 @@ def cluster(
     workdir = tmp_path_factory.mktemp(f"acc-{backend}")
     overrides = {"registrar": {"authenticate": False}}
     with running_cluster(workdir, dsn=dsn, overrides=overrides) as cluster:
-        cluster.add_subscriber("alice", DOMAIN, PASSWORD)
-        cluster.add_lb_target("registrar", cluster.start("registrar"))
-        for name, port in zip(("proxy1", "proxy2"), distinct_free_ports(2), strict=True):
-            cluster.add_lb_target(
-                "proxy", cluster.start("proxy", name=name, proxy=pool_proxy(port))
-            )
-        cluster.start("lb", lb=LB_SETTINGS)
+        start_pool(cluster)
         yield cluster
 
 

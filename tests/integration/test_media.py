@@ -20,20 +20,18 @@ import pytest
 
 from sipfleet.media import MediaRelayError, MediaRelays
 from tests.integration.calls import (
-    DOMAIN,
-    PASSWORD,
     Callee,
     Caller,
     Seen,
     both_finish,
     callee,
     caller,
-    distinct_free_ports,
     go,
     health,
     no_sipp_left,  # noqa: F401 (autouse: stops the sipps a failed test left)
     pool_proxy,
     received,
+    start_pool,
     trace,
     uri,
     wait_for,
@@ -48,7 +46,6 @@ pytestmark = [
 
 PLAIN = "Subject: a relayed call"
 PORT_MIN, PORT_MAX = 37000, 37199
-LB_SETTINGS = {"probe_interval_s": 1.0, "pool_reload_s": 0.5, "keepalive": False}
 _M_LINE = re.compile(r"^m=audio (\d+) ", re.M)
 
 
@@ -69,12 +66,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, relay: Rtpengine) -> Itera
     }
     workdir = tmp_path_factory.mktemp("media-cluster")
     with running_cluster(workdir, overrides=overrides) as cluster:
-        cluster.add_subscriber("alice", DOMAIN, PASSWORD)
-        cluster.add_lb_target("registrar", cluster.start("registrar"))
-        for name, port in zip(("proxy1", "proxy2"), distinct_free_ports(2), strict=True):
-            node = cluster.start("proxy", name=name, proxy=pool_proxy(port))
-            cluster.add_lb_target("proxy", node)
-        cluster.start("lb", lb=LB_SETTINGS)
+        start_pool(cluster)
         yield cluster
 
 

@@ -17,8 +17,6 @@ import pytest
 
 from sipfleet.sip import Request
 from tests.integration.calls import (
-    DOMAIN,
-    PASSWORD,
     Caller,
     Seen,
     both_finish,
@@ -27,47 +25,30 @@ from tests.integration.calls import (
     go,
     health,
     no_sipp_left,  # noqa: F401 (autouse: stops the sipps a failed test left)
+    pool_proxy,
     received,
     requests_of,
     responses,
+    start_pool,
     trace,
     uri,
     wait_for,
 )
-from tests.integration.harness import Cluster, free_port, running_cluster
+from tests.integration.harness import Cluster, running_cluster
 
 pytestmark = pytest.mark.integration
 
 PRIVATE = "Privacy: id"
 PLAIN = "Subject: an ordinary call"  # the same scenario, no privacy asked
-LB_SETTINGS = {"probe_interval_s": 1.0, "pool_reload_s": 0.5, "keepalive": False}
 
 
 # -- the cluster ---------------------------------------------------------------------------------
-def proxy_settings(port: int) -> dict[str, object]:
-    # No proxy.aliases: each proxy learns its siblings from the LB's proxy pool (lb_target).
-    return {
-        "listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
-        "privacy_hide_contact_user": True,
-        "pool_reload_s": 0.5,
-    }
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
     overrides = {"registrar": {"authenticate": False}}
     workdir = tmp_path_factory.mktemp("privacy-cluster")
     with running_cluster(workdir, overrides=overrides) as cluster:
-        cluster.add_subscriber("alice", DOMAIN, PASSWORD)
-        cluster.add_lb_target("registrar", cluster.start("registrar"))
-        for name, port in (("proxy1", first), ("proxy2", second)):
-            node = cluster.start("proxy", name=name, proxy=proxy_settings(port))
-            cluster.add_lb_target("proxy", node)
-        cluster.start("lb", lb=LB_SETTINGS)
+        start_pool(cluster, privacy_hide_contact_user=True)
         yield cluster
 
 
@@ -141,7 +122,9 @@ def test_private_dialog_continues_after_its_proxy_stops(
     assert ack.line("To") == from_line.replace("From:", "To:", 1)
 
     # the stopped proxy back, for the other tests (same port, same settings)
-    cluster.start("proxy", name=f"{name}-again", proxy=proxy_settings(port))
+    cluster.start(
+        "proxy", name=f"{name}-again", proxy=pool_proxy(port, privacy_hide_contact_user=True)
+    )
     wait_for(lambda: health(cluster, capsys).get(uri(handled)) == "up", 10, "proxy up again")
 
 
