@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.interop, pytest.mark.netns, pytest.mark.slow]
 DOMAIN = "example.com"
 PASSWORD = "secret"
 PHONE_PORT = 5070
+
+
 @pytest.fixture(scope="module")
 def public(natlab: NatLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     users = [f"{user}@{DOMAIN}" for user in ("alice", "bob", "carol")]
