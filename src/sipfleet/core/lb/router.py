@@ -6,7 +6,8 @@ Direction follows the side a request came from, never an address match with a fl
   side, from the exact address and port of a registrar or proxy in the pools): a top Route
   of ours with a flow token sends it down that flow: the client's NAT binding (UDP), its
   connection (TCP or TLS, 430 Flow Failed when it is gone, handed to the worker that holds
-  it; a TLS client is only ever reached over its own connection), or,
+  it; 430 too for a flow another LB made, RFC 5626 §5.3; a TLS client is only ever
+  reached over its own connection), or,
   when the token says the client is reachable directly, its Request-URI, only when that
   names the flow's own IP address (no packet picks an address for us).
 - **From a client** (anything else): it goes toward the cluster, our Route(s) removed. A
@@ -123,6 +124,11 @@ class Router:
 
     # -- toward a client ----------------------------------------------------------------
     def _to_client(self, request: Request, peer: Peer, flow: Flow, popped: int) -> Decision:
+        if flow.lb != self.lb_id:
+            # another LB's flow (RFC 5626 §5.3): its NAT binding or connection is not ours
+            # to send on, and its connection number means another client here; 430 makes
+            # the proxy try the phone's other flow
+            return Reject(430, "Flow Failed")
         if flow.transport != "udp":  # TCP, TLS or WebSocket: its connection
             if flow.worker != self.worker:
                 return HandOff(flow.worker)
