@@ -318,9 +318,26 @@ def _as_postgres_user() -> list[str]:
 
 
 class PostgresServer(DbServer):
+    # Where it listens, as for MariaDbServer: ``netns``: inside that network namespace, on
+    # ``host`` there; the test process then reaches it through its Unix socket.
+    host: str = "127.0.0.1"
+    netns: str | None = None
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.base
+
+    def dsn(self, database: str) -> str:
+        return f"{self.kind}://{self.user}@{self.host}:{self.port}/{database}"
+
+    def socket_dsn(self, database: str) -> str:
+        """As the postgres superuser over the Unix socket: works from any namespace."""
+        return f"postgresql://{self.user}@localhost:{self.port}/{database}?host={self.base}"
+
     def start(self) -> None:
         log = self.base / "postgres.log"
         args = [
+            *(["ip", "netns", "exec", self.netns] if self.netns else []),
             *_as_postgres_user(),
             _postgres_bin("postgres"),
             "-D",
@@ -328,17 +345,19 @@ class PostgresServer(DbServer):
             "-p",
             str(self.port),
             "-k",
-            str(self.base),
+            str(self.socket_dir),
             "-c",
-            "listen_addresses=127.0.0.1",
+            f"listen_addresses={self.host}",
             *(arg for key, value in self.options.items() for arg in ("-c", f"{key}={value}")),
         ]
         with log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=out, cwd=self.base)
-        _wait_port(self.port, self.process, log)
+        _wait_socket(self.socket_dir / f".s.PGSQL.{self.port}", self.process, log)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
+        """Until it answers queries: a server (a standby above all) accepts connections
+        on its socket before it lets them in ("the database system is starting up")."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
@@ -359,24 +378,44 @@ class PostgresServer(DbServer):
 
     def sql(self, statement: str, database: str | None = None) -> str:
         psql = _need(shutil.which("psql"), "postgresql-client", "psql")
-        args = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-X", "-A", "-t"]
-        return _run([*args, "-d", database or "postgres", "-c", statement]).stdout
+        args = [psql, "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user]
+        return _run([*args, "-X", "-A", "-t", "-d", database or "postgres", "-c", statement]).stdout
 
 
-def start_postgres(
-    options: dict[str, str] | None = None, port: int | None = None
+def _postgres_base(prefix: str) -> Path:
+    """A temporary directory the server may write (owned by postgres when we are root)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+    return base
+
+
+def _new_postgres(
+    base: Path, options: dict[str, str] | None, port: int | None, host: str, netns: str | None
 ) -> PostgresServer:
-    """initdb a data directory (owned by the postgres user when we are root) and start it."""
-    initdb = _postgres_bin("initdb")
-    base = Path(tempfile.mkdtemp(prefix="sipfleet-postgres-"))
     defaults = {"shared_buffers": "64MB", "max_connections": "200"}
     server = PostgresServer(
         "postgresql", base, port or free_port(), "postgres", defaults | (options or {})
     )
+    server.host = host
+    server.netns = netns
+    return server
+
+
+def start_postgres(
+    options: dict[str, str] | None = None,
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    netns: str | None = None,
+) -> PostgresServer:
+    """initdb a data directory (owned by the postgres user when we are root) and start it
+    on 127.0.0.1:``port`` (or on ``host`` inside the network namespace ``netns``)."""
+    initdb = _postgres_bin("initdb")
+    base = _postgres_base("sipfleet-postgres-")
+    server = _new_postgres(base, options, port, host, netns)
     try:
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            os.chown(base, user.pw_uid, user.pw_gid)
         _run(
             [
                 *_as_postgres_user(),
@@ -399,6 +438,123 @@ def start_postgres(
         server.destroy()
         raise
     return server
+
+
+# A PostgreSQL primary that standbys can stream from. synchronous_commit stays on whatever
+# the caller asks: a commit is then in the WAL the primary has written when it returns, so
+# ``wait_replicated_postgres`` (which waits for pg_current_wal_lsn) covers it. With fsync
+# off that costs a write(), not a disk flush.
+POSTGRES_PRIMARY = {"wal_level": "replica", "max_wal_senders": "10", "max_replication_slots": "10"}
+# A hot standby: answers reads while it replays, and retries a lost primary every 0.5 s
+# (PostgreSQL's default waits 5 s), as the MariaDB replica's MASTER_CONNECT_RETRY=1 does.
+POSTGRES_STANDBY = {"hot_standby": "on", "wal_retrieve_retry_interval": "500ms"}
+# Connections from the other hosts of a test (namespaces, 127.213.0.N): with a password;
+# initdb's own lines (trust on 127.0.0.1 and the socket) come first.
+_PG_HBA_NETWORK = (
+    f"host replication {REPLICATION_USER} all scram-sha-256\nhost all all all scram-sha-256\n"
+)
+
+
+def start_postgres_primary(
+    options: dict[str, str] | None = None,
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    netns: str | None = None,
+) -> PostgresServer:
+    """``start_postgres`` with WAL for streaming replication, a replication role and the
+    pg_hba lines that let standbys (and nodes on other hosts) in with a password."""
+    settings = POSTGRES_PRIMARY | (options or {}) | {"synchronous_commit": "on"}
+    server = start_postgres(settings, port, host=host, netns=netns)
+    try:
+        with (server.base / "data" / "pg_hba.conf").open("a") as hba:
+            hba.write(_PG_HBA_NETWORK)
+        server.sql(
+            f"CREATE ROLE {REPLICATION_USER} REPLICATION LOGIN "
+            f"PASSWORD '{REPLICATION_PASSWORD}'; SELECT pg_reload_conf()"
+        )
+    except BaseException:
+        server.destroy()
+        raise
+    return server
+
+
+def start_postgres_standby(
+    primary: PostgresServer,
+    options: dict[str, str] | None = None,
+    port: int | None = None,
+    *,
+    slot: str = "standby1",
+    host: str = "127.0.0.1",
+    netns: str | None = None,
+) -> PostgresServer:
+    """A hot standby of ``primary`` (started by ``start_postgres_primary``): a base backup
+    over TCP with ``pg_basebackup -R`` (standby.signal and primary_conninfo) and a
+    replication slot ``slot`` created with it, so the primary keeps every WAL record the
+    standby has not received while it is stopped. Caught up when returned.
+
+    Its settings are the primary's own (a standby refuses to start with a lower
+    max_connections, among others) plus ``POSTGRES_STANDBY`` and ``options``."""
+    base = _postgres_base("sipfleet-pgstandby-")
+    settings = primary.options | POSTGRES_STANDBY | (options or {})
+    standby = _new_postgres(base, settings, port, host, netns)
+    source = (
+        f"host={primary.host} port={primary.port} user={REPLICATION_USER} "
+        f"password={REPLICATION_PASSWORD} application_name={slot}"
+    )
+    try:
+        _run(
+            [
+                *(["ip", "netns", "exec", netns] if netns else []),
+                *_as_postgres_user(),
+                _postgres_bin("pg_basebackup"),
+                "-d",
+                source,
+                "-D",
+                str(base / "data"),
+                "-R",
+                "-C",
+                "-S",
+                slot,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+            cwd=base,
+        )
+        standby.start()
+        wait_replicated_postgres(primary, standby)
+    except BaseException:
+        standby.destroy()
+        raise
+    return standby
+
+
+def wait_replicated_postgres(
+    primary: PostgresServer, standby: PostgresServer, timeout: float = 30
+) -> None:
+    """Until ``standby`` has replayed everything ``primary`` has written so far: its
+    pg_last_wal_replay_lsn() reaches the primary's pg_current_wal_lsn()."""
+    target = primary.sql("SELECT pg_current_wal_lsn()").strip()
+    check = f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+    deadline = time.monotonic() + timeout
+    while standby.sql(check).strip() != "t":
+        if time.monotonic() > deadline:
+            status = standby.sql("SELECT * FROM pg_stat_wal_receiver")
+            raise RuntimeError(f"standby not at {target} after {timeout} s: {status[-2000:]}")
+        time.sleep(0.02)
+
+
+def wait_caught_up(primary: DbServer, replica: DbServer, timeout: int = 30) -> None:
+    """``wait_replicated`` (MariaDB) or ``wait_replicated_postgres``, by the servers' kind."""
+    if isinstance(primary, PostgresServer) and isinstance(replica, PostgresServer):
+        wait_replicated_postgres(primary, replica, timeout)
+    elif isinstance(primary, MariaDbServer) and isinstance(replica, MariaDbServer):
+        wait_replicated(primary, replica, timeout)
+    else:
+        raise TypeError(f"no replication between {primary.kind} and {replica.kind}")
 
 
 # Settings that trade durability for speed: for tests only, never for benchmark figures.

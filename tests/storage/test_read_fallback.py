@@ -1,9 +1,9 @@
 """database.read_fallback: what a read does while the replica is down, and that the replica
 is used again by itself when it returns.
 
-MariaDB runs a real primary and replica (binary log, GTID replication). PostgreSQL's
-"replica" is a second server whose rows the test writes by hand: what is tested here is
-the backend's side (errors, fallback, recovery), not PostgreSQL's replication.
+Both backends run a real primary and replica: MariaDB with its binary log and GTID
+replication, PostgreSQL a hot standby streaming the primary's WAL (``pg_basebackup -R``
+and a replication slot, tests/dbservers.py). Rows reach the replica only by replication.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from tests.dbservers import (
     FAST_MARIADB,
     FAST_POSTGRES,
     DbServer,
-    MariaDbServer,
     start_mariadb_primary,
     start_mariadb_replica,
-    start_postgres,
-    wait_replicated,
+    start_postgres_primary,
+    start_postgres_standby,
+    wait_caught_up,
 )
 from tests.storage.conftest import OpenStorage, migrate
 
@@ -38,7 +38,9 @@ CAROL = Aor("carol", "example.com")
 class Pair:
     primary: DbServer
     replica: DbServer
-    replicated: bool  # False: the test copies rows to the replica itself
+
+    def caught_up(self) -> None:
+        wait_caught_up(self.primary, self.replica)
 
     def ensure_running(self) -> None:
         for server in (self.primary, self.replica):
@@ -49,16 +51,16 @@ class Pair:
 def _mariadb_pair() -> Pair:
     primary = start_mariadb_primary(FAST_MARIADB)
     try:
-        return Pair(primary, start_mariadb_replica(primary, FAST_MARIADB), replicated=True)
+        return Pair(primary, start_mariadb_replica(primary, FAST_MARIADB))
     except BaseException:
         primary.destroy()
         raise
 
 
 def _postgres_pair() -> Pair:
-    primary = start_postgres(FAST_POSTGRES)
+    primary = start_postgres_primary(FAST_POSTGRES)
     try:
-        return Pair(primary, start_postgres(FAST_POSTGRES), replicated=False)
+        return Pair(primary, start_postgres_standby(primary, FAST_POSTGRES))
     except BaseException:
         primary.destroy()
         raise
@@ -90,29 +92,18 @@ def dsns(own_pair: Pair) -> Iterator[Dsns]:
     name = f"fallback_{next(_names)}"
     primary = own_pair.primary.create_database(name)
     migrate(primary)
-    if own_pair.replicated:
-        assert isinstance(own_pair.primary, MariaDbServer)
-        assert isinstance(own_pair.replica, MariaDbServer)
-        wait_replicated(own_pair.primary, own_pair.replica)
-        replica = own_pair.replica.dsn(name)
-    else:
-        replica = own_pair.replica.create_database(name)
-        migrate(replica)
+    own_pair.caught_up()
+    replica = own_pair.replica.dsn(name)
     yield Dsns(Dsn.parse(primary), (Dsn.parse(replica),))
     own_pair.ensure_running()
 
 
 async def register(pair: Pair, dsns: Dsns, opened: OpenStorage, aor: Aor) -> None:
-    """One binding of ``aor`` on the primary, and on the replica once replicated."""
+    """One binding of ``aor`` on the primary, on the replica once replicated."""
     update = BindingUpdate(f"sip:{aor.username}@192.0.2.1", NOW + 3600, "c1", 1)
-    targets = [dsns.write] if pair.replicated else [dsns.write, dsns.reads[0]]
-    for dsn in targets:
-        writer = opened(Dsns(dsn, (dsn,)))
-        await writer.location.save(aor, [update], now=NOW, max_contacts=10)
-    if pair.replicated:
-        assert isinstance(pair.primary, MariaDbServer)
-        assert isinstance(pair.replica, MariaDbServer)
-        wait_replicated(pair.primary, pair.replica)
+    writer = opened(Dsns(dsns.write, (dsns.write,)))
+    await writer.location.save(aor, [update], now=NOW, max_contacts=10)
+    pair.caught_up()
 
 
 async def found(storage: Storage, aor: Aor) -> bool:
@@ -153,10 +144,7 @@ async def test_reads_fall_back_to_the_primary_and_return_to_the_replica(
     )
 
     own_pair.replica.start()
-    if own_pair.replicated:
-        assert isinstance(own_pair.primary, MariaDbServer)
-        assert isinstance(own_pair.replica, MariaDbServer)
-        wait_replicated(own_pair.primary, own_pair.replica)
+    own_pair.caught_up()  # CAROL, written meanwhile, too
     own_pair.primary.stop()  # from now on only the replica can answer
     # Reads at the same moment: one tries the replica (still marked down), the others
     # would have skipped it for the primary; the primary is down too, so they ask it anyway.
@@ -192,20 +180,17 @@ async def test_with_fail_a_read_fails_at_once_and_recovers_by_itself(
 async def test_health_reports_the_primary_the_replica_and_its_lag(
     own_pair: Pair, dsns: Dsns, opened: OpenStorage
 ) -> None:
-    """Storage.health(): both answer; MariaDB's replica says how far behind it is (its
-    replication runs); the PostgreSQL stand-in is no standby, so it has no lag to tell.
-    A stopped replica is down with the reason, the primary still up."""
+    """Storage.health(): both answer; the replica says how far behind it is (MariaDB's
+    Seconds_Behind_Master; the standby 0 once it has replayed all it received). A stopped
+    replica is down with the reason, the primary still up."""
     storage = opened(dsns)
     primary, replica = await storage.health()
     assert (primary.role, primary.up, primary.lag_s, primary.error) == ("primary", True, None, None)
     assert (replica.role, replica.up, replica.error) == ("replica", True, None)
     assert replica.name == str(dsns.reads[0])
     assert "@" in replica.name
-    if own_pair.replicated:
-        assert replica.lag_s is not None
-        assert 0 <= replica.lag_s < 30
-    else:
-        assert replica.lag_s is None
+    assert replica.lag_s is not None
+    assert 0 <= replica.lag_s < 30
     own_pair.replica.stop()
     primary, replica = await storage.health()
     assert primary.up
