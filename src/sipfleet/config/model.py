@@ -331,6 +331,13 @@ class ProxySection(Section):
     record_route: bool = Field(
         True, description="Record-Route dialog-creating requests (keep the proxy in the dialog)."
     )
+    flow_timeout_s: float = Field(
+        4.0,
+        gt=0,
+        description="A phone registered over several flows (RFC 5626, e.g. through two LBs) "
+        "is called over its newest one; an INVITE that hears nothing back over it (not even "
+        "100 Trying) within this time goes to the next flow, as on a 430 Flow Failed.",
+    )
     max_routing: int = Field(
         2000,
         ge=1,

@@ -27,6 +27,12 @@ trunk that ended the search, or the last failure. A trunk target with a ``timeou
 has neither rung (18x) nor answered finally by then is given up: cancelled at once when
 it sent 100 Trying, else when it says anything (§9.1), and counted as 408. How each such
 attempt ended is reported (``TrunkEnded``) for the gateway's health.
+
+A phone registered over several flows (RFC 5626 §5.3) is one target with the other flows
+as ``alternates``: when its flow fails (a 430 Flow Failed from the edge proxy, a transport
+error, a timeout, or, for INVITE, nothing at all heard within ``flow_timeout``) the next
+flow gets the request, in a new branch; the phone rings once. A 430 with no flow left
+counts as 480: a 430 is for proxies, never for the caller (RFC 5626 §11.5).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from sipfleet.sip.transaction import ClientTransaction
 from sipfleet.transport.base import Destination
 
 PREFERRED_4XX = (401, 407, 415, 420, 484)
+FLOW_FAILED = 430  # RFC 5626: the edge proxy's flow to the phone is gone
+FLOW_FAILURES = frozenset({408, 503, FLOW_FAILED})  # with a timeout and a transport error
 CHALLENGES = ("www-authenticate", "proxy-authenticate")
 
 
@@ -155,6 +163,7 @@ class ResponseContext:
         "branches",
         "cancel_wait",
         "final_sent",
+        "flow_timeout",
         "invite",
         "request",
         "timer_c",
@@ -168,13 +177,16 @@ class ResponseContext:
         cancel_wait: float = 32.0,
         ask_on_failure: bool = False,
         to_tag: str = "",
+        flow_timeout: float = 4.0,
     ) -> None:
         """``request``: as received (its Vias are the upstream ones). ``to_tag``: for the
-        responses the context makes itself (408, 487, 500)."""
+        responses the context makes itself (408, 487, 500). ``flow_timeout``: how long an
+        INVITE waits for any answer over a flow that has alternates."""
         self.request = request
         self.invite = request.method == "INVITE"
         self.timer_c = timer_c
         self.cancel_wait = cancel_wait
+        self.flow_timeout = flow_timeout
         self.branches: list[Branch] = []
         self.final_sent = False
         self._queued: deque[tuple[Target, ...]] = deque()
@@ -214,15 +226,20 @@ class ResponseContext:
         actions: list[ContextAction] = []
         self._group_start = len(self.branches)
         for target in group:
-            branch = Branch(len(self.branches), target)
-            self.branches.append(branch)
-            actions.append(StartBranch(branch))
-            if self.invite:
-                delay = self.timer_c
-                if target.timeout is not None and target.timeout < delay:
-                    delay = target.timeout  # Timer C's slot counts the trunk's time first
-                actions.append(ArmTimerC(branch, delay))
+            actions.extend(self._branch_to(target))
         return actions
+
+    def _branch_to(self, target: Target) -> list[ContextAction]:
+        branch = Branch(len(self.branches), target)
+        self.branches.append(branch)
+        if not self.invite:
+            return [StartBranch(branch)]
+        delay = self.timer_c
+        if target.timeout is not None and target.timeout < delay:
+            delay = target.timeout  # Timer C's slot counts the trunk's time first
+        if target.alternates and self.flow_timeout < delay:
+            delay = self.flow_timeout  # and a flow's time to say anything
+        return [StartBranch(branch), ArmTimerC(branch, delay)]
 
     # -- events -----------------------------------------------------------------------
     def on_response(self, branch: Branch, response: Response) -> list[ContextAction]:
@@ -235,17 +252,22 @@ class ResponseContext:
         if branch.state is BranchState.DONE:
             return []  # a late answer of a branch already counted (Timer C, CANCEL)
         branch.response = response
+        if status == FLOW_FAILED:
+            return self._flow_failed(branch, status)
         return self._failed(branch, 408 if branch.expired else status)
 
     def on_failure(self, branch: Branch, status: int) -> list[ContextAction]:
         """The branch's transaction timed out (408) or could not send (503)."""
         if branch.state is BranchState.DONE:
             return []
-        return self._failed(branch, status)
+        return self._flow_failed(branch, status)
 
     def on_timer_c(self, branch: Branch) -> list[ContextAction]:
         if branch.state is BranchState.DONE:
             return []
+        if branch.target.alternates and branch.state is BranchState.CALLING:
+            branch.cancel_wanted = True  # the flow said nothing: should it answer after all
+            return self._flow_failed(branch, 408)
         if branch.target.timeout is not None and not branch.progressed:
             # a trunk that has not rung in time: cancel it (now if it sent 100 Trying,
             # else should it still answer) and go on to the next trunk without waiting
@@ -275,6 +297,8 @@ class ResponseContext:
         actions: list[ContextAction] = []
         if branch.state is BranchState.CALLING:
             branch.state = BranchState.PROCEEDING
+            if branch.target.alternates and self.invite and not branch.expired:
+                actions.append(ArmTimerC(branch, self.timer_c))  # the flow works: Timer C
         if branch.cancel_wanted and not branch.cancel_sent:
             actions.extend(self._cancel(branch))
         if branch.state is BranchState.DONE or response.status == 100:
@@ -318,6 +342,17 @@ class ResponseContext:
             actions.extend(self._next_group())
             return actions
         actions.extend(self._finish())
+        return actions
+
+    def _flow_failed(self, branch: Branch, status: int) -> list[ContextAction]:
+        """RFC 5626 §5.3: a flow that failed hands the request to the phone's next flow;
+        with none left a 430 counts as 480."""
+        if not branch.target.alternates or self.final_sent or status not in FLOW_FAILURES:
+            return self._failed(branch, 480 if status == FLOW_FAILED else status)
+        branch.state = BranchState.DONE
+        branch.status = 480 if status == FLOW_FAILED else status
+        actions: list[ContextAction] = [DisarmTimerC(branch)] if self.invite else []
+        actions.extend(self._branch_to(branch.target.next_flow()))
         return actions
 
     def _finish(self) -> list[ContextAction]:

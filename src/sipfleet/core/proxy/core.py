@@ -110,6 +110,7 @@ MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call fo
 class CallSettings:
     timer_c: float = 180.0
     cancel_wait: float = 32.0  # after cancelling a branch on Timer C: 64*T1
+    flow_timeout: float = 4.0  # an INVITE hears nothing over one of a phone's flows: the next
     record_route: bool = True  # Record-Route dialog-creating requests
     retry_after: int = 5
 
@@ -598,6 +599,7 @@ class ProxyCore:
             cancel_wait=settings.cancel_wait,
             ask_on_failure=self.ask_on_failure,
             to_tag=call.to_tag,
+            flow_timeout=settings.flow_timeout,
         )
         call.routing.extra_headers = list(plan.headers)
         return self._apply(call, call.responses.start(plan))

@@ -80,6 +80,7 @@ def settings_from_config(config: Config) -> EngineSettings:
     calls = CallSettings(
         timer_c=float(sip.timer_c_s),
         cancel_wait=timers.timeout,
+        flow_timeout=proxy.flow_timeout_s,
         record_route=proxy.record_route,
         retry_after=proxy.retry_after_s,
     )

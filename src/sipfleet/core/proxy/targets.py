@@ -10,7 +10,7 @@ parallel, the next group starts when a group fails in a way ``advance`` accepts.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 from sipfleet.sip.grammar import split_values
@@ -26,6 +26,13 @@ class Target:
     received: str | None = None  # send here instead of the next hop (no routes only)
     gateway: str | None = None  # an off-net trunk's gateway: its outcome feeds the health
     timeout: float | None = None  # a trunk not ringing or answering by then is given up
+    # RFC 5626 §5.3: the same phone instance's other flows, tried in turn when this one fails
+    alternates: tuple[Target, ...] = ()
+
+    def next_flow(self) -> Target:
+        """The first alternate flow, with the rest as its own alternates."""
+        first, *rest = self.alternates
+        return replace(first, alternates=tuple(rest))
 
 
 def next_group_unless_success_or_global(status: int) -> bool:
@@ -59,12 +66,46 @@ def target_of(binding: Binding) -> Target:
     return Target(binding.contact, routes, received)
 
 
+def most_recent_first(flows: Sequence[Binding]) -> list[Binding]:
+    """The flows of one instance in the order they are tried (RFC 5626 §5.3: the most
+    recently registered first; the later row on a tie within a second)."""
+    return sorted(flows, key=lambda b: (b.last_modified, b.id), reverse=True)
+
+
+def targets_by_instance(bindings: Sequence[Binding]) -> list[tuple[float, Target]]:
+    """(q, target) per binding, except that the bindings of one RFC 5626 instance
+    (``+sip.instance`` with a ``reg-id``: one per flow) make one target, its other flows
+    as alternates, so the phone rings once; in the order of each instance's first row."""
+    flows: dict[str, list[Binding]] = {}
+    order: list[Binding | str] = []
+    for binding in bindings:
+        instance = binding.instance
+        if instance is None or binding.reg_id is None:
+            order.append(binding)
+        elif instance in flows:
+            flows[instance].append(binding)
+        else:
+            flows[instance] = [binding]
+            order.append(instance)
+    targets: list[tuple[float, Target]] = []
+    for entry in order:
+        if isinstance(entry, str):
+            preferred, *others = most_recent_first(flows[entry])
+            alternates = tuple(target_of(b) for b in others)
+            target = replace(target_of(preferred), alternates=alternates)
+        else:
+            preferred, target = entry, target_of(entry)
+        targets.append((1.0 if preferred.q is None else preferred.q, target))
+    return targets
+
+
 def plan_for_bindings(
     bindings: Sequence[Binding], *, serial: bool, headers: Sequence[Header] = ()
 ) -> ForkPlan:
     """Every contact at once, or one group per q value, best first (storage returns the
-    bindings best q first; a binding without q counts as q=1.0, RFC 3261 §10.2.1.2)."""
-    targets = [(1.0 if b.q is None else b.q, target_of(b)) for b in bindings]
+    bindings best q first; a binding without q counts as q=1.0, RFC 3261 §10.2.1.2).
+    A phone registered over several flows (RFC 5626) is one target: its newest flow."""
+    targets = targets_by_instance(bindings)
     if not serial:
         return ForkPlan((tuple(t for _, t in targets),), headers=tuple(headers))
     targets.sort(key=lambda pair: -pair[0])
