@@ -32,6 +32,7 @@ from tests.storage.conftest import OpenStorage, migrate
 NOW = int(time.time())
 BOB = Aor("bob", "example.com")
 CAROL = Aor("carol", "example.com")
+CAROL_PHONE = BindingUpdate("sip:carol@192.0.2.2", NOW + 60, "c2", 1)
 
 
 @dataclass
@@ -140,7 +141,7 @@ async def test_reads_fall_back_to_the_primary_and_return_to_the_replica(
     assert len(outage) == 1, outage
     assert str(dsns.reads[0]) in outage[0]
     await storage.location.save(  # writes never used the replica
-        CAROL, [BindingUpdate("sip:carol@192.0.2.2", NOW + 60, "c2", 1)], now=NOW, max_contacts=5
+        CAROL, [CAROL_PHONE], now=NOW, max_contacts=5
     )
 
     own_pair.replica.start()
@@ -169,7 +170,7 @@ async def test_with_fail_a_read_fails_at_once_and_recovers_by_itself(
     with pytest.raises(StorageUnavailable):
         await storage.subscribers.get("bob", "example.com")  # every replica read fails
     await storage.location.save(  # writes go on: they never used the replica
-        CAROL, [BindingUpdate("sip:carol@192.0.2.2", NOW + 60, "c2", 1)], now=NOW, max_contacts=5
+        CAROL, [CAROL_PHONE], now=NOW, max_contacts=5
     )
 
     own_pair.replica.start()
@@ -196,3 +197,17 @@ async def test_health_reports_the_primary_the_replica_and_its_lag(
     assert primary.up
     assert not replica.up
     assert replica.error
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("own_pair", [_postgres_pair], ids=["postgres"], indirect=True)
+async def test_a_write_to_the_standby_is_unavailable_not_an_error(
+    own_pair: Pair, dsns: Dsns, opened: OpenStorage
+) -> None:
+    """database.write naming the standby (a mistake, or a primary demoted by a failover)
+    is a database that cannot take the write: StorageUnavailable, so the registrar answers
+    500 with Retry-After, and the message says why."""
+    misconfigured = opened(Dsns(dsns.reads[0], dsns.reads))
+    with pytest.raises(StorageUnavailable, match="read-only standby, not the primary"):
+        await misconfigured.location.save(CAROL, [CAROL_PHONE], now=NOW, max_contacts=5)
+    assert not await found(misconfigured, CAROL)  # reads from it still work

@@ -142,7 +142,10 @@ SELECT CASE
   ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
 END
 """
-CONFLICTS = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+# Serialization failure (also a hot standby's "conflict with recovery": the read is run
+# again, then falls back like any unavailable replica), deadlock, lock not available.
+CONFLICTS = {"40001", "40P01", "55P03"}
+READ_ONLY = "25006"  # a write on a hot standby (or a primary demoted to one)
 
 
 class _GuardLost(Exception):
@@ -172,6 +175,10 @@ class PostgresExecutor(NetworkExecutor[Any]):
             return AlreadyExists(message)
         if state in CONFLICTS:
             return TransactionConflict(message)
+        if state == READ_ONLY:  # answered 500 with Retry-After, as a primary that is down
+            return StorageUnavailable(
+                f"{message}: the server is a read-only standby, not the primary"
+            )
         if state is not None and state[:2] in ("08", "53", "57", "3D", "28"):
             return StorageUnavailable(message)  # connection, resources, shutdown, no db/auth
         if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
