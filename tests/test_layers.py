@@ -19,6 +19,7 @@ BELOW_ROLES = {
     "config",
     "stats",
     "transport",
+    "dns",
     "storage",
     "media",
     "routing",
@@ -37,6 +38,8 @@ ALLOWED: dict[str, set[str]] = {
     "stats": set(),
     # the only code that touches sockets: frames with sip's parser, limits from config.
     "transport": {"sip", "config", "stats", "logcontext"},
+    # RFC 3263: NAPTR/SRV/A records to destinations (sans-IO) and dnspython's async resolver.
+    "dns": {"sip", "transport"},
     # tables and their rows (lcr_rows checks gateway hosts with sip.uri); DSNs from config.
     "storage": {"sip", "config", "stats"},
     # the media relay's control (rtpengine's ng protocol): a client of a service, like storage.
@@ -44,7 +47,7 @@ ALLOWED: dict[str, set[str]] = {
     # the operator's policy: decides over messages, rows and peers; calls nothing above.
     "routing": {"sip", "config", "stats", "transport", "storage"},
     # async glue: endpoint, stateless forwarding, the proxy engine, the LB; asks routing.
-    "core": {"sip", "config", "stats", "transport", "storage", "media", "routing", "logcontext"},
+    "core": BELOW_ROLES - {"core"},
     # thin compositions of everything below (a role may also serve the management API).
     "roles": BELOW_ROLES | {"mgmt"},
     # HTTP API, status page, metrics: reads the layers below the roles.

@@ -173,6 +173,7 @@ class Call:
 
     __slots__ = (
         "_tag",
+        "alternates",
         "cancelled",
         "clients",
         "failed",
@@ -204,6 +205,9 @@ class Call:
         self.media_queue: list[tuple[Response, bool]] | None = None
         # a 2xx's To tag and the SDP the relay gave it: its retransmissions get the same
         self.relayed_2xx: tuple[str | None, bytes] | None = None
+        # RFC 3263 §4.3: per branch index, the other destinations its host name resolved
+        # to, tried in turn when one times out, fails in transport or answers 503
+        self.alternates: dict[int, list[Destination]] = {}
         self._tag: str | None = None
 
     @property
@@ -467,8 +471,12 @@ class ProxyCore:
         call.routing.extra_headers = list(outcome.headers)
         return self._apply(call, context.reroute(outcome))
 
-    def resolved(self, ref: int, result: Destination | ResolveError) -> list[ProxyAction]:
-        """The answer to ``Resolve``."""
+    def resolved(
+        self, ref: int, result: Sequence[Destination] | Destination | ResolveError
+    ) -> list[ProxyAction]:
+        """The answer to ``Resolve``: the destinations in the order to try them."""
+        if isinstance(result, Destination):
+            result = [result]
         pending = self.resolving.pop(ref, None)
         if isinstance(pending, _AckRef):
             if isinstance(result, ResolveError):
@@ -476,14 +484,16 @@ class ProxyCore:
                 log.debug("ACK %s not forwarded: %s", pending.ack.call_id, result)
                 return []
             self.hooks.forwarding_ack(pending.ack, pending.ours)
-            return [ForwardAck(pending.ack, pending.peer, result, relay_of(pending.ours))]
+            return [ForwardAck(pending.ack, pending.peer, result[0], relay_of(pending.ours))]
         call = self.calls.get(pending.call) if pending is not None else None
         if pending is None or call is None or call.responses is None:
             return []
         branch = call.responses.branches[pending.index]
         if isinstance(result, ResolveError):
             return self._unreachable(call, branch, result)
-        return self._send_branch(call, branch, result)
+        first, *others = result
+        call.alternates[branch.index] = others
+        return self._send_branch(call, branch, first)
 
     # -- the transactions' actions ------------------------------------------------------------
     def _run(self, actions: list[Action], failed_status: int = 503) -> list[ProxyAction]:
@@ -510,6 +520,10 @@ class ProxyCore:
             call, branch = found
             message.pop_first_value("via")  # ours; what is left is the caller's
             assert call.responses is not None
+            if message.status == 503:
+                retried = self._next_destination(call, branch, "503")
+                if retried is not None:
+                    return retried
             return self._apply(call, call.responses.on_response(branch, message))
         if isinstance(message, Request) and isinstance(transaction, ServerTransaction):
             source = transaction.peer
@@ -524,7 +538,31 @@ class ProxyCore:
             return []
         call, branch = found
         assert call.responses is not None
+        if status in (408, 503):
+            why = "a timeout" if status == 408 else "a transport error"
+            retried = self._next_destination(call, branch, why)
+            if retried is not None:
+                return retried
         return self._apply(call, call.responses.on_failure(branch, status))
+
+    def _next_destination(self, call: Call, branch: Branch, why: str) -> list[ProxyAction] | None:
+        """RFC 3263 §4.3: the branch's request, in a new client transaction, to the next
+        destination its host resolved to; None when there is none left (or the call is
+        over, or the branch being cancelled): the failure then counts."""
+        others = call.alternates.get(branch.index)
+        responses = call.responses
+        if not others or responses is None or responses.final_sent or branch.cancel_wanted:
+            return None
+        failed, destination = branch.destination, others.pop(0)
+        log.info("%r: %s from %s: trying %s", call.server.request, why, failed, destination)
+        actions: list[ProxyAction] = []
+        if branch.client is not None and branch.client.method == "INVITE":
+            actions.append(CancelTimer(branch.client, Timer.C))
+            branch.timer_c_delay = self.settings.calls.timer_c  # a new server, a new Timer C
+        branch.client = None
+        branch.state = BranchState.CALLING
+        actions.extend(self._start_branch(call, branch, destination))
+        return actions
 
     def _branch(self, transaction: Transaction) -> tuple[Call, Branch] | None:
         ref = self.branch_of.get(transaction.key)
@@ -643,8 +681,11 @@ class ProxyCore:
         self.routing += 1
         return [AskPolicy(call.key, call.routing, best)]
 
-    def _start_branch(self, call: Call, branch: Branch) -> list[ProxyAction]:
-        """§16.6 for one target: the copy, then its next hop (or a lookup of it)."""
+    def _start_branch(
+        self, call: Call, branch: Branch, destination: Destination | None = None
+    ) -> list[ProxyAction]:
+        """§16.6 for one target: the copy, then its next hop (or a lookup of it);
+        ``destination``: where it goes, already resolved (a failover)."""
         request = call.routing.request
         record_route = None
         if self.settings.calls.record_route and wants_record_route(request):
@@ -657,7 +698,7 @@ class ProxyCore:
             copy, next_hop = forward_copy(
                 request, branch.target, record_route=record_route, headers=headers
             )
-            destination = literal_destination(next_hop)
+            destination = destination or literal_destination(next_hop)
         except (ParseError, ResolveError) as exc:
             return self._unreachable(call, branch, exc)
         branch.request = copy
@@ -678,6 +719,9 @@ class ProxyCore:
         listening = self.listening
         sent_by = listening.sent_by(destination.transport, destination.host) if listening else None
         if sent_by is None:
+            retried = self._next_destination(call, branch, "no listener toward it")
+            if retried is not None:
+                return retried
             missing = ResolveError(f"no {destination.transport} listener for {destination.host}")
             return self._unreachable(call, branch, missing)
         prefix = f"SIP/2.0/{destination.transport.upper()} {sent_by};branch="
@@ -719,6 +763,11 @@ class ProxyCore:
         if branch.state is BranchState.DONE or call.responses is None:
             return []
         status = exc.status if isinstance(exc, (ParseError, ResolveError)) else 503
+        if isinstance(exc, ResolveError) and status == 404:
+            if branch.target.gateway is not None:
+                status = 503  # a trunk that cannot be reached: the next trunk is tried
+            else:  # the caller learns why: "404 Not Found (DNS: … does not exist in DNS)"
+                branch.response = self._response(call, status, f"Not Found (DNS: {exc})", ())
         return self._apply(call, call.responses.on_failure(branch, status))
 
     # -- answering ------------------------------------------------------------------------------

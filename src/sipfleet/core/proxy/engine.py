@@ -405,7 +405,7 @@ class ProxyEngine:
             self._db_errors = 0
 
     async def _resolve(self, resolve: Resolve) -> None:
-        result: Destination | ResolveError
+        result: list[Destination] | ResolveError
         try:
             result = await self.resolver.resolve(resolve.uri)
         except ResolveError as exc:

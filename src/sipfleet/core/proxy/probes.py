@@ -71,11 +71,11 @@ class OptionsProber:
 
     async def _resolve_and_send(self, probe_id: int, uri: str) -> None:
         try:
-            destination = await self.resolver.resolve(parse_uri(uri))
+            destinations = await self.resolver.resolve(parse_uri(uri))
         except ResolveError as exc:
             log.debug("probe of %s: %s", uri, exc)
             return
-        self._send(probe_id, uri, destination)
+        self._send(probe_id, uri, destinations[0])  # the first a call would try
 
     def _send(self, probe_id: int, uri: str, destination: Destination) -> None:
         try:

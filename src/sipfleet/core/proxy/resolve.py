@@ -1,30 +1,22 @@
-"""Next-hop URI to transport destination: IP literals at once, names via getaddrinfo.
+"""Next-hop URI to transport destinations: IP literals at once, names by RFC 3263.
 
-No RFC 3263 NAPTR/SRV: a host name is resolved to its addresses (A/AAAA) and the first
-one is used, with the URI's port or 5060. Lookups are bounded in number and time so a
-slow resolver cannot pile up work.
+A host name is located with NAPTR, SRV and A/AAAA (``sipfleet.dns``), asked without
+blocking the loop, bounded in number and time, and cached for the records' TTLs. Every
+destination found is a candidate: the core tries the next one when a branch's
+destination times out, fails in transport or answers 503 (RFC 3263 §4.3).
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-
 from sipfleet.core.proxy.addresses import default_port
+from sipfleet.dns.resolver import DnsResolver
+from sipfleet.dns.rfc3263 import DnsError
 from sipfleet.sip.uri import SipUri, Uri
 from sipfleet.transport.base import Destination, TransportName
 from sipfleet.transport.sockets import is_ip
 
 TRANSPORTS: dict[str, TransportName] = {"udp": "udp", "tcp": "tcp"}
-
-
-class ResolveError(Exception):
-    """The URI cannot be reached. ``status`` is what the branch counts as: 416 for a
-    scheme we cannot route, 503 (a transport error) for the rest."""
-
-    def __init__(self, reason: str, status: int = 503) -> None:
-        super().__init__(reason)
-        self.status = status
+ResolveError = DnsError  # the URI cannot be reached; ``status`` is what the branch counts as
 
 
 def transport_of(uri: SipUri) -> TransportName:
@@ -41,35 +33,24 @@ def literal_destination(uri: Uri) -> Destination | None:
     Raises ResolveError for what cannot be reached at all."""
     if not isinstance(uri, SipUri):
         raise ResolveError(f"cannot route to a {uri.scheme}: URI", 416)
+    transport = transport_of(uri)
     host = uri.host_bare
     if not is_ip(host):
         return None
     port = uri.port if uri.port is not None else default_port(uri.scheme)
-    return Destination(transport_of(uri), host, port)
+    return Destination(transport, host, port)
 
 
 class Resolver:
-    def __init__(self, max_concurrent: int = 32, timeout: float = 2.0) -> None:
-        self._slots = asyncio.Semaphore(max_concurrent)
-        self._timeout = timeout
+    """The proxy's lookups: the URIs it can route (sip:, UDP or TCP) through RFC 3263."""
 
-    async def resolve(self, uri: Uri) -> Destination:
+    def __init__(self, max_concurrent: int = 32, timeout: float = 2.0) -> None:
+        self.dns = DnsResolver(max_concurrent, timeout, supported=tuple(TRANSPORTS.values()))
+
+    async def resolve(self, uri: Uri) -> list[Destination]:
+        """The destinations of ``uri`` in the order to try them. Raises ResolveError."""
         destination = literal_destination(uri)
         if destination is not None:
-            return destination
+            return [destination]
         assert isinstance(uri, SipUri)
-        transport = transport_of(uri)
-        port = uri.port if uri.port is not None else default_port(uri.scheme)
-        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-        loop = asyncio.get_running_loop()
-        try:
-            async with self._slots:
-                infos = await asyncio.wait_for(
-                    loop.getaddrinfo(uri.host_bare, port, type=kind), self._timeout
-                )
-        except (OSError, TimeoutError) as exc:
-            raise ResolveError(f"{uri.host_bare}: {exc or 'timed out'}") from None
-        if not infos:
-            raise ResolveError(f"{uri.host_bare}: no address")
-        address = infos[0][4]
-        return Destination(transport, str(address[0]), int(address[1]))
+        return await self.dns.destinations(uri)
