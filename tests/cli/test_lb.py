@@ -78,7 +78,7 @@ def test_list_shows_each_lbs_view(db: str, capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["add", "sip:proxy.example.com:5080", "--pool", "proxy"], "must be an IP address"),
+        (["add", "sip:10.0.0.256:5080", "--pool", "proxy"], "nor a host name"),
         (["add", "tel:+431", "--pool", "proxy"], "only sip: URIs"),
         (["add", "sip:127.0.0.1:5080", "--pool", "proxy", "--weight", "-1"], "weight"),
         (["add", "sip:127.0.0.1:5099", "--pool", "proxy"], "already in the proxy pool"),

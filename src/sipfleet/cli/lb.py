@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sipfleet.cli.common import CliError, add_db_option
 from sipfleet.cli.db import with_storage
 from sipfleet.config import Config
-from sipfleet.core.lb.pools import BadTarget, target_destination
+from sipfleet.core.lb.pools import BadTarget, checked_target
 from sipfleet.mgmt.records import target_record
 from sipfleet.storage import AlreadyExists, LbTarget, LbTargetHealth, Storage
 from sipfleet.storage.errors import InvalidInput
@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     target = topics.add_parser("target", help="registrar and proxy pool targets")
     commands = target.add_subparsers(dest="lb_command", metavar="COMMAND", required=True)
     add = commands.add_parser("add", help="add a target (LBs use it within seconds)")
-    add.add_argument("uri", help="sip:IP:PORT, optionally ;transport=tcp")
+    add.add_argument(
+        "uri", help="sip:IP:PORT, or sip:HOST for its SRV or A records; optionally ;transport=tcp"
+    )
     add.add_argument("--pool", choices=LB_POOLS, required=True)
     add.add_argument("--weight", type=int, default=1, help="share of new Call-IDs (default 1)")
     add.add_argument(
@@ -76,7 +78,7 @@ def _run(args: argparse.Namespace, work: Callable[[Storage], Awaitable[T]]) -> T
 
 def _checked_uri(uri: str) -> str:
     try:
-        target_destination(uri)
+        checked_target(uri)
     except BadTarget as exc:
         raise CliError(f"lb target: {exc}") from None
     return uri

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from sipfleet.core.lb.pools import BadTarget, target_destination
+from sipfleet.core.lb.pools import BadTarget, checked_target
 from sipfleet.mgmt.log_level import LEVELS, LOGGER, set_level
 from sipfleet.mgmt.metrics import render
 from sipfleet.mgmt.records import binding_record, target_record
@@ -291,9 +291,9 @@ def pool_of(request: web.Request) -> LbPool:
 
 def target_uri(text: object, field: str = "uri") -> str:
     if not isinstance(text, str) or not text:
-        fail(400, f"{field}: missing (sip:IP:PORT, optionally ;transport=tcp)")
+        fail(400, f"{field}: missing (sip:IP:PORT or sip:HOST, optionally ;transport=tcp)")
     try:
-        target_destination(text)
+        checked_target(text)
     except BadTarget as exc:
         fail(400, f"{field}: {exc}")
     return text

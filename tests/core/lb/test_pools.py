@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipfleet.core.lb.pools import BadTarget, Pools, target_destination
+from sipfleet.core.lb.pools import BadTarget, Member, Pools, target_destination
 from sipfleet.storage.model import LbTarget
 from sipfleet.transport.base import Destination
 
@@ -25,16 +25,67 @@ def test_target_uris() -> None:
     assert target_destination("sip:[2001:db8::1];transport=tcp") == Destination(
         "tcp", "2001:db8::1", 5060
     )
-    for bad in ("sip:proxy.example.com", "sips:10.0.0.7", "tel:123", "sip:10.0.0.7;transport=sctp"):
+    assert target_destination("sip:proxies.example.net") is None  # the shell looks it up
+    for bad in ("sip:10.0.0.256", "sips:10.0.0.7", "tel:123", "sip:10.0.0.7;transport=sctp"):
         with pytest.raises(BadTarget):
             target_destination(bad)
 
 
 def test_unusable_rows_are_set_aside_with_the_reason() -> None:
     pools = Pools(1.0)
-    added, _ = pools.update(rows("sip:10.0.0.1:5080", "sip:name.example:5080"))
+    named = "sip:name.example:5080"
+    added, _ = pools.update(rows("sip:10.0.0.1:5080", named, "sip:10.0.0.256"))
     assert [t.uri for t in added] == ["sip:10.0.0.1:5080"]
-    assert "IP address" in pools.rejected["sip:name.example:5080"]
+    assert pools.rejected[named] == "not looked up yet"
+    assert "neither an IP address nor a host name" in pools.rejected["sip:10.0.0.256"]
+    pools.update(rows("sip:10.0.0.1:5080", named), {named: "name.example does not exist in DNS"})
+    assert pools.rejected[named] == "name.example does not exist in DNS"
+
+
+PROXIES = "sip:proxies.example.net"
+
+
+def members(*addresses: tuple[str, int, int]) -> dict[str, list[Member]]:
+    """(host, weight, tier) -> the members of PROXIES on port 5060."""
+    return {PROXIES: [Member(Destination("udp", h, 5060), w, t) for h, w, t in addresses]}
+
+
+def test_a_name_is_a_target_per_address_with_its_weight() -> None:
+    pools = Pools(1.0)
+    added, _ = pools.update(rows(PROXIES), members(("10.0.0.1", 3, 0), ("10.0.0.2", 1, 0)))
+    assert sorted((t.uri, t.weight, t.source) for t in added) == [
+        ("sip:10.0.0.1:5060;transport=udp", 3, PROXIES),
+        ("sip:10.0.0.2:5060;transport=udp", 1, PROXIES),
+    ]
+    assert pools.at("10.0.0.2", 5060) is not None  # its requests come from the cluster
+    chosen = [pools.choose("proxy", f"call-{n}") for n in range(800)]
+    share = sum(t is not None and t.destination.host == "10.0.0.1" for t in chosen) / 800
+    assert 0.68 < share < 0.82
+
+
+def test_a_higher_srv_priority_is_a_backup_tier() -> None:
+    pools = Pools(1.0)
+    pools.update(rows(PROXIES), members(("10.0.0.1", 1, 0), ("10.0.0.9", 1, 1)))
+    for target in pools.targets.values():
+        target.health = "up"
+    pools.update(rows(PROXIES), members(("10.0.0.1", 1, 0), ("10.0.0.9", 1, 1)))
+    hosts = {pools.choose("proxy", f"call-{n}").destination.host for n in range(50)}  # type: ignore[union-attr]
+    assert hosts == {"10.0.0.1"}
+    pools.targets[("proxy", "sip:10.0.0.1:5060;transport=udp")].health = "down"
+    pools.update(rows(PROXIES), members(("10.0.0.1", 1, 0), ("10.0.0.9", 1, 1)))
+    assert pools.choose("proxy", "call-1").destination.host == "10.0.0.9"  # type: ignore[union-attr]
+
+
+def test_a_member_that_stays_keeps_its_health_when_the_name_changes() -> None:
+    pools = Pools(1.0)
+    pools.update(rows(PROXIES), members(("10.0.0.1", 1, 0)))
+    pools.targets[("proxy", "sip:10.0.0.1:5060;transport=udp")].health = "up"
+    added, removed = pools.update(rows(PROXIES), members(("10.0.0.1", 1, 0), ("10.0.0.2", 1, 0)))
+    assert [t.uri for t in added] == ["sip:10.0.0.2:5060;transport=udp"]
+    assert removed == []
+    assert pools.targets[("proxy", "sip:10.0.0.1:5060;transport=udp")].health == "up"
+    _, removed = pools.update(rows(PROXIES), members(("10.0.0.2", 1, 0)))
+    assert [t.uri for t in removed] == ["sip:10.0.0.1:5060;transport=udp"]
 
 
 def test_removing_a_target_moves_only_its_call_ids() -> None:

@@ -13,15 +13,23 @@ interval. A probe unanswered after ``timeout`` is a miss; after the first miss t
 is probed again at once; two misses in a row take it out. The first answer puts it back.
 So a dead target is out within one interval plus two timeouts. A target not probed yet
 counts only when no target of its pool is known to be up.
+
+A target named by a host name (``sip:proxies.example.net``) is looked up by the shell
+(RFC 3263: SRV, then A/AAAA) whenever the pools are reloaded, never on the request path;
+``update`` takes what it resolved to as members: each address a target of its own, with
+its SRV weight, and the SRV priorities as tiers (a lower tier gets nothing while a
+higher one has a target up or unknown).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sipfleet.dns.rfc3263 import Located
 from sipfleet.routing import selection
 from sipfleet.sip import ParseError, SipUri, parse_uri
 from sipfleet.storage.model import LbPool, LbState, LbTarget
@@ -29,14 +37,19 @@ from sipfleet.transport.base import Destination
 
 Health = Literal["up", "down", "unknown"]
 MISSES_TO_DOWN = 2
+MEMBER_IDS = 1_000_000  # a name's members are numbered row id * this + their rank
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
+)
 
 
 class BadTarget(ValueError):
-    """A target URI the LB cannot send to (names are not resolved: use an IP address)."""
+    """A target URI the LB cannot send to."""
 
 
-def target_destination(uri: str) -> Destination:
-    """``sip:10.0.0.7:5080;transport=tcp`` -> where to send. Raises BadTarget."""
+def checked_target(uri: str) -> SipUri:
+    """``sip:10.0.0.7:5080;transport=tcp``, or a host name to look up (RFC 3263:
+    ``sip:proxies.example.net`` for its SRV records). Raises BadTarget."""
     try:
         parsed = parse_uri(uri)
     except ParseError as exc:
@@ -44,14 +57,52 @@ def target_destination(uri: str) -> Destination:
     if not isinstance(parsed, SipUri) or parsed.scheme != "sip":
         raise BadTarget(f"{uri!r}: only sip: URIs can be targets")
     host = parsed.host_bare
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise BadTarget(f"{uri!r}: the host must be an IP address (no DNS here)") from None
+    if not _is_ip(host) and not _DNS_NAME.fullmatch(host):
+        raise BadTarget(f"{uri!r}: {host!r} is neither an IP address nor a host name")
     transport = parsed.transport
     if transport not in ("udp", "tcp"):
         raise BadTarget(f"{uri!r}: transport {transport} is not served")
-    return Destination(transport, host, parsed.port or 5060)  # type: ignore[arg-type]
+    return parsed
+
+
+def target_destination(uri: str) -> Destination | None:
+    """Where to send for a target URI with an IP address; None for a host name (the
+    shell resolves it). Raises BadTarget."""
+    parsed = checked_target(uri)
+    if not _is_ip(parsed.host_bare):
+        return None
+    return Destination(parsed.transport, parsed.host_bare, parsed.port or 5060)  # type: ignore[arg-type]
+
+
+def members_of(located: Sequence[Located]) -> list[Member]:
+    """What a name resolved to, as pool members. RFC 2782's weight 0 ("a very small
+    chance" beside others) counts as 1; addresses without SRV all weigh 1."""
+    tiers = {priority: rank for rank, priority in enumerate(sorted({e.priority for e in located}))}
+    return [Member(e.destination, max(e.weight, 1), tiers[e.priority]) for e in located]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """An address a named target resolved to: its SRV weight (the row's weight is
+    multiplied by it) and its tier (0 for the best SRV priority, 1 for the next, ...)."""
+
+    destination: Destination
+    weight: int
+    tier: int = 0
+
+    @property
+    def uri(self) -> str:
+        host = self.destination.host
+        host = f"[{host}]" if ":" in host else host
+        return f"sip:{host}:{self.destination.port};transport={self.destination.transport}"
 
 
 @dataclass(slots=True, eq=False)
@@ -63,6 +114,8 @@ class PoolTarget:
     state: LbState
     destination: Destination
     health: Health = "unknown"
+    tier: int = 0  # SRV priority rank of a name's member (0 for the rest)
+    source: str = ""  # the row's URI when this is a member of a name; else ""
     misses: int = 0
     probe_seq: int = 0
     probe_sent_at: float | None = None  # the outstanding probe, if any
@@ -96,27 +149,61 @@ class Pools:
         self.has_draining = False
 
     # -- the table -------------------------------------------------------------------------
-    def update(self, rows: Iterable[LbTarget]) -> tuple[list[PoolTarget], list[PoolTarget]]:
+    def update(
+        self,
+        rows: Iterable[LbTarget],
+        resolved: Mapping[str, Sequence[Member] | str] | None = None,
+    ) -> tuple[list[PoolTarget], list[PoolTarget]]:
         """Take the rows of ``lb_target``; returns (added, removed). A target that stays
-        keeps its health."""
-        wanted: dict[tuple[LbPool, str], LbTarget] = {(row.pool, row.uri): row for row in rows}
-        removed = [t for key, t in self.targets.items() if key not in wanted]
-        added: list[PoolTarget] = []
+        keeps its health. ``resolved``: for each row naming a host, its members, or why
+        there are none (a row without an entry waits for its first lookup)."""
+        wanted: dict[tuple[LbPool, str], PoolTarget] = {}
         self.rejected = {}
-        for key, row in wanted.items():
-            current = self.targets.get(key)
-            if current is not None:
-                current.weight, current.state, current.id = row.weight, row.state, row.id
-                current.select = selection.Target(row.uri, float(row.weight))
-                continue
+        for row in rows:
             try:
                 destination = target_destination(row.uri)
             except BadTarget as exc:
                 self.rejected[row.uri] = str(exc)
                 continue
-            target = PoolTarget(row.id, row.pool, row.uri, row.weight, row.state, destination)
-            self.targets[key] = target
-            added.append(target)
+            if destination is not None:
+                wanted[(row.pool, row.uri)] = PoolTarget(
+                    row.id, row.pool, row.uri, row.weight, row.state, destination
+                )
+                continue
+            members = (resolved or {}).get(row.uri, "not looked up yet")
+            if isinstance(members, str):
+                self.rejected[row.uri] = members
+                continue
+            for rank, member in enumerate(sorted(members, key=lambda m: m.uri)):
+                wanted.setdefault(
+                    (row.pool, member.uri),
+                    PoolTarget(
+                        row.id * MEMBER_IDS + rank,
+                        row.pool,
+                        member.uri,
+                        row.weight * member.weight,
+                        row.state,
+                        member.destination,
+                        tier=member.tier,
+                        source=row.uri,
+                    ),
+                )
+        return self._take(wanted)
+
+    def _take(
+        self, wanted: dict[tuple[LbPool, str], PoolTarget]
+    ) -> tuple[list[PoolTarget], list[PoolTarget]]:
+        removed = [t for key, t in self.targets.items() if key not in wanted]
+        added: list[PoolTarget] = []
+        for key, new in wanted.items():
+            current = self.targets.get(key)
+            if current is None:
+                self.targets[key] = new
+                added.append(new)
+                continue
+            current.weight, current.state, current.id = new.weight, new.state, new.id
+            current.tier, current.source = new.tier, new.source
+            current.select = selection.Target(new.uri, float(new.weight))
         for target in removed:
             del self.targets[target.key]
         self._reindex()
@@ -161,7 +248,7 @@ class Pools:
             if t.pool == pool and t.state in allowed and t.weight > 0
         ]
         up = [t for t in usable if t.health == "up"]
-        return up or [t for t in usable if t.health == "unknown"]
+        return _best_tier(up or [t for t in usable if t.health == "unknown"])
 
     # -- health --------------------------------------------------------------------------------
     def probes_due(self, now: float) -> list[PoolTarget]:
@@ -207,3 +294,11 @@ class Pools:
         target.health = health
         self._choices = {}
         return HealthChange(target, health, why)
+
+
+def _best_tier(targets: list[PoolTarget]) -> list[PoolTarget]:
+    """The targets of the lowest tier (RFC 2782: a higher SRV priority is a backup)."""
+    if not targets:
+        return targets
+    best = min(t.tier for t in targets)
+    return [t for t in targets if t.tier == best]

@@ -17,6 +17,7 @@ from sipfleet.transport.base import TransportError
 
 log = logging.getLogger(__name__)
 PROBE_BRANCH = "z9hG4bK-lbp-"
+HEALTH_ORDER = ("up", "unknown", "down")  # the best first
 
 
 class HealthChecker:
@@ -89,11 +90,21 @@ class HealthChecker:
             self.on_change(change)
 
     def report(self, lb: str) -> list[LbTargetHealth]:
-        """This worker's view, for the database."""
+        """This worker's view, for the database: each target, and each target named by
+        host as the best of its members (up when one is up)."""
         now = int(time.time())
-        return [
+        views = [
             LbTargetHealth(
                 lb, target.pool, target.uri, target.health, self.changed.get(target.key, now), now
             )
             for target in self.pools.targets.values()
         ]
+        names: dict[tuple[str, str], list[LbTargetHealth]] = {}
+        for target, view in zip(self.pools.targets.values(), views, strict=True):
+            if target.source:
+                names.setdefault((target.pool, target.source), []).append(view)
+        for (pool, uri), members in names.items():
+            best = min(members, key=lambda view: HEALTH_ORDER.index(view.health))
+            changed = max(view.changed for view in members if view.health == best.health)
+            views.append(LbTargetHealth(lb, pool, uri, best.health, changed, now))  # type: ignore[arg-type]
+        return views

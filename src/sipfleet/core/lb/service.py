@@ -15,11 +15,15 @@ from collections.abc import Callable, Iterable
 from sipfleet.core.clock import Clock, Timer
 from sipfleet.core.lb.endpoint import LbEndpoint
 from sipfleet.core.lb.pinger import Keepalives
-from sipfleet.core.lb.pools import Pools
+from sipfleet.core.lb.pools import BadTarget, Member, Pools, checked_target, members_of
 from sipfleet.core.lb.probes import HealthChecker
 from sipfleet.core.overload import OverloadMonitor, no_backlog, watch
+from sipfleet.dns.resolver import DnsResolver
+from sipfleet.dns.rfc3263 import DnsError
 from sipfleet.storage import Storage
 from sipfleet.storage.errors import StorageError
+from sipfleet.storage.model import LbTarget
+from sipfleet.transport.sockets import is_ip
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 5.0
@@ -42,10 +46,12 @@ class LbWorker:
         overload: OverloadMonitor | None = None,
         backlog: Callable[[], int] = no_backlog,
         gateways: Callable[[Iterable[str]], None] | None = None,
+        dns: DnsResolver | None = None,
     ) -> None:
         """``overload``: the balancer's monitor, fed here from ``backlog`` (bytes
         waiting in the worker's UDP sockets, ``overload.receive_backlog``);
-        ``gateways``: told the LCR gateways' hosts whenever they change (edge exemption)."""
+        ``gateways``: told the LCR gateways' hosts whenever they change (edge exemption);
+        ``dns``: looks up targets named by host (RFC 3263), its cache honouring TTLs."""
         self.storage = storage
         self.endpoint = endpoint
         self.index = endpoint.worker_index
@@ -60,6 +66,8 @@ class LbWorker:
         self._storage_down = False
         self._gateways = gateways
         self._lcr_version: int | None = None
+        self.dns = dns or DnsResolver()
+        self._members: dict[str, list[Member]] = {}  # the last addresses of each name
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         await self.reload_pools()
@@ -103,7 +111,7 @@ class LbWorker:
             log.info("lb_target readable again")
         self._storage_down = False
         known_bad = dict(self.pools.rejected)
-        added, removed = self.pools.update(rows)
+        added, removed = self.pools.update(rows, await self._resolve_names(rows))
         now = int(time.time())
         for target in added:
             self.health.changed.setdefault(target.key, now)
@@ -123,6 +131,34 @@ class LbWorker:
         if added or removed:
             self._report_soon.set()
         await self._reload_gateways()
+
+    async def _resolve_names(self, rows: list[LbTarget]) -> dict[str, list[Member] | str]:
+        """The members of every target named by host: looked up at each reload, from the
+        resolver's cache until the records' TTLs run out. A lookup that fails keeps the
+        name's last members: a DNS outage does not empty a pool."""
+        names = sorted({row.uri for row in rows if _names_host(row.uri)})
+        found = await asyncio.gather(*(self._members_of(uri) for uri in names))
+        self._members = {
+            uri: m for uri, m in zip(names, found, strict=True) if not isinstance(m, str)
+        }
+        return dict(zip(names, found, strict=True))
+
+    async def _members_of(self, uri: str) -> list[Member] | str:
+        try:
+            members = members_of(await self.dns.locate(checked_target(uri)))
+        except DnsError as exc:
+            kept = self._members.get(uri)
+            if kept is None:
+                return exc.reason
+            log.warning("lb_target %s: %s; keeping its last addresses", uri, exc.reason)
+            return kept
+        if members != self._members.get(uri):
+            log.info(
+                "lb_target %s: %s",
+                uri,
+                ", ".join(f"{m.uri} (weight {m.weight}, tier {m.tier})" for m in members),
+            )
+        return members
 
     async def _reload_gateways(self) -> None:
         """The LCR gateways' addresses, read again when ``lcr_version`` moved."""
@@ -168,3 +204,12 @@ class LbWorker:
                 log.debug("health view not written: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._report_soon.wait(), REPORT_INTERVAL_S)
+
+
+def _names_host(uri: str) -> bool:
+    """A target URI whose host is a name to look up (a malformed one is left to the pools,
+    which set it aside with the reason)."""
+    try:
+        return not is_ip(checked_target(uri).host_bare)
+    except BadTarget:
+        return False
