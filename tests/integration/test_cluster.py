@@ -1,9 +1,11 @@
 """The cluster on a real distributed database: hosts, faults, recovery.
 
-A MariaDB primary and a replica (two mariadbd, replication over TCP set up here), an LB,
-two registrars writing to the primary and two proxies reading the replica, each a process
-of its own `sipfleet run`. Through the LB, sipp registers USERS users and places calls
-between them; then, one step per test, in order:
+A primary and a replica, an LB, two registrars writing to the primary and two proxies
+reading the replica, each a process of its own `sipfleet run`. Every test runs on both
+databases (one fleet each): MariaDB (two mariadbd, GTID replication over TCP) and
+PostgreSQL (a primary and a hot standby streaming its WAL over TCP, from pg_basebackup -R
+with a replication slot; tests/dbservers.py). Through the LB, sipp registers USERS users
+and places calls between them; then, one step per test, in order:
 
 1. a proxy is killed with SIGKILL while calls run: the LB marks it down, new calls go
    through the other;
@@ -11,10 +13,13 @@ between them; then, one step per test, in order:
    REGISTERs meanwhile, and both take them afterwards;
 3. a third proxy is added at run time (`sipfleet lb target add`): it carries calls;
 4. the replica is stopped: a proxy with ``read_fallback = "primary"`` keeps connecting
-   calls, one with ``"fail"`` answers 503 with Retry-After; both serve from the replica
-   again when it is back;
+   calls, one with ``"fail"`` answers 503 with Retry-After; accounts are added and phones
+   register meanwhile; the replica catches up when it is back (nothing lost: its rows
+   are the primary's) and both proxies serve from it again;
 5. the primary is stopped: REGISTER gets 500 with Retry-After, calls between registered
-   users still connect (the replica has everything); REGISTER works again when it is back.
+   users still connect (the replica has everything); REGISTER works again when it is back;
+6. replication is held back (replay paused): a phone that has just registered is called,
+   its binding missing on the replica, and the call connects (``retry_primary_on_miss``).
 
 Hosts. As root with `ip netns`, every host is a network namespace of its own — db1, db2,
 lb, reg1, reg2, px1, px2, px3 and the phones — on one bridge (in a hub namespace), with
@@ -39,27 +44,33 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from sipfleet.cli import main
-from sipfleet.storage import Binding, open_storage
+from sipfleet.storage import Binding, Storage, Subscriber, open_storage
 from tests.dbservers import (
     FAST_MARIADB,
+    FAST_POSTGRES,
     MariaDbServer,
+    PostgresServer,
     start_mariadb_primary,
     start_mariadb_replica,
-    wait_replicated,
+    start_postgres_primary,
+    start_postgres_standby,
+    wait_caught_up,
 )
 from tests.integration.harness import Cluster, RoleProcess, free_port
 from tests.integration.sipp import SCENARIOS, sipp_binary
 
-pytestmark = [pytest.mark.integration, pytest.mark.mysql, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 USERS = 100  # registered through the LB
+LATE_USERS = 3  # accounts added (and registered) while the replica is down
 DOMAIN = "example.com"
 PASSWORD = "secret"
 DB_USER, DB_PASSWORD, DB_NAME = "sipfleet", "cluster-db-secret", "sipfleet"
@@ -79,7 +90,9 @@ HOSTS = {
     "px3": 23,
     "phones": 100,
 }
+T = TypeVar("T")
 STANDARD_PORTS = {"db": 3306, "lb": 5060, "reg": 5070, "px": 5080}
+POSTGRES_PORT = 5432  # the standard one in namespaces, instead of MariaDB's
 
 
 # -- hosts: network namespaces on a bridge, or loopback addresses ---------------------------
@@ -171,25 +184,48 @@ def hosts() -> Iterator[Hosts]:
 
 
 # -- the database: a primary and a replica ---------------------------------------------------
+Server = MariaDbServer | PostgresServer
+
+
 @dataclass
 class Databases:
-    primary: MariaDbServer
-    replica: MariaDbServer
+    primary: Server
+    replica: Server
 
-    def node_dsn(self, server: MariaDbServer) -> str:
+    def node_dsn(self, server: Server) -> str:
         """What the sipfleet nodes use: TCP, the application account."""
-        return f"mysql://{DB_USER}:{DB_PASSWORD}@{server.host}:{server.port}/{DB_NAME}"
+        return f"{server.kind}://{DB_USER}:{DB_PASSWORD}@{server.host}:{server.port}/{DB_NAME}"
+
+    def admin_dsn(self) -> str:
+        """What the test uses on the primary (migrations, subscribers, `lb target`): the
+        Unix socket, from any namespace. On PostgreSQL as the application account, so that
+        it owns the tables it migrates."""
+        if isinstance(self.primary, PostgresServer):
+            socket = self.primary.socket_dir
+            return f"postgresql://{DB_USER}@localhost:{self.primary.port}/{DB_NAME}?host={socket}"
+        return self.primary.socket_dsn(DB_NAME)
 
     def caught_up(self) -> None:
-        wait_replicated(self.primary, self.replica)
+        wait_caught_up(self.primary, self.replica)
+
+    def hold_replication(self) -> None:
+        """The replica receives but applies nothing until ``release_replication``."""
+        if isinstance(self.replica, PostgresServer):
+            self.replica.sql("SELECT pg_wal_replay_pause()")
+        else:
+            self.replica.sql("STOP SLAVE SQL_THREAD")
+
+    def release_replication(self) -> None:
+        if isinstance(self.replica, PostgresServer):
+            self.replica.sql("SELECT pg_wal_replay_resume()")
+        else:
+            self.replica.sql("START SLAVE SQL_THREAD")
 
 
-@pytest.fixture(scope="module")
-def databases(hosts: Hosts) -> Iterator[Databases]:
+def _mariadb_pair(hosts: Hosts) -> Databases:
     primary = start_mariadb_primary(
         FAST_MARIADB, hosts.port("db1"), host=hosts.ip("db1"), netns=hosts.netns("db1")
     )
-    replica: MariaDbServer | None = None
     try:
         primary.sql(
             f"CREATE DATABASE {DB_NAME}; "
@@ -199,11 +235,45 @@ def databases(hosts: Hosts) -> Iterator[Databases]:
         replica = start_mariadb_replica(
             primary, FAST_MARIADB, hosts.port("db2"), host=hosts.ip("db2"), netns=hosts.netns("db2")
         )
-        yield Databases(primary, replica)
-    finally:
-        if replica is not None:
-            replica.destroy()
+    except BaseException:
         primary.destroy()
+        raise
+    return Databases(primary, replica)
+
+
+def _postgres_pair(hosts: Hosts) -> Databases:
+    def port(host: str) -> int:
+        return POSTGRES_PORT if hosts.mode == "netns" else hosts.port(host)
+
+    primary = start_postgres_primary(
+        FAST_POSTGRES, port("db1"), host=hosts.ip("db1"), netns=hosts.netns("db1")
+    )
+    try:
+        primary.sql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
+        primary.sql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
+        replica = start_postgres_standby(
+            primary, FAST_POSTGRES, port("db2"), host=hosts.ip("db2"), netns=hosts.netns("db2")
+        )
+    except BaseException:
+        primary.destroy()
+        raise
+    return Databases(primary, replica)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(_mariadb_pair, id="mariadb", marks=pytest.mark.mysql),
+        pytest.param(_postgres_pair, id="postgres", marks=pytest.mark.postgres),
+    ],
+)
+def databases(hosts: Hosts, request: pytest.FixtureRequest) -> Iterator[Databases]:
+    pair: Databases = request.param(hosts)
+    try:
+        yield pair
+    finally:
+        pair.replica.destroy()
+        pair.primary.destroy()
 
 
 # -- the cluster -------------------------------------------------------------------------------
@@ -263,15 +333,23 @@ class Fleet:
     def lb_target(self, *args: str) -> None:
         assert main(["lb", "target", *args, "--db", self.cluster.dsn]) == 0
 
-    def bindings(self, server: MariaDbServer) -> list[Binding]:
-        async def read() -> list[Binding]:
+    def read(self, server: Server, query: Callable[[Storage], Awaitable[T]]) -> T:
+        """``query`` on ``server`` alone (over its Unix socket, as its superuser)."""
+
+        async def run() -> T:
             storage = open_storage(server.socket_dsn(DB_NAME))
             try:
-                return await storage.location.all_bindings()
+                return await query(storage)
             finally:
                 await storage.close()
 
-        return asyncio.run(read())
+        return asyncio.run(run())
+
+    def bindings(self, server: Server) -> list[Binding]:
+        return self.read(server, lambda storage: storage.location.all_bindings())
+
+    def accounts(self, server: Server) -> list[Subscriber]:
+        return self.read(server, lambda storage: storage.subscribers.list_all())
 
     # phones --------------------------------------------------------------------------------
     def sipp(
@@ -341,14 +419,22 @@ class Fleet:
         return group if background else group.finish()
 
     def register(
-        self, name: str, count: int = USERS, *, expect: str = "200", timeout: int = 20
+        self,
+        name: str,
+        count: int = USERS,
+        *,
+        first: int = 0,
+        expect: str = "200",
+        timeout: int = 20,
     ) -> SippGroup:
-        """Users 0 .. count-1 register through the LB: one sipp per user (``-s USER``: sipp
-        takes digest credentials per process, not per call), REGISTER_BATCH at a time."""
+        """Users first .. first+count-1 register through the LB: one sipp per user (``-s
+        USER``: sipp takes digest credentials per process, not per call), REGISTER_BATCH at
+        a time."""
         scenario = self.workdir / f"register-{expect}.xml"
         scenario.write_text(register_scenario(f"{self.hosts.ip('phones')}:{self.uas_port}", expect))
         runs: list[Sipp] = []
-        for first in range(0, count, REGISTER_BATCH):
+        end = first + count
+        for start in range(first, end, REGISTER_BATCH):
             batch = [
                 self.sipp(
                     f"{name}-{user(i)}",
@@ -356,7 +442,7 @@ class Fleet:
                     timeout=timeout,
                     extra=("-s", user(i), "-ap", PASSWORD),
                 )
-                for i in range(first, min(first + REGISTER_BATCH, count))
+                for i in range(start, min(start + REGISTER_BATCH, end))
             ]
             runs += SippGroup(name, batch).finish().runs
         return SippGroup(name, runs)
@@ -591,11 +677,10 @@ def fleet(
     hosts: Hosts, databases: Databases, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("cluster")
-    cluster = Cluster(workdir, dsn=databases.primary.socket_dsn(DB_NAME))  # migrates
+    cluster = Cluster(workdir, dsn=databases.admin_dsn())  # migrates
     fleet = Fleet(hosts, databases, cluster, workdir)
     try:
-        for i in range(USERS):
-            cluster.add_subscriber(user(i), DOMAIN, PASSWORD)
+        cluster.add_subscribers([user(i) for i in range(USERS)], DOMAIN, PASSWORD)
         databases.caught_up()
         fleet.lb = (hosts.ip("lb"), hosts.port("lb"))
         for host in ("reg1", "reg2"):
@@ -735,8 +820,21 @@ def test_without_the_replica_proxies_fall_back_or_refuse_and_recover(fleet: Flee
     assert refused.ok, refused.explain()  # each got 503 with a Retry-After
     assert f"Retry-After: {RETRY_AFTER_S}" in refused.messages
 
+    # Meanwhile new accounts and their phones, and phones refreshing: on the primary only.
+    late = [user(i) for i in range(USERS, USERS + LATE_USERS)]
+    fleet.cluster.add_subscribers(late, DOMAIN, PASSWORD)
+    for name, count, first in (("register-late", LATE_USERS, USERS), ("refresh-late", 20, 0)):
+        run = fleet.register(name, count, first=first)
+        assert run.ok, run.explain()
+
     fleet.db.replica.start()
     fleet.db.caught_up()
+    # Nothing lost: the replica has every row the primary has (refreshed Call-IDs,
+    # CSeqs and expiry times included), with what was written during its outage.
+    assert set(fleet.bindings(fleet.db.replica)) == set(fleet.bindings(fleet.db.primary))
+    assert len(fleet.bindings(fleet.db.replica)) == USERS + LATE_USERS
+    assert set(fleet.accounts(fleet.db.replica)) == set(fleet.accounts(fleet.db.primary))
+    assert len(fleet.accounts(fleet.db.replica)) == USERS + LATE_USERS
 
     def px3_connects_calls() -> bool:
         probe = fleet.calls("calls-replica-back-probe", 1, seed=8, timeout=5)
@@ -770,3 +868,30 @@ def test_without_the_primary_register_is_refused_and_calls_still_connect(fleet: 
 
     wait_until(registers, 20, "REGISTER accepted again")
     fleet.db.caught_up()  # the replica reconnected to the primary by itself
+
+
+def test_a_phone_called_right_after_it_registered_is_found_on_the_primary(fleet: Fleet) -> None:
+    """``retry_primary_on_miss`` (the proxies' default): with replication held back, the
+    replica lacks the binding of a phone that has just registered; the proxy's lookup
+    misses there, asks the primary, and the call connects."""
+    newcomer = user(USERS + LATE_USERS)
+    fleet.cluster.add_subscriber(newcomer, DOMAIN, PASSWORD)
+    fleet.db.caught_up()  # only the binding will be missing on the replica
+    fleet.db.hold_replication()
+    try:
+        registered = fleet.register("register-newcomer", 1, first=USERS + LATE_USERS)
+        assert registered.ok, registered.explain()
+        assert newcomer not in {b.username for b in fleet.bindings(fleet.db.replica)}
+        caller = user(0)
+        call = fleet.sipp(
+            "call-newcomer",
+            fleet.scenarios["call"],
+            rows=[f"{newcomer};{DOMAIN};{caller}"],
+            extra=("-au", caller, "-ap", PASSWORD),
+        ).finish()
+        assert call.ok, call.explain()
+        assert newcomer not in {b.username for b in fleet.bindings(fleet.db.replica)}
+    finally:
+        fleet.db.release_replication()
+    fleet.db.caught_up()
+    assert newcomer in {b.username for b in fleet.bindings(fleet.db.replica)}
