@@ -152,11 +152,16 @@ class Baresip(TextAgent):
     def parse_trace(self, text: str) -> list[SipTrace]:
         messages: list[SipTrace] = []
         for head in TRACE_HEAD.finditer(text):
-            transport, _src, dst = head.groups()
+            transport, src, dst = head.groups()
             rest = text[head.end() :]
             end = message_end(rest)
             if end is None:
                 continue  # still being printed
-            sent = dst == f"{self.proxy[0]}:{self.proxy[1]}"
+            sent = self.was_sent(src, dst)
             messages.append(parse_message(rest[:end], sent=sent, transport=transport))
         return messages
+
+    def was_sent(self, source: str, destination: str) -> bool:
+        """Whether a trace entry from ``source`` to ``destination`` (host:port) is one
+        this phone sent: it sends everything to its proxy."""
+        return destination == f"{self.proxy[0]}:{self.proxy[1]}"
