@@ -53,8 +53,9 @@ def why_no_galera() -> str | None:
     for tool, package in (("ip", "iproute2"), ("rsync", "rsync")):
         if shutil.which(tool) is None:
             return f"{tool} is not installed: install the Debian package {package}"
+    if not os.path.exists(GALERA_LIBRARY):
+        return f"{GALERA_LIBRARY} not found: install the Debian package galera-4"
     try:
-        _need(GALERA_LIBRARY if os.path.exists(GALERA_LIBRARY) else None, "galera-4", "galera")
         _need(shutil.which("mariadbd", path="/usr/sbin:/usr/bin"), "mariadb-server", "mariadbd")
     except ServerMissing as exc:
         return str(exc)
@@ -88,6 +89,7 @@ class GaleraNode:
         the position its InnoDB recovered (what Debian's galera_recovery does under
         systemd; without it a node killed with SIGKILL asks for a full SST)."""
         self.server.options["wsrep-start-position"] = _recovered_position(self.server)
+        _open_to_rsync(self.server.base)
         self.server.start()
 
     def log(self) -> str:
@@ -205,14 +207,21 @@ def _start_node(hub: Namespace, stack: ExitStack, number: int) -> GaleraNode:
     return GaleraNode(number, ns, server)
 
 
-def _joiner(options: dict[str, str], host: str, netns: str) -> MariaDbServer:
-    """A server with an empty data directory, filled by the state transfer. The rsync
-    daemon of the SST script drops root for ``nobody`` (rsyncd's default): the data
-    directory is that user's."""
-    base = Path(tempfile.mkdtemp(prefix="sipfleet-galera-"))
+def _open_to_rsync(base: Path) -> None:
+    """The joiner's side of a state transfer (even an IST leaves a marker file) is an
+    rsync daemon that drops root for ``nobody`` (rsyncd's default): the data directory
+    must be that user's (mariadbd, as root, reads it all the same)."""
     base.chmod(0o755)
+    data = base / "data"
+    for path in [data, *data.rglob("*")]:
+        shutil.chown(path, "nobody", "nogroup")
+
+
+def _joiner(options: dict[str, str], host: str, netns: str) -> MariaDbServer:
+    """A server with an empty data directory, filled by the state transfer."""
+    base = Path(tempfile.mkdtemp(prefix="sipfleet-galera-"))
     (base / "data").mkdir()
-    shutil.chown(base / "data", "nobody", "nogroup")
+    _open_to_rsync(base)
     server = MariaDbServer("mysql", base, 3306, "root", options)
     server.host = host
     server.netns = netns
@@ -245,13 +254,13 @@ if __name__ == "__main__":  # a manual check: python -m tests.galera
     started = time.monotonic()
     with galera_cluster() as galera:
         print(f"3 nodes synced in {time.monotonic() - started:.1f} s")
-        galera.nodes[2].kill()
+        galera.nodes[0].kill()
         galera.wait_synced()
-        galera.nodes[0].server.sql("CREATE TABLE t (id INT PRIMARY KEY)", DB_NAME)
+        galera.nodes[1].server.sql("CREATE TABLE t (id INT PRIMARY KEY)", DB_NAME)
         started = time.monotonic()
-        galera.nodes[2].rejoin()
+        galera.nodes[0].rejoin()
         galera.wait_synced()
         print(
-            f"rejoined in {time.monotonic() - started:.1f} s; IST: {ist_received(galera.nodes[2])}"
+            f"rejoined in {time.monotonic() - started:.1f} s; IST: {ist_received(galera.nodes[0])}"
         )
         print(galera.sql_everywhere("SHOW TABLES"))

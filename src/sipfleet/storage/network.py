@@ -15,6 +15,7 @@ from sipfleet.storage.model import AddressOfRecord, BindingUpdate, DatabaseHealt
 from sipfleet.storage.pool import Pool
 from sipfleet.storage.sql import Row
 from sipfleet.storage.statements import Statement, Statements, Step, StepResult
+from sipfleet.storage.timing import conflict_met
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -180,6 +181,7 @@ class NetworkExecutor(ABC, Generic[C]):
                 reason = f"no answer within {limit:g} s"
                 raise pool.unavailable(reason) from None
             except TransactionConflict as exc:
+                conflict_met()
                 if attempt == CONFLICT_RETRIES:
                     message = f"database {pool.health.name}: {exc} ({attempt} tries)"
                     raise StorageUnavailable(message) from exc

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 from sipfleet.stats import DATABASE_BUCKETS, HistogramTable
@@ -41,6 +42,16 @@ class StatementStats:
 
 
 STATEMENTS = StatementStats()
+# The operation being timed, for what the backends count below it (a batch of saves runs
+# in a task started from a save, so it is counted as ``location.save``).
+_KIND: ContextVar[str] = ContextVar("storage_operation", default="other")
+
+
+def conflict_met() -> None:
+    """The database rolled the current operation back in a conflict (a deadlock, a lock
+    wait timeout, Galera's certification): counted as error ``conflict`` whether the
+    backend's retry then settles it or not."""
+    STATEMENTS.failed(_KIND.get(), "conflict")
 
 
 def error_name(exc: StorageError) -> str | None:
@@ -63,6 +74,7 @@ def timed(
         @functools.wraps(operation)
         async def run(*args: P.args, **kwargs: P.kwargs) -> T:
             started = time.perf_counter()
+            current = _KIND.set(kind)
             try:
                 return await operation(*args, **kwargs)
             except StorageError as exc:
@@ -71,6 +83,7 @@ def timed(
                     STATEMENTS.failed(kind, error)
                 raise
             finally:
+                _KIND.reset(current)
                 STATEMENTS.latency.observe(kind, time.perf_counter() - started)
 
         return run
