@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -533,12 +534,17 @@ def start_postgres_standby(
 
 
 def wait_replicated_postgres(
-    primary: PostgresServer, standby: PostgresServer, timeout: float = 30
+    primary: PostgresServer,
+    standby: PostgresServer,
+    timeout: float = 30,
+    *,
+    until: Literal["replay", "receive"] = "replay",
 ) -> None:
     """Until ``standby`` has replayed everything ``primary`` has written so far: its
-    pg_last_wal_replay_lsn() reaches the primary's pg_current_wal_lsn()."""
+    pg_last_wal_replay_lsn() reaches the primary's pg_current_wal_lsn(). ``until =
+    "receive"``: until it has received it (pg_last_wal_receive_lsn), applied or not."""
     target = primary.sql("SELECT pg_current_wal_lsn()").strip()
-    check = f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+    check = f"SELECT pg_last_wal_{until}_lsn() >= '{target}'::pg_lsn"
     deadline = time.monotonic() + timeout
     while standby.sql(check).strip() != "t":
         if time.monotonic() > deadline:

@@ -21,11 +21,13 @@ from tests.dbservers import (
     FAST_MARIADB,
     FAST_POSTGRES,
     DbServer,
+    PostgresServer,
     start_mariadb_primary,
     start_mariadb_replica,
     start_postgres_primary,
     start_postgres_standby,
     wait_caught_up,
+    wait_replicated_postgres,
 )
 from tests.storage.conftest import OpenStorage, migrate
 
@@ -211,3 +213,36 @@ async def test_a_write_to_the_standby_is_unavailable_not_an_error(
     with pytest.raises(StorageUnavailable, match="read-only standby, not the primary"):
         await misconfigured.location.save(CAROL, [CAROL_PHONE], now=NOW, max_contacts=5)
     assert not await found(misconfigured, CAROL)  # reads from it still work
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("own_pair", [_postgres_pair], ids=["postgres"], indirect=True)
+async def test_a_standby_that_has_not_replayed_reports_its_lag(
+    own_pair: Pair, dsns: Dsns, opened: OpenStorage
+) -> None:
+    """Replay paused on the standby, WAL received but not applied: the lag is the age of
+    the last transaction it replayed; 0 again once it has caught up."""
+    primary, standby = own_pair.primary, own_pair.replica
+    assert isinstance(primary, PostgresServer)
+    assert isinstance(standby, PostgresServer)
+    await register(own_pair, dsns, opened, BOB)
+    replayed_at = time.monotonic()  # BOB's commit, now replayed, was before this
+    storage = opened(dsns, retry_primary_on_miss=False)
+    standby.sql("SELECT pg_wal_replay_pause()")
+    try:
+        await opened(Dsns(dsns.write, (dsns.write,))).location.save(
+            CAROL, [CAROL_PHONE], now=NOW, max_contacts=5
+        )
+        wait_replicated_postgres(primary, standby, until="receive")
+        at_least = time.monotonic() - replayed_at
+        _, behind = await storage.health()
+        assert behind.up
+        assert behind.lag_s is not None
+        assert behind.lag_s >= at_least > 0
+        assert not await found(storage, CAROL)  # the replica's reads: not applied yet
+    finally:
+        standby.sql("SELECT pg_wal_replay_resume()")
+    own_pair.caught_up()
+    _, current = await storage.health()
+    assert current.lag_s == 0
+    assert await found(storage, CAROL)
