@@ -49,6 +49,7 @@ class DnsResolver:
         supported: Sequence[TransportName] = ("udp", "tcp"),
         clock: Callable[[], float] = time.monotonic,
         pick: Callable[[int], int] | None = None,
+        resolv_conf: str = "/etc/resolv.conf",
     ) -> None:
         self.cache = RecordCache(cache_size)
         self.supported = tuple(supported)
@@ -58,6 +59,7 @@ class DnsResolver:
         self._pick = pick or _uniform
         self._asking: dict[Query, asyncio.Future[Answer]] = {}
         self._dns: dns.asyncresolver.Resolver | None = None
+        self._resolv_conf = resolv_conf
         self.queries = 0  # sent to the DNS server (the cache answered the rest)
 
     async def destinations(self, uri: SipUri) -> list[Destination]:
@@ -122,7 +124,7 @@ class DnsResolver:
 
     def _configure(self) -> dns.asyncresolver.Resolver:
         try:
-            self._dns = dns.asyncresolver.Resolver()
+            self._dns = dns.asyncresolver.Resolver(self._resolv_conf)
         except dns.exception.DNSException as exc:  # no resolv.conf, no nameserver in it
             raise DnsError(f"no DNS resolver configured: {exc}") from None
         self._dns.cache = None  # ours keeps the answers (dnspython's is off by default)

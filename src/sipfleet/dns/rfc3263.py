@@ -136,6 +136,8 @@ def _servers(
         naptr = answers(Query(target.host, "NAPTR"))
         if naptr is None:
             return Need((Query(target.host, "NAPTR"),))
+        if not naptr.exists:  # NXDOMAIN: no SRV or address records under it either
+            raise DnsError(f"{target.host} does not exist in DNS", 404)
         names = _from_naptr(naptr, target.secure, supported) or _srv_names(target, supported)
     missing = tuple(Query(name, "SRV") for name, _ in names if answers(Query(name, "SRV")) is None)
     if missing:
