@@ -6,7 +6,9 @@ failed. No sockets."""
 from __future__ import annotations
 
 from sipfleet.core.proxy.resolve import ResolveError
+from sipfleet.core.proxy.targets import Target
 from sipfleet.sip import Request, Response
+from sipfleet.sip.transaction import Timer
 from sipfleet.transport.base import Destination, Peer
 from tests.core.proxy.harness import PROXY_HOST, PROXY_PORT, T1, FakeShell
 from tests.core.proxy.messages import request, response_to
@@ -15,10 +17,10 @@ CARRIER = "sip:+4930123@carrier.example"
 GW1, GW2 = Destination("udp", "203.0.113.1", 5060), Destination("udp", "203.0.113.2", 5070)
 
 
-def resolved_to(*destinations: Destination) -> FakeShell:
+def resolved_to(*destinations: Destination, target: Target | None = None) -> FakeShell:
     shell = FakeShell()
     shell.receive(request("INVITE", CARRIER))
-    shell.route(CARRIER)
+    shell.route(target or Target(CARRIER))
     (lookup,) = shell.resolves
     shell.run(shell.core.resolved(lookup.ref, list(destinations)))
     return shell
@@ -73,6 +75,18 @@ def test_a_transport_error_goes_on_to_the_next_destination() -> None:
     assert client is not None
     shell.run(shell.core.send_failed(client))  # as the shell reports a send that failed
     assert [d for _, d in sent_invites(shell)] == [GW2]
+
+
+def test_a_trunk_keeps_its_own_timeout_at_the_next_destination() -> None:
+    shell = resolved_to(GW1, GW2, target=Target(CARRIER, gateway="carrier", timeout=2.0))
+    ((first, _),) = sent_invites(shell)
+    shell.receive(response_to(first, 503), peer(GW1))
+    sent_invites(shell)
+    (call,) = shell.core.calls.values()
+    assert call.responses is not None
+    client = call.responses.branches[0].client
+    assert client is not None
+    assert shell.timers[(client, Timer.C)] == shell.now + 2.0
 
 
 def test_when_every_destination_fails_the_branch_fails_as_the_last_one_did() -> None:

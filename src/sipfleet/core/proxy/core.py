@@ -551,16 +551,22 @@ class ProxyCore:
         over, or the branch being cancelled): the failure then counts."""
         others = call.alternates.get(branch.index)
         responses = call.responses
-        if not others or responses is None or responses.final_sent or branch.cancel_wanted:
+        if not others or responses is None or responses.final_sent:
+            return None
+        if branch.cancel_wanted or branch.expired:
             return None
         failed, destination = branch.destination, others.pop(0)
         log.info("%r: %s from %s: trying %s", call.server.request, why, failed, destination)
         actions: list[ProxyAction] = []
         if branch.client is not None and branch.client.method == "INVITE":
             actions.append(CancelTimer(branch.client, Timer.C))
-            branch.timer_c_delay = self.settings.calls.timer_c  # a new server, a new Timer C
+            # a new server, a new Timer C (a trunk's own time when shorter, as at first)
+            timeout = branch.target.timeout
+            timer_c = self.settings.calls.timer_c
+            branch.timer_c_delay = min(timer_c, timeout) if timeout is not None else timer_c
         branch.client = None
         branch.state = BranchState.CALLING
+        branch.progressed = False  # what the trunk's health hears is of the last server
         actions.extend(self._start_branch(call, branch, destination))
         return actions
 
