@@ -37,6 +37,7 @@ counts as 480: a 430 is for proxies, never for the caller (RFC 5626 §11.5).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -47,6 +48,7 @@ from sipfleet.sip.message import Request, Response
 from sipfleet.sip.transaction import ClientTransaction
 from sipfleet.transport.base import Destination
 
+log = logging.getLogger(__name__)
 PREFERRED_4XX = (401, 407, 415, 420, 484)
 FLOW_FAILED = 430  # RFC 5626: the edge proxy's flow to the phone is gone
 FLOW_FAILURES = frozenset({408, 503, FLOW_FAILED})  # with a timeout and a transport error
@@ -352,7 +354,16 @@ class ResponseContext:
         branch.state = BranchState.DONE
         branch.status = 480 if status == FLOW_FAILED else status
         actions: list[ContextAction] = [DisarmTimerC(branch)] if self.invite else []
-        actions.extend(self._branch_to(branch.target.next_flow()))
+        following = branch.target.next_flow()
+        log.info(
+            "%s %s: flow %s failed (%d); trying the phone's next flow %s",
+            self.request.method,
+            self.request.call_id,
+            _flow_name(branch.target),
+            status,
+            _flow_name(following),
+        )
+        actions.extend(self._branch_to(following))
         return actions
 
     def _finish(self) -> list[ContextAction]:
@@ -410,6 +421,11 @@ class ResponseContext:
         if status == 503:
             status, reason = 500, "Service Unavailable Downstream"
         return make_response(self.request, status, reason, to_tag=self._tag or None)
+
+
+def _flow_name(target: Target) -> str:
+    """A flow in the log: its Path (the LB and the flow token), else its Contact."""
+    return target.routes[0] if target.routes else target.uri or "?"
 
 
 def best_status(statuses: list[int]) -> int:
