@@ -221,7 +221,8 @@ async def test_a_standby_that_has_not_replayed_reports_its_lag(
     own_pair: Pair, dsns: Dsns, opened: OpenStorage
 ) -> None:
     """Replay paused on the standby, WAL received but not applied: the lag is the age of
-    the last transaction it replayed; 0 again once it has caught up."""
+    the last transaction it replayed; 0 again once it has caught up; unknown (None) while
+    it has no primary to stream from."""
     primary, standby = own_pair.primary, own_pair.replica
     assert isinstance(primary, PostgresServer)
     assert isinstance(standby, PostgresServer)
@@ -246,3 +247,11 @@ async def test_a_standby_that_has_not_replayed_reports_its_lag(
     _, current = await storage.health()
     assert current.lag_s == 0
     assert await found(storage, CAROL)
+
+    primary.stop()  # its WAL sender ends the stream: the standby's receiver exits
+    deadline = time.monotonic() + 10
+    while standby.sql("SELECT count(*) FROM pg_stat_wal_receiver").strip() != "0":
+        assert time.monotonic() < deadline, "the standby still streams from a stopped primary"
+        time.sleep(0.05)
+    _, cut_off = await storage.health()
+    assert (cut_off.up, cut_off.lag_s) == (True, None)  # unknown, not 0

@@ -134,10 +134,13 @@ ORDER BY r.i, coalesce(b.q, 1.0) DESC, b.id
 
 # A standby's lag: 0 when it has replayed all it received (an idle primary sends nothing,
 # and the time since the last replayed transaction would grow without any lag), else the
-# age of the last transaction it replayed. NULL on a server that is not a standby.
+# age of the last transaction it replayed. NULL on a server that is not a standby, and on
+# one with no WAL receiver (the primary is unreachable: it cannot know how far behind it
+# is, and 0 would hide the outage). Any role sees the receiver's row (its pid).
 REPLICATION_LAG = """
 SELECT CASE
   WHEN NOT pg_is_in_recovery() THEN NULL
+  WHEN NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver) THEN NULL
   WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
   ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
 END
