@@ -6,7 +6,8 @@ product reads the DNS server like a user's host (``ip netns exec`` mounts the fi
 The LB's proxy pool is one target, ``sip:proxies.cluster.example``: its SRV records name
 the two proxies. The proxies route every call to its Request-URI (tests/dns/relay_policy),
 so a call to ``sip:+4930123@carrier.example`` goes where carrier.example's NAPTR and SRV
-records say: gw1 at priority 10, gw2 at 20.
+records say: gw1 at priority 10, gw2 at 20. A third proxy (the default policy) routes
+off-net calls by LCR to the gateway "carrier", whose host is that same name.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from sipfleet.routing.lcr import PHONE
 from sipfleet.sip import Request, Response, parse_message
 from sipfleet.sip.builders import make_response
+from sipfleet.storage.lcr_rows import Gateway as LcrGateway
+from sipfleet.storage.lcr_rows import GatewayCapability, LcrRows, Rule, RuleTarget
 from tests.dns.server import DnsLab, Record, dns_lab, entered
 from tests.integration.harness import Cluster, RawUa, free_port, running_cluster
 from tests.interop.lab import why_no_lab
@@ -32,6 +36,14 @@ T1_MS = 50  # Timer B: 64 * T1 = 3.2 s for a gateway that says nothing
 TTL_S = 2
 NUMBER = "+4930123"
 WAIT_S = 15.0  # bound on every wait for something the cluster does on its own
+
+
+CARRIER_BY_NAME = LcrRows(
+    (LcrGateway("carrier", "carrier.example"),),  # no port: NAPTR and SRV say where
+    (GatewayCapability("carrier", PHONE),),
+    (Rule(1, "+49"),),
+    (RuleTarget(1, "carrier", PHONE),),
+)
 
 
 def zone(p1: int, p2: int, ttl_host: str = GW1[0]) -> list[Record]:
@@ -152,6 +164,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 proxy={**proxy, "listen": listen},
                 sip={"t1_ms": T1_MS},
             )
+        cluster._with_storage(lambda storage: storage.lcr.replace_all(CARRIER_BY_NAME))
+        cluster.start("proxy", "p3", netns=dns.ns.name, proxy={"authenticate": False})
         lb = {"probe_interval_s": 0.5, "pool_reload_s": 0.5}
         cluster.start("lb", netns=dns.ns.name, lb=lb, edge={"exempt": ["127.0.0.0/8"]})
         cluster.add_lb_target("proxy", "sip:proxies.cluster.example")
@@ -272,3 +286,12 @@ def test_the_lb_spreads_calls_over_the_proxies_of_its_srv_target(
     shares = {port: by_proxy.count(port) for port in lab.proxy_ports}
     # equal SRV weights: 15 of 30 each expected; 6..24 holds with odds above 99.9 %
     assert all(6 <= share <= 24 for share in shares.values()), shares
+
+
+def test_an_lcr_gateway_named_by_host_fails_over_across_its_srv_targets(
+    lab: Lab, gateways: dict[str, Gateway]
+) -> None:
+    gw1, gw2 = start(gateways, "gw1", GW1, status=503), start(gateways, "gw2", GW2)
+    answer = call(lab.proxy("p3"), f"sip:{NUMBER}@pstn.example")  # off-net: LCR
+    assert (answer.status, answer.to.tag) == (200, "gw2")
+    assert [str(i.uri) for i in gw1.invites + gw2.invites] == [f"sip:{NUMBER}@carrier.example"] * 2

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sipfleet.core.lb.pools import BadTarget, Member, Pools, target_destination
+from sipfleet.core.lb.pools import BadTarget, Member, Pools, members_of, target_destination
+from sipfleet.dns.rfc3263 import Located
 from sipfleet.storage.model import LbTarget
 from sipfleet.transport.base import Destination
 
@@ -166,3 +167,11 @@ def test_disabled_targets_get_nothing_not_even_probes() -> None:
     pools.update([LbTarget(1, "proxy", "sip:10.0.0.1:5080", 1, "disabled")])
     assert pools.choose("proxy", "k") is None
     assert pools.probes_due(0.0) == []
+
+
+def test_srv_records_become_members_in_a_stable_order() -> None:
+    a, b, c = (Destination("udp", f"10.0.0.{n}", 5060) for n in (1, 2, 3))
+    drawn = [Located(b, 10, 0), Located(a, 10, 3), Located(c, 20, 5)]
+    members = members_of(drawn)
+    assert members == [Member(a, 3, 0), Member(b, 1, 0), Member(c, 5, 1)]  # weight 0 -> 1
+    assert members_of(list(reversed(drawn))) == members  # whatever the weighted draw gave

@@ -78,7 +78,8 @@ def members_of(located: Sequence[Located]) -> list[Member]:
     """What a name resolved to, as pool members. RFC 2782's weight 0 ("a very small
     chance" beside others) counts as 1; addresses without SRV all weigh 1."""
     tiers = {priority: rank for rank, priority in enumerate(sorted({e.priority for e in located}))}
-    return [Member(e.destination, max(e.weight, 1), tiers[e.priority]) for e in located]
+    members = {Member(e.destination, max(e.weight, 1), tiers[e.priority]) for e in located}
+    return sorted(members, key=lambda m: (m.tier, m.uri))  # not the draw's order: it varies
 
 
 def _is_ip(host: str) -> bool:
