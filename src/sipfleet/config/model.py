@@ -335,7 +335,7 @@ class ProxySection(Section):
         4.0,
         gt=0,
         description="A phone registered over several flows (RFC 5626, e.g. through two LBs) "
-        "is called over its newest one; an INVITE that hears nothing back over it (not even "
+        "is called over its newest one; a request that hears nothing back over it (not even "
         "100 Trying) within this time goes to the next flow, as on a 430 Flow Failed.",
     )
     max_routing: int = Field(

@@ -61,6 +61,19 @@ async def call_bob(shell: RoutedShell, method: str = "INVITE") -> None:
         assert shell.upstream() == [100]
 
 
+async def over_the_newest_flow(
+    storage: Storage, method: str = "INVITE"
+) -> tuple[RoutedShell, Request]:
+    """A proxy, bob's two flows (LB2's the newest), and ``method`` for bob: the copy sent
+    over LB2's flow (the only one sent)."""
+    shell = proxy(storage)
+    await bind_flows(storage)
+    await call_bob(shell, method)
+    ((first, to),) = sent(shell, method)
+    assert to == LB2
+    return shell, first
+
+
 def sent(shell: RoutedShell, method: str = "INVITE") -> list[tuple[Request, tuple[str, int]]]:
     """Requests of ``method`` sent (and forgotten), each with the LB it went to."""
     found, kept = [], []
@@ -91,11 +104,7 @@ async def test_a_phone_with_two_flows_is_called_once_over_its_newest_flow(
 
 
 async def test_430_flow_failed_sends_the_call_over_the_other_flow(storage: Storage) -> None:
-    shell = proxy(storage)
-    await bind_flows(storage)
-    await call_bob(shell)
-    ((first, to),) = sent(shell)
-    assert to == LB2
+    shell, first = await over_the_newest_flow(storage)
     shell.receive(response_to(first, 430, to_tag=""), lb_peer(LB2))
     ((second, to),) = sent(shell)
     assert to == LB1
@@ -111,10 +120,7 @@ async def test_a_flow_that_says_nothing_is_given_up_after_the_flow_timeout(
 ) -> None:
     """The newest flow's LB is dead: nothing comes back, not even a 100; after
     ``proxy.flow_timeout_s`` (not Timer B's 32 s) the other flow gets the call."""
-    shell = proxy(storage)
-    await bind_flows(storage)
-    await call_bob(shell)
-    ((first, _),) = sent(shell)
+    shell, first = await over_the_newest_flow(storage)
     shell.advance(FLOW_TIMEOUT - 0.1)
     assert [to for _, to in sent(shell)] == [LB2, LB2]  # retransmissions at T1, 3*T1
     shell.advance(0.1)
@@ -130,10 +136,7 @@ async def test_a_flow_that_says_nothing_is_given_up_after_the_flow_timeout(
 async def test_a_flow_that_answers_keeps_the_call_past_the_flow_timeout(
     storage: Storage,
 ) -> None:
-    shell = proxy(storage)
-    await bind_flows(storage)
-    await call_bob(shell)
-    ((first, _),) = sent(shell)
+    shell, first = await over_the_newest_flow(storage)
     shell.receive(response_to(first, 100, to_tag=""), lb_peer(LB2))
     shell.advance(10 * FLOW_TIMEOUT)
     assert sent(shell) == []  # no retransmission after a 100, no other flow
@@ -153,15 +156,34 @@ async def test_every_flow_failed_is_480_not_430(storage: Storage) -> None:
 
 
 async def test_a_message_over_a_failed_flow_goes_over_the_other(storage: Storage) -> None:
-    shell = proxy(storage)
-    await bind_flows(storage)
-    await call_bob(shell, "MESSAGE")
-    ((first, _),) = sent(shell, "MESSAGE")
+    shell, first = await over_the_newest_flow(storage, "MESSAGE")
     shell.receive(response_to(first, 430, to_tag=""), lb_peer(LB2))
     ((second, to),) = sent(shell, "MESSAGE")
     assert to == LB1
     shell.receive(response_to(second, 200), lb_peer(LB1))
     assert shell.upstream() == [200]
+
+
+async def test_a_message_over_a_silent_flow_goes_over_the_other_in_time(
+    storage: Storage,
+) -> None:
+    """Timer F would take 32 s, as long as the caller waits: the flow timer does not."""
+    shell, first = await over_the_newest_flow(storage, "MESSAGE")
+    shell.advance(FLOW_TIMEOUT)
+    *resent, (second, to) = sent(shell, "MESSAGE")
+    assert [copy.top_via.branch for copy, _ in resent] == [first.top_via.branch] * len(resent)
+    assert to == LB1
+    assert second.top_via.branch != first.top_via.branch
+    shell.receive(response_to(second, 200), lb_peer(LB1))
+    assert shell.upstream() == [200]
+
+
+async def test_a_message_answered_over_its_flow_goes_nowhere_else(storage: Storage) -> None:
+    shell, first = await over_the_newest_flow(storage, "MESSAGE")
+    shell.receive(response_to(first, 202), lb_peer(LB2))
+    shell.advance(10 * FLOW_TIMEOUT)
+    assert sent(shell, "MESSAGE") == []
+    assert shell.upstream() == [202]
 
 
 def binding(n: int, *, instance: str | None, reg_id: int | None, at: int) -> Binding:

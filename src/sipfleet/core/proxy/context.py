@@ -30,8 +30,10 @@ attempt ended is reported (``TrunkEnded``) for the gateway's health.
 
 A phone registered over several flows (RFC 5626 §5.3) is one target with the other flows
 as ``alternates``: when its flow fails (a 430 Flow Failed from the edge proxy, a transport
-error, a timeout, or, for INVITE, nothing at all heard within ``flow_timeout``) the next
-flow gets the request, in a new branch; the phone rings once. A 430 with no flow left
+error, a timeout, or nothing at all heard back within ``flow_timeout``) the next flow
+gets the request, in a new branch; the phone rings once. The flow timer is the branch's
+Timer C slot, for any method; the first provisional response replaces it (Timer C
+proper for INVITE, nothing for the others). A 430 with no flow left
 counts as 480: a 430 is for proxies, never for the caller (RFC 5626 §11.5).
 """
 
@@ -182,8 +184,8 @@ class ResponseContext:
         flow_timeout: float = 4.0,
     ) -> None:
         """``request``: as received (its Vias are the upstream ones). ``to_tag``: for the
-        responses the context makes itself (408, 487, 500). ``flow_timeout``: how long an
-        INVITE waits for any answer over a flow that has alternates."""
+        responses the context makes itself (408, 487, 500). ``flow_timeout``: how long a
+        request waits for any answer over a flow that has alternates."""
         self.request = request
         self.invite = request.method == "INVITE"
         self.timer_c = timer_c
@@ -235,6 +237,8 @@ class ResponseContext:
         branch = Branch(len(self.branches), target)
         self.branches.append(branch)
         if not self.invite:
+            if target.alternates:  # a flow saying nothing in time: the next one
+                return [StartBranch(branch), ArmTimerC(branch, self.flow_timeout)]
             return [StartBranch(branch)]
         delay = self.timer_c
         if target.timeout is not None and target.timeout < delay:
@@ -299,8 +303,10 @@ class ResponseContext:
         actions: list[ContextAction] = []
         if branch.state is BranchState.CALLING:
             branch.state = BranchState.PROCEEDING
-            if branch.target.alternates and self.invite and not branch.expired:
-                actions.append(ArmTimerC(branch, self.timer_c))  # the flow works: Timer C
+            if branch.target.alternates and not branch.expired:  # the flow works
+                actions.append(
+                    ArmTimerC(branch, self.timer_c) if self.invite else DisarmTimerC(branch)
+                )
         if branch.cancel_wanted and not branch.cancel_sent:
             actions.extend(self._cancel(branch))
         if branch.state is BranchState.DONE or response.status == 100:
@@ -353,7 +359,7 @@ class ResponseContext:
             return self._failed(branch, 480 if status == FLOW_FAILED else status)
         branch.state = BranchState.DONE
         branch.status = 480 if status == FLOW_FAILED else status
-        actions: list[ContextAction] = [DisarmTimerC(branch)] if self.invite else []
+        actions: list[ContextAction] = [DisarmTimerC(branch)]  # its Timer C or flow timer
         following = branch.target.next_flow()
         log.info(
             "%s %s: flow %s failed (%d); trying the phone's next flow %s",

@@ -110,7 +110,7 @@ MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call fo
 class CallSettings:
     timer_c: float = 180.0
     cancel_wait: float = 32.0  # after cancelling a branch on Timer C: 64*T1
-    flow_timeout: float = 4.0  # an INVITE hears nothing over one of a phone's flows: the next
+    flow_timeout: float = 4.0  # nothing heard over one of a phone's flows: its next flow
     record_route: bool = True  # Record-Route dialog-creating requests
     retry_after: int = 5
 
