@@ -5,6 +5,7 @@ failed. No sockets."""
 
 from __future__ import annotations
 
+from sipfleet.core.proxy.actions import TrunkOutcome
 from sipfleet.core.proxy.resolve import ResolveError
 from sipfleet.core.proxy.targets import Target
 from sipfleet.sip import Request, Response
@@ -117,3 +118,14 @@ def test_a_name_not_in_dns_fails_the_branch_with_a_reason_naming_it() -> None:
     (final,) = [m for m, _ in shell.sent if isinstance(m, Response) and m.status >= 200]
     assert final.status == 404
     assert "nowhere.example" in final.reason
+
+
+def test_a_trunk_whose_name_is_not_in_dns_fails_as_unreachable() -> None:
+    shell = FakeShell()
+    shell.receive(request("INVITE", CARRIER))
+    shell.route(Target(CARRIER, gateway="carrier"))
+    (lookup,) = shell.resolves
+    missing = ResolveError("carrier.example does not exist in DNS", 404)
+    shell.run(shell.core.resolved(lookup.ref, missing))
+    (outcome,) = [a for a in shell.other if isinstance(a, TrunkOutcome)]
+    assert (outcome.gateway, outcome.status) == ("carrier", 503)  # the next trunk is tried
