@@ -102,17 +102,27 @@ class Galera:
     hub: Namespace
     nodes: list[GaleraNode]
 
-    def wait_synced(self, timeout: float = SYNC_TIMEOUT) -> None:
-        """Until every running node sees all the running ones and is Synced."""
-        running = [node for node in self.nodes if node.server.running]
+    def wait_synced(
+        self, nodes: list[GaleraNode] | None = None, timeout: float = SYNC_TIMEOUT
+    ) -> None:
+        """Until each of ``nodes`` (default: the running ones) is Synced in a primary
+        component of exactly them."""
+        nodes = nodes or [node for node in self.nodes if node.server.running]
         deadline = time.monotonic() + timeout
         while True:
-            states = {n.number: _state(n) for n in running}
-            if all(state == ("Synced", str(len(running))) for state in states.values()):
+            states = {n.number: _state(n) for n in nodes}
+            if all(state == ("Synced", str(len(nodes))) for state in states.values()):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Galera not synced after {timeout} s: {states}")
             time.sleep(0.1)
+
+    def cut(self, node: GaleraNode) -> None:
+        """Unplug the node from the bridge (a site's link fails; the server runs on)."""
+        _ip("-n", self.hub.name, "link", "set", f"g{node.number}", "down")
+
+    def reconnect(self, node: GaleraNode) -> None:
+        _ip("-n", self.hub.name, "link", "set", f"g{node.number}", "up")
 
     def sql_everywhere(self, statement: str, database: str = DB_NAME) -> list[str]:
         """``statement`` on each running node, for checks (wsrep_sync_wait: after every

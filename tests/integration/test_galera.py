@@ -9,7 +9,10 @@ through the other. In order:
 2. two sites saving the same AORs at once: Galera aborts one of two conflicting
    transactions at commit (certification); sipfleet retries it, counts it, and loses no
    acknowledged save;
-3. node 1 is killed (SIGKILL): site 2 keeps registering, site 1 answers at once with
+3. node 1 is cut off from the others (its link down): it leaves the primary component and
+   refuses every statement; site 1 answers 500 with Retry-After, site 2 registers; when
+   the link is back node 1 catches up by itself;
+4. node 1 is killed (SIGKILL): site 2 keeps registering, site 1 answers at once with
    500 and Retry-After (not silence); node 1 rejoins by IST with every binding written
    while it was down, and site 1 registers again.
 """
@@ -28,7 +31,7 @@ import pytest
 from sipfleet.sip import Response
 from sipfleet.storage import Aor, BindingUpdate, Storage, StorageUnavailable, open_storage
 from sipfleet.storage.timing import STATEMENTS
-from tests.galera import DB_NAME, Galera, galera_cluster, ist_received, why_no_galera
+from tests.galera import DB_NAME, Galera, GaleraNode, galera_cluster, ist_received, why_no_galera
 from tests.integration.harness import Cluster, RawUa, RoleProcess, running_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.mysql, pytest.mark.netns, pytest.mark.slow]
@@ -110,6 +113,9 @@ def test_a_phone_registered_at_one_site_is_called_from_the_other(sites: Sites) -
             rings_when_called(phone, user, there.proxy)
         finally:
             phone.close()
+
+
+OUTAGE_PHONES = 10  # bindings written while a node is away
 
 
 # -- certification conflicts -----------------------------------------------------------------
@@ -198,8 +204,49 @@ def test_conflicting_saves_on_two_nodes_are_retried_and_none_is_lost(sites: Site
         assert stored[0][f"hot{k}"] == cseq or stored[0][f"hot{k}"] in tally.failed.get(k, ())
 
 
-# -- a node dies and rejoins -------------------------------------------------------------------
-OUTAGE_PHONES = 10
+# -- a node cut off, a node killed --------------------------------------------------------------
+def refused_at_once(registrar: RoleProcess, user: str) -> None:
+    """A REGISTER at a site whose node cannot write: 500 with Retry-After, at once."""
+    started = time.monotonic()
+    phone, response = register(registrar, user)
+    phone.close()
+    assert time.monotonic() - started < 1.0  # refused at once, not a timeout
+    assert (response.status, response.reason) == (500, "Database Unavailable")
+    assert response.header("retry-after") is not None
+
+
+def registered(registrar: RoleProcess, users: list[str]) -> None:
+    for user in users:
+        phone, response = register(registrar, user)
+        phone.close()
+        assert response.status == 200, f"{user}: {response.status} {response.reason}"
+
+
+def on_node(node: GaleraNode, users: list[str]) -> list[str]:
+    """Which of ``users`` have a binding on ``node`` (after all it has been sent)."""
+    names = "', '".join(users)
+    found = node.server.sql(
+        "SET SESSION wsrep_sync_wait = 1; "
+        f"SELECT username FROM location WHERE username IN ('{names}')",
+        DB_NAME,
+    )
+    return sorted(found.split())
+
+
+def test_a_node_cut_off_refuses_its_site_and_catches_up_when_back(sites: Sites) -> None:
+    galera, node1 = sites.galera, sites.galera.nodes[0]
+    galera.cut(node1)
+    try:
+        galera.wait_synced(galera.nodes[1:])  # nodes 2 and 3 go on (about 2 s)
+        assert node1.status("wsrep_cluster_status") == "non-Primary"
+        refused_at_once(sites.one.registrar, "erin")
+        written = [f"cut{i}-{secrets.token_hex(2)}" for i in range(OUTAGE_PHONES)]
+        registered(sites.two.registrar, written)
+    finally:
+        galera.reconnect(node1)
+    galera.wait_synced()
+    assert on_node(node1, written) == sorted(written)
+    registered(sites.one.registrar, ["erin"])
 
 
 def test_a_killed_node_refuses_its_site_at_once_and_rejoins_with_everything(sites: Sites) -> None:
@@ -207,29 +254,14 @@ def test_a_killed_node_refuses_its_site_at_once_and_rejoins_with_everything(site
     node1.kill()
     galera.wait_synced()  # nodes 2 and 3 form the primary component (about 2 s)
 
-    started = time.monotonic()
-    phone, response = register(sites.one.registrar, "carol")
-    phone.close()
-    assert time.monotonic() - started < 1.0  # refused at once, not a timeout
-    assert (response.status, response.reason) == (500, "Database Unavailable")
-    assert response.header("retry-after") is not None
-
+    refused_at_once(sites.one.registrar, "carol")
     written = [f"outage{i}-{secrets.token_hex(2)}" for i in range(OUTAGE_PHONES)]
-    for user in written:
-        phone, response = register(sites.two.registrar, user)
-        phone.close()
-        assert response.status == 200, f"{user}: {response.status} {response.reason}"
+    registered(sites.two.registrar, written)
 
     node1.rejoin()
     galera.wait_synced()
     assert ist_received(node1)  # caught up incrementally, not by a full copy
-    names = "', '".join(written)
-    on_node1 = node1.server.sql(
-        f"SET SESSION wsrep_sync_wait = 1; "
-        f"SELECT username FROM location WHERE username IN ('{names}')",
-        DB_NAME,
-    ).split()
-    assert sorted(on_node1) == sorted(written)  # nothing written during the outage is lost
+    assert on_node(node1, written) == sorted(written)  # nothing written meanwhile is lost
 
     phone, response = register(sites.one.registrar, "carol")
     try:

@@ -47,10 +47,14 @@ from sipfleet.storage.statements import (
 # Server error codes.
 # Lock wait timeout, deadlock, and a deadlock met while taking the AUTO-INC lock (1467).
 CONFLICTS = {1205, 1213, 1467}
+# The server cannot serve: refused, gone away, shutting down... 1047 is Galera's "WSREP
+# has not yet prepared node for application use": a node cut off from the primary
+# component (or still joining) refuses every statement until it is back in it.
 GONE = {
     1040,
     1044,
     1045,
+    1047,
     1049,
     1053,
     1152,
