@@ -6,7 +6,8 @@ afterwards. Then requests that fit in a datagram but not once a hop has added to
 No name is looked up: a fuzzed Route or Request-URI names hosts anywhere, and the
 proxy would ask the machine's resolver. The roles start with a ``sitecustomize`` (on
 PYTHONPATH) that makes every event loop's ``getaddrinfo`` refuse anything but an IP
-address, so all traffic stays on 127.0.0.1.
+address and dnspython's resolver (RFC 3263 lookups) refuse every query, so all traffic
+stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ except ImportError:
     pass
 else:
     uvloop.Loop.getaddrinfo = _refuse_names(uvloop.Loop.getaddrinfo)
+
+import dns.asyncresolver
+import dns.exception
+
+
+async def _no_query(self, qname, *args, **kwargs):
+    raise dns.exception.DNSException(f"{qname}: not looked up in tests")
+
+
+dns.asyncresolver.Resolver.resolve = _no_query
 '''
 
 
