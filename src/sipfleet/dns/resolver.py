@@ -2,7 +2,8 @@
 sans-IO procedure (``rfc3263.locate``) still needs, and keeps the answers for their TTL.
 
 It reads the system's resolver configuration (``/etc/resolv.conf``) like any program, the
-first time it is needed. Lookups never block the event loop; at most ``max_concurrent``
+first time it is needed, and takes a name listed in ``/etc/hosts`` from there (``hosts``).
+Lookups never block the event loop; at most ``max_concurrent``
 are under way at once, each bounded by ``timeout``, and one query asked by several calls
 at the same time goes to the server once.
 """
@@ -22,6 +23,7 @@ import dns.message
 import dns.rdatatype
 import dns.resolver
 
+from sipfleet.dns.hosts import HostsFile
 from sipfleet.dns.records import (
     NEGATIVE_TTL_S,
     Answer,
@@ -50,6 +52,7 @@ class DnsResolver:
         clock: Callable[[], float] = time.monotonic,
         pick: Callable[[int], int] | None = None,
         resolv_conf: str = "/etc/resolv.conf",
+        hosts: HostsFile | None = None,
     ) -> None:
         self.cache = RecordCache(cache_size)
         self.supported = tuple(supported)
@@ -60,6 +63,7 @@ class DnsResolver:
         self._asking: dict[Query, asyncio.Future[Answer]] = {}
         self._dns: dns.asyncresolver.Resolver | None = None
         self._resolv_conf = resolv_conf
+        self.hosts = hosts or HostsFile()
         self.queries = 0  # sent to the DNS server (the cache answered the rest)
 
     async def destinations(self, uri: SipUri) -> list[Destination]:
@@ -68,6 +72,10 @@ class DnsResolver:
 
     async def locate(self, uri: SipUri) -> list[Located]:
         target = Target.of(uri, self.supported)
+        pinned = self.hosts.addresses(target.host)
+        if pinned:  # /etc/hosts first, as the C library does: no NAPTR, no SRV
+            port = target.port or target.default_port
+            return [Located(Destination(target.default_transport, a, port)) for a in pinned]
         fetched: dict[Query, Answer] = {}  # this call's answers, even those with TTL 0
         for _ in range(MAX_ROUNDS):
             answers = functools.partial(self._known, fetched, self._clock())
