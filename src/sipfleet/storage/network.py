@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
@@ -21,6 +22,7 @@ C = TypeVar("C")
 T = TypeVar("T")
 
 CONFLICT_RETRIES = 3  # a deadlock victim is simply run again
+CONFLICT_BACKOFF_S = 0.005  # before try n + 1, a random wait of up to n times this
 REPLICA_RETRY_S = 1.0  # a replica known to be down is tried again this often
 
 # What a read does when its replica cannot be reached (database.read_fallback).
@@ -185,6 +187,10 @@ class NetworkExecutor(ABC, Generic[C]):
                 if attempt == CONFLICT_RETRIES:
                     message = f"database {pool.health.name}: {exc} ({attempt} tries)"
                     raise StorageUnavailable(message) from exc
+            # The winner may still be committing (on another Galera node its write set is
+            # applied here a moment later), and a retry at once often meets it again; a
+            # random wait also sets apart the retries of the two sides of one conflict.
+            await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_S * attempt))
         raise AssertionError("unreachable")
 
     async def health(self) -> list[DatabaseHealth]:
