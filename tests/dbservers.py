@@ -335,7 +335,9 @@ class PostgresServer(DbServer):
         """As the postgres superuser over the Unix socket: works from any namespace."""
         return f"postgresql://{self.user}@localhost:{self.port}/{database}?host={self.base}"
 
-    def start(self) -> None:
+    def start(self, *, ready: bool = True) -> None:
+        """Start and wait until it answers queries; ``ready=False``: until it accepts
+        connections on its socket only (a standby may still turn clients away)."""
         log = self.base / "postgres.log"
         args = [
             *(["ip", "netns", "exec", self.netns] if self.netns else []),
@@ -354,7 +356,8 @@ class PostgresServer(DbServer):
         with log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=out, cwd=self.base)
         _wait_socket(self.socket_dir / f".s.PGSQL.{self.port}", self.process, log)
-        self._wait_ready()
+        if ready:
+            self._wait_ready()
 
     def _wait_ready(self) -> None:
         """Until it answers queries: a server (a standby above all) accepts connections

@@ -255,3 +255,35 @@ async def test_a_standby_that_has_not_replayed_reports_its_lag(
         time.sleep(0.05)
     _, cut_off = await storage.health()
     assert (cut_off.up, cut_off.lag_s) == (True, None)  # unknown, not 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("own_pair", [_postgres_pair], ids=["postgres"], indirect=True)
+async def test_a_standby_that_turns_clients_away_is_down_not_an_error(
+    own_pair: Pair, dsns: Dsns, opened: OpenStorage
+) -> None:
+    """A standby that runs but lets no client in ("the database system is not accepting
+    connections": still starting up, or hot_standby off, as here, where it lasts) is a
+    replica that is down: reads fall back or fail by read_fallback, health says why."""
+    standby = own_pair.replica
+    assert isinstance(standby, PostgresServer)
+    writer = opened(Dsns(dsns.write, (dsns.write,)))
+    await writer.location.save(BOB, [CAROL_PHONE], now=NOW, max_contacts=5)
+    settings = dict(standby.options)
+    standby.stop()
+    standby.options["hot_standby"] = "off"
+    try:
+        standby.start(ready=False)
+        fallback = opened(dsns, read_fallback="primary", retry_primary_on_miss=False)
+        assert await found(fallback, BOB)  # from the primary
+        strict = opened(dsns, read_fallback="fail")
+        with pytest.raises(StorageUnavailable, match="not accepting connections"):
+            await strict.location.lookup(BOB, now=NOW)
+        _, replica = await fallback.health()
+        assert not replica.up
+        assert replica.error is not None
+        assert "not accepting connections" in replica.error
+    finally:
+        standby.stop()
+        standby.options = settings
+        standby.start()
