@@ -12,7 +12,8 @@ what the shell feeds back, if anything:
 - ``Transmit(message, destination)``: send outside any transaction (a shed 503).
 - ``AskPolicy(call, context, failed)``: the policy's ``route`` (``on_failure`` when
   ``failed``), then the plan (the lookup); ``routed(call, outcome)``.
-- ``Resolve(ref, uri)``: look the host up; ``resolved(ref, destination or error)``.
+- ``Resolve(ref, uri)``: locate the host (RFC 3263); ``resolved(ref, destinations or
+  error)``, the destinations in the order to try them.
 - ``ForwardAck(ack, peer, destination)``, ``ForwardResponse(response, peer)``: forward
   without state (a 2xx ACK, a stray 2xx).
 - ``TrunkOutcome(gateway, status, progressed)``: for the off-net router (gateway health).
@@ -60,7 +61,7 @@ class AskPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Resolve:
-    """Find the transport destination of ``uri`` (a host name)."""
+    """Find the transport destinations of ``uri`` (a host name), in the order to try."""
 
     ref: int
     uri: Uri
