@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 RecordType = Literal["NAPTR", "SRV", "A", "AAAA"]
 NEGATIVE_TTL_S = 30.0  # a negative answer without an SOA to say how long
 MAX_TTL_S = 86_400.0  # nothing is kept longer than a day, whatever its TTL says
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
+class Query(NamedTuple):  # a tuple: hashed and compared in C, for the cache's lookups
     name: str
     type: RecordType
 

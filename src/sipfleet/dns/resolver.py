@@ -87,7 +87,14 @@ class DnsResolver:
         raise DnsError(f"{target.host}: DNS lookup did not settle")
 
     def _known(self, fetched: dict[Query, Answer], now: float, query: Query) -> Answer | None:
-        return fetched.get(query) or self.cache.get(query, now)
+        """This call's answer to ``query``: asked for it, else from the cache (then kept
+        for the rest of the call, which reads most records more than once)."""
+        answer = fetched.get(query)
+        if answer is None:
+            answer = self.cache.get(query, now)
+            if answer is not None:
+                fetched[query] = answer
+        return answer
 
     async def _answer(self, query: Query) -> Answer:
         """Ask once for ``query`` however many calls want it at the same time."""
@@ -140,7 +147,8 @@ class DnsResolver:
 
 
 def _uniform(total: int) -> int:
-    return random.randint(0, total)
+    """A uniform integer in 0..total (``random.randint``, at a third of its cost)."""
+    return int(random.random() * (total + 1))
 
 
 def _record(rdata: object) -> Record:

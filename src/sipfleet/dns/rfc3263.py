@@ -139,13 +139,16 @@ def _servers(
         if not naptr.exists:  # NXDOMAIN: no SRV or address records under it either
             raise DnsError(f"{target.host} does not exist in DNS", 404)
         names = _from_naptr(naptr, target.secure, supported) or _srv_names(target, supported)
-    missing = tuple(Query(name, "SRV") for name, _ in names if answers(Query(name, "SRV")) is None)
+    queries = [(Query(name, "SRV"), transport) for name, transport in names]
+    found = [(answers(query), transport) for query, transport in queries]
+    missing = tuple(
+        query for (query, _), (srv, _) in zip(queries, found, strict=True) if srv is None
+    )
     if missing:
         return Need(missing)
     servers: list[_Server] = []
     refused = False
-    for name, transport in names:
-        answer = answers(Query(name, "SRV"))
+    for answer, transport in found:
         assert answer is not None
         records = [r for r in answer.records if isinstance(r, Srv)]
         refused = refused or any(not r.target for r in records)
@@ -216,38 +219,30 @@ def srv_order(records: Iterable[Srv], pick: Pick) -> list[Srv]:
 
 
 def _addresses(target: Target, servers: list[_Server], answers: Answers) -> list[Located] | Need:
+    """Each server's A then AAAA addresses (IPv4 first, as most SIP networks still are),
+    in the servers' order, each destination once."""
     needed: list[Query] = []
+    located: dict[Destination, Located] = {}  # in insertion order
     for server in servers:
-        for query in _address_queries(server.host):
-            if answers(query) is None and query not in needed:
-                needed.append(query)
+        if is_ip(server.host):
+            found: list[str] = [server.host]
+        else:
+            found = []
+            for query in (Query(server.host, "A"), Query(server.host, "AAAA")):
+                answer = answers(query)
+                if answer is None:
+                    if query not in needed:
+                        needed.append(query)
+                else:
+                    found.extend(r for r in answer.records if isinstance(r, str))
+        for address in found:
+            destination = Destination(server.transport, address, server.port)
+            located.setdefault(destination, Located(destination, server.priority, server.weight))
     if needed:
         return Need(tuple(needed))
-    located: list[Located] = []
-    for server in servers:
-        for address in _addresses_of(server.host, answers):
-            destination = Destination(server.transport, address, server.port)
-            if all(each.destination != destination for each in located):
-                located.append(Located(destination, server.priority, server.weight))
     if not located:
         raise DnsError(_nothing_for(target.host, answers), 404)
-    return located
-
-
-def _address_queries(host: str) -> tuple[Query, ...]:
-    return () if is_ip(host) else (Query(host, "A"), Query(host, "AAAA"))
-
-
-def _addresses_of(host: str, answers: Answers) -> list[str]:
-    """A then AAAA: IPv4 first, as most SIP networks still are."""
-    if is_ip(host):
-        return [host]
-    found: list[str] = []
-    for query in _address_queries(host):
-        answer = answers(query)
-        if answer is not None:
-            found.extend(r for r in answer.records if isinstance(r, str))
-    return found
+    return list(located.values())
 
 
 def _nothing_for(host: str, answers: Answers) -> str:
