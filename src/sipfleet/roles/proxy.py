@@ -147,10 +147,11 @@ async def follow_proxy_pool(storage: Storage, engine: ProxyEngine, interval: flo
     known: list[str] | None = None
     while True:
         try:
-            uris = sorted(t.uri for t in await storage.lb_targets.list_all("proxy"))
+            targets = [t.uri for t in await storage.lb_targets.list_all("proxy")]
         except StorageError as exc:
             log.debug("proxy pool not read: %s", exc)
         else:
+            uris = await engine.resolver.pool_uris(targets)  # names: their addresses
             if uris != known:
                 engine.adopt_siblings(uris)
                 known = uris

@@ -8,9 +8,12 @@ destination times out, fails in transport or answers 503 (RFC 3263 §4.3).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sipfleet.core.proxy.addresses import default_port
 from sipfleet.dns.resolver import DnsResolver
 from sipfleet.dns.rfc3263 import DnsError
+from sipfleet.sip import ParseError, parse_uri
 from sipfleet.sip.uri import SipUri, Uri
 from sipfleet.transport.base import Destination, TransportName
 from sipfleet.transport.sockets import is_ip
@@ -44,8 +47,28 @@ def literal_destination(uri: Uri) -> Destination | None:
 class Resolver:
     """The proxy's lookups: the URIs it can route (sip:, UDP or TCP) through RFC 3263."""
 
-    def __init__(self, max_concurrent: int = 32, timeout: float = 2.0) -> None:
-        self.dns = DnsResolver(max_concurrent, timeout, supported=tuple(TRANSPORTS.values()))
+    def __init__(
+        self, max_concurrent: int = 32, timeout: float = 2.0, dns: DnsResolver | None = None
+    ) -> None:
+        supported = tuple(TRANSPORTS.values())
+        self.dns = dns or DnsResolver(max_concurrent, timeout, supported=supported)
+
+    async def pool_uris(self, uris: Sequence[str]) -> list[str]:
+        """The proxy pool's target URIs with each name replaced by the ``sip:host:port``
+        of every address it resolves to (its SRV targets), so a sibling's Record-Route is
+        known as one whatever the LB was told; a name that does not resolve stays as is."""
+        found: set[str] = set()
+        for text in uris:
+            try:
+                uri = parse_uri(text)
+                destinations = await self.resolve(uri)
+            except (ParseError, ResolveError):
+                found.add(text)
+                continue
+            for each in destinations:
+                host = f"[{each.host}]" if ":" in each.host else each.host
+                found.add(f"sip:{host}:{each.port}")
+        return sorted(found)
 
     async def resolve(self, uri: Uri) -> list[Destination]:
         """The destinations of ``uri`` in the order to try them. Raises ResolveError."""
