@@ -1,8 +1,11 @@
 """Private MariaDB and PostgreSQL servers for tests and benchmarks.
 
 Each server runs from Debian's packages in its own temporary directory, on a free port of
-127.0.0.1, and is stopped by its PID. ``start_mariadb`` / ``start_postgres`` start one
-instance with given options, so a primary and a replica can be started side by side later.
+127.0.0.1 (or in a network namespace), and is stopped by its PID. ``start_mariadb`` /
+``start_postgres`` start one instance with given options. A replicated pair:
+``start_mariadb_primary`` + ``start_mariadb_replica`` (GTID replication), or
+``start_postgres_primary`` + ``start_postgres_standby`` (a hot standby streaming the WAL);
+``wait_caught_up`` returns once the replica has applied all the primary has written.
 Nothing here assumes the machine's own database services exist.
 """
 
@@ -331,9 +334,11 @@ class PostgresServer(DbServer):
     def dsn(self, database: str) -> str:
         return f"{self.kind}://{self.user}@{self.host}:{self.port}/{database}"
 
-    def socket_dsn(self, database: str) -> str:
-        """As the postgres superuser over the Unix socket: works from any namespace."""
-        return f"postgresql://{self.user}@localhost:{self.port}/{database}?host={self.base}"
+    def socket_dsn(self, database: str, user: str | None = None) -> str:
+        """Over the Unix socket (trusted: no password), works from any namespace; as the
+        postgres superuser unless ``user`` is given."""
+        who = user or self.user
+        return f"postgresql://{who}@localhost:{self.port}/{database}?host={self.socket_dir}"
 
     def start(self, *, ready: bool = True) -> None:
         """Start and wait until it answers queries; ``ready=False``: until it accepts

@@ -201,8 +201,7 @@ class Databases:
         Unix socket, from any namespace. On PostgreSQL as the application account, so that
         it owns the tables it migrates."""
         if isinstance(self.primary, PostgresServer):
-            socket = self.primary.socket_dir
-            return f"postgresql://{DB_USER}@localhost:{self.primary.port}/{DB_NAME}?host={socket}"
+            return self.primary.socket_dsn(DB_NAME, DB_USER)
         return self.primary.socket_dsn(DB_NAME)
 
     def caught_up(self) -> None:
