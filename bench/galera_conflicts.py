@@ -2,7 +2,7 @@
 
 Run from the repository root, as root (network namespaces):
     .venv/bin/python bench/galera_conflicts.py [--users 500] [--saves 6000] [--seconds 10]
-        [--concurrency 32]
+        [--concurrency 32] [--outbound]
 
 A three-node Galera cluster (tests/galera.py) and two "sites": each an open_storage on
 one node, as a site's registrar has, saving REGISTERs (one contact each, batched as the
@@ -12,7 +12,10 @@ per site and scenario:
   same       site 1 on node 1 and site 2 on node 2 save the same AORs at once (a phone
              registered at both sites; the worst case)
   one-node   both sites on node 1, the same AORs (what a single primary sees)
-Printed per scenario: saves/s of both sites together, the conflicts Galera reported
+With --outbound every binding has an instance and reg-id (RFC 5626), which sipfleet saves
+in one explicit transaction each instead of batches of single statements.
+Printed per scenario: saves/s of both sites together, the CPU this process used (the
+client side of both sites: at 100 % of a core it is the bottleneck), the conflicts Galera reported
 (certification failures and brute-force aborts on the nodes: transactions that were
 rolled back, counted by the servers), the conflicts sipfleet retried (its db error
 metric), the saves that failed after the retries (the registrar would answer 500 with
@@ -46,11 +49,15 @@ def aor(i: int) -> Aor:
     return Aor(f"user{i:05d}", DOMAIN)
 
 
-def update(i: int, cseq: int) -> BindingUpdate:
-    """The phone's one binding: same contact and Call-ID at both sites, rising CSeq."""
+def update(i: int, cseq: int, outbound: bool) -> BindingUpdate:
+    """The phone's one binding: same contact and Call-ID at both sites, rising CSeq.
+    ``outbound``: an RFC 5626 phone's (instance, reg-id), saved in an explicit
+    transaction; otherwise a plain one, saved in a batch of single statements."""
     return BindingUpdate(
-        f"sip:user{i:05d}@198.51.100.{i % 250}:5060", NOW + 3600, f"call-{i}@phone", cseq
-    )
+        f"sip:user{i:05d}@198.51.100.{i % 250}:5060", NOW + 3600, f"call-{i}@phone", cseq,
+        instance=f"<urn:uuid:00000000-0000-0000-0000-{i:012d}>" if outbound else None,
+        reg_id=1 if outbound else None,
+    )  # fmt: skip
 
 
 @dataclass
@@ -66,6 +73,7 @@ class Site:
 class Outcome:
     saves: int
     seconds: float
+    cpu: float  # this process's CPU seconds (both sites' client side)
     server_conflicts: int
     retried: int
     failed: int
@@ -83,9 +91,8 @@ async def run_site(site: Site, acked: dict[int, int], args: argparse.Namespace) 
             i = site.users[turn % len(site.users)]
             cseq = 2 * (turn // len(site.users)) + site.parity + 2
             try:
-                await site.storage.location.save(
-                    aor(i), [update(i, cseq)], now=NOW, max_contacts=10
-                )
+                updates = [update(i, cseq, args.outbound)]
+                await site.storage.location.save(aor(i), updates, now=NOW, max_contacts=10)
             except StorageUnavailable:
                 site.failed += 1
                 continue
@@ -124,9 +131,9 @@ async def scenario(
         for site in sites:
             await site.storage.location.count(aor(first))  # connected before the clock starts
         conflicts, retried = server_conflicts(nodes), retried_conflicts()
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         await asyncio.gather(*(run_site(site, acked, args) for site in sites))
-        elapsed = time.monotonic() - started
+        elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
         conflicts, retried = server_conflicts(nodes) - conflicts, retried_conflicts() - retried
         lost = await count_lost(sites[0].storage, acked)
     finally:
@@ -134,7 +141,7 @@ async def scenario(
             await site.storage.close()
     saves = sum(site.saved for site in sites)
     failed = sum(site.failed for site in sites)
-    return Outcome(saves, elapsed, conflicts, retried, failed, lost)
+    return Outcome(saves, elapsed, cpu, conflicts, retried, failed, lost)
 
 
 async def count_lost(storage: Storage, acked: dict[int, int]) -> int:
@@ -153,15 +160,17 @@ SCENARIOS = {"disjoint": ((0, 1), False), "same": ((0, 1), True), "one-node": ((
 async def measure(galera: Galera, args: argparse.Namespace) -> None:
     await upgrade(Dsn.parse(galera.nodes[0].dsn()))
     galera.wait_synced()
-    print(f"{'scenario':9} {'saves':>6} {'s':>5} {'saves/s':>8} {'galera':>7} {'retried':>8} "
-          f"{'failed':>7} {'lost':>5}")  # fmt: skip
+    kind = "outbound (RFC 5626: transactions)" if args.outbound else "plain (batched)"
+    print(f"{args.users} AORs per site, {args.concurrency} saves in flight per site, {kind}")
+    print(f"{'scenario':9} {'saves':>6} {'s':>5} {'saves/s':>8} {'client':>7} {'galera':>7} "
+          f"{'retried':>8} {'failed':>7} {'lost':>5}")  # fmt: skip
     for number, (name, (placement, same_aors)) in enumerate(SCENARIOS.items()):
         outcome = await scenario(galera, number, placement, same_aors, args)
         rate = outcome.saves / outcome.seconds
         print(
             f"{name:9} {outcome.saves:6} {outcome.seconds:5.1f} {rate:8.0f} "
-            f"{outcome.server_conflicts:7} {outcome.retried:8} {outcome.failed:7} "
-            f"{outcome.lost:5}"
+            f"{outcome.cpu / outcome.seconds:7.0%} {outcome.server_conflicts:7} "
+            f"{outcome.retried:8} {outcome.failed:7} {outcome.lost:5}"
         )
 
 
@@ -171,6 +180,9 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=6000, help="saves per site and scenario")
     parser.add_argument("--seconds", type=float, default=10.0, help="time limit per scenario")
     parser.add_argument("--concurrency", type=int, default=32, help="saves in flight per site")
+    parser.add_argument(
+        "--outbound", action="store_true", help="RFC 5626 bindings (explicit transactions)"
+    )
     args = parser.parse_args()
     why = why_no_galera()
     if why is not None:
