@@ -11,6 +11,8 @@ want_test=0
 packages=(python3 python3-venv python3-dev gcc)
 if ((want_test)); then
   packages+=(sip-tester sipvicious mariadb-server mariadb-client postgresql iproute2 nftables conntrack procps)
+  # MariaDB Galera, three nodes with rsync state transfers (tests/integration/test_galera.py)
+  packages+=(galera-4 rsync)
   # real phones for tests/interop: baresip and the Linphone console (PJSIP comes from pip)
   packages+=(baresip-core linphone-cli)
   # the media relay the proxy drives (userspace forwarding; tests start their own)
