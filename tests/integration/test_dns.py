@@ -16,7 +16,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -46,7 +46,9 @@ CARRIER_BY_NAME = LcrRows(
 )
 
 
-def zone(p1: int, p2: int, ttl_host: str = GW1[0]) -> list[Record]:
+def zone(p1: int, p2: int | None, ttl_host: str = GW1[0]) -> list[Record]:
+    """The test's zone; ``p2`` None: the proxy pool's SRV names only p1."""
+    pool = [(p1, "p1.cluster.example")] + ([(p2, "p2.cluster.example")] if p2 else [])
     return [
         (
             "carrier.example",
@@ -68,8 +70,10 @@ def zone(p1: int, p2: int, ttl_host: str = GW1[0]) -> list[Record]:
         ("_sip._udp.spread.example", "SRV", 300, [10, 1, 5060, "gw2.carrier.example"]),
         ("ttl.example", "A", TTL_S, [ttl_host]),
         ("v6.example", "AAAA", 300, [GW6[0]]),
-        ("_sip._udp.proxies.cluster.example", "SRV", 300, [10, 1, p1, "p1.cluster.example"]),
-        ("_sip._udp.proxies.cluster.example", "SRV", 300, [10, 1, p2, "p2.cluster.example"]),
+        *[
+            ("_sip._udp.proxies.cluster.example", "SRV", TTL_S, [10, 1, port, name])
+            for port, name in pool
+        ],
         ("p1.cluster.example", "A", 300, ["127.0.0.1"]),
         ("p2.cluster.example", "A", 300, ["127.0.0.1"]),
     ]
@@ -295,3 +299,33 @@ def test_an_lcr_gateway_named_by_host_fails_over_across_its_srv_targets(
     answer = call(lab.proxy("p3"), f"sip:{NUMBER}@pstn.example")  # off-net: LCR
     assert (answer.status, answer.to.tag) == (200, "gw2")
     assert [str(i.uri) for i in gw1.invites + gw2.invites] == [f"sip:{NUMBER}@carrier.example"] * 2
+
+
+def test_the_lb_follows_its_pool_name_when_its_records_change(
+    lab: Lab, gateways: dict[str, Gateway]
+) -> None:
+    gw1 = start(gateways, "gw1", GW1)
+    p1, p2 = lab.proxy_ports
+
+    def proxies_of_calls(count: int) -> set[int]:
+        first = len(gw1.invites)
+        for n in range(count):
+            assert call(lab.lb(), f"sip:{NUMBER}{n}@carrier.example").status == 200
+        return {invite.top_via.port or 5060 for invite in gw1.invites[first:]}
+
+    def until(wanted: Callable[[set[int]], bool]) -> None:
+        deadline = time.monotonic() + TTL_S + WAIT_S
+        while not wanted(proxies_of_calls(10)):  # with both in the pool, p1 alone: 1 in 1024
+            assert time.monotonic() < deadline, "the LB did not follow the name's records"
+
+    removed = f"proxy target sip:127.0.0.1:{p2};transport=udp removed"
+    lab.dns.set_records(zone(p1, None))  # p2 leaves the pool's SRV records
+    try:
+        deadline = time.monotonic() + TTL_S + WAIT_S
+        while removed not in lab.cluster.roles["lb"].log_text():
+            assert time.monotonic() < deadline, "the LB kept p2 after its SRV record went"
+            time.sleep(0.2)
+        assert proxies_of_calls(10) == {p1}
+    finally:
+        lab.dns.set_records(zone(p1, p2))
+    until(lambda seen: p2 in seen)  # and comes back with them
