@@ -124,6 +124,12 @@ class Galera:
     def reconnect(self, node: GaleraNode) -> None:
         _ip("-n", self.hub.name, "link", "set", f"g{node.number}", "up")
 
+    def settle(self) -> None:
+        """Until every running node has applied what the cluster committed so far. A
+        commit returns once the cluster has ordered it; the other nodes apply it a moment
+        later, and a read there does not wait for it (``wsrep_sync_wait = 0``)."""
+        self.sql_everywhere("SELECT COUNT(*) FROM location")
+
     def sql_everywhere(self, statement: str, database: str = DB_NAME) -> list[str]:
         """``statement`` on each running node, for checks (wsrep_sync_wait: after every
         write the cluster committed, wherever it was made)."""

@@ -110,6 +110,7 @@ def test_a_phone_registered_at_one_site_is_called_from_the_other(sites: Sites) -
         phone, response = register(here.registrar, user)
         try:
             assert response.status == 200, f"{response.status} {response.reason}"
+            sites.galera.settle()  # the other site's node has applied it (docs/operations.md)
             rings_when_called(phone, user, there.proxy)
         finally:
             phone.close()
@@ -266,6 +267,7 @@ def test_a_killed_node_refuses_its_site_at_once_and_rejoins_with_everything(site
     phone, response = register(sites.one.registrar, "carol")
     try:
         assert response.status == 200, f"{response.status} {response.reason}"
+        galera.settle()
         rings_when_called(phone, "carol", sites.two.proxy)
     finally:
         phone.close()
