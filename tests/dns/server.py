@@ -3,7 +3,8 @@
 ``python -m tests.dns.server ZONE.json ADDRESS PORT`` answers from ZONE.json (read again
 whenever it changes on disk, so a test changes a record by rewriting the file) over UDP
 and TCP: the records asked for, NODATA with the SOA for a name that has others, NXDOMAIN
-with the SOA for a name that has none (the SOA's minimum is the negative TTL). Every
+with the SOA for a name that has none (the SOA's minimum is the negative TTL); a CNAME
+with the records it leads to. Every
 query is appended to ZONE.json.log as ``name TYPE``.
 
 ``dns_lab`` makes a network namespace with that server on 127.0.0.1:53 and
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dnslib import AAAA, NAPTR, QTYPE, RCODE, RR, SOA, SRV, A, DNSRecord
+from dnslib import AAAA, CNAME, NAPTR, QTYPE, RCODE, RR, SOA, SRV, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from tests.interop.lab import Namespace
@@ -63,12 +64,10 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
                 log.write(f"{name} {kind}\n")
         reply = request.reply()
         reply.header.aa = 1
-        found = [r for r in records if r[0] == name]
-        for owner, rtype, ttl, data in found:
-            if rtype == kind:
-                reply.add_answer(
-                    RR(owner + ".", getattr(QTYPE, rtype), rdata=_rdata(rtype, data), ttl=ttl)
-                )
+        for owner, rtype, ttl, data in _chain(records, name, kind):
+            reply.add_answer(
+                RR(owner + ".", getattr(QTYPE, rtype), rdata=_rdata(rtype, data), ttl=ttl)
+            )
         if not reply.rr:
             if not any(r[0] == name or r[0].endswith("." + name) for r in records):
                 reply.header.rcode = RCODE.NXDOMAIN  # nothing at or under it (RFC 8020)
@@ -85,6 +84,19 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
         return self._records
 
 
+def _chain(records: list[Record], name: str, kind: str) -> list[Record]:
+    """The records of ``kind`` at ``name``, or its CNAME and what that names, in turn."""
+    found: list[Record] = []
+    for _ in range(8):  # a loop of aliases ends somewhere
+        direct = [r for r in records if r[0] == name and r[1] == kind]
+        alias = [r for r in records if r[0] == name and r[1] == "CNAME"]
+        if direct or not alias:
+            return found + direct
+        found.append(alias[0])
+        name = alias[0][3][0]
+    return found
+
+
 def _rdata(rtype: str, data: list[Any]) -> Any:
     if rtype == "NAPTR":
         order, preference, flags, service, regexp, replacement = data
@@ -94,7 +106,7 @@ def _rdata(rtype: str, data: list[Any]) -> Any:
     if rtype == "SRV":
         priority, weight, port, target = data
         return SRV(priority, weight, port, target + ".")
-    return {"A": A, "AAAA": AAAA}[rtype](data[0])
+    return {"A": A, "AAAA": AAAA, "CNAME": CNAME}[rtype](data[0])
 
 
 def serve(zone: Path, address: str, port: int) -> None:

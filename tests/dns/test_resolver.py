@@ -27,6 +27,7 @@ ZONE: list[Record] = [
     ("carrier.example", "NAPTR", TTL_S, [10, 10, "s", "SIP+D2T", "", "_sip._tcp.carrier.example"]),
     ("_sip._tcp.carrier.example", "SRV", TTL_S, [10, 0, 5080, "gw1.carrier.example"]),
     ("gw1.carrier.example", "A", TTL_S, ["192.0.2.1"]),
+    ("alias.example", "CNAME", 3, ["gw1.carrier.example"]),
 ]
 
 
@@ -147,3 +148,15 @@ def test_a_silent_server_costs_the_timeout_and_never_blocks_the_loop(
     assert "timed out" in error.reason
     assert 0.5 <= time.monotonic() - started < 2.0
     assert max(gaps) < 0.1  # the loop ran all along
+
+
+def test_an_alias_is_kept_for_the_shortest_ttl_of_its_chain(lab: DnsLab) -> None:
+    clock = Clock()
+    dns = resolver(lab, clock)
+    alias = uri("sip:bob@alias.example:5070")  # a port: addresses only
+    before = len(lab.queries())
+    for advance in (0, 2.5, 0.5):
+        clock.now += advance
+        assert asyncio.run(dns.destinations(alias)) == [Destination("udp", "192.0.2.1", 5070)]
+    asked = lab.queries()[before:]
+    assert asked.count("alias.example A") == 2  # the CNAME's 3 s, not the A record's 60 s

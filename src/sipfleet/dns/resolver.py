@@ -135,7 +135,7 @@ class DnsResolver:
         if reply.rrset is None:
             return Answer((), _negative_ttl(reply.response))
         records = tuple(_record(rdata) for rdata in reply.rrset)
-        return Answer(records, float(reply.rrset.ttl))
+        return Answer(records, float(reply.chaining_result.minimum_ttl))  # CNAMEs' TTLs too
 
     def _configure(self) -> dns.asyncresolver.Resolver:
         try:
