@@ -138,7 +138,8 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _counter(
         "sipfleet_db_errors_total",
-        "Storage operations the database failed (unavailable, overloaded, conflict).",
+        "Storage operations the database failed (unavailable, overloaded) and the "
+        "conflicts it rolled back (conflict; retried).",
         "kind",
         "error",
     ),
