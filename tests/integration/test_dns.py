@@ -32,6 +32,7 @@ from tests.interop.lab import why_no_lab
 pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.slow]
 
 GW1, GW2, GW6 = ("127.0.0.11", 5060), ("127.0.0.12", 5060), ("::1", 5060)
+DEAD = "127.0.0.13"  # nothing listens there: down.example's first gateway
 T1_MS = 50  # Timer B: 64 * T1 = 3.2 s for a gateway that says nothing
 TTL_S = 2
 NUMBER = "+4930123"
@@ -65,6 +66,10 @@ def zone(p1: int, p2: int | None, ttl_host: str = GW1[0]) -> list[Record]:
         ("_sip._udp.carrier.example", "SRV", 300, [20, 0, 5060, "gw2.carrier.example"]),
         ("_sip._udp.carrier.example", "SRV", 300, [10, 0, 5060, "gw1.carrier.example"]),
         ("gw1.carrier.example", "A", 300, [GW1[0]]),
+        ("down.example", "NAPTR", 300, [10, 10, "s", "SIP+D2U", "", "_sip._udp.down.example"]),
+        ("_sip._udp.down.example", "SRV", 300, [10, 0, 5060, "dead.down.example"]),
+        ("_sip._udp.down.example", "SRV", 300, [20, 0, 5060, "gw2.carrier.example"]),
+        ("dead.down.example", "A", 300, [DEAD]),
         ("gw2.carrier.example", "A", 300, [GW2[0]]),
         ("_sip._udp.spread.example", "SRV", 300, [10, 3, 5060, "gw1.carrier.example"]),
         ("_sip._udp.spread.example", "SRV", 300, [10, 1, 5060, "gw2.carrier.example"]),
@@ -217,12 +222,16 @@ def test_naptr_then_srv_reaches_the_first_priority(lab: Lab, gateways: dict[str,
 def test_the_first_gateway_down_the_call_reaches_the_second(
     lab: Lab, gateways: dict[str, Gateway]
 ) -> None:
-    gw2 = start(gateways, "gw2", GW2)  # nothing listens at gw1: Timer B (3.2 s) ends it
+    gw2 = start(gateways, "gw2", GW2)
     started = time.monotonic()
-    answer = call(lab.lb(), f"sip:{NUMBER}@carrier.example")
+    answer = call(lab.proxy(), f"sip:{NUMBER}@down.example")  # its priority 10 is dead
     assert (answer.status, answer.to.tag) == (200, "gw2")
-    assert time.monotonic() - started >= 64 * T1_MS / 1000
-    assert len(gw2.invites) == 1
+    assert time.monotonic() - started >= 64 * T1_MS / 1000  # Timer B, then the second
+    started = time.monotonic()
+    answer = call(lab.proxy(), f"sip:{NUMBER}@down.example")
+    assert (answer.status, answer.to.tag) == (200, "gw2")
+    assert time.monotonic() - started < 64 * T1_MS / 1000 / 2  # the dead one is tried last
+    assert len(gw2.invites) == 2
 
 
 def test_a_503_from_the_first_gateway_the_call_reaches_the_second(

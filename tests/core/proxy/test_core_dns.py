@@ -5,7 +5,7 @@ failed. No sockets."""
 
 from __future__ import annotations
 
-from sipfleet.core.proxy.actions import TrunkOutcome
+from sipfleet.core.proxy.actions import DestinationDown, TrunkOutcome
 from sipfleet.core.proxy.resolve import ResolveError
 from sipfleet.core.proxy.targets import Target
 from sipfleet.sip import Request, Response
@@ -52,6 +52,7 @@ def test_a_503_sends_the_request_to_the_next_destination_in_a_new_transaction() 
     assert to2 == GW2
     assert second.top_via.branch != first.top_via.branch
     assert [m.method for m in shell.downstream()] == ["ACK"]  # the 503's, to GW1
+    assert not any(isinstance(a, DestinationDown) for a in shell.other)  # it is alive
     shell.receive(response_to(second, 200), peer(GW2))
     assert shell.upstream() == [100, 200]
 
@@ -63,6 +64,7 @@ def test_a_timeout_goes_on_to_the_next_destination() -> None:
     invites = sent_invites(shell)
     assert {d for _, d in invites[:-1]} == {GW1}
     assert invites[-1][1] == GW2
+    assert DestinationDown(GW1) in shell.other  # the resolver tries it last for a while
     shell.receive(response_to(invites[-1][0], 486), peer(GW2))
     assert shell.upstream() == [100, 486]
 

@@ -17,6 +17,8 @@ what the shell feeds back, if anything:
 - ``ForwardAck(ack, peer, destination)``, ``ForwardResponse(response, peer)``: forward
   without state (a 2xx ACK, a stray 2xx).
 - ``TrunkOutcome(gateway, status, progressed)``: for the off-net router (gateway health).
+- ``DestinationDown(destination)``: it timed out or failed in transport; the resolver
+  tries it last for a while (fire and forget).
 - ``Unmatched(response)``: a stray answer, perhaps to an OPTIONS probe.
 - ``RelayMedia(call, response, request)``: have the call's media relay rewrite the SDP
   of ``response`` (to ``request``); ``media_rewritten(call, response, sdp or None)``.
@@ -147,6 +149,13 @@ class Answered:
     context: CallContext
 
 
+@dataclass(frozen=True, slots=True)
+class DestinationDown:
+    """A branch's ``destination`` timed out or failed in transport."""
+
+    destination: Destination
+
+
 ProxyAction = (
     Send
     | StartTimer
@@ -157,6 +166,7 @@ ProxyAction = (
     | ForwardAck
     | ForwardResponse
     | TrunkOutcome
+    | DestinationDown
     | Unmatched
     | RelayMedia
     | EndMedia

@@ -38,6 +38,7 @@ from sipfleet.core.proxy.actions import (
     AskPolicy,
     CallKey,
     CallResult,
+    DestinationDown,
     EndMedia,
     ForwardAck,
     ForwardResponse,
@@ -538,12 +539,14 @@ class ProxyCore:
             return []
         call, branch = found
         assert call.responses is not None
-        if status in (408, 503):
-            why = "a timeout" if status == 408 else "a transport error"
-            retried = self._next_destination(call, branch, why)
-            if retried is not None:
-                return retried
-        return self._apply(call, call.responses.on_failure(branch, status))
+        if status not in (408, 503) or branch.destination is None:
+            return self._apply(call, call.responses.on_failure(branch, status))
+        down: list[ProxyAction] = [DestinationDown(branch.destination)]
+        why = "a timeout" if status == 408 else "a transport error"
+        retried = self._next_destination(call, branch, why)
+        if retried is not None:
+            return down + retried
+        return down + self._apply(call, call.responses.on_failure(branch, status))
 
     def _next_destination(self, call: Call, branch: Branch, why: str) -> list[ProxyAction] | None:
         """RFC 3263 §4.3: the branch's request, in a new client transaction, to the next

@@ -29,6 +29,7 @@ from sipfleet.core.proxy.actions import (
     Answered,
     AskPolicy,
     CallResult,
+    DestinationDown,
     EndMedia,
     ForwardAck,
     ForwardResponse,
@@ -242,6 +243,8 @@ class ProxyEngine:
                 self._spawn(self._resolve(action))
             elif isinstance(action, TrunkOutcome):
                 self._trunk_ended(action)
+            elif isinstance(action, DestinationDown):
+                self.resolver.down(action.destination)
             elif isinstance(action, Transmit):
                 self._transmit(action.message, action.destination)
             elif isinstance(action, Unmatched) and not self.prober.answered(action.response):

@@ -8,9 +8,11 @@ destination times out, fails in transport or answers 503 (RFC 3263 §4.3).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from sipfleet.core.proxy.addresses import default_port
+from sipfleet.dns.down import DownList
 from sipfleet.dns.resolver import DnsResolver
 from sipfleet.dns.rfc3263 import DnsError
 from sipfleet.sip import ParseError, parse_uri
@@ -45,13 +47,24 @@ def literal_destination(uri: Uri) -> Destination | None:
 
 
 class Resolver:
-    """The proxy's lookups: the URIs it can route (sip:, UDP or TCP) through RFC 3263."""
+    """The proxy's lookups: the URIs it can route (sip:, UDP or TCP) through RFC 3263;
+    destinations that did not answer lately are tried last (``down``)."""
 
     def __init__(
-        self, max_concurrent: int = 32, timeout: float = 2.0, dns: DnsResolver | None = None
+        self,
+        max_concurrent: int = 32,
+        timeout: float = 2.0,
+        dns: DnsResolver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         supported = tuple(TRANSPORTS.values())
         self.dns = dns or DnsResolver(max_concurrent, timeout, supported=supported)
+        self.held = DownList()
+        self._clock = clock
+
+    def down(self, destination: Destination) -> None:
+        """``destination`` timed out or failed in transport: try it last for a while."""
+        self.held.mark(destination, self._clock())
 
     async def pool_uris(self, uris: Sequence[str]) -> list[str]:
         """The proxy pool's target URIs with each name replaced by the ``sip:host:port``
@@ -76,4 +89,4 @@ class Resolver:
         if destination is not None:
             return [destination]
         assert isinstance(uri, SipUri)
-        return await self.dns.destinations(uri)
+        return self.held.order(await self.dns.destinations(uri), self._clock())
