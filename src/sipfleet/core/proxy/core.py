@@ -478,6 +478,8 @@ class ProxyCore:
         """The answer to ``Resolve``: the destinations in the order to try them."""
         if isinstance(result, Destination):
             result = [result]
+        elif not isinstance(result, ResolveError) and not result:
+            result = ResolveError("no address found")
         pending = self.resolving.pop(ref, None)
         if isinstance(pending, _AckRef):
             if isinstance(result, ResolveError):
