@@ -6,6 +6,7 @@ the test's, so TTLs run out when the test says."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -160,3 +161,17 @@ def test_an_alias_is_kept_for_the_shortest_ttl_of_its_chain(lab: DnsLab) -> None
         assert asyncio.run(dns.destinations(alias)) == [Destination("udp", "192.0.2.1", 5070)]
     asked = lab.queries()[before:]
     assert asked.count("alias.example A") == 2  # the CNAME's 3 s, not the A record's 60 s
+
+
+def test_a_changed_resolv_conf_is_read_again(lab: DnsLab, tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.3\n")  # nothing there
+    clock = Clock()
+    dns = DnsResolver(timeout=0.5, clock=clock, resolv_conf=str(conf))
+    with pytest.raises(DnsError) as caught:
+        asyncio.run(dns.destinations(CARRIER))
+    assert caught.value.status == 503
+    conf.write_text("nameserver 127.0.0.1\n")
+    os.utime(conf, ns=(1, 10**18))  # a new mtime whatever the file system's resolution
+    clock.now += 5
+    assert asyncio.run(dns.destinations(CARRIER)) == [Destination("tcp", "192.0.2.1", 5080)]

@@ -1,11 +1,11 @@
 """The asyncio shell of RFC 3263: asks dnspython's asynchronous resolver for what the
 sans-IO procedure (``rfc3263.locate``) still needs, and keeps the answers for their TTL.
 
-It reads the system's resolver configuration (``/etc/resolv.conf``) like any program, the
-first time it is needed, and takes a name listed in ``/etc/hosts`` from there (``hosts``).
-Lookups never block the event loop; at most ``max_concurrent``
-are under way at once, each bounded by ``timeout``, and one query asked by several calls
-at the same time goes to the server once.
+It reads the system's resolver configuration (``/etc/resolv.conf``) like any program, when
+first needed and again when the file changes, and takes a name listed in ``/etc/hosts``
+from there (``hosts``). Lookups never block the event loop; at most ``max_concurrent`` are
+under way at once, each bounded by ``timeout``, and one query asked by several calls at
+the same time goes to the server once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ import dns.message
 import dns.rdatatype
 import dns.resolver
 
-from sipfleet.dns.hosts import HostsFile
+from sipfleet.dns.hosts import RECHECK_S, HostsFile
 from sipfleet.dns.records import (
     NEGATIVE_TTL_S,
     Answer,
@@ -63,6 +64,8 @@ class DnsResolver:
         self._asking: dict[Query, asyncio.Future[Answer]] = {}
         self._dns: dns.asyncresolver.Resolver | None = None
         self._resolv_conf = resolv_conf
+        self._conf_checked_at = 0.0
+        self._conf_stamp: int | None = None
         self.hosts = hosts or HostsFile()
         self.queries = 0  # sent to the DNS server (the cache answered the rest)
 
@@ -119,7 +122,7 @@ class DnsResolver:
         return answer
 
     async def _ask(self, query: Query) -> Answer:
-        resolver = self._dns or self._configure()
+        resolver = self._configured()
         async with self._slots:
             self.queries += 1
             try:
@@ -137,13 +140,26 @@ class DnsResolver:
         records = tuple(_record(rdata) for rdata in reply.rrset)
         return Answer(records, float(reply.chaining_result.minimum_ttl))  # CNAMEs' TTLs too
 
-    def _configure(self) -> dns.asyncresolver.Resolver:
+    def _configured(self) -> dns.asyncresolver.Resolver:
+        """dnspython's resolver as resolv.conf says, read again when the file changes
+        (checked at most every ``RECHECK_S``), as the C library does."""
+        now = self._clock()
+        if self._dns is not None and now - self._conf_checked_at < RECHECK_S:
+            return self._dns
+        self._conf_checked_at = now
         try:
-            self._dns = dns.asyncresolver.Resolver(self._resolv_conf)
-        except dns.exception.DNSException as exc:  # no resolv.conf, no nameserver in it
+            stamp = os.stat(self._resolv_conf).st_mtime_ns
+        except OSError:
+            stamp = None
+        if self._dns is not None and stamp == self._conf_stamp:
+            return self._dns
+        try:
+            resolver = dns.asyncresolver.Resolver(self._resolv_conf)
+        except (OSError, dns.exception.DNSException) as exc:  # no file, no nameserver in it
             raise DnsError(f"no DNS resolver configured: {exc}") from None
-        self._dns.cache = None  # ours keeps the answers (dnspython's is off by default)
-        return self._dns
+        resolver.cache = None  # ours keeps the answers (dnspython's is off by default)
+        self._dns, self._conf_stamp = resolver, stamp
+        return resolver
 
 
 def _uniform(total: int) -> int:
