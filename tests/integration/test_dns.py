@@ -12,10 +12,13 @@ off-net calls by LCR to the gateway "carrier", whose host is that same name.
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -299,6 +302,17 @@ def test_the_lb_spreads_calls_over_the_proxies_of_its_srv_target(
     shares = {port: by_proxy.count(port) for port in lab.proxy_ports}
     # equal SRV weights: 15 of 30 each expected; 6..24 holds with odds above 99.9 %
     assert all(6 <= share <= 24 for share in shares.values()), shares
+
+
+def test_the_management_api_shows_a_named_target_with_its_members(lab: Lab) -> None:
+    found = re.search(r"management API (http://\S+/)", lab.cluster.roles["lb"].log_text())
+    assert found is not None
+    with urllib.request.urlopen(found.group(1) + "lb/pools", timeout=5) as answer:
+        (target,) = json.load(answer)["pools"]["proxy"]
+    assert (target["uri"], target["live"]) == ("sip:proxies.cluster.example", "up")
+    assert sorted(m["uri"] for m in target["members"]) == sorted(
+        f"sip:127.0.0.1:{port};transport=udp" for port in lab.proxy_ports
+    )
 
 
 def test_an_lcr_gateway_named_by_host_fails_over_across_its_srv_targets(

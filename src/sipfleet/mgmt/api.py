@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from sipfleet.core.lb.pools import BadTarget, checked_target
+from sipfleet.core.lb.pools import BadTarget, best_health, checked_target
 from sipfleet.mgmt.log_level import LEVELS, LOGGER, set_level
 from sipfleet.mgmt.metrics import render
 from sipfleet.mgmt.records import binding_record, target_record
@@ -267,7 +267,7 @@ async def registrations(request: web.Request) -> web.Response:
 
 async def lb_pools(request: web.Request) -> web.Response:
     """Every target with its admin state, its weight, every LB's view of its health and
-    this LB's live one (worker 0's probes)."""
+    this LB's live one (worker 0's probes); a target naming a host, its members too."""
     view = view_of(request)
     targets = await view.storage.lb_targets.list_all()
     views = await view.storage.lb_targets.list_health()
@@ -277,6 +277,13 @@ async def lb_pools(request: web.Request) -> web.Response:
         record = target_record(target, views, now)
         live = view.pools.targets.get((target.pool, target.uri)) if view.pools is not None else None
         record["live"] = live.health if live is not None else None
+        members = view.pools.members(target.pool, target.uri) if view.pools is not None else []
+        if members:
+            record["live"] = best_health(member.health for member in members)
+            record["members"] = [
+                {"uri": m.uri, "weight": m.weight, "tier": m.tier, "live": m.health}
+                for m in members
+            ]
         pools[target.pool].append(record)
     return web.json_response({"lb": view.node, "pools": pools})
 

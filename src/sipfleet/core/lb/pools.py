@@ -36,6 +36,7 @@ from sipfleet.storage.model import LbPool, LbState, LbTarget
 from sipfleet.transport.base import Destination
 
 Health = Literal["up", "down", "unknown"]
+HEALTH_ORDER: tuple[Health, ...] = ("up", "unknown", "down")  # the best first
 MISSES_TO_DOWN = 2
 MEMBER_IDS = 1_000_000  # a name's members are numbered row id * this + their rank
 _DNS_NAME = re.compile(
@@ -72,6 +73,11 @@ def target_destination(uri: str) -> Destination | None:
     if not _is_ip(parsed.host_bare):
         return None
     return Destination(parsed.transport, parsed.host_bare, parsed.port or 5060)  # type: ignore[arg-type]
+
+
+def best_health(healths: Iterable[Health]) -> Health:
+    """A name's health: its best member's ("up" when one is up)."""
+    return min(healths, key=HEALTH_ORDER.index, default="unknown")
 
 
 def members_of(located: Sequence[Located]) -> list[Member]:
@@ -220,6 +226,10 @@ class Pools:
 
     def by_id(self, target_id: int) -> PoolTarget | None:
         return self._by_id.get(target_id)
+
+    def members(self, pool: LbPool, uri: str) -> list[PoolTarget]:
+        """The targets a row naming a host resolved to (none for an address)."""
+        return [t for t in self.targets.values() if t.pool == pool and t.source == uri]
 
     def at(self, host: str, port: int) -> PoolTarget | None:
         """The target listening at ``host:port``, if any."""

@@ -10,14 +10,13 @@ import time
 from collections.abc import Callable
 
 from sipfleet.core.lb.endpoint import LbEndpoint
-from sipfleet.core.lb.pools import HealthChange, Pools, PoolTarget
+from sipfleet.core.lb.pools import HealthChange, Pools, PoolTarget, best_health
 from sipfleet.core.lb.sides import Sides, hostport
-from sipfleet.storage.model import LbTargetHealth
+from sipfleet.storage.model import LbPool, LbTargetHealth
 from sipfleet.transport.base import TransportError
 
 log = logging.getLogger(__name__)
 PROBE_BRANCH = "z9hG4bK-lbp-"
-HEALTH_ORDER = ("up", "unknown", "down")  # the best first
 
 
 class HealthChecker:
@@ -99,12 +98,12 @@ class HealthChecker:
             )
             for target in self.pools.targets.values()
         ]
-        names: dict[tuple[str, str], list[LbTargetHealth]] = {}
+        names: dict[tuple[LbPool, str], list[LbTargetHealth]] = {}
         for target, view in zip(self.pools.targets.values(), views, strict=True):
             if target.source:
                 names.setdefault((target.pool, target.source), []).append(view)
         for (pool, uri), members in names.items():
-            best = min(members, key=lambda view: HEALTH_ORDER.index(view.health))
-            changed = max(view.changed for view in members if view.health == best.health)
-            views.append(LbTargetHealth(lb, pool, uri, best.health, changed, now))  # type: ignore[arg-type]
+            best = best_health(view.health for view in members)
+            changed = max(view.changed for view in members if view.health == best)
+            views.append(LbTargetHealth(lb, pool, uri, best, changed, now))
         return views
