@@ -148,7 +148,7 @@ def test_a_silent_server_costs_the_timeout_and_never_blocks_the_loop(
     assert error.status == 503
     assert "timed out" in error.reason
     assert 0.5 <= time.monotonic() - started < 2.0
-    assert max(gaps) < 0.1  # the loop ran all along
+    assert max(gaps) < 0.25  # the loop ran all along (a blocking lookup: one gap of 0.5 s)
 
 
 def test_an_alias_is_kept_for_the_shortest_ttl_of_its_chain(lab: DnsLab) -> None:

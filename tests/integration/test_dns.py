@@ -273,7 +273,7 @@ def test_a_changed_record_is_used_once_its_ttl_has_run_out(
         switched = time.monotonic() - cached_at
     finally:
         lab.dns.set_records(zone(*lab.proxy_ports))
-    assert TTL_S <= switched <= TTL_S + 2.0, switched
+    assert TTL_S <= switched <= TTL_S + 3.0, switched
     assert len(gw2.invites) == 1
     assert len(gw1.invites) >= 2
 
