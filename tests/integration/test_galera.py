@@ -13,8 +13,8 @@ through the other. In order:
    refuses every statement; site 1 answers 500 with Retry-After, site 2 registers; when
    the link is back node 1 catches up by itself;
 4. node 1 is killed (SIGKILL): site 2 keeps registering, site 1 answers at once with
-   500 and Retry-After (not silence); node 1 rejoins by IST with every binding written
-   while it was down, and site 1 registers again.
+   500 and Retry-After (not silence), its proxy 503 with Retry-After; node 1 rejoins by
+   IST with every binding written while it was down, and site 1 registers again.
 """
 
 from __future__ import annotations
@@ -216,6 +216,20 @@ def refused_at_once(registrar: RoleProcess, user: str) -> None:
     assert response.header("retry-after") is not None
 
 
+def call_refused_at_once(proxy: RoleProcess, user: str) -> None:
+    """A call through a proxy whose node cannot be read: 503 with Retry-After, at once."""
+    caller = RawUa(("127.0.0.1", proxy.port))
+    try:
+        started = time.monotonic()
+        caller.request("INVITE", f"sip:{user}@{DOMAIN}", user="caller")
+        response = caller.expect_response(503)
+        assert time.monotonic() - started < 1.0
+        assert response.reason == "Database Unavailable"
+        assert response.header("retry-after") is not None
+    finally:
+        caller.close()
+
+
 def registered(registrar: RoleProcess, users: list[str]) -> None:
     for user in users:
         phone, response = register(registrar, user)
@@ -256,6 +270,7 @@ def test_a_killed_node_refuses_its_site_at_once_and_rejoins_with_everything(site
     galera.wait_synced()  # nodes 2 and 3 form the primary component (about 2 s)
 
     refused_at_once(sites.one.registrar, "carol")
+    call_refused_at_once(sites.one.proxy, "bob")
     written = [f"outage{i}-{secrets.token_hex(2)}" for i in range(OUTAGE_PHONES)]
     registered(sites.two.registrar, written)
 
