@@ -20,6 +20,7 @@ from sipfleet.core.lb.probes import HealthChecker
 from sipfleet.core.overload import OverloadMonitor, no_backlog, watch
 from sipfleet.dns.resolver import DnsResolver
 from sipfleet.dns.rfc3263 import DnsError
+from sipfleet.sip import SipUri
 from sipfleet.storage import Storage
 from sipfleet.storage.errors import StorageError
 from sipfleet.storage.model import LbTarget
@@ -50,7 +51,7 @@ class LbWorker:
     ) -> None:
         """``overload``: the balancer's monitor, fed here from ``backlog`` (bytes
         waiting in the worker's UDP sockets, ``overload.receive_backlog``);
-        ``gateways``: told the LCR gateways' hosts whenever they change (edge exemption);
+        ``gateways``: told the LCR gateways' addresses at each reload (edge exemption);
         ``dns``: looks up targets named by host (RFC 3263), its cache honouring TTLs."""
         self.storage = storage
         self.endpoint = endpoint
@@ -68,6 +69,7 @@ class LbWorker:
         self._lcr_version: int | None = None
         self.dns = dns or DnsResolver()
         self._members: dict[str, list[Member]] = {}  # the last addresses of each name
+        self._gateway_hosts: list[tuple[str, int | None]] = []  # lcr_gw: (host, port)
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         await self.reload_pools()
@@ -161,19 +163,31 @@ class LbWorker:
         return members
 
     async def _reload_gateways(self) -> None:
-        """The LCR gateways' addresses, read again when ``lcr_version`` moved."""
+        """The LCR gateways' addresses: the rows read again when ``lcr_version`` moved,
+        a gateway named by host looked up (RFC 3263) at each reload, from the resolver's
+        cache until the TTLs run out."""
         if self._gateways is None:
             return
         try:
             version = await self.storage.lcr.version()
-            if version == self._lcr_version:
-                return
-            entries = await self.storage.lcr.list_gateways()
+            if version != self._lcr_version:
+                entries = await self.storage.lcr.list_gateways()
+                self._gateway_hosts = [(e.gateway.host, e.gateway.port) for e in entries]
+                self._lcr_version = version
         except StorageError as exc:
             log.debug("lcr_gw not read: %s", exc)
-            return
-        self._lcr_version = version
-        self._gateways(entry.gateway.host for entry in entries)
+        found = await asyncio.gather(*(self._addresses_of(*gw) for gw in self._gateway_hosts))
+        self._gateways(address for addresses in found for address in addresses)
+
+    async def _addresses_of(self, host: str, port: int | None) -> list[str]:
+        if is_ip(host.strip("[]")):
+            return [host]
+        try:
+            destinations = await self.dns.destinations(SipUri("sip", None, None, host, port))
+        except DnsError as exc:
+            log.debug("lcr_gw %s: %s", host, exc.reason)
+            return []
+        return [destination.host for destination in destinations]
 
     async def _reload_forever(self) -> None:
         while True:
