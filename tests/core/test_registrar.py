@@ -1,5 +1,6 @@
 """The registrar's core on a fake clock, without sockets: what it answers to copies of
-requests it has served, and to REGISTERs when the database stops answering."""
+requests it has served, and to REGISTERs when the database stops answering or cannot be
+reached."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from sipfleet.sip import Request, parse_message
 from sipfleet.sip.digest import compute_ha1, compute_response, format_credentials, parse_auth_header
 from sipfleet.storage import Dsn, Storage, Subscriber, open_storage
 from sipfleet.storage.migrate import upgrade
+from sipfleet.storage.model import Binding
 from sipfleet.transport.base import Peer
 from tests.core.test_registrar_overload import SentBytes, StuckLocation, StuckStorage
 
@@ -173,3 +176,51 @@ async def test_a_stalled_database_gets_503_at_the_deadline_then_at_once_then_rec
     assert [(a.status, a.call_id) for a in endpoint.take()] == [(200, "call-after")]
     assert (registrar.refused_stalled, registrar.stall.stalls) == (3, 1)
     assert not registrar.stall.stalled
+
+
+@pytest.mark.parametrize("authenticate", [False, True], ids=["write", "ha1-read"])
+async def test_a_database_that_cannot_be_reached_gets_503_with_retry_after(
+    tmp_path: Path, authenticate: bool
+) -> None:
+    """No database file (as a refused connection): the location write, or the read of the
+    caller's HA1, fails at once. 503 with Retry-After (RFC 3261 §21.5.4), which sends an
+    RFC 3263 client on to another server; a 500 would not."""
+    storage = open_storage(f"sqlite://{tmp_path / 'gone' / 'registrar.db'}")
+    endpoint = SentBytes()
+    registrar = Registrar(config(authenticate), storage, endpoint)  # type: ignore[arg-type]
+    authorization = ""
+    if authenticate:  # the challenge needs no database; the credentials do
+        registrar.on_request(register("alice"), PEER)
+        await settle(registrar)
+        [challenge] = endpoint.take()
+        authorization = credentials(challenge.header("www-authenticate") or "")
+    try:
+        registrar.on_request(register("alice", authorization=authorization), PEER)
+        await settle(registrar)
+    finally:
+        await storage.close()
+    [answer] = endpoint.take()
+    assert (answer.status, answer.reason) == (503, "Service Unavailable")
+    assert answer.header("retry-after") == "5"
+
+
+class BrokenLocation:
+    async def save(self, *args: object, **kwargs: object) -> list[Binding]:
+        raise RuntimeError("a bug in the registrar")
+
+
+@dataclass
+class BrokenStorage:
+    location: BrokenLocation
+
+
+async def test_a_bug_behind_a_register_is_still_500() -> None:
+    """Only an unavailable database is 503: an unexpected exception is the server's own
+    failure, answered 500 without Retry-After."""
+    endpoint = SentBytes()
+    registrar = Registrar(config(False), BrokenStorage(BrokenLocation()), endpoint)  # type: ignore[arg-type]
+    registrar.on_request(register("alice"), PEER)
+    await settle(registrar)
+    [answer] = endpoint.take()
+    assert (answer.status, answer.reason) == (500, "Server Internal Error")
+    assert answer.header("retry-after") is None

@@ -240,16 +240,16 @@ def test_two_workers_share_the_address(cluster: Cluster) -> None:
 
 @pytest.mark.mysql
 @pytest.mark.parametrize("cluster", ["mysql"], indirect=True)
-def test_database_outage_gets_500_with_retry_after_then_recovers(
+def test_database_outage_gets_503_with_retry_after_then_recovers(
     cluster: Cluster, tmp_path: Path, mariadb_server: Any
 ) -> None:
     start_registrar(cluster)
     assert register(cluster, tmp_path, name="before").ok
     mariadb_server.stop()
     try:
-        result = register(cluster, tmp_path, expect=500, name="during")
+        result = register(cluster, tmp_path, expect=503, name="during")
         assert result.ok, result.explain()
-        answer = result.messages.rsplit("SIP/2.0 500", 1)[1]
+        answer = result.messages.rsplit("SIP/2.0 503 Service Unavailable", 1)[1]
         assert "Retry-After:" in answer
     finally:
         mariadb_server.start()

@@ -26,6 +26,13 @@ same 503 at once, whatever the answer budget (nothing is being served that the a
 could starve), except one at a time, the probe, which goes on to the database; the first
 write that completes ends the stall. It works the same for every backend, none of which
 needs to notice the stall itself.
+
+A database that answers but cannot take the REGISTER (``StorageUnavailable``: connection
+refused, a Galera node outside the primary component, a read-only standby, a full disk)
+gets the same 503 with Retry-After, as the proxy answers a call then (RFC 3261 §21.5.4:
+temporarily unable to process). A 503 is what sends an RFC 3263 client, or an edge proxy,
+on to another server, such as the other site of a Galera cluster; 500 would say this
+server has a bug, and stays for that.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ ALLOW = "REGISTER, OPTIONS"
 RETRY_AFTER = "5"
 OVERLOADED = Answer(503, "Overloaded", [("Retry-After", RETRY_AFTER)])
 STALLED = Answer(503, "Database Not Answering", [("Retry-After", RETRY_AFTER)])
+UNAVAILABLE = Answer(503, "Service Unavailable", [("Retry-After", RETRY_AFTER)])
 # Seconds a REGISTER may wait for its answer before it gets 503: far above what a write
 # takes under load (milliseconds; the receive queue is kept under a quarter of a second),
 # far below the client's patience (Timer F, 32 s; a phone shows an error long before).
@@ -286,7 +294,7 @@ class Registrar:
             answer = OVERLOADED
         except StorageUnavailable as exc:
             log.warning("REGISTER %s: database unavailable: %s", request.call_id, exc)
-            answer = Answer(500, "Database Unavailable", [("Retry-After", RETRY_AFTER)])
+            answer = UNAVAILABLE
         except Exception:
             log.exception("REGISTER %s failed", _call_id(request))
             answer = Answer(500, "Server Internal Error")

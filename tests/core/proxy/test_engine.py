@@ -214,7 +214,7 @@ async def test_database_down_is_503_with_retry_after(
     caller = await uas("alice")
     await invite(caller, proxy)
     answer = await caller.expect(503)
-    assert answer.header("retry-after") == "5"
+    assert (answer.reason, answer.header("retry-after")) == ("Service Unavailable", "5")
 
 
 class TaskBoundStorage(DownStorage):

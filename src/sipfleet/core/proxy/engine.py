@@ -390,7 +390,7 @@ class ProxyEngine:
         if isinstance(exc, StorageUnavailable):
             self._database_trouble(exc)
             retry = (("Retry-After", str(self.settings.calls.retry_after)),)
-            reason = "Overloaded" if isinstance(exc, StorageOverloaded) else "Database Unavailable"
+            reason = "Overloaded" if isinstance(exc, StorageOverloaded) else "Service Unavailable"
             return Reply(503, reason, retry)
         if isinstance(exc, ParseError):
             return Reply(exc.status, exc.reason)
