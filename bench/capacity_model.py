@@ -45,17 +45,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.call_bench import EDGE_OFF, node_toml, start_role  # noqa: E402
 from bench.common import (  # noqa: E402
-    cpu_of,
     free_udp_port,
     process_tree,
     read_stats,
     sample_cpu,
+    stat_fields,
     stop,
     sustained,
     window_rate,
@@ -216,8 +217,8 @@ def register_cluster(args: argparse.Namespace, workdir: Path) -> Iterator[Setup]
             processes.append(start_role("registrar", text, workdir, "registrar"))
             text = node_toml("lb", workdir, primary_dsn)
             text += f'[lb]\nlisten = ["udp:127.0.0.1:{lb_port}"]\nkeepalive = false\n'
-            text += EDGE_OFF
             text += "probe_interval_s = 1.0\n"
+            text += EDGE_OFF  # a section of its own: after every [lb] key
             processes.append(start_role("lb", text, workdir, "lb"))
 
             async def target() -> None:
@@ -281,11 +282,52 @@ def measure(args: argparse.Namespace) -> None:
 
 
 # -- measure-db: the primary's write rate with a replica following -------------------------
+@contextlib.contextmanager
+def replicated_pair(backend: str, options: dict[str, str]) -> Iterator[tuple[Any, Any]]:
+    """A durable primary (fsync at commit) with a replica following: MariaDB with its binary
+    log and a GTID replica, or PostgreSQL with a hot standby streaming the WAL."""
+    from tests import dbservers
+
+    if backend == "postgres":
+        primary: Any = dbservers.start_postgres_primary(options)
+        start_replica: Any = dbservers.start_postgres_standby
+    else:
+        primary = dbservers.start_mariadb_primary(options)
+        start_replica = dbservers.start_mariadb_replica
+    try:
+        replica = start_replica(primary)
+        try:
+            yield primary, replica
+        finally:
+            replica.destroy()
+    finally:
+        primary.destroy()
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its descendants, with the children they have reaped (a
+    PostgreSQL server is a postmaster with a process per connection; MariaDB is one)."""
+    total = 0.0
+    for each in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat_fields(Path(f"/proc/{each}/stat").read_text())
+            total += sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def wait_for_reaping(pid: int, idle: int, timeout: float = 5.0) -> None:
+    """Until the closed connections' processes are gone (their CPU then counts in their
+    parent's cutime), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while len(process_tree(pid)) > idle and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def measure_db(args: argparse.Namespace) -> None:
     """Saves as the registrar makes them (storage_bench's REGISTER), straight into a
     replicated primary: saves/s, CPU per save on the primary and on the replica, and how
     far the replica lags at the end."""
-    from tests.dbservers import start_mariadb_primary, start_mariadb_replica, wait_replicated
+    from tests.dbservers import wait_caught_up
 
     from bench.storage_bench import phase
     from bench.storage_bench import register as binding_of
@@ -294,57 +336,51 @@ def measure_db(args: argparse.Namespace) -> None:
     from sipfleet.storage.migrate import upgrade
 
     options = dict(option.split("=", 1) for option in args.primary_option)
-    primary = start_mariadb_primary(options)
-    try:
-        replica = start_mariadb_replica(primary)
-        try:
-            dsn = primary.create_database("writes")
-            asyncio.run(upgrade(Dsn.parse(dsn)))
-            assert primary.process is not None
-            assert replica.process is not None
-            pids = {"primary": [primary.process.pid], "replica": [replica.process.pid]}
+    with replicated_pair(args.backend, options) as (primary, replica):
+        dsn = primary.create_database("writes")
+        asyncio.run(upgrade(Dsn.parse(dsn)))
+        pids = {"primary": primary.process.pid, "replica": replica.process.pid}
+        idle = {name: len(process_tree(pid)) for name, pid in pids.items()}
+        kind = "a PostgreSQL primary" if args.backend == "postgres" else "a MariaDB primary"
+        follower = "a hot standby" if args.backend == "postgres" else "a replica"
+        print(
+            f"saves into {kind} (durable: fsync at commit; {options or 'defaults'})"
+            f" with {follower} following; {args.users} users, at most {args.seconds:g} s "
+            "per step"
+        )
+        print("in flight   saves/s   primary us/save   replica us/save   replica lag s")
+
+        async def run(concurrency: int, cseq: int) -> tuple[int, float]:
+            storage = open_storage(dsn, pool_size=concurrency, max_in_flight=4 * concurrency)
+            try:
+
+                async def save(i: int) -> object:
+                    bindings = binding_of(i, cseq)
+                    return await storage.location.save(
+                        aor_of(i), bindings, now=int(time.time()), max_contacts=10
+                    )
+
+                return await phase(concurrency, args.users, args.seconds, save)
+            finally:
+                await storage.close()
+
+        asyncio.run(run(32, 1))  # every user once: the table as it is in steady state
+        wait_caught_up(primary, replica, timeout=120)
+        for n, concurrency in enumerate(int(c) for c in args.concurrency.split(",")):
+            before = {name: tree_cpu(pid) for name, pid in pids.items()}
+            done, took = asyncio.run(run(concurrency, 2 + n))
+            started = time.monotonic()
+            wait_caught_up(primary, replica, timeout=120)
+            lag = time.monotonic() - started
+            for name, pid in pids.items():
+                wait_for_reaping(pid, idle[name])
+            after = {name: tree_cpu(pid) for name, pid in pids.items()}
+            us = {k: (after[k] - before[k]) / max(done, 1) * 1e6 for k in pids}
             print(
-                f"saves into a MariaDB primary (durable: fsync at commit; {options or 'defaults'})"
-                f" with a replica following; {args.users} users, at most {args.seconds:g} s "
-                "per step"
+                f"{concurrency:9d}  {done / took:8,.0f}  {us['primary']:16.0f}"
+                f"  {us['replica']:16.0f}  {lag:14.1f}   load {os.getloadavg()[0]:.1f}",
+                flush=True,
             )
-            print("in flight   saves/s   primary us/save   replica us/save   replica lag s")
-
-            async def run(concurrency: int, cseq: int) -> tuple[int, float]:
-                storage = open_storage(dsn, pool_size=concurrency, max_in_flight=4 * concurrency)
-                try:
-
-                    async def save(i: int) -> object:
-                        bindings = binding_of(i, cseq)
-                        return await storage.location.save(
-                            aor_of(i), bindings, now=int(time.time()), max_contacts=10
-                        )
-
-                    return await phase(concurrency, args.users, args.seconds, save)
-                finally:
-                    await storage.close()
-
-            asyncio.run(run(32, 1))  # every user once: the table as it is in steady state
-            wait_replicated(primary, replica, timeout=120)
-            for n, concurrency in enumerate(int(c) for c in args.concurrency.split(",")):
-                before = {name: cpu_of(group) for name, group in pids.items()}
-                done, took = asyncio.run(run(concurrency, 2 + n))
-                after = {name: cpu_of(group) for name, group in pids.items()}
-                started = time.monotonic()
-                wait_replicated(primary, replica, timeout=120)
-                lag = time.monotonic() - started
-                after_apply = cpu_of(pids["replica"])
-                us = {k: (after[k][0] - before[k][0]) / max(done, 1) * 1e6 for k in pids}
-                us["replica"] = (after_apply[0] - before["replica"][0]) / max(done, 1) * 1e6
-                print(
-                    f"{concurrency:9d}  {done / took:8,.0f}  {us['primary']:16.0f}"
-                    f"  {us['replica']:16.0f}  {lag:14.1f}   load {os.getloadavg()[0]:.1f}",
-                    flush=True,
-                )
-        finally:
-            replica.destroy()
-    finally:
-        primary.destroy()
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -500,13 +536,14 @@ def main() -> None:
         "--users", type=int, default=5000, help="users without auth (with auth: one per phone)"
     )
     m.add_argument("--no-auth", dest="auth", action="store_false", help="registrar without digest")
-    d = sub.add_parser("measure-db", help="a replicated MariaDB primary's write rate")
+    d = sub.add_parser("measure-db", help="a replicated primary's write rate")
+    d.add_argument("--backend", choices=["mariadb", "postgres"], default="mariadb")
     d.add_argument("--concurrency", default="8,32", help="saves in flight, comma-separated")
     d.add_argument("--users", type=int, default=20000, help="saves per step at most")
     d.add_argument("--seconds", type=float, default=10.0, help="time per step at most")
     d.add_argument(
         "--primary-option", action="append", default=[], metavar="KEY=VALUE",
-        help="a mariadbd option for the primary, e.g. sync-binlog=1",
+        help="a server option for the primary, e.g. sync-binlog=1 (MariaDB)",
     )  # fmt: skip
     t = sub.add_parser("table", help="the capacity model")
     t.add_argument("--reregister", type=float, default=3600, help="seconds between REGISTERs")
