@@ -152,6 +152,77 @@ async def test_instance_and_reg_id_replace_the_previous_flow(storage: Storage) -
     assert contacts(await save(storage, stale)) == contacts(result)
 
 
+PHONE = "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>"
+SHARED = "sip:a@10.0.0.1:5060"  # one transport: both flows carry the same Contact
+
+
+def flow(reg_id: int, contact: str = SHARED, lifetime: int = 3600, cseq: int = 1) -> BindingUpdate:
+    """A REGISTER of one RFC 5626 flow of PHONE (each flow has its own Call-ID)."""
+    return update(contact, lifetime, f"flow-{reg_id}", cseq, instance=PHONE, reg_id=reg_id)
+
+
+def flows(bindings: list[Binding]) -> list[tuple[str, int | None, int]]:
+    """(contact, reg-id, expires) of each binding, plain ones (no reg-id) first."""
+    return sorted(((b.contact, b.reg_id, b.expires) for b in bindings), key=_by_flow)
+
+
+def _by_flow(row: tuple[str, int | None, int]) -> tuple[str, int, int]:
+    contact, reg_id, expires = row
+    return contact, reg_id or 0, expires
+
+
+async def test_two_flows_with_one_contact_are_two_bindings(storage: Storage) -> None:
+    """RFC 5626 §6: a flow is keyed by (AOR, instance, reg-id), not by its Contact."""
+    await save(storage, flow(1))
+    both = await save(storage, flow(2, lifetime=600))
+    assert flows(both) == [(SHARED, 1, NOW + 3600), (SHARED, 2, NOW + 600)]
+    # Each refresh keeps the other flow, and its own binding (id, ruid).
+    first = {b.reg_id: b for b in both}
+    refreshed = await save(storage, flow(1, lifetime=900, cseq=2))
+    assert flows(refreshed) == [(SHARED, 1, NOW + 900), (SHARED, 2, NOW + 600)]
+    assert {(b.reg_id, b.id, b.ruid) for b in refreshed} == {(b.reg_id, b.id, b.ruid) for b in both}
+    refreshed = await save(storage, flow(2, lifetime=1200, cseq=2))
+    assert flows(refreshed) == [(SHARED, 1, NOW + 900), (SHARED, 2, NOW + 1200)]
+    assert {b.reg_id: b.id for b in refreshed} == {k: b.id for k, b in first.items()}
+    assert flows(await storage.location.lookup(ALICE, now=NOW)) == flows(refreshed)
+
+
+async def test_a_flow_moved_to_a_new_contact_replaces_only_itself(storage: Storage) -> None:
+    await save(storage, flow(1))
+    await save(storage, flow(2))
+    moved = await save(storage, flow(2, "sip:a@10.9.9.9:6000", cseq=2))
+    assert flows(moved) == [
+        ("sip:a@10.0.0.1:5060", 1, NOW + 3600),
+        ("sip:a@10.9.9.9:6000", 2, NOW + 3600),
+    ]
+
+
+async def test_unregistering_one_flow_keeps_the_other(storage: Storage) -> None:
+    await save(storage, flow(1))
+    await save(storage, flow(2))
+    assert flows(await save(storage, flow(1, lifetime=0, cseq=2))) == [(SHARED, 2, NOW + 3600)]
+
+
+async def test_plain_bindings_and_flows_of_one_contact_are_separate(storage: Storage) -> None:
+    """A REGISTER without reg-id addresses the plain binding of its Contact only (RFC 3261
+    §10.3); the flows sharing that Contact are not compared by Contact (RFC 5626 §6)."""
+    await save(storage, flow(1))
+    plain = await save(storage, update(SHARED, 300, callid="plain"))
+    assert flows(plain) == [(SHARED, None, NOW + 300), (SHARED, 1, NOW + 3600)]
+    refreshed = await save(storage, update(SHARED, 600, callid="plain", cseq=2))
+    assert flows(refreshed) == [(SHARED, None, NOW + 600), (SHARED, 1, NOW + 3600)]
+    removed = await save(storage, update(SHARED, 0, callid="plain", cseq=3))
+    assert flows(removed) == [(SHARED, 1, NOW + 3600)]
+
+
+async def test_flows_count_against_max_contacts(storage: Storage) -> None:
+    await save(storage, flow(1), max_contacts=2)
+    await save(storage, flow(2), max_contacts=2)
+    with pytest.raises(TooManyContacts):
+        await save(storage, flow(3), max_contacts=2)
+    assert [b.reg_id for b in await save(storage, flow(2, cseq=2), max_contacts=2)] == [1, 2]
+
+
 async def test_instance_without_reg_id_is_keyed_by_contact(storage: Storage) -> None:
     instance = "urn:uuid:1"
     await save(storage, update("sip:a@1", instance=instance))

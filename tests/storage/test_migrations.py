@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from sipfleet.storage import CallRecord, Dsn, SchemaOutdated
+from sipfleet.storage import Aor, BindingUpdate, CallRecord, Dsn, SchemaOutdated
 from sipfleet.storage.migrate import _run, current_revision, head_revision, upgrade
 from sipfleet.storage.schema import TABLES, VERSION_TABLE, metadata
 from sipfleet.storage.sql import SCHEMA_REVISION
@@ -70,3 +70,54 @@ async def test_upgrade_of_a_0002_database_adds_acc(
     record = CallRecord("c@x", "a", "b", status=200, start_ms=1, answer_ms=2)
     await storage.accounting.answered(record)
     assert [r.call_id for r in await storage.accounting.list()] == ["c@x"]
+
+
+def _insert_0003_bindings(connection: sa.Connection) -> None:
+    """Rows as release 0003 stored them: a plain binding and an RFC 5626 flow."""
+    row = {
+        "username": "alice",
+        "domain": "example.com",
+        "expires": 2_000_000_000,
+        "callid": "c",
+        "cseq": 1,
+        "last_modified": 1,
+    }
+    location = sa.table(
+        "location",
+        *(sa.column(name) for name in [*row, "ruid", "contact"]),
+        sa.column("instance"),
+        sa.column("reg_id"),
+    )
+    connection.execute(location.insert().values(ruid="r1", contact="sip:a@desk", **row))
+    connection.execute(
+        location.insert().values(
+            ruid="r2", contact="sip:a@phone", instance="<urn:uuid:1>", reg_id=1, **row
+        )
+    )
+
+
+async def test_upgrade_of_a_0003_database_keys_stored_flows_by_instance_and_reg_id(
+    databases: Databases, opened: OpenStorage
+) -> None:
+    """The flows already stored get their flow key: the phone's second flow with the same
+    Contact is a binding of its own, and its first flow's REGISTER still replaces its row."""
+    dsn = Dsn.parse(databases.empty())
+    await upgrade(dsn, "0003")
+    await _run(dsn, _insert_0003_bindings)
+    assert (await upgrade(dsn)).after == head_revision()
+    assert await _run(dsn, _differences) == []
+    storage = opened(dsn)
+    now, alice = 1_700_000_000, Aor("alice", "example.com")
+
+    def flow(reg_id: int, callid: str) -> BindingUpdate:
+        return BindingUpdate(
+            "sip:a@phone", now + 60, callid, 2, instance="<urn:uuid:1>", reg_id=reg_id
+        )
+
+    await storage.location.save(alice, [flow(2, "d")], now=now, max_contacts=5)
+    result = await storage.location.save(alice, [flow(1, "c")], now=now, max_contacts=5)
+    assert sorted((b.ruid, b.contact, b.reg_id) for b in result if b.reg_id != 2) == [
+        ("r1", "sip:a@desk", None),
+        ("r2", "sip:a@phone", 1),
+    ]
+    assert len(result) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -13,6 +14,18 @@ LbState = Literal["active", "draining", "disabled"]
 LB_POOLS: tuple[LbPool, ...] = ("registrar", "proxy")
 LB_STATES: tuple[LbState, ...] = ("active", "draining", "disabled")
 LbHealth = Literal["up", "down", "unknown"]
+FLOW_KEY_LEN = 32
+
+
+def flow_key(instance: str | None, reg_id: int | None) -> str:
+    """The ``location.flow_key`` of a binding: '' for a plain one (keyed by its contact),
+    a digest of (reg-id, instance) for an RFC 5626 flow. A digest, not the two values:
+    an instance may be 255 characters, too long for MariaDB's unique key next to the
+    contact, and a fixed size keeps the key within InnoDB's 3,072 bytes."""
+    if reg_id is None or instance is None:
+        return ""
+    digest = hashlib.sha256(f"{reg_id} {instance}".encode()).hexdigest()
+    return digest[:FLOW_KEY_LEN]
 
 
 class AddressOfRecord(Protocol):
@@ -73,13 +86,19 @@ class Binding:
     def aor(self) -> Aor:
         return Aor(self.username, self.domain)
 
+    @property
+    def flow_key(self) -> str:
+        return flow_key(self.instance, self.reg_id)
+
 
 @dataclass(frozen=True, slots=True)
 class BindingUpdate:
     """One Contact of a REGISTER to store: ``expires`` is absolute; ``expires <= now`` removes.
 
-    The binding is keyed by (AOR, contact); with ``instance`` and ``reg_id`` (RFC 5626) it
-    replaces the AOR's previous binding of that instance and reg-id, whatever its contact.
+    Without ``reg_id`` the binding is keyed by (AOR, contact) (RFC 3261 §10.3). With
+    ``instance`` and ``reg_id`` it is an RFC 5626 flow, keyed by (AOR, instance, reg-id):
+    it replaces that flow's binding whatever its contact, and two flows of one instance
+    may share one contact (storage/rules.py).
     """
 
     contact: str
@@ -97,6 +116,10 @@ class BindingUpdate:
     instance: str | None = None
     reg_id: int | None = None
     flow: str | None = None
+
+    @property
+    def flow_key(self) -> str:
+        return flow_key(self.instance, self.reg_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,11 @@ from sipfleet.storage.errors import (
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 from sipfleet.storage.network import NetworkExecutor
 from sipfleet.storage.rules import encode_updates, new_ruid
+from sipfleet.storage.schema import location
 from sipfleet.storage.sql import Row, binding
 from sipfleet.storage.statements import (
     BINDING_COLUMNS,
+    BINDING_KEY,
     Statement,
     Step,
     StepResult,
@@ -79,13 +81,14 @@ _ALL_COLUMNS = """
     flags INT PATH '$.flags', cflags INT PATH '$.cflags',
     user_agent VARCHAR(255) PATH '$.user_agent', socket VARCHAR(255) PATH '$.socket',
     methods VARCHAR(255) PATH '$.methods', instance VARCHAR(255) PATH '$.instance',
-    reg_id INT PATH '$.reg_id', flow VARCHAR(255) PATH '$.flow', ruid VARCHAR(64) PATH '$.ruid'
+    reg_id INT PATH '$.reg_id', flow VARCHAR(255) PATH '$.flow',
+    flow_key VARCHAR(32) PATH '$.flow_key', ruid VARCHAR(64) PATH '$.ruid'
 """
 # The columns the rules look at: fewer JSON paths to evaluate.
 _KEY_COLUMNS = """
     i FOR ORDINALITY, contact VARCHAR(512) PATH '$.contact', expires BIGINT PATH '$.expires',
     callid VARCHAR(255) PATH '$.callid', cseq BIGINT PATH '$.cseq',
-    instance VARCHAR(255) PATH '$.instance', reg_id INT PATH '$.reg_id'
+    flow_key VARCHAR(32) PATH '$.flow_key'
 """
 
 
@@ -102,20 +105,25 @@ def _live(columns: str) -> str:
 
 
 def _addresses(alias: str) -> str:
+    """rules.addresses: a flow by its flow key, a plain binding by its contact."""
     return (
-        f"(c.contact = {alias}.contact OR "
-        f"(c.instance = {alias}.instance AND c.reg_id = {alias}.reg_id))"
+        f"(c.flow_key = {alias}.flow_key AND "
+        f"({alias}.flow_key <> '' OR c.contact = {alias}.contact))"
     )
 
 
+def _same_key(alias: str) -> str:
+    return f"(c.contact = {alias}.contact AND c.flow_key = {alias}.flow_key)"
+
+
 _AOR_ROWS = "c.username = @sf_user AND c.domain = @sf_domain AND c.expires > @sf_now"
-_STORED_COLUMNS = [col.name for col in BINDING_COLUMNS if col.name != "id"]
+_STORED_COLUMNS = [col.name for col in BINDING_COLUMNS if col.name != "id"] + ["flow_key"]
 _INSERTED = {"username": "@sf_user", "domain": "@sf_domain", "last_modified": "@sf_now"}
-_REFRESHED = [n for n in _STORED_COLUMNS if n not in ("ruid", "username", "domain", "contact")]
+_REFRESHED = [n for n in _STORED_COLUMNS if n not in ("ruid", *BINDING_KEY)]
 
 _FAST_VALUES = [n for n in _STORED_COLUMNS if n not in _INSERTED]
 _ENTRY = [n for n in _STORED_COLUMNS if n != "last_modified"]  # one batched save, in order
-_TYPES = {c.name: c.type.compile(dialect=dialect_for("mysql")) for c in BINDING_COLUMNS}
+_TYPES = {c.name: c.type.compile(dialect=dialect_for("mysql")) for c in location.c}
 _BATCH_FRESH = (
     "@sf_fresh := (location.expires <= @sf_now OR location.callid <> VALUES(callid) "
     "OR location.cseq < VALUES(cseq))"
@@ -144,7 +152,7 @@ PREPARED = {
     "INTO @sf_after, @sf_gone FROM (SELECT c.id, "
     f"EXISTS (SELECT 1 FROM {_live(_KEY_COLUMNS)} WHERE {_addresses('k')}) AS addressed, "
     f"EXISTS (SELECT 1 FROM {_live(_KEY_COLUMNS)} WHERE k.expires > @sf_now "
-    f"AND k.contact = c.contact) AS restored FROM location c WHERE {_AOR_ROWS}) AS x",
+    f"AND {_same_key('k')}) AS restored FROM location c WHERE {_AOR_ROWS}) AS x",
     "sf_remove": "DELETE FROM location WHERE @sf_ok AND username = @sf_user "
     "AND domain = @sf_domain AND JSON_CONTAINS(@sf_gone, CAST(id AS CHAR))",
     "sf_store": f"INSERT INTO location ({', '.join(_STORED_COLUMNS)}) "  # noqa: S608
@@ -161,10 +169,10 @@ PREPARED = {
     # id of the row of each entry's contact, if there is one (expired or not).
     "sf_b_classify": "SELECT COALESCE(GROUP_CONCAT(IF(x.room, NULL, x.i)), ''), "  # noqa: S608
     "JSON_ARRAYAGG(x.id ORDER BY x.i) INTO @sf_full, @sf_ids FROM (SELECT r.i, "
-    "MAX(IF(c.contact = r.contact, c.id, NULL)) AS id, "
-    "COUNT(IF(c.contact <> r.contact AND c.expires > @sf_now, 1, NULL)) < @sf_max "
-    "OR COUNT(IF(c.contact = r.contact AND c.expires > @sf_now, 1, NULL)) > 0 AS room "
-    f"FROM {_entries('username', 'domain', 'contact')} LEFT JOIN location c "
+    f"MAX(IF({_same_key('r')}, c.id, NULL)) AS id, "
+    f"COUNT(IF(NOT {_same_key('r')} AND c.expires > @sf_now, 1, NULL)) < @sf_max "
+    f"OR COUNT(IF({_same_key('r')} AND c.expires > @sf_now, 1, NULL)) > 0 AS room "
+    f"FROM {_entries('username', 'domain', 'contact', 'flow_key')} LEFT JOIN location c "
     "ON c.username = r.username AND c.domain = r.domain GROUP BY r.i) AS x",
     # One write for every entry with room. It names the existing row's id, so a refresh
     # meets its row on the primary key at once: an ON DUPLICATE KEY UPDATE that met it on
@@ -186,7 +194,8 @@ PREPARED = {
     "AND c.domain = r.domain AND c.expires > @sf_now "
     "ORDER BY r.i, COALESCE(c.q, 1.0) DESC, c.id",
     "sf_fast_remove": "DELETE FROM location WHERE username = @sf_user "
-    "AND domain = @sf_domain AND contact = @sf_v_contact AND NOT (expires > @sf_now "
+    "AND domain = @sf_domain AND contact = @sf_v_contact AND flow_key = '' "
+    "AND NOT (expires > @sf_now "
     "AND callid = @sf_v_callid AND cseq >= @sf_v_cseq)",
 }
 
@@ -378,7 +387,7 @@ class MysqlExecutor(NetworkExecutor[Session]):
         max_contacts: int,
     ) -> SaveOutcome:
         """One contact without reg-id, expires <= now: one DELETE (unless it is stale)."""
-        values = {"ruid": new_ruid(), **asdict(update)}
+        values = {"ruid": new_ruid(), **asdict(update), "flow_key": update.flow_key}
         args = [aor.username, aor.domain, now, max_contacts, *(values[n] for n in _FAST_VALUES)]
         [rows] = await self._batch(session.conn, FAST_REMOVE_BATCH, args)
         bindings = _bindings(rows)

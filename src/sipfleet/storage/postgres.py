@@ -27,9 +27,11 @@ from sipfleet.storage.errors import (
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 from sipfleet.storage.network import NetworkExecutor
 from sipfleet.storage.rules import encode_updates, new_ruid
+from sipfleet.storage.schema import location
 from sipfleet.storage.sql import Row, binding
 from sipfleet.storage.statements import (
     BINDING_COLUMNS,
+    BINDING_KEY,
     Statement,
     Step,
     StepResult,
@@ -37,10 +39,13 @@ from sipfleet.storage.statements import (
 )
 
 _COLUMNS = [col.name for col in BINDING_COLUMNS]
-_STORED = [n for n in _COLUMNS if n != "id"]
+_STORED = [n for n in _COLUMNS if n != "id"] + ["flow_key"]
 _INSERTED = {"username": "$1", "domain": "$2", "last_modified": "$3"}
-_REFRESHED = [n for n in _STORED if n not in ("ruid", "username", "domain", "contact")]
-_ADDRESSES = "(c.contact = {r}.contact OR (c.instance = {r}.instance AND c.reg_id = {r}.reg_id))"
+_REFRESHED = [n for n in _STORED if n not in ("ruid", *BINDING_KEY)]
+_KEY = ", ".join(BINDING_KEY)
+# rules.addresses: a flow by its flow key, a plain binding by its contact.
+_ADDRESSES = "(c.flow_key = {r}.flow_key AND ({r}.flow_key <> '' OR c.contact = {r}.contact))"
+_SAME_KEY = "({r}.contact = c.contact AND {r}.flow_key = c.flow_key)"
 
 # $1 username, $2 domain, $3 now, $4 max_contacts, $5 the updates as a JSON array.
 SAVE = f"""
@@ -48,7 +53,8 @@ WITH req AS (
     SELECT * FROM jsonb_to_recordset($5::jsonb) AS r(
         contact text, expires bigint, q double precision, callid text, cseq integer,
         received text, path text, flags integer, cflags integer, user_agent text,
-        socket text, methods text, instance text, reg_id integer, flow text, ruid text)
+        socket text, methods text, instance text, reg_id integer, flow text, flow_key text,
+        ruid text)
 ), cur AS (
     SELECT * FROM location
     WHERE username = $1 AND domain = $2 AND expires > $3
@@ -59,12 +65,13 @@ WITH req AS (
         AND c.callid = r.callid AND c.cseq >= r.cseq)
 ), gone AS (
     SELECT c.id FROM cur c
-    WHERE NOT EXISTS (SELECT 1 FROM live k WHERE k.expires > $3 AND k.contact = c.contact)
+    WHERE NOT EXISTS (SELECT 1 FROM live k WHERE k.expires > $3 AND {_SAME_KEY.format(r="k")})
     AND EXISTS (SELECT 1 FROM live k WHERE {_ADDRESSES.format(r="k")})
 ), tally AS (
     SELECT (SELECT count(*) FROM cur) AS before,
         (SELECT count(*) FROM cur c WHERE c.id NOT IN (SELECT id FROM gone)
-            AND NOT EXISTS (SELECT 1 FROM live k WHERE k.expires > $3 AND k.contact = c.contact))
+            AND NOT EXISTS (
+                SELECT 1 FROM live k WHERE k.expires > $3 AND {_SAME_KEY.format(r="k")}))
         + (SELECT count(*) FROM live WHERE expires > $3) AS after
 ), allowed AS (
     SELECT 1 FROM tally WHERE after <= $4 OR after <= before
@@ -75,7 +82,7 @@ WITH req AS (
     INSERT INTO location ({", ".join(_STORED)})
     SELECT {", ".join(_INSERTED.get(n, "k." + n) for n in _STORED)}
     FROM live k WHERE k.expires > $3 AND EXISTS (SELECT 1 FROM allowed)
-    ON CONFLICT (username, domain, contact) DO UPDATE SET
+    ON CONFLICT ({_KEY}) DO UPDATE SET
         {", ".join(f"{n} = excluded.{n}" for n in _REFRESHED)}
     WHERE location.expires <= $3 OR location.callid <> excluded.callid
         OR location.cseq < excluded.cseq
@@ -83,7 +90,7 @@ WITH req AS (
 ), kept AS (
     SELECT {", ".join(_COLUMNS)} FROM cur c
     WHERE c.id NOT IN (SELECT id FROM removed)
-    AND NOT EXISTS (SELECT 1 FROM stored s WHERE s.contact = c.contact)
+    AND NOT EXISTS (SELECT 1 FROM stored s WHERE s.id = c.id)
 ), result AS (
     SELECT * FROM stored UNION ALL SELECT * FROM kept
 )
@@ -98,25 +105,25 @@ ORDER BY coalesce(b.q, 1.0) DESC, b.id
 # the contact is a new binding. Statements of one CTE see the rows as they were before
 # it, so the answer is the stored rows plus the current ones not stored again.
 _ENTRY = [n for n in _STORED if n != "last_modified"]
-_PG_TYPES = {c.name: c.type.compile(dialect=dialect_for("postgresql")) for c in BINDING_COLUMNS}
+_PG_TYPES = {c.name: c.type.compile(dialect=dialect_for("postgresql")) for c in location.c}
 SAVE_BATCH = f"""
 WITH r AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
         i integer, {", ".join(f"{n} {_PG_TYPES[n]}" for n in _ENTRY)})
 ), cur AS (
-    SELECT r.i, {", ".join("c." + n for n in _COLUMNS)} FROM r JOIN location c
+    SELECT r.i, c.flow_key, {", ".join("c." + n for n in _COLUMNS)} FROM r JOIN location c
     ON c.username = r.username AND c.domain = r.domain AND c.expires > $2
     ORDER BY c.username, c.domain, c.contact
     FOR UPDATE OF c
 ), room AS (
     SELECT r.i FROM r
-    WHERE (SELECT count(*) FROM cur WHERE cur.i = r.i AND cur.contact <> r.contact) < $3
-    OR EXISTS (SELECT 1 FROM cur WHERE cur.i = r.i AND cur.contact = r.contact)
+    WHERE (SELECT count(*) FROM cur c WHERE c.i = r.i AND NOT {_SAME_KEY.format(r="r")}) < $3
+    OR EXISTS (SELECT 1 FROM cur c WHERE c.i = r.i AND {_SAME_KEY.format(r="r")})
 ), stored AS (
     INSERT INTO location ({", ".join(_STORED)})
     SELECT {", ".join("$2" if n == "last_modified" else "r." + n for n in _STORED)}
     FROM r WHERE r.i IN (SELECT i FROM room) ORDER BY r.username, r.domain
-    ON CONFLICT (username, domain, contact) DO UPDATE SET
+    ON CONFLICT ({_KEY}) DO UPDATE SET
         {", ".join(f"{n} = excluded.{n}" for n in _REFRESHED)}
     WHERE location.expires <= $2 OR location.callid <> excluded.callid
         OR location.cseq < excluded.cseq
@@ -124,9 +131,8 @@ WITH r AS (
 ), result AS (
     SELECT * FROM stored
     UNION ALL
-    SELECT {", ".join(_COLUMNS)} FROM cur c WHERE NOT EXISTS (
-        SELECT 1 FROM stored s WHERE s.username = c.username AND s.domain = c.domain
-        AND s.contact = c.contact)
+    SELECT {", ".join(_COLUMNS)} FROM cur c
+    WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.id = c.id)
 )
 SELECT r.i, b.* FROM r JOIN result b ON b.username = r.username AND b.domain = r.domain
 ORDER BY r.i, coalesce(b.q, 1.0) DESC, b.id

@@ -5,11 +5,19 @@ state the same rules in SQL so that a save is one round trip; the contract tests
 three to the same results.
 
 The rules (RFC 3261 §10.3, RFC 5626 §6):
-- An update *addresses* the AOR's unexpired bindings with the same contact and, when it
-  has an instance and a reg-id, the binding of the same instance and reg-id (its flow).
+- A binding's key is its contact and its flow key (``model.flow_key``): '' for a plain
+  binding, (instance, reg-id) for an RFC 5626 flow. Two flows of one instance may share
+  a contact (one phone, one transport, two edge proxies), and a plain binding may share
+  a contact with a flow: each is its own binding.
+- An update *addresses* the AOR's unexpired binding of its key space: an update with an
+  instance and a reg-id, the binding of that flow whatever its contact (RFC 5626 §6:
+  "the Contact URI is not used for binding comparisons"); an update without reg-id, the
+  plain binding with the same contact. So an un-REGISTER of a contact without reg-id
+  removes the plain binding only; a flow is removed by its own instance and reg-id (as
+  RFC 5626 UAs unregister), or by ``Contact: *``.
 - An update is *stale* when a binding it addresses has the same Call-ID and a CSeq at
   least as high: it changes nothing.
-- Otherwise the addressed bindings are removed, except the one whose contact is stored
+- Otherwise the addressed bindings are removed, except the one whose key is stored
   again (expires > now): that one is refreshed in place (keeping its id and ruid).
 - A save may not grow an AOR past ``max_contacts`` (it may still shrink or refresh an AOR
   that is over a lowered limit); a refused save writes nothing.
@@ -39,14 +47,14 @@ class SavePlan:
 
 
 def addresses(binding: Binding, update: BindingUpdate) -> bool:
-    if binding.contact == update.contact:
-        return True
-    return (
-        update.instance is not None
-        and update.reg_id is not None
-        and binding.instance == update.instance
-        and binding.reg_id == update.reg_id
-    )
+    if update.reg_id is not None:
+        return binding.instance == update.instance and binding.reg_id == update.reg_id
+    return binding.reg_id is None and binding.contact == update.contact
+
+
+def binding_key(binding: Binding | BindingUpdate) -> tuple[str, str]:
+    """The unique key within the AOR (``location_binding_key``)."""
+    return binding.contact, binding.flow_key
 
 
 def is_stale(update: BindingUpdate, current: Sequence[Binding]) -> bool:
@@ -62,13 +70,13 @@ def plan_save(
     """``current``: the AOR's unexpired bindings, read under the write lock."""
     live = [u for u in updates if not is_stale(u, current)]
     stored = [u for u in live if u.expires > now]
-    stored_contacts = {u.contact for u in stored}
+    stored_keys = {binding_key(u) for u in stored}
     removed = [
         b.id
         for b in current
-        if b.contact not in stored_contacts and any(addresses(b, u) for u in live)
+        if binding_key(b) not in stored_keys and any(addresses(b, u) for u in live)
     ]
-    kept = [b for b in current if b.id not in removed and b.contact not in stored_contacts]
+    kept = [b for b in current if b.id not in removed and binding_key(b) not in stored_keys]
     after = len(kept) + len(stored)
     refused = after > max_contacts and after > len(current)
     return SavePlan(removed, stored, len(current), after, refused)
@@ -158,6 +166,7 @@ def encode_updates(updates: Sequence[BindingUpdate]) -> str:
                 "instance": u.instance,
                 "reg_id": u.reg_id,
                 "flow": u.flow,
+                "flow_key": u.flow_key,
                 "ruid": new_ruid(),
             }
             for u in updates

@@ -13,6 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sipfleet.storage.model import FLOW_KEY_LEN
+
 # Column sizes, also used to reject oversized input with a message naming the field.
 USERNAME_LEN = 64
 DOMAIN_LEN = 128
@@ -59,10 +61,15 @@ location = sa.Table(
     sa.Column("instance", sa.String(SHORT_TEXT_LEN)),
     sa.Column("reg_id", sa.Integer),
     sa.Column("flow", sa.String(SHORT_TEXT_LEN)),
+    # '' for a plain binding, a digest of (reg-id, instance) for an RFC 5626 flow
+    # (model.flow_key): with the contact, the binding's key within its AOR. Not part of
+    # ``Binding`` (it follows from instance and reg_id).
+    sa.Column("flow_key", sa.String(FLOW_KEY_LEN), nullable=False, server_default=""),
     sa.UniqueConstraint("ruid", name="location_ruid_key"),
     # Upserts are keyed on it; its (username, domain) prefix also serves every AOR lookup,
     # so no separate (username, domain) index is kept (it would only slow the writes).
-    sa.UniqueConstraint("username", "domain", "contact", name="location_aor_contact_key"),
+    # MariaDB: (64 + 128 + 512 + 32) characters * 4 bytes = 2,944 of InnoDB's 3,072.
+    sa.UniqueConstraint("username", "domain", "contact", "flow_key", name="location_binding_key"),
     sa.Index("location_expires_idx", "expires"),
     **MYSQL_TABLE_OPTIONS,
 )

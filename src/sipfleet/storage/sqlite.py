@@ -265,6 +265,7 @@ class SqliteExecutor:
             "instance": update.instance,
             "reg_id": update.reg_id,
             "flow": update.flow,
+            "flow_key": update.flow_key,
         }
 
 

@@ -29,7 +29,9 @@ from sipfleet.storage.schema import (
     usr_preferences,
 )
 
-BINDING_COLUMNS = tuple(location.c)  # the order of Binding's fields
+# The order of Binding's fields: every column but flow_key (it follows from two others).
+BINDING_COLUMNS = tuple(col for col in location.c if col.name != "flow_key")
+BINDING_KEY = ["username", "domain", "contact", "flow_key"]  # location_binding_key
 LB_TARGET_COLUMNS = (
     lb_target.c.id,
     lb_target.c.pool,
@@ -337,7 +339,6 @@ class Statements:
         """The pieces of a save that SQLite runs inside one transaction."""
         c = self._compile
         self.remove_by_id = c(sa.delete(location).where(location.c.id == _p("id")))
-        values = {col.name: _p(col.name, col.type) for col in BINDING_COLUMNS if col.name != "id"}
+        values = {col.name: _p(col.name, col.type) for col in location.c if col.name != "id"}
         # A refresh keeps the binding's id and first ruid.
-        aor_contact = ["username", "domain", "contact"]
-        self.store_binding = c(_upsert(self.kind, location, aor_contact, values, keep=("ruid",)))
+        self.store_binding = c(_upsert(self.kind, location, BINDING_KEY, values, keep=("ruid",)))
