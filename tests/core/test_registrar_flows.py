@@ -4,16 +4,11 @@ transport, keeps both; the 200 lists each binding with its own expires and reg-i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from sipfleet.core.registrar import Registrar
 from sipfleet.sip import Request, Response, parse_message
-from sipfleet.storage import Aor, Dsn, Storage, open_storage
-from sipfleet.storage.migrate import upgrade
+from sipfleet.storage import Aor, Storage
 from tests.core.test_registrar import DOMAIN, PEER, FakeClock, config, settle
+from tests.core.test_registrar import storage as storage  # the fixture: SQLite, migrated
 from tests.core.test_registrar_overload import SentBytes
 
 PHONE = "urn:uuid:00000000-0000-1000-8000-000a95a0e128"
@@ -48,15 +43,6 @@ def listed(answer: Response) -> set[str]:
 
 def listing(reg_id: int, expires: int) -> str:
     return f'<{CONTACT}>;expires={expires};+sip.instance="<{PHONE}>";reg-id={reg_id}'
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    dsn = f"sqlite://{tmp_path / 'registrar.db'}"
-    await upgrade(Dsn.parse(dsn))
-    storage = open_storage(dsn)
-    yield storage
-    await storage.close()
 
 
 async def test_two_flows_with_one_contact_are_both_bound_and_listed(storage: Storage) -> None:
