@@ -16,7 +16,7 @@ and places calls between them; then, one step per test, in order:
    calls, one with ``"fail"`` answers 503 with Retry-After; accounts are added and phones
    register meanwhile; the replica catches up when it is back (nothing lost: its rows
    are the primary's) and both proxies serve from it again;
-5. the primary is stopped: REGISTER gets 500 with Retry-After, calls between registered
+5. the primary is stopped: REGISTER gets 503 with Retry-After, calls between registered
    users still connect (the replica has everything); REGISTER works again when it is back;
 6. replication is held back (replay paused): a phone that has just registered is called,
    its binding missing on the replica, and the call connects (``retry_primary_on_miss``).
@@ -851,9 +851,9 @@ def test_without_the_primary_register_is_refused_and_calls_still_connect(fleet: 
     fleet.db.caught_up()
     fleet.db.primary.stop()
     try:
-        refused = fleet.register("register-primary-down", 3, expect="500")
-        assert refused.ok, refused.explain()  # each: 500 with a Retry-After
-        assert "SIP/2.0 500 Database Unavailable" in refused.messages
+        refused = fleet.register("register-primary-down", 3, expect="503")
+        assert refused.ok, refused.explain()  # each: 503 with a Retry-After
+        assert "SIP/2.0 503 Service Unavailable" in refused.messages
 
         calls = fleet.calls("calls-primary-down", 20, seed=10)
         assert calls.ok, calls.explain()  # lookups and caller credentials from the replica
