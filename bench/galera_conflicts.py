@@ -18,7 +18,7 @@ Printed per scenario: saves/s of both sites together, the CPU this process used 
 client side of both sites: at 100 % of a core it is the bottleneck), the conflicts Galera reported
 (certification failures and brute-force aborts on the nodes: transactions that were
 rolled back, counted by the servers), the conflicts sipfleet retried (its db error
-metric), the saves that failed after the retries (the registrar would answer 500 with
+metric), the saves that failed after the retries (the registrar would answer 503 with
 Retry-After), and whether every acknowledged save is in the database (the stored CSeq of
 each AOR is the highest one acknowledged). Figures in docs/storage.md.
 """

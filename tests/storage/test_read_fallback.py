@@ -208,7 +208,7 @@ async def test_a_write_to_the_standby_is_unavailable_not_an_error(
 ) -> None:
     """database.write naming the standby (a mistake, or a primary demoted by a failover)
     is a database that cannot take the write: StorageUnavailable, so the registrar answers
-    500 with Retry-After, and the message says why."""
+    503 with Retry-After, and the message says why."""
     misconfigured = opened(Dsns(dsns.reads[0], dsns.reads))
     with pytest.raises(StorageUnavailable, match="read-only standby, not the primary"):
         await misconfigured.location.save(CAROL, [CAROL_PHONE], now=NOW, max_contacts=5)

@@ -12,8 +12,9 @@ class StorageError(Exception):
 class StorageUnavailable(StorageError):
     """The database cannot be reached or did not answer in time.
 
-    Nothing was written (or the transaction was rolled back); the registrar answers 500 with
-    Retry-After. The next call tries to reconnect, so no restart is needed when it returns.
+    Nothing was written (or the transaction was rolled back); the registrar and the proxy
+    answer 503 with Retry-After. The next call tries to reconnect, so no restart is needed
+    when it returns.
     """
 
 
