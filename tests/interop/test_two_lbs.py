@@ -9,6 +9,10 @@ the other LB gets 430 Flow Failed; then the LB of that newest flow is killed (SI
 and, with its binding still stored, a call reaches the phone over the other flow within
 the proxy's flow timeout. The measured seconds are printed.
 
+Before it, carol registers the natural way, two flows over UDP (one local socket, so
+libre writes one Contact for both): the location table keeps two bindings, one per LB,
+keyed by instance and reg-id; when she quits, each flow's un-REGISTER removes it.
+
 The TCP flow is made the newest on purpose (its connection is held back until the UDP
 flow is registered): a killed LB's TCP connections are closed by its kernel at once, so
 the phone's own detection of the failed flow can be timed; over UDP the phone would only
@@ -33,6 +37,7 @@ from tests.interop.lab import why_no_lab
 from tests.interop.twolbs import (
     ALICE_IP,
     BOB_IP,
+    CAROL_IP,
     CLIENT_PORT,
     CLUSTER_PORT,
     DOMAIN,
@@ -76,6 +81,29 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoLbLab]:
 
 def flows(lab: TwoLbLab) -> list[Binding]:
     return lab.cluster.bindings("alice", DOMAIN)
+
+
+def test_two_udp_flows_with_one_contact_are_two_bindings(lab: TwoLbLab, tmp_path: Path) -> None:
+    """Runs before the story below, which kills lb2."""
+    first, second = (f"sip:{LB_IPS[lb]}:{CLIENT_PORT};transport=udp" for lb in ("lb1", "lb2"))
+    carol = OutboundBaresip(
+        lab.phones, tmp_path, "carol", DOMAIN, PASSWORD, local_ip=CAROL_IP,
+        outbounds=(first, second),
+    )  # fmt: skip
+    try:
+        carol.start()
+        carol.wait_flow_registered(1, timeout=15)
+        carol.wait_flow_registered(2, timeout=15)
+        bindings = lab.cluster.bindings("carol", DOMAIN)
+        assert sorted((lab.lb_of(b.path), b.reg_id) for b in bindings) == [
+            ("lb1", 1),
+            ("lb2", 2),
+        ], bindings
+        assert len({b.contact for b in bindings}) == 1, bindings
+        assert len({b.instance for b in bindings}) == 1, bindings
+    finally:
+        carol.stop()  # /quit: one un-REGISTER per flow, with its reg-id
+    assert lab.cluster.bindings("carol", DOMAIN) == []
 
 
 def test_a_phone_with_two_outbound_lbs(lab: TwoLbLab, tmp_path: Path) -> None:

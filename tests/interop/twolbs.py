@@ -7,6 +7,7 @@ network namespace made (and deleted) here, on one bridge::
     phones 10.20.0.20  alice: baresip, two outbound proxies (RFC 5626 flows): UDP via
                        lb1, TCP via lb2
            10.20.0.21  bob: baresip through lb1, UDP
+           10.20.0.22  carol: baresip, two outbound proxies over UDP (one Contact)
 
 Every role is ``sipfleet run ROLE -c FILE`` (``tests.integration.harness.Cluster`` writes
 the files); both LBs have the same cluster secret and the same pools; the registrar and
@@ -32,7 +33,7 @@ from tests.interop.lab import Namespace
 
 CORE_IP = "10.20.0.2"
 LB_IPS = {"lb1": "10.20.0.11", "lb2": "10.20.0.12"}
-ALICE_IP, BOB_IP = "10.20.0.20", "10.20.0.21"
+ALICE_IP, BOB_IP, CAROL_IP = "10.20.0.20", "10.20.0.21", "10.20.0.22"
 REGISTRAR_PORT, PROXY_PORT = 5070, 5080
 CLIENT_PORT, CLUSTER_PORT = 5060, 5090
 DOMAIN = "example.com"
@@ -104,18 +105,18 @@ def lb_settings(name: str, keepalive_interval_s: float) -> dict[str, Any]:
 def two_lb_lab(
     workdir: Path, *, keepalive_interval_s: float, flow_timeout_s: float
 ) -> Iterator[TwoLbLab]:
-    """The hosts, the core's registrar and proxy, both LBs and the subscribers alice and
-    bob; every process stopped by PID and every namespace deleted afterwards."""
+    """The hosts, the core's registrar and proxy, both LBs and the subscribers alice, bob
+    and carol; every process stopped by PID and every namespace deleted afterwards."""
     addresses = {
         "core": [CORE_IP],
         **{name: [ip] for name, ip in LB_IPS.items()},
-        "phones": [ALICE_IP, BOB_IP],
+        "phones": [ALICE_IP, BOB_IP, CAROL_IP],
     }
     trusted = list(LB_IPS.values())
     with bridged_hosts("2lb", addresses) as hosts, ExitStack() as stack:
         cluster = Cluster(workdir)
         stack.callback(cluster.stop)
-        for user in ("alice", "bob"):
+        for user in ("alice", "bob", "carol"):
             cluster.add_subscriber(user, DOMAIN, PASSWORD)
         core = hosts["core"].name
         cluster.start(
@@ -154,8 +155,8 @@ class OutboundBaresip(Baresip):
     TCP).
 
     libre writes the same Contact for both registrations of one transport (its listening
-    address), which the location table keeps as one binding (keyed by AOR and Contact):
-    so the two flows are of two transports, whose Contacts differ."""
+    address): the location table keeps them as two bindings, keyed by instance and
+    reg-id (RFC 5626 §6)."""
 
     def __init__(self, *args: Any, outbounds: tuple[str, str], **kwargs: Any) -> None:
         """``outbounds``: two SIP URIs (with ``;transport=``), reg-id 1 and 2."""
