@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from sipfleet.config import Config, config_from_dict
-from sipfleet.core.registrar import STORAGE_DEADLINE, Registrar
+from sipfleet.core.registrar import (
+    STORAGE_DEADLINE,
+    UNAVAILABLE_WARNINGS_PER_MINUTE,
+    Registrar,
+)
 from sipfleet.sip import Request, parse_message
 from sipfleet.sip.digest import compute_ha1, compute_response, format_credentials, parse_auth_header
 from sipfleet.storage import Dsn, Storage, Subscriber, open_storage
@@ -202,6 +206,25 @@ async def test_a_database_that_cannot_be_reached_gets_503_with_retry_after(
     [answer] = endpoint.take()
     assert (answer.status, answer.reason) == (503, "Service Unavailable")
     assert answer.header("retry-after") == "5"
+
+
+async def test_an_outage_is_logged_in_a_few_lines_not_one_per_register(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every REGISTER of an outage is refused; the log says so a few times, with a count
+    of the rest, not once per REGISTER (at hundreds a second, a flood)."""
+    storage = open_storage(f"sqlite://{tmp_path / 'gone' / 'registrar.db'}")
+    endpoint = SentBytes()
+    registrar = Registrar(config(False), storage, endpoint)  # type: ignore[arg-type]
+    try:
+        for i in range(40):
+            registrar.on_request(register(f"u{i}"), PEER)
+            await settle(registrar)
+    finally:
+        await storage.close()
+    assert [a.status for a in endpoint.take()] == [503] * 40
+    lines = [r for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert 1 <= len(lines) <= UNAVAILABLE_WARNINGS_PER_MINUTE
 
 
 class BrokenLocation:

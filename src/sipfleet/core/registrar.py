@@ -47,6 +47,7 @@ from sipfleet.config import Config
 from sipfleet.core.answered import AnsweredRequests, Key, Seen, request_key
 from sipfleet.core.authenticate import Challenge, authenticate, authority_for
 from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.lb.budget import LogBudget
 from sipfleet.core.overload import AnswerBudget, answers_a_challenge, no_backlog
 from sipfleet.sip import ParseError, Request, Response, validate_request
 from sipfleet.sip.builders import make_response, new_tag
@@ -89,6 +90,9 @@ RETRY_AFTER = "5"
 OVERLOADED = Answer(503, "Overloaded", [("Retry-After", RETRY_AFTER)])
 STALLED = Answer(503, "Database Not Answering", [("Retry-After", RETRY_AFTER)])
 UNAVAILABLE = Answer(503, "Service Unavailable", [("Retry-After", RETRY_AFTER)])
+# Warnings about an unavailable database per minute: an outage refuses every REGISTER, and
+# must not flood the log with one line each (about one every 10 s, as the proxy writes).
+UNAVAILABLE_WARNINGS_PER_MINUTE = 6
 # Seconds a REGISTER may wait for its answer before it gets 503: far above what a write
 # takes under load (milliseconds; the receive queue is kept under a quarter of a second),
 # far below the client's patience (Timer F, 32 s; a phone shows an error long before).
@@ -194,6 +198,7 @@ class Registrar:
         self.refused_stalled = 0  # REGISTERs answered 503 because storage stalled
         self.answer_budget = AnswerBudget()
         self.stall = StallGuard()
+        self._unavailable_warnings = LogBudget(log, UNAVAILABLE_WARNINGS_PER_MINUTE)
         # Seconds from a REGISTER's arrival to its answer, for those that went to work
         # (not those answered from the cache or shed): authentication and storage.
         self.register_duration = Histogram(TRANSACTION_BUCKETS)
@@ -293,7 +298,9 @@ class Registrar:
         except StorageOverloaded:
             answer = OVERLOADED
         except StorageUnavailable as exc:
-            log.warning("REGISTER %s: database unavailable: %s", request.call_id, exc)
+            self._unavailable_warnings.log(
+                logging.WARNING, "REGISTER %s: database unavailable: %s", request.call_id, exc
+            )
             answer = UNAVAILABLE
         except Exception:
             log.exception("REGISTER %s failed", _call_id(request))
