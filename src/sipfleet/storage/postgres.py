@@ -184,7 +184,7 @@ class PostgresExecutor(NetworkExecutor[Any]):
             return AlreadyExists(message)
         if state in CONFLICTS:
             return TransactionConflict(message)
-        if state == READ_ONLY:  # answered 500 with Retry-After, as a primary that is down
+        if state == READ_ONLY:  # answered 503 with Retry-After, as a primary that is down
             return StorageUnavailable(
                 f"{message}: the server is a read-only standby, not the primary"
             )
