@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,25 +109,6 @@ def public_cluster(
             added = public.sipfleet("subscriber", "add", aor, "--password", password)
             assert added.returncode == 0, added.stdout + added.stderr
         yield public
-
-
-def natted_and_public_phones(
-    lab: NatLab,
-    public: Embedded,
-    agent: Callable[..., A],
-    workdir: Path,
-    domain: str,
-    password: str,
-    rtp_ports: Iterator[int],
-) -> tuple[A, A]:
-    """Two phones (not started) of the ``agent`` class on ``public``'s LB: alice behind
-    the NAT (PHONE_IP), bob beside the server (SERVER_IP)."""
-    lb = (public.lb_host, public.lb_port)
-    alice, bob = (
-        agent(ns, workdir, user, domain, password, proxy=lb, local_ip=ip, rtp_base=next(rtp_ports))
-        for ns, user, ip in ((lab.phone, "alice", PHONE_IP), (lab.server, "bob", SERVER_IP))
-    )
-    return alice, bob
 
 
 CONTROL_PORT = 9999

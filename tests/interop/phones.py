@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -188,36 +188,39 @@ def cancel_before_answer(caller: Agent[Any], callee: Agent[Any]) -> None:
 
 
 @contextmanager
-def nat_cluster(lab: NatLab, workdir: Path, name_hint: str) -> Iterator[Embedded]:
-    """`sipfleet up --listen` in the NAT lab's server namespace, with alice and bob."""
-    subscribers = [f"{user}@{DOMAIN}" for user in ("alice", "bob")]
+def nat_cluster(
+    lab: NatLab, workdir: Path, name_hint: str, users: tuple[str, ...] = ("alice", "bob")
+) -> Iterator[Embedded]:
+    """`sipfleet up --listen` in the NAT lab's server namespace, with ``users``."""
+    subscribers = [f"{user}@{DOMAIN}" for user in users]
     with public_cluster(lab, workdir / "up", name_hint, subscribers, PASSWORD) as public:
         yield public
 
 
-def natted_phone_is_called(
-    lab: NatLab, public: Embedded, alice: Agent[Any], bob: Agent[Any]
+def natted_phones_are_called(
+    lab: NatLab, public: Embedded, natted: Sequence[Agent[Any]], bob: Agent[Any]
 ) -> None:
-    """alice (not started, behind the NAT) registers and sends nothing more of her own;
-    once the NAT has forgotten a flow as idle as hers, bob's call (bob not started, beside
-    the server) still reaches her: the LB's default keepalives are what kept her mapping."""
-    with alice, bob:
-        alice.wait_registered()
-        bob.wait_registered()
-        # the registration is settled (a NAT helper may re-register with the address the
-        # registrar saw): from here on alice sends nothing unless asked
-        quiet_from = alice.mark()
-        wait_until_the_nat_forgets(lab)
+    """The ``natted`` phones (started, behind the NAT) register and send nothing more of
+    their own; once the NAT has forgotten a flow as idle as theirs, bob's call (bob
+    started, beside the server) still reaches each: the LB's default keepalives are what
+    kept their mappings."""
+    for phone in (*natted, bob):
+        phone.wait_registered()
+    # the registrations are settled (a NAT helper may re-register with the address the
+    # registrar saw): from here on the phones send nothing unless asked
+    quiet_from = [phone.mark() for phone in natted]
+    wait_until_the_nat_forgets(lab)
 
-        # alice sent no request of her own while the NAT was forgetting (only answers)
-        own = [m for m in alice.trace(since=quiet_from) if m.sent and m.status is None]
-        assert not own, [m.start_line for m in own]
-        establish(bob, alice)
-        hang_up(bob, alice)
+    for phone, since in zip(natted, quiet_from, strict=True):
+        # it sent no request of its own while the NAT was forgetting (only answers)
+        own = [m for m in phone.trace(since=since) if m.sent and m.status is None]
+        assert not own, (phone.user, [m.start_line for m in own])
+        establish(bob, phone)
+        hang_up(bob, phone)
         # what kept the mapping: the LB's keepalives, received through the NAT
-        keepalives = [m for m in alice.trace() if m.is_request("OPTIONS", sent=False)]
-        assert keepalives, public.log_text()[-3000:]
-        assert alice.trouble() is None, alice.trouble()
+        keepalives = [m for m in phone.trace() if m.is_request("OPTIONS", sent=False)]
+        assert keepalives, (phone.user, public.log_text()[-3000:])
+        assert phone.trouble() is None, (phone.user, phone.trouble())
 
 
 # -- the cases every client runs (imported by the test modules) ----------------------------

@@ -12,15 +12,11 @@ cases every client runs are in tests/interop/phones.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.interop import phones
-from tests.interop.agents.baresip import Baresip
 from tests.interop.agents.linphone import Linphone, why_no_linphone
 from tests.interop.lab import Embedded
-from tests.interop.natlab import SERVER_IP, NatLab
 from tests.interop.phones import *  # noqa: F403  (the cases every client runs)
 from tests.interop.phones import test_call_to_baresip_and_back  # noqa: F401  (cases this module runs)
 
@@ -33,36 +29,3 @@ AGENT = Linphone
 def test_register(phone_cluster: Embedded, phone: phones.Phone, transport: str) -> None:
     contact = phones.registered_contact(phone_cluster, phone("alice", transport=transport))
     assert f"transport={transport}" in contact
-
-
-@pytest.mark.netns
-@pytest.mark.slow
-@phones.needs_baresip
-def test_call_to_natted_phone_after_the_mapping_lifetime(natlab: NatLab, tmp_path: Path) -> None:
-    """linphonec (alice) registers from behind the NAT and sends nothing more of its own (no
-    keepalives of its own: ``keepalive_period=0``); once the NAT has forgotten a flow as idle
-    as hers, a call from baresip (bob, on the server's side) still reaches her: the LB's
-    default keepalives are what kept her mapping."""
-    with phones.nat_cluster(natlab, tmp_path, "lnat") as public:
-        lb = (public.lb_host, public.lb_port)
-        alice = Linphone(
-            natlab.phone,
-            tmp_path,
-            "alice",
-            phones.DOMAIN,
-            phones.PASSWORD,
-            proxy=lb,
-            keepalive_ms=0,
-            rtp_base=next(phones.rtp_ports(Linphone)),
-        )
-        bob = Baresip(
-            natlab.server,
-            tmp_path,
-            "bob",
-            phones.DOMAIN,
-            phones.PASSWORD,
-            proxy=lb,
-            local_ip=SERVER_IP,
-            rtp_base=next(phones.rtp_ports(Baresip)),
-        )
-        phones.natted_phone_is_called(natlab, public, alice, bob)
