@@ -95,6 +95,7 @@ async def bare_upsert(storage: Storage, i: int) -> None:
     executor = storage._executor  # type: ignore[attr-defined]
     update = register(i, 3)[0]
     row = {field: getattr(update, field) for field in update.__dataclass_fields__}
+    row["flow_key"] = update.flow_key
     row.update(ruid=f"r{i}", username=user(i).username, domain="example.com", last_modified=NOW)
     await executor.execute(executor.statements.store_binding, row)
 
