@@ -165,8 +165,9 @@ PREPARED = {
     f"LEFT JOIN location c ON {_AOR_ROWS} ORDER BY COALESCE(c.q, 1.0) DESC, c.id",
     # Saves of one contact without reg-id that store a binding (most REGISTERs), batched
     # (storage/batch.py): @sf_req is a JSON array of entries, one AOR each (_ENTRY order).
-    # Which entries have room (another binding, or one of this contact to refresh), and the
-    # id of the row of each entry's contact, if there is one (expired or not).
+    # Which entries have room (another binding, or one of this key to refresh), and the id
+    # of the row of each entry's key (its contact, flow key ''), if there is one (expired
+    # or not).
     "sf_b_classify": "SELECT COALESCE(GROUP_CONCAT(IF(x.room, NULL, x.i)), ''), "  # noqa: S608
     "JSON_ARRAYAGG(x.id ORDER BY x.i) INTO @sf_full, @sf_ids FROM (SELECT r.i, "
     f"MAX(IF({_same_key('r')}, c.id, NULL)) AS id, "

@@ -113,7 +113,7 @@ WITH r AS (
 ), cur AS (
     SELECT r.i, c.flow_key, {", ".join("c." + n for n in _COLUMNS)} FROM r JOIN location c
     ON c.username = r.username AND c.domain = r.domain AND c.expires > $2
-    ORDER BY c.username, c.domain, c.contact
+    ORDER BY c.username, c.domain, c.contact, c.flow_key
     FOR UPDATE OF c
 ), room AS (
     SELECT r.i FROM r
