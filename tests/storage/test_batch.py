@@ -10,7 +10,7 @@ import pytest
 
 from sipfleet.storage import Aor, Storage, StorageUnavailable, TooManyContacts
 from sipfleet.storage.batch import ReadBatcher, SaveBatcher, SaveOutcome, SaveRequest
-from tests.storage.test_location import NOW, contacts, save, update
+from tests.storage.test_location import NOW, SHARED, contacts, flow, flows, save, update
 
 
 # -- the batcher, with a fake database --------------------------------------------------------
@@ -168,6 +168,30 @@ async def test_one_batch_applies_every_rule_as_the_saves_one_by_one(storage: Sto
     ]
     for name, answer in (("alice", alice), ("bob", bob), ("dave", dave), ("frank", frank)):
         assert await storage.location.lookup(aor(name), now=later) == answer
+
+
+async def test_a_batched_plain_save_leaves_the_flows_of_its_contact(storage: Storage) -> None:
+    """A plain binding and RFC 5626 flows with one Contact are separate bindings in a batch
+    too: the plain save neither refreshes a flow's row nor finds room in it."""
+    for reg_id in (1, 2):
+        await save(storage, flow(reg_id), aor=aor("grace"))
+    for reg_id in (1, 2, 3):
+        await save(storage, flow(reg_id), aor=aor("henry"))
+    batcher = batcher_of(storage)
+    before = batcher.batches
+    grace, henry = await asyncio.gather(
+        save(storage, update(SHARED, 600, callid="plain"), aor=aor("grace"), max_contacts=3),
+        save(storage, update(SHARED, 600, callid="plain"), aor=aor("henry"), max_contacts=3),
+        return_exceptions=True,
+    )
+    assert batcher.batches == before + 1
+    assert flows(grace) == [  # type: ignore[arg-type]
+        (SHARED, None, NOW + 600),
+        (SHARED, 1, NOW + 3600),
+        (SHARED, 2, NOW + 3600),
+    ]
+    assert isinstance(henry, TooManyContacts)  # three flows leave no room for a fourth
+    assert [b.reg_id for b in await storage.location.lookup(aor("henry"), now=NOW)] == [1, 2, 3]
 
 
 async def test_saves_of_one_aor_at_once_see_each_other(storage: Storage) -> None:

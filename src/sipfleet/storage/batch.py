@@ -46,6 +46,12 @@ class SaveRequest:
     now: int
     max_contacts: int
 
+    def outcome(self, bindings: list[Binding]) -> SaveOutcome:
+        """The outcome, from the AOR's bindings after the batch: refused when its own
+        binding (plain, of its contact: not a flow that shares the contact) is not there."""
+        stored = any(b.contact == self.update.contact and b.reg_id is None for b in bindings)
+        return SaveOutcome(bindings, len(bindings) + (not stored), refused=not stored)
+
 
 @dataclass(slots=True)
 class _Waiting:

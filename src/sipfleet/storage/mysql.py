@@ -366,11 +366,9 @@ class MysqlExecutor(NetworkExecutor[Session]):
         found: list[list[Binding]] = [[] for _ in requests]
         for row in rows:
             found[order[row[0] - 1]].append(binding(row[1:]))
-        outcomes = []
-        for request, bindings in zip(requests, found, strict=True):
-            refused = all(b.contact != request.update.contact for b in bindings)
-            outcomes.append(SaveOutcome(bindings, len(bindings) + refused, refused))
-        return outcomes
+        return [
+            request.outcome(bindings) for request, bindings in zip(requests, found, strict=True)
+        ]
 
     async def _prepare(self, session: Session) -> None:
         if not session.prepared:

@@ -230,11 +230,9 @@ class PostgresExecutor(NetworkExecutor[Any]):
         for record in records:
             row = tuple(record)
             found[row[0] - 1].append(binding(row[1:]))
-        outcomes = []
-        for request, bindings in zip(requests, found, strict=True):
-            refused = all(b.contact != request.update.contact for b in bindings)
-            outcomes.append(SaveOutcome(bindings, len(bindings) + refused, refused))
-        return outcomes
+        return [
+            request.outcome(bindings) for request, bindings in zip(requests, found, strict=True)
+        ]
 
     async def _transaction(
         self, conn: Any, steps: Sequence[Step], snapshot: bool
