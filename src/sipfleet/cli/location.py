@@ -18,9 +18,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.add_argument("aor", nargs="?", metavar="AOR", help="USER@DOMAIN")
     add_db_option(show)
     show.set_defaults(handler=show_command)
-    remove = commands.add_parser("remove", help="remove one binding, or all of an AOR")
+    remove = commands.add_parser("remove", help="remove a contact's bindings, or all of an AOR")
     remove.add_argument("aor", metavar="AOR", help="USER@DOMAIN")
-    remove.add_argument("contact", nargs="?", help="the contact URI (default: every binding)")
+    remove.add_argument(
+        "contact",
+        nargs="?",
+        help="the contact URI: every binding with it, RFC 5626 flows too (default: every binding)",
+    )
     add_db_option(remove)
     remove.set_defaults(handler=remove_command)
 
