@@ -10,9 +10,9 @@ The rules (RFC 3261 §10.3, RFC 5626 §6):
   a contact (one phone, one transport, two edge proxies), and a plain binding may share
   a contact with a flow: each is its own binding.
 - An update *addresses* the AOR's unexpired binding of its key space: an update with an
-  instance and a reg-id, the binding of that flow whatever its contact (RFC 5626 §6:
-  "the Contact URI is not used for binding comparisons"); an update without reg-id, the
-  plain binding with the same contact. So an un-REGISTER of a contact without reg-id
+  instance and a reg-id, the binding of that flow whatever its contact (RFC 5626 §6
+  compares a flow by instance and reg-id, not by its Contact URI); an update without
+  reg-id, the plain binding with the same contact. So an un-REGISTER of a contact without reg-id
   removes the plain binding only; a flow is removed by its own instance and reg-id (as
   RFC 5626 UAs unregister), or by ``Contact: *``.
 - An update is *stale* when a binding it addresses has the same Call-ID and a CSeq at
