@@ -443,10 +443,13 @@ class Load:
 
 
 def load_of(subscribers: float, args: argparse.Namespace) -> Load:
+    """A phone with several flows (RFC 5626: one per LB it uses as an outbound proxy)
+    registers each and each is pinged, by its own LB; it is called over one."""
+    flows = subscribers * args.flows
     return Load(
-        registers=subscribers / args.reregister,
+        registers=flows / args.reregister,
         calls=subscribers * args.bhca / 3600,
-        pings=subscribers * args.nat_share / args.keepalive_interval if args.keepalive else 0,
+        pings=flows * args.nat_share / args.keepalive_interval if args.keepalive else 0,
     )
 
 
@@ -499,8 +502,8 @@ def table(args: argparse.Namespace) -> None:
     print(
         f"REGISTER every {args.reregister:g} s; {args.bhca:g} call attempts per subscriber "
         f"in the busy hour (caller authentication {'on' if args.call_auth else 'off'}); "
-        f"{ping if args.keepalive else 'no keepalives'}; {args.core_budget:.0%} of a core "
-        "per node\n"
+        f"{ping if args.keepalive else 'no keepalives'}; {args.flows} flow(s) per phone; "
+        f"{args.core_budget:.0%} of a core per node\n"
     )
     carried = {kind: per_node(kind, args) for kind in KINDS}
     print("one node carries:")
@@ -509,7 +512,7 @@ def table(args: argparse.Namespace) -> None:
     first = min(carried, key=carried.__getitem__)
     print(f"  first bottleneck: {UNITS[first]}")
     for setting, (rate, _) in WRITE_RATES.items():
-        subscribers = args.core_budget * rate * args.reregister
+        subscribers = args.core_budget * rate * args.reregister / args.flows
         print(f"  the primary measured here, {setting}: {rate:,.0f} saves/s = {subscribers:,.0f}")
     print()
     sizes = [int(s) for s in args.subscribers.split(",")]
@@ -552,6 +555,9 @@ def main() -> None:
     t.add_argument("--nat-share", type=float, default=1.0, help="share of subscribers pinged")
     t.add_argument("--keepalive-interval", type=float, default=20.0)
     t.add_argument("--keepalive", choices=["options", "crlf", ""], default="options")
+    t.add_argument(
+        "--flows", type=int, default=1, help="flows per phone (2: two LBs as outbound proxies)"
+    )
     t.add_argument("--core-budget", type=float, default=0.7, help="share of a core per node")
     t.add_argument("--subscribers", default="100000,1000000,2000000,5000000,10000000")
     args = parser.parse_args()
