@@ -7,7 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from sipfleet.storage import CallRecord, InvalidInput, Storage
+from sipfleet.storage import (
+    AccountingWrite,
+    CallRecord,
+    EndedBy,
+    InvalidInput,
+    Storage,
+    StorageError,
+    StorageUnavailable,
+)
 from sipfleet.storage.schema import (
     CALLID_LEN,
     GW_NAME_LEN,
@@ -281,3 +289,94 @@ async def test_values_that_look_like_sql_are_stored_verbatim(storage: Storage) -
         )
         assert stored.caller == f"sip:{text}@example.com"
     assert len(await storage.accounting.list()) == len(nasty)
+
+
+# -- several writes in one transaction (the proxy's writer batches its backlog) -------------
+
+
+def ended(record: CallRecord, end_ms: int, by: EndedBy) -> AccountingWrite:
+    return AccountingWrite("ended", CallRecord(*key(record), end_ms=end_ms, ended_by=by))
+
+
+def mixed_writes(prefix: str) -> list[AccountingWrite]:
+    """Several calls' events, as a proxy queues them: answers and their BYEs (one from each
+    side of the same call: the first wins), a BYE written before its answer (it reached
+    another proxy first), failures, an answer and a failure written twice."""
+    talked, early, both = (answer(f"{prefix}{name}@pbx") for name in ("talked", "early", "both"))
+    busy = failure(f"{prefix}busy@pbx")
+    return [
+        AccountingWrite("answered", talked),
+        AccountingWrite("failed", busy),
+        ended(early, T0 + 9000, "caller"),
+        AccountingWrite("answered", both),
+        ended(talked, T0 + 61_500, "callee"),
+        AccountingWrite("answered", early),
+        ended(both, T0 + 4000, "caller"),
+        ended(both, T0 + 4100, "callee"),
+        AccountingWrite("answered", talked),
+        AccountingWrite("failed", replace(busy, end_ms=T0 + 9999)),
+    ]
+
+
+async def rows_of(storage: Storage, prefix: str) -> list[CallRecord]:
+    """The rows of the calls named ``prefix…``, without the prefix and the row id, by
+    Call-ID (a batch inserts by event: its row ids come in another order)."""
+    records = [
+        replace(record, call_id=record.call_id.removeprefix(prefix), id=None)
+        for record in await storage.accounting.list()
+        if record.call_id.startswith(prefix)
+    ]
+    return sorted(records, key=lambda record: record.call_id)
+
+
+async def test_a_batch_gives_the_rows_of_its_writes_one_by_one(storage: Storage) -> None:
+    await storage.accounting.write(mixed_writes("batch-"))
+    for write in mixed_writes("alone-"):
+        await storage.accounting.write([write])
+    in_batch = await rows_of(storage, "batch-")
+    assert in_batch == await rows_of(storage, "alone-")
+    by_call = {record.call_id: record for record in in_batch}
+    assert sorted(by_call) == ["both@pbx", "busy@pbx", "early@pbx", "talked@pbx"]
+    assert (by_call["talked@pbx"].duration_ms, by_call["talked@pbx"].ended_by) == (60_000, "callee")
+    assert (by_call["both@pbx"].end_ms, by_call["both@pbx"].ended_by) == (T0 + 4000, "caller")
+    assert (by_call["early@pbx"].duration_ms, by_call["early@pbx"].status) == (7500, 200)
+    assert (by_call["busy@pbx"].end_ms, by_call["busy@pbx"].duration_ms) == (T0 + 4000, 0)
+
+
+async def test_a_batch_of_many_calls(storage: Storage) -> None:
+    calls = [answer(f"c{n}@pbx", start=T0 + n) for n in range(64)]
+    await storage.accounting.write(
+        [AccountingWrite("answered", call) for call in calls]
+        + [ended(call, T0 + 10_000, "caller") for call in calls]
+    )
+    records = await storage.accounting.list()
+    assert [record.call_id for record in records] == [call.call_id for call in calls]
+    assert {record.duration_ms for record in records} == {10_000 - 1500 - n for n in range(64)}
+
+
+async def test_a_record_the_database_refuses_fails_its_whole_batch(storage: Storage) -> None:
+    """Nothing of the batch is written; alone, its other records are (what the proxy's
+    writer then does to keep them)."""
+    good, other = answer("good@pbx"), failure("other@pbx")
+    refused = answer("refused@pbx", start=2**63)  # past BIGINT
+    batch = [AccountingWrite("answered", good), AccountingWrite("answered", refused)]
+    batch.append(AccountingWrite("failed", other))
+    with pytest.raises(StorageError) as refusal:
+        await storage.accounting.write(batch)
+    assert not isinstance(refusal.value, StorageUnavailable)
+    assert await storage.accounting.list() == []
+    with pytest.raises(StorageError):
+        await storage.accounting.write([batch[1]])
+    await storage.accounting.write([batch[0]])
+    await storage.accounting.write([batch[2]])
+    assert [r.call_id for r in await storage.accounting.list()] == ["good@pbx", "other@pbx"]
+
+
+async def test_a_batch_with_a_write_missing_its_fields_is_refused_before_sending(
+    storage: Storage,
+) -> None:
+    batch = [AccountingWrite("answered", answer()), ended(answer("c2@pbx"), T0, "caller")]
+    batch.append(AccountingWrite("ended", CallRecord("c3@pbx", "a", "b", end_ms=T0)))
+    with pytest.raises(InvalidInput, match=r"^ended_by: ended needs it \('c3@pbx'\)"):
+        await storage.accounting.write(batch)
+    assert await storage.accounting.list() == []

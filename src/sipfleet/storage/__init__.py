@@ -31,6 +31,7 @@ from sipfleet.storage.interface import (
     SubscriberStore,
 )
 from sipfleet.storage.model import (
+    AccountingWrite,
     AddressOfRecord,
     Aor,
     Binding,
@@ -50,6 +51,7 @@ from sipfleet.storage.model import (
 
 __all__ = [
     "AccountingStore",
+    "AccountingWrite",
     "AddressOfRecord",
     "AlreadyExists",
     "Aor",

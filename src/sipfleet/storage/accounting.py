@@ -5,7 +5,9 @@ the proxy that sent the final answer, ``ended`` by the one the BYE passed, which
 another one, and sooner. So every write is one upsert on the key (Call-ID, caller's tag,
 callee's tag) that leaves the row right in whichever order the writes arrive, and a
 write repeated (a retransmission, two proxies closing the same overdue call) changes
-nothing. Each operation is one statement, one round trip.
+nothing. Each operation is one statement, one round trip; ``write`` sends several in one
+transaction (the proxy's writer batches what waits in its backlog), one multi-row upsert
+per kind where the driver allows.
 
 Text is cut to its column's size instead of refused: a call record must not be lost
 because a URI is long. The cut is the same for every write, so the key still matches.
@@ -14,7 +16,7 @@ because a URI is long. The cut is the same for every write, so the key still mat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -22,9 +24,9 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from sipfleet.storage.dsn import Kind
 from sipfleet.storage.errors import InvalidInput
-from sipfleet.storage.model import ENDED_BY, CallRecord, EndedBy
+from sipfleet.storage.model import ENDED_BY, AccountingWrite, CallRecord, EndedBy
 from sipfleet.storage.schema import acc
-from sipfleet.storage.statements import Statement, compile_for, dialect_for
+from sipfleet.storage.statements import Statement, Step, StepResult, compile_for, dialect_for
 from sipfleet.storage.timing import timed
 
 KEY = ("call_id", "from_tag", "to_tag")
@@ -60,6 +62,8 @@ class _Database(Protocol):
         self, stmt: Statement, params: Mapping[str, Any], replica: bool = False
     ) -> list[Sequence[Any]]: ...
 
+    async def transaction(self, steps: Sequence[Step]) -> list[StepResult] | None: ...
+
 
 def _p(name: str) -> sa.BindParameter[Any]:
     return sa.bindparam(name, type_=acc.c[name].type)
@@ -93,10 +97,10 @@ def _answered(kind: Kind) -> Any:
 
 
 def _failed(kind: Kind) -> Any:
-    """Insert the failed call; the same failure written again changes nothing."""
-    insert = _insert(kind).values(
-        {**_values((*KEY, *FAILURE_FIELDS)), "duration_ms": sa.literal_column("0")}
-    )
+    """Insert the failed call; the same failure written again changes nothing. (Its
+    duration, 0, is a parameter: asyncmy sends a batch of rows as one multi-row INSERT
+    only when every value is one.)"""
+    insert = _insert(kind).values(_values((*KEY, *FAILURE_FIELDS, "duration_ms")))
     if kind == "mysql":
         return insert.on_duplicate_key_update(id=acc.c.id)
     return insert.on_conflict_do_nothing(index_elements=KEY)
@@ -129,11 +133,25 @@ def _ended_mysql() -> Any:
     connections use) an update to the same values counts 1, like an insert. So a closed
     row is excluded before the insert (no row selected: 0), and the update is still
     conditional on the row it holds locked, for two BYEs racing each other: the second
-    changes nothing (though it may count 1). Assignments run left to right and see the
-    columns already assigned: ``end_ms`` goes last."""
+    changes nothing (though it may count 1)."""
     closed = sa.exists().where(_this_call(), acc.c.end_ms.is_not(None))
     source = sa.select(*(_p(name) for name in _ENDED_FIELDS)).where(~closed)
-    insert = mysql.insert(acc).from_select(list(_ENDED_FIELDS), source)
+    return _close_if_open(mysql.insert(acc).from_select(list(_ENDED_FIELDS), source))
+
+
+def _ended_rows(kind: Kind) -> Any:
+    """``ended`` for a batch, which counts no rows: on MariaDB without the exclusion of a
+    closed row (the conditional update alone leaves it as it is), so that asyncmy sends
+    the batch as one multi-row INSERT."""
+    if kind == "mysql":
+        return _close_if_open(mysql.insert(acc).values(_values(_ENDED_FIELDS)))
+    return _ended(kind)
+
+
+def _close_if_open(insert: Any) -> Any:
+    """A MariaDB insert of the end whose duplicate key sets the end only on an open row.
+    Assignments run left to right and see the columns already assigned: ``end_ms`` goes
+    last."""
     new = insert.inserted
     still_open = acc.c.end_ms.is_(None)
 
@@ -170,6 +188,7 @@ class AccountingStatements:
         self.answered = self._compile(_answered(kind))
         self.failed = self._compile(_failed(kind))
         self.ended = self._compile(_ended(kind))
+        self.ended_rows = self._compile(_ended_rows(kind))
         self.close_overdue = self._compile(_close_overdue())
         self._listings: dict[tuple[bool, ...], Statement] = {}
 
@@ -219,6 +238,24 @@ def _params(record: CallRecord, names: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def _answered_params(record: CallRecord) -> dict[str, Any]:
+    _require(record, "answered", "status", "answer_ms")
+    return _params(record, (*KEY, *ANSWER_FIELDS))
+
+
+def _failed_params(record: CallRecord) -> dict[str, Any]:
+    _require(record, "failed", "status", "end_ms")
+    return {**_params(record, (*KEY, *FAILURE_FIELDS)), "duration_ms": 0}
+
+
+def _ended_params(record: CallRecord) -> dict[str, Any]:
+    _require(record, "ended", "end_ms", "ended_by")
+    return _params(replace(record, ended_by=_ended_by(record.ended_by or "")), _ENDED_FIELDS)
+
+
+_PARAMS = {"answered": _answered_params, "failed": _failed_params, "ended": _ended_params}
+
+
 def _require(record: CallRecord, operation: str, *names: str) -> None:
     for name in (*KEY, *names):
         if getattr(record, name) is None:
@@ -241,22 +278,31 @@ class SqlAccounting:
 
     @timed("acc.answered")
     async def answered(self, record: CallRecord) -> None:
-        _require(record, "answered", "status", "answer_ms")
-        await self._db.execute(self.sql.answered, _params(record, (*KEY, *ANSWER_FIELDS)))
+        await self._db.execute(self.sql.answered, _answered_params(record))
 
     @timed("acc.failed")
     async def failed(self, record: CallRecord) -> None:
-        _require(record, "failed", "status", "end_ms")
-        await self._db.execute(self.sql.failed, _params(record, (*KEY, *FAILURE_FIELDS)))
+        await self._db.execute(self.sql.failed, _failed_params(record))
 
     @timed("acc.ended")
     async def ended(
         self, call_id: str, caller_tag: str, callee_tag: str, *, end_ms: int, ended_by: EndedBy
     ) -> bool:
-        record = CallRecord(
-            call_id, caller_tag, callee_tag, end_ms=end_ms, ended_by=_ended_by(ended_by)
-        )
-        return await self._db.execute(self.sql.ended, _params(record, _ENDED_FIELDS)) > 0
+        record = CallRecord(call_id, caller_tag, callee_tag, end_ms=end_ms, ended_by=ended_by)
+        return await self._db.execute(self.sql.ended, _ended_params(record)) > 0
+
+    @timed("acc.write")
+    async def write(self, writes: Sequence[AccountingWrite]) -> None:
+        """One transaction: the answers, the failures, then the ends (each event's rows
+        in their order), every record checked before anything is sent."""
+        params: dict[str, list[dict[str, Any]]] = {"answered": [], "failed": [], "ended": []}
+        for write in writes:
+            params[write.event].append(_PARAMS[write.event](write.record))
+        sql = self.sql
+        statements = {"answered": sql.answered, "failed": sql.failed, "ended": sql.ended_rows}
+        steps = [Step(statements[event], rows) for event, rows in params.items() if rows]
+        if steps:
+            await self._db.transaction(steps)
 
     @timed("acc.close_overdue")
     async def close_overdue(self, *, now_ms: int, max_duration_ms: int) -> int:

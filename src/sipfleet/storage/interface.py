@@ -13,6 +13,7 @@ from typing import Protocol
 from sipfleet.storage.dsn import Dsns
 from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from sipfleet.storage.model import (
+    AccountingWrite,
     AddressOfRecord,
     Binding,
     BindingUpdate,
@@ -226,6 +227,14 @@ class AccountingStore(Protocol):
         """A BYE passed: close the call (end, ended_by, duration) if it is still open; the
         first BYE wins. No row yet: insert the key and the end, for ``answered`` to
         complete. Whether a row was created or changed."""
+        ...
+
+    async def write(self, writes: Sequence[AccountingWrite]) -> None:
+        """Several ``answered``/``failed``/``ended`` writes in one transaction (one round
+        trip where the driver allows: one multi-row upsert per event), each leaving the
+        row as it would alone; of one key, ``answered`` and ``failed`` go before
+        ``ended``. A write the database refuses fails them all (nothing is written):
+        write them one by one to find it."""
         ...
 
     async def close_overdue(self, *, now_ms: int, max_duration_ms: int) -> int:

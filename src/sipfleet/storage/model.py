@@ -226,6 +226,18 @@ class CallRecord:
     id: int | None = None
 
 
+AccountingEvent = Literal["answered", "failed", "ended"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingWrite:
+    """One call record write, for ``AccountingStore.write``: the record's ``answered`` or
+    ``failed`` fields, or for ``ended`` its key, ``end_ms`` and ``ended_by``."""
+
+    event: AccountingEvent
+    record: CallRecord
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseHealth:
     """One database a node uses, as ``Storage.health()`` found it: ``name`` its DSN

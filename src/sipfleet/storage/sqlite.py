@@ -20,7 +20,12 @@ from typing import Any, TypeVar
 
 from sipfleet.storage.batch import SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsns
-from sipfleet.storage.errors import AlreadyExists, StorageError, StorageUnavailable
+from sipfleet.storage.errors import (
+    AlreadyExists,
+    InvalidInput,
+    StorageError,
+    StorageUnavailable,
+)
 from sipfleet.storage.model import AddressOfRecord, BindingUpdate, DatabaseHealth
 from sipfleet.storage.pool import Health
 from sipfleet.storage.rules import new_ruid, plan_save
@@ -155,6 +160,8 @@ class SqliteExecutor:
             if isinstance(error, StorageUnavailable):
                 self._close(path)  # reopen on the next call: the file may be back by then
             raise error from exc
+        except OverflowError as exc:  # sqlite3 refuses an int past 64 bits before SQLite sees it
+            raise InvalidInput(f"value: too large for an SQLite INTEGER ({exc})") from exc
 
     def _close(self, path: Path | None = None) -> None:
         for each in [path] if path else list(self._conns):

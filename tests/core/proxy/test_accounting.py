@@ -10,6 +10,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -159,3 +160,42 @@ async def test_a_record_the_database_cannot_take_yet_is_written_later(
     assert record.status == 200
     assert writing.counters()["records_lost"] == 0
     assert "not written" not in caplog.text
+
+
+async def test_records_queued_together_go_in_few_batches(
+    storage: Storage, writing: CallAccounting
+) -> None:
+    """100 failed calls in one loop turn: two transactions (64 records, then the other
+    36 at once, as that many wait), not 100."""
+    for n in range(100):
+        writing.result(replace(result(503, "Service Unavailable"), call_id=f"call-{n}"))
+    await writing.drain()
+    assert writing.batches == 2
+    assert writing.counters()["records_written"] == 100
+    assert len(await storage.accounting.list()) == 100
+
+
+async def test_a_refused_record_does_not_take_its_batch_mates(
+    storage: Storage, writing: CallAccounting, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record SQLite refuses for good (a start past 64 bits) in a batch with another
+    call's answer and BYE: those are written, it is logged whole and counted lost."""
+    writing.result(result(200, "OK"))
+    refused = replace(result(486, "Busy Here"), call_id="call-2")
+    refused.context.arrived = 1e16  # seconds: 1e19 ms
+    writing.result(refused)
+    writing.bye(bye_from_callee(), caller_tag="a1")
+    await writing.drain()
+    assert writing.batches == 1
+    (record,) = await storage.accounting.list()
+    assert (record.call_id, record.status, record.ended_by) == (CALL_ID, 200, "callee")
+    assert writing.counters() == {
+        "records_written": 2,
+        "records_retried": 0,
+        "records_lost": 1,
+        "records_waiting": 0,
+    }
+    (logged,) = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert "call-2" in logged
+    assert "too large" in logged
+    assert "'failed'" in logged

@@ -6,12 +6,22 @@ hang-up side is known without a table of calls); a sweep closes calls that never
 BYE. Every write is keyed by (Call-ID, caller's tag, callee's tag), so the order in which
 two proxies write the answer and the end does not matter.
 
-Records wait in a bounded backlog for a writer that keeps a few writes in flight. A write
-the database cannot take now (down, or past ``database.max_in_flight`` while calls are
-routed: overload) is tried again after a pause, in order, rather than lost; calls are
-never held up by their records. Only a record the database refuses for good (a value it
-will not take), or one past a full backlog, is dropped, logged whole at WARNING: the log
-keeps it.
+Records wait in a bounded backlog for a writer that sends them in batches: what waits
+(up to ``MAX_BATCH`` records) goes in one transaction, one round trip, so under load a
+call's records cost the database and this process a fraction of a statement each (the
+idea of the registrar's group commit, ``storage/batch.py``). One batch is in flight
+whenever records wait; more (up to ``BATCHES_IN_FLIGHT``) only when ``MIN_FILL`` records
+wait for them, so the records gather in few large batches while the database keeps up.
+A record goes after those queued before it: a call's answer is in the same batch as its
+end or in one sent before it (a later batch may still commit first; the upserts leave
+the row right in either order, as they do across proxies).
+
+A batch the database cannot take now (down, or past ``database.max_in_flight`` while
+calls are routed: overload) is tried again after a pause, whole, rather than lost; calls
+are never held up by their records. A batch the database refuses is written again one
+record at a time, so that only the record it refuses for good (a value it will not
+take) is dropped, not its batch-mates; that one, or one past a full backlog, is logged
+whole at WARNING: the log keeps it.
 """
 
 from __future__ import annotations
@@ -20,13 +30,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from sipfleet.core.proxy.actions import CallResult
 from sipfleet.routing.api import CallContext
 from sipfleet.storage.errors import StorageError, StorageUnavailable
 from sipfleet.storage.interface import AccountingStore
-from sipfleet.storage.model import CallRecord, EndedBy
+from sipfleet.storage.model import AccountingWrite, CallRecord, EndedBy
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +45,10 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-Write = Callable[[], Awaitable[object]]
 MAX_BACKLOG = 100_000  # records waiting (~1 min of writes at 1,500 calls/s with a slow DB)
-WRITES_IN_FLIGHT = 8  # from this process: lookups keep the rest of database.max_in_flight
+MAX_BATCH = 64  # records in one transaction
+MIN_FILL = 16  # records waiting that open a second (third...) batch in flight
+BATCHES_IN_FLIGHT = 4  # from this process: lookups keep the rest of database.max_in_flight
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
 
@@ -52,9 +63,11 @@ class CallAccounting:
         self.written = 0
         self.retried = 0  # writes tried again after the database could not take them
         self.lost = 0  # records refused for good or past a full backlog (each logged whole)
-        self._backlog: deque[tuple[Write, object]] = deque()
+        self.batches = 0  # transactions sent (not counting retries): how well records group
+        self._backlog: deque[AccountingWrite] = deque()
         self._wake = asyncio.Event()
-        self._in_flight = 0
+        self._in_flight = 0  # batches
+        self._sending = 0  # the records in them
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -83,8 +96,7 @@ class CallAccounting:
             ended_by=None,
             proxy=self.node,
         )
-        store = self.store.answered if answered else self.store.failed
-        self._queue(lambda: store(record), record)
+        self._queue(AccountingWrite("answered" if answered else "failed", record))
 
     def bye(self, context: CallContext, caller_tag: str) -> None:
         """A BYE of a dialog we record-routed: the call ends now."""
@@ -93,66 +105,88 @@ class CallAccounting:
         sender, receiver = request.from_.tag or "", request.to.tag or ""
         by_caller = sender == caller_tag
         callee_tag = receiver if by_caller else sender
-        end_ms = _ms(self.clock())
         ended_by: EndedBy = "caller" if by_caller else "callee"
+        end = CallRecord(
+            call_id, caller_tag, callee_tag, end_ms=_ms(self.clock()), ended_by=ended_by
+        )
+        self._queue(AccountingWrite("ended", end))
 
-        def write() -> Awaitable[bool]:
-            store = self.store
-            return store.ended(call_id, caller_tag, callee_tag, end_ms=end_ms, ended_by=ended_by)
-
-        what = f"end of call {call_id} ({caller_tag}, {callee_tag}) at {end_ms} by {ended_by}"
-        self._queue(write, what)
-
-    def _queue(self, write: Write, what: object) -> None:
+    def _queue(self, write: AccountingWrite) -> None:
         if len(self._backlog) >= MAX_BACKLOG:
             self.lost += 1
-            log.warning("call record not written (%d waiting): %r", len(self._backlog), what)
+            log.warning("call record not written (%d waiting): %r", len(self._backlog), write)
             return
-        self._backlog.append((write, what))
+        self._backlog.append(write)
         self._idle.clear()
         self._wake.set()
 
     # -- the writer ----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Write what is queued, ``WRITES_IN_FLIGHT`` at a time, until cancelled."""
+        """Write what is queued, in batches, until cancelled. (The wake-up comes a loop
+        turn after the first record queued: the records of that turn join its batch.)"""
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._backlog and self._in_flight < WRITES_IN_FLIGHT:
+                while self._may_start():
                     self._in_flight += 1
-                    task = asyncio.create_task(self._write(*self._backlog.popleft()))
+                    task = asyncio.create_task(self._send(self._take()))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
         finally:
             for task in tasks:  # stopping: the storage closes next
                 task.cancel()
 
-    async def _write(self, write: Write, what: object) -> None:
-        pause = RETRY_FIRST_S
+    def _may_start(self) -> bool:
+        if not self._backlog or self._in_flight >= BATCHES_IN_FLIGHT:
+            return False
+        return self._in_flight == 0 or len(self._backlog) >= MIN_FILL
+
+    def _take(self) -> list[AccountingWrite]:
+        backlog = self._backlog
+        return [backlog.popleft() for _ in range(min(MAX_BATCH, len(backlog)))]
+
+    async def _send(self, batch: list[AccountingWrite]) -> None:
+        self.batches += 1
+        self._sending += len(batch)
         try:
-            while True:
-                try:
-                    await write()
-                    self.written += 1
-                    return
-                except StorageUnavailable as exc:  # down, or overloaded: not the record's fault
-                    self.retried += 1
-                    if pause >= RETRY_MAX_S:
-                        log.info("call record waits for the database: %s", exc)
-                    await asyncio.sleep(pause)
-                    pause = min(2 * pause, RETRY_MAX_S)
-                except StorageError as exc:  # a value the database will not take
-                    self.lost += 1
-                    log.warning("call record not written (%s): %r", exc, what)
-                    return
+            try:
+                await self._write(batch)
+            except StorageError:  # one of them, at least, will never be taken: find it
+                for write in batch:
+                    await self._write_alone(write)
         finally:
             self._in_flight -= 1
+            self._sending -= len(batch)
             if self._backlog:
                 self._wake.set()
             elif self._in_flight == 0:
                 self._idle.set()
+
+    async def _write_alone(self, write: AccountingWrite) -> None:
+        try:
+            await self._write([write])
+        except StorageError as exc:  # a value the database will not take
+            self.lost += 1
+            log.warning("call record not written (%s): %r", exc, write)
+
+    async def _write(self, writes: list[AccountingWrite]) -> None:
+        """Written, or ``StorageError`` when refused; tried again, after a growing pause,
+        while the database cannot take them now (not the records' fault)."""
+        pause = RETRY_FIRST_S
+        while True:
+            try:
+                await self.store.write(writes)
+            except StorageUnavailable as exc:
+                self.retried += len(writes)
+                if pause >= RETRY_MAX_S:
+                    log.info("%d call records wait for the database: %s", len(writes), exc)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, RETRY_MAX_S)
+            else:
+                self.written += len(writes)
+                return
 
     async def drain(self) -> None:
         """Until every queued record is written (or dropped); the writer must run."""
@@ -161,9 +195,8 @@ class CallAccounting:
     def abandon(self) -> None:
         """At stop: what is still queued is logged whole (the log keeps it)."""
         while self._backlog:
-            _, what = self._backlog.popleft()
             self.lost += 1
-            log.warning("call record not written (stopping): %r", what)
+            log.warning("call record not written (stopping): %r", self._backlog.popleft())
 
     async def sweep(self, max_call_s: int, interval_s: float) -> None:
         """Close the records of calls older than ``max_call_s`` with no BYE, every
@@ -185,5 +218,5 @@ class CallAccounting:
             "records_written": self.written,
             "records_retried": self.retried,
             "records_lost": self.lost,
-            "records_waiting": len(self._backlog) + self._in_flight,
+            "records_waiting": len(self._backlog) + self._sending,
         }
