@@ -199,3 +199,28 @@ async def test_a_refused_record_does_not_take_its_batch_mates(
     assert "call-2" in logged
     assert "too large" in logged
     assert "'failed'" in logged
+
+
+async def test_at_stop_a_batch_still_in_flight_is_logged(
+    writing: CallAccounting, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database cannot take the batch (another process holds its write lock) when
+    the proxy stops: its records are logged whole, not dropped silently."""
+    with closing(sqlite3.connect(tmp_path / "proxy.db", isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        writing.result(result(200, "OK"))
+        writing.bye(bye_from_callee(), caller_tag="a1")
+        for _ in range(600):  # bounded: 6 s
+            if writing.counters()["records_retried"]:
+                break
+            await asyncio.sleep(0.01)
+        assert writing.counters()["records_waiting"] == 2
+        writing.abandon()
+        other.execute("ROLLBACK")
+    logged = [r.getMessage() for r in caplog.records if "not written (stopping)" in r.getMessage()]
+    assert len(logged) == 2
+    assert "'answered'" in logged[0]
+    assert "'ended'" in logged[1]
+    assert all(CALL_ID in line for line in logged)
+    assert writing.counters()["records_lost"] == 2
+    assert writing.counters()["records_waiting"] == 0

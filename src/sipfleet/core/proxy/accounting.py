@@ -67,7 +67,7 @@ class CallAccounting:
         self._backlog: deque[AccountingWrite] = deque()
         self._wake = asyncio.Event()
         self._in_flight = 0  # batches
-        self._sending = 0  # the records in them
+        self._unconfirmed: dict[int, list[AccountingWrite]] = {}  # in flight, not yet written
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -149,16 +149,18 @@ class CallAccounting:
 
     async def _send(self, batch: list[AccountingWrite]) -> None:
         self.batches += 1
-        self._sending += len(batch)
+        key = id(batch)
+        self._unconfirmed[key] = batch
         try:
             try:
                 await self._write(batch)
             except StorageError:  # one of them, at least, will never be taken: find it
-                for write in batch:
+                for n, write in enumerate(batch):
+                    self._unconfirmed[key] = batch[n:]
                     await self._write_alone(write)
         finally:
             self._in_flight -= 1
-            self._sending -= len(batch)
+            self._unconfirmed.pop(key, None)
             if self._backlog:
                 self._wake.set()
             elif self._in_flight == 0:
@@ -193,10 +195,15 @@ class CallAccounting:
         await self._idle.wait()
 
     def abandon(self) -> None:
-        """At stop: what is still queued is logged whole (the log keeps it)."""
-        while self._backlog:
+        """At stop: what is still queued, and what is in flight unconfirmed, is logged
+        whole (the log keeps it). A batch in flight may still reach the database: a
+        record written again from the log changes nothing."""
+        unconfirmed = [write for batch in self._unconfirmed.values() for write in batch]
+        self._unconfirmed.clear()
+        for write in (*unconfirmed, *self._backlog):
             self.lost += 1
-            log.warning("call record not written (stopping): %r", self._backlog.popleft())
+            log.warning("call record not written (stopping): %r", write)
+        self._backlog.clear()
 
     async def sweep(self, max_call_s: int, interval_s: float) -> None:
         """Close the records of calls older than ``max_call_s`` with no BYE, every
@@ -218,5 +225,5 @@ class CallAccounting:
             "records_written": self.written,
             "records_retried": self.retried,
             "records_lost": self.lost,
-            "records_waiting": len(self._backlog) + self._sending,
+            "records_waiting": len(self._backlog) + sum(map(len, self._unconfirmed.values())),
         }
