@@ -123,16 +123,18 @@ def test_a_tls_flow_is_pinged_and_closed_when_unregistered(cluster: Cluster) -> 
         ua.close()
 
 
-def test_a_call_to_a_tls_flow_whose_connection_is_gone_fails_with_430(cluster: Cluster) -> None:
+def test_a_call_to_a_tls_flow_whose_connection_is_gone_fails_with_480(cluster: Cluster) -> None:
     gone = new_user()
     registered(cluster, gone).close()  # registered, then its connection closes
     caller = RawUa(("127.0.0.1", cluster.roles["lb"].port))
     try:
         caller.request("INVITE", f"sip:{gone}@{DOMAIN}", user=new_user())
         answer = final_response(caller)
-        # The LB answers the proxy's INVITE 430 Flow Failed (RFC 5626 §5.3): the flow
-        # cannot be reached, and a TLS connection is never opened toward a phone.
-        assert answer.status == 430, f"{answer.status} {answer.reason}"
+        # The flow cannot be reached, and a TLS connection is never opened toward a phone.
+        # The LB answers the proxy 430 Flow Failed (RFC 5626 §5.3); with no other flow of
+        # the phone the proxy tells the caller 480: a 430 is for proxies (§11.5).
+        assert answer.status == 480, f"{answer.status} {answer.reason}"
+        assert cluster.bindings(gone, DOMAIN)  # registered still: not "no binding"
     finally:
         caller.close()
 

@@ -197,7 +197,7 @@ def test_a_ws_flow_is_pinged_and_closed_when_unregistered(cluster) -> None:
         ua.close()
 
 
-def test_a_call_to_a_ws_flow_whose_connection_is_gone_fails_with_430(cluster) -> None:
+def test_a_call_to_a_ws_flow_whose_connection_is_gone_fails_with_480(cluster) -> None:
     gone = new_user()
     registered_ws(cluster, gone).close()  # registered, then the tab is closed
     caller = RawUa(udp_address(cluster))
@@ -205,7 +205,10 @@ def test_a_call_to_a_ws_flow_whose_connection_is_gone_fails_with_430(cluster) ->
         caller.request("INVITE", f"sip:{gone}@{DOMAIN}", user=new_user())
         answer = final_response(caller)
         # Its Contact is a made-up .invalid host: the flow was the only way to reach it
-        assert answer.status == 430, f"{answer.status} {answer.reason}"
+        # The LB answers the proxy 430 Flow Failed (RFC 5626 §5.3); with no other flow of
+        # the phone the proxy tells the caller 480: a 430 is for proxies (§11.5).
+        assert answer.status == 480, f"{answer.status} {answer.reason}"
+        assert cluster.bindings(gone, DOMAIN)  # registered still: not "no binding"
     finally:
         caller.close()
 
