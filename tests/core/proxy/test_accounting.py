@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -36,7 +36,7 @@ class Clock:
         return self.now
 
 
-def context_of(method: str = "INVITE", **fields: str) -> CallContext:
+def context_of(method: str = "INVITE", **fields: Any) -> CallContext:
     found = CallContext(request(method, **fields), PEER, cast(CallServices, object()))
     found.arrived = STARTED
     return found
