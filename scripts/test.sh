@@ -13,4 +13,7 @@ if [[ -z ${SIPFLEET_PURE:-} ]]; then
     SIPFLEET_PURE=1 .venv/bin/python -m pytest -q tests/sip tests/core/test_stateless.py
   fi
 fi
-exec .venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist): most of the suite waits on processes, timers and NATs, so
+# two cores run it in about 11 minutes instead of 18. --dist loadfile keeps a module's
+# tests, and the cluster its module-scoped fixture starts, in one worker.
+exec .venv/bin/python -m pytest -n "${SIPFLEET_TEST_WORKERS:-2}" --dist loadfile "$@"
