@@ -9,9 +9,12 @@ two proxies write the answer and the end does not matter.
 Records wait in a bounded backlog for a writer that sends them in batches: what waits
 (up to ``MAX_BATCH`` records) goes in one transaction, one round trip, so under load a
 call's records cost the database and this process a fraction of a statement each (the
-idea of the registrar's group commit, ``storage/batch.py``). One batch is in flight
-whenever records wait; more (up to ``BATCHES_IN_FLIGHT``) only when ``MIN_FILL`` records
-wait for them, so the records gather in few large batches while the database keeps up.
+idea of the registrar's group commit, ``storage/batch.py``). Records hold no call up, so
+unlike a REGISTER's save a batch waits ``GATHER_S`` for more to join it: the two records
+of each call arrive one datagram at a time, and sent at once they would each go alone.
+One batch is in flight whenever records wait; more (up to ``BATCHES_IN_FLIGHT``) only
+when ``MIN_FILL`` records wait for them, so the records gather in few large batches
+while the database keeps up.
 A record goes after those queued before it: a call's answer is in the same batch as its
 end or in one sent before it (a later batch may still commit first; the upserts leave
 the row right in either order, as they do across proxies).
@@ -48,6 +51,7 @@ def _ms(seconds: float) -> int:
 MAX_BACKLOG = 100_000  # records waiting (~1 min of writes at 1,500 calls/s with a slow DB)
 MAX_BATCH = 64  # records in one transaction
 MIN_FILL = 16  # records waiting that open a second (third...) batch in flight
+GATHER_S = 0.02  # a batch waits this long for more records (~24 at 600 calls/s)
 BATCHES_IN_FLIGHT = 4  # from this process: lookups keep the rest of database.max_in_flight
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
@@ -122,12 +126,13 @@ class CallAccounting:
 
     # -- the writer ----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Write what is queued, in batches, until cancelled. (The wake-up comes a loop
-        turn after the first record queued: the records of that turn join its batch.)"""
+        """Write what is queued, in batches, until cancelled."""
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
                 await self._wake.wait()
+                if len(self._backlog) < MAX_BATCH:
+                    await asyncio.sleep(GATHER_S)
                 self._wake.clear()
                 while self._may_start():
                     self._in_flight += 1
