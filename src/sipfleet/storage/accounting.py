@@ -294,14 +294,17 @@ class SqlAccounting:
     @timed("acc.write")
     async def write(self, writes: Sequence[AccountingWrite]) -> None:
         """One transaction: the answers, the failures, then the ends (each event's rows
-        in their order), every record checked before anything is sent."""
+        in their order), every record checked before anything is sent. One record alone
+        is one statement (BEGIN and COMMIT would be round trips of their own)."""
         params: dict[str, list[dict[str, Any]]] = {"answered": [], "failed": [], "ended": []}
         for write in writes:
             params[write.event].append(_PARAMS[write.event](write.record))
         sql = self.sql
         statements = {"answered": sql.answered, "failed": sql.failed, "ended": sql.ended_rows}
         steps = [Step(statements[event], rows) for event, rows in params.items() if rows]
-        if steps:
+        if len(writes) == 1:
+            await self._db.execute(steps[0].stmt, steps[0].params[0])
+        elif steps:
             await self._db.transaction(steps)
 
     @timed("acc.close_overdue")
