@@ -154,6 +154,12 @@ class MariaDbServer(DbServer):
     def socket_path(self) -> Path:
         return self.base / "mysqld.sock"
 
+    @property
+    def tmpdir(self) -> Path:
+        """Its own temporary directory: servers started at once (two test workers) must
+        not share /tmp's ``#sql-temptable-*`` files (one failed to delete its own there)."""
+        return self.base / "tmp"
+
     def socket_dsn(self, database: str) -> str:
         """As root over the Unix socket: works from any network namespace."""
         return f"mysql://root@localhost/{database}?unix_socket={self.socket_path}"
@@ -163,11 +169,13 @@ class MariaDbServer(DbServer):
             shutil.which("mariadbd", path="/usr/sbin:/usr/bin"), "mariadb-server", "mariadbd"
         )
         log = self.base / "error.log"
+        self.tmpdir.mkdir(exist_ok=True)
         args = [
             *(["ip", "netns", "exec", self.netns] if self.netns else []),
             mariadbd,
             "--no-defaults",
             f"--datadir={self.base / 'data'}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             f"--socket={self.socket_path}",
             f"--pid-file={self.base / 'mariadbd.pid'}",
@@ -212,12 +220,14 @@ def start_mariadb(
     server = MariaDbServer("mysql", base, port or free_port(), "root", defaults | (options or {}))
     server.host = host
     server.netns = netns
+    server.tmpdir.mkdir(exist_ok=True)
     try:
         _run(
             [
                 install,
                 "--no-defaults",
                 f"--datadir={base / 'data'}",
+                f"--tmpdir={server.tmpdir}",
                 f"--user={pwd.getpwuid(os.geteuid()).pw_name}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
