@@ -355,11 +355,16 @@ class RawUa:
                     self.answer(message, 200)
         raise AssertionError(f"no {method} within {timeout} s")
 
-    def expect_response(self, status: int, timeout: float = 5.0) -> Response:
+    def final_response(self, timeout: float = 5.0) -> Response:
+        """The next final response, whatever its status (provisionals skipped)."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             message = self.recv(left)
             if isinstance(message, Response) and message.status >= 200:
-                assert message.status == status, f"{message.status} {message.reason}"
                 return message
         raise AssertionError(f"no final response within {timeout} s")
+
+    def expect_response(self, status: int, timeout: float = 5.0) -> Response:
+        message = self.final_response(timeout)
+        assert message.status == status, f"{message.status} {message.reason}"
+        return message

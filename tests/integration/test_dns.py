@@ -204,12 +204,7 @@ def call(to: tuple[str, int], uri: str) -> Response:
     phone = RawUa(to)
     try:
         phone.request("INVITE", uri, call_id=secrets.token_hex(8))
-        deadline = time.monotonic() + WAIT_S
-        while (left := deadline - time.monotonic()) > 0:
-            message = phone.recv(left)
-            if isinstance(message, Response) and message.status >= 200:
-                return message
-        raise AssertionError(f"no final response to INVITE {uri} within {WAIT_S} s")
+        return phone.final_response(WAIT_S)
     finally:
         phone.close()
 

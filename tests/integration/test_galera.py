@@ -74,21 +74,11 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
             yield Sites(galera, cluster, one, two)
 
 
-def final_response(phone: RawUa, timeout: float) -> Response:
-    """The phone's next final response, whatever its status."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        message = phone.recv(left)
-        if isinstance(message, Response) and message.status >= 200:
-            return message
-    raise AssertionError(f"no final response within {timeout} s")
-
-
 def register(registrar: RoleProcess, user: str) -> tuple[RawUa, Response]:
     """A phone registering ``user`` at ``registrar``: the phone and the final response."""
     phone = RawUa(("127.0.0.1", registrar.port))
     phone.request("REGISTER", f"sip:{DOMAIN}", user=user, expires=600)
-    return phone, final_response(phone, 5.0)
+    return phone, phone.final_response(5.0)
 
 
 def rings_when_called(phone: RawUa, user: str, proxy: RoleProcess) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from sipfleet.sip import Response
 from sipfleet.sip.flow import FlowTokens
 from sipfleet.transport.tls import write_self_signed
 from tests.integration.harness import (
@@ -129,7 +128,7 @@ def test_a_call_to_a_tls_flow_whose_connection_is_gone_fails_with_480(cluster: C
     caller = RawUa(("127.0.0.1", cluster.roles["lb"].port))
     try:
         caller.request("INVITE", f"sip:{gone}@{DOMAIN}", user=new_user())
-        answer = final_response(caller)
+        answer = caller.final_response(10.0)
         # The flow cannot be reached, and a TLS connection is never opened toward a phone.
         # The LB answers the proxy 430 Flow Failed (RFC 5626 §5.3); with no other flow of
         # the phone the proxy tells the caller 480: a 430 is for proxies (§11.5).
@@ -137,15 +136,6 @@ def test_a_call_to_a_tls_flow_whose_connection_is_gone_fails_with_480(cluster: C
         assert cluster.bindings(gone, DOMAIN)  # registered still: not "no binding"
     finally:
         caller.close()
-
-
-def final_response(ua: RawUa, timeout: float = 10.0) -> Response:
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        message = ua.recv(left)
-        if isinstance(message, Response) and message.status >= 200:
-            return message
-    raise AssertionError(f"no final response within {timeout} s")
 
 
 def renew(cluster: Cluster, tmp_path: Path, name: str) -> int:

@@ -32,7 +32,6 @@ from tests.integration.harness import (
     lb_listener,
     running_cluster,
 )
-from tests.integration.test_lb_tls import final_response
 from tests.mgmt.conftest import mgmt_url, wait_for
 from tests.mgmt.test_metrics import Found, scrape, value
 
@@ -203,7 +202,7 @@ def test_a_call_to_a_ws_flow_whose_connection_is_gone_fails_with_480(cluster) ->
     caller = RawUa(udp_address(cluster))
     try:
         caller.request("INVITE", f"sip:{gone}@{DOMAIN}", user=new_user())
-        answer = final_response(caller)
+        answer = caller.final_response(10.0)
         # Its Contact is a made-up .invalid host: the flow was the only way to reach it
         # The LB answers the proxy 430 Flow Failed (RFC 5626 §5.3); with no other flow of
         # the phone the proxy tells the caller 480: a 430 is for proxies (§11.5).
