@@ -21,13 +21,13 @@ from urllib.parse import urlencode
 
 import pytest
 
+from tests.chromium import CHROMIUM, headless
 from tests.interop import phones
 from tests.interop.agents.baresip import Baresip
 from tests.interop.lab import Embedded
 from tests.interop.phones import DOMAIN, PASSWORD, Phone, registered
 
 AGENT = Baresip
-CHROMIUM = shutil.which("chromium")
 NPM = shutil.which("npm")
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 STATE = re.compile(r'sipfleet-test: ([^"]*)"')
@@ -72,19 +72,10 @@ class Browser:
     page's "sipfleet-test:" states."""
 
     def __init__(self, cluster: Embedded, url: str, workdir: Path) -> None:
-        assert CHROMIUM is not None
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "chromium.log"
         argv = [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={workdir / 'profile'}",
+            *headless(workdir / "profile"),
             "--ignore-certificate-errors",  # the embedded default's self-signed certificate
             "--use-fake-device-for-media-stream",
             "--use-fake-ui-for-media-stream",

@@ -5,16 +5,15 @@ Skipped only where chromium is not installed (scripts/setup.sh --test installs i
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from tests.chromium import CHROMIUM, headless
 from tests.mgmt.conftest import Fleet, mgmt_url
 
-CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 # virtual time: the first poll at once, the second after 3 s (rates need two)
 VIRTUAL_TIME_MS = 4000
@@ -23,19 +22,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def chromium(tmp_path: Path, url: str, *action: str) -> subprocess.CompletedProcess[str]:
     """One headless Chromium run (as root: no sandbox), its console on stderr."""
-    assert CHROMIUM is not None
-    profile = tmp_path / "profile"
     return subprocess.run(
         [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
+            *headless(tmp_path / "profile"),
             "--enable-logging=stderr",
             f"--virtual-time-budget={VIRTUAL_TIME_MS}",
             *action,
