@@ -27,11 +27,14 @@ class Lb:
 
 
 @asynccontextmanager
-async def lb_before(proxy: UdpClient) -> AsyncIterator[Lb]:
+async def lb_before(proxy: UdpClient, **sections: dict[str, object]) -> AsyncIterator[Lb]:
+    """An LB worker composed in-process with ``proxy`` as its proxy pool; ``sections``
+    add to its config (``edge={...}``)."""
     config = config_from_dict(
         {
             "node": {"cluster_secret": "balancer-test"},
             "lb": {"listen": ["udp:127.0.0.1:0"], "keepalive": False},
+            **sections,
         }
     )
     sockets = bind_all(sides_of(config).listen)

@@ -5,14 +5,8 @@ sending many calls from one address is."""
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 
-from sipfleet.config import config_from_dict
-from sipfleet.core.lb.balancer import Balancer
-from sipfleet.roles.lb import WorkerSockets, compose, sides_of
-from sipfleet.storage import LbTarget, Storage
-from sipfleet.transport.sockets import bind_all
-from tests.core.lb.test_balancer import invite
+from tests.core.lb.test_balancer import invite, lb_before
 from tests.transport.helpers import UdpClient
 
 SENT = 6
@@ -20,27 +14,13 @@ SENT = 6
 
 async def relayed_of(sent: int, exempt_gateway: bool) -> int:
     proxy, phone = UdpClient(), UdpClient()
-    config = config_from_dict(
-        {
-            "node": {"cluster_secret": "edge-test"},
-            "lb": {"listen": ["udp:127.0.0.1:0"], "keepalive": False},
-            "edge": {"rate_per_s": 0.1, "burst": 2},
-        }
-    )
-    sockets = bind_all(sides_of(config).listen)
-    control = bind_all(sides_of(config).listen)[0]
-    own = WorkerSockets(0, [*sockets, control], {0: control.getsockname()[:2]})
-    worker = compose(config, cast(Storage, None), own, 1)
-    worker.pools.update([LbTarget(1, "proxy", f"sip:{proxy.host}:{proxy.port}", 1, "active")])
-    async with worker.endpoint:
-        balancer = worker.endpoint.handler
-        assert isinstance(balancer, Balancer)
-        assert balancer.guard is not None
+    async with lb_before(proxy, edge={"rate_per_s": 0.1, "burst": 2}) as lb:
+        guard = lb.balancer.guard
+        assert guard is not None
         if exempt_gateway:
-            balancer.guard.exempt_gateways(["127.0.0.1", "gw.example.net"])
-        lb = sockets[0].getsockname()[:2]
+            guard.exempt_gateways(["127.0.0.1", "gw.example.net"])
         for n in range(sent):
-            phone.send(invite(phone, n), lb)
+            phone.send(invite(phone, n), lb.address)
         relayed = 0
         while True:
             try:
