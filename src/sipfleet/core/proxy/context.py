@@ -240,12 +240,17 @@ class ResponseContext:
             if target.alternates:  # a flow saying nothing in time: the next one
                 return [StartBranch(branch), ArmTimerC(branch, self.flow_timeout)]
             return [StartBranch(branch)]
+        return [StartBranch(branch), ArmTimerC(branch, self.timer_c_for(target))]
+
+    def timer_c_for(self, target: Target) -> float:
+        """An INVITE branch's Timer C: the proxy's, or the trunk's time when shorter, or
+        a flow's time to say anything when the phone has another flow."""
         delay = self.timer_c
         if target.timeout is not None and target.timeout < delay:
-            delay = target.timeout  # Timer C's slot counts the trunk's time first
+            delay = target.timeout
         if target.alternates and self.flow_timeout < delay:
-            delay = self.flow_timeout  # and a flow's time to say anything
-        return [StartBranch(branch), ArmTimerC(branch, delay)]
+            delay = self.flow_timeout
+        return delay
 
     # -- events -----------------------------------------------------------------------
     def on_response(self, branch: Branch, response: Response) -> list[ContextAction]:

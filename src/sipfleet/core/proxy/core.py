@@ -565,10 +565,7 @@ class ProxyCore:
         actions: list[ProxyAction] = []
         if branch.client is not None and branch.client.method == "INVITE":
             actions.append(CancelTimer(branch.client, Timer.C))
-            # a new server, a new Timer C (a trunk's own time when shorter, as at first)
-            timeout = branch.target.timeout
-            timer_c = self.settings.calls.timer_c
-            branch.timer_c_delay = min(timer_c, timeout) if timeout is not None else timer_c
+            branch.timer_c_delay = responses.timer_c_for(branch.target)  # a new server's
         branch.client = None
         branch.state = BranchState.CALLING
         branch.progressed = False  # what the trunk's health hears is of the last server
