@@ -1,13 +1,23 @@
-"""Listening sockets (transport/sockets.py): a taken address is refused, naming it."""
+"""Listening sockets (transport/sockets.py): a taken address is refused, naming it; the
+workers' datagrams are dealt so that one transaction's responses stay in one worker."""
 
 from __future__ import annotations
 
 import errno
+import select
+import socket
+from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
 from sipfleet.config.listen import ListenAddress, Transport
-from sipfleet.transport.sockets import bind_all, bind_for_workers, listen_address_of
+from sipfleet.transport.sockets import (
+    bind_all,
+    bind_for_workers,
+    listen_address_of,
+    spread_at_random,
+)
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
@@ -36,3 +46,80 @@ def test_the_workers_share_a_free_address() -> None:
     finally:
         for sock in (s for group in sets for s in group):
             sock.close()
+
+
+WORKERS = 3
+
+
+@pytest.fixture
+def workers() -> Iterator[list[socket.socket]]:
+    """Three UDP sockets of one SO_REUSEPORT group, as the LB's workers bind them, with
+    the dealing program attached."""
+    sets = bind_for_workers([ListenAddress("udp", "127.0.0.1", 0)], WORKERS)
+    group = [sockets[0] for sockets in sets]
+    spread_at_random(group[0], WORKERS)
+    yield group
+    for sock in group:
+        sock.close()
+
+
+def response(status: str, transaction: int, to_tag: str = "") -> bytes:
+    """A response as the proxy sends it back through the LB: the LB's Via on top."""
+    return (
+        f"SIP/2.0 {status}\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-s7f3e.{transaction}-uac-0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{transaction}abc;rport=5060\r\n"
+        f"From: <sip:caller@example.com>;tag=f{transaction}\r\n"
+        f"To: <sip:callee@example.com>{to_tag}\r\n"
+        f"Call-ID: call-{transaction}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def deliveries(group: list[socket.socket], datagrams: list[bytes]) -> list[tuple[int, bytes]]:
+    """Send each datagram to the group's address; (worker, datagram) in arrival order."""
+    address = group[0].getsockname()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for datagram in datagrams:
+            sender.sendto(datagram, address)
+    received: list[tuple[int, bytes]] = []
+    while len(received) < len(datagrams):
+        ready, _, _ = select.select(group, [], [], 2.0)
+        assert ready, f"{len(datagrams) - len(received)} datagrams never arrived"
+        for sock in ready:
+            received.append((group.index(sock), sock.recv(65535)))
+    return received
+
+
+def test_the_responses_of_one_transaction_reach_one_worker_in_order(
+    workers: list[socket.socket],
+) -> None:
+    """A 200 dealt to another worker than the 180 before it could overtake it; each
+    transaction's responses go to one worker, and the transactions to all of them."""
+    sent = [
+        response(status, n, tag)
+        for n in range(90)
+        for status, tag in (("100 Trying", ""), ("180 Ringing", ";tag=t"), ("200 OK", ";tag=t"))
+    ]
+    by_transaction: dict[bytes, list[tuple[int, bytes]]] = {}
+    for worker, datagram in deliveries(workers, sent):
+        call_id = datagram.split(b"Call-ID: ")[1].split(b"\r")[0]
+        by_transaction.setdefault(call_id, []).append((worker, datagram[8:11]))
+    assert len(by_transaction) == 90
+    for call_id, arrived in by_transaction.items():
+        assert len({worker for worker, _ in arrived}) == 1, call_id
+        assert [status for _, status in arrived] == [b"100", b"180", b"200"], call_id
+    per_worker = Counter(arrived[0][0] for arrived in by_transaction.values())
+    assert len(per_worker) == WORKERS, per_worker
+    assert min(per_worker.values()) >= 15, per_worker
+
+
+def test_requests_and_odd_responses_are_dealt_at_random(workers: list[socket.socket]) -> None:
+    """Requests (one client's retransmissions alike), a response whose status line is too
+    long to look past, and bytes that are not SIP: every worker gets some."""
+    options = (
+        b"OPTIONS sip:lb.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\n\r\n"
+    )
+    long_reason = response("500 " + "Server Internal Error " * 5, 1)
+    for datagram in (options, long_reason, b"\r\n\r\n" * 50):
+        per_worker = Counter(worker for worker, _ in deliveries(workers, [datagram] * 90))
+        assert len(per_worker) == WORKERS, (datagram[:20], per_worker)

@@ -184,9 +184,10 @@ class LbSection(Section):
     )
     spread: Literal["random", "hash"] = Field(
         "random",
-        description="How UDP datagrams are dealt to the workers: at random (every worker "
-        "busy even when a few peers, such as the proxies, send most of them) or by source "
-        "address (the kernel's SO_REUSEPORT default).",
+        description="How UDP datagrams are dealt to the workers: requests at random and "
+        "responses by transaction (every worker busy even when a few peers, such as the "
+        "proxies, send most of them; one transaction's responses kept in order) or all by "
+        "source address (the kernel's SO_REUSEPORT default).",
     )
     tls_certificate: str = Field(
         "",

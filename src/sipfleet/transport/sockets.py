@@ -180,24 +180,76 @@ def keep_only(sets: list[list[socket.socket]], index: int) -> list[socket.socket
     return sets[index]
 
 
-# Classic BPF, for SO_ATTACH_REUSEPORT_CBPF: the program's return value picks the socket
-# of the SO_REUSEPORT group (in the order they were bound).
+# Classic BPF, for SO_ATTACH_REUSEPORT_CBPF: the program sees the UDP payload from offset
+# 0, and its return value picks the socket of the SO_REUSEPORT group (in the order they
+# were bound; a load past the end of the datagram ends it with 0).
 _SO_ATTACH_REUSEPORT_CBPF = 51
-_BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_RET_A = 0x20, 0x94, 0x16
+_LD_W_ABS, _LD_B_ABS, _LD_W_IND, _LD_IMM, _LD_MEM = 0x20, 0x30, 0x40, 0x00, 0x60
+_LDX_IMM, _LDX_MEM, _ST, _STX = 0x01, 0x61, 0x02, 0x03
+_XOR_X, _MUL_K, _RSH_K, _MOD_K = 0xAC, 0x24, 0x74, 0x94
+_JA, _JEQ_K, _RET_A = 0x05, 0x15, 0x16
 _SKF_AD_RANDOM = -0x1000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM: a random 32-bit number
+_RESPONSE = 0x5349502F  # b"SIP/", the start of a status line, as a big-endian word
+# Where a status line's end is looked for, and the window of the lines after it that is
+# hashed: 64 bytes from 32 past its start reach the branch of the top Via (the LB's own,
+# "Via: SIP/2.0/UDP <sent-by>;branch=...") and the start of the Via after it, which every
+# response of one transaction repeats as it was.
+_STATUS_LINE_ENDS = range(12, 80)
+_WINDOW_START, _WINDOW_WORDS = 32, 16
+
+
+def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k & 0xFFFFFFFF)
+
+
+def transaction_spread_program(group_size: int) -> bytes:
+    """Requests at random; each response by a hash of the lines after its status line
+    (its top Vias), so the 100, 180 and 200 of one transaction reach one worker, in the
+    order they came, while the transactions still spread over the workers. Dealt at
+    random, a 200 could overtake the 180 sent just before it (another worker's queue
+    was shorter): harmless to a phone, but a reordering no hop should add."""
+    # Jumps count the instructions they skip: the blocks' sizes are fixed.
+    scan = len(_STATUS_LINE_ENDS) * 4
+    hashing = 3 + _WINDOW_WORDS * 6 + 6
+    program = [_insn(_LD_W_ABS, 0), _insn(_JEQ_K, _RESPONSE, 1, 0)]
+    program.append(_insn(_JA, scan + 1 + hashing))  # a request: at random
+    for i, end in enumerate(_STATUS_LINE_ENDS):  # unrolled: classic BPF has no loops
+        to_hash = (len(_STATUS_LINE_ENDS) - i - 1) * 4
+        program += [
+            _insn(_LD_B_ABS, end),
+            _insn(_JEQ_K, ord("\n"), 0, 2),
+            _insn(_LDX_IMM, end + 1),  # the next line starts here
+            _insn(_JA, to_hash + 1),
+        ]
+    program.append(_insn(_JA, hashing))  # no line end in reach: at random
+    program += [_insn(_STX, 15), _insn(_LD_IMM, 0), _insn(_ST, 0)]  # M[15] line, M[0] hash
+    for word in range(_WINDOW_WORDS):
+        program += [
+            _insn(_LDX_MEM, 15),
+            _insn(_LD_W_IND, _WINDOW_START + 4 * word),
+            _insn(_LDX_MEM, 0),
+            _insn(_XOR_X, 0),
+            _insn(_MUL_K, 0x9E3779B1),  # Fibonacci hashing: low bits carried upward
+            _insn(_ST, 0),
+        ]
+    program += [
+        _insn(_LD_MEM, 0),
+        _insn(_RSH_K, 16),  # the well-mixed high half folded into the low one
+        _insn(_LDX_MEM, 0),
+        _insn(_XOR_X, 0),
+        _insn(_MOD_K, group_size),
+        _insn(_RET_A, 0),
+    ]
+    program += [_insn(_LD_W_ABS, _SKF_AD_RANDOM), _insn(_MOD_K, group_size), _insn(_RET_A, 0)]
+    return b"".join(program)
 
 
 def spread_at_random(sock: socket.socket, group_size: int) -> None:
     """Deal the datagrams of ``sock``'s SO_REUSEPORT group to its sockets at random instead
     of by address hash: one busy peer (a proxy, a load generator) then keeps every worker
-    busy, not one. Raises OSError where the kernel does not support it."""
-    program = b"".join(
-        (
-            struct.pack("=HBBi", _BPF_LD_W_ABS, 0, 0, _SKF_AD_RANDOM),
-            struct.pack("=HBBI", _BPF_ALU_MOD_K, 0, 0, group_size),
-            struct.pack("=HBBI", _BPF_RET_A, 0, 0, 0),
-        )
-    )
+    busy, not one. Responses go by transaction (``transaction_spread_program``). Raises
+    OSError where the kernel does not support it."""
+    program = transaction_spread_program(group_size)
     _attach_reuseport_program(sock, ctypes.create_string_buffer(program), len(program) // 8)
 
 
