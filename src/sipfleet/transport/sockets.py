@@ -184,10 +184,10 @@ def keep_only(sets: list[list[socket.socket]], index: int) -> list[socket.socket
 # 0, and its return value picks the socket of the SO_REUSEPORT group (in the order they
 # were bound; a load past the end of the datagram ends it with 0).
 _SO_ATTACH_REUSEPORT_CBPF = 51
-_LD_W_ABS, _LD_B_ABS, _LD_W_IND, _LD_IMM, _LD_MEM = 0x20, 0x30, 0x40, 0x00, 0x60
-_LDX_IMM, _LDX_MEM, _ST, _STX = 0x01, 0x61, 0x02, 0x03
-_XOR_X, _MUL_K, _RSH_K, _MOD_K = 0xAC, 0x24, 0x74, 0x94
-_JA, _JEQ_K, _RET_A = 0x05, 0x15, 0x16
+_LD_W_ABS, _LD_B_ABS, _LD_W_IND, _LD_IMM, _LD_MEM, _LD_LEN = 0x20, 0x30, 0x40, 0x00, 0x60, 0x80
+_LDX_IMM, _LDX_MEM, _ST, _STX, _TAX, _TXA = 0x01, 0x61, 0x02, 0x03, 0x07, 0x87
+_ADD_K, _XOR_X, _MUL_K, _RSH_K, _MOD_K = 0x04, 0xAC, 0x24, 0x74, 0x94
+_JA, _JEQ_K, _JGE_K, _JGE_X, _RET_A = 0x05, 0x15, 0x35, 0x3D, 0x16
 _SKF_AD_RANDOM = -0x1000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM: a random 32-bit number
 _RESPONSE = 0x5349502F  # b"SIP/", the start of a status line, as a big-endian word
 # Where a status line's end is looked for, and the window of the lines after it that is
@@ -196,10 +196,10 @@ _RESPONSE = 0x5349502F  # b"SIP/", the start of a status line, as a big-endian w
 # response of one transaction repeats as it was.
 _STATUS_LINE_ENDS = range(12, 80)
 _WINDOW_START, _WINDOW_WORDS = 32, 16
-
-
-def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
-    return struct.pack("=HBBI", code, jt, jf, k & 0xFFFFFFFF)
+_SHORTEST_RESPONSE = 128  # bytes: none with its mandatory headers is shorter
+# One instruction: (code, k, where jt goes, where jf goes); a jump names a label, resolved
+# to the count of instructions it skips (BPF_JA: k, conditional jumps: jt/jf).
+_Insn = tuple[int, int, str | None, str | None]
 
 
 def transaction_spread_program(group_size: int) -> bytes:
@@ -207,41 +207,88 @@ def transaction_spread_program(group_size: int) -> bytes:
     (its top Vias), so the 100, 180 and 200 of one transaction reach one worker, in the
     order they came, while the transactions still spread over the workers. Dealt at
     random, a 200 could overtake the 180 sent just before it (another worker's queue
-    was shorter): harmless to a phone, but a reordering no hop should add."""
-    # Jumps count the instructions they skip: the blocks' sizes are fixed.
-    scan = len(_STATUS_LINE_ENDS) * 4
-    hashing = 3 + _WINDOW_WORDS * 6 + 6
-    program = [_insn(_LD_W_ABS, 0), _insn(_JEQ_K, _RESPONSE, 1, 0)]
-    program.append(_insn(_JA, scan + 1 + hashing))  # a request: at random
-    for i, end in enumerate(_STATUS_LINE_ENDS):  # unrolled: classic BPF has no loops
-        to_hash = (len(_STATUS_LINE_ENDS) - i - 1) * 4
-        program += [
-            _insn(_LD_B_ABS, end),
-            _insn(_JEQ_K, ord("\n"), 0, 2),
-            _insn(_LDX_IMM, end + 1),  # the next line starts here
-            _insn(_JA, to_hash + 1),
-        ]
-    program.append(_insn(_JA, hashing))  # no line end in reach: at random
-    program += [_insn(_STX, 15), _insn(_LD_IMM, 0), _insn(_ST, 0)]  # M[15] line, M[0] hash
-    for word in range(_WINDOW_WORDS):
-        program += [
-            _insn(_LDX_MEM, 15),
-            _insn(_LD_W_IND, _WINDOW_START + 4 * word),
-            _insn(_LDX_MEM, 0),
-            _insn(_XOR_X, 0),
-            _insn(_MUL_K, 0x9E3779B1),  # Fibonacci hashing: low bits carried upward
-            _insn(_ST, 0),
-        ]
-    program += [
-        _insn(_LD_MEM, 0),
-        _insn(_RSH_K, 16),  # the well-mixed high half folded into the low one
-        _insn(_LDX_MEM, 0),
-        _insn(_XOR_X, 0),
-        _insn(_MOD_K, group_size),
-        _insn(_RET_A, 0),
+    was shorter): harmless to a phone, but a reordering no hop should add. A datagram
+    too short or not laid out so: at random. (A load past the end would end the
+    program with 0, the first worker, so every load is checked against the length.)"""
+    code: list[_Insn | str] = [  # a str is a label
+        (_LD_LEN, 0, None, None),
+        (_JGE_K, _SHORTEST_RESPONSE, None, "bail"),
+        (_LD_W_ABS, 0, None, None),
+        (_JEQ_K, _RESPONSE, "scan", None),
+        "bail",  # (a conditional jump reaches 255 instructions ahead; JA any distance)
+        (_JA, 0, "random", None),
+        "scan",
     ]
-    program += [_insn(_LD_W_ABS, _SKF_AD_RANDOM), _insn(_MOD_K, group_size), _insn(_RET_A, 0)]
+    for end in _STATUS_LINE_ENDS:  # unrolled: classic BPF has no loops
+        code += [
+            (_LD_B_ABS, end, None, None),
+            (_JEQ_K, ord("\n"), None, f"after{end}"),
+            (_LDX_IMM, end + 1, None, None),  # the next line starts here
+            (_JA, 0, "line", None),
+            f"after{end}",
+        ]
+    code += [
+        (_JA, 0, "random", None),  # no line end in reach
+        "line",
+        (_STX, 15, None, None),  # M[15]: where the line starts
+        (_TXA, 0, None, None),
+        (_ADD_K, _WINDOW_START + 4 * _WINDOW_WORDS, None, None),
+        (_TAX, 0, None, None),
+        (_LD_LEN, 0, None, None),
+        (_JGE_X, 0, None, "random"),  # the window ends inside the datagram
+        (_LD_IMM, 0, None, None),
+        (_ST, 0, None, None),  # M[0]: the hash
+    ]
+    for word in range(_WINDOW_WORDS):
+        code += [
+            (_LDX_MEM, 15, None, None),
+            (_LD_W_IND, _WINDOW_START + 4 * word, None, None),
+            (_LDX_MEM, 0, None, None),
+            (_XOR_X, 0, None, None),
+            (_MUL_K, 0x9E3779B1, None, None),  # Fibonacci hashing: low bits carried upward
+            (_ST, 0, None, None),
+        ]
+    code += [
+        (_LD_MEM, 0, None, None),
+        (_RSH_K, 16, None, None),  # the well-mixed high half folded into the low one
+        (_LDX_MEM, 0, None, None),
+        (_XOR_X, 0, None, None),
+        (_MOD_K, group_size, None, None),
+        (_RET_A, 0, None, None),
+        "random",
+        (_LD_W_ABS, _SKF_AD_RANDOM, None, None),
+        (_MOD_K, group_size, None, None),
+        (_RET_A, 0, None, None),
+    ]
+    return _assemble(code)
+
+
+def _assemble(code: list[_Insn | str]) -> bytes:
+    labels: dict[str, int] = {}
+    count = 0
+    for item in code:
+        if isinstance(item, str):
+            labels[item] = count
+        else:
+            count += 1
+    program: list[bytes] = []
+    for item in code:
+        if isinstance(item, str):
+            continue
+        op, k, first, second = item
+        at = len(program)
+        jt, jf = _skip(labels, first, at), _skip(labels, second, at)
+        if op == _JA:
+            k, jt, jf = jt, 0, 0
+        elif not (jt < 256 and jf < 256):
+            raise ValueError(f"BPF jump out of reach at {at}")
+        program.append(struct.pack("=HBBI", op, jt, jf, k & 0xFFFFFFFF))
     return b"".join(program)
+
+
+def _skip(labels: dict[str, int], label: str | None, at: int) -> int:
+    """How many instructions a jump at ``at`` to ``label`` skips (0: the next one)."""
+    return 0 if label is None else labels[label] - at - 1
 
 
 def spread_at_random(sock: socket.socket, group_size: int) -> None:
