@@ -117,18 +117,24 @@ def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> N
     nodes = metered.nodes
     urls = {name: mgmt_url(metered.cluster, name) for name in nodes}
     send_traffic(nodes["lb"])
-    lb = scraped_after(urls["lb"], "the LB counts the FROB", role="lb", method="other")
-    assert value(lb, "sipfleet_sip_requests_total", role="lb", method="OPTIONS") >= 1
-    assert value(lb, "sipfleet_sip_requests_total", role="lb", method="REGISTER") >= 1
-    assert (
-        value(lb, "sipfleet_sip_responses_total", role="lb", direction="sent", **{"class": "2xx"})
-        >= 1
-    )
-    assert (
-        value(
-            lb, "sipfleet_sip_responses_total", role="lb", direction="received", **{"class": "4xx"}
-        )
-        >= 1
+    # Each of the two workers publishes its own counts on its own schedule, and each
+    # message may have been counted by either: wait until all of them show.
+    requests, responses = "sipfleet_sip_requests_total", "sipfleet_sip_responses_total"
+    counted: list[tuple[str, dict[str, str]]] = [
+        (requests, {"role": "lb", "method": "other"}),  # the FROB
+        (requests, {"role": "lb", "method": "OPTIONS"}),
+        (requests, {"role": "lb", "method": "REGISTER"}),
+        (responses, {"role": "lb", "direction": "sent", "class": "2xx"}),
+        (responses, {"role": "lb", "direction": "received", "class": "4xx"}),  # the 407
+    ]
+    lb = wait_for(
+        lambda: (
+            (found := scrape(urls["lb"])[1])
+            and all(value(found, name, **labels) >= 1 for name, labels in counted)
+            and found
+        ),
+        5,
+        f"the LB counts what it relayed: {counted}",
     )
     for pool in ("registrar", "proxy"):  # each pool holds the role of its name
         target = f"sip:127.0.0.1:{nodes[pool].port}"
