@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import struct
+
 import pytest
 
 from sipfleet.sip.dialog_token import Dialog
@@ -79,3 +84,26 @@ def test_a_dialog_bound_token_verifies_only_in_its_dialog() -> None:
 )
 def test_junk_is_refused(junk: str) -> None:
     assert TOKENS.decode(junk) is None
+
+
+def hmac_token(flow_body: bytes, bound: bytes = b"") -> str:
+    """A token as the release before version 3 wrote it: HMAC-SHA256 over the body."""
+    key = hashlib.sha256(b"sipfleet flow token\x00cluster-secret").digest()
+    mac = hmac.new(key, flow_body + bound, hashlib.sha256).digest()[:10]
+    return base64.urlsafe_b64encode(flow_body + mac).rstrip(b"=").decode()
+
+
+def test_tokens_of_the_previous_release_are_still_accepted() -> None:
+    """Registrations store their Path and dialogs keep their Record-Routes across an
+    upgrade: version 2 tokens (HMAC-SHA256) still name their flow, and a changed one is
+    refused as before."""
+    body = struct.pack("!BBBHIH", 2, 0x02, 1, 40312, 0, 7) + bytes([203, 0, 113, 7])
+    flow = Flow("udp", "203.0.113.7", 40312, worker=1, lb=7)
+    assert TOKENS.decode(hmac_token(body)) == flow
+    bound = struct.pack("!BBBHIH", 2, 0x02 | 0x08, 1, 40312, 0, 7) + bytes([203, 0, 113, 7])
+    token = hmac_token(bound, Dialog("call-1", "tag-a").material())
+    assert TOKENS.decode(token, "call-1", ("tag-a", None)) == flow
+    assert TOKENS.decode(token, "call-2", ("tag-a", None)) is None
+    assert TOKENS.decode(hmac_token(body)[:-2] + "AA") is None
+    unknown = struct.pack("!BBBHIH", 1, 0x02, 1, 40312, 0, 7) + bytes([203, 0, 113, 7])
+    assert TOKENS.decode(hmac_token(unknown)) is None  # no version 1 was ever accepted

@@ -9,7 +9,6 @@ nonce-count table then rejects replays. Time is passed in, never read.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
@@ -68,7 +67,7 @@ class DigestAuthority:
 
     def _mac(self, payload: str, realm: str, call_id: str) -> str:
         message = f"{payload}\x00{realm}\x00{call_id}".encode("latin-1", "replace")
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:_MAC_DIGITS]
+        return hmac.digest(self._secret, message, "sha256").hex()[:_MAC_DIGITS]
 
     # -- verification ------------------------------------------------------------------------
     @staticmethod
