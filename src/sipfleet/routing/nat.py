@@ -7,6 +7,7 @@ and port its packets came from) or at its Contact.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from sipfleet.sip.errors import ParseError
@@ -28,13 +29,35 @@ _PRIVATE_NETWORKS = tuple(
 )
 
 
+# The IPv4 ones as (network, mask) integers: the check every request through the LB makes
+# (ipaddress objects cost several microseconds an address).
+_PRIVATE_V4 = tuple(
+    (int(net.network_address), int(net.netmask))
+    for net in _PRIVATE_NETWORKS
+    if isinstance(net, ipaddress.IPv4Network)
+)
+
+
 def is_private(host: str) -> bool:
     """True for an address that cannot be reached from the public Internet."""
+    if ":" not in host and "[" not in host:
+        v4 = _ipv4(host)
+        if v4 is None:
+            return False  # a host name: not evidence of NAT by itself
+        return any(v4 & mask == network for network, mask in _PRIVATE_V4)
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False  # a host name: not evidence of NAT by itself
+        return False
     return any(address in network for network in _PRIVATE_NETWORKS)
+
+
+def _ipv4(host: str) -> int | None:
+    """A dotted-quad IPv4 address as an integer; None for anything else."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, host), "big")
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +89,8 @@ def nat_evidence(request: Request, source_host: str, source_port: int) -> NatEvi
 
 
 def _differs(claimed: str, seen: str) -> bool:
+    if claimed == seen:  # the usual client: written as the socket reports it
+        return False
     try:
         return ipaddress.ip_address(claimed) != ipaddress.ip_address(seen)
     except ValueError:

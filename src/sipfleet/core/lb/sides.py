@@ -46,6 +46,8 @@ class Sides:
             host, port = advertise
             self._ours |= {(normalise_host(host), port or a.port) for a in self.external}
         self._internal_locals = {(a.host, a.port) for a in self.internal}
+        # (side, transport, IPv6?) -> sent-by: asked for every request the LB forwards
+        self._sent_bys: dict[tuple[SideName, TransportName, bool], str] = {}
         self._external_locals = {(a.host, a.port) for a in self.external}
 
     @property
@@ -68,11 +70,17 @@ class Sides:
     def sent_by(self, side: SideName, transport: TransportName, remote_host: str) -> str:
         """Our host:port in a Via or Record-Route on ``side``: the advertised public
         address on the external side when there is one."""
-        address = self.address(side, transport, remote_host)
-        advertised = self.advertise
-        if side == "external" and advertised is not None:
-            return hostport(advertised[0], advertised[1] or address.port)
-        return hostport(address.host, address.port)
+        key = (side, transport, ":" in remote_host)
+        known = self._sent_bys.get(key)
+        if known is None:
+            address = self.address(side, transport, remote_host)
+            advertised = self.advertise
+            if side == "external" and advertised is not None:
+                known = hostport(advertised[0], advertised[1] or address.port)
+            else:
+                known = hostport(address.host, address.port)
+            self._sent_bys[key] = known
+        return known
 
     def advertised_sent_bys(self) -> list[tuple[str, int]]:
         """(host, port) our external Vias name instead of the listeners' own, if any."""
@@ -110,13 +118,14 @@ class Sides:
         remote_host: str,
         *,
         sips: bool = False,
-        **flags: bool,
+        ob: bool = False,
     ) -> str:
         """``<sip:TOKEN@host:port;lr>`` naming ``side``; ``transport=tcp`` or ``tls`` when
         the party on that side talks TCP or TLS; a ``sips:`` URI when asked (a request
         that came as sips, RFC 3261 §16.6 step 4); ``ob`` (RFC 5626) when asked."""
         sent_by = self.sent_by(side, transport, remote_host)
         params = f";transport={transport}" if transport != "udp" else ""
-        params += "".join(f";{name}" for name, on in flags.items() if on)
+        if ob:
+            params += ";ob"
         scheme = "sips" if sips else "sip"
         return f"<{scheme}:{token}@{sent_by};lr{params}>"
