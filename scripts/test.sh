@@ -10,7 +10,8 @@ if [[ -z ${SIPFLEET_PURE:-} ]]; then
   export SIPFLEET_EXPECT_COMPILED=1  # tests/test_native.py fails if the build is not used
   if (($# == 0)); then
     # The compiled modules' own tests once more from source: both must behave alike.
-    SIPFLEET_PURE=1 .venv/bin/python -m pytest -q tests/sip tests/core/test_stateless.py
+    SIPFLEET_PURE=1 .venv/bin/python -m pytest -q tests/sip tests/core/test_stateless.py \
+      tests/core/proxy tests/core/lb tests/routing/test_nat.py tests/transport/test_sockets.py
   fi
 fi
 # Two workers (pytest-xdist): most of the suite waits on processes, timers and NATs, so
