@@ -17,7 +17,10 @@ children) from the scheduler's exact runtime (``/proc/<pid>/task/*/schedstat``).
     .venv/bin/python bench/call_bench.py --proxy-workers 2 --rates 600,1200  # node.workers
     .venv/bin/python bench/call_bench.py --mariadb ...   # a private MariaDB, like the anchor
     .venv/bin/python bench/call_bench.py --lb --accounting off --rates 300,600,900
+    .venv/bin/python bench/call_bench.py --lb --lb-workers 2 --mariadb --privacy-clir off \
+        --users 10000 --duration 20 --rates 1200   # the anchor's s3 settings
     .venv/bin/python bench/call_bench.py --lb --media-relay --rates 300,600,900
+    .venv/bin/python bench/call_bench.py --instructions --rates 20,20 --duration 20  # per call
 
 Accounting (one ``acc`` row per answered call, written at the 200 and at the BYE) is on
 as in the product unless ``--accounting off``. ``--media-relay`` starts a real rtpengine
@@ -43,7 +46,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +54,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402 - after the path is set
+    VALGRIND,
     all_ticks,
+    callgrind_control,
+    collected,
     free_udp_port,
     others_pct,
     process_tree,
@@ -107,6 +113,8 @@ class Step:
     # calls it still held 2 s after the step (each call should have been deleted)
     relay: dict[str, int] = field(default_factory=dict)
     others: float = 0.0  # % of a core used by processes not of the bench: a busy machine
+    # user-space instructions in the step by group, "proxy" and "lb" (--instructions)
+    instructions: dict[str, int] = field(default_factory=dict)
 
     @property
     def shed(self) -> int:
@@ -128,6 +136,48 @@ class Setup:
     callees: Path
     workdir: Path
     relay: Relay | None = None
+    idle_per_s: dict[str, float] = field(default_factory=dict)  # instructions (--instructions)
+
+
+def counted_pids(setup: Setup) -> list[str]:
+    """Every process of the proxies and the LB (its workers too), as callgrind_control
+    takes them."""
+    return [
+        str(pid)
+        for name in ("proxy", "lb")
+        for parent in setup.groups.get(name, [])
+        for pid in process_tree(parent)
+    ]
+
+
+def collect_instructions(setup: Setup, counted: list[str], label: str) -> dict[str, int]:
+    """Stop counting, dump, and sum each group's instructions since counting began."""
+    callgrind_control("-i", "off", *counted)
+    callgrind_control("-d", *counted)
+    counts: dict[str, int] = {}
+    for number, path in enumerate(sorted(setup.workdir.glob("callgrind.*"))):
+        group = path.name.split(".")[1]  # callgrind.<group>.<pid>[.<dump>]
+        counts[group] = counts.get(group, 0) + collected(path)
+        if os.environ.get("CALL_BENCH_KEEP"):  # for callgrind_annotate
+            path.rename(setup.workdir / f"{group}-{label}-{time.time():.0f}-{number}.callgrind")
+        else:
+            path.unlink()
+    return counts
+
+
+def measure_idle(setup: Setup, seconds: float) -> None:
+    """What the roles' timers cost with no calls (pool reloads, probes, the collector):
+    at the few calls a second callgrind allows it would be a large part of a call."""
+    counted = counted_pids(setup)
+    callgrind_control("-z", *counted)
+    callgrind_control("-i", "on", *counted)
+    started = time.monotonic()
+    time.sleep(seconds)
+    counts = collect_instructions(setup, counted, "idle")
+    elapsed = time.monotonic() - started
+    setup.idle_per_s = {group: count / elapsed for group, count in counts.items()}
+    described = ", ".join(f"{g} {c / elapsed / 1e3:.0f}k/s" for g, c in sorted(counts.items()))
+    print(f"idle instructions (taken off each step): {described}")
 
 
 def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
@@ -143,6 +193,11 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
         "-buff_size", "4194304", "-max_recv_loops", "10000",
     ]  # fmt: skip
     relay_before = relay_counts(setup.relay.ng_port) if setup.relay else {}
+    counted = counted_pids(setup)
+    if args.instructions:
+        callgrind_control("-z", *counted)  # what the warm-up and the last step left
+        callgrind_control("-i", "on", *counted)
+    counting_since = time.monotonic()
     started = time.time()
     uac = subprocess.Popen(
         command, cwd=setup.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -161,6 +216,11 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
         uac.kill()
         uac.wait()
     step = Step(rate, others=others)
+    if args.instructions:
+        counts = collect_instructions(setup, counted, f"step-{rate}")
+        seconds = time.monotonic() - counting_since
+        for group, count in counts.items():  # less what the roles do when idle
+            step.instructions[group] = count - int(setup.idle_per_s.get(group, 0.0) * seconds)
     if setup.relay is not None:
         time.sleep(2)  # the last BYEs' deletes have reached it
         after = relay_counts(setup.relay.ng_port)
@@ -226,26 +286,40 @@ def latency_percentiles(workdir: Path, pid: int) -> dict[str, float]:
 
 
 def start_role(
-    role: str, text: str, workdir: Path, name: str, log_level: str = "warning"
+    role: str,
+    text: str,
+    workdir: Path,
+    name: str,
+    log_level: str = "warning",
+    wrapper: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """``sipfleet run role`` with the TOML ``text``; returns once it listens."""
+    """``sipfleet run role`` with the TOML ``text`` (under ``wrapper``, such as valgrind);
+    returns once it listens."""
     config_from_dict(tomllib.loads(text))  # fail here, not in the child, on a bad key
     path = workdir / f"{name}.toml"
     path.write_text(text)
     ready = workdir / f"{name}.ready"
     log = (workdir / f"{name}.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "sipfleet.cli", "run", role, "-c", str(path),
+        [*wrapper, sys.executable, "-m", "sipfleet.cli", "run", role, "-c", str(path),
          "--ready-file", str(ready), "--log-level", log_level],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + (300 if wrapper else 30)
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             stop(process)
             raise SystemExit(f"{name} did not start:\n{(workdir / f'{name}.log').read_text()}")
         time.sleep(0.05)
     return process
+
+
+def counting(args: argparse.Namespace, workdir: Path, group: str) -> list[str]:
+    """valgrind's callgrind in front of a role when instructions are counted (switched on
+    only during the steps)."""
+    if not args.instructions:
+        return []
+    return [*VALGRIND, f"--callgrind-out-file={workdir}/callgrind.{group}.%p"]
 
 
 def media_toml(args: argparse.Namespace, relay: Relay | None) -> str:
@@ -289,9 +363,12 @@ def cluster(
         for i, port in enumerate(proxy_ports):
             text = node_toml(f"proxy{i}", workdir, dsn, args.proxy_workers)
             text += f'[proxy]\nlisten = ["udp:127.0.0.1:{port}"]\nauthenticate = false\n'
+            if args.privacy_clir == "off":
+                text += "privacy_clir = false\n"
             text += media_toml(args, relay)
             # info: the garbage collector's summary when it stops (pauses, full sweeps)
-            processes.append(start_role("proxy", text, workdir, f"proxy{i}", "info"))
+            wrapper = counting(args, workdir, "proxy")
+            processes.append(start_role("proxy", text, workdir, f"proxy{i}", "info", wrapper))
         target = f"127.0.0.1:{proxy_ports[0]}"
         groups = {"proxy": [p.pid for p in processes]}
         if relay is not None:
@@ -301,10 +378,12 @@ def cluster(
             text = node_toml("lb", workdir, dsn, args.lb_workers)
             text += f'[lb]\nlisten = ["udp:127.0.0.1:{lb_port}"]\nkeepalive = false\n'
             text += EDGE_OFF
-            processes.append(start_role("lb", text, workdir, "lb"))
+            processes.append(
+                start_role("lb", text, workdir, "lb", "warning", counting(args, workdir, "lb"))
+            )
             groups["lb"] = [processes[-1].pid]
             target = f"127.0.0.1:{lb_port}"
-            time.sleep(1.5)  # the LB's first health probes have answered
+            time.sleep(10 if args.instructions else 1.5)  # the LB's first health probes answered
         total_calls = sum(args.rate_list) * args.duration
         uas = subprocess.Popen(
             ["sipp", "-sf", str(SCENARIOS / "proxy_uas_answer.xml"), "-i", "127.0.0.1",
@@ -340,6 +419,8 @@ def report_line(step: Step, json_lines: bool) -> str:
     if step.relay:  # an offer, an answer and a delete per call, and none left open
         ng = "/".join(str(step.relay[name]) for name in COMMANDS)
         groups += f"  ng offer/answer/delete {ng} open {step.relay['open']}"
+    for name, count in sorted(step.instructions.items()):  # per call completed in the step
+        groups += f"  {name} {count / max(step.successful, 1) / 1000:.0f}k instructions/call"
     latency = "/".join(f"{step.latency.get(k, 0):.0f}" for k in ("p50", "p99", "max"))
     return (
         f"{step.rate:5d}  {step.created:7d}  {step.successful:6d}  {step.failed:6d}"
@@ -366,6 +447,7 @@ def describe(args: argparse.Namespace, dsn: str, relay: Relay | None, workdir: P
     core = log.split("SIP core: ", 1)[1].split(")", 1)[0] if "SIP core: " in log else "?"
     return (
         f"{path}{proxies}, {args.users} callees, {dsn[:6]}..., accounting {args.accounting},"
+        f" privacy_clir {args.privacy_clir},"
         f" {media}, SIP core: {core}"
     )
 
@@ -385,7 +467,20 @@ def main() -> None:
         "--accounting", choices=("on", "off"), default="on", help="call records (default on)"
     )
     parser.add_argument(
+        "--privacy-clir",
+        choices=("on", "off"),
+        default="on",
+        help="the caller's privacy preference read per INVITE (default on; the anchor's "
+        "proxy.toml has it off: one SELECT less, as Kamailio's proxy does)",
+    )
+    parser.add_argument(
         "--media-relay", action="store_true", help="a real rtpengine relays every call"
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="run the proxies and the LB under callgrind; their user-space instructions per "
+        "completed call of each step (the first step warms up; rates of 10-30/s)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON line per step")
     args = parser.parse_args()
@@ -414,6 +509,8 @@ def main() -> None:
                 " rate  created      ok  failed     503  retrans  ok/s  INVITE-200 ms"
                 " p50/p99/max  CPU % of one core, us/call"
             )
+            if args.instructions:
+                measure_idle(setup, args.duration)
             for rate in args.rate_list:
                 print(report_line(run_step(args, rate, setup), args.json), flush=True)
                 time.sleep(2)

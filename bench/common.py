@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import select
 import signal
 import socket
@@ -405,3 +406,17 @@ def ramp_rates(args: argparse.Namespace, step_at: Callable[[int], StepT]) -> lis
         else:
             worst = steps[-1]
     return steps
+
+
+# -- instruction counts: callgrind on a running process, switched on and off around the load
+VALGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+
+
+def callgrind_control(*arguments: str) -> None:
+    subprocess.run(["callgrind_control", *arguments], capture_output=True, check=True, timeout=120)
+
+
+def collected(path: Path) -> int:
+    """Instructions in a callgrind output file (every dump's totals)."""
+    found = re.findall(r"^(?:totals|summary): (\d+)", path.read_text(errors="replace"), re.M)
+    return int(found[-1]) if found else 0

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import signal
 import subprocess
 import sys
@@ -50,10 +49,18 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from bench.common import cpu_of, free_udp_port, process_tree, read_stats, sipp, started  # noqa: E402
+from bench.common import (  # noqa: E402
+    VALGRIND,
+    callgrind_control,
+    collected,
+    cpu_of,
+    free_udp_port,
+    process_tree,
+    read_stats,
+    sipp,
+    started,
+)
 from bench.lb_bench import EDGE, kamailio_lb_command, sipfleet_lb_command, wait_bound  # noqa: E402
-
-VALGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
 
 
 # -- the relays ---------------------------------------------------------------------------------
@@ -169,13 +176,13 @@ def instructions_per_pair(
     pairs = args.instructions
     drive(port, 2000, 500, args.window, workdir, f"{relay}-warm")
     pids = [str(p) for p in process_tree(pid) if _under_valgrind(p)]
-    _callgrind_control("-i", "on", *pids)
+    callgrind_control("-i", "on", *pids)
     answered = drive(port, pairs, args.rate, args.window, workdir, relay)
-    _callgrind_control("-i", "off", *pids)
-    _callgrind_control("-d", *pids)
-    total = sum(_collected(path) for path in workdir.glob("callgrind.*"))
+    callgrind_control("-i", "off", *pids)
+    callgrind_control("-d", *pids)
+    total = sum(collected(path) for path in workdir.glob("callgrind.*"))
     if args.keep and relay == args.relays.split(",")[0]:
-        dumps = [path for path in workdir.glob("callgrind.*") if _collected(path)]
+        dumps = [path for path in workdir.glob("callgrind.*") if collected(path)]
         for number, path in enumerate(dumps):
             Path(f"{args.keep}{f'.{number}' if number else ''}").write_bytes(path.read_bytes())
     if not answered:
@@ -189,16 +196,6 @@ def _under_valgrind(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return "valgrind" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     return False
-
-
-def _callgrind_control(*arguments: str) -> None:
-    subprocess.run(["callgrind_control", *arguments], capture_output=True, check=True, timeout=120)
-
-
-def _collected(path: Path) -> int:
-    """Instructions in a callgrind output file (every dump's totals)."""
-    found = re.findall(r"^(?:totals|summary): (\d+)", path.read_text(errors="replace"), re.M)
-    return int(found[-1]) if found else 0
 
 
 def main() -> None:
