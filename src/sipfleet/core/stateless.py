@@ -227,7 +227,7 @@ class StatelessForwarder:
                 return False
             # Only the Via after ours is parsed. A response to our own request has none:
             # "Missing Via header".
-            destination = self._next_hop(response.top_via, ours)
+            destination = self.next_hop(response.top_via, ours)
         except ParseError as bad:
             destination = None
             log.debug("response %r from %s:%s: %s", response, peer.host, peer.port, bad)
@@ -247,6 +247,19 @@ class StatelessForwarder:
         """Whether a Via (text) names one of our sent-bys. Our Via comes back as we wrote
         it, so its text up to the first ';' is looked up first; a Via written another
         way (spacing, case) is parsed and compared."""
+        if self.wrote(via_text):
+            return True
+        via = parse_via(via_text)
+        return (via.host, via.port) in self._sent_bys_known()
+
+    def wrote(self, via_text: str) -> bool:
+        """Whether a Via (text) names one of our sent-bys as we write it (the LB's fast
+        path takes only these)."""
+        if self._sent_bys is None:
+            self._sent_bys_known()
+        return via_text.partition(";")[0] in self._our_texts
+
+    def _sent_bys_known(self) -> set[tuple[str, int | None]]:
         if self._sent_bys is None:
             self._sent_bys = set()
             self._our_texts = set()
@@ -256,12 +269,9 @@ class StatelessForwarder:
                 self._sent_bys.add((host, port))
                 for transport in ("UDP", "TCP", "TLS", "WS", "WSS"):
                     self._our_texts.add(f"SIP/2.0/{transport} {host}:{port}")
-        if via_text.partition(";")[0] in self._our_texts:
-            return True
-        via = parse_via(via_text)
-        return (via.host, via.port) in self._sent_bys
+        return self._sent_bys
 
-    def _next_hop(self, via: Via, ours: str) -> Destination | None:
+    def next_hop(self, via: Via, ours: str) -> Destination | None:
         """§18.2.2 / RFC 3581 §4 for the Via after ours; ``ours`` is our Via's text."""
         transport = via.transport
         host, port = via.response_address(DEFAULT_PORT)

@@ -1,0 +1,226 @@
+"""The LB's fast path: the usual UDP response relayed from the datagram's bytes, without
+a ``Message`` (docs/lb.md, "The fast path"; docs/benchmarks.md, "The LB's CPU per pair").
+
+The present path parses every datagram into a ``Message`` (a list of line strings and
+one of keys), pops our Via, parses the next one and serialises the lines again: about
+half of the LB's instructions per message. A response that is relayed unchanged but for
+our Via needs none of that: find our Via line and the next Via line in the text, check
+them, cut our line out of the bytes and send the rest where the next Via says.
+
+What is taken here is exactly what the present path would send, to the same place,
+counted the same way; everything else is declined (``relay`` returns False) and goes the
+present way. Taken: a datagram ``SIP/2.0 NNN reason`` whose first header line is our
+Via, alone on its line, written as we write it, carrying none of the marks the Balancer
+must see (``marks``: its probes' branches, the edge guard's lockout mark, a REGISTER's
+flow), followed at once by the next Via alone on its line, to be sent over UDP; every
+header name one the parser knows already (the parser's own memo), one Content-Length
+that matches the body, no byte the parser would reject (NUL, a CR or LF alone), no
+folded line. Compact ``v:``, commas, quotes, IPv6, TCP/TLS/WS and what the next Via does
+not say plainly are declined.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.grammar import WS, match_plain_params
+from sipfleet.sip.headers import HEADER_KEYS
+from sipfleet.sip.memo import Memo
+from sipfleet.sip.via import parse_via
+from sipfleet.transport.base import Destination, Peer, TransportError
+
+RESPONSE_START: Final = "SIP/2.0 "
+VIA_LINE: Final = "Via: "
+VIA_BYTES: Final = b"Via: "
+REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
+MAX_LENGTH_DIGITS: Final = 10  # as the parser reads Content-Length
+BRANCH: Final = "branch="
+MAX_HOPS: Final = 4096
+
+
+class FastRelay:
+    def __init__(
+        self, endpoint: SipEndpoint, forwarder: StatelessForwarder, marks: tuple[str, ...]
+    ) -> None:
+        """``marks``: texts that, in our Via, send a response the present way (the
+        Balancer reads them)."""
+        self.endpoint = endpoint
+        self.forwarder = forwarder
+        self.marks = marks
+        self.max_size = endpoint.limits.max_message_size
+        self.responses = 0  # relayed here (the rest of the counts are the present path's)
+        self._hops: Final = Memo[str, Destination](MAX_HOPS)  # see _next_hop
+
+    def relay(self, data: bytes, peer: Peer) -> bool:
+        """True when ``data`` (a UDP datagram from ``peer``) was handled here."""
+        if len(data) > self.max_size:
+            return False  # the parser answers 513 or drops it
+        text = data.decode("latin-1")  # one character per byte: offsets are the same
+        if text.startswith(RESPONSE_START):
+            return self._response(data, text)
+        return False
+
+    # -- responses -------------------------------------------------------------------------
+    def _response(self, data: bytes, text: str) -> bool:
+        head_end = text.find("\r\n\r\n")
+        if head_end < 0:
+            return False
+        lines = text[:head_end].split("\r\n")
+        status = _status(lines[0])
+        if status == 0 or len(lines) < 3 or not _clean(lines):
+            return False
+        cut = _our_via(lines)
+        if cut is None:
+            return False
+        ours, hop, kept, same_line = cut
+        if not _names_known(lines, 3 - same_line, len(data) - head_end - 4):
+            return False
+        if not self._ours_plain(ours):
+            return False
+        destination = self._next_hop(hop, ours)
+        if destination is None:
+            return False
+        endpoint = self.endpoint
+        endpoint.stats.responses_received += 1
+        endpoint.responses_received_by_class[status // 100] += 1
+        self.responses += 1
+        # what pop_first_value and serialize give: our line gone, or its rest kept
+        at = len(lines[0]) + 2
+        if same_line:
+            relayed = data[:at] + VIA_BYTES + data[at + kept :]
+        else:
+            relayed = data[:at] + data[at + kept :]
+        forwarder = self.forwarder
+        try:
+            endpoint.send_bytes(relayed, destination)
+        except TransportError:
+            forwarder.stats.send_errors += 1
+            return True
+        forwarder.stats.responses_forwarded += 1
+        return True
+
+    def _ours_plain(self, ours: str) -> bool:
+        """Our Via as we wrote it, with none of the marks the Balancer reads."""
+        for mark in self.marks:
+            if mark in ours:
+                return False
+        return self.forwarder.wrote(ours)
+
+    def _next_hop(self, hop: str, ours: str) -> Destination | None:
+        """Where the present path sends a response whose Vias are ``ours`` then ``hop``
+        (StatelessForwarder.next_hop), when that is a UDP IPv4 destination; else None.
+
+        Memoised by the two Vias without their branch values, which alone change from
+        one transaction to the next: where a response goes does not depend on them,
+        once each is checked to be one the Via parser reads the same way (plain, not
+        empty, no '=')."""
+        hop_key = _without_branch(hop)
+        ours_key = _without_branch(ours)
+        if not hop_key or not ours_key:
+            return self._next_hop_parsed(hop, ours)
+        key = hop_key + "\x00" + ours_key
+        known = self._hops.table.get(key)
+        if known is None:
+            known = self._next_hop_parsed(hop, ours)
+            if known is not None:
+                self._hops.put(key, known)
+        return known
+
+    def _next_hop_parsed(self, hop: str, ours: str) -> Destination | None:
+        try:
+            destination = self.forwarder.next_hop(parse_via(hop), ours)
+        except ParseError:
+            return None  # the present path counts it
+        if destination is None or destination.transport != "udp" or ":" in destination.host:
+            return None
+        return destination
+
+
+def _without_branch(via: str) -> str:
+    """``via`` with its branch value cut out ("" when the branch is not its first
+    parameter, or not a value the Via parser reads as plainly)."""
+    sent_by, _, params = via.partition(";")
+    if not params.startswith(BRANCH):
+        return ""
+    end = params.find(";")
+    branch = params[len(BRANCH) : end] if end >= 0 else params[len(BRANCH) :]
+    if not branch or "=" in branch or match_plain_params(branch) is None:
+        return ""
+    return sent_by + ";" + (params[end:] if end >= 0 else "")
+
+
+def _status(start: str) -> int:
+    """The status code of ``SIP/2.0 NNN reason``, as the parser reads it; 0: declined."""
+    code = start[8:11]
+    if start[11:12] != " " or not (code.isdigit() and code.isascii()):
+        return 0
+    status = int(code)
+    return status if 100 <= status <= 699 else 0
+
+
+def _clean(lines: list[str]) -> bool:
+    """No NUL, no CR or LF but those that end lines: what the parser rejects (or, for
+    bare-LF line ends, reads another way) is left to it."""
+    joined = "".join(lines)  # one copy, then three memchr
+    return "\r" not in joined and "\n" not in joined and "\x00" not in joined
+
+
+def _our_via(lines: list[str]) -> tuple[str, str, int, int] | None:
+    """Our Via (the top one, on the first header line), the next Via's text, how many
+    characters after our line's start are dropped, and 1 when what follows ours is on
+    its line (then kept as ``Via: <rest>``, as Message.pop_first_value writes it), 0
+    when it is the next line. None when the two are not written plainly: ``Via: `` lines
+    without quote or ``<`` (a comma could be inside them), not folded."""
+    line = lines[1]
+    if not _plain_via_line(line) or lines[2][:1] in WS:
+        return None
+    comma = line.find(",")
+    if comma < 0:
+        hop_line = lines[2]
+        if not _plain_via_line(hop_line) or (len(lines) > 3 and lines[3][:1] in WS):
+            return None
+        ours = line[len(VIA_LINE) :].strip(WS)
+        hop = hop_line[len(VIA_LINE) :].partition(",")[0].strip(WS)
+        kept = len(line) + 2
+        same_line = 0
+    else:
+        ours = line[len(VIA_LINE) : comma].strip(WS)
+        kept = comma + 1
+        while kept < len(line) and line[kept] in REST_BLANKS:
+            kept += 1
+        hop = line[kept:].partition(",")[0].rstrip(WS)
+        same_line = 1
+    if not ours or not hop:
+        return None
+    return ours, hop, kept, same_line
+
+
+def _plain_via_line(line: str) -> bool:
+    return line.startswith(VIA_LINE) and '"' not in line and "<" not in line
+
+
+def _names_known(lines: list[str], first: int, body_length: int) -> bool:
+    """Every header name from ``lines[first]`` one the parser has seen (its memo: a name
+    it has not is left to it, which checks it), and one Content-Length, equal to
+    ``body_length``."""
+    keys = HEADER_KEYS.table
+    length_line = ""
+    for at in range(first, len(lines)):
+        line = lines[at]
+        colon = line.find(":")
+        key = keys.get(line[:colon] if colon >= 0 else line, "")
+        if not key:
+            return False
+        if key == "content-length":
+            if length_line:
+                return False  # the parser rejects it
+            length_line = line
+    if not length_line:
+        return False  # the present path adds one
+    value = length_line[length_line.find(":") + 1 :].strip(WS)
+    if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
+        return False
+    return int(value) == body_length
