@@ -185,6 +185,15 @@ CLIENT_VIAS = (
     "SIP/2.0/SCTP 127.0.0.1:5062;branch=z9hG4bK-17",
     "garbage",
     "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-19;rport=5099;received=127.0.0.4",
+    # CLIENT's parameters after branch values the Via parser reads another way (the
+    # fast path memoises destinations by the Vias without their branch values)
+    "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-1?1;received=127.0.0.2;rport=5099",
+    "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-1 1;received=127.0.0.2;rport=5099",
+    "SIP/2.0/UDP 127.0.0.1:5062;branch=;received=127.0.0.2;rport=5099",
+    "SIP/2.0/UDP 127.0.0.1:5062;branch=a=b;received=127.0.0.2;rport=5099",
+    "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-\xe9;received=127.0.0.2;rport=5099",
+    "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK_1!;received=127.0.0.2;rport=5099",
+    "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-20;received=127.0.0.2;rport=5099;branch=",
 )
 OUR_PARAMS = (
     ";branch=z9hG4bK-lsb.a.b",
@@ -196,6 +205,9 @@ OUR_PARAMS = (
     ";branch=z9hG4bK-lb-probe-1",
     ";branch=z9hG4bK-lsb.a.b;lba=YWxpY2UAMTI3LjAuMC4x",
     ";branch=z9hG4bK-lsb.a.b;lbf=abc;lbc=def",
+    ";branch=z9hG4bK-lsb.a?b;sfi=u1",
+    ";branch=;sfi=u1",
+    ";branch=z9hG4bK-lsb.a.b;sfi=x1",
 )
 
 

@@ -39,6 +39,7 @@ REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after 
 MAX_LENGTH_DIGITS: Final = 10  # as the parser reads Content-Length
 BRANCH: Final = "branch="
 MAX_HOPS: Final = 4096
+_STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
 
 
 class FastRelay:
@@ -147,13 +148,32 @@ def _without_branch(via: str) -> str:
         return ""
     end = params.find(";")
     branch = params[len(BRANCH) : end] if end >= 0 else params[len(BRANCH) :]
-    if not branch or "=" in branch or match_plain_params(branch) is None:
+    if "=" in branch or not _plain(branch):
         return ""
     return sent_by + ";" + (params[end:] if end >= 0 else "")
 
 
+def _plain(branch: str) -> bool:
+    """Whether ``branch`` is not empty and holds only PLAIN_PARAM_CHARS: letters and
+    digits with '-' and '.' (every branch seen) without a regex call, else the regex."""
+    if branch.isalnum():
+        return branch.isascii()
+    bare = branch.replace("-", "").replace(".", "")
+    if bare.isalnum() and bare.isascii():
+        return True
+    return match_plain_params(branch) is not None
+
+
 def _status(start: str) -> int:
-    """The status code of ``SIP/2.0 NNN reason``, as the parser reads it; 0: declined."""
+    """The status code of ``SIP/2.0 NNN reason``, as the parser reads it; 0: declined.
+    Memoised by the line, as the parser does (a few status lines make most traffic)."""
+    known = _STATUS_CODES.table.get(start)
+    if known is None:
+        known = _STATUS_CODES.put(start, _read_status(start))
+    return known
+
+
+def _read_status(start: str) -> int:
     code = start[8:11]
     if start[11:12] != " " or not (code.isdigit() and code.isascii()):
         return 0
