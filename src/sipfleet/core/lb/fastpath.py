@@ -33,6 +33,9 @@ from sipfleet.sip.via import parse_via
 from sipfleet.transport.base import Destination, Peer, TransportError
 
 RESPONSE_START: Final = "SIP/2.0 "
+MIN_RESPONSE: Final = 12  # "SIP/2.0 200 "
+SLASH: Final = 47
+LETTER_S: Final = 83
 VIA_LINE: Final = "Via: "
 VIA_BYTES: Final = b"Via: "
 REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
@@ -57,6 +60,10 @@ class FastRelay:
 
     def relay(self, data: bytes, peer: Peer) -> bool:
         """True when ``data`` (a UDP datagram from ``peer``) was handled here."""
+        # b"SIP/": a response (no method has a '/'); two byte reads spare a request the
+        # decoding (as SipEndpoint.send_bytes tells them apart)
+        if len(data) < MIN_RESPONSE or data[3] != SLASH or data[0] != LETTER_S:
+            return False
         if len(data) > self.max_size:
             return False  # the parser answers 513 or drops it
         text = data.decode("latin-1")  # one character per byte: offsets are the same
