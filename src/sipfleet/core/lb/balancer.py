@@ -66,8 +66,10 @@ class Balancer:
         self._refusals = LogBudget(log)
         self.guard = guard
         endpoint.on_handoff = self.handed
-        # Responses whose Via carries none of these are relayed from their bytes.
-        endpoint.fast = FastRelay(endpoint, forwarder, (OUR_BRANCHES, AUTH_MARK, LEARN_MARK))
+        # The usual requests and responses go from their bytes (core/lb/fastpath.py);
+        # responses whose Via carries one of these marks come here.
+        marks = (OUR_BRANCHES, AUTH_MARK, LEARN_MARK)
+        endpoint.fast = FastRelay(endpoint, forwarder, marks, router, guard, self.overload)
 
     # -- requests ----------------------------------------------------------------------------
     def on_request(self, request: Request, peer: Peer) -> None:

@@ -21,16 +21,24 @@ not say plainly are declined.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.lb.edge import EdgeGuard
+from sipfleet.core.lb.router import Forward, Router
+from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.sip.builders import carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
 from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.memo import Memo
-from sipfleet.sip.via import parse_via
-from sipfleet.transport.base import Destination, Peer, TransportError
+from sipfleet.sip.message import Request
+from sipfleet.sip.parser import parse_message
+from sipfleet.sip.via import Via, parse_via
+from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
 
 RESPONSE_START: Final = "SIP/2.0 "
 MIN_RESPONSE: Final = 12  # "SIP/2.0 200 "
@@ -43,33 +51,142 @@ MAX_LENGTH_DIGITS: Final = 10  # as the parser reads Content-Length
 BRANCH: Final = "branch="
 MAX_HOPS: Final = 4096
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
+SIP_VERSION: Final = "SIP/2.0"
+# What Router._to_cluster forwards plainly when there is no Route (REGISTER gets a Path,
+# INVITE, SUBSCRIBE and REFER a Record-Route unless they have a To tag: not read here)
+PLAIN_METHODS: Final = frozenset(
+    {"ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "NOTIFY", "INFO", "UPDATE", "PRACK", "PUBLISH"}
+)
+UNUSUAL: Final = frozenset({"route", "authorization", "proxy-authorization"})
+MAX_HOPS_VALUE: Final = 255
+MAX_FORWARDS_LINES: Final = tuple(f"Max-Forwards: {value}" for value in range(MAX_HOPS_VALUE + 1))
+HOP_COUNTS: Final = Memo[str, int](
+    1024, {line: value for value, line in enumerate(MAX_FORWARDS_LINES)}
+)  # Max-Forwards line -> its value, as Message keeps them
 
 
 class FastRelay:
     def __init__(
-        self, endpoint: SipEndpoint, forwarder: StatelessForwarder, marks: tuple[str, ...]
+        self,
+        endpoint: SipEndpoint,
+        forwarder: StatelessForwarder,
+        marks: tuple[str, ...],
+        router: Router | None = None,
+        guard: EdgeGuard | None = None,
+        overload: OverloadMonitor | None = None,
     ) -> None:
         """``marks``: texts that, in our Via, send a response the present way (the
-        Balancer reads them)."""
+        Balancer reads them). ``router``, ``guard``, ``overload``: the Balancer's, for
+        requests (without a router, requests all go the present way)."""
         self.endpoint = endpoint
         self.forwarder = forwarder
         self.marks = marks
+        self.router = router
+        self.guard = guard
+        self.overload = overload or OverloadMonitor()
+        self.requests = 0  # forwarded (or dropped by the edge guard) here
         self.max_size = endpoint.limits.max_message_size
         self.responses = 0  # relayed here (the rest of the counts are the present path's)
         self._hops: Final = Memo[str, Destination](MAX_HOPS)  # see _next_hop
 
     def relay(self, data: bytes, peer: Peer) -> bool:
         """True when ``data`` (a UDP datagram from ``peer``) was handled here."""
-        # b"SIP/": a response (no method has a '/'); two byte reads spare a request the
-        # decoding (as SipEndpoint.send_bytes tells them apart)
-        if len(data) < MIN_RESPONSE or data[3] != SLASH or data[0] != LETTER_S:
-            return False
-        if len(data) > self.max_size:
+        if len(data) < MIN_RESPONSE or len(data) > self.max_size:
             return False  # the parser answers 513 or drops it
+        # b"SIP/": a response (no method has a '/'); as SipEndpoint.send_bytes tells them
+        if data[3] != SLASH or data[0] != LETTER_S:
+            return self.router is not None and self._request(data, peer)
         text = data.decode("latin-1")  # one character per byte: offsets are the same
         if text.startswith(RESPONSE_START):
             return self._response(data, text)
         return False
+
+    # -- requests ----------------------------------------------------------------------------
+    def _request(self, data: bytes, peer: Peer) -> bool:
+        """A request the Router forwards plainly to the proxy pool (no Route, not
+        REGISTER, creating no dialog, not for the LB itself), without credentials, while
+        the LB is not overloaded: forwarded as StatelessForwarder.forward_request would.
+        Everything is checked before anything is counted or the edge guard's bucket is
+        touched: a decline leaves the present path all of it."""
+        text = data.decode("latin-1")
+        head_end = text.find("\r\n\r\n")
+        if head_end < 0:
+            return False
+        lines = text[:head_end].split("\r\n")
+        method = _method(lines[0])
+        if not method or len(lines) < 2 or not _clean(lines) or self.overload.overloaded:
+            return False
+        seen = _Headers(lines, len(data) - head_end - 4)
+        if not seen.usual:
+            return False
+        top = _top_via(lines, seen)
+        forward = self._plain_forward(method, lines[seen.call_id])
+        if not top or forward is None:
+            return False
+        hops = _hop_count(lines[seen.max_forwards])
+        if hops <= 0:
+            return False  # 483 (or a bad value: 400) from the present path
+        forwarder = self.forwarder
+        salt, prefix = forwarder.via_prefix(forward.destination, forward.sent_by)
+        try:
+            via = parse_via(top)
+            branch = carried_branch(via, salt)
+            stamped = forwarder.stamped(via, peer)
+        except ParseError:
+            return False  # 400 from the present path
+        if branch is None:
+            return False  # hashed from the request: the present path
+        # -- from here on, what the present path would do ---------------------------------
+        self._received(method)
+        guard = self.guard
+        agent = lines[seen.agent] if seen.agent else ""
+        if guard is not None and guard.screen(agent, peer, time.monotonic()):
+            return True  # over UDP, blocked is dropped: nothing to send
+        ours = forwarder.our_via(prefix, peer, branch)
+        at = seen.via
+        kept = lines[at] if stamped is None else VIA_LINE + stamped
+        lines[at] = VIA_LINE + ours + "\r\n" + kept  # pushed on top, as push_via does
+        lines[seen.max_forwards] = MAX_FORWARDS_LINES[hops - 1]
+        forwarded = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if head_end + 4 < len(data):
+            forwarded += data[head_end + 4 :]
+        self._send_request(forwarded, forward.destination, via, peer)
+        return True
+
+    def _plain_forward(self, method: str, call_id_line: str) -> Forward | None:
+        call_id = call_id_line[call_id_line.find(":") + 1 :].strip(WS)
+        if not call_id or " " in call_id or "\t" in call_id:
+            return None  # 400 from the present path
+        router = self.router
+        if router is None or router.pools.has_draining:
+            return None  # draining: the To tag decides (Router._under_way)
+        return router.toward_proxies(call_id, method == "CANCEL" or method == "ACK")
+
+    def _received(self, method: str) -> None:
+        """Counted as SipEndpoint._deliver counts a request."""
+        endpoint = self.endpoint
+        endpoint.stats.requests_received += 1
+        by_method = endpoint.requests_by_method
+        counted = by_method.get(method)
+        if counted is None:
+            by_method["other"] += 1
+        else:
+            by_method[method] = counted + 1
+        self.requests += 1
+
+    def _send_request(self, data: bytes, destination: Destination, via: Via, peer: Peer) -> None:
+        forwarder = self.forwarder
+        try:
+            self.endpoint.send_bytes(data, destination)
+        except TransportError as failed:
+            forwarder.stats.send_errors += 1
+            if isinstance(failed, MessageTooLarge):  # 513, from the request as forwarded
+                with contextlib.suppress(ParseError):  # (our own bytes: they parse)
+                    request = parse_message(data, len(data))
+                    if isinstance(request, Request):
+                        forwarder.answer_too_large(request, via, peer)
+            return
+        forwarder.stats.requests_forwarded += 1
 
     # -- responses -------------------------------------------------------------------------
     def _response(self, data: bytes, text: str) -> bool:
@@ -245,9 +362,107 @@ def _names_known(lines: list[str], first: int, body_length: int) -> bool:
             if length_line:
                 return False  # the parser rejects it
             length_line = line
-    if not length_line:
-        return False  # the present path adds one
-    value = length_line[length_line.find(":") + 1 :].strip(WS)
+    return bool(length_line) and _length_is(length_line, body_length)
+
+
+def _length_is(line: str, body_length: int) -> bool:
+    """Whether the Content-Length ``line`` reads, as the parser reads it, ``body_length``
+    (a missing one the present path adds; one that differs trims or is refused)."""
+    value = line[line.find(":") + 1 :].strip(WS)
     if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
         return False
     return int(value) == body_length
+
+
+def _method(start: str) -> str:
+    """The method of a request line the parser takes as it is (``METHOD URI SIP/2.0``),
+    when the method is one the Router forwards plainly (with no Route: not REGISTER,
+    creating no dialog; an OPTIONS whose URI has no user part may be for the LB itself);
+    else ""."""
+    parts = start.split(" ")
+    if len(parts) != 3 or parts[2] != SIP_VERSION or not parts[1]:
+        return ""
+    method = parts[0]
+    if method not in PLAIN_METHODS or (method == "OPTIONS" and "@" not in parts[1]):
+        return ""
+    return method
+
+
+def _top_via(lines: list[str], seen: _Headers) -> str:
+    """The top Via's text, when its line is ``Via: <it>`` alone and stands where
+    Message.replace_top_via rewrites it in place (the next line a Via, or the first
+    header line and the only Via); else ""."""
+    at = seen.via
+    line = lines[at]
+    if not line.startswith(VIA_LINE) or "," in line or '"' in line or "<" in line:
+        return ""
+    if at + 1 < len(lines) and lines[at + 1][:1] in WS:
+        return ""  # folded
+    if seen.second_via != at + 1 and not (at == 1 and seen.vias == 1):
+        return ""
+    return line[len(VIA_LINE) :].strip(WS)
+
+
+def _hop_count(line: str) -> int:
+    """Max-Forwards, as Message.max_forwards reads it; -1 when it would refuse it."""
+    known = HOP_COUNTS.table.get(line)
+    if known is not None:
+        return known
+    value = line[line.find(":") + 1 :].strip(WS)
+    if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
+        return -1
+    count = int(value)
+    return HOP_COUNTS.put(line, count) if count <= MAX_HOPS_VALUE else -1
+
+
+# -- requests: the header lines read --------------------------------------------------------
+class _Headers:
+    """Where the lines a plain forward reads are (indexes into the head's lines), and
+    whether the head is one the fast path takes: every name one the parser has met, one
+    Max-Forwards, one Call-ID, one Content-Length matching the body, a Via, no Route, no
+    credentials (the edge guard's lockouts read them)."""
+
+    __slots__ = ("agent", "call_id", "max_forwards", "second_via", "usual", "via", "vias")
+
+    def __init__(self, lines: list[str], body_length: int) -> None:
+        self.via = self.max_forwards = self.call_id = 0
+        self.agent = 0  # the first User-Agent line; 0: none
+        self.vias = 0  # Via lines
+        self.second_via = 0  # the second Via line
+        self.usual = self._read(lines, body_length)
+
+    def _read(self, lines: list[str], body_length: int) -> bool:
+        keys = HEADER_KEYS.table
+        length = 0
+        for at in range(1, len(lines)):
+            line = lines[at]
+            colon = line.find(":")
+            key = keys.get(line[:colon] if colon >= 0 else line, "")
+            if not key:
+                return False
+            if key == "via":
+                self.vias += 1
+                if not self.via:
+                    self.via = at
+                elif not self.second_via:
+                    self.second_via = at
+            elif key == "max-forwards":
+                if self.max_forwards:
+                    return False
+                self.max_forwards = at
+            elif key == "call-id":
+                if self.call_id:
+                    return False
+                self.call_id = at
+            elif key == "content-length":
+                if length:
+                    return False
+                length = at
+            elif key == "user-agent":
+                if not self.agent:
+                    self.agent = at
+            elif key in UNUSUAL:
+                return False
+        if not (self.via and self.max_forwards and self.call_id and length):
+            return False
+        return _length_is(lines[length], body_length)
