@@ -217,6 +217,18 @@ def vias(phone: Socket) -> list[str]:
         f"Via: SIP/2.0/UDP {here};BRANCH=z9hG4bK-16;RPORT",
         f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-17\r\n folded",
         "Via: garbage",
+        # the first Vias' parameters after branch values read another way (the fast path
+        # memoises what goes around a branch value by the Via without it)
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-1?0",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-a=b",
+        f"Via: SIP/2.0/UDP {here};branch=Z9HG4BK-1-1-0",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-1-1-0-" + "y" * 60,
+        f"Via: SIP/2.0/UDP {here};rport;branch=z9hG4bK8c1d2e3f;branch=z9hG4bK-other",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-18;branch=z9hG4bK-18",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-19;branch=z9hG4bK-18",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK_x!;rport",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-\xe9;rport",
     ]
 
 

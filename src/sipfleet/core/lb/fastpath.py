@@ -30,14 +30,14 @@ from sipfleet.core.lb.edge import EdgeGuard
 from sipfleet.core.lb.router import Forward, Router
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
-from sipfleet.sip.builders import carried_branch
+from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
 from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import Request
 from sipfleet.sip.parser import parse_message
-from sipfleet.sip.via import Via, parse_via
+from sipfleet.sip.via import BRANCH_COOKIE, parse_via
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
 
 RESPONSE_START: Final = "SIP/2.0 "
@@ -88,6 +88,9 @@ class FastRelay:
         self.max_size = endpoint.limits.max_message_size
         self.responses = 0  # relayed here (the rest of the counts are the present path's)
         self._hops: Final = Memo[str, Destination](MAX_HOPS)  # see _next_hop
+        self._clients: Final = Memo[tuple[str, str, str, int, str], tuple[str, str | None]](
+            MAX_HOPS
+        )  # see _client_via
 
     def relay(self, data: bytes, peer: Peer) -> bool:
         """True when ``data`` (a UDP datagram from ``peer``) was handled here."""
@@ -128,14 +131,10 @@ class FastRelay:
             return False  # 483 (or a bad value: 400) from the present path
         forwarder = self.forwarder
         salt, prefix = forwarder.via_prefix(forward.destination, forward.sent_by)
-        try:
-            via = parse_via(top)
-            branch = carried_branch(via, salt)
-            stamped = forwarder.stamped(via, peer)
-        except ParseError:
-            return False  # 400 from the present path
-        if branch is None:
-            return False  # hashed from the request: the present path
+        client = self._client_via(top, peer, salt)
+        if client is None:
+            return False
+        branch, stamped = client
         # -- from here on, what the present path would do ---------------------------------
         self._received(method)
         guard = self.guard
@@ -150,7 +149,7 @@ class FastRelay:
         forwarded = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if head_end + 4 < len(data):
             forwarded += data[head_end + 4 :]
-        self._send_request(forwarded, forward.destination, via, peer)
+        self._send_request(forwarded, forward.destination, top, peer)
         return True
 
     def _plain_forward(self, method: str, call_id_line: str) -> Forward | None:
@@ -174,7 +173,45 @@ class FastRelay:
             by_method[method] = counted + 1
         self.requests += 1
 
-    def _send_request(self, data: bytes, destination: Destination, via: Via, peer: Peer) -> None:
+    def _client_via(self, top: str, peer: Peer, salt: str) -> tuple[str, str | None] | None:
+        """The branch of our Via (``carried_branch``) and the client's top Via ``top`` as
+        it is forwarded (``StatelessForwarder.stamped``: None, as it is); None when the
+        present path is to answer 400 or hash the branch from the request.
+
+        Memoised, as the response's destination is, by the Via without its branch value
+        (the one part that changes from one transaction to the next), the source and the
+        salt: what is put around the branch value depends on nothing else, once the
+        value is one the Via parser reads the same way and one that is carried."""
+        sent_by, _, params = top.partition(";")
+        end = params.find(";")
+        branch = params[len(BRANCH) : end] if end >= 0 else params[len(BRANCH) :]
+        tail = params[end:] if end >= 0 else ""
+        if not (params.startswith(BRANCH) and _carried(branch)):
+            return self._client_via_parsed(top, peer, salt)
+        key = (sent_by, tail, peer.host, peer.port, salt)
+        known = self._clients.table.get(key)
+        if known is None:
+            exact = self._client_via_parsed(top, peer, salt)
+            if exact is None:
+                return None
+            known = _around_branch(exact, sent_by, branch, tail)
+            if known is None:
+                return exact
+            self._clients.put(key, known)
+        head, after = known
+        stamped = None if after is None else sent_by + ";" + BRANCH + branch + after
+        return head + branch[len(BRANCH_COOKIE) :], stamped
+
+    def _client_via_parsed(self, top: str, peer: Peer, salt: str) -> tuple[str, str | None] | None:
+        try:
+            via = parse_via(top)
+            branch = carried_branch(via, salt)
+            stamped = self.forwarder.stamped(via, peer)
+        except ParseError:
+            return None  # 400 from the present path
+        return None if branch is None else (branch, stamped)
+
+    def _send_request(self, data: bytes, destination: Destination, top: str, peer: Peer) -> None:
         forwarder = self.forwarder
         try:
             self.endpoint.send_bytes(data, destination)
@@ -184,7 +221,7 @@ class FastRelay:
                 with contextlib.suppress(ParseError):  # (our own bytes: they parse)
                     request = parse_message(data, len(data))
                     if isinstance(request, Request):
-                        forwarder.answer_too_large(request, via, peer)
+                        forwarder.answer_too_large(request, parse_via(top), peer)
             return
         forwarder.stats.requests_forwarded += 1
 
@@ -286,6 +323,34 @@ def _plain(branch: str) -> bool:
     if bare.isalnum() and bare.isascii():
         return True
     return match_plain_params(branch) is not None
+
+
+def _carried(branch: str) -> bool:
+    """A branch value ``carried_branch`` carries (RFC 3261, short), that the Via parser
+    reads as plain parameter text."""
+    if len(branch) > MAX_CARRIED_BRANCH or len(branch) <= len(BRANCH_COOKIE):
+        return False
+    return branch.startswith(BRANCH_COOKIE) and "=" not in branch and _plain(branch)
+
+
+def _around_branch(
+    exact: tuple[str, str | None], sent_by: str, branch: str, tail: str
+) -> tuple[str, str | None] | None:
+    """What ``_client_via`` puts around a branch value, from one exact result: our
+    branch's head (before the carried part) and the stamped Via's text after the branch
+    value (None: not stamped); None when the results do not read so (then not memoised:
+    a tail naming a branch again, a sent-by the parser writes another way)."""
+    ours, stamped = exact
+    carried = branch[len(BRANCH_COOKIE) :]
+    if not ours.endswith("." + carried) or "branch" in tail.lower():
+        return None
+    head = ours[: len(ours) - len(carried)]
+    if stamped is None:
+        return head, None
+    before = sent_by + ";" + BRANCH + branch
+    if not stamped.startswith(before):
+        return None
+    return head, stamped[len(before) :]
 
 
 def _status(start: str) -> int:
