@@ -51,6 +51,8 @@ MAX_LENGTH_DIGITS: Final = 10  # as the parser reads Content-Length
 BRANCH: Final = "branch="
 MAX_HOPS: Final = 4096
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
+_METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
+_LENGTHS: Final = Memo[str, int](1024)  # Content-Length line -> its value
 SIP_VERSION: Final = "SIP/2.0"
 # What Router._to_cluster forwards plainly when there is no Route (REGISTER gets a Path,
 # INVITE, SUBSCRIBE and REFER a Record-Route unless they have a To tag: not read here)
@@ -432,18 +434,29 @@ def _names_known(lines: list[str], first: int, body_length: int) -> bool:
 
 def _length_is(line: str, body_length: int) -> bool:
     """Whether the Content-Length ``line`` reads, as the parser reads it, ``body_length``
-    (a missing one the present path adds; one that differs trims or is refused)."""
-    value = line[line.find(":") + 1 :].strip(WS)
-    if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
-        return False
-    return int(value) == body_length
+    (a missing one the present path adds; one that differs trims or is refused).
+    Memoised by the line, as the parser does ("Content-Length: 0" most of the time)."""
+    length = _LENGTHS.table.get(line)
+    if length is None:
+        value = line[line.find(":") + 1 :].strip(WS)
+        if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
+            return False
+        length = _LENGTHS.put(line, int(value))
+    return length == body_length
 
 
 def _method(start: str) -> str:
     """The method of a request line the parser takes as it is (``METHOD URI SIP/2.0``),
     when the method is one the Router forwards plainly (with no Route: not REGISTER,
     creating no dialog; an OPTIONS whose URI has no user part may be for the LB itself);
-    else ""."""
+    else "". Memoised by the line (a dialog's requests share theirs)."""
+    method = _METHODS.table.get(start)
+    if method is None:
+        method = _METHODS.put(start, _read_method(start))
+    return method
+
+
+def _read_method(start: str) -> str:
     parts = start.split(" ")
     if len(parts) != 3 or parts[2] != SIP_VERSION or not parts[1]:
         return ""
