@@ -338,3 +338,16 @@ async def test_declined_while_overloaded() -> None:
     async with lb() as made:
         made.balancer.overload.overloaded = True
         assert not made.fast.relay(request(made.phone), made.peer)
+
+
+async def test_a_request_grown_past_a_datagram_is_answered_513_as_by_the_present_path() -> None:
+    async with lb() as made:
+        # 65,480 bytes as received (under the 65,535 the parser takes); our Via and the
+        # stamp make it more than a UDP datagram holds (65,507)
+        data = request(made.phone, body=b"x" * (65480 - len(request(made.phone))))
+        assert made.compare(data)  # the same answer from both paths
+        assert made.balancer.forwarder.stats.too_large == 2
+        assert made.fast.relay(data, made.peer)
+        [answer] = made.phone.drain()
+        assert answer.startswith(b"SIP/2.0 513 ")
+        assert made.proxy.drain() == []

@@ -57,8 +57,8 @@ class LbEndpoint(SipEndpoint):
         self._sibling_at = {address: index for index, address in self.siblings.items()}
         # Learn and Answered go to the LB; Received and Send are the endpoint's own.
         self.on_handoff: Callable[[handoff.Handed, int], None] | None = None
-        # The usual UDP response relayed from its bytes (core/lb/fastpath.py); set by
-        # the Balancer, which knows what it must see itself.
+        # The usual UDP responses and plain requests relayed from their bytes
+        # (core/lb/fastpath.py); set by the Balancer, which knows what it must see itself.
         self.fast: FastRelay | None = None
         self.handoffs_sent = 0
         self.handoffs_received = 0

@@ -1,22 +1,31 @@
-"""The LB's fast path: the usual UDP response relayed from the datagram's bytes, without
-a ``Message`` (docs/lb.md, "The fast path"; docs/benchmarks.md, "The LB's CPU per pair").
+"""The LB's fast path: the usual UDP response and plain request relayed from the
+datagram's bytes, without a ``Message`` (docs/lb.md, "The fast path"; docs/benchmarks.md,
+"The LB's CPU per pair").
 
 The present path parses every datagram into a ``Message`` (a list of line strings and
-one of keys), pops our Via, parses the next one and serialises the lines again: about
-half of the LB's instructions per message. A response that is relayed unchanged but for
-our Via needs none of that: find our Via line and the next Via line in the text, check
-them, cut our line out of the bytes and send the rest where the next Via says.
+one of keys), edits it and serialises the lines again: about half of the LB's
+instructions per message. Here the head is split into lines once, every header name is
+looked up in the parser's own memo (a name the parser has not met is left to it), the
+few lines the hop reads are checked as the parser and the accessors check them, and the
+edits are spliced into the lines.
 
 What is taken here is exactly what the present path would send, to the same place,
-counted the same way; everything else is declined (``relay`` returns False) and goes the
-present way. Taken: a datagram ``SIP/2.0 NNN reason`` whose first header line is our
-Via, alone on its line, written as we write it, carrying none of the marks the Balancer
-must see (``marks``: its probes' branches, the edge guard's lockout mark, a REGISTER's
-flow), followed at once by the next Via alone on its line, to be sent over UDP; every
-header name one the parser knows already (the parser's own memo), one Content-Length
-that matches the body, no byte the parser would reject (NUL, a CR or LF alone), no
-folded line. Compact ``v:``, commas, quotes, IPv6, TCP/TLS/WS and what the next Via does
-not say plainly are declined.
+counted the same way; everything else is declined (``relay`` returns False, having
+counted and changed nothing) and goes the present way.
+
+- Responses: ``SIP/2.0 NNN reason`` whose first header line is our Via (alone, or first
+  on a comma-separated line, as sipp writes them), written as we write it and carrying
+  none of the marks the Balancer must see (``marks``: its probes' branches, the edge
+  guard's lockout mark, a REGISTER's flow), the next Via right after it, to be sent over
+  UDP to an IPv4 address: our Via cut out.
+- Requests the Router forwards plainly to the proxy pool (no Route, not REGISTER,
+  creating no dialog, not for the LB itself), without credentials, while the LB is not
+  overloaded and no target drains: screened by the edge guard, the top Via stamped, our
+  Via pushed with the stateless branch, Max-Forwards decremented.
+
+Both need one Content-Length matching the body, no byte the parser would reject (NUL,
+a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
+TCP/TLS/WS are declined.
 """
 
 from __future__ import annotations
