@@ -74,10 +74,15 @@ class LbEndpoint(SipEndpoint):
             SipEndpoint.frame_received(self, data, peer)
 
     def _frame_received(self, data: bytes, peer: Peer) -> None:
-        """The fast path first (its own test of the transport: no Peer field read
-        twice); what it declines goes the present way, parsed."""
+        """The fast path first, for UDP (with no worker steering: the LB's workers are
+        dealt datagrams by the kernel); what it declines goes the present way, parsed."""
         fast = self.fast
-        if fast is not None and peer.transport == "udp" and fast.relay(data, peer):
+        if (
+            fast is not None
+            and peer.transport == "udp"
+            and self.steering is None
+            and fast.relay(data, peer)
+        ):
             return
         SipEndpoint._frame_received(self, data, peer)
 
