@@ -43,6 +43,7 @@ COMPILED = (
     "sipfleet.core.lb.router",
     "sipfleet.core.lb.guard",
     "sipfleet.core.lb.edge",
+    "sipfleet.core.lb.fastpath",
     "sipfleet.core.lb.endpoint",
     "sipfleet.core.lb.balancer",
     "sipfleet.core.lb.sides",

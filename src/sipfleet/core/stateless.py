@@ -112,7 +112,7 @@ class StatelessForwarder:
         request leaves from). ``via_params``: extra parameters for our Via (``;name=value``),
         which the response brings back."""
         known = self._targets.table.get(target) if sent_by is None else None
-        salt, prefix = known or self._target(target, sent_by)
+        salt, prefix = known or self.via_prefix(target, sent_by)
         try:
             max_forwards = request.max_forwards
             via = request.top_via
@@ -130,7 +130,7 @@ class StatelessForwarder:
         if via.host != peer.host or self.force_rport or "rport" in via.params:
             self._stamp(request, via, peer)  # (not called for the usual client: one call less)
         request.decrement_max_forwards()
-        request.push_via(self._our_via(prefix, peer, branch) + via_params)
+        request.push_via(self.our_via(prefix, peer, branch) + via_params)
         # The two exceptions have names of their own: compiled, a name keeps the type of
         # its first binding, and a TransportError bound to a ParseError's name is a TypeError.
         try:
@@ -139,12 +139,12 @@ class StatelessForwarder:
             self.stats.send_errors += 1
             log.debug("forward of %r to %s failed: %s", request, target, failed)
             if isinstance(failed, MessageTooLarge):
-                self._too_large(request, via, peer)
+                self.answer_too_large(request, via, peer)
             return False
         self.stats.requests_forwarded += 1
         return True
 
-    def _too_large(self, request: Request, via: Via, peer: Peer) -> None:
+    def answer_too_large(self, request: Request, via: Via, peer: Peer) -> None:
         """A request that grew past what one datagram holds (our Via, the caller's
         Record-Route): 513, from us (RFC 3261 §18.1.1 would switch to TCP, which needs
         the transaction a stateless hop does not keep)."""
@@ -154,7 +154,7 @@ class StatelessForwarder:
         request.pop_first_value("via")  # ours: the answer goes to the Via before it
         self._answer(request, via, peer, 513)
 
-    def _target(self, target: Destination, sent_by: str | None) -> tuple[str, str]:
+    def via_prefix(self, target: Destination, sent_by: str | None) -> tuple[str, str]:
         """The branch salt (what separates the branches of one request forwarded to
         different targets) and our Via up to its branch value, for ``target``. Kept per
         target: one dict lookup costs less than formatting them again."""
@@ -169,21 +169,30 @@ class StatelessForwarder:
         return known
 
     def _stamp(self, request: Request, via: Via, peer: Peer) -> None:
-        """RFC 3581 §4 / RFC 3261 §18.2.1: ``received`` when the source IP is not the
-        sent-by host, and always together with the source port when ``rport`` is asked."""
+        stamped = self.stamped(via, peer)
+        if stamped is not None:
+            request.replace_top_via(stamped)
+
+    def stamped(self, via: Via, peer: Peer) -> str | None:
+        """The client's top Via ``via`` as it is forwarded: with ``received`` when the
+        source IP is not the sent-by host, and always together with the source port when
+        ``rport`` is asked (RFC 3581 §4 / RFC 3261 §18.2.1); None: left as it is."""
+        if not (via.host != peer.host or self.force_rport or "rport" in via.params):
+            return None  # the usual client: no dict built
         wants_rport = ("rport" in via.params or self.force_rport) and via.rport is None
         if not wants_rport and _same_host(via.host, peer.host):
-            return
+            return None
         params = dict(via.params)
         if wants_rport:
             params["rport"] = str(peer.port)
         params["received"] = peer.host
         # The text str(via.replace(params=params)) would give, without a second Via.
         port = "" if via.port is None else f":{via.port}"
-        stamped = f"{via.protocol}/{via.transport} {via.host}{port}{format_params(params)}"
-        request.replace_top_via(stamped)
+        return f"{via.protocol}/{via.transport} {via.host}{port}{format_params(params)}"
 
-    def _our_via(self, prefix: str, peer: Peer, branch: str) -> str:
+    def our_via(self, prefix: str, peer: Peer, branch: str) -> str:
+        """Our Via for a request from ``peer``: ``prefix`` (``via_prefix``) and ``branch``,
+        and the ``sfi`` the response path needs."""
         if peer.transport == "udp" and self._one_udp_socket:
             return prefix + branch  # nothing to choose on the way back
         flow = self._flow_of(peer)
@@ -227,7 +236,7 @@ class StatelessForwarder:
                 return False
             # Only the Via after ours is parsed. A response to our own request has none:
             # "Missing Via header".
-            destination = self._next_hop(response.top_via, ours)
+            destination = self.next_hop(response.top_via, ours)
         except ParseError as bad:
             destination = None
             log.debug("response %r from %s:%s: %s", response, peer.host, peer.port, bad)
@@ -247,6 +256,19 @@ class StatelessForwarder:
         """Whether a Via (text) names one of our sent-bys. Our Via comes back as we wrote
         it, so its text up to the first ';' is looked up first; a Via written another
         way (spacing, case) is parsed and compared."""
+        if self.wrote(via_text):
+            return True
+        via = parse_via(via_text)
+        return (via.host, via.port) in self._sent_bys_known()
+
+    def wrote(self, via_text: str) -> bool:
+        """Whether a Via (text) names one of our sent-bys as we write it (the LB's fast
+        path takes only these)."""
+        if self._sent_bys is None:
+            self._sent_bys_known()
+        return via_text.partition(";")[0] in self._our_texts
+
+    def _sent_bys_known(self) -> set[tuple[str, int | None]]:
         if self._sent_bys is None:
             self._sent_bys = set()
             self._our_texts = set()
@@ -256,12 +278,9 @@ class StatelessForwarder:
                 self._sent_bys.add((host, port))
                 for transport in ("UDP", "TCP", "TLS", "WS", "WSS"):
                     self._our_texts.add(f"SIP/2.0/{transport} {host}:{port}")
-        if via_text.partition(";")[0] in self._our_texts:
-            return True
-        via = parse_via(via_text)
-        return (via.host, via.port) in self._sent_bys
+        return self._sent_bys
 
-    def _next_hop(self, via: Via, ours: str) -> Destination | None:
+    def next_hop(self, via: Via, ours: str) -> Destination | None:
         """§18.2.2 / RFC 3581 §4 for the Via after ours; ``ours`` is our Via's text."""
         transport = via.transport
         host, port = via.response_address(DEFAULT_PORT)

@@ -13,7 +13,7 @@ from sipfleet.sip.errors import ParseError
 from sipfleet.sip.headers import header_key
 from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import Message, Request, Response, header_line, header_value
-from sipfleet.sip.via import BRANCH_COOKIE, has_plain_params, is_rfc3261_branch
+from sipfleet.sip.via import BRANCH_COOKIE, Via, has_plain_params, is_rfc3261_branch
 
 REASONS: Final = {
     100: "Trying",
@@ -135,12 +135,11 @@ def stateless_branch(request: Request, salt: str = "") -> str:
     target, not per request. Other requests get a hash of what identifies them.
     """
     via = request.top_via
+    carried = carried_branch(via, salt)
+    if carried is not None:
+        return carried
     branch = via.branch
     if branch is not None and is_rfc3261_branch(branch):
-        # Carried when short and plainly written: our own Via then holds it as it is.
-        if len(branch) <= MAX_CARRIED_BRANCH and has_plain_params(via):
-            tag = _sender_tag(via.host, via.port, salt)
-            return f"{_STATELESS_PREFIX}{tag}.{branch[len(BRANCH_COOKIE) :]}"
         key = f"{branch}\x00{via.host}\x00{via.port}\x00{salt}"
     else:  # RFC 2543 peers: hash what identifies the transaction
         key = "\x00".join(
@@ -155,6 +154,19 @@ def stateless_branch(request: Request, salt: str = "") -> str:
             )
         )
     return _STATELESS_PREFIX + _blake2b(key.encode("latin-1"), digest_size=10).hexdigest()
+
+
+def carried_branch(via: Via, salt: str = "") -> str | None:
+    """``stateless_branch`` for a request whose top Via is ``via``, when that carries the
+    Via's own branch (RFC 3261, short and plainly written: our own Via then holds it as
+    it is); None when the branch is to be hashed from the request."""
+    branch = via.branch
+    if branch is None or not is_rfc3261_branch(branch):
+        return None
+    if len(branch) > MAX_CARRIED_BRANCH or not has_plain_params(via):
+        return None
+    tag = _sender_tag(via.host, via.port, salt)
+    return f"{_STATELESS_PREFIX}{tag}.{branch[len(BRANCH_COOKIE) :]}"
 
 
 def _sender_tag(host: str, port: int | None, salt: str) -> str:

@@ -21,6 +21,7 @@ from sipfleet.core.lb import handoff
 from sipfleet.core.lb.budget import LogBudget
 from sipfleet.core.lb.edge import AUTH_MARK, DROP, REFUSE, EdgeGuard
 from sipfleet.core.lb.endpoint import LbEndpoint
+from sipfleet.core.lb.fastpath import FastRelay
 from sipfleet.core.lb.keepalive import learned
 from sipfleet.core.lb.pinger import Keepalives
 from sipfleet.core.lb.probes import HealthChecker
@@ -65,6 +66,10 @@ class Balancer:
         self._refusals = LogBudget(log)
         self.guard = guard
         endpoint.on_handoff = self.handed
+        # The usual requests and responses go from their bytes (core/lb/fastpath.py);
+        # responses whose Via carries one of these marks come here.
+        marks = (OUR_BRANCHES, AUTH_MARK, LEARN_MARK)
+        endpoint.fast = FastRelay(endpoint, forwarder, marks, router, guard, self.overload)
 
     # -- requests ----------------------------------------------------------------------------
     def on_request(self, request: Request, peer: Peer) -> None:

@@ -106,16 +106,31 @@ class EdgeGuard:
                     agent_line = request.lines[index]
             elif key == "authorization" or key == "proxy-authorization":
                 credentials = True
-        # the whole line is the memo's key: a phone sends the same one each time
+        if self._scanner(agent_line, peer, now):
+            return DROP
+        if lockouts is not None and credentials:
+            return self._credentials(request, peer, now)
+        return ""
+
+    def screen(self, agent_line: str, peer: Peer, now: float) -> str:
+        """``check`` for a request without credentials whose first User-Agent line is
+        ``agent_line`` ("": none), read by the caller (the LB's fast path)."""
+        limits = self.limits
+        if limits is not None and not limits.admit(peer.host, now) and not self.exempt(peer):
+            return self._over_rate(peer, now)
+        return DROP if self._scanner(agent_line, peer, now) else ""
+
+    def _scanner(self, agent_line: str, peer: Peer, now: float) -> bool:
+        """A scanner's User-Agent (``agent_line``, the whole line: the memo's key, as a
+        phone sends the same one each time) from a source not exempt: counted, reported."""
+        scanners = self.scanners
         scanner = scanners is not None and agent_line and scanners.is_scanner(agent_line)
         if scanner and not self.exempt(peer):
             self.scanners_dropped += 1
             agent = printable(header_value(agent_line))
             self._report(peer.host, "scanner", now, f"user_agent={agent}")
-            return DROP
-        if lockouts is not None and credentials:
-            return self._credentials(request, peer, now)
-        return ""
+            return True
+        return False
 
     def exempt(self, peer: Peer) -> bool:
         host = peer.host

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import CONNECTION_IDS_PER_WORKER, SipEndpoint
 from sipfleet.core.lb import handoff
+from sipfleet.core.lb.fastpath import FastRelay
 from sipfleet.transport.base import (
     Destination,
     MessageTooLarge,
@@ -56,6 +57,9 @@ class LbEndpoint(SipEndpoint):
         self._sibling_at = {address: index for index, address in self.siblings.items()}
         # Learn and Answered go to the LB; Received and Send are the endpoint's own.
         self.on_handoff: Callable[[handoff.Handed, int], None] | None = None
+        # The usual UDP responses and plain requests relayed from their bytes
+        # (core/lb/fastpath.py); set by the Balancer, which knows what it must see itself.
+        self.fast: FastRelay | None = None
         self.handoffs_sent = 0
         self.handoffs_received = 0
         self.handoffs_refused = 0
@@ -68,6 +72,19 @@ class LbEndpoint(SipEndpoint):
             self._handoff_received(data, peer)
         else:
             SipEndpoint.frame_received(self, data, peer)
+
+    def _frame_received(self, data: bytes, peer: Peer) -> None:
+        """The fast path first, for UDP (with no worker steering: the LB's workers are
+        dealt datagrams by the kernel); what it declines goes the present way, parsed."""
+        fast = self.fast
+        if (
+            fast is not None
+            and peer.transport == "udp"
+            and self.steering is None
+            and fast.relay(data, peer)
+        ):
+            return
+        SipEndpoint._frame_received(self, data, peer)
 
     def _handoff_received(self, data: bytes, peer: Peer) -> None:
         sender = self._sibling_at.get((peer.host, peer.port))

@@ -189,9 +189,7 @@ class Router:
             if target is None:
                 return Reject(503, f"No {pool} available", (("Retry-After", RETRY_AFTER),))
             destination = target.destination
-        plain = self._inside.get(destination)
-        if plain is None:
-            plain = self._inside[destination] = self._inside_forward(destination)
+        plain = self._plain(destination)
         if method == "REGISTER":
             return self._register(request, peer, plain.destination, plain.sent_by, popped)
         if not popped and method not in DIALOG_CREATING:
@@ -207,6 +205,20 @@ class Router:
             outbound = self._route_uri("internal", token, destination.transport, destination.host)
             record_routes = _record_routes(inbound, outbound)
         return Forward(destination, sent_by, popped, record_routes)
+
+    def toward_proxies(self, call_id: str, under_way: bool) -> Forward | None:
+        """What ``route`` decides for a request from a client with no Route that is not
+        a REGISTER and creates no dialog, with Call-ID ``call_id`` (``under_way``: see
+        ``_under_way``): the proxy pool's plain Forward; None when ``route`` would answer
+        503 (no proxy). The LB's fast path asks this instead of ``route``."""
+        target = self.pools.choose("proxy", call_id, existing=under_way)
+        return None if target is None else self._plain(target.destination)
+
+    def _plain(self, destination: Destination) -> Forward:
+        plain = self._inside.get(destination)
+        if plain is None:
+            plain = self._inside[destination] = self._inside_forward(destination)
+        return plain
 
     def _inside_forward(self, destination: Destination) -> Forward:
         """How a request leaves toward ``destination`` (a pool target): from the internal

@@ -1,0 +1,555 @@
+"""The LB's fast path: the usual UDP response and plain request relayed from the
+datagram's bytes, without a ``Message`` (docs/lb.md, "The fast path"; docs/benchmarks.md,
+"The LB's CPU per pair").
+
+The present path parses every datagram into a ``Message`` (a list of line strings and
+one of keys), edits it and serialises the lines again: about half of the LB's
+instructions per message. Here the head is split into lines once, every header name is
+looked up in the parser's own memo (a name the parser has not met is left to it), the
+few lines the hop reads are checked as the parser and the accessors check them, and the
+edits are spliced into the lines.
+
+What is taken here is exactly what the present path would send, to the same place,
+counted the same way; everything else is declined (``relay`` returns False, having
+counted and changed nothing) and goes the present way.
+
+- Responses: ``SIP/2.0 NNN reason`` whose first header line is our Via (alone, or first
+  on a comma-separated line, as sipp writes them), written as we write it and carrying
+  none of the marks the Balancer must see (``marks``: its probes' branches, the edge
+  guard's lockout mark, a REGISTER's flow), the next Via right after it, to be sent over
+  UDP to an IPv4 address: our Via cut out.
+- Requests the Router forwards plainly to the proxy pool (no Route, not REGISTER,
+  creating no dialog, not for the LB itself), without credentials, while the LB is not
+  overloaded and no target drains: screened by the edge guard, the top Via stamped, our
+  Via pushed with the stateless branch, Max-Forwards decremented.
+
+Both need one Content-Length matching the body, no byte the parser would reject (NUL,
+a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
+TCP/TLS/WS are declined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Final
+
+from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.lb.edge import EdgeGuard
+from sipfleet.core.lb.router import Forward, Router
+from sipfleet.core.overload import OverloadMonitor
+from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.grammar import WS, match_plain_params
+from sipfleet.sip.headers import HEADER_KEYS
+from sipfleet.sip.memo import Memo
+from sipfleet.sip.message import Request
+from sipfleet.sip.parser import parse_message
+from sipfleet.sip.via import BRANCH_COOKIE, parse_via
+from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
+
+RESPONSE_START: Final = "SIP/2.0 "
+MIN_RESPONSE: Final = 12  # "SIP/2.0 200 "
+SLASH: Final = 47
+LETTER_S: Final = 83
+VIA_LINE: Final = "Via: "
+VIA_BYTES: Final = b"Via: "
+REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
+MAX_LENGTH_DIGITS: Final = 10  # as the parser reads Content-Length
+BRANCH: Final = "branch="
+MAX_HOPS: Final = 4096
+_STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
+_METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
+_LENGTHS: Final = Memo[str, int](1024)  # Content-Length line -> its value
+SIP_VERSION: Final = "SIP/2.0"
+# What Router._to_cluster forwards plainly when there is no Route (REGISTER gets a Path,
+# INVITE, SUBSCRIBE and REFER a Record-Route unless they have a To tag: not read here)
+PLAIN_METHODS: Final = frozenset(
+    {"ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "NOTIFY", "INFO", "UPDATE", "PRACK", "PUBLISH"}
+)
+UNUSUAL: Final = frozenset({"route", "authorization", "proxy-authorization"})
+MAX_HOPS_VALUE: Final = 255
+MAX_FORWARDS_LINES: Final = tuple(f"Max-Forwards: {value}" for value in range(MAX_HOPS_VALUE + 1))
+HOP_COUNTS: Final = Memo[str, int](
+    1024, {line: value for value, line in enumerate(MAX_FORWARDS_LINES)}
+)  # Max-Forwards line -> its value, as Message keeps them
+
+
+class FastRelay:
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        forwarder: StatelessForwarder,
+        marks: tuple[str, ...],
+        router: Router | None = None,
+        guard: EdgeGuard | None = None,
+        overload: OverloadMonitor | None = None,
+    ) -> None:
+        """``marks``: texts that, in our Via, send a response the present way (the
+        Balancer reads them). ``router``, ``guard``, ``overload``: the Balancer's, for
+        requests (without a router, requests all go the present way)."""
+        self.endpoint = endpoint
+        self.forwarder = forwarder
+        self.marks = marks
+        self.router = router
+        self.guard = guard
+        self.overload = overload or OverloadMonitor()
+        self.requests = 0  # forwarded (or dropped by the edge guard) here
+        self.max_size = endpoint.limits.max_message_size
+        self.responses = 0  # relayed here (the rest of the counts are the present path's)
+        self._hops: Final = Memo[str, Destination](MAX_HOPS)  # see _next_hop
+        self._clients: Final = Memo[tuple[str, str, str, int, str], tuple[str, str | None]](
+            MAX_HOPS
+        )  # see _client_via
+
+    def relay(self, data: bytes, peer: Peer) -> bool:
+        """True when ``data`` (a UDP datagram from ``peer``) was handled here."""
+        if len(data) < MIN_RESPONSE or len(data) > self.max_size:
+            return False  # the parser answers 513 or drops it
+        # b"SIP/": a response (no method has a '/'); as SipEndpoint.send_bytes tells them
+        if data[3] != SLASH or data[0] != LETTER_S:
+            return self.router is not None and self._request(data, peer)
+        text = data.decode("latin-1")  # one character per byte: offsets are the same
+        if text.startswith(RESPONSE_START):
+            return self._response(data, text)
+        return False
+
+    # -- requests ----------------------------------------------------------------------------
+    def _request(self, data: bytes, peer: Peer) -> bool:
+        """A request the Router forwards plainly to the proxy pool (no Route, not
+        REGISTER, creating no dialog, not for the LB itself), without credentials, while
+        the LB is not overloaded: forwarded as StatelessForwarder.forward_request would.
+        Everything is checked before anything is counted or the edge guard's bucket is
+        touched: a decline leaves the present path all of it."""
+        text = data.decode("latin-1")
+        head_end = text.find("\r\n\r\n")
+        if head_end < 0:
+            return False
+        lines = text[:head_end].split("\r\n")
+        method = _method(lines[0])
+        if not method or len(lines) < 2 or not _clean(lines) or self.overload.overloaded:
+            return False
+        seen = _Headers(lines, len(data) - head_end - 4)
+        if not seen.usual:
+            return False
+        top = _top_via(lines, seen)
+        forward = self._plain_forward(method, lines[seen.call_id])
+        if not top or forward is None:
+            return False
+        hops = _hop_count(lines[seen.max_forwards])
+        if hops <= 0:
+            return False  # 483 (or a bad value: 400) from the present path
+        forwarder = self.forwarder
+        salt, prefix = forwarder.via_prefix(forward.destination, forward.sent_by)
+        client = self._client_via(top, peer, salt)
+        if client is None:
+            return False
+        branch, stamped = client
+        # -- from here on, what the present path would do ---------------------------------
+        self._received(method)
+        guard = self.guard
+        agent = lines[seen.agent] if seen.agent else ""
+        if guard is not None and guard.screen(agent, peer, time.monotonic()):
+            return True  # over UDP, blocked is dropped: nothing to send
+        ours = forwarder.our_via(prefix, peer, branch)
+        at = seen.via
+        kept = lines[at] if stamped is None else VIA_LINE + stamped
+        lines[at] = VIA_LINE + ours + "\r\n" + kept  # pushed on top, as push_via does
+        lines[seen.max_forwards] = MAX_FORWARDS_LINES[hops - 1]
+        forwarded = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if head_end + 4 < len(data):
+            forwarded += data[head_end + 4 :]
+        self._send_request(forwarded, forward.destination, top, peer)
+        return True
+
+    def _plain_forward(self, method: str, call_id_line: str) -> Forward | None:
+        call_id = call_id_line[call_id_line.find(":") + 1 :].strip(WS)
+        if not call_id or " " in call_id or "\t" in call_id:
+            return None  # 400 from the present path
+        router = self.router
+        if router is None or router.pools.has_draining:
+            return None  # draining: the To tag decides (Router._under_way)
+        return router.toward_proxies(call_id, method == "CANCEL" or method == "ACK")
+
+    def _received(self, method: str) -> None:
+        """Counted as SipEndpoint._deliver counts a request."""
+        endpoint = self.endpoint
+        endpoint.stats.requests_received += 1
+        by_method = endpoint.requests_by_method
+        counted = by_method.get(method)
+        if counted is None:
+            by_method["other"] += 1
+        else:
+            by_method[method] = counted + 1
+        self.requests += 1
+
+    def _client_via(self, top: str, peer: Peer, salt: str) -> tuple[str, str | None] | None:
+        """The branch of our Via (``carried_branch``) and the client's top Via ``top`` as
+        it is forwarded (``StatelessForwarder.stamped``: None, as it is); None when the
+        present path is to answer 400 or hash the branch from the request.
+
+        Memoised, as the response's destination is, by the Via without its branch value
+        (the one part that changes from one transaction to the next), the source and the
+        salt: what is put around the branch value depends on nothing else, once the
+        value is one the Via parser reads the same way and one that is carried."""
+        sent_by, _, params = top.partition(";")
+        end = params.find(";")
+        branch = params[len(BRANCH) : end] if end >= 0 else params[len(BRANCH) :]
+        tail = params[end:] if end >= 0 else ""
+        if not (params.startswith(BRANCH) and _carried(branch)):
+            return self._client_via_parsed(top, peer, salt)
+        key = (sent_by, tail, peer.host, peer.port, salt)
+        known = self._clients.table.get(key)
+        if known is None:
+            exact = self._client_via_parsed(top, peer, salt)
+            if exact is None:
+                return None
+            known = _around_branch(exact, sent_by, branch, tail)
+            if known is None:
+                return exact
+            self._clients.put(key, known)
+        head, after = known
+        stamped = None if after is None else sent_by + ";" + BRANCH + branch + after
+        return head + branch[len(BRANCH_COOKIE) :], stamped
+
+    def _client_via_parsed(self, top: str, peer: Peer, salt: str) -> tuple[str, str | None] | None:
+        try:
+            via = parse_via(top)
+            branch = carried_branch(via, salt)
+            stamped = self.forwarder.stamped(via, peer)
+        except ParseError:
+            return None  # 400 from the present path
+        return None if branch is None else (branch, stamped)
+
+    def _send_request(self, data: bytes, destination: Destination, top: str, peer: Peer) -> None:
+        forwarder = self.forwarder
+        try:
+            self.endpoint.send_bytes(data, destination)
+        except TransportError as failed:
+            forwarder.stats.send_errors += 1
+            if isinstance(failed, MessageTooLarge):  # 513, from the request as forwarded
+                with contextlib.suppress(ParseError):  # (our own bytes: they parse)
+                    request = parse_message(data, len(data))
+                    if isinstance(request, Request):
+                        forwarder.answer_too_large(request, parse_via(top), peer)
+            return
+        forwarder.stats.requests_forwarded += 1
+
+    # -- responses -------------------------------------------------------------------------
+    def _response(self, data: bytes, text: str) -> bool:
+        head_end = text.find("\r\n\r\n")
+        if head_end < 0:
+            return False
+        lines = text[:head_end].split("\r\n")
+        status = _status(lines[0])
+        if status == 0 or len(lines) < 3 or not _clean(lines):
+            return False
+        cut = _our_via(lines)
+        if cut is None:
+            return False
+        ours, hop, kept, same_line = cut
+        if not _names_known(lines, 3 - same_line, len(data) - head_end - 4):
+            return False
+        if not self._ours_plain(ours):
+            return False
+        destination = self._next_hop(hop, ours)
+        if destination is None:
+            return False
+        endpoint = self.endpoint
+        endpoint.stats.responses_received += 1
+        endpoint.responses_received_by_class[status // 100] += 1
+        self.responses += 1
+        # what pop_first_value and serialize give: our line gone, or its rest kept
+        at = len(lines[0]) + 2
+        if same_line:
+            relayed = data[:at] + VIA_BYTES + data[at + kept :]
+        else:
+            relayed = data[:at] + data[at + kept :]
+        forwarder = self.forwarder
+        try:
+            endpoint.send_bytes(relayed, destination)
+        except TransportError:
+            forwarder.stats.send_errors += 1
+            return True
+        forwarder.stats.responses_forwarded += 1
+        return True
+
+    def _ours_plain(self, ours: str) -> bool:
+        """Our Via as we wrote it, with none of the marks the Balancer reads."""
+        for mark in self.marks:
+            if mark in ours:
+                return False
+        return self.forwarder.wrote(ours)
+
+    def _next_hop(self, hop: str, ours: str) -> Destination | None:
+        """Where the present path sends a response whose Vias are ``ours`` then ``hop``
+        (StatelessForwarder.next_hop), when that is a UDP IPv4 destination; else None.
+
+        Memoised by the two Vias without their branch values, which alone change from
+        one transaction to the next: where a response goes does not depend on them,
+        once each is checked to be one the Via parser reads the same way (plain, not
+        empty, no '=')."""
+        hop_key = _without_branch(hop)
+        ours_key = _without_branch(ours)
+        if not hop_key or not ours_key:
+            return self._next_hop_parsed(hop, ours)
+        key = hop_key + "\x00" + ours_key
+        known = self._hops.table.get(key)
+        if known is None:
+            known = self._next_hop_parsed(hop, ours)
+            if known is not None:
+                self._hops.put(key, known)
+        return known
+
+    def _next_hop_parsed(self, hop: str, ours: str) -> Destination | None:
+        try:
+            destination = self.forwarder.next_hop(parse_via(hop), ours)
+        except ParseError:
+            return None  # the present path counts it
+        if destination is None or destination.transport != "udp" or ":" in destination.host:
+            return None
+        return destination
+
+
+def _without_branch(via: str) -> str:
+    """``via`` with its branch value cut out ("" when the branch is not its first
+    parameter, or not a value the Via parser reads as plainly)."""
+    sent_by, _, params = via.partition(";")
+    if not params.startswith(BRANCH):
+        return ""
+    end = params.find(";")
+    branch = params[len(BRANCH) : end] if end >= 0 else params[len(BRANCH) :]
+    if "=" in branch or not _plain(branch):
+        return ""
+    return sent_by + ";" + (params[end:] if end >= 0 else "")
+
+
+def _plain(branch: str) -> bool:
+    """Whether ``branch`` is not empty and holds only PLAIN_PARAM_CHARS: letters and
+    digits with '-' and '.' (every branch seen) without a regex call, else the regex."""
+    if branch.isalnum():
+        return branch.isascii()
+    bare = branch.replace("-", "").replace(".", "")
+    if bare.isalnum() and bare.isascii():
+        return True
+    return match_plain_params(branch) is not None
+
+
+def _carried(branch: str) -> bool:
+    """A branch value ``carried_branch`` carries (RFC 3261, short), that the Via parser
+    reads as plain parameter text."""
+    if len(branch) > MAX_CARRIED_BRANCH or len(branch) <= len(BRANCH_COOKIE):
+        return False
+    return branch.startswith(BRANCH_COOKIE) and "=" not in branch and _plain(branch)
+
+
+def _around_branch(
+    exact: tuple[str, str | None], sent_by: str, branch: str, tail: str
+) -> tuple[str, str | None] | None:
+    """What ``_client_via`` puts around a branch value, from one exact result: our
+    branch's head (before the carried part) and the stamped Via's text after the branch
+    value (None: not stamped); None when the results do not read so (then not memoised:
+    a tail naming a branch again, a sent-by the parser writes another way)."""
+    ours, stamped = exact
+    carried = branch[len(BRANCH_COOKIE) :]
+    if not ours.endswith("." + carried) or "branch" in tail.lower():
+        return None
+    head = ours[: len(ours) - len(carried)]
+    if stamped is None:
+        return head, None
+    before = sent_by + ";" + BRANCH + branch
+    if not stamped.startswith(before):
+        return None
+    return head, stamped[len(before) :]
+
+
+def _status(start: str) -> int:
+    """The status code of ``SIP/2.0 NNN reason``, as the parser reads it; 0: declined.
+    Memoised by the line, as the parser does (a few status lines make most traffic)."""
+    known = _STATUS_CODES.table.get(start)
+    if known is None:
+        known = _STATUS_CODES.put(start, _read_status(start))
+    return known
+
+
+def _read_status(start: str) -> int:
+    code = start[8:11]
+    if start[11:12] != " " or not (code.isdigit() and code.isascii()):
+        return 0
+    status = int(code)
+    return status if 100 <= status <= 699 else 0
+
+
+def _clean(lines: list[str]) -> bool:
+    """No NUL, no CR or LF but those that end lines: what the parser rejects (or, for
+    bare-LF line ends, reads another way) is left to it."""
+    joined = "".join(lines)  # one copy, then three memchr
+    return "\r" not in joined and "\n" not in joined and "\x00" not in joined
+
+
+def _our_via(lines: list[str]) -> tuple[str, str, int, int] | None:
+    """Our Via (the top one, on the first header line), the next Via's text, how many
+    characters after our line's start are dropped, and 1 when what follows ours is on
+    its line (then kept as ``Via: <rest>``, as Message.pop_first_value writes it), 0
+    when it is the next line. None when the two are not written plainly: ``Via: `` lines
+    without quote or ``<`` (a comma could be inside them), not folded."""
+    line = lines[1]
+    if not _plain_via_line(line) or lines[2][:1] in WS:
+        return None
+    comma = line.find(",")
+    if comma < 0:
+        hop_line = lines[2]
+        if not _plain_via_line(hop_line) or (len(lines) > 3 and lines[3][:1] in WS):
+            return None
+        ours = line[len(VIA_LINE) :].strip(WS)
+        hop = hop_line[len(VIA_LINE) :].partition(",")[0].strip(WS)
+        kept = len(line) + 2
+        same_line = 0
+    else:
+        ours = line[len(VIA_LINE) : comma].strip(WS)
+        kept = comma + 1
+        while kept < len(line) and line[kept] in REST_BLANKS:
+            kept += 1
+        hop = line[kept:].partition(",")[0].rstrip(WS)
+        same_line = 1
+    if not ours or not hop:
+        return None
+    return ours, hop, kept, same_line
+
+
+def _plain_via_line(line: str) -> bool:
+    return line.startswith(VIA_LINE) and '"' not in line and "<" not in line
+
+
+def _names_known(lines: list[str], first: int, body_length: int) -> bool:
+    """Every header name from ``lines[first]`` one the parser has seen (its memo: a name
+    it has not is left to it, which checks it), and one Content-Length, equal to
+    ``body_length``."""
+    keys = HEADER_KEYS.table
+    length_line = ""
+    for at in range(first, len(lines)):
+        line = lines[at]
+        colon = line.find(":")
+        key = keys.get(line[:colon] if colon >= 0 else line, "")
+        if not key:
+            return False
+        if key == "content-length":
+            if length_line:
+                return False  # the parser rejects it
+            length_line = line
+    return bool(length_line) and _length_is(length_line, body_length)
+
+
+def _length_is(line: str, body_length: int) -> bool:
+    """Whether the Content-Length ``line`` reads, as the parser reads it, ``body_length``
+    (a missing one the present path adds; one that differs trims or is refused).
+    Memoised by the line, as the parser does ("Content-Length: 0" most of the time)."""
+    length = _LENGTHS.table.get(line)
+    if length is None:
+        value = line[line.find(":") + 1 :].strip(WS)
+        if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
+            return False
+        length = _LENGTHS.put(line, int(value))
+    return length == body_length
+
+
+def _method(start: str) -> str:
+    """The method of a request line the parser takes as it is (``METHOD URI SIP/2.0``),
+    when the method is one the Router forwards plainly (with no Route: not REGISTER,
+    creating no dialog; an OPTIONS whose URI has no user part may be for the LB itself);
+    else "". Memoised by the line (a dialog's requests share theirs)."""
+    method = _METHODS.table.get(start)
+    if method is None:
+        method = _METHODS.put(start, _read_method(start))
+    return method
+
+
+def _read_method(start: str) -> str:
+    parts = start.split(" ")
+    if len(parts) != 3 or parts[2] != SIP_VERSION or not parts[1]:
+        return ""
+    method = parts[0]
+    if method not in PLAIN_METHODS or (method == "OPTIONS" and "@" not in parts[1]):
+        return ""
+    return method
+
+
+def _top_via(lines: list[str], seen: _Headers) -> str:
+    """The top Via's text, when its line is ``Via: <it>`` alone and stands where
+    Message.replace_top_via rewrites it in place (the next line a Via, or the first
+    header line and the only Via); else ""."""
+    at = seen.via
+    line = lines[at]
+    if not line.startswith(VIA_LINE) or "," in line or '"' in line or "<" in line:
+        return ""
+    if at + 1 < len(lines) and lines[at + 1][:1] in WS:
+        return ""  # folded
+    if seen.second_via != at + 1 and not (at == 1 and seen.vias == 1):
+        return ""
+    return line[len(VIA_LINE) :].strip(WS)
+
+
+def _hop_count(line: str) -> int:
+    """Max-Forwards, as Message.max_forwards reads it; -1 when it would refuse it."""
+    known = HOP_COUNTS.table.get(line)
+    if known is not None:
+        return known
+    value = line[line.find(":") + 1 :].strip(WS)
+    if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
+        return -1
+    count = int(value)
+    return HOP_COUNTS.put(line, count) if count <= MAX_HOPS_VALUE else -1
+
+
+# -- requests: the header lines read --------------------------------------------------------
+class _Headers:
+    """Where the lines a plain forward reads are (indexes into the head's lines), and
+    whether the head is one the fast path takes: every name one the parser has met, one
+    Max-Forwards, one Call-ID, one Content-Length matching the body, a Via, no Route, no
+    credentials (the edge guard's lockouts read them)."""
+
+    __slots__ = ("agent", "call_id", "max_forwards", "second_via", "usual", "via", "vias")
+
+    def __init__(self, lines: list[str], body_length: int) -> None:
+        self.via = self.max_forwards = self.call_id = 0
+        self.agent = 0  # the first User-Agent line; 0: none
+        self.vias = 0  # Via lines
+        self.second_via = 0  # the second Via line
+        self.usual = self._read(lines, body_length)
+
+    def _read(self, lines: list[str], body_length: int) -> bool:
+        keys = HEADER_KEYS.table
+        length = 0
+        for at in range(1, len(lines)):
+            line = lines[at]
+            colon = line.find(":")
+            key = keys.get(line[:colon] if colon >= 0 else line, "")
+            if not key:
+                return False
+            if key == "via":
+                self.vias += 1
+                if not self.via:
+                    self.via = at
+                elif not self.second_via:
+                    self.second_via = at
+            elif key == "max-forwards":
+                if self.max_forwards:
+                    return False
+                self.max_forwards = at
+            elif key == "call-id":
+                if self.call_id:
+                    return False
+                self.call_id = at
+            elif key == "content-length":
+                if length:
+                    return False
+                length = at
+            elif key == "user-agent":
+                if not self.agent:
+                    self.agent = at
+            elif key in UNUSUAL:
+                return False
+        if not (self.via and self.max_forwards and self.call_id and length):
+            return False
+        return _length_is(lines[length], body_length)
