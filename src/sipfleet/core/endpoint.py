@@ -291,14 +291,7 @@ class SipEndpoint:
     def _deliver(self, message: Message, peer: Peer) -> None:
         try:
             if isinstance(message, Request):
-                self.stats.requests_received += 1
-                by_method = self.requests_by_method
-                method = message.method
-                counted = by_method.get(method)
-                if counted is None:
-                    by_method["other"] += 1
-                else:
-                    by_method[method] = counted + 1
+                count_request(self, message.method)
                 self.handler.on_request(message, peer)
             else:
                 self.stats.responses_received += 1
@@ -349,6 +342,19 @@ class SipEndpoint:
 
     def counters(self) -> dict[str, int]:
         return {**asdict(self.stats), **self.udp.counters(), **self.tcp.counters()}
+
+
+def count_request(endpoint: SipEndpoint, method: str) -> None:
+    """One request received, counted by method for the metrics (a function, not a method:
+    compiled code calls it directly, where a method of a class that interpreted code may
+    extend is looked up by name)."""
+    endpoint.stats.requests_received += 1
+    by_method = endpoint.requests_by_method
+    counted = by_method.get(method)
+    if counted is None:
+        by_method["other"] += 1
+    else:
+        by_method[method] = counted + 1
 
 
 def _stream_transports(

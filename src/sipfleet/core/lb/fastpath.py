@@ -34,7 +34,7 @@ import contextlib
 import time
 from typing import Final
 
-from sipfleet.core.endpoint import SipEndpoint
+from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard
 from sipfleet.core.lb.router import Forward, Router
 from sipfleet.core.overload import OverloadMonitor
@@ -174,14 +174,7 @@ class FastRelay:
 
     def _received(self, method: str) -> None:
         """Counted as SipEndpoint._deliver counts a request."""
-        endpoint = self.endpoint
-        endpoint.stats.requests_received += 1
-        by_method = endpoint.requests_by_method
-        counted = by_method.get(method)
-        if counted is None:
-            by_method["other"] += 1
-        else:
-            by_method[method] = counted + 1
+        count_request(self.endpoint, method)
         self.requests += 1
 
     def _client_via(self, top: str, peer: Peer, salt: str) -> tuple[str, str | None] | None:
