@@ -242,7 +242,7 @@ class FastRelay:
         if cut is None:
             return False
         ours, hop, kept, same_line = cut
-        if not _names_known(lines, 3 - same_line, len(data) - head_end - 4):
+        if not _Headers(lines, len(data) - head_end - 4, 3 - same_line).known:
             return False
         if not self._ours_plain(ours):
             return False
@@ -415,25 +415,6 @@ def _plain_via_line(line: str) -> bool:
     return line.startswith(VIA_LINE) and '"' not in line and "<" not in line
 
 
-def _names_known(lines: list[str], first: int, body_length: int) -> bool:
-    """Every header name from ``lines[first]`` one the parser has seen (its memo: a name
-    it has not is left to it, which checks it), and one Content-Length, equal to
-    ``body_length``."""
-    keys = HEADER_KEYS.table
-    length_line = ""
-    for at in range(first, len(lines)):
-        line = lines[at]
-        colon = line.find(":")
-        key = keys.get(line[:colon] if colon >= 0 else line, "")
-        if not key:
-            return False
-        if key == "content-length":
-            if length_line:
-                return False  # the parser rejects it
-            length_line = line
-    return bool(length_line) and _length_is(length_line, body_length)
-
-
 def _length_is(line: str, body_length: int) -> bool:
     """Whether the Content-Length ``line`` reads, as the parser reads it, ``body_length``
     (a missing one the present path adds; one that differs trims or is refused).
@@ -497,24 +478,27 @@ def _hop_count(line: str) -> int:
 
 # -- requests: the header lines read --------------------------------------------------------
 class _Headers:
-    """Where the lines a plain forward reads are (indexes into the head's lines), and
-    whether the head is one the fast path takes: every name one the parser has met, one
-    Max-Forwards, one Call-ID, one Content-Length matching the body, a Via, no Route, no
-    credentials (the edge guard's lockouts read them)."""
+    """The header lines from ``lines[first]`` on: where those a plain forward reads are
+    (indexes into the head's lines), whether every name is one the parser has met (its
+    memo: a name it has not is left to it, which checks it) with one Content-Length
+    matching the body, at most one Max-Forwards and one Call-ID, no Route and no
+    credentials (the edge guard's lockouts read them): ``known``; and whether a request
+    has what a plain forward needs besides (a Via, Max-Forwards, Call-ID): ``usual``."""
 
-    __slots__ = ("agent", "call_id", "max_forwards", "second_via", "usual", "via", "vias")
+    __slots__ = ("agent", "call_id", "known", "max_forwards", "second_via", "usual", "via", "vias")
 
-    def __init__(self, lines: list[str], body_length: int) -> None:
+    def __init__(self, lines: list[str], body_length: int, first: int = 1) -> None:
         self.via = self.max_forwards = self.call_id = 0
         self.agent = 0  # the first User-Agent line; 0: none
         self.vias = 0  # Via lines
         self.second_via = 0  # the second Via line
-        self.usual = self._read(lines, body_length)
+        self.known = self._read(lines, body_length, first)
+        self.usual = self.known and bool(self.via and self.max_forwards and self.call_id)
 
-    def _read(self, lines: list[str], body_length: int) -> bool:
+    def _read(self, lines: list[str], body_length: int, first: int) -> bool:
         keys = HEADER_KEYS.table
         length = 0
-        for at in range(1, len(lines)):
+        for at in range(first, len(lines)):
             line = lines[at]
             colon = line.find(":")
             key = keys.get(line[:colon] if colon >= 0 else line, "")
@@ -543,6 +527,4 @@ class _Headers:
                     self.agent = at
             elif key in UNUSUAL:
                 return False
-        if not (self.via and self.max_forwards and self.call_id and length):
-            return False
-        return _length_is(lines[length], body_length)
+        return bool(length) and _length_is(lines[length], body_length)
