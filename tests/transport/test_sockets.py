@@ -63,12 +63,20 @@ def workers() -> Iterator[list[socket.socket]]:
         sock.close()
 
 
-def response(status: str, transaction: int, to_tag: str = "") -> bytes:
-    """A response as the proxy sends it back through the LB: the LB's Via on top."""
+def response(status: str, transaction: int, to_tag: str = "", vias: str = "lines") -> bytes:
+    """A response as the proxy sends it back through the LB: the LB's Via on top (its
+    branch as builders.stateless_branch writes it). ``vias``: "lines" as the proxy writes
+    its own 100 Trying, "commas" as a UAS may write the Vias it copies (the proxy relays
+    them as they came), "compact" likewise in the compact form."""
+    ours = f"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-sf5c1e0a77d2b9.{transaction}-uac-0;sfi=u0"
+    client = f"SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{transaction}abc;rport=5060"
+    via_lines = {
+        "lines": f"Via: {ours}\r\nVia: {client}\r\n",
+        "commas": f"Via: {ours}, {client}\r\n",
+        "compact": f"v: {ours},{client}\r\n",
+    }[vias]
     return (
-        f"SIP/2.0 {status}\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-s7f3e.{transaction}-uac-0\r\n"
-        f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{transaction}abc;rport=5060\r\n"
+        f"SIP/2.0 {status}\r\n{via_lines}"
         f"From: <sip:caller@example.com>;tag=f{transaction}\r\n"
         f"To: <sip:callee@example.com>{to_tag}\r\n"
         f"Call-ID: call-{transaction}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
@@ -94,11 +102,18 @@ def test_the_responses_of_one_transaction_reach_one_worker_in_order(
     workers: list[socket.socket],
 ) -> None:
     """A 200 dealt to another worker than the 180 before it could overtake it; each
-    transaction's responses go to one worker, and the transactions to all of them."""
+    transaction's responses go to one worker, and the transactions to all of them. The
+    proxy writes its own 100 Trying; the 180 and the 200 are the UAS's, their Vias
+    written as it chose (one transaction in three on one line, one in three compact)."""
+    ways = ("lines", "commas", "compact")
     sent = [
-        response(status, n, tag)
+        response(status, n, tag, vias)
         for n in range(90)
-        for status, tag in (("100 Trying", ""), ("180 Ringing", ";tag=t"), ("200 OK", ";tag=t"))
+        for status, tag, vias in (
+            ("100 Trying", "", "lines"),
+            ("180 Ringing", ";tag=t", ways[n % 3]),
+            ("200 OK", ";tag=t", ways[n % 3]),
+        )
     ]
     by_transaction: dict[bytes, list[tuple[int, bytes]]] = {}
     for worker, datagram in deliveries(workers, sent):
@@ -115,11 +130,13 @@ def test_the_responses_of_one_transaction_reach_one_worker_in_order(
 
 def test_requests_and_odd_responses_are_dealt_at_random(workers: list[socket.socket]) -> None:
     """Requests (one client's retransmissions alike), a response whose status line is too
-    long to look past, and bytes that are not SIP: every worker gets some."""
+    long to look past, one without our branch on top, and bytes that are not SIP: every
+    worker gets some."""
     options = (
         b"OPTIONS sip:lb.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\n\r\n"
     )
-    long_reason = response("500 " + "Server Internal Error " * 5, 1)
-    for datagram in (options, long_reason, b"\r\n\r\n" * 50):
+    long_reason = response("500 " + "Server Internal Error " * 10, 1)
+    not_ours = response("200 OK", 2).replace(b"z9hG4bK-sf", b"z9hG4bK-xy")
+    for datagram in (options, long_reason, not_ours, b"\r\n\r\n" * 50):
         per_worker = Counter(worker for worker, _ in deliveries(workers, [datagram] * 90))
         assert len(per_worker) == WORKERS, (datagram[:20], per_worker)

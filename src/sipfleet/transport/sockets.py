@@ -184,31 +184,36 @@ def keep_only(sets: list[list[socket.socket]], index: int) -> list[socket.socket
 # 0, and its return value picks the socket of the SO_REUSEPORT group (in the order they
 # were bound; a load past the end of the datagram ends it with 0).
 _SO_ATTACH_REUSEPORT_CBPF = 51
-_LD_W_ABS, _LD_B_ABS, _LD_W_IND, _LD_IMM, _LD_MEM, _LD_LEN = 0x20, 0x30, 0x40, 0x00, 0x60, 0x80
+_LD_W_ABS, _LD_B_IND = 0x20, 0x50
+_LD_IMM, _LD_MEM, _LD_LEN = 0x00, 0x60, 0x80
 _LDX_IMM, _LDX_MEM, _ST, _STX, _TAX, _TXA = 0x01, 0x61, 0x02, 0x03, 0x07, 0x87
 _ADD_K, _XOR_X, _MUL_K, _RSH_K, _MOD_K = 0x04, 0xAC, 0x24, 0x74, 0x94
 _JA, _JEQ_K, _JGE_K, _JGE_X, _RET_A = 0x05, 0x15, 0x35, 0x3D, 0x16
 _SKF_AD_RANDOM = -0x1000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM: a random 32-bit number
 _RESPONSE = 0x5349502F  # b"SIP/", the start of a status line, as a big-endian word
-# Where a status line's end is looked for, and the window of the lines after it that is
-# hashed: 64 bytes from 32 past its start reach the branch of the top Via (the LB's own,
-# "Via: SIP/2.0/UDP <sent-by>;branch=...") and the start of the Via after it, which every
-# response of one transaction repeats as it was.
-_STATUS_LINE_ENDS = range(12, 80)
-_WINDOW_START, _WINDOW_WORDS = 32, 16
-_SHORTEST_RESPONSE = 128  # bytes: none with its mandatory headers is shorter
+# Each response is dealt by the branch of our own Via, which names its transaction: found
+# by the end of our branches' prefix ("z9hG4bK-sf", builders.stateless_branch) anywhere in
+# the first bytes. Not by the lines after the status line: a UAS may write the Vias it
+# copies on one line, comma-separated, so the proxy's own 100 Trying and the 180 it relays
+# for the same transaction differ in those bytes (2026-12-05: the 100 reached the caller
+# after the 200 in 1 % of calls through two workers).
+_BRANCH_MARK = 0x4B2D7366  # b"K-sf": the end of "z9hG4bK-sf"
+_MARK_OFFSETS = range(16, 200)  # where the mark may start
+_BRANCH_BYTES = 48  # at most this many of the branch after the mark are hashed
+_LAST_TOKEN_BELOW = 0x2D  # a byte below "-" (",", CR, space) or a ";" ends the branch
+_SHORTEST_RESPONSE = _MARK_OFFSETS[-1] + 4  # any response with its mandatory headers is longer
 # One instruction: (code, k, where jt goes, where jf goes); a jump names a label, resolved
 # to the count of instructions it skips (BPF_JA: k, conditional jumps: jt/jf).
 _Insn = tuple[int, int, str | None, str | None]
 
 
 def transaction_spread_program(group_size: int) -> bytes:
-    """Requests at random; each response by a hash of the lines after its status line
-    (its top Vias), so the 100, 180 and 200 of one transaction reach one worker, in the
-    order they came, while the transactions still spread over the workers. Dealt at
-    random, a 200 could overtake the 180 sent just before it (another worker's queue
-    was shorter): harmless to a phone, but a reordering no hop should add. A datagram
-    too short or not laid out so: at random. (A load past the end would end the
+    """Requests at random; each response by a hash of the branch of our Via (the LB's,
+    on top), so the 100, 180 and 200 of one transaction reach one worker, in the order
+    they came, while the transactions still spread over the workers. Dealt at random, a
+    200 could overtake the 180 sent just before it (another worker's queue was
+    shorter): harmless to a phone, but a reordering no hop should add. A datagram too
+    short or without our branch in reach: at random. (A load past the end would end the
     program with 0, the first worker, so every load is checked against the length.)"""
     code: list[_Insn | str] = [  # a str is a label
         (_LD_LEN, 0, None, None),
@@ -219,36 +224,46 @@ def transaction_spread_program(group_size: int) -> bytes:
         (_JA, 0, "random", None),
         "scan",
     ]
-    for end in _STATUS_LINE_ENDS:  # unrolled: classic BPF has no loops
+    for at in _MARK_OFFSETS:  # unrolled: classic BPF has no loops
         code += [
-            (_LD_B_ABS, end, None, None),
-            (_JEQ_K, ord("\n"), None, f"after{end}"),
-            (_LDX_IMM, end + 1, None, None),  # the next line starts here
-            (_JA, 0, "line", None),
-            f"after{end}",
+            (_LD_W_ABS, at, None, None),
+            (_JEQ_K, _BRANCH_MARK, None, f"not{at}"),
+            (_LDX_IMM, at + 4, None, None),  # the branch's own part starts here
+            (_JA, 0, "found", None),
+            f"not{at}",
         ]
     code += [
-        (_JA, 0, "random", None),  # no line end in reach
-        "line",
-        (_STX, 15, None, None),  # M[15]: where the line starts
+        (_JA, 0, "random", None),  # not our Via's branch: not a response to us
+        "found",
+        (_STX, 15, None, None),  # M[15]: where the branch's own part starts
         (_TXA, 0, None, None),
-        (_ADD_K, _WINDOW_START + 4 * _WINDOW_WORDS, None, None),
+        (_ADD_K, _BRANCH_BYTES, None, None),
         (_TAX, 0, None, None),
         (_LD_LEN, 0, None, None),
-        (_JGE_X, 0, None, "random"),  # the window ends inside the datagram
+        (_JGE_X, 0, "inside", None),  # every byte hashed lies inside the datagram
+        (_JA, 0, "random", None),
+        "inside",
         (_LD_IMM, 0, None, None),
         (_ST, 0, None, None),  # M[0]: the hash
+        (_LDX_MEM, 15, None, None),
     ]
-    for word in range(_WINDOW_WORDS):
+    for byte in range(_BRANCH_BYTES):
         code += [
-            (_LDX_MEM, 15, None, None),
-            (_LD_W_IND, _WINDOW_START + 4 * word, None, None),
+            (_LD_B_IND, byte, None, None),
+            (_JGE_K, _LAST_TOKEN_BELOW, None, f"end{byte}"),
+            (_JEQ_K, ord(";"), f"end{byte}", None),
             (_LDX_MEM, 0, None, None),
             (_XOR_X, 0, None, None),
             (_MUL_K, 0x9E3779B1, None, None),  # Fibonacci hashing: low bits carried upward
             (_ST, 0, None, None),
+            (_LDX_MEM, 15, None, None),
+            (_JA, 0, f"next{byte}", None),
+            f"end{byte}",
+            (_JA, 0, "hashed", None),
+            f"next{byte}",
         ]
     code += [
+        "hashed",
         (_LD_MEM, 0, None, None),
         (_RSH_K, 16, None, None),  # the well-mixed high half folded into the low one
         (_LDX_MEM, 0, None, None),
