@@ -5,8 +5,8 @@
 
 For each system: a sipp UAS answering OPTIONS with 200 (bench/sipp/echo_uas.xml), the LB
 in front of it (sipfleet: `sipfleet run lb` with the UAS as its only proxy-pool target and
-``node.workers``; Kamailio: bench/kamailio/lb.cfg, the anchor's stateless LB, with
-``-n`` children and the tlsf allocator), and a sipp UAC ramping OPTIONS to sip:echo@LB
+``node.workers``; Kamailio: bench/kamailio/lb.cfg, the anchor's stateless LB job written
+here, with ``-n`` children and the tlsf allocator), and a sipp UAC ramping OPTIONS to sip:echo@LB
 (bench/sipp/echo_uac.xml). A step passes when failed + unfinished calls are < 1 % and the
 rate achieved in the window is >= 97 % of the target (bench/relay_bench.py's method); the
 rate goes up by ``--factor`` while steps pass, then bisects. CPU is that of the whole

@@ -15,7 +15,7 @@ Relays, each with one process doing the work:
 - ``relay``: bench/relay_sipfleet.py, the stateless forwarder without the LB's decisions;
 - ``floor`` / ``floor-socket``: bench/relay_floor.py, the least a Python relay on uvloop
   does (one Via line in, one out; ``floor-socket`` sends on the socket as sipfleet does);
-- ``kamailio``: Kamailio with the anchor's stateless LB config (bench/kamailio/lb.cfg),
+- ``kamailio``: Kamailio as the anchor's stateless LB (bench/kamailio/lb.cfg),
   ``-n 1``, tlsf.
 
 Figures, per pair sipp counted as successful:

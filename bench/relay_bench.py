@@ -232,7 +232,7 @@ SIPP_OPTIONS = (
     "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-1234-1-0\r\nMax-Forwards: 70\r\n"
     "From: <sip:sipp@127.0.0.1:5100>;tag=1234SIPpTag001\r\nTo: <sip:echo@127.0.0.1:5091>\r\n"
     "Call-ID: 1-1234@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nContact: <sip:sipp@127.0.0.1:5100>\r\n"
-    "Accept: application/sdp\r\nUser-Agent: sipp-anchor\r\nContent-Length: 0\r\n\r\n"
+    "Accept: application/sdp\r\nUser-Agent: sf-bench\r\nContent-Length: 0\r\n\r\n"
 )
 
 
