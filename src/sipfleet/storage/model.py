@@ -123,6 +123,22 @@ class BindingUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteBinding:
+    """What the proxy reads of an unexpired binding to reach its contact (``lookup_routes``):
+    8 of a ``Binding``'s 20 fields, so the database sends and the driver parses fewer
+    columns on every call. Same meaning and order rules as ``Binding``."""
+
+    id: int  # the later row first among flows registered within one second
+    contact: str
+    received: str | None
+    path: str | None
+    q: float | None
+    last_modified: int
+    instance: str | None
+    reg_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class LiveFlow:
     """A flow (LB flow token) with at least one unexpired binding: the LB keeps it alive."""
 
