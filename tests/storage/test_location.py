@@ -14,6 +14,7 @@ from sipfleet.storage import (
     Dsn,
     Dsns,
     InvalidInput,
+    RouteBinding,
     Storage,
     StorageOverloaded,
     TooManyContacts,
@@ -322,6 +323,43 @@ async def test_lookup_orders_by_q(storage: Storage) -> None:
     ]
 
 
+def routed(binding: Binding) -> RouteBinding:
+    """What lookup_routes answers for a binding: its routing fields."""
+    return RouteBinding(
+        binding.id,
+        binding.contact,
+        binding.received,
+        binding.path,
+        binding.q,
+        binding.last_modified,
+        binding.instance,
+        binding.reg_id,
+    )
+
+
+async def test_lookup_for_routing_is_the_lookup_with_the_routing_fields(storage: Storage) -> None:
+    instance = "<urn:uuid:00000000-0000-0000-0000-000000000001>"
+    await save(
+        storage,
+        update("sip:low", q=0.1, received="sip:198.51.100.7:40123"),
+        update("sip:none", path="<sip:lb1;lr>, <sip:lb2;lr>"),
+        update("sip:flow1", q=0.5, instance=instance, reg_id=1, flow="ft-1"),
+        update("sip:flow2", q=0.5, instance=instance, reg_id=2),
+        update("sip:gone", lifetime=10),
+    )
+    full = await storage.location.lookup(ALICE, now=NOW + 20)
+    routes = await storage.location.lookup_routes(ALICE, now=NOW + 20)
+    assert routes == [routed(b) for b in full]  # the same rows in the same order
+    assert [(b.contact, b.q) for b in routes[::3]] == [("sip:none", None), ("sip:low", 0.1)]
+    flow = next(b for b in routes if b.contact == "sip:flow1")
+    assert (flow.q, flow.instance, flow.reg_id, flow.last_modified) == (0.5, instance, 1, NOW)
+    assert (routes[0].path, routes[3].received) == (
+        "<sip:lb1;lr>, <sip:lb2;lr>",
+        "sip:198.51.100.7:40123",
+    )
+    assert await storage.location.lookup_routes(BOB, now=NOW) == []
+
+
 async def test_live_flows_for_the_lb(storage: Storage) -> None:
     await save(
         storage,
@@ -393,6 +431,9 @@ async def test_reads_go_to_the_replica_and_retry_on_the_primary(
 
     retrying = opened(Dsns(primary, (replica,)), retry_primary_on_miss=True)
     assert contacts(await retrying.location.lookup(ALICE, now=NOW)) == ["sip:a@primary"]
+    [primary_route] = await retrying.location.lookup_routes(ALICE, now=NOW)
+    assert primary_route.contact == "sip:a@primary"
+    assert await strict.location.lookup_routes(ALICE, now=NOW) == []
     # Writes always go to the primary.
     await save(retrying, update("sip:b@new"), aor=BOB)
     assert contacts(await writer.location.lookup(BOB, now=NOW)) == ["sip:b@new"]

@@ -45,6 +45,7 @@ from sipfleet.storage.model import (
     LbTargetHealth,
     LcrSnapshot,
     LiveFlow,
+    RouteBinding,
     RuleEntry,
     Subscriber,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "LiveFlow",
     "LocationStore",
     "PreferenceStore",
+    "RouteBinding",
     "RuleEntry",
     "SchemaOutdated",
     "Storage",

@@ -28,6 +28,7 @@ from sipfleet.storage.model import (
     LbTargetHealth,
     LcrSnapshot,
     LiveFlow,
+    RouteBinding,
     RuleEntry,
     Subscriber,
 )
@@ -52,6 +53,13 @@ class LocationStore(Protocol):
     async def lookup(self, aor: AddressOfRecord, *, now: int | None = None) -> list[Binding]:
         """Unexpired bindings, best q first; from a replica, retried on the primary when the
         replica has none and ``database.retry_primary_on_miss`` is set."""
+        ...
+
+    async def lookup_routes(
+        self, aor: AddressOfRecord, *, now: int | None = None
+    ) -> list[RouteBinding]:
+        """``lookup`` for routing a call: the same bindings in the same order, with only
+        the fields the proxy reads (``RouteBinding``)."""
         ...
 
     async def count(self, aor: AddressOfRecord, *, now: int | None = None) -> int: ...

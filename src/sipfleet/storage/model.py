@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from sipfleet.storage.errors import InvalidInput
 from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
@@ -120,6 +120,23 @@ class BindingUpdate:
     @property
     def flow_key(self) -> str:
         return flow_key(self.instance, self.reg_id)
+
+
+class RouteBinding(NamedTuple):
+    """What the proxy reads of an unexpired binding to reach its contact (``lookup_routes``):
+    8 of a ``Binding``'s 20 fields, so the database sends and the driver parses fewer
+    columns on every call. Same meaning and order rules as ``Binding``. A NamedTuple, not
+    a frozen dataclass like the others: made from a row for 3k instructions against 10k,
+    and the proxy makes one per binding of every call."""
+
+    id: int  # the later row first among flows registered within one second
+    contact: str
+    received: str | None
+    path: str | None
+    q: float | None
+    last_modified: int
+    instance: str | None
+    reg_id: int | None
 
 
 @dataclass(frozen=True, slots=True)

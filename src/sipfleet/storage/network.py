@@ -177,8 +177,7 @@ class NetworkExecutor(ABC, Generic[C]):
         limit = self.query_timeout + extra_time
         for attempt in range(1, CONFLICT_RETRIES + 1):
             try:
-                async with asyncio.timeout(limit):
-                    return await pool.run(work)
+                return await _within(limit, pool, work)
             except TimeoutError:
                 reason = f"no answer within {limit:g} s"
                 raise pool.unavailable(reason) from None
@@ -224,3 +223,46 @@ class NetworkExecutor(ABC, Generic[C]):
     async def close(self) -> None:
         for pool in self._pools.values():
             await pool.close()
+
+
+class _Deadline:
+    """Cancels the task it guards when called (the time limit passed), and says whether
+    that cancellation was the only one."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+    def settle(self) -> bool:
+        """After the work: True when this deadline cancelled it and nothing else did
+        (then the cancellation is a time-out); withdraws its cancellation either way."""
+        if not self.fired:
+            return False
+        self.fired = False
+        return self.task.uncancel() == 0
+
+
+async def _within(limit: float, pool: Pool[C], work: Callable[[C], Awaitable[T]]) -> T:
+    """``pool.run(work)`` within ``limit`` seconds, else ``TimeoutError``: what ``asyncio.timeout``
+    does, for a third of its cost (measured: 23k instructions per query against 9k, and
+    every call of the proxy runs a query). A cancellation from outside stays one."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("a storage query needs a task (its time limit cancels it)")
+    deadline = _Deadline(task)
+    timer = asyncio.get_running_loop().call_later(limit, deadline)
+    try:
+        return await pool.run(work)
+    except asyncio.CancelledError:
+        if deadline.settle():
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
+        deadline.settle()

@@ -130,23 +130,16 @@ class Pool(Generic[C]):
             return await self._run_once(work, retry_on_dead=False)
 
     async def _run_once(self, work: Callable[[C], Awaitable[T]], retry_on_dead: bool) -> T:
-        async with self._slots:
+        # acquire/release rather than ``async with``: the same, without two coroutines
+        # per query (every call of the proxy runs one).
+        await self._slots.acquire()
+        try:
             reused = bool(self._idle)
             conn = self._idle.pop() if reused else await self._open()
             try:
                 result = await work(conn)
             except Exception as exc:
-                error = exc if isinstance(exc, StorageError) else self._classify(exc)
-                if isinstance(error, StorageUnavailable):
-                    await self._discard(conn)
-                    if reused and retry_on_dead:
-                        raise _DeadIdleConnection from exc
-                    if error is not exc:
-                        error = self.unavailable(str(error))
-                elif isinstance(error, REUSABLE_AFTER):
-                    self._idle.append(conn)
-                else:
-                    await self._discard(conn)
+                error = await self._failed(conn, exc, reused and retry_on_dead)
                 if error is exc:
                     raise
                 raise error from exc
@@ -156,6 +149,24 @@ class Pool(Generic[C]):
             self._idle.append(conn)
             self.health.succeeded()
             return result
+        finally:
+            self._slots.release()
+
+    async def _failed(self, conn: C, exc: Exception, retry_on_dead: bool) -> Exception:
+        """What a failed operation raises; the connection is kept only when the database
+        merely refused the statement."""
+        error = exc if isinstance(exc, StorageError) else self._classify(exc)
+        if isinstance(error, StorageUnavailable):
+            await self._discard(conn)
+            if retry_on_dead:
+                return _DeadIdleConnection()
+            if error is not exc:
+                error = self.unavailable(str(error))
+        elif isinstance(error, REUSABLE_AFTER):
+            self._idle.append(conn)
+        else:
+            await self._discard(conn)
+        return error
 
     def unavailable(self, reason: str) -> StorageUnavailable:
         """The error callers get (naming the database), logged once per outage."""

@@ -39,6 +39,7 @@ from sipfleet.storage.model import (
     LbTarget,
     LbTargetHealth,
     LiveFlow,
+    RouteBinding,
     Subscriber,
 )
 from sipfleet.storage.pool import InFlightGate
@@ -197,11 +198,26 @@ class SqlLocation:
 
     @timed("location.lookup")
     async def lookup(self, aor: AddressOfRecord, *, now: int | None = None) -> list[Binding]:
-        params = {**_aor(aor), "now": clock(now)}
-        rows = await self._db.fetch(self._db.sql.lookup, params, replica=True)
-        if not rows and self._retry:
-            rows = await self._db.fetch(self._db.sql.lookup, params)
+        rows = await self._current(self._db.sql.lookup, aor, now)
         return [binding(row) for row in rows]
+
+    # Timed as a lookup: the same read as ``lookup`` with fewer columns; the proxy's reads
+    # stay under location.lookup in the metrics.
+    @timed("location.lookup")
+    async def lookup_routes(
+        self, aor: AddressOfRecord, *, now: int | None = None
+    ) -> list[RouteBinding]:
+        rows = await self._current(self._db.sql.lookup_routes, aor, now)
+        return [RouteBinding(*row) for row in rows]
+
+    async def _current(self, stmt: Statement, aor: AddressOfRecord, now: int | None) -> list[Row]:
+        """The AOR's unexpired rows from a replica, or the primary when the replica has
+        none and ``retry_primary_on_miss`` is set (a phone that has just registered)."""
+        params = {**_aor(aor), "now": clock(now)}
+        rows = await self._db.fetch(stmt, params, replica=True)
+        if not rows and self._retry:
+            rows = await self._db.fetch(stmt, params)
+        return rows
 
     @timed("location.count")
     async def count(self, aor: AddressOfRecord, *, now: int | None = None) -> int:

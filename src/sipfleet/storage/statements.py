@@ -32,6 +32,11 @@ from sipfleet.storage.schema import (
 # The order of Binding's fields: every column but flow_key (it follows from two others).
 BINDING_COLUMNS = tuple(col for col in location.c if col.name != "flow_key")
 BINDING_KEY = ["username", "domain", "contact", "flow_key"]  # location_binding_key
+# The order of RouteBinding's fields: what the proxy reads to route a call.
+ROUTE_COLUMNS = tuple(
+    location.c[name]
+    for name in ("id", "contact", "received", "path", "q", "last_modified", "instance", "reg_id")
+)
 LB_TARGET_COLUMNS = (
     lb_target.c.id,
     lb_target.c.pool,
@@ -181,6 +186,7 @@ class Statements:
         self.dialect = dialect_for(kind)
         c = self._compile
         self.lookup = c(sa.select(*BINDING_COLUMNS).where(_live()).order_by(*_BY_PREFERENCE))
+        self.lookup_routes = c(sa.select(*ROUTE_COLUMNS).where(_live()).order_by(*_BY_PREFERENCE))
         self.all_bindings = c(
             sa.select(*BINDING_COLUMNS)
             .where(_live(aor=False))

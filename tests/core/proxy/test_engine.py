@@ -199,7 +199,7 @@ class DownStorage:
     @property
     def location(self) -> Any:
         class Location:
-            async def lookup(self, aor: Any, now: int | None = None) -> Any:
+            async def lookup_routes(self, aor: Any, now: int | None = None) -> Any:
                 raise StorageUnavailable("database unreachable")
 
         return Location()
@@ -225,9 +225,9 @@ class TaskBoundStorage(DownStorage):
         real = self._real.location
 
         class Location:
-            async def lookup(self, aor: Any, now: int | None = None) -> Any:
+            async def lookup_routes(self, aor: Any, now: int | None = None) -> Any:
                 async with asyncio.timeout(1.0):
-                    return await real.lookup(aor, now=now)
+                    return await real.lookup_routes(aor, now=now)
 
         return Location()
 

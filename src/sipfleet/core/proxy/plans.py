@@ -56,7 +56,7 @@ class Planner:
         aor = decision.aor or _request_aor(call)
         if aor is None:
             return NOT_REGISTERED if decision.hide_unknown else NO_SUCH_USER
-        bindings = await self.storage.location.lookup(aor)
+        bindings = await self.storage.location.lookup_routes(aor)
         if not bindings:
             if decision.hide_unknown:
                 return NOT_REGISTERED

@@ -12,11 +12,33 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import groupby
+from typing import Protocol
 
 from sipfleet.sip.grammar import split_values
-from sipfleet.storage.model import Binding
 
 Header = tuple[str, str]
+
+
+class Reachable(Protocol):
+    """The fields of a binding that routing reads: a ``RouteBinding`` (what the proxy
+    looks up) or a full ``Binding``."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def contact(self) -> str: ...
+    @property
+    def received(self) -> str | None: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def q(self) -> float | None: ...
+    @property
+    def last_modified(self) -> int: ...
+    @property
+    def instance(self) -> str | None: ...
+    @property
+    def reg_id(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,24 +82,24 @@ class ForkPlan:
         return cls(((target,),), headers=tuple(headers))
 
 
-def target_of(binding: Binding) -> Target:
+def target_of(binding: Reachable) -> Target:
     routes = tuple(split_values(binding.path)) if binding.path else ()
     received = None if routes else binding.received
     return Target(binding.contact, routes, received)
 
 
-def most_recent_first(flows: Sequence[Binding]) -> list[Binding]:
+def most_recent_first(flows: Sequence[Reachable]) -> list[Reachable]:
     """The flows of one instance in the order they are tried (RFC 5626 §5.3: the most
     recently registered first; the later row on a tie within a second)."""
     return sorted(flows, key=lambda b: (b.last_modified, b.id), reverse=True)
 
 
-def targets_by_instance(bindings: Sequence[Binding]) -> list[tuple[float, Target]]:
+def targets_by_instance(bindings: Sequence[Reachable]) -> list[tuple[float, Target]]:
     """(q, target) per binding, except that the bindings of one RFC 5626 instance
     (``+sip.instance`` with a ``reg-id``: one per flow) make one target, its other flows
     as alternates, so the phone rings once; in the order of each instance's first row."""
-    flows: dict[str, list[Binding]] = {}
-    order: list[Binding | str] = []
+    flows: dict[str, list[Reachable]] = {}
+    order: list[Reachable | str] = []
     for binding in bindings:
         instance = binding.instance
         if instance is None or binding.reg_id is None:
@@ -100,7 +122,7 @@ def targets_by_instance(bindings: Sequence[Binding]) -> list[tuple[float, Target
 
 
 def plan_for_bindings(
-    bindings: Sequence[Binding], *, serial: bool, headers: Sequence[Header] = ()
+    bindings: Sequence[Reachable], *, serial: bool, headers: Sequence[Header] = ()
 ) -> ForkPlan:
     """Every contact at once, or one group per q value, best first (storage returns the
     bindings best q first; a binding without q counts as q=1.0, RFC 3261 §10.2.1.2).
