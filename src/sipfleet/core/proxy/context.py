@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from sipfleet.core.proxy.targets import ForkPlan, Target
+from sipfleet.core.proxy.targets import ForkPlan, Target, next_group_unless_success_or_global
 from sipfleet.sip.builders import make_response
 from sipfleet.sip.message import Request, Response
 from sipfleet.sip.transaction import ClientTransaction
@@ -194,7 +195,8 @@ class ResponseContext:
         self.branches: list[Branch] = []
         self.final_sent = False
         self._queued: deque[tuple[Target, ...]] = deque()
-        self._advance = ForkPlan.single(Target()).advance
+        # ForkPlan's default, until start() sets the plan's
+        self._advance: Callable[[int], bool] = next_group_unless_success_or_global
         self._last_group_answers = False
         self._group_start = 0  # index of the first branch of the group started last
         self._ask_on_failure = ask_on_failure
