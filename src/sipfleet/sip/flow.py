@@ -17,7 +17,7 @@ it serves every call to that binding.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -91,11 +91,7 @@ class FlowTokens:
         version = body[0]
         if version != _VERSION and version != _HMAC_VERSION:
             return None
-        if body[1] & _FLAG_DIALOG:
-            candidates = [body + Dialog(call_id, tag).material() for tag in tags if tag]
-        else:
-            candidates = [body]
-        if not any(self._verifies(mac, signed, version) for signed in candidates):
+        if not self._signed(body, mac, version, call_id, tags):
             return None
         version, flags, worker, port, connection, lb = _HEADER.unpack_from(body)
         packed = body[_HEADER.size :]
@@ -121,6 +117,19 @@ class FlowTokens:
             lb=lb,
         )
 
+    def _signed(
+        self, body: bytes, mac: bytes, version: int, call_id: str, tags: tuple[str | None, ...]
+    ) -> bool:
+        """Whether ``mac`` is ours over ``body`` (and, for a dialog's token, over the
+        dialog with one of ``tags``). The tags are tried one by one, stopping at the
+        first that verifies: the caller's requests name it first."""
+        if not body[1] & _FLAG_DIALOG:
+            return self._verifies(mac, body, version)
+        for tag in tags:
+            if tag and self._verifies(mac, body + Dialog(call_id, tag).material(), version):
+                return True
+        return False
+
     def _mac(self, body: bytes) -> bytes:
         return hashlib.blake2b(body, key=self._key, digest_size=_MAC_BYTES).digest()
 
@@ -144,8 +153,10 @@ def _packed(host: str) -> bytes:
 
 
 def _b64(data: bytes) -> str:
-    # base64url without padding: letters, digits, '-' and '_' are all unreserved in a SIP user part
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # base64url without padding: letters, digits, '-' and '_' are all unreserved in a SIP
+    # user part. binascii directly: base64.urlsafe_b64encode is interpreted Python around it.
+    standard = binascii.b2a_base64(data, newline=False).rstrip(b"=").decode("ascii")
+    return standard.replace("+", "-").replace("/", "_")
 
 
 def _unb64(text: str) -> bytes | None:
@@ -153,5 +164,6 @@ def _unb64(text: str) -> bytes | None:
     be varied (the unused low bits of the last character must be zero)."""
     if not text or len(text) > 64 or len(text) % 4 == 1 or not _B64_ALPHABET.issuperset(text):
         return None
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    standard = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
+    data = binascii.a2b_base64(standard)
     return data if _b64(data) == text else None

@@ -26,15 +26,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from sipfleet.core.lb.keepalive import contact_digest
 from sipfleet.core.lb.pools import Pools
 from sipfleet.core.lb.sides import SideName, Sides
 from sipfleet.routing.nat import nat_evidence
 from sipfleet.sip import Request, SipUri
+from sipfleet.sip.address import Address
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow, FlowTokens
+from sipfleet.sip.memo import Memo
 from sipfleet.storage.model import LbPool
 from sipfleet.transport.base import ACCEPTED_ONLY, Destination, Peer, TransportName
 from sipfleet.transport.sockets import normalise_host
@@ -43,6 +45,22 @@ CONNECTION_BITS = 32
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 MAX_LEARNED_CONTACTS = 4  # contact digests carried in our Via of a REGISTER
 RETRY_AFTER = "5"
+MAX_ROUTE_URIS = 4096  # Route URIs read (by their text, see _route_uri_key)
+NOT_SIP: Final = "\x00"  # a key no URI text starts with: a token's user part cut out
+
+
+class RouteUri(NamedTuple):
+    """What the Router reads of a Route's URI: whether it is a sip/sips URI naming one of
+    our listeners, its host (bare) and port (5060 when none is written, as a pool target
+    is looked up)."""
+
+    sip: bool
+    ours: bool
+    host: str
+    port: int
+
+
+NOT_A_SIP_URI: Final = RouteUri(False, False, "", 0)
 
 
 class Forward(NamedTuple):  # a tuple: made for every request, so made cheaply
@@ -99,6 +117,8 @@ class Router:
         self.worker = worker
         self.has_connection = has_connection
         self._inside: dict[Destination, Forward] = {}  # pool target -> plain forward to it
+        # see _read_route
+        self._route_uris: Final = Memo[str, tuple[RouteUri, str | None]](MAX_ROUTE_URIS)
 
     def route(self, request: Request, peer: Peer) -> Decision:
         popped, token = self._our_routes(request)
@@ -256,10 +276,10 @@ class Router:
         routes = request.routes
         if len(routes) <= popped:
             return None
-        uri = routes[popped].uri
-        if not isinstance(uri, SipUri):
+        uri, _ = self._read_route(routes[popped])
+        if not uri.sip:
             return None
-        target = self.pools.at(uri.host_bare, uri.port or 5060)
+        target = self.pools.at(uri.host, uri.port)
         if target is None or target.health == "down" or target.state == "disabled":
             return None
         return target.destination
@@ -268,17 +288,40 @@ class Router:
     def _our_routes(self, request: Request) -> tuple[int, str | None]:
         """How many Routes on top are ours, and the flow token in them."""
         top = request.top_route
-        if top is None or not isinstance(top.uri, SipUri) or not self.sides.is_ours(top.uri):
+        if top is None or not self._read_route(top)[0].ours:
             return 0, None
         count, token = 0, None
         for route in request.routes:
-            uri = route.uri
-            if not isinstance(uri, SipUri) or not self.sides.is_ours(uri):
+            uri, user = self._read_route(route)
+            if not uri.ours:
                 break
             count += 1
-            if token is None and uri.user:
-                token = uri.user
+            if token is None and user:
+                token = user
         return count, token
+
+    def _read_route(self, route: Address) -> tuple[RouteUri, str | None]:
+        """What a Route's URI says, and its user part: ``route.uri`` read as the parser
+        reads it (a bad URI raises its ParseError), memoised by the URI's text.
+
+        The text of our own Route differs in each dialog only by its flow token (the user
+        part): a user part of token characters is cut out of the key, and taken from the
+        text. What is memoised is what the text alone says (the Sides do not change), so
+        one packet's Route cannot change what another's is read as; the memo is bounded."""
+        key, token = _route_uri_key(route.uri_text)
+        known = self._route_uris.table.get(key)
+        if known is None:
+            known = self._route_uris.put(key, self._parse_route_uri(route, token is None))
+        return known if token is None else (known[0], token)
+
+    def _parse_route_uri(self, route: Address, with_user: bool) -> tuple[RouteUri, str | None]:
+        """The URI read, and its user part when ``with_user`` (else None: it is no part of
+        the memo key, and is taken from each text)."""
+        uri = route.uri
+        if not isinstance(uri, SipUri):
+            return NOT_A_SIP_URI, None
+        read = RouteUri(True, self.sides.is_ours(uri), uri.host_bare, uri.port or 5060)
+        return read, (uri.user if with_user else None)
 
     def _for_us(self, request: Request) -> bool:
         if "@" in request.uri_text:  # a user part: for someone else (parsing costs more)
@@ -319,6 +362,27 @@ class Router:
         if request.method in ("CANCEL", "ACK"):
             return True
         return self.pools.has_draining and request.to.tag is not None
+
+
+def _route_uri_key(text: str) -> tuple[str, str | None]:
+    """The memo key of a URI text, and the user part cut out of it: for ``sip:USER@rest``
+    (or sips) whose USER is all base64url characters (as our flow tokens are), NOT_SIP,
+    the scheme and the rest, without the user; else the text itself, and None.
+
+    Such a user part is read as itself (no escape, password or character the URI parser
+    refuses), and the first '@' ends it: the rest parses as it would after any other."""
+    at = text.find("@")
+    colon = text.find(":")
+    if at < 0 or colon <= 0 or colon >= at - 1:
+        return text, None
+    user = text[colon + 1 : at]
+    bare = user.replace("-", "").replace("_", "")
+    if bare and not (bare.isalnum() and bare.isascii()):
+        return text, None
+    scheme = text[:colon].lower()
+    if scheme != "sip" and scheme != "sips":
+        return text, None
+    return NOT_SIP + text[: colon + 1] + text[at + 1 :], user
 
 
 def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
