@@ -24,9 +24,10 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from sipfleet.sip.dialog_token import Dialog
+from sipfleet.sip.memo import Memo
 
 # Version 3: the MAC is keyed BLAKE2b (RFC 7693), a third of HMAC-SHA256's cost through
 # Python's OpenSSL binding. Version 2 (HMAC-SHA256) is still accepted: the Paths stored
@@ -42,6 +43,10 @@ _FLAG_DIALOG = 0x08  # the MAC covers a dialog (Call-ID and the caller's tag)
 _FLAG_TLS = 0x10  # with _FLAG_TCP: the connection is TLS (RFC 3261 §26)
 _FLAG_WS = 0x20  # with _FLAG_TCP: WebSocket (RFC 7118), with _FLAG_TLS too: WSS
 FlowTransport = Literal["udp", "tcp", "tls", "ws", "wss"]
+# Verified tokens, by token, Call-ID and tags: a dialog's ACK and BYE carry the same ones.
+# Bounded twice: in entries (sip/memo.py) and in each key's size (a Call-ID may be long).
+MAX_DECODED = 4096
+MAX_DECODED_TEXT = 256  # characters of Call-ID and tags together
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -61,6 +66,7 @@ class FlowTokens:
         if not secret:
             raise ValueError("the cluster secret must not be empty")
         self._key = hashlib.sha256(b"sipfleet flow token\x00" + secret).digest()
+        self._decoded: Final = Memo[tuple[str, str, tuple[str | None, ...]], Flow](MAX_DECODED)
 
     def encode(self, flow: Flow, dialog: Dialog | None = None) -> str:
         """The token for ``flow``; bound to ``dialog`` when given (a Record-Route's)."""
@@ -83,7 +89,21 @@ class FlowTokens:
         self, token: str, call_id: str = "", tags: tuple[str | None, ...] = ()
     ) -> Flow | None:
         """The flow a token names, or None when it is not one of ours, was altered, or is
-        bound to a dialog other than ``call_id`` with one of ``tags``."""
+        bound to a dialog other than ``call_id`` with one of ``tags``.
+
+        A token that verified is remembered with the exact Call-ID and tags it verified
+        for (the answer depends on nothing else): the same three again get the same flow
+        without a MAC. A token refused is checked again each time."""
+        key = (token, call_id, tags)
+        known = self._decoded.table.get(key)
+        if known is not None:
+            return known
+        flow = self._verified(token, call_id, tags)
+        if flow is not None and _short(call_id, tags):
+            self._decoded.put(key, flow)
+        return flow
+
+    def _verified(self, token: str, call_id: str, tags: tuple[str | None, ...]) -> Flow | None:
         raw = _unb64(token)
         if raw is None or len(raw) < _HEADER.size + 4 + _MAC_BYTES:
             return None
@@ -139,6 +159,15 @@ class FlowTokens:
         else:
             expected = self._mac(signed)
         return hmac.compare_digest(mac, expected)
+
+
+def _short(call_id: str, tags: tuple[str | None, ...]) -> bool:
+    """Whether a memo key with these is small enough to keep (see MAX_DECODED_TEXT)."""
+    size = len(call_id)
+    for tag in tags:
+        if tag:
+            size += len(tag)
+    return size <= MAX_DECODED_TEXT
 
 
 def _packed(host: str) -> bytes:

@@ -34,6 +34,7 @@ from sipfleet.core.lb.sides import SideName, Sides
 from sipfleet.routing.nat import nat_evidence
 from sipfleet.sip import Request, SipUri
 from sipfleet.sip.address import Address
+from sipfleet.sip.dialog_token import PARAM as DIALOG_PARAM
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow, FlowTokens
 from sipfleet.sip.memo import Memo
@@ -46,7 +47,8 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 MAX_LEARNED_CONTACTS = 4  # contact digests carried in our Via of a REGISTER
 RETRY_AFTER = "5"
 MAX_ROUTE_URIS = 4096  # Route URIs read (by their text, see _route_uri_key)
-NOT_SIP: Final = "\x00"  # a key no URI text starts with: a token's user part cut out
+CUT: Final = "\x00"  # starts a memo key with a part cut out (see _route_uri_key)
+DIALOG_TOKEN: Final = f";{DIALOG_PARAM}="  # a proxy's dialog token (sip/dialog_token.py)
 
 
 class RouteUri(NamedTuple):
@@ -305,10 +307,13 @@ class Router:
         reads it (a bad URI raises its ParseError), memoised by the URI's text.
 
         The text of our own Route differs in each dialog only by its flow token (the user
-        part): a user part of token characters is cut out of the key, and taken from the
-        text. What is memoised is what the text alone says (the Sides do not change), so
-        one packet's Route cannot change what another's is read as; the memo is bounded."""
+        part), a proxy's only by its dialog token: these are cut out of the key
+        (``_route_uri_key``), and the user part taken from the text. What is memoised is
+        what the text alone says (the Sides do not change), so one packet's Route cannot
+        change what another's is read as; the memo is bounded."""
         key, token = _route_uri_key(route.uri_text)
+        if not key:
+            return self._parse_route_uri(route, True)
         known = self._route_uris.table.get(key)
         if known is None:
             known = self._route_uris.put(key, self._parse_route_uri(route, token is None))
@@ -365,24 +370,40 @@ class Router:
 
 
 def _route_uri_key(text: str) -> tuple[str, str | None]:
-    """The memo key of a URI text, and the user part cut out of it: for ``sip:USER@rest``
-    (or sips) whose USER is all base64url characters (as our flow tokens are), NOT_SIP,
-    the scheme and the rest, without the user; else the text itself, and None.
+    """The memo key of a sip/sips URI text, and the user part cut out of it ("": not to
+    be memoised). Two parts that change from one dialog to the next are cut out, when
+    written in base64url characters (no escape, '=', ';', '?', '@' or anything the URI
+    parser refuses or reads otherwise):
 
-    Such a user part is read as itself (no escape, password or character the URI parser
-    refuses), and the first '@' ends it: the rest parses as it would after any other."""
-    at = text.find("@")
+    - the user part (our flow token): ``sip:USER@rest``; the first '@' ends it, so the
+      rest parses as it would after any other such user part;
+    - the value of a last parameter ``;dt=`` (a proxy's dialog token), in a URI without
+      headers ('?'): any such value parses alike, and only the URI's scheme, host and
+      port are read from it here.
+
+    A key with a cut is CUT, what was cut ("u", "d" or both) and the text left: no two
+    kinds of text share a key, and no URI text is itself one (those starting so are not
+    memoised)."""
+    if text[:1] == CUT:
+        return "", None
     colon = text.find(":")
-    if at < 0 or colon <= 0 or colon >= at - 1:
-        return text, None
-    user = text[colon + 1 : at]
-    bare = user.replace("-", "").replace("_", "")
-    if bare and not (bare.isalnum() and bare.isascii()):
-        return text, None
-    scheme = text[:colon].lower()
+    scheme = text[:colon].lower() if colon > 0 else ""
     if scheme != "sip" and scheme != "sips":
         return text, None
-    return NOT_SIP + text[: colon + 1] + text[at + 1 :], user
+    kind, left, user = "", text, None
+    at = text.find("@")
+    if at > colon + 1 and _base64url(text[colon + 1 : at]):
+        kind, left, user = "u", text[: colon + 1] + text[at + 1 :], text[colon + 1 : at]
+    dialog = left.rfind(DIALOG_TOKEN)
+    if dialog > colon and "?" not in left and _base64url(left[dialog + len(DIALOG_TOKEN) :]):
+        kind, left = kind + "d", left[: dialog + len(DIALOG_TOKEN)]
+    return (CUT + kind + left if kind else text), user
+
+
+def _base64url(text: str) -> bool:
+    """Not empty, and only letters and digits (ASCII), '-' and '_'."""
+    bare = text.replace("-", "").replace("_", "")
+    return text != "" and (bare == "" or (bare.isalnum() and bare.isascii()))
 
 
 def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
