@@ -123,7 +123,7 @@ class Router:
         self._route_uris: Final = Memo[str, tuple[RouteUri, str | None]](MAX_ROUTE_URIS)
 
     def route(self, request: Request, peer: Peer) -> Decision:
-        popped, token = self._our_routes(request)
+        popped, token, after = self._our_routes(request)
         if token is not None:
             flow = self.tokens.decode(token, request.call_id, (request.from_.tag, request.to.tag))
             if flow is None:
@@ -133,7 +133,7 @@ class Router:
                 return self._to_client(request, peer, flow, popped)
         elif popped == 0 and request.method == "OPTIONS" and self._for_us(request):
             return AnswerHere()
-        return self._to_cluster(request, peer, popped)
+        return self._to_cluster(request, peer, popped, after)
 
     def from_cluster(self, peer: Peer) -> bool:
         """A registrar or proxy sent it: it arrived on the internal side, or, with one
@@ -202,10 +202,12 @@ class Router:
         return Destination("udp", flow.host, uri.port or 5060, None, local)
 
     # -- toward the cluster ------------------------------------------------------------------
-    def _to_cluster(self, request: Request, peer: Peer, popped: int) -> Decision:
+    def _to_cluster(
+        self, request: Request, peer: Peer, popped: int, after: RouteUri | None = None
+    ) -> Decision:
         method = request.method
         pool: LbPool = "registrar" if method == "REGISTER" else "proxy"
-        destination = self._next_route(request, popped)
+        destination = self._next_route(request, popped, after)
         if destination is None:
             target = self.pools.choose(pool, request.call_id, existing=self._under_way(request))
             if target is None:
@@ -267,18 +269,20 @@ class Router:
         via_params = f";lbf={token};lbc={digests}" if digests else f";lbf={token}"
         return Forward(destination, sent_by, popped, path=path, via_params=via_params)
 
-    def _next_route(self, request: Request, popped: int) -> Destination | None:
+    def _next_route(
+        self, request: Request, popped: int, after: RouteUri | None = None
+    ) -> Destination | None:
         """The next Route after ours, when it names a pool target (only the pools decide
         where the LB sends; any other Route is left for the proxy to follow). A target
         that is down or disabled is passed over: its pool takes the request, by Call-ID,
         so a dialog outlives the proxy that Record-Routed it (the pool's proxies accept
-        each other's Route, ``proxy.aliases``)."""
+        each other's Route, ``proxy.aliases``). ``after``: that Route, read already."""
         if popped == 0 and request.top_route is None:
             return None
-        routes = request.routes
+        routes = request.routes  # every Route parsed: a bad one is refused (400), as ever
         if len(routes) <= popped:
             return None
-        uri, _ = self._read_route(routes[popped])
+        uri = after if after is not None else self._read_route(routes[popped])[0]
         if not uri.sip:
             return None
         target = self.pools.at(uri.host, uri.port)
@@ -287,20 +291,27 @@ class Router:
         return target.destination
 
     # -- pieces ------------------------------------------------------------------------------
-    def _our_routes(self, request: Request) -> tuple[int, str | None]:
-        """How many Routes on top are ours, and the flow token in them."""
+    def _our_routes(self, request: Request) -> tuple[int, str | None, RouteUri | None]:
+        """How many Routes on top are ours, the flow token in them, and the Route after
+        them as read (None: none, or not read here)."""
         top = request.top_route
-        if top is None or not self._read_route(top)[0].ours:
-            return 0, None
+        if top is None:
+            return 0, None, None
+        top_uri, user = self._read_route(top)
+        if not top_uri.ours:
+            return 0, None, None
         count, token = 0, None
         for route in request.routes:
-            uri, user = self._read_route(route)
+            if count == 0 and route.uri_text == top.uri_text:
+                uri = top_uri  # the top Route again, read alone above
+            else:
+                uri, user = self._read_route(route)
             if not uri.ours:
-                break
+                return count, token, uri
             count += 1
             if token is None and user:
                 token = user
-        return count, token
+        return count, token, None
 
     def _read_route(self, route: Address) -> tuple[RouteUri, str | None]:
         """What a Route's URI says, and its user part: ``route.uri`` read as the parser
