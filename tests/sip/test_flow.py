@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from sipfleet.sip.dialog_token import Dialog
-from sipfleet.sip.flow import Flow, FlowTokens
+from sipfleet.sip.flow import MAX_DECODED, MAX_DECODED_TEXT, Flow, FlowTokens
 
 TOKENS = FlowTokens(b"cluster-secret")
 
@@ -77,6 +77,35 @@ def test_a_dialog_bound_token_verifies_only_in_its_dialog() -> None:
     assert TOKENS.decode(token) is None
     # A Path token (not bound) serves any call.
     assert TOKENS.decode(TOKENS.encode(flow), "any", ("x",)) == flow
+
+
+def test_a_remembered_token_still_verifies_only_for_its_own_dialog() -> None:
+    tokens = FlowTokens(b"cluster-secret")
+    flow = Flow("udp", "203.0.113.7", 40312)
+    token = tokens.encode(flow, Dialog("call-1", "tag-a"))
+    for _ in range(2):  # the ACK, then the BYE
+        assert tokens.decode(token, "call-1", ("tag-a", "tag-b")) == flow
+    assert tokens.decode(token, "call-2", ("tag-a", "tag-b")) is None
+    assert tokens.decode(token, "call-1", ("tag-c", "tag-b")) is None
+    assert tokens.decode(token) is None
+    assert tokens.decode(token, "call-1", ("tag-b", "tag-a")) == flow  # the callee's BYE
+    changed = token[:5] + ("A" if token[5] != "A" else "B") + token[6:]
+    assert tokens.decode(changed, "call-1", ("tag-a", "tag-b")) is None
+    # another cluster's secret: what this one remembered does not count there
+    assert FlowTokens(b"other-secret").decode(token, "call-1", ("tag-a", "tag-b")) is None
+
+
+def test_what_is_remembered_stays_bounded() -> None:
+    tokens = FlowTokens(b"cluster-secret")
+    flow = Flow("udp", "203.0.113.7", 40312)
+    path = tokens.encode(flow)  # not bound: verifies with any Call-ID
+    for n in range(MAX_DECODED + 20):
+        assert tokens.decode(path, f"call-{n}", ("a",)) == flow
+    assert len(tokens._decoded) <= MAX_DECODED
+    long_call_id = "c" * (MAX_DECODED_TEXT + 1)
+    before = len(tokens._decoded)
+    assert tokens.decode(path, long_call_id, ("a",)) == flow
+    assert len(tokens._decoded) == before  # decoded, not kept
 
 
 @pytest.mark.parametrize(

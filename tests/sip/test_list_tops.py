@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipfleet.sip import ParseError, Request, parse_message
-from sipfleet.sip.grammar import split_first, split_values
+from sipfleet.sip.grammar import split_first, split_outside_quotes, split_values
+from sipfleet.sip.message import first_element
 from tests.sip.corpus import INVITE, RESPONSE_180, sip
 
 HEAD = """\
@@ -63,6 +64,35 @@ def test_split_first_agrees_with_split_values(elements: list[str]) -> None:
     assert first == (values[0] if values else "")
     if values:
         assert split_values(rest) == values[1:]
+
+
+@given(st.lists(ELEMENT, max_size=6), st.text(alphabet="a<>,; \t", max_size=12))
+@settings(max_examples=600, deadline=None)
+def test_first_element_cuts_where_split_first_does(elements: list[str], odd: str) -> None:
+    for text in (",".join(elements), odd, odd + "<sip:a,b@c;lr>" + odd, "<a>" + odd):
+        try:
+            expected = split_first(text)
+        except ParseError as refused:  # an unterminated quoted string
+            with pytest.raises(ParseError, match=refused.reason):
+                first_element(text)
+            continue
+        assert first_element(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<sip:t@h;lr>, <sip:p;lr>",
+        " <sip:a,b@c;lr>;x=1 ,<sip:d>",
+        "<a>>,b",
+        "<sip:a>",
+        "x <a,b>,c",
+        '<sip:a@b>;p="x,y", <sip:c>',
+    ],
+)
+def test_first_element_of_a_route_list(text: str) -> None:
+    first, rest = split_outside_quotes(text, ",", 1) if "," in text else (text, "")
+    assert first_element(text) == (first.strip(" \t"), rest) == split_first(text)
 
 
 def test_first_value_reads_only_the_first_element() -> None:

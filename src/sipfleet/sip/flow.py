@@ -17,16 +17,17 @@ it serves every call to that binding.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from sipfleet.sip.dialog_token import Dialog
+from sipfleet.sip.memo import Memo
 
 # Version 3: the MAC is keyed BLAKE2b (RFC 7693), a third of HMAC-SHA256's cost through
 # Python's OpenSSL binding. Version 2 (HMAC-SHA256) is still accepted: the Paths stored
@@ -42,6 +43,10 @@ _FLAG_DIALOG = 0x08  # the MAC covers a dialog (Call-ID and the caller's tag)
 _FLAG_TLS = 0x10  # with _FLAG_TCP: the connection is TLS (RFC 3261 §26)
 _FLAG_WS = 0x20  # with _FLAG_TCP: WebSocket (RFC 7118), with _FLAG_TLS too: WSS
 FlowTransport = Literal["udp", "tcp", "tls", "ws", "wss"]
+# Verified tokens, by token, Call-ID and tags: a dialog's ACK and BYE carry the same ones.
+# Bounded twice: in entries (sip/memo.py) and in each key's size (a Call-ID may be long).
+MAX_DECODED = 4096
+MAX_DECODED_TEXT = 256  # characters of Call-ID and tags together
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -61,6 +66,7 @@ class FlowTokens:
         if not secret:
             raise ValueError("the cluster secret must not be empty")
         self._key = hashlib.sha256(b"sipfleet flow token\x00" + secret).digest()
+        self._decoded: Final = Memo[tuple[str, str, tuple[str | None, ...]], Flow](MAX_DECODED)
 
     def encode(self, flow: Flow, dialog: Dialog | None = None) -> str:
         """The token for ``flow``; bound to ``dialog`` when given (a Record-Route's)."""
@@ -83,7 +89,21 @@ class FlowTokens:
         self, token: str, call_id: str = "", tags: tuple[str | None, ...] = ()
     ) -> Flow | None:
         """The flow a token names, or None when it is not one of ours, was altered, or is
-        bound to a dialog other than ``call_id`` with one of ``tags``."""
+        bound to a dialog other than ``call_id`` with one of ``tags``.
+
+        A token that verified is remembered with the exact Call-ID and tags it verified
+        for (the answer depends on nothing else): the same three again get the same flow
+        without a MAC. A token refused is checked again each time."""
+        key = (token, call_id, tags)
+        known = self._decoded.table.get(key)
+        if known is not None:
+            return known
+        flow = self._verified(token, call_id, tags)
+        if flow is not None and _short(call_id, tags):
+            self._decoded.put(key, flow)
+        return flow
+
+    def _verified(self, token: str, call_id: str, tags: tuple[str | None, ...]) -> Flow | None:
         raw = _unb64(token)
         if raw is None or len(raw) < _HEADER.size + 4 + _MAC_BYTES:
             return None
@@ -91,11 +111,7 @@ class FlowTokens:
         version = body[0]
         if version != _VERSION and version != _HMAC_VERSION:
             return None
-        if body[1] & _FLAG_DIALOG:
-            candidates = [body + Dialog(call_id, tag).material() for tag in tags if tag]
-        else:
-            candidates = [body]
-        if not any(self._verifies(mac, signed, version) for signed in candidates):
+        if not self._signed(body, mac, version, call_id, tags):
             return None
         version, flags, worker, port, connection, lb = _HEADER.unpack_from(body)
         packed = body[_HEADER.size :]
@@ -121,6 +137,19 @@ class FlowTokens:
             lb=lb,
         )
 
+    def _signed(
+        self, body: bytes, mac: bytes, version: int, call_id: str, tags: tuple[str | None, ...]
+    ) -> bool:
+        """Whether ``mac`` is ours over ``body`` (and, for a dialog's token, over the
+        dialog with one of ``tags``). The tags are tried one by one, stopping at the
+        first that verifies: the caller's requests name it first."""
+        if not body[1] & _FLAG_DIALOG:
+            return self._verifies(mac, body, version)
+        for tag in tags:
+            if tag and self._verifies(mac, body + Dialog(call_id, tag).material(), version):
+                return True
+        return False
+
     def _mac(self, body: bytes) -> bytes:
         return hashlib.blake2b(body, key=self._key, digest_size=_MAC_BYTES).digest()
 
@@ -130,6 +159,15 @@ class FlowTokens:
         else:
             expected = self._mac(signed)
         return hmac.compare_digest(mac, expected)
+
+
+def _short(call_id: str, tags: tuple[str | None, ...]) -> bool:
+    """Whether a memo key with these is small enough to keep (see MAX_DECODED_TEXT)."""
+    size = len(call_id)
+    for tag in tags:
+        if tag:
+            size += len(tag)
+    return size <= MAX_DECODED_TEXT
 
 
 def _packed(host: str) -> bytes:
@@ -144,8 +182,10 @@ def _packed(host: str) -> bytes:
 
 
 def _b64(data: bytes) -> str:
-    # base64url without padding: letters, digits, '-' and '_' are all unreserved in a SIP user part
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # base64url without padding: letters, digits, '-' and '_' are all unreserved in a SIP
+    # user part. binascii directly: base64.urlsafe_b64encode is interpreted Python around it.
+    standard = binascii.b2a_base64(data, newline=False).rstrip(b"=").decode("ascii")
+    return standard.replace("+", "-").replace("/", "_")
 
 
 def _unb64(text: str) -> bytes | None:
@@ -153,5 +193,6 @@ def _unb64(text: str) -> bytes | None:
     be varied (the unused low bits of the last character must be zero)."""
     if not text or len(text) > 64 or len(text) % 4 == 1 or not _B64_ALPHABET.issuperset(text):
         return None
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    standard = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
+    data = binascii.a2b_base64(standard)
     return data if _b64(data) == text else None

@@ -55,6 +55,7 @@ SLASH: Final = 47
 LETTER_S: Final = 83
 VIA_LINE: Final = "Via: "
 VIA_BYTES: Final = b"Via: "
+ROUTE_LINE: Final = "\r\nRoute:"
 REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
 MAX_LENGTH_DIGITS: Final = 10  # as the parser reads Content-Length
 BRANCH: Final = "branch="
@@ -126,9 +127,14 @@ class FastRelay:
         head_end = text.find("\r\n\r\n")
         if head_end < 0:
             return False
+        # Declined before the head is split: a method not forwarded plainly (INVITE), a
+        # Route as we and sipp write it (an in-dialog request: other spellings are
+        # declined by _Headers)
+        method = _method(text[: text.find("\r\n")])
+        if not method or text.find(ROUTE_LINE, 0, head_end) >= 0:
+            return False
         lines = text[:head_end].split("\r\n")
-        method = _method(lines[0])
-        if not method or len(lines) < 2 or not _clean(lines) or self.overload.overloaded:
+        if len(lines) < 2 or not _clean(lines) or self.overload.overloaded:
             return False
         seen = _Headers(lines, len(data) - head_end - 4)
         if not seen.usual:

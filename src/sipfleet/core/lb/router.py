@@ -26,15 +26,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from sipfleet.core.lb.keepalive import contact_digest
 from sipfleet.core.lb.pools import Pools
 from sipfleet.core.lb.sides import SideName, Sides
 from sipfleet.routing.nat import nat_evidence
 from sipfleet.sip import Request, SipUri
+from sipfleet.sip.address import Address
+from sipfleet.sip.dialog_token import PARAM as DIALOG_PARAM
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow, FlowTokens
+from sipfleet.sip.memo import Memo
 from sipfleet.storage.model import LbPool
 from sipfleet.transport.base import ACCEPTED_ONLY, Destination, Peer, TransportName
 from sipfleet.transport.sockets import normalise_host
@@ -43,6 +46,23 @@ CONNECTION_BITS = 32
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 MAX_LEARNED_CONTACTS = 4  # contact digests carried in our Via of a REGISTER
 RETRY_AFTER = "5"
+MAX_ROUTE_URIS = 4096  # Route URIs read (by their text, see _route_uri_key)
+CUT: Final = "\x00"  # starts a memo key with a part cut out (see _route_uri_key)
+DIALOG_TOKEN: Final = f";{DIALOG_PARAM}="  # a proxy's dialog token (sip/dialog_token.py)
+
+
+class RouteUri(NamedTuple):
+    """What the Router reads of a Route's URI: whether it is a sip/sips URI naming one of
+    our listeners, its host (bare) and port (5060 when none is written, as a pool target
+    is looked up)."""
+
+    sip: bool
+    ours: bool
+    host: str
+    port: int
+
+
+NOT_A_SIP_URI: Final = RouteUri(False, False, "", 0)
 
 
 class Forward(NamedTuple):  # a tuple: made for every request, so made cheaply
@@ -99,9 +119,11 @@ class Router:
         self.worker = worker
         self.has_connection = has_connection
         self._inside: dict[Destination, Forward] = {}  # pool target -> plain forward to it
+        # see _read_route
+        self._route_uris: Final = Memo[str, tuple[RouteUri, str | None]](MAX_ROUTE_URIS)
 
     def route(self, request: Request, peer: Peer) -> Decision:
-        popped, token = self._our_routes(request)
+        popped, token, after = self._our_routes(request)
         if token is not None:
             flow = self.tokens.decode(token, request.call_id, (request.from_.tag, request.to.tag))
             if flow is None:
@@ -111,7 +133,7 @@ class Router:
                 return self._to_client(request, peer, flow, popped)
         elif popped == 0 and request.method == "OPTIONS" and self._for_us(request):
             return AnswerHere()
-        return self._to_cluster(request, peer, popped)
+        return self._to_cluster(request, peer, popped, after)
 
     def from_cluster(self, peer: Peer) -> bool:
         """A registrar or proxy sent it: it arrived on the internal side, or, with one
@@ -180,10 +202,12 @@ class Router:
         return Destination("udp", flow.host, uri.port or 5060, None, local)
 
     # -- toward the cluster ------------------------------------------------------------------
-    def _to_cluster(self, request: Request, peer: Peer, popped: int) -> Decision:
+    def _to_cluster(
+        self, request: Request, peer: Peer, popped: int, after: RouteUri | None = None
+    ) -> Decision:
         method = request.method
         pool: LbPool = "registrar" if method == "REGISTER" else "proxy"
-        destination = self._next_route(request, popped)
+        destination = self._next_route(request, popped, after)
         if destination is None:
             target = self.pools.choose(pool, request.call_id, existing=self._under_way(request))
             if target is None:
@@ -245,40 +269,75 @@ class Router:
         via_params = f";lbf={token};lbc={digests}" if digests else f";lbf={token}"
         return Forward(destination, sent_by, popped, path=path, via_params=via_params)
 
-    def _next_route(self, request: Request, popped: int) -> Destination | None:
+    def _next_route(
+        self, request: Request, popped: int, after: RouteUri | None = None
+    ) -> Destination | None:
         """The next Route after ours, when it names a pool target (only the pools decide
         where the LB sends; any other Route is left for the proxy to follow). A target
         that is down or disabled is passed over: its pool takes the request, by Call-ID,
         so a dialog outlives the proxy that Record-Routed it (the pool's proxies accept
-        each other's Route, ``proxy.aliases``)."""
+        each other's Route, ``proxy.aliases``). ``after``: that Route, read already."""
         if popped == 0 and request.top_route is None:
             return None
-        routes = request.routes
+        routes = request.routes  # every Route parsed: a bad one is refused (400), as ever
         if len(routes) <= popped:
             return None
-        uri = routes[popped].uri
-        if not isinstance(uri, SipUri):
+        uri = after if after is not None else self._read_route(routes[popped])[0]
+        if not uri.sip:
             return None
-        target = self.pools.at(uri.host_bare, uri.port or 5060)
+        target = self.pools.at(uri.host, uri.port)
         if target is None or target.health == "down" or target.state == "disabled":
             return None
         return target.destination
 
     # -- pieces ------------------------------------------------------------------------------
-    def _our_routes(self, request: Request) -> tuple[int, str | None]:
-        """How many Routes on top are ours, and the flow token in them."""
+    def _our_routes(self, request: Request) -> tuple[int, str | None, RouteUri | None]:
+        """How many Routes on top are ours, the flow token in them, and the Route after
+        them as read (None: none, or not read here)."""
         top = request.top_route
-        if top is None or not isinstance(top.uri, SipUri) or not self.sides.is_ours(top.uri):
-            return 0, None
+        if top is None:
+            return 0, None, None
+        top_uri, user = self._read_route(top)
+        if not top_uri.ours:
+            return 0, None, None
         count, token = 0, None
         for route in request.routes:
-            uri = route.uri
-            if not isinstance(uri, SipUri) or not self.sides.is_ours(uri):
-                break
+            if count == 0 and route.uri_text == top.uri_text:
+                uri = top_uri  # the top Route again, read alone above
+            else:
+                uri, user = self._read_route(route)
+            if not uri.ours:
+                return count, token, uri
             count += 1
-            if token is None and uri.user:
-                token = uri.user
-        return count, token
+            if token is None and user:
+                token = user
+        return count, token, None
+
+    def _read_route(self, route: Address) -> tuple[RouteUri, str | None]:
+        """What a Route's URI says, and its user part: ``route.uri`` read as the parser
+        reads it (a bad URI raises its ParseError), memoised by the URI's text.
+
+        The text of our own Route differs in each dialog only by its flow token (the user
+        part), a proxy's only by its dialog token: these are cut out of the key
+        (``_route_uri_key``), and the user part taken from the text. What is memoised is
+        what the text alone says (the Sides do not change), so one packet's Route cannot
+        change what another's is read as; the memo is bounded."""
+        key, token = _route_uri_key(route.uri_text)
+        if not key:
+            return self._parse_route_uri(route, True)
+        known = self._route_uris.table.get(key)
+        if known is None:
+            known = self._route_uris.put(key, self._parse_route_uri(route, token is None))
+        return known if token is None else (known[0], token)
+
+    def _parse_route_uri(self, route: Address, with_user: bool) -> tuple[RouteUri, str | None]:
+        """The URI read, and its user part when ``with_user`` (else None: it is no part of
+        the memo key, and is taken from each text)."""
+        uri = route.uri
+        if not isinstance(uri, SipUri):
+            return NOT_A_SIP_URI, None
+        read = RouteUri(True, self.sides.is_ours(uri), uri.host_bare, uri.port or 5060)
+        return read, (uri.user if with_user else None)
 
     def _for_us(self, request: Request) -> bool:
         if "@" in request.uri_text:  # a user part: for someone else (parsing costs more)
@@ -319,6 +378,43 @@ class Router:
         if request.method in ("CANCEL", "ACK"):
             return True
         return self.pools.has_draining and request.to.tag is not None
+
+
+def _route_uri_key(text: str) -> tuple[str, str | None]:
+    """The memo key of a sip/sips URI text, and the user part cut out of it ("": not to
+    be memoised). Two parts that change from one dialog to the next are cut out, when
+    written in base64url characters (no escape, '=', ';', '?', '@' or anything the URI
+    parser refuses or reads otherwise):
+
+    - the user part (our flow token): ``sip:USER@rest``; the first '@' ends it, so the
+      rest parses as it would after any other such user part;
+    - the value of a last parameter ``;dt=`` (a proxy's dialog token), in a URI without
+      headers ('?'): any such value parses alike, and only the URI's scheme, host and
+      port are read from it here.
+
+    A key with a cut is CUT, what was cut ("u", "d" or both) and the text left: no two
+    kinds of text share a key, and no URI text is itself one (those starting so are not
+    memoised)."""
+    if text[:1] == CUT:
+        return "", None
+    colon = text.find(":")
+    scheme = text[:colon].lower() if colon > 0 else ""
+    if scheme != "sip" and scheme != "sips":
+        return text, None
+    kind, left, user = "", text, None
+    at = text.find("@")
+    if at > colon + 1 and _base64url(text[colon + 1 : at]):
+        kind, left, user = "u", text[: colon + 1] + text[at + 1 :], text[colon + 1 : at]
+    dialog = left.rfind(DIALOG_TOKEN)
+    if dialog > colon and "?" not in left and _base64url(left[dialog + len(DIALOG_TOKEN) :]):
+        kind, left = kind + "d", left[: dialog + len(DIALOG_TOKEN)]
+    return (CUT + kind + left if kind else text), user
+
+
+def _base64url(text: str) -> bool:
+    """Not empty, and only letters and digits (ASCII), '-' and '_'."""
+    bare = text.replace("-", "").replace("_", "")
+    return text != "" and (bare == "" or (bare.isalnum() and bare.isascii()))
 
 
 def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
