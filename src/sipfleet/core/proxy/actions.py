@@ -1,4 +1,5 @@
-"""What the proxy core (``core.py``) asks of its shell: small immutable values.
+"""What the proxy core (``core.py``) asks of its shell: small values, made and read once
+(plain slotted dataclasses, not frozen ones: see sip/transaction/actions.py).
 
 Besides these, the core passes on the transaction layer's own ``Send``, ``StartTimer``
 and ``CancelTimer`` (``sip.transaction``): one timer system for the transaction timers
@@ -43,7 +44,7 @@ CallKey = Key  # a call is known by its server transaction's key
 Outcome = ForkPlan | Reply | None  # what routing gave: targets, an answer, or (failure hook) none
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transmit:
     """Send ``message`` to ``destination`` outside any transaction."""
 
@@ -51,7 +52,7 @@ class Transmit:
     destination: Destination
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AskPolicy:
     """Route ``call``: the policy's decision turned into a plan (a lookup, the LCR).
     ``failed``: every branch failed with this best response; ask the failure hook."""
@@ -61,7 +62,7 @@ class AskPolicy:
     failed: Response | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Resolve:
     """Find the transport destinations of ``uri`` (a host name), in the order to try."""
 
@@ -69,7 +70,7 @@ class Resolve:
     uri: Uri
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ForwardAck:
     """An ACK for a 2xx, forwarded without state (its own transaction, §16.7);
     ``relay``: the media relay of its dialog (an SDP answer in the ACK goes through it)."""
@@ -80,7 +81,7 @@ class ForwardAck:
     relay: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ForwardResponse:
     """A 2xx that no transaction knows (a retransmission after ours ended)."""
 
@@ -88,7 +89,7 @@ class ForwardResponse:
     peer: Peer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TrunkOutcome:
     """The attempt on an off-net trunk ended (DESIGN §3: the gateway's health)."""
 
@@ -97,14 +98,14 @@ class TrunkOutcome:
     progressed: bool  # it had rung (a provisional response other than 100)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unmatched:
     """A response no transaction knows and not a 2xx (an OPTIONS probe's answer?)."""
 
     response: Response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RelayMedia:
     """Rewrite the SDP of ``response`` (an answer to ``request``, or a late offer) at the
     call's media relay before it goes upstream."""
@@ -115,7 +116,7 @@ class RelayMedia:
     relay: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndMedia:
     """The call ``call_id`` at ``relay`` is over (failed, cancelled, Timer C)."""
 
@@ -123,7 +124,7 @@ class EndMedia:
     call_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallResult:
     """How an INVITE that created no dialog yet ended, for its call record. The shell
     adds the times: when the INVITE arrived (``context.arrived``) and now."""
@@ -141,7 +142,7 @@ class CallResult:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answered:
     """The request of ``context`` got its final answer from the proxy."""
 
@@ -149,7 +150,7 @@ class Answered:
     context: CallContext
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DestinationDown:
     """A branch's ``destination`` timed out or failed in transport."""
 

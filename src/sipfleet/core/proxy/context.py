@@ -108,35 +108,37 @@ class Branch:
         return f"<Branch {self.index} {self.state.value} {self.status or ''}>"
 
 
-@dataclass(frozen=True, slots=True)
+# The context's actions: made and read once, so plain slotted dataclasses, not frozen
+# ones (see sip/transaction/actions.py).
+@dataclass(slots=True)
 class StartBranch:
     branch: Branch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelBranch:
     branch: Branch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ArmTimerC:
     branch: Branch
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DisarmTimerC:
     branch: Branch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Upstream:
     """Send this response to the caller (through the server transaction)."""
 
     response: Response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TrunkEnded:
     """The attempt on an off-net trunk (a target naming its gateway) ended with
     ``branch.status``; ``branch.progressed`` tells whether it had rung."""
@@ -144,7 +146,7 @@ class TrunkEnded:
     branch: Branch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Exhausted:
     """Every branch failed; ``best`` is what would go upstream. The engine calls
     ``reroute`` or ``give_up``."""

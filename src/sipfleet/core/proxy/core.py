@@ -219,13 +219,13 @@ class Call:
         return self._tag
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _BranchRef:
     call: CallKey
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _AckRef:
     ack: Request
     peer: Peer

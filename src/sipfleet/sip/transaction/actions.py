@@ -1,6 +1,10 @@
-"""What a transaction asks of its shell and tells its TU: small immutable values.
+"""What a transaction asks of its shell and tells its TU: small values, made and read
+once (nothing changes them after).
 
-Every action names the transaction it comes from, so one executor can run the actions
+Not frozen dataclasses: a call makes about 25 of these, and a frozen dataclass is built by
+a generated ``__init__`` that sets each field through ``object.__setattr__``, three times
+the cost of a plain one (docs/benchmarks.md, "Instructions per call through LB, proxy and
+MariaDB"). Every action names the transaction it comes from, so one executor can run the actions
 of many transactions: send through the transport, arm or disarm a timer (and feed
 ``TimerFired`` back as ``transaction.timer_fired(timer)``), hand a message or a
 failure to the TU, forget a terminated transaction.
@@ -28,7 +32,7 @@ class State(StrEnum):
     TERMINATED = "Terminated"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Pass ``message`` to the transport (the request, a retransmission, an ACK, or a
     response of a server transaction). Where to: ``transaction.peer``, or for
@@ -38,7 +42,7 @@ class Send:
     message: Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartTimer:
     """Arm ``timer`` to fire once after ``delay`` seconds, then call
     ``transaction.timer_fired(timer)``. A timer is never armed twice at once."""
@@ -48,7 +52,7 @@ class StartTimer:
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelTimer:
     """Disarm ``timer``. Optional for the shell: a late ``timer_fired`` is ignored."""
 
@@ -56,7 +60,7 @@ class CancelTimer:
     timer: Timer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deliver:
     """For the TU: a response to a client transaction (1xx, the first final response,
     every 2xx in Accepted), or an ACK matched to a server INVITE in Accepted."""
@@ -65,7 +69,7 @@ class Deliver:
     message: Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Timeout:
     """For the TU: Timer B or F (no final response: treat as 408) or H (no ACK)."""
 
@@ -73,14 +77,14 @@ class Timeout:
     timer: Timer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TransportError:
     """For the TU: the transport reported a failure sending for this transaction."""
 
     transaction: Transaction
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Terminated:
     """The transaction is over; it is already gone from its layer's table. Always the
     last action of its list."""
