@@ -103,7 +103,9 @@ def split_first(text: str) -> tuple[str, str]:
         if comma == -1:
             return text.strip(WS), ""
         if '"' in text or "<" in text:  # the comma may be inside a quoted string or <...>
-            parts = split_outside_quotes(text, ",", 1)
+            parts = _cut_after_name_addr(text, comma) if '"' not in text else None
+            if parts is None:
+                parts = split_outside_quotes(text, ",", 1)
             if len(parts) == 1:
                 return text.strip(WS), ""
             first, rest = parts
@@ -113,6 +115,24 @@ def split_first(text: str) -> tuple[str, str]:
         if first:
             return first, rest
         text = rest
+
+
+def _cut_after_name_addr(text: str, comma: int) -> list[str] | None:
+    """``split_outside_quotes(text, ",", 1)`` found without its character scan, for the
+    usual Route, Record-Route or Contact list (no quote; ``comma``, the first comma, comes
+    after the first ``<``): the cut is the first comma after its ``>``, when no other
+    ``<`` comes before it. None: not laid out so, the scan decides."""
+    lt = text.find("<")
+    if lt < 0 or comma < lt:
+        return None
+    gt = text.find(">", lt)
+    if gt < 0:
+        return None
+    cut = text.find(",", gt)
+    end = cut if cut >= 0 else len(text)
+    if text.find("<", lt + 1, end) >= 0:
+        return None
+    return [text[:cut], text[cut + 1 :]] if cut >= 0 else [text]
 
 
 _NAME = r"[A-Za-z0-9.!%*_+`'~\-\[\]:/&$]+"

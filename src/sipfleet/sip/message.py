@@ -87,23 +87,6 @@ def header_line(key: str, value: str) -> str:
     return f"{spelling(key)}: {value}"
 
 
-def first_element(text: str) -> tuple[str, str]:
-    """``split_first(text)``, found without its scan in the usual Route and Record-Route
-    value: no quote, and a comma after the first ``<`` (a name-addr first), with no other
-    ``<`` before the first comma after its ``>``. There split_first cuts (commas inside
-    the ``<...>`` do not count); the first element holds the ``<``, so it is not empty."""
-    if '"' not in text:
-        lt = text.find("<")
-        if lt >= 0 and text.find(",") > lt:
-            gt = text.find(">", lt)
-            if gt >= 0:
-                cut = text.find(",", gt)
-                end = cut if cut >= 0 else len(text)
-                if text.find("<", lt + 1, end) < 0:
-                    return text[:end].strip(WS), (text[cut + 1 :] if cut >= 0 else "")
-    return split_first(text)
-
-
 def stands_after(keys: list[str], key: str, at: int) -> bool:
     """Whether ``key`` is in ``keys`` after position ``at`` (a second Max-Forwards or
     Content-Length). Compiled, this loop of string compares costs a fraction of
@@ -544,7 +527,7 @@ class Message:
             line = lines[at]
             colon = line.find(":")
             value = line[colon + 1 :]
-            first, rest = first_element(value if "\n" not in value else header_value(line))
+            first, rest = split_first(value if "\n" not in value else header_value(line))
             if first and accept is not None and not accept(first):
                 return None
             rest = rest.lstrip(" \t,")  # empty elements before the next one go too

@@ -19,6 +19,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from sipfleet.storage.dsn import Kind
+from sipfleet.storage.model import RouteBinding
 from sipfleet.storage.schema import (
     DOMAIN_LEN,
     USERNAME_LEN,
@@ -32,11 +33,8 @@ from sipfleet.storage.schema import (
 # The order of Binding's fields: every column but flow_key (it follows from two others).
 BINDING_COLUMNS = tuple(col for col in location.c if col.name != "flow_key")
 BINDING_KEY = ["username", "domain", "contact", "flow_key"]  # location_binding_key
-# The order of RouteBinding's fields: what the proxy reads to route a call.
-ROUTE_COLUMNS = tuple(
-    location.c[name]
-    for name in ("id", "contact", "received", "path", "q", "last_modified", "instance", "reg_id")
-)
+# What the proxy reads to route a call, in the order of RouteBinding's fields.
+ROUTE_COLUMNS = tuple(location.c[name] for name in RouteBinding._fields)
 LB_TARGET_COLUMNS = (
     lb_target.c.id,
     lb_target.c.pool,
