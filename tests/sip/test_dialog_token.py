@@ -7,7 +7,7 @@ import hashlib
 import hmac
 
 from sipfleet.sip import Request, SipUri, parse_message, parse_uri
-from sipfleet.sip.dialog_token import Dialog, DialogTokens
+from sipfleet.sip.dialog_token import MAX_VERIFIED, Dialog, DialogTokens
 
 TOKENS = DialogTokens(b"cluster-secret")
 
@@ -55,3 +55,28 @@ def test_a_token_of_the_previous_release_still_verifies() -> None:
     assert old != TOKENS.token(Dialog("call-1", "alice-tag"))
     assert TOKENS.caller_tag(route_with(old), bye("call-1", "bob-tag", "alice-tag")) == "alice-tag"
     assert TOKENS.caller_tag(route_with(old), bye("call-9", "bob-tag", "alice-tag")) is None
+
+
+def test_a_verified_dialog_is_remembered_and_a_forgery_is_not() -> None:
+    """The second request of a dialog reads the remembered answer; a request that changes
+    any part (the token, the Call-ID, a tag) is checked afresh and refused."""
+    tokens = DialogTokens(b"cluster-secret")
+    token = tokens.token(Dialog("call-1", "alice-tag"))
+    for _ in range(2):  # the ACK, then the BYE of the same dialog
+        assert tokens.caller_tag(route_with(token), bye("call-1", "alice-tag", "bob")) == (
+            "alice-tag"
+        )
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert tokens.caller_tag(route_with(forged), bye("call-1", "alice-tag", "bob")) is None
+    assert tokens.caller_tag(route_with(token), bye("call-2", "alice-tag", "bob")) is None
+    assert tokens.caller_tag(route_with(token), bye("call-1", "mallory", "bob")) is None
+    # the callee's request of the same dialog: the tags swapped, the caller's still found
+    assert tokens.caller_tag(route_with(token), bye("call-1", "bob", "alice-tag")) == "alice-tag"
+
+
+def test_the_memory_of_verified_dialogs_is_bounded() -> None:
+    tokens = DialogTokens(b"cluster-secret")
+    for n in range(MAX_VERIFIED + 10):
+        token = tokens.token(Dialog(f"call-{n}", "a"))
+        assert tokens.caller_tag(route_with(token), bye(f"call-{n}", "a", "b")) == "a"
+    assert len(tokens._verified) <= MAX_VERIFIED

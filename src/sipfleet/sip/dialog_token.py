@@ -16,12 +16,15 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Final
 
+from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import Request
 from sipfleet.sip.uri import SipUri
 
 PARAM = "dt"
 _MAC_BYTES = 9  # 72 bits, 12 base64 characters; each guess costs the attacker a request
+MAX_VERIFIED = 4096  # dialogs whose token was verified, remembered (see caller_tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class DialogTokens:
         if not secret:
             raise ValueError("the cluster secret must not be empty")
         self._key = hashlib.sha256(b"sipfleet dialog token\x00" + secret).digest()
+        # token, Call-ID, From tag, To tag -> the caller's tag: only what verified is kept
+        self._verified: Final = Memo[tuple[str, str, str | None, str | None], str](MAX_VERIFIED)
 
     def token(self, dialog: Dialog) -> str:
         """The MAC is keyed BLAKE2b (RFC 7693), a third of HMAC-SHA256's cost here."""
@@ -74,9 +79,17 @@ class DialogTokens:
         value = our_route.params.get(PARAM)
         if not value:
             return None
-        tags = [tag for tag in (request.from_.tag, request.to.tag) if tag]
+        call_id, from_tag, to_tag = request.call_id, request.from_.tag, request.to.tag
+        # A dialog's requests (ACK, BYE, re-INVITE) carry the same token and tags, and the
+        # proxy asks more than once per request: a MAC computed once per dialog. Kept only
+        # after it verified, keyed by everything it was computed from, so a forged token is
+        # checked from scratch every time and cannot change what another request reads.
+        key = (value, call_id, from_tag, to_tag)
+        known = self._verified.table.get(key)
+        if known is not None:
+            return known
         for make in (self.token, self._hmac_token):
-            for tag in tags:
-                if hmac.compare_digest(value, make(Dialog(request.call_id, tag))):
-                    return tag
+            for tag in (from_tag, to_tag):
+                if tag and hmac.compare_digest(value, make(Dialog(call_id, tag))):
+                    return self._verified.put(key, tag)
         return None

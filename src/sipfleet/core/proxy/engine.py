@@ -286,8 +286,10 @@ class ProxyEngine:
         if self.media is not None and context.media_relay is not None:
             self._spawn(self.media.end(context.media_relay, context.request.call_id))
         ours = context.our_route
-        caller_tag = self.dialog_tokens.caller_tag(ours, context.request) if ours else None
-        if self.accounting is not None and caller_tag is not None:
+        if self.accounting is None or ours is None:
+            return
+        caller_tag = self.dialog_tokens.caller_tag(ours, context.request)
+        if caller_tag is not None:
             self.accounting.bye(context, caller_tag)
 
     def _send(self, transaction: Transaction, message: Message) -> None:
