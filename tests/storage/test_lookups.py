@@ -16,6 +16,7 @@ ALICE = Aor("alice", "example.com")  # three bindings: forking
 BOB = Aor("bob", "example.com")  # one
 CAROL = Aor("carol", "example.com")  # none
 DAVE = Aor("dave", "example.com")  # one live, one that expires at NOW + 10
+ZOE = Aor("zoë", "exämple.com")  # one: not ASCII, through the JSON or array parameter
 LATER = NOW + 20
 
 
@@ -35,6 +36,7 @@ async def fill(storage: Storage) -> None:
     await save(storage, update("sip:b1", q=0.1), aor=BOB)
     await save(storage, update("sip:d1", lifetime=10, callid="d1"), aor=DAVE)
     await save(storage, update("sip:d2", q=0.2, callid="d2"), aor=DAVE)
+    await save(storage, update("sip:z1"), aor=ZOE)
 
 
 def contacts(routes: object) -> list[str]:
@@ -57,6 +59,7 @@ async def test_concurrent_lookups_go_in_one_statement_each_with_its_own_rows(
         (DAVE, LATER),
         (ALICE, LATER),  # the same AOR twice in one batch
         (DAVE, NOW + 5),  # another now: its binding that expires at NOW + 10 is live
+        (ZOE, LATER),
     ]
     batcher = routes_batcher(storage)
     before = batcher.batches, batcher.reads
@@ -71,6 +74,7 @@ async def test_concurrent_lookups_go_in_one_statement_each_with_its_own_rows(
         ["sip:d2"],  # sip:d1 has expired
         ["sip:a2", "sip:a1", "sip:a3"],
         ["sip:d1", "sip:d2"],
+        ["sip:z1"],
     ]
     for (aor, now), answer in zip(asked, answers, strict=True):
         assert answer == await single(storage, aor, now)
