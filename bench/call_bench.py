@@ -516,8 +516,9 @@ def main() -> None:
                 time.sleep(2)
         for log in sorted(workdir.glob("proxy*.log")):  # written when the proxies stopped
             for line in log.read_text().splitlines():
-                if "garbage collector:" in line:
-                    print(f"{log.stem}: {line.split('garbage collector:', 1)[1].strip()}")
+                for topic in ("garbage collector:", "location lookups:"):
+                    if topic in line:
+                        print(f"{log.stem}: {topic} {line.split(topic, 1)[1].strip()}")
         if dsn.startswith("sqlite:///"):  # a check that accounting was on or off
             print(call_records(dsn.removeprefix("sqlite:///")))
     finally:

@@ -239,12 +239,12 @@ class FakeReads:
         self.gate.set()
         self.fail = False
 
-    async def run(self, keys: Sequence[tuple[str, str]]) -> list[Sequence[str]]:
+    async def run(self, keys: Sequence[tuple[str, str]]) -> list[Sequence[str] | None]:
         self.calls.append(list(keys))
         await self.gate.wait()
         if self.fail:
             raise StorageUnavailable("down")
-        return [self.rows[key] for key in keys if key in self.rows]
+        return [self.rows.get(key) for key in keys]
 
 
 async def test_reads_of_one_loop_turn_go_in_one_batch_and_later_ones_wait_for_a_lane() -> None:

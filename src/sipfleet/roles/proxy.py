@@ -47,6 +47,7 @@ from sipfleet.routing.api import OffNetRouter, load_policy
 from sipfleet.routing.lcr_router import LcrRouter
 from sipfleet.sip.dialog_token import DialogTokens
 from sipfleet.storage import Storage
+from sipfleet.storage.batch import ReadBatcher
 from sipfleet.storage.errors import StorageError
 from sipfleet.transport.base import TransportLimits
 from sipfleet.transport.inboxes import WorkerSteering, make_inboxes
@@ -285,3 +286,17 @@ async def serve(
             await engine.close()
             if relays is not None:
                 await relays.close()
+            _log_lookups(storage)
+
+
+def _log_lookups(storage: Storage) -> None:
+    """How well this process's location lookups grouped into statements, for the operator
+    (and the benchmarks, which read it from the log)."""
+    reads = getattr(storage.location, "routes", None)  # SqlLocation's batcher, when batching
+    if isinstance(reads, ReadBatcher) and reads.batches:
+        log.info(
+            "location lookups: %d in %d statements, %.2f a statement",
+            reads.reads,
+            reads.batches,
+            reads.reads / reads.batches,
+        )

@@ -166,13 +166,20 @@ def _aor(aor: AddressOfRecord) -> dict[str, Any]:
     return {"username": aor.username, "domain": aor.domain}
 
 
+LookupKey = tuple[str, str, int]  # username, domain, now
+
+
 class SqlLocation:
     def __init__(
         self, db: _Gated, retry_primary_on_miss: bool, batcher: SaveBatcher | None = None
     ) -> None:
+        """``batcher``: saves go in batches, and so do the proxy's lookups (``routes``)."""
         self._db = db
         self._retry = retry_primary_on_miss and db.executor.dsns.has_replica
         self.batcher = batcher
+        self.routes: ReadBatcher[LookupKey, list[Row]] | None = None
+        if batcher is not None:
+            self.routes = ReadBatcher(self._routes_many, max_batch=MAX_READ_BATCH)
 
     @timed("location.save")
     async def save(
@@ -207,8 +214,35 @@ class SqlLocation:
     async def lookup_routes(
         self, aor: AddressOfRecord, *, now: int | None = None
     ) -> list[RouteBinding]:
-        rows = await self._current(self._db.sql.lookup_routes, aor, now)
+        if self.routes is None:
+            rows = await self._current(self._db.sql.lookup_routes, aor, now)
+        else:
+            rules.check_aor(aor)
+            with self._db.gate:
+                rows = await self.routes.get((aor.username, aor.domain, clock(now)))
         return [RouteBinding(*row) for row in rows]
+
+    async def _routes_many(self, keys: Sequence[LookupKey]) -> list[list[Row]]:
+        """Each key's rows of ``lookup_routes``, in one read for all (statements.py
+        ``_ROUTES_BY_KEYS``); the keys that found none on a replica are read again, together,
+        on the primary when ``retry_primary_on_miss`` is set."""
+        found = await self._routes_of(keys, replica=True)
+        missed = [i for i, rows in enumerate(found) if not rows] if self._retry else []
+        if missed:
+            again = await self._routes_of([keys[i] for i in missed], replica=False)
+            for i, rows in zip(missed, again, strict=True):
+                found[i] = rows
+        return found
+
+    async def _routes_of(self, keys: Sequence[LookupKey], *, replica: bool) -> list[list[Row]]:
+        sql = self._db.sql
+        rows = await self._db.executor.fetch(
+            sql.lookup_routes_many, sql.keys(keys), replica=replica
+        )
+        found: list[list[Row]] = [[] for _ in keys]
+        for row in rows:  # led by its key's position, from 1
+            found[row[0] - 1].append(row[1:])
+        return found
 
     async def _current(self, stmt: Statement, aor: AddressOfRecord, now: int | None) -> list[Row]:
         """The AOR's unexpired rows from a replica, or the primary when the replica has
@@ -284,7 +318,9 @@ class SqlSubscribers:
     def __init__(self, db: _Gated, batched: bool = True) -> None:
         """``batched``: concurrent ``get``s share one read (ReadBatcher)."""
         self._db = db
-        self.reads = ReadBatcher(self._get_many, max_batch=MAX_READ_BATCH) if batched else None
+        self.reads: ReadBatcher[tuple[str, str], Row | None] | None = None
+        if batched:
+            self.reads = ReadBatcher(self._get_many, max_batch=MAX_READ_BATCH)
 
     @timed("subscriber.get")
     async def get(self, username: str, domain: str) -> Subscriber | None:
@@ -296,11 +332,13 @@ class SqlSubscribers:
             row = await self.reads.get((username, domain))
         return Subscriber(*row) if row is not None else None
 
-    async def _get_many(self, keys: Sequence[tuple[str, str]]) -> list[Row]:
-        """One read for every key (statements.py ``_SUBSCRIBERS_BY_KEYS``)."""
+    async def _get_many(self, keys: Sequence[tuple[str, str]]) -> list[Row | None]:
+        """Each key's row (None: not found), one read for every key (statements.py
+        ``_SUBSCRIBERS_BY_KEYS``); a row's first two columns are its key, compared exactly."""
         sql = self._db.sql
-        params = sql.subscriber_keys(keys)
-        return await self._db.executor.fetch(sql.subscriber_get_many, params, replica=True)
+        rows = await self._db.executor.fetch(sql.subscriber_get_many, sql.keys(keys), replica=True)
+        found = {(row[0], row[1]): row for row in rows}
+        return [found.get(key) for key in keys]
 
     @timed("subscriber.add")
     async def add(self, subscriber: Subscriber) -> None:

@@ -89,13 +89,53 @@ _SUBSCRIBERS_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def _key_arrays(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """``subscriber_get_many``'s parameters on PostgreSQL: the users, the domains."""
-    return {"users": [user for user, _ in keys], "domains": [domain for _, domain in keys]}
+# The proxy's lookups by a list of (username, domain, now) keys: each key's unexpired
+# bindings (``expires > now``, its own now) with the ROUTE_COLUMNS, led by the key's
+# position in the list (from 1), in the forking order of ``lookup_routes`` within each key.
+# The same joins as the subscribers' above, on the prefix of location_binding_key; the
+# rows are matched back to their callers by position, so that a key matches exactly the
+# rows the single statement would (the database compares, in the column's collation).
+_ROUTE_FIELDS = ", ".join(f"l.{name}" for name in RouteBinding._fields)
+_ROUTE_ORDER = "COALESCE(l.q, 1.0) DESC, l.id"  # _BY_PREFERENCE
+_ROUTES_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
+    "postgresql": (
+        f"SELECT k.i, {_ROUTE_FIELDS} FROM unnest($1::varchar[], $2::varchar[], $3::bigint[]) "  # noqa: S608
+        "WITH ORDINALITY AS k(u, d, n, i) "
+        "JOIN location l ON l.username = k.u AND l.domain = k.d AND l.expires > k.n "
+        f"ORDER BY k.i, {_ROUTE_ORDER}",
+        ("users", "domains", "nows"),
+    ),
+    "mysql": (
+        f"SELECT k.i, {_ROUTE_FIELDS} FROM JSON_TABLE(%s, '$[*]' COLUMNS ("  # noqa: S608
+        "i FOR ORDINALITY, "
+        f"u VARCHAR({USERNAME_LEN}) {_BINARY_TEXT} PATH '$[0]', "
+        f"d VARCHAR({DOMAIN_LEN}) {_BINARY_TEXT} PATH '$[1]', "
+        "n BIGINT PATH '$[2]')) AS k "
+        "JOIN location l ON l.username = k.u AND l.domain = k.d AND l.expires > k.n "
+        f"ORDER BY k.i, {_ROUTE_ORDER}",
+        ("keys",),
+    ),
+    "sqlite": (
+        f"SELECT k.key + 1, {_ROUTE_FIELDS} FROM json_each(?) AS k JOIN location l "  # noqa: S608
+        "ON l.username = json_extract(k.value, '$[0]') "
+        "AND l.domain = json_extract(k.value, '$[1]') "
+        "AND l.expires > json_extract(k.value, '$[2]') "
+        f"ORDER BY k.key, {_ROUTE_ORDER}",
+        ("keys",),
+    ),
+}
 
 
-def _key_json(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """``subscriber_get_many``'s parameter elsewhere: a JSON array of [user, domain]."""
+def _key_arrays(keys: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+    """The keys as PostgreSQL's parameters: one array per field (users, domains, nows)."""
+    arrays = {"users": [key[0] for key in keys], "domains": [key[1] for key in keys]}
+    if keys and len(keys[0]) > 2:
+        arrays["nows"] = [key[2] for key in keys]
+    return arrays
+
+
+def _key_json(keys: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+    """The keys as the others' parameter: one JSON array of [user, domain(, now)]."""
     return {"keys": json.dumps(keys)}
 
 
@@ -185,6 +225,8 @@ class Statements:
         c = self._compile
         self.lookup = c(sa.select(*BINDING_COLUMNS).where(_live()).order_by(*_BY_PREFERENCE))
         self.lookup_routes = c(sa.select(*ROUTE_COLUMNS).where(_live()).order_by(*_BY_PREFERENCE))
+        # Batched lookups (storage/batch.py ReadBatcher): every key in one parameter.
+        self.lookup_routes_many = Statement(*_ROUTES_BY_KEYS[kind])
         self.all_bindings = c(
             sa.select(*BINDING_COLUMNS)
             .where(_live(aor=False))
@@ -244,7 +286,7 @@ class Statements:
         self.subscriber_get = c(sa.select(*SUBSCRIBER_COLUMNS).where(_aor(subscriber)))
         # Batched reads (storage/batch.py ReadBatcher): every key in one parameter.
         self.subscriber_get_many = Statement(*_SUBSCRIBERS_BY_KEYS[self.kind])
-        self.subscriber_keys = _key_arrays if self.kind == "postgresql" else _key_json
+        self.keys = _key_arrays if self.kind == "postgresql" else _key_json
         self.subscriber_list = c(
             sa.select(*SUBSCRIBER_COLUMNS).order_by(subscriber.c.domain, subscriber.c.username)
         )
