@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -115,6 +116,7 @@ class Step:
     others: float = 0.0  # % of a core used by processes not of the bench: a busy machine
     # user-space instructions in the step by group, "proxy" and "lb" (--instructions)
     instructions: dict[str, int] = field(default_factory=dict)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # why calls failed, most first
 
     @property
     def shed(self) -> int:
@@ -183,6 +185,7 @@ def measure_idle(setup: Setup, seconds: float) -> None:
 def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
     stats = setup.workdir / f"uac-{rate}.csv"
     stats.unlink(missing_ok=True)
+    errors = setup.workdir / f"uac-{rate}-errors.log"
     command = [
         "sipp", setup.target, "-sf", str(SCENARIOS / "proxy_uac_call.xml"),
         "-inf", str(setup.callees), "-i", "127.0.0.1", "-p", str(free_udp_port()),
@@ -191,6 +194,7 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
         "-default_behaviors", "all,-abortunexp", "-trace_stat", "-stf", str(stats), "-fd", "1",
         "-trace_rtt", "-rtt_freq", "100", "-trace_counts",
         "-buff_size", "4194304", "-max_recv_loops", "10000",
+        "-trace_err", "-error_file", str(errors),
     ]  # fmt: skip
     relay_before = relay_counts(setup.relay.ng_port) if setup.relay else {}
     counted = counted_pids(setup)
@@ -240,11 +244,26 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
     step.failed = int(last["FailedCall(C)"])
     step.retransmissions = int(last.get("Retransmissions(C)", 0) or 0)
     step.latency = latency_percentiles(setup.workdir, uac.pid)
+    step.errors = why_failed(errors)
     achieved = window_rate(completed or rows, started + cpu.warm, started + args.duration - 0.5)
     if achieved is None:  # too few rows in the window: the average since the start
         achieved = step.successful / max(time.time() - started, 1e-9)
     step.achieved = achieved
     return step
+
+
+def why_failed(path: Path, most: int = 3) -> list[tuple[int, str]]:
+    """sipp's reasons for failed calls (its -error_file), each counted, Call-IDs and
+    times taken out so that one reason is one line."""
+    if not path.exists():
+        return []
+    reasons: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        text = re.sub(r"^[\d\-:. ]+\t?", "", line)  # sipp's timestamp
+        text = re.sub(r"'[^']*'", "'…'", text, count=1)  # the Call-ID
+        if text.strip():
+            reasons[text.strip()[:160]] = reasons.get(text.strip()[:160], 0) + 1
+    return sorted(((n, text) for text, n in reasons.items()), reverse=True)[:most]
 
 
 def completed_calls(workdir: Path, pid: int) -> tuple[list[dict[str, str]], int]:
@@ -384,10 +403,14 @@ def cluster(
             groups["lb"] = [processes[-1].pid]
             target = f"127.0.0.1:{lb_port}"
             time.sleep(10 if args.instructions else 1.5)  # the LB's first health probes answered
+        # The UAS's -m is a safety stop, set at twice the calls: at exactly the calls of
+        # the run, it stopped answering the last ~700 INVITEs of a 2,000/s step (they
+        # failed at the UAC with a receive timeout, then CANCEL and 487), as if it had
+        # counted more calls than it was sent; with room to spare every call completes.
         total_calls = sum(args.rate_list) * args.duration
         uas = subprocess.Popen(
             ["sipp", "-sf", str(SCENARIOS / "proxy_uas_answer.xml"), "-i", "127.0.0.1",
-             "-p", str(uas_port), "-m", str(total_calls), "-nostdin", "-buff_size", "4194304",
+             "-p", str(uas_port), "-m", str(2 * total_calls), "-nostdin", "-buff_size", "4194304",
              "-timeout", f"{len(args.rate_list) * (args.duration + 30)}s",
              "-max_recv_loops", "10000"],
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -428,7 +451,7 @@ def report_line(step: Step, json_lines: bool) -> str:
         f"  {groups}  kernel {step.kernel_share:3.0%}"
         f"  others {step.others:3.0f}%  load {os.getloadavg()[0]:4.1f}"
         f"  {'pass' if step.passed else 'FAIL'}"
-    )
+    ) + "".join(f"\n       failed {n}x: {why}" for n, why in step.errors)
 
 
 def call_records(path: str) -> str:
