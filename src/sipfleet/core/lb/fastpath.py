@@ -22,6 +22,11 @@ counted and changed nothing) and goes the present way.
   creating no dialog, not for the LB itself), without credentials, while the LB is not
   overloaded and no target drains: screened by the edge guard, the top Via stamped, our
   Via pushed with the stateless branch, Max-Forwards decremented.
+- In-dialog requests from a client (not from the cluster, a To tag, not REGISTER) whose
+  top Route(s) are ours, each Route written ``<URI>`` (on one line, comma-separated, as
+  sipp writes them, or one per line), From and To with a plain tag: the same, where
+  ``Router.toward_cluster_routed`` sends them (the token checked, the next Route's pool
+  target or the proxy pool), our Route(s) cut as ``Message.pop_first_value`` cuts them.
 
 Both need one Content-Length matching the body, no byte the parser would reject (NUL,
 a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
