@@ -146,7 +146,7 @@ async def test_sipps_bye_with_both_routes_on_one_line_goes_to_the_routed_proxy()
         assert message.header_lines("route") == [d.proxy_route]
         assert d.token not in message.serialize().decode("latin-1")
         assert message.max_forwards == 69
-        assert message.vias[0].host == "127.0.0.1" and message.vias[0].port == made.port
+        assert (message.vias[0].host, message.vias[0].port) == ("127.0.0.1", made.port)
         assert made.fast.requests == 1
         assert made.counts()["method BYE"] == 1
 
@@ -170,9 +170,7 @@ async def test_the_same_bytes_as_the_present_path_for_each_usual_layout() -> Non
         for routes in layouts:
             for method in ("ACK", "BYE", "INVITE", "UPDATE", "INFO"):
                 for after_via in (True, False):
-                    data = in_dialog(
-                        made.phone, routes, method=method, routes_after_via=after_via
-                    )
+                    data = in_dialog(made.phone, routes, method=method, routes_after_via=after_via)
                     taken = made.compare(data)
                     assert taken == (routes[0][:6] == "Route:"), (routes, method)
 
