@@ -530,6 +530,10 @@ def _tag(line: str, what: str) -> str:
     at = value.rfind(TAG)
     if at < 0 or "," in value:
         return ""
+    if value[:1] == "<" and value.find(">") == at - 1:
+        tag = _bare_tag(value, at)  # <URI>;tag=X, as sipp and most phones write it
+        if tag:
+            return tag
     start = at + len(TAG)
     end = value.find(";", start)
     if end < 0:
@@ -546,6 +550,19 @@ def _tag(line: str, what: str) -> str:
     if known is None:
         known = _ADDRESSES.put(key, _tag_parsed(value, what) == tag)
     return tag if known else ""
+
+
+def _bare_tag(value: str, at: int) -> str:
+    """The tag of ``<URI>;tag=X`` (``at``: where ``;tag=`` starts, right after the first
+    '>'), as parse_trimmed_address reads it: no display name, the URI with a scheme and
+    no blank or '<', one plain parameter; "" when it is not so (then read the long way)."""
+    tag = value[at + len(TAG) :]
+    uri = value[1 : at - 1]
+    colon = uri.find(":")
+    if colon <= 0 or colon == len(uri) - 1 or " " in uri or "\t" in uri or "<" in uri:
+        return ""
+    bare = tag.replace("-", "").replace(".", "")
+    return tag if bare.isalnum() and bare.isascii() else ""
 
 
 def _tag_parsed(value: str, what: str) -> str | None:
