@@ -1,7 +1,8 @@
-"""In-dialog requests from a client with our Route through the LB's fast path
-(core/lb/fastpath.py) against the present path: the harness of test_fastpath_requests.py
-(an LB worker composed in-process on loopback sockets, each datagram handed to it once
-with the fast path and once without), with a second proxy a Route can name.
+"""In-dialog requests from a client with our Route, and the dialog-creating ones that
+get it, through the LB's fast path (core/lb/fastpath.py) against the present path: the
+harness of test_fastpath_requests.py (an LB worker composed in-process on loopback
+sockets, each datagram handed to it once with the fast path and once without), with a
+second proxy a Route can name.
 
 Our Route is the Record-Route the LB itself put in an INVITE it relayed; the ACKs and
 BYEs are written as sipp (every Route on one line) and phones (one per line) write them."""
@@ -50,20 +51,32 @@ class Dialog:
         return self.ours[len("<sip:") : self.ours.index("@")]
 
 
-def invite(phone: Socket, call_id: str = CALL_ID, from_tag: str = FROM_TAG) -> bytes:
+def invite(
+    phone: Socket,
+    call_id: str = CALL_ID,
+    from_tag: str = FROM_TAG,
+    *,
+    method: str = "INVITE",
+    via: str = "",
+    contact: str = "",
+    extra: Sequence[str] = (),
+    body: bytes = b"",
+) -> bytes:
+    """A dialog-creating request from the phone, as sipp's UAC writes its INVITE."""
     here = f"{phone.host}:{phone.port}"
     lines = [
-        "INVITE sip:bob@127.0.0.1 SIP/2.0",
-        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-1-1-0",
-        "Max-Forwards: 70",
+        f"{method} sip:bob@127.0.0.1 SIP/2.0",
+        via or f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-1-1-0",
         f"From: sipp <sip:sipp@{here}>;tag={from_tag}",
         "To: <sip:bob@127.0.0.1>",
         f"Call-ID: {call_id}",
-        "CSeq: 1 INVITE",
-        f"Contact: <sip:sipp@{here}>",
-        "Content-Length: 0",
+        f"CSeq: 1 {method}",
+        contact or f"Contact: <sip:sipp@{here}>",
+        "Max-Forwards: 70",
+        *extra,
+        f"Content-Length: {len(body)}",
     ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def record_route(made: Lb, call_id: str = CALL_ID, from_tag: str = FROM_TAG) -> str:
@@ -212,6 +225,62 @@ async def test_a_routed_proxy_that_is_down_gives_way_to_the_pool() -> None:
         for method in ("ACK", "BYE"):
             data = in_dialog(made.phone, [f"Route: {d.ours}, {d.proxy_route}"], method=method)
             assert made.compare(data)
+
+
+# -- the initial request: a Record-Route added -------------------------------------------------
+SDP = b"v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+
+
+async def test_a_whole_dialog_from_its_bytes() -> None:
+    """sipp's INVITE gets our Record-Route on the fast path; its ACK and BYE come back
+    with it and are taken too: each the same datagram as the present path sends."""
+    async with dialog() as d:
+        made = d.made
+        extra = ("User-Agent: sipp-proxy-test", "Content-Type: application/sdp")
+        data = invite(made.phone, "whole@127.0.0.1", "77uac1", extra=extra, body=SDP)
+        parse_message(data)
+        assert made.fast.relay(data, made.peer)
+        _, forwarded = forwarded_to(made.targets())
+        [ours] = forwarded.record_routes
+        assert str(ours) == record_route(made, "whole@127.0.0.1", "77uac1")
+        assert made.compare(data)
+        proxy = f"<sip:127.0.0.1:{d.proxy2.port};lr;dt={DIALOG_TOKEN}>"
+        here = f"{made.phone.host}:{made.phone.port}"
+        for method in ("ACK", "BYE"):
+            later = in_dialog(
+                made.phone,
+                [f"Route: {ours}, {proxy}"],
+                method=method,
+                call_id="whole@127.0.0.1",
+                from_line=f"From: sipp <sip:sipp@{here}>;tag=77uac1",
+            )
+            assert made.compare(later)
+        assert made.fast.requests == 4  # the INVITE twice (relay, compare), ACK, BYE
+
+
+async def test_dialog_creating_requests_as_by_the_present_path_or_declined() -> None:
+    async with dialog() as d:
+        made, phone = d.made, d.made.phone
+        nat = "Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-4;rport"
+        taken = [
+            invite(phone),
+            invite(phone, method="SUBSCRIBE", extra=("Event: presence",)),
+            invite(phone, method="REFER", extra=("Refer-To: <sip:carol@127.0.0.1>",)),
+            invite(phone, via=nat),  # behind NAT: the flow is reached by its address
+            invite(phone, contact="Contact: <sip:sipp@192.168.1.20:5060;ob>"),
+            invite(phone, contact="Contact: <sip:sipp@10.0.0.1:5060>;expires=60"),
+            invite(phone, body=SDP, extra=("Content-Type: application/sdp",)),
+        ]
+        for data in taken:
+            assert made.compare(data), data
+        declined = [
+            invite(phone, extra=("Record-Route: <sip:10.0.0.9;lr>",)),
+            invite(phone, extra=('Proxy-Authorization: Digest username="alice"',)),
+            invite(phone, contact="Contact: <sip:sipp@[bad>"),
+            invite(phone, via="v: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK-9"),
+        ]
+        for data in declined:
+            assert not made.compare(data), data
 
 
 # -- declined: the present path answers --------------------------------------------------------

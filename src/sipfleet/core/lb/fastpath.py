@@ -27,6 +27,9 @@ counted and changed nothing) and goes the present way.
   sipp writes them, or one per line), From and To with a plain tag: the same, where
   ``Router.toward_cluster_routed`` sends them (the token checked, the next Route's pool
   target or the proxy pool), our Route(s) cut as ``Message.pop_first_value`` cuts them.
+- INVITE, SUBSCRIBE and REFER with no Route nor Record-Route: the same, where
+  ``Router.route`` sends them (asked with a Request of the head's lines), with the
+  Record-Route(s) it adds.
 
 Both need one Content-Length matching the body, no byte the parser would reject (NUL,
 a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
@@ -41,7 +44,7 @@ from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard
-from sipfleet.core.lb.router import Forward, Router
+from sipfleet.core.lb.router import DIALOG_CREATING, Forward, Router
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip.address import Address, parse_trimmed_address
@@ -50,7 +53,8 @@ from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
 from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.memo import Memo
-from sipfleet.sip.message import Request
+from sipfleet.sip.message import SIP_VERSION as VERSION
+from sipfleet.sip.message import Request, header_line
 from sipfleet.sip.parser import parse_message
 from sipfleet.sip.via import BRANCH_COOKIE, parse_via
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
@@ -145,7 +149,8 @@ class FastRelay:
         start = text[: text.find("\r\n")]
         method = _method(start)
         routed = text.find(ROUTE_LINE, 0, head_end) >= 0
-        if not method or not (routed or _plain_method(method, start)):
+        creating = not routed and method in DIALOG_CREATING
+        if not method or not (routed or creating or _plain_method(method, start)):
             return False
         lines = text[:head_end].split("\r\n")
         if len(lines) < 2 or not _clean(lines) or self.overload.overloaded:
@@ -157,11 +162,18 @@ class FastRelay:
         if not top:
             return False
         popped = 0
+        record_routes: tuple[str, ...] = ()
         if routed:
             decided = self._routed(method, lines, seen, peer)
             if decided is None:
                 return False
             popped, forward = decided
+        elif creating:
+            created = self._created(method, start, lines, peer)
+            if created is None:
+                return False
+            forward = created
+            record_routes = forward.record_routes
         else:
             plain = self._plain_forward(method, lines[seen.call_id])
             if plain is None:
@@ -187,6 +199,8 @@ class FastRelay:
         kept = lines[at] if stamped is None else VIA_LINE + stamped
         lines[at] = VIA_LINE + ours + "\r\n" + kept  # pushed on top, as push_via does
         lines[seen.max_forwards] = MAX_FORWARDS_LINES[hops - 1]
+        if record_routes:
+            _add_record_routes(lines, seen.last_via, record_routes)
         if popped:
             _pop_routes(lines, seen.routes, popped)  # last: it may delete lines
         forwarded = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -221,6 +235,29 @@ class FastRelay:
             return router.toward_cluster_routed(routes, call_id, (from_tag, to_tag), under_way)
         except ParseError:
             return None  # a Route URI the parser refuses: 400 from the present path
+
+    def _created(self, method: str, start: str, lines: list[str], peer: Peer) -> Forward | None:
+        """An INVITE, SUBSCRIBE or REFER with no Route: what Router.route decides for it,
+        asked with a Request of the head's lines (as the parser would make it, the body
+        aside: routing reads none), when that is a Forward adding Record-Routes at most
+        (with a To tag, none) and the request has no Record-Route yet (ours would go on
+        top of it); else None. Nothing is counted or changed by asking but the
+        Router's memos."""
+        router = self.router
+        if router is None or ":" in peer.host:
+            return None
+        names = [_key(line) for line in lines[1:]]
+        if "record-route" in names:
+            return None
+        uri = start[len(method) + 1 : len(start) - len(VERSION) - 1]
+        request = Request(method, uri, lines[1:], names, b"", b"", VERSION, start)
+        try:
+            decision = router.route(request, peer)
+        except ParseError:
+            return None  # 400 from the present path
+        if type(decision) is not Forward or decision.pop_routes or decision.path is not None:
+            return None
+        return None if decision.via_params else decision
 
     def _plain_forward(self, method: str, call_id_line: str) -> Forward | None:
         call_id = _call_id(call_id_line)
@@ -599,6 +636,19 @@ def _plain_route_uri(uri: str) -> bool:
     return not ("<" in uri or ">" in uri or " " in uri or "\t" in uri or '"' in uri)
 
 
+def _key(line: str) -> str:
+    """A header line's name as the parser's memo knows it ("": not known)."""
+    colon = line.find(":")
+    return HEADER_KEYS.table.get(line[:colon] if colon >= 0 else line, "")
+
+
+def _add_record_routes(lines: list[str], last_via: int, record_routes: tuple[str, ...]) -> None:
+    """Each Record-Route added on top, as Message.add_record_route adds it to a request
+    that has none: below the last Via line (``last_via``), the last one added first."""
+    added = [header_line("record-route", value) for value in reversed(record_routes)]
+    lines[last_via] += "\r\n" + "\r\n".join(added)
+
+
 def _pop_routes(lines: list[str], at_lines: list[int], count: int) -> None:
     """The first ``count`` Routes removed as Message.pop_first_value removes them, one
     after the other: a line emptied goes, the rest of a line is kept as received after
@@ -663,6 +713,7 @@ class _Headers:
         "call_id",
         "from_",
         "known",
+        "last_via",
         "max_forwards",
         "routes",
         "second_via",
@@ -679,6 +730,7 @@ class _Headers:
         self.agent = 0  # the first User-Agent line; 0: none
         self.vias = 0  # Via lines
         self.second_via = 0  # the second Via line
+        self.last_via = 0  # the last Via line
         self.from_ = self.to = 0  # read when routed
         self.routes: list[int] = []  # the Route lines, when routed
         self.known = self._read(lines, body_length, first, routed)
@@ -698,6 +750,7 @@ class _Headers:
                 return False
             if key == "via":
                 self.vias += 1
+                self.last_via = at
                 if not self.via:
                     self.via = at
                 elif not self.second_via:
