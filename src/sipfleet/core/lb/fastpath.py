@@ -135,17 +135,18 @@ class FastRelay:
     # -- requests ----------------------------------------------------------------------------
     def _request(self, data: bytes, peer: Peer) -> bool:
         """A request the Router forwards plainly to the proxy pool (no Route, not
-        REGISTER, creating no dialog, not for the LB itself), or an in-dialog one from a
-        client whose top Route(s) are ours (``_routed``), without credentials, while the
-        LB is not overloaded: forwarded as StatelessForwarder.forward_request would.
+        REGISTER, creating no dialog, not for the LB itself), an in-dialog one from a
+        client whose top Route(s) are ours (``_routed``) or a dialog-creating one with no
+        Route (``_created``), without credentials, while the LB is not overloaded:
+        forwarded as Balancer._forward and StatelessForwarder.forward_request would.
         Everything is checked before anything is counted or the edge guard's bucket is
         touched: a decline leaves the present path all of it."""
         text = data.decode("latin-1")
         head_end = text.find("\r\n\r\n")
         if head_end < 0:
             return False
-        # Declined before the head is split: a method not forwarded plainly (INVITE)
-        # without a Route as we and sipp write it (other spellings: declined by _Headers)
+        # Declined before the head is split: a method none of the three ways takes (a
+        # Route is found as we and sipp write it; other spellings: declined by _Headers)
         start = text[: text.find("\r\n")]
         method = _method(start)
         routed = text.find(ROUTE_LINE, 0, head_end) >= 0
