@@ -95,6 +95,37 @@ def test_a_remembered_token_still_verifies_only_for_its_own_dialog() -> None:
     assert FlowTokens(b"other-secret").decode(token, "call-1", ("tag-a", "tag-b")) is None
 
 
+def test_a_dialog_token_made_here_decodes_as_it_would_verify() -> None:
+    """The LB remembers the dialog tokens it makes (the ACK's comes back without a MAC
+    computed): every answer is the one a fresh instance, which has to verify, gives."""
+    tokens, fresh = FlowTokens(b"cluster-secret"), FlowTokens(b"cluster-secret")
+    flows = [
+        Flow("udp", "203.0.113.7", 40312, worker=9, lb=7),
+        Flow("tcp", "198.51.100.2", 5060, connection=123456, worker=3),
+        Flow("udp", "192.0.2.1", 5060, reach_by_flow=False),
+        Flow("tls", "2001:db8::1", 5061, connection=7),  # IPv6: not remembered
+    ]
+    asked = [
+        ("call-1", ("tag-a", "tag-b")),
+        ("call-1", ("tag-b", "tag-a")),
+        ("call-1", ("tag-a", None)),
+        ("call-2", ("tag-a", "tag-b")),
+        ("call-1", ("tag-b", "tag-c")),
+        ("call-1", ("TAG-A", "tag-b")),
+        ("call-1", ()),
+        ("", ()),
+    ]
+    for flow in flows:
+        token = tokens.encode(flow, Dialog("call-1", "tag-a"))
+        for call_id, tags in asked:
+            assert tokens.decode(token, call_id, tags) == fresh.decode(token, call_id, tags)
+        assert tokens.decode(token, "call-1", ("tag-b", "tag-a")) == flow
+    assert len(tokens._minted) == 3
+    untagged = tokens.encode(flows[0], Dialog("call-1", ""))  # binds to no tag: refused
+    assert tokens.decode(untagged, "call-1", ("", "x")) is None
+    assert len(tokens._minted) == 3
+
+
 def test_what_is_remembered_stays_bounded() -> None:
     tokens = FlowTokens(b"cluster-secret")
     flow = Flow("udp", "203.0.113.7", 40312)

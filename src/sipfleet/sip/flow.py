@@ -67,6 +67,9 @@ class FlowTokens:
             raise ValueError("the cluster secret must not be empty")
         self._key = hashlib.sha256(b"sipfleet flow token\x00" + secret).digest()
         self._decoded: Final = Memo[tuple[str, str, tuple[str | None, ...]], Flow](MAX_DECODED)
+        # Dialog tokens made here, by token, Call-ID and caller's tag: the dialog's first
+        # request back (the ACK) finds its flow without a MAC (see encode).
+        self._minted: Final = Memo[tuple[str, str, str], Flow](MAX_DECODED)
 
     def encode(self, flow: Flow, dialog: Dialog | None = None) -> str:
         """The token for ``flow``; bound to ``dialog`` when given (a Record-Route's)."""
@@ -83,7 +86,17 @@ class FlowTokens:
             _HEADER.pack(_VERSION, flags, flow.worker, flow.port, flow.connection, flow.lb) + packed
         )
         bound = b"" if dialog is None else dialog.material()
-        return _b64(body + self._mac(body + bound))
+        token = _b64(body + self._mac(body + bound))
+        if dialog is not None and dialog.tag and _short(dialog.call_id, (dialog.tag,)):
+            self._remember(token, flow, dialog, packed)
+        return token
+
+    def _remember(self, token: str, flow: Flow, dialog: Dialog, packed: bytes) -> None:
+        """A dialog token just made verifies, with this Call-ID and one of its tags the
+        caller's, by construction: ``decode`` answers it from here, when the flow is
+        what decoding gives back (an IPv4 address as inet_ntoa writes it)."""
+        if len(packed) == 4 and socket.inet_ntoa(packed) == flow.host:
+            self._minted.put((token, dialog.call_id, dialog.tag), flow)
 
     def decode(
         self, token: str, call_id: str = "", tags: tuple[str | None, ...] = ()
@@ -98,10 +111,25 @@ class FlowTokens:
         known = self._decoded.table.get(key)
         if known is not None:
             return known
-        flow = self._verified(token, call_id, tags)
+        flow = self._made_here(token, call_id, tags)
+        if flow is None:
+            flow = self._verified(token, call_id, tags)
         if flow is not None and _short(call_id, tags):
             self._decoded.put(key, flow)
         return flow
+
+    def _made_here(self, token: str, call_id: str, tags: tuple[str | None, ...]) -> Flow | None:
+        """The flow of a dialog token this instance made for ``call_id`` and one of
+        ``tags`` (``_signed`` would verify it with that tag); None: not known."""
+        minted = self._minted.table
+        if not minted:
+            return None
+        for tag in tags:
+            if tag:
+                flow = minted.get((token, call_id, tag))
+                if flow is not None:
+                    return flow
+        return None
 
     def _verified(self, token: str, call_id: str, tags: tuple[str | None, ...]) -> Flow | None:
         raw = _unb64(token)

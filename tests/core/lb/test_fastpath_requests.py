@@ -54,6 +54,7 @@ class Lb:
     proxy: Socket
     phone: Socket
     taken: list[bytes] = field(default_factory=list)
+    more: list[Socket] = field(default_factory=list)  # pool targets added by a test
 
     @property
     def peer(self) -> Peer:
@@ -74,20 +75,24 @@ class Lb:
             parse_message(data)
         before = self.counts()
         taken = self.fast.relay(data, self.peer)
-        fast = (self.proxy.drain(), self.phone.drain(), _delta(before, self.counts()))
+        fast = (self.targets(), self.phone.drain(), _delta(before, self.counts()))
         if not taken:
-            assert fast == ([], [], {})
+            assert fast == ([[] for _ in fast[0]], [], {})
             return False
         before = self.counts()
         with self.present_path():
             self.endpoint.frame_received(data, self.peer)
-        present = (self.proxy.drain(), self.phone.drain(), _delta(before, self.counts()))
+        present = (self.targets(), self.phone.drain(), _delta(before, self.counts()))
         assert fast[0] == present[0]
         assert fast[1] == present[1]
         fast_counts = {k: v for k, v in fast[2].items() if k != "fast"}
         assert fast_counts == present[2]
         self.taken.append(data)
         return True
+
+    def targets(self) -> list[list[bytes]]:
+        """What the proxy and each other pool target got."""
+        return [target.drain() for target in (self.proxy, *self.more)]
 
     @contextlib.contextmanager
     def present_path(self) -> Iterator[None]:

@@ -22,6 +22,14 @@ counted and changed nothing) and goes the present way.
   creating no dialog, not for the LB itself), without credentials, while the LB is not
   overloaded and no target drains: screened by the edge guard, the top Via stamped, our
   Via pushed with the stateless branch, Max-Forwards decremented.
+- In-dialog requests from a client (not from the cluster, a To tag, not REGISTER) whose
+  top Route(s) are ours, each Route written ``<URI>`` (on one line, comma-separated, as
+  sipp writes them, or one per line), From and To with a plain tag: the same, where
+  ``Router.toward_cluster_routed`` sends them (the token checked, the next Route's pool
+  target or the proxy pool), our Route(s) cut as ``Message.pop_first_value`` cuts them.
+- INVITE, SUBSCRIBE and REFER with no Route nor Record-Route: the same, where
+  ``Router.route`` sends them (asked with a Request of the head's lines), with the
+  Record-Route(s) it adds.
 
 Both need one Content-Length matching the body, no byte the parser would reject (NUL,
 a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
@@ -36,15 +44,17 @@ from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard
-from sipfleet.core.lb.router import Forward, Router
+from sipfleet.core.lb.router import DIALOG_CREATING, Forward, Router
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.sip.address import Address, parse_trimmed_address
 from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
 from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.memo import Memo
-from sipfleet.sip.message import Request
+from sipfleet.sip.message import SIP_VERSION as VERSION
+from sipfleet.sip.message import Request, header_line
 from sipfleet.sip.parser import parse_message
 from sipfleet.sip.via import BRANCH_COOKIE, parse_via
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
@@ -69,7 +79,13 @@ SIP_VERSION: Final = "SIP/2.0"
 PLAIN_METHODS: Final = frozenset(
     {"ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "NOTIFY", "INFO", "UPDATE", "PRACK", "PUBLISH"}
 )
-UNUSUAL: Final = frozenset({"route", "authorization", "proxy-authorization"})
+# With our Route and a To tag, these create no dialog either (Router._creates_dialog)
+ROUTED_METHODS: Final = PLAIN_METHODS | frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+CREDENTIALS: Final = frozenset({"authorization", "proxy-authorization"})
+TAG: Final = ";tag="
+CUT: Final = "\x00"
+MAX_ADDRESSES: Final = 4096
+_ADDRESSES: Final = Memo[str, bool](MAX_ADDRESSES)  # see _tag
 MAX_HOPS_VALUE: Final = 255
 MAX_FORWARDS_LINES: Final = tuple(f"Max-Forwards: {value}" for value in range(MAX_HOPS_VALUE + 1))
 HOP_COUNTS: Final = Memo[str, int](
@@ -119,30 +135,51 @@ class FastRelay:
     # -- requests ----------------------------------------------------------------------------
     def _request(self, data: bytes, peer: Peer) -> bool:
         """A request the Router forwards plainly to the proxy pool (no Route, not
-        REGISTER, creating no dialog, not for the LB itself), without credentials, while
-        the LB is not overloaded: forwarded as StatelessForwarder.forward_request would.
+        REGISTER, creating no dialog, not for the LB itself), an in-dialog one from a
+        client whose top Route(s) are ours (``_routed``) or a dialog-creating one with no
+        Route (``_created``), without credentials, while the LB is not overloaded:
+        forwarded as Balancer._forward and StatelessForwarder.forward_request would.
         Everything is checked before anything is counted or the edge guard's bucket is
         touched: a decline leaves the present path all of it."""
         text = data.decode("latin-1")
         head_end = text.find("\r\n\r\n")
         if head_end < 0:
             return False
-        # Declined before the head is split: a method not forwarded plainly (INVITE), a
-        # Route as we and sipp write it (an in-dialog request: other spellings are
-        # declined by _Headers)
-        method = _method(text[: text.find("\r\n")])
-        if not method or text.find(ROUTE_LINE, 0, head_end) >= 0:
+        # Declined before the head is split: a method none of the three ways takes (a
+        # Route is found as we and sipp write it; other spellings: declined by _Headers)
+        start = text[: text.find("\r\n")]
+        method = _method(start)
+        routed = text.find(ROUTE_LINE, 0, head_end) >= 0
+        creating = not routed and method in DIALOG_CREATING
+        if not method or not (routed or creating or _plain_method(method, start)):
             return False
         lines = text[:head_end].split("\r\n")
         if len(lines) < 2 or not _clean(lines) or self.overload.overloaded:
             return False
-        seen = _Headers(lines, len(data) - head_end - 4)
+        seen = _Headers(lines, len(data) - head_end - 4, 1, routed)
         if not seen.usual:
             return False
         top = _top_via(lines, seen)
-        forward = self._plain_forward(method, lines[seen.call_id])
-        if not top or forward is None:
+        if not top:
             return False
+        popped = 0
+        record_routes: tuple[str, ...] = ()
+        if routed:
+            decided = self._routed(method, lines, seen, peer)
+            if decided is None:
+                return False
+            popped, forward = decided
+        elif creating:
+            created = self._created(method, start, lines, peer)
+            if created is None:
+                return False
+            forward = created
+            record_routes = forward.record_routes
+        else:
+            plain = self._plain_forward(method, lines[seen.call_id])
+            if plain is None:
+                return False
+            forward = plain
         hops = _hop_count(lines[seen.max_forwards])
         if hops <= 0:
             return False  # 483 (or a bad value: 400) from the present path
@@ -163,15 +200,69 @@ class FastRelay:
         kept = lines[at] if stamped is None else VIA_LINE + stamped
         lines[at] = VIA_LINE + ours + "\r\n" + kept  # pushed on top, as push_via does
         lines[seen.max_forwards] = MAX_FORWARDS_LINES[hops - 1]
+        if record_routes:
+            _add_record_routes(lines, seen.last_via, record_routes)
+        if popped:
+            _pop_routes(lines, seen.routes, popped)  # last: it may delete lines
         forwarded = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if head_end + 4 < len(data):
             forwarded += data[head_end + 4 :]
         self._send_request(forwarded, forward.destination, top, peer)
         return True
 
+    def _routed(
+        self, method: str, lines: list[str], seen: _Headers, peer: Peer
+    ) -> tuple[int, Forward] | None:
+        """An in-dialog request from a client (a To tag) whose top Route(s) are ours:
+        how many Routes to remove and where it goes, as Router.route decides
+        (``Router.toward_cluster_routed``), when its Routes, From and To are written
+        plainly (``_route_values``, ``_tag``) and no target drains; else None (a token
+        refused included: the present path answers 403)."""
+        router = self.router
+        if router is None or router.pools.has_draining or ":" in peer.host:
+            return None
+        if router.from_cluster(peer):
+            return None  # down a flow: Router._to_client
+        to_tag = _tag(lines[seen.to], "To")
+        from_tag = _tag(lines[seen.from_], "From")
+        call_id = _call_id(lines[seen.call_id])
+        if not to_tag or not from_tag or not call_id:
+            return None
+        routes = _route_values(lines, seen.routes)
+        if routes is None:
+            return None
+        under_way = method == "CANCEL" or method == "ACK"
+        try:
+            return router.toward_cluster_routed(routes, call_id, (from_tag, to_tag), under_way)
+        except ParseError:
+            return None  # a Route URI the parser refuses: 400 from the present path
+
+    def _created(self, method: str, start: str, lines: list[str], peer: Peer) -> Forward | None:
+        """An INVITE, SUBSCRIBE or REFER with no Route: what Router.route decides for it,
+        asked with a Request of the head's lines (as the parser would make it, the body
+        aside: routing reads none), when that is a Forward adding Record-Routes at most
+        (with a To tag, none) and the request has no Record-Route yet (ours would go on
+        top of it); else None. Nothing is counted or changed by asking but the
+        Router's memos."""
+        router = self.router
+        if router is None or ":" in peer.host:
+            return None
+        names = [_key(line) for line in lines[1:]]
+        if "record-route" in names:
+            return None
+        uri = start[len(method) + 1 : len(start) - len(VERSION) - 1]
+        request = Request(method, uri, lines[1:], names, b"", b"", VERSION, start)
+        try:
+            decision = router.route(request, peer)
+        except ParseError:
+            return None  # 400 from the present path
+        if type(decision) is not Forward or decision.pop_routes or decision.path is not None:
+            return None
+        return None if decision.via_params else decision
+
     def _plain_forward(self, method: str, call_id_line: str) -> Forward | None:
-        call_id = call_id_line[call_id_line.find(":") + 1 :].strip(WS)
-        if not call_id or " " in call_id or "\t" in call_id:
+        call_id = _call_id(call_id_line)
+        if not call_id:
             return None  # 400 from the present path
         router = self.router
         if router is None or router.pools.has_draining:
@@ -436,9 +527,8 @@ def _length_is(line: str, body_length: int) -> bool:
 
 def _method(start: str) -> str:
     """The method of a request line the parser takes as it is (``METHOD URI SIP/2.0``),
-    when the method is one the Router forwards plainly (with no Route: not REGISTER,
-    creating no dialog; an OPTIONS whose URI has no user part may be for the LB itself);
-    else "". Memoised by the line (a dialog's requests share theirs)."""
+    when it is one of ROUTED_METHODS (not REGISTER); else "". Memoised by the line (a
+    dialog's requests share theirs)."""
     method = _METHODS.table.get(start)
     if method is None:
         method = _METHODS.put(start, _read_method(start))
@@ -449,10 +539,137 @@ def _read_method(start: str) -> str:
     parts = start.split(" ")
     if len(parts) != 3 or parts[2] != SIP_VERSION or not parts[1]:
         return ""
-    method = parts[0]
-    if method not in PLAIN_METHODS or (method == "OPTIONS" and "@" not in parts[1]):
+    return parts[0] if parts[0] in ROUTED_METHODS else ""
+
+
+def _plain_method(method: str, start: str) -> bool:
+    """Whether the Router forwards ``method`` plainly when there is no Route: creating
+    no dialog, and not an OPTIONS whose URI has no user part (it may be for the LB
+    itself; no '@' in the request line is none in its URI)."""
+    return method in PLAIN_METHODS and (method != "OPTIONS" or "@" in start)
+
+
+def _call_id(line: str) -> str:
+    """The Call-ID of its line as Message.call_id reads it; "" when it refuses it."""
+    call_id = line[line.find(":") + 1 :].strip(WS)
+    return "" if " " in call_id or "\t" in call_id else call_id
+
+
+def _tag(line: str, what: str) -> str:
+    """The tag of a From or To line, as Message.from_ / to read it; "" when it has none
+    or is not written plainly (a comma, blanks among the parameters, another "tag=",
+    a tag value other than letters, digits, '-' and '.').
+
+    Memoised, as the Router's Route URIs are, by the value with the tag value cut out
+    (each dialog has its own): whether the address parses and its tag is the value at
+    that place depends on nothing else, once the value is plain and is the only one a
+    parameter named tag could take."""
+    value = line[line.find(":") + 1 :].strip(WS)
+    at = value.rfind(TAG)
+    if at < 0 or "," in value:
         return ""
-    return method
+    if value[:1] == "<" and value.find(">") == at - 1:
+        tag = _bare_tag(value, at)  # <URI>;tag=X, as sipp and most phones write it
+        if tag:
+            return tag
+    start = at + len(TAG)
+    end = value.find(";", start)
+    if end < 0:
+        end = len(value)
+    tag = value[start:end]
+    bare = tag.replace("-", "").replace(".", "")
+    if not (bare.isalnum() and bare.isascii()):
+        return ""
+    params = value[value.rfind(">") + 1 :]  # the whole value for an addr-spec
+    if " " in params or "\t" in params or '"' in params or value.lower().count("tag=") != 1:
+        return ""
+    key = value[:start] + CUT + value[end:]
+    known = _ADDRESSES.table.get(key)
+    if known is None:
+        known = _ADDRESSES.put(key, _tag_parsed(value, what) == tag)
+    return tag if known else ""
+
+
+def _bare_tag(value: str, at: int) -> str:
+    """The tag of ``<URI>;tag=X`` (``at``: where ``;tag=`` starts, right after the first
+    '>'), as parse_trimmed_address reads it: no display name, the URI with a scheme and
+    no blank or '<', one plain parameter; "" when it is not so (then read the long way)."""
+    tag = value[at + len(TAG) :]
+    uri = value[1 : at - 1]
+    colon = uri.find(":")
+    if colon <= 0 or colon == len(uri) - 1 or " " in uri or "\t" in uri or "<" in uri:
+        return ""
+    bare = tag.replace("-", "").replace(".", "")
+    return tag if bare.isalnum() and bare.isascii() else ""
+
+
+def _tag_parsed(value: str, what: str) -> str | None:
+    try:
+        return parse_trimmed_address(value, what).tag
+    except ParseError:
+        return None  # 400 from the present path
+
+
+def _route_values(lines: list[str], at_lines: list[int]) -> list[Address] | None:
+    """The Routes of lines ``at_lines``, as Message.routes reads them, when each is
+    written ``<URI>`` (one or more on a line, comma-separated, as sipp writes them): no
+    quote, blank, comma or angle bracket inside, no empty element, no folded line; else
+    None. What the parser checks of such a value is checked here (a URI with a scheme
+    and more); the URIs are read by the Router (a bad one raises its ParseError)."""
+    routes: list[Address] = []
+    for at in at_lines:
+        line = lines[at]
+        if at + 1 < len(lines) and lines[at + 1][:1] in WS:
+            return None  # folded
+        for part in line[line.find(":") + 1 :].split(","):
+            value = part.strip(WS)
+            if len(value) < 2 or value[0] != "<" or value[-1] != ">":
+                return None
+            uri = value[1:-1]
+            colon = uri.find(":")
+            if colon <= 0 or colon == len(uri) - 1 or not _plain_route_uri(uri):
+                return None
+            routes.append(Address(uri, None, {}, value))
+    return routes
+
+
+def _plain_route_uri(uri: str) -> bool:
+    return not ("<" in uri or ">" in uri or " " in uri or "\t" in uri or '"' in uri)
+
+
+def _key(line: str) -> str:
+    """A header line's name as the parser's memo knows it ("": not known)."""
+    colon = line.find(":")
+    return HEADER_KEYS.table.get(line[:colon] if colon >= 0 else line, "")
+
+
+def _add_record_routes(lines: list[str], last_via: int, record_routes: tuple[str, ...]) -> None:
+    """Each Record-Route added on top, as Message.add_record_route adds it to a request
+    that has none: below the last Via line (``last_via``), the last one added first."""
+    added = [header_line("record-route", value) for value in reversed(record_routes)]
+    lines[last_via] += "\r\n" + "\r\n".join(added)
+
+
+def _pop_routes(lines: list[str], at_lines: list[int], count: int) -> None:
+    """The first ``count`` Routes removed as Message.pop_first_value removes them, one
+    after the other: a line emptied goes, the rest of a line is kept as received after
+    ``Name: ``. The Routes are those ``_route_values`` read: one per comma."""
+    gone: list[int] = []
+    for at in at_lines:
+        line = lines[at]
+        colon = line.find(":")
+        parts = line[colon + 1 :].split(",")
+        if len(parts) <= count:
+            gone.append(at)
+            count -= len(parts)
+            if count == 0:
+                break
+        else:
+            rest = ",".join(parts[count:]).lstrip(" \t,")
+            lines[at] = line[: colon + 1] + " " + rest
+            break
+    for at in reversed(gone):
+        del lines[at]
 
 
 def _top_via(lines: list[str], seen: _Headers) -> str:
@@ -487,21 +704,43 @@ class _Headers:
     """The header lines from ``lines[first]`` on: where those a plain forward reads are
     (indexes into the head's lines), whether every name is one the parser has met (its
     memo: a name it has not is left to it, which checks it) with one Content-Length
-    matching the body, at most one Max-Forwards and one Call-ID, no Route and no
-    credentials (the edge guard's lockouts read them): ``known``; and whether a request
-    has what a plain forward needs besides (a Via, Max-Forwards, Call-ID): ``usual``."""
+    matching the body, at most one Max-Forwards and one Call-ID, no credentials (the edge
+    guard's lockouts read them), no Route unless ``routed`` (then at most one From and
+    one To): ``known``; and whether a request has what a plain forward needs besides (a
+    Via, Max-Forwards, Call-ID; routed, a Route, From and To): ``usual``."""
 
-    __slots__ = ("agent", "call_id", "known", "max_forwards", "second_via", "usual", "via", "vias")
+    __slots__ = (
+        "agent",
+        "call_id",
+        "from_",
+        "known",
+        "last_via",
+        "max_forwards",
+        "routes",
+        "second_via",
+        "to",
+        "usual",
+        "via",
+        "vias",
+    )
 
-    def __init__(self, lines: list[str], body_length: int, first: int = 1) -> None:
+    def __init__(
+        self, lines: list[str], body_length: int, first: int = 1, routed: bool = False
+    ) -> None:
         self.via = self.max_forwards = self.call_id = 0
         self.agent = 0  # the first User-Agent line; 0: none
         self.vias = 0  # Via lines
         self.second_via = 0  # the second Via line
-        self.known = self._read(lines, body_length, first)
-        self.usual = self.known and bool(self.via and self.max_forwards and self.call_id)
+        self.last_via = 0  # the last Via line
+        self.from_ = self.to = 0  # read when routed
+        self.routes: list[int] = []  # the Route lines, when routed
+        self.known = self._read(lines, body_length, first, routed)
+        usual = self.known and bool(self.via and self.max_forwards and self.call_id)
+        if routed:
+            usual = usual and bool(self.routes and self.from_ and self.to)
+        self.usual = usual
 
-    def _read(self, lines: list[str], body_length: int, first: int) -> bool:
+    def _read(self, lines: list[str], body_length: int, first: int, routed: bool) -> bool:
         keys = HEADER_KEYS.table
         length = 0
         for at in range(first, len(lines)):
@@ -512,6 +751,7 @@ class _Headers:
                 return False
             if key == "via":
                 self.vias += 1
+                self.last_via = at
                 if not self.via:
                     self.via = at
                 elif not self.second_via:
@@ -531,6 +771,23 @@ class _Headers:
             elif key == "user-agent":
                 if not self.agent:
                     self.agent = at
-            elif key in UNUSUAL:
+            elif key == "route":
+                if not routed:
+                    return False
+                self.routes.append(at)
+            elif key in CREDENTIALS or (routed and not self._single(key, at)):
                 return False
         return bool(length) and _length_is(lines[length], body_length)
+
+    def _single(self, key: str, at: int) -> bool:
+        """A From or To line at ``at`` noted; False when it is a second one (other
+        lines: True)."""
+        if key == "from":
+            if self.from_:
+                return False
+            self.from_ = at
+        elif key == "to":
+            if self.to:
+                return False
+            self.to = at
+        return True

@@ -282,13 +282,48 @@ class Router:
         routes = request.routes  # every Route parsed: a bad one is refused (400), as ever
         if len(routes) <= popped:
             return None
-        uri = after if after is not None else self._read_route(routes[popped])[0]
+        return self._route_target(
+            after if after is not None else self._read_route(routes[popped])[0]
+        )
+
+    def _route_target(self, uri: RouteUri) -> Destination | None:
+        """The pool target a Route's URI names, when it is up and enabled; else None."""
         if not uri.sip:
             return None
         target = self.pools.at(uri.host, uri.port)
         if target is None or target.health == "down" or target.state == "disabled":
             return None
         return target.destination
+
+    def toward_cluster_routed(
+        self, routes: list[Address], call_id: str, tags: tuple[str, str], under_way: bool
+    ) -> tuple[int, Forward] | None:
+        """What ``route`` decides for an in-dialog request from a client (not from the
+        cluster, not REGISTER, a To tag, no target draining) whose Routes are ``routes``:
+        how many of ours to remove and the plain Forward (the next Route's pool target,
+        else the proxy pool by Call-ID, ``under_way`` as in ``toward_proxies``). None when
+        ``route`` would decide otherwise: the top Route not ours, a flow token refused
+        (403), no proxy (503). A Route whose URI the parser refuses raises its ParseError.
+        The LB's fast path asks this instead of ``route``."""
+        if not routes:
+            return None
+        top = routes[0]
+        top_read = self._read_route(top)
+        if not top_read[0].ours:
+            return None
+        popped, token, after = self._count_ours(routes, top.uri_text, top_read)
+        if token is not None and self.tokens.decode(token, call_id, tags) is None:
+            return None
+        destination = None if after is None else self._route_target(after)
+        if destination is None:
+            return self._proxy_forward(popped, call_id, under_way)
+        return popped, self._plain(destination)
+
+    def _proxy_forward(
+        self, popped: int, call_id: str, under_way: bool
+    ) -> tuple[int, Forward] | None:
+        forward = self.toward_proxies(call_id, under_way)
+        return None if forward is None else (popped, forward)
 
     # -- pieces ------------------------------------------------------------------------------
     def _our_routes(self, request: Request) -> tuple[int, str | None, RouteUri | None]:
@@ -297,13 +332,20 @@ class Router:
         top = request.top_route
         if top is None:
             return 0, None, None
-        top_uri, user = self._read_route(top)
-        if not top_uri.ours:
+        top_read = self._read_route(top)
+        if not top_read[0].ours:
             return 0, None, None
+        return self._count_ours(request.routes, top.uri_text, top_read)
+
+    def _count_ours(
+        self, routes: list[Address], top_text: str, top_read: tuple[RouteUri, str | None]
+    ) -> tuple[int, str | None, RouteUri | None]:
+        """``_our_routes`` over ``routes``; the top Route's URI ``top_text`` (ours) was
+        read already as ``top_read``."""
         count, token = 0, None
-        for route in request.routes:
-            if count == 0 and route.uri_text == top.uri_text:
-                uri = top_uri  # the top Route again, read alone above
+        for route in routes:
+            if count == 0 and route.uri_text == top_text:
+                uri, user = top_read  # the top Route again, read alone above
             else:
                 uri, user = self._read_route(route)
             if not uri.ours:
