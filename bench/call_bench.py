@@ -253,17 +253,23 @@ def run_step(args: argparse.Namespace, rate: int, setup: Setup) -> Step:
 
 
 def why_failed(path: Path, most: int = 3) -> list[tuple[int, str]]:
-    """sipp's reasons for failed calls (its -error_file), each counted, Call-IDs and
-    times taken out so that one reason is one line."""
+    """sipp's reasons for failed calls (its -error_file), each counted. An event there
+    starts with a timestamp and may quote a whole message over several lines: its first
+    line is the reason; Call-IDs and numbers are taken out (not the status of a message
+    that came instead) so that one reason is one line."""
     if not path.exists():
         return []
+    text = path.read_text(errors="replace")
     reasons: dict[str, int] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        text = re.sub(r"^[\d\-:. ]+\t?", "", line)  # sipp's timestamp
-        text = re.sub(r"'[^']*'", "'…'", text, count=1)  # the Call-ID
-        if text.strip():
-            reasons[text.strip()[:160]] = reasons.get(text.strip()[:160], 0) + 1
-    return sorted(((n, text) for text, n in reasons.items()), reverse=True)[:most]
+    for event in re.split(r"\d{4}-\d\d-\d\d\t[\d:.]+\t[\d.]+: ", text)[1:]:
+        reason, _, received = event.split("\n", 1)[0].partition("received '")
+        reason = re.sub(r"(?i)(call-id:?|dead call) \S+", r"\1 …", reason)
+        reason = re.sub(r"\d+", "N", reason)  # indexes, counts, times
+        if received:  # the first line of the message that came instead: kept as it is
+            reason += f"received '{received}'"
+        reason = reason.strip()[:160]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return sorted(((n, reason) for reason, n in reasons.items()), reverse=True)[:most]
 
 
 def completed_calls(workdir: Path, pid: int) -> tuple[list[dict[str, str]], int]:
