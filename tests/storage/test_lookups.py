@@ -120,6 +120,8 @@ async def test_lookups_missing_on_the_replica_are_read_again_on_the_primary(
         )
         assert batcher.batches == before + 1
         assert [contacts(answer) for answer in answers] == [alice, ["sip:b@replica"], [], alice]
+        for aor, answer in zip((ALICE, BOB, CAROL), answers, strict=False):  # each alone
+            assert await storage.location.lookup_routes(aor, now=NOW) == answer
 
 
 async def test_a_caller_that_gives_up_does_not_disturb_the_others(storage: Storage) -> None:
@@ -150,3 +152,18 @@ async def test_many_concurrent_lookups_take_few_statements(storage: Storage) -> 
     assert batches <= 150 / 32  # 150 lookups in a few statements, not 150
     expected = [[f"sip:{u.username}@h"] if i % 2 == 0 else [] for i, u in enumerate(users)]
     assert [contacts(answer) for answer in answers] == expected
+
+
+async def test_a_lookup_alone_answers_as_one_among_others(storage: Storage) -> None:
+    """Alone in its batch (a light load), a lookup takes the plain statement: the same
+    rows, in the same order, as when it shares one with others."""
+    await fill(storage)
+    aors = [ALICE, BOB, CAROL, DAVE, ZOE, Aor("Alice", "example.com"), Aor("alice ", "example.com")]
+    for now in (NOW, LATER):
+        together = await asyncio.gather(
+            *(storage.location.lookup_routes(aor, now=now) for aor in aors)
+        )
+        alone = [await storage.location.lookup_routes(aor, now=now) for aor in aors]
+        assert alone == together
+    assert contacts(alone[0]) == ["sip:a2", "sip:a1", "sip:a3"]
+    assert contacts(alone[3]) == ["sip:d2"]  # the other expired by LATER

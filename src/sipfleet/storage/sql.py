@@ -236,6 +236,10 @@ class SqlLocation:
 
     async def _routes_of(self, keys: Sequence[LookupKey], *, replica: bool) -> list[list[Row]]:
         sql = self._db.sql
+        if len(keys) == 1:  # alone (a light load): the plain statement, without the keys' JSON
+            username, domain, now = keys[0]
+            params = {"username": username, "domain": domain, "now": now}
+            return [await self._db.executor.fetch(sql.lookup_routes, params, replica=replica)]
         rows = await self._db.executor.fetch(
             sql.lookup_routes_many, sql.keys(keys), replica=replica
         )
