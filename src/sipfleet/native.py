@@ -32,6 +32,7 @@ COMPILED = (
     "sipfleet.sip.address",
     "sipfleet.sip.via",
     "sipfleet.sip.message",
+    "sipfleet.sip.headlines",
     "sipfleet.sip.parser",
     "sipfleet.sip.builders",
     "sipfleet.core.stateless",
@@ -69,6 +70,7 @@ COMPILED = (
     "sipfleet.core.proxy.core",
     "sipfleet.core.proxy.plans",
     "sipfleet.core.proxy.accounting",
+    "sipfleet.core.proxy.fastack",
     "sipfleet.core.proxy.engine",
 )
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -78,6 +78,16 @@ class SipHandler(Protocol):
     def on_response(self, response: Response, peer: Peer) -> None: ...
 
 
+class Shortcut(Protocol):
+    """A role's way to handle the usual datagram from its bytes, before it is parsed (the
+    proxy's 2xx ACK, core/proxy/fastack.py; the LB has its own, in its endpoint)."""
+
+    def relay(self, data: bytes, peer: Peer) -> bool:
+        """True when ``data`` (a UDP datagram this worker owns) was handled; False: it
+        was declined, nothing changed or counted, and it is parsed as usual."""
+        ...
+
+
 class Steering(Protocol):
     """Which worker handles what, when several share the addresses of a stateful role
     (``transport/inboxes.py``); None with one worker, at the cost of one test."""
@@ -133,6 +143,7 @@ class SipEndpoint:
         self.stats = EndpointStats()
         self.on_send_error = on_send_error
         self.steering: Steering | None = None
+        self.shortcut: Shortcut | None = None  # see Shortcut; set by the role
         self._listen = list(listen)
         self._sockets = list(sockets) if sockets is not None else None
         self.certificates = certificates
@@ -272,6 +283,9 @@ class SipEndpoint:
         steering = self.steering
         if steering is not None and steering.elsewhere(data, peer):
             return  # another worker owns it: handed over unparsed
+        shortcut = self.shortcut
+        if shortcut is not None and peer.transport == "udp" and shortcut.relay(data, peer):
+            return
         try:
             # TCP and TLS cut messages by Content-Length; UDP and WebSocket (RFC 7118
             # §5.1: one SIP message per WebSocket message) by their own framing

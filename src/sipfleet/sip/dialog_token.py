@@ -79,7 +79,13 @@ class DialogTokens:
         value = our_route.params.get(PARAM)
         if not value:
             return None
-        call_id, from_tag, to_tag = request.call_id, request.from_.tag, request.to.tag
+        return self.dialog_caller(value, request.call_id, request.from_.tag, request.to.tag)
+
+    def dialog_caller(
+        self, value: str, call_id: str, from_tag: str | None, to_tag: str | None
+    ) -> str | None:
+        """``caller_tag`` for a token ``value`` (not empty) and the request's Call-ID and
+        tags as read already (the proxy's fast ACK reads them from the lines)."""
         # A dialog's requests (ACK, BYE, re-INVITE) carry the same token and tags, and the
         # proxy asks more than once per request: a MAC computed once per dialog. Kept only
         # after it verified, keyed by everything it was computed from, so a forged token is

@@ -33,7 +33,8 @@ counted and changed nothing) and goes the present way.
 
 Both need one Content-Length matching the body, no byte the parser would reject (NUL,
 a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
-TCP/TLS/WS are declined.
+TCP/TLS/WS are declined. The head's lines are read and edited with ``sip/headlines.py``
+(shared with the proxy's fast path for the ACK of a 2xx).
 """
 
 from __future__ import annotations
@@ -47,11 +48,23 @@ from sipfleet.core.lb.edge import EdgeGuard
 from sipfleet.core.lb.router import DIALOG_CREATING, Forward, Router
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
-from sipfleet.sip.address import Address, parse_trimmed_address
 from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
 from sipfleet.sip.headers import HEADER_KEYS
+from sipfleet.sip.headlines import (
+    VIA_LINE,
+    HeadLines,
+    call_id_of,
+    clean,
+    hop_count,
+    joined,
+    pop_routes,
+    push_our_via,
+    route_values,
+    tag_of,
+    top_via_text,
+)
 from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import SIP_VERSION as VERSION
 from sipfleet.sip.message import Request, header_line
@@ -63,16 +76,13 @@ RESPONSE_START: Final = "SIP/2.0 "
 MIN_RESPONSE: Final = 12  # "SIP/2.0 200 "
 SLASH: Final = 47
 LETTER_S: Final = 83
-VIA_LINE: Final = "Via: "
 VIA_BYTES: Final = b"Via: "
 ROUTE_LINE: Final = "\r\nRoute:"
 REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
-MAX_LENGTH_DIGITS: Final = 10  # as the parser reads Content-Length
 BRANCH: Final = "branch="
 MAX_HOPS: Final = 4096
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
 _METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
-_LENGTHS: Final = Memo[str, int](1024)  # Content-Length line -> its value
 SIP_VERSION: Final = "SIP/2.0"
 # What Router._to_cluster forwards plainly when there is no Route (REGISTER gets a Path,
 # INVITE, SUBSCRIBE and REFER a Record-Route unless they have a To tag: not read here)
@@ -81,16 +91,6 @@ PLAIN_METHODS: Final = frozenset(
 )
 # With our Route and a To tag, these create no dialog either (Router._creates_dialog)
 ROUTED_METHODS: Final = PLAIN_METHODS | frozenset({"INVITE", "SUBSCRIBE", "REFER"})
-CREDENTIALS: Final = frozenset({"authorization", "proxy-authorization"})
-TAG: Final = ";tag="
-CUT: Final = "\x00"
-MAX_ADDRESSES: Final = 4096
-_ADDRESSES: Final = Memo[str, bool](MAX_ADDRESSES)  # see _tag
-MAX_HOPS_VALUE: Final = 255
-MAX_FORWARDS_LINES: Final = tuple(f"Max-Forwards: {value}" for value in range(MAX_HOPS_VALUE + 1))
-HOP_COUNTS: Final = Memo[str, int](
-    1024, {line: value for value, line in enumerate(MAX_FORWARDS_LINES)}
-)  # Max-Forwards line -> its value, as Message keeps them
 
 
 class FastRelay:
@@ -146,7 +146,7 @@ class FastRelay:
         if head_end < 0:
             return False
         # Declined before the head is split: a method none of the three ways takes (a
-        # Route is found as we and sipp write it; other spellings: declined by _Headers)
+        # Route is found as we and sipp write it; other spellings: declined by HeadLines)
         start = text[: text.find("\r\n")]
         method = _method(start)
         routed = text.find(ROUTE_LINE, 0, head_end) >= 0
@@ -154,12 +154,12 @@ class FastRelay:
         if not method or not (routed or creating or _plain_method(method, start)):
             return False
         lines = text[:head_end].split("\r\n")
-        if len(lines) < 2 or not _clean(lines) or self.overload.overloaded:
+        if len(lines) < 2 or not clean(lines) or self.overload.overloaded:
             return False
-        seen = _Headers(lines, len(data) - head_end - 4, 1, routed)
+        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed)
         if not seen.usual:
             return False
-        top = _top_via(lines, seen)
+        top = top_via_text(lines, seen)
         if not top:
             return False
         popped = 0
@@ -180,7 +180,7 @@ class FastRelay:
             if plain is None:
                 return False
             forward = plain
-        hops = _hop_count(lines[seen.max_forwards])
+        hops = hop_count(lines[seen.max_forwards])
         if hops <= 0:
             return False  # 483 (or a bad value: 400) from the present path
         forwarder = self.forwarder
@@ -195,40 +195,34 @@ class FastRelay:
         agent = lines[seen.agent] if seen.agent else ""
         if guard is not None and guard.screen(agent, peer, time.monotonic()):
             return True  # over UDP, blocked is dropped: nothing to send
-        ours = forwarder.our_via(prefix, peer, branch)
-        at = seen.via
-        kept = lines[at] if stamped is None else VIA_LINE + stamped
-        lines[at] = VIA_LINE + ours + "\r\n" + kept  # pushed on top, as push_via does
-        lines[seen.max_forwards] = MAX_FORWARDS_LINES[hops - 1]
+        push_our_via(lines, seen, forwarder.our_via(prefix, peer, branch), stamped, hops)
         if record_routes:
             _add_record_routes(lines, seen.last_via, record_routes)
         if popped:
-            _pop_routes(lines, seen.routes, popped)  # last: it may delete lines
-        forwarded = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if head_end + 4 < len(data):
-            forwarded += data[head_end + 4 :]
+            pop_routes(lines, seen.routes, popped)  # last: it may delete lines
+        forwarded = joined(lines, data, head_end)
         self._send_request(forwarded, forward.destination, top, peer)
         return True
 
     def _routed(
-        self, method: str, lines: list[str], seen: _Headers, peer: Peer
+        self, method: str, lines: list[str], seen: HeadLines, peer: Peer
     ) -> tuple[int, Forward] | None:
         """An in-dialog request from a client (a To tag) whose top Route(s) are ours:
         how many Routes to remove and where it goes, as Router.route decides
         (``Router.toward_cluster_routed``), when its Routes, From and To are written
-        plainly (``_route_values``, ``_tag``) and no target drains; else None (a token
+        plainly (``route_values``, ``tag_of``) and no target drains; else None (a token
         refused included: the present path answers 403)."""
         router = self.router
         if router is None or router.pools.has_draining or ":" in peer.host:
             return None
         if router.from_cluster(peer):
             return None  # down a flow: Router._to_client
-        to_tag = _tag(lines[seen.to], "To")
-        from_tag = _tag(lines[seen.from_], "From")
-        call_id = _call_id(lines[seen.call_id])
+        to_tag = tag_of(lines[seen.to], "To")
+        from_tag = tag_of(lines[seen.from_], "From")
+        call_id = call_id_of(lines[seen.call_id])
         if not to_tag or not from_tag or not call_id:
             return None
-        routes = _route_values(lines, seen.routes)
+        routes = route_values(lines, seen.routes)
         if routes is None:
             return None
         under_way = method == "CANCEL" or method == "ACK"
@@ -261,7 +255,7 @@ class FastRelay:
         return None if decision.via_params else decision
 
     def _plain_forward(self, method: str, call_id_line: str) -> Forward | None:
-        call_id = _call_id(call_id_line)
+        call_id = call_id_of(call_id_line)
         if not call_id:
             return None  # 400 from the present path
         router = self.router
@@ -333,13 +327,13 @@ class FastRelay:
             return False
         lines = text[:head_end].split("\r\n")
         status = _status(lines[0])
-        if status == 0 or len(lines) < 3 or not _clean(lines):
+        if status == 0 or len(lines) < 3 or not clean(lines):
             return False
         cut = _our_via(lines)
         if cut is None:
             return False
         ours, hop, kept, same_line = cut
-        if not _Headers(lines, len(data) - head_end - 4, 3 - same_line).known:
+        if not HeadLines(lines, len(data) - head_end - 4, 3 - same_line).known:
             return False
         if not self._ours_plain(ours):
             return False
@@ -471,13 +465,6 @@ def _read_status(start: str) -> int:
     return status if 100 <= status <= 699 else 0
 
 
-def _clean(lines: list[str]) -> bool:
-    """No NUL, no CR or LF but those that end lines: what the parser rejects (or, for
-    bare-LF line ends, reads another way) is left to it."""
-    joined = "".join(lines)  # one copy, then three memchr
-    return "\r" not in joined and "\n" not in joined and "\x00" not in joined
-
-
 def _our_via(lines: list[str]) -> tuple[str, str, int, int] | None:
     """Our Via (the top one, on the first header line), the next Via's text, how many
     characters after our line's start are dropped, and 1 when what follows ours is on
@@ -512,19 +499,6 @@ def _plain_via_line(line: str) -> bool:
     return line.startswith(VIA_LINE) and '"' not in line and "<" not in line
 
 
-def _length_is(line: str, body_length: int) -> bool:
-    """Whether the Content-Length ``line`` reads, as the parser reads it, ``body_length``
-    (a missing one the present path adds; one that differs trims or is refused).
-    Memoised by the line, as the parser does ("Content-Length: 0" most of the time)."""
-    length = _LENGTHS.table.get(line)
-    if length is None:
-        value = line[line.find(":") + 1 :].strip(WS)
-        if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
-            return False
-        length = _LENGTHS.put(line, int(value))
-    return length == body_length
-
-
 def _method(start: str) -> str:
     """The method of a request line the parser takes as it is (``METHOD URI SIP/2.0``),
     when it is one of ROUTED_METHODS (not REGISTER); else "". Memoised by the line (a
@@ -549,94 +523,6 @@ def _plain_method(method: str, start: str) -> bool:
     return method in PLAIN_METHODS and (method != "OPTIONS" or "@" in start)
 
 
-def _call_id(line: str) -> str:
-    """The Call-ID of its line as Message.call_id reads it; "" when it refuses it."""
-    call_id = line[line.find(":") + 1 :].strip(WS)
-    return "" if " " in call_id or "\t" in call_id else call_id
-
-
-def _tag(line: str, what: str) -> str:
-    """The tag of a From or To line, as Message.from_ / to read it; "" when it has none
-    or is not written plainly (a comma, blanks among the parameters, another "tag=",
-    a tag value other than letters, digits, '-' and '.').
-
-    Memoised, as the Router's Route URIs are, by the value with the tag value cut out
-    (each dialog has its own): whether the address parses and its tag is the value at
-    that place depends on nothing else, once the value is plain and is the only one a
-    parameter named tag could take."""
-    value = line[line.find(":") + 1 :].strip(WS)
-    at = value.rfind(TAG)
-    if at < 0 or "," in value:
-        return ""
-    if value[:1] == "<" and value.find(">") == at - 1:
-        tag = _bare_tag(value, at)  # <URI>;tag=X, as sipp and most phones write it
-        if tag:
-            return tag
-    start = at + len(TAG)
-    end = value.find(";", start)
-    if end < 0:
-        end = len(value)
-    tag = value[start:end]
-    bare = tag.replace("-", "").replace(".", "")
-    if not (bare.isalnum() and bare.isascii()):
-        return ""
-    params = value[value.rfind(">") + 1 :]  # the whole value for an addr-spec
-    if " " in params or "\t" in params or '"' in params or value.lower().count("tag=") != 1:
-        return ""
-    key = value[:start] + CUT + value[end:]
-    known = _ADDRESSES.table.get(key)
-    if known is None:
-        known = _ADDRESSES.put(key, _tag_parsed(value, what) == tag)
-    return tag if known else ""
-
-
-def _bare_tag(value: str, at: int) -> str:
-    """The tag of ``<URI>;tag=X`` (``at``: where ``;tag=`` starts, right after the first
-    '>'), as parse_trimmed_address reads it: no display name, the URI with a scheme and
-    no blank or '<', one plain parameter; "" when it is not so (then read the long way)."""
-    tag = value[at + len(TAG) :]
-    uri = value[1 : at - 1]
-    colon = uri.find(":")
-    if colon <= 0 or colon == len(uri) - 1 or " " in uri or "\t" in uri or "<" in uri:
-        return ""
-    bare = tag.replace("-", "").replace(".", "")
-    return tag if bare.isalnum() and bare.isascii() else ""
-
-
-def _tag_parsed(value: str, what: str) -> str | None:
-    try:
-        return parse_trimmed_address(value, what).tag
-    except ParseError:
-        return None  # 400 from the present path
-
-
-def _route_values(lines: list[str], at_lines: list[int]) -> list[Address] | None:
-    """The Routes of lines ``at_lines``, as Message.routes reads them, when each is
-    written ``<URI>`` (one or more on a line, comma-separated, as sipp writes them): no
-    quote, blank, comma or angle bracket inside, no empty element, no folded line; else
-    None. What the parser checks of such a value is checked here (a URI with a scheme
-    and more); the URIs are read by the Router (a bad one raises its ParseError)."""
-    routes: list[Address] = []
-    for at in at_lines:
-        line = lines[at]
-        if at + 1 < len(lines) and lines[at + 1][:1] in WS:
-            return None  # folded
-        for part in line[line.find(":") + 1 :].split(","):
-            value = part.strip(WS)
-            if len(value) < 2 or value[0] != "<" or value[-1] != ">":
-                return None
-            uri = value[1:-1]
-            colon = uri.find(":")
-            if colon <= 0 or colon == len(uri) - 1 or not _plain_route_uri(uri):
-                return None
-            routes.append(Address(uri, None, {}, value))
-    return routes
-
-
-def _plain_route_uri(uri: str) -> bool:
-    return not ("<" in uri or ">" in uri or " " in uri or "\t" in uri or '"' in uri)
-
-
 def _key(line: str) -> str:
     """A header line's name as the parser's memo knows it ("": not known)."""
     colon = line.find(":")
@@ -648,146 +534,3 @@ def _add_record_routes(lines: list[str], last_via: int, record_routes: tuple[str
     that has none: below the last Via line (``last_via``), the last one added first."""
     added = [header_line("record-route", value) for value in reversed(record_routes)]
     lines[last_via] += "\r\n" + "\r\n".join(added)
-
-
-def _pop_routes(lines: list[str], at_lines: list[int], count: int) -> None:
-    """The first ``count`` Routes removed as Message.pop_first_value removes them, one
-    after the other: a line emptied goes, the rest of a line is kept as received after
-    ``Name: ``. The Routes are those ``_route_values`` read: one per comma."""
-    gone: list[int] = []
-    for at in at_lines:
-        line = lines[at]
-        colon = line.find(":")
-        parts = line[colon + 1 :].split(",")
-        if len(parts) <= count:
-            gone.append(at)
-            count -= len(parts)
-            if count == 0:
-                break
-        else:
-            rest = ",".join(parts[count:]).lstrip(" \t,")
-            lines[at] = line[: colon + 1] + " " + rest
-            break
-    for at in reversed(gone):
-        del lines[at]
-
-
-def _top_via(lines: list[str], seen: _Headers) -> str:
-    """The top Via's text, when its line is ``Via: <it>`` alone and stands where
-    Message.replace_top_via rewrites it in place (the next line a Via, or the first
-    header line and the only Via); else ""."""
-    at = seen.via
-    line = lines[at]
-    if not line.startswith(VIA_LINE) or "," in line or '"' in line or "<" in line:
-        return ""
-    if at + 1 < len(lines) and lines[at + 1][:1] in WS:
-        return ""  # folded
-    if seen.second_via != at + 1 and not (at == 1 and seen.vias == 1):
-        return ""
-    return line[len(VIA_LINE) :].strip(WS)
-
-
-def _hop_count(line: str) -> int:
-    """Max-Forwards, as Message.max_forwards reads it; -1 when it would refuse it."""
-    known = HOP_COUNTS.table.get(line)
-    if known is not None:
-        return known
-    value = line[line.find(":") + 1 :].strip(WS)
-    if not (value.isdigit() and value.isascii() and len(value) <= MAX_LENGTH_DIGITS):
-        return -1
-    count = int(value)
-    return HOP_COUNTS.put(line, count) if count <= MAX_HOPS_VALUE else -1
-
-
-# -- requests: the header lines read --------------------------------------------------------
-class _Headers:
-    """The header lines from ``lines[first]`` on: where those a plain forward reads are
-    (indexes into the head's lines), whether every name is one the parser has met (its
-    memo: a name it has not is left to it, which checks it) with one Content-Length
-    matching the body, at most one Max-Forwards and one Call-ID, no credentials (the edge
-    guard's lockouts read them), no Route unless ``routed`` (then at most one From and
-    one To): ``known``; and whether a request has what a plain forward needs besides (a
-    Via, Max-Forwards, Call-ID; routed, a Route, From and To): ``usual``."""
-
-    __slots__ = (
-        "agent",
-        "call_id",
-        "from_",
-        "known",
-        "last_via",
-        "max_forwards",
-        "routes",
-        "second_via",
-        "to",
-        "usual",
-        "via",
-        "vias",
-    )
-
-    def __init__(
-        self, lines: list[str], body_length: int, first: int = 1, routed: bool = False
-    ) -> None:
-        self.via = self.max_forwards = self.call_id = 0
-        self.agent = 0  # the first User-Agent line; 0: none
-        self.vias = 0  # Via lines
-        self.second_via = 0  # the second Via line
-        self.last_via = 0  # the last Via line
-        self.from_ = self.to = 0  # read when routed
-        self.routes: list[int] = []  # the Route lines, when routed
-        self.known = self._read(lines, body_length, first, routed)
-        usual = self.known and bool(self.via and self.max_forwards and self.call_id)
-        if routed:
-            usual = usual and bool(self.routes and self.from_ and self.to)
-        self.usual = usual
-
-    def _read(self, lines: list[str], body_length: int, first: int, routed: bool) -> bool:
-        keys = HEADER_KEYS.table
-        length = 0
-        for at in range(first, len(lines)):
-            line = lines[at]
-            colon = line.find(":")
-            key = keys.get(line[:colon] if colon >= 0 else line, "")
-            if not key:
-                return False
-            if key == "via":
-                self.vias += 1
-                self.last_via = at
-                if not self.via:
-                    self.via = at
-                elif not self.second_via:
-                    self.second_via = at
-            elif key == "max-forwards":
-                if self.max_forwards:
-                    return False
-                self.max_forwards = at
-            elif key == "call-id":
-                if self.call_id:
-                    return False
-                self.call_id = at
-            elif key == "content-length":
-                if length:
-                    return False
-                length = at
-            elif key == "user-agent":
-                if not self.agent:
-                    self.agent = at
-            elif key == "route":
-                if not routed:
-                    return False
-                self.routes.append(at)
-            elif key in CREDENTIALS or (routed and not self._single(key, at)):
-                return False
-        return bool(length) and _length_is(lines[length], body_length)
-
-    def _single(self, key: str, at: int) -> bool:
-        """A From or To line at ``at`` noted; False when it is a second one (other
-        lines: True)."""
-        if key == "from":
-            if self.from_:
-                return False
-            self.from_ = at
-        elif key == "to":
-            if self.to:
-                return False
-            self.to = at
-        return True

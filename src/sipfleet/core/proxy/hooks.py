@@ -30,6 +30,18 @@ class MessageHooks:
         to ``forwarding`` with no call."""
         self.forwarding(ack, None)
 
+    def leaves_ack(self, our_route: SipUri) -> bool:
+        """Whether ``forwarding_ack`` leaves a 2xx ACK that came by ``our_route`` as it is,
+        changing and counting nothing: then the proxy may send it from its bytes
+        (core/proxy/fastack.py). Asked once per Route URI with its ``dt`` value aside
+        (memoised): the answer must depend on nothing else. The default: True unless a
+        subclass overrides ``forwarding_ack`` or ``forwarding`` (and not this)."""
+        kind = type(self)
+        return (
+            kind.forwarding_ack is MessageHooks.forwarding_ack
+            and kind.forwarding is MessageHooks.forwarding
+        )
+
     def answering(self, response: Response, call: CallContext) -> None:
         """``response`` goes upstream to the sender of ``call.request``."""
 

@@ -187,6 +187,10 @@ class PrivacyHooks(MessageHooks):
         if identity is not None:
             self._in_dialog(ack, identity)
 
+    def leaves_ack(self, our_route: SipUri) -> bool:
+        """Only an ACK whose Route of ours carries a sealed identity is rewritten."""
+        return ROUTE_PARAM not in our_route.params
+
     def answering(self, response: Response, call: CallContext) -> None:
         if call.in_dialog:
             identity = self._opened(call.our_route, call.request)

@@ -69,6 +69,11 @@ class TransactionLayer:
         key = response_key(response)
         return None if key is None else self._clients.get(key)
 
+    def serves(self, key: Key) -> bool:
+        """Whether a server transaction of ``key`` (``request_key``) is alive: an ACK
+        with an RFC 3261 key matches it, and nothing else does (the proxy's fast ACK)."""
+        return key in self._servers
+
     def match_request(self, request: Request) -> ServerTransaction | None:
         key = request_key(request)
         server = self._servers.get(key)
