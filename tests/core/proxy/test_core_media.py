@@ -150,6 +150,16 @@ def test_an_answered_call_keeps_its_media_and_its_result_names_who_answered() ->
     assert result.caller == result.caller_shown == "sip:alice@example.com"
 
 
+def test_a_core_that_records_no_calls_ends_a_failed_calls_media_all_the_same() -> None:
+    shell = FakeShell()
+    shell.core.records_calls = False  # as the engine sets it without accounting
+    forwarded = relayed_call(shell)
+    shell.receive(response_to(forwarded, 486), CALLEE)
+    assert shell.upstream() == [486]
+    assert taken(shell, EndMedia) == [EndMedia(RELAY, forwarded.call_id)]
+    assert results(shell) == []
+
+
 def test_a_challenge_is_no_call() -> None:
     shell = FakeShell()
     shell.receive(request())

@@ -115,6 +115,18 @@ def parse_request(text: str) -> Request:
     return request
 
 
+async def test_the_core_makes_call_records_only_while_the_engine_keeps_them(
+    storage: Storage,
+) -> None:
+    engine = build_engine(make_config(), storage, SipEndpoint([]))
+    assert engine.accounting is not None  # on by default
+    assert engine.core.records_calls
+    accounting, engine.accounting = engine.accounting, None
+    assert not engine.core.records_calls
+    engine.accounting = accounting
+    assert engine.core.records_calls
+
+
 async def test_basic_call_with_bye_from_the_callee(start_proxy: ProxyFactory, uas: Any) -> None:
     """The shell end to end: datagrams in become events, the core's sends become
     datagrams out to the right addresses, the policy and the location lookup run in a

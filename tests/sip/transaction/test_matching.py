@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from sipfleet.sip import ParseError, Request, Response, parse_message
 from sipfleet.sip.builders import make_cancel
 from sipfleet.sip.transaction import (
+    ClientTransaction,
     Deliver,
     ServerInviteTransaction,
     State,
     TransactionLayer,
     request_key,
+    response_key,
 )
 from tests.sip.transaction.harness import FakeShell, ack_for, answer, request
 
@@ -160,3 +165,123 @@ def test_counts() -> None:
     layer.create_client(request("INVITE", branch="z9hG4bKb"))
     layer.create_client(request("OPTIONS", branch="z9hG4bKc"))
     assert (len(layer), layer.server_count, layer.client_count) == (3, 1, 2)
+
+
+# -- a response that echoes our Via and CSeq lines (match_response's shortcut) -------------
+def _sent(layer: TransactionLayer) -> list[tuple[ClientTransaction, Request]]:
+    """Client transactions of several kinds, each with the request it sent; the last has
+    let go of its request (``forget_request``), as a finished call's do."""
+    invite_tx, _ = layer.create_client(request("INVITE", branch="z9hG4bKout1"))
+    cancel_tx, _ = layer.create_client(make_cancel(invite_tx.request))
+    bye_tx, _ = layer.create_client(request("BYE", branch="z9hG4bKout2", to_tag="b1"))
+    # a copy as the proxy forwards it: its own Via on top of the caller's, one line each
+    forwarded = request("INVITE", branch="z9hG4bKin", sent_by="pc33.example.com")
+    forwarded.push_via("SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKout3;rport")
+    forwarded_tx, _ = layer.create_client(forwarded)
+    forgotten_tx, _ = layer.create_client(request("INVITE", branch="z9hG4bKout4"))
+    sent = [(tx, tx.request) for tx in (invite_tx, cancel_tx, bye_tx, forwarded_tx, forgotten_tx)]
+    forgotten_tx.forget_request()
+    return sent
+
+
+def _by_full_key(
+    sent: list[tuple[ClientTransaction, Request]], data: bytes
+) -> ClientTransaction | type[ParseError] | None:
+    """What the full key (the top Via and the CSeq parsed) matches in a fresh parse."""
+    fresh = parse_message(data)
+    assert isinstance(fresh, Response)
+    try:
+        key = response_key(fresh)
+    except ParseError:
+        return ParseError
+    return {tx.key: tx for tx, _ in sent}.get(key) if key is not None else None
+
+
+def _matched(layer: TransactionLayer, data: bytes) -> ClientTransaction | type[ParseError] | None:
+    response = parse_message(data)
+    assert isinstance(response, Response)
+    try:
+        return layer.match_response(response)
+    except ParseError:
+        return ParseError
+
+
+def test_an_echoed_response_is_matched_without_parsing_its_via_or_cseq() -> None:
+    layer = TransactionLayer()
+    sent = _sent(layer)
+    for tx, original in sent[:4]:
+        for status in (100, 180, 200, 486):
+            response = answer(original, status)
+            assert layer.match_response(response) is tx
+            assert "top-via" not in response._cache
+            assert "cseq" not in response._cache
+    forgotten_tx, original = sent[4]
+    response = answer(original, 200)  # no request to compare with: the full key decides
+    assert layer.match_response(response) is forgotten_tx
+    assert "top-via" in response._cache
+
+
+ECHO_EDITS = (
+    ";received=192.0.2.1",
+    ";rport=5080",
+    ";BRANCH=z9hG4bKout2",
+    ";branch=z9hG4bKout1",
+    ",SIP/2.0/UDP 192.0.2.9",
+    " ",
+    "\t",
+    ";",
+    "=",
+    ",",
+    "x",
+    "1",
+    "INVITE",
+    "CANCEL",
+    "99999999999",
+    "SIP/2.0/TCP ",
+    "\r\n ",
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pick=st.integers(0, 4),
+    status=st.sampled_from([100, 180, 200, 487]),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["via", "cseq", "v", "other"]),
+            st.integers(0, 80),
+            st.integers(0, 3),
+            st.sampled_from(ECHO_EDITS),
+        ),
+        max_size=3,
+    ),
+)
+def test_the_shortcut_matches_what_the_full_key_matches(
+    pick: int, status: int, edits: list[tuple[str, int, int, str]]
+) -> None:
+    """Echoed, edited (a parameter added, case, spacing, a compact name, a Via joined on
+    the line, a broken value) or pointing at another transaction: the same transaction,
+    none, or the same ParseError as the full key gives."""
+    layer = TransactionLayer()
+    sent = _sent(layer)
+    lines = answer(sent[pick][1], status).serialize().decode("latin-1").split("\r\n")
+    where = {
+        name: next(i for i, line in enumerate(lines) if line.startswith(prefix))
+        for name, prefix in (("via", "Via:"), ("cseq", "CSeq:"), ("other", "From:"))
+    }
+    for which, at, cut, text in edits:
+        if which == "v":  # the compact name on the top Via line
+            index = where["via"]
+            name, colon, value = lines[index].partition(":")
+            lines[index] = "v" + colon + value if name == "Via" else lines[index]
+            continue
+        index = where[which]
+        line = lines[index]
+        at = min(at, len(line))
+        lines[index] = line[:at] + text + line[at + cut :]
+    data = "\r\n".join(lines).encode("latin-1")
+    try:
+        parse_message(data)
+    except ParseError:
+        return  # not a response the endpoint hands on at all
+    assert _matched(layer, data) == _by_full_key(sent, data)

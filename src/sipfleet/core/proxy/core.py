@@ -266,6 +266,9 @@ class ProxyCore:
         # client transactions per TCP destination: a connect that fails later (reported
         # by destination) fails them all as transport errors
         self.tcp_clients: dict[tuple[str, int], list[ClientTransaction]] = {}
+        # CallResult for each call's final answer; the shell turns it off when it keeps
+        # no call records (the record costs a call more than the rest of its 200's relay)
+        self.records_calls = True
 
     # -- configuration events ---------------------------------------------------------------
     def listen(self, listening: Listening) -> None:
@@ -865,7 +868,7 @@ class ProxyCore:
         relay = call.routing.media_relay
         if relay is not None and response.status >= 300:
             actions.append(EndMedia(relay, request.call_id))
-        if response.status not in (401, 407):  # a challenge is not a call
+        if self.records_calls and response.status not in (401, 407):  # a challenge: no call
             actions.append(self._record(call, response))
         return actions
 

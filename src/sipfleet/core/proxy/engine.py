@@ -130,6 +130,7 @@ class ProxyEngine:
         # OPTIONS to gateways for the off-net router's health checks
         self.prober = OptionsProber(endpoint, self.resolver)
         self.media = media
+        self._accounting: CallAccounting | None = None
         self.accounting = accounting
         self.durations = HistogramTable(TRANSACTION_BUCKETS)  # by method
         self.tasks: set[asyncio.Task[None]] = set()
@@ -159,6 +160,16 @@ class ProxyEngine:
     @property
     def stats(self) -> EngineStats:
         return self.core.stats
+
+    @property
+    def accounting(self) -> CallAccounting | None:
+        return self._accounting
+
+    @accounting.setter
+    def accounting(self, accounting: CallAccounting | None) -> None:
+        """Where call records go (None: nowhere, and the core makes none)."""
+        self._accounting = accounting
+        self.core.records_calls = accounting is not None
 
     @property
     def overload(self) -> OverloadMonitor:

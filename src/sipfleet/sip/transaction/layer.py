@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from sipfleet.sip.message import Message, Request, Response
 from sipfleet.sip.transaction.actions import Action
@@ -25,6 +25,8 @@ from sipfleet.sip.transaction.server import (
     ServerTransaction,
 )
 from sipfleet.sip.transaction.timers import DEFAULT_TIMERS, Timers
+
+BRANCH_PARAM: Final = ";branch="
 
 
 class TransactionLayer:
@@ -66,8 +68,49 @@ class TransactionLayer:
         return None if server is None else server.receive(message)
 
     def match_response(self, response: Response) -> ClientTransaction | None:
+        client = self._echoing(response)
+        if client is not None:
+            return client
         key = response_key(response)
         return None if key is None else self._clients.get(key)
+
+    def _echoing(self, response: Response) -> ClientTransaction | None:
+        """The client transaction whose request's top Via line and CSeq line the response
+        carries unchanged, as a response does (§8.2.6.2: Via and CSeq copied), else None.
+
+        ``response_key`` parses both (the Via and the CSeq are most of a relayed
+        response's matching cost); here the branch and method are only cut out of the
+        lines to find a candidate, which the two lines then confirm: equal to the lines of
+        the request the transaction sent (a Via and a CSeq that parsed, its key made from
+        them), they parse to that key, so the full key would find the same transaction.
+        Any difference (a ``received`` added, a compact name, spacing, a request let go
+        of) leaves it to the full key."""
+        keys = response.keys
+        if "via" not in keys or "cseq" not in keys:
+            return None
+        lines = response.lines
+        via_line = lines[keys.index("via")]
+        cseq_line = lines[keys.index("cseq")]
+        start = via_line.find(BRANCH_PARAM)
+        if start < 0:
+            return None
+        start += len(BRANCH_PARAM)
+        end = via_line.find(";", start)
+        branch = via_line[start:] if end < 0 else via_line[start:end]
+        method = cseq_line[cseq_line.rfind(" ") + 1 :]
+        client = self._clients.get((branch, method))
+        if client is None:
+            return None
+        sent = client.request
+        sent_keys = sent.keys
+        if "via" not in sent_keys or "cseq" not in sent_keys:
+            return None  # let go of (forget_request)
+        sent_lines = sent.lines
+        if sent_lines[sent_keys.index("via")] != via_line:
+            return None
+        if sent_lines[sent_keys.index("cseq")] != cseq_line:
+            return None
+        return client
 
     def serves(self, key: Key) -> bool:
         """Whether a server transaction of ``key`` (``request_key``) is alive: an ACK
