@@ -83,8 +83,9 @@ class TransactionLayer:
         lines to find a candidate, which the two lines then confirm: equal to the lines of
         the request the transaction sent (a Via and a CSeq that parsed, its key made from
         them), they parse to that key, so the full key would find the same transaction.
-        Any difference (a ``received`` added, a compact name, spacing, a request let go
-        of) leaves it to the full key."""
+        The Via line may also go on with the Vias below ours joined to it by commas (sipp
+        echoes them so). Any other difference (a ``received`` added, a compact name,
+        spacing, a request let go of) leaves it to the full key."""
         keys = response.keys
         if "via" not in keys or "cseq" not in keys:
             return None
@@ -106,11 +107,12 @@ class TransactionLayer:
         if "via" not in sent_keys or "cseq" not in sent_keys:
             return None  # let go of (forget_request)
         sent_lines = sent.lines
-        if sent_lines[sent_keys.index("via")] != via_line:
-            return None
         if sent_lines[sent_keys.index("cseq")] != cseq_line:
             return None
-        return client
+        ours = sent_lines[sent_keys.index("via")]
+        if via_line == ours or _leads(via_line, ours):
+            return client
+        return None
 
     def serves(self, key: Key) -> bool:
         """Whether a server transaction of ``key`` (``request_key``) is alive: an ACK
@@ -181,3 +183,13 @@ class TransactionLayer:
         transaction.key = key
         transaction._table = table
         table[key] = transaction
+
+
+def _leads(line: str, ours: str) -> bool:
+    """Whether ``line`` is the Via line ``ours`` with more Vias joined after a comma, so
+    that its first value (``Message.top_via``: ``split_first``) is the value of ``ours``:
+    nothing in either that makes ``split_first`` look further (a quote, an angle
+    bracket, a folded line, a comma in ``ours``)."""
+    if len(line) <= len(ours) or line[len(ours)] != "," or not line.startswith(ours):
+        return False
+    return "," not in ours and '"' not in line and "<" not in line and "\n" not in line
