@@ -98,6 +98,8 @@ class TransactionLayer:
         start += len(BRANCH_PARAM)
         end = via_line.find(";", start)
         branch = via_line[start:] if end < 0 else via_line[start:end]
+        if "," in branch:  # the last parameter of ours, and the next Via joined on
+            branch = branch[: branch.find(",")]
         method = cseq_line[cseq_line.rfind(" ") + 1 :]
         client = self._clients.get((branch, method))
         if client is None:
