@@ -218,7 +218,17 @@ def _derived(method: str, invite: Request, copied: tuple[list[str], list[str]]) 
 
 def _copied(message: Message, wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """The lines of ``message`` whose header is in ``wanted``, in message order."""
-    pairs = [
-        (line, key) for line, key in zip(message.lines, message.keys, strict=True) if key in wanted
-    ]
-    return [line for line, _ in pairs], [key for _, key in pairs]
+    # An index loop: compiled, zip(strict=True) and the pairs it built went through
+    # generic calls, and this runs for every response the proxy makes (the 100 of each
+    # INVITE) and every CANCEL.
+    all_lines, all_keys = message.lines, message.keys
+    if len(all_lines) != len(all_keys):
+        raise ValueError("lines and keys differ in length")
+    lines: list[str] = []
+    keys: list[str] = []
+    for i in range(len(all_keys)):
+        key = all_keys[i]
+        if key in wanted:
+            lines.append(all_lines[i])
+            keys.append(key)
+    return lines, keys
