@@ -36,6 +36,29 @@ class SipUri:
     headers: dict[str, str] = field(default_factory=dict)
     raw: str = ""
 
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        password: str | None,
+        host: str,
+        port: int | None,
+        params: Params | None = None,
+        headers: dict[str, str] | None = None,
+        raw: str = "",
+    ) -> None:
+        """The dataclass's own ``__init__``, written out: the one it generates runs as
+        interpreted code in the compiled build, and every Request-URI, Route and Contact
+        read makes a URI."""
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = params if params is not None else {}
+        self.headers = headers if headers is not None else {}
+        self.raw = raw
+
     def __str__(self) -> str:
         if not self.raw:
             self.raw = self.render()
