@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from sipfleet.sip import AbsoluteUri, ParseError, SipUri, TelUri, parse_uri
-from sipfleet.sip.uri import uri_equal
+from sipfleet.sip.uri import split_hostport, uri_equal
 
 
 def sip(text: str) -> SipUri:
@@ -299,3 +299,14 @@ def test_a_uri_made_by_hand_has_its_own_parameter_and_header_tables() -> None:
         "headers",
         "raw",
     ]
+
+
+def test_host_and_port_are_checked_alike_whether_seen_before_or_not() -> None:
+    for _ in range(2):  # the second time from the memo
+        assert split_hostport("Proxy.Example.COM:5070", "x") == ("Proxy.Example.COM", 5070)
+        assert split_hostport("192.0.2.1", "x") == ("192.0.2.1", None)
+        assert split_hostport("[::1]:5062", "x") == ("[::1]", 5062)
+        for bad in ("192.0.2.1:70000", "bad host", "-a.example", "[::g]:5060", "h:port"):
+            with pytest.raises(ParseError):
+                split_hostport(bad, "x")
+    assert sip("sip:bob@Proxy.Example.COM:5070").host == "Proxy.Example.COM"

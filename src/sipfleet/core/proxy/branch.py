@@ -15,7 +15,6 @@ number, and the Route, Proxy-Require and Proxy-Authorization values.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import secrets
 from typing import Final
 
@@ -51,10 +50,11 @@ class BranchMaker:
 
     def __init__(self) -> None:
         self._prefix = BRANCH_COOKIE + "sp" + secrets.token_hex(4)
-        self._counter = itertools.count(1)
+        self._counter = 0  # an int, not itertools.count: next() is a generic call compiled
 
     def make(self, loop: str) -> str:
-        return f"{self._prefix}{next(self._counter):x}.{loop}"
+        self._counter += 1
+        return f"{self._prefix}{self._counter:x}.{loop}"
 
 
 def loop_part(branch: str | None) -> str | None:
