@@ -544,8 +544,12 @@ class Message:
         return None
 
     def push_via(self, via: Via | str) -> None:
-        """Our Via on top: add_header("via", str(via), top=True)."""
+        """Our Via on top: add_header("via", str(via), top=True). A ``Via`` given is what
+        ``top_via`` returns after (it must be what parse_via makes of its text, as
+        ``via.made_via`` is): a client transaction reads it at once."""
         self._add_line("via", "Via: " + str(via), True)
+        if isinstance(via, Via):
+            self._cache["top-via"] = via
 
     def replace_top_via(self, via: str) -> None:
         """``pop_first_value("via")`` then ``push_via(via)``: the top Via rewritten (a

@@ -96,6 +96,7 @@ from sipfleet.sip.transaction import (
     TransportError,
 )
 from sipfleet.sip.uri import Uri
+from sipfleet.sip.via import made_via
 from sipfleet.transport.base import Destination, Peer, TransportName
 from sipfleet.transport.sockets import family_of, normalise_host
 
@@ -732,9 +733,10 @@ class ProxyCore:
                 return retried
             missing = ResolveError(f"no {destination.transport} listener for {destination.host}")
             return self._unreachable(call, branch, missing)
-        prefix = f"SIP/2.0/{destination.transport.upper()} {sent_by};branch="
+        ours = f"SIP/2.0/{destination.transport.upper()} {sent_by}"
         self.hooks.forwarding(copy, call.routing)
-        copy.push_via(prefix + self._branches.make(call.loop_hash))
+        # pushed parsed (made_via): the client transaction reads it at once
+        copy.push_via(made_via(ours, self._branches.make(call.loop_hash)))
         branch.destination = destination
         client, started = self.layer.create_client(copy, peer=destination)
         branch.client = client
