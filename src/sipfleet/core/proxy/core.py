@@ -225,6 +225,10 @@ class _BranchRef:
     call: CallKey
     index: int
 
+    def __init__(self, call: CallKey, index: int) -> None:  # compiled: see AskPolicy
+        self.call = call
+        self.index = index
+
 
 @dataclass(slots=True)
 class _AckRef:
