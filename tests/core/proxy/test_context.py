@@ -19,12 +19,14 @@ from sipfleet.core.proxy.context import (
 )
 from sipfleet.core.proxy.core import _BranchRef
 from sipfleet.core.proxy.targets import ForkPlan, Target, next_trunk_on_failover
-from sipfleet.routing.api import CallContext
+from sipfleet.routing.api import CallContext, CallServices
 from sipfleet.sip import Response
+from sipfleet.transport.base import Peer
 from tests.core.proxy.messages import request, response_to
 
 INVITE = request()
 TIMER_C = 180.0
+PEER = Peer("udp", "198.51.100.7", 5062, "192.0.2.1", 5060)
 
 
 def fork(
@@ -231,8 +233,8 @@ def test_best_status_rules() -> None:
 def test_actions_with_a_written_out_init_are_still_their_dataclasses() -> None:
     """StartBranch, ArmTimerC, AskPolicy and the core's _BranchRef spell out their
     __init__ (compiled, the generated one is interpreted): same fields, defaults, ==."""
-    branch, other = cast(Branch, object()), cast(Branch, object())
-    context = cast(CallContext, object())
+    branch, other = Branch(0, Target()), Branch(1, Target())
+    context = CallContext(INVITE, PEER, cast(CallServices, object()))
     made = [
         (StartBranch(branch), (branch,)),
         (ArmTimerC(branch, 1.5), (branch, 1.5)),
