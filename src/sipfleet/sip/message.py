@@ -149,10 +149,8 @@ class Message:
 
     def header(self, name: str) -> str | None:
         """The value of the first header of that name, or None."""
-        key = header_key(name)
-        if key not in self.keys:
-            return None
-        return header_value(self.lines[self.keys.index(key)])
+        at = index_of(self.keys, header_key(name))
+        return header_value(self.lines[at]) if at >= 0 else None
 
     def header_lines(self, name: str) -> list[str]:
         """Each header of that name, one value per line, commas untouched."""
@@ -376,9 +374,9 @@ class Message:
         if "top-route" in self._cache:
             return self._cache["top-route"]  # type: ignore[no-any-return]
         top: Address | None
-        keys = self.keys
-        if "route" in keys:
-            text = header_value(self.lines[keys.index("route")])
+        at = index_of(self.keys, "route")
+        if at >= 0:
+            text = header_value(self.lines[at])
             if text[:1] == "<" and '"' not in text:  # the usual shape: cut after the first '>'
                 comma = text.find(",", text.find(">"))
                 first = [text[:comma].rstrip(WS) if comma != -1 else text]
@@ -466,8 +464,10 @@ class Message:
     def _add_line(self, key: str, line: str, top: bool) -> None:
         """add_header's work, for a line already written (push_via's: every request)."""
         keys = self.keys
-        if top:  # 'in' then index, no list built: a pushed Via mostly lands at 0
-            at = keys.index(key) if key in keys else self._top_position()
+        if top:  # no list built: a pushed Via mostly lands at 0
+            at = index_of(keys, key)
+            if at < 0:
+                at = self._top_position()
         else:
             positions = self._positions(key)
             at = positions[-1] + 1 if positions else len(keys)
@@ -490,9 +490,8 @@ class Message:
         request)."""
         keys = self.keys
         lines = self.lines
-        try:
-            first = keys.index(key)
-        except ValueError:
+        first = index_of(keys, key)
+        if first < 0:
             self._add_line(key, line, False)
             return
         lines[first] = line
@@ -522,8 +521,7 @@ class Message:
         key = HEADER_KEYS.table.get(name) or header_key(name)  # as in first_value
         keys = self.keys
         lines = self.lines
-        while key in keys:
-            at = keys.index(key)
+        while (at := index_of(keys, key)) >= 0:
             line = lines[at]
             colon = line.find(":")
             value = line[colon + 1 :]
@@ -557,7 +555,7 @@ class Message:
         when that gives the same lines, as it does when the top Via stands alone on the
         first Via line and push_via would put the new one where it stood."""
         keys = self.keys
-        at = keys.index("via") if "via" in keys else -1
+        at = index_of(keys, "via")
         if at >= 0:
             line = self.lines[at]
             value = line[line.find(":") + 1 :]
