@@ -31,6 +31,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.proxy.actions import (
@@ -106,6 +107,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, I
 ACCEPTED = State.ACCEPTED
 ANSWERED = (State.ACCEPTED, State.COMPLETED, State.TERMINATED)  # a final response came
 MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
+_new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 
 
 @dataclass(frozen=True, slots=True)
@@ -920,4 +922,5 @@ def response_destination(request: Request, peer: Peer) -> Destination:
         return peer.reply_to
     via = request.top_via
     port = peer.port if via.has_rport else (via.port or SIP_PORT)
-    return Destination("udp", peer.host, port, None, (peer.local_host, peer.local_port))
+    local = (peer.local_host, peer.local_port)
+    return _new_tuple(Destination, ("udp", peer.host, port, None, local))  # every field
