@@ -80,3 +80,15 @@ def test_the_memory_of_verified_dialogs_is_bounded() -> None:
         token = tokens.token(Dialog(f"call-{n}", "a"))
         assert tokens.caller_tag(route_with(token), bye(f"call-{n}", "a", "b")) == "a"
     assert len(tokens._verified) <= MAX_VERIFIED
+
+
+def test_the_token_is_the_urlsafe_base64_of_the_keyed_blake2b_mac() -> None:
+    key = hashlib.sha256(b"sipfleet dialog token\x00cluster-secret").digest()
+    for call_id, tag in (("call-1", "alice-tag"), ("c", "t"), ("x" * 80, "\u00e9")):
+        material = Dialog(call_id, tag).material()
+        mac = hashlib.blake2b(material, key=key, digest_size=9).digest()
+        assert TOKENS.token(Dialog(call_id, tag)) == base64.urlsafe_b64encode(mac).decode()
+    # the URL-safe characters appear: tokens of many dialogs use all 64
+    seen = set("".join(TOKENS.token(Dialog(f"call-{n}", "t")) for n in range(200)))
+    assert {"-", "_"} <= seen
+    assert not seen & {"+", "/", "="}

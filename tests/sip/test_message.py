@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sipfleet.sip import Message, ParseError, Request, Response, SipUri, parse_message
+from sipfleet.sip.message import index_of
 from tests.sip.corpus import BYE, COMPACT, INVITE, REGISTER, RESPONSE_180, sip
 
 BASE = """\
@@ -370,3 +371,23 @@ def test_top_route_agrees_with_the_full_route_list(route: str) -> None:
     assert top is not None
     assert str(top) == str(request(f"Route: {route}\n").routes[0])
     assert top.params == request(f"Route: {route}\n").routes[0].params
+
+
+def test_index_of_is_the_first_position_or_minus_one() -> None:
+    keys = ["via", "route", "via", "to"]
+    assert index_of(keys, "via") == 0
+    assert index_of(keys, "to") == 3
+    assert index_of(keys, "expires") == -1
+    assert index_of([], "via") == -1
+
+
+def test_absent_headers_read_as_none_and_present_ones_after_others_are_found() -> None:
+    msg = request(base=BASE.replace("Max-Forwards: 70\n", ""))
+    assert msg.max_forwards is None
+    assert msg.expires is None
+    assert msg.content_type is None
+    assert msg.first_value("route") is None
+    assert msg.header("expires") is None
+    late = request("Subject: x\nExpires: 30\nRoute: <sip:a;lr>, <sip:b;lr>\n")
+    assert late.expires == 30
+    assert late.first_value("route") == "<sip:a;lr>"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from sipfleet.sip import AbsoluteUri, ParseError, SipUri, TelUri, parse_uri
-from sipfleet.sip.uri import uri_equal
+from sipfleet.sip.uri import split_hostport, uri_equal
 
 
 def sip(text: str) -> SipUri:
@@ -269,3 +271,42 @@ def test_user_part_may_hold_question_marks_and_semicolons() -> None:
     assert (uri.user, uri.host) == ("what?now,then", "example.com")
     assert uri.params == {"lr": None}
     assert uri.headers == {"X": "1"}
+
+
+def test_a_uri_made_by_hand_has_its_own_parameter_and_header_tables() -> None:
+    first = SipUri("sip", "bob", None, "192.0.2.4", 5060)
+    second = SipUri("sip", None, None, "192.0.2.5", None)
+    first.params["lr"] = None
+    assert (second.params, second.headers, second.raw) == ({}, {}, "")
+    assert str(first) == "sip:bob@192.0.2.4:5060;lr"
+    full = SipUri("sips", "a", "pw", "h.example", 5061, {"transport": "tcp"}, {"x": "1"}, "raw")
+    assert (full.scheme, full.user, full.password, full.host, full.port) == (
+        "sips",
+        "a",
+        "pw",
+        "h.example",
+        5061,
+    )
+    assert (full.params, full.headers, str(full)) == ({"transport": "tcp"}, {"x": "1"}, "raw")
+    assert dataclasses.replace(full, host="other").host == "other"
+    assert [f.name for f in dataclasses.fields(SipUri)] == [
+        "scheme",
+        "user",
+        "password",
+        "host",
+        "port",
+        "params",
+        "headers",
+        "raw",
+    ]
+
+
+def test_host_and_port_are_checked_alike_whether_seen_before_or_not() -> None:
+    for _ in range(2):  # the second time from the memo
+        assert split_hostport("Proxy.Example.COM:5070", "x") == ("Proxy.Example.COM", 5070)
+        assert split_hostport("192.0.2.1", "x") == ("192.0.2.1", None)
+        assert split_hostport("[::1]:5062", "x") == ("[::1]", 5062)
+        for bad in ("192.0.2.1:70000", "bad host", "-a.example", "[::g]:5060", "h:port"):
+            with pytest.raises(ParseError):
+                split_hostport(bad, "x")
+    assert sip("sip:bob@Proxy.Example.COM:5070").host == "Proxy.Example.COM"

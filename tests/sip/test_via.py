@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sipfleet.sip import ParseError, Via, parse_via
+from sipfleet.sip import ParseError, Via, parse_message, parse_via
+from sipfleet.sip.via import has_plain_params, made_via
 
 
 def test_the_usual_via() -> None:
@@ -139,3 +140,45 @@ def test_a_known_sent_by_is_parsed_from_memory_with_its_own_parameters() -> None
     assert quoted.params["x"] == '"a b"'  # not plain: the full parse, as before
     with pytest.raises(ParseError):
         parse_via("SIP/2.0/UDP memo.example.com:5070;branch=").params  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "sent_by",
+    [
+        "SIP/2.0/UDP 192.0.2.10:5060",
+        "SIP/2.0/TCP 192.0.2.10:5061",
+        "SIP/2.0/UDP [2001:db8::1]:5060",
+        "SIP/2.0/UDP odd-.example:5060",
+    ],
+)
+def test_a_made_via_is_what_parsing_its_text_gives(sent_by: str) -> None:
+    for n in range(2):  # the first made and the next (its sent-by then known, if plain)
+        branch = f"z9hG4bKspa1b2c3d4{n:x}.0123456789abcdef"
+        made = made_via(sent_by, branch)
+        parsed = parse_via(f"{sent_by};branch={branch}")
+        assert type(made) is type(parsed)
+        assert str(made) == str(parsed) == f"{sent_by};branch={branch}"
+        assert (made.transport, made.host, made.port, made.protocol) == (
+            parsed.transport,
+            parsed.host,
+            parsed.port,
+            parsed.protocol,
+        )
+        assert made.params == parsed.params == {"branch": branch}
+        assert has_plain_params(made) == has_plain_params(parsed)
+
+
+def test_a_pushed_via_object_is_the_top_via_and_its_text_the_top_line() -> None:
+    message = parse_message(
+        b"BYE sip:b@192.0.2.2 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\n"
+        b"From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: c\r\nCSeq: 2 BYE\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    assert message.top_via.host == "192.0.2.1"  # read (cached) before the push
+    ours = made_via("SIP/2.0/UDP 192.0.2.9:5060", "z9hG4bKsp1.ab")
+    message.push_via(ours)
+    assert message.top_via is ours
+    assert message.header_lines("via") == [str(ours), "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa"]
+    assert [via.branch for via in message.vias] == ["z9hG4bKsp1.ab", "z9hG4bKa"]
+    reparsed = parse_message(message.serialize())
+    assert str(reparsed.top_via) == str(ours)

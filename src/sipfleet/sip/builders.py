@@ -12,7 +12,14 @@ from sipfleet.sip.address import parse_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.headers import header_key
 from sipfleet.sip.memo import Memo
-from sipfleet.sip.message import Message, Request, Response, header_line, header_value
+from sipfleet.sip.message import (
+    Message,
+    Request,
+    Response,
+    header_line,
+    header_value,
+    index_of,
+)
 from sipfleet.sip.via import BRANCH_COOKIE, Via, has_plain_params, is_rfc3261_branch
 
 REASONS: Final = {
@@ -69,8 +76,9 @@ REASONS: Final = {
     606: "Not Acceptable",
 }
 
-# Copied from the request into every response (§8.2.6.2).
-_COPIED: Final = ("via", "from", "to", "call-id", "cseq")
+# Copied from the request into every response (§8.2.6.2); sets: _copied asks each line.
+_COPIED: Final = frozenset({"via", "from", "to", "call-id", "cseq"})
+_COPIED_IN_100: Final = _COPIED | {"timestamp"}  # §8.2.6.1
 
 
 def new_tag() -> str:
@@ -99,10 +107,9 @@ def make_response(
     Works from the raw header lines, so a request whose headers do not parse can still be
     answered. ``to_tag`` is added when the To has no tag yet (never on 100, §8.2.6.2).
     """
-    copied = (*_COPIED, "timestamp") if status == 100 else _COPIED
-    lines, keys = _copied(request, copied)
-    if to_tag is not None and status != 100 and "to" in keys:
-        at = keys.index("to")
+    lines, keys = _copied(request, _COPIED_IN_100 if status == 100 else _COPIED)
+    at = index_of(keys, "to")
+    if to_tag is not None and status != 100 and at >= 0:
         value = header_value(lines[at])
         if not _has_tag(value):
             lines[at] = header_line("to", f"{value};tag={to_tag}")
@@ -188,14 +195,14 @@ _blake2b: Final = hashlib.blake2b  # a C static in the compiled build, not a glo
 def make_cancel(invite: Request) -> Request:
     """CANCEL for a request we sent (§9.1): same R-URI, Call-ID, From, To, CSeq number,
     Route set and top Via; nothing else."""
-    return _derived("CANCEL", invite, _copied(invite, ("route", "from", "to", "call-id")))
+    return _derived("CANCEL", invite, _copied(invite, _COPIED_IN_CANCEL))
 
 
 def make_ack_for_failure(invite: Request, response: Response) -> Request:
     """ACK for a 3xx-6xx answer to an INVITE we sent (§17.1.1.3): the To comes from the
     response (it carries the UAS tag), the rest from the INVITE."""
-    lines, keys = _copied(invite, ("route", "from", "call-id"))
-    to_lines, to_keys = _copied(response, ("to",))
+    lines, keys = _copied(invite, _COPIED_IN_ACK)
+    to_lines, to_keys = _copied(response, _TO)
     return _derived("ACK", invite, (lines + to_lines, keys + to_keys))
 
 
@@ -216,9 +223,24 @@ def _derived(method: str, invite: Request, copied: tuple[list[str], list[str]]) 
     return Request(method, invite.uri_text, lines, keys)
 
 
-def _copied(message: Message, wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
+_COPIED_IN_CANCEL: Final = frozenset({"route", "from", "to", "call-id"})
+_COPIED_IN_ACK: Final = frozenset({"route", "from", "call-id"})
+_TO: Final = frozenset({"to"})
+
+
+def _copied(message: Message, wanted: frozenset[str]) -> tuple[list[str], list[str]]:
     """The lines of ``message`` whose header is in ``wanted``, in message order."""
-    pairs = [
-        (line, key) for line, key in zip(message.lines, message.keys, strict=True) if key in wanted
-    ]
-    return [line for line, _ in pairs], [key for _, key in pairs]
+    # An index loop: compiled, zip(strict=True) and the pairs it built went through
+    # generic calls, and this runs for every response the proxy makes (the 100 of each
+    # INVITE) and every CANCEL.
+    all_lines, all_keys = message.lines, message.keys
+    if len(all_lines) != len(all_keys):
+        raise ValueError("lines and keys differ in length")
+    lines: list[str] = []
+    keys: list[str] = []
+    for i in range(len(all_keys)):
+        key = all_keys[i]
+        if key in wanted:
+            lines.append(all_lines[i])
+            keys.append(key)
+    return lines, keys

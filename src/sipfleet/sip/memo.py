@@ -1,5 +1,6 @@
-"""The bounded memo of every table that packets feed (header names, Via sent-bys, status,
-Content-Length and Max-Forwards lines, sender tags, the forwarder's targets).
+"""The bounded memo of every table that packets feed (header names, Via sent-bys, URI
+host:ports, status, Content-Length and Max-Forwards lines, sender tags, the forwarder's
+targets).
 
     _STATUS_LINES: Final = Memo[str, tuple[int, str, str]](1024)
 

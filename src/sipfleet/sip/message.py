@@ -87,6 +87,16 @@ def header_line(key: str, value: str) -> str:
     return f"{spelling(key)}: {value}"
 
 
+def index_of(keys: list[str], key: str) -> int:
+    """Where ``key`` first stands in ``keys``; -1 when it does not. Compiled, this loop of
+    string compares costs less than ``keys.index``, and far less than the ValueError
+    that index raises for an absent header (Expires, on most requests) once caught."""
+    for i in range(len(keys)):
+        if keys[i] == key:
+            return i
+    return -1
+
+
 def stands_after(keys: list[str], key: str, at: int) -> bool:
     """Whether ``key`` is in ``keys`` after position ``at`` (a second Max-Forwards or
     Content-Length). Compiled, this loop of string compares costs a fraction of
@@ -132,20 +142,15 @@ class Message:
         return header_key(name) in self.keys
 
     def _positions(self, key: str) -> list[int]:
+        # One pass of string compares (see index_of): 'in', index and count cost a
+        # generic call each in the compiled build.
         keys = self.keys
-        if key not in keys:
-            return []
-        first = keys.index(key)
-        if keys.count(key) == 1:
-            return [first]
-        return [i for i in range(first, len(keys)) if keys[i] == key]
+        return [i for i in range(len(keys)) if keys[i] == key]
 
     def header(self, name: str) -> str | None:
         """The value of the first header of that name, or None."""
-        key = header_key(name)
-        if key not in self.keys:
-            return None
-        return header_value(self.lines[self.keys.index(key)])
+        at = index_of(self.keys, header_key(name))
+        return header_value(self.lines[at]) if at >= 0 else None
 
     def header_lines(self, name: str) -> list[str]:
         """Each header of that name, one value per line, commas untouched."""
@@ -158,13 +163,11 @@ class Message:
 
     def _values(self, key: str) -> list[str]:
         keys = self.keys
-        if key not in keys:
-            return []
-        if keys.count(key) == 1:
-            return split_values(header_value(self.lines[keys.index(key)]))
+        lines = self.lines
         values: list[str] = []
-        for at in self._positions(key):
-            values.extend(split_values(header_value(self.lines[at])))
+        for at in range(len(keys)):  # one pass: see _positions
+            if keys[at] == key:
+                values.extend(split_values(header_value(lines[at])))
         return values
 
     def first_value(self, name: str) -> str | None:
@@ -174,11 +177,10 @@ class Message:
         return self._first_value(HEADER_KEYS.table.get(name) or header_key(name))
 
     def _first_value(self, key: str) -> str | None:
-        keys = self.keys
-        try:
-            line = self.lines[keys.index(key)]
-        except ValueError:
+        at = index_of(self.keys, key)
+        if at < 0:
             return None
+        line = self.lines[at]
         value = line[line.find(":") + 1 :]
         if "\n" in value:  # folded
             value = header_value(line)
@@ -194,9 +196,8 @@ class Message:
 
     def _single(self, key: str, what: str) -> str | None:
         keys = self.keys
-        try:
-            at = keys.index(key)
-        except ValueError:
+        at = index_of(keys, key)
+        if at < 0:
             return None
         if stands_after(keys, key, at):
             raise ParseError(f"Multiple {what} headers")
@@ -299,10 +300,7 @@ class Message:
         if "max-forwards" in cache:
             return cache["max-forwards"]  # type: ignore[no-any-return]
         keys = self.keys
-        try:  # one scan up to it and one past it, as for Content-Length
-            at = keys.index("max-forwards")
-        except ValueError:
-            at = -1
+        at = index_of(keys, "max-forwards")  # one scan up to it and one past it
         if at >= 0 and stands_after(keys, "max-forwards", at):
             raise ParseError("Multiple Max-Forwards headers")
         value = None
@@ -376,9 +374,9 @@ class Message:
         if "top-route" in self._cache:
             return self._cache["top-route"]  # type: ignore[no-any-return]
         top: Address | None
-        keys = self.keys
-        if "route" in keys:
-            text = header_value(self.lines[keys.index("route")])
+        at = index_of(self.keys, "route")
+        if at >= 0:
+            text = header_value(self.lines[at])
             if text[:1] == "<" and '"' not in text:  # the usual shape: cut after the first '>'
                 comma = text.find(",", text.find(">"))
                 first = [text[:comma].rstrip(WS) if comma != -1 else text]
@@ -466,8 +464,10 @@ class Message:
     def _add_line(self, key: str, line: str, top: bool) -> None:
         """add_header's work, for a line already written (push_via's: every request)."""
         keys = self.keys
-        if top:  # 'in' then index, no list built: a pushed Via mostly lands at 0
-            at = keys.index(key) if key in keys else self._top_position()
+        if top:  # no list built: a pushed Via mostly lands at 0
+            at = index_of(keys, key)
+            if at < 0:
+                at = self._top_position()
         else:
             positions = self._positions(key)
             at = positions[-1] + 1 if positions else len(keys)
@@ -490,9 +490,8 @@ class Message:
         request)."""
         keys = self.keys
         lines = self.lines
-        try:
-            first = keys.index(key)
-        except ValueError:
+        first = index_of(keys, key)
+        if first < 0:
             self._add_line(key, line, False)
             return
         lines[first] = line
@@ -522,8 +521,7 @@ class Message:
         key = HEADER_KEYS.table.get(name) or header_key(name)  # as in first_value
         keys = self.keys
         lines = self.lines
-        while key in keys:
-            at = keys.index(key)
+        while (at := index_of(keys, key)) >= 0:
             line = lines[at]
             colon = line.find(":")
             value = line[colon + 1 :]
@@ -544,8 +542,12 @@ class Message:
         return None
 
     def push_via(self, via: Via | str) -> None:
-        """Our Via on top: add_header("via", str(via), top=True)."""
+        """Our Via on top: add_header("via", str(via), top=True). A ``Via`` given is what
+        ``top_via`` returns after (it must be what parse_via makes of its text, as
+        ``via.made_via`` is): a client transaction reads it at once."""
         self._add_line("via", "Via: " + str(via), True)
+        if isinstance(via, Via):
+            self._cache["top-via"] = via
 
     def replace_top_via(self, via: str) -> None:
         """``pop_first_value("via")`` then ``push_via(via)``: the top Via rewritten (a
@@ -553,7 +555,7 @@ class Message:
         when that gives the same lines, as it does when the top Via stands alone on the
         first Via line and push_via would put the new one where it stood."""
         keys = self.keys
-        at = keys.index("via") if "via" in keys else -1
+        at = index_of(keys, "via")
         if at >= 0:
             line = self.lines[at]
             value = line[line.find(":") + 1 :]

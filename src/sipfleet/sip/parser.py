@@ -21,6 +21,7 @@ from sipfleet.sip.message import (
     Request,
     Response,
     header_value,
+    index_of,
     stands_after,
 )
 from sipfleet.sip.uri import SipUri
@@ -204,10 +205,7 @@ def _read_status_line(start_line: str) -> tuple[int, str, str]:
 def _attach_body(message: Message, data: bytes, body_at: int, stream: bool) -> None:
     keys = message.keys
     length: int | None
-    try:  # one scan up to it and one past it: it is present, and mostly last
-        at = keys.index("content-length")
-    except ValueError:
-        at = -1
+    at = index_of(keys, "content-length")  # one scan up to it and one past it
     if at < 0:
         length = None
     elif stands_after(keys, "content-length", at):

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import Params, format_params, parse_params, parse_port, unescape
+from sipfleet.sip.memo import Memo
 
 # Checked with regexes, not character by character: every message carries several URIs.
 _HOST: Final = re.compile(r"[A-Za-z0-9._-]+")
@@ -35,6 +36,29 @@ class SipUri:
     params: Params = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     raw: str = ""
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        password: str | None,
+        host: str,
+        port: int | None,
+        params: Params | None = None,
+        headers: dict[str, str] | None = None,
+        raw: str = "",
+    ) -> None:
+        """The dataclass's own ``__init__``, written out: the one it generates runs as
+        interpreted code in the compiled build, and every Request-URI, Route and Contact
+        read makes a URI."""
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = params if params is not None else {}
+        self.headers = headers if headers is not None else {}
+        self.raw = raw
 
     def __str__(self) -> str:
         if not self.raw:
@@ -205,8 +229,22 @@ def parse_sip_uri(text: str, scheme: str, start: int) -> SipUri:
     return SipUri(scheme, user, password, host, port, params, headers, text)
 
 
+# "host:port" text -> (host, port), for those that passed: a few peers and our own
+# addresses make most URIs, and a dict hit costs a fraction of the host's regex and the
+# port's checks. Bounded (sip/memo.py): the text comes from packets.
+MAX_HOSTPORTS: Final = 4096
+_HOSTPORTS: Final = Memo[str, tuple[str, int | None]](MAX_HOSTPORTS)
+
+
 def split_hostport(hostport: str, what: str) -> tuple[str, int | None]:
     """Split ``host[:port]`` / ``[v6]:port`` and validate the host."""
+    known = _HOSTPORTS.table.get(hostport)
+    if known is None:
+        known = _HOSTPORTS.put(hostport, _split_hostport(hostport, what))
+    return known
+
+
+def _split_hostport(hostport: str, what: str) -> tuple[str, int | None]:
     if hostport.startswith("["):
         close = hostport.find("]")
         if close == -1:

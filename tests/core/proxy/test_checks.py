@@ -74,5 +74,15 @@ def test_branches_are_unique_and_carry_the_loop_part() -> None:
     assert loop_part(None) is None
 
 
+def test_branch_numbers_count_up_in_hex_from_one() -> None:
+    maker = BranchMaker()
+    made = [maker.make("l") for _ in range(16)]
+    prefix = made[0].removesuffix("1.l")
+    assert prefix.startswith("z9hG4bKsp")
+    assert made[9] == prefix + "a.l"
+    assert made[15] == prefix + "10.l"
+    assert BranchMaker().make("l") != made[0]  # another process (or maker): another prefix
+
+
 def test_has_looped_ignores_requests_without_our_via() -> None:
     assert not has_looped(request(), OWN)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import cast
+
+from sipfleet.core.proxy.actions import AskPolicy
 from sipfleet.core.proxy.context import (
     ArmTimerC,
     Branch,
@@ -13,12 +17,16 @@ from sipfleet.core.proxy.context import (
     Upstream,
     best_status,
 )
+from sipfleet.core.proxy.core import _BranchRef
 from sipfleet.core.proxy.targets import ForkPlan, Target, next_trunk_on_failover
+from sipfleet.routing.api import CallContext, CallServices
 from sipfleet.sip import Response
+from sipfleet.transport.base import Peer
 from tests.core.proxy.messages import request, response_to
 
 INVITE = request()
 TIMER_C = 180.0
+PEER = Peer("udp", "198.51.100.7", 5062, "192.0.2.1", 5060)
 
 
 def fork(
@@ -220,3 +228,22 @@ def test_best_status_rules() -> None:
     assert best_status([404, 486]) == 404
     assert best_status([500, 603, 404]) == 603
     assert best_status([]) == 408
+
+
+def test_actions_with_a_written_out_init_are_still_their_dataclasses() -> None:
+    """StartBranch, ArmTimerC, AskPolicy and the core's _BranchRef spell out their
+    __init__ (compiled, the generated one is interpreted): same fields, defaults, ==."""
+    branch, other = Branch(0, Target()), Branch(1, Target())
+    context = CallContext(INVITE, PEER, cast(CallServices, object()))
+    made = [
+        (StartBranch(branch), (branch,)),
+        (ArmTimerC(branch, 1.5), (branch, 1.5)),
+        (AskPolicy(("k",), context), (("k",), context, None)),
+        (_BranchRef(("k",), 2), (("k",), 2)),
+    ]
+    for action, values in made:
+        assert tuple(getattr(action, f.name) for f in fields(action)) == values
+        assert action == type(action)(*values)
+    assert StartBranch(branch) != StartBranch(other)
+    assert ArmTimerC(branch, 1.5) != ArmTimerC(branch, 2.0)
+    assert repr(ArmTimerC(branch, 1.5)).startswith("ArmTimerC(branch=")

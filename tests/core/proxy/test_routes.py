@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sipfleet.core.proxy.addresses import OwnAddresses
-from sipfleet.core.proxy.routes import preprocess_routes, route_toward_next_hop
+from sipfleet.core.proxy.routes import preprocess_routes, route_toward_next_hop, take_our_route
 from tests.core.proxy.messages import request
 
 OWN = OwnAddresses.build([("192.0.2.1", 5060)], aliases=["proxy.example.com"])
@@ -13,6 +13,22 @@ def test_our_loose_route_is_removed() -> None:
     req = request(extra=("Route: <sip:192.0.2.1;lr>, <sip:lb.example.com;lr>",))
     assert preprocess_routes(req, OWN) is True
     assert req.header_values("route") == ["<sip:lb.example.com;lr>"]
+
+
+def test_our_route_is_returned_with_its_parameters_and_only_it_is_removed() -> None:
+    req = request(
+        extra=(
+            'Route: "Proxy, the" <sip:192.0.2.1;lr;dt=abc>;x=1 , <sip:lb.example.com;lr>',
+            "Route: <sip:192.0.2.7;lr>",
+        )
+    )
+    ours = take_our_route(req, OWN)
+    assert ours is not None
+    assert (ours.host, ours.params) == ("192.0.2.1", {"lr": None, "dt": "abc"})
+    assert req.header_values("route") == ["<sip:lb.example.com;lr>", "<sip:192.0.2.7;lr>"]
+    top = req.top_route
+    assert top is not None
+    assert top.uri_text == "sip:lb.example.com;lr"
 
 
 def test_an_alias_names_us_too() -> None:

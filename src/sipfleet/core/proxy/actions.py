@@ -61,6 +61,13 @@ class AskPolicy:
     context: CallContext
     failed: Response | None = None
 
+    def __init__(self, call: CallKey, context: CallContext, failed: Response | None = None) -> None:
+        """Written out, as for every dataclass made per request: the one @dataclass
+        generates runs as interpreted code in the compiled build (mypyc)."""
+        self.call = call
+        self.context = context
+        self.failed = failed
+
 
 @dataclass(slots=True)
 class Resolve:

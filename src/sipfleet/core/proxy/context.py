@@ -114,6 +114,9 @@ class Branch:
 class StartBranch:
     branch: Branch
 
+    def __init__(self, branch: Branch) -> None:  # compiled: see actions.AskPolicy
+        self.branch = branch
+
 
 @dataclass(slots=True)
 class CancelBranch:
@@ -124,6 +127,10 @@ class CancelBranch:
 class ArmTimerC:
     branch: Branch
     delay: float
+
+    def __init__(self, branch: Branch, delay: float) -> None:  # compiled: see StartBranch
+        self.branch = branch
+        self.delay = delay
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.proxy.actions import (
@@ -96,6 +97,7 @@ from sipfleet.sip.transaction import (
     TransportError,
 )
 from sipfleet.sip.uri import Uri
+from sipfleet.sip.via import made_via
 from sipfleet.transport.base import Destination, Peer, TransportName
 from sipfleet.transport.sockets import family_of, normalise_host
 
@@ -105,6 +107,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, I
 ACCEPTED = State.ACCEPTED
 ANSWERED = (State.ACCEPTED, State.COMPLETED, State.TERMINATED)  # a final response came
 MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
+_new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +226,10 @@ class Call:
 class _BranchRef:
     call: CallKey
     index: int
+
+    def __init__(self, call: CallKey, index: int) -> None:  # compiled: see AskPolicy
+        self.call = call
+        self.index = index
 
 
 @dataclass(slots=True)
@@ -735,9 +742,10 @@ class ProxyCore:
                 return retried
             missing = ResolveError(f"no {destination.transport} listener for {destination.host}")
             return self._unreachable(call, branch, missing)
-        prefix = f"SIP/2.0/{destination.transport.upper()} {sent_by};branch="
+        ours = f"SIP/2.0/{destination.transport.upper()} {sent_by}"
         self.hooks.forwarding(copy, call.routing)
-        copy.push_via(prefix + self._branches.make(call.loop_hash))
+        # pushed parsed (made_via): the client transaction reads it at once
+        copy.push_via(made_via(ours, self._branches.make(call.loop_hash)))
         branch.destination = destination
         client, started = self.layer.create_client(copy, peer=destination)
         branch.client = client
@@ -917,4 +925,5 @@ def response_destination(request: Request, peer: Peer) -> Destination:
         return peer.reply_to
     via = request.top_via
     port = peer.port if via.has_rport else (via.port or SIP_PORT)
-    return Destination("udp", peer.host, port, None, (peer.local_host, peer.local_port))
+    local = (peer.local_host, peer.local_port)
+    return _new_tuple(Destination, ("udp", peer.host, port, None, local))  # every field

@@ -29,6 +29,10 @@ from sipfleet.storage.model import Aor
 NO_SUCH_USER = Reply(404, "Not Found")
 NOT_REGISTERED = Reply(480, "Temporarily Unavailable")
 NO_ROUTE = Reply(404, "No Route To Destination")
+# A Relay to where the request points, adding nothing (every in-dialog request of the
+# default policy): one plan for all of them. Frozen, so shared safely; built anew, its
+# two frozen dataclasses cost more than the rest of the planning.
+AS_ADDRESSED = ForkPlan(((Target(),),))
 
 
 class Planner:
@@ -44,6 +48,8 @@ class Planner:
         if isinstance(decision, Reply):
             return decision
         if isinstance(decision, Relay):
+            if not decision.uris and not headers:
+                return AS_ADDRESSED
             targets = tuple(Target(uri) for uri in decision.uris) or (Target(),)
             return ForkPlan((targets,), headers=headers)
         if isinstance(decision, LocateUser):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from sipfleet.core.proxy.addresses import default_port
 from sipfleet.dns.down import DownList
@@ -21,6 +22,7 @@ from sipfleet.transport.base import Destination, TransportName
 from sipfleet.transport.sockets import is_ip
 
 TRANSPORTS: dict[str, TransportName] = {"udp": "udp", "tcp": "tcp"}
+_new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 ResolveError = DnsError  # the URI cannot be reached; ``status`` is what the branch counts as
 
 
@@ -43,7 +45,7 @@ def literal_destination(uri: Uri) -> Destination | None:
     if not is_ip(host):
         return None
     port = uri.port if uri.port is not None else default_port(uri.scheme)
-    return Destination(transport, host, port)
+    return _new_tuple(Destination, (transport, host, port, None, None))  # every field
 
 
 class Resolver:

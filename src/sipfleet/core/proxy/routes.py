@@ -16,6 +16,7 @@ from __future__ import annotations
 from sipfleet.core.proxy.addresses import OwnAddresses
 from sipfleet.sip.address import Address, parse_address
 from sipfleet.sip.errors import ParseError
+from sipfleet.sip.grammar import WS
 from sipfleet.sip.message import Request
 from sipfleet.sip.uri import SipUri, Uri, parse_uri
 
@@ -40,7 +41,9 @@ def take_our_route(request: Request, own: OwnAddresses) -> SipUri | None:
             _drop_own_maddr(request, uri, own)
     top = request.top_route
     if top is not None and _names_us(top, own):
-        request.pop_route()
+        popped = request.pop_first_value("route")
+        if popped is not None and popped.strip(WS) != top.raw:
+            parse_address(popped, "Route")  # what pop_route raises for; the same text parsed
         ours = top.sip_uri
     return ours
 

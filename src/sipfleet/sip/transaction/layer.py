@@ -157,8 +157,17 @@ class TransactionLayer:
         """Start a client transaction for a request we send (its top Via carries our
         branch). ``reliable`` defaults to what that Via's transport says. Returns the
         transaction and its first actions: send the request, arm the timers."""
-        kind = ClientInviteTransaction if request.method == "INVITE" else ClientNonInviteTransaction
-        client = kind(request, reliable=reliable, timers=self.timers, peer=peer)
+        # Each class named in its own call: compiled, that is a direct call to its
+        # constructor, where a class picked first is called through the generic path.
+        client: ClientTransaction
+        if request.method == "INVITE":
+            client = ClientInviteTransaction(
+                request, reliable=reliable, timers=self.timers, peer=peer
+            )
+        else:
+            client = ClientNonInviteTransaction(
+                request, reliable=reliable, timers=self.timers, peer=peer
+            )
         branch = request.top_via.branch
         assert branch is not None  # the transaction checked it
         self._add(self._clients, client_key(branch, request.method), client)
@@ -173,8 +182,15 @@ class TransactionLayer:
     ) -> ServerTransaction:
         """A server transaction for a new request (not an ACK), after ``receive`` found
         none. The TU answers through its ``respond``."""
-        kind = ServerInviteTransaction if request.method == "INVITE" else ServerNonInviteTransaction
-        server = kind(request, reliable=reliable, timers=self.timers, peer=peer)
+        server: ServerTransaction  # each class called by name: see create_client
+        if request.method == "INVITE":
+            server = ServerInviteTransaction(
+                request, reliable=reliable, timers=self.timers, peer=peer
+            )
+        else:
+            server = ServerNonInviteTransaction(
+                request, reliable=reliable, timers=self.timers, peer=peer
+            )
         self._add(self._servers, request_key(request), server)
         return server
 
