@@ -115,6 +115,19 @@ def _tag_parsed(value: str, what: str) -> str | None:
         return None  # 400 from the present path
 
 
+def untagged(line: str, what: str) -> bool:
+    """Whether a From or To line reads, as Message.from_ / to read it, as an address
+    without a tag (a dialog-creating request's To); False when it has one, holds a comma
+    (the accessors may refuse it) or the parser refuses it."""
+    value = line[line.find(":") + 1 :].strip(WS)
+    if "," in value:
+        return False
+    try:
+        return parse_trimmed_address(value, what).tag is None
+    except ParseError:
+        return False  # 400 from the present path
+
+
 def route_values(lines: list[str], at_lines: list[int]) -> list[Address] | None:
     """The Routes of lines ``at_lines``, as Message.routes reads them, when each is
     written ``<URI>`` (one or more on a line, comma-separated, as sipp writes them): no
@@ -199,17 +212,23 @@ class HeadLines:
     guard's lockouts read them), no Route unless ``routed`` (then at most one From and
     one To): ``known``; and whether a request has what a plain forward needs besides (a
     Via, Max-Forwards, Call-ID; routed, a Route, From and To): ``usual``. Routed, the
-    CSeq and Expires lines are noted too (the proxy's ACK reads them; the LB does not)."""
+    CSeq and Expires lines are noted too (the proxy's ACK reads them; the LB does not).
+
+    ``creating`` (a dialog-creating request with no Route, for the LB): From and To are
+    read as when routed (at most one each, both needed for ``usual``), and the Contact
+    lines and how many Record-Route lines there are noted too."""
 
     __slots__ = (
         "agent",
         "call_id",
+        "contacts",
         "cseq",
         "expires",
         "from_",
         "known",
         "last_via",
         "max_forwards",
+        "record_routes",
         "routes",
         "second_via",
         "to",
@@ -219,7 +238,12 @@ class HeadLines:
     )
 
     def __init__(
-        self, lines: list[str], body_length: int, first: int = 1, routed: bool = False
+        self,
+        lines: list[str],
+        body_length: int,
+        first: int = 1,
+        routed: bool = False,
+        creating: bool = False,
     ) -> None:
         self.via = self.max_forwards = self.call_id = 0
         self.agent = 0  # the first User-Agent line; 0: none
@@ -230,13 +254,19 @@ class HeadLines:
         self.cseq = 0  # routed: the CSeq line; -1: more than one
         self.expires = 0  # routed: the first Expires line
         self.routes: list[int] = []  # the Route lines, when routed
-        self.known = self._read(lines, body_length, first, routed)
+        self.contacts: list[int] = []  # the Contact lines, when routed or creating
+        self.record_routes = 0  # Record-Route lines, when routed or creating
+        self.known = self._read(lines, body_length, first, routed, routed or creating)
         usual = self.known and bool(self.via and self.max_forwards and self.call_id)
         if routed:
             usual = usual and bool(self.routes and self.from_ and self.to)
+        elif creating:
+            usual = usual and bool(self.from_ and self.to)
         self.usual = usual
 
-    def _read(self, lines: list[str], body_length: int, first: int, routed: bool) -> bool:
+    def _read(
+        self, lines: list[str], body_length: int, first: int, routed: bool, dialog: bool
+    ) -> bool:
         keys = HEADER_KEYS.table
         length = 0
         for at in range(first, len(lines)):
@@ -271,13 +301,13 @@ class HeadLines:
                 if not routed:
                     return False
                 self.routes.append(at)
-            elif key in CREDENTIALS or (routed and not self._single(key, at)):
+            elif key in CREDENTIALS or (dialog and not self._single(key, at)):
                 return False
         return bool(length) and length_is(lines[length], body_length)
 
     def _single(self, key: str, at: int) -> bool:
         """A From or To line at ``at`` noted; False when it is a second one (other
-        lines: True)."""
+        lines: True, the CSeq, Expires, Contact and Record-Route lines noted)."""
         if key == "from":
             if self.from_:
                 return False
@@ -288,8 +318,13 @@ class HeadLines:
             self.to = at
         elif key == "cseq":
             self.cseq = -1 if self.cseq else at
-        elif key == "expires" and not self.expires:
-            self.expires = at
+        elif key == "expires":
+            if not self.expires:
+                self.expires = at
+        elif key == "contact":
+            self.contacts.append(at)
+        elif key == "record-route":
+            self.record_routes += 1
         return True
 
 

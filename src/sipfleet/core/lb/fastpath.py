@@ -27,9 +27,10 @@ counted and changed nothing) and goes the present way.
   sipp writes them, or one per line), From and To with a plain tag: the same, where
   ``Router.toward_cluster_routed`` sends them (the token checked, the next Route's pool
   target or the proxy pool), our Route(s) cut as ``Message.pop_first_value`` cuts them.
-- INVITE, SUBSCRIBE and REFER with no Route nor Record-Route: the same, where
-  ``Router.route`` sends them (asked with a Request of the head's lines), with the
-  Record-Route(s) it adds.
+- INVITE, SUBSCRIBE and REFER with no Route nor Record-Route and no To tag, their
+  From tag plain: the same, where ``Router.toward_cluster_created`` sends them (as
+  ``Router.route`` would, from the Call-ID, the From tag, the top Via's address and
+  what the Contact lines say), with the Record-Route(s) it adds.
 
 Both need one Content-Length matching the body, no byte the parser would reject (NUL,
 a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
@@ -51,7 +52,6 @@ from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
-from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.headlines import (
     VIA_LINE,
     HeadLines,
@@ -64,6 +64,7 @@ from sipfleet.sip.headlines import (
     route_values,
     tag_of,
     top_via_text,
+    untagged,
 )
 from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import SIP_VERSION as VERSION
@@ -119,6 +120,7 @@ class FastRelay:
         self._clients: Final = Memo[tuple[str, str, str, int, str], tuple[str, str | None]](
             MAX_HOPS
         )  # see _client_via
+        self._via_addresses: Final = Memo[str, tuple[str, int]](MAX_HOPS)  # see _via_address
 
     def relay(self, data: bytes, peer: Peer) -> bool:
         """True when ``data`` (a UDP datagram from ``peer``) was handled here."""
@@ -156,7 +158,7 @@ class FastRelay:
         lines = text[:head_end].split("\r\n")
         if len(lines) < 2 or not clean(lines) or self.overload.overloaded:
             return False
-        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed)
+        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed, creating)
         if not seen.usual:
             return False
         top = top_via_text(lines, seen)
@@ -170,7 +172,7 @@ class FastRelay:
                 return False
             popped, forward = decided
         elif creating:
-            created = self._created(method, start, lines, peer)
+            created = self._created(method, start, lines, seen, top, peer)
             if created is None:
                 return False
             forward = created
@@ -231,28 +233,46 @@ class FastRelay:
         except ParseError:
             return None  # a Route URI the parser refuses: 400 from the present path
 
-    def _created(self, method: str, start: str, lines: list[str], peer: Peer) -> Forward | None:
-        """An INVITE, SUBSCRIBE or REFER with no Route: what Router.route decides for it,
-        asked with a Request of the head's lines (as the parser would make it, the body
-        aside: routing reads none), when that is a Forward adding Record-Routes at most
-        (with a To tag, none) and the request has no Record-Route yet (ours would go on
-        top of it); else None. Nothing is counted or changed by asking but the
-        Router's memos."""
+    def _created(
+        self, method: str, start: str, lines: list[str], seen: HeadLines, top: str, peer: Peer
+    ) -> Forward | None:
+        """An INVITE, SUBSCRIBE or REFER with no Route, no Record-Route yet (ours would
+        go on top of it) and no To tag (with one, no Record-Route is added: declined):
+        what Router.route decides for it (``Router.toward_cluster_created``), when its
+        From tag, To, Contacts and top Via (``top``) read plainly; else None. Nothing is
+        counted or changed by asking but the Router's and this relay's memos."""
         router = self.router
-        if router is None or ":" in peer.host:
+        if router is None or ":" in peer.host or seen.record_routes:
             return None
-        names = [_key(line) for line in lines[1:]]
-        if "record-route" in names:
+        call_id = call_id_of(lines[seen.call_id])
+        from_tag = tag_of(lines[seen.from_], "From")
+        if not call_id or not from_tag or not untagged(lines[seen.to], "To"):
+            return None
+        via = self._via_address(top)
+        if via is None:
             return None
         uri = start[len(method) + 1 : len(start) - len(VERSION) - 1]
-        request = Request(method, uri, lines[1:], names, b"", b"", VERSION, start)
         try:
-            decision = router.route(request, peer)
+            contacts = router.read_contacts([lines[at] for at in seen.contacts])
         except ParseError:
             return None  # 400 from the present path
-        if type(decision) is not Forward or decision.pop_routes or decision.path is not None:
-            return None
-        return None if decision.via_params else decision
+        sips = uri[:5].lower() == "sips:"
+        return router.toward_cluster_created(call_id, from_tag, via, contacts, sips, peer)
+
+    def _via_address(self, top: str) -> tuple[str, int] | None:
+        """The host (without brackets) and port (5060 when none is written) of the Via
+        ``top`` as ``Message.top_via`` reads them; None when the parser refuses it.
+        Memoised by its sent-by (the text before the first ';'), which alone says them:
+        the parameters after it are read apart (and checked when the Via is stamped)."""
+        sent_by = top.partition(";")[0]
+        known = self._via_addresses.table.get(sent_by)
+        if known is None:
+            try:
+                via = parse_via(top)
+            except ParseError:
+                return None  # 400 from the present path
+            known = self._via_addresses.put(sent_by, (via.host.strip("[]"), via.port or 5060))
+        return known
 
     def _plain_forward(self, method: str, call_id_line: str) -> Forward | None:
         call_id = call_id_of(call_id_line)
@@ -521,12 +541,6 @@ def _plain_method(method: str, start: str) -> bool:
     no dialog, and not an OPTIONS whose URI has no user part (it may be for the LB
     itself; no '@' in the request line is none in its URI)."""
     return method in PLAIN_METHODS and (method != "OPTIONS" or "@" in start)
-
-
-def _key(line: str) -> str:
-    """A header line's name as the parser's memo knows it ("": not known)."""
-    colon = line.find(":")
-    return HEADER_KEYS.table.get(line[:colon] if colon >= 0 else line, "")
 
 
 def _add_record_routes(lines: list[str], last_via: int, record_routes: tuple[str, ...]) -> None:
