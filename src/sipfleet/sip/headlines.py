@@ -34,6 +34,20 @@ HOP_COUNTS: Final = Memo[str, int](
 )  # Max-Forwards line -> its value, as Message keeps them
 
 
+def alnum_besides(text: str, one: str, other: str) -> bool:
+    """Whether ``text`` holds ASCII letters or digits, and nothing else but the characters
+    ``one`` and ``other``. Each is replaced away only when it is there: a replace is a
+    method call and a new string, and most tags and tokens lack one or both."""
+    if text.isalnum():
+        return text.isascii()
+    bare = text
+    if one in bare:
+        bare = bare.replace(one, "")
+    if other in bare:
+        bare = bare.replace(other, "")
+    return bare.isalnum() and bare.isascii()
+
+
 def clean(lines: list[str]) -> bool:
     """No NUL, no CR or LF but those that end lines: what the parser rejects (or, for
     bare-LF line ends, reads another way) is left to it."""
@@ -82,8 +96,7 @@ def tag_of(line: str, what: str) -> str:
     if end < 0:
         end = len(value)
     tag = value[start:end]
-    bare = tag.replace("-", "").replace(".", "")
-    if not (bare.isalnum() and bare.isascii()):
+    if not alnum_besides(tag, "-", "."):
         return ""
     params = value[value.rfind(">") + 1 :]  # the whole value for an addr-spec
     if " " in params or "\t" in params or '"' in params or value.lower().count("tag=") != 1:
@@ -104,8 +117,7 @@ def _bare_tag(value: str, at: int) -> str:
     colon = uri.find(":")
     if colon <= 0 or colon == len(uri) - 1 or " " in uri or "\t" in uri or "<" in uri:
         return ""
-    bare = tag.replace("-", "").replace(".", "")
-    return tag if bare.isalnum() and bare.isascii() else ""
+    return tag if alnum_besides(tag, "-", ".") else ""
 
 
 def _tag_parsed(value: str, what: str) -> str | None:

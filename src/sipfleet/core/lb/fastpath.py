@@ -55,6 +55,7 @@ from sipfleet.sip.grammar import WS, match_plain_params
 from sipfleet.sip.headlines import (
     VIA_LINE,
     HeadLines,
+    alnum_besides,
     call_id_of,
     clean,
     hop_count,
@@ -81,6 +82,7 @@ VIA_BYTES: Final = b"Via: "
 ROUTE_LINE: Final = "\r\nRoute:"
 REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
 BRANCH: Final = "branch="
+BRANCH_PARAM: Final = ";branch="
 MAX_HOPS: Final = 4096
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
 _METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
@@ -117,6 +119,7 @@ class FastRelay:
         self.max_size = endpoint.limits.max_message_size
         self.responses = 0  # relayed here (the rest of the counts are the present path's)
         self._hops: Final = Memo[str, Destination](MAX_HOPS)  # see _next_hop
+        self._transactions: Final = Memo[tuple[str, str], Destination](MAX_HOPS)  # _destination
         self._clients: Final = Memo[tuple[str, str, str, int, str], tuple[str, str | None]](
             MAX_HOPS
         )  # see _client_via
@@ -355,9 +358,7 @@ class FastRelay:
         ours, hop, kept, same_line = cut
         if not HeadLines(lines, len(data) - head_end - 4, 3 - same_line).known:
             return False
-        if not self._ours_plain(ours):
-            return False
-        destination = self._next_hop(hop, ours)
+        destination = self._destination(ours, hop)
         if destination is None:
             return False
         endpoint = self.endpoint
@@ -378,6 +379,24 @@ class FastRelay:
             return True
         forwarder.stats.responses_forwarded += 1
         return True
+
+    def _destination(self, ours: str, hop: str) -> Destination | None:
+        """Where the present path sends a response whose Vias are ``ours`` (ours, as we
+        wrote it, ``_ours_plain``) then ``hop``; None: declined.
+
+        Memoised by the two Vias' exact text: the responses of one transaction (an
+        INVITE's 100, 180 and 200) repeat them, and what is decided here depends on
+        nothing else. A miss asks ``_next_hop``, memoised across transactions."""
+        key = (ours, hop)
+        known = self._transactions.table.get(key)
+        if known is None:
+            if not self._ours_plain(ours):
+                return None
+            known = self._next_hop(hop, ours)
+            if known is None:
+                return None
+            self._transactions.put(key, known)
+        return known
 
     def _ours_plain(self, ours: str) -> bool:
         """Our Via as we wrote it, with none of the marks the Balancer reads."""
@@ -419,25 +438,21 @@ class FastRelay:
 def _without_branch(via: str) -> str:
     """``via`` with its branch value cut out ("" when the branch is not its first
     parameter, or not a value the Via parser reads as plainly)."""
-    sent_by, _, params = via.partition(";")
-    if not params.startswith(BRANCH):
+    semi = via.find(";")
+    if semi < 0 or via.find(BRANCH_PARAM, semi, semi + len(BRANCH_PARAM)) != semi:
         return ""
-    end = params.find(";")
-    branch = params[len(BRANCH) : end] if end >= 0 else params[len(BRANCH) :]
-    if "=" in branch or not _plain(branch):
+    start = semi + len(BRANCH_PARAM)
+    end = via.find(";", start)
+    branch = via[start:end] if end >= 0 else via[start:]
+    if not _plain(branch) or "=" in branch:
         return ""
-    return sent_by + ";" + (params[end:] if end >= 0 else "")
+    return via[:start] + via[end:] if end >= 0 else via[:start]
 
 
 def _plain(branch: str) -> bool:
     """Whether ``branch`` is not empty and holds only PLAIN_PARAM_CHARS: letters and
     digits with '-' and '.' (every branch seen) without a regex call, else the regex."""
-    if branch.isalnum():
-        return branch.isascii()
-    bare = branch.replace("-", "").replace(".", "")
-    if bare.isalnum() and bare.isascii():
-        return True
-    return match_plain_params(branch) is not None
+    return alnum_besides(branch, "-", ".") or match_plain_params(branch) is not None
 
 
 def _carried(branch: str) -> bool:

@@ -37,6 +37,7 @@ from sipfleet.sip.address import Address
 from sipfleet.sip.dialog_token import PARAM as DIALOG_PARAM
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow, FlowTokens
+from sipfleet.sip.headlines import alnum_besides
 from sipfleet.sip.memo import Memo
 from sipfleet.storage.model import LbPool
 from sipfleet.transport.base import ACCEPTED_ONLY, Destination, Peer, TransportName
@@ -525,8 +526,7 @@ def _route_uri_key(text: str) -> tuple[str, str | None]:
 
 def _base64url(text: str) -> bool:
     """Not empty, and only letters and digits (ASCII), '-' and '_'."""
-    bare = text.replace("-", "").replace("_", "")
-    return text != "" and (bare == "" or (bare.isalnum() and bare.isascii()))
+    return text != "" and (alnum_besides(text, "-", "_") or not text.strip("-_"))
 
 
 def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
