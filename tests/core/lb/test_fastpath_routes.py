@@ -227,6 +227,28 @@ async def test_a_routed_proxy_that_is_down_gives_way_to_the_pool() -> None:
             assert made.compare(data)
 
 
+async def test_a_dialogs_next_request_read_again_is_sent_where_the_pools_say_now() -> None:
+    """What the fast path remembers of a dialog's lines (its Routes as read, its tags)
+    is text: the next Route's target is looked up for each request, the token checked."""
+    async with dialog() as d:
+        made = d.made
+        target = made.balancer.router.pools.at("127.0.0.1", d.proxy2.port)
+        assert target is not None
+        routes = [f"Route: {d.ours}, {d.proxy_route}"]
+        ack = in_dialog(made.phone, routes, method="ACK")
+        assert made.compare(ack)
+        bye = in_dialog(made.phone, routes)
+        target.health = "down"  # the routed proxy went down after the ACK
+        made.fast.relay(bye, made.peer)
+        at, _ = forwarded_to(made.targets())
+        assert at == 0  # the pool's proxy, not the one the Route names
+        assert made.compare(bye)
+        target.health = "up"
+        assert made.compare(bye)
+        other = in_dialog(made.phone, routes, call_id="another@127.0.0.1")
+        assert not made.compare(other)  # the token is bound to the first dialog: 403
+
+
 # -- the initial request: a Record-Route added -------------------------------------------------
 SDP = b"v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
 

@@ -120,7 +120,7 @@ class FastRelay:
         self.max_size = endpoint.limits.max_message_size
         self.responses = 0  # relayed here (the rest of the counts are the present path's)
         self._hops: Final = Memo[str, Destination](MAX_HOPS)  # see _next_hop
-        self._transactions: Final = Memo[tuple[str, str], Destination](MAX_HOPS)  # _destination
+        self._transactions: Final = Memo[str, tuple[str, Destination]](MAX_HOPS)  # _destination
         self._clients: Final = Memo[tuple[str, str, str, int, str], tuple[str, str | None]](
             MAX_HOPS
         )  # see _client_via
@@ -387,7 +387,7 @@ class FastRelay:
         ours, hop, kept, same_line = cut
         if not HeadLines(lines, len(data) - head_end - 4, 3 - same_line).known:
             return False
-        destination = self._destination(ours, hop)
+        destination = self._destination(ours, hop, status < 200)
         if destination is None:
             return False
         endpoint = self.endpoint
@@ -409,23 +409,25 @@ class FastRelay:
         forwarder.stats.responses_forwarded += 1
         return True
 
-    def _destination(self, ours: str, hop: str) -> Destination | None:
+    def _destination(self, ours: str, hop: str, provisional: bool) -> Destination | None:
         """Where the present path sends a response whose Vias are ``ours`` (ours, as we
         wrote it, ``_ours_plain``) then ``hop``; None: declined.
 
-        Memoised by the two Vias' exact text: the responses of one transaction (an
-        INVITE's 100, 180 and 200) repeat them, and what is decided here depends on
-        nothing else. A miss asks ``_next_hop``, memoised across transactions."""
-        key = (ours, hop)
-        known = self._transactions.table.get(key)
-        if known is None:
-            if not self._ours_plain(ours):
-                return None
-            known = self._next_hop(hop, ours)
-            if known is None:
-                return None
-            self._transactions.put(key, known)
-        return known
+        Memoised by the two Vias' exact text, for the rest of a transaction whose
+        ``provisional`` response (1xx) came first: its final response (an INVITE's 180
+        and 200 after its 100) repeats them, and what is decided here depends on nothing
+        else; a final response is not kept (nothing of its transaction follows). Kept
+        by our Via alone, with the next Via to compare: one string hashed per response.
+        A miss asks ``_next_hop``, memoised across transactions."""
+        known = self._transactions.table.get(ours)
+        if known is not None and known[0] == hop:
+            return known[1]
+        if not self._ours_plain(ours):
+            return None
+        destination = self._next_hop(hop, ours)
+        if destination is not None and provisional:
+            self._transactions.put(ours, (hop, destination))
+        return destination
 
     def _ours_plain(self, ours: str) -> bool:
         """Our Via as we wrote it, with none of the marks the Balancer reads."""
