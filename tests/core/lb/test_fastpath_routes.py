@@ -232,18 +232,29 @@ async def test_a_dialogs_next_request_read_again_is_sent_where_the_pools_say_now
     is text: the next Route's target is looked up for each request, the token checked."""
     async with dialog() as d:
         made = d.made
-        target = made.balancer.router.pools.at("127.0.0.1", d.proxy2.port)
-        assert target is not None
+        pools = made.balancer.router.pools
+
+        def proxy2(state: str) -> None:
+            pools.update(
+                [
+                    LbTarget(1, "proxy", f"sip:127.0.0.1:{made.proxy.port}", 1, "active"),
+                    LbTarget(2, "proxy", f"sip:127.0.0.1:{d.proxy2.port}", 1, state),
+                ]
+            )
+
         routes = [f"Route: {d.ours}, {d.proxy_route}"]
         ack = in_dialog(made.phone, routes, method="ACK")
         assert made.compare(ack)
         bye = in_dialog(made.phone, routes)
-        target.health = "down"  # the routed proxy went down after the ACK
-        made.fast.relay(bye, made.peer)
+        proxy2("disabled")  # the routed proxy taken out after the ACK
+        assert made.fast.relay(bye, made.peer)
         at, _ = forwarded_to(made.targets())
         assert at == 0  # the pool's proxy, not the one the Route names
         assert made.compare(bye)
-        target.health = "up"
+        proxy2("active")
+        assert made.fast.relay(bye, made.peer)
+        at, _ = forwarded_to(made.targets())
+        assert at == 1
         assert made.compare(bye)
         other = in_dialog(made.phone, routes, call_id="another@127.0.0.1")
         assert not made.compare(other)  # the token is bound to the first dialog: 403
