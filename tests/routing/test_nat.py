@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipfleet.routing.nat import is_private, nat_evidence
+from sipfleet.routing.nat import any_private, behind_nat, contact_hosts, is_private, nat_evidence
 from sipfleet.sip import Request
 
 
@@ -76,3 +76,29 @@ def test_private_contact_on_a_private_network_is_not_nat() -> None:
         5060,
     )
     assert not evidence.behind_nat
+
+
+@pytest.mark.parametrize(
+    ("via", "contact", "source"),
+    [
+        ("SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK1", "<sip:a@203.0.113.5>", "203.0.113.5"),
+        ("SIP/2.0/UDP 203.0.113.5;branch=z9hG4bK1", "<sip:a@203.0.113.5>", "203.0.113.5"),
+        ("SIP/2.0/UDP 203.0.113.5:5062;branch=z9hG4bK1", "<sip:a@203.0.113.5>", "203.0.113.5"),
+        ("SIP/2.0/UDP 192.168.1.2:5060;branch=z9hG4bK1", "<sip:a@203.0.113.5>", "203.0.113.5"),
+        ("SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK1", "<sip:a@192.168.1.2>", "203.0.113.5"),
+        ("SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1", "<sip:a@192.168.1.2>", "10.0.0.2"),
+        ("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1", "<sip:a@[fd00::1]>", "2001:db8::1"),
+        ("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1", "<sip:a@[fd00::1]>", "2001:db8::2"),
+        ("SIP/2.0/UDP pbx.example.com:5060;branch=z9hG4bK1", "<tel:+1555>", "203.0.113.5"),
+    ],
+)
+def test_behind_nat_from_its_parts_as_the_evidence_says(
+    via: str, contact: str, source: str
+) -> None:
+    """What the LB's fast path asks (the parts read apart) against NatEvidence."""
+    made = request(via, contact)
+    evidence = nat_evidence(made, source, 5060)
+    top = made.top_via
+    private_hosts = any_private(contact_hosts(made))
+    parts = behind_nat(top.host.strip("[]"), top.port or 5060, private_hosts, source, 5060)
+    assert parts is evidence.behind_nat

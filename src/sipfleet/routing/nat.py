@@ -77,15 +77,35 @@ def nat_evidence(request: Request, source_host: str, source_port: int) -> NatEvi
         via = request.top_via
         via_host = via.host.strip("[]")
         via_port = via.port or 5060
-        contact_hosts = [c.uri.host_bare for c in request.contacts if isinstance(c.uri, SipUri)]
+        hosts = contact_hosts(request)
     except ParseError:
         return NatEvidence(True, True, False)  # a sender we cannot read is reached as seen
     return NatEvidence(
         via_address_differs=_differs(via_host, source_host),
         via_port_differs=via_port != source_port,
-        private_contact=not is_private(source_host)
-        and any(is_private(host) for host in contact_hosts),
+        private_contact=not is_private(source_host) and any_private(hosts),
     )
+
+
+def contact_hosts(request: Request) -> list[str]:
+    """The hosts of the request's SIP Contacts (ParseError as ``request.contacts`` and
+    each Contact's URI raise it)."""
+    return [c.uri.host_bare for c in request.contacts if isinstance(c.uri, SipUri)]
+
+
+def any_private(hosts: list[str]) -> bool:
+    return any(is_private(host) for host in hosts)
+
+
+def behind_nat(
+    via_host: str, via_port: int, private_hosts: bool, source_host: str, source_port: int
+) -> bool:
+    """``nat_evidence(...).behind_nat`` from its parts, without the object: the top Via's
+    host (no brackets) and port (5060 when none is written), whether a Contact names a
+    private host (``any_private``), and the source."""
+    if via_port != source_port or _differs(via_host, source_host):
+        return True
+    return private_hosts and not is_private(source_host)
 
 
 def _differs(claimed: str, seen: str) -> bool:

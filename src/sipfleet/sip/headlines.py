@@ -34,6 +34,20 @@ HOP_COUNTS: Final = Memo[str, int](
 )  # Max-Forwards line -> its value, as Message keeps them
 
 
+def alnum_besides(text: str, one: str, other: str) -> bool:
+    """Whether ``text`` holds ASCII letters or digits, and nothing else but the characters
+    ``one`` and ``other``. Each is replaced away only when it is there: a replace is a
+    method call and a new string, and most tags and tokens lack one or both."""
+    if text.isalnum():
+        return text.isascii()
+    bare = text
+    if one in bare:
+        bare = bare.replace(one, "")
+    if other in bare:
+        bare = bare.replace(other, "")
+    return bare.isalnum() and bare.isascii()
+
+
 def clean(lines: list[str]) -> bool:
     """No NUL, no CR or LF but those that end lines: what the parser rejects (or, for
     bare-LF line ends, reads another way) is left to it."""
@@ -82,8 +96,7 @@ def tag_of(line: str, what: str) -> str:
     if end < 0:
         end = len(value)
     tag = value[start:end]
-    bare = tag.replace("-", "").replace(".", "")
-    if not (bare.isalnum() and bare.isascii()):
+    if not alnum_besides(tag, "-", "."):
         return ""
     params = value[value.rfind(">") + 1 :]  # the whole value for an addr-spec
     if " " in params or "\t" in params or '"' in params or value.lower().count("tag=") != 1:
@@ -104,8 +117,7 @@ def _bare_tag(value: str, at: int) -> str:
     colon = uri.find(":")
     if colon <= 0 or colon == len(uri) - 1 or " " in uri or "\t" in uri or "<" in uri:
         return ""
-    bare = tag.replace("-", "").replace(".", "")
-    return tag if bare.isalnum() and bare.isascii() else ""
+    return tag if alnum_besides(tag, "-", ".") else ""
 
 
 def _tag_parsed(value: str, what: str) -> str | None:
@@ -113,6 +125,19 @@ def _tag_parsed(value: str, what: str) -> str | None:
         return parse_trimmed_address(value, what).tag
     except ParseError:
         return None  # 400 from the present path
+
+
+def untagged(line: str, what: str) -> bool:
+    """Whether a From or To line reads, as Message.from_ / to read it, as an address
+    without a tag (a dialog-creating request's To); False when it has one, holds a comma
+    (the accessors may refuse it) or the parser refuses it."""
+    value = line[line.find(":") + 1 :].strip(WS)
+    if "," in value:
+        return False
+    try:
+        return parse_trimmed_address(value, what).tag is None
+    except ParseError:
+        return False  # 400 from the present path
 
 
 def route_values(lines: list[str], at_lines: list[int]) -> list[Address] | None:
@@ -199,17 +224,23 @@ class HeadLines:
     guard's lockouts read them), no Route unless ``routed`` (then at most one From and
     one To): ``known``; and whether a request has what a plain forward needs besides (a
     Via, Max-Forwards, Call-ID; routed, a Route, From and To): ``usual``. Routed, the
-    CSeq and Expires lines are noted too (the proxy's ACK reads them; the LB does not)."""
+    CSeq and Expires lines are noted too (the proxy's ACK reads them; the LB does not).
+
+    ``creating`` (a dialog-creating request with no Route, for the LB): From and To are
+    read as when routed (at most one each, both needed for ``usual``), and the Contact
+    lines and how many Record-Route lines there are noted too."""
 
     __slots__ = (
         "agent",
         "call_id",
+        "contacts",
         "cseq",
         "expires",
         "from_",
         "known",
         "last_via",
         "max_forwards",
+        "record_routes",
         "routes",
         "second_via",
         "to",
@@ -219,7 +250,12 @@ class HeadLines:
     )
 
     def __init__(
-        self, lines: list[str], body_length: int, first: int = 1, routed: bool = False
+        self,
+        lines: list[str],
+        body_length: int,
+        first: int = 1,
+        routed: bool = False,
+        creating: bool = False,
     ) -> None:
         self.via = self.max_forwards = self.call_id = 0
         self.agent = 0  # the first User-Agent line; 0: none
@@ -230,13 +266,19 @@ class HeadLines:
         self.cseq = 0  # routed: the CSeq line; -1: more than one
         self.expires = 0  # routed: the first Expires line
         self.routes: list[int] = []  # the Route lines, when routed
-        self.known = self._read(lines, body_length, first, routed)
+        self.contacts: list[int] = []  # the Contact lines, when routed or creating
+        self.record_routes = 0  # Record-Route lines, when routed or creating
+        self.known = self._read(lines, body_length, first, routed, routed or creating)
         usual = self.known and bool(self.via and self.max_forwards and self.call_id)
         if routed:
             usual = usual and bool(self.routes and self.from_ and self.to)
+        elif creating:
+            usual = usual and bool(self.from_ and self.to)
         self.usual = usual
 
-    def _read(self, lines: list[str], body_length: int, first: int, routed: bool) -> bool:
+    def _read(
+        self, lines: list[str], body_length: int, first: int, routed: bool, dialog: bool
+    ) -> bool:
         keys = HEADER_KEYS.table
         length = 0
         for at in range(first, len(lines)):
@@ -271,13 +313,13 @@ class HeadLines:
                 if not routed:
                     return False
                 self.routes.append(at)
-            elif key in CREDENTIALS or (routed and not self._single(key, at)):
+            elif key in CREDENTIALS or (dialog and not self._single(key, at)):
                 return False
         return bool(length) and length_is(lines[length], body_length)
 
     def _single(self, key: str, at: int) -> bool:
         """A From or To line at ``at`` noted; False when it is a second one (other
-        lines: True)."""
+        lines: True, the CSeq, Expires, Contact and Record-Route lines noted)."""
         if key == "from":
             if self.from_:
                 return False
@@ -288,8 +330,13 @@ class HeadLines:
             self.to = at
         elif key == "cseq":
             self.cseq = -1 if self.cseq else at
-        elif key == "expires" and not self.expires:
-            self.expires = at
+        elif key == "expires":
+            if not self.expires:
+                self.expires = at
+        elif key == "contact":
+            self.contacts.append(at)
+        elif key == "record-route":
+            self.record_routes += 1
         return True
 
 

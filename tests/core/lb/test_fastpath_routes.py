@@ -227,6 +227,39 @@ async def test_a_routed_proxy_that_is_down_gives_way_to_the_pool() -> None:
             assert made.compare(data)
 
 
+async def test_a_dialogs_next_request_read_again_is_sent_where_the_pools_say_now() -> None:
+    """What the fast path remembers of a dialog's lines (its Routes as read, its tags)
+    is text: the next Route's target is looked up for each request, the token checked."""
+    async with dialog() as d:
+        made = d.made
+        pools = made.balancer.router.pools
+
+        def proxy2(state: str) -> None:
+            pools.update(
+                [
+                    LbTarget(1, "proxy", f"sip:127.0.0.1:{made.proxy.port}", 1, "active"),
+                    LbTarget(2, "proxy", f"sip:127.0.0.1:{d.proxy2.port}", 1, state),
+                ]
+            )
+
+        routes = [f"Route: {d.ours}, {d.proxy_route}"]
+        ack = in_dialog(made.phone, routes, method="ACK")
+        assert made.compare(ack)
+        bye = in_dialog(made.phone, routes)
+        proxy2("disabled")  # the routed proxy taken out after the ACK
+        assert made.fast.relay(bye, made.peer)
+        at, _ = forwarded_to(made.targets())
+        assert at == 0  # the pool's proxy, not the one the Route names
+        assert made.compare(bye)
+        proxy2("active")
+        assert made.fast.relay(bye, made.peer)
+        at, _ = forwarded_to(made.targets())
+        assert at == 1
+        assert made.compare(bye)
+        other = in_dialog(made.phone, routes, call_id="another@127.0.0.1")
+        assert not made.compare(other)  # the token is bound to the first dialog: 403
+
+
 # -- the initial request: a Record-Route added -------------------------------------------------
 SDP = b"v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
 
@@ -460,3 +493,128 @@ async def test_variants_are_forwarded_as_by_the_present_path_or_declined() -> No
 
         check()
         assert len(d.made.taken) >= 20  # not only declines
+
+
+# -- hypothesis: dialog-creating variants -------------------------------------------------------
+@st.composite
+def created_variants(draw: st.DrawFn, made: Lb) -> bytes:
+    """An INVITE (SUBSCRIBE, REFER) from the phone with the lines the lean reading of
+    ``_created`` reads varied: the top Via's address, the Contact lines, From, To, a
+    Record-Route, the Request-URI's scheme, the Call-ID."""
+    phone = made.phone
+    here = f"{phone.host}:{phone.port}"
+    via = draw(
+        st.sampled_from(
+            [
+                "",
+                "",
+                f"Via: SIP/2.0/UDP {phone.host};branch=z9hG4bK-1-1-0",  # no port: 5060
+                "Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-4;rport",
+                f"Via: SIP/2.0/UDP {phone.host}:{phone.port + 1};branch=z9hG4bK-5",
+                f"Via: SIP/2.0/UDP {here} ;branch=z9hG4bK-6",
+                f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-7;received=10.0.0.1",
+                f"Via: SIP/2.0/TCP {here};branch=z9hG4bK-8",
+                "Via: SIP/2.0/UDP [::1]:5060;branch=z9hG4bK-9",
+                "Via: SIP/2.0/UDP phone.example.com:5060;branch=z9hG4bK-10",
+                "Via: SIP/2.0/UDP bad host:5060;branch=z9hG4bK-11",
+                f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-12;bad param",
+            ]
+        )
+    )
+    contact_values = [
+        f"<sip:sipp@{here}>",
+        "<sip:sipp@192.168.1.20:5060>",
+        "<sip:sipp@10.0.0.1:5060;ob>",
+        '<sip:sipp@10.0.0.1>;reg-id=1;+sip.instance="<urn:uuid:1>"',
+        "<sip:sipp@10.0.0.1>;reg-id=1",
+        f"sip:sipp@{here}",
+        f'"Sipp" <sip:sipp@{here}>;expires=60',
+        "<tel:+15550100>",
+        "<sip:sipp@[fd00::1]:5060>",
+        "<sip:sipp@[bad>",
+        "<sip:>",
+        "*",
+        f"<sip:sipp@{here}>, <sip:sipp@192.168.1.20>",
+    ]
+    contacts = draw(st.lists(st.sampled_from(contact_values), max_size=2))
+    from_line = draw(
+        st.sampled_from(
+            [
+                f"From: sipp <sip:sipp@{here}>;tag={FROM_TAG}",
+                f"From: sipp <sip:sipp@{here}>;tag={FROM_TAG}",
+                f"From: <sip:sipp@{here}>",
+                f"From: <sip:sipp@{here}>;tag=",
+                f"From: <sip:sipp@{here}>;tag={FROM_TAG}, <sip:x@{here}>",
+                f'From: "A, B" <sip:sipp@{here}>;tag={FROM_TAG}',
+                f"From: sip:sipp@{here};tag={FROM_TAG}",
+                f"From: <sip:sipp@{here}>;tag={FROM_TAG}\r\nFrom: <sip:x@{here}>;tag=2",
+            ]
+        )
+    )
+    to_line = draw(
+        st.sampled_from(
+            [
+                "To: <sip:bob@127.0.0.1>",
+                "To: <sip:bob@127.0.0.1>",
+                f"To: <sip:bob@127.0.0.1>;tag={TO_TAG}",
+                "To: Bob <sip:bob@127.0.0.1>;x=1",
+                "To: sip:bob@127.0.0.1",
+                '"Bob, B" <sip:bob@127.0.0.1>',
+                "To: <sip:bob@127.0.0.1",
+                "To: <sip:bob@127.0.0.1>;TAG=x",
+                "To: <sip:bob@127.0.0.1>\r\nTo: <sip:carol@127.0.0.1>",
+                "To: ",
+            ]
+        )
+    )
+    extra = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "User-Agent: baresip v3.10.1 (x86_64/linux)",
+                    "Record-Route: <sip:10.0.0.9;lr>",
+                    "record-route: <sip:10.0.0.9;lr>",
+                    "Supported: outbound",
+                    "X-Custom: 1",
+                ]
+            ),
+            max_size=2,
+        )
+    )
+    method = draw(st.sampled_from(["INVITE", "INVITE", "SUBSCRIBE", "REFER"]))
+    uri = draw(st.sampled_from(["sip:bob@127.0.0.1", "sips:bob@127.0.0.1", "SIPS:bob@x"]))
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        via or f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-1-1-0",
+        from_line,
+        to_line,
+        f"Call-ID: {draw(st.sampled_from([CALL_ID, 'c2@127.0.0.1', '1 4242']))}",
+        f"CSeq: 1 {method}",
+        *[f"Contact: {value}" for value in contacts],
+        "Max-Forwards: 70",
+        *extra,
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def test_created_variants_are_forwarded_as_by_the_present_path_or_declined() -> None:
+    async with lb() as made:
+
+        @settings(
+            max_examples=1500,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(data=created_variants(made))
+        def check(data: bytes) -> None:
+            made.compare(data)
+
+        check()
+        assert len(made.taken) >= 50  # not only declines
+        taken = [parse_message(data) for data in made.taken]
+        assert {message.method for message in taken} == {"INVITE", "SUBSCRIBE", "REFER"}
+        # taken with each kind of evidence (the flow token, compared, says which)
+        for evidence in (b"@192.168.1.20:5060>\r\n", b";ob>", b"192.168.1.20:5060;branch"):
+            assert any(evidence in data for data in made.taken), evidence
+        assert any(b"sips:" in data for data in made.taken)

@@ -27,9 +27,10 @@ counted and changed nothing) and goes the present way.
   sipp writes them, or one per line), From and To with a plain tag: the same, where
   ``Router.toward_cluster_routed`` sends them (the token checked, the next Route's pool
   target or the proxy pool), our Route(s) cut as ``Message.pop_first_value`` cuts them.
-- INVITE, SUBSCRIBE and REFER with no Route nor Record-Route: the same, where
-  ``Router.route`` sends them (asked with a Request of the head's lines), with the
-  Record-Route(s) it adds.
+- INVITE, SUBSCRIBE and REFER with no Route nor Record-Route and no To tag, their
+  From tag plain: the same, where ``Router.toward_cluster_created`` sends them (as
+  ``Router.route`` would, from the Call-ID, the From tag, the top Via's address and
+  what the Contact lines say), with the Record-Route(s) it adds.
 
 Both need one Content-Length matching the body, no byte the parser would reject (NUL,
 a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
@@ -45,16 +46,16 @@ from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard
-from sipfleet.core.lb.router import DIALOG_CREATING, Forward, Router
+from sipfleet.core.lb.router import DIALOG_CREATING, Forward, OurRoutes, Router
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
-from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.headlines import (
     VIA_LINE,
     HeadLines,
+    alnum_besides,
     call_id_of,
     clean,
     hop_count,
@@ -64,6 +65,7 @@ from sipfleet.sip.headlines import (
     route_values,
     tag_of,
     top_via_text,
+    untagged,
 )
 from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import SIP_VERSION as VERSION
@@ -80,7 +82,9 @@ VIA_BYTES: Final = b"Via: "
 ROUTE_LINE: Final = "\r\nRoute:"
 REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
 BRANCH: Final = "branch="
+BRANCH_PARAM: Final = ";branch="
 MAX_HOPS: Final = 4096
+MAX_DIALOGS: Final = 4096  # dialogs whose in-dialog requests were read (see _dialog)
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
 _METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
 SIP_VERSION: Final = "SIP/2.0"
@@ -116,9 +120,14 @@ class FastRelay:
         self.max_size = endpoint.limits.max_message_size
         self.responses = 0  # relayed here (the rest of the counts are the present path's)
         self._hops: Final = Memo[str, Destination](MAX_HOPS)  # see _next_hop
+        self._transactions: Final = Memo[str, tuple[str, Destination]](MAX_HOPS)  # _destination
         self._clients: Final = Memo[tuple[str, str, str, int, str], tuple[str, str | None]](
             MAX_HOPS
         )  # see _client_via
+        self._via_addresses: Final = Memo[str, tuple[str, int]](MAX_HOPS)  # see _via_address
+        self._dialogs: Final = Memo[
+            tuple[str, str, str, str], tuple[str, tuple[str, str], OurRoutes]
+        ](MAX_DIALOGS)  # see _dialog
 
     def relay(self, data: bytes, peer: Peer) -> bool:
         """True when ``data`` (a UDP datagram from ``peer``) was handled here."""
@@ -156,7 +165,7 @@ class FastRelay:
         lines = text[:head_end].split("\r\n")
         if len(lines) < 2 or not clean(lines) or self.overload.overloaded:
             return False
-        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed)
+        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed, creating)
         if not seen.usual:
             return False
         top = top_via_text(lines, seen)
@@ -170,7 +179,7 @@ class FastRelay:
                 return False
             popped, forward = decided
         elif creating:
-            created = self._created(method, start, lines, peer)
+            created = self._created(method, start, lines, seen, top, peer)
             if created is None:
                 return False
             forward = created
@@ -210,13 +219,36 @@ class FastRelay:
         """An in-dialog request from a client (a To tag) whose top Route(s) are ours:
         how many Routes to remove and where it goes, as Router.route decides
         (``Router.toward_cluster_routed``), when its Routes, From and To are written
-        plainly (``route_values``, ``tag_of``) and no target drains; else None (a token
-        refused included: the present path answers 403)."""
+        plainly (``_dialog``) and no target drains; else None (a token refused included:
+        the present path answers 403)."""
         router = self.router
         if router is None or router.pools.has_draining or ":" in peer.host:
             return None
         if router.from_cluster(peer):
             return None  # down a flow: Router._to_client
+        dialog = self._dialog(router, lines, seen)
+        if dialog is None:
+            return None
+        call_id, tags, ours = dialog
+        under_way = method == "CANCEL" or method == "ACK"
+        return router.toward_cluster_routed(ours, call_id, tags, under_way)
+
+    def _dialog(
+        self, router: Router, lines: list[str], seen: HeadLines
+    ) -> tuple[str, tuple[str, str], OurRoutes] | None:
+        """The Call-ID, the From and To tags (``tag_of``) and the Routes as the Router
+        reads them (``route_values``, ``Router.read_our_routes``: ours on top), when
+        written plainly; else None.
+
+        Memoised by the text of those lines (From, To, Call-ID, the Route lines): an ACK
+        and the BYE after it carry the same ones, and what is read here depends on
+        nothing else (none of them is folded: HeadLines knows every line's name, which a
+        continuation line has not). What is declined is not kept."""
+        routes_text = "\r\n".join([lines[at] for at in seen.routes])  # lines hold no CR/LF
+        key = (lines[seen.from_], lines[seen.to], lines[seen.call_id], routes_text)
+        known = self._dialogs.table.get(key)
+        if known is not None:
+            return known
         to_tag = tag_of(lines[seen.to], "To")
         from_tag = tag_of(lines[seen.from_], "From")
         call_id = call_id_of(lines[seen.call_id])
@@ -225,34 +257,54 @@ class FastRelay:
         routes = route_values(lines, seen.routes)
         if routes is None:
             return None
-        under_way = method == "CANCEL" or method == "ACK"
         try:
-            return router.toward_cluster_routed(routes, call_id, (from_tag, to_tag), under_way)
+            ours = router.read_our_routes(routes)
         except ParseError:
             return None  # a Route URI the parser refuses: 400 from the present path
-
-    def _created(self, method: str, start: str, lines: list[str], peer: Peer) -> Forward | None:
-        """An INVITE, SUBSCRIBE or REFER with no Route: what Router.route decides for it,
-        asked with a Request of the head's lines (as the parser would make it, the body
-        aside: routing reads none), when that is a Forward adding Record-Routes at most
-        (with a To tag, none) and the request has no Record-Route yet (ours would go on
-        top of it); else None. Nothing is counted or changed by asking but the
-        Router's memos."""
-        router = self.router
-        if router is None or ":" in peer.host:
+        if ours is None:
             return None
-        names = [_key(line) for line in lines[1:]]
-        if "record-route" in names:
+        return self._dialogs.put(key, (call_id, (from_tag, to_tag), ours))
+
+    def _created(
+        self, method: str, start: str, lines: list[str], seen: HeadLines, top: str, peer: Peer
+    ) -> Forward | None:
+        """An INVITE, SUBSCRIBE or REFER with no Route, no Record-Route yet (ours would
+        go on top of it) and no To tag (with one, no Record-Route is added: declined):
+        what Router.route decides for it (``Router.toward_cluster_created``), when its
+        From tag, To, Contacts and top Via (``top``) read plainly; else None. Nothing is
+        counted or changed by asking but the Router's and this relay's memos."""
+        router = self.router
+        if router is None or ":" in peer.host or seen.record_routes:
+            return None
+        call_id = call_id_of(lines[seen.call_id])
+        from_tag = tag_of(lines[seen.from_], "From")
+        if not call_id or not from_tag or not untagged(lines[seen.to], "To"):
+            return None
+        via = self._via_address(top)
+        if via is None:
             return None
         uri = start[len(method) + 1 : len(start) - len(VERSION) - 1]
-        request = Request(method, uri, lines[1:], names, b"", b"", VERSION, start)
         try:
-            decision = router.route(request, peer)
+            contacts = router.read_contacts([lines[at] for at in seen.contacts])
         except ParseError:
             return None  # 400 from the present path
-        if type(decision) is not Forward or decision.pop_routes or decision.path is not None:
-            return None
-        return None if decision.via_params else decision
+        sips = uri[:5].lower() == "sips:"
+        return router.toward_cluster_created(call_id, from_tag, via, contacts, sips, peer)
+
+    def _via_address(self, top: str) -> tuple[str, int] | None:
+        """The host (without brackets) and port (5060 when none is written) of the Via
+        ``top`` as ``Message.top_via`` reads them; None when the parser refuses it.
+        Memoised by its sent-by (the text before the first ';'), which alone says them:
+        the parameters after it are read apart (and checked when the Via is stamped)."""
+        sent_by = top.partition(";")[0]
+        known = self._via_addresses.table.get(sent_by)
+        if known is None:
+            try:
+                via = parse_via(top)
+            except ParseError:
+                return None  # 400 from the present path
+            known = self._via_addresses.put(sent_by, (via.host.strip("[]"), via.port or 5060))
+        return known
 
     def _plain_forward(self, method: str, call_id_line: str) -> Forward | None:
         call_id = call_id_of(call_id_line)
@@ -335,9 +387,7 @@ class FastRelay:
         ours, hop, kept, same_line = cut
         if not HeadLines(lines, len(data) - head_end - 4, 3 - same_line).known:
             return False
-        if not self._ours_plain(ours):
-            return False
-        destination = self._next_hop(hop, ours)
+        destination = self._destination(ours, hop, status < 200)
         if destination is None:
             return False
         endpoint = self.endpoint
@@ -358,6 +408,26 @@ class FastRelay:
             return True
         forwarder.stats.responses_forwarded += 1
         return True
+
+    def _destination(self, ours: str, hop: str, provisional: bool) -> Destination | None:
+        """Where the present path sends a response whose Vias are ``ours`` (ours, as we
+        wrote it, ``_ours_plain``) then ``hop``; None: declined.
+
+        Memoised by the two Vias' exact text, for the rest of a transaction whose
+        ``provisional`` response (1xx) came first: its final response (an INVITE's 180
+        and 200 after its 100) repeats them, and what is decided here depends on nothing
+        else; a final response is not kept (nothing of its transaction follows). Kept
+        by our Via alone, with the next Via to compare: one string hashed per response.
+        A miss asks ``_next_hop``, memoised across transactions."""
+        known = self._transactions.table.get(ours)
+        if known is not None and known[0] == hop:
+            return known[1]
+        if not self._ours_plain(ours):
+            return None
+        destination = self._next_hop(hop, ours)
+        if destination is not None and provisional:
+            self._transactions.put(ours, (hop, destination))
+        return destination
 
     def _ours_plain(self, ours: str) -> bool:
         """Our Via as we wrote it, with none of the marks the Balancer reads."""
@@ -399,25 +469,21 @@ class FastRelay:
 def _without_branch(via: str) -> str:
     """``via`` with its branch value cut out ("" when the branch is not its first
     parameter, or not a value the Via parser reads as plainly)."""
-    sent_by, _, params = via.partition(";")
-    if not params.startswith(BRANCH):
+    semi = via.find(";")
+    if semi < 0 or via.find(BRANCH_PARAM, semi, semi + len(BRANCH_PARAM)) != semi:
         return ""
-    end = params.find(";")
-    branch = params[len(BRANCH) : end] if end >= 0 else params[len(BRANCH) :]
-    if "=" in branch or not _plain(branch):
+    start = semi + len(BRANCH_PARAM)
+    end = via.find(";", start)
+    branch = via[start:end] if end >= 0 else via[start:]
+    if not _plain(branch) or "=" in branch:
         return ""
-    return sent_by + ";" + (params[end:] if end >= 0 else "")
+    return via[:start] + via[end:] if end >= 0 else via[:start]
 
 
 def _plain(branch: str) -> bool:
     """Whether ``branch`` is not empty and holds only PLAIN_PARAM_CHARS: letters and
     digits with '-' and '.' (every branch seen) without a regex call, else the regex."""
-    if branch.isalnum():
-        return branch.isascii()
-    bare = branch.replace("-", "").replace(".", "")
-    if bare.isalnum() and bare.isascii():
-        return True
-    return match_plain_params(branch) is not None
+    return alnum_besides(branch, "-", ".") or match_plain_params(branch) is not None
 
 
 def _carried(branch: str) -> bool:
@@ -521,12 +587,6 @@ def _plain_method(method: str, start: str) -> bool:
     no dialog, and not an OPTIONS whose URI has no user part (it may be for the LB
     itself; no '@' in the request line is none in its URI)."""
     return method in PLAIN_METHODS and (method != "OPTIONS" or "@" in start)
-
-
-def _key(line: str) -> str:
-    """A header line's name as the parser's memo knows it ("": not known)."""
-    colon = line.find(":")
-    return HEADER_KEYS.table.get(line[:colon] if colon >= 0 else line, "")
 
 
 def _add_record_routes(lines: list[str], last_via: int, record_routes: tuple[str, ...]) -> None:

@@ -31,12 +31,13 @@ from typing import Final, NamedTuple
 from sipfleet.core.lb.keepalive import contact_digest
 from sipfleet.core.lb.pools import Pools
 from sipfleet.core.lb.sides import SideName, Sides
-from sipfleet.routing.nat import nat_evidence
+from sipfleet.routing.nat import any_private, behind_nat, contact_hosts, nat_evidence
 from sipfleet.sip import Request, SipUri
 from sipfleet.sip.address import Address
 from sipfleet.sip.dialog_token import PARAM as DIALOG_PARAM
 from sipfleet.sip.dialog_token import Dialog
 from sipfleet.sip.flow import Flow, FlowTokens
+from sipfleet.sip.headlines import alnum_besides
 from sipfleet.sip.memo import Memo
 from sipfleet.storage.model import LbPool
 from sipfleet.transport.base import ACCEPTED_ONLY, Destination, Peer, TransportName
@@ -47,6 +48,8 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 MAX_LEARNED_CONTACTS = 4  # contact digests carried in our Via of a REGISTER
 RETRY_AFTER = "5"
 MAX_ROUTE_URIS = 4096  # Route URIs read (by their text, see _route_uri_key)
+MAX_CONTACTS = 1024  # Contact lines read (see read_contacts)
+MAX_UDP_FLOWS = 4096  # UDP flows made (see _udp_flow)
 CUT: Final = "\x00"  # starts a memo key with a part cut out (see _route_uri_key)
 DIALOG_TOKEN: Final = f";{DIALOG_PARAM}="  # a proxy's dialog token (sip/dialog_token.py)
 
@@ -63,6 +66,9 @@ class RouteUri(NamedTuple):
 
 
 NOT_A_SIP_URI: Final = RouteUri(False, False, "", 0)
+# How many Routes on top are ours, the flow token in them, and the Route after them as
+# read (None: none, or not read)
+OurRoutes = tuple[int, str | None, RouteUri | None]
 
 
 class Forward(NamedTuple):  # a tuple: made for every request, so made cheaply
@@ -121,6 +127,8 @@ class Router:
         self._inside: dict[Destination, Forward] = {}  # pool target -> plain forward to it
         # see _read_route
         self._route_uris: Final = Memo[str, tuple[RouteUri, str | None]](MAX_ROUTE_URIS)
+        self._contacts: Final = Memo[tuple[str, ...], tuple[bool, bool]](MAX_CONTACTS)
+        self._udp_flows: Final = Memo[tuple[str, int, bool], Flow](MAX_UDP_FLOWS)
 
     def route(self, request: Request, peer: Peer) -> Decision:
         popped, token, after = self._our_routes(request)
@@ -222,13 +230,68 @@ class Router:
         record_routes: tuple[str, ...] = ()
         if self._creates_dialog(request):
             flow = self._client_flow(request, peer, _uses_outbound(request))
-            token = self.tokens.encode(flow, Dialog.created_by(request))
-            inbound = self._route_uri(
-                "external", token, peer.transport, peer.host, _is_sips(request)
+            dialog = Dialog.created_by(request)
+            record_routes = self._toward_cluster_record_routes(
+                flow, dialog, peer, destination, _is_sips(request)
             )
-            outbound = self._route_uri("internal", token, destination.transport, destination.host)
-            record_routes = _record_routes(inbound, outbound)
         return Forward(destination, sent_by, popped, record_routes)
+
+    def _toward_cluster_record_routes(
+        self, flow: Flow, dialog: Dialog, peer: Peer, destination: Destination, sips: bool
+    ) -> tuple[str, ...]:
+        """The Record-Route(s) of a dialog-creating request from a client: its flow's
+        token bound to the dialog, naming the external side toward the client (sips when
+        the request is for a sips URI) and the internal side toward ``destination``."""
+        token = self.tokens.encode(flow, dialog)
+        inbound = self._route_uri("external", token, peer.transport, peer.host, sips)
+        outbound = self._route_uri("internal", token, destination.transport, destination.host)
+        return _record_routes(inbound, outbound)
+
+    def toward_cluster_created(
+        self,
+        call_id: str,
+        from_tag: str,
+        via: tuple[str, int],
+        contacts: tuple[bool, bool],
+        sips: bool,
+        peer: Peer,
+    ) -> Forward | None:
+        """What ``route`` decides for a dialog-creating request (INVITE, SUBSCRIBE,
+        REFER) from a UDP client with no Route and no To tag, with Call-ID ``call_id``
+        and From tag ``from_tag`` (not empty), whose top Via names ``via`` (host without
+        brackets, port: 5060 when none is written) and whose Contact lines read as
+        ``contacts`` (``read_contacts``), for a sips URI when ``sips``: the proxy pool's
+        Forward with the Record-Route(s); None when ``route`` would answer 503 (no
+        proxy). The LB's fast path asks this instead of ``route``."""
+        plain = self.toward_proxies(call_id, False)  # no To tag: not under way
+        if plain is None:
+            return None
+        outbound, private_hosts = contacts
+        nat = outbound or behind_nat(via[0], via[1], private_hosts, peer.host, peer.port)
+        flow = self._udp_flow(peer.host, peer.port, nat)
+        destination = plain.destination
+        record_routes = self._toward_cluster_record_routes(
+            flow, Dialog(call_id, from_tag), peer, destination, sips
+        )
+        return Forward(destination, plain.sent_by, 0, record_routes)
+
+    def read_contacts(self, lines: list[str]) -> tuple[bool, bool]:
+        """Of a request whose Contact header lines are ``lines`` (``Name: value`` each,
+        unfolded): whether it uses RFC 5626 outbound (``_uses_outbound``) and, when it
+        does not, whether a Contact names a private host (``nat.any_private``; False
+        when it does: not read then, as ``_client_flow`` does not read it). Raises
+        ParseError where ``request.contacts`` or a Contact's URI would.
+
+        Memoised by the lines' text, which is all that is read (a phone's Contact is
+        the same in each of its calls); what raised is not kept."""
+        key = tuple(lines)
+        known = self._contacts.table.get(key)
+        if known is None:
+            only = Request("INVITE", "", lines, ["contact"] * len(lines))
+            outbound = _uses_outbound(only)
+            private_hosts = False if outbound else any_private(contact_hosts(only))
+            known = self._contacts.put(key, (outbound, private_hosts))
+        return known
 
     def toward_proxies(self, call_id: str, under_way: bool) -> Forward | None:
         """What ``route`` decides for a request from a client with no Route that is not
@@ -295,23 +358,30 @@ class Router:
             return None
         return target.destination
 
-    def toward_cluster_routed(
-        self, routes: list[Address], call_id: str, tags: tuple[str, str], under_way: bool
-    ) -> tuple[int, Forward] | None:
-        """What ``route`` decides for an in-dialog request from a client (not from the
-        cluster, not REGISTER, a To tag, no target draining) whose Routes are ``routes``:
-        how many of ours to remove and the plain Forward (the next Route's pool target,
-        else the proxy pool by Call-ID, ``under_way`` as in ``toward_proxies``). None when
-        ``route`` would decide otherwise: the top Route not ours, a flow token refused
-        (403), no proxy (503). A Route whose URI the parser refuses raises its ParseError.
-        The LB's fast path asks this instead of ``route``."""
+    def read_our_routes(self, routes: list[Address]) -> OurRoutes | None:
+        """How many of ``routes`` on top are ours, the flow token in them and the Route
+        after them as read (``_our_routes``); None when the top one is not ours or there
+        is none. A Route whose URI the parser refuses raises its ParseError. What is read
+        depends on the Routes' text alone (``_read_route``)."""
         if not routes:
             return None
         top = routes[0]
         top_read = self._read_route(top)
         if not top_read[0].ours:
             return None
-        popped, token, after = self._count_ours(routes, top.uri_text, top_read)
+        return self._count_ours(routes, top.uri_text, top_read)
+
+    def toward_cluster_routed(
+        self, ours: OurRoutes, call_id: str, tags: tuple[str, str], under_way: bool
+    ) -> tuple[int, Forward] | None:
+        """What ``route`` decides for an in-dialog request from a client (not from the
+        cluster, not REGISTER, a To tag, no target draining) whose Routes read as
+        ``ours`` (``read_our_routes``): how many of ours to remove and the plain Forward
+        (the next Route's pool target, else the proxy pool by Call-ID, ``under_way`` as
+        in ``toward_proxies``). None when ``route`` would decide otherwise: a flow token
+        refused (403), no proxy (503). The LB's fast path asks this instead of
+        ``route``."""
+        popped, token, after = ours
         if token is not None and self.tokens.decode(token, call_id, tags) is None:
             return None
         destination = None if after is None else self._route_target(after)
@@ -326,7 +396,7 @@ class Router:
         return None if forward is None else (popped, forward)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _our_routes(self, request: Request) -> tuple[int, str | None, RouteUri | None]:
+    def _our_routes(self, request: Request) -> OurRoutes:
         """How many Routes on top are ours, the flow token in them, and the Route after
         them as read (None: none, or not read here)."""
         top = request.top_route
@@ -339,7 +409,7 @@ class Router:
 
     def _count_ours(
         self, routes: list[Address], top_text: str, top_read: tuple[RouteUri, str | None]
-    ) -> tuple[int, str | None, RouteUri | None]:
+    ) -> OurRoutes:
         """``_our_routes`` over ``routes``; the top Route's URI ``top_text`` (ours) was
         read already as ``top_read``."""
         count, token = 0, None
@@ -402,9 +472,20 @@ class Router:
             return Flow(
                 peer.transport, peer.host, peer.port, connection, worker, by_flow, self.lb_id
             )
-        behind_nat = outbound or nat_evidence(request, peer.host, peer.port).behind_nat
-        keeper = udp_keeper(peer.host, peer.port)
-        return Flow("udp", peer.host, peer.port, 0, keeper, behind_nat, self.lb_id)
+        nat = outbound or nat_evidence(request, peer.host, peer.port).behind_nat
+        return self._udp_flow(peer.host, peer.port, nat)
+
+    def _udp_flow(self, host: str, port: int, reach_by_flow: bool) -> Flow:
+        """The UDP flow of a client at ``host``:``port``, memoised: a Flow is frozen and
+        depends on nothing else (the LB's id and a keeper derived from the address), and
+        making one costs more than the rest of the lookup."""
+        key = (host, port, reach_by_flow)
+        flow = self._udp_flows.table.get(key)
+        if flow is None:
+            keeper = udp_keeper(host, port)
+            flow = Flow("udp", host, port, 0, keeper, reach_by_flow, self.lb_id)
+            self._udp_flows.put(key, flow)
+        return flow
 
     def _route_uri(
         self, side: SideName, token: str, transport: TransportName, host: str, sips: bool = False
@@ -455,8 +536,7 @@ def _route_uri_key(text: str) -> tuple[str, str | None]:
 
 def _base64url(text: str) -> bool:
     """Not empty, and only letters and digits (ASCII), '-' and '_'."""
-    bare = text.replace("-", "").replace("_", "")
-    return text != "" and (bare == "" or (bare.isalnum() and bare.isascii()))
+    return text != "" and (alnum_besides(text, "-", "_") or not text.strip("-_"))
 
 
 def _record_routes(inbound: str, outbound: str) -> tuple[str, ...]:
