@@ -46,7 +46,7 @@ from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard
-from sipfleet.core.lb.router import DIALOG_CREATING, Forward, OurRoutes, Router
+from sipfleet.core.lb.router import DIALOG_CREATING, Forward, Router
 from sipfleet.core.overload import OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
@@ -84,7 +84,6 @@ REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after 
 BRANCH: Final = "branch="
 BRANCH_PARAM: Final = ";branch="
 MAX_HOPS: Final = 4096
-MAX_DIALOGS: Final = 4096  # dialogs whose in-dialog requests were read (see _dialog)
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
 _METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
 SIP_VERSION: Final = "SIP/2.0"
@@ -125,9 +124,6 @@ class FastRelay:
             MAX_HOPS
         )  # see _client_via
         self._via_addresses: Final = Memo[str, tuple[str, int]](MAX_HOPS)  # see _via_address
-        self._dialogs: Final = Memo[
-            tuple[str, str, str, str], tuple[str, tuple[str, str], OurRoutes]
-        ](MAX_DIALOGS)  # see _dialog
 
     def relay(self, data: bytes, peer: Peer) -> bool:
         """True when ``data`` (a UDP datagram from ``peer``) was handled here."""
@@ -219,36 +215,13 @@ class FastRelay:
         """An in-dialog request from a client (a To tag) whose top Route(s) are ours:
         how many Routes to remove and where it goes, as Router.route decides
         (``Router.toward_cluster_routed``), when its Routes, From and To are written
-        plainly (``_dialog``) and no target drains; else None (a token refused included:
-        the present path answers 403)."""
+        plainly (``route_values``, ``tag_of``) and no target drains; else None (a token
+        refused included: the present path answers 403)."""
         router = self.router
         if router is None or router.pools.has_draining or ":" in peer.host:
             return None
         if router.from_cluster(peer):
             return None  # down a flow: Router._to_client
-        dialog = self._dialog(router, lines, seen)
-        if dialog is None:
-            return None
-        call_id, tags, ours = dialog
-        under_way = method == "CANCEL" or method == "ACK"
-        return router.toward_cluster_routed(ours, call_id, tags, under_way)
-
-    def _dialog(
-        self, router: Router, lines: list[str], seen: HeadLines
-    ) -> tuple[str, tuple[str, str], OurRoutes] | None:
-        """The Call-ID, the From and To tags (``tag_of``) and the Routes as the Router
-        reads them (``route_values``, ``Router.read_our_routes``: ours on top), when
-        written plainly; else None.
-
-        Memoised by the text of those lines (From, To, Call-ID, the Route lines): an ACK
-        and the BYE after it carry the same ones, and what is read here depends on
-        nothing else (none of them is folded: HeadLines knows every line's name, which a
-        continuation line has not). What is declined is not kept."""
-        routes_text = "\r\n".join([lines[at] for at in seen.routes])  # lines hold no CR/LF
-        key = (lines[seen.from_], lines[seen.to], lines[seen.call_id], routes_text)
-        known = self._dialogs.table.get(key)
-        if known is not None:
-            return known
         to_tag = tag_of(lines[seen.to], "To")
         from_tag = tag_of(lines[seen.from_], "From")
         call_id = call_id_of(lines[seen.call_id])
@@ -257,13 +230,11 @@ class FastRelay:
         routes = route_values(lines, seen.routes)
         if routes is None:
             return None
+        under_way = method == "CANCEL" or method == "ACK"
         try:
-            ours = router.read_our_routes(routes)
+            return router.toward_cluster_routed(routes, call_id, (from_tag, to_tag), under_way)
         except ParseError:
             return None  # a Route URI the parser refuses: 400 from the present path
-        if ours is None:
-            return None
-        return self._dialogs.put(key, (call_id, (from_tag, to_tag), ours))
 
     def _created(
         self, method: str, start: str, lines: list[str], seen: HeadLines, top: str, peer: Peer

@@ -66,9 +66,6 @@ class RouteUri(NamedTuple):
 
 
 NOT_A_SIP_URI: Final = RouteUri(False, False, "", 0)
-# How many Routes on top are ours, the flow token in them, and the Route after them as
-# read (None: none, or not read)
-OurRoutes = tuple[int, str | None, RouteUri | None]
 
 
 class Forward(NamedTuple):  # a tuple: made for every request, so made cheaply
@@ -358,30 +355,23 @@ class Router:
             return None
         return target.destination
 
-    def read_our_routes(self, routes: list[Address]) -> OurRoutes | None:
-        """How many of ``routes`` on top are ours, the flow token in them and the Route
-        after them as read (``_our_routes``); None when the top one is not ours or there
-        is none. A Route whose URI the parser refuses raises its ParseError. What is read
-        depends on the Routes' text alone (``_read_route``)."""
+    def toward_cluster_routed(
+        self, routes: list[Address], call_id: str, tags: tuple[str, str], under_way: bool
+    ) -> tuple[int, Forward] | None:
+        """What ``route`` decides for an in-dialog request from a client (not from the
+        cluster, not REGISTER, a To tag, no target draining) whose Routes are ``routes``:
+        how many of ours to remove and the plain Forward (the next Route's pool target,
+        else the proxy pool by Call-ID, ``under_way`` as in ``toward_proxies``). None when
+        ``route`` would decide otherwise: the top Route not ours, a flow token refused
+        (403), no proxy (503). A Route whose URI the parser refuses raises its ParseError.
+        The LB's fast path asks this instead of ``route``."""
         if not routes:
             return None
         top = routes[0]
         top_read = self._read_route(top)
         if not top_read[0].ours:
             return None
-        return self._count_ours(routes, top.uri_text, top_read)
-
-    def toward_cluster_routed(
-        self, ours: OurRoutes, call_id: str, tags: tuple[str, str], under_way: bool
-    ) -> tuple[int, Forward] | None:
-        """What ``route`` decides for an in-dialog request from a client (not from the
-        cluster, not REGISTER, a To tag, no target draining) whose Routes read as
-        ``ours`` (``read_our_routes``): how many of ours to remove and the plain Forward
-        (the next Route's pool target, else the proxy pool by Call-ID, ``under_way`` as
-        in ``toward_proxies``). None when ``route`` would decide otherwise: a flow token
-        refused (403), no proxy (503). The LB's fast path asks this instead of
-        ``route``."""
-        popped, token, after = ours
+        popped, token, after = self._count_ours(routes, top.uri_text, top_read)
         if token is not None and self.tokens.decode(token, call_id, tags) is None:
             return None
         destination = None if after is None else self._route_target(after)
@@ -396,7 +386,7 @@ class Router:
         return None if forward is None else (popped, forward)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _our_routes(self, request: Request) -> OurRoutes:
+    def _our_routes(self, request: Request) -> tuple[int, str | None, RouteUri | None]:
         """How many Routes on top are ours, the flow token in them, and the Route after
         them as read (None: none, or not read here)."""
         top = request.top_route
@@ -409,7 +399,7 @@ class Router:
 
     def _count_ours(
         self, routes: list[Address], top_text: str, top_read: tuple[RouteUri, str | None]
-    ) -> OurRoutes:
+    ) -> tuple[int, str | None, RouteUri | None]:
         """``_our_routes`` over ``routes``; the top Route's URI ``top_text`` (ours) was
         read already as ``top_read``."""
         count, token = 0, None
