@@ -61,6 +61,8 @@ COMPILED = (
     "sipfleet.sip.transaction.client",
     "sipfleet.sip.transaction.layer",
     "sipfleet.core.proxy.actions",
+    "sipfleet.core.proxy.hooks",  # called for every message sent on (before privacy_hooks)
+    "sipfleet.core.proxy.privacy_hooks",  # runs on every call even with clir off
     "sipfleet.core.proxy.addresses",  # OwnAddresses.names/sent: each request's Vias and Routes
     "sipfleet.core.proxy.resolve",  # literal_destination: each branch's next hop
     "sipfleet.core.proxy.branch",

@@ -18,7 +18,7 @@ from sipfleet.core.proxy.targets import Target
 from sipfleet.routing.api import Authenticated, CallContext, Reply
 from sipfleet.sip import Request, Response, parse_message
 from sipfleet.sip.builders import make_cancel, make_response
-from sipfleet.sip.privacy import ANONYMOUS_URI, ROUTE_PARAM, PrivacySeal
+from sipfleet.sip.privacy import ANONYMOUS_URI, ROUTE_PARAM, PrivacySeal, privacy_requested
 from sipfleet.sip.uri import parse_uri
 from sipfleet.storage.lcr_rows import Gateway
 from sipfleet.transport.base import Peer
@@ -213,6 +213,35 @@ def test_what_triggers_privacy(privacy_header: str, hide: bool | None, hidden: b
     _, copy = place(hooks(), invite(*extra), hide=hide)
     assert (copy.from_.uri_text == ANONYMOUS_URI) is hidden
     assert (f";{ROUTE_PARAM}=" in our_record_route(copy)) is hidden
+
+
+@pytest.mark.parametrize(
+    ("privacy_header", "asked"),
+    [
+        ("", False),
+        ("Privacy: id", True),
+        ("Privacy: ID", True),
+        ("Privacy: user;critical", True),
+        ("Privacy: none", False),
+        ("Privacy: session", False),  # a level the proxy does not provide
+    ],
+)
+@pytest.mark.parametrize("hide", [None, True, False])
+@pytest.mark.parametrize("in_dialog", [False, True])
+def test_hides_is_the_policy_else_the_privacy_header_for_new_requests_only(
+    privacy_header: str, asked: bool, hide: bool | None, in_dialog: bool
+) -> None:
+    """``hides`` reads the dialog and the header without CallContext.in_dialog and, for a
+    request without Privacy, without sip.privacy: the same answer as through them."""
+    request = invite(*((privacy_header,) if privacy_header else ()))
+    if in_dialog:
+        request.set_header("To", "<sip:bob@example.com>;tag=b1")
+    call = context(request)
+    call.hide_caller = hide
+    expected = not in_dialog and (hide if hide is not None else asked)
+    assert PrivacyHooks.hides(call) is expected
+    reference = not call.in_dialog and (hide if hide is not None else privacy_requested(request))
+    assert reference is expected
 
 
 def test_a_caller_without_privacy_is_untouched_byte_for_byte() -> None:

@@ -10,11 +10,15 @@ subclasses ``MessageHooks`` and is passed to ``ProxyEngine``.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from sipfleet.routing.api import CallContext
 from sipfleet.sip.message import Request, Response
 from sipfleet.sip.uri import SipUri
 
 
+# compiled (sipfleet.native), and subclassed by features compiled or not (tests record with one)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MessageHooks:
     def record_route(self, call: CallContext, ours: str) -> str:
         """The Record-Route value to add for ``call`` (``ours``: ``<sip:host:port;lr>``);

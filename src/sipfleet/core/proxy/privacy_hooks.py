@@ -149,12 +149,16 @@ class PrivacyHooks(MessageHooks):
     # -- which calls ---------------------------------------------------------------------------
     @staticmethod
     def hides(call: CallContext) -> bool:
-        """A new request whose caller is to be hidden from the callee."""
-        if call.in_dialog:
+        """A new request whose caller is to be hidden from the callee. Asked for every
+        message of every call, private or not: a request without a Privacy header is
+        answered here, without the call into sip.privacy (not compiled)."""
+        request = call.request
+        if _in_dialog(request):
             return False
-        if call.hide_caller is not None:
-            return call.hide_caller
-        return privacy_requested(call.request)
+        hide = call.hide_caller
+        if hide is not None:
+            return hide
+        return request.has("privacy") and privacy_requested(request)
 
     def _identity(self, call: CallContext) -> HiddenIdentity:
         identity = identity_of(call.request, hide_contact_user=self.hide_contact_user)
@@ -175,7 +179,7 @@ class PrivacyHooks(MessageHooks):
     def forwarding(self, request: Request, call: CallContext | None) -> None:
         if call is None:
             return
-        if call.in_dialog:
+        if _in_dialog(call.request):
             identity = self._opened(call.our_route, call.request)
             if identity is not None:
                 self._in_dialog(request, identity)
@@ -192,7 +196,7 @@ class PrivacyHooks(MessageHooks):
         return ROUTE_PARAM not in our_route.params
 
     def answering(self, response: Response, call: CallContext) -> None:
-        if call.in_dialog:
+        if _in_dialog(call.request):
             identity = self._opened(call.our_route, call.request)
             if identity is None:
                 return
@@ -248,6 +252,12 @@ class RateLimitedWarning:
         log.warning(self.text, self.unlogged, request.method, request.call_id)
         self.logged_at = now
         self.unlogged = 0
+
+
+def _in_dialog(request: Request) -> bool:
+    """``CallContext.in_dialog`` of the call of ``request``, without that property: this
+    module is compiled and CallContext is not, so the property is an interpreted call."""
+    return request.to.tag is not None
 
 
 def _next_hop(request: Request) -> Uri:
