@@ -139,7 +139,7 @@ class Message:
 
     # -- generic header access ---------------------------------------------------------
     def has(self, name: str) -> bool:
-        return header_key(name) in self.keys
+        return index_of(self.keys, header_key(name)) >= 0  # not 'in': see index_of
 
     def _positions(self, key: str) -> list[int]:
         # One pass of string compares (see index_of): 'in', index and count cost a

@@ -14,6 +14,7 @@ from sipfleet.core.proxy.context import (
     Exhausted,
     ResponseContext,
     StartBranch,
+    ToTag,
     Upstream,
     best_status,
 )
@@ -127,6 +128,26 @@ def test_timeouts_count_as_408_and_transport_errors_never_show_as_503() -> None:
     context, (only,) = fork("sip:a@h1")
     (final,) = [a.response for a in context.on_failure(only, 408) if isinstance(a, Upstream)]
     assert (final.status, final.to.tag) == (408, "px")
+
+
+def test_the_to_tag_is_made_only_when_the_context_answers_itself_and_only_once() -> None:
+    tag = ToTag()
+    context = ResponseContext(request(), to_tag=tag)
+    plan = ForkPlan(((Target("sip:a@h1"),),))
+    (branch,) = [a.branch for a in context.start(plan) if isinstance(a, StartBranch)]
+    context.on_response(branch, answer(180, to_tag="t1"))
+    assert upstream(context.on_response(branch, answer(486, to_tag="t1"))) == [486]
+    assert tag._text is None  # relayed answers keep the callee's tag: none made
+
+    context = ResponseContext(request(), to_tag=tag)
+    plan = ForkPlan(((Target("sip:a@h1"), Target("sip:b@h2")),))
+    first, second = [a.branch for a in context.start(plan) if isinstance(a, StartBranch)]
+    context.on_failure(first, 408)
+    (final,) = [a.response for a in context.on_failure(second, 408) if isinstance(a, Upstream)]
+    made = tag.text()
+    assert (final.status, final.to.tag) == (408, made)
+    assert len(made) == 12  # sip.builders.new_tag's
+    assert tag.text() == made  # the same for the call's own responses after it
 
 
 def test_a_real_503_from_downstream_becomes_500() -> None:

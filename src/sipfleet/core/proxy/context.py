@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from sipfleet.core.proxy.targets import ForkPlan, Target, next_group_unless_success_or_global
-from sipfleet.sip.builders import make_response
+from sipfleet.sip.builders import make_response, new_tag
 from sipfleet.sip.message import Request, Response
 from sipfleet.sip.transaction import ClientTransaction
 from sipfleet.transport.base import Destination
@@ -166,6 +166,23 @@ ContextAction = (
 )
 
 
+class ToTag:
+    """The To tag of the responses the proxy makes itself for one request, shared by the
+    call and its response context: made when first asked, as most calls never need one
+    (a random tag costs ~3k instructions). Holds no reference back to either: no cycle."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self) -> None:
+        self._text: str | None = None
+
+    def text(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._text = new_tag()
+        return text
+
+
 class ResponseContext:
     __slots__ = (
         "_advance",
@@ -190,11 +207,12 @@ class ResponseContext:
         timer_c: float = 180.0,
         cancel_wait: float = 32.0,
         ask_on_failure: bool = False,
-        to_tag: str = "",
+        to_tag: str | ToTag = "",
         flow_timeout: float = 4.0,
     ) -> None:
         """``request``: as received (its Vias are the upstream ones). ``to_tag``: for the
-        responses the context makes itself (408, 487, 500). ``flow_timeout``: how long a
+        responses the context makes itself (408, 487, 500), or the call's ``ToTag``,
+        asked when the first of them is made. ``flow_timeout``: how long a
         request waits for any answer over a flow that has alternates."""
         self.request = request
         self.invite = request.method == "INVITE"
@@ -442,7 +460,9 @@ class ResponseContext:
     def _make(self, status: int, reason: str | None = None) -> Response:
         if status == 503:
             status, reason = 500, "Service Unavailable Downstream"
-        return make_response(self.request, status, reason, to_tag=self._tag or None)
+        tag = self._tag
+        text = tag if isinstance(tag, str) else tag.text()
+        return make_response(self.request, status, reason, to_tag=text or None)
 
 
 def _flow_name(target: Target) -> str:

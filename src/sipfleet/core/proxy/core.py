@@ -64,6 +64,7 @@ from sipfleet.core.proxy.context import (
     Exhausted,
     ResponseContext,
     StartBranch,
+    ToTag,
     TrunkEnded,
     Upstream,
 )
@@ -176,7 +177,6 @@ class Call:
     context once the call forks."""
 
     __slots__ = (
-        "_tag",
         "alternates",
         "cancelled",
         "clients",
@@ -191,6 +191,7 @@ class Call:
         "routing",
         "server",
         "server_ended",
+        "tag",
     )
 
     def __init__(self, server: ServerTransaction, routing: CallContext, loop: str) -> None:
@@ -212,14 +213,12 @@ class Call:
         # RFC 3263 §4.3: per branch index, the other destinations its host name resolved
         # to, tried in turn when one times out, fails in transport or answers 503
         self.alternates: dict[int, list[Destination]] = {}
-        self._tag: str | None = None
+        self.tag = ToTag()
 
     @property
     def to_tag(self) -> str:
         """The To tag of the responses the proxy makes itself for this request."""
-        if self._tag is None:
-            self._tag = new_tag()
-        return self._tag
+        return self.tag.text()
 
 
 @dataclass(slots=True)
@@ -654,7 +653,7 @@ class ProxyCore:
             timer_c=settings.timer_c,
             cancel_wait=settings.cancel_wait,
             ask_on_failure=self.ask_on_failure,
-            to_tag=call.to_tag,
+            to_tag=call.tag,  # made if the context answers itself
             flow_timeout=settings.flow_timeout,
         )
         call.routing.extra_headers = list(plan.headers)
