@@ -153,7 +153,7 @@ class PrivacyHooks(MessageHooks):
         message of every call, private or not: a request without a Privacy header is
         answered here, without the call into sip.privacy (not compiled)."""
         request = call.request
-        if _in_dialog(request):
+        if _within_dialog(request):
             return False
         hide = call.hide_caller
         if hide is not None:
@@ -179,7 +179,7 @@ class PrivacyHooks(MessageHooks):
     def forwarding(self, request: Request, call: CallContext | None) -> None:
         if call is None:
             return
-        if _in_dialog(call.request):
+        if _within_dialog(call.request):
             identity = self._opened(call.our_route, call.request)
             if identity is not None:
                 self._in_dialog(request, identity)
@@ -196,7 +196,7 @@ class PrivacyHooks(MessageHooks):
         return ROUTE_PARAM not in our_route.params
 
     def answering(self, response: Response, call: CallContext) -> None:
-        if _in_dialog(call.request):
+        if _within_dialog(call.request):
             identity = self._opened(call.our_route, call.request)
             if identity is None:
                 return
@@ -254,7 +254,7 @@ class RateLimitedWarning:
         self.unlogged = 0
 
 
-def _in_dialog(request: Request) -> bool:
+def _within_dialog(request: Request) -> bool:
     """``CallContext.in_dialog`` of the call of ``request``, without that property: this
     module is compiled and CallContext is not, so the property is an interpreted call."""
     return request.to.tag is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sipfleet.sip.message import Message, Request, Response
+from sipfleet.sip.message import Message, Request, Response, index_of
 from sipfleet.sip.transaction.actions import Action
 from sipfleet.sip.transaction.base import Key, Transaction
 from sipfleet.sip.transaction.client import (
@@ -87,11 +87,11 @@ class TransactionLayer:
         echoes them so). Any other difference (a ``received`` added, a compact name,
         spacing, a request let go of) leaves it to the full key."""
         keys = response.keys
-        if "via" not in keys or "cseq" not in keys:
+        via_at, cseq_at = index_of(keys, "via"), index_of(keys, "cseq")
+        if via_at < 0 or cseq_at < 0:
             return None
-        lines = response.lines
-        via_line = lines[keys.index("via")]
-        cseq_line = lines[keys.index("cseq")]
+        via_line = response.lines[via_at]
+        cseq_line = response.lines[cseq_at]
         start = via_line.find(BRANCH_PARAM)
         if start < 0:
             return None
@@ -105,13 +105,12 @@ class TransactionLayer:
         if client is None:
             return None
         sent = client.request
-        sent_keys = sent.keys
-        if "via" not in sent_keys or "cseq" not in sent_keys:
+        sent_via_at, sent_cseq_at = index_of(sent.keys, "via"), index_of(sent.keys, "cseq")
+        if sent_via_at < 0 or sent_cseq_at < 0:
             return None  # let go of (forget_request)
-        sent_lines = sent.lines
-        if sent_lines[sent_keys.index("cseq")] != cseq_line:
+        if sent.lines[sent_cseq_at] != cseq_line:
             return None
-        ours = sent_lines[sent_keys.index("via")]
+        ours = sent.lines[sent_via_at]
         if via_line == ours or _leads(via_line, ours):
             return client
         return None
