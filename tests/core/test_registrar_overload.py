@@ -274,3 +274,50 @@ async def test_over_a_connection_a_shed_register_is_always_answered() -> None:
     assert isinstance(answer, Response)
     assert (answer.status, answer.call_id) == (503, "flood-tcp-user")
     assert (registrar.dropped, registrar.shed) == (1, 1)
+
+
+async def test_under_pressure_the_answers_ask_clients_that_take_part_to_refuse() -> None:
+    """RFC 7339: a REGISTER whose top Via says ``oc`` (the LB's) gets, in that Via of its
+    answer, the share of new requests its sender should refuse; one without it, nothing."""
+    config = config_from_dict(
+        {
+            "node": {"cluster_secret": "test"},
+            "registrar": {"authenticate": False, "listen": ["udp:127.0.0.1:0"]},
+        }
+    )
+    location = StuckLocation()
+    location.release.set()
+    queued = [MAX_BACKLOG // 2]  # at the loss control's mark, below the shedding one
+    now = [100.0]
+    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
+    registrar = Registrar(
+        config,
+        StuckStorage(location),  # type: ignore[arg-type]
+        endpoint,
+        backlog=lambda: queued[0],
+        clock=lambda: now[0],
+    )
+    endpoint.handler = registrar
+    loop = asyncio.get_running_loop()
+    async with endpoint:
+        with udp_client() as (sock, local):
+            target = ("127.0.0.1", endpoint.addresses[0].port)
+            await loop.sock_sendto(sock, register("first", local), target)
+            [first] = await answers(sock, 1)
+            assert "oc" not in first.top_via.params  # above the mark once: nothing asked yet
+            now[0] += 0.1  # still above it a period later: an excess
+            taking_part = register("lb", local).replace(
+                b";branch=z9hG4bK-lb", b";branch=z9hG4bK-lb;oc"
+            )
+            await loop.sock_sendto(sock, taking_part, target)
+            [served] = await answers(sock, 1)
+            assert served.status == 200  # still served: the refusing is the client's
+            via = served.top_via.params
+            assert via["oc"] == "20"
+            assert (via["oc-algo"], via["oc-validity"]) == ('"loss"', "500")
+            assert float(via["oc-seq"] or "") > 0
+            assert via["branch"] == "z9hG4bK-lb"  # the rest of the Via as it came
+            await loop.sock_sendto(sock, register("phone", local), target)
+            [plain] = await answers(sock, 1)
+            assert plain.status == 200
+            assert "oc" not in plain.top_via.params

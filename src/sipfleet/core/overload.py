@@ -22,12 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
+from sipfleet.sip.grammar import Params
 from sipfleet.sip.message import Request
 
 log = logging.getLogger(__name__)
@@ -158,3 +162,169 @@ class AnswerBudget:
             self.tokens -= 1.0
             return True
         return False
+
+
+# -- RFC 7339 loss-based overload control between the LB and the registrars ------------------
+#
+# Shedding where the overload is (the registrar) costs the CPU that serving needs and, past
+# the answer budget, brings every dropped REGISTER back as retransmissions that the LB
+# relays again: at twice the maximum through the LB, 65-84 % of the maximum was served
+# (docs/benchmarks.md). RFC 7339 moves the refusing to the hop before: the client (the LB)
+# says in its Via that it takes part (``oc``), and the overloaded server answers, in that
+# same Via of every response, which share of new requests the client should refuse for it
+# (``oc=<percent>``), for how long (``oc-validity``, ms), in what order (``oc-seq``).
+OC_SUPPORTED: Final = ";oc"  # the client's Via parameter
+OC_VALUE: Final = ";oc="  # present in a server's answer
+DEFAULT_VALIDITY: Final = 0.5  # seconds, where an answer names none
+
+
+class LossControl:
+    """The server's half, without a clock: the share of new requests it asks its clients
+    to refuse, from its own receive backlog.
+
+    Every ``period`` seconds of traffic the backlog is compared with two marks. Above
+    ``high`` at two checks in a row without draining (a quarter less than at the check
+    before), the admitted share is cut by ``cut``: multiplicative, as a queue that keeps
+    growing past the mark is near what a client's first retransmission (T1, 500 ms) would
+    find unanswered. A queue above the mark once, or shrinking, is a burst being caught
+    up with (the process was not scheduled for a moment: two cores shared by the LB,
+    the registrar, the database and the phones), not an excess. Below ``low`` the share
+    grows back by ``recovery`` (additive, so the offered load is found again without
+    overshooting it); in between it holds. The process thus keeps its queue short by
+    asking for just the excess to be refused, rather than refusing or dropping it itself."""
+
+    def __init__(
+        self,
+        high: int = 1 << 20,
+        low: int = 128 << 10,
+        period: float = 0.05,
+        cut: float = 0.8,
+        recovery: float = 0.05,
+        floor: float = 0.05,
+        validity: float = DEFAULT_VALIDITY,
+    ) -> None:
+        self.high, self.low = high, low
+        self.period, self.cut, self.recovery, self.floor = period, cut, recovery, floor
+        self.validity = validity
+        self.admitted = 1.0  # the share of new requests the clients should let through
+        self._checked = -1e18
+        self._before = 0  # the backlog at the check before
+        self._report_until = -1e18  # oc=0 is still said this long after the last cut
+
+    def observe(self, now: float, backlog: int) -> None:
+        """One measurement; acted on at most once a ``period``."""
+        if now - self._checked < self.period:
+            return
+        self._checked = now
+        before, self._before = self._before, backlog
+        if backlog >= self.high and before >= self.high and backlog * 4 > before * 3:
+            if self.admitted == 1.0:
+                log.warning(
+                    "overloaded (%d KB waiting): asking clients that take part (RFC 7339) "
+                    "to refuse new requests",
+                    backlog >> 10,
+                )
+            self.admitted = max(self.floor, self.admitted * self.cut)
+        elif backlog < self.low and self.admitted < 1.0:
+            self.admitted = min(1.0, self.admitted + self.recovery)
+            if self.admitted == 1.0:
+                log.info("overload over: clients asked to refuse nothing")
+        if self.admitted < 1.0:
+            self._report_until = now + self.validity
+
+    @property
+    def loss(self) -> int:
+        """Percent of new requests to refuse."""
+        return round((1.0 - self.admitted) * 100)
+
+    def via_params(self, now: float) -> dict[str, str | None]:
+        """What to set in the client's Via in a response (its bare ``oc`` given a value):
+        the loss while it lasts, and ``oc=0`` for one validity period after (clients then
+        stop at once rather than when their last value expires); {} when there is
+        nothing to say."""
+        if now >= self._report_until:
+            return {}
+        return {
+            "oc": str(self.loss),
+            "oc-algo": '"loss"',
+            "oc-validity": str(round(self.validity * 1000)),
+            "oc-seq": f"{now:.3f}",
+        }
+
+
+@dataclass(slots=True)
+class _Asked:
+    loss: int  # percent
+    until: float
+    seq: float
+
+
+class LossFeedback:
+    """The client's half (the LB), without a clock: per server, the loss it asked for and
+    until when, and which new requests to refuse in its stead.
+
+    Which are refused is drawn from the request itself (``draw``: its Call-ID and top
+    Via, hashed), not from a counter or a random generator: a retransmission gets the
+    answer its original got, the LB's two paths (core/lb/fastpath.py, balancer.py) decide
+    alike without sharing state, and a phone's next attempt (a new branch) is a new draw,
+    so no phone is refused for good."""
+
+    def __init__(self, max_servers: int = 256) -> None:
+        self.max_servers = max_servers
+        self._asked: dict[tuple[str, int], _Asked] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._asked)
+
+    def heard(self, server: tuple[str, int], via_params: Params, now: float) -> None:
+        """A response from ``server`` whose Via (ours) carries ``via_params``. Values out
+        of range, another algorithm or an older ``oc-seq`` than the last are ignored."""
+        loss = _percent(via_params.get("oc"))
+        algorithm = (via_params.get("oc-algo") or '"loss"').strip('"').lower()
+        if loss is None or "loss" not in algorithm.split(","):
+            return
+        validity = _milliseconds(via_params.get("oc-validity"))
+        seq = _seq(via_params.get("oc-seq"))
+        asked = self._asked.get(server)
+        if asked is not None and seq < asked.seq:
+            return
+        if loss == 0 or validity == 0:
+            self._asked.pop(server, None)
+            return
+        until = now + (DEFAULT_VALIDITY if validity is None else validity / 1000)
+        if asked is not None:
+            asked.loss, asked.until, asked.seq = loss, until, seq
+        elif len(self._asked) < self.max_servers:
+            self._asked[server] = _Asked(loss, until, seq)
+
+    def refuses(self, server: tuple[str, int], now: float, draw: str) -> bool:
+        """Whether to refuse the new request to ``server`` whose Call-ID and top Via
+        make ``draw``."""
+        asked = self._asked.get(server)
+        if asked is None:
+            return False
+        if now >= asked.until:
+            del self._asked[server]
+            return False
+        return zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100 < asked.loss
+
+
+def _percent(value: str | None) -> int | None:
+    if value is None or not value.isdigit() or len(value) > 3:
+        return None
+    number = int(value)
+    return number if number <= 100 else None
+
+
+def _milliseconds(value: str | None) -> int | None:
+    if value is None or not value.isdigit() or len(value) > 9:
+        return None
+    return int(value)
+
+
+def _seq(value: str | None) -> float:
+    try:
+        seq = float(value) if value is not None and len(value) <= 32 else 0.0
+    except ValueError:
+        return 0.0
+    return seq if math.isfinite(seq) else 0.0

@@ -48,9 +48,10 @@ from sipfleet.core.answered import AnsweredRequests, Key, Seen, request_key
 from sipfleet.core.authenticate import Challenge, authenticate, authority_for
 from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.lb.budget import LogBudget
-from sipfleet.core.overload import AnswerBudget, answers_a_challenge, no_backlog
+from sipfleet.core.overload import AnswerBudget, LossControl, answers_a_challenge, no_backlog
 from sipfleet.sip import ParseError, Request, Response, validate_request
 from sipfleet.sip.builders import make_response, new_tag
+from sipfleet.sip.grammar import Params
 from sipfleet.sip.registration import (
     AddressOfRecord,
     ContactChange,
@@ -62,6 +63,7 @@ from sipfleet.sip.registration import (
     registered_headers,
     unsupported_extensions,
 )
+from sipfleet.sip.via import Via
 from sipfleet.stats import TRANSACTION_BUCKETS, Histogram
 from sipfleet.storage import Storage
 from sipfleet.storage.errors import (
@@ -103,6 +105,7 @@ DEADLINE_CHECKS = 4  # deadline checks per STORAGE_DEADLINE while REGISTERs are 
 # work: under a retransmission interval (T1 = 0.5 s), and above the bursts of ~1 MB seen
 # at two thirds of capacity (the process waits for a core, the load generator catches up).
 MAX_BACKLOG = 2 << 20
+OC_PARAM = "oc"  # a client's Via says it takes part in overload control (RFC 7339)
 
 
 class StallGuard:
@@ -197,6 +200,8 @@ class Registrar:
         self.dropped = 0  # REGISTERs dropped unanswered: overload past the answer budget
         self.refused_stalled = 0  # REGISTERs answered 503 because storage stalled
         self.answer_budget = AnswerBudget()
+        # RFC 7339: what share of new REGISTERs the LBs should refuse for this process.
+        self.loss = LossControl(high=MAX_BACKLOG // 2, low=MAX_BACKLOG // 16)
         self.stall = StallGuard()
         self._unavailable_warnings = LogBudget(log, UNAVAILABLE_WARNINGS_PER_MINUTE)
         # Seconds from a REGISTER's arrival to its answer, for those that went to work
@@ -222,7 +227,7 @@ class Registrar:
             if isinstance(seen, bytes):
                 self._send_answer(seen, peer)
                 return
-        if self._overloaded(request):
+        if self._overloaded(request, now):
             self._shed(request, peer, key, now)
             return
         if not self.stall.admit():
@@ -236,13 +241,17 @@ class Registrar:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _overloaded(self, request: Request) -> bool:
+    def _overloaded(self, request: Request, now: float) -> bool:
         """Past the cap in flight or the backlog mark; for a REGISTER that answers our
-        challenge (``answers_a_challenge``: shed last), past twice them."""
+        challenge (``answers_a_challenge``: shed last), past twice them. The backlog
+        also steers what the LBs are asked to refuse (``self.loss``), long before the
+        mark is reached."""
+        backlog = self.backlog()
+        self.loss.observe(now, backlog)
         factor = 2 if answers_a_challenge(request) else 1
         return (
             self.answered.in_progress > factor * self.max_in_flight
-            or self.backlog() > factor * MAX_BACKLOG
+            or backlog > factor * MAX_BACKLOG
         )
 
     def _shed(self, request: Request, peer: Peer, key: Key | None, now: float) -> None:
@@ -401,6 +410,9 @@ class Registrar:
         response = make_response(
             request, answer.status, answer.reason, to_tag=new_tag(), headers=answer.headers
         )
+        asked = self.loss.via_params(self.clock())
+        if asked and OC_PARAM in request.top_via.params:
+            response.replace_top_via(_with_overload_control(response.top_via, asked))
         data = response.serialize()
         self._send_answer(data, peer)
         return data
@@ -412,6 +424,13 @@ class Registrar:
             self.endpoint.send_bytes(data, peer.reply_to)
         except OSError as exc:
             log.debug("answer to %s:%s not sent: %s", peer.host, peer.port, exc)
+
+
+def _with_overload_control(via: Via, asked: Params) -> str:
+    """The client's Via with its ``oc`` parameters set to ``asked`` (RFC 7339 §5.2)."""
+    params = {name: value for name, value in via.params.items() if name not in asked}
+    params.update(asked)
+    return str(via.replace(params=params))
 
 
 def _hostport(host: str, port: int) -> str:

@@ -111,7 +111,9 @@ def _balancer_samples(balancer: Balancer) -> Samples:
     kept = balancer.keepalives.table.stats
     forwarded = balancer.forwarder.stats
     return {
-        "sipfleet_overload_rejected_total": _by({"overload": balancer.shed}),
+        "sipfleet_overload_rejected_total": _by(
+            {"overload": balancer.shed, "registrar_asked": balancer.shed_for_servers}
+        ),
         "sipfleet_overload_episodes_total": _one(balancer.overload.episodes),
         "sipfleet_datagrams_dropped_total": _by(
             {

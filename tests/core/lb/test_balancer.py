@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import cast
 
 from sipfleet.config import config_from_dict
+from sipfleet.config.listen import ListenAddress
 from sipfleet.core.lb.balancer import Balancer
 from sipfleet.roles.lb import WorkerSockets, compose, sides_of
 from sipfleet.sip import Request, Response
 from sipfleet.storage import LbTarget, Storage
 from sipfleet.transport.sockets import bind_all
+from tests.integration.harness import free_port
 from tests.transport.helpers import UdpClient
 
 SUSTAINED = (0.0, 1.0)  # two checks a second apart, the backlog full at both
@@ -27,21 +29,29 @@ class Lb:
 
 
 @asynccontextmanager
-async def lb_before(proxy: UdpClient, **sections: dict[str, object]) -> AsyncIterator[Lb]:
-    """An LB worker composed in-process with ``proxy`` as its proxy pool; ``sections``
-    add to its config (``edge={...}``)."""
+async def lb_before(
+    proxy: UdpClient, registrar: UdpClient | None = None, **sections: dict[str, object]
+) -> AsyncIterator[Lb]:
+    """An LB worker composed in-process with ``proxy`` as its proxy pool (and
+    ``registrar`` as its registrar pool, the LB then on a port of its own, so that it
+    knows its Via in responses); ``sections`` add to its config (``edge={...}``)."""
+    port = 0 if registrar is None else free_port()
     config = config_from_dict(
         {
             "node": {"cluster_secret": "balancer-test"},
-            "lb": {"listen": ["udp:127.0.0.1:0"], "keepalive": False},
+            "lb": {"listen": [f"udp:127.0.0.1:{port}"], "keepalive": False},
             **sections,
         }
     )
     sockets = bind_all(sides_of(config).listen)
-    control = bind_all(sides_of(config).listen)[0]
+    control = bind_all([ListenAddress("udp", "127.0.0.1", 0)])[0]
     own = WorkerSockets(0, [*sockets, control], {0: control.getsockname()[:2]})
     worker = compose(config, cast(Storage, None), own, 1)
-    worker.pools.update([LbTarget(1, "proxy", f"sip:{proxy.host}:{proxy.port}", 1, "active")])
+    targets = [LbTarget(1, "proxy", f"sip:{proxy.host}:{proxy.port}", 1, "active")]
+    if registrar is not None:
+        uri = f"sip:{registrar.host}:{registrar.port}"
+        targets.append(LbTarget(2, "registrar", uri, 1, "active"))
+    worker.pools.update(targets)
     async with worker.endpoint:
         balancer = worker.endpoint.handler
         assert isinstance(balancer, Balancer)
@@ -96,3 +106,79 @@ async def test_past_the_answer_budget_new_requests_are_dropped() -> None:
         await asyncio.sleep(0.3)
         assert lb.balancer.shed == 200
         assert lb.balancer.shed_dropped == 50
+
+
+# -- RFC 7339: a registrar asks the LB to refuse new REGISTERs for it ---------------------------
+
+
+def register(phone: UdpClient, n: int, extra: str = "") -> bytes:
+    return (
+        "REGISTER sip:example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {phone.host}:{phone.port};branch=z9hG4bK-reg-{n}\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:alice@example.com>;tag=a1\r\n"
+        "To: <sip:alice@example.com>\r\n"
+        f"Call-ID: oc-{n}\r\n"
+        f"CSeq: {n} REGISTER\r\n"
+        f"Contact: <sip:alice@{phone.host}:{phone.port}>\r\n"
+        f"{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def answer_asking(request: Request, oc: str) -> bytes:
+    """The registrar's 401, our Via carrying its overload control parameters."""
+    vias = request.header_values("via")
+    assert vias[0].endswith(";oc")  # the LB writes its "oc" last: given a value here
+    lines = [f"Via: {vias[0][: -len(';oc')]}{oc}", *(f"Via: {via}" for via in vias[1:])]
+    return (
+        "SIP/2.0 401 Unauthorized\r\n"
+        + "\r\n".join(lines)
+        + f"\r\nFrom: {request.header('from')}\r\nTo: {request.header('to')};tag=r1\r\n"
+        f"Call-ID: {request.call_id}\r\nCSeq: {request.header('cseq')}\r\n"
+        'WWW-Authenticate: Digest realm="example.com", nonce="n1"\r\n'
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+ASK_ALL = ';oc=100;oc-algo="loss";oc-validity=5000;oc-seq=1.000'
+
+
+async def test_a_register_says_the_lb_takes_part_and_the_registrar_can_ask_it_to_refuse() -> None:
+    phone, registrar = UdpClient(), UdpClient()
+    async with lb_before(UdpClient(), registrar) as lb:
+        phone.send(register(phone, 1), lb.address)
+        relayed = await registrar.recv_message()
+        assert isinstance(relayed, Request)
+        assert relayed.top_via.params.keys() >= {"oc"}  # our Via: "oc" (RFC 7339 §5.1)
+        registrar.send(answer_asking(relayed, ASK_ALL), lb.address)
+        challenge = await phone.recv_message()
+        assert isinstance(challenge, Response)
+        assert challenge.status == 401
+        assert "oc" not in challenge.header("via")  # our Via went, with what it carried
+
+        phone.send(register(phone, 2), lb.address)  # a new exchange: refused here
+        refused = await phone.recv_message()
+        assert isinstance(refused, Response)
+        assert (refused.status, refused.reason, refused.header("retry-after")) == (
+            503,
+            "Overloaded",
+            "5",
+        )
+        await registrar.nothing(0.1)
+        credentials = 'Authorization: Digest username="alice", realm="example.com"\r\n'
+        phone.send(register(phone, 3, credentials), lb.address)  # answers the challenge
+        assert isinstance(await registrar.recv_message(), Request)
+        assert lb.balancer.shed_for_servers == 1
+
+
+async def test_only_a_member_of_the_cluster_can_ask_the_lb_to_refuse() -> None:
+    phone, registrar, stranger = UdpClient(), UdpClient(), UdpClient()
+    async with lb_before(UdpClient(), registrar) as lb:
+        phone.send(register(phone, 1), lb.address)
+        relayed = await registrar.recv_message()
+        assert isinstance(relayed, Request)
+        stranger.send(answer_asking(relayed, ASK_ALL), lb.address)  # the right Via, wrong source
+        await phone.recv_message()
+        phone.send(register(phone, 2), lb.address)
+        assert isinstance(await registrar.recv_message(), Request)  # relayed: not refused
+        assert lb.balancer.shed_for_servers == 0

@@ -26,11 +26,19 @@ from sipfleet.core.lb.keepalive import learned
 from sipfleet.core.lb.pinger import Keepalives
 from sipfleet.core.lb.probes import HealthChecker
 from sipfleet.core.lb.router import RETRY_AFTER, AnswerHere, Forward, HandOff, Reject, Router
-from sipfleet.core.overload import AnswerBudget, OverloadMonitor, answers_a_challenge
+from sipfleet.core.overload import (
+    OC_SUPPORTED,
+    OC_VALUE,
+    AnswerBudget,
+    LossFeedback,
+    OverloadMonitor,
+    answers_a_challenge,
+)
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip import ParseError, Request, Response
 from sipfleet.sip.builders import make_response
 from sipfleet.sip.flow import FlowTokens
+from sipfleet.sip.via import parse_via
 from sipfleet.transport.base import Peer, TransportError
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,9 @@ class Balancer:
         self.overload = overload or OverloadMonitor()
         self.shed = 0  # new requests answered 503 while overloaded
         self.shed_dropped = 0  # the same past the answer budget: dropped
+        # RFC 7339: the registrars' overload control; REGISTERs carry our ``oc``.
+        self.loss = LossFeedback()
+        self.shed_for_servers = 0  # new REGISTERs refused because their registrar asked
         self._budget = AnswerBudget()
         self._refusals = LogBudget(log)
         self.guard = guard
@@ -86,7 +97,10 @@ class Balancer:
                 return
         decision = self.router.route(request, peer)
         if type(decision) is Forward:
-            self._forward(request, peer, decision, mark)
+            if request.method == "REGISTER":
+                self._register(request, peer, decision, mark)
+            else:
+                self._forward(request, peer, decision, mark)
         elif isinstance(decision, Reject):
             self._reject(request, peer, decision)
         elif isinstance(decision, HandOff):
@@ -122,6 +136,24 @@ class Balancer:
             self._answer(request, peer, 503, "Overloaded", [("Retry-After", RETRY_AFTER)])
         else:
             self.shed_dropped += 1
+
+    def _register(self, request: Request, peer: Peer, decision: Forward, mark: str) -> None:
+        """A REGISTER takes part in its registrar's overload control (RFC 7339): refused
+        here with the registrar's own 503 while the registrar asks for it (new exchanges
+        only, ``_sheddable``: always answered, as this costs a fraction of relaying it
+        and stops the phone's retransmissions), else relayed with our Via saying ``oc``."""
+        destination = decision.destination
+        if (
+            self.loss
+            and self._sheddable(request, peer)
+            and self.loss.refuses(
+                (destination.host, destination.port), time.monotonic(), _draw(request)
+            )
+        ):
+            self.shed_for_servers += 1
+            self._answer(request, peer, 503, "Overloaded", [("Retry-After", RETRY_AFTER)])
+            return
+        self._forward(request, peer, decision, mark + OC_SUPPORTED)
 
     def _forward(self, request: Request, peer: Peer, decision: Forward, mark: str = "") -> None:
         for _ in range(decision.pop_routes):
@@ -165,6 +197,8 @@ class Balancer:
             return
         if AUTH_MARK in top and self.guard is not None:
             self.guard.answered(response, top, peer, time.monotonic())
+        if OC_VALUE in top:
+            self._heard_loss(top, peer)
         self.forwarder.forward_response(response, peer)
         if LEARN_MARK in top:
             try:
@@ -174,6 +208,17 @@ class Balancer:
                 return
             if news is not None:
                 self.keepalives.learned(news)
+
+    def _heard_loss(self, top: str, peer: Peer) -> None:
+        """Overload control in our Via, from a member of the cluster only: nothing from
+        outside may make the LB refuse requests."""
+        if not self.router.from_cluster(peer):
+            return
+        try:
+            params = parse_via(top).params
+        except ParseError:
+            return
+        self.loss.heard((peer.host, peer.port), params, time.monotonic())
 
     # -- what other workers hand over --------------------------------------------------------
     def handed(self, message: handoff.Handed, sender: int) -> None:
@@ -190,7 +235,14 @@ class Balancer:
             "refused_tokens": self.refused_tokens,
             "shed": self.shed,
             "shed_dropped": self.shed_dropped,
+            "shed_for_servers": self.shed_for_servers,
             "overload_episodes": self.overload.episodes,
             "probes_sent": self.health.probes_sent,
             **(self.guard.counters() if self.guard is not None else {}),
         }
+
+
+def _draw(request: Request) -> str:
+    """What decides whether a REGISTER is refused for its registrar (``LossFeedback``):
+    the same for its retransmissions, new for each attempt (FastRelay draws alike)."""
+    return request.call_id + " " + (request.first_value("via") or "")

@@ -1,0 +1,143 @@
+"""RFC 7339 loss-based overload control between the LB and the registrars (sans-IO parts):
+the server's loss from its backlog, the client's refusals from the server's answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipfleet.core.overload import LossControl, LossFeedback
+from sipfleet.sip.via import parse_via
+
+HIGH, LOW = 1000, 100
+SERVER = ("10.0.0.5", 5060)
+ALL = "any request"  # drawn against a loss of 100 %: always refused
+
+
+def control() -> LossControl:
+    return LossControl(high=HIGH, low=LOW, period=0.05, cut=0.8, recovery=0.05)
+
+
+def params(text: str) -> dict[str, str | None]:
+    return parse_via(f"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-1;oc{text}").params
+
+
+def test_a_backlog_that_stays_full_asks_for_more_loss_each_period() -> None:
+    loss = control()
+    assert loss.via_params(0.0) == {}  # never overloaded: nothing said
+    loss.observe(0.0, HIGH)
+    assert loss.loss == 0  # above the mark once: a burst, perhaps
+    loss.observe(0.01, HIGH)  # within the period: not acted on
+    loss.observe(0.1, HIGH)
+    assert loss.loss == 20
+    loss.observe(0.2, HIGH * 2)
+    assert loss.loss == 36
+    loss.observe(0.3, LOW)  # between the marks: held
+    assert loss.loss == 36
+    loss.observe(0.4, LOW - 1)  # below the low mark: recovers slowly
+    assert loss.loss == 31
+
+
+def test_a_backlog_that_drains_is_caught_up_with_not_an_excess() -> None:
+    loss = control()
+    loss.observe(0.0, HIGH * 4)
+    loss.observe(0.1, HIGH * 3)  # a quarter less: draining
+    loss.observe(0.2, HIGH * 2)
+    assert loss.loss == 0
+    loss.observe(0.3, HIGH * 2)  # stopped draining: an excess
+    assert loss.loss == 20
+
+
+def overloaded(loss: LossControl, at: float = 0.0) -> None:
+    loss.observe(at, HIGH)
+    loss.observe(at + 0.1, HIGH)
+
+
+def test_the_answer_names_loss_algorithm_validity_and_sequence() -> None:
+    loss = control()
+    overloaded(loss, 0.9)
+    assert loss.via_params(1.2) == {
+        "oc": "20",
+        "oc-algo": '"loss"',
+        "oc-validity": "500",
+        "oc-seq": "1.200",
+    }
+
+
+def test_after_the_overload_zero_is_said_for_one_validity_period_then_nothing() -> None:
+    loss = control()
+    overloaded(loss)
+    for n in range(2, 7):
+        loss.observe(n * 0.1, 0)
+    assert loss.loss == 0
+    assert loss.via_params(0.6)["oc"] == "0"
+    assert loss.via_params(0.5 + 0.5) == {}
+
+
+def test_the_loss_never_reaches_everything() -> None:
+    loss = control()
+    for n in range(100):
+        loss.observe(n * 0.1, HIGH * 10)
+    assert loss.loss == 95  # some new requests still reach it: the signal keeps coming
+
+
+def draws(count: int, attempt: int = 1) -> list[str]:
+    """Call-ID and top Via of ``count`` REGISTERs, as the LB draws from them."""
+    return [f"reg-{n}@10.1.0.9 SIP/2.0/UDP 10.1.0.9;branch=z9hG4bK-{attempt}" for n in range(count)]
+
+
+def test_a_client_refuses_the_asked_share_and_a_retransmission_as_its_original() -> None:
+    feedback = LossFeedback()
+    feedback.heard(SERVER, params('=30;oc-algo="loss";oc-validity=500;oc-seq=1.0'), 0.0)
+    refused = [feedback.refuses(SERVER, 0.1, draw) for draw in draws(2000)]
+    assert 540 <= sum(refused) <= 660  # 30 % of 2,000, give or take the hash's spread
+    again = [feedback.refuses(SERVER, 0.2, draw) for draw in draws(2000)]
+    assert again == refused  # retransmissions: the same answers
+    next_attempt = [feedback.refuses(SERVER, 0.2, draw) for draw in draws(2000, attempt=2)]
+    assert next_attempt != refused  # a new branch: a new draw
+    assert not feedback.refuses(("10.0.0.6", 5060), 0.1, draws(1)[0])  # another server
+
+
+def test_the_ask_lapses_after_its_validity_and_zero_ends_it_at_once() -> None:
+    feedback = LossFeedback()
+    feedback.heard(SERVER, params("=100;oc-validity=200;oc-seq=1"), 0.0)
+    assert feedback.refuses(SERVER, 0.19, ALL)
+    assert not feedback.refuses(SERVER, 0.2, ALL)
+    assert not feedback
+    feedback.heard(SERVER, params("=100;oc-seq=2"), 1.0)  # no validity: 500 ms
+    assert feedback.refuses(SERVER, 1.49, ALL)
+    feedback.heard(SERVER, params("=0;oc-seq=3"), 1.1)
+    assert not feedback.refuses(SERVER, 1.2, ALL)
+
+
+def test_an_older_sequence_does_not_overwrite_a_newer_one() -> None:
+    feedback = LossFeedback()
+    feedback.heard(SERVER, params("=100;oc-seq=5.5"), 0.0)
+    feedback.heard(SERVER, params("=0;oc-seq=5.4"), 0.01)  # a late, reordered answer
+    assert feedback.refuses(SERVER, 0.02, ALL)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["=101", "=-5", "=abc", '=30;oc-algo="rate"', "=1e3", ""],
+)
+def test_values_out_of_range_or_another_algorithm_are_ignored(text: str) -> None:
+    feedback = LossFeedback()
+    feedback.heard(SERVER, params(text), 0.0)
+    assert not feedback
+    assert not feedback.refuses(SERVER, 0.0, ALL)
+
+
+def test_the_servers_remembered_are_bounded() -> None:
+    feedback = LossFeedback(max_servers=2)
+    for port in range(5):
+        feedback.heard(("10.0.0.5", port), params("=100;oc-seq=1"), 0.0)
+    asked = [port for port in range(5) if feedback.refuses(("10.0.0.5", port), 0.0, ALL)]
+    assert asked == [0, 1]
+
+
+def test_a_sequence_that_is_not_a_finite_number_cannot_pin_the_loss() -> None:
+    feedback = LossFeedback()
+    feedback.heard(SERVER, params("=50;oc-seq=inf"), 0.0)
+    assert feedback  # the loss is taken, its sequence read as 0
+    feedback.heard(SERVER, params("=0;oc-seq=1"), 0.01)
+    assert not feedback
