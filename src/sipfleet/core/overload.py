@@ -271,6 +271,7 @@ class LossFeedback:
 
     def __init__(self, max_servers: int = 256) -> None:
         self.max_servers = max_servers
+        self.refused = 0  # counted by the caller: refusing may yet be dropped (edge guard)
         self._asked: dict[tuple[str, int], _Asked] = {}
 
     def __bool__(self) -> bool:

@@ -168,7 +168,7 @@ async def test_a_register_says_the_lb_takes_part_and_the_registrar_can_ask_it_to
         credentials = 'Authorization: Digest username="alice", realm="example.com"\r\n'
         phone.send(register(phone, 3, credentials), lb.address)  # answers the challenge
         assert isinstance(await registrar.recv_message(), Request)
-        assert lb.balancer.shed_for_servers == 1
+        assert lb.balancer.loss.refused == 1
 
 
 async def test_only_a_member_of_the_cluster_can_ask_the_lb_to_refuse() -> None:
@@ -181,4 +181,4 @@ async def test_only_a_member_of_the_cluster_can_ask_the_lb_to_refuse() -> None:
         await phone.recv_message()
         phone.send(register(phone, 2), lb.address)
         assert isinstance(await registrar.recv_message(), Request)  # relayed: not refused
-        assert lb.balancer.shed_for_servers == 0
+        assert lb.balancer.loss.refused == 0

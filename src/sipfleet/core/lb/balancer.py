@@ -71,8 +71,7 @@ class Balancer:
         self.shed = 0  # new requests answered 503 while overloaded
         self.shed_dropped = 0  # the same past the answer budget: dropped
         # RFC 7339: the registrars' overload control; REGISTERs carry our ``oc``.
-        self.loss = LossFeedback()
-        self.shed_for_servers = 0  # new REGISTERs refused because their registrar asked
+        self.loss = LossFeedback()  # its ``refused``: new REGISTERs refused for their registrar
         self._budget = AnswerBudget()
         self._refusals = LogBudget(log)
         self.guard = guard
@@ -80,7 +79,9 @@ class Balancer:
         # The usual requests and responses go from their bytes (core/lb/fastpath.py);
         # responses whose Via carries one of these marks come here.
         marks = (OUR_BRANCHES, AUTH_MARK, LEARN_MARK)
-        endpoint.fast = FastRelay(endpoint, forwarder, marks, router, guard, self.overload)
+        endpoint.fast = FastRelay(
+            endpoint, forwarder, marks, router, guard, self.overload, self.loss
+        )
 
     # -- requests ----------------------------------------------------------------------------
     def on_request(self, request: Request, peer: Peer) -> None:
@@ -150,7 +151,7 @@ class Balancer:
                 (destination.host, destination.port), time.monotonic(), _draw(request)
             )
         ):
-            self.shed_for_servers += 1
+            self.loss.refused += 1
             self._answer(request, peer, 503, "Overloaded", [("Retry-After", RETRY_AFTER)])
             return
         self._forward(request, peer, decision, mark + OC_SUPPORTED)
@@ -235,7 +236,7 @@ class Balancer:
             "refused_tokens": self.refused_tokens,
             "shed": self.shed,
             "shed_dropped": self.shed_dropped,
-            "shed_for_servers": self.shed_for_servers,
+            "shed_for_servers": self.loss.refused,
             "overload_episodes": self.overload.episodes,
             "probes_sent": self.health.probes_sent,
             **(self.guard.counters() if self.guard is not None else {}),

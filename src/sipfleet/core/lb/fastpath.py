@@ -46,12 +46,13 @@ from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard
-from sipfleet.core.lb.router import DIALOG_CREATING, Forward, Router
-from sipfleet.core.overload import OverloadMonitor
+from sipfleet.core.lb.router import DIALOG_CREATING, RETRY_AFTER, Forward, Router
+from sipfleet.core.overload import LossFeedback, OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
+from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.headlines import (
     VIA_LINE,
     HeadLines,
@@ -87,6 +88,11 @@ MAX_HOPS: Final = 4096
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
 _METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
 SIP_VERSION: Final = "SIP/2.0"
+REGISTER_START: Final = "REGISTER "
+# Balancer._register's 503 for a registrar that asked (RFC 7339)
+REFUSAL_START: Final = "SIP/2.0 503 Overloaded"
+REFUSAL_END: Final = f"Retry-After: {RETRY_AFTER}\r\nContent-Length: 0\r\n\r\n"
+COPIED_IN_ANSWERS: Final = frozenset({"via", "from", "to", "call-id", "cseq"})  # make_response
 # What Router._to_cluster forwards plainly when there is no Route (REGISTER gets a Path,
 # INVITE, SUBSCRIBE and REFER a Record-Route unless they have a To tag: not read here)
 PLAIN_METHODS: Final = frozenset(
@@ -105,16 +111,18 @@ class FastRelay:
         router: Router | None = None,
         guard: EdgeGuard | None = None,
         overload: OverloadMonitor | None = None,
+        loss: LossFeedback | None = None,
     ) -> None:
         """``marks``: texts that, in our Via, send a response the present way (the
-        Balancer reads them). ``router``, ``guard``, ``overload``: the Balancer's, for
-        requests (without a router, requests all go the present way)."""
+        Balancer reads them). ``router``, ``guard``, ``overload``, ``loss``: the
+        Balancer's, for requests (without a router, requests all go the present way)."""
         self.endpoint = endpoint
         self.forwarder = forwarder
         self.marks = marks
         self.router = router
         self.guard = guard
         self.overload = overload or OverloadMonitor()
+        self.loss = loss if loss is not None else LossFeedback()
         self.requests = 0  # forwarded (or dropped by the edge guard) here
         self.max_size = endpoint.limits.max_message_size
         self.responses = 0  # relayed here (the rest of the counts are the present path's)
@@ -153,6 +161,8 @@ class FastRelay:
         # Declined before the head is split: a method none of the three ways takes (a
         # Route is found as we and sipp write it; other spellings: declined by HeadLines)
         start = text[: text.find("\r\n")]
+        if self.loss and start.startswith(REGISTER_START):
+            return self._refused_register(data, text, head_end, start, peer)
         method = _method(start)
         routed = text.find(ROUTE_LINE, 0, head_end) >= 0
         creating = not routed and method in DIALOG_CREATING
@@ -207,6 +217,56 @@ class FastRelay:
             pop_routes(lines, seen.routes, popped)  # last: it may delete lines
         forwarded = joined(lines, data, head_end)
         self._send_request(forwarded, forward.destination, top, peer)
+        return True
+
+    def _refused_register(
+        self, data: bytes, text: str, head_end: int, start: str, peer: Peer
+    ) -> bool:
+        """A new REGISTER from a client (no credentials, no To tag, no Route; IPv4 UDP)
+        that its registrar's overload control refuses (``LossFeedback.refuses``, as
+        ``Balancer._register`` asks it): the same 503, built from the lines it copies
+        (``make_response``: Via, From, To, Call-ID, CSeq as received), screened and
+        counted as there. Every other REGISTER is declined: the present path relays it,
+        with the Path and flow token this path does not make."""
+        router = self.router
+        if router is None or self.overload.overloaded or ":" in peer.host:
+            return False
+        if router.pools.has_draining or text.find(ROUTE_LINE, 0, head_end) >= 0:
+            return False
+        parts = start.split(" ")
+        if len(parts) != 3 or parts[2] != SIP_VERSION or not parts[1]:
+            return False
+        lines = text[:head_end].split("\r\n")
+        if len(lines) < 2 or not clean(lines):
+            return False
+        seen = HeadLines(lines, len(data) - head_end - 4, 1, False, True)
+        if not seen.usual or not untagged(lines[seen.to], "To") or router.from_cluster(peer):
+            return False
+        call_id = call_id_of(lines[seen.call_id])
+        top = top_via_text(lines, seen)
+        if not call_id or not top or hop_count(lines[seen.max_forwards]) <= 0:
+            return False
+        if self._client_via(top, peer, "") is None:
+            return False  # a top Via the present path answers 400
+        try:
+            router.read_contacts([lines[at] for at in seen.contacts])
+        except ParseError:
+            return False  # a Contact the present path answers 400
+        destination = router.toward_registrar(call_id)
+        if destination is None:
+            return False
+        now = time.monotonic()
+        if not self.loss.refuses((destination.host, destination.port), now, call_id + " " + top):
+            return False
+        # -- from here on, what the present path would do ---------------------------------
+        self._received("REGISTER")
+        guard = self.guard
+        agent = lines[seen.agent] if seen.agent else ""
+        if guard is not None and guard.screen(agent, peer, now):
+            return True  # over UDP, blocked is dropped: nothing to send
+        self.loss.refused += 1
+        with contextlib.suppress(TransportError):  # as Balancer._answer: lost, like a drop
+            self.endpoint.send_bytes(_refusal(lines), peer.reply_to)
         return True
 
     def _routed(
@@ -558,6 +618,19 @@ def _plain_method(method: str, start: str) -> bool:
     no dialog, and not an OPTIONS whose URI has no user part (it may be for the LB
     itself; no '@' in the request line is none in its URI)."""
     return method in PLAIN_METHODS and (method != "OPTIONS" or "@" in start)
+
+
+def _refusal(lines: list[str]) -> bytes:
+    """``make_response(request, 503, "Overloaded", headers=RETRY)`` of the request whose
+    head is ``lines`` (its header names all known: ``HeadLines.known``)."""
+    keys = HEADER_KEYS.table
+    copied = [REFUSAL_START]
+    for at in range(1, len(lines)):
+        line = lines[at]
+        if keys.get(line[: line.find(":")], "") in COPIED_IN_ANSWERS:
+            copied.append(line)
+    copied.append(REFUSAL_END)
+    return "\r\n".join(copied).encode("latin-1")
 
 
 def _add_record_routes(lines: list[str], last_via: int, record_routes: tuple[str, ...]) -> None:

@@ -298,6 +298,14 @@ class Router:
         target = self.pools.choose("proxy", call_id, existing=under_way)
         return None if target is None else self._plain(target.destination)
 
+    def toward_registrar(self, call_id: str) -> Destination | None:
+        """Where ``route`` sends a new REGISTER from a client (no Route, no To tag, no
+        target draining) with Call-ID ``call_id``; None when it would answer 503 (no
+        registrar). The LB's fast path asks this to refuse REGISTERs for their registrar
+        (RFC 7339)."""
+        target = self.pools.choose("registrar", call_id)
+        return None if target is None else self._plain(target.destination).destination
+
     def _plain(self, destination: Destination) -> Forward:
         plain = self._inside.get(destination)
         if plain is None:
