@@ -277,26 +277,43 @@ class LossFeedback:
     def __bool__(self) -> bool:
         return bool(self._asked)
 
-    def heard(self, server: tuple[str, int], via_params: Params, now: float) -> None:
+    def heard(self, server: tuple[str, int], via_params: Params, now: float) -> bool:
         """A response from ``server`` whose Via (ours) carries ``via_params``. Values out
-        of range, another algorithm or an older ``oc-seq`` than the last are ignored."""
+        of range, another algorithm or an older ``oc-seq`` than the last are ignored.
+        Returns whether the loss asked of us changed (the LB's other workers are told)."""
         loss = _percent(via_params.get("oc"))
         algorithm = (via_params.get("oc-algo") or '"loss"').strip('"').lower()
         if loss is None or "loss" not in algorithm.split(","):
-            return
-        validity = _milliseconds(via_params.get("oc-validity"))
-        seq = _seq(via_params.get("oc-seq"))
+            return False
+        milliseconds = _milliseconds(via_params.get("oc-validity"))
+        validity = DEFAULT_VALIDITY if milliseconds is None else milliseconds / 1000
+        return self.take(server, loss, validity, _seq(via_params.get("oc-seq")), now)
+
+    def take(
+        self, server: tuple[str, int], loss: int, validity: float, seq: float, now: float
+    ) -> bool:
+        """``heard``, read: ``loss`` percent for ``validity`` seconds from ``now``."""
         asked = self._asked.get(server)
         if asked is not None and seq < asked.seq:
-            return
+            return False
         if loss == 0 or validity == 0:
-            self._asked.pop(server, None)
-            return
-        until = now + (DEFAULT_VALIDITY if validity is None else validity / 1000)
+            return self._asked.pop(server, None) is not None
         if asked is not None:
-            asked.loss, asked.until, asked.seq = loss, until, seq
-        elif len(self._asked) < self.max_servers:
-            self._asked[server] = _Asked(loss, until, seq)
+            changed = asked.loss != loss
+            asked.loss, asked.until, asked.seq = loss, now + validity, seq
+            return changed
+        if len(self._asked) < self.max_servers:
+            self._asked[server] = _Asked(loss, now + validity, seq)
+            return True
+        return False
+
+    def asked(self, server: tuple[str, int]) -> tuple[int, float, float]:
+        """The loss asked for ``server``, until when, and its oc-seq; (0, 0, inf) when
+        none: taken elsewhere, that ends any loss kept for it."""
+        asked = self._asked.get(server)
+        if asked is None:
+            return 0, 0.0, math.inf
+        return asked.loss, asked.until, asked.seq
 
     def refuses(self, server: tuple[str, int], now: float, draw: str) -> bool:
         """Whether to refuse the new request to ``server`` whose Call-ID and top Via

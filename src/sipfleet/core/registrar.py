@@ -17,6 +17,11 @@ that let its buffer fill fell to a third of its capacity at twice it); the budge
 the answers to what is shed from eating the CPU that serving needs (answering every one
 left 43 % of the capacity at twice it; with the budget, 99 %: docs/benchmarks.md).
 
+Before its own marks are reached, the same backlog steers RFC 7339 overload control: the
+answers to REGISTERs whose top Via says ``oc`` (the LB's) ask for a share of new
+REGISTERs to be refused at the LB, where that costs far less than here (``LossControl``,
+docs/lb.md "Refusing for an overloaded registrar").
+
 Storage stalls (a held lock, a slow disk, a database that stops answering) are not
 overload of this process: the REGISTERs would just wait, each up to the backend's own
 time limit, and the clients would hear nothing. So a REGISTER that has waited

@@ -21,6 +21,8 @@ from sipfleet.transport.base import Peer
         handoff.Send(b"SIP/2.0 200 OK\r\n\r\n", (1 << 32) + 3, "198.51.100.7", 40001, "wss"),
         handoff.Learn("AgAAtoken", "sip:alice@example.com", 3600),
         handoff.Answered(123456789),
+        handoff.Loss("10.0.0.5", 5060, 30, 480, 1234.567),
+        handoff.Loss("2001:db8::5", 5070, 0, 0, float("inf")),
     ],
 )
 def test_round_trip(message: handoff.Handed) -> None:

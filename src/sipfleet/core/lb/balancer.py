@@ -44,6 +44,7 @@ from sipfleet.transport.base import Peer, TransportError
 log = logging.getLogger(__name__)
 OUR_BRANCHES = "branch=z9hG4bK-lb"  # what PROBE_BRANCH and KEEPALIVE_BRANCH start with
 LEARN_MARK = ";lbf="
+LOSS_TOLD_EVERY = 0.1  # seconds: a registrar's unchanged loss, told again (validity 0.5 s)
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
@@ -72,6 +73,7 @@ class Balancer:
         self.shed_dropped = 0  # the same past the answer budget: dropped
         # RFC 7339: the registrars' overload control; REGISTERs carry our ``oc``.
         self.loss = LossFeedback()  # its ``refused``: new REGISTERs refused for their registrar
+        self._loss_told: dict[tuple[str, int], float] = {}  # when the others were told
         self._budget = AnswerBudget()
         self._refusals = LogBudget(log)
         self.guard = guard
@@ -219,7 +221,23 @@ class Balancer:
             params = parse_via(top).params
         except ParseError:
             return
-        self.loss.heard((peer.host, peer.port), params, time.monotonic())
+        server, now = (peer.host, peer.port), time.monotonic()
+        changed = self.loss.heard(server, params, now)
+        if changed or now - self._loss_told.get(server, -1e18) >= LOSS_TOLD_EVERY:
+            self._tell_loss(server, now)
+
+    def _tell_loss(self, server: tuple[str, int], now: float) -> None:
+        """The other workers refuse for the registrar too: a change at once, the same
+        loss again before their copy lapses."""
+        endpoint = self.endpoint
+        if len(endpoint.siblings) < 2:
+            return
+        self._loss_told[server] = now
+        loss, until, seq = self.loss.asked(server)
+        told = handoff.Loss(server[0], server[1], loss, round(max(0.0, until - now) * 1000), seq)
+        for worker in endpoint.siblings:
+            if worker != endpoint.worker_index:
+                endpoint.hand_over(worker, told)
 
     # -- what other workers hand over --------------------------------------------------------
     def handed(self, message: handoff.Handed, sender: int) -> None:
@@ -227,6 +245,10 @@ class Balancer:
             self.keepalives.handed_learn(message)
         elif isinstance(message, handoff.Answered):
             self.keepalives.handed_answer(message.flow_id)
+        elif isinstance(message, handoff.Loss):
+            validity = message.validity_ms / 1000
+            server = (message.host, message.port)
+            self.loss.take(server, message.loss, validity, message.seq, time.monotonic())
 
     def counters(self) -> dict[str, int]:
         return {

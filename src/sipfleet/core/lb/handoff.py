@@ -7,7 +7,9 @@ one worker; whatever reaches another worker is handed over:
   handles it as if it had received it (so it can answer 430 when the flow is gone);
 - ``Send``: bytes for a connection of that worker (a response on its way to a client);
 - ``Learn``: what a REGISTER 2xx said about a flow that worker keeps alive;
-- ``Answered``: an answer to a keepalive ping of that worker.
+- ``Answered``: an answer to a keepalive ping of that worker;
+- ``Loss``: what a registrar's overload control asked (RFC 7339): its answers all reach
+  one worker (the kernel spreads datagrams by their addresses), its REGISTERs every one.
 
 Only datagrams from another worker's control socket are accepted (the receiving side
 checks the source address; nothing else can bind those ports).
@@ -22,13 +24,14 @@ from sipfleet.sip.flow import Flow
 from sipfleet.transport.base import Peer, TransportName
 
 MAGIC = b"SFLB"
-_RECEIVED, _SEND, _LEARN, _ANSWERED = b"R", b"S", b"L", b"A"
+_RECEIVED, _SEND, _LEARN, _ANSWERED, _LOSS = b"R", b"S", b"L", b"A", b"O"
 _NO_CONNECTION = (1 << 64) - 1
 _PEER = struct.Struct("!BQHH")  # transport (_TRANSPORT_CODES), connection id, port, local port
 _TRANSPORT_CODES: tuple[TransportName, ...] = ("udp", "tcp", "tls", "ws", "wss")
 _SEND_HEAD = struct.Struct("!QHB")  # connection id, port, transport (_TRANSPORT_CODES)
 _LEARN_HEAD = struct.Struct("!I")  # lifetime
 _ANSWERED_HEAD = struct.Struct("!Q")  # flow id
+_LOSS_HEAD = struct.Struct("!HBId")  # port, percent, validity (ms), oc-seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,16 @@ class Answered:
     flow_id: int
 
 
-Handed = Received | Send | Learn | Answered
+@dataclass(frozen=True, slots=True)
+class Loss:
+    host: str
+    port: int
+    loss: int  # percent
+    validity_ms: int
+    seq: float
+
+
+Handed = Received | Send | Learn | Answered | Loss
 
 
 class BadHandoff(ValueError):
@@ -98,6 +110,9 @@ def encode(message: Handed) -> bytes:
     if isinstance(message, Learn):
         head = _LEARN_HEAD.pack(message.lifetime)
         return b"".join((MAGIC, _LEARN, head, _text(message.token), message.aor.encode()))
+    if isinstance(message, Loss):
+        head = _LOSS_HEAD.pack(message.port, message.loss, message.validity_ms, message.seq)
+        return b"".join((MAGIC, _LOSS, head, _text(message.host)))
     return MAGIC + _ANSWERED + _ANSWERED_HEAD.pack(message.flow_id)
 
 
@@ -135,6 +150,10 @@ def decode(data: bytes) -> Handed:
         if kind == _ANSWERED:
             (flow_id,) = _ANSWERED_HEAD.unpack_from(data, at)
             return Answered(flow_id)
+        if kind == _LOSS:
+            port, loss, validity_ms, seq = _LOSS_HEAD.unpack_from(data, at)
+            host, at = _read_text(data, at + _LOSS_HEAD.size)
+            return Loss(host, port, loss, validity_ms, seq)
     except (struct.error, UnicodeDecodeError) as exc:
         raise BadHandoff(str(exc)) from None
     raise BadHandoff(f"unknown kind {kind!r}")
