@@ -105,10 +105,21 @@ from sipfleet.transport.sockets import family_of, normalise_host
 log = logging.getLogger(__name__)
 Header = tuple[str, str]
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
-ACCEPTED = State.ACCEPTED
-ANSWERED = (State.ACCEPTED, State.COMPLETED, State.TERMINATED)  # a final response came
+ACCEPTED: Final = State.ACCEPTED
+ANSWERED: Final = (State.ACCEPTED, State.COMPLETED, State.TERMINATED)  # a final response came
 MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
 _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+# The transaction layer's actions are interpreted classes (sip/transaction/actions.py): in
+# the compiled build each plain reference to one is a lookup in this module's globals, a
+# Final alias a C static. ``_run`` tests every action of every transaction against them.
+_START_TIMER: Final = StartTimer
+_CANCEL_TIMER: Final = CancelTimer
+_DELIVER: Final = Deliver
+_TIMEOUT: Final = Timeout
+_TRANSPORT_ERROR: Final = TransportError
+_TERMINATED: Final = Terminated
+_FOR_THE_SHELL: Final = (Send, StartTimer, CancelTimer)  # passed on as they are
+_TIMER_C: Final = Timer.C  # an enum member: a lookup and an attribute read, else
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,7 +442,7 @@ class ProxyCore:
 
     # -- the shell's events -----------------------------------------------------------------
     def timer_fired(self, transaction: Transaction, timer: Timer) -> list[ProxyAction]:
-        if timer is not Timer.C:
+        if timer is not _TIMER_C:
             return self._run(transaction.timer_fired(timer))
         found = self._branch(transaction)
         if found is None:
@@ -512,15 +523,15 @@ class ProxyCore:
         """Pass on what is for the shell; handle what is for the TU (us)."""
         out: list[ProxyAction] = []
         for action in actions:
-            if isinstance(action, (Send, StartTimer, CancelTimer)):
+            if isinstance(action, _FOR_THE_SHELL):
                 out.append(action)
-            elif isinstance(action, Deliver):
+            elif isinstance(action, _DELIVER):
                 out.extend(self._delivered(action.transaction, action.message))
-            elif isinstance(action, Timeout):
+            elif isinstance(action, _TIMEOUT):
                 out.extend(self._branch_failed(action.transaction, 408))
-            elif isinstance(action, TransportError):
+            elif isinstance(action, _TRANSPORT_ERROR):
                 out.extend(self._branch_failed(action.transaction, failed_status))
-            elif isinstance(action, Terminated):
+            elif isinstance(action, _TERMINATED):
                 out.extend(self._terminated(action.transaction))
         return out
 
@@ -573,7 +584,7 @@ class ProxyCore:
         log.info("%r: %s from %s: trying %s", call.server.request, why, failed, destination)
         actions: list[ProxyAction] = []
         if branch.client is not None and branch.client.method == "INVITE":
-            actions.append(CancelTimer(branch.client, Timer.C))
+            actions.append(_CANCEL_TIMER(branch.client, _TIMER_C))
             branch.timer_c_delay = responses.timer_c_for(branch.target)  # a new server's
         branch.client = None
         branch.state = BranchState.CALLING
@@ -604,7 +615,7 @@ class ProxyCore:
             call.clients -= 1
             self._forget_if_over(call)
         if transaction.method == "INVITE":
-            return [CancelTimer(transaction, Timer.C)]  # its Timer C holds it: let go
+            return [_CANCEL_TIMER(transaction, _TIMER_C)]  # its Timer C holds it: let go
         return []
 
     def _forget_if_over(self, call: Call) -> None:
@@ -672,11 +683,11 @@ class ProxyCore:
                 if branch.client is None:
                     branch.timer_c_delay = action.delay  # armed once it is sent
                 else:
-                    out.append(StartTimer(branch.client, Timer.C, action.delay))
+                    out.append(_START_TIMER(branch.client, _TIMER_C, action.delay))
             elif isinstance(action, DisarmTimerC):
                 action.branch.timer_c_delay = None
                 if action.branch.client is not None:
-                    out.append(CancelTimer(action.branch.client, Timer.C))
+                    out.append(_CANCEL_TIMER(action.branch.client, _TIMER_C))
             elif isinstance(action, CancelBranch):
                 out.extend(self._cancel_branch(action.branch))
             elif isinstance(action, Exhausted):
@@ -753,7 +764,7 @@ class ProxyCore:
         self._track(client, destination)
         actions = self._run(started)
         if branch.timer_c_delay is not None and branch.pending:
-            actions.append(StartTimer(client, Timer.C, branch.timer_c_delay))
+            actions.append(_START_TIMER(client, _TIMER_C, branch.timer_c_delay))
             branch.timer_c_delay = None
         return actions
 

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Final
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import COUNTED_METHODS, SipEndpoint, count_request
@@ -70,10 +70,17 @@ from sipfleet.transport.sockets import normalise_host
 __all__ = ["EngineSettings", "EngineStats", "ProxyEngine", "settings_from_config"]
 
 log = logging.getLogger(__name__)
-COARSE_FROM_S = 1.0  # timers this long or longer may fire up to one resolution late
-COARSE_RESOLUTION_S = 0.1
+COARSE_FROM_S: Final = 1.0  # timers this long or longer may fire up to one resolution late
+COARSE_RESOLUTION_S: Final = 0.1
 DB_WARNING_INTERVAL_S = 10.0
 TimerKey = tuple[Transaction, Timer]
+# The transaction layer's actions are interpreted classes (sip/transaction/actions.py): a
+# Final alias is a C static in the compiled build, a plain name a lookup in this module's
+# globals, for each test of each action (and every native action is tested against these
+# first).
+_SEND: Final = Send
+_START_TIMER: Final = StartTimer
+_CANCEL_TIMER: Final = CancelTimer
 
 
 def settings_from_config(config: Config) -> EngineSettings:
@@ -251,14 +258,15 @@ class ProxyEngine:
     # -- the core's actions -------------------------------------------------------------------
     def execute(self, actions: list[ProxyAction]) -> None:
         for action in actions:
-            if isinstance(action, Send):
+            if isinstance(action, _SEND):
                 self._send(action.transaction, action.message)
-            elif isinstance(action, StartTimer):
+            elif isinstance(action, _START_TIMER):
                 self._arm(action.transaction, action.timer, action.delay)
-            elif isinstance(action, CancelTimer):
+            elif isinstance(action, _CANCEL_TIMER):
                 armed = self._timers.pop((action.transaction, action.timer), None)
-                if isinstance(armed, asyncio.TimerHandle):
-                    armed.cancel()  # a coarse one is skipped when its slot comes
+                # an int is a coarse slot: skipped when the slot comes
+                if armed is not None and not isinstance(armed, int):
+                    armed.cancel()
             elif isinstance(action, AskPolicy):
                 if action.context.arrived is None:
                     action.context.arrived = time.time()  # when the call began, for its record
@@ -354,11 +362,14 @@ class ProxyEngine:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         key = (transaction, timer)
-        armed = self._timers.get(key)
-        if isinstance(armed, asyncio.TimerHandle):
-            armed.cancel()  # re-armed (Timer C restarts with every provisional response)
+        timers = self._timers
+        armed = timers.get(key)
+        # re-armed (Timer C restarts with every provisional response); a coarse slot (an
+        # int, tested natively, unlike asyncio.TimerHandle) is skipped when it comes
+        if armed is not None and not isinstance(armed, int):
+            armed.cancel()
         if delay < COARSE_FROM_S:
-            self._timers[key] = loop.call_later(delay, self._fire, key)
+            timers[key] = loop.call_later(delay, self._fire, key)
             return
         # Long timers (B, C, F, H, J, L, M, D, K: seconds) share one loop timer per slot:
         # a call arms several and most are cancelled or end a finished transaction.
@@ -368,7 +379,7 @@ class ProxyEngine:
             keys = self._slots[slot] = []
             loop.call_at(slot * COARSE_RESOLUTION_S, self._fire_slot, slot)
         keys.append(key)
-        self._timers[key] = slot
+        timers[key] = slot
 
     def _fire_slot(self, slot: int) -> None:
         for key in self._slots.pop(slot, ()):
@@ -471,7 +482,7 @@ class ProxyEngine:
     async def close(self) -> None:
         """Stop timers and tasks (the endpoint is closed by its owner)."""
         for armed in self._timers.values():
-            if isinstance(armed, asyncio.TimerHandle):
+            if not isinstance(armed, int):
                 armed.cancel()
         self._timers.clear()
         self._slots.clear()
