@@ -280,6 +280,10 @@ class ProxyCore:
         self._record_route = ""
         self._refs = itertools.count(1)
         self._branches = BranchMaker()
+        # The text before our Via's parameters, by (transport, IPv6 destination), for the
+        # Listening it was made from (see _our_via)
+        self._vias_for: Listening | None = None
+        self._vias: dict[tuple[str, bool], str | None] = {}
         # client transactions per TCP destination: a connect that fails later (reported
         # by destination) fails them all as transport errors
         self.tcp_clients: dict[tuple[str, int], list[ClientTransaction]] = {}
@@ -618,6 +622,24 @@ class ProxyCore:
             return [_CANCEL_TIMER(transaction, _TIMER_C)]  # its Timer C holds it: let go
         return []
 
+    def _our_via(self, transport: TransportName, host: str) -> str | None:
+        """``SIP/2.0/<TRANSPORT> <sent-by>`` for our Via toward ``host``; None when we do
+        not listen on that transport and address family. Memoised: ``Listening.sent_by``
+        reads only the transport and the family (``family_of``: a ':' in the host)."""
+        listening = self.listening
+        if listening is None:
+            return None
+        if listening is not self._vias_for:
+            self._vias_for = listening
+            self._vias = {}
+        key = (transport, ":" in host)
+        if key in self._vias:
+            return self._vias[key]
+        sent_by = listening.sent_by(transport, host)
+        ours = None if sent_by is None else f"SIP/2.0/{transport.upper()} {sent_by}"
+        self._vias[key] = ours
+        return ours
+
     def _forget_if_over(self, call: Call) -> None:
         """Let go of what a call no longer needs; every kept transaction counts against
         the cap, so a finished call should cost little while its transactions wait out
@@ -744,15 +766,13 @@ class ProxyCore:
     ) -> list[ProxyAction]:
         copy = branch.request
         assert copy is not None
-        listening = self.listening
-        sent_by = listening.sent_by(destination.transport, destination.host) if listening else None
-        if sent_by is None:
+        ours = self._our_via(destination.transport, destination.host)
+        if ours is None:
             retried = self._next_destination(call, branch, "no listener toward it")
             if retried is not None:
                 return retried
             missing = ResolveError(f"no {destination.transport} listener for {destination.host}")
             return self._unreachable(call, branch, missing)
-        ours = f"SIP/2.0/{destination.transport.upper()} {sent_by}"
         self.hooks.forwarding(copy, call.routing)
         # pushed parsed (made_via): the client transaction reads it at once
         copy.push_via(made_via(ours, self._branches.make(call.loop_hash)))

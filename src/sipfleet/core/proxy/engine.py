@@ -258,15 +258,16 @@ class ProxyEngine:
     # -- the core's actions -------------------------------------------------------------------
     def execute(self, actions: list[ProxyAction]) -> None:
         for action in actions:
-            if isinstance(action, _SEND):
-                self._send(action.transaction, action.message)
-            elif isinstance(action, _START_TIMER):
+            # The transaction layer's three by their exact type first: most actions are
+            # these, and isinstance on their (interpreted) classes is a generic call in the
+            # compiled build. Subclasses of them, if any, reach the isinstance tests at the
+            # end (no class is both one of these and one of the core's).
+            if type(action) is _START_TIMER:
                 self._arm(action.transaction, action.timer, action.delay)
-            elif isinstance(action, _CANCEL_TIMER):
-                armed = self._timers.pop((action.transaction, action.timer), None)
-                # an int is a coarse slot: skipped when the slot comes
-                if armed is not None and not isinstance(armed, int):
-                    armed.cancel()
+            elif type(action) is _SEND:
+                self._send(action.transaction, action.message)
+            elif type(action) is _CANCEL_TIMER:
+                self._disarm(action.transaction, action.timer)
             elif isinstance(action, AskPolicy):
                 if action.context.arrived is None:
                     action.context.arrived = time.time()  # when the call began, for its record
@@ -296,8 +297,15 @@ class ProxyEngine:
                 self.resolver.down(action.destination)
             elif isinstance(action, Transmit):
                 self._transmit(action.message, action.destination)
-            elif isinstance(action, Unmatched) and not self.prober.answered(action.response):
-                self.stats.stray_responses += 1
+            elif isinstance(action, Unmatched):
+                if not self.prober.answered(action.response):
+                    self.stats.stray_responses += 1
+            elif isinstance(action, _SEND):
+                self._send(action.transaction, action.message)
+            elif isinstance(action, _START_TIMER):
+                self._arm(action.transaction, action.timer, action.delay)
+            elif isinstance(action, _CANCEL_TIMER):
+                self._disarm(action.transaction, action.timer)
 
     def _answered(self, answered: Answered) -> None:
         """How long the request took, arrival to final answer, by method (a metric)."""
@@ -393,6 +401,12 @@ class ProxyEngine:
             self.execute(self.core.timer_fired(transaction, timer))
         except Exception:
             log.exception("timer %s of %r failed", timer, transaction)
+
+    def _disarm(self, transaction: Transaction, timer: Timer) -> None:
+        armed = self._timers.pop((transaction, timer), None)
+        # an int is a coarse slot: skipped when the slot comes
+        if armed is not None and not isinstance(armed, int):
+            armed.cancel()
 
     @property
     def armed(self) -> int:
