@@ -403,3 +403,24 @@ async def test_timers_are_disarmed_and_rearmed_on_the_loop(start_proxy: ProxyFac
     engine.execute([CancelTimer(client, Timer.A), CancelTimer(client, Timer.B)])
     assert second.cancelled()
     assert engine.armed == 0
+
+
+async def test_subclasses_of_the_transaction_actions_are_carried_out_too(
+    start_proxy: ProxyFactory,
+) -> None:
+    """``execute`` takes ``StartTimer`` and ``CancelTimer`` by exact type first; a subclass
+    goes through the isinstance tests and is armed and disarmed all the same."""
+
+    class MyStart(StartTimer):
+        pass
+
+    class MyCancel(CancelTimer):
+        pass
+
+    proxy = await start_proxy()
+    engine = proxy.engine
+    client = ClientInviteTransaction(request("INVITE"))
+    engine.execute([MyStart(client, Timer.B, 32.0)])
+    assert engine.armed == 1
+    engine.execute([MyCancel(client, Timer.B)])
+    assert engine.armed == 0
