@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sipfleet.core.proxy.actions import ForwardAck, ForwardResponse, TrunkOutcome, Unmatched
-from sipfleet.core.proxy.core import EngineSettings, Listening, ProxyCore
+from sipfleet.core.proxy.core import ANSWERED, EngineSettings, Listening, ProxyCore, _answered
 from sipfleet.core.proxy.resolve import ResolveError
 from sipfleet.core.proxy.targets import Target, plan_for_trunks
 from sipfleet.sip import Request
-from sipfleet.sip.transaction import Timer
+from sipfleet.sip.transaction import State, Timer
 from sipfleet.transport.base import Destination, Peer
 from tests.core.proxy.harness import PROXY_HOST, PROXY_PORT, T1, TIMER_C, FakeShell
 from tests.core.proxy.messages import request, response_to
@@ -422,3 +422,8 @@ def test_our_via_is_what_listening_gives(
             sent_by = listening.sent_by(transport, host)  # type: ignore[arg-type]
             expected = None if sent_by is None else f"SIP/2.0/{transport.upper()} {sent_by}"
             assert core._our_via(transport, host) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_answered_is_membership_in_answered(state: State) -> None:
+    assert _answered(state) is (state in ANSWERED)

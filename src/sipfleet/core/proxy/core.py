@@ -107,6 +107,8 @@ Header = tuple[str, str]
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
 ACCEPTED: Final = State.ACCEPTED
 ANSWERED: Final = (State.ACCEPTED, State.COMPLETED, State.TERMINATED)  # a final response came
+_COMPLETED: Final = State.COMPLETED
+_TERMINATED_STATE: Final = State.TERMINATED
 MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
 _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 # The transaction layer's actions are interpreted classes (sip/transaction/actions.py): in
@@ -179,6 +181,15 @@ class Listening:
         host = f"[{host}]" if ":" in host else host
         suffix = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{host}:{port}{suffix};lr>"
+
+
+_NO_BRANCHES: Final[list[Branch]] = []  # a call not forked yet; never added to
+
+
+def _answered(state: State) -> bool:
+    """``state in ANSWERED`` (a final response came), by identity: a transaction's state
+    is always one of the members, and ``in`` on a tuple is a generic call compiled."""
+    return state is ACCEPTED or state is _COMPLETED or state is _TERMINATED_STATE
 
 
 class Call:
@@ -652,10 +663,10 @@ class ProxyCore:
         answer retransmissions on their own, from what they sent; they let go of the
         requests. While a 2xx may still come, the call stays but lets go of the
         forwarded copies and the final responses it kept."""
-        branches = () if call.responses is None else call.responses.branches
+        branches = _NO_BRANCHES if call.responses is None else call.responses.branches
         if not (call.server_ended and call.clients == 0):
             if not call.finished or any(
-                b.pending or (b.client is not None and b.client.state not in ANSWERED)
+                b.pending or (b.client is not None and not _answered(b.client.state))
                 for b in branches
             ):
                 return  # an answer to wait for, or a CANCEL to send when one comes (§9.1)
@@ -667,14 +678,14 @@ class ProxyCore:
         call.server.forget_request()
         for branch in branches:
             client = branch.client
-            if client is not None and client.state in ANSWERED:
+            if client is not None and _answered(client.state):
                 client.forget_request()
 
     @staticmethod
-    def _let_go_of_copies(branches: Sequence[Branch]) -> None:
+    def _let_go_of_copies(branches: list[Branch]) -> None:
         for branch in branches:
             client = branch.client
-            if branch.request is not None and client is not None and client.state in ANSWERED:
+            if branch.request is not None and client is not None and _answered(client.state):
                 client.forget_request()
                 branch.request = branch.response = None
 
