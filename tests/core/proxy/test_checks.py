@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from sipfleet.core.proxy.addresses import OwnAddresses
 from sipfleet.core.proxy.branch import BranchMaker, has_looped, loop_hash, loop_part
 from sipfleet.core.proxy.checks import check_request
@@ -82,6 +85,13 @@ def test_branch_numbers_count_up_in_hex_from_one() -> None:
     assert made[9] == prefix + "a.l"
     assert made[15] == prefix + "10.l"
     assert BranchMaker().make("l") != made[0]  # another process (or maker): another prefix
+
+
+@given(st.integers(min_value=0, max_value=2**70))
+def test_branch_numbers_are_the_count_formatted_in_hex(count: int) -> None:
+    maker = BranchMaker()
+    maker._counter = count
+    assert maker.make("l") == f"{maker._prefix}{count + 1:x}.l"
 
 
 def test_has_looped_ignores_requests_without_our_via() -> None:

@@ -6,16 +6,21 @@ from __future__ import annotations
 import gc
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sipfleet.core.proxy.actions import ForwardAck, ForwardResponse, TrunkOutcome, Unmatched
-from sipfleet.core.proxy.core import EngineSettings, ProxyCore
+from sipfleet.core.proxy.core import ANSWERED, EngineSettings, Listening, ProxyCore, _answered
 from sipfleet.core.proxy.resolve import ResolveError
 from sipfleet.core.proxy.targets import Target, plan_for_trunks
 from sipfleet.sip import Request
-from sipfleet.sip.transaction import Timer
+from sipfleet.sip.transaction import State, Timer
 from sipfleet.transport.base import Destination, Peer
 from tests.core.proxy.harness import PROXY_HOST, PROXY_PORT, T1, TIMER_C, FakeShell
 from tests.core.proxy.messages import request, response_to
+
+LISTEN_HOSTS = ["192.0.2.1", "10.0.0.5", "::1", "2001:db8::2"]
+PEER_HOSTS = ["192.0.2.7", "example.com", "::1", "[2001:db8::9]", "fe80::1"]
 
 BOB = "sip:bob@203.0.113.5:5070"
 BOB2 = "sip:bob@203.0.113.6:5070"
@@ -389,3 +394,36 @@ def test_a_route_of_a_sibling_in_the_pool_is_ours() -> None:
     (ask,) = shell.asked
     assert ask.context.routed_to_us
     assert ask.context.our_route is not None
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["udp", "tcp", "tls"]), st.sampled_from(LISTEN_HOSTS)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(
+        st.tuples(st.sampled_from(["udp", "tcp", "tls", "ws"]), st.sampled_from(PEER_HOSTS)),
+        max_size=8,
+    ),
+)
+def test_our_via_is_what_listening_gives(
+    listen: list[tuple[str, str]], destinations: list[tuple[str, str]]
+) -> None:
+    """The memoised Via text is ``Listening.sent_by``'s, for whatever Listening is
+    current (a new one replaces what was memoised)."""
+    core = ProxyCore(object(), EngineSettings())  # type: ignore[arg-type]
+    assert core._our_via("udp", "192.0.2.7") is None  # not listening yet
+    for step in range(2):
+        addresses = tuple((t, h, 5060 + i + step) for i, (t, h) in enumerate(listen))
+        listening = Listening(addresses)  # type: ignore[arg-type]
+        core.listen(listening)
+        for transport, host in destinations:
+            sent_by = listening.sent_by(transport, host)  # type: ignore[arg-type]
+            expected = None if sent_by is None else f"SIP/2.0/{transport.upper()} {sent_by}"
+            assert core._our_via(transport, host) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_answered_is_membership_in_answered(state: State) -> None:
+    assert _answered(state) is (state in ANSWERED)

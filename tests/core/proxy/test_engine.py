@@ -26,10 +26,12 @@ from sipfleet.roles.proxy import build_engine
 from sipfleet.routing.lcr import PHONE
 from sipfleet.routing.lcr_router import LcrRouter
 from sipfleet.sip import Request, Response, parse_message
+from sipfleet.sip.transaction import CancelTimer, ClientInviteTransaction, StartTimer, Timer
 from sipfleet.storage import Storage, StorageUnavailable
 from sipfleet.storage.lcr_rows import Gateway, GatewayCapability, LcrRows, Rule, RuleTarget
 from tests.core.proxy.harness import DOMAIN, bind
 from tests.core.proxy.ua import UA, in_dialog
+from tests.sip.transaction.harness import request
 
 
 def is_trying(message: object) -> bool:
@@ -379,3 +381,46 @@ async def test_calls_through_the_shell_leave_no_reference_cycles(
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+async def test_timers_are_disarmed_and_rearmed_on_the_loop(start_proxy: ProxyFactory) -> None:
+    """A short timer is a loop handle, cancelled when disarmed or armed again; a long one
+    waits in a coarse slot (an int), dropped from the table when disarmed."""
+    proxy = await start_proxy()
+    engine = proxy.engine
+    client = ClientInviteTransaction(request("INVITE"))
+    engine.execute([StartTimer(client, Timer.A, 0.5)])
+    first = engine._timers[(client, Timer.A)]
+    assert isinstance(first, asyncio.TimerHandle)
+    engine.execute([StartTimer(client, Timer.A, 0.5)])
+    second = engine._timers[(client, Timer.A)]
+    assert isinstance(second, asyncio.TimerHandle)
+    assert first.cancelled()
+    assert not second.cancelled()
+    engine.execute([StartTimer(client, Timer.B, 32.0)])
+    assert isinstance(engine._timers[(client, Timer.B)], int)
+    assert engine.armed == 2
+    engine.execute([CancelTimer(client, Timer.A), CancelTimer(client, Timer.B)])
+    assert second.cancelled()
+    assert engine.armed == 0
+
+
+async def test_subclasses_of_the_transaction_actions_are_carried_out_too(
+    start_proxy: ProxyFactory,
+) -> None:
+    """``execute`` takes ``StartTimer`` and ``CancelTimer`` by exact type first; a subclass
+    goes through the isinstance tests and is armed and disarmed all the same."""
+
+    class MyStart(StartTimer):
+        pass
+
+    class MyCancel(CancelTimer):
+        pass
+
+    proxy = await start_proxy()
+    engine = proxy.engine
+    client = ClientInviteTransaction(request("INVITE"))
+    engine.execute([MyStart(client, Timer.B, 32.0)])
+    assert engine.armed == 1
+    engine.execute([MyCancel(client, Timer.B)])
+    assert engine.armed == 0

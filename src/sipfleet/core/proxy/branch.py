@@ -54,7 +54,9 @@ class BranchMaker:
 
     def make(self, loop: str) -> str:
         self._counter += 1
-        return f"{self._prefix}{self._counter:x}.{loop}"
+        # hex()[2:] is f"{counter:x}" for a count from 1: a format spec is three generic
+        # method calls in the compiled build, hex() one call
+        return f"{self._prefix}{hex(self._counter)[2:]}.{loop}"
 
 
 def loop_part(branch: str | None) -> str | None:

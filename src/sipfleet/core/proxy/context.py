@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from sipfleet.core.proxy.targets import ForkPlan, Target, next_group_unless_success_or_global
 from sipfleet.sip.builders import make_response, new_tag
@@ -62,6 +63,13 @@ class BranchState(Enum):
     CALLING = "calling"  # sent, nothing back yet
     PROCEEDING = "proceeding"  # a provisional response came
     DONE = "done"  # a final response, a timeout or a transport error
+
+
+# C statics in the compiled build; ``BranchState.DONE`` there is a lookup in the module's
+# globals and an attribute read of a Python class, and every response reads a few.
+_CALLING: Final = BranchState.CALLING
+_PROCEEDING: Final = BranchState.PROCEEDING
+_DONE: Final = BranchState.DONE
 
 
 class Branch:
@@ -88,7 +96,7 @@ class Branch:
     def __init__(self, index: int, target: Target) -> None:
         self.index = index
         self.target = target
-        self.state = BranchState.CALLING
+        self.state = _CALLING
         self.status = 0  # final status, incl. 408 / 503 standing for a timeout / transport error
         self.response: Response | None = None  # the final response itself, when one came
         self.cancel_wanted = False  # CANCEL as soon as a provisional response arrives
@@ -102,7 +110,7 @@ class Branch:
 
     @property
     def pending(self) -> bool:
-        return self.state is not BranchState.DONE
+        return self.state is not _DONE
 
     def __repr__(self) -> str:
         return f"<Branch {self.index} {self.state.value} {self.status or ''}>"
@@ -289,7 +297,7 @@ class ResponseContext:
             return self._provisional(branch, response)
         if status < 300:
             return self._success(branch, response)
-        if branch.state is BranchState.DONE:
+        if branch.state is _DONE:
             return []  # a late answer of a branch already counted (Timer C, CANCEL)
         branch.response = response
         if status == FLOW_FAILED:
@@ -298,14 +306,14 @@ class ResponseContext:
 
     def on_failure(self, branch: Branch, status: int) -> list[ContextAction]:
         """The branch's transaction timed out (408) or could not send (503)."""
-        if branch.state is BranchState.DONE:
+        if branch.state is _DONE:
             return []
         return self._flow_failed(branch, status)
 
     def on_timer_c(self, branch: Branch) -> list[ContextAction]:
-        if branch.state is BranchState.DONE:
+        if branch.state is _DONE:
             return []
-        if branch.target.alternates and branch.state is BranchState.CALLING:
+        if branch.target.alternates and branch.state is _CALLING:
             branch.cancel_wanted = True  # the flow said nothing: should it answer after all
             return self._flow_failed(branch, 408)
         if branch.target.timeout is not None and not branch.progressed:
@@ -314,7 +322,7 @@ class ResponseContext:
             actions = self._cancel(branch)
             actions.extend(self._failed(branch, 408))
             return actions
-        if branch.expired or branch.state is BranchState.CALLING:
+        if branch.expired or branch.state is _CALLING:
             branch.cancel_wanted = True  # should it answer later after all
             return self._failed(branch, 408)
         branch.expired = True
@@ -335,15 +343,15 @@ class ResponseContext:
     # -- the rules ----------------------------------------------------------------------
     def _provisional(self, branch: Branch, response: Response) -> list[ContextAction]:
         actions: list[ContextAction] = []
-        if branch.state is BranchState.CALLING:
-            branch.state = BranchState.PROCEEDING
+        if branch.state is _CALLING:
+            branch.state = _PROCEEDING
             if branch.target.alternates and not branch.expired:  # the flow works
                 actions.append(
                     ArmTimerC(branch, self.timer_c) if self.invite else DisarmTimerC(branch)
                 )
         if branch.cancel_wanted and not branch.cancel_sent:
             actions.extend(self._cancel(branch))
-        if branch.state is BranchState.DONE or response.status == 100:
+        if branch.state is _DONE or response.status == 100:
             return actions
         branch.progressed = True
         if self.invite and not branch.expired:
@@ -354,8 +362,8 @@ class ResponseContext:
 
     def _success(self, branch: Branch, response: Response) -> list[ContextAction]:
         actions: list[ContextAction] = [Upstream(response)]  # every 2xx, always (§16.7 step 5)
-        if branch.state is not BranchState.DONE:
-            branch.state = BranchState.DONE
+        if branch.state is not _DONE:
+            branch.state = _DONE
             branch.status = response.status
             branch.response = response
             if self.invite:
@@ -370,7 +378,7 @@ class ResponseContext:
         return actions
 
     def _failed(self, branch: Branch, status: int) -> list[ContextAction]:
-        branch.state = BranchState.DONE
+        branch.state = _DONE
         branch.status = status
         actions: list[ContextAction] = [DisarmTimerC(branch)] if self.invite else []
         if branch.target.gateway is not None:
@@ -391,7 +399,7 @@ class ResponseContext:
         with none left a 430 counts as 480."""
         if not branch.target.alternates or self.final_sent or status not in FLOW_FAILURES:
             return self._failed(branch, 480 if status == FLOW_FAILED else status)
-        branch.state = BranchState.DONE
+        branch.state = _DONE
         branch.status = 480 if status == FLOW_FAILED else status
         actions: list[ContextAction] = [DisarmTimerC(branch)]  # its Timer C or flow timer
         following = branch.target.next_flow()
@@ -426,7 +434,7 @@ class ResponseContext:
         """CANCEL only after a provisional response (§9.1); until then, remember."""
         if branch.cancel_sent or not self.invite:
             return []
-        if branch.state is BranchState.CALLING:
+        if branch.state is _CALLING:
             branch.cancel_wanted = True
             return []
         branch.cancel_sent = True

@@ -105,10 +105,23 @@ from sipfleet.transport.sockets import family_of, normalise_host
 log = logging.getLogger(__name__)
 Header = tuple[str, str]
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
-ACCEPTED = State.ACCEPTED
-ANSWERED = (State.ACCEPTED, State.COMPLETED, State.TERMINATED)  # a final response came
+ACCEPTED: Final = State.ACCEPTED
+ANSWERED: Final = (State.ACCEPTED, State.COMPLETED, State.TERMINATED)  # a final response came
+_COMPLETED: Final = State.COMPLETED
+_TERMINATED_STATE: Final = State.TERMINATED
 MAX_REROUTES = 3  # failure-hook rounds per call: a policy cannot keep a call forever
 _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+# The transaction layer's actions are interpreted classes (sip/transaction/actions.py): in
+# the compiled build each plain reference to one is a lookup in this module's globals, a
+# Final alias a C static. ``_run`` tests every action of every transaction against them.
+_START_TIMER: Final = StartTimer
+_CANCEL_TIMER: Final = CancelTimer
+_DELIVER: Final = Deliver
+_TIMEOUT: Final = Timeout
+_TRANSPORT_ERROR: Final = TransportError
+_TERMINATED: Final = Terminated
+_FOR_THE_SHELL: Final = (Send, StartTimer, CancelTimer)  # passed on as they are
+_TIMER_C: Final = Timer.C  # an enum member: a lookup and an attribute read, else
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +181,15 @@ class Listening:
         host = f"[{host}]" if ":" in host else host
         suffix = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{host}:{port}{suffix};lr>"
+
+
+_NO_BRANCHES: Final[list[Branch]] = []  # a call not forked yet; never added to
+
+
+def _answered(state: State) -> bool:
+    """``state in ANSWERED`` (a final response came), by identity: a transaction's state
+    is always one of the members, and ``in`` on a tuple is a generic call compiled."""
+    return state is ACCEPTED or state is _COMPLETED or state is _TERMINATED_STATE
 
 
 class Call:
@@ -269,6 +291,10 @@ class ProxyCore:
         self._record_route = ""
         self._refs = itertools.count(1)
         self._branches = BranchMaker()
+        # The text before our Via's parameters, by (transport, IPv6 destination), for the
+        # Listening it was made from (see _our_via)
+        self._vias_for: Listening | None = None
+        self._vias: dict[tuple[str, bool], str | None] = {}
         # client transactions per TCP destination: a connect that fails later (reported
         # by destination) fails them all as transport errors
         self.tcp_clients: dict[tuple[str, int], list[ClientTransaction]] = {}
@@ -431,7 +457,7 @@ class ProxyCore:
 
     # -- the shell's events -----------------------------------------------------------------
     def timer_fired(self, transaction: Transaction, timer: Timer) -> list[ProxyAction]:
-        if timer is not Timer.C:
+        if timer is not _TIMER_C:
             return self._run(transaction.timer_fired(timer))
         found = self._branch(transaction)
         if found is None:
@@ -512,15 +538,15 @@ class ProxyCore:
         """Pass on what is for the shell; handle what is for the TU (us)."""
         out: list[ProxyAction] = []
         for action in actions:
-            if isinstance(action, (Send, StartTimer, CancelTimer)):
+            if isinstance(action, _FOR_THE_SHELL):
                 out.append(action)
-            elif isinstance(action, Deliver):
+            elif isinstance(action, _DELIVER):
                 out.extend(self._delivered(action.transaction, action.message))
-            elif isinstance(action, Timeout):
+            elif isinstance(action, _TIMEOUT):
                 out.extend(self._branch_failed(action.transaction, 408))
-            elif isinstance(action, TransportError):
+            elif isinstance(action, _TRANSPORT_ERROR):
                 out.extend(self._branch_failed(action.transaction, failed_status))
-            elif isinstance(action, Terminated):
+            elif isinstance(action, _TERMINATED):
                 out.extend(self._terminated(action.transaction))
         return out
 
@@ -573,7 +599,7 @@ class ProxyCore:
         log.info("%r: %s from %s: trying %s", call.server.request, why, failed, destination)
         actions: list[ProxyAction] = []
         if branch.client is not None and branch.client.method == "INVITE":
-            actions.append(CancelTimer(branch.client, Timer.C))
+            actions.append(_CANCEL_TIMER(branch.client, _TIMER_C))
             branch.timer_c_delay = responses.timer_c_for(branch.target)  # a new server's
         branch.client = None
         branch.state = BranchState.CALLING
@@ -604,8 +630,26 @@ class ProxyCore:
             call.clients -= 1
             self._forget_if_over(call)
         if transaction.method == "INVITE":
-            return [CancelTimer(transaction, Timer.C)]  # its Timer C holds it: let go
+            return [_CANCEL_TIMER(transaction, _TIMER_C)]  # its Timer C holds it: let go
         return []
+
+    def _our_via(self, transport: TransportName, host: str) -> str | None:
+        """``SIP/2.0/<TRANSPORT> <sent-by>`` for our Via toward ``host``; None when we do
+        not listen on that transport and address family. Memoised: ``Listening.sent_by``
+        reads only the transport and the family (``family_of``: a ':' in the host)."""
+        listening = self.listening
+        if listening is None:
+            return None
+        if listening is not self._vias_for:
+            self._vias_for = listening
+            self._vias = {}
+        key = (transport, ":" in host)
+        if key in self._vias:
+            return self._vias[key]
+        sent_by = listening.sent_by(transport, host)
+        ours = None if sent_by is None else f"SIP/2.0/{transport.upper()} {sent_by}"
+        self._vias[key] = ours
+        return ours
 
     def _forget_if_over(self, call: Call) -> None:
         """Let go of what a call no longer needs; every kept transaction counts against
@@ -619,10 +663,10 @@ class ProxyCore:
         answer retransmissions on their own, from what they sent; they let go of the
         requests. While a 2xx may still come, the call stays but lets go of the
         forwarded copies and the final responses it kept."""
-        branches = () if call.responses is None else call.responses.branches
+        branches = _NO_BRANCHES if call.responses is None else call.responses.branches
         if not (call.server_ended and call.clients == 0):
             if not call.finished or any(
-                b.pending or (b.client is not None and b.client.state not in ANSWERED)
+                b.pending or (b.client is not None and not _answered(b.client.state))
                 for b in branches
             ):
                 return  # an answer to wait for, or a CANCEL to send when one comes (§9.1)
@@ -634,14 +678,14 @@ class ProxyCore:
         call.server.forget_request()
         for branch in branches:
             client = branch.client
-            if client is not None and client.state in ANSWERED:
+            if client is not None and _answered(client.state):
                 client.forget_request()
 
     @staticmethod
-    def _let_go_of_copies(branches: Sequence[Branch]) -> None:
+    def _let_go_of_copies(branches: list[Branch]) -> None:
         for branch in branches:
             client = branch.client
-            if branch.request is not None and client is not None and client.state in ANSWERED:
+            if branch.request is not None and client is not None and _answered(client.state):
                 client.forget_request()
                 branch.request = branch.response = None
 
@@ -672,11 +716,11 @@ class ProxyCore:
                 if branch.client is None:
                     branch.timer_c_delay = action.delay  # armed once it is sent
                 else:
-                    out.append(StartTimer(branch.client, Timer.C, action.delay))
+                    out.append(_START_TIMER(branch.client, _TIMER_C, action.delay))
             elif isinstance(action, DisarmTimerC):
                 action.branch.timer_c_delay = None
                 if action.branch.client is not None:
-                    out.append(CancelTimer(action.branch.client, Timer.C))
+                    out.append(_CANCEL_TIMER(action.branch.client, _TIMER_C))
             elif isinstance(action, CancelBranch):
                 out.extend(self._cancel_branch(action.branch))
             elif isinstance(action, Exhausted):
@@ -733,15 +777,13 @@ class ProxyCore:
     ) -> list[ProxyAction]:
         copy = branch.request
         assert copy is not None
-        listening = self.listening
-        sent_by = listening.sent_by(destination.transport, destination.host) if listening else None
-        if sent_by is None:
+        ours = self._our_via(destination.transport, destination.host)
+        if ours is None:
             retried = self._next_destination(call, branch, "no listener toward it")
             if retried is not None:
                 return retried
             missing = ResolveError(f"no {destination.transport} listener for {destination.host}")
             return self._unreachable(call, branch, missing)
-        ours = f"SIP/2.0/{destination.transport.upper()} {sent_by}"
         self.hooks.forwarding(copy, call.routing)
         # pushed parsed (made_via): the client transaction reads it at once
         copy.push_via(made_via(ours, self._branches.make(call.loop_hash)))
@@ -753,7 +795,7 @@ class ProxyCore:
         self._track(client, destination)
         actions = self._run(started)
         if branch.timer_c_delay is not None and branch.pending:
-            actions.append(StartTimer(client, Timer.C, branch.timer_c_delay))
+            actions.append(_START_TIMER(client, _TIMER_C, branch.timer_c_delay))
             branch.timer_c_delay = None
         return actions
 

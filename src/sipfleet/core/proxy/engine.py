@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Final
 
 from sipfleet.config import Config
 from sipfleet.core.endpoint import COUNTED_METHODS, SipEndpoint, count_request
@@ -70,10 +70,17 @@ from sipfleet.transport.sockets import normalise_host
 __all__ = ["EngineSettings", "EngineStats", "ProxyEngine", "settings_from_config"]
 
 log = logging.getLogger(__name__)
-COARSE_FROM_S = 1.0  # timers this long or longer may fire up to one resolution late
-COARSE_RESOLUTION_S = 0.1
+COARSE_FROM_S: Final = 1.0  # timers this long or longer may fire up to one resolution late
+COARSE_RESOLUTION_S: Final = 0.1
 DB_WARNING_INTERVAL_S = 10.0
 TimerKey = tuple[Transaction, Timer]
+# The transaction layer's actions are interpreted classes (sip/transaction/actions.py): a
+# Final alias is a C static in the compiled build, a plain name a lookup in this module's
+# globals, for each test of each action (and every native action is tested against these
+# first).
+_SEND: Final = Send
+_START_TIMER: Final = StartTimer
+_CANCEL_TIMER: Final = CancelTimer
 
 
 def settings_from_config(config: Config) -> EngineSettings:
@@ -251,14 +258,16 @@ class ProxyEngine:
     # -- the core's actions -------------------------------------------------------------------
     def execute(self, actions: list[ProxyAction]) -> None:
         for action in actions:
-            if isinstance(action, Send):
-                self._send(action.transaction, action.message)
-            elif isinstance(action, StartTimer):
+            # The transaction layer's three by their exact type first: most actions are
+            # these, and isinstance on their (interpreted) classes is a generic call in the
+            # compiled build. Subclasses of them, if any, reach the isinstance tests at the
+            # end (no class is both one of these and one of the core's).
+            if type(action) is _START_TIMER:
                 self._arm(action.transaction, action.timer, action.delay)
-            elif isinstance(action, CancelTimer):
-                armed = self._timers.pop((action.transaction, action.timer), None)
-                if isinstance(armed, asyncio.TimerHandle):
-                    armed.cancel()  # a coarse one is skipped when its slot comes
+            elif type(action) is _SEND:
+                self._send(action.transaction, action.message)
+            elif type(action) is _CANCEL_TIMER:
+                self._disarm(action.transaction, action.timer)
             elif isinstance(action, AskPolicy):
                 if action.context.arrived is None:
                     action.context.arrived = time.time()  # when the call began, for its record
@@ -288,8 +297,15 @@ class ProxyEngine:
                 self.resolver.down(action.destination)
             elif isinstance(action, Transmit):
                 self._transmit(action.message, action.destination)
-            elif isinstance(action, Unmatched) and not self.prober.answered(action.response):
-                self.stats.stray_responses += 1
+            elif isinstance(action, Unmatched):
+                if not self.prober.answered(action.response):
+                    self.stats.stray_responses += 1
+            elif isinstance(action, _SEND):
+                self._send(action.transaction, action.message)
+            elif isinstance(action, _START_TIMER):
+                self._arm(action.transaction, action.timer, action.delay)
+            elif isinstance(action, _CANCEL_TIMER):
+                self._disarm(action.transaction, action.timer)
 
     def _answered(self, answered: Answered) -> None:
         """How long the request took, arrival to final answer, by method (a metric)."""
@@ -354,11 +370,14 @@ class ProxyEngine:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         key = (transaction, timer)
-        armed = self._timers.get(key)
-        if isinstance(armed, asyncio.TimerHandle):
-            armed.cancel()  # re-armed (Timer C restarts with every provisional response)
+        timers = self._timers
+        armed = timers.get(key)
+        # re-armed (Timer C restarts with every provisional response); a coarse slot (an
+        # int, tested natively, unlike asyncio.TimerHandle) is skipped when it comes
+        if armed is not None and not isinstance(armed, int):
+            armed.cancel()
         if delay < COARSE_FROM_S:
-            self._timers[key] = loop.call_later(delay, self._fire, key)
+            timers[key] = loop.call_later(delay, self._fire, key)
             return
         # Long timers (B, C, F, H, J, L, M, D, K: seconds) share one loop timer per slot:
         # a call arms several and most are cancelled or end a finished transaction.
@@ -368,7 +387,7 @@ class ProxyEngine:
             keys = self._slots[slot] = []
             loop.call_at(slot * COARSE_RESOLUTION_S, self._fire_slot, slot)
         keys.append(key)
-        self._timers[key] = slot
+        timers[key] = slot
 
     def _fire_slot(self, slot: int) -> None:
         for key in self._slots.pop(slot, ()):
@@ -382,6 +401,12 @@ class ProxyEngine:
             self.execute(self.core.timer_fired(transaction, timer))
         except Exception:
             log.exception("timer %s of %r failed", timer, transaction)
+
+    def _disarm(self, transaction: Transaction, timer: Timer) -> None:
+        armed = self._timers.pop((transaction, timer), None)
+        # an int is a coarse slot: skipped when the slot comes
+        if armed is not None and not isinstance(armed, int):
+            armed.cancel()
 
     @property
     def armed(self) -> int:
@@ -471,7 +496,7 @@ class ProxyEngine:
     async def close(self) -> None:
         """Stop timers and tasks (the endpoint is closed by its owner)."""
         for armed in self._timers.values():
-            if isinstance(armed, asyncio.TimerHandle):
+            if not isinstance(armed, int):
                 armed.cancel()
         self._timers.clear()
         self._slots.clear()

@@ -153,12 +153,7 @@ class PrivacyHooks(MessageHooks):
         message of every call, private or not: a request without a Privacy header is
         answered here, without the call into sip.privacy (not compiled)."""
         request = call.request
-        if _within_dialog(request):
-            return False
-        hide = call.hide_caller
-        if hide is not None:
-            return hide
-        return request.has("privacy") and privacy_requested(request)
+        return not _within_dialog(request) and _hides_new(call, request)
 
     def _identity(self, call: CallContext) -> HiddenIdentity:
         identity = identity_of(call.request, hide_contact_user=self.hide_contact_user)
@@ -183,7 +178,7 @@ class PrivacyHooks(MessageHooks):
             identity = self._opened(call.our_route, call.request)
             if identity is not None:
                 self._in_dialog(request, identity)
-        elif self.hides(call):
+        elif _hides_new(call, call.request):
             hide_caller(request, self.trusted.trusts(_next_hop(request)), self._identity(call))
 
     def forwarding_ack(self, ack: Request, our_route: SipUri) -> None:
@@ -203,7 +198,7 @@ class PrivacyHooks(MessageHooks):
             direction = direction_of(call.request, identity)
             if direction is not None:
                 rewrite_response(response, identity, direction)
-        elif self.hides(call):
+        elif _hides_new(call, call.request):
             rewrite_response(response, self._identity(call), Direction.TO_CALLEE)
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -258,6 +253,15 @@ def _within_dialog(request: Request) -> bool:
     """``CallContext.in_dialog`` of the call of ``request``, without that property: this
     module is compiled and CallContext is not, so the property is an interpreted call."""
     return request.to.tag is not None
+
+
+def _hides_new(call: CallContext, request: Request) -> bool:
+    """``PrivacyHooks.hides`` for ``call``'s request (``request``) known to be outside a
+    dialog: ``forwarding`` and ``answering`` have just tested that."""
+    hide = call.hide_caller
+    if hide is not None:
+        return hide
+    return request.has("privacy") and privacy_requested(request)
 
 
 def _next_hop(request: Request) -> Uri:

@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import groupby
-from typing import Protocol
+from typing import Final, Protocol
 
 from sipfleet.sip.grammar import split_values
 
 Header = tuple[str, str]
+# What a frozen dataclass's generated __init__ calls per field; here a C static. That
+# __init__ is interpreted code in the compiled build, and each call builds both.
+_set: Final = object.__setattr__
 
 
 class Reachable(Protocol):
@@ -51,6 +54,23 @@ class Target:
     # RFC 5626 §5.3: the same phone instance's other flows, tried in turn when this one fails
     alternates: tuple[Target, ...] = ()
 
+    def __init__(
+        self,
+        uri: str | None = None,
+        routes: tuple[str, ...] = (),
+        received: str | None = None,
+        gateway: str | None = None,
+        timeout: float | None = None,
+        alternates: tuple[Target, ...] = (),
+    ) -> None:
+        """The generated ``__init__``, written out (compiled: see ``_set``)."""
+        _set(self, "uri", uri)
+        _set(self, "routes", routes)
+        _set(self, "received", received)
+        _set(self, "gateway", gateway)
+        _set(self, "timeout", timeout)
+        _set(self, "alternates", alternates)
+
     def next_flow(self) -> Target:
         """The first alternate flow, with the rest as its own alternates."""
         first, *rest = self.alternates
@@ -76,6 +96,19 @@ class ForkPlan:
     # Trunk failover: the caller hears the last group's answer (the trunk that stopped the
     # search, or the last failure), not the best of every group (§16.7 step 6).
     last_group_answers: bool = False
+
+    def __init__(
+        self,
+        groups: tuple[tuple[Target, ...], ...],
+        advance: Callable[[int], bool] = next_group_unless_success_or_global,
+        headers: tuple[Header, ...] = (),
+        last_group_answers: bool = False,
+    ) -> None:
+        """The generated ``__init__``, written out (compiled: see ``_set``)."""
+        _set(self, "groups", groups)
+        _set(self, "advance", advance)
+        _set(self, "headers", headers)
+        _set(self, "last_group_answers", last_group_answers)
 
     @classmethod
     def single(cls, target: Target, headers: Sequence[Header] = ()) -> ForkPlan:

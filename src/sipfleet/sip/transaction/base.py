@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from sipfleet.sip.message import Message, Request
 from sipfleet.sip.transaction.actions import Action, CancelTimer, State, Terminated
 from sipfleet.sip.transaction.timers import DEFAULT_TIMERS, Timer, Timers, is_reliable
+
+# Final aliases: C statics in the compiled build. The names they stand for live in
+# interpreted modules (sip/transaction/actions.py, the enums), and each plain use of
+# one is a lookup in this module's globals (and an attribute read, for a member).
+_CANCEL_TIMER: Final = CancelTimer
+_TERMINATED: Final = Terminated
+_STATE_TERMINATED: Final = State.TERMINATED
 
 Key = tuple[object, ...]
 
@@ -64,7 +71,7 @@ class Transaction:
 
     @property
     def terminated(self) -> bool:
-        return self.state is State.TERMINATED
+        return self.state is _STATE_TERMINATED
 
     def timer_fired(self, timer: Timer) -> list[Action]:
         """A timer armed by ``StartTimer`` fired. Late or unknown timers are ignored."""
@@ -84,16 +91,16 @@ class Transaction:
     # -- helpers for the state machines -------------------------------------------------
     def _cancel(self, actions: list[Action], *timers: Timer) -> None:
         for timer in timers:
-            actions.append(CancelTimer(self, timer))
+            actions.append(_CANCEL_TIMER(self, timer))
 
     def _terminate(self, actions: list[Action]) -> list[Action]:
-        self.state = State.TERMINATED
+        self.state = _STATE_TERMINATED
         table = self._table
         if table is not None:
             if table.get(self.key) is self:
                 del table[self.key]
             self._table = None
-        actions.append(Terminated(self))
+        actions.append(_TERMINATED(self))
         return actions
 
     def __repr__(self) -> str:

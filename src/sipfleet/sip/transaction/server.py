@@ -9,6 +9,8 @@ needs no 200 ms timer.
 
 from __future__ import annotations
 
+from typing import Final
+
 from sipfleet.sip.message import Request, Response
 from sipfleet.sip.parser import parse_message
 from sipfleet.sip.transaction.actions import (
@@ -22,6 +24,26 @@ from sipfleet.sip.transaction.actions import (
 )
 from sipfleet.sip.transaction.base import Transaction
 from sipfleet.sip.transaction.timers import Timer
+
+# Final aliases: C statics in the compiled build. The names they stand for live in
+# interpreted modules (sip/transaction/actions.py, the enums), and each plain use of
+# one is a lookup in this module's globals (and an attribute read, for a member).
+_SEND: Final = Send
+_START_TIMER: Final = StartTimer
+_DELIVER: Final = Deliver
+_TIMEOUT: Final = Timeout
+_TRANSPORT_ERROR: Final = TransportError
+_STATE_ACCEPTED: Final = State.ACCEPTED
+_STATE_COMPLETED: Final = State.COMPLETED
+_STATE_CONFIRMED: Final = State.CONFIRMED
+_STATE_PROCEEDING: Final = State.PROCEEDING
+_STATE_TERMINATED: Final = State.TERMINATED
+_STATE_TRYING: Final = State.TRYING
+_TIMER_G: Final = Timer.G
+_TIMER_H: Final = Timer.H
+_TIMER_I: Final = Timer.I
+_TIMER_J: Final = Timer.J
+_TIMER_L: Final = Timer.L
 
 
 class ServerTransaction(Transaction):
@@ -68,23 +90,23 @@ class ServerInviteTransaction(ServerTransaction):
     def respond(self, response: Response) -> list[Action]:
         state = self.state
         status = response.status
-        if state is State.PROCEEDING:
+        if state is _STATE_PROCEEDING:
             self._last = response
             if status < 200:
-                return [Send(self, response)]
+                return [_SEND(self, response)]
             if status < 300:
-                self.state = State.ACCEPTED
-                return [Send(self, response), StartTimer(self, Timer.L, self.timers.timeout)]
-            self.state = State.COMPLETED
-            actions: list[Action] = [Send(self, response)]
+                self.state = _STATE_ACCEPTED
+                return [_SEND(self, response), _START_TIMER(self, _TIMER_L, self.timers.timeout)]
+            self.state = _STATE_COMPLETED
+            actions: list[Action] = [_SEND(self, response)]
             if not self.reliable:
-                actions.append(StartTimer(self, Timer.G, self._interval))
-            actions.append(StartTimer(self, Timer.H, self.timers.timeout))
+                actions.append(_START_TIMER(self, _TIMER_G, self._interval))
+            actions.append(_START_TIMER(self, _TIMER_H, self.timers.timeout))
             return actions
-        if 200 <= status < 300 and state is not State.TERMINATED:
+        if 200 <= status < 300 and state is not _STATE_TERMINATED:
             # Accepted: the TU's 2xx retransmissions (RFC 6026). Completed or Confirmed:
             # a 2xx after a failure, which a proxy must still forward (§16.7 step 5).
-            return [Send(self, response)]
+            return [_SEND(self, response)]
         return []
 
     @property
@@ -100,41 +122,41 @@ class ServerInviteTransaction(ServerTransaction):
     def receive(self, request: Request) -> list[Action]:
         state = self.state
         if request.method == "ACK":
-            if state is State.COMPLETED:
+            if state is _STATE_COMPLETED:
                 return self._confirm()
-            if state is State.ACCEPTED:
-                return [Deliver(self, request)]
+            if state is _STATE_ACCEPTED:
+                return [_DELIVER(self, request)]
             return []  # Confirmed absorbs ACK retransmissions
         last = self._last
-        if last is not None and (state is State.PROCEEDING or state is State.COMPLETED):
-            return [Send(self, last)]
+        if last is not None and (state is _STATE_PROCEEDING or state is _STATE_COMPLETED):
+            return [_SEND(self, last)]
         return []  # nothing sent yet, or Accepted: the INVITE is absorbed (RFC 6026)
 
     def _confirm(self) -> list[Action]:
         actions: list[Action] = []
         if self.reliable:
-            self._cancel(actions, Timer.H)
+            self._cancel(actions, _TIMER_H)
             return self._terminate(actions)  # Timer I is zero
-        self._cancel(actions, Timer.G, Timer.H)
-        self.state = State.CONFIRMED
-        actions.append(StartTimer(self, Timer.I, self.timers.t4))
+        self._cancel(actions, _TIMER_G, _TIMER_H)
+        self.state = _STATE_CONFIRMED
+        actions.append(_START_TIMER(self, _TIMER_I, self.timers.t4))
         return actions
 
     def timer_fired(self, timer: Timer) -> list[Action]:
         state = self.state
-        if state is State.COMPLETED:
-            if timer == Timer.G and not self.reliable:
+        if state is _STATE_COMPLETED:
+            if timer == _TIMER_G and not self.reliable:
                 assert self._last is not None
                 self._interval = min(2 * self._interval, self.timers.t2)
-                return [Send(self, self._last), StartTimer(self, Timer.G, self._interval)]
-            if timer == Timer.H:  # no ACK came: the TU learns the transaction failed
+                return [_SEND(self, self._last), _START_TIMER(self, _TIMER_G, self._interval)]
+            if timer == _TIMER_H:  # no ACK came: the TU learns the transaction failed
                 actions: list[Action] = []
                 if not self.reliable:
-                    self._cancel(actions, Timer.G)
-                actions.append(Timeout(self, Timer.H))
+                    self._cancel(actions, _TIMER_G)
+                actions.append(_TIMEOUT(self, _TIMER_H))
                 return self._terminate(actions)
-        elif (state is State.CONFIRMED and timer == Timer.I) or (
-            state is State.ACCEPTED and timer == Timer.L
+        elif (state is _STATE_CONFIRMED and timer == _TIMER_I) or (
+            state is _STATE_ACCEPTED and timer == _TIMER_L
         ):
             return self._terminate([])
         return []
@@ -143,8 +165,8 @@ class ServerInviteTransaction(ServerTransaction):
         # RFC 6026 Figure 7: in Proceeding, Completed and Accepted the TU is told and the
         # state stays; Timer H or L (or the TU's final response) still ends it.
         state = self.state
-        if state is State.PROCEEDING or state is State.COMPLETED or state is State.ACCEPTED:
-            return [TransportError(self)]
+        if state is _STATE_PROCEEDING or state is _STATE_COMPLETED or state is _STATE_ACCEPTED:
+            return [_TRANSPORT_ERROR(self)]
         return []
 
 
@@ -162,36 +184,36 @@ class ServerNonInviteTransaction(ServerTransaction):
 
     def respond(self, response: Response) -> list[Action]:
         state = self.state
-        if state is not State.TRYING and state is not State.PROCEEDING:
+        if state is not _STATE_TRYING and state is not _STATE_PROCEEDING:
             return []  # after the final response the TU has nothing more to say
         self._last = response
-        actions: list[Action] = [Send(self, response)]
+        actions: list[Action] = [_SEND(self, response)]
         if response.status < 200:
-            self.state = State.PROCEEDING
+            self.state = _STATE_PROCEEDING
             return actions
         if self.reliable:
             return self._terminate(actions)  # Timer J is zero
-        self.state = State.COMPLETED
-        actions.append(StartTimer(self, Timer.J, self.timers.timeout))
+        self.state = _STATE_COMPLETED
+        actions.append(_START_TIMER(self, _TIMER_J, self.timers.timeout))
         return actions
 
     def receive(self, request: Request) -> list[Action]:
         last = self._last
-        if last is None or self.state is State.TERMINATED:
+        if last is None or self.state is _STATE_TERMINATED:
             return []  # Trying: the TU has the request and has not answered yet
-        return [Send(self, last)]
+        return [_SEND(self, last)]
 
     def timer_fired(self, timer: Timer) -> list[Action]:
-        if self.state is State.COMPLETED and timer == Timer.J:
+        if self.state is _STATE_COMPLETED and timer == _TIMER_J:
             return self._terminate([])
         return []
 
     def transport_failed(self) -> list[Action]:
         state = self.state
         actions: list[Action] = []
-        if state is State.COMPLETED:
-            self._cancel(actions, Timer.J)
-        elif state is not State.PROCEEDING:
+        if state is _STATE_COMPLETED:
+            self._cancel(actions, _TIMER_J)
+        elif state is not _STATE_PROCEEDING:
             return []  # nothing was sent in Trying
-        actions.append(TransportError(self))
+        actions.append(_TRANSPORT_ERROR(self))
         return self._terminate(actions)
