@@ -317,7 +317,7 @@ class FastRelay:
                 return exact
             self._clients.put(key, known)
         head, after = known
-        stamped = None if after is None else sent_by + ";" + BRANCH + branch + after
+        stamped = None if after is None else f"{sent_by};{BRANCH}{branch}{after}"
         return head + branch[len(BRANCH_COOKIE) :], stamped
 
     def _client_via_parsed(self, top: str, peer: Peer, salt: str) -> tuple[str, str | None] | None:
@@ -419,7 +419,7 @@ class FastRelay:
         ours_key = _without_branch(ours)
         if not hop_key or not ours_key:
             return self._next_hop_parsed(hop, ours)
-        key = hop_key + "\x00" + ours_key
+        key = f"{hop_key}\x00{ours_key}"
         known = self._hops.table.get(key)
         if known is None:
             known = self._next_hop_parsed(hop, ours)
