@@ -200,7 +200,7 @@ class StatelessForwarder:
             flows = self._udp_flows if self._udp_flows is not None else self._udp_flows_known()
             # the parameter written once per socket, not formatted per request
             written = flows.get((peer.local_host, peer.local_port))
-            return prefix + branch if written is None else prefix + branch + written
+            return prefix + branch if written is None else f"{prefix}{branch}{written}"
         flow = self._flow_of(peer)
         return f"{prefix}{branch}" if flow is None else f"{prefix}{branch};{FLOW_PARAM}={flow}"
 

@@ -55,7 +55,7 @@ from sipfleet.sip.grammar import WS, match_plain_params
 from sipfleet.sip.headlines import (
     VIA_LINE,
     HeadLines,
-    alnum_besides,
+    alnum_dash_dot,
     call_id_of,
     clean,
     hop_count,
@@ -454,7 +454,7 @@ def _without_branch(via: str) -> str:
 def _plain(branch: str) -> bool:
     """Whether ``branch`` is not empty and holds only PLAIN_PARAM_CHARS: letters and
     digits with '-' and '.' (every branch seen) without a regex call, else the regex."""
-    return alnum_besides(branch, "-", ".") or match_plain_params(branch) is not None
+    return alnum_dash_dot(branch) or match_plain_params(branch) is not None
 
 
 def _carried(branch: str) -> bool:
