@@ -7,13 +7,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sipfleet.sip import ParseError, Request, parse_message
-from sipfleet.sip.headlines import alnum_besides, untagged
+from sipfleet.sip.headlines import alnum_besides, alnum_dash_dot, untagged
 
 
-@given(st.text(alphabet="aZ09-._é ", max_size=8))
+@given(st.text(alphabet="aZ09-._é \x00~/=?", max_size=8))
 def test_alnum_besides_is_the_replace_it_spares(text: str) -> None:
     bare = text.replace("-", "").replace(".", "")
     assert alnum_besides(text, "-", ".") is (bare.isalnum() and bare.isascii())
+    assert alnum_dash_dot(text) is (bare.isalnum() and bare.isascii())
+
+
+@given(
+    st.text(alphabet="aZ09-._é\u0663", max_size=8),
+    st.sampled_from(["-", "_", "a", "é", "\u0663", "", "-."]),
+    st.sampled_from([".", "_", "0", "é", "-_"]),
+)
+def test_alnum_besides_any_characters(text: str, one: str, other: str) -> None:
+    """Other characters besides (the Router's "-" and "_"), and arguments that are not
+    one character or are letters themselves (read by replacing)."""
+    bare = text.replace(one, "") if one else text
+    bare = bare.replace(other, "")
+    assert alnum_besides(text, one, other) is (bare.isalnum() and bare.isascii())
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ import pytest
 
 from sipfleet.config.listen import parse_listen
 from sipfleet.transport import Destination, MessageTooLarge, TransportError, bind_all, stun
+from sipfleet.transport.base import Peer
 from sipfleet.transport.sockets import listen_address_of
-from sipfleet.transport.udp import UdpTransport
+from sipfleet.transport.udp import MAX_PEERS, UdpTransport, _UdpSocket
 from tests.transport.helpers import UdpClient, ipv6_available, options
 from tests.transport.sinks import RecordingSink
 
@@ -240,3 +241,34 @@ async def test_datagrams_queued_before_start_are_answered(client) -> None:
         assert sources == set(transport.addresses)
     finally:
         await transport.close()
+
+
+async def test_the_peer_of_a_source_is_kept_and_each_source_has_its_own(udp) -> None:
+    transport, sink = udp
+    local = transport.addresses[0]
+    first, second = UdpClient(), UdpClient()
+    first.send(options("127.0.0.1:5999"), local)
+    _, peer = await sink.frame()
+    first.send(options("127.0.0.1:5999"), local)
+    _, again = await sink.frame()
+    second.send(options("127.0.0.1:5999"), local)
+    _, other = await sink.frame()
+    assert again is peer  # kept: the same Peer, not a new one
+    assert (peer.host, peer.port) == ("127.0.0.1", first.port)
+    assert (other.host, other.port) == ("127.0.0.1", second.port)
+    assert other.local_port == peer.local_port == local[1]
+
+
+def test_the_kept_peers_are_bounded_and_each_as_made() -> None:
+    delivered: list[Peer] = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udp_socket = _UdpSocket("127.0.0.1", 5060, lambda data, peer: delivered.append(peer), sock)
+        for port in range(1, MAX_PEERS + 10):
+            udp_socket.received(b"OPTIONS", ("127.0.0.2", port))
+        assert len(udp_socket.peers) <= MAX_PEERS
+        assert delivered == [
+            Peer("udp", "127.0.0.2", port, "127.0.0.1", 5060) for port in range(1, MAX_PEERS + 10)
+        ]
+    finally:
+        sock.close()

@@ -87,7 +87,8 @@ class StatelessForwarder:
         self.stats = ForwardStats()
         self._sent_bys: set[tuple[str, int | None]] | None = None
         self._our_texts: set[str] = set()  # "SIP/2.0/UDP host:port" of each sent-by
-        self._udp_index: dict[tuple[str, int], int] | None = None
+        # our UDP sockets' (host, port) -> ";sfi=u<index>", what our Via ends with
+        self._udp_flows: dict[tuple[str, int], str] | None = None
         # target (and sent-by) -> branch salt, our Via up to the branch value. Bounded
         # (sip/memo.py): targets may come from requests.
         self._targets: Final = Memo[object, tuple[str, str]](MAX_TARGETS)
@@ -193,23 +194,37 @@ class StatelessForwarder:
     def our_via(self, prefix: str, peer: Peer, branch: str) -> str:
         """Our Via for a request from ``peer``: ``prefix`` (``via_prefix``) and ``branch``,
         and the ``sfi`` the response path needs."""
-        if peer.transport == "udp" and self._one_udp_socket:
-            return prefix + branch  # nothing to choose on the way back
+        if peer.transport == "udp":
+            if self._one_udp_socket:
+                return prefix + branch  # nothing to choose on the way back
+            flows = self._udp_flows if self._udp_flows is not None else self._udp_flows_known()
+            # the parameter written once per socket, not formatted per request
+            written = flows.get((peer.local_host, peer.local_port))
+            return prefix + branch if written is None else f"{prefix}{branch}{written}"
         flow = self._flow_of(peer)
         return f"{prefix}{branch}" if flow is None else f"{prefix}{branch};{FLOW_PARAM}={flow}"
+
+    def _udp_flows_known(self) -> dict[tuple[str, int], str]:
+        """``;sfi=u<index>`` for each of our UDP sockets, by its address; none with one
+        socket (nothing to choose)."""
+        addresses = self.endpoint.udp.addresses
+        self._one_udp_socket = len(addresses) < 2
+        flows: dict[tuple[str, int], str] = {}
+        if not self._one_udp_socket:
+            for index, address in enumerate(addresses):
+                flows[address] = f";{FLOW_PARAM}=u{index}"
+            if len(flows) < 2:
+                flows.clear()  # one address after all: nothing to choose
+        self._udp_flows = flows
+        return flows
 
     def _flow_of(self, peer: Peer) -> str | None:
         """What the response path needs to reach the client the way it came."""
         if peer.transport != "udp":  # TCP or TLS: its connection
             return f"t{peer.connection_id}"
-        if self._udp_index is None:
-            addresses = self.endpoint.udp.addresses
-            self._udp_index = {address: i for i, address in enumerate(addresses)}
-            self._one_udp_socket = len(addresses) < 2
-        if len(self._udp_index) < 2:
-            return None  # one UDP socket: nothing to choose
-        index = self._udp_index.get((peer.local_host, peer.local_port))
-        return None if index is None else f"u{index}"
+        flows = self._udp_flows if self._udp_flows is not None else self._udp_flows_known()
+        written = flows.get((peer.local_host, peer.local_port))
+        return None if written is None else written[len(FLOW_PARAM) + 2 :]
 
     def _answer(self, request: Request, via: Via, peer: Peer, status: int) -> None:
         """Our own answer goes where §18.2.2 sends responses: the source IP, and the

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from mypy_extensions import i64
+
 from sipfleet.sip.address import Address, parse_trimmed_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS
@@ -20,6 +22,8 @@ from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.memo import Memo
 
 VIA_LINE: Final = "Via: "
+DASH: Final = 45  # ord("-")
+DOT: Final = 46  # ord(".")
 MAX_LENGTH_DIGITS: Final = 10  # as the parser reads Content-Length
 _LENGTHS: Final = Memo[str, int](1024)  # Content-Length line -> its value
 CREDENTIALS: Final = frozenset({"authorization", "proxy-authorization"})
@@ -35,11 +39,38 @@ HOP_COUNTS: Final = Memo[str, int](
 
 
 def alnum_besides(text: str, one: str, other: str) -> bool:
-    """Whether ``text`` holds ASCII letters or digits, and nothing else but the characters
-    ``one`` and ``other``. Each is replaced away only when it is there: a replace is a
-    method call and a new string, and most tags and tokens lack one or both."""
-    if text.isalnum():
-        return text.isascii()
+    """Whether ``text`` holds ASCII letters or digits (one at least), and nothing else but
+    the characters ``one`` and ``other``: ``text`` with them replaced away is ASCII and
+    ``isalnum``. Read one character code at a time (compiled, ``ord(text[at])`` is a
+    read of the string's buffer): the two replaces it stands for made two new strings
+    for most branches and tags."""
+    if len(one) != 1 or len(other) != 1 or one.isalnum() or other.isalnum():
+        return _alnum_replaced(text, one, other)  # not one character besides the rest
+    return _alnum_besides_codes(text, ord(one), ord(other))
+
+
+def alnum_dash_dot(text: str) -> bool:
+    """``alnum_besides(text, "-", ".")``: what branches and tags are checked with."""
+    return _alnum_besides_codes(text, DASH, DOT)
+
+
+def _alnum_besides_codes(text: str, first: int, second: int) -> bool:
+    """``alnum_besides`` with the two characters besides by their codes (not letters)."""
+    letters = False
+    size: i64 = len(text)
+    at: i64 = 0
+    while at < size:  # native integers: no tagged-int checks per character
+        code = ord(text[at])
+        at += 1
+        if 97 <= code <= 122 or 65 <= code <= 90 or 48 <= code <= 57:
+            letters = True
+        elif code != first and code != second:
+            return False
+    return letters
+
+
+def _alnum_replaced(text: str, one: str, other: str) -> bool:
+    """What ``alnum_besides`` stands for, with ``one`` and ``other`` of any length."""
     bare = text
     if one in bare:
         bare = bare.replace(one, "")
@@ -96,7 +127,7 @@ def tag_of(line: str, what: str) -> str:
     if end < 0:
         end = len(value)
     tag = value[start:end]
-    if not alnum_besides(tag, "-", "."):
+    if not alnum_dash_dot(tag):
         return ""
     params = value[value.rfind(">") + 1 :]  # the whole value for an addr-spec
     if " " in params or "\t" in params or '"' in params or value.lower().count("tag=") != 1:
@@ -117,7 +148,7 @@ def _bare_tag(value: str, at: int) -> str:
     colon = uri.find(":")
     if colon <= 0 or colon == len(uri) - 1 or " " in uri or "\t" in uri or "<" in uri:
         return ""
-    return tag if alnum_besides(tag, "-", ".") else ""
+    return tag if alnum_dash_dot(tag) else ""
 
 
 def _tag_parsed(value: str, what: str) -> str | None:
@@ -349,15 +380,20 @@ def push_our_via(
     push_via put them (the top Via where ``top_via_text`` found it), and Max-Forwards
     ``hops`` - 1 in place, as decrement_max_forwards writes it."""
     at = seen.via
-    kept = lines[at] if stamped is None else VIA_LINE + stamped
-    lines[at] = VIA_LINE + ours + "\r\n" + kept
+    # f-strings: one new string each, where chained '+' makes one per '+'
+    if stamped is None:
+        lines[at] = f"{VIA_LINE}{ours}\r\n{lines[at]}"
+    else:
+        lines[at] = f"{VIA_LINE}{ours}\r\n{VIA_LINE}{stamped}"
     lines[seen.max_forwards] = MAX_FORWARDS_LINES[hops - 1]
 
 
 def joined(lines: list[str], data: bytes, head_end: int) -> bytes:
     """The head's ``lines`` (start line first) and the body of ``data`` as received
     (after ``head_end``, where the blank line starts): what Message.serialize gives."""
-    forwarded = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    lines.append("\r\n")  # the blank line joined with the rest: no second copy of the head
+    forwarded = "\r\n".join(lines).encode("latin-1")
+    lines.pop()
     if head_end + 4 < len(data):
         forwarded += data[head_end + 4 :]
     return forwarded

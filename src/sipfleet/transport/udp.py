@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 
 from mypy_extensions import mypyc_attr
 
+from sipfleet.sip.memo import Memo
 from sipfleet.sip.parser import is_keepalive
 from sipfleet.transport import stun
 from sipfleet.transport.base import (
@@ -33,6 +34,7 @@ from sipfleet.transport.sockets import is_ip, listen_address_of
 
 log: Final = logging.getLogger(__name__)
 _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+MAX_PEERS: Final = 4096  # source addresses whose Peer is kept (bounded: sip/memo.py)
 
 
 class UdpTransport:
@@ -151,7 +153,7 @@ class _UdpSocket:
     fields are read without a lookup for every datagram (the listener below is a Python
     class, whose attributes cost a dictionary lookup each)."""
 
-    __slots__ = ("deliver", "local_host", "local_port", "sock", "transport")
+    __slots__ = ("deliver", "local_host", "local_port", "peers", "sock", "transport")
 
     def __init__(
         self,
@@ -165,9 +167,18 @@ class _UdpSocket:
         self.deliver = deliver
         self.sock: socket.socket | None = sock  # None once closed
         self.transport: asyncio.DatagramTransport | None = None  # reads; closes the socket
+        # the source address (as the loop gives it) -> its Peer: a few sources send most
+        # datagrams, and one dict lookup costs less than making the Peer (two objects);
+        # its host is then one string whose hash is kept, for the lookups made with it
+        self.peers: Final = Memo[Any, Peer](MAX_PEERS)
 
     def received(self, data: bytes, addr: Any) -> None:
-        peer = _new_tuple(Peer, ("udp", addr[0], addr[1], self.local_host, self.local_port, None))
+        peer = self.peers.table.get(addr)
+        if peer is None:
+            peer = self.peers.put(
+                addr,
+                _new_tuple(Peer, ("udp", addr[0], addr[1], self.local_host, self.local_port, None)),
+            )
         self.deliver(data, peer)
 
 

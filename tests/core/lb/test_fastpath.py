@@ -303,6 +303,30 @@ async def test_the_fast_path_sends_what_the_present_path_sends_or_declines() -> 
         assert len(made.taken) >= 5  # not only declines (most draws have something odd)
 
 
+# What a branch value may hold, for the checks read a character code at a time
+# (headlines.alnum_dash_dot): letters, digits, '-' and '.', and what is not plain.
+BRANCH_CHARACTERS = "aZz09-.-._!~%=?\xe9\xaa\xb2 \t"
+
+
+async def test_any_branch_values_are_sent_as_the_present_path_sends_them() -> None:
+    async with paths() as made:
+
+        @settings(max_examples=1500, deadline=None)
+        @given(
+            client_branch=st.text(BRANCH_CHARACTERS, max_size=12),
+            our_branch=st.text(BRANCH_CHARACTERS, max_size=12),
+            joined=st.booleans(),
+        )
+        def check(client_branch: str, our_branch: str, joined: bool) -> None:
+            ours = f"{made.our_via};branch=z9hG4bK{our_branch};sfi=u1"
+            client = f"SIP/2.0/UDP 127.0.0.1:5062;branch={client_branch};rport=5099"
+            lines = [f"Via: {ours}, {client}"] if joined else None
+            made.compare(response([ours, client], via_lines=lines))
+
+        check()
+        assert len(made.taken) >= 5
+
+
 @pytest.mark.parametrize("sockets", [1, 2])
 async def test_taken_with_one_or_two_udp_sockets(sockets: int) -> None:
     async with paths(sockets) as made:

@@ -326,6 +326,30 @@ async def test_the_fast_path_forwards_what_the_present_path_forwards_or_declines
         assert len(made.taken) >= 5  # not only declines (most draws have something odd)
 
 
+# What a branch value may hold, for the checks read a character code at a time
+# (headlines.alnum_dash_dot): letters, digits, '-' and '.', and what is not plain.
+BRANCH_CHARACTERS = "aZz09-.-._!~%=?\xe9\xaa\xb2 \t"
+
+
+async def test_any_branch_values_are_forwarded_as_the_present_path_forwards_them() -> None:
+    async with lb() as made:
+        here = f"{made.phone.host}:{made.phone.port}"
+
+        @settings(max_examples=1000, deadline=None)
+        @given(
+            branch=st.text(BRANCH_CHARACTERS, max_size=12),
+            cookie=st.sampled_from(["z9hG4bK", "z9hG4bK-", ""]),
+            after=st.sampled_from(["", ";rport", ";x=1"]),
+        )
+        def check(branch: str, cookie: str, after: str) -> None:
+            made.compare(
+                request(made.phone, via=f"Via: SIP/2.0/UDP {here};branch={cookie}{branch}{after}")
+            )
+
+        check()
+        assert len(made.taken) >= 5
+
+
 async def test_over_the_rate_the_fast_path_drops_as_the_present_path_does() -> None:
     async with lb(rate_per_s=0.001, burst=2) as made:
         results = [made.compare(request(made.phone)) for _ in range(2)]

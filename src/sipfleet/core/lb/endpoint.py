@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 from sipfleet.config.listen import ListenAddress
 from sipfleet.core.endpoint import CONNECTION_IDS_PER_WORKER, SipEndpoint
@@ -26,6 +27,9 @@ from sipfleet.transport.base import (
 from sipfleet.transport.tls import TlsCertificates
 
 log = logging.getLogger(__name__)
+# A static of the compiled module: handoff is interpreted, and handoff.MAGIC read for
+# every datagram was an attribute lookup on it.
+HANDOFF_MAGIC: Final = handoff.MAGIC
 
 
 class LbEndpoint(SipEndpoint):
@@ -68,7 +72,7 @@ class LbEndpoint(SipEndpoint):
     # The base class named rather than super(): these two run for every message, and a
     # super() lookup costs as much as the rest of the override.
     def frame_received(self, data: bytes, peer: Peer) -> None:
-        if data.startswith(handoff.MAGIC):
+        if data.startswith(HANDOFF_MAGIC):
             self._handoff_received(data, peer)
         else:
             SipEndpoint.frame_received(self, data, peer)

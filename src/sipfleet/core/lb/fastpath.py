@@ -56,7 +56,7 @@ from sipfleet.sip.headers import HEADER_KEYS
 from sipfleet.sip.headlines import (
     VIA_LINE,
     HeadLines,
-    alnum_besides,
+    alnum_dash_dot,
     call_id_of,
     clean,
     hop_count,
@@ -377,7 +377,7 @@ class FastRelay:
                 return exact
             self._clients.put(key, known)
         head, after = known
-        stamped = None if after is None else sent_by + ";" + BRANCH + branch + after
+        stamped = None if after is None else f"{sent_by};{BRANCH}{branch}{after}"
         return head + branch[len(BRANCH_COOKIE) :], stamped
 
     def _client_via_parsed(self, top: str, peer: Peer, salt: str) -> tuple[str, str | None] | None:
@@ -479,7 +479,7 @@ class FastRelay:
         ours_key = _without_branch(ours)
         if not hop_key or not ours_key:
             return self._next_hop_parsed(hop, ours)
-        key = hop_key + "\x00" + ours_key
+        key = f"{hop_key}\x00{ours_key}"
         known = self._hops.table.get(key)
         if known is None:
             known = self._next_hop_parsed(hop, ours)
@@ -514,7 +514,7 @@ def _without_branch(via: str) -> str:
 def _plain(branch: str) -> bool:
     """Whether ``branch`` is not empty and holds only PLAIN_PARAM_CHARS: letters and
     digits with '-' and '.' (every branch seen) without a regex call, else the regex."""
-    return alnum_besides(branch, "-", ".") or match_plain_params(branch) is not None
+    return alnum_dash_dot(branch) or match_plain_params(branch) is not None
 
 
 def _carried(branch: str) -> bool:
