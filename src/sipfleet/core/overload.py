@@ -56,10 +56,15 @@ class OverloadMonitor:
     _calm_checks: int = 0
     _pressed_since: float | None = None
     _backlog_then: int = 0  # the backlog when the current window began
+    # The share of new requests to refuse before all are (the LB's REGISTERs): fed the
+    # same backlog, it acts within 0.1 s, where refusing all waits for ``sustain``.
+    share: LossControl | None = None
 
     def observe(self, now: float, lag: float, backlog: int) -> bool:
         """Record one check at time ``now``; returns whether new requests should be
         refused now."""
+        if self.share is not None:
+            self.share.observe(now, backlog)
         pressed = lag >= self.enter_lag or backlog >= self.enter_backlog
         if self.overloaded:
             self._settle(lag, backlog)
@@ -202,8 +207,13 @@ class LossControl:
         recovery: float = 0.05,
         floor: float = 0.05,
         validity: float = DEFAULT_VALIDITY,
+        refusing: str = "asking clients that take part (RFC 7339) to refuse new requests",
+        refusing_none: str = "clients asked to refuse nothing",
     ) -> None:
+        """``refusing``, ``refusing_none``: what the log says when a share is first
+        refused, and when none is again."""
         self.high, self.low = high, low
+        self.refusing, self.refusing_none = refusing, refusing_none
         self.period, self.cut, self.recovery, self.floor = period, cut, recovery, floor
         self.validity = validity
         self.admitted = 1.0  # the share of new requests the clients should let through
@@ -219,16 +229,12 @@ class LossControl:
         before, self._before = self._before, backlog
         if backlog >= self.high and before >= self.high and backlog * 4 > before * 3:
             if self.admitted == 1.0:
-                log.warning(
-                    "overloaded (%d KB waiting): asking clients that take part (RFC 7339) "
-                    "to refuse new requests",
-                    backlog >> 10,
-                )
+                log.warning("overloaded (%d KB waiting): %s", backlog >> 10, self.refusing)
             self.admitted = max(self.floor, self.admitted * self.cut)
         elif backlog < self.low and self.admitted < 1.0:
             self.admitted = min(1.0, self.admitted + self.recovery)
             if self.admitted == 1.0:
-                log.info("overload over: clients asked to refuse nothing")
+                log.info("overload over: %s", self.refusing_none)
         if self.admitted < 1.0:
             self._report_until = now + self.validity
 
@@ -269,13 +275,17 @@ class LossFeedback:
     alike without sharing state, and a phone's next attempt (a new branch) is a new draw,
     so no phone is refused for good."""
 
-    def __init__(self, max_servers: int = 256) -> None:
+    def __init__(self, max_servers: int = 256, own: LossControl | None = None) -> None:
+        """``own``: the client's own loss control (the LB's backlog), refused on top of
+        what the servers ask."""
         self.max_servers = max_servers
+        self.own = own
         self.refused = 0  # counted by the caller: refusing may yet be dropped (edge guard)
         self._asked: dict[tuple[str, int], _Asked] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._asked)
+        own = self.own
+        return bool(self._asked) or (own is not None and own.admitted < 1.0)
 
     def heard(self, server: tuple[str, int], via_params: Params, now: float) -> bool:
         """A response from ``server`` whose Via (ours) carries ``via_params``. Values out
@@ -318,13 +328,17 @@ class LossFeedback:
     def refuses(self, server: tuple[str, int], now: float, draw: str) -> bool:
         """Whether to refuse the new request to ``server`` whose Call-ID and top Via
         make ``draw``."""
+        loss = 0
         asked = self._asked.get(server)
-        if asked is None:
-            return False
-        if now >= asked.until:
-            del self._asked[server]
-            return False
-        return zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100 < asked.loss
+        if asked is not None:
+            if now < asked.until:
+                loss = asked.loss
+            else:
+                del self._asked[server]
+        own = self.own
+        if own is not None and own.admitted < 1.0:
+            loss = max(loss, own.loss)
+        return loss > 0 and zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100 < loss
 
 
 def _percent(value: str | None) -> int | None:

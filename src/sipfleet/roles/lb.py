@@ -26,7 +26,7 @@ from sipfleet.core.lb.probes import HealthChecker
 from sipfleet.core.lb.router import Router
 from sipfleet.core.lb.service import LbWorker
 from sipfleet.core.lb.sides import Sides
-from sipfleet.core.overload import OverloadMonitor, receive_backlog
+from sipfleet.core.overload import LossControl, OverloadMonitor, receive_backlog
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.mgmt.log_level import following_log_level
 from sipfleet.mgmt.metrics import publishing
@@ -161,7 +161,8 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
     forwarder = StatelessForwarder(
         endpoint, force_rport=section.force_rport, advertised=sides.advertised_sent_bys()
     )
-    overload = OverloadMonitor()
+    share = LossControl(refusing="refusing a share of new REGISTERs", refusing_none="none refused")
+    overload = OverloadMonitor(share=share)
     exempt = [*config.edge.exempt, *config.proxy.trusted_peers]
     guard = EdgeGuard(config.edge, router, exempt)
     endpoint.handler = Balancer(

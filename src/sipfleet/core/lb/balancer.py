@@ -72,7 +72,8 @@ class Balancer:
         self.shed = 0  # new requests answered 503 while overloaded
         self.shed_dropped = 0  # the same past the answer budget: dropped
         # RFC 7339: the registrars' overload control; REGISTERs carry our ``oc``.
-        self.loss = LossFeedback()  # its ``refused``: new REGISTERs refused for their registrar
+        # its ``refused``: new REGISTERs refused for their registrar or the LB's own backlog
+        self.loss = LossFeedback(own=self.overload.share)
         self._loss_told: dict[tuple[str, int], float] = {}  # when the others were told
         self._budget = AnswerBudget()
         self._refusals = LogBudget(log)

@@ -161,7 +161,7 @@ class FastRelay:
         # Declined before the head is split: a method none of the three ways takes (a
         # Route is found as we and sipp write it; other spellings: declined by HeadLines)
         start = text[: text.find("\r\n")]
-        if self.loss and start.startswith(REGISTER_START):
+        if start.startswith(REGISTER_START) and self.loss:
             return self._refused_register(data, text, head_end, start, peer)
         method = _method(start)
         routed = text.find(ROUTE_LINE, 0, head_end) >= 0
