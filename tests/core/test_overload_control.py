@@ -14,7 +14,7 @@ ALL = "any request"  # drawn against a loss of 100 %: always refused
 
 
 def control() -> LossControl:
-    return LossControl(high=HIGH, low=LOW, period=0.05, cut=0.8, recovery=0.05)
+    return LossControl(high=HIGH, low=LOW, period=0.05, sustain=0.1, cut=0.8, recovery=0.05)
 
 
 def params(text: str) -> dict[str, str | None]:
@@ -25,11 +25,12 @@ def test_a_backlog_that_stays_full_asks_for_more_loss_each_period() -> None:
     loss = control()
     assert loss.via_params(0.0) == {}  # never overloaded: nothing said
     loss.observe(0.0, HIGH)
-    assert loss.loss == 0  # above the mark once: a burst, perhaps
-    loss.observe(0.01, HIGH)  # within the period: not acted on
+    loss.observe(0.05, HIGH)
+    assert loss.loss == 0  # above the mark for less than ``sustain``: a burst, perhaps
+    loss.observe(0.06, HIGH)  # within the period: not acted on
     loss.observe(0.1, HIGH)
     assert loss.loss == 20
-    loss.observe(0.2, HIGH * 2)
+    loss.observe(0.2, HIGH * 2)  # and again at each check while it lasts
     assert loss.loss == 36
     loss.observe(0.3, LOW)  # between the marks: held
     assert loss.loss == 36
@@ -43,7 +44,8 @@ def test_a_backlog_that_drains_is_caught_up_with_not_an_excess() -> None:
     loss.observe(0.1, HIGH * 3)  # a quarter less: draining
     loss.observe(0.2, HIGH * 2)
     assert loss.loss == 0
-    loss.observe(0.3, HIGH * 2)  # stopped draining: an excess
+    loss.observe(0.3, HIGH * 2)  # stopped draining: an excess, once it lasts
+    loss.observe(0.4, HIGH * 2)
     assert loss.loss == 20
 
 
@@ -54,7 +56,7 @@ def overloaded(loss: LossControl, at: float = 0.0) -> None:
 
 def test_the_answer_names_loss_algorithm_validity_and_sequence() -> None:
     loss = control()
-    overloaded(loss, 0.9)
+    overloaded(loss, 1.0)
     assert loss.via_params(1.2) == {
         "oc": "20",
         "oc-algo": '"loss"',

@@ -188,12 +188,13 @@ class LossControl:
     to refuse, from its own receive backlog.
 
     Every ``period`` seconds of traffic the backlog is compared with two marks. Above
-    ``high`` at two checks in a row without draining (a quarter less than at the check
-    before), the admitted share is cut by ``cut``: multiplicative, as a queue that keeps
-    growing past the mark is near what a client's first retransmission (T1, 500 ms) would
-    find unanswered. A queue above the mark once, or shrinking, is a burst being caught
-    up with (the process was not scheduled for a moment: two cores shared by the LB,
-    the registrar, the database and the phones), not an excess. Below ``low`` the share
+    ``high`` without draining (a quarter less than at the check before) at every check
+    for ``sustain`` seconds, the admitted share is cut by ``cut``, and again at each
+    check while that lasts: multiplicative, as a queue that keeps growing past the mark
+    is near what a client's first retransmission (T1, 500 ms) would find unanswered. A
+    queue above the mark for less, or shrinking, is a burst being caught up with (the
+    process was not scheduled for a moment: two cores shared by the LB, the registrar,
+    the database and the phones at the maximum rate), not an excess. Below ``low`` the share
     grows back by ``recovery`` (additive, so the offered load is found again without
     overshooting it); in between it holds. The process thus keeps its queue short by
     asking for just the excess to be refused, rather than refusing or dropping it itself."""
@@ -203,6 +204,7 @@ class LossControl:
         high: int = 1 << 20,
         low: int = 128 << 10,
         period: float = 0.05,
+        sustain: float = 0.2,
         cut: float = 0.8,
         recovery: float = 0.05,
         floor: float = 0.05,
@@ -215,6 +217,8 @@ class LossControl:
         self.high, self.low = high, low
         self.refusing, self.refusing_none = refusing, refusing_none
         self.period, self.cut, self.recovery, self.floor = period, cut, recovery, floor
+        self.sustain = sustain
+        self._pressed_since: float | None = None
         self.validity = validity
         self.admitted = 1.0  # the share of new requests the clients should let through
         self._checked = -1e18
@@ -227,7 +231,12 @@ class LossControl:
             return
         self._checked = now
         before, self._before = self._before, backlog
-        if backlog >= self.high and before >= self.high and backlog * 4 > before * 3:
+        pressed = backlog >= self.high and backlog * 4 > before * 3  # full, not draining
+        if not pressed:
+            self._pressed_since = None
+        elif self._pressed_since is None:
+            self._pressed_since = now
+        if pressed and (self.admitted < 1.0 or now - self._pressed_since >= self.sustain):
             if self.admitted == 1.0:
                 log.warning("overloaded (%d KB waiting): %s", backlog >> 10, self.refusing)
             self.admitted = max(self.floor, self.admitted * self.cut)
