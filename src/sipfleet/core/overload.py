@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux; index 0 is the receive queue
 _MEMINFO = struct.Struct("9I")
+SUSTAIN: Final = 0.5  # seconds of pressure before a process refuses every new request
 
 
 @dataclass(slots=True)
@@ -49,7 +50,7 @@ class OverloadMonitor:
     leave_backlog: int = 128 << 10
     enter_lag: float = 0.1  # seconds the loop is late
     leave_lag: float = 0.02
-    sustain: float = 0.5  # seconds of pressure on every check before it counts
+    sustain: float = SUSTAIN  # seconds of pressure on every check before it counts
     calm: int = 3  # calm checks in a row before new requests are accepted again
     overloaded: bool = False
     episodes: int = 0
@@ -236,7 +237,8 @@ class LossControl:
             self._pressed_since = None
         elif self._pressed_since is None:
             self._pressed_since = now
-        if pressed and (self.admitted < 1.0 or now - self._pressed_since >= self.sustain):
+        since = self._pressed_since  # set exactly while pressed
+        if since is not None and (self.admitted < 1.0 or now - since >= self.sustain):
             if self.admitted == 1.0:
                 log.warning("overloaded (%d KB waiting): %s", backlog >> 10, self.refusing)
             self.admitted = max(self.floor, self.admitted * self.cut)

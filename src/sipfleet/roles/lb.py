@@ -161,7 +161,13 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
     forwarder = StatelessForwarder(
         endpoint, force_rport=section.force_rport, advertised=sides.advertised_sent_bys()
     )
-    share = LossControl(refusing="refusing a share of new REGISTERs", refusing_none="none refused")
+    # the LB's own share waits longer than a registrar's: a flood the edge guard drops
+    # fills the LB's backlog too, and refusing the phones then is worse than reading on
+    share = LossControl(
+        sustain=LB_SHARE_SUSTAIN,
+        refusing="refusing a share of new REGISTERs",
+        refusing_none="none refused",
+    )
     overload = OverloadMonitor(share=share)
     exempt = [*config.edge.exempt, *config.proxy.trusted_peers]
     guard = EdgeGuard(config.edge, router, exempt)
@@ -180,6 +186,9 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         gateways=guard.exempt_gateways,
         backlog=receive_backlog(own.sockets),
     )
+
+
+LB_SHARE_SUSTAIN = 0.3  # seconds (docs/lb.md "Refusing for an overloaded registrar")
 
 
 def certificates_of(config: Config) -> TlsCertificates | None:

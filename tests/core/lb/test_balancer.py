@@ -188,7 +188,7 @@ async def test_only_a_member_of_the_cluster_can_ask_the_lb_to_refuse() -> None:
 async def test_the_lbs_own_backlog_refuses_a_share_of_new_registers_at_once() -> None:
     phone, registrar = UdpClient(), UdpClient()
     async with lb_before(UdpClient(), registrar) as lb:
-        for second in (0.0, 0.1, 0.2):  # full for 0.2 s: a share refused, not yet all
+        for second in (0.0, 0.1, 0.2, 0.3):  # full for 0.3 s: a share refused, not yet all
             lb.balancer.overload.observe(second, 0.0, 1 << 30)
         assert not lb.balancer.overload.overloaded
         for n in range(40):
