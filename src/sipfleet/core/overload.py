@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux; index 0 is the receive queue
 _MEMINFO = struct.Struct("9I")
-SUSTAIN: Final = 0.5  # seconds of pressure before a process refuses every new request
 
 
 @dataclass(slots=True)
@@ -50,22 +49,17 @@ class OverloadMonitor:
     leave_backlog: int = 128 << 10
     enter_lag: float = 0.1  # seconds the loop is late
     leave_lag: float = 0.02
-    sustain: float = SUSTAIN  # seconds of pressure on every check before it counts
+    sustain: float = 0.5  # seconds of pressure on every check before it counts
     calm: int = 3  # calm checks in a row before new requests are accepted again
     overloaded: bool = False
     episodes: int = 0
     _calm_checks: int = 0
     _pressed_since: float | None = None
     _backlog_then: int = 0  # the backlog when the current window began
-    # The share of new requests to refuse before all are (the LB's REGISTERs): fed the
-    # same backlog, it acts within 0.1 s, where refusing all waits for ``sustain``.
-    share: LossControl | None = None
 
     def observe(self, now: float, lag: float, backlog: int) -> bool:
         """Record one check at time ``now``; returns whether new requests should be
         refused now."""
-        if self.share is not None:
-            self.share.observe(now, backlog)
         pressed = lag >= self.enter_lag or backlog >= self.enter_backlog
         if self.overloaded:
             self._settle(lag, backlog)
@@ -286,17 +280,13 @@ class LossFeedback:
     alike without sharing state, and a phone's next attempt (a new branch) is a new draw,
     so no phone is refused for good."""
 
-    def __init__(self, max_servers: int = 256, own: LossControl | None = None) -> None:
-        """``own``: the client's own loss control (the LB's backlog), refused on top of
-        what the servers ask."""
+    def __init__(self, max_servers: int = 256) -> None:
         self.max_servers = max_servers
-        self.own = own
         self.refused = 0  # counted by the caller: refusing may yet be dropped (edge guard)
         self._asked: dict[tuple[str, int], _Asked] = {}
 
     def __bool__(self) -> bool:
-        own = self.own
-        return bool(self._asked) or (own is not None and own.admitted < 1.0)
+        return bool(self._asked)
 
     def heard(self, server: tuple[str, int], via_params: Params, now: float) -> bool:
         """A response from ``server`` whose Via (ours) carries ``via_params``. Values out
@@ -339,17 +329,13 @@ class LossFeedback:
     def refuses(self, server: tuple[str, int], now: float, draw: str) -> bool:
         """Whether to refuse the new request to ``server`` whose Call-ID and top Via
         make ``draw``."""
-        loss = 0
         asked = self._asked.get(server)
-        if asked is not None:
-            if now < asked.until:
-                loss = asked.loss
-            else:
-                del self._asked[server]
-        own = self.own
-        if own is not None and own.admitted < 1.0:
-            loss = max(loss, own.loss)
-        return loss > 0 and zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100 < loss
+        if asked is None:
+            return False
+        if now >= asked.until:
+            del self._asked[server]
+            return False
+        return zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100 < asked.loss
 
 
 def _percent(value: str | None) -> int | None:

@@ -26,7 +26,7 @@ from sipfleet.core.lb.probes import HealthChecker
 from sipfleet.core.lb.router import Router
 from sipfleet.core.lb.service import LbWorker
 from sipfleet.core.lb.sides import Sides
-from sipfleet.core.overload import LossControl, OverloadMonitor, receive_backlog
+from sipfleet.core.overload import OverloadMonitor, receive_backlog
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.mgmt.log_level import following_log_level
 from sipfleet.mgmt.metrics import publishing
@@ -161,14 +161,7 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
     forwarder = StatelessForwarder(
         endpoint, force_rport=section.force_rport, advertised=sides.advertised_sent_bys()
     )
-    # the LB's own share waits longer than a registrar's: a flood the edge guard drops
-    # fills the LB's backlog too, and refusing the phones then is worse than reading on
-    share = LossControl(
-        sustain=LB_SHARE_SUSTAIN,
-        refusing="refusing a share of new REGISTERs",
-        refusing_none="none refused",
-    )
-    overload = OverloadMonitor(share=share)
+    overload = OverloadMonitor()
     exempt = [*config.edge.exempt, *config.proxy.trusted_peers]
     guard = EdgeGuard(config.edge, router, exempt)
     endpoint.handler = Balancer(
@@ -186,9 +179,6 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         gateways=guard.exempt_gateways,
         backlog=receive_backlog(own.sockets),
     )
-
-
-LB_SHARE_SUSTAIN = 0.3  # seconds (docs/lb.md "Refusing for an overloaded registrar")
 
 
 def certificates_of(config: Config) -> TlsCertificates | None:

@@ -72,8 +72,8 @@ class Balancer:
         self.shed = 0  # new requests answered 503 while overloaded
         self.shed_dropped = 0  # the same past the answer budget: dropped
         # RFC 7339 (REGISTERs carry our ``oc``): the share of new REGISTERs to refuse for
-        # each registrar and for the LB's own backlog; ``refused`` counts them.
-        self.loss = LossFeedback(own=self.overload.share)
+        # each registrar; ``refused`` counts them.
+        self.loss = LossFeedback()
         self._loss_told: dict[tuple[str, int], float] = {}  # when the others were told
         self._budget = AnswerBudget()
         self._refusals = LogBudget(log)
@@ -143,10 +143,9 @@ class Balancer:
 
     def _register(self, request: Request, peer: Peer, decision: Forward, mark: str) -> None:
         """A REGISTER takes part in its registrar's overload control (RFC 7339): a new
-        exchange (``_sheddable``) drawn into the share its registrar asks for, or the
-        LB's own backlog does, gets 503 here (always answered: that costs a fraction of
-        relaying it, and stops the phone's retransmissions); the rest is relayed with
-        our Via saying ``oc``."""
+        exchange (``_sheddable``) drawn into the share its registrar asks for gets 503
+        here (always answered: that costs a fraction of relaying it, and stops the
+        phone's retransmissions); the rest is relayed with our Via saying ``oc``."""
         destination = decision.destination
         if (
             self.loss
