@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -110,6 +111,26 @@ async def answers(sock: socket.socket, count: int, timeout: float = 2.0) -> list
     return got
 
 
+def serving_registrar(
+    backlog: Callable[[], int], clock: Callable[[], float] = time.monotonic
+) -> tuple[Registrar, SipEndpoint]:
+    """A registrar on loopback (no digest) whose database answers at once and whose
+    receive backlog reads ``backlog()``; start its endpoint to use it."""
+    config = config_from_dict(
+        {
+            "node": {"cluster_secret": "test"},
+            "registrar": {"authenticate": False, "listen": ["udp:127.0.0.1:0"]},
+        }
+    )
+    location = StuckLocation()
+    location.release.set()
+    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
+    storage = StuckStorage(location)
+    registrar = Registrar(config, storage, endpoint, backlog=backlog, clock=clock)  # type: ignore[arg-type]
+    endpoint.handler = registrar
+    return registrar, endpoint
+
+
 async def test_past_the_cap_requests_get_503_with_retry_after_at_once(running: Running) -> None:
     loop = asyncio.get_running_loop()
     with udp_client() as (sock, local):
@@ -144,23 +165,8 @@ async def test_past_the_cap_requests_get_503_with_retry_after_at_once(running: R
 async def test_a_register_behind_a_long_receive_queue_is_shed_without_touching_the_database() -> (
     None
 ):
-    config = config_from_dict(
-        {
-            "node": {"cluster_secret": "test"},
-            "registrar": {"authenticate": False, "listen": ["udp:127.0.0.1:0"]},
-        }
-    )
-    location = StuckLocation()
-    location.release.set()
     queued = [MAX_BACKLOG + 1]
-    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
-    registrar = Registrar(
-        config,
-        StuckStorage(location),  # type: ignore[arg-type]
-        endpoint,
-        backlog=lambda: queued[0],
-    )
-    endpoint.handler = registrar
+    registrar, endpoint = serving_registrar(lambda: queued[0])
     loop = asyncio.get_running_loop()
     async with endpoint:
         with udp_client() as (sock, local):
@@ -177,22 +183,7 @@ async def test_a_register_behind_a_long_receive_queue_is_shed_without_touching_t
 
 async def test_between_the_marks_a_register_with_credentials_still_gets_in() -> None:
     """It answers our challenge: shedding it would waste the exchange already made."""
-    config = config_from_dict(
-        {
-            "node": {"cluster_secret": "test"},
-            "registrar": {"authenticate": False, "listen": ["udp:127.0.0.1:0"]},
-        }
-    )
-    location = StuckLocation()
-    location.release.set()
-    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
-    registrar = Registrar(
-        config,
-        StuckStorage(location),  # type: ignore[arg-type]
-        endpoint,
-        backlog=lambda: MAX_BACKLOG + 1,  # past the mark, below twice it
-    )
-    endpoint.handler = registrar
+    _, endpoint = serving_registrar(lambda: MAX_BACKLOG + 1)  # past the mark, below twice it
     loop = asyncio.get_running_loop()
     credentials = 'Authorization: Digest username="answering", realm="example.com"\r\n'
     async with endpoint:
@@ -279,25 +270,9 @@ async def test_over_a_connection_a_shed_register_is_always_answered() -> None:
 async def test_under_pressure_the_answers_ask_clients_that_take_part_to_refuse() -> None:
     """RFC 7339: a REGISTER whose top Via says ``oc`` (the LB's) gets, in that Via of its
     answer, the share of new requests its sender should refuse; one without it, nothing."""
-    config = config_from_dict(
-        {
-            "node": {"cluster_secret": "test"},
-            "registrar": {"authenticate": False, "listen": ["udp:127.0.0.1:0"]},
-        }
-    )
-    location = StuckLocation()
-    location.release.set()
     queued = [MAX_BACKLOG // 2]  # at the loss control's mark, below the shedding one
     now = [100.0]
-    endpoint = SipEndpoint([ListenAddress("udp", "127.0.0.1", 0)])
-    registrar = Registrar(
-        config,
-        StuckStorage(location),  # type: ignore[arg-type]
-        endpoint,
-        backlog=lambda: queued[0],
-        clock=lambda: now[0],
-    )
-    endpoint.handler = registrar
+    _, endpoint = serving_registrar(lambda: queued[0], lambda: now[0])
     loop = asyncio.get_running_loop()
     async with endpoint:
         with udp_client() as (sock, local):

@@ -204,13 +204,8 @@ class LossControl:
         recovery: float = 0.05,
         floor: float = 0.05,
         validity: float = DEFAULT_VALIDITY,
-        refusing: str = "asking clients that take part (RFC 7339) to refuse new requests",
-        refusing_none: str = "clients asked to refuse nothing",
     ) -> None:
-        """``refusing``, ``refusing_none``: what the log says when a share is first
-        refused, and when none is again."""
         self.high, self.low = high, low
-        self.refusing, self.refusing_none = refusing, refusing_none
         self.period, self.cut, self.recovery, self.floor = period, cut, recovery, floor
         self.sustain = sustain
         self._pressed_since: float | None = None
@@ -234,12 +229,16 @@ class LossControl:
         since = self._pressed_since  # set exactly while pressed
         if since is not None and (self.admitted < 1.0 or now - since >= self.sustain):
             if self.admitted == 1.0:
-                log.warning("overloaded (%d KB waiting): %s", backlog >> 10, self.refusing)
+                log.warning(
+                    "overloaded (%d KB waiting): asking clients that take part (RFC 7339) "
+                    "to refuse new requests",
+                    backlog >> 10,
+                )
             self.admitted = max(self.floor, self.admitted * self.cut)
         elif backlog < self.low and self.admitted < 1.0:
             self.admitted = min(1.0, self.admitted + self.recovery)
             if self.admitted == 1.0:
-                log.info("overload over: %s", self.refusing_none)
+                log.info("overload over: clients asked to refuse nothing")
         if self.admitted < 1.0:
             self._report_until = now + self.validity
 

@@ -77,8 +77,8 @@ REASONS: Final = {
 }
 
 # Copied from the request into every response (§8.2.6.2); sets: _copied asks each line.
-_COPIED: Final = frozenset({"via", "from", "to", "call-id", "cseq"})
-_COPIED_IN_100: Final = _COPIED | {"timestamp"}  # §8.2.6.1
+COPIED_IN_RESPONSES: Final = frozenset({"via", "from", "to", "call-id", "cseq"})
+_COPIED_IN_100: Final = COPIED_IN_RESPONSES | {"timestamp"}  # §8.2.6.1
 
 
 def new_tag() -> str:
@@ -107,7 +107,7 @@ def make_response(
     Works from the raw header lines, so a request whose headers do not parse can still be
     answered. ``to_tag`` is added when the To has no tag yet (never on 100, §8.2.6.2).
     """
-    lines, keys = _copied(request, _COPIED_IN_100 if status == 100 else _COPIED)
+    lines, keys = _copied(request, _COPIED_IN_100 if status == 100 else COPIED_IN_RESPONSES)
     at = index_of(keys, "to")
     if to_tag is not None and status != 100 and at >= 0:
         value = header_value(lines[at])

@@ -49,7 +49,7 @@ from sipfleet.core.lb.edge import EdgeGuard
 from sipfleet.core.lb.router import DIALOG_CREATING, RETRY_AFTER, Forward, Router
 from sipfleet.core.overload import LossFeedback, OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
-from sipfleet.sip.builders import MAX_CARRIED_BRANCH, carried_branch
+from sipfleet.sip.builders import COPIED_IN_RESPONSES, MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
 from sipfleet.sip.headers import HEADER_KEYS
@@ -92,7 +92,6 @@ REGISTER_START: Final = "REGISTER "
 # Balancer._register's 503 for a registrar that asked (RFC 7339)
 REFUSAL_START: Final = "SIP/2.0 503 Overloaded"
 REFUSAL_END: Final = f"Retry-After: {RETRY_AFTER}\r\nContent-Length: 0\r\n\r\n"
-COPIED_IN_ANSWERS: Final = frozenset({"via", "from", "to", "call-id", "cseq"})  # make_response
 # What Router._to_cluster forwards plainly when there is no Route (REGISTER gets a Path,
 # INVITE, SUBSCRIBE and REFER a Record-Route unless they have a To tag: not read here)
 PLAIN_METHODS: Final = frozenset(
@@ -627,7 +626,7 @@ def _refusal(lines: list[str]) -> bytes:
     copied = [REFUSAL_START]
     for at in range(1, len(lines)):
         line = lines[at]
-        if keys.get(line[: line.find(":")], "") in COPIED_IN_ANSWERS:
+        if keys.get(line[: line.find(":")], "") in COPIED_IN_RESPONSES:
             copied.append(line)
     copied.append(REFUSAL_END)
     return "\r\n".join(copied).encode("latin-1")
