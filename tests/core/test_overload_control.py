@@ -143,3 +143,16 @@ def test_a_sequence_that_is_not_a_finite_number_cannot_pin_the_loss() -> None:
     assert feedback  # the loss is taken, its sequence read as 0
     feedback.heard(SERVER, params("=0;oc-seq=1"), 0.01)
     assert not feedback
+
+
+def test_the_clients_own_backlog_refuses_a_share_for_every_server() -> None:
+    own = control()
+    feedback = LossFeedback(own=own)
+    assert not feedback
+    overloaded(own)  # the LB's own backlog stays full: 20 % of new requests
+    assert feedback
+    refused = [feedback.refuses(("10.0.0.7", 5060), 0.2, draw) for draw in draws(2000)]
+    assert 340 <= sum(refused) <= 460
+    feedback.heard(SERVER, params("=60;oc-seq=1"), 0.2)  # a server asks for more: its share
+    asked = [feedback.refuses(SERVER, 0.3, draw) for draw in draws(2000)]
+    assert 1080 <= sum(asked) <= 1320

@@ -126,14 +126,17 @@ def answers_a_challenge(request: Request) -> bool:
 
 
 async def watch(
-    monitor: OverloadMonitor, backlog: Callable[[], int] = no_backlog, period: float = 0.05
+    observe: Callable[[float, float, int], object],
+    backlog: Callable[[], int] = no_backlog,
+    period: float = 0.05,
 ) -> None:
-    """Check every ``period`` seconds, forever."""
+    """Check every ``period`` seconds, forever: ``observe(now, lag, backlog)``
+    (``OverloadMonitor.observe``, or a role's that feeds it and more)."""
     while True:
         started = time.monotonic()
         await asyncio.sleep(period)
         lag = max(0.0, time.monotonic() - started - period)
-        monitor.observe(time.monotonic(), lag, backlog())
+        observe(time.monotonic(), lag, backlog())
 
 
 class AnswerBudget:
@@ -204,8 +207,13 @@ class LossControl:
         recovery: float = 0.05,
         floor: float = 0.05,
         validity: float = DEFAULT_VALIDITY,
+        refusing: str = "asking clients that take part (RFC 7339) to refuse new requests",
+        refusing_none: str = "clients asked to refuse nothing",
     ) -> None:
+        """``refusing``, ``refusing_none``: what the log says when a share is first
+        refused, and when none is again (the LB's own share says so in its words)."""
         self.high, self.low = high, low
+        self.refusing, self.refusing_none = refusing, refusing_none
         self.period, self.cut, self.recovery, self.floor = period, cut, recovery, floor
         self.sustain = sustain
         self._pressed_since: float | None = None
@@ -229,16 +237,12 @@ class LossControl:
         since = self._pressed_since  # set exactly while pressed
         if since is not None and (self.admitted < 1.0 or now - since >= self.sustain):
             if self.admitted == 1.0:
-                log.warning(
-                    "overloaded (%d KB waiting): asking clients that take part (RFC 7339) "
-                    "to refuse new requests",
-                    backlog >> 10,
-                )
+                log.warning("overloaded (%d KB waiting): %s", backlog >> 10, self.refusing)
             self.admitted = max(self.floor, self.admitted * self.cut)
         elif backlog < self.low and self.admitted < 1.0:
             self.admitted = min(1.0, self.admitted + self.recovery)
             if self.admitted == 1.0:
-                log.info("overload over: clients asked to refuse nothing")
+                log.info("overload over: %s", self.refusing_none)
         if self.admitted < 1.0:
             self._report_until = now + self.validity
 
@@ -279,13 +283,17 @@ class LossFeedback:
     alike without sharing state, and a phone's next attempt (a new branch) is a new draw,
     so no phone is refused for good."""
 
-    def __init__(self, max_servers: int = 256) -> None:
+    def __init__(self, max_servers: int = 256, own: LossControl | None = None) -> None:
+        """``own``: the client's own loss control (the LB's backlog), refused on top of
+        what the servers ask."""
         self.max_servers = max_servers
+        self.own = own
         self.refused = 0  # counted by the caller: refusing may yet be dropped (edge guard)
         self._asked: dict[tuple[str, int], _Asked] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._asked)
+        own = self.own
+        return bool(self._asked) or (own is not None and own.admitted < 1.0)
 
     def heard(self, server: tuple[str, int], via_params: Params, now: float) -> bool:
         """A response from ``server`` whose Via (ours) carries ``via_params``. Values out
@@ -328,13 +336,17 @@ class LossFeedback:
     def refuses(self, server: tuple[str, int], now: float, draw: str) -> bool:
         """Whether to refuse the new request to ``server`` whose Call-ID and top Via
         make ``draw``."""
+        loss = 0
         asked = self._asked.get(server)
-        if asked is None:
-            return False
-        if now >= asked.until:
-            del self._asked[server]
-            return False
-        return zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100 < asked.loss
+        if asked is not None:
+            if now < asked.until:
+                loss = asked.loss
+            else:
+                del self._asked[server]
+        own = self.own
+        if own is not None and own.admitted < 1.0:
+            loss = max(loss, own.loss)
+        return loss > 0 and zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100 < loss
 
 
 def _percent(value: str | None) -> int | None:

@@ -164,9 +164,8 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
     overload = OverloadMonitor()
     exempt = [*config.edge.exempt, *config.proxy.trusted_peers]
     guard = EdgeGuard(config.edge, router, exempt)
-    endpoint.handler = Balancer(
-        endpoint, router, forwarder, health, keepalives, tokens, overload, guard
-    )
+    balancer = Balancer(endpoint, router, forwarder, health, keepalives, tokens, overload, guard)
+    endpoint.handler = balancer
     return LbWorker(
         storage,
         endpoint,
@@ -175,7 +174,7 @@ def compose(config: Config, storage: Storage, own: WorkerSockets, workers: int) 
         keepalives,
         node=config.node.name,
         pool_reload_s=section.pool_reload_s,
-        overload=overload,
+        observe=balancer.observe,
         gateways=guard.exempt_gateways,
         backlog=receive_backlog(own.sockets),
     )

@@ -185,6 +185,43 @@ async def test_only_a_member_of_the_cluster_can_ask_the_lb_to_refuse() -> None:
         assert lb.balancer.loss.refused == 0
 
 
+OWN_SHARE_CHECKS = (0.0, 0.1, 0.2, 0.3)  # the backlog full for 0.3 s: a share refused, not yet all
+
+
+async def test_the_lbs_own_backlog_refuses_a_share_of_new_registers_at_once() -> None:
+    phone, registrar = UdpClient(), UdpClient()
+    async with lb_before(UdpClient(), registrar) as lb:
+        for second in OWN_SHARE_CHECKS:
+            lb.balancer.observe(second, 0.0, 1 << 30)
+        assert not lb.balancer.overload.overloaded
+        for n in range(40):
+            phone.send(register(phone, n), lb.address)
+        refused, relayed = await received(phone), await received(registrar)
+        assert refused == lb.balancer.loss.refused
+        assert relayed == 40 - refused
+        assert 2 <= refused <= 20  # about a fifth
+
+
+async def test_a_backlog_of_what_the_edge_guard_drops_refuses_no_phone() -> None:
+    """One source's flood fills the LB's backlog; the guard drops it for little: refusing
+    other phones' REGISTERs would not shorten it (tests/interop/test_abuse.py)."""
+    phone, registrar, flooder = UdpClient(), UdpClient(), UdpClient("127.0.0.66")
+    edge = {"rate_per_s": 1, "burst": 1, "exempt": [phone.host]}  # only the flood is limited
+    async with lb_before(UdpClient(), registrar, edge=edge) as lb:
+        for check, second in enumerate(OWN_SHARE_CHECKS):
+            for n in range(30):
+                flooder.send(register(flooder, 1000 * check + n), lb.address)
+            await received(registrar)  # what passes the guard, read before the check
+            lb.balancer.observe(second, 0.0, 1 << 30)
+        assert lb.balancer.guard is not None
+        assert lb.balancer.guard.rate_dropped >= 100
+        assert not lb.balancer.loss  # no share to refuse
+        for n in range(40):
+            phone.send(register(phone, n), lb.address)
+        assert await received(registrar) == 40
+        assert lb.balancer.loss.refused == 0
+
+
 async def received(client: UdpClient) -> int:
     """How many datagrams ``client`` gets before 0.3 s pass without one."""
     count = 0

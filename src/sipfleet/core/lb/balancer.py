@@ -30,6 +30,7 @@ from sipfleet.core.overload import (
     OC_SUPPORTED,
     OC_VALUE,
     AnswerBudget,
+    LossControl,
     LossFeedback,
     OverloadMonitor,
     answers_a_challenge,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 OUR_BRANCHES = "branch=z9hG4bK-lb"  # what PROBE_BRANCH and KEEPALIVE_BRANCH start with
 LEARN_MARK = ";lbf="
 LOSS_TOLD_EVERY = 0.1  # seconds: a registrar's unchanged loss, told again (validity 0.5 s)
+OWN_SHARE_SUSTAIN = 0.3  # seconds of growing backlog before the LB refuses a share itself
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
@@ -72,8 +74,17 @@ class Balancer:
         self.shed = 0  # new requests answered 503 while overloaded
         self.shed_dropped = 0  # the same past the answer budget: dropped
         # RFC 7339 (REGISTERs carry our ``oc``): the share of new REGISTERs to refuse for
-        # each registrar; ``refused`` counts them.
-        self.loss = LossFeedback()
+        # each registrar, and for the LB's own backlog (``observe``); ``refused`` counts
+        # them. The own share waits longer than a registrar's (0.2 s): what a registrar
+        # asks is the truer signal of where the excess lies.
+        self.own_share = LossControl(
+            sustain=OWN_SHARE_SUSTAIN,
+            refusing="refusing a share of new REGISTERs",
+            refusing_none="none refused",
+        )
+        self.loss = LossFeedback(own=self.own_share)
+        self._dropped_then = 0  # the edge guard's drops and our relays at the last check
+        self._relayed_then = 0
         self._loss_told: dict[tuple[str, int], float] = {}  # when the others were told
         self._budget = AnswerBudget()
         self._refusals = LogBudget(log)
@@ -85,6 +96,21 @@ class Balancer:
         endpoint.fast = FastRelay(
             endpoint, forwarder, marks, router, guard, self.overload, self.loss
         )
+
+    # -- overload ----------------------------------------------------------------------------
+    def observe(self, now: float, lag: float, backlog: int) -> None:
+        """One overload check (``overload.watch``): the monitor that refuses every new
+        request, and the LB's own share of new REGISTERs, which acts sooner. The share is
+        fed no backlog while the edge guard drops more than the LB relays: such a backlog
+        is one source's flood, cheap to drop, which refusing phones would not shorten
+        (tests/interop/test_abuse.py failed so, before this)."""
+        self.overload.observe(now, lag, backlog)
+        stats = self.forwarder.stats
+        dropped = self.guard.dropped() if self.guard is not None else 0
+        relayed = stats.requests_forwarded + stats.responses_forwarded
+        flooded = dropped - self._dropped_then > relayed - self._relayed_then
+        self._dropped_then, self._relayed_then = dropped, relayed
+        self.own_share.observe(now, 0 if flooded else backlog)
 
     # -- requests ----------------------------------------------------------------------------
     def on_request(self, request: Request, peer: Peer) -> None:
@@ -143,9 +169,10 @@ class Balancer:
 
     def _register(self, request: Request, peer: Peer, decision: Forward, mark: str) -> None:
         """A REGISTER takes part in its registrar's overload control (RFC 7339): a new
-        exchange (``_sheddable``) drawn into the share its registrar asks for gets 503
-        here (always answered: that costs a fraction of relaying it, and stops the
-        phone's retransmissions); the rest is relayed with our Via saying ``oc``."""
+        exchange (``_sheddable``) drawn into the share its registrar asks for, or the
+        LB's own backlog does (``observe``), gets 503 here (always answered: that costs a
+        fraction of relaying it, and stops the phone's retransmissions); the rest is
+        relayed with our Via saying ``oc``."""
         destination = decision.destination
         if (
             self.loss

@@ -207,6 +207,10 @@ class EdgeGuard:
                     seconds,
                 )
 
+    def dropped(self) -> int:
+        """Requests stopped here so far, each for a fraction of relaying it."""
+        return self.rate_dropped + self.rate_refused + self.scanners_dropped
+
     def counters(self) -> dict[str, int]:
         return {
             "edge_rate_dropped": self.rate_dropped,

@@ -17,7 +17,7 @@ from sipfleet.core.lb.endpoint import LbEndpoint
 from sipfleet.core.lb.pinger import Keepalives
 from sipfleet.core.lb.pools import BadTarget, Member, Pools, checked_target, members_of
 from sipfleet.core.lb.probes import HealthChecker
-from sipfleet.core.overload import OverloadMonitor, no_backlog, watch
+from sipfleet.core.overload import no_backlog, watch
 from sipfleet.dns.resolver import DnsResolver
 from sipfleet.dns.rfc3263 import DnsError
 from sipfleet.sip import SipUri
@@ -44,13 +44,14 @@ class LbWorker:
         *,
         node: str,
         pool_reload_s: float,
-        overload: OverloadMonitor | None = None,
+        observe: Callable[[float, float, int], object] | None = None,
         backlog: Callable[[], int] = no_backlog,
         gateways: Callable[[Iterable[str]], None] | None = None,
         dns: DnsResolver | None = None,
     ) -> None:
-        """``overload``: the balancer's monitor, fed here from ``backlog`` (bytes
-        waiting in the worker's UDP sockets, ``overload.receive_backlog``);
+        """``observe``: the balancer's overload check (``Balancer.observe``), fed here
+        from ``backlog`` (bytes waiting in the worker's UDP sockets,
+        ``overload.receive_backlog``);
         ``gateways``: told the LCR gateways' addresses at each reload (edge exemption);
         ``dns``: looks up targets named by host (RFC 3263), its cache honouring TTLs."""
         self.storage = storage
@@ -61,7 +62,7 @@ class LbWorker:
         self.keepalives = keepalives
         self.node = node
         self.pool_reload_s = pool_reload_s
-        self.overload = overload
+        self.observe = observe
         self.backlog = backlog
         self._report_soon = asyncio.Event()
         self._storage_down = False
@@ -81,8 +82,8 @@ class LbWorker:
             timers.append(clock.every(min(0.25, self.pools.probe_timeout / 2), self.health.tick))
             timers.append(clock.every(self.keepalives.table.tick, self.keepalives.tick))
             tasks.append(asyncio.create_task(self._reload_forever()))
-            if self.overload is not None:
-                tasks.append(asyncio.create_task(watch(self.overload, self.backlog)))
+            if self.observe is not None:
+                tasks.append(asyncio.create_task(watch(self.observe, self.backlog)))
             if self.index == 0:
                 self.health.on_change = lambda change: self._report_soon.set()
                 tasks.append(asyncio.create_task(self._report_forever()))

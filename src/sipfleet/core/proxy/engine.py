@@ -211,7 +211,7 @@ class ProxyEngine:
             self._listening()
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(
-                watch(self.overload, self._backlog)
+                watch(self.overload.observe, self._backlog)
             )
         # ParseError: the endpoint answers it (an ACK: dropped)
         self.execute(self.core.request(request, peer))
