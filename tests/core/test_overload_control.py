@@ -32,10 +32,14 @@ def test_a_backlog_that_stays_full_asks_for_more_loss_each_period() -> None:
     assert loss.loss == 20
     loss.observe(0.2, HIGH * 2)  # and again at each check while it lasts
     assert loss.loss == 36
-    loss.observe(0.3, LOW)  # between the marks: held
+    loss.observe(0.3, HIGH * 17 // 10)  # full but draining (15 % less): held
     assert loss.loss == 36
-    loss.observe(0.4, LOW - 1)  # below the low mark: recovers slowly
+    loss.observe(0.4, HIGH // 2)  # below the mark and not growing: recovers slowly
     assert loss.loss == 31
+    loss.observe(0.5, HIGH // 2 + 100)  # below the mark but growing: held
+    assert loss.loss == 31
+    loss.observe(0.6, LOW - 1)  # below the low mark: recovers
+    assert loss.loss == 26
 
 
 def test_a_backlog_that_drains_is_caught_up_with_not_an_excess() -> None:
