@@ -53,6 +53,16 @@ def test_a_backlog_that_drains_is_caught_up_with_not_an_excess() -> None:
     assert loss.loss == 20
 
 
+def test_one_checks_dip_does_not_start_the_wait_for_the_first_cut_again() -> None:
+    """A process reads in bursts: the backlog of a growing queue dips at one check."""
+    loss = LossControl(high=HIGH, low=LOW, period=0.05, sustain=0.2)
+    for at, backlog in ((0.0, 2000), (0.05, 3000), (0.1, 2500), (0.15, 3500)):
+        loss.observe(at, backlog)
+    assert loss.loss == 0  # not yet ``sustain`` above the mark
+    loss.observe(0.25, 4000)
+    assert loss.loss == 20  # 0.25 s above it, growing over the window: cut
+
+
 def overloaded(loss: LossControl, at: float = 0.0) -> None:
     loss.observe(at, HIGH)
     loss.observe(at + 0.1, HIGH)

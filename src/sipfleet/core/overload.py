@@ -186,22 +186,22 @@ class LossControl:
     to refuse, from its own receive backlog.
 
     Every ``period`` seconds of traffic the backlog is compared with two marks and with
-    the check before. Above ``high`` and not draining (a tenth less than at the check
-    before) at every check for ``sustain`` seconds, the admitted share is cut by
-    ``cut``, and again at each check while that lasts: multiplicative, as a queue that
-    keeps growing past the mark is near what a client's first retransmission (T1,
-    500 ms) would find unanswered. A queue above the mark for less, or shrinking, is a
-    burst being caught up with (the process was not scheduled for a moment: two cores
-    shared by the LB, the registrar, the database and the phones at the maximum rate),
-    not an excess: held. Below ``low``, or below ``high`` and not growing, the share
-    grows back by ``recovery`` (additive, so the offered load is found again without
-    overshooting it); below ``high`` and growing it holds. So the share settles where
-    the queue hovers about ``high`` (about 0.1 s of work), the process busy: a band in
-    which it only held kept a share refused that the process could have served, as a
-    process on a busy host rarely sees its queue empty (digest registrations at twice
-    the maximum through the LB: 61 % of the maximum served so, 71 % with this rule;
-    docs/benchmarks.md). The process thus keeps its queue short by asking for just the
-    excess to be refused, rather than refusing or dropping it itself."""
+    the check before. Above ``high`` at every check for ``sustain`` seconds without
+    draining by a quarter over them, the admitted share is cut by ``cut``; then again at
+    each check while the queue stays above the mark without draining (a tenth less than
+    at the check before): multiplicative, as a queue that keeps growing past the mark is
+    near what a client's first retransmission (T1, 500 ms) would find unanswered. A queue
+    above the mark for less, or shrinking, is a burst being caught up with (the process
+    was not scheduled for a moment: two cores shared by the LB, the registrar, the
+    database and the phones at the maximum rate), not an excess: held. Below ``low``, or
+    below ``high`` and not growing, the share grows back by ``recovery`` (additive, so
+    the offered load is found again without overshooting it); below ``high`` and growing
+    it holds. So the share settles where the queue hovers about ``high`` (about 0.1 s of
+    work), the process busy: a band in which it only held kept a share refused that the
+    process could have served, as a process on a busy host rarely sees its queue empty
+    (digest registrations at twice the maximum through the LB: 61 % of the maximum
+    served so; docs/benchmarks.md). The process thus keeps its queue short by asking for
+    just the excess to be refused, rather than refusing or dropping it itself."""
 
     def __init__(
         self,
@@ -222,7 +222,8 @@ class LossControl:
         self.refusing, self.refusing_none = refusing, refusing_none
         self.period, self.cut, self.recovery, self.floor = period, cut, recovery, floor
         self.sustain = sustain
-        self._pressed_since: float | None = None
+        self._pressed_since: float | None = None  # above ``high`` since, before a cut
+        self._backlog_then = 0  # the backlog then
         self.validity = validity
         self.admitted = 1.0  # the share of new requests the clients should let through
         self._checked = -1e18
@@ -235,13 +236,11 @@ class LossControl:
             return
         self._checked = now
         before, self._before = self._before, backlog
-        pressed = backlog >= self.high and backlog * 10 > before * 9  # full, not draining
-        if not pressed:
-            self._pressed_since = None
-        elif self._pressed_since is None:
-            self._pressed_since = now
-        since = self._pressed_since  # set exactly while pressed
-        if since is not None and (self.admitted < 1.0 or now - since >= self.sustain):
+        if self.admitted < 1.0:  # refusing already: cut again while not draining
+            pressed = backlog >= self.high and backlog * 10 > before * 9
+        else:
+            pressed = self._sustained(now, backlog)
+        if pressed:
             if self.admitted == 1.0:
                 log.warning("overloaded (%d KB waiting): %s", backlog >> 10, self.refusing)
             self.admitted = max(self.floor, self.admitted * self.cut)
@@ -253,6 +252,26 @@ class LossControl:
                 log.info("overload over: %s", self.refusing_none)
         if self.admitted < 1.0:
             self._report_until = now + self.validity
+
+    def _sustained(self, now: float, backlog: int) -> bool:
+        """Above ``high`` at every check for ``sustain`` seconds, and not a quarter less
+        than when that began: the first cut. Judged over the window, not check by check:
+        a process reads in bursts, so one check's dip must not start the wait again (the
+        LB's share came after its refuse-everything mark so, at 0.5 s)."""
+        if backlog < self.high:
+            self._pressed_since = None
+            return False
+        since = self._pressed_since
+        if since is None:
+            self._pressed_since, self._backlog_then = now, backlog
+            return False
+        if now - since < self.sustain:
+            return False
+        if backlog * 4 <= self._backlog_then * 3:  # drained: a burst caught up with
+            self._pressed_since, self._backlog_then = now, backlog
+            return False
+        self._pressed_since = None
+        return True
 
     @property
     def loss(self) -> int:
