@@ -170,3 +170,15 @@ def test_the_clients_own_backlog_refuses_a_share_for_every_server() -> None:
     feedback.heard(SERVER, params("=60;oc-seq=1"), 0.2)  # a server asks for more: its share
     asked = [feedback.refuses(SERVER, 0.3, draw) for draw in draws(2000)]
     assert 1080 <= sum(asked) <= 1320
+
+
+def test_a_refusal_is_counted_as_the_servers_or_as_the_clients_own() -> None:
+    own = control()
+    feedback = LossFeedback(own=own)
+    overloaded(own)  # our own share: 20 %
+    feedback.heard(SERVER, params("=10;oc-seq=1"), 0.2)  # the server's: 10 %
+    for draw in draws(2000):
+        if feedback.refuses(SERVER, 0.3, draw):
+            feedback.count_refusal()
+    assert 340 <= feedback.refused <= 460  # the larger share, 20 %
+    assert 140 <= feedback.refused_own <= 260  # the part beyond the server's 10 %

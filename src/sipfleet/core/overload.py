@@ -315,7 +315,10 @@ class LossFeedback:
         what the servers ask."""
         self.max_servers = max_servers
         self.own = own
-        self.refused = 0  # counted by the caller: refusing may yet be dropped (edge guard)
+        # counted by the caller (``count_refusal``): refusing may yet be dropped (edge guard)
+        self.refused = 0
+        self.refused_own = 0  # of which for the client's own backlog
+        self._own_last = False  # the last ``refuses`` said yes for the client's own share
         self._asked: dict[tuple[str, int], _Asked] = {}
 
     def __bool__(self) -> bool:
@@ -362,7 +365,7 @@ class LossFeedback:
 
     def refuses(self, server: tuple[str, int], now: float, draw: str) -> bool:
         """Whether to refuse the new request to ``server`` whose Call-ID and top Via
-        make ``draw``."""
+        make ``draw``: drawn under the server's loss, or else under our own."""
         loss = 0
         asked = self._asked.get(server)
         if asked is not None:
@@ -371,9 +374,19 @@ class LossFeedback:
             else:
                 del self._asked[server]
         own = self.own
-        if own is not None and own.admitted < 1.0:
-            loss = max(loss, own.loss)
-        return loss > 0 and zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100 < loss
+        own_loss = own.loss if own is not None and own.admitted < 1.0 else 0
+        if loss == 0 and own_loss == 0:
+            return False
+        drawn = zlib.crc32(draw.encode("utf-8", "surrogateescape")) % 100
+        self._own_last = loss <= drawn < own_loss
+        return drawn < loss or self._own_last
+
+    def count_refusal(self) -> None:
+        """The caller refused what ``refuses`` last said to: counted, and as our own
+        share's when it was."""
+        self.refused += 1
+        if self._own_last:
+            self.refused_own += 1
 
 
 def _percent(value: str | None) -> int | None:

@@ -112,7 +112,11 @@ def _balancer_samples(balancer: Balancer) -> Samples:
     forwarded = balancer.forwarder.stats
     return {
         "sipfleet_overload_rejected_total": _by(
-            {"overload": balancer.shed, "registrar_asked": balancer.loss.refused}
+            {
+                "overload": balancer.shed,
+                "registrar_asked": balancer.loss.refused - balancer.loss.refused_own,
+                "lb_backlog": balancer.loss.refused_own,
+            }
         ),
         "sipfleet_overload_episodes_total": _one(balancer.overload.episodes),
         "sipfleet_datagrams_dropped_total": _by(

@@ -169,7 +169,7 @@ async def test_a_register_says_the_lb_takes_part_and_the_registrar_can_ask_it_to
         credentials = 'Authorization: Digest username="alice", realm="example.com"\r\n'
         phone.send(register(phone, 3, credentials), lb.address)  # answers the challenge
         assert isinstance(await registrar.recv_message(), Request)
-        assert lb.balancer.loss.refused == 1
+        assert (lb.balancer.loss.refused, lb.balancer.loss.refused_own) == (1, 0)
 
 
 async def test_only_a_member_of_the_cluster_can_ask_the_lb_to_refuse() -> None:
@@ -197,7 +197,7 @@ async def test_the_lbs_own_backlog_refuses_a_share_of_new_registers_at_once() ->
         for n in range(40):
             phone.send(register(phone, n), lb.address)
         refused, relayed = await received(phone), await received(registrar)
-        assert refused == lb.balancer.loss.refused
+        assert refused == lb.balancer.loss.refused == lb.balancer.loss.refused_own
         assert relayed == 40 - refused
         assert 2 <= refused <= 20  # about a fifth
 

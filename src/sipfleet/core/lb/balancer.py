@@ -181,7 +181,7 @@ class Balancer:
                 (destination.host, destination.port), time.monotonic(), _draw(request)
             )
         ):
-            self.loss.refused += 1
+            self.loss.count_refusal()
             self._answer(request, peer, 503, "Overloaded", [("Retry-After", RETRY_AFTER)])
             return
         self._forward(request, peer, decision, mark + OC_SUPPORTED)
@@ -286,7 +286,8 @@ class Balancer:
             "refused_tokens": self.refused_tokens,
             "shed": self.shed,
             "shed_dropped": self.shed_dropped,
-            "shed_for_servers": self.loss.refused,
+            "shed_for_servers": self.loss.refused - self.loss.refused_own,
+            "shed_for_own_backlog": self.loss.refused_own,
             "overload_episodes": self.overload.episodes,
             "probes_sent": self.health.probes_sent,
             **(self.guard.counters() if self.guard is not None else {}),

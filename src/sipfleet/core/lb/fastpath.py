@@ -263,7 +263,7 @@ class FastRelay:
         agent = lines[seen.agent] if seen.agent else ""
         if guard is not None and guard.screen(agent, peer, now):
             return True  # over UDP, blocked is dropped: nothing to send
-        self.loss.refused += 1
+        self.loss.count_refusal()
         with contextlib.suppress(TransportError):  # as Balancer._answer: lost, like a drop
             self.endpoint.send_bytes(_refusal(lines), peer.reply_to)
         return True
