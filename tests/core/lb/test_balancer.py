@@ -172,6 +172,21 @@ async def test_a_register_says_the_lb_takes_part_and_the_registrar_can_ask_it_to
         assert (lb.balancer.loss.refused, lb.balancer.loss.refused_own) == (1, 0)
 
 
+async def test_a_registrars_401_is_relayed_from_its_bytes() -> None:
+    phone, registrar = UdpClient(), UdpClient()
+    async with lb_before(UdpClient(), registrar) as lb:
+        phone.send(register(phone, 1), lb.address)
+        relayed = await registrar.recv_message()
+        assert isinstance(relayed, Request)
+        registrar.send(answer_asking(relayed, ""), lb.address)  # a 401 asking for nothing
+        challenge = await phone.recv_message()
+        assert isinstance(challenge, Response)
+        assert challenge.status == 401
+        fast = lb.balancer.endpoint.fast
+        assert fast is not None
+        assert fast.responses == 1
+
+
 async def test_only_a_member_of_the_cluster_can_ask_the_lb_to_refuse() -> None:
     phone, registrar, stranger = UdpClient(), UdpClient(), UdpClient()
     async with lb_before(UdpClient(), registrar) as lb:

@@ -109,7 +109,9 @@ async def paths(udp_sockets: int = 2) -> AsyncIterator[Paths]:
     forwarder = StatelessForwarder(endpoint, force_rport=True)
     endpoint.handler = StatelessRelay(forwarder, Destination("udp", "127.0.0.1", 5080))
     async with endpoint:
-        yield Paths(endpoint, forwarder, FastRelay(endpoint, forwarder, MARKS))
+        yield Paths(
+            endpoint, forwarder, FastRelay(endpoint, forwarder, MARKS, learn_mark=LEARN_MARK)
+        )
 
 
 def response(
@@ -205,6 +207,8 @@ OUR_PARAMS = (
     ";branch=z9hG4bK-lb-probe-1",
     ";branch=z9hG4bK-lsb.a.b;lba=YWxpY2UAMTI3LjAuMC4x",
     ";branch=z9hG4bK-lsb.a.b;lbf=abc;lbc=def",
+    ";branch=z9hG4bK-lsb.a.b;lbf=abc;lbc=def;oc",
+    ";branch=z9hG4bK-lsb.a.b;lbf=abc;lbc=def;oc=20;oc-validity=500",
     ";branch=z9hG4bK-lsb.a?b;sfi=u1",
     ";branch=;sfi=u1",
     ";branch=z9hG4bK-lsb.a.b;sfi=x1",
@@ -343,6 +347,19 @@ async def test_declined_for_what_the_balancer_reads() -> None:
         ):
             assert not made.fast.relay(response([made.our_via + mark, CLIENT]), PROXY)
         assert made.endpoint.sent == []
+
+
+async def test_a_registrars_401_is_taken_but_not_a_2xx_nor_an_answer_asking_for_a_loss() -> None:
+    """The flow mark is read from a REGISTER's 2xx only (what it teaches the keepalive
+    table); a registrar's overload control (RFC 7339) from any answer."""
+    async with paths() as made:
+        flow = f"{made.our_via};branch=z9hG4bK-lsb.a.b;lbf=t;lbc=d;oc"
+        assert made.compare(response([flow, CLIENT], start="SIP/2.0 401 Unauthorized"))
+        for declined in (
+            response([flow, CLIENT]),
+            response([flow + "=20", CLIENT], start="SIP/2.0 401 Unauthorized"),
+        ):
+            assert not made.fast.relay(declined, PROXY)
 
 
 async def test_a_datagram_too_large_is_left_to_the_parser() -> None:

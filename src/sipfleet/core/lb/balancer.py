@@ -91,10 +91,10 @@ class Balancer:
         self.guard = guard
         endpoint.on_handoff = self.handed
         # The usual requests and responses go from their bytes (core/lb/fastpath.py);
-        # responses whose Via carries one of these marks come here.
+        # responses whose Via carries one of these marks come here (LEARN_MARK: a 2xx).
         marks = (OUR_BRANCHES, AUTH_MARK, LEARN_MARK)
         endpoint.fast = FastRelay(
-            endpoint, forwarder, marks, router, guard, self.overload, self.loss
+            endpoint, forwarder, marks, router, guard, self.overload, self.loss, LEARN_MARK
         )
 
     # -- overload ----------------------------------------------------------------------------

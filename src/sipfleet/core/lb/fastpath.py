@@ -16,8 +16,9 @@ counted and changed nothing) and goes the present way.
 - Responses: ``SIP/2.0 NNN reason`` whose first header line is our Via (alone, or first
   on a comma-separated line, as sipp writes them), written as we write it and carrying
   none of the marks the Balancer must see (``marks``: its probes' branches, the edge
-  guard's lockout mark, a REGISTER's flow), the next Via right after it, to be sent over
-  UDP to an IPv4 address: our Via cut out.
+  guard's lockout mark, a REGISTER's flow, this last read from a 2xx only: a
+  registrar's 401 is taken unless it asks for a loss, RFC 7339), the next Via right
+  after it, to be sent over UDP to an IPv4 address: our Via cut out.
 - Requests the Router forwards plainly to the proxy pool (no Route, not REGISTER,
   creating no dialog, not for the LB itself), without credentials, while the LB is not
   overloaded and no target drains: screened by the edge guard, the top Via stamped, our
@@ -47,7 +48,7 @@ from typing import Final
 from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard
 from sipfleet.core.lb.router import DIALOG_CREATING, RETRY_AFTER, Forward, Router
-from sipfleet.core.overload import LossFeedback, OverloadMonitor
+from sipfleet.core.overload import OC_VALUE, LossFeedback, OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip.builders import COPIED_IN_RESPONSES, MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
@@ -111,13 +112,18 @@ class FastRelay:
         guard: EdgeGuard | None = None,
         overload: OverloadMonitor | None = None,
         loss: LossFeedback | None = None,
+        learn_mark: str = "",
     ) -> None:
         """``marks``: texts that, in our Via, send a response the present way (the
-        Balancer reads them). ``router``, ``guard``, ``overload``, ``loss``: the
-        Balancer's, for requests (without a router, requests all go the present way)."""
+        Balancer reads them). ``learn_mark``: one of them that only a 2xx is read for
+        (the flow token of a REGISTER, learned from its 2xx): any other status carrying
+        it comes here, a registrar's 401 above all. ``router``, ``guard``, ``overload``,
+        ``loss``: the Balancer's, for requests (without a router, requests all go the
+        present way)."""
         self.endpoint = endpoint
         self.forwarder = forwarder
         self.marks = marks
+        self.learn_mark = learn_mark
         self.router = router
         self.guard = guard
         self.overload = overload or OverloadMonitor()
@@ -417,7 +423,7 @@ class FastRelay:
         ours, hop, kept, same_line = cut
         if not HeadLines(lines, len(data) - head_end - 4, 3 - same_line).known:
             return False
-        destination = self._destination(ours, hop, status < 200)
+        destination = self._destination(ours, hop, status)
         if destination is None:
             return False
         endpoint = self.endpoint
@@ -439,7 +445,7 @@ class FastRelay:
         forwarder.stats.responses_forwarded += 1
         return True
 
-    def _destination(self, ours: str, hop: str, provisional: bool) -> Destination | None:
+    def _destination(self, ours: str, hop: str, status: int) -> Destination | None:
         """Where the present path sends a response whose Vias are ``ours`` (ours, as we
         wrote it, ``_ours_plain``) then ``hop``; None: declined.
 
@@ -452,18 +458,22 @@ class FastRelay:
         known = self._transactions.table.get(ours)
         if known is not None and known[0] == hop:
             return known[1]
-        if not self._ours_plain(ours):
+        if not self._ours_plain(ours, status):
             return None
         destination = self._next_hop(hop, ours)
-        if destination is not None and provisional:
+        if destination is not None and status < 200:
             self._transactions.put(ours, (hop, destination))
         return destination
 
-    def _ours_plain(self, ours: str) -> bool:
-        """Our Via as we wrote it, with none of the marks the Balancer reads."""
+    def _ours_plain(self, ours: str, status: int) -> bool:
+        """Our Via as we wrote it, with none of the marks the Balancer reads for a
+        response of ``status`` (nor a registrar's overload control, RFC 7339)."""
+        learn_mark = self.learn_mark
         for mark in self.marks:
-            if mark in ours:
+            if mark in ours and (mark != learn_mark or 200 <= status < 300):
                 return False
+        if learn_mark and learn_mark in ours and OC_VALUE in ours:
+            return False
         return self.forwarder.wrote(ours)
 
     def _next_hop(self, hop: str, ours: str) -> Destination | None:
@@ -476,7 +486,8 @@ class FastRelay:
         empty, no '=')."""
         hop_key = _without_branch(hop)
         ours_key = _without_branch(ours)
-        if not hop_key or not ours_key:
+        if not hop_key or not ours_key or (self.learn_mark and self.learn_mark in ours):
+            # (a flow token and a Contact's digest: a key per phone, kept for nothing)
             return self._next_hop_parsed(hop, ours)
         key = f"{hop_key}\x00{ours_key}"
         known = self._hops.table.get(key)
