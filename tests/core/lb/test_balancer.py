@@ -217,6 +217,21 @@ async def test_the_lbs_own_backlog_refuses_a_share_of_new_registers_at_once() ->
         assert 2 <= refused <= 20  # about a fifth
 
 
+async def test_while_its_share_is_cutting_the_lb_refuses_not_everything() -> None:
+    """Twice the maximum of REGISTERs: the share answers the excess; only a backlog it
+    cannot relieve (its floor reached) makes the LB refuse every new request."""
+    async with lb_before(UdpClient(), UdpClient()) as lb:
+        checks = [round(0.1 * n, 1) for n in range(31)]
+        for second in checks[:11]:  # full for 1 s: the share cut 8 times, above its floor
+            lb.balancer.observe(second, 0.0, 1 << 30)
+        assert 0.05 < lb.balancer.own_share.admitted < 0.2
+        assert not lb.balancer.overload.overloaded
+        for second in checks[11:]:  # full for 2 s more: the floor, then 0.5 s of it
+            lb.balancer.observe(second, 0.0, 1 << 30)
+        assert lb.balancer.own_share.admitted == lb.balancer.own_share.floor
+        assert lb.balancer.overload.overloaded
+
+
 async def test_a_backlog_of_what_the_edge_guard_drops_refuses_no_phone() -> None:
     """One source's flood fills the LB's backlog; the guard drops it for little: refusing
     other phones' REGISTERs would not shorten it (tests/interop/test_abuse.py)."""

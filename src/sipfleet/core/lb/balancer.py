@@ -99,18 +99,26 @@ class Balancer:
 
     # -- overload ----------------------------------------------------------------------------
     def observe(self, now: float, lag: float, backlog: int) -> None:
-        """One overload check (``overload.watch``): the monitor that refuses every new
-        request, and the LB's own share of new REGISTERs, which acts sooner. The share is
-        fed no backlog while the edge guard drops more than the LB relays: such a backlog
-        is one source's flood, cheap to drop, which refusing phones would not shorten
-        (tests/interop/test_abuse.py failed so, before this)."""
-        self.overload.observe(now, lag, backlog)
+        """One overload check (``overload.watch``): the LB's own share of new REGISTERs,
+        then the monitor that refuses every new request.
+
+        The share is fed no backlog while the edge guard drops more than the LB relays:
+        such a backlog is one source's flood, cheap to drop, which refusing phones would
+        not shorten (tests/interop/test_abuse.py failed so, before this). The monitor
+        is fed none while the share refuses some and is not at its floor: it would
+        refuse what the share answers, parsed, and past its answer budget drop it, each
+        drop coming back as a retransmission (most of those at the onset of twice the
+        maximum, docs/benchmarks.md); an overload the share cannot relieve (not of
+        REGISTERs) takes it to its floor within a second, and the monitor then acts."""
         stats = self.forwarder.stats
         dropped = self.guard.dropped() if self.guard is not None else 0
         relayed = stats.requests_forwarded + stats.responses_forwarded
         flooded = dropped - self._dropped_then > relayed - self._relayed_then
         self._dropped_then, self._relayed_then = dropped, relayed
-        self.own_share.observe(now, 0 if flooded else backlog)
+        share = self.own_share
+        share.observe(now, 0 if flooded else backlog)
+        sharing = share.floor < share.admitted < 1.0
+        self.overload.observe(now, 0.0 if sharing else lag, 0 if sharing else backlog)
 
     # -- requests ----------------------------------------------------------------------------
     def on_request(self, request: Request, peer: Peer) -> None:
