@@ -144,12 +144,18 @@ def answer_asking(request: Request, oc: str) -> bytes:
 ASK_ALL = ';oc=100;oc-algo="loss";oc-validity=5000;oc-seq=1.000'
 
 
+async def registered_through(lb: Lb, phone: UdpClient, registrar: UdpClient) -> Request:
+    """A new REGISTER from ``phone``, as the registrar gets it from the LB."""
+    phone.send(register(phone, 1), lb.address)
+    relayed = await registrar.recv_message()
+    assert isinstance(relayed, Request)
+    return relayed
+
+
 async def test_a_register_says_the_lb_takes_part_and_the_registrar_can_ask_it_to_refuse() -> None:
     phone, registrar = UdpClient(), UdpClient()
     async with lb_before(UdpClient(), registrar) as lb:
-        phone.send(register(phone, 1), lb.address)
-        relayed = await registrar.recv_message()
-        assert isinstance(relayed, Request)
+        relayed = await registered_through(lb, phone, registrar)
         assert relayed.top_via.params.keys() >= {"oc"}  # our Via: "oc" (RFC 7339 §5.1)
         registrar.send(answer_asking(relayed, ASK_ALL), lb.address)
         challenge = await phone.recv_message()
@@ -175,9 +181,7 @@ async def test_a_register_says_the_lb_takes_part_and_the_registrar_can_ask_it_to
 async def test_a_registrars_401_is_relayed_from_its_bytes() -> None:
     phone, registrar = UdpClient(), UdpClient()
     async with lb_before(UdpClient(), registrar) as lb:
-        phone.send(register(phone, 1), lb.address)
-        relayed = await registrar.recv_message()
-        assert isinstance(relayed, Request)
+        relayed = await registered_through(lb, phone, registrar)
         registrar.send(answer_asking(relayed, ""), lb.address)  # a 401 asking for nothing
         challenge = await phone.recv_message()
         assert isinstance(challenge, Response)
@@ -190,9 +194,7 @@ async def test_a_registrars_401_is_relayed_from_its_bytes() -> None:
 async def test_only_a_member_of_the_cluster_can_ask_the_lb_to_refuse() -> None:
     phone, registrar, stranger = UdpClient(), UdpClient(), UdpClient()
     async with lb_before(UdpClient(), registrar) as lb:
-        phone.send(register(phone, 1), lb.address)
-        relayed = await registrar.recv_message()
-        assert isinstance(relayed, Request)
+        relayed = await registered_through(lb, phone, registrar)
         stranger.send(answer_asking(relayed, ASK_ALL), lb.address)  # the right Via, wrong source
         await phone.recv_message()
         phone.send(register(phone, 2), lb.address)

@@ -86,6 +86,10 @@ REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after 
 BRANCH: Final = "branch="
 BRANCH_PARAM: Final = ";branch="
 MAX_HOPS: Final = 4096
+# What _ours_plain finds in our Via
+DECLINED: Final = 0
+PLAIN: Final = 1
+LEARNING: Final = 2  # the flow mark, in an answer it is not read from (a 401)
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
 _METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
 SIP_VERSION: Final = "SIP/2.0"
@@ -458,25 +462,33 @@ class FastRelay:
         known = self._transactions.table.get(ours)
         if known is not None and known[0] == hop:
             return known[1]
-        if not self._ours_plain(ours, status):
+        plain = self._ours_plain(ours, status)
+        if plain == DECLINED:
             return None
-        destination = self._next_hop(hop, ours)
+        destination = self._next_hop(hop, ours, plain == PLAIN)
         if destination is not None and status < 200:
             self._transactions.put(ours, (hop, destination))
         return destination
 
-    def _ours_plain(self, ours: str, status: int) -> bool:
+    def _ours_plain(self, ours: str, status: int) -> int:
         """Our Via as we wrote it, with none of the marks the Balancer reads for a
-        response of ``status`` (nor a registrar's overload control, RFC 7339)."""
+        response of ``status``: PLAIN, or LEARNING when it carries ``learn_mark`` (and
+        not a registrar's overload control, RFC 7339); else DECLINED. The marks are
+        each looked for once: this runs for every response."""
         learn_mark = self.learn_mark
+        learning = False
         for mark in self.marks:
-            if mark in ours and (mark != learn_mark or 200 <= status < 300):
-                return False
-        if learn_mark and learn_mark in ours and OC_VALUE in ours:
-            return False
-        return self.forwarder.wrote(ours)
+            if mark in ours:
+                if mark != learn_mark or 200 <= status < 300:
+                    return DECLINED
+                learning = True
+        if learning and OC_VALUE in ours:
+            return DECLINED
+        if not self.forwarder.wrote(ours):
+            return DECLINED
+        return LEARNING if learning else PLAIN
 
-    def _next_hop(self, hop: str, ours: str) -> Destination | None:
+    def _next_hop(self, hop: str, ours: str, memo: bool = True) -> Destination | None:
         """Where the present path sends a response whose Vias are ``ours`` then ``hop``
         (StatelessForwarder.next_hop), when that is a UDP IPv4 destination; else None.
 
@@ -484,10 +496,11 @@ class FastRelay:
         one transaction to the next: where a response goes does not depend on them,
         once each is checked to be one the Via parser reads the same way (plain, not
         empty, no '=')."""
+        if not memo:  # a flow token and a Contact's digest in ours: a key per phone
+            return self._next_hop_parsed(hop, ours)
         hop_key = _without_branch(hop)
         ours_key = _without_branch(ours)
-        if not hop_key or not ours_key or (self.learn_mark and self.learn_mark in ours):
-            # (a flow token and a Contact's digest: a key per phone, kept for nothing)
+        if not hop_key or not ours_key:
             return self._next_hop_parsed(hop, ours)
         key = f"{hop_key}\x00{ours_key}"
         known = self._hops.table.get(key)
