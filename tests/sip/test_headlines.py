@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sipfleet.sip import ParseError, Request, parse_message
-from sipfleet.sip.headlines import alnum_besides, alnum_dash_dot, untagged
+from sipfleet.sip.headers import HEADER_KEYS, header_key
+from sipfleet.sip.headlines import (
+    COMMON_NAMES,
+    alnum_besides,
+    alnum_dash_dot,
+    name_key,
+    untagged,
+)
 
 
 @given(st.text(alphabet="aZ09-._é \x00~/=?", max_size=8))
@@ -58,3 +65,46 @@ def test_untagged_as_the_to_accessor_reads_it(value: str) -> None:
     got = untagged(f"To: {value}", "To")
     # a comma is declined even where the accessor reads the value (a quoted one)
     assert got is expected or ("," in value and not got)
+
+
+def _key_as_the_parser_reads(line: str) -> str:
+    """What HeadLines read before the common names' table: the parser's memo."""
+    colon = line.find(":")
+    return HEADER_KEYS.table.get(line[:colon] if colon >= 0 else line, "")
+
+
+@pytest.mark.parametrize("name", COMMON_NAMES)
+def test_a_common_name_reads_as_the_parser_reads_it(name: str) -> None:
+    assert name_key(f"{name}: 1") == header_key(name)
+    assert name_key(f"{name}:1") == header_key(name)
+
+
+@given(
+    st.one_of(
+        st.sampled_from(COMMON_NAMES),
+        st.text(alphabet="VviaACcoOntlL-DqQx :\t", max_size=22),
+    ),
+    st.text(alphabet="Vi: a-", max_size=6),
+)
+def test_any_name_reads_as_the_memo_reads_it_or_is_left_to_it(name: str, rest: str) -> None:
+    """A near miss of a common name (another letter, a blank before the colon, another
+    case, a name as long as another whose slot it falls in) is not read as that name:
+    it is looked up, and "" (left to the parser) when the parser has not met it."""
+    line = name + rest
+    got = name_key(line)
+    expected = _key_as_the_parser_reads(line)
+    if got != expected:  # only a common name, spelled so, reads without the memo
+        colon = line.find(":")
+        assert line[:colon] in COMMON_NAMES
+        assert got == header_key(line[:colon])
+
+
+def test_a_name_the_parser_has_met_reads_as_its_key() -> None:
+    assert name_key("X-Sipfleet-Test: 1") == ""  # not met: the parser checks it
+    header_key("X-Sipfleet-Test")
+    assert name_key("X-Sipfleet-Test: 1") == "x-sipfleet-test"
+    assert name_key(f"X-{'y' * 40}: long") == ""  # past the short scan: found by find
+    header_key(f"X-{'y' * 40}")
+    assert name_key(f"X-{'y' * 40}: long") == f"x-{'y' * 40}"
+    assert name_key("Via : blank before the colon") == _key_as_the_parser_reads("Via : x")
+    assert name_key("no colon at all") == ""

@@ -301,7 +301,7 @@ class StatelessForwarder:
         host, port = via.response_address(DEFAULT_PORT)
         if not is_ip(host):
             return None  # RFC 3263 lookups have no place on this path
-        flow = _flow_param(ours) if FLOW_MARK in ours else ""
+        flow = flow_of(ours)
         if transport == "UDP":
             local = None
             if flow[:1] == "u" and flow[1:].isdigit():
@@ -336,6 +336,12 @@ class StatelessRelay:
 
     def on_response(self, response: Response, peer: Peer) -> None:
         self.forwarder.forward_response(response, peer)
+
+
+def flow_of(ours: str) -> str:
+    """The ``sfi`` of our Via (its text ``ours``): "" when it has none. ``next_hop``
+    reads nothing else of it."""
+    return _flow_param(ours) if FLOW_MARK in ours else ""
 
 
 def _flow_param(via_text: str) -> str:

@@ -18,7 +18,7 @@ from mypy_extensions import i64
 from sipfleet.sip.address import Address, parse_trimmed_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS
-from sipfleet.sip.headers import HEADER_KEYS
+from sipfleet.sip.headers import HEADER_KEYS, header_key
 from sipfleet.sip.memo import Memo
 
 VIA_LINE: Final = "Via: "
@@ -36,6 +36,50 @@ MAX_FORWARDS_LINES: Final = tuple(f"Max-Forwards: {value}" for value in range(MA
 HOP_COUNTS: Final = Memo[str, int](
     1024, {line: value for value, line in enumerate(MAX_FORWARDS_LINES)}
 )  # Max-Forwards line -> its value, as Message keeps them
+# Header names as phones and sipp spell them, which HeadLines reads without slicing the
+# name out and looking it up (``name_key``): a request and its response carry about
+# twenty lines, and each slice, hash and lookup cost more than the rest of its reading.
+COMMON_NAMES: Final = (
+    *("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length"),
+    *("Content-Type", "User-Agent", "Subject", "Expires", "Allow", "Supported", "Route"),
+    *("Record-Route", "Server", "Accept", "Authorization", "WWW-Authenticate", "Path"),
+    *("Proxy-Authorization", "Proxy-Authenticate", "Event", "Allow-Events", "Require"),
+    *("Session-Expires", "Min-SE", "P-Asserted-Identity", "Privacy", "Date", "Reason"),
+    *("Refer-To", "Referred-By", "RSeq", "RAck", "Call-Info", "Accept-Language"),
+    *("Accept-Encoding", "Organization", "Warning", "Timestamp", "Min-Expires"),
+    *("Retry-After", "Unsupported", "Proxy-Require", "Content-Disposition", "Diversion"),
+    *("Content-Encoding", "Subscription-State", "P-Preferred-Identity", "Alert-Info"),
+    *("Remote-Party-ID", "Identity", "Priority", "Replaces", "Service-Route"),
+    *("via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length"),
+    *("content-type", "user-agent", "expires", "v", "f", "t", "i", "m", "l", "c", "k"),
+    *("e", "s", "o", "u", "r", "x", "b"),
+)
+NO_LINES: Final[list[int]] = []  # HeadLines' routes and contacts when not read
+NAME_SLOTS: Final = 1023  # a mask: 1,024 slots, where these names fall apart
+MAX_COMMON_NAME: Final = 24  # longer than any of them
+COLON: Final = 58  # ord(":")
+
+
+def _name_slot(length: int, first: int, last: int) -> int:
+    """Where a name falls (``name_key`` computes it in place)."""
+    return (length * 7 + first * 39 + last) & NAME_SLOTS
+
+
+def _name_table() -> tuple[list[str], list[str]]:
+    """Each common name at its slot, with its key as the parser gives it; a name whose
+    slot is taken is left out (read by lookup, as any other name)."""
+    names = [""] * (NAME_SLOTS + 1)
+    keys = [""] * (NAME_SLOTS + 1)
+    for name in COMMON_NAMES:
+        slot = _name_slot(len(name), ord(name[0]), ord(name[-1]))
+        if not names[slot]:
+            names[slot], keys[slot] = name, header_key(name)
+    return names, keys
+
+
+_NAME_TABLE: Final = _name_table()
+_NAMES: Final = _NAME_TABLE[0]  # Final: a static of the compiled module, not a
+_NAME_KEYS: Final = _NAME_TABLE[1]  # lookup in its globals per line
 
 
 def alnum_besides(text: str, one: str, other: str) -> bool:
@@ -247,6 +291,28 @@ def hop_count(line: str) -> int:
     return HOP_COUNTS.put(line, count) if count <= MAX_HOPS_VALUE else -1
 
 
+def name_key(line: str) -> str:
+    """The key of a header ``line``'s name (before its first ':'), as the parser gives
+    it; "" for a name it has not met (its memo's). A common name as it is usually
+    spelled (COMMON_NAMES) is read from the line in place; the rest is looked up, as
+    the parser looks it up."""
+    size: i64 = len(line)
+    colon: i64 = 0
+    while colon < size and colon <= MAX_COMMON_NAME:  # a short scan costs less than find
+        if ord(line[colon]) == COLON:
+            break
+        colon += 1
+    if colon > MAX_COMMON_NAME or colon == size:
+        colon = line.find(":")
+    if colon > 0:  # the slot's arithmetic written out: a call per line cost a tenth
+        slot = (colon * 7 + ord(line[0]) * 39 + ord(line[colon - 1])) & NAME_SLOTS
+        name = _NAMES[slot]
+        if len(name) == colon and line.startswith(name):
+            return _NAME_KEYS[slot]
+        return HEADER_KEYS.table.get(line[:colon], "")
+    return HEADER_KEYS.table.get(line if colon < 0 else "", "")
+
+
 class HeadLines:
     """The header lines from ``lines[first]`` on: where those a plain forward reads are
     (indexes into the head's lines), whether every name is one the parser has met (its
@@ -296,8 +362,10 @@ class HeadLines:
         self.from_ = self.to = 0  # read when routed
         self.cseq = 0  # routed: the CSeq line; -1: more than one
         self.expires = 0  # routed: the first Expires line
-        self.routes: list[int] = []  # the Route lines, when routed
-        self.contacts: list[int] = []  # the Contact lines, when routed or creating
+        # the Route lines when routed, the Contact lines when routed or creating (else
+        # one shared empty list, never added to: two lists fewer per message)
+        self.routes: list[int] = [] if routed else NO_LINES
+        self.contacts: list[int] = [] if routed or creating else NO_LINES
         self.record_routes = 0  # Record-Route lines, when routed or creating
         self.known = self._read(lines, body_length, first, routed, routed or creating)
         usual = self.known and bool(self.via and self.max_forwards and self.call_id)
@@ -310,12 +378,10 @@ class HeadLines:
     def _read(
         self, lines: list[str], body_length: int, first: int, routed: bool, dialog: bool
     ) -> bool:
-        keys = HEADER_KEYS.table
         length = 0
         for at in range(first, len(lines)):
             line = lines[at]
-            colon = line.find(":")
-            key = keys.get(line[:colon] if colon >= 0 else line, "")
+            key = name_key(line)
             if not key:
                 return False
             if key == "via":

@@ -49,7 +49,7 @@ from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard
 from sipfleet.core.lb.router import DIALOG_CREATING, RETRY_AFTER, Forward, Router
 from sipfleet.core.overload import OC_VALUE, LossFeedback, OverloadMonitor
-from sipfleet.core.stateless import StatelessForwarder
+from sipfleet.core.stateless import StatelessForwarder, flow_of
 from sipfleet.sip.builders import COPIED_IN_RESPONSES, MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS, match_plain_params
@@ -492,17 +492,21 @@ class FastRelay:
         """Where the present path sends a response whose Vias are ``ours`` then ``hop``
         (StatelessForwarder.next_hop), when that is a UDP IPv4 destination; else None.
 
-        Memoised by the two Vias without their branch values, which alone change from
-        one transaction to the next: where a response goes does not depend on them,
-        once each is checked to be one the Via parser reads the same way (plain, not
-        empty, no '=')."""
+        Memoised by the next Via without its branch value, which alone changes from one
+        transaction to the next (where a response goes does not depend on it, once it
+        is checked to be one the Via parser reads the same way: plain, not empty, no
+        '='), and by the one thing of ours the forwarder reads (``flow_of``: the socket
+        it goes out by)."""
         if not memo:  # a flow token and a Contact's digest in ours: a key per phone
             return self._next_hop_parsed(hop, ours)
         hop_key = _without_branch(hop)
-        ours_key = _without_branch(ours)
-        if not hop_key or not ours_key:
+        if not hop_key:
             return self._next_hop_parsed(hop, ours)
-        key = f"{hop_key}\x00{ours_key}"
+        try:
+            flow = flow_of(ours)
+        except ParseError:
+            return None  # the present path counts it
+        key = f"{hop_key}\x00{flow}"
         known = self._hops.table.get(key)
         if known is None:
             known = self._next_hop_parsed(hop, ours)
