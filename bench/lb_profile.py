@@ -4,12 +4,14 @@
     .venv/bin/python bench/lb_profile.py --relays lb,relay --pairs 200000 --rate 20000
     .venv/bin/python bench/lb_profile.py --relays lb --instructions 20000 --keep /tmp/lb.cg
     .venv/bin/python bench/lb_profile.py --relays lb --perf-record /tmp/lb.perf
+    .venv/bin/python bench/lb_profile.py --relays lb,kamailio --processes 2 --rate 15000
 
 A sipp UAS answers OPTIONS with 200 (bench/sipp/echo_uas.xml); the relay under test stands
 in front of it; a sipp UAC sends ``--pairs`` OPTIONS to sip:echo@relay at ``--rate`` with
 at most ``--window`` unanswered (bench/sipp/echo_uac.xml), the anchor's s4 exchange.
 
-Relays, each with one process doing the work:
+Relays, each with one process doing the work (``--processes N``: N, for ``lb`` and
+``kamailio``, the anchor's s4 and k4_c2 with 2):
 - ``lb``: ``sipfleet run lb``, ``node.workers = 1``, the UAS its only proxy-pool target
   (configured as bench/lb_bench.py does; ``force_rport`` on, as by default);
 - ``relay``: bench/relay_sipfleet.py, the stateless forwarder without the LB's decisions;
@@ -20,7 +22,9 @@ Relays, each with one process doing the work:
 
 Figures, per pair sipp counted as successful:
 - default: CPU of the relay's process tree over the run (the scheduler's runtime, split
-  into user and system by the tick counts), less what it used idle over as long;
+  into user and system by the tick counts), less what it used idle over as long; and its
+  context switches per 1,000 pairs: waits (it slept, for a datagram) and preemptions (it
+  was taken off its core while it had work: a sipp woken by its send, on this core);
 - ``--instructions N``: user-space instructions, counted by callgrind on the relay's
   processes with collection switched on (``callgrind_control -i on``) only for N pairs,
   after a warm-up; the kernel's share is not in them. ``--keep FILE`` keeps callgrind's
@@ -88,9 +92,9 @@ def relay_running(
         [*VALGRIND, f"--callgrind-out-file={workdir}/callgrind.%p"] if args.instructions else []
     )
     if relay == "lb":
-        command = sipfleet_lb_command(1, echo_port, port, workdir, python, args.edge)
+        command = sipfleet_lb_command(args.processes, echo_port, port, workdir, python, args.edge)
     elif relay == "kamailio":
-        command = kamailio_lb_command(1, echo_port, port, workdir)
+        command = kamailio_lb_command(args.processes, echo_port, port, workdir)
         wrapper = [*wrapper, "--trace-children=yes"] if wrapper else []
     else:
         command = python_relay_command(PYTHON_RELAYS[relay], echo_port, port, python)
@@ -134,6 +138,7 @@ def cpu_per_pair(relay: str, pid: int, port: int, args: argparse.Namespace, work
     idle_total, idle_system = (a - b for a, b in zip(cpu_of(pids), idle_start, strict=True))
     idle_seconds = time.time() - t0
     before, t0 = cpu_of(pids), time.time()
+    switches_before = switches_of(pids)
     recorders = [
         attach(tool, pid, out)
         for tool, out in (("perf", args.perf_record), ("strace", args.strace))
@@ -144,6 +149,7 @@ def cpu_per_pair(relay: str, pid: int, port: int, args: argparse.Namespace, work
         recorder.send_signal(signal.SIGINT)
         recorder.wait(timeout=60)
     total, system = (a - b for a, b in zip(cpu_of(pids), before, strict=True))
+    waits, preempted = (a - b for a, b in zip(switches_of(pids), switches_before, strict=True))
     seconds = time.time() - t0
     total -= idle_total * seconds / idle_seconds
     system -= idle_system * seconds / idle_seconds
@@ -153,9 +159,26 @@ def cpu_per_pair(relay: str, pid: int, port: int, args: argparse.Namespace, work
     us = 1e6 / answered
     print(
         f"{relay:13} {answered:8} pairs in {seconds:5.1f} s: {total * us:6.2f} µs CPU per pair"
-        f" (user {(total - system) * us:6.2f}, system {system * us:6.2f})",
+        f" (user {(total - system) * us:6.2f}, system {system * us:6.2f});"
+        f" per 1,000 pairs {waits * 1000 / answered:5.0f} waits,"
+        f" {preempted * 1000 / answered:5.0f} preemptions",
         flush=True,
     )
+
+
+def switches_of(pids: list[int]) -> tuple[int, int]:
+    """Voluntary (the process waited) and involuntary (it was preempted) context
+    switches of ``pids``, summed over their threads."""
+    waits = preempted = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        waits += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        preempted += int(line.split()[1])
+    return waits, preempted
 
 
 def attach(tool: str, pid: int, output: Path) -> subprocess.Popen[bytes]:
@@ -208,6 +231,12 @@ def main() -> None:
         "--instructions", type=int, metavar="PAIRS", help="count instructions (callgrind)"
     )
     parser.add_argument("--keep", type=Path, help="with --instructions: keep the first's file")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="the LB's workers and Kamailio's children (the anchor's s4 and k4_c2: 2)",
+    )
     parser.add_argument("--perf-record", type=Path, help="perf record the first relay's run")
     parser.add_argument("--strace", type=Path, help="strace -c the first relay's run")
     parser.add_argument(

@@ -11,8 +11,8 @@ import pytest
 
 from sipfleet.config.listen import parse_listen
 from sipfleet.core.endpoint import SipEndpoint
-from sipfleet.core.stateless import StatelessForwarder, StatelessRelay
-from sipfleet.sip import Request, Response, parse_message
+from sipfleet.core.stateless import StatelessForwarder, StatelessRelay, flow_of
+from sipfleet.sip import ParseError, Request, Response, parse_message
 from sipfleet.transport import Destination, Peer
 from tests.transport.helpers import TIMEOUT, UdpClient, answer, ipv6_available, options
 
@@ -288,3 +288,46 @@ async def test_a_via_with_our_host_and_another_port_is_not_ours(setup: Setup) ->
     setup.uas.send(stray, setup.address())
     await setup.uac.nothing()
     assert setup.forwarder.stats.responses_not_ours == 1
+
+
+WRITTEN_PARAMS = {
+    # what our Via carries after its sent-by -> whether written_flow reads it
+    ";branch=z9hG4bK-lsb.a.b;sfi=u0": True,
+    ";branch=z9hG4bK-lsb.a.b;sfi=u1": True,
+    ";branch=z9hG4bK-lsb.a.b": True,
+    ";branch=z9hG4bK-lsb.a.b;sfi=u2": False,  # not one of our sockets
+    ";branch=z9hG4bK-lsb.a.b;sfi=u01": False,  # flow_of reads it: the long way
+    ";branch=z9hG4bK-lsb.a.b;sfi=u0;sfi=u1": False,
+    ";branch=z9hG4bK-lsb.a.b;sfi=u0;lbf=abc": False,  # a mark the caller reads
+    ";branch=z9hG4bK-lsb.a.b;lba=YWxpY2U;sfi=u0": False,
+    ";branch=z9hG4bK-lsb.a.b;SFI=u0": False,
+    ";branch=z9hG4bK-lsb.a=b;sfi=u0": False,  # '=' in the branch: marks may hide there
+    ";branch=xbranch=z9hG4bK-lb;sfi=u0": False,
+    ";branch=z9hG4bK-lb-probe-1;sfi=u0": False,  # set apart: the caller's probes
+    ";Branch=z9hG4bK-lsb.a.b;sfi=u0": False,
+    ";branch=;sfi=u0": False,
+    ";branch=z9hG4bK-lsb.a.b;": False,
+    ";received=127.0.0.1;branch=z9hG4bK-lsb.a.b": False,
+    "": False,
+}
+
+
+@pytest.mark.parametrize("params", list(WRITTEN_PARAMS))
+async def test_our_via_as_we_write_it_is_read_without_searching_it(params: str) -> None:
+    """``written_flow`` gives what ``flow_of`` gives for a Via we wrote, or leaves it to
+    the long way (``wrote``, then ``flow_of``); never another answer."""
+    async with relay("udp:127.0.0.1:0", "udp:127.0.0.1:0") as made:
+        forwarder = made.forwarder
+        ours = f"SIP/2.0/UDP {made.sent_by}{params}"
+        got = forwarder.written_flow(ours, ("z9hG4bK-lb",))
+        assert (got is not None) is WRITTEN_PARAMS[params]
+        if got is not None:
+            assert forwarder.wrote(ours)
+            assert got == flow_of(ours)
+        try:
+            long_way = flow_of(ours)
+        except ParseError:
+            long_way = None
+        assert got is None or got == long_way
+        stranger = f"SIP/2.0/UDP 192.0.2.1:5060{params}"
+        assert forwarder.written_flow(stranger) is None

@@ -212,6 +212,15 @@ OUR_PARAMS = (
     ";branch=z9hG4bK-lsb.a?b;sfi=u1",
     ";branch=;sfi=u1",
     ";branch=z9hG4bK-lsb.a.b;sfi=x1",
+    ";branch=z9hG4bK-lsb.a=b;sfi=u1",
+    ";branch=z9hG4bK-lsb.a.b;sfi=u0;x=1",
+    ";branch=z9hG4bK-lsb.a.b;SFI=u1",
+    ";branch=z9hG4bK-lb-x.y;sfi=u1",
+    ";branch=xbranch=z9hG4bK-lb;sfi=u1",
+    ";Branch=z9hG4bK-lsb.a.b;sfi=u1",
+    ";branch=z9hG4bK-lsb.a.b;sfi=u01",
+    ";branch=z9hG4bK-lsb.a.b;sfi=u0;lbf=abc;lbc=def",
+    ";branch=z9hG4bK-lsb.a.b;sfi=u1;lba=YWxpY2UAMTI3LjAuMC4x",
 )
 
 

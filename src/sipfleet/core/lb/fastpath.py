@@ -127,6 +127,11 @@ class FastRelay:
         self.endpoint = endpoint
         self.forwarder = forwarder
         self.marks = marks
+        # The marks a branch value starts with (``branch=...``: the Balancer's probes)
+        # and whether every other one starts with ';' (a parameter): then our Via is
+        # read without searching it for each (``_written_flow``).
+        self._branch_marks = tuple(mark[len(BRANCH) :] for mark in marks if mark.startswith(BRANCH))
+        self._marks_apart = all(mark.startswith((BRANCH, ";")) for mark in marks)
         self.learn_mark = learn_mark
         self.router = router
         self.guard = guard
@@ -462,13 +467,26 @@ class FastRelay:
         known = self._transactions.table.get(ours)
         if known is not None and known[0] == hop:
             return known[1]
-        plain = self._ours_plain(ours, status)
-        if plain == DECLINED:
-            return None
-        destination = self._next_hop(hop, ours, plain == PLAIN)
+        flow = self._written_flow(ours)
+        if flow is not None:
+            destination = self._next_hop(hop, ours, True, flow)
+        else:
+            plain = self._ours_plain(ours, status)
+            if plain == DECLINED:
+                return None
+            destination = self._next_hop(hop, ours, plain == PLAIN)
         if destination is not None and status < 200:
             self._transactions.put(ours, (hop, destination))
         return destination
+
+    def _written_flow(self, ours: str) -> str | None:
+        """The ``sfi`` of our Via ``ours`` ("" for none) when it is written as we write
+        it with nothing but its branch and ``sfi`` (``written_flow``: none of the marks
+        a ';' starts), its branch value not one of the Balancer's probes'; None: read
+        the long way (``_ours_plain``)."""
+        if not self._marks_apart:
+            return None
+        return self.forwarder.written_flow(ours, self._branch_marks)
 
     def _ours_plain(self, ours: str, status: int) -> int:
         """Our Via as we wrote it, with none of the marks the Balancer reads for a
@@ -488,7 +506,9 @@ class FastRelay:
             return DECLINED
         return LEARNING if learning else PLAIN
 
-    def _next_hop(self, hop: str, ours: str, memo: bool = True) -> Destination | None:
+    def _next_hop(
+        self, hop: str, ours: str, memo: bool = True, flow: str | None = None
+    ) -> Destination | None:
         """Where the present path sends a response whose Vias are ``ours`` then ``hop``
         (StatelessForwarder.next_hop), when that is a UDP IPv4 destination; else None.
 
@@ -502,10 +522,11 @@ class FastRelay:
         hop_key = _without_branch(hop)
         if not hop_key:
             return self._next_hop_parsed(hop, ours)
-        try:
-            flow = flow_of(ours)
-        except ParseError:
-            return None  # the present path counts it
+        if flow is None:
+            try:
+                flow = flow_of(ours)
+            except ParseError:
+                return None  # the present path counts it
         key = f"{hop_key}\x00{flow}"
         known = self._hops.table.get(key)
         if known is None:
