@@ -5,7 +5,8 @@ datagram's bytes, without a ``Message`` (docs/lb.md, "The fast path"; docs/bench
 The present path parses every datagram into a ``Message`` (a list of line strings and
 one of keys), edits it and serialises the lines again: about half of the LB's
 instructions per message. Here the head is split into lines once, every header name is
-looked up in the parser's own memo (a name the parser has not met is left to it), the
+read as the parser reads it (the names phones usually write in place, the rest in the
+parser's own memo: a name the parser has not met is left to it), the
 few lines the hop reads are checked as the parser and the accessors check them, and the
 edits are spliced into the lines.
 
