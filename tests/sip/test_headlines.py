@@ -79,6 +79,19 @@ def test_a_common_name_reads_as_the_parser_reads_it(name: str) -> None:
     assert name_key(f"{name}:1") == header_key(name)
 
 
+def test_the_common_names_are_read_without_the_memo() -> None:
+    """Each is found at its slot (the slot name_key computes in place is the one the
+    table was built with), not through the parser's memo: read with the memo emptied."""
+    keys = {name: header_key(name) for name in COMMON_NAMES}
+    kept = dict(HEADER_KEYS.table)
+    HEADER_KEYS.table.clear()
+    try:
+        read = {name: name_key(f"{name}: 1") for name in COMMON_NAMES}
+    finally:
+        HEADER_KEYS.table.update(kept)
+    assert read == keys
+
+
 @given(
     st.one_of(
         st.sampled_from(COMMON_NAMES),
