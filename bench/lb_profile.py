@@ -246,6 +246,9 @@ def main() -> None:
         help="the LB's edge guard: off, on (every check, none blocks), no-rate (the default)",
     )
     args = parser.parse_args()
+    if args.instructions and args.processes > 1:
+        # the workers are started afresh, not under callgrind: they would count nothing
+        parser.error("--instructions counts one process: use it with --processes 1")
     if args.instructions:
         args.rate = min(args.rate, 5000)
     budget = 3600
