@@ -32,6 +32,7 @@ from sipfleet.sip import ParseError, Request, Response, Via, parse_via
 from sipfleet.sip.builders import make_response, stateless_branch
 from sipfleet.sip.grammar import format_params
 from sipfleet.sip.memo import Memo
+from sipfleet.sip.via import BRANCH_PARAM
 from sipfleet.transport.base import (
     Destination,
     MessageTooLarge,
@@ -45,7 +46,6 @@ log: Final = logging.getLogger(__name__)
 
 FLOW_PARAM: Final = "sfi"  # in our Via: "t<connection id>" or "u<udp socket index>"
 FLOW_MARK: Final = f";{FLOW_PARAM}="
-BRANCH_PARAM: Final = ";branch="
 _new_tuple: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 DEFAULT_PORT: Final = 5060
 DEFAULT_TLS_PORT: Final = 5061  # RFC 3261 §19.1.2, sips:

@@ -18,7 +18,7 @@ from mypy_extensions import i64
 from sipfleet.sip.address import Address, parse_trimmed_address
 from sipfleet.sip.errors import ParseError
 from sipfleet.sip.grammar import WS
-from sipfleet.sip.headers import HEADER_KEYS, header_key
+from sipfleet.sip.headers import COMPACT_FORMS, HEADER_KEYS, header_key
 from sipfleet.sip.memo import Memo
 
 VIA_LINE: Final = "Via: "
@@ -51,8 +51,8 @@ COMMON_NAMES: Final = (
     *("Content-Encoding", "Subscription-State", "P-Preferred-Identity", "Alert-Info"),
     *("Remote-Party-ID", "Identity", "Priority", "Replaces", "Service-Route"),
     *("via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length"),
-    *("content-type", "user-agent", "expires", "v", "f", "t", "i", "m", "l", "c", "k"),
-    *("e", "s", "o", "u", "r", "x", "b"),
+    *("content-type", "user-agent", "expires"),
+    *COMPACT_FORMS,  # "v", "i", "m", ...: the parser's own list
 )
 NO_LINES: Final[list[int]] = []  # HeadLines' routes and contacts when not read
 NAME_SLOTS: Final = 1023  # a mask: 1,024 slots, where these names fall apart
@@ -62,7 +62,7 @@ COLON: Final = 58  # ord(":")
 
 def _name_slot(length: int, first: int, last: int) -> int:
     """Where a name falls (``name_key`` computes it in place)."""
-    return (length * 7 + first * 39 + last) & NAME_SLOTS
+    return (length * 7 + first * 112 + last) & NAME_SLOTS
 
 
 def _name_table() -> tuple[list[str], list[str]]:
@@ -305,7 +305,7 @@ def name_key(line: str) -> str:
     if colon > MAX_COMMON_NAME or colon == size:
         colon = line.find(":")
     if colon > 0:  # the slot's arithmetic written out: a call per line cost a tenth
-        slot = (colon * 7 + ord(line[0]) * 39 + ord(line[colon - 1])) & NAME_SLOTS
+        slot = (colon * 7 + ord(line[0]) * 112 + ord(line[colon - 1])) & NAME_SLOTS
         name = _NAMES[slot]
         if len(name) == colon and line.startswith(name):
             return _NAME_KEYS[slot]

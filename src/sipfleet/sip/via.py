@@ -21,6 +21,7 @@ from sipfleet.sip.uri import split_hostport
 
 # The magic cookie of RFC 3261 branches (§8.1.1.7).
 BRANCH_COOKIE: Final = "z9hG4bK"
+BRANCH_PARAM: Final = ";branch="  # how a Via's branch parameter is written
 
 _TOKEN_RE = r"[A-Za-z0-9.!%*_+`'~-]+"
 _SENT: Final = re.compile(

@@ -74,7 +74,7 @@ from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import SIP_VERSION as VERSION
 from sipfleet.sip.message import Request, header_line
 from sipfleet.sip.parser import parse_message
-from sipfleet.sip.via import BRANCH_COOKIE, parse_via
+from sipfleet.sip.via import BRANCH_COOKIE, BRANCH_PARAM, parse_via
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
 
 RESPONSE_START: Final = "SIP/2.0 "
@@ -85,7 +85,6 @@ VIA_BYTES: Final = b"Via: "
 ROUTE_LINE: Final = "\r\nRoute:"
 REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
 BRANCH: Final = "branch="
-BRANCH_PARAM: Final = ";branch="
 MAX_HOPS: Final = 4096
 # What _ours_plain finds in our Via
 DECLINED: Final = 0

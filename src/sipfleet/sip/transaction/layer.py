@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from sipfleet.sip.message import Message, Request, Response, index_of
 from sipfleet.sip.transaction.actions import Action
@@ -25,8 +25,7 @@ from sipfleet.sip.transaction.server import (
     ServerTransaction,
 )
 from sipfleet.sip.transaction.timers import DEFAULT_TIMERS, Timers
-
-BRANCH_PARAM: Final = ";branch="
+from sipfleet.sip.via import BRANCH_PARAM
 
 
 class TransactionLayer:
