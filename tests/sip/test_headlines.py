@@ -12,6 +12,7 @@ from sipfleet.sip.headlines import (
     COMMON_NAMES,
     alnum_besides,
     alnum_dash_dot,
+    head_end_of,
     name_key,
     untagged,
 )
@@ -121,3 +122,17 @@ def test_a_name_the_parser_has_met_reads_as_its_key() -> None:
     assert name_key(f"X-{'y' * 40}: long") == f"x-{'y' * 40}"
     assert name_key("Via : blank before the colon") == _key_as_the_parser_reads("Via : x")
     assert name_key("no colon at all") == ""
+
+
+def test_the_head_ends_at_the_last_blank_line() -> None:
+    """Where ``find`` puts it when the body holds no blank line; past it when the body
+    does, and then the head holds an empty line, which no header name reads."""
+    head = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nContent-Length: 0"
+    assert head_end_of(head + "\r\n\r\n") == len(head)
+    assert head_end_of(head + "\r\n\r\nv=0\r\n") == len(head)
+    text = head + "\r\n\r\n--b\r\nX: 1\r\n\r\nhi"
+    end = head_end_of(text)
+    assert end > len(head)
+    assert "" in text[:end].split("\r\n")
+    assert name_key("") == ""
+    assert head_end_of(head) == -1

@@ -123,6 +123,16 @@ def _alnum_replaced(text: str, one: str, other: str) -> bool:
     return bare.isalnum() and bare.isascii()
 
 
+def head_end_of(text: str) -> int:
+    """Where the blank line that ends the head starts (-1: none), searched from the end:
+    the messages a relay passes most (OPTIONS, 1xx, ACK, BYE) have no body, and their
+    blank line is found at once where a search from the start reads the whole head.
+    With a body that holds a blank line too (multipart), a later one is found: the head
+    so cut then holds the true blank line as an empty line, which HeadLines reads as a
+    name the parser has not met (not ``known``), so such a message goes the parsed way."""
+    return text.rfind("\r\n\r\n")
+
+
 def clean(lines: list[str]) -> bool:
     """No NUL, no CR or LF but those that end lines: what the parser rejects (or, for
     bare-LF line ends, reads another way) is left to it."""

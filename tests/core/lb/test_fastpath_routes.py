@@ -20,6 +20,7 @@ from sipfleet.sip import Request, parse_message
 from sipfleet.sip.flow import FlowTokens
 from sipfleet.storage import LbTarget
 from sipfleet.transport.base import Peer
+from tests.core.lb.messages import MULTIPART
 from tests.core.lb.test_fastpath_requests import Lb, Socket, lb
 
 CALL_ID = "1-4242@127.0.0.1"
@@ -475,7 +476,7 @@ def variants(draw: st.DrawFn, d: Dialog) -> bytes:
         ),
         extra=extra,
         routes_after_via=draw(st.booleans()),
-        body=draw(st.sampled_from([b"", b"", b"v=0\r\n"])),
+        body=draw(st.sampled_from([b"", b"", b"v=0\r\n", MULTIPART])),
     )
 
 

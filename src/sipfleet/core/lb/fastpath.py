@@ -61,6 +61,7 @@ from sipfleet.sip.headlines import (
     alnum_dash_dot,
     call_id_of,
     clean,
+    head_end_of,
     hop_count,
     joined,
     pop_routes,
@@ -169,7 +170,7 @@ class FastRelay:
         Everything is checked before anything is counted or the edge guard's bucket is
         touched: a decline leaves the present path all of it."""
         text = data.decode("latin-1")
-        head_end = text.find("\r\n\r\n")
+        head_end = head_end_of(text)
         if head_end < 0:
             return False
         # Declined before the head is split: a method none of the three ways takes (a
@@ -419,7 +420,7 @@ class FastRelay:
 
     # -- responses -------------------------------------------------------------------------
     def _response(self, data: bytes, text: str) -> bool:
-        head_end = text.find("\r\n\r\n")
+        head_end = head_end_of(text)
         if head_end < 0:
             return False
         lines = text[:head_end].split("\r\n")
