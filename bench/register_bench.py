@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,6 +117,7 @@ class Step:
     others_pct: float = 0.0
     contaminated: bool = False
     drops: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # "role 503|dropped reason": n
     load_avg: float = 0.0
     busiest_others: str = ""  # who the others were
 
@@ -142,6 +144,16 @@ class Target:
         if self.registrar_port:
             return {"lb": self.port, "registrar": self.registrar_port}
         return {"registrar": self.port}
+
+    @property
+    def management(self) -> dict[str, str]:
+        """Each role's management API (its ready file), by name."""
+        urls = {}
+        for name in ("lb", "registrar") if self.registrar_port else ("registrar",):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                ready = json.loads((self.workdir / f"{name}.ready").read_text())
+                urls[name] = str(ready["mgmt"])
+        return urls
 
     @property
     def replays(self) -> int:
@@ -338,6 +350,7 @@ def run_step(args: argparse.Namespace, target: Target, rate: int, duration: int)
     ports = {**target.ports, "uac": target.uac_port}
     replays = target.replays
     dropped_before = udp_drops(ports)
+    refused_before = refusals(target.management)
     command = sipp_command(target, rate, calls, duration, stat)
     out = (target.workdir / f"{target.name}-{rate}-sipp.log").open("wb")
     begin = time.time()
@@ -370,6 +383,12 @@ def run_step(args: argparse.Namespace, target: Target, rate: int, duration: int)
     drops = {name: dropped[name] - dropped_before[name] for name in ports}
     step = Step(target.name, rate, cpu=cpu, others_pct=others_used, drops=drops)
     step.replays = target.replays - replays
+    refused_after = refusals(target.management)
+    step.refused = {
+        key: count - refused_before.get(key, 0)
+        for key, count in refused_after.items()
+        if count - refused_before.get(key, 0)
+    }
     step.load_avg = round(os.getloadavg()[0], 2)
     step.busiest_others = busiest
     rows = read_stats(stat)
@@ -378,6 +397,32 @@ def run_step(args: argparse.Namespace, target: Target, rate: int, duration: int)
     step.unexpected = int(rows[-1].get("FailedUnexpectedMessage(C)", "0") or 0)
     score(step, rows, (begin + warm, begin + duration - 0.5), calls, since=begin)
     return step
+
+
+REFUSAL_METRICS = {
+    "sipfleet_overload_rejected_total": "503",
+    "sipfleet_datagrams_dropped_total": "dropped",
+}
+
+
+def refusals(management: dict[str, str]) -> dict[str, int]:
+    """Each role's overload counters from its /metrics: ``"lb 503 registrar_asked": n``
+    (new requests refused, by reason) and ``"registrar dropped overload": n``."""
+    counts: dict[str, int] = {}
+    for name, url in management.items():
+        try:
+            with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except (OSError, ValueError):  # no API (its URL None), or gone
+            continue
+        for line in text.splitlines():
+            metric, _, rest = line.partition("{")
+            if metric not in REFUSAL_METRICS or 'reason="' not in rest:
+                continue
+            reason = rest.split('reason="', 1)[1].split('"', 1)[0]
+            key = f"{name} {REFUSAL_METRICS[metric]} {reason}"
+            counts[key] = counts.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return counts
 
 
 def idle(pids: list[int], max_wait: float = 60.0) -> None:
@@ -410,12 +455,13 @@ def report(step: Step) -> None:
     cpu = "  ".join(f"{k} {v:5.1f}%" for k, v in step.cpu.items())
     per = "  ".join(f"{k} {step.us_per_register(k):4.0f}us" for k in step.cpu if k not in ("uac",))
     drops = ",".join(f"{k}:{v}" for k, v in step.drops.items() if v) or "-"
+    refused = ", ".join(f"{k} {v}" for k, v in step.refused.items()) or "-"
     print(
         f"[{step.name}] rate {step.rate:6} pass={step.passed!s:5} achieved {step.achieved:8.1f}"
         f"  fail {step.fail_pct:6.2f}%  unexpected {step.unexpected:6}  replays {step.replays:5}"
         f"  retrans "
         f"{step.retransmissions:6}  cpu {cpu}  per REGISTER {per}  others "
-        f"{step.others_pct:5.1f}%  load {step.load_avg:.2f}  drops {drops}"
+        f"{step.others_pct:5.1f}%  load {step.load_avg:.2f}  drops {drops}  refused {refused}"
         f"{f'  CONTAMINATED by {step.busiest_others}' if step.contaminated else ''}",
         file=sys.stderr,
         flush=True,

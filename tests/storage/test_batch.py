@@ -217,6 +217,39 @@ async def test_many_concurrent_refreshes_go_in_few_batches(storage: Storage) -> 
     assert len(await storage.location.all_bindings(now=NOW)) == 200
 
 
+async def test_text_outside_latin1_is_stored_and_matched_as_sent(storage: Storage) -> None:
+    """A user name, Contact and User-Agent in UTF-8 beyond latin1 (the default character
+    set of a MariaDB server started without a configuration): batched refreshes and a save
+    of two contacts store them as sent and find the AOR's rows again."""
+    users = [aor("δοκιμή"), aor("电话")]
+    agent = "Téléphone ☎ 2.0"
+    first = await asyncio.gather(
+        *(save(storage, update(f"sip:{u.username}@h", user_agent=agent), aor=u) for u in users)
+    )
+    batcher = batcher_of(storage)
+    before = batcher.batches
+    again = await asyncio.gather(
+        *(
+            save(storage, update(f"sip:{u.username}@h", cseq=2, user_agent=agent), aor=u)
+            for u in users
+        )
+    )
+    assert batcher.batches == before + 1
+    for user, answer in zip(users, again, strict=True):
+        [binding] = answer
+        assert (binding.contact, binding.user_agent, binding.cseq) == (
+            f"sip:{user.username}@h",
+            agent,
+            2,
+        )
+        assert await storage.location.lookup(user, now=NOW) == answer
+    assert [len(answer) for answer in first] == [1, 1]
+    both = await save(
+        storage, update("sip:电话@h", cseq=3), update("sip:电话@2", cseq=3), aor=users[1]
+    )
+    assert contacts(both) == ["sip:电话@2", "sip:电话@h"]
+
+
 @pytest.mark.parametrize("lifetime", [0, 3600])
 async def test_removals_and_multi_contact_saves_are_not_batched(
     storage: Storage, lifetime: int

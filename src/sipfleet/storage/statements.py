@@ -65,7 +65,7 @@ SUBSCRIBER_COLUMNS = (
 # on PostgreSQL is planned as a hash join over the whole table). MariaDB's JSON_TABLE
 # columns take the column's character set and binary collation (else the server's
 # default, latin1 on some), so that the comparison is exact and the key's index serves.
-_BINARY_TEXT = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+BINARY_TEXT = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 _SUBSCRIBER_FIELDS = "s.username, s.domain, s.ha1, s.ha1_sha256"
 _SUBSCRIBERS_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
     "postgresql": (
@@ -75,8 +75,8 @@ _SUBSCRIBERS_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
     ),
     "mysql": (
         f"SELECT {_SUBSCRIBER_FIELDS} FROM JSON_TABLE(%s, '$[*]' COLUMNS ("  # noqa: S608
-        f"u VARCHAR({USERNAME_LEN}) {_BINARY_TEXT} PATH '$[0]', "
-        f"d VARCHAR({DOMAIN_LEN}) {_BINARY_TEXT} PATH '$[1]')) AS k "
+        f"u VARCHAR({USERNAME_LEN}) {BINARY_TEXT} PATH '$[0]', "
+        f"d VARCHAR({DOMAIN_LEN}) {BINARY_TEXT} PATH '$[1]')) AS k "
         "JOIN subscriber s ON s.username = k.u AND s.domain = k.d",
         ("keys",),
     ),
@@ -108,8 +108,8 @@ _ROUTES_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
     "mysql": (
         f"SELECT k.i, {_ROUTE_FIELDS} FROM JSON_TABLE(%s, '$[*]' COLUMNS ("  # noqa: S608
         "i FOR ORDINALITY, "
-        f"u VARCHAR({USERNAME_LEN}) {_BINARY_TEXT} PATH '$[0]', "
-        f"d VARCHAR({DOMAIN_LEN}) {_BINARY_TEXT} PATH '$[1]', "
+        f"u VARCHAR({USERNAME_LEN}) {BINARY_TEXT} PATH '$[0]', "
+        f"d VARCHAR({DOMAIN_LEN}) {BINARY_TEXT} PATH '$[1]', "
         "n BIGINT PATH '$[2]')) AS k "
         "JOIN location l ON l.username = k.u AND l.domain = k.d AND l.expires > k.n "
         f"ORDER BY k.i, {_ROUTE_ORDER}",
