@@ -42,6 +42,7 @@ from sipfleet.storage.statements import (
     BINARY_TEXT,
     BINDING_COLUMNS,
     BINDING_KEY,
+    BY_AOR,
     Statement,
     Step,
     StepResult,
@@ -188,7 +189,7 @@ PREPARED = {
     f"COUNT(IF(NOT {_same_key('r')} AND c.expires > @sf_now, 1, NULL)) < @sf_max "
     f"OR COUNT(IF({_same_key('r')} AND c.expires > @sf_now, 1, NULL)) > 0 AS room "
     f"FROM {_entries('username', 'domain', 'contact', 'flow_key')} LEFT JOIN location c "
-    "ON c.username = r.username AND c.domain = r.domain GROUP BY r.i) AS x",
+    f"{BY_AOR} ON c.username = r.username AND c.domain = r.domain GROUP BY r.i) AS x",
     # One write for every entry with room. It names the existing row's id, so a refresh
     # meets its row on the primary key at once: an ON DUPLICATE KEY UPDATE that met it on
     # (username, domain, contact) first inserted the row and the ruid, then undid both,
@@ -205,7 +206,8 @@ PREPARED = {
     ),
     # Every current binding of each entry's AOR, by entry.
     "sf_b_result": f"SELECT r.i, {', '.join('c.' + c.name for c in BINDING_COLUMNS)} "  # noqa: S608
-    f"FROM {_entries('username', 'domain')} JOIN location c ON c.username = r.username "
+    f"FROM {_entries('username', 'domain')} JOIN location c {BY_AOR} "
+    "ON c.username = r.username "
     "AND c.domain = r.domain AND c.expires > @sf_now "
     "ORDER BY r.i, COALESCE(c.q, 1.0) DESC, c.id",
     "sf_fast_remove": "DELETE FROM location WHERE username = @sf_user "

@@ -66,6 +66,12 @@ SUBSCRIBER_COLUMNS = (
 # columns take the column's character set and binary collation (else the server's
 # default, latin1 on some), so that the comparison is exact and the key's index serves.
 BINARY_TEXT = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+# A JSON_TABLE joined to a table reaches each key's rows by the table's unique key: the
+# plan EXPLAIN shows. Left to itself, MariaDB switched some executions of a prepared join
+# to a block nested loop that compared every row of the table with every key
+# (JOIN_CACHE_BNL, under load: MariaDB's CPU a REGISTER doubled, docs/benchmarks.md).
+BY_AOR = "FORCE INDEX (location_binding_key)"
+BY_ACCOUNT = "FORCE INDEX (subscriber_account_key)"
 _SUBSCRIBER_FIELDS = "s.username, s.domain, s.ha1, s.ha1_sha256"
 _SUBSCRIBERS_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
     "postgresql": (
@@ -77,7 +83,7 @@ _SUBSCRIBERS_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
         f"SELECT {_SUBSCRIBER_FIELDS} FROM JSON_TABLE(%s, '$[*]' COLUMNS ("  # noqa: S608
         f"u VARCHAR({USERNAME_LEN}) {BINARY_TEXT} PATH '$[0]', "
         f"d VARCHAR({DOMAIN_LEN}) {BINARY_TEXT} PATH '$[1]')) AS k "
-        "JOIN subscriber s ON s.username = k.u AND s.domain = k.d",
+        f"JOIN subscriber s {BY_ACCOUNT} ON s.username = k.u AND s.domain = k.d",
         ("keys",),
     ),
     "sqlite": (
@@ -111,7 +117,7 @@ _ROUTES_BY_KEYS: dict[Kind, tuple[str, tuple[str, ...]]] = {
         f"u VARCHAR({USERNAME_LEN}) {BINARY_TEXT} PATH '$[0]', "
         f"d VARCHAR({DOMAIN_LEN}) {BINARY_TEXT} PATH '$[1]', "
         "n BIGINT PATH '$[2]')) AS k "
-        "JOIN location l ON l.username = k.u AND l.domain = k.d AND l.expires > k.n "
+        f"JOIN location l {BY_AOR} ON l.username = k.u AND l.domain = k.d AND l.expires > k.n "
         f"ORDER BY k.i, {_ROUTE_ORDER}",
         ("keys",),
     ),
