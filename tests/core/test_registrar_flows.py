@@ -47,7 +47,13 @@ def listing(reg_id: int, expires: int) -> str:
 
 async def test_two_flows_with_one_contact_are_both_bound_and_listed(storage: Storage) -> None:
     endpoint = SentBytes()
-    registrar = Registrar(config(False), storage, endpoint, clock=FakeClock())  # type: ignore[arg-type]
+    registrar = Registrar(
+        config(False),
+        storage,
+        endpoint,  # type: ignore[arg-type]
+        clock=FakeClock(),
+        wall_clock=lambda: 1_700_000_000.0,  # a second passing between the two: 599
+    )
 
     async def answer(request: Request) -> Response:
         registrar.on_request(request, PEER)

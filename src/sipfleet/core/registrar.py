@@ -181,9 +181,11 @@ class Registrar:
         *,
         backlog: Callable[[], int] = no_backlog,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``backlog``: bytes waiting in the listening UDP sockets (``receive_backlog``);
-        ``clock``: seconds, for the answer cache and the storage deadline."""
+        ``clock``: seconds, for the answer cache and the storage deadline; ``wall_clock``:
+        the time of day, for the bindings' expiry and the nonces' age."""
         section = config.registrar
         self.config = config
         self.storage = storage
@@ -201,6 +203,7 @@ class Registrar:
         self.answered = AnsweredRequests(window=64 * config.sip.t1_ms / 1000)
         self.backlog = backlog
         self.clock = clock
+        self.wall_clock = wall_clock
         self.shed = 0  # REGISTERs answered 503 because of overload
         self.dropped = 0  # REGISTERs dropped unanswered: overload past the answer budget
         self.refused_stalled = 0  # REGISTERs answered 503 because storage stalled
@@ -340,7 +343,7 @@ class Registrar:
         if challenge is not None:
             return challenge
         plan = plan_registration(request, aor, self.settings, peer.host in self.trusted_lbs)
-        now = time.time()
+        now = self.wall_clock()
         bindings = await self._store(plan, peer, int(now))
         work.wrote = True
         headers = registered_headers(plan, bindings, now)  # type: ignore[arg-type]
@@ -352,7 +355,12 @@ class Registrar:
             return None
         realm = self.config.registrar.realm or aor.domain
         outcome = await authenticate(
-            self.authority, self.storage.subscribers, work.request, realm, time.time(), "registrar"
+            self.authority,
+            self.storage.subscribers,
+            work.request,
+            realm,
+            self.wall_clock(),
+            "registrar",
         )
         if isinstance(outcome, Challenge):
             return Answer(outcome.status, outcome.reason, list(outcome.headers))
