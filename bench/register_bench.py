@@ -39,8 +39,11 @@ the summary saying it was not sustained). ``--lb``: sipp talks to ``sipfleet run
 (REGISTER hashed by Call-ID, Path added, the registrar trusting the LB). With
 authentication, each step also counts the registrar's "nonce-count replayed" log lines:
 a copy of a served REGISTER worked on again instead of answered from what was sent (a
-false 401). ``--memory N``: RSS of the registrar with the table at steady state before
-and after N more AORs were registered through it.
+false 401). Every step prints what each role refused in it, from its /metrics: 503s
+by reason (the LB's ``lb_backlog`` and ``registrar_asked``, RFC 7339; the registrar's
+``overload``) and datagrams dropped past the answer budget. ``--memory N``: RSS of the
+registrar with the table at steady state before and after N more AORs were registered
+through it.
 """
 
 from __future__ import annotations
