@@ -67,9 +67,9 @@ SUBSCRIBER_COLUMNS = (
 # default, latin1 on some), so that the comparison is exact and the key's index serves.
 BINARY_TEXT = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 # A JSON_TABLE joined to a table reaches each key's rows by the table's unique key: the
-# plan EXPLAIN shows. Left to itself, MariaDB switched some executions of a prepared join
-# to a block nested loop that compared every row of the table with every key
-# (JOIN_CACHE_BNL, under load: MariaDB's CPU a REGISTER doubled, docs/benchmarks.md).
+# plan EXPLAIN shows. Left to itself, MariaDB ran executions of the prepared batch joins
+# as a block nested loop, rows compared pair by pair in a join buffer (JOIN_CACHE_BNL;
+# under load MariaDB's CPU a REGISTER doubled, docs/benchmarks.md, session 18).
 BY_AOR = "FORCE INDEX (location_binding_key)"
 BY_ACCOUNT = "FORCE INDEX (subscriber_account_key)"
 _SUBSCRIBER_FIELDS = "s.username, s.domain, s.ha1, s.ha1_sha256"
