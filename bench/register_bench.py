@@ -34,9 +34,12 @@ needs a Python with uvloop, asyncmy, aiomysql: ``--anchor-python``).
 ``--overload``: after a ramp, one step at ``--overload-factor`` x the best rate: the
 goodput (200s per second) and what was shed (503s), then one step at the best rate to
 show it recovered (with ``--steps``, also when no given step passed: twice the highest,
-the summary saying it was not sustained). ``--lb``: sipp talks to ``sipfleet run lb``
-(``--lb-workers``), whose registrar pool is the registrar, as phones of a cluster do
-(REGISTER hashed by Call-ID, Path added, the registrar trusting the LB). With
+the summary saying it was not sustained). ``--confirm N``: before it, the ramp's best
+rate is run again until a rate passes twice (a failure leaves the next lower one that
+passed; N steps at most): the maximum is a rate that held each time it was run.
+``--lb``: sipp talks to ``sipfleet run lb`` (``--lb-workers``), whose registrar pool is
+the registrar, as phones of a cluster do (REGISTER hashed by Call-ID, Path added, the
+registrar trusting the LB). With
 authentication, each step also counts the registrar's "nonce-count replayed" log lines:
 a copy of a served REGISTER worked on again instead of answered from what was sent (a
 false 401). Every step prints what each role refused in it, from its /metrics: 503s
@@ -488,14 +491,32 @@ def warm_up(args: argparse.Namespace, target: Target, users: int) -> None:
     )
 
 
+def sustained(steps: list[Step]) -> Step | None:
+    """The highest rate that passed every time it was run (its last run), or None."""
+    failed = {s.rate for s in steps if not s.passed}
+    passed = [(s.rate, at, s) for at, s in enumerate(steps) if s.passed and s.rate not in failed]
+    return max(passed)[2] if passed else None  # of a rate run twice, the later run
+
+
+def confirm(args: argparse.Namespace, target: Target, steps: list[Step]) -> None:
+    """``--confirm N``: run the best rate again until one passes twice, each failure
+    leaving the next lower rate that passed; N steps at most. A rate that fails when
+    run again right after is not one the registrar sustains."""
+    for _ in range(args.confirm):
+        best = sustained(steps)
+        if best is None or sum(s.rate == best.rate for s in steps) >= 2:
+            return
+        steps.append(measured_step(args, target, best.rate))
+
+
 def overload_base(args: argparse.Namespace, steps: list[Step]) -> Step | None:
-    """The rate the overload step doubles: the best one that passed; with ``--steps``
-    and none passed, the highest given (this run did not sustain it: the summary says
-    so, with what it achieved, and measures the goodput against it), so that every run
-    of a fixed comparison gives its figure."""
-    passed = [s for s in steps if s.passed]
-    if passed:
-        return max(passed, key=lambda s: s.rate)
+    """The rate the overload step doubles: the best one that passed each time it was
+    run (``sustained``); with ``--steps`` and none passed, the highest given (this run
+    did not sustain it: the summary says so, with what it achieved, and measures the
+    goodput against it), so that every run of a fixed comparison gives its figure."""
+    best = sustained(steps)
+    if best is not None:
+        return best
     if args.steps and steps:
         return max(steps, key=lambda s: s.rate)
     return None
@@ -614,8 +635,7 @@ def summary_rows(results: dict[str, list[Step]]) -> list[str]:
     rows = []
     for name, steps in results.items():
         ramped = [s for s in steps if not s.name.endswith(("-overload", "-after"))]
-        passed = [s for s in ramped if s.passed]
-        top = max(passed, key=lambda s: s.rate) if passed else None
+        top = sustained(ramped)
         failed = [s.rate for s in ramped if not s.passed and (top is None or s.rate > top.rate)]
         extras = [s for s in steps if s.name.endswith(("-overload", "-after"))]
         if top is None:
@@ -664,6 +684,12 @@ def main() -> None:
     parser.add_argument("--lb", action="store_true", help="through `sipfleet run lb`")
     parser.add_argument("--lb-workers", type=int, default=1, help="the LB's node.workers")
     parser.add_argument("--overload-factor", type=float, default=2.0)
+    parser.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        help="steps at most to run the best rate again until one passes twice",
+    )
     parser.add_argument("--memory", type=int, default=0, help="AORs for the RSS measurement")
     parser.add_argument("--memory-rate", type=int, default=2000)
     parser.add_argument("--max-others", type=float, default=15.0)
@@ -737,6 +763,7 @@ def backend_runs(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str
                     groups["lb"] = balancer.pid
                 warm_up(args, target, args.users)
                 steps = ramp(args, target)
+                confirm(args, target, steps)
                 base_step = overload_base(args, steps)
                 if args.overload and base_step is not None:
                     steps += overload(args, target, base_step)

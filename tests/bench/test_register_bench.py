@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from bench.register_bench import Step, overload_base, refusals, summary_rows
+from bench.register_bench import Step, overload_base, refusals, summary_rows, sustained
 
 METRICS = b"""# HELP sipfleet_overload_rejected_total New requests answered 503 ...
 # TYPE sipfleet_overload_rejected_total counter
@@ -52,6 +52,23 @@ def test_twice_the_best_passing_step_else_the_fixed_one_not_sustained() -> None:
     fixed = [Step("r", 3000, achieved=2784.6, fail_pct=4.27)]
     assert overload_base(argparse.Namespace(steps="3000"), fixed) is fixed[0]
     assert overload_base(argparse.Namespace(steps=""), fixed) is None  # a ramp: no maximum
+
+
+def test_the_maximum_is_a_rate_that_passed_each_time_it_was_run() -> None:
+    ramp = [
+        Step("r", 4800, passed=True),
+        Step("r", 6000, passed=True),
+        Step("r", 7500),
+        Step("r", 6000),  # --confirm: the best rate again, failed
+        Step("r", 4800, passed=True),  # and the next lower one that passed: held
+    ]
+    assert sustained(ramp) is ramp[4]
+    assert overload_base(argparse.Namespace(steps=""), ramp) is ramp[4]
+    assert sustained(ramp[:3]) is ramp[1]
+    assert sustained([Step("r", 3000)]) is None
+    rows = summary_rows({"r": ramp})
+    assert rows[0].split()[:2] == ["r", "4800"]
+    assert rows[0].split()[-1] == "6000"  # the first failure above it
 
 
 def test_the_summary_says_the_fixed_step_was_not_sustained() -> None:
