@@ -81,9 +81,9 @@ GONE = {
 def _binary_text(columns: str) -> str:
     """JSON_TABLE's text columns in the tables' character set and binary collation. Left
     out, they take the server's default (latin1 on a server without a configuration):
-    text beyond it is refused ("Incorrect string value") and every comparison with a
-    table's column converts, which turned a batch's join into a join buffer compared
-    pair by pair (10-30 ms a batch of 40, MariaDB's CPU a REGISTER doubled)."""
+    text beyond it is refused ("Incorrect string value", a user's refresh answered as
+    too many contacts), and every comparison with a table's column converts a string
+    (``my_convert_fix`` among the top of MariaDB's profile under load)."""
     return re.sub(r"VARCHAR\(\d+\)", lambda match: f"{match.group(0)} {BINARY_TEXT}", columns)
 
 
