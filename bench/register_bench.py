@@ -39,14 +39,13 @@ rate is run again until a rate passes twice (a failure leaves the next lower one
 passed; N steps at most): the maximum is a rate that held each time it was run.
 ``--lb``: sipp talks to ``sipfleet run lb`` (``--lb-workers``), whose registrar pool is
 the registrar, as phones of a cluster do (REGISTER hashed by Call-ID, Path added, the
-registrar trusting the LB). With
-authentication, each step also counts the registrar's "nonce-count replayed" log lines:
-a copy of a served REGISTER worked on again instead of answered from what was sent (a
-false 401). Every step prints what each role refused in it, from its /metrics: 503s
-by reason (the LB's ``lb_backlog`` and ``registrar_asked``, RFC 7339; the registrar's
-``overload``) and datagrams dropped past the answer budget. ``--memory N``: RSS of the
-registrar with the table at steady state before and after N more AORs were registered
-through it.
+registrar trusting the LB). With authentication, each step also counts the registrar's
+"nonce-count replayed" log lines: a copy of a served REGISTER worked on again instead of
+answered from what was sent (a false 401). Every step prints what each role refused in
+it, from its /metrics: 503s by reason (the LB's ``lb_backlog`` and ``registrar_asked``,
+RFC 7339; the registrar's ``overload``) and datagrams dropped past the answer budget.
+``--memory N``: RSS of the registrar with the table at steady state before and after N
+more AORs were registered through it.
 """
 
 from __future__ import annotations

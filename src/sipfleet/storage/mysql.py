@@ -87,7 +87,7 @@ def _binary_text(columns: str) -> str:
     return re.sub(r"VARCHAR\(\d+\)", lambda match: f"{match.group(0)} {BINARY_TEXT}", columns)
 
 
-_ALL_COLUMNS = """
+_ALL_COLUMNS = _binary_text("""
     i FOR ORDINALITY, contact VARCHAR(512) PATH '$.contact', expires BIGINT PATH '$.expires',
     q DOUBLE PATH '$.q', callid VARCHAR(255) PATH '$.callid', cseq BIGINT PATH '$.cseq',
     received VARCHAR(255) PATH '$.received', path VARCHAR(2048) PATH '$.path',
@@ -96,15 +96,13 @@ _ALL_COLUMNS = """
     methods VARCHAR(255) PATH '$.methods', instance VARCHAR(255) PATH '$.instance',
     reg_id INT PATH '$.reg_id', flow VARCHAR(255) PATH '$.flow',
     flow_key VARCHAR(32) PATH '$.flow_key', ruid VARCHAR(64) PATH '$.ruid'
-"""
-_ALL_COLUMNS = _binary_text(_ALL_COLUMNS)
+""")
 # The columns the rules look at: fewer JSON paths to evaluate.
-_KEY_COLUMNS = """
+_KEY_COLUMNS = _binary_text("""
     i FOR ORDINALITY, contact VARCHAR(512) PATH '$.contact', expires BIGINT PATH '$.expires',
     callid VARCHAR(255) PATH '$.callid', cseq BIGINT PATH '$.cseq',
     flow_key VARCHAR(32) PATH '$.flow_key'
-"""
-_KEY_COLUMNS = _binary_text(_KEY_COLUMNS)
+""")
 
 
 def _request(columns: str, alias: str) -> str:
