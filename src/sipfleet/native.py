@@ -52,6 +52,8 @@ COMPILED = (
     "sipfleet.routing.selection",
     "sipfleet.routing.nat",
     "sipfleet.sip.flow",
+    "sipfleet.sip.digest",  # the lockout key of every REGISTER with credentials
+    "sipfleet.core.lb.keepalive",  # what every REGISTER 2xx teaches the LB (learned)
     # the proxy's sans-IO core: its transactions (RFC 3261 §17) and what it does with them
     "sipfleet.sip.dialog_token",
     "sipfleet.sip.transaction.timers",

@@ -70,9 +70,20 @@ class FlowTokens:
         # Dialog tokens made here, by token, Call-ID and caller's tag: the dialog's first
         # request back (the ACK) finds its flow without a MAC (see encode).
         self._minted: Final = Memo[tuple[str, str, str], Flow](MAX_DECODED)
+        # Tokens bound to no dialog, by flow (a REGISTER's Path: a phone's flow is the
+        # same at each refresh, and its token depends on nothing else)
+        self._unbound: Final = Memo[Flow, str](MAX_DECODED)
 
     def encode(self, flow: Flow, dialog: Dialog | None = None) -> str:
         """The token for ``flow``; bound to ``dialog`` when given (a Record-Route's)."""
+        if dialog is None:
+            known = self._unbound.table.get(flow)
+            if known is None:
+                known = self._unbound.put(flow, self._encoded(flow, None))
+            return known
+        return self._encoded(flow, dialog)
+
+    def _encoded(self, flow: Flow, dialog: Dialog | None) -> str:
         packed = _packed(flow.host)
         flags = (
             (_FLAG_TCP if flow.transport != "udp" else 0)

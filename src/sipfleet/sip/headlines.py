@@ -335,18 +335,22 @@ class HeadLines:
 
     ``creating`` (a dialog-creating request with no Route, for the LB): From and To are
     read as when routed (at most one each, both needed for ``usual``), and the Contact
-    lines and how many Record-Route lines there are noted too."""
+    lines and how many Record-Route and Path lines there are noted too.
+    ``registering`` (a REGISTER, for the LB): as ``creating``, and credentials are
+    noted (``credentials``, in the order of the lines) instead of declined."""
 
     __slots__ = (
         "agent",
         "call_id",
         "contacts",
+        "credentials",
         "cseq",
         "expires",
         "from_",
         "known",
         "last_via",
         "max_forwards",
+        "paths",
         "record_routes",
         "routes",
         "second_via",
@@ -363,7 +367,9 @@ class HeadLines:
         first: int = 1,
         routed: bool = False,
         creating: bool = False,
+        registering: bool = False,
     ) -> None:
+        creating = creating or registering
         self.via = self.max_forwards = self.call_id = 0
         self.agent = 0  # the first User-Agent line; 0: none
         self.vias = 0  # Via lines
@@ -377,7 +383,10 @@ class HeadLines:
         self.routes: list[int] = [] if routed else NO_LINES
         self.contacts: list[int] = [] if routed or creating else NO_LINES
         self.record_routes = 0  # Record-Route lines, when routed or creating
-        self.known = self._read(lines, body_length, first, routed, routed or creating)
+        self.paths = 0  # Path lines, likewise
+        # the credentials' lines when registering (else never added to)
+        self.credentials: list[int] = [] if registering else NO_LINES
+        self.known = self._read(lines, body_length, first, routed, routed or creating, registering)
         usual = self.known and bool(self.via and self.max_forwards and self.call_id)
         if routed:
             usual = usual and bool(self.routes and self.from_ and self.to)
@@ -386,7 +395,13 @@ class HeadLines:
         self.usual = usual
 
     def _read(
-        self, lines: list[str], body_length: int, first: int, routed: bool, dialog: bool
+        self,
+        lines: list[str],
+        body_length: int,
+        first: int,
+        routed: bool,
+        dialog: bool,
+        registering: bool,
     ) -> bool:
         length = 0
         for at in range(first, len(lines)):
@@ -420,7 +435,11 @@ class HeadLines:
                 if not routed:
                     return False
                 self.routes.append(at)
-            elif key in CREDENTIALS or (dialog and not self._single(key, at)):
+            elif key in CREDENTIALS:
+                if not registering:
+                    return False
+                self.credentials.append(at)
+            elif dialog and not self._single(key, at):
                 return False
         return bool(length) and length_is(lines[length], body_length)
 
@@ -444,6 +463,8 @@ class HeadLines:
             self.contacts.append(at)
         elif key == "record-route":
             self.record_routes += 1
+        elif key == "path":
+            self.paths += 1
         return True
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -384,84 +383,3 @@ async def test_a_request_grown_past_a_datagram_is_answered_513_as_by_the_present
         [answer] = made.phone.drain()
         assert answer.startswith(b"SIP/2.0 513 ")
         assert made.proxy.drain() == []
-
-
-# -- REGISTERs refused for an overloaded registrar (RFC 7339) -----------------------------------
-def asking(made: Lb, loss: int) -> Socket:
-    """A registrar in the pool that has asked the LB to refuse ``loss`` % of new REGISTERs."""
-    registrar = Socket()
-    made.more.append(registrar)
-    made.balancer.router.pools.update(
-        [
-            LbTarget(1, "proxy", f"sip:127.0.0.1:{made.proxy.port}", 1, "active"),
-            LbTarget(2, "registrar", f"sip:127.0.0.1:{registrar.port}", 1, "active"),
-        ]
-    )
-    oc = {"oc": str(loss), "oc-algo": '"loss"', "oc-validity": "60000", "oc-seq": "1"}
-    made.balancer.loss.heard(("127.0.0.1", registrar.port), oc, time.monotonic())
-    return registrar
-
-
-def register(phone: Socket, n: int = 1, extra: tuple[str, ...] = ()) -> bytes:
-    """sipp's REGISTER (bench/register_bench.py), the first of an exchange."""
-    here = f"{phone.host}:{phone.port}"
-    return request(
-        phone,
-        start="REGISTER sip:127.0.0.1 SIP/2.0",
-        via=f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-{n}-1-0",
-        extra=(f"Contact: <sip:u{n}@{here}>", "Expires: 3600", *extra),
-    )
-
-
-async def test_a_register_its_registrar_asked_to_refuse_gets_the_present_paths_503() -> None:
-    async with lb() as made:
-        registrar = asking(made, 100)
-        assert made.compare(register(made.phone))
-        assert made.balancer.loss.refused == 2  # once by each path
-        assert made.fast.relay(register(made.phone, 2), made.peer)
-        [answer] = made.phone.drain()
-        assert answer.startswith(b"SIP/2.0 503 Overloaded\r\n")
-        assert b"\r\nRetry-After: 5\r\n" in answer
-        assert registrar.drain() == []
-        registrar.sock.close()
-
-
-async def test_a_register_not_drawn_or_with_credentials_is_left_to_the_present_path() -> None:
-    async with lb() as made:
-        registrar = asking(made, 50)
-        parse_message(register(made.phone))  # its header names known, as a running LB knows them
-        taken = [made.fast.relay(register(made.phone, n), made.peer) for n in range(200)]
-        assert 70 <= sum(taken) <= 130  # about half refused here, the rest declined
-        made.phone.drain()
-        with made.present_path():  # the present path draws alike: it relays the declined
-            for n in range(200):
-                made.endpoint.frame_received(register(made.phone, n), made.peer)
-        assert len(registrar.drain()) == 200 - sum(taken)
-        assert len(made.phone.drain()) == sum(taken)
-        credentials = ('Authorization: Digest username="u1", realm="127.0.0.1"',)
-        assert not any(
-            made.fast.relay(register(made.phone, n, credentials), made.peer) for n in range(50)
-        )
-        registrar.sock.close()
-
-
-async def test_refusing_registers_gives_what_the_present_path_gives_or_declines() -> None:
-    async with lb() as made:
-        registrar = asking(made, 100)
-
-        @settings(
-            max_examples=1000,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        )
-        @given(data=requests(made.phone), contact=st.booleans())
-        def check(data: bytes, contact: bool) -> None:
-            start = data.index(b" ")
-            data = b"REGISTER" + data[start:]
-            if contact:
-                data = data.replace(b"\r\nCSeq:", b"\r\nContact: <sip:u@127.0.0.1:5062>\r\nCSeq:")
-            made.compare(data)
-
-        check()
-        assert len(made.taken) >= 5
-        registrar.sock.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from sipfleet.core.lb.keepalive import (
+    KeepaliveStats,
     KeepaliveTable,
     Learned,
     OptionsPing,
@@ -160,3 +162,9 @@ def test_options_ping_is_a_request_whose_answer_names_its_flow() -> None:
     assert (ping.top_via.host, ping.top_via.port) == ("203.0.113.10", 5060)
     assert ping_answered(ping.header_values("via")[0]) == (3, kept.id)
     assert ping_answered("SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK-other") is None
+
+
+def test_every_keepalive_count_is_reported() -> None:
+    stats = KeepaliveStats(flows=1, pings_sent=2, answers=3, misses=4, lost=5)
+    named = {field.name: getattr(stats, field.name) for field in dataclasses.fields(stats)}
+    assert stats.counters() == named

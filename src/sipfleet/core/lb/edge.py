@@ -165,18 +165,29 @@ class EdgeGuard:
         return verdict
 
     def _credentials(self, request: Request, peer: Peer, now: float) -> str:
-        username = _username(request)
-        if username is None or self.exempt(peer):
+        values = [value for name in CREDENTIALS for value in request.header_lines(name)]
+        key = self.credentials_key(values, peer)
+        if key is None:
             return ""
-        key = lockout_key(username, peer.host)
         assert self.lockouts is not None
         if self.lockouts.locked(key, now):
             self.locked_requests += 1
             for name in CREDENTIALS:
                 request.remove_header(name)
+            username = key.rpartition("\x00")[0]  # (cut to MAX_USER: longer than printed)
             self._report(peer.host, "auth-locked", now, f"user={printable(username)}")
             return ""
-        return AUTH_MARK + base64.urlsafe_b64encode(key.encode()).decode("ascii").rstrip("=")
+        return auth_mark(key)
+
+    def credentials_key(self, values: list[str], peer: Peer) -> str | None:
+        """The lockout key of a request from ``peer`` whose credentials are ``values``
+        (each Authorization header's value, then each Proxy-Authorization's): None when
+        none names a digest username, or the source is exempt. What ``check`` reads;
+        the LB's fast path asks it too, then whether the key is locked."""
+        username = _username(values)
+        if username is None or self.exempt(peer):
+            return None
+        return lockout_key(username, peer.host)
 
     def _report(self, source: str, reason: str, now: float, detail: str) -> None:
         count = self.reports.blocked(f"{reason}\x00{source}", now)
@@ -222,15 +233,20 @@ class EdgeGuard:
         }
 
 
-def _username(request: Request) -> str | None:
-    for name in CREDENTIALS:
-        for line in request.header_lines(name):
-            try:
-                credentials = parse_auth_header(line)
-            except ParseError:
-                continue
-            if credentials.is_digest and credentials.username:
-                return credentials.username
+def auth_mark(key: str) -> str:
+    """The mark our Via carries for a request with credentials of lockout key ``key``."""
+    return AUTH_MARK + base64.urlsafe_b64encode(key.encode()).decode("ascii").rstrip("=")
+
+
+def _username(values: list[str]) -> str | None:
+    """The first digest username among the credentials ``values``."""
+    for value in values:
+        try:
+            credentials = parse_auth_header(value)
+        except ParseError:
+            continue
+        if credentials.is_digest and credentials.username:
+            return credentials.username
     return None
 
 

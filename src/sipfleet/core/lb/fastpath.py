@@ -33,6 +33,11 @@ counted and changed nothing) and goes the present way.
   From tag plain: the same, where ``Router.toward_cluster_created`` sends them (as
   ``Router.route`` would, from the Call-ID, the From tag, the top Via's address and
   what the Contact lines say), with the Record-Route(s) it adds.
+- REGISTER with no Route, Path nor To tag, with or without credentials: to the
+  registrar pool with the Path and our Via's flow parameters
+  ``Router.toward_registrar_registered`` gives, the edge guard's lockout mark and
+  ``oc``; or, without credentials and drawn for its registrar's overload control
+  (RFC 7339), the Balancer's 503.
 
 Both need one Content-Length matching the body, no byte the parser would reject (NUL,
 a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
@@ -47,9 +52,9 @@ import time
 from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint, count_request
-from sipfleet.core.lb.edge import EdgeGuard
+from sipfleet.core.lb.edge import EdgeGuard, auth_mark
 from sipfleet.core.lb.router import DIALOG_CREATING, RETRY_AFTER, Forward, Router
-from sipfleet.core.overload import OC_VALUE, LossFeedback, OverloadMonitor
+from sipfleet.core.overload import OC_SUPPORTED, OC_VALUE, LossFeedback, OverloadMonitor
 from sipfleet.core.stateless import StatelessForwarder, flow_of
 from sipfleet.sip.builders import COPIED_IN_RESPONSES, MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
@@ -64,6 +69,7 @@ from sipfleet.sip.headlines import (
     head_end_of,
     hop_count,
     joined,
+    name_key,
     pop_routes,
     push_our_via,
     route_values,
@@ -73,7 +79,7 @@ from sipfleet.sip.headlines import (
 )
 from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import SIP_VERSION as VERSION
-from sipfleet.sip.message import Request, header_line
+from sipfleet.sip.message import Request, header_line, header_value
 from sipfleet.sip.parser import parse_message
 from sipfleet.sip.via import BRANCH_COOKIE, BRANCH_PARAM, parse_via
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
@@ -99,7 +105,8 @@ REGISTER_START: Final = "REGISTER "
 REFUSAL_START: Final = "SIP/2.0 503 Overloaded"
 REFUSAL_END: Final = f"Retry-After: {RETRY_AFTER}\r\nContent-Length: 0\r\n\r\n"
 # What Router._to_cluster forwards plainly when there is no Route (REGISTER gets a Path,
-# INVITE, SUBSCRIBE and REFER a Record-Route unless they have a To tag: not read here)
+# FastRelay._register; INVITE, SUBSCRIBE and REFER a Record-Route unless they have a To
+# tag, FastRelay._created)
 PLAIN_METHODS: Final = frozenset(
     {"ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "NOTIFY", "INFO", "UPDATE", "PRACK", "PUBLISH"}
 )
@@ -176,8 +183,8 @@ class FastRelay:
         # Declined before the head is split: a method none of the three ways takes (a
         # Route is found as we and sipp write it; other spellings: declined by HeadLines)
         start = text[: text.find("\r\n")]
-        if start.startswith(REGISTER_START) and self.loss:
-            return self._refused_register(data, text, head_end, start, peer)
+        if start.startswith(REGISTER_START):
+            return self._register(data, text, head_end, start, peer)
         method = _method(start)
         routed = text.find(ROUTE_LINE, 0, head_end) >= 0
         creating = not routed and method in DIALOG_CREATING
@@ -234,15 +241,16 @@ class FastRelay:
         self._send_request(forwarded, forward.destination, top, peer)
         return True
 
-    def _refused_register(
-        self, data: bytes, text: str, head_end: int, start: str, peer: Peer
-    ) -> bool:
-        """A new REGISTER from a client (no credentials, no To tag, no Route; IPv4 UDP)
-        that its registrar's overload control refuses (``LossFeedback.refuses``, as
-        ``Balancer._register`` asks it): the same 503, built from the lines it copies
-        (``make_response``: Via, From, To, Call-ID, CSeq as received), screened and
-        counted as there. Every other REGISTER is declined: the present path relays it,
-        with the Path and flow token this path does not make."""
+    def _register(self, data: bytes, text: str, head_end: int, start: str, peer: Peer) -> bool:
+        """A new REGISTER from a client (no To tag, no Route, no Path; IPv4 UDP), with or
+        without credentials, while the LB is not overloaded and no target drains: what
+        Balancer._register does with it. Refused for its registrar (RFC 7339,
+        ``LossFeedback.refuses``) when it has no credentials and is drawn: the same 503
+        (``_refusal``); else relayed with the Path and our Via's parameters
+        ``Router.toward_registrar_registered`` gives, the edge guard's lockout mark
+        (``EdgeGuard.credentials_key``; a locked pair is declined: the present path
+        strips its credentials) and ``oc``. Everything is checked before anything is
+        counted or the edge guard's bucket is touched."""
         router = self.router
         if router is None or self.overload.overloaded or ":" in peer.host:
             return False
@@ -254,26 +262,72 @@ class FastRelay:
         lines = text[:head_end].split("\r\n")
         if len(lines) < 2 or not clean(lines):
             return False
-        seen = HeadLines(lines, len(data) - head_end - 4, 1, False, True)
-        if not seen.usual or not untagged(lines[seen.to], "To") or router.from_cluster(peer):
+        seen = HeadLines(lines, len(data) - head_end - 4, 1, registering=True)
+        if not seen.usual or seen.paths or router.from_cluster(peer):
+            return False
+        if not untagged(lines[seen.to], "To"):
             return False
         call_id = call_id_of(lines[seen.call_id])
         top = top_via_text(lines, seen)
-        if not call_id or not top or hop_count(lines[seen.max_forwards]) <= 0:
+        hops = hop_count(lines[seen.max_forwards])
+        if not call_id or not top or hops <= 0:
             return False
-        if self._client_via(top, peer, "") is None:
-            return False  # a top Via the present path answers 400
+        plain = router.toward_registrar(call_id)
+        via = self._via_address(top)
+        if plain is None or via is None:
+            return False
         try:
-            router.read_contacts([lines[at] for at in seen.contacts])
+            contacts = router.read_contacts([lines[at] for at in seen.contacts])
         except ParseError:
             return False  # a Contact the present path answers 400
-        destination = router.toward_registrar(call_id)
-        if destination is None:
-            return False
+        forward = router.toward_registrar_registered(plain, via, contacts, peer)
+        forwarder = self.forwarder
+        salt, prefix = forwarder.via_prefix(forward.destination, forward.sent_by)
+        client = self._client_via(top, peer, salt)
+        if client is None:
+            return False  # a top Via the present path answers 400, or a branch hashed
         now = time.monotonic()
-        if not self.loss.refuses((destination.host, destination.port), now, call_id + " " + top):
+        mark = self._lockout_mark(lines, seen.credentials, peer, now)
+        if mark is None:
             return False
+        if self.loss and not seen.credentials:
+            destination = forward.destination
+            server = (destination.host, destination.port)
+            if self.loss.refuses(server, now, call_id + " " + top):
+                return self._refuse_register(lines, seen, peer, now)
         # -- from here on, what the present path would do ---------------------------------
+        self._received("REGISTER")
+        guard = self.guard
+        agent = lines[seen.agent] if seen.agent else ""
+        if guard is not None and guard.screen(agent, peer, now):
+            return True  # over UDP, blocked is dropped: nothing to send
+        branch, stamped = client
+        ours = f"{forwarder.our_via(prefix, peer, branch)}{forward.via_params}{mark}{OC_SUPPORTED}"
+        push_our_via(lines, seen, ours, stamped, hops)
+        assert forward.path is not None
+        _add_below_vias(lines, seen.last_via, [header_line("path", forward.path)])
+        self._send_request(joined(lines, data, head_end), forward.destination, top, peer)
+        return True
+
+    def _lockout_mark(
+        self, lines: list[str], credentials: list[int], peer: Peer, now: float
+    ) -> str | None:
+        """The edge guard's mark for a REGISTER with the ``credentials`` lines ("" for
+        none, or no lockouts); None when its pair is locked (declined)."""
+        guard = self.guard
+        if not credentials or guard is None or guard.lockouts is None:
+            return ""
+        ordered = [at for at in credentials if name_key(lines[at]) == "authorization"]
+        ordered += [at for at in credentials if name_key(lines[at]) != "authorization"]
+        key = guard.credentials_key([header_value(lines[at]) for at in ordered], peer)
+        if key is None:
+            return ""
+        return None if guard.lockouts.locked(key, now) else auth_mark(key)
+
+    def _refuse_register(self, lines: list[str], seen: HeadLines, peer: Peer, now: float) -> bool:
+        """Balancer._register's 503 for a REGISTER its registrar's overload control
+        refuses, built from the lines it copies (``make_response``: Via, From, To,
+        Call-ID, CSeq as received), screened and counted as there."""
         self._received("REGISTER")
         guard = self.guard
         agent = lines[seen.agent] if seen.agent else ""
@@ -684,6 +738,12 @@ def _refusal(lines: list[str]) -> bytes:
 
 def _add_record_routes(lines: list[str], last_via: int, record_routes: tuple[str, ...]) -> None:
     """Each Record-Route added on top, as Message.add_record_route adds it to a request
-    that has none: below the last Via line (``last_via``), the last one added first."""
+    that has none, the last one added first."""
     added = [header_line("record-route", value) for value in reversed(record_routes)]
+    _add_below_vias(lines, last_via, added)
+
+
+def _add_below_vias(lines: list[str], last_via: int, added: list[str]) -> None:
+    """Header lines ``added`` as Message.add_header(top=True) puts a routing header the
+    request has none of: below the last Via line (``last_via``)."""
     lines[last_via] += "\r\n" + "\r\n".join(added)

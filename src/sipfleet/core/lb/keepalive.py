@@ -90,6 +90,19 @@ class KeepaliveStats:
     ended: int = 0  # last registration removed (expires=0, or gone from the 2xx)
     lost: int = 0  # TCP connection gone
 
+    def counters(self) -> dict[str, int]:
+        """Each count by its name (written out: a compiled class has no ``__slots__``)."""
+        return {
+            "flows": self.flows,
+            "pings_sent": self.pings_sent,
+            "answers": self.answers,
+            "misses": self.misses,
+            "failing": self.failing,
+            "expired": self.expired,
+            "ended": self.ended,
+            "lost": self.lost,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Round:

@@ -162,8 +162,7 @@ class Keepalives:
             connection.close()
 
     def counters(self) -> dict[str, int]:
-        stats = self.table.stats
-        return {f"keepalive_{name}": getattr(stats, name) for name in stats.__slots__}
+        return {f"keepalive_{name}": value for name, value in self.table.stats.counters().items()}
 
 
 def _name(kept: KeptFlow) -> str:

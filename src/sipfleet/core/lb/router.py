@@ -48,7 +48,10 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 MAX_LEARNED_CONTACTS = 4  # contact digests carried in our Via of a REGISTER
 RETRY_AFTER = "5"
 MAX_ROUTE_URIS = 4096  # Route URIs read (by their text, see _route_uri_key)
-MAX_CONTACTS = 1024  # Contact lines read (see read_contacts)
+# Contact lines read (see read_contacts): a phone's are the same at each refresh and call,
+# so one entry a phone; memoised only up to MAX_CONTACTS_TEXT characters (bounded memory)
+MAX_CONTACTS = 8192
+MAX_CONTACTS_TEXT = 512
 MAX_UDP_FLOWS = 4096  # UDP flows made (see _udp_flow)
 CUT: Final = "\x00"  # starts a memo key with a part cut out (see _route_uri_key)
 DIALOG_TOKEN: Final = f";{DIALOG_PARAM}="  # a proxy's dialog token (sip/dialog_token.py)
@@ -66,6 +69,14 @@ class RouteUri(NamedTuple):
 
 
 NOT_A_SIP_URI: Final = RouteUri(False, False, "", 0)
+
+
+class ContactsRead(NamedTuple):
+    """What the Router reads of a request's Contacts (``Router.read_contacts``)."""
+
+    outbound: bool  # RFC 5626 (``_uses_outbound``)
+    private_hosts: bool  # a Contact names a private host (False when outbound: not read)
+    digests: str  # the first MAX_LEARNED_CONTACTS Contacts' digests, '.'-separated
 
 
 class Forward(NamedTuple):  # a tuple: made for every request, so made cheaply
@@ -124,7 +135,7 @@ class Router:
         self._inside: dict[Destination, Forward] = {}  # pool target -> plain forward to it
         # see _read_route
         self._route_uris: Final = Memo[str, tuple[RouteUri, str | None]](MAX_ROUTE_URIS)
-        self._contacts: Final = Memo[tuple[str, ...], tuple[bool, bool]](MAX_CONTACTS)
+        self._contacts: Final = Memo[tuple[str, ...], ContactsRead](MAX_CONTACTS)
         self._udp_flows: Final = Memo[tuple[str, int, bool], Flow](MAX_UDP_FLOWS)
 
     def route(self, request: Request, peer: Peer) -> Decision:
@@ -249,7 +260,7 @@ class Router:
         call_id: str,
         from_tag: str,
         via: tuple[str, int],
-        contacts: tuple[bool, bool],
+        contacts: ContactsRead,
         sips: bool,
         peer: Peer,
     ) -> Forward | None:
@@ -263,21 +274,20 @@ class Router:
         plain = self.toward_proxies(call_id, False)  # no To tag: not under way
         if plain is None:
             return None
-        outbound, private_hosts = contacts
-        nat = outbound or behind_nat(via[0], via[1], private_hosts, peer.host, peer.port)
-        flow = self._udp_flow(peer.host, peer.port, nat)
+        flow = self._udp_client_flow(via, contacts, peer)
         destination = plain.destination
         record_routes = self._toward_cluster_record_routes(
             flow, Dialog(call_id, from_tag), peer, destination, sips
         )
         return Forward(destination, plain.sent_by, 0, record_routes)
 
-    def read_contacts(self, lines: list[str]) -> tuple[bool, bool]:
+    def read_contacts(self, lines: list[str]) -> ContactsRead:
         """Of a request whose Contact header lines are ``lines`` (``Name: value`` each,
         unfolded): whether it uses RFC 5626 outbound (``_uses_outbound``) and, when it
         does not, whether a Contact names a private host (``nat.any_private``; False
-        when it does: not read then, as ``_client_flow`` does not read it). Raises
-        ParseError where ``request.contacts`` or a Contact's URI would.
+        when it does: not read then, as ``_client_flow`` does not read it), and the
+        digests a REGISTER's Via carries (``_contact_digests``). Raises ParseError where
+        ``request.contacts`` or a Contact's URI would.
 
         Memoised by the lines' text, which is all that is read (a phone's Contact is
         the same in each of its calls); what raised is not kept."""
@@ -287,7 +297,9 @@ class Router:
             only = Request("INVITE", "", lines, ["contact"] * len(lines))
             outbound = _uses_outbound(only)
             private_hosts = False if outbound else any_private(contact_hosts(only))
-            known = self._contacts.put(key, (outbound, private_hosts))
+            known = ContactsRead(outbound, private_hosts, _contact_digests(only))
+            if sum(len(line) for line in lines) <= MAX_CONTACTS_TEXT:
+                self._contacts.put(key, known)
         return known
 
     def toward_proxies(self, call_id: str, under_way: bool) -> Forward | None:
@@ -298,13 +310,30 @@ class Router:
         target = self.pools.choose("proxy", call_id, existing=under_way)
         return None if target is None else self._plain(target.destination)
 
-    def toward_registrar(self, call_id: str) -> Destination | None:
-        """Where ``route`` sends a new REGISTER from a client (no Route, no To tag, no
-        target draining) with Call-ID ``call_id``; None when it would answer 503 (no
-        registrar). The LB's fast path asks this to refuse REGISTERs for their registrar
-        (RFC 7339)."""
+    def toward_registrar(self, call_id: str) -> Forward | None:
+        """The registrar pool's plain Forward for a new REGISTER from a client (no Route,
+        no To tag, no target draining) with Call-ID ``call_id``; None when ``route``
+        would answer 503 (no registrar). The LB's fast path asks this, then
+        ``toward_registrar_registered`` for what the REGISTER gets on its way."""
         target = self.pools.choose("registrar", call_id)
-        return None if target is None else self._plain(target.destination).destination
+        return None if target is None else self._plain(target.destination)
+
+    def toward_registrar_registered(
+        self, plain: Forward, via: tuple[str, int], contacts: ContactsRead, peer: Peer
+    ) -> Forward:
+        """What ``route`` decides for that REGISTER (``plain``: ``toward_registrar``'s),
+        from a UDP client whose top Via names ``via`` (as in ``toward_cluster_created``)
+        and whose Contact lines read as ``contacts`` (``read_contacts``)."""
+        flow = self._udp_client_flow(via, contacts, peer)
+        return self._registered(flow, contacts.outbound, contacts.digests, plain, 0)
+
+    def _udp_client_flow(self, via: tuple[str, int], contacts: ContactsRead, peer: Peer) -> Flow:
+        """``_client_flow`` of a UDP client, from its top Via's address and its Contacts
+        as read (``read_contacts``)."""
+        nat = contacts.outbound or behind_nat(
+            via[0], via[1], contacts.private_hosts, peer.host, peer.port
+        )
+        return self._udp_flow(peer.host, peer.port, nat)
 
     def _plain(self, destination: Destination) -> Forward:
         plain = self._inside.get(destination)
@@ -328,14 +357,21 @@ class Router:
         proxies reach the client through it); the token and the Contacts' digests ride in
         our Via so the 2xx tells the keepalive table what was registered for how long."""
         outbound = _uses_outbound(request)
-        token = self.tokens.encode(self._client_flow(request, peer, outbound))
+        flow = self._client_flow(request, peer, outbound)
+        plain = Forward(destination, sent_by)
+        return self._registered(flow, outbound, _contact_digests(request), plain, popped)
+
+    def _registered(
+        self, flow: Flow, outbound: bool, digests: str, plain: Forward, popped: int
+    ) -> Forward:
+        """``plain`` with the Path naming ``flow`` and our Via's parameters for it."""
+        token = self.tokens.encode(flow)
+        destination = plain.destination
         path = self.sides.route_uri(
             "internal", token, destination.transport, destination.host, ob=outbound
         )
-        contacts = [] if request.contact_is_star else request.contacts[:MAX_LEARNED_CONTACTS]
-        digests = ".".join(contact_digest(c.uri_text) for c in contacts)
         via_params = f";lbf={token};lbc={digests}" if digests else f";lbf={token}"
-        return Forward(destination, sent_by, popped, path=path, via_params=via_params)
+        return Forward(destination, plain.sent_by, popped, path=path, via_params=via_params)
 
     def _next_route(
         self, request: Request, popped: int, after: RouteUri | None = None
@@ -557,6 +593,13 @@ def _uses_outbound(request: Request) -> bool:
         if isinstance(contact.uri, SipUri) and "ob" in contact.uri.params:
             return True
     return False
+
+
+def _contact_digests(request: Request) -> str:
+    """The digests of the first MAX_LEARNED_CONTACTS Contacts (none for ``*``): what a
+    REGISTER's 2xx is matched with (``keepalive.learned``)."""
+    contacts = request.contacts[:MAX_LEARNED_CONTACTS]  # [] for '*'
+    return ".".join(contact_digest(c.uri_text) for c in contacts)
 
 
 def udp_keeper(host: str, port: int) -> int:

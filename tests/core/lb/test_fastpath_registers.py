@@ -1,0 +1,247 @@
+"""REGISTERs through the LB's fast path (core/lb/fastpath.py) against the present path:
+the harness of test_fastpath_requests.py (an LB worker composed in-process on loopback
+sockets, each datagram handed to it once with the fast path and once without), with a
+registrar in the pool. A REGISTER is relayed with the Path naming the phone's flow and
+our Via carrying its token, its Contacts' digests, the edge guard's lockout mark and
+``oc``; or refused for its registrar (RFC 7339) with the present path's 503."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sipfleet.core.lb.guard import lockout_key
+from sipfleet.core.lb.keepalive import contact_digest
+from sipfleet.sip import Request, parse_message
+from sipfleet.sip.flow import FlowTokens
+from sipfleet.storage import LbTarget
+from tests.core.lb.messages import MULTIPART
+from tests.core.lb.test_fastpath_requests import Lb, Socket, lb, request, vias
+
+CREDENTIALS = (
+    'Authorization: Digest username="u1", realm="127.0.0.1", nonce="4f2a", '
+    'uri="sip:127.0.0.1", response="8c1d2e3f0a9b8c7d6e5f4a3b2c1d0e9f", algorithm=MD5'
+)
+
+
+def registrar_of(made: Lb, loss: int = 0) -> Socket:
+    """A registrar in the pool; one that has asked the LB to refuse ``loss`` % of new
+    REGISTERs when ``loss``."""
+    registrar = Socket()
+    made.more.append(registrar)
+    made.balancer.router.pools.update(
+        [
+            LbTarget(1, "proxy", f"sip:127.0.0.1:{made.proxy.port}", 1, "active"),
+            LbTarget(2, "registrar", f"sip:127.0.0.1:{registrar.port}", 1, "active"),
+        ]
+    )
+    if loss:
+        oc = {"oc": str(loss), "oc-algo": '"loss"', "oc-validity": "60000", "oc-seq": "1"}
+        made.balancer.loss.heard(("127.0.0.1", registrar.port), oc, time.monotonic())
+    return registrar
+
+
+def register(phone: Socket, n: int = 1, extra: tuple[str, ...] = ()) -> bytes:
+    """sipp's REGISTER (bench/register_bench.py), the first of an exchange."""
+    here = f"{phone.host}:{phone.port}"
+    return request(
+        phone,
+        start="REGISTER sip:127.0.0.1 SIP/2.0",
+        via=f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-{n}-1-0",
+        extra=(f"Contact: <sip:u{n}@{here}>", "Expires: 3600", *extra),
+    )
+
+
+# -- relayed ------------------------------------------------------------------------------------
+async def test_a_register_is_relayed_with_the_path_and_our_via_of_the_present_path() -> None:
+    async with lb() as made:
+        registrar = registrar_of(made)
+        assert made.compare(register(made.phone, 7))
+        assert made.compare(register(made.phone, 8, (CREDENTIALS,)))
+        assert made.fast.requests == 2
+        assert made.fast.relay(register(made.phone, 9, (CREDENTIALS,)), made.peer)
+        [forwarded] = registrar.drain()
+        message = parse_message(forwarded)
+        assert isinstance(message, Request)
+        [path] = message.header_values("path")
+        token = path[len("<sip:") : path.index("@")]
+        flow = FlowTokens(b"fast-path-test").decode(token)
+        assert flow is not None
+        assert (flow.host, flow.port) == (made.phone.host, made.phone.port)
+        assert path.endswith(f"@127.0.0.1:{made.port};lr>")
+        ours = message.vias[0].params
+        assert ours["lbf"] == token
+        here = f"{made.phone.host}:{made.phone.port}"
+        assert ours["lbc"] == contact_digest(f"sip:u9@{here}")
+        assert ours["lba"]  # the lockout mark: the answer tells the LB how the guess went
+        assert "oc" in ours  # RFC 7339: the registrar may ask for a share refused
+        assert message.header("authorization") == CREDENTIALS.partition(": ")[2]
+        registrar.sock.close()
+
+
+async def test_a_locked_pairs_register_is_left_to_the_present_path() -> None:
+    async with lb() as made:
+        registrar = registrar_of(made)
+        guard = made.balancer.guard
+        assert guard is not None
+        assert guard.lockouts is not None
+        key = lockout_key("u1", made.phone.host)
+        for _ in range(5):
+            guard.lockouts.failed(key, time.monotonic())
+        assert guard.lockouts.locked(key, time.monotonic())
+        assert not made.fast.relay(register(made.phone, 1, (CREDENTIALS,)), made.peer)
+        assert made.compare(register(made.phone, 2))  # without credentials: not locked
+        registrar.sock.close()
+
+
+CONTACTS = [
+    "",
+    "Contact: <sip:u@{here}>",
+    "Contact: <sip:u@{here}>;expires=0",
+    "Contact: <sip:u@192.168.1.20:5060>",  # a private host: behind NAT
+    "Contact: <sip:u@{here};ob>",  # RFC 5626
+    'Contact: <sip:u@{here}>;reg-id=1;+sip.instance="<urn:uuid:00000000-0000-1000-8000-1>"',
+    "Contact: *",
+    "Contact: <sip:a@{here}>, <sip:b@{here}>",
+    "Contact: <sip:a@{here}>\r\nContact: <sip:b@10.0.0.1>",
+    "Contact: " + ", ".join(f"<sip:c{n}@{{here}}>" for n in range(6)),  # more than are carried
+    "Contact: sip:u@{here}",
+    'Contact: "Alice" <sip:u@{here}>;q=0.5',
+    "Contact: <sip:>",
+    "Contact: *, <sip:u@{here}>",
+    "Contact: <sip:u@{here}",
+]
+EXTRAS = [
+    CREDENTIALS,
+    CREDENTIALS,
+    'Proxy-Authorization: Digest username="u2", realm="127.0.0.1", nonce="1"',
+    f'{CREDENTIALS}\r\nAuthorization: Digest username="u3"',
+    'Authorization: Digest realm="127.0.0.1", nonce="1"',  # no username
+    "Authorization: Basic dTE6cA==",
+    "Authorization: ",
+    'authorization: Digest username="u4"',
+    "User-Agent: baresip v3.10.1 (x86_64/linux)",
+    "User-Agent: friendly-scanner",
+    "Path: <sip:10.0.0.1;lr>",
+    "Route: <sip:127.0.0.1;lr>",
+    "Record-Route: <sip:10.0.0.2;lr>",
+    "Expires: 600",
+    "Supported: path, outbound",
+    "X-Custom: 1",
+    "Bad Name: x",
+]
+
+
+@st.composite
+def registers(draw: st.DrawFn, phone: Socket) -> bytes:
+    here = f"{phone.host}:{phone.port}"
+    start = draw(
+        st.sampled_from(
+            ["REGISTER sip:127.0.0.1 SIP/2.0"] * 6
+            + ["REGISTER  sip:127.0.0.1 SIP/2.0", "REGISTER sip:127.0.0.1 SIP/2.1"]
+        )
+    )
+    via = draw(st.sampled_from(vias(phone)))
+    max_forwards = draw(
+        st.sampled_from(["Max-Forwards: 70"] * 4 + ["Max-Forwards: 0", "Max-Forwards: x", ""])
+    )
+    contact = draw(st.sampled_from(CONTACTS)).replace("{here}", here)
+    extra = draw(st.lists(st.sampled_from(EXTRAS), max_size=3))
+    to_tag = draw(st.sampled_from(["", "", "", ";tag=abc"]))
+    body = draw(st.sampled_from([b"", b"", b"", b"hello\r\n", MULTIPART]))
+    data = request(
+        phone,
+        start=start,
+        via=via,
+        max_forwards=max_forwards,
+        extra=(contact, *extra),
+        body=body,
+    )
+    data = data.replace(b"To: <sip:echo@127.0.0.1>", f"To: <sip:u@127.0.0.1>{to_tag}".encode())
+    data = data.replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 REGISTER")
+    if draw(st.integers(0, 9)) == 0:
+        data = data.replace(b"\r\n", b"\n")
+    return data
+
+
+@pytest.mark.parametrize("loss", [0, 100])
+async def test_registers_are_relayed_or_refused_as_by_the_present_path_or_declined(
+    loss: int,
+) -> None:
+    """``loss``: the share of new REGISTERs the registrar asked to be refused (RFC 7339):
+    none (each relayed) or all (each without credentials refused, the rest relayed)."""
+    async with lb() as made:
+        registrar = registrar_of(made, loss)
+
+        @settings(
+            max_examples=1200,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(data=registers(made.phone))
+        def check(data: bytes) -> None:
+            made.compare(data)
+
+        check()
+        assert len(made.taken) >= 30  # not only declines (most draws have something odd)
+        registrar.sock.close()
+
+
+# Each way a REGISTER's flow and marks are made: taken from its bytes, as the present path
+# relays it
+TAKEN = [
+    (),
+    (CREDENTIALS,),
+    ('Proxy-Authorization: Digest username="u2", realm="127.0.0.1", nonce="1"',),
+    (f'{CREDENTIALS}\r\nAuthorization: Digest username="u3"',),
+    ('Authorization: Digest realm="127.0.0.1", nonce="1"',),
+    ("Authorization: Basic dTE6cA==",),
+    ("Contact: *",),
+    ("Contact: <sip:u@192.168.1.20:5060>",),
+    ("Contact: <sip:u@127.0.0.1:5062;ob>",),
+    ('Contact: <sip:u@127.0.0.1:5062>;reg-id=1;+sip.instance="<urn:uuid:1>"',),
+    ("Contact: " + ", ".join(f"<sip:c{n}@127.0.0.1>" for n in range(6)),),
+    ("User-Agent: baresip v3.10.1 (x86_64/linux)", "Supported: path, outbound"),
+]
+
+
+@pytest.mark.parametrize("extra", TAKEN)
+async def test_each_kind_of_register_is_taken(extra: tuple[str, ...]) -> None:
+    async with lb() as made:
+        registrar = registrar_of(made)
+        data = register(made.phone, 3, extra)
+        if any(line.startswith("Contact:") for line in extra):  # instead of sipp's
+            data = data.replace(f"Contact: <sip:u3@127.0.0.1:{made.phone.port}>\r\n".encode(), b"")
+        assert made.compare(data)
+        registrar.sock.close()
+
+
+# -- refused for an overloaded registrar (RFC 7339) ----------------------------------------------
+async def test_a_register_its_registrar_asked_to_refuse_gets_the_present_paths_503() -> None:
+    async with lb() as made:
+        registrar = registrar_of(made, 100)
+        assert made.compare(register(made.phone))
+        assert made.balancer.loss.refused == 2  # once by each path
+        assert made.fast.relay(register(made.phone, 2), made.peer)
+        [answer] = made.phone.drain()
+        assert answer.startswith(b"SIP/2.0 503 Overloaded\r\n")
+        assert b"\r\nRetry-After: 5\r\n" in answer
+        assert registrar.drain() == []
+        registrar.sock.close()
+
+
+async def test_registers_are_refused_as_the_present_path_draws_them_never_with_credentials() -> (
+    None
+):
+    async with lb() as made:
+        registrar = registrar_of(made, 50)
+        parse_message(register(made.phone))  # its header names known, as a running LB knows them
+        assert all(made.compare(register(made.phone, n)) for n in range(200))
+        refused = made.balancer.loss.refused // 2  # each refused by both paths
+        assert 70 <= refused <= 130  # about half
+        assert all(made.compare(register(made.phone, n, (CREDENTIALS,))) for n in range(50))
+        assert made.balancer.loss.refused // 2 == refused  # an answer to a challenge: relayed
+        registrar.sock.close()
