@@ -1,6 +1,7 @@
-"""RFC 7339 through `sipfleet run lb` with two workers: a registrar's answers, which all
-reach one LB worker, ask for new REGISTERs to be refused, and every worker refuses them
-(core/lb/balancer.py hands what it heard to the others)."""
+"""RFC 7339 through `sipfleet run lb` with two workers: a registrar's answers, which reach
+one LB worker or the other (dealt by their transaction), ask for new REGISTERs to be
+refused, and every worker refuses them (core/lb/balancer.py hands what it heard to the
+others)."""
 
 from __future__ import annotations
 
@@ -92,10 +93,16 @@ def test_every_worker_refuses_what_the_registrar_asked_to_be_refused(
     assert register_from_a_new_port(lb) == 401  # relayed: nothing asked yet
     assert registrar.registers == 1
     assert registrar.not_taking_part == 0  # the LB's Via said "oc"
-    # From 24 source ports the kernel spreads the REGISTERs over both workers (all but
-    # certainly); the one that heard the 401 told the other within a datagram's trip.
+    # The REGISTERs are dealt to both workers at random (lb.spread); the one that heard
+    # the 401 told the other over its control socket. That worker takes it when its loop
+    # next turns there: a REGISTER it reads in the same turn is still relayed (seen under
+    # load: 1 in 8 runs with four busy loops beside the test), and its 401 asks again. So
+    # the first one or two may get 401; after that every new REGISTER is refused. Were
+    # the ask not shared, about half of them would be relayed.
     statuses = [register_from_a_new_port(lb) for _ in range(24)]
-    assert statuses == [503] * 24
-    assert registrar.registers == 1
+    raced = statuses.count(401)
+    assert raced <= 2
+    assert statuses[raced:] == [503] * (24 - raced)
+    assert registrar.registers == 1 + raced
     log = cluster.roles["lb"].log_text()
     assert "Traceback" not in log
