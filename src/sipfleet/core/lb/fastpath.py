@@ -280,9 +280,9 @@ class FastRelay:
             contacts = router.read_contacts([lines[at] for at in seen.contacts])
         except ParseError:
             return False  # a Contact the present path answers 400
-        forward = router.toward_registrar_registered(plain, via, contacts, peer)
         forwarder = self.forwarder
-        salt, prefix = forwarder.via_prefix(forward.destination, forward.sent_by)
+        destination = plain.destination  # the Path adds nothing to where and from where
+        salt, prefix = forwarder.via_prefix(destination, plain.sent_by)
         client = self._client_via(top, peer, salt)
         if client is None:
             return False  # a top Via the present path answers 400, or a branch hashed
@@ -290,8 +290,7 @@ class FastRelay:
         mark = self._lockout_mark(lines, seen.credentials, peer, now)
         if mark is None:
             return False
-        if self.loss and not seen.credentials:
-            destination = forward.destination
+        if self.loss and not seen.credentials:  # refused before the Path is made
             server = (destination.host, destination.port)
             if self.loss.refuses(server, now, call_id + " " + top):
                 return self._refuse_register(lines, seen, peer, now)
@@ -301,6 +300,7 @@ class FastRelay:
         agent = lines[seen.agent] if seen.agent else ""
         if guard is not None and guard.screen(agent, peer, now):
             return True  # over UDP, blocked is dropped: nothing to send
+        forward = router.toward_registrar_registered(plain, via, contacts, peer)
         branch, stamped = client
         ours = f"{forwarder.our_via(prefix, peer, branch)}{forward.via_params}{mark}{OC_SUPPORTED}"
         push_our_via(lines, seen, ours, stamped, hops)
