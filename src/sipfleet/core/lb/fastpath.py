@@ -227,10 +227,7 @@ class FastRelay:
             return False
         branch, stamped = client
         # -- from here on, what the present path would do ---------------------------------
-        self._received(method)
-        guard = self.guard
-        agent = lines[seen.agent] if seen.agent else ""
-        if guard is not None and guard.screen(agent, peer, time.monotonic()):
+        if self._screened(method, lines, seen, peer, time.monotonic()):
             return True  # over UDP, blocked is dropped: nothing to send
         push_our_via(lines, seen, forwarder.our_via(prefix, peer, branch), stamped, hops)
         if record_routes:
@@ -295,11 +292,8 @@ class FastRelay:
             if self.loss.refuses(server, now, call_id + " " + top):
                 return self._refuse_register(lines, seen, peer, now)
         # -- from here on, what the present path would do ---------------------------------
-        self._received("REGISTER")
-        guard = self.guard
-        agent = lines[seen.agent] if seen.agent else ""
-        if guard is not None and guard.screen(agent, peer, now):
-            return True  # over UDP, blocked is dropped: nothing to send
+        if self._screened("REGISTER", lines, seen, peer, now):
+            return True
         forward = router.toward_registrar_registered(plain, via, contacts, peer)
         branch, stamped = client
         ours = f"{forwarder.our_via(prefix, peer, branch)}{forward.via_params}{mark}{OC_SUPPORTED}"
@@ -328,11 +322,8 @@ class FastRelay:
         """Balancer._register's 503 for a REGISTER its registrar's overload control
         refuses, built from the lines it copies (``make_response``: Via, From, To,
         Call-ID, CSeq as received), screened and counted as there."""
-        self._received("REGISTER")
-        guard = self.guard
-        agent = lines[seen.agent] if seen.agent else ""
-        if guard is not None and guard.screen(agent, peer, now):
-            return True  # over UDP, blocked is dropped: nothing to send
+        if self._screened("REGISTER", lines, seen, peer, now):
+            return True
         self.loss.count_refusal()
         with contextlib.suppress(TransportError):  # as Balancer._answer: lost, like a drop
             self.endpoint.send_bytes(_refusal(lines), peer.reply_to)
@@ -415,10 +406,17 @@ class FastRelay:
             return None  # draining: the To tag decides (Router._under_way)
         return router.toward_proxies(call_id, method == "CANCEL" or method == "ACK")
 
-    def _received(self, method: str) -> None:
-        """Counted as SipEndpoint._deliver counts a request."""
+    def _screened(
+        self, method: str, lines: list[str], seen: HeadLines, peer: Peer, now: float
+    ) -> bool:
+        """A request taken here, counted as SipEndpoint._deliver counts one, then
+        screened by the edge guard (rate, scanner User-Agent) as Balancer.on_request
+        screens it: True when blocked (over UDP, dropped: nothing to send)."""
         count_request(self.endpoint, method)
         self.requests += 1
+        guard = self.guard
+        agent = lines[seen.agent] if seen.agent else ""
+        return guard is not None and bool(guard.screen(agent, peer, now))
 
     def _client_via(self, top: str, peer: Peer, salt: str) -> tuple[str, str | None] | None:
         """The branch of our Via (``carried_branch``) and the client's top Via ``top`` as

@@ -325,7 +325,9 @@ class Router:
         from a UDP client whose top Via names ``via`` (as in ``toward_cluster_created``)
         and whose Contact lines read as ``contacts`` (``read_contacts``)."""
         flow = self._udp_client_flow(via, contacts, peer)
-        return self._registered(flow, contacts.outbound, contacts.digests, plain, 0)
+        return self._registered(
+            flow, contacts.outbound, contacts.digests, plain.destination, plain.sent_by, 0
+        )
 
     def _udp_client_flow(self, via: tuple[str, int], contacts: ContactsRead, peer: Peer) -> Flow:
         """``_client_flow`` of a UDP client, from its top Via's address and its Contacts
@@ -358,20 +360,27 @@ class Router:
         our Via so the 2xx tells the keepalive table what was registered for how long."""
         outbound = _uses_outbound(request)
         flow = self._client_flow(request, peer, outbound)
-        plain = Forward(destination, sent_by)
-        return self._registered(flow, outbound, _contact_digests(request), plain, popped)
+        digests = _contact_digests(request)
+        return self._registered(flow, outbound, digests, destination, sent_by, popped)
 
     def _registered(
-        self, flow: Flow, outbound: bool, digests: str, plain: Forward, popped: int
+        self,
+        flow: Flow,
+        outbound: bool,
+        digests: str,
+        destination: Destination,
+        sent_by: str,
+        popped: int,
     ) -> Forward:
-        """``plain`` with the Path naming ``flow`` and our Via's parameters for it."""
+        """The Forward to ``destination`` with the Path naming ``flow`` (``ob`` when
+        the Contacts use outbound) and our Via's parameters: its token and the
+        Contacts' ``digests``."""
         token = self.tokens.encode(flow)
-        destination = plain.destination
         path = self.sides.route_uri(
             "internal", token, destination.transport, destination.host, ob=outbound
         )
         via_params = f";lbf={token};lbc={digests}" if digests else f";lbf={token}"
-        return Forward(destination, plain.sent_by, popped, path=path, via_params=via_params)
+        return Forward(destination, sent_by, popped, path=path, via_params=via_params)
 
     def _next_route(
         self, request: Request, popped: int, after: RouteUri | None = None
