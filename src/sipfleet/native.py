@@ -78,6 +78,14 @@ COMPILED = (
     "sipfleet.core.proxy.accounting",
     "sipfleet.core.proxy.fastack",
     "sipfleet.core.proxy.engine",
+    # the registrar's path: each REGISTER's key, nonce, digest check, plan and answer, and
+    # the overload controls both it and the LB consult for every request
+    "sipfleet.core.overload",
+    "sipfleet.core.answered",
+    "sipfleet.sip.auth",
+    "sipfleet.core.authenticate",
+    "sipfleet.sip.registration",
+    "sipfleet.core.registrar",
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "native-build.json"

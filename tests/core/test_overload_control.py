@@ -71,12 +71,22 @@ def overloaded(loss: LossControl, at: float = 0.0) -> None:
 def test_the_answer_names_loss_algorithm_validity_and_sequence() -> None:
     loss = control()
     overloaded(loss, 1.0)
-    assert loss.via_params(1.2) == {
+    assert loss.via_params(1.12) == {
         "oc": "20",
         "oc-algo": '"loss"',
         "oc-validity": "500",
-        "oc-seq": "1.200",
+        "oc-seq": "1.100",  # the check that set the loss: it names what it says
     }
+
+
+def test_the_text_after_a_bare_oc_says_the_same_and_changes_only_at_a_check() -> None:
+    loss = control()
+    overloaded(loss, 1.0)
+    assert loss.oc_value(1.12) == '=20;oc-algo="loss";oc-validity=500;oc-seq=1.100'
+    assert loss.oc_value(1.14) == loss.oc_value(1.12)
+    loss.observe(1.2, HIGH * 2)
+    assert loss.oc_value(1.21) == '=36;oc-algo="loss";oc-validity=500;oc-seq=1.200'
+    assert control().oc_value(1.0) == ""  # nothing asked: nothing said
 
 
 def test_after_the_overload_zero_is_said_for_one_validity_period_then_nothing() -> None:

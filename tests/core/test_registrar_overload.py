@@ -292,6 +292,11 @@ async def test_under_pressure_the_answers_ask_clients_that_take_part_to_refuse()
             assert (via["oc-algo"], via["oc-validity"]) == ('"loss"', "500")
             assert float(via["oc-seq"] or "") > 0
             assert via["branch"] == "z9hG4bK-lb"  # the rest of the Via as it came
+            elsewhere = register("lb2", local).replace(b";branch=", b";oc;rport;branch=")
+            await loop.sock_sendto(sock, elsewhere, target)  # not last, as another client
+            [other] = await answers(sock, 1)
+            assert other.top_via.params["oc"] == "20"
+            assert other.top_via.params["branch"] == "z9hG4bK-lb2"
             await loop.sock_sendto(sock, register("phone", local), target)
             [plain] = await answers(sock, 1)
             assert plain.status == 200

@@ -229,6 +229,8 @@ class LossControl:
         self._checked = -1e18
         self._before = 0  # the backlog at the check before
         self._report_until = -1e18  # oc=0 is still said this long after the last cut
+        self._oc_value = ""  # oc_value, as formatted at the check at time _oc_value_of
+        self._oc_value_of = -1e18
 
     def observe(self, now: float, backlog: int) -> None:
         """One measurement; acted on at most once a ``period``."""
@@ -282,15 +284,28 @@ class LossControl:
         """What to set in the client's Via in a response (its bare ``oc`` given a value):
         the loss while it lasts, and ``oc=0`` for one validity period after (clients then
         stop at once rather than when their last value expires); {} when there is
-        nothing to say."""
+        nothing to say. ``oc-seq`` is the time of the check that set the loss."""
         if now >= self._report_until:
             return {}
         return {
             "oc": str(self.loss),
             "oc-algo": '"loss"',
             "oc-validity": str(round(self.validity * 1000)),
-            "oc-seq": f"{now:.3f}",
+            "oc-seq": f"{self._checked:.3f}",
         }
+
+    def oc_value(self, now: float) -> str:
+        """``via_params`` as the text that follows a bare ``oc`` at the end of a Via
+        (``=<loss>;oc-algo=...``), "" when there is nothing to say. Formatted once per
+        check: under overload every answer carries it."""
+        if now >= self._report_until:
+            return ""
+        if self._oc_value_of != self._checked:
+            self._oc_value_of = self._checked
+            self._oc_value = "".join(
+                f";{name}={value}" for name, value in self.via_params(now).items()
+            )[len(";oc") :]
+        return self._oc_value
 
 
 @dataclass(slots=True)

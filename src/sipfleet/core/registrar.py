@@ -47,11 +47,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sipfleet.config import Config
 from sipfleet.core.answered import AnsweredRequests, Key, Seen, request_key
 from sipfleet.core.authenticate import Challenge, authenticate, authority_for
-from sipfleet.core.endpoint import SipEndpoint
 from sipfleet.core.lb.budget import LogBudget
 from sipfleet.core.overload import AnswerBudget, LossControl, answers_a_challenge, no_backlog
 from sipfleet.sip import ParseError, Request, Response, validate_request
@@ -78,9 +78,16 @@ from sipfleet.storage.errors import (
     TooManyContacts,
 )
 from sipfleet.storage.model import Binding, BindingUpdate
-from sipfleet.transport.base import Peer
+from sipfleet.transport.base import Destination, Peer
 
 log = logging.getLogger(__name__)
+
+
+class AnswerSender(Protocol):
+    """What the registrar sends its answers through (a SipEndpoint): only that, so its
+    tests can hand it anything that keeps them."""
+
+    def send_bytes(self, data: bytes, destination: Destination, /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,7 @@ DEADLINE_CHECKS = 4  # deadline checks per STORAGE_DEADLINE while REGISTERs are 
 # at two thirds of capacity (the process waits for a core, the load generator catches up).
 MAX_BACKLOG = 2 << 20
 OC_PARAM = "oc"  # a client's Via says it takes part in overload control (RFC 7339)
+OC_LAST = ";oc"  # the LB writes it last in its Via, without a value
 
 
 class StallGuard:
@@ -177,7 +185,7 @@ class Registrar:
         self,
         config: Config,
         storage: Storage,
-        endpoint: SipEndpoint,
+        endpoint: AnswerSender,
         *,
         backlog: Callable[[], int] = no_backlog,
         clock: Callable[[], float] = time.monotonic,
@@ -310,13 +318,16 @@ class Registrar:
             answer = await self._answer(work)
         except Rejection as rejection:
             answer = Answer(rejection.status, rejection.reason, rejection.headers)
-        except ParseError as exc:
-            answer = Answer(exc.status, exc.reason)
+        except ParseError as unreadable:
+            answer = Answer(unreadable.status, unreadable.reason)
         except StorageOverloaded:
             answer = OVERLOADED
-        except StorageUnavailable as exc:
+        except StorageUnavailable as unavailable:
             self._unavailable_warnings.log(
-                logging.WARNING, "REGISTER %s: database unavailable: %s", request.call_id, exc
+                logging.WARNING,
+                "REGISTER %s: database unavailable: %s",
+                request.call_id,
+                unavailable,
             )
             answer = UNAVAILABLE
         except Exception:
@@ -381,10 +392,11 @@ class Registrar:
             return await location.save(
                 plan.aor, updates, now=now, max_contacts=self.config.registrar.max_contacts
             )
-        except TooManyContacts as exc:
-            raise Rejection(403, f"Too many registered contacts (at most {exc.limit})") from None
-        except InvalidInput as exc:
-            raise Rejection(400, str(exc)) from None
+        except TooManyContacts as too_many:
+            limit = too_many.limit
+            raise Rejection(403, f"Too many registered contacts (at most {limit})") from None
+        except InvalidInput as invalid:
+            raise Rejection(400, str(invalid)) from None
 
     def _update(
         self, plan: RegistrationPlan, change: ContactChange, peer: Peer, now: int
@@ -423,9 +435,15 @@ class Registrar:
         response = make_response(
             request, answer.status, answer.reason, to_tag=new_tag(), headers=answer.headers
         )
-        asked = self.loss.via_params(self.clock())
-        if asked and OC_PARAM in request.top_via.params:
-            response.replace_top_via(_with_overload_control(response.top_via, asked))
+        now = self.clock()
+        oc_value = self.loss.oc_value(now)
+        if oc_value:
+            top = response.first_value("via") or ""
+            if top.endswith(OC_LAST):  # as the LB writes it: given its value in place
+                response.replace_top_via(top + oc_value)
+            elif OC_PARAM in request.top_via.params:
+                asked = self.loss.via_params(now)
+                response.replace_top_via(_with_overload_control(response.top_via, asked))
         data = response.serialize()
         self._send_answer(data, peer)
         return data

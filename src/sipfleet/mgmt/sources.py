@@ -188,10 +188,10 @@ def _pool_samples(worker: LbWorker) -> Samples:
 # -- registrar -----------------------------------------------------------------------------
 
 
-def registrar_sources(registrar: Registrar) -> MetricSources:
+def registrar_sources(registrar: Registrar, endpoint: SipEndpoint) -> MetricSources:
     def read() -> Samples:
         return _merged(
-            endpoint_samples(registrar.endpoint),
+            endpoint_samples(endpoint),
             storage_samples(registrar.storage),
             {
                 "sipfleet_overload_rejected_total": _by(

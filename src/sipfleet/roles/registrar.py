@@ -104,7 +104,9 @@ async def serve(
             counters=lambda: counters(registrar, endpoint),
         )
         try:
-            metrics = publishing(config, "registrar", worker, registrar_sources(registrar))
+            metrics = publishing(
+                config, "registrar", worker, registrar_sources(registrar, endpoint)
+            )
             async with management(view, mgmt), metrics, following_log_level(config, "registrar"):
                 await serve_until_cancelled(endpoint, listening(view, ready))
         finally:

@@ -361,9 +361,10 @@ async def test_declined_for_what_the_balancer_reads() -> None:
         assert made.endpoint.sent == []
 
 
-async def test_a_registrars_401_is_taken_but_not_a_2xx_nor_an_answer_asking_for_a_loss() -> None:
+async def test_a_registrars_401_is_taken_but_not_a_2xx_nor_a_loss_with_none_to_hear_it() -> None:
     """The flow mark is read from a REGISTER's 2xx only (what it teaches the keepalive
-    table); a registrar's overload control (RFC 7339) from any answer."""
+    table); a registrar's overload control (RFC 7339) from any answer, here by nobody
+    (no Balancer: test_fastpath_registers.py has one)."""
     async with paths() as made:
         flow = f"{made.our_via};branch=z9hG4bK-lsb.a.b;lbf=t;lbc=d;oc"
         assert made.compare(response([flow, CLIENT], start="SIP/2.0 401 Unauthorized"))

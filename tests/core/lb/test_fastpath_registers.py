@@ -18,6 +18,7 @@ from sipfleet.core.lb.keepalive import contact_digest
 from sipfleet.sip import Request, parse_message
 from sipfleet.sip.flow import FlowTokens
 from sipfleet.storage import LbTarget
+from sipfleet.transport.base import Peer
 from tests.core.lb.messages import MULTIPART
 from tests.core.lb.test_fastpath_requests import Lb, Socket, lb, request, vias
 
@@ -244,4 +245,70 @@ async def test_registers_are_refused_as_the_present_path_draws_them_never_with_c
         assert 70 <= refused <= 130  # about half
         assert all(made.compare(register(made.phone, n, (CREDENTIALS,))) for n in range(50))
         assert made.balancer.loss.refused // 2 == refused  # an answer to a challenge: relayed
+        registrar.sock.close()
+
+
+# -- the registrar's answers ----------------------------------------------------------------
+def answer_to(forwarded: bytes, status: str, oc_value: str = "") -> bytes:
+    """The registrar's answer to ``forwarded`` as core/registrar.py writes it: the Vias
+    copied, the LB's bare ``oc`` given ``oc_value`` (``LossControl.oc_value``)."""
+    message = parse_message(forwarded)
+    assert isinstance(message, Request)
+    vias = message.header_values("via")
+    ours = vias[0] + oc_value
+    lines = [
+        f"SIP/2.0 {status}",
+        f"Via: {ours}",
+        *(f"Via: {via}" for via in vias[1:]),
+        f"From: {message.header('from')}",
+        f"To: {message.header('to')};tag=r1",
+        f"Call-ID: {message.call_id}",
+        f"CSeq: {message.header('cseq')}",
+        'WWW-Authenticate: Digest realm="127.0.0.1", nonce="4f2a", algorithm=MD5',
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_a_401_asking_for_a_loss_is_relayed_and_heard_as_by_the_present_path() -> None:
+    """Under overload every answer of the registrar carries its loss (RFC 7339): the 401
+    is relayed from its bytes all the same, and the LB refuses what it asks, as when the
+    present path reads it."""
+    async with lb() as made:
+        registrar = registrar_of(made)
+        server = ("127.0.0.1", registrar.port)
+        from_registrar = Peer("udp", *server, "127.0.0.1", made.port)
+        assert made.fast.relay(register(made.phone, 1), made.peer)
+        [forwarded] = registrar.drain()
+        asked = '=30;oc-algo="loss";oc-validity=500;oc-seq=7.250'
+        challenge = answer_to(forwarded, "401 Unauthorized", asked)
+
+        assert made.fast.relay(challenge, from_registrar)
+        fast = (made.phone.drain(), made.balancer.loss.asked(server))
+        made.balancer.loss.take(server, 0, 0.0, 0.0, time.monotonic())  # forgotten
+        with made.present_path():
+            made.endpoint.frame_received(challenge, from_registrar)
+        present = (made.phone.drain(), made.balancer.loss.asked(server))
+
+        assert fast[0] == present[0]
+        [relayed] = fast[0]
+        assert relayed.startswith(b"SIP/2.0 401 ")
+        assert b"oc-algo" not in relayed  # our Via, with what the registrar wrote in it
+        assert fast[1][0] == present[1][0] == 30
+        assert fast[1][2] == present[1][2] == 7.25
+        assert made.fast.responses == 1
+        registrar.sock.close()
+
+
+async def test_overload_control_from_outside_the_cluster_is_not_heard() -> None:
+    """Only a pool target's answer may make the LB refuse (the phone could forge one)."""
+    async with lb() as made:
+        registrar = registrar_of(made)
+        server = ("127.0.0.1", registrar.port)
+        assert made.fast.relay(register(made.phone, 1), made.peer)
+        [forwarded] = registrar.drain()
+        forged = answer_to(forwarded, "401 Unauthorized", '=95;oc-algo="loss";oc-seq=9')
+        made.fast.relay(forged, made.peer)
+        assert made.balancer.loss.asked(server)[0] == 0
+        assert made.balancer.loss.asked((made.phone.host, made.phone.port))[0] == 0
         registrar.sock.close()

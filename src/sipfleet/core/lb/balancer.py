@@ -94,7 +94,15 @@ class Balancer:
         # responses whose Via carries one of these marks come here (LEARN_MARK: a 2xx).
         marks = (OUR_BRANCHES, AUTH_MARK, LEARN_MARK)
         endpoint.fast = FastRelay(
-            endpoint, forwarder, marks, router, guard, self.overload, self.loss, LEARN_MARK
+            endpoint,
+            forwarder,
+            marks,
+            router,
+            guard,
+            self.overload,
+            self.loss,
+            LEARN_MARK,
+            self.heard_loss,
         )
 
     # -- overload ----------------------------------------------------------------------------
@@ -237,7 +245,7 @@ class Balancer:
         if AUTH_MARK in top and self.guard is not None:
             self.guard.answered(response, top, peer, time.monotonic())
         if OC_VALUE in top:
-            self._heard_loss(top, peer)
+            self.heard_loss(top, peer)
         self.forwarder.forward_response(response, peer)
         if LEARN_MARK in top:
             try:
@@ -248,7 +256,7 @@ class Balancer:
             if news is not None:
                 self.keepalives.learned(news)
 
-    def _heard_loss(self, top: str, peer: Peer) -> None:
+    def heard_loss(self, top: str, peer: Peer) -> None:
         """Overload control in our Via, from a member of the cluster only: nothing from
         outside may make the LB refuse requests."""
         if not self.router.from_cluster(peer):

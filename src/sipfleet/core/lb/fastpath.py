@@ -18,8 +18,9 @@ counted and changed nothing) and goes the present way.
   on a comma-separated line, as sipp writes them), written as we write it and carrying
   none of the marks the Balancer must see (``marks``: its probes' branches, the edge
   guard's lockout mark, a REGISTER's flow, this last read from a 2xx only: a
-  registrar's 401 is taken unless it asks for a loss, RFC 7339), the next Via right
-  after it, to be sent over UDP to an IPv4 address: our Via cut out.
+  registrar's 401 is taken), the next Via right after it, to be sent over UDP to an
+  IPv4 address: our Via cut out. A registrar's overload control in our Via (RFC 7339:
+  under overload, in every answer) is read as the Balancer reads it (``heard_loss``).
 - Requests the Router forwards plainly to the proxy pool (no Route, not REGISTER,
   creating no dialog, not for the LB itself), without credentials, while the LB is not
   overloaded and no target drains: screened by the edge guard, the top Via stamped, our
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Final
 
 from sipfleet.core.endpoint import SipEndpoint, count_request
@@ -89,6 +91,7 @@ MIN_RESPONSE: Final = 12  # "SIP/2.0 200 "
 SLASH: Final = 47
 LETTER_S: Final = 83
 VIA_BYTES: Final = b"Via: "
+OC_LOSS_ALGORITHM: Final = ';oc-algo="loss"'  # as LossControl writes it in an answer
 ROUTE_LINE: Final = "\r\nRoute:"
 REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
 BRANCH: Final = "branch="
@@ -125,13 +128,16 @@ class FastRelay:
         overload: OverloadMonitor | None = None,
         loss: LossFeedback | None = None,
         learn_mark: str = "",
+        heard_loss: Callable[[str, Peer], None] | None = None,
     ) -> None:
         """``marks``: texts that, in our Via, send a response the present way (the
         Balancer reads them). ``learn_mark``: one of them that only a 2xx is read for
         (the flow token of a REGISTER, learned from its 2xx): any other status carrying
         it comes here, a registrar's 401 above all. ``router``, ``guard``, ``overload``,
         ``loss``: the Balancer's, for requests (without a router, requests all go the
-        present way)."""
+        present way). ``heard_loss``: the Balancer's reading of a registrar's overload
+        control (RFC 7339) in our Via and the peer that sent it; without it, an answer
+        carrying one goes the present way."""
         self.endpoint = endpoint
         self.forwarder = forwarder
         self.marks = marks
@@ -141,6 +147,7 @@ class FastRelay:
         self._branch_marks = tuple(mark[len(BRANCH) :] for mark in marks if mark.startswith(BRANCH))
         self._marks_apart = all(mark.startswith((BRANCH, ";")) for mark in marks)
         self.learn_mark = learn_mark
+        self.heard_loss = heard_loss
         self.router = router
         self.guard = guard
         self.overload = overload or OverloadMonitor()
@@ -164,7 +171,7 @@ class FastRelay:
             return self.router is not None and self._request(data, peer)
         text = data.decode("latin-1")  # one character per byte: offsets are the same
         if text.startswith(RESPONSE_START):
-            return self._response(data, text)
+            return self._response(data, text, peer)
         return False
 
     # -- requests ----------------------------------------------------------------------------
@@ -471,7 +478,7 @@ class FastRelay:
         forwarder.stats.requests_forwarded += 1
 
     # -- responses -------------------------------------------------------------------------
-    def _response(self, data: bytes, text: str) -> bool:
+    def _response(self, data: bytes, text: str, peer: Peer) -> bool:
         head_end = head_end_of(text)
         if head_end < 0:
             return False
@@ -488,6 +495,11 @@ class FastRelay:
         destination = self._destination(ours, hop, status)
         if destination is None:
             return False
+        if OC_VALUE in ours:  # a registrar asks for a loss: under overload, every answer
+            heard_loss = self.heard_loss
+            if heard_loss is None:
+                return False
+            heard_loss(ours, peer)
         endpoint = self.endpoint
         endpoint.stats.responses_received += 1
         endpoint.responses_received_by_class[status // 100] += 1
@@ -543,9 +555,8 @@ class FastRelay:
 
     def _ours_plain(self, ours: str, status: int) -> int:
         """Our Via as we wrote it, with none of the marks the Balancer reads for a
-        response of ``status``: PLAIN, or LEARNING when it carries ``learn_mark`` (and
-        not a registrar's overload control, RFC 7339); else DECLINED. The marks are
-        each looked for once: this runs for every response."""
+        response of ``status``: PLAIN, or LEARNING when it carries ``learn_mark``; else
+        DECLINED. The marks are each looked for once: this runs for every response."""
         learn_mark = self.learn_mark
         learning = False
         for mark in self.marks:
@@ -553,8 +564,6 @@ class FastRelay:
                 if mark != learn_mark or 200 <= status < 300:
                     return DECLINED
                 learning = True
-        if learning and OC_VALUE in ours:
-            return DECLINED
         if not self.forwarder.wrote(ours):
             return DECLINED
         return LEARNING if learning else PLAIN
@@ -694,7 +703,11 @@ def _our_via(lines: list[str]) -> tuple[str, str, int, int] | None:
 
 
 def _plain_via_line(line: str) -> bool:
-    return line.startswith(VIA_LINE) and '"' not in line and "<" not in line
+    """A ``Via:`` line whose values a comma separates: no ``<``, and no quote but those
+    of a registrar's ``oc-algo="loss"`` (RFC 7339), which hold no comma."""
+    if not line.startswith(VIA_LINE) or "<" in line:
+        return False
+    return '"' not in line or '"' not in line.replace(OC_LOSS_ALGORITHM, "")
 
 
 def _method(start: str) -> str:
