@@ -302,9 +302,9 @@ class LossControl:
             return ""
         if self._oc_value_of != self._checked:
             self._oc_value_of = self._checked
-            self._oc_value = "".join(
-                f";{name}={value}" for name, value in self.via_params(now).items()
-            )[len(";oc") :]
+            asked = self.via_params(now)
+            rest = "".join(f";{name}={value}" for name, value in asked.items() if name != "oc")
+            self._oc_value = f"={asked['oc']}{rest}"
         return self._oc_value
 
 
