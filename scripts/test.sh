@@ -11,7 +11,9 @@ if [[ -z ${SIPFLEET_PURE:-} ]]; then
   if (($# == 0)); then
     # The compiled modules' own tests once more from source: both must behave alike.
     SIPFLEET_PURE=1 .venv/bin/python -m pytest -q tests/sip tests/core/test_stateless.py \
-      tests/core/proxy tests/core/lb tests/routing/test_nat.py tests/transport/test_sockets.py
+      tests/core/proxy tests/core/lb tests/routing/test_nat.py tests/transport/test_sockets.py \
+      tests/core/test_registrar.py tests/core/test_registrar_overload.py \
+      tests/core/test_overload.py tests/core/test_overload_control.py tests/core/test_answered.py
   fi
 fi
 # Two workers (pytest-xdist): most of the suite waits on processes, timers and NATs, so
