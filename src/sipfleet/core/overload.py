@@ -178,6 +178,7 @@ class AnswerBudget:
 # (``oc=<percent>``), for how long (``oc-validity``, ms), in what order (``oc-seq``).
 OC_SUPPORTED: Final = ";oc"  # the client's Via parameter
 OC_VALUE: Final = ";oc="  # present in a server's answer
+LOSS_ALGORITHM: Final = '"loss"'  # oc-algo as a server writes it (RFC 7339: quoted)
 DEFAULT_VALIDITY: Final = 0.5  # seconds, where an answer names none
 
 
@@ -289,7 +290,7 @@ class LossControl:
             return {}
         return {
             "oc": str(self.loss),
-            "oc-algo": '"loss"',
+            "oc-algo": LOSS_ALGORITHM,
             "oc-validity": str(round(self.validity * 1000)),
             "oc-seq": f"{self._checked:.3f}",
         }

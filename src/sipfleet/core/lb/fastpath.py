@@ -56,7 +56,13 @@ from typing import Final
 from sipfleet.core.endpoint import SipEndpoint, count_request
 from sipfleet.core.lb.edge import EdgeGuard, auth_mark
 from sipfleet.core.lb.router import DIALOG_CREATING, RETRY_AFTER, Forward, Router
-from sipfleet.core.overload import OC_SUPPORTED, OC_VALUE, LossFeedback, OverloadMonitor
+from sipfleet.core.overload import (
+    LOSS_ALGORITHM,
+    OC_SUPPORTED,
+    OC_VALUE,
+    LossFeedback,
+    OverloadMonitor,
+)
 from sipfleet.core.stateless import StatelessForwarder, flow_of
 from sipfleet.sip.builders import COPIED_IN_RESPONSES, MAX_CARRIED_BRANCH, carried_branch
 from sipfleet.sip.errors import ParseError
@@ -91,7 +97,7 @@ MIN_RESPONSE: Final = 12  # "SIP/2.0 200 "
 SLASH: Final = 47
 LETTER_S: Final = 83
 VIA_BYTES: Final = b"Via: "
-OC_LOSS_ALGORITHM: Final = ';oc-algo="loss"'  # as LossControl writes it in an answer
+OC_LOSS_ALGORITHM: Final = f";oc-algo={LOSS_ALGORITHM}"  # as LossControl writes it
 ROUTE_LINE: Final = "\r\nRoute:"
 REST_BLANKS: Final = " \t,"  # what pop_first_value strips before the Via after ours
 BRANCH: Final = "branch="
