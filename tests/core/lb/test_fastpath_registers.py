@@ -8,6 +8,7 @@ our Via carrying its token, its Contacts' digests, the edge guard's lockout mark
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +21,7 @@ from sipfleet.sip.flow import FlowTokens
 from sipfleet.storage import LbTarget
 from sipfleet.transport.base import Peer
 from tests.core.lb.messages import MULTIPART
-from tests.core.lb.test_fastpath_requests import Lb, Socket, lb, request, vias
+from tests.core.lb.test_fastpath_requests import Lb, Socket, _delta, lb, request, vias
 
 CREDENTIALS = (
     'Authorization: Digest username="u1", realm="127.0.0.1", nonce="4f2a", '
@@ -45,15 +46,16 @@ def registrar_of(made: Lb, loss: int = 0) -> Socket:
     return registrar
 
 
-def register(phone: Socket, n: int = 1, extra: tuple[str, ...] = ()) -> bytes:
-    """sipp's REGISTER (bench/register_bench.py), the first of an exchange."""
+def register(phone: Socket, n: int = 1, extra: tuple[str, ...] = (), contact: str = "") -> bytes:
+    """sipp's REGISTER (bench/register_bench.py), the first of an exchange; with
+    ``contact`` (a URI) as its Contact instead of the phone's address."""
     here = f"{phone.host}:{phone.port}"
     return request(
         phone,
         start="REGISTER sip:127.0.0.1 SIP/2.0",
         via=f"Via: SIP/2.0/UDP {here};branch=z9hG4bK-{n}-1-0",
-        extra=(f"Contact: <sip:u{n}@{here}>", "Expires: 3600", *extra),
-    )
+        extra=(f"Contact: <{contact or f'sip:u{n}@{here}'}>", "Expires: 3600", *extra),
+    ).replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 REGISTER")
 
 
 # -- relayed ------------------------------------------------------------------------------------
@@ -249,9 +251,15 @@ async def test_registers_are_refused_as_the_present_path_draws_them_never_with_c
 
 
 # -- the registrar's answers ----------------------------------------------------------------
-def answer_to(forwarded: bytes, status: str, oc_value: str = "") -> bytes:
+def answer_to(
+    forwarded: bytes,
+    status: str,
+    oc_value: str = "",
+    extra: tuple[str, ...] = ('WWW-Authenticate: Digest realm="127.0.0.1", nonce="4f2a"',),
+) -> bytes:
     """The registrar's answer to ``forwarded`` as core/registrar.py writes it: the Vias
-    copied, the LB's bare ``oc`` given ``oc_value`` (``LossControl.oc_value``)."""
+    copied, the LB's bare ``oc`` given ``oc_value`` (``LossControl.oc_value``), then
+    ``extra`` (a challenge by default)."""
     message = parse_message(forwarded)
     assert isinstance(message, Request)
     vias = message.header_values("via")
@@ -264,7 +272,7 @@ def answer_to(forwarded: bytes, status: str, oc_value: str = "") -> bytes:
         f"To: {message.header('to')};tag=r1",
         f"Call-ID: {message.call_id}",
         f"CSeq: {message.header('cseq')}",
-        'WWW-Authenticate: Digest realm="127.0.0.1", nonce="4f2a", algorithm=MD5',
+        *extra,
         "Content-Length: 0",
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -311,4 +319,52 @@ async def test_overload_control_from_outside_the_cluster_is_not_heard() -> None:
         made.fast.relay(forged, made.peer)
         assert made.balancer.loss.asked(server)[0] == 0
         assert made.balancer.loss.asked((made.phone.host, made.phone.port))[0] == 0
+        registrar.sock.close()
+
+
+async def test_the_answers_to_a_register_with_credentials_are_relayed_and_read_as_there() -> None:
+    """Our Via on a REGISTER with credentials carries the edge guard's lockout mark and,
+    for a phone behind NAT, its flow. The registrar's answers are relayed from their
+    bytes, then read as the present path reads them: a 401 counts against the pair, a
+    2xx forgives it and keeps the flow alive for the registration's lifetime, a 2xx
+    without the binding ends it."""
+    async with lb() as made:
+        registrar = registrar_of(made)
+        from_registrar = Peer("udp", "127.0.0.1", registrar.port, "127.0.0.1", made.port)
+        guard = made.balancer.guard
+        assert guard is not None
+        assert guard.lockouts is not None
+        key = lockout_key("u1", made.phone.host)
+        behind_nat = "sip:u1@192.168.1.20:5060"  # a private Contact: the LB keeps the flow
+        answers = (
+            ("401 Unauthorized", ('WWW-Authenticate: Digest realm="127.0.0.1", nonce="5"',)),
+            ("200 OK", (f"Contact: <{behind_nat}>;expires=600",)),
+            ("200 OK", (f"Contact: <{behind_nat}>;expires=0",)),
+        )
+        Outcome = tuple[list[bytes], dict[str, Any], tuple[bool, int]]
+        outcomes: dict[bool, list[Outcome]] = {True: [], False: []}
+        for fast in (True, False):
+            for status, extra in answers:
+                sent = register(made.phone, 1, (CREDENTIALS,), behind_nat)
+                assert made.fast.relay(sent, made.peer)
+                [forwarded] = registrar.drain()
+                answer = answer_to(forwarded, status, extra=extra)
+                before = made.counts()
+                if fast:
+                    assert made.fast.relay(answer, from_registrar)
+                else:
+                    with made.present_path():
+                        made.endpoint.frame_received(answer, from_registrar)
+                counted = _delta(before, made.counts())
+                counted.pop("fast", None)
+                state = (key in guard.lockouts.pairs.table, len(made.balancer.keepalives.table))
+                outcomes[fast].append((made.phone.drain(), counted, state))
+        assert outcomes[True] == outcomes[False]
+        relayed = [datagrams for datagrams, _, _ in outcomes[True]]
+        assert [len(datagrams) for datagrams in relayed] == [1, 1, 1]
+        assert relayed[1][0].startswith(b"SIP/2.0 200 OK\r\n")
+        # the 401 counted against the pair; the 2xx forgave it and kept the flow; the
+        # 2xx without the binding ended the flow
+        assert [state for _, _, state in outcomes[True]] == [(True, 0), (False, 1), (False, 0)]
+        assert made.fast.responses == 3
         registrar.sock.close()

@@ -90,8 +90,9 @@ class Balancer:
         self._refusals = LogBudget(log)
         self.guard = guard
         endpoint.on_handoff = self.handed
-        # The usual requests and responses go from their bytes (core/lb/fastpath.py);
-        # responses whose Via carries one of these marks come here (LEARN_MARK: a 2xx).
+        # The usual requests and responses go from their bytes (core/lb/fastpath.py):
+        # answers to our probes come here; those with the lockout mark or the flow mark
+        # (in a 2xx) are read by read_marks once relayed.
         marks = (OUR_BRANCHES, AUTH_MARK, LEARN_MARK)
         endpoint.fast = FastRelay(
             endpoint,
@@ -103,6 +104,8 @@ class Balancer:
             self.loss,
             LEARN_MARK,
             self.heard_loss,
+            self.read_marks,
+            (AUTH_MARK, LEARN_MARK),
         )
 
     # -- overload ----------------------------------------------------------------------------
@@ -242,11 +245,18 @@ class Balancer:
             if not self.health.answered(top):
                 self.keepalives.answered(top)
             return
-        if AUTH_MARK in top and self.guard is not None:
-            self.guard.answered(response, top, peer, time.monotonic())
         if OC_VALUE in top:
             self.heard_loss(top, peer)
         self.forwarder.forward_response(response, peer)
+        self.read_marks(response, top, peer)
+
+    def read_marks(self, response: Response, top: str, peer: Peer) -> None:
+        """What an answer whose Via (ours, ``top``) carries our marks tells, once it is
+        relayed: the edge guard's lockout mark, how the credentials fared; a REGISTER's
+        flow mark, in a 2xx, the registration that keeps the flow alive. The fast path
+        hands over the answers it relays with them."""
+        if AUTH_MARK in top and self.guard is not None:
+            self.guard.answered(response, top, peer, time.monotonic())
         if LEARN_MARK in top:
             try:
                 news = learned(response, top, self.tokens)

@@ -15,12 +15,13 @@ counted the same way; everything else is declined (``relay`` returns False, havi
 counted and changed nothing) and goes the present way.
 
 - Responses: ``SIP/2.0 NNN reason`` whose first header line is our Via (alone, or first
-  on a comma-separated line, as sipp writes them), written as we write it and carrying
-  none of the marks the Balancer must see (``marks``: its probes' branches, the edge
-  guard's lockout mark, a REGISTER's flow, this last read from a 2xx only: a
-  registrar's 401 is taken), the next Via right after it, to be sent over UDP to an
-  IPv4 address: our Via cut out. A registrar's overload control in our Via (RFC 7339:
-  under overload, in every answer) is read as the Balancer reads it (``heard_loss``).
+  on a comma-separated line, as sipp writes them), written as we write it and not
+  answering one of the Balancer's probes, the next Via right after it, to be sent over
+  UDP to an IPv4 address: our Via cut out. A registrar's overload control in our Via
+  (RFC 7339: under overload, in every answer) is read as the Balancer reads it
+  (``heard_loss``); a final answer carrying the edge guard's lockout mark, or a 2xx
+  carrying a REGISTER's flow, is handed to the Balancer's reading once relayed
+  (``answered``: how the credentials fared, the registration that keeps the flow).
 - Requests the Router forwards plainly to the proxy pool (no Route, not REGISTER,
   creating no dialog, not for the LB itself), without credentials, while the LB is not
   overloaded and no target drains: screened by the edge guard, the top Via stamped, our
@@ -87,7 +88,7 @@ from sipfleet.sip.headlines import (
 )
 from sipfleet.sip.memo import Memo
 from sipfleet.sip.message import SIP_VERSION as VERSION
-from sipfleet.sip.message import Request, header_line, header_value
+from sipfleet.sip.message import Request, Response, header_line, header_value
 from sipfleet.sip.parser import parse_message
 from sipfleet.sip.via import BRANCH_COOKIE, BRANCH_PARAM, parse_via
 from sipfleet.transport.base import Destination, MessageTooLarge, Peer, TransportError
@@ -106,6 +107,7 @@ MAX_HOPS: Final = 4096
 DECLINED: Final = 0
 PLAIN: Final = 1
 LEARNING: Final = 2  # the flow mark, in an answer it is not read from (a 401)
+MARKED: Final = 3  # marks the Balancer reads (``FastRelay.answered``), in a final answer
 _STATUS_CODES: Final = Memo[str, int](1024)  # status line -> its code, 0 when declined
 _METHODS: Final = Memo[str, str](4096)  # request line -> its method, "" when declined
 SIP_VERSION: Final = "SIP/2.0"
@@ -135,6 +137,8 @@ class FastRelay:
         loss: LossFeedback | None = None,
         learn_mark: str = "",
         heard_loss: Callable[[str, Peer], None] | None = None,
+        answered: Callable[[Response, str, Peer], None] | None = None,
+        read_marks: tuple[str, ...] = (),
     ) -> None:
         """``marks``: texts that, in our Via, send a response the present way (the
         Balancer reads them). ``learn_mark``: one of them that only a 2xx is read for
@@ -143,7 +147,10 @@ class FastRelay:
         ``loss``: the Balancer's, for requests (without a router, requests all go the
         present way). ``heard_loss``: the Balancer's reading of a registrar's overload
         control (RFC 7339) in our Via and the peer that sent it; without it, an answer
-        carrying one goes the present way."""
+        carrying one goes the present way. ``answered``: the Balancer's reading of a final
+        answer whose Via (ours) carries one of ``read_marks`` (the edge guard's lockout
+        mark; the flow mark, in a 2xx), given the answer's head and our Via after it is
+        relayed; without it, such an answer goes the present way."""
         self.endpoint = endpoint
         self.forwarder = forwarder
         self.marks = marks
@@ -154,6 +161,9 @@ class FastRelay:
         self._marks_apart = all(mark.startswith((BRANCH, ";")) for mark in marks)
         self.learn_mark = learn_mark
         self.heard_loss = heard_loss
+        self.answered = answered
+        self.read_marks = read_marks if answered is not None else ()
+        self._read_next = False  # the answer _destination last placed is to be read
         self.router = router
         self.guard = guard
         self.overload = overload or OverloadMonitor()
@@ -517,13 +527,27 @@ class FastRelay:
         else:
             relayed = data[:at] + data[at + kept :]
         forwarder = self.forwarder
+        read = self._read_next
         try:
             endpoint.send_bytes(relayed, destination)
         except TransportError:
             forwarder.stats.send_errors += 1
-            return True
-        forwarder.stats.responses_forwarded += 1
+        else:
+            forwarder.stats.responses_forwarded += 1
+        if read:  # as Balancer.on_response: read once it is relayed (or lost)
+            self._answer_read(lines, status, ours, peer)
         return True
+
+    def _answer_read(self, lines: list[str], status: int, ours: str, peer: Peer) -> None:
+        """The answer whose head is ``lines`` handed to the Balancer's reading
+        (``answered``) as a ``Response`` of its header lines, which is all it reads
+        (the status, CSeq, Contact, Expires, To, a challenge's ``stale``)."""
+        answered = self.answered
+        if answered is None:
+            return
+        head = lines[1:]
+        reason = lines[0][len(RESPONSE_START) + 4 :]
+        answered(Response(status, reason, head, [name_key(line) for line in head]), ours, peer)
 
     def _destination(self, ours: str, hop: str, status: int) -> Destination | None:
         """Where the present path sends a response whose Vias are ``ours`` (ours, as we
@@ -535,6 +559,7 @@ class FastRelay:
         else; a final response is not kept (nothing of its transaction follows). Kept
         by our Via alone, with the next Via to compare: one string hashed per response.
         A miss asks ``_next_hop``, memoised across transactions."""
+        self._read_next = False
         known = self._transactions.table.get(ours)
         if known is not None and known[0] == hop:
             return known[1]
@@ -546,6 +571,7 @@ class FastRelay:
             if plain == DECLINED:
                 return None
             destination = self._next_hop(hop, ours, plain == PLAIN)
+            self._read_next = plain == MARKED and destination is not None
         if destination is not None and status < 200:
             self._transactions.put(ours, (hop, destination))
         return destination
@@ -560,19 +586,24 @@ class FastRelay:
         return self.forwarder.written_flow(ours, self._branch_marks)
 
     def _ours_plain(self, ours: str, status: int) -> int:
-        """Our Via as we wrote it, with none of the marks the Balancer reads for a
-        response of ``status``: PLAIN, or LEARNING when it carries ``learn_mark``; else
-        DECLINED. The marks are each looked for once: this runs for every response."""
+        """Our Via as we wrote it: PLAIN without marks; LEARNING with ``learn_mark`` in
+        an answer it is not read from (not a 2xx); MARKED with one of ``read_marks`` in
+        a final answer (the flow mark in a 2xx only), the rest of its marks as for
+        LEARNING; else DECLINED (a probe's branch). The marks are each looked for once:
+        this runs for every response."""
         learn_mark = self.learn_mark
-        learning = False
+        learning = marked = False
         for mark in self.marks:
             if mark in ours:
-                if mark != learn_mark or 200 <= status < 300:
+                if mark == learn_mark and not 200 <= status < 300:
+                    learning = True
+                elif status >= 200 and mark in self.read_marks:
+                    marked = True
+                else:
                     return DECLINED
-                learning = True
         if not self.forwarder.wrote(ours):
             return DECLINED
-        return LEARNING if learning else PLAIN
+        return MARKED if marked else LEARNING if learning else PLAIN
 
     def _next_hop(
         self, hop: str, ours: str, memo: bool = True, flow: str | None = None
