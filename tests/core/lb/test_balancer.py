@@ -219,26 +219,6 @@ async def test_the_lbs_own_backlog_refuses_a_share_of_new_registers_at_once() ->
         assert 2 <= refused <= 20  # about a fifth
 
 
-async def test_the_lbs_own_backlog_refuses_a_share_of_every_new_request() -> None:
-    """A backlog of OPTIONS or INVITEs, not REGISTERs: the LB refuses the same share of
-    new ones (a 503 each), relays the rest, and every request of a dialog under way."""
-    phone, proxy = UdpClient(), UdpClient()
-    async with lb_before(proxy, UdpClient()) as lb:
-        for second in OWN_SHARE_CHECKS:
-            lb.balancer.observe(second, 0.0, 1 << 30)
-        assert not lb.balancer.overload.overloaded
-        for n in range(40):
-            phone.send(invite(phone, n), lb.address)
-        refused, relayed = await received(phone), await received(proxy)
-        assert refused == lb.balancer.loss.refused == lb.balancer.loss.refused_own
-        assert relayed == 40 - refused
-        assert 2 <= refused <= 20  # about a fifth
-        for n in range(40):
-            phone.send(invite(phone, n, to_tag=";tag=b1"), lb.address)  # BYEs: all relayed
-        assert await received(proxy) == 40
-        assert lb.balancer.loss.refused == refused
-
-
 async def test_while_its_share_is_cutting_the_lb_refuses_not_everything() -> None:
     """Twice the maximum of REGISTERs: the share answers the excess; only a backlog it
     cannot relieve (its floor reached) makes the LB refuse every new request."""

@@ -366,55 +366,6 @@ async def test_a_scanner_is_dropped_as_the_present_path_drops_it() -> None:
         assert made.proxy.drain() == []
 
 
-# To lines as phones and odd clients write them: without a tag (new), with one (in a
-# dialog), and what only the parser can read
-TO_LINES = [
-    "To: <sip:echo@127.0.0.1>",
-    "To: <sip:echo@127.0.0.1>",
-    "To: <sip:echo@127.0.0.1>;tag=b1",
-    "To: sip:echo@127.0.0.1;tag=x-2",
-    "t: <sip:echo@127.0.0.1>",
-    'To: "Echo, Inc" <sip:echo@127.0.0.1>',
-    "To: <sip:echo@127.0.0.1>;tag=a;tag=b",
-    "To: <sip:echo@127.0.0.1>;tag=",
-    "To: <sip:echo@127.0.0.1",
-    "To: <sip:echo@127.0.0.1>\r\nTo: <sip:other@127.0.0.1>",
-]
-
-
-async def test_a_share_of_new_requests_is_refused_as_by_the_present_path() -> None:
-    """The LB's own backlog cut the share of new requests it admits (not the overload of
-    every new one): both paths refuse the same ones, with the same 503, and relay the
-    rest and what belongs to a dialog alike."""
-    async with lb() as made:
-        for second in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
-            made.balancer.observe(second, 0.0, 1 << 30)
-        assert 0.2 < made.balancer.own_share.admitted < 0.9
-        assert not made.balancer.overload.overloaded
-
-        @settings(
-            max_examples=2000,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        )
-        @given(data=requests(made.phone), to=st.sampled_from(TO_LINES), n=st.integers(0, 999))
-        def check(data: bytes, to: str, n: int) -> None:
-            data = data.replace(b"To: <sip:echo@127.0.0.1>", to.encode())
-            data = data.replace(b"Call-ID: 1-4242@", f"Call-ID: {n}-4242@".encode())
-            # no scanner: the edge guard would block the source, and every draw after it
-            made.compare(data.replace(b"friendly-scanner", b"friendly-phone"))
-
-        check()
-        for n in range(200):  # as phones send them: each taken, refused or relayed
-            method = ("OPTIONS", "INVITE", "MESSAGE", "BYE")[n % 4]
-            data = request(made.phone, start=f"{method} sip:echo@127.0.0.1 SIP/2.0")
-            data = data.replace(b"Call-ID: 1-4242@", f"Call-ID: {n}-sweep@".encode())
-            to = TO_LINES[0] if method == "INVITE" else TO_LINES[n % 3]  # a re-INVITE: declined
-            assert made.compare(data.replace(b"To: <sip:echo@127.0.0.1>", to.encode()))
-        refused = made.balancer.loss.refused_own // 2  # each refused by both paths
-        assert 40 <= refused <= 120  # of the 150 new ones, the share's loss (about half)
-
-
 async def test_declined_while_overloaded() -> None:
     async with lb() as made:
         made.balancer.overload.overloaded = True

@@ -74,15 +74,12 @@ class Balancer:
         self.shed = 0  # new requests answered 503 while overloaded
         self.shed_dropped = 0  # the same past the answer budget: dropped
         # RFC 7339 (REGISTERs carry our ``oc``): the share of new REGISTERs to refuse for
-        # each registrar, and of every new request for the LB's own backlog (``observe``);
-        # ``refused`` counts them. The own share waits longer than a registrar's (0.2 s):
-        # what a registrar asks is the truer signal of where the excess lies. Refusing a
-        # share, the LB answers the excess and relays the rest on its fast path; refusing
-        # every new request (``overload``) for whole episodes, on its parsed path, it had
-        # served 46 % of OPTIONS offered 5 % past its maximum (docs/benchmarks.md).
+        # each registrar, and for the LB's own backlog (``observe``); ``refused`` counts
+        # them. The own share waits longer than a registrar's (0.2 s): what a registrar
+        # asks is the truer signal of where the excess lies.
         self.own_share = LossControl(
             sustain=OWN_SHARE_SUSTAIN,
-            refusing="refusing a share of new requests",
+            refusing="refusing a share of new REGISTERs",
             refusing_none="none refused",
         )
         self.loss = LossFeedback(own=self.own_share)
@@ -149,10 +146,8 @@ class Balancer:
                 return
         decision = self.router.route(request, peer)
         if type(decision) is Forward:
-            if self._refused(request, peer, decision):
-                return
-            if request.method == "REGISTER":  # takes part in RFC 7339: our Via says oc
-                self._forward(request, peer, decision, mark + OC_SUPPORTED)
+            if request.method == "REGISTER":
+                self._register(request, peer, decision, mark)
             else:
                 self._forward(request, peer, decision, mark)
         elif isinstance(decision, Reject):
@@ -191,21 +186,24 @@ class Balancer:
         else:
             self.shed_dropped += 1
 
-    def _refused(self, request: Request, peer: Peer, decision: Forward) -> bool:
-        """RFC 7339 overload control, answered here: a new exchange (``_sheddable``)
-        drawn into the share its server asks for (a registrar: REGISTERs carry our
-        ``oc``), or the share the LB's own backlog does (``observe``: of every new
-        request), gets 503 (always answered: that costs a fraction of relaying it, and
-        stops the phone's retransmissions). True when refused."""
-        if not self.loss or not self._sheddable(request, peer):
-            return False
+    def _register(self, request: Request, peer: Peer, decision: Forward, mark: str) -> None:
+        """A REGISTER takes part in its registrar's overload control (RFC 7339): a new
+        exchange (``_sheddable``) drawn into the share its registrar asks for, or the
+        LB's own backlog does (``observe``), gets 503 here (always answered: that costs a
+        fraction of relaying it, and stops the phone's retransmissions); the rest is
+        relayed with our Via saying ``oc``."""
         destination = decision.destination
-        server = (destination.host, destination.port)
-        if not self.loss.refuses(server, time.monotonic(), _draw(request)):
-            return False
-        self.loss.count_refusal()
-        self._answer(request, peer, 503, "Overloaded", [("Retry-After", RETRY_AFTER)])
-        return True
+        if (
+            self.loss
+            and self._sheddable(request, peer)
+            and self.loss.refuses(
+                (destination.host, destination.port), time.monotonic(), _draw(request)
+            )
+        ):
+            self.loss.count_refusal()
+            self._answer(request, peer, 503, "Overloaded", [("Retry-After", RETRY_AFTER)])
+            return
+        self._forward(request, peer, decision, mark + OC_SUPPORTED)
 
     def _forward(self, request: Request, peer: Peer, decision: Forward, mark: str = "") -> None:
         for _ in range(decision.pop_routes):

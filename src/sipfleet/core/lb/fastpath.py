@@ -196,9 +196,7 @@ class FastRelay:
         REGISTER, creating no dialog, not for the LB itself), an in-dialog one from a
         client whose top Route(s) are ours (``_routed``) or a dialog-creating one with no
         Route (``_created``), without credentials, while the LB is not overloaded:
-        forwarded as Balancer._forward and StatelessForwarder.forward_request would; or,
-        new (``_refused_new``) and drawn for the share of new requests the LB refuses
-        (``LossFeedback.refuses``: its own backlog's share), the Balancer's 503.
+        forwarded as Balancer._forward and StatelessForwarder.forward_request would.
         Everything is checked before anything is counted or the edge guard's bucket is
         touched: a decline leaves the present path all of it."""
         text = data.decode("latin-1")
@@ -218,9 +216,7 @@ class FastRelay:
         lines = text[:head_end].split("\r\n")
         if len(lines) < 2 or not clean(lines) or self.overload.overloaded:
             return False
-        # while a share of new requests is refused, a plain one's To is read (its tag)
-        refusing = bool(self.loss) and not routed and method != "ACK" and method != "CANCEL"
-        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed, creating or refusing)
+        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed, creating)
         if not seen.usual:
             return False
         top = top_via_text(lines, seen)
@@ -253,15 +249,8 @@ class FastRelay:
         if client is None:
             return False
         branch, stamped = client
-        now = time.monotonic()
-        if refusing:
-            refused = self._refused_new(method, lines, seen, top, forward, peer, now)
-            if refused is None:
-                return False
-            if refused:
-                return True
         # -- from here on, what the present path would do ---------------------------------
-        if self._screened(method, lines, seen, peer, now):
+        if self._screened(method, lines, seen, peer, time.monotonic()):
             return True  # over UDP, blocked is dropped: nothing to send
         push_our_via(lines, seen, forwarder.our_via(prefix, peer, branch), stamped, hops)
         if record_routes:
@@ -324,7 +313,7 @@ class FastRelay:
         if self.loss and not seen.credentials:  # refused before the Path is made
             server = (destination.host, destination.port)
             if self.loss.refuses(server, now, call_id + " " + top):
-                return self._refuse("REGISTER", lines, seen, peer, now)
+                return self._refuse_register(lines, seen, peer, now)
         # -- from here on, what the present path would do ---------------------------------
         if self._screened("REGISTER", lines, seen, peer, now):
             return True
@@ -352,39 +341,11 @@ class FastRelay:
             return ""
         return None if guard.lockouts.locked(key, now) else auth_mark(key)
 
-    def _refused_new(
-        self,
-        method: str,
-        lines: list[str],
-        seen: HeadLines,
-        top: str,
-        forward: Forward,
-        peer: Peer,
-        now: float,
-    ) -> bool | None:
-        """A request with no Route, while a share of new requests is refused: True when
-        it is new (no To tag, from a client: Balancer._sheddable) and drawn, then refused
-        (``_refuse``); False when it goes on; None when its To is written so that only
-        the parser can tell whether it has a tag (declined)."""
-        router = self.router
-        to = lines[seen.to]
-        if not untagged(to, "To"):
-            return None if not tag_of(to, "To") else False
-        if router is None or router.from_cluster(peer):
-            return False
-        call_id = call_id_of(lines[seen.call_id])
-        destination = forward.destination
-        if not self.loss.refuses((destination.host, destination.port), now, call_id + " " + top):
-            return False
-        return self._refuse(method, lines, seen, peer, now)
-
-    def _refuse(
-        self, method: str, lines: list[str], seen: HeadLines, peer: Peer, now: float
-    ) -> bool:
-        """Balancer._refused's 503 for a new request drawn for its server's or the LB's
-        own share (RFC 7339), built from the lines it copies (``make_response``: Via,
-        From, To, Call-ID, CSeq as received), screened and counted as there."""
-        if self._screened(method, lines, seen, peer, now):
+    def _refuse_register(self, lines: list[str], seen: HeadLines, peer: Peer, now: float) -> bool:
+        """Balancer._register's 503 for a REGISTER its registrar's overload control
+        refuses, built from the lines it copies (``make_response``: Via, From, To,
+        Call-ID, CSeq as received), screened and counted as there."""
+        if self._screened("REGISTER", lines, seen, peer, now):
             return True
         self.loss.count_refusal()
         with contextlib.suppress(TransportError):  # as Balancer._answer: lost, like a drop
