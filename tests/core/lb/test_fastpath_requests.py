@@ -366,10 +366,72 @@ async def test_a_scanner_is_dropped_as_the_present_path_drops_it() -> None:
         assert made.proxy.drain() == []
 
 
-async def test_declined_while_overloaded() -> None:
+# To lines as phones and odd clients write them: without a tag (new), with one (in a
+# dialog), and what only the parser can read
+TO_LINES = [
+    "To: <sip:echo@127.0.0.1>",
+    "To: <sip:echo@127.0.0.1>",
+    "To: <sip:echo@127.0.0.1>;tag=b1",
+    "To: sip:echo@127.0.0.1;tag=x-2",
+    "t: <sip:echo@127.0.0.1>",
+    'To: "Echo, Inc" <sip:echo@127.0.0.1>',
+    "To: <sip:echo@127.0.0.1>;tag=a;tag=b",
+    "To: <sip:echo@127.0.0.1>;tag=",
+    "To: <sip:echo@127.0.0.1",
+    "To: <sip:echo@127.0.0.1>\r\nTo: <sip:other@127.0.0.1>",
+]
+
+
+def as_phones_send(made: Lb, count: int) -> list[bytes]:
+    """OPTIONS, INVITE, MESSAGE and BYE, new or in a dialog (a re-INVITE without Route
+    is declined: not among them), each of its own Call-ID."""
+    sent = []
+    for n in range(count):
+        method = ("OPTIONS", "INVITE", "MESSAGE", "BYE")[n % 4]
+        data = request(made.phone, start=f"{method} sip:echo@127.0.0.1 SIP/2.0")
+        data = data.replace(b"Call-ID: 1-4242@", f"Call-ID: {n}-sweep@".encode())
+        to = TO_LINES[0] if method == "INVITE" else TO_LINES[n % 3]
+        sent.append(data.replace(b"To: <sip:echo@127.0.0.1>", to.encode()))
+    return sent
+
+
+async def test_while_overloaded_new_requests_are_refused_and_the_rest_relayed_as_there() -> None:
+    """Overloaded (the refuse-everything mark), the LB refuses every new request with a
+    503 while its answer budget lasts and relays the rest: the fast path does so from
+    the bytes, with the same datagrams and counts as the present path."""
     async with lb() as made:
         made.balancer.overload.overloaded = True
-        assert not made.fast.relay(request(made.phone), made.peer)
+        budget = made.balancer.answer_budget
+        budget.burst = budget.tokens = 1e9  # both paths answer every one (see below)
+
+        @settings(
+            max_examples=2000,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(data=requests(made.phone), to=st.sampled_from(TO_LINES))
+        def check(data: bytes, to: str) -> None:
+            made.compare(data.replace(b"To: <sip:echo@127.0.0.1>", to.encode()))
+
+        check()
+        shed = made.balancer.shed
+        sent = as_phones_send(made, 200)
+        assert all(made.compare(data) for data in sent)
+        new = sum(b"To: <sip:echo@127.0.0.1>\r\n" in data for data in sent)  # no tag
+        assert made.balancer.shed - shed == 2 * new  # each new one, by both paths
+        assert made.proxy.drain() == []  # compare() drained what was relayed: none left
+
+
+async def test_past_the_answer_budget_both_paths_drop_a_new_request() -> None:
+    async with lb() as made:
+        made.balancer.overload.overloaded = True
+        made.balancer.answer_budget.tokens = 0.0
+        assert made.compare(request(made.phone))
+        assert made.balancer.shed_dropped == 2
+        assert made.phone.drain() == []
+        bye = request(made.phone, start="BYE sip:echo@127.0.0.1 SIP/2.0")
+        assert made.compare(bye.replace(b"To: <sip:echo@127.0.0.1>", b"To: <sip:e@1.2.3.4>;tag=1"))
+        assert made.balancer.answer_budget.tokens == 1.0  # earned by the two relays
 
 
 async def test_a_request_grown_past_a_datagram_is_answered_513_as_by_the_present_path() -> None:

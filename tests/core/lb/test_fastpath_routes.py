@@ -362,11 +362,12 @@ async def test_declined_from_the_cluster_without_tags_and_while_draining() -> No
         assert not made.compare(in_dialog(made.phone, routes))
 
 
-async def test_declined_while_overloaded() -> None:
+async def test_relayed_while_overloaded_as_by_the_present_path() -> None:
+    """A request of a dialog under way is never refused for overload: relayed."""
     async with dialog() as d:
         d.made.balancer.overload.overloaded = True
-        data = in_dialog(d.made.phone, [f"Route: {d.ours}"])
-        assert not d.made.fast.relay(data, d.made.peer)
+        assert d.made.compare(in_dialog(d.made.phone, [f"Route: {d.ours}"]))
+        assert d.made.balancer.shed == d.made.balancer.shed_dropped == 0
 
 
 # -- hypothesis: variants ----------------------------------------------------------------------

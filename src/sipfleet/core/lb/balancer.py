@@ -86,7 +86,7 @@ class Balancer:
         self._dropped_then = 0  # the edge guard's drops and our relays at the last check
         self._relayed_then = 0
         self._loss_told: dict[tuple[str, int], float] = {}  # when the others were told
-        self._budget = AnswerBudget()
+        self.answer_budget = AnswerBudget()
         self._refusals = LogBudget(log)
         self.guard = guard
         endpoint.on_handoff = self.handed
@@ -106,6 +106,8 @@ class Balancer:
             self.heard_loss,
             self.read_marks,
             (AUTH_MARK, LEARN_MARK),
+            self.shed_one,
+            self.answer_budget.served,
         )
 
     # -- overload ----------------------------------------------------------------------------
@@ -137,7 +139,7 @@ class Balancer:
             if self._sheddable(request, peer):
                 self._shed(request, peer)
                 return
-            self._budget.served()
+            self.answer_budget.served()
         mark = ""
         if self.guard is not None:
             mark = self.guard.check(request, peer, time.monotonic())
@@ -180,11 +182,17 @@ class Balancer:
         return not self.router.from_cluster(peer)
 
     def _shed(self, request: Request, peer: Peer) -> None:
-        if self._budget.take():
-            self.shed += 1
+        if self.shed_one():
             self._answer(request, peer, 503, "Overloaded", [("Retry-After", RETRY_AFTER)])
-        else:
-            self.shed_dropped += 1
+
+    def shed_one(self) -> bool:
+        """A new request refused while overloaded, counted: True when it is to be
+        answered (503, within the answer budget), False when dropped."""
+        if self.answer_budget.take():
+            self.shed += 1
+            return True
+        self.shed_dropped += 1
+        return False
 
     def _register(self, request: Request, peer: Peer, decision: Forward, mark: str) -> None:
         """A REGISTER takes part in its registrar's overload control (RFC 7339): a new

@@ -23,9 +23,9 @@ counted and changed nothing) and goes the present way.
   carrying a REGISTER's flow, is handed to the Balancer's reading once relayed
   (``answered``: how the credentials fared, the registration that keeps the flow).
 - Requests the Router forwards plainly to the proxy pool (no Route, not REGISTER,
-  creating no dialog, not for the LB itself), without credentials, while the LB is not
-  overloaded and no target drains: screened by the edge guard, the top Via stamped, our
-  Via pushed with the stateless branch, Max-Forwards decremented.
+  creating no dialog, not for the LB itself), without credentials, while no target
+  drains: screened by the edge guard, the top Via stamped, our Via pushed with the
+  stateless branch, Max-Forwards decremented.
 - In-dialog requests from a client (not from the cluster, a To tag, not REGISTER) whose
   top Route(s) are ours, each Route written ``<URI>`` (on one line, comma-separated, as
   sipp writes them, or one per line), From and To with a plain tag: the same, where
@@ -40,6 +40,11 @@ counted and changed nothing) and goes the present way.
   ``Router.toward_registrar_registered`` gives, the edge guard's lockout mark and
   ``oc``; or, without credentials and drawn for its registrar's overload control
   (RFC 7339), the Balancer's 503.
+- While the LB is overloaded (``OverloadMonitor``, the refuse-everything mark), each of
+  these that is new (no To tag, not ACK nor CANCEL, from a client) is refused as
+  Balancer._shed refuses it: a 503 while the answer budget lasts, else dropped; the
+  rest are relayed as above and earn the budget. A refusal from the bytes costs less
+  than a relay; on the parsed path it had cost more.
 
 Both need one Content-Length matching the body, no byte the parser would reject (NUL,
 a CR or LF alone), no folded line among those read; compact ``v:``, quotes, IPv6 and
@@ -139,6 +144,8 @@ class FastRelay:
         heard_loss: Callable[[str, Peer], None] | None = None,
         answered: Callable[[Response, str, Peer], None] | None = None,
         read_marks: tuple[str, ...] = (),
+        shed: Callable[[], bool] | None = None,
+        served: Callable[[], None] | None = None,
     ) -> None:
         """``marks``: texts that, in our Via, send a response the present way (the
         Balancer reads them). ``learn_mark``: one of them that only a 2xx is read for
@@ -150,7 +157,10 @@ class FastRelay:
         carrying one goes the present way. ``answered``: the Balancer's reading of a final
         answer whose Via (ours) carries one of ``read_marks`` (the edge guard's lockout
         mark; the flow mark, in a 2xx), given the answer's head and our Via after it is
-        relayed; without it, such an answer goes the present way."""
+        relayed; without it, such an answer goes the present way. ``shed`` and ``served``:
+        the Balancer's refusal of a new request while it is overloaded (counted; True:
+        answer it 503, False: drop it) and the answer budget's earning for one served
+        then; without them, requests all go the present way while it is overloaded."""
         self.endpoint = endpoint
         self.forwarder = forwarder
         self.marks = marks
@@ -164,6 +174,8 @@ class FastRelay:
         self.answered = answered
         self.read_marks = read_marks if answered is not None else ()
         self._read_next = False  # the answer _destination last placed is to be read
+        self.shed = shed
+        self.served = served
         self.router = router
         self.guard = guard
         self.overload = overload or OverloadMonitor()
@@ -195,9 +207,10 @@ class FastRelay:
         """A request the Router forwards plainly to the proxy pool (no Route, not
         REGISTER, creating no dialog, not for the LB itself), an in-dialog one from a
         client whose top Route(s) are ours (``_routed``) or a dialog-creating one with no
-        Route (``_created``), without credentials, while the LB is not overloaded:
-        forwarded as Balancer._forward and StatelessForwarder.forward_request would.
-        Everything is checked before anything is counted or the edge guard's bucket is
+        Route (``_created``), without credentials: forwarded as Balancer._forward and
+        StatelessForwarder.forward_request would; while the LB is overloaded, a new one
+        (no To tag) refused as Balancer._shed refuses it (``_shed_new``). Everything is
+        checked before anything is counted or the edge guard's bucket is
         touched: a decline leaves the present path all of it."""
         text = data.decode("latin-1")
         head_end = head_end_of(text)
@@ -214,9 +227,12 @@ class FastRelay:
         if not method or not (routed or creating or _plain_method(method, start)):
             return False
         lines = text[:head_end].split("\r\n")
-        if len(lines) < 2 or not clean(lines) or self.overload.overloaded:
+        overloaded = self.overload.overloaded
+        if len(lines) < 2 or not clean(lines) or (overloaded and self.shed is None):
             return False
-        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed, creating)
+        # overloaded, a plain request's To is read: a new one (no tag) is refused
+        reading_to = overloaded and not routed and method != "ACK" and method != "CANCEL"
+        seen = HeadLines(lines, len(data) - head_end - 4, 1, routed, creating or reading_to)
         if not seen.usual:
             return False
         top = top_via_text(lines, seen)
@@ -249,6 +265,13 @@ class FastRelay:
         if client is None:
             return False
         branch, stamped = client
+        if overloaded:  # as Balancer.on_request: a new request refused, the rest served
+            new = reading_to and self._new_request(lines[seen.to], peer)
+            if new is None:
+                return False
+            if new:
+                return self._shed_new(method, lines, peer)
+            self._served()
         # -- from here on, what the present path would do ---------------------------------
         if self._screened(method, lines, seen, peer, time.monotonic()):
             return True  # over UDP, blocked is dropped: nothing to send
@@ -263,8 +286,9 @@ class FastRelay:
 
     def _register(self, data: bytes, text: str, head_end: int, start: str, peer: Peer) -> bool:
         """A new REGISTER from a client (no To tag, no Route, no Path; IPv4 UDP), with or
-        without credentials, while the LB is not overloaded and no target drains: what
-        Balancer._register does with it. Refused for its registrar (RFC 7339,
+        without credentials, while no target drains: what Balancer._register does with
+        it. While the LB is overloaded, one without credentials is refused as
+        Balancer._shed refuses it (``_shed_new``). Refused for its registrar (RFC 7339,
         ``LossFeedback.refuses``) when it has no credentials and is drawn: the same 503
         (``_refusal``); else relayed with the Path and our Via's parameters
         ``Router.toward_registrar_registered`` gives, the edge guard's lockout mark
@@ -272,7 +296,8 @@ class FastRelay:
         strips its credentials) and ``oc``. Everything is checked before anything is
         counted or the edge guard's bucket is touched."""
         router = self.router
-        if router is None or self.overload.overloaded or ":" in peer.host:
+        overloaded = self.overload.overloaded
+        if router is None or (overloaded and self.shed is None) or ":" in peer.host:
             return False
         if router.pools.has_draining or text.find(ROUTE_LINE, 0, head_end) >= 0:
             return False
@@ -310,6 +335,10 @@ class FastRelay:
         mark = self._lockout_mark(lines, seen.credentials, peer, now)
         if mark is None:
             return False
+        if overloaded:  # as Balancer.on_request: a new exchange refused, the rest served
+            if not seen.credentials:
+                return self._shed_new("REGISTER", lines, peer)
+            self._served()
         if self.loss and not seen.credentials:  # refused before the Path is made
             server = (destination.host, destination.port)
             if self.loss.refuses(server, now, call_id + " " + top):
@@ -325,6 +354,29 @@ class FastRelay:
         _add_below_vias(lines, seen.last_via, [header_line("path", forward.path)])
         self._send_request(joined(lines, data, head_end), forward.destination, top, peer)
         return True
+
+    def _new_request(self, to: str, peer: Peer) -> bool | None:
+        """Whether a request with no Route whose To line is ``to`` is new, as
+        Balancer._sheddable tells (no To tag, from a client; not ACK nor CANCEL, no
+        credentials: the caller's); None when only the parser can tell its tag."""
+        if not untagged(to, "To"):
+            return None if not tag_of(to, "To") else False
+        return self.router is None or not self.router.from_cluster(peer)
+
+    def _shed_new(self, method: str, lines: list[str], peer: Peer) -> bool:
+        """Balancer._shed of a new request while the LB is overloaded: counted as
+        SipEndpoint._deliver counts it, refused as ``shed`` decides, before the edge guard
+        (503 from the lines it copies, ``_refusal``, or dropped past the answer budget)."""
+        count_request(self.endpoint, method)
+        self.requests += 1
+        if self.shed is not None and self.shed():
+            with contextlib.suppress(TransportError):
+                self.endpoint.send_bytes(_refusal(lines), peer.reply_to)
+        return True
+
+    def _served(self) -> None:
+        if self.served is not None:
+            self.served()
 
     def _lockout_mark(
         self, lines: list[str], credentials: list[int], peer: Peer, now: float
