@@ -133,15 +133,7 @@ def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> N
         (responses, {"role": "lb", "direction": "sent", "class": "2xx"}),
         (responses, {"role": "lb", "direction": "received", "class": "4xx"}),  # the 407
     ]
-    lb = wait_for(
-        lambda: (
-            (found := scrape(urls["lb"])[1])
-            and all(value(found, name, **labels) >= 1 for name, labels in counted)
-            and found
-        ),
-        5,
-        f"the LB counts what it relayed: {counted}",
-    )
+    lb = scraped_showing(urls["lb"], "the LB counts what it relayed", counted)
     for pool in ("registrar", "proxy"):  # each pool holds the role of its name
         target = f"sip:127.0.0.1:{nodes[pool].port}"
         assert value(lb, "sipfleet_lb_target_up", role="lb", pool=pool, target=target) == 1
@@ -149,28 +141,27 @@ def test_each_role_passes_promtool_and_counts_the_traffic(metered: Metered) -> N
     workers = sorted(p.name for p in snapshot_dir(nodes["lb"].config, "lb").glob("*.json"))
     assert workers == ["0.json", "1.json"]  # each worker publishes; render sums them
 
-    register_time = "sipfleet_transaction_duration_seconds_count"
+    answer_time = "sipfleet_transaction_duration_seconds_count"  # arrival to answer
     saves = "sipfleet_db_statement_duration_seconds_count"
     registrar = scraped_showing(
         urls["registrar"],
         "the registrar counts the REGISTER and its answer",
         [
             (requests, {"role": "registrar", "method": "REGISTER"}),
-            (register_time, {"role": "registrar", "method": "REGISTER"}),
+            (answer_time, {"role": "registrar", "method": "REGISTER"}),
             (saves, {"role": "registrar", "kind": "location.save"}),
         ],
     )
     assert value(registrar, "sipfleet_registered_aors", role="registrar", domain="example.org") == 1
     assert value(registrar, "sipfleet_bindings", role="registrar", domain="example.org") == 1
 
-    answered = "sipfleet_transaction_duration_seconds_count"  # the 407, arrival to answer
     proxy = scraped_showing(
         urls["proxy"],
         "the proxy counts the OPTIONS and its 407",
         [
             (requests, {"role": "proxy", "method": "OPTIONS"}),
             (responses, {"role": "proxy", "direction": "sent", "class": "4xx"}),
-            (answered, {"role": "proxy", "method": "OPTIONS"}),
+            (answer_time, {"role": "proxy", "method": "OPTIONS"}),  # the 407
         ],
     )
     assert (
