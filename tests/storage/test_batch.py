@@ -303,3 +303,19 @@ async def test_a_failed_read_batch_fails_its_callers_and_the_next_one_runs() -> 
         await reads.get(("a", "x"))
     fake.fail = False
     assert await reads.get(("a", "x")) == ("a", "x", "1")
+
+
+def test_batchers_serve_the_next_loop_after_the_first_closed() -> None:
+    """A batcher keeps the loop it runs on (asking for it costs a system call on Python
+    3.11); a command that runs one ``asyncio.run`` after another still gets answers."""
+    fake = FakeReads({("a", "x"): ("a", "x", "1")})
+    reads = ReadBatcher(fake.run)
+    saves = SaveBatcher(FakeDatabase().run)
+
+    async def both() -> tuple[object, SaveOutcome]:
+        return await reads.get(("a", "x")), await saves.save(request("alice"))
+
+    for _ in range(2):
+        found, saved = asyncio.run(both())
+        assert found == ("a", "x", "1")
+        assert not saved.refused

@@ -32,7 +32,7 @@ async def _answer_after(seconds: float) -> str:
         await asyncio.sleep(seconds)
         return f"answer on {conn}"
 
-    return await _within(0.05, _pool(), work)
+    return await _within(0.05, _pool(), work, asyncio.get_running_loop())
 
 
 async def test_an_answer_within_the_limit_leaves_the_caller_uncancelled() -> None:

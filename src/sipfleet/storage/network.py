@@ -50,6 +50,7 @@ class NetworkExecutor(ABC, Generic[C]):
         self._write = self._pool_for(dsns.write, pool_size)
         self._reads = [self._pool_for(dsn, pool_size) for dsn in dsns.reads]
         self._next_read = itertools.cycle(range(len(self._reads)))
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def dsns(self) -> Dsns:
@@ -161,6 +162,16 @@ class NetworkExecutor(ABC, Generic[C]):
                 raise
         return await self._run(skipped, work, extra_time)
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """This executor's loop, remembered: on Python 3.11 each
+        ``asyncio.get_running_loop()`` is a ``getpid`` system call (its fork check), and
+        every query asked for it twice. An executor's connections serve one process; a
+        closed loop (the next ``asyncio.run``) is asked again."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def _replica(self) -> tuple[Pool[C] | None, Pool[C]]:
         """The replica to ask (None: all known down) and the one whose turn it was."""
         first = next(self._next_read)
@@ -177,7 +188,7 @@ class NetworkExecutor(ABC, Generic[C]):
         limit = self.query_timeout + extra_time
         for attempt in range(1, CONFLICT_RETRIES + 1):
             try:
-                return await _within(limit, pool, work)
+                return await _within(limit, pool, work, self._running_loop())
             except TimeoutError:
                 reason = f"no answer within {limit:g} s"
                 raise pool.unavailable(reason) from None
@@ -248,15 +259,18 @@ class _Deadline:
         return self.task.uncancel() == 0
 
 
-async def _within(limit: float, pool: Pool[C], work: Callable[[C], Awaitable[T]]) -> T:
+async def _within(
+    limit: float, pool: Pool[C], work: Callable[[C], Awaitable[T]], loop: asyncio.AbstractEventLoop
+) -> T:
     """``pool.run(work)`` within ``limit`` seconds, else ``TimeoutError``: what ``asyncio.timeout``
     does, for a third of its cost (measured: 23k instructions per query against 9k, and
-    every call of the proxy runs a query). A cancellation from outside stays one."""
-    task = asyncio.current_task()
+    every call of the proxy runs a query). A cancellation from outside stays one.
+    ``loop``: the running one (given, so that neither call here asks for it)."""
+    task = asyncio.current_task(loop)
     if task is None:
         raise RuntimeError("a storage query needs a task (its time limit cancels it)")
     deadline = _Deadline(task)
-    timer = asyncio.get_running_loop().call_later(limit, deadline)
+    timer = loop.call_later(limit, deadline)
     try:
         return await pool.run(work)
     except asyncio.CancelledError:
