@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from sipfleet.storage.loop import OnItsLoop
 from sipfleet.storage.model import AddressOfRecord, Binding, BindingUpdate
 
 
@@ -64,22 +65,7 @@ T = TypeVar("T")
 RunBatch = Callable[[Sequence[SaveRequest]], Awaitable[list[SaveOutcome]]]
 
 
-class _OnItsLoop:
-    """A batcher's loop, remembered: on Python 3.11 each ``asyncio.get_running_loop()``
-    is a ``getpid`` system call (its fork check), and a batcher wants the loop three or
-    four times for every key (1 % of the proxy's samples at 1,200 calls/s). A batcher
-    serves one process; a closed loop (the next ``asyncio.run``) is asked again."""
-
-    _loop: asyncio.AbstractEventLoop | None = None
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
-
-
-class SaveBatcher(_OnItsLoop):
+class SaveBatcher(OnItsLoop):
     def __init__(
         self, run: RunBatch, *, lanes: int = 4, max_batch: int = 64, min_fill: int = 32
     ) -> None:
@@ -198,7 +184,7 @@ V = TypeVar("V")  # what it answers: a row or None, the rows of an AOR, ...
 RunReads = Callable[[Sequence[K]], Awaitable[Sequence[V]]]
 
 
-class ReadBatcher(_OnItsLoop, Generic[K, V]):
+class ReadBatcher(OnItsLoop, Generic[K, V]):
     """Reads by key that wait together go to the database together.
 
     The same reasoning as the saves': a point read costs the database mostly its round

@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 from sipfleet.storage.batch import SaveOutcome, SaveRequest
 from sipfleet.storage.dsn import Dsn, Dsns, Kind
 from sipfleet.storage.errors import StorageError, StorageUnavailable, TransactionConflict
+from sipfleet.storage.loop import OnItsLoop
 from sipfleet.storage.model import AddressOfRecord, BindingUpdate, DatabaseHealth
 from sipfleet.storage.pool import Pool
 from sipfleet.storage.sql import Row
@@ -29,7 +30,7 @@ REPLICA_RETRY_S = 1.0  # a replica known to be down is tried again this often
 ReadFallback = Literal["primary", "fail"]
 
 
-class NetworkExecutor(ABC, Generic[C]):
+class NetworkExecutor(OnItsLoop, ABC, Generic[C]):
     kind: Kind
 
     def __init__(
@@ -50,7 +51,6 @@ class NetworkExecutor(ABC, Generic[C]):
         self._write = self._pool_for(dsns.write, pool_size)
         self._reads = [self._pool_for(dsn, pool_size) for dsn in dsns.reads]
         self._next_read = itertools.cycle(range(len(self._reads)))
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def dsns(self) -> Dsns:
@@ -161,16 +161,6 @@ class NetworkExecutor(ABC, Generic[C]):
             if pool is not None:
                 raise
         return await self._run(skipped, work, extra_time)
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """This executor's loop, remembered: on Python 3.11 each
-        ``asyncio.get_running_loop()`` is a ``getpid`` system call (its fork check), and
-        every query asked for it twice. An executor's connections serve one process; a
-        closed loop (the next ``asyncio.run``) is asked again."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
 
     def _replica(self) -> tuple[Pool[C] | None, Pool[C]]:
         """The replica to ask (None: all known down) and the one whose turn it was."""
