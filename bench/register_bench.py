@@ -340,6 +340,10 @@ def sipp_command(target: Target, rate: int, calls: int, duration: int, stat: Pat
         "-inf",
         str(target.users_csv),
         *SIPP_COMMON,
+        # sipp sends a BYE for every call it aborts (a 503, a timeout): a phone refused a
+        # registration sends none, and those BYEs were half of what a refusal cost the
+        # LB and sipp at twice the maximum (each answered 503, parsed, for want of a proxy)
+        *("-default_behaviors", "all,-bye"),
         *("-p", str(target.uac_port), "-cp", str(free_udp_port())),
         *("-mp", str(free_udp_port() & ~1)),
         *("-r", str(rate), "-rp", "1000", "-m", str(calls), "-l", str(max(200, 2 * rate))),

@@ -3,9 +3,12 @@ the server's loss from its backlog, the client's refusals from the server's answ
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
-from sipfleet.core.overload import LossControl, LossFeedback
+from sipfleet.core.overload import LossControl, LossFeedback, without_loss_answer
+from sipfleet.sip import ParseError
 from sipfleet.sip.via import parse_via
 
 HIGH, LOW = 1000, 100
@@ -133,6 +136,51 @@ def test_the_ask_lapses_after_its_validity_and_zero_ends_it_at_once() -> None:
     assert feedback.refuses(SERVER, 1.49, ALL)
     feedback.heard(SERVER, params("=0;oc-seq=3"), 1.1)
     assert not feedback.refuses(SERVER, 1.2, ALL)
+
+
+def via(text: str, before: str = "") -> str:
+    """Our Via as a server answers it: ``before`` among our own parameters, then ``oc``
+    given ``text``."""
+    return f"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-1{before};lbf=tok;oc{text}"
+
+
+@pytest.mark.parametrize(
+    ("text", "before"),
+    [
+        ('=30;oc-algo="loss";oc-validity=500;oc-seq=1.0', ""),  # as LossControl writes it
+        ("=30;oc-seq=1.0", ";oc-validity=200"),  # a server that wrote one before ``oc``
+        ("=30;oc-seq=1.0", ';oc-algo="rate"'),
+        ('=30;oc-algo="loss,rate";received=10.0.0.1;oc-seq=1.0', ""),
+        ("=101;oc-seq=1.0", ""),
+        ('=30;oc-algo="loss', ""),  # an unterminated quote: not read at all
+    ],
+)
+def test_the_text_of_our_via_is_read_as_its_parameters(text: str, before: str) -> None:
+    """``heard_via`` (the LB's reading of every answer under overload) asks what
+    ``heard`` of the parsed Via asks, the second time from its memory."""
+    from_text, from_params = LossFeedback(), LossFeedback()
+    with contextlib.suppress(ParseError):  # then nothing is heard
+        from_params.heard(SERVER, parse_via(via(text, before)).params, 0.0)
+    for now in (0.0, 0.3):
+        from_text.heard_via(SERVER, via(text, before), now)
+    assert from_text.asked(SERVER)[::2] == from_params.asked(SERVER)[::2]
+    assert from_text.refuses(SERVER, 0.7, ALL) == from_params.refuses(SERVER, 0.4, ALL)
+
+
+def test_the_same_answer_heard_again_keeps_the_loss_and_a_new_one_replaces_it() -> None:
+    feedback = LossFeedback()
+    assert feedback.heard_via(SERVER, via("=100;oc-validity=200;oc-seq=1"), 0.0)
+    assert not feedback.heard_via(SERVER, via("=100;oc-validity=200;oc-seq=1"), 0.15)
+    assert feedback.refuses(SERVER, 0.3, ALL)  # the validity counts from the last answer
+    assert feedback.heard_via(SERVER, via("=0;oc-seq=2"), 0.31)
+    assert not feedback.refuses(SERVER, 0.32, ALL)
+    assert not feedback.heard_via(SERVER, via(""), 0.4)  # no answer: nothing heard
+
+
+def test_our_marks_are_read_without_the_servers_answer() -> None:
+    answered = via('=30;oc-algo="loss";oc-validity=500;oc-seq=1.0')
+    assert without_loss_answer(answered) == "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-1;lbf=tok"
+    assert without_loss_answer(via("")) == via("")
 
 
 def test_an_older_sequence_does_not_overwrite_a_newer_one() -> None:

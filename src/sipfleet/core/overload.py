@@ -31,8 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from sipfleet.sip.grammar import Params
+from sipfleet.sip.errors import ParseError
+from sipfleet.sip.grammar import Params, parse_params
 from sipfleet.sip.message import Request
+from sipfleet.sip.via import parse_via
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,7 @@ class AnswerBudget:
 # (``oc=<percent>``), for how long (``oc-validity``, ms), in what order (``oc-seq``).
 OC_SUPPORTED: Final = ";oc"  # the client's Via parameter
 OC_VALUE: Final = ";oc="  # present in a server's answer
+OC_PARAM: Final = ";oc-"  # oc-algo, oc-validity, oc-seq
 LOSS_ALGORITHM: Final = '"loss"'  # oc-algo as a server writes it (RFC 7339: quoted)
 DEFAULT_VALIDITY: Final = 0.5  # seconds, where an answer names none
 
@@ -336,6 +339,8 @@ class LossFeedback:
         self.refused_own = 0  # of which for the client's own backlog
         self._own_last = False  # the last ``refuses`` said yes for the client's own share
         self._asked: dict[tuple[str, int], _Asked] = {}
+        # per server, the last answer's text and what it asked (``heard_via``)
+        self._read: dict[tuple[str, int], tuple[str, tuple[int, float, float] | None]] = {}
 
     def __bool__(self) -> bool:
         own = self.own
@@ -345,13 +350,31 @@ class LossFeedback:
         """A response from ``server`` whose Via (ours) carries ``via_params``. Values out
         of range, another algorithm or an older ``oc-seq`` than the last are ignored.
         Returns whether the loss asked of us changed (the LB's other workers are told)."""
-        loss = _percent(via_params.get("oc"))
-        algorithm = (via_params.get("oc-algo") or '"loss"').strip('"').lower()
-        if loss is None or "loss" not in algorithm.split(","):
+        asked = _reading(via_params)
+        return asked is not None and self.take(server, *asked, now)
+
+    def heard_via(self, server: tuple[str, int], via: str, now: float) -> bool:
+        """``heard``, from the text of our Via as ``server`` answered it. The answer (the
+        text from ``;oc=`` on) is read once per server while it stays the same: under
+        overload every answer carries it, and a server formats it once a check
+        (``LossControl.oc_value``). Parsing the whole Via for each (its quoted
+        ``oc-algo`` takes the parser's slow way) was a sixth of the LB's work per answer
+        once the registrar asked for a loss (docs/benchmarks.md, session 23)."""
+        cut = via.find(OC_VALUE)
+        if cut < 0:
             return False
-        milliseconds = _milliseconds(via_params.get("oc-validity"))
-        validity = DEFAULT_VALIDITY if milliseconds is None else milliseconds / 1000
-        return self.take(server, loss, validity, _seq(via_params.get("oc-seq")), now)
+        answer = via[cut:]
+        kept = self._read.get(server)
+        if kept is None or kept[0] != answer:
+            try:
+                asked = _reading(_loss_params(via, cut))
+            except ParseError:
+                asked = None
+            if len(self._read) >= self.max_servers:
+                self._read.clear()
+            kept = self._read[server] = (answer, asked)
+        asked = kept[1]
+        return asked is not None and self.take(server, *asked, now)
 
     def take(
         self, server: tuple[str, int], loss: int, validity: float, seq: float, now: float
@@ -403,6 +426,33 @@ class LossFeedback:
         self.refused += 1
         if self._own_last:
             self.refused_own += 1
+
+
+def without_loss_answer(via: str) -> str:
+    """Our Via without what a server appended to its bare ``oc`` (RFC 7339): we write
+    ``oc`` last, so our own marks all stand before it and read as they were written."""
+    cut = via.find(OC_VALUE)
+    return via if cut < 0 else via[:cut]
+
+
+def _loss_params(via: str, cut: int) -> Params:
+    """The parameters of the answer that starts at ``cut`` (``;oc=``) in ``via``; the
+    whole Via's where a server wrote one of ``oc-*`` before it."""
+    if OC_PARAM in via[:cut].lower():
+        return parse_via(via).params
+    return parse_params(via[cut + 1 :], "Via")
+
+
+def _reading(via_params: Params) -> tuple[int, float, float] | None:
+    """The loss (percent), validity (s) and ``oc-seq`` an answer's Via parameters ask;
+    None for values out of range or another algorithm."""
+    loss = _percent(via_params.get("oc"))
+    algorithm = (via_params.get("oc-algo") or '"loss"').strip('"').lower()
+    if loss is None or "loss" not in algorithm.split(","):
+        return None
+    milliseconds = _milliseconds(via_params.get("oc-validity"))
+    validity = DEFAULT_VALIDITY if milliseconds is None else milliseconds / 1000
+    return loss, validity, _seq(via_params.get("oc-seq"))
 
 
 def _percent(value: str | None) -> int | None:

@@ -368,3 +368,42 @@ async def test_the_answers_to_a_register_with_credentials_are_relayed_and_read_a
         assert [state for _, _, state in outcomes[True]] == [(True, 0), (False, 1), (False, 0)]
         assert made.fast.responses == 3
         registrar.sock.close()
+
+
+async def test_a_2xx_asking_for_a_loss_keeps_the_flow_and_is_heard() -> None:
+    """Under overload the registrar's 2xx carries its loss after our flow's marks: both
+    paths relay it, keep the phone's flow alive and take the loss it asks."""
+    async with lb() as made:
+        registrar = registrar_of(made)
+        server = ("127.0.0.1", registrar.port)
+        from_registrar = Peer("udp", *server, "127.0.0.1", made.port)
+        behind_nat = "sip:u1@192.168.1.20:5060"
+        asked = '=40;oc-algo="loss";oc-validity=500;oc-seq=3.5'
+        outcomes = []
+        for fast in (True, False):
+            sent = register(made.phone, 1, (CREDENTIALS,), behind_nat)
+            assert made.fast.relay(sent, made.peer)
+            [forwarded] = registrar.drain()
+            answer = answer_to(
+                forwarded, "200 OK", asked, (f"Contact: <{behind_nat}>;expires=600",)
+            )
+            if fast:
+                assert made.fast.relay(answer, from_registrar)
+            else:
+                with made.present_path():
+                    made.endpoint.frame_received(answer, from_registrar)
+            table = made.balancer.keepalives.table
+            kept = [list(flow.registrations) for flow in table.by_token.values()]
+            outcomes.append((made.phone.drain(), kept, made.balancer.loss.asked(server)[::2]))
+            made.balancer.loss.take(server, 0, 0.0, 0.0, time.monotonic())  # forgotten
+            ended = answer_to(forwarded, "200 OK", "", (f"Contact: <{behind_nat}>;expires=0",))
+            with made.present_path():
+                made.endpoint.frame_received(ended, from_registrar)
+            made.phone.drain()
+            assert len(table) == 0
+        assert outcomes[0] == outcomes[1]
+        [relayed], [registrations], loss = outcomes[0]
+        assert relayed.startswith(b"SIP/2.0 200 OK\r\n")
+        assert registrations == ["sip:echo@127.0.0.1"]  # the To of the harness's REGISTER
+        assert loss == (40, 3.5)
+        registrar.sock.close()

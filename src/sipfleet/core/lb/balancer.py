@@ -34,12 +34,12 @@ from sipfleet.core.overload import (
     LossFeedback,
     OverloadMonitor,
     answers_a_challenge,
+    without_loss_answer,
 )
 from sipfleet.core.stateless import StatelessForwarder
 from sipfleet.sip import ParseError, Request, Response
 from sipfleet.sip.builders import make_response
 from sipfleet.sip.flow import FlowTokens
-from sipfleet.sip.via import parse_via
 from sipfleet.transport.base import Peer, TransportError
 
 log = logging.getLogger(__name__)
@@ -266,8 +266,8 @@ class Balancer:
         if AUTH_MARK in top and self.guard is not None:
             self.guard.answered(response, top, peer, time.monotonic())
         if LEARN_MARK in top:
-            try:
-                news = learned(response, top, self.tokens)
+            try:  # a registrar's loss answer is not ours to read here (and slow to parse)
+                news = learned(response, without_loss_answer(top), self.tokens)
             except ParseError as exc:
                 log.debug("REGISTER answer %r: nothing learned: %s", response, exc)
                 return
@@ -279,12 +279,8 @@ class Balancer:
         outside may make the LB refuse requests."""
         if not self.router.from_cluster(peer):
             return
-        try:
-            params = parse_via(top).params
-        except ParseError:
-            return
         server, now = (peer.host, peer.port), time.monotonic()
-        changed = self.loss.heard(server, params, now)
+        changed = self.loss.heard_via(server, top, now)
         if changed or now - self._loss_told.get(server, -1e18) >= LOSS_TOLD_EVERY:
             self._tell_loss(server, now)
 
