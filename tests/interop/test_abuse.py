@@ -70,7 +70,7 @@ def register(up: Embedded, workdir: Path, users: list[str], source: str, rate: i
         "sipp", f"{DOMAIN}:{up.lb_port}", "-sf", str(SIPP_SCENARIO), "-inf", str(csv),
         "-i", source, "-p", "0", "-r", str(rate), "-m", str(len(users)), "-l", "50",
         "-timeout", "60s", "-recv_timeout", "8000", "-trace_stat", "-stf", str(stat),
-        "-nostdin",
+        "-nostdin", "-default_behaviors", "all,-bye",  # a refused phone sends no BYE
     ]  # fmt: skip
     run_in(up, argv, timeout=90)
     last = stat.read_text().strip().splitlines()[-1].split(";")

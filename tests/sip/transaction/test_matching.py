@@ -122,6 +122,35 @@ def test_rfc2543_invite_retransmission_and_ack(branch: str | None, compacted: bo
     assert layer.receive(ack_for(invite, final)) == []  # a retransmission of that ACK
 
 
+@pytest.mark.parametrize("compacted", [False, True])
+def test_rfc2543_ack_of_an_accepted_invite_matches_by_its_2xx_tag(compacted: bool) -> None:
+    """Accepted, a transaction the TU let go of keeps of its 2xx the To line alone (it
+    resends nothing): the ACK still matches by that tag, another tag's does not, and
+    the INVITE's retransmissions are still absorbed."""
+    layer = TransactionLayer()
+    shell = FakeShell()
+    invite = request("INVITE", branch=None)
+    server = layer.create_server(invite)
+    assert isinstance(server, ServerInviteTransaction)
+    final = answer(invite, 200, to_tag="ours")
+    shell.run(server.respond(final))
+    if compacted:
+        server.forget_request()
+        kept = server.last_response
+        assert kept is not None
+        assert kept.status == 200
+        assert kept.keys == ["to"]
+        assert kept.lines[0].endswith(";tag=ours")
+    assert server.final_to_tag == "ours"
+    assert layer.match_request(ack_for(invite, answer(invite, 200, to_tag="theirs"))) is None
+    assert layer.match_request(ack_for(invite, final)) is server
+    assert [type(action).__name__ for action in layer.receive(ack_for(invite, final)) or []] == [
+        "Deliver"
+    ]
+    assert layer.receive(request("INVITE", branch=None)) == []
+    assert server.state is State.ACCEPTED
+
+
 def test_rfc2543_ack_before_any_final_response_matches_nothing() -> None:
     layer = TransactionLayer()
     invite = request("INVITE", branch=None)

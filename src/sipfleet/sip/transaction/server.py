@@ -44,6 +44,7 @@ _TIMER_H: Final = Timer.H
 _TIMER_I: Final = Timer.I
 _TIMER_J: Final = Timer.J
 _TIMER_L: Final = Timer.L
+_TO: Final = "to"  # the To header's key in a message's ``keys``
 
 
 class ServerTransaction(Transaction):
@@ -108,6 +109,19 @@ class ServerInviteTransaction(ServerTransaction):
             # a 2xx after a failure, which a proxy must still forward (§16.7 step 5).
             return [_SEND(self, response)]
         return []
+
+    def forget_request(self) -> None:
+        """Accepted (a 2xx sent), the transaction resends nothing: the TU retransmits its
+        2xx (RFC 6026). Of that 2xx it keeps the To line alone, by which an RFC 2543 ACK
+        is matched (``final_to_tag``): a kept call holds its answer (SDP and all, about
+        600 bytes) no longer. Otherwise as every server transaction forgets."""
+        last = self._last
+        if self.state is not _STATE_ACCEPTED or not isinstance(last, Response) or not last.lines:
+            super().forget_request()
+            return
+        Transaction.forget_request(self)
+        to = [line for line, key in zip(last.lines, last.keys, strict=True) if key == _TO]
+        self._last = Response(last.status, last.reason, to, [_TO] * len(to))
 
     @property
     def final_to_tag(self) -> str | None:
