@@ -76,7 +76,7 @@ REASONS: Final = {
     606: "Not Acceptable",
 }
 
-# Copied from the request into every response (§8.2.6.2); sets: _copied asks each line.
+# Copied from the request into every response (§8.2.6.2); sets: copied_lines asks each line.
 COPIED_IN_RESPONSES: Final = frozenset({"via", "from", "to", "call-id", "cseq"})
 _COPIED_IN_100: Final = COPIED_IN_RESPONSES | {"timestamp"}  # §8.2.6.1
 
@@ -107,7 +107,7 @@ def make_response(
     Works from the raw header lines, so a request whose headers do not parse can still be
     answered. ``to_tag`` is added when the To has no tag yet (never on 100, §8.2.6.2).
     """
-    lines, keys = _copied(request, _COPIED_IN_100 if status == 100 else COPIED_IN_RESPONSES)
+    lines, keys = copied_lines(request, _COPIED_IN_100 if status == 100 else COPIED_IN_RESPONSES)
     at = index_of(keys, "to")
     if to_tag is not None and status != 100 and at >= 0:
         value = header_value(lines[at])
@@ -195,14 +195,14 @@ _blake2b: Final = hashlib.blake2b  # a C static in the compiled build, not a glo
 def make_cancel(invite: Request) -> Request:
     """CANCEL for a request we sent (§9.1): same R-URI, Call-ID, From, To, CSeq number,
     Route set and top Via; nothing else."""
-    return _derived("CANCEL", invite, _copied(invite, _COPIED_IN_CANCEL))
+    return _derived("CANCEL", invite, copied_lines(invite, _COPIED_IN_CANCEL))
 
 
 def make_ack_for_failure(invite: Request, response: Response) -> Request:
     """ACK for a 3xx-6xx answer to an INVITE we sent (§17.1.1.3): the To comes from the
     response (it carries the UAS tag), the rest from the INVITE."""
-    lines, keys = _copied(invite, _COPIED_IN_ACK)
-    to_lines, to_keys = _copied(response, _TO)
+    lines, keys = copied_lines(invite, _COPIED_IN_ACK)
+    to_lines, to_keys = copied_lines(response, TO_LINE)
     return _derived("ACK", invite, (lines + to_lines, keys + to_keys))
 
 
@@ -225,10 +225,10 @@ def _derived(method: str, invite: Request, copied: tuple[list[str], list[str]]) 
 
 _COPIED_IN_CANCEL: Final = frozenset({"route", "from", "to", "call-id"})
 _COPIED_IN_ACK: Final = frozenset({"route", "from", "call-id"})
-_TO: Final = frozenset({"to"})
+TO_LINE: Final = frozenset({"to"})
 
 
-def _copied(message: Message, wanted: frozenset[str]) -> tuple[list[str], list[str]]:
+def copied_lines(message: Message, wanted: frozenset[str]) -> tuple[list[str], list[str]]:
     """The lines of ``message`` whose header is in ``wanted``, in message order."""
     # An index loop: compiled, zip(strict=True) and the pairs it built went through
     # generic calls, and this runs for every response the proxy makes (the 100 of each

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from sipfleet.sip.builders import TO_LINE, copied_lines
 from sipfleet.sip.message import Request, Response
 from sipfleet.sip.parser import parse_message
 from sipfleet.sip.transaction.actions import (
@@ -44,7 +45,6 @@ _TIMER_H: Final = Timer.H
 _TIMER_I: Final = Timer.I
 _TIMER_J: Final = Timer.J
 _TIMER_L: Final = Timer.L
-_TO: Final = "to"  # the To header's key in a message's ``keys``
 
 
 class ServerTransaction(Transaction):
@@ -120,8 +120,8 @@ class ServerInviteTransaction(ServerTransaction):
             super().forget_request()
             return
         Transaction.forget_request(self)
-        to = [line for line, key in zip(last.lines, last.keys, strict=True) if key == _TO]
-        self._last = Response(last.status, last.reason, to, [_TO] * len(to))
+        lines, keys = copied_lines(last, TO_LINE)
+        self._last = Response(last.status, last.reason, lines, keys)
 
     @property
     def final_to_tag(self) -> str | None:
